@@ -1,0 +1,1 @@
+"""The controller's JSON API (routers per resource under ``routes``)."""

@@ -1,0 +1,91 @@
+"""The FastAPI app factory. Nothing is created at import time: settings come in, the
+lifespan starts the database, broker, ingest and scheduler, and stops them on exit."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from controller import __version__
+from controller.api.deps import ServicesDep
+from controller.api.routes import devices, ingest
+from controller.console import routes as console
+from controller.services import Services
+from controller.settings import Settings
+
+
+def _problem(status: int, title: str, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    """RFC 9457 problem details: one error shape for every API failure."""
+    return JSONResponse(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail},
+        status_code=status,
+        media_type="application/problem+json",
+        headers=headers,
+    )
+
+
+def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
+    """Build the controller app; ``services`` may be passed in already created (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = services or Services.create(settings)
+        app.state.services = svc
+        svc.start()
+        try:
+            yield
+        finally:
+            svc.stop()
+
+    app = FastAPI(title="edgefleet controller", version=__version__, lifespan=lifespan)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _problem(exc.status_code, _title(exc.status_code), exc.detail, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()
+        ]
+        return _problem(422, "Invalid request", errors)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz(services: ServicesDep) -> JSONResponse:
+        """Liveness and readiness: the database answers and ingest holds the broker."""
+        try:
+            with services.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            db_ok = True
+        except Exception:
+            db_ok = False
+        broker_ok = bool(services.ingest and services.ingest.connected)
+        ok = db_ok and broker_ok
+        return JSONResponse(
+            {"status": "ok" if ok else "degraded", "database": db_ok, "broker": broker_ok},
+            status_code=200 if ok else 503,
+        )
+
+    app.include_router(devices.router)
+    app.include_router(ingest.router)
+    app.include_router(console.router)
+    app.mount(
+        "/static", StaticFiles(directory=Path(__file__).parent / "console" / "static"), name="static"
+    )
+    return app
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

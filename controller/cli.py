@@ -1,0 +1,206 @@
+"""``edgefleet``: the operator's and the controller's command line."""
+
+import getpass
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from controller.api_client import ApiError, get_json, resolve_target
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Run and operate an edgefleet.",
+)
+devices_app = typer.Typer(no_args_is_help=True, help="Inspect the fleet.")
+admin_app = typer.Typer(no_args_is_help=True, help="Manage console users.")
+token_app = typer.Typer(no_args_is_help=True, help="Manage API tokens.")
+app.add_typer(devices_app, name="devices")
+app.add_typer(admin_app, name="admin")
+app.add_typer(token_app, name="token")
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Controller YAML config file.")
+]
+UrlOpt = Annotated[str | None, typer.Option(help="Controller URL (or EDGEFLEET_URL).")]
+TokenOpt = Annotated[str | None, typer.Option(help="API token (or EDGEFLEET_TOKEN).")]
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]edgefleet:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _settings(config: Path | None, **overrides: Any) -> Any:
+    from pydantic import ValidationError
+
+    from controller.settings import load_settings
+
+    try:
+        return load_settings(config, **overrides)
+    except (ValidationError, ValueError) as e:
+        raise _fail(f"invalid controller configuration: {e}", 2) from e
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (overrides config).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (overrides config).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the controller: API, console, ingest and scheduler (and the embedded broker)."""
+    import uvicorn
+
+    from controller.app import create_app
+
+    _logging(log_level)
+    overrides: dict[str, Any] = {}
+    if host:
+        overrides["http_host"] = host
+    if port:
+        overrides["http_port"] = port
+    settings = _settings(config, **overrides)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level="warning",
+    )
+
+
+@app.command()
+def demo(
+    devices: Annotated[int, typer.Option(min=1, max=16, help="Simulated devices.")] = 3,
+    model: Annotated[Path, typer.Option(help="GGUF model the devices serve.")] = Path(
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    ),
+    data_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path(
+        ".edgefleet/demo"
+    ),
+    port: Annotated[int, typer.Option(help="Console port; 0 picks a free one.")] = 0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
+) -> None:
+    """Controller + embedded broker + SQLite + N simulated devices serving llama.cpp."""
+    from controller.demo import DemoError, run_demo
+
+    _logging(log_level)
+    if not model.is_file():
+        raise _fail(
+            f"demo model {model} not found; fetch it with 'python scripts/fetch_demo_model.py'",
+            2,
+        )
+    try:
+        run_demo(devices=devices, model=model, data_dir=data_dir, port=port)
+    except DemoError as e:
+        raise _fail(str(e)) from e
+
+
+@devices_app.command("list")
+def devices_list(
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    state: Annotated[str | None, typer.Option(help="online, offline or unknown.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List devices with their state, last contact, hardware class and runtime."""
+    try:
+        target = resolve_target(url, token)
+        params: dict[str, Any] = {"limit": 1000}
+        if state:
+            params["state"] = state
+        page = get_json(target, "/api/devices", params)
+    except ApiError as e:
+        raise _fail(str(e)) from e
+    if as_json:
+        typer.echo(json.dumps(page, indent=2))
+        return
+    table = Table(title=f"{page['online']} online, {page['offline']} offline, {page['count']} total")
+    for column in ("device", "state", "last seen", "class", "runtime", "models"):
+        table.add_column(column)
+    for d in page["data"]:
+        colour = {"online": "green", "offline": "red"}.get(d["state"], "white")
+        table.add_row(
+            d["id"],
+            f"[{colour}]{d['state']}[/{colour}]",
+            (d["last_seen"] or "-")[:19].replace("T", " "),
+            d["device_class"] or "-",
+            ", ".join(d["runtimes"]) or "-",
+            ", ".join(m["name"] for m in d["models"]) or "-",
+        )
+    Console().print(table)
+
+
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Repeat password: "):
+        raise _fail("passwords differ", 2)
+    return first
+
+
+@admin_app.command("create")
+def admin_create(
+    username: Annotated[str, typer.Option(help="Login name.")],
+    role: Annotated[str, typer.Option(help="admin, operator or viewer.")] = "admin",
+    password_stdin: Annotated[
+        bool, typer.Option(help="Read the password from standard input.")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a console user (the first admin is made this way; there is no default)."""
+    from controller.auth import create_user
+    from controller.db import init_db, make_engine, session_scope
+
+    settings = _settings(config)
+    password = _read_password(password_stdin)
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    try:
+        with session_scope(engine) as session:
+            create_user(session, username=username, password=password, role=role)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise _fail(str(e), 2) from e
+    typer.echo(f"user {username} created ({role})")
+
+
+@token_app.command("create")
+def token_create(
+    username: Annotated[str, typer.Option(help="The user the token acts as.")],
+    name: Annotated[str, typer.Option(help="What the token is for.")] = "cli",
+    config: ConfigOpt = None,
+) -> None:
+    """Issue an API token; it is printed once and only its hash is stored."""
+    from sqlmodel import col, select
+
+    from controller.auth import create_api_token
+    from controller.db import init_db, make_engine, session_scope
+    from controller.models import User
+
+    settings = _settings(config)
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    with session_scope(engine) as session:
+        user = session.exec(select(User).where(col(User.username) == username)).first()
+        if user is None:
+            raise _fail(f"no user {username!r}", 2)
+        typer.echo(create_api_token(session, user, name=name))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""The server-rendered web console (Jinja2 pages, static JS with no CDN)."""

@@ -1,0 +1,189 @@
+"""``edgefleet demo``: the whole fleet on one machine.
+
+Controller (API, console, ingest, scheduler) with an embedded MQTT broker and a SQLite file,
+plus N edge agents as separate processes, each serving a real llama.cpp model. Runs until
+Ctrl-C or SIGTERM, then stops the agents (clean deaths), the server and the broker.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+import yaml
+from sqlmodel import Session, col, func, select
+
+from controller.app import create_app
+from controller.auth import create_api_token, create_user, generate_password
+from controller.broker import free_port
+from controller.db import session_scope
+from controller.models import Device
+from controller.services import Services
+from controller.settings import load_settings
+
+DEMO_MODEL_NAME = "smollm2-135m"
+HOST = "127.0.0.1"
+
+
+class DemoError(RuntimeError):
+    """The demo could not start; the text says which part and where its log is."""
+
+
+def agent_config(*, device_id: str, data_dir: Path, broker_port: int, model: Path) -> dict[str, object]:
+    """The YAML document one simulated device runs with."""
+    return {
+        "device_id": device_id,
+        "state_dir": str(data_dir / "agents" / device_id),
+        "mqtt": {"url": f"mqtt://{HOST}:{broker_port}", "keepalive_s": 5},
+        "api": {"host": HOST, "port": free_port(HOST)},
+        "heartbeat_interval_s": 2.0,
+        # One thread each: three agents share this machine's cores with the controller.
+        "models": [{"name": DEMO_MODEL_NAME, "path": str(model), "n_threads": 1, "n_ctx": 1024}],
+    }
+
+
+def _spawn_agent(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    log = log_path.open("wb")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C goes to the demo, which stops agents in order
+        )
+    finally:
+        log.close()
+
+
+def _online_count(services: Services) -> int:
+    with Session(services.engine) as session:
+        return int(
+            session.exec(select(func.count()).where(col(Device.state) == "online")).one()
+        )
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def run_demo(*, devices: int, model: Path, data_dir: Path, port: int) -> None:
+    data_dir = data_dir.resolve()
+    if data_dir.exists():
+        shutil.rmtree(data_dir)  # every demo starts from a clean registry and new credentials
+    (data_dir / "logs").mkdir(parents=True)
+    http_port = port or free_port(HOST)
+    broker_port = free_port(HOST)
+    settings = load_settings(
+        None,
+        environment="demo",
+        database_url=f"sqlite:///{data_dir / 'edgefleet.db'}",
+        http_host=HOST,
+        http_port=http_port,
+        broker={"mode": "embedded", "url": f"mqtt://{HOST}:{broker_port}"},
+        secure_cookies=False,  # plain http on loopback
+        liveness_sweep_s=1.0,
+    )
+    services = Services.create(settings)
+    password = generate_password()
+    with session_scope(services.engine) as session:
+        admin = create_user(session, username="admin", password=password, role="admin")
+        token = create_api_token(session, admin, name="demo-cli")
+    cli_file = data_dir / "cli.json"
+    cli_file.write_text(json.dumps({"url": f"http://{HOST}:{http_port}", "token": token}))
+    cli_file.chmod(0o600)
+
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, services=services), host=HOST, port=http_port, log_level="warning")
+    )
+    server_thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    server_thread.start()
+    agents: dict[str, tuple[subprocess.Popen[bytes], Path, int]] = {}
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not server_thread.is_alive():
+                raise DemoError(f"controller did not start on port {http_port}")
+            time.sleep(0.1)
+        print(f"controller up at http://{HOST}:{http_port} (MQTT on {HOST}:{broker_port})", flush=True)
+
+        for i in range(1, devices + 1):
+            device_id = f"demo-edge-{i}"
+            cfg = agent_config(device_id=device_id, data_dir=data_dir, broker_port=broker_port, model=model.resolve())
+            cfg_path = data_dir / "agents" / f"{device_id}.yaml"
+            cfg_path.parent.mkdir(parents=True, exist_ok=True)
+            cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            log_path = data_dir / "logs" / f"{device_id}.log"
+            agents[device_id] = (_spawn_agent(cfg_path, log_path), log_path, int(cfg["api"]["port"]))  # type: ignore[index]
+        print(f"starting {devices} edge agents (loading and warming the model)...", flush=True)
+
+        deadline = time.monotonic() + 180
+        while _online_count(services) < devices:
+            for device_id, (proc, log_path, _) in agents.items():
+                if proc.poll() is not None:
+                    raise DemoError(
+                        f"agent {device_id} exited with {proc.returncode}; its log ({log_path}):\n"
+                        + _log_tail(log_path)
+                    )
+            if stop.is_set():
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(f"agents not online after 180 s; logs in {data_dir / 'logs'}")
+            time.sleep(0.5)
+
+        first_port = next(iter(agents.values()))[2]
+        print(
+            f"""
+edgefleet demo is running: {devices} devices online.
+
+  Console     http://{HOST}:{http_port}/console
+  Login       admin / {password}      (demo only; generated for this run)
+  CLI         edgefleet devices list   (credentials in {cli_file})
+  Devices     """
+            + "\n              ".join(
+                f"{d}: http://{HOST}:{p}/v1/chat/completions" for d, (_, _, p) in agents.items()
+            )
+            + f"""
+  Try         curl -s http://{HOST}:{first_port}/v1/chat/completions -H 'Content-Type: application/json' \\
+                -d '{{"messages":[{{"role":"user","content":"Say hello"}}],"max_tokens":32}}'
+
+Press Ctrl-C to stop.""",
+            flush=True,
+        )
+        reported: set[str] = set()
+        while not stop.wait(1.0):
+            for device_id, (proc, log_path, _) in agents.items():
+                if proc.poll() is not None and device_id not in reported:
+                    reported.add(device_id)
+                    print(f"agent {device_id} exited ({proc.returncode}); log: {log_path}", flush=True)
+    finally:
+        print("\nstopping agents...", flush=True)
+        for proc, _, _ in agents.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _, _ in agents.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        server.should_exit = True
+        server_thread.join(timeout=15)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("edgefleet demo stopped.", flush=True)

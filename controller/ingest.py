@@ -1,0 +1,193 @@
+"""Applying received device messages to the registry, in batches, one transaction each.
+
+Malformed, spoofed or oversized messages become dead letters with their reason (never their
+payload, which may hold anything) and are counted; they never stop the batch.
+"""
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from controller.liveness import Decision, Liveness, is_overdue, on_birth, on_death, on_heartbeat
+from controller.models import Device, DeviceStatusEvent, RejectedMessage
+from shared.errors import ProtocolError
+from shared.messages import Birth, Death, Heartbeat, decode_message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message as it came off the broker."""
+
+    topic: str
+    payload: bytes
+    received_at: datetime
+
+
+class IngestStats:
+    """Thread-safe counters for what ingest accepted, ignored and rejected."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.accepted = 0
+        self.duplicates = 0
+        self.stale = 0
+        self.db_errors = 0
+        self.dropped_queue_full = 0
+        self.rejected: Counter[str] = Counter()
+
+    def add(self, field: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, field, getattr(self, field) + n)
+
+    def merge(self, outcome: Counter[str]) -> None:
+        """Add a committed batch's outcome (``rejected:<reason>`` keys count rejects)."""
+        with self._lock:
+            for key, n in outcome.items():
+                if key.startswith("rejected:"):
+                    self.rejected[key.removeprefix("rejected:")] += n
+                else:
+                    setattr(self, key, getattr(self, key) + n)
+
+    def snapshot(self) -> dict[str, object]:
+        with self._lock:
+            return {
+                "accepted": self.accepted,
+                "duplicates": self.duplicates,
+                "stale": self.stale,
+                "db_errors": self.db_errors,
+                "dropped_queue_full": self.dropped_queue_full,
+                "rejected": dict(self.rejected),
+                "rejected_total": sum(self.rejected.values()),
+            }
+
+
+def _liveness(device: Device | None) -> Liveness | None:
+    if device is None:
+        return None
+    state = device.state if device.state in ("online", "offline") else "unknown"
+    return Liveness(state=state, bd_seq=device.bd_seq, last_heartbeat_seq=device.last_heartbeat_seq)  # type: ignore[arg-type]
+
+
+def _decide(device: Device | None, message: Birth | Death | Heartbeat) -> Decision:
+    current = _liveness(device)
+    if isinstance(message, Birth):
+        return on_birth(current, message.bd_seq)
+    if isinstance(message, Death):
+        return on_death(current, message.bd_seq, message.reason)
+    return on_heartbeat(current, message.bd_seq, message.seq)
+
+
+def _apply_fields(device: Device, message: Birth | Death | Heartbeat) -> None:
+    if isinstance(message, Birth):
+        hw = message.hardware
+        device.device_class = hw.device_class
+        device.arch = hw.arch
+        device.accelerator = hw.accelerator
+        device.agent_version = message.agent_version
+        device.runtimes = list(message.runtimes)
+        device.models = [m.model_dump() for m in message.models]
+        device.api_url = message.api_url
+        device.heartbeat_interval_s = message.heartbeat_interval_s
+        device.bd_seq = message.bd_seq
+        device.last_heartbeat_seq = None  # a new session; seq compares within a session
+    elif isinstance(message, Heartbeat):
+        device.bd_seq = message.bd_seq
+        device.last_heartbeat_seq = message.seq
+        device.cpu_percent = message.cpu_percent
+        device.memory_percent = message.memory_percent
+        device.requests_total = message.requests_total
+        device.local_tier_healthy = message.local_tier_healthy
+
+
+def apply_message(
+    session: Session, message: Birth | Death | Heartbeat, received_at: datetime
+) -> str:
+    """Apply one valid message (in the caller's transaction); returns accepted/stale/duplicates."""
+    device = session.get(Device, message.device_id)
+    decision = _decide(device, message)
+    if decision.event and not decision.apply:
+        session.add(
+            DeviceStatusEvent(
+                device_id=message.device_id,
+                at=received_at,
+                event=decision.event,
+                bd_seq=getattr(message, "bd_seq", None),
+            )
+        )
+    if not decision.apply:
+        return "duplicates" if decision.duplicate else "stale"
+    if device is None:
+        device = Device(id=message.device_id, first_seen=received_at)
+        session.add(device)
+    _apply_fields(device, message)
+    device.last_seen = received_at
+    if decision.state is not None and (
+        decision.state != device.state or decision.reason != device.state_reason
+    ):
+        device.state = decision.state
+        device.state_reason = decision.reason
+        device.state_changed_at = received_at
+    if decision.event:
+        session.add(
+            DeviceStatusEvent(
+                device_id=message.device_id,
+                at=received_at,
+                event=decision.event,
+                bd_seq=message.bd_seq,
+                detail=decision.reason,
+            )
+        )
+    return "accepted"
+
+
+def apply_batch(session: Session, batch: list[Received]) -> Counter[str]:
+    """Decode and apply ``batch``; bad messages become dead letters, good ones still land.
+
+    Returns the outcome counts, for the caller to add to ``IngestStats`` once committed.
+    """
+    outcome: Counter[str] = Counter()
+    for item in batch:
+        try:
+            _, message = decode_message(item.topic, item.payload)
+        except ProtocolError as e:
+            outcome[f"rejected:{e.reason}"] += 1
+            log.warning("rejected message on %.128r: %s", item.topic, e)
+            session.add(
+                RejectedMessage(
+                    received_at=item.received_at,
+                    topic=item.topic[:256],
+                    reason=e.reason,
+                    detail=e.detail[:1024],
+                    size=len(item.payload),
+                )
+            )
+            continue
+        outcome[apply_message(session, message, item.received_at)] += 1
+    return outcome
+
+
+def sweep_liveness(session: Session, now: datetime, missed_heartbeats: int) -> list[str]:
+    """Mark online devices that stopped talking as offline; returns their ids."""
+    overdue = []
+    for device in session.exec(select(Device).where(col(Device.state) == "online")):
+        if is_overdue(device.last_seen, device.heartbeat_interval_s, missed_heartbeats, now):
+            device.state = "offline"
+            device.state_reason = "heartbeat_timeout"
+            device.state_changed_at = now
+            session.add(
+                DeviceStatusEvent(
+                    device_id=device.id,
+                    at=now,
+                    event="heartbeat_timeout",
+                    bd_seq=device.bd_seq,
+                    detail=f"no message for {missed_heartbeats} heartbeat intervals",
+                )
+            )
+            overdue.append(device.id)
+    return overdue

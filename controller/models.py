@@ -1,0 +1,129 @@
+"""Database tables (SQLModel) and the public shapes the API returns."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- devices -------------------------------------------------------------------------------
+class DeviceBase(SQLModel):
+    """Fields shared by the device table and its public shape."""
+
+    device_class: str | None = None
+    arch: str | None = None
+    accelerator: str | None = None
+    agent_version: str | None = None
+    runtimes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    models: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    api_url: str | None = None
+    state: str = "unknown"  # online | offline | unknown
+    state_reason: str | None = None  # birth | will | shutdown | heartbeat_timeout
+    bd_seq: int | None = None
+    heartbeat_interval_s: float | None = None
+    last_heartbeat_seq: int | None = None
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    requests_total: int | None = None
+    local_tier_healthy: bool | None = None
+
+
+class Device(DeviceBase, table=True):
+    """The fleet registry: one row per device, its latest known state."""
+
+    id: str = Field(primary_key=True, max_length=63)
+    first_seen: datetime = Field(default_factory=utcnow)
+    last_seen: datetime | None = None
+    state_changed_at: datetime | None = None
+
+
+class DevicePublic(DeviceBase):
+    """A device as the API and console show it."""
+
+    id: str
+    first_seen: datetime
+    last_seen: datetime | None
+    state_changed_at: datetime | None
+
+
+class DeviceList(SQLModel):
+    """A page of devices with fleet counts."""
+
+    data: list[DevicePublic]
+    count: int
+    online: int
+    offline: int
+
+
+class DeviceStatusEvent(SQLModel, table=True):
+    """Status history: every birth, death and timeout, in arrival order."""
+
+    __tablename__ = "device_status_event"
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(index=True, max_length=63)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    event: str  # birth | death | heartbeat_timeout | stale_death_ignored
+    bd_seq: int | None = None
+    detail: str | None = None
+
+
+class DeviceStatusEventPublic(SQLModel):
+    """One status history entry as the API returns it."""
+
+    at: datetime
+    event: str
+    bd_seq: int | None
+    detail: str | None
+
+
+# --- ingest rejects -------------------------------------------------------------------------
+class RejectedMessage(SQLModel, table=True):
+    """Dead letters: messages refused by ingest, with the reason (payloads are not kept)."""
+
+    __tablename__ = "rejected_message"
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = Field(default_factory=utcnow, index=True)
+    topic: str = Field(max_length=256)
+    reason: str = Field(max_length=64, index=True)
+    detail: str = Field(max_length=1024)
+    size: int
+
+
+# --- users, sessions and tokens -----------------------------------------------------------
+class User(SQLModel, table=True):
+    """A console or API user."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(unique=True, index=True, max_length=64)
+    password_hash: str
+    role: str = "viewer"  # admin | operator | viewer
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class WebSession(SQLModel, table=True):
+    """A console login; the cookie holds a random token, the table only its hash."""
+
+    __tablename__ = "web_session"
+    token_hash: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    expires_at: datetime
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token for the CLI and automation; stored hashed."""
+
+    __tablename__ = "api_token"
+    __table_args__ = (UniqueConstraint("token_hash"),)
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    name: str = Field(max_length=64)
+    token_hash: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None

@@ -1,0 +1,160 @@
+"""The agent's parts wired together: hardware profile, models, counters and MQTT link."""
+
+import logging
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from edge_agent import __version__
+from edge_agent.config import AgentConfig, ModelConfig
+from edge_agent.hardware import HardwareProfile, probe
+from edge_agent.mqtt_link import LoadSnapshot, MqttLink
+from edge_agent.runtimes import (
+    ChatRuntime,
+    RuntimeLoadError,
+    available_runtimes,
+    execution_providers,
+)
+from edge_agent.runtimes.llama_cpp import LlamaCppRuntime
+from edge_agent.state import CounterStore
+from shared.messages import Birth, HardwareInfo, ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """One device's agent. Construct, ``load_models()``, ``start_link()``, serve, ``stop()``."""
+
+    def __init__(self, config: AgentConfig, *, root: Path = Path("/")) -> None:
+        self.config = config
+        self.started_monotonic = time.monotonic()
+        self.profile: HardwareProfile = probe(
+            root,
+            execution_providers=execution_providers(),
+            cpu_count=os.cpu_count() or 1,
+            memory_bytes=psutil.virtual_memory().total,
+            machine=platform.machine(),
+        )
+        self.runtimes: dict[str, ChatRuntime] = {}
+        self.model_hashes: dict[str, str] = {}
+        self.load_errors: dict[str, str] = {}
+        self.counters = CounterStore(config.state_dir / "counters.json")
+        self.link: MqttLink | None = None
+        self._requests = 0
+        self._errors = 0
+        self._stats_lock = threading.Lock()
+        psutil.cpu_percent(None)  # prime: the first call always returns 0.0
+
+    # --- models -------------------------------------------------------------------------
+    def _load_one(self, model: ModelConfig) -> ChatRuntime:
+        threads = model.n_threads or self.profile.recommended_threads
+        gpu_layers = model.n_gpu_layers or self.profile.gpu_layers
+        runtime = LlamaCppRuntime(
+            model.name,
+            model.path,
+            n_ctx=model.n_ctx,
+            n_threads=threads,
+            n_gpu_layers=gpu_layers,
+        )
+        self.model_hashes[model.name] = runtime.sha256
+        runtime.warm_up()
+        return runtime
+
+    def load_models(self) -> None:
+        """Load and warm every configured model; a failure marks that model, never crashes."""
+        for model in self.config.models:
+            started = time.perf_counter()
+            try:
+                self.runtimes[model.name] = self._load_one(model)
+            except RuntimeLoadError as e:
+                self.load_errors[model.name] = str(e)
+                log.error("model %s not loaded: %s", model.name, e)
+                continue
+            log.info("model %s loaded and warm in %.1fs", model.name, time.perf_counter() - started)
+
+    def default_model(self) -> str | None:
+        return self.config.models[0].name if self.config.models else None
+
+    @property
+    def local_tier_healthy(self) -> bool:
+        return bool(self.runtimes) and not self.load_errors
+
+    # --- stats --------------------------------------------------------------------------
+    def count_request(self, *, error: bool = False) -> None:
+        with self._stats_lock:
+            self._requests += 1
+            if error:
+                self._errors += 1
+
+    @property
+    def requests_total(self) -> int:
+        with self._stats_lock:
+            return self._requests
+
+    def snapshot(self) -> LoadSnapshot:
+        return LoadSnapshot(
+            uptime_s=time.monotonic() - self.started_monotonic,
+            cpu_percent=psutil.cpu_percent(None),
+            memory_percent=psutil.virtual_memory().percent,
+            requests_total=self.requests_total,
+            local_tier_healthy=self.local_tier_healthy,
+        )
+
+    # --- controller link ----------------------------------------------------------------
+    def model_infos(self) -> list[ModelInfo]:
+        return [
+            ModelInfo(
+                name=m.name,
+                runtime=m.runtime,
+                sha256=self.model_hashes.get(m.name),
+                loaded=m.name in self.runtimes,
+                error=self.load_errors.get(m.name),
+            )
+            for m in self.config.models
+        ]
+
+    def birth(self, bd_seq: int) -> Birth:
+        api = self.config.api
+        return Birth(
+            device_id=self.config.device_id,
+            bd_seq=bd_seq,
+            agent_version=__version__,
+            hardware=HardwareInfo(
+                device_class=self.config.device_class or self.profile.device_class,
+                arch=self.profile.arch,
+                accelerator=self.profile.accelerator,
+                cpu_count=self.profile.cpu_count,
+                memory_mb=self.profile.memory_mb,
+                execution_providers=list(self.profile.execution_providers),
+                detail=self.profile.detail,
+            ),
+            runtimes=available_runtimes(),
+            models=self.model_infos(),
+            api_url=f"http://{api.host}:{api.port}",
+            heartbeat_interval_s=self.config.heartbeat_interval_s,
+        )
+
+    def start_link(self) -> None:
+        """Connect to the controller's broker in the background (no-op without ``mqtt``)."""
+        if self.config.mqtt is None:
+            log.info("no mqtt section: running standalone")
+            return
+        self.link = MqttLink(
+            device_id=self.config.device_id,
+            config=self.config.mqtt,
+            counters=self.counters,
+            make_birth=self.birth,
+            snapshot=self.snapshot,
+            heartbeat_interval_s=self.config.heartbeat_interval_s,
+        )
+        self.link.start()
+
+    def stop(self) -> None:
+        if self.link is not None:
+            self.link.stop()
+        for runtime in self.runtimes.values():
+            runtime.close()

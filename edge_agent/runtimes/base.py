@@ -1,0 +1,66 @@
+"""The one small interface every local runtime sits behind."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A runtime-neutral chat request (already validated by the HTTP layer)."""
+
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionChunk:
+    """One streamed piece; the last one has ``finish_reason`` set."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class RuntimeStatus:
+    healthy: bool
+    reason: str | None = None
+    sha256: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class RuntimeLoadError(RuntimeError):
+    """A model could not be loaded; the local tier is unhealthy for the stated reason."""
+
+
+class ChatRuntime(Protocol):
+    """A loaded chat model. Implementations serialize calls themselves if they must."""
+
+    runtime_name: str
+    model_name: str
+
+    def complete(self, request: ChatRequest) -> Completion: ...
+
+    def stream(self, request: ChatRequest) -> Iterator[CompletionChunk]: ...
+
+    def close(self) -> None: ...

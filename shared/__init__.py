@@ -1,0 +1,35 @@
+"""What the controller and the edge agents agree on: the MQTT protocol v1 and its encoding.
+
+This package imports neither ``controller`` nor ``edge_agent``.
+"""
+
+from shared.canonical import canonical_json
+from shared.errors import ProtocolError
+from shared.messages import (
+    MAX_PAYLOAD_BYTES,
+    PROTOCOL_VERSION,
+    Birth,
+    Death,
+    DeviceMessage,
+    Heartbeat,
+    decode_message,
+    encode_message,
+)
+from shared.topics import TOPIC_ROOT, DeviceTopic, MessageKind, is_valid_device_id
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "PROTOCOL_VERSION",
+    "TOPIC_ROOT",
+    "Birth",
+    "Death",
+    "DeviceMessage",
+    "DeviceTopic",
+    "Heartbeat",
+    "MessageKind",
+    "ProtocolError",
+    "canonical_json",
+    "decode_message",
+    "encode_message",
+    "is_valid_device_id",
+]

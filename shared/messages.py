@@ -1,0 +1,155 @@
+"""Protocol v1 message envelopes: schema, encoding and strict decoding.
+
+Every message is a JSON object with the protocol version ``v``, a ``type``, the sender's
+``device_id`` and a timestamp ``ts``, plus the fields of its type. Decoding never trusts the
+sender: size, topic shape, JSON, version, schema, topic/type agreement and topic/device
+agreement are each checked, and each failure is a ``ProtocolError`` with its own reason.
+"""
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from shared.canonical import canonical_json
+from shared.errors import ProtocolError
+from shared.topics import DeviceTopic, MessageKind
+
+PROTOCOL_VERSION = 1
+# Birth messages list models and capabilities; 64 KiB leaves room for that and refuses
+# anything that would make a broker or the controller buffer megabytes per device.
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+Accelerator = Literal["cpu", "jetson", "npu"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HardwareInfo(_Frozen):
+    """What the device's hardware probe found."""
+
+    device_class: str = Field(min_length=1, max_length=64)
+    arch: str = Field(min_length=1, max_length=32)
+    accelerator: Accelerator
+    cpu_count: int = Field(ge=1)
+    memory_mb: int = Field(ge=0)
+    execution_providers: list[str] = Field(default_factory=list, max_length=32)
+    detail: str | None = Field(default=None, max_length=256)
+
+
+class ModelInfo(_Frozen):
+    """One model the agent serves, and whether it is loaded."""
+
+    name: str = Field(min_length=1, max_length=128)
+    runtime: str = Field(min_length=1, max_length=32)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    loaded: bool
+    error: str | None = Field(default=None, max_length=512)
+
+
+class _Envelope(_Frozen):
+    v: Literal[1] = PROTOCOL_VERSION
+    device_id: str = Field(min_length=1, max_length=63)
+    ts: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class Birth(_Envelope):
+    """Sent (retained) on every MQTT session start; ``bd_seq`` numbers the session."""
+
+    type: Literal["birth"] = "birth"
+    bd_seq: int = Field(ge=0)
+    agent_version: str = Field(min_length=1, max_length=32)
+    hardware: HardwareInfo
+    runtimes: list[str] = Field(default_factory=list, max_length=16)
+    models: list[ModelInfo] = Field(default_factory=list, max_length=64)
+    api_url: str | None = Field(default=None, max_length=256)
+    heartbeat_interval_s: float = Field(gt=0, le=3600)
+
+
+class Death(_Envelope):
+    """The Last Will (``reason='will'``) or a clean shutdown, for session ``bd_seq``."""
+
+    type: Literal["death"] = "death"
+    bd_seq: int = Field(ge=0)
+    reason: Literal["will", "shutdown"]
+
+
+class Heartbeat(_Envelope):
+    """Periodic liveness and load; ``seq`` is monotonic per device across restarts."""
+
+    type: Literal["heartbeat"] = "heartbeat"
+    bd_seq: int = Field(ge=0)
+    seq: int = Field(ge=0)
+    uptime_s: float = Field(ge=0)
+    cpu_percent: float = Field(ge=0, le=100 * 1024)
+    memory_percent: float = Field(ge=0, le=100)
+    requests_total: int = Field(ge=0)
+    local_tier_healthy: bool
+
+
+DeviceMessage = Annotated[Birth | Death | Heartbeat, Field(discriminator="type")]
+_ADAPTER: TypeAdapter[Birth | Death | Heartbeat] = TypeAdapter(DeviceMessage)
+
+_TYPES_BY_KIND: dict[MessageKind, frozenset[str]] = {
+    MessageKind.STATUS: frozenset({"birth", "death"}),
+    MessageKind.HEARTBEAT: frozenset({"heartbeat"}),
+}
+
+
+def kind_for(message: Birth | Death | Heartbeat) -> MessageKind:
+    """The topic kind a message is published on."""
+    return MessageKind.HEARTBEAT if isinstance(message, Heartbeat) else MessageKind.STATUS
+
+
+def encode_message(message: Birth | Death | Heartbeat) -> tuple[str, bytes]:
+    """The topic and canonical JSON payload for ``message``."""
+    topic = DeviceTopic(message.device_id, kind_for(message))
+    return str(topic), canonical_json(message.model_dump(mode="json"))
+
+
+def _summarize(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False, include_input=False)[:3]:
+        where = ".".join(str(p) for p in item["loc"]) or "<root>"
+        parts.append(f"{where}: {item['msg']}")
+    more = error.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def decode_message(topic: str, payload: bytes) -> tuple[DeviceTopic, Birth | Death | Heartbeat]:
+    """Validate and decode one received message; raises ``ProtocolError`` on any defect."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(
+            "oversized", f"payload is {len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}"
+        )
+    parsed_topic = DeviceTopic.parse(topic)
+    if not payload:
+        raise ProtocolError("empty_payload", f"empty payload on {topic!r}")
+    try:
+        raw = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError("bad_json", f"payload is not UTF-8 JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise ProtocolError("schema", "payload is not a JSON object")
+    if raw.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "unsupported_version", f"protocol version {raw.get('v')!r}, expected {PROTOCOL_VERSION}"
+        )
+    try:
+        message = _ADAPTER.validate_python(raw)
+    except ValidationError as e:
+        raise ProtocolError("schema", _summarize(e)) from e
+    if message.type not in _TYPES_BY_KIND[parsed_topic.kind]:
+        raise ProtocolError(
+            "wrong_type_for_topic", f"{message.type!r} is not allowed on {parsed_topic.kind.value!r}"
+        )
+    if message.device_id != parsed_topic.device_id:
+        raise ProtocolError(
+            "spoofed_device_id",
+            f"payload claims device {message.device_id!r} on the topic of "
+            f"{parsed_topic.device_id!r}",
+        )
+    return parsed_topic, message

@@ -1,0 +1,62 @@
+"""MQTT topic names for protocol v1: ``ef/v1/{device_id}/{kind}``.
+
+Builders and a strict parser, both pure. The version lives in the topic so that a v2 agent
+and a v1 controller never read each other's payloads by accident.
+"""
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from shared.errors import ProtocolError
+
+TOPIC_ROOT = "ef/v1"
+
+# Device ids become topic levels, file names and database keys: keep them boring.
+_DEVICE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class MessageKind(StrEnum):
+    """The last topic level; each kind has one payload schema and one direction."""
+
+    STATUS = "status"  # device -> controller, retained; birth, death and the Last Will
+    HEARTBEAT = "heartbeat"  # device -> controller
+
+
+def is_valid_device_id(device_id: str) -> bool:
+    """True for ids of 1-63 lowercase letters, digits, ``-`` or ``_``, starting alphanumeric."""
+    return bool(_DEVICE_ID.match(device_id))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTopic:
+    """One device's topic of one kind."""
+
+    device_id: str
+    kind: MessageKind
+
+    def __post_init__(self) -> None:
+        if not is_valid_device_id(self.device_id):
+            raise ValueError(f"invalid device id {self.device_id!r}")
+
+    def __str__(self) -> str:
+        return f"{TOPIC_ROOT}/{self.device_id}/{self.kind.value}"
+
+    @staticmethod
+    def subscription(kind: MessageKind) -> str:
+        """The wildcard filter that matches this kind for every device."""
+        return f"{TOPIC_ROOT}/+/{kind.value}"
+
+    @classmethod
+    def parse(cls, topic: str) -> "DeviceTopic":
+        """Parse a concrete topic; raises ``ProtocolError`` for anything not v1-shaped."""
+        parts = topic.split("/")
+        if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT:
+            raise ProtocolError("bad_topic", f"topic {topic!r} is not {TOPIC_ROOT}/<device>/<kind>")
+        device_id, kind = parts[2], parts[3]
+        if not is_valid_device_id(device_id):
+            raise ProtocolError("bad_topic", f"invalid device id in topic {topic!r}")
+        try:
+            return cls(device_id, MessageKind(kind))
+        except ValueError:
+            raise ProtocolError("bad_topic", f"unknown message kind {kind!r}") from None

@@ -1,0 +1,77 @@
+"""Agent YAML config: valid files load, wrong ones fail with a message that says where."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_device_class_config_is_valid() -> None:
+    """The x86-cpu image's agent config loads and keeps its secrets in a file."""
+    config = load_config(ROOT / "firmware_images" / "x86-cpu" / "agent.yaml")
+    assert config.mqtt is not None
+    assert config.mqtt.password_file == Path("/etc/edgefleet/mqtt-password")
+    assert config.models[0].runtime == "llama.cpp"
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    """Model paths and state_dir given relative are taken relative to the YAML file."""
+    config = load_config(
+        write(tmp_path, "device_id: d1\nstate_dir: state\nmodels:\n  - {name: m, path: m.gguf}\n")
+    )
+    assert config.state_dir == tmp_path / "state"
+    assert config.models[0].path == tmp_path / "m.gguf"
+
+
+def test_mqtt_null_means_standalone(tmp_path: Path) -> None:
+    """mqtt: null runs the agent without a controller."""
+    assert load_config(write(tmp_path, "device_id: d1\nmqtt: null\n")).mqtt is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("device_id: d1\nmodles: []\n", "modles"),
+        ("device_id: 'Bad Id'\n", "device_id"),
+        ("device_id: d1\nmqtt: {url: 'http://x'}\n", "mqtt.url"),
+        ("device_id: d1\napi: {port: 70000}\n", "api.port"),
+        ("device_id: d1\nheartbeat_interval_s: 0\n", "heartbeat_interval_s"),
+        ("device_id: d1\nmodels: [{name: a, path: x}, {name: a, path: y}]\n", "unique"),
+        ("- just\n- a list\n", "mapping"),
+        ("device_id: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_invalid_config_names_the_problem(tmp_path: Path, text: str, expected: str) -> None:
+    """Each wrong config raises ConfigError whose text points at the offending key."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert expected in str(info.value)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A missing file is reported with its path, not a traceback."""
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_check_config_command_exits_2_with_the_reason(tmp_path: Path) -> None:
+    """edge-agent check-config prints the problem and exits 2 on a bad file."""
+    path = write(tmp_path, "device_id: d1\nbogus: 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "check-config", str(path)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2
+    assert "bogus" in result.stderr
+    assert "Traceback" not in result.stderr
