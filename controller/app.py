@@ -1,7 +1,7 @@
 """The FastAPI app factory. Nothing is created at import time: settings come in, the
 lifespan starts the database, broker, ingest and scheduler, and stops them on exit."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,15 @@ from controller.services import Services
 from controller.settings import Settings
 
 
-def _problem(status: int, title: str, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+def _problem(
+    status: int, title: str, detail: Any, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     """RFC 9457 problem details: one error shape for every API failure."""
     return JSONResponse(
         {"type": "about:blank", "title": title, "status": status, "detail": detail},
         status_code=status,
         media_type="application/problem+json",
-        headers=headers,
+        headers=dict(headers) if headers else None,
     )
 
 
@@ -52,9 +54,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()
-        ]
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
         return _problem(422, "Invalid request", errors)
 
     @app.get("/healthz", tags=["health"])
@@ -77,7 +77,9 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.include_router(ingest.router)
     app.include_router(console.router)
     app.mount(
-        "/static", StaticFiles(directory=Path(__file__).parent / "console" / "static"), name="static"
+        "/static",
+        StaticFiles(directory=Path(__file__).parent / "console" / "static"),
+        name="static",
     )
     return app
 

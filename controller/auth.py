@@ -61,7 +61,7 @@ def open_session(session: Session, user: User, *, ttl: timedelta, now: datetime)
     token = secrets.token_urlsafe(32)
     assert user.id is not None
     session.add(WebSession(token_hash=_digest(token), user_id=user.id, expires_at=now + ttl))
-    session.exec(delete(WebSession).where(col(WebSession.expires_at) < now))  # type: ignore[call-overload]
+    session.exec(delete(WebSession).where(col(WebSession.expires_at) < now))
     return token
 
 

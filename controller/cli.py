@@ -3,6 +3,7 @@
 import getpass
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,6 +55,8 @@ def _logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # One line per job run at INFO would drown everything else.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
 
 
 @app.command()
@@ -75,6 +78,10 @@ def serve(
     if port:
         overrides["http_port"] = port
     settings = _settings(config, **overrides)
+    # uvicorn re-raises the stop signal after a graceful shutdown; no-op handlers turn that
+    # into a normal exit (status 0) once the lifespan has stopped ingest and the broker.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: None)
     uvicorn.run(
         create_app(settings),
         host=settings.http_host,
@@ -129,7 +136,9 @@ def devices_list(
     if as_json:
         typer.echo(json.dumps(page, indent=2))
         return
-    table = Table(title=f"{page['online']} online, {page['offline']} offline, {page['count']} total")
+    table = Table(
+        title=f"{page['online']} online, {page['offline']} offline, {page['count']} total"
+    )
     for column in ("device", "state", "last seen", "class", "runtime", "models"):
         table.add_column(column)
     for d in page["data"]:

@@ -36,13 +36,15 @@ class DemoError(RuntimeError):
     """The demo could not start; the text says which part and where its log is."""
 
 
-def agent_config(*, device_id: str, data_dir: Path, broker_port: int, model: Path) -> dict[str, object]:
+def agent_config(
+    *, device_id: str, data_dir: Path, broker_port: int, model: Path, api_port: int
+) -> dict[str, object]:
     """The YAML document one simulated device runs with."""
     return {
         "device_id": device_id,
         "state_dir": str(data_dir / "agents" / device_id),
         "mqtt": {"url": f"mqtt://{HOST}:{broker_port}", "keepalive_s": 5},
-        "api": {"host": HOST, "port": free_port(HOST)},
+        "api": {"host": HOST, "port": api_port},
         "heartbeat_interval_s": 2.0,
         # One thread each: three agents share this machine's cores with the controller.
         "models": [{"name": DEMO_MODEL_NAME, "path": str(model), "n_threads": 1, "n_ctx": 1024}],
@@ -64,9 +66,7 @@ def _spawn_agent(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
 
 def _online_count(services: Services) -> int:
     with Session(services.engine) as session:
-        return int(
-            session.exec(select(func.count()).where(col(Device.state) == "online")).one()
-        )
+        return int(session.exec(select(func.count()).where(col(Device.state) == "online")).one())
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
@@ -74,6 +74,29 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def _banner(http_port: int, password: str, cli_file: Path, endpoints: dict[str, int]) -> str:
+    first = next(iter(endpoints.values()))
+    lines = [
+        "",
+        f"edgefleet demo is running: {len(endpoints)} devices online.",
+        "",
+        f"  Console   http://{HOST}:{http_port}/console",
+        f"  Login     admin / {password}   (demo only; generated for this run)",
+        f"  CLI       edgefleet devices list   (credentials in {cli_file})",
+    ]
+    lines += [
+        f"  Device    {d}: http://{HOST}:{p}/v1/chat/completions" for d, p in endpoints.items()
+    ]
+    lines += [
+        f"  Try       curl -s http://{HOST}:{first}/v1/chat/completions \\",
+        "              -H 'Content-Type: application/json' \\",
+        '              -d \'{"messages":[{"role":"user","content":"Hi"}]}\'',
+        "",
+        "Press Ctrl-C to stop.",
+    ]
+    return "\n".join(lines)
 
 
 def run_demo(*, devices: int, model: Path, data_dir: Path, port: int) -> None:
@@ -103,7 +126,9 @@ def run_demo(*, devices: int, model: Path, data_dir: Path, port: int) -> None:
     cli_file.chmod(0o600)
 
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, services=services), host=HOST, port=http_port, log_level="warning")
+        uvicorn.Config(
+            create_app(settings, services=services), host=HOST, port=http_port, log_level="warning"
+        )
     )
     server_thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     server_thread.start()
@@ -120,16 +145,25 @@ def run_demo(*, devices: int, model: Path, data_dir: Path, port: int) -> None:
             if time.monotonic() > deadline or not server_thread.is_alive():
                 raise DemoError(f"controller did not start on port {http_port}")
             time.sleep(0.1)
-        print(f"controller up at http://{HOST}:{http_port} (MQTT on {HOST}:{broker_port})", flush=True)
+        print(
+            f"controller up at http://{HOST}:{http_port} (MQTT on {HOST}:{broker_port})", flush=True
+        )
 
         for i in range(1, devices + 1):
             device_id = f"demo-edge-{i}"
-            cfg = agent_config(device_id=device_id, data_dir=data_dir, broker_port=broker_port, model=model.resolve())
+            api_port = free_port(HOST)
+            cfg = agent_config(
+                api_port=api_port,
+                device_id=device_id,
+                data_dir=data_dir,
+                broker_port=broker_port,
+                model=model.resolve(),
+            )
             cfg_path = data_dir / "agents" / f"{device_id}.yaml"
             cfg_path.parent.mkdir(parents=True, exist_ok=True)
             cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
             log_path = data_dir / "logs" / f"{device_id}.log"
-            agents[device_id] = (_spawn_agent(cfg_path, log_path), log_path, int(cfg["api"]["port"]))  # type: ignore[index]
+            agents[device_id] = (_spawn_agent(cfg_path, log_path), log_path, api_port)
         print(f"starting {devices} edge agents (loading and warming the model)...", flush=True)
 
         deadline = time.monotonic() + 180
@@ -146,31 +180,16 @@ def run_demo(*, devices: int, model: Path, data_dir: Path, port: int) -> None:
                 raise DemoError(f"agents not online after 180 s; logs in {data_dir / 'logs'}")
             time.sleep(0.5)
 
-        first_port = next(iter(agents.values()))[2]
-        print(
-            f"""
-edgefleet demo is running: {devices} devices online.
-
-  Console     http://{HOST}:{http_port}/console
-  Login       admin / {password}      (demo only; generated for this run)
-  CLI         edgefleet devices list   (credentials in {cli_file})
-  Devices     """
-            + "\n              ".join(
-                f"{d}: http://{HOST}:{p}/v1/chat/completions" for d, (_, _, p) in agents.items()
-            )
-            + f"""
-  Try         curl -s http://{HOST}:{first_port}/v1/chat/completions -H 'Content-Type: application/json' \\
-                -d '{{"messages":[{{"role":"user","content":"Say hello"}}],"max_tokens":32}}'
-
-Press Ctrl-C to stop.""",
-            flush=True,
-        )
+        endpoints = {d: port for d, (_, _, port) in agents.items()}
+        print(_banner(http_port, password, cli_file, endpoints), flush=True)
         reported: set[str] = set()
         while not stop.wait(1.0):
             for device_id, (proc, log_path, _) in agents.items():
                 if proc.poll() is not None and device_id not in reported:
                     reported.add(device_id)
-                    print(f"agent {device_id} exited ({proc.returncode}); log: {log_path}", flush=True)
+                    print(
+                        f"agent {device_id} exited ({proc.returncode}); log: {log_path}", flush=True
+                    )
     finally:
         print("\nstopping agents...", flush=True)
         for proc, _, _ in agents.values():

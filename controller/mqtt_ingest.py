@@ -73,7 +73,9 @@ class MqttIngest:
     def start(self) -> None:
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         self._writer.start()
-        self._client.connect_async(self._broker.host, self._port, keepalive=self._broker.keepalive_s)
+        self._client.connect_async(
+            self._broker.host, self._port, keepalive=self._broker.keepalive_s
+        )
         self._client.loop_start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -92,7 +94,12 @@ class MqttIngest:
             return
         client.subscribe(SUBSCRIPTION, qos=1)
         self._connected.set()
-        log.info("ingest connected to %s:%d, subscribed to %s", self._broker.host, self._port, SUBSCRIPTION)
+        log.info(
+            "ingest connected to %s:%d, subscribed to %s",
+            self._broker.host,
+            self._port,
+            SUBSCRIPTION,
+        )
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
@@ -135,7 +142,9 @@ class MqttIngest:
                     batch = []
                 except SQLAlchemyError as e:
                     self.stats.add("db_errors")
-                    log.error("ingest batch of %d failed on the database (%s); retrying", len(batch), e)
+                    log.error(
+                        "ingest batch of %d failed on the database (%s); retrying", len(batch), e
+                    )
                     if self._stopping.wait(delay):
                         log.error("stopping with %d unwritten messages", len(batch))
                         return

@@ -1,6 +1,7 @@
 """``edge-agent``: what runs on a device."""
 
 import logging
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -62,6 +63,11 @@ def run(
         cfg.api.port,
         agent.profile.device_class,
     )
+    # uvicorn stops gracefully on SIGINT/SIGTERM, restores the previous handlers and then
+    # re-raises the signal; with no-op handlers in place that re-raise lands here harmlessly
+    # and the clean MQTT death below still gets sent.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: None)
     try:
         server.run()
     finally:

@@ -62,7 +62,9 @@ class ChatCompletionBody(BaseModel):
         return value
 
 
-def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int, message: str, code: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = {"error": {"message": message, "type": "invalid_request_error", "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -126,7 +128,9 @@ def create_agent_app(agent: Agent) -> FastAPI:
         model_cfg = next(m for m in agent.config.models if m.name == name)
         request = ChatRequest(
             messages=tuple(ChatMessage(m.role, m.text()) for m in body.messages),
-            max_tokens=body.max_completion_tokens or body.max_tokens or model_cfg.max_tokens_default,
+            max_tokens=body.max_completion_tokens
+            or body.max_tokens
+            or model_cfg.max_tokens_default,
             temperature=body.temperature,
             top_p=body.top_p,
             seed=body.seed,

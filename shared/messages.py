@@ -51,7 +51,7 @@ class ModelInfo(_Frozen):
 
 
 class _Envelope(_Frozen):
-    v: Literal[1] = PROTOCOL_VERSION
+    v: Literal[1] = 1  # PROTOCOL_VERSION; a literal so a v2 payload fails validation
     device_id: str = Field(min_length=1, max_length=63)
     ts: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
 
@@ -144,7 +144,8 @@ def decode_message(topic: str, payload: bytes) -> tuple[DeviceTopic, Birth | Dea
         raise ProtocolError("schema", _summarize(e)) from e
     if message.type not in _TYPES_BY_KIND[parsed_topic.kind]:
         raise ProtocolError(
-            "wrong_type_for_topic", f"{message.type!r} is not allowed on {parsed_topic.kind.value!r}"
+            "wrong_type_for_topic",
+            f"{message.type!r} is not allowed on {parsed_topic.kind.value!r}",
         )
     if message.device_id != parsed_topic.device_id:
         raise ProtocolError(

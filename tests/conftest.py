@@ -24,7 +24,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> T:
+def wait_for(
+    predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.1, what: str = ""
+) -> T:
     """Poll ``predicate`` until it returns something truthy; fail with ``what`` on timeout."""
     deadline = time.monotonic() + timeout
     last: T = predicate()
@@ -54,7 +56,9 @@ class Broker:
 
 
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
+    )
     if found is None:
         pytest.fail("mosquitto is not installed (scripts/dev test installs it with apt-get)")
     return found
@@ -75,7 +79,9 @@ def mosquitto(tmp_path: Path) -> Iterator[Broker]:
         "max_packet_size 1048576\n"
     )
     log = (tmp_path / "mosquitto.log").open("wb")
-    proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         wait_for(lambda: port_open(port) or proc.poll() is not None, 10, what="mosquitto to listen")
         if proc.poll() is not None:
@@ -101,3 +107,39 @@ def model_path() -> Path:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+POSTGRES_URL = os.environ.get(
+    "EDGEFLEET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL database on the local server, dropped after the test."""
+    import uuid
+
+    import psycopg
+
+    name = f"edgefleet_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True)
+    except psycopg.OperationalError as e:
+        pytest.fail(
+            f"PostgreSQL at {POSTGRES_URL} unreachable (set EDGEFLEET_TEST_POSTGRES_URL): {e}"
+        )
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        base = POSTGRES_URL.rsplit("/", 1)[0]
+        try:
+            yield f"{base}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each database the controller supports: a SQLite file and a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'edgefleet.db'}"
+    return str(request.getfixturevalue("postgres_url"))

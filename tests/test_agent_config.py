@@ -70,7 +70,9 @@ def test_check_config_command_exits_2_with_the_reason(tmp_path: Path) -> None:
     path = write(tmp_path, "device_id: d1\nbogus: 1\n")
     result = subprocess.run(
         [sys.executable, "-m", "edge_agent", "check-config", str(path)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert "bogus" in result.stderr

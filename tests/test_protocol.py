@@ -67,8 +67,15 @@ def test_topic_round_trip() -> None:
 
 @pytest.mark.parametrize(
     "topic",
-    ["ef/v2/dev-1/status", "ef/v1/dev-1", "ef/v1/dev-1/status/extra", "ef/v1/Dev 1/status",
-     "ef/v1/dev-1/firmware", "other/v1/dev-1/status", "ef/v1/+/status"],
+    [
+        "ef/v2/dev-1/status",
+        "ef/v1/dev-1",
+        "ef/v1/dev-1/status/extra",
+        "ef/v1/Dev 1/status",
+        "ef/v1/dev-1/firmware",
+        "other/v1/dev-1/status",
+        "ef/v1/+/status",
+    ],
 )
 def test_topic_parse_refuses_non_v1_shapes(topic: str) -> None:
     """Wrong version, depth, device id or kind is a bad_topic error, never a crash."""
@@ -86,8 +93,11 @@ def test_canonical_json_is_sorted_compact_and_refuses_nan() -> None:
 
 def test_encode_decode_round_trip_for_every_type() -> None:
     """Every message type survives encode then decode unchanged, on its own topic."""
-    for message in (birth(), Death(device_id="dev-1", ts=TS, bd_seq=3, reason="will"),
-                    Heartbeat.model_validate(heartbeat_doc())):
+    for message in (
+        birth(),
+        Death(device_id="dev-1", ts=TS, bd_seq=3, reason="will"),
+        Heartbeat.model_validate(heartbeat_doc()),
+    ):
         topic, payload = encode_message(message)
         parsed_topic, decoded = decode_message(topic, payload)
         assert decoded == message
@@ -102,10 +112,19 @@ BAD_INPUTS = {
     "not_utf8": ("ef/v1/dev-1/heartbeat", b"\xff\xfe{}"),
     "not_object": ("ef/v1/dev-1/heartbeat", b"[1, 2]"),
     "unsupported_version": ("ef/v1/dev-1/heartbeat", json.dumps(heartbeat_doc(v=2)).encode()),
-    "schema_missing_field": ("ef/v1/dev-1/heartbeat", json.dumps({**heartbeat_doc(), "seq": None}).encode()),
+    "schema_missing_field": (
+        "ef/v1/dev-1/heartbeat",
+        json.dumps({**heartbeat_doc(), "seq": None}).encode(),
+    ),
     "schema_negative_seq": ("ef/v1/dev-1/heartbeat", json.dumps(heartbeat_doc(seq=-1)).encode()),
-    "schema_extra_field": ("ef/v1/dev-1/heartbeat", json.dumps(heartbeat_doc(prompt="secret")).encode()),
-    "schema_naive_ts": ("ef/v1/dev-1/heartbeat", json.dumps(heartbeat_doc(ts="2026-11-25T06:00:00")).encode()),
+    "schema_extra_field": (
+        "ef/v1/dev-1/heartbeat",
+        json.dumps(heartbeat_doc(prompt="secret")).encode(),
+    ),
+    "schema_naive_ts": (
+        "ef/v1/dev-1/heartbeat",
+        json.dumps(heartbeat_doc(ts="2026-11-25T06:00:00")).encode(),
+    ),
     "wrong_type_for_topic": ("ef/v1/dev-1/status", json.dumps(heartbeat_doc()).encode()),
     "spoofed_device_id": ("ef/v1/dev-2/heartbeat", json.dumps(heartbeat_doc()).encode()),
 }

@@ -31,9 +31,7 @@ def list_devices(
     if state is not None:
         query = query.where(col(Device.state) == state)
     rows = db.exec(query.offset(offset).limit(limit)).all()
-    counts = dict(
-        db.exec(select(Device.state, func.count()).group_by(col(Device.state))).all()  # type: ignore[arg-type]
-    )
+    counts = dict(db.exec(select(Device.state, func.count()).group_by(col(Device.state))).all())
     return DeviceList(
         data=[DevicePublic.model_validate(row, from_attributes=True) for row in rows],
         count=sum(counts.values()),

@@ -1,0 +1,55 @@
+"""A real controller (app + ingest + scheduler) on a test broker, driven through TestClient."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from controller.app import create_app
+from controller.auth import create_api_token, create_user
+from controller.db import session_scope
+from controller.services import Services
+from controller.settings import load_settings
+from tests.conftest import wait_for
+
+PASSWORD = "correct-horse-battery"
+
+
+@dataclass
+class LiveController:
+    client: TestClient
+    services: Services
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def device(self, device_id: str) -> dict[str, object] | None:
+        response = self.client.get(f"/api/devices/{device_id}", headers=self.auth)
+        return response.json() if response.status_code == 200 else None
+
+
+@contextmanager
+def live_controller(
+    tmp_path: Path, broker: dict[str, object], **settings: object
+) -> Iterator[LiveController]:
+    config = load_settings(
+        None,
+        environment="development",
+        database_url=f"sqlite:///{tmp_path / 'controller.db'}",
+        broker=broker,
+        liveness_sweep_s=0.2,
+        secure_cookies=False,
+        **settings,
+    )
+    services = Services.create(config)
+    with session_scope(services.engine) as session:
+        admin = create_user(session, username="admin", password=PASSWORD, role="admin")
+        token = create_api_token(session, admin, name="tests")
+    with TestClient(create_app(config, services=services)) as client:
+        assert services.ingest is not None
+        wait_for(lambda: services.ingest.connected, 15, what="ingest to connect")  # type: ignore[union-attr]
+        yield LiveController(client, services, token)

@@ -1,0 +1,88 @@
+"""`edgefleet demo`, the README's first command, as a user runs it (2 devices to save time)."""
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import port_open, wait_for
+from tests.procs import Proc, processes, run_cli
+
+pytestmark = pytest.mark.e2e
+
+
+def test_demo_brings_up_a_working_fleet_and_stops_cleanly(model_path: Path, tmp_path: Path) -> None:
+    """The demo prints a console URL and login that work, its devices are online and answer
+    chat completions through the embedded broker setup, the CLI sees them, and Ctrl-C stops
+    every process with exit status 0."""
+    data_dir = tmp_path / "demo"
+    with processes(tmp_path) as procs:
+        demo = Proc(
+            "demo",
+            [
+                "-m",
+                "controller",
+                "demo",
+                "--devices",
+                "2",
+                "--model",
+                str(model_path),
+                "--data-dir",
+                str(data_dir),
+            ],
+            tmp_path,
+        )
+        procs.append(demo)
+        wait_for(
+            lambda: "Press Ctrl-C to stop." in demo.log() or demo.popen.poll() is not None,
+            180,
+            interval=0.5,
+            what="the demo banner",
+        )
+        out = demo.log()
+        assert demo.popen.poll() is None, out
+        console = re.search(r"Console\s+(http://\S+)/console", out)
+        login = re.search(r"Login\s+admin / (\S+)", out)
+        devices = dict(re.findall(r"Device\s+(\S+): (http://\S+)", out))
+        assert console and login and len(devices) == 2, out
+
+        with httpx.Client(base_url=console.group(1), timeout=30) as browser:
+            assert (
+                browser.post(
+                    "/login", data={"username": "admin", "password": "wrong-password"}
+                ).status_code
+                == 401
+            )
+            assert (
+                browser.post(
+                    "/login", data={"username": "admin", "password": login.group(1)}
+                ).status_code
+                == 303
+            )
+            page = browser.get("/console").text
+            assert page.count('class="state online"') == 2
+            assert "demo-edge-1" in page and "demo-edge-2" in page
+
+        env = {**os.environ, "EDGEFLEET_CLI_CONFIG": str(data_dir / "cli.json")}
+        listed = run_cli(["-m", "controller", "devices", "list", "--json"], env=env)
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout)["online"] == 2
+
+        url = devices["demo-edge-2"]
+        answer = httpx.post(
+            url,
+            timeout=120,
+            json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+        )
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] >= 1
+
+        assert demo.stop(signal.SIGINT, timeout=60) == 0, demo.log()
+        final = demo.log()
+        assert "edgefleet demo stopped." in final
+        assert "Traceback" not in final
+        agent_ports = [int(u.split(":")[2].split("/")[0]) for u in devices.values()]
+        assert not any(port_open(p) for p in agent_ports), "agents must be stopped with the demo"

@@ -1,0 +1,101 @@
+"""The zero-setup path: the controller's embedded broker with the agent's real MQTT link."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.config import MqttConfig
+from edge_agent.mqtt_link import LoadSnapshot, MqttLink
+from edge_agent.state import CounterStore
+from shared import Death, encode_message
+from tests.conftest import wait_for
+from tests.controller_harness import LiveController, live_controller
+from tests.test_protocol import birth
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[LiveController]:
+    with live_controller(tmp_path, {"mode": "embedded", "url": "mqtt://127.0.0.1:0"}) as controller:
+        yield controller
+
+
+def make_link(live: LiveController, counters: CounterStore, device_id: str) -> MqttLink:
+    port = live.services.broker_port
+    return MqttLink(
+        device_id=device_id,
+        config=MqttConfig(url=f"mqtt://127.0.0.1:{port}", keepalive_s=5),
+        counters=counters,
+        make_birth=lambda bd_seq: birth(device_id, bd_seq=bd_seq),
+        snapshot=lambda: LoadSnapshot(1.0, 5.0, 20.0, 3, True),
+        heartbeat_interval_s=0.2,
+    )
+
+
+def test_agent_link_births_heartbeats_and_dies_cleanly(
+    live: LiveController, tmp_path: Path
+) -> None:
+    """Through the embedded broker an agent link comes online, heartbeats with increasing
+    seq, goes offline with reason 'shutdown' on stop, and its next session has bd_seq + 1."""
+    counters = CounterStore(tmp_path / "agent" / "counters.json")
+    link = make_link(live, counters, "dev-emb")
+    link.start()
+    try:
+        first = wait_for(
+            lambda: (d := live.device("dev-emb")) and d["last_heartbeat_seq"] is not None and d,
+            15,
+            what="birth and a heartbeat",
+        )
+        assert first["state"] == "online" and first["bd_seq"] == 0 and first["requests_total"] == 3
+        later = wait_for(
+            lambda: (
+                (d := live.device("dev-emb"))
+                and d["last_heartbeat_seq"] > first["last_heartbeat_seq"]
+                and d
+            ),
+            10,
+            what="a later heartbeat",
+        )
+        assert later["state"] == "online"
+    finally:
+        link.stop()
+    gone = wait_for(
+        lambda: (d := live.device("dev-emb")) and d["state"] == "offline" and d, 10, what="death"
+    )
+    assert gone["state_reason"] == "shutdown"
+
+    again = make_link(live, counters, "dev-emb")
+    again.start()
+    try:
+        back = wait_for(
+            lambda: (d := live.device("dev-emb")) and d["state"] == "online" and d,
+            15,
+            what="rebirth",
+        )
+        assert back["bd_seq"] == 1
+    finally:
+        again.stop()
+
+
+def test_last_will_marks_a_vanished_device_offline(live: LiveController) -> None:
+    """A client that drops its socket without DISCONNECT is marked offline by its will."""
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="dev-crash")
+    client.will_set(
+        *encode_message(Death(device_id="dev-crash", bd_seq=0, reason="will")), qos=1, retain=True
+    )
+    client.connect("127.0.0.1", live.services.broker_port)
+    client.loop_start()
+    client.publish(
+        *encode_message(birth("dev-crash", bd_seq=0)), qos=1, retain=True
+    ).wait_for_publish(5)
+    wait_for(lambda: (d := live.device("dev-crash")) and d["state"] == "online", 10, what="birth")
+    client.loop_stop()
+    sock = client.socket()
+    assert sock is not None
+    sock.close()  # what a power cut looks like to the broker
+    gone = wait_for(
+        lambda: (d := live.device("dev-crash")) and d["state"] == "offline" and d, 15, what="will"
+    )
+    assert gone["state_reason"] == "will"
