@@ -106,10 +106,13 @@ def _apply_fields(device: Device, message: Birth | Death | Heartbeat) -> None:
 
 
 def apply_message(
-    session: Session, message: Birth | Death | Heartbeat, received_at: datetime
+    session: Session,
+    devices: dict[str, Device],
+    message: Birth | Death | Heartbeat,
+    received_at: datetime,
 ) -> str:
     """Apply one valid message (in the caller's transaction); returns accepted/stale/duplicates."""
-    device = session.get(Device, message.device_id)
+    device = devices.get(message.device_id)
     decision = _decide(device, message)
     if decision.event and not decision.apply:
         session.add(
@@ -125,6 +128,7 @@ def apply_message(
     if device is None:
         device = Device(id=message.device_id, first_seen=received_at)
         session.add(device)
+        devices[device.id] = device
     _apply_fields(device, message)
     device.last_seen = received_at
     if decision.state is not None and (
@@ -152,6 +156,7 @@ def apply_batch(session: Session, batch: list[Received]) -> Counter[str]:
     Returns the outcome counts, for the caller to add to ``IngestStats`` once committed.
     """
     outcome: Counter[str] = Counter()
+    valid: list[tuple[Birth | Death | Heartbeat, datetime]] = []
     for item in batch:
         try:
             _, message = decode_message(item.topic, item.payload)
@@ -168,7 +173,14 @@ def apply_batch(session: Session, batch: list[Received]) -> Counter[str]:
                 )
             )
             continue
-        outcome[apply_message(session, message, item.received_at)] += 1
+        valid.append((message, item.received_at))
+    # One SELECT for every device in the batch; rows are then updated in memory and
+    # flushed once at commit (a get() per message cost a query and an autoflush each).
+    ids = {message.device_id for message, _ in valid}
+    devices = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(ids)))}
+    with session.no_autoflush:
+        for message, received_at in valid:
+            outcome[apply_message(session, devices, message, received_at)] += 1
     return outcome
 
 

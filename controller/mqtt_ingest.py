@@ -47,6 +47,7 @@ class MqttIngest:
         self._queue: queue.Queue[Received] = queue.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._stopping = threading.Event()
+        self._disconnecting = threading.Event()
         self._connected = threading.Event()
         self._writer: threading.Thread | None = None
         self._client = mqtt.Client(
@@ -79,6 +80,7 @@ class MqttIngest:
         self._client.loop_start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        self._disconnecting.set()
         self._client.disconnect()
         self._client.loop_stop()
         self._stopping.set()
@@ -105,7 +107,7 @@ class MqttIngest:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         self._connected.clear()
-        if not self._stopping.is_set():
+        if not self._disconnecting.is_set():
             log.warning("ingest lost the broker (%s); reconnecting", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
