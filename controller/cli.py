@@ -32,7 +32,7 @@ ConfigOpt = Annotated[
 ]
 UrlOpt = Annotated[str | None, typer.Option(help="Controller URL (or EDGEFLEET_URL).")]
 TokenOpt = Annotated[str | None, typer.Option(help="API token (or EDGEFLEET_TOKEN).")]
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # no hard wraps: errors end up in logs
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:

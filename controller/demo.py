@@ -76,6 +76,22 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+MARKER = ".edgefleet-demo"
+
+
+def _reset_data_dir(data_dir: Path) -> None:
+    """Start every demo from a clean registry and new credentials, but only ever delete a
+    folder an earlier demo made (it holds the marker file), never a user's folder."""
+    if data_dir.exists():
+        if not (data_dir / MARKER).is_file() and any(data_dir.iterdir()):
+            raise DemoError(
+                f"{data_dir} exists and was not made by the demo; pick another --data-dir"
+            )
+        shutil.rmtree(data_dir)
+    (data_dir / "logs").mkdir(parents=True)
+    (data_dir / MARKER).write_text("made by `edgefleet demo`; deleted at its next start\n")
+
+
 def _banner(http_port: int, password: str, cli_file: Path, endpoints: dict[str, int]) -> str:
     first = next(iter(endpoints.values()))
     lines = [
@@ -101,9 +117,7 @@ def _banner(http_port: int, password: str, cli_file: Path, endpoints: dict[str, 
 
 def run_demo(*, devices: int, model: Path, data_dir: Path, port: int) -> None:
     data_dir = data_dir.resolve()
-    if data_dir.exists():
-        shutil.rmtree(data_dir)  # every demo starts from a clean registry and new credentials
-    (data_dir / "logs").mkdir(parents=True)
+    _reset_data_dir(data_dir)
     http_port = port or free_port(HOST)
     broker_port = free_port(HOST)
     settings = load_settings(

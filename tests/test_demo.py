@@ -86,3 +86,16 @@ def test_demo_brings_up_a_working_fleet_and_stops_cleanly(model_path: Path, tmp_
         assert "Traceback" not in final
         agent_ports = [int(u.split(":")[2].split("/")[0]) for u in devices.values()]
         assert not any(port_open(p) for p in agent_ports), "agents must be stopped with the demo"
+
+
+def test_demo_refuses_to_wipe_a_folder_it_did_not_make(model_path: Path, tmp_path: Path) -> None:
+    """--data-dir pointing at a non-empty folder without the demo's marker is refused, untouched."""
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("keep me")
+    result = run_cli(
+        ["-m", "controller", "demo", "--model", str(model_path), "--data-dir", str(precious)]
+    )
+    assert result.returncode == 1
+    assert "was not made by the demo" in result.stderr
+    assert (precious / "thesis.txt").read_text() == "keep me"

@@ -1,0 +1,70 @@
+"""Controller settings: file, environment and overrides, and clear refusals."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from controller.settings import load_settings
+from tests.procs import run_cli
+
+
+def test_file_then_environment_then_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """YAML sets values, EDGEFLEET_* env (nested with __) beats it, explicit overrides beat both."""
+    config = tmp_path / "c.yaml"
+    config.write_text("http_port: 9001\nbroker:\n  mode: external\n  url: mqtt://broker:1884\n")
+    assert load_settings(config).broker.port == 1884
+    monkeypatch.setenv("EDGEFLEET_BROKER__URL", "mqtt://other:1999")
+    monkeypatch.setenv("EDGEFLEET_HTTP_PORT", "9002")
+    settings = load_settings(config, http_port=9003)
+    assert (settings.broker.host, settings.broker.port, settings.http_port) == ("other", 1999, 9003)
+    assert settings.broker.mode == "external"
+
+
+def test_placeholder_broker_password_refused_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tutorial password such as 'changeme' is refused unless the environment is demo/dev."""
+    monkeypatch.setenv("EDGEFLEET_BROKER__PASSWORD", "changeme")
+    with pytest.raises(ValidationError, match="placeholder"):
+        load_settings(None)
+    assert load_settings(None, environment="development").broker.password is not None
+
+
+def test_secret_never_printed_in_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker password stays masked when settings are logged or printed."""
+    monkeypatch.setenv("EDGEFLEET_BROKER__PASSWORD", "s3cr3t-real-value")
+    assert "s3cr3t-real-value" not in repr(load_settings(None))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("htp_port: 1\n", "htp_port"),
+        ("broker:\n  url: http://x\n", "mqtt://HOST:PORT"),
+        ("environment: staging\n", "environment"),
+    ],
+)
+def test_serve_refuses_bad_config_with_exit_2(tmp_path: Path, text: str, expected: str) -> None:
+    """`edgefleet serve` with a wrong key or value exits 2 and names the problem."""
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    result = run_cli(["-m", "controller", "serve", "--config", str(config)])
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_missing_config_file(tmp_path: Path) -> None:
+    """A config path that does not exist is an error, not silently the defaults."""
+    result = run_cli(["-m", "controller", "serve", "--config", str(tmp_path / "nope.yaml")])
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+
+
+def test_cli_without_credentials_says_how_to_get_them(tmp_path: Path) -> None:
+    """`edgefleet devices list` with no URL or token explains what to set."""
+    env = {"PATH": "/usr/bin:/bin", "EDGEFLEET_CLI_CONFIG": str(tmp_path / "none.json")}
+    result = run_cli(["-m", "controller", "devices", "list"], env=env)
+    assert result.returncode == 1
+    assert "EDGEFLEET_URL" in result.stderr
