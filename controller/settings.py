@@ -6,7 +6,6 @@ Nested keys use ``__`` in the environment (``EDGEFLEET_BROKER__URL``). Settings 
 
 from pathlib import Path
 from typing import ClassVar, Literal
-from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -15,6 +14,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from shared.broker_url import parse_broker_url
 
 # Values people paste from tutorials; refused as secrets outside the demo.
 PLACEHOLDER_SECRETS = frozenset(
@@ -37,19 +38,16 @@ class BrokerSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        parsed = urlparse(value)
-        if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
-            raise ValueError(f"expected mqtt://HOST:PORT, got {value!r}")
+        parse_broker_url(value)
         return value
 
     @property
     def host(self) -> str:
-        return urlparse(self.url).hostname or "127.0.0.1"
+        return parse_broker_url(self.url).host
 
     @property
     def port(self) -> int:
-        port = urlparse(self.url).port
-        return 1883 if port is None else port
+        return parse_broker_url(self.url).port
 
 
 class Settings(BaseSettings):

@@ -5,11 +5,11 @@ Every key is documented in ``docs/configuration.md``; keep the two in step.
 
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shared.broker_url import parse_broker_url
 from shared.topics import is_valid_device_id
 
 
@@ -35,18 +35,16 @@ class MqttConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        parsed = urlparse(value)
-        if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
-            raise ValueError(f"expected mqtt://HOST:PORT, got {value!r}")
+        parse_broker_url(value)
         return value
 
     @property
     def host(self) -> str:
-        return urlparse(self.url).hostname or "127.0.0.1"
+        return parse_broker_url(self.url).host
 
     @property
     def port(self) -> int:
-        return urlparse(self.url).port or 1883
+        return parse_broker_url(self.url).port
 
     def password(self) -> str | None:
         if self.password_file is None:

@@ -45,6 +45,7 @@ def test_mqtt_null_means_standalone(tmp_path: Path) -> None:
         ("device_id: d1\nmodles: []\n", "modles"),
         ("device_id: 'Bad Id'\n", "device_id"),
         ("device_id: d1\nmqtt: {url: 'http://x'}\n", "mqtt.url"),
+        ("device_id: d1\nmqtt: {url: 'mqtt://h:99999'}\n", "invalid port"),
         ("device_id: d1\napi: {port: 70000}\n", "api.port"),
         ("device_id: d1\nheartbeat_interval_s: 0\n", "heartbeat_interval_s"),
         ("device_id: d1\nmodels: [{name: a, path: x}, {name: a, path: y}]\n", "unique"),

@@ -163,3 +163,14 @@ def test_heartbeat_round_trip_property(bd_seq: int, seq: int, cpu: float, device
     topic, payload = encode_message(message)
     assert decode_message(topic, payload)[1] == message
     assert encode_message(decode_message(topic, payload)[1])[1] == payload
+
+
+def test_broker_url_parsing() -> None:
+    """mqtt:// and tcp:// URLs give host and port (1883 by default); others are refused."""
+    from shared.broker_url import BrokerAddress, parse_broker_url
+
+    assert parse_broker_url("mqtt://broker.local") == BrokerAddress("broker.local", 1883)
+    assert parse_broker_url("tcp://10.0.0.2:0") == BrokerAddress("10.0.0.2", 0)
+    for bad in ("http://x:1883", "mqtt://", "mqtt://h:70000", "broker:1883"):
+        with pytest.raises(ValueError):
+            parse_broker_url(bad)
