@@ -127,4 +127,5 @@ def load_config(path: Path) -> AgentConfig:
         model.path = base / model.path
     if config.mqtt is not None and config.mqtt.password_file is not None:
         config.mqtt.password_file = base / config.mqtt.password_file
+        config.mqtt.password()  # unreadable secrets fail now, with the path, not at connect
     return config

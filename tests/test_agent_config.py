@@ -17,12 +17,22 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_shipped_device_class_config_is_valid() -> None:
-    """The x86-cpu image's agent config loads and keeps its secrets in a file."""
-    config = load_config(ROOT / "firmware_images" / "x86-cpu" / "agent.yaml")
+def test_shipped_device_class_config_is_valid(tmp_path: Path) -> None:
+    """The x86-cpu image's agent config is valid once its password file exists."""
+    text = (ROOT / "firmware_images" / "x86-cpu" / "agent.yaml").read_text()
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("device-secret\n")
+    config = load_config(write(tmp_path, text.replace("/etc/edgefleet/mqtt-password", str(secret))))
     assert config.mqtt is not None
-    assert config.mqtt.password_file == Path("/etc/edgefleet/mqtt-password")
+    assert config.mqtt.password() == "device-secret"
     assert config.models[0].runtime == "llama.cpp"
+
+
+def test_unreadable_password_file_fails_at_load(tmp_path: Path) -> None:
+    """A missing broker password file is a config error naming the file, before connecting."""
+    path = write(tmp_path, "device_id: d1\nmqtt: {username: d1, password_file: secret}\n")
+    with pytest.raises(ConfigError, match=r"mqtt\.password_file"):
+        load_config(path)
 
 
 def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
