@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller import __version__
 from controller.api.deps import ServicesDep
-from controller.api.routes import devices, ingest
+from controller.api.routes import devices, ingest, shadow, telemetry
 from controller.console import routes as console
 from controller.services import Services
 from controller.settings import Settings
@@ -75,6 +75,8 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
 
     app.include_router(devices.router)
     app.include_router(ingest.router)
+    app.include_router(shadow.router)
+    app.include_router(telemetry.router)
     app.include_router(console.router)
     app.mount(
         "/static",

@@ -3,8 +3,10 @@
 import getpass
 import json
 import logging
+import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,9 +25,11 @@ app = typer.Typer(
 devices_app = typer.Typer(no_args_is_help=True, help="Inspect the fleet.")
 admin_app = typer.Typer(no_args_is_help=True, help="Manage console users.")
 token_app = typer.Typer(no_args_is_help=True, help="Manage API tokens.")
+broker_app = typer.Typer(no_args_is_help=True, help="Configure an external MQTT broker.")
 app.add_typer(devices_app, name="devices")
 app.add_typer(admin_app, name="admin")
 app.add_typer(token_app, name="token")
+app.add_typer(broker_app, name="broker")
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="Controller YAML config file.")
@@ -161,6 +165,158 @@ def _read_password(password_stdin: bool) -> str:
     if first != getpass.getpass("Repeat password: "):
         raise _fail("passwords differ", 2)
     return first
+
+
+def _write_atomic(path: Path, text: str, mode: int) -> None:
+    """Write ``text`` to ``path`` with ``mode`` via a temp file in the same folder."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@devices_app.command("provision")
+def devices_provision(
+    device_id: Annotated[str, typer.Argument(help="Device id; also its broker user name.")],
+    password_file: Annotated[
+        Path | None,
+        typer.Option(help="Write the broker password here (mode 0600) instead of printing it."),
+    ] = None,
+    rotate: Annotated[
+        bool, typer.Option(help="Replace an existing (or revoked) credential with a new one.")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Issue a device's broker credential; the password is shown once, only its hash kept."""
+    from controller.broker.mosquitto_auth import generate_password, hash_password
+    from controller.db import init_db, make_engine, session_scope
+    from controller.models import BrokerCredential, Device, utcnow
+    from shared.topics import is_valid_device_id
+
+    if not is_valid_device_id(device_id):
+        raise _fail(
+            f"invalid device id {device_id!r}: use 1-63 lowercase letters, digits, '-' or '_',"
+            " starting with a letter or digit",
+            2,
+        )
+    settings = _settings(config)
+    if device_id == settings.broker.username:
+        raise _fail(f"device id {device_id!r} is the controller's broker user name", 2)
+    if password_file is not None and not password_file.parent.is_dir():
+        raise _fail(f"folder {password_file.parent} does not exist", 2)
+    password = generate_password()
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    with session_scope(engine) as session:
+        credential = session.get(BrokerCredential, device_id)
+        if credential is not None and not rotate:
+            raise _fail(
+                f"device {device_id!r} already has a broker credential; pass --rotate to"
+                " replace it",
+                2,
+            )
+        if credential is None:
+            credential = BrokerCredential(device_id=device_id, username=device_id, password_hash="")
+        credential.password_hash = hash_password(password)
+        credential.created_at = utcnow()
+        credential.revoked_at = None
+        session.add(credential)
+        if session.get(Device, device_id) is None:
+            session.add(Device(id=device_id, state="unknown"))
+        session.flush()  # constraint errors surface before the password leaves the process
+        if password_file is not None:
+            try:
+                _write_atomic(password_file, password + "\n", 0o600)
+            except OSError as e:
+                raise _fail(f"cannot write {password_file}: {e}", 2) from e
+    if password_file is None:
+        err.print(f"broker password for {device_id} (shown once):", highlight=False)
+        typer.echo(password)
+    else:
+        typer.echo(f"broker credential for {device_id} written to {password_file}")
+
+
+@devices_app.command("revoke")
+def devices_revoke(
+    device_id: Annotated[str, typer.Argument(help="Device whose broker credential to revoke.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke a device's broker credential (regenerate the broker config to apply it)."""
+    from controller.db import init_db, make_engine, session_scope
+    from controller.models import BrokerCredential, utcnow
+
+    settings = _settings(config)
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    with session_scope(engine) as session:
+        credential = session.get(BrokerCredential, device_id)
+        if credential is None:
+            raise _fail(f"device {device_id!r} has no broker credential", 2)
+        if credential.revoked_at is not None:
+            typer.echo(f"broker credential for {device_id} was already revoked")
+            return
+        credential.revoked_at = utcnow()
+        session.add(credential)
+    typer.echo(f"broker credential for {device_id} revoked")
+
+
+@broker_app.command("mosquitto-config")
+def broker_mosquitto_config(
+    out: Annotated[Path, typer.Option(help="Folder for mosquitto.conf, passwd and acl.")],
+    host: Annotated[str, typer.Option(help="Address the broker listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Broker port.")] = 1883,
+    config: ConfigOpt = None,
+) -> None:
+    """Write a Mosquitto config, password file and ACL for all non-revoked devices."""
+    from sqlmodel import col, select
+
+    from controller.broker import mosquitto_auth as auth
+    from controller.db import init_db, make_engine, session_scope
+    from controller.models import BrokerCredential
+
+    settings = _settings(config)
+    username, secret = settings.broker.username, settings.broker.password
+    if not username or secret is None or not secret.get_secret_value():
+        raise _fail(
+            "broker.username and broker.password must be set (the controller's own login)", 2
+        )
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    with session_scope(engine) as session:
+        rows = session.exec(
+            select(BrokerCredential).where(col(BrokerCredential.revoked_at).is_(None))
+        ).all()
+        entries = {row.username: row.password_hash for row in rows}
+    if username in entries:
+        raise _fail(f"controller user name {username!r} is also a device's user name", 2)
+    entries[username] = auth.hash_password(secret.get_secret_value())
+    out = out.resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        texts = {
+            "passwd": (auth.render_password_file(entries), 0o600),
+            "acl": (auth.render_acl(username), 0o644),
+            "mosquitto.conf": (
+                auth.render_mosquitto_conf(
+                    host=host, port=port, password_file=out / "passwd", acl_file=out / "acl"
+                ),
+                0o644,
+            ),
+        }
+        for name, (text, mode) in texts.items():
+            _write_atomic(out / name, text, mode)
+    except ValueError as e:
+        raise _fail(str(e), 2) from e
+    except OSError as e:
+        raise _fail(f"cannot write to {out}: {e}", 2) from e
+    typer.echo(f"wrote mosquitto.conf, passwd ({len(entries) - 1} devices) and acl to {out}")
 
 
 @admin_app.command("create")

@@ -9,7 +9,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
-from controller import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+# Imported for their side effect: registering the tables on SQLModel.metadata.
+from controller import models, shadows, telemetry_store  # noqa: F401
 
 
 def make_engine(url: str) -> Engine:

@@ -43,7 +43,8 @@ def agent_config(
     return {
         "device_id": device_id,
         "state_dir": str(data_dir / "agents" / device_id),
-        "mqtt": {"url": f"mqtt://{HOST}:{broker_port}", "keepalive_s": 5},
+        # The embedded broker (amqtt) speaks MQTT 3.1.1 only.
+        "mqtt": {"url": f"mqtt://{HOST}:{broker_port}", "keepalive_s": 5, "protocol": "3.1.1"},
         "api": {"host": HOST, "port": api_port},
         "heartbeat_interval_s": 2.0,
         # One thread each: three agents share this machine's cores with the controller.

@@ -7,15 +7,26 @@ payload, which may hold anything) and are counted; they never stop the batch.
 import logging
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlmodel import Session, col, select
 
 from controller.liveness import Decision, Liveness, is_overdue, on_birth, on_death, on_heartbeat
 from controller.models import Device, DeviceStatusEvent, RejectedMessage
+from controller.shadows import apply_reported
+from controller.telemetry_store import insert_records, record_rows
 from shared.errors import ProtocolError
-from shared.messages import Birth, Death, Heartbeat, decode_message
+from shared.messages import (
+    Ack,
+    Birth,
+    Death,
+    Desired,
+    Heartbeat,
+    Reported,
+    TelemetryBatch,
+    decode_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,10 @@ class IngestStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.accepted = 0
+        self.batches = 0
+        self.records_inserted = 0
+        self.records_duplicate = 0
+        self.reported = 0
         self.duplicates = 0
         self.stale = 0
         self.db_errors = 0
@@ -58,6 +73,10 @@ class IngestStats:
         with self._lock:
             return {
                 "accepted": self.accepted,
+                "batches": self.batches,
+                "records_inserted": self.records_inserted,
+                "records_duplicate": self.records_duplicate,
+                "reported": self.reported,
                 "duplicates": self.duplicates,
                 "stale": self.stale,
                 "db_errors": self.db_errors,
@@ -150,16 +169,38 @@ def apply_message(
     return "accepted"
 
 
-def apply_batch(session: Session, batch: list[Received]) -> Counter[str]:
+@dataclass
+class BatchResult:
+    """What one ingest batch did, and the acks to send once it is committed."""
+
+    outcome: Counter[str] = field(default_factory=Counter)
+    acks: list[Ack] = field(default_factory=list)
+
+
+def apply_batch(
+    session: Session, batch: list[Received], *, known_devices: set[str] | None = None
+) -> BatchResult:
     """Decode and apply ``batch``; bad messages become dead letters, good ones still land.
 
-    Returns the outcome counts, for the caller to add to ``IngestStats`` once committed.
+    ``known_devices``, when given, is the set of provisioned device ids: messages from any
+    other device are refused (``unknown_device``) even if the broker let them through.
+    Counts go in the result for the caller to add to ``IngestStats`` once committed.
     """
-    outcome: Counter[str] = Counter()
-    valid: list[tuple[Birth | Death | Heartbeat, datetime]] = []
+    result = BatchResult()
+    outcome = result.outcome
+    status: list[tuple[Birth | Death | Heartbeat, datetime]] = []
+    rows: list[dict[str, object]] = []
     for item in batch:
         try:
             _, message = decode_message(item.topic, item.payload)
+            if known_devices is not None and message.device_id not in known_devices:
+                raise ProtocolError(
+                    "unknown_device", f"device {message.device_id!r} is not provisioned"
+                )
+            if isinstance(message, Ack | Desired):
+                raise ProtocolError(
+                    "wrong_direction", f"{message.type!r} goes to devices, not from them"
+                )
         except ProtocolError as e:
             outcome[f"rejected:{e.reason}"] += 1
             log.warning("rejected message on %.128r: %s", item.topic, e)
@@ -173,15 +214,36 @@ def apply_batch(session: Session, batch: list[Received]) -> Counter[str]:
                 )
             )
             continue
-        valid.append((message, item.received_at))
+        if isinstance(message, TelemetryBatch):
+            rows.extend(record_rows(message.device_id, message.records, item.received_at))
+            first, last = message.records[0], message.records[-1]
+            result.acks.append(
+                Ack(
+                    device_id=message.device_id,
+                    epoch=first.epoch,
+                    first_seq=first.seq,
+                    hwm=last.seq,
+                )
+            )
+            outcome["batches"] += 1
+        elif isinstance(message, Reported):
+            fresh = apply_reported(session, message, now=item.received_at)
+            outcome["reported" if fresh else "stale"] += 1
+        else:
+            status.append((message, item.received_at))
+    if rows:
+        inserted = insert_records(session, rows)
+        outcome["records_inserted"] += inserted
+        if len(rows) > inserted:
+            outcome["records_duplicate"] += len(rows) - inserted
     # One SELECT for every device in the batch; rows are then updated in memory and
     # flushed once at commit (a get() per message cost a query and an autoflush each).
-    ids = {message.device_id for message, _ in valid}
+    ids = {message.device_id for message, _ in status}
     devices = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(ids)))}
     with session.no_autoflush:
-        for message, received_at in valid:
+        for message, received_at in status:
             outcome[apply_message(session, devices, message, received_at)] += 1
-    return outcome
+    return result
 
 
 def sweep_liveness(session: Session, now: datetime, missed_heartbeats: int) -> list[str]:

@@ -32,8 +32,27 @@ class BrokerSettings(BaseModel):
     url: str = "mqtt://127.0.0.1:0"
     username: str | None = None
     password: SecretStr | None = None
+    # Each controller replica needs its own client id: the broker keeps one persistent
+    # session per id, holding unacknowledged messages across a controller restart.
     client_id: str = "edgefleet-controller"
     keepalive_s: int = Field(default=30, ge=5)
+    # None picks 3.1.1 for the embedded broker (amqtt has no MQTT 5) and 5 otherwise.
+    protocol: Literal["5", "3.1.1"] | None = None
+    # MQTT 5 shared subscription group: replicas in one group split the device stream.
+    shared_group: str | None = Field(default="edgefleet", pattern=r"^[A-Za-z0-9_-]+$")
+    session_expiry_s: int = Field(default=3600, ge=0)
+
+    @property
+    def effective_protocol(self) -> Literal["5", "3.1.1"]:
+        if self.protocol is not None:
+            return self.protocol
+        return "3.1.1" if self.mode == "embedded" else "5"
+
+    @model_validator(mode="after")
+    def _embedded_is_311(self) -> "BrokerSettings":
+        if self.mode == "embedded" and self.protocol == "5":
+            raise ValueError("the embedded broker speaks MQTT 3.1.1 only; use mode: external")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -69,6 +88,11 @@ class Settings(BaseSettings):
     liveness_sweep_s: float = Field(default=2.0, gt=0)
     session_ttl_hours: float = Field(default=12.0, gt=0)
     secure_cookies: bool = True
+    # Refuse messages from devices without broker credentials (edgefleet devices provision),
+    # a second check behind the broker's ACL.
+    require_provisioned_devices: bool = False
+    # How often desired documents not yet applied by their device are published again.
+    desired_republish_s: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> "Settings":

@@ -6,6 +6,7 @@ import platform
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 import psutil
 
@@ -13,6 +14,7 @@ from edge_agent import __version__
 from edge_agent.config import AgentConfig, ModelConfig
 from edge_agent.hardware import HardwareProfile, probe
 from edge_agent.mqtt_link import LoadSnapshot, MqttLink
+from edge_agent.outbox import Outbox, OutboxFull, Priority
 from edge_agent.runtimes import (
     ChatRuntime,
     RuntimeLoadError,
@@ -20,8 +22,9 @@ from edge_agent.runtimes import (
     execution_providers,
 )
 from edge_agent.runtimes.llama_cpp import LlamaCppRuntime
+from edge_agent.shadow import DeviceShadow
 from edge_agent.state import CounterStore
-from shared.messages import Birth, HardwareInfo, ModelInfo
+from shared.messages import Birth, Desired, HardwareInfo, ModelInfo, Reported
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +46,26 @@ class Agent:
         self.model_hashes: dict[str, str] = {}
         self.load_errors: dict[str, str] = {}
         self.counters = CounterStore(config.state_dir / "counters.json")
+        self.outbox = Outbox(config.state_dir / "outbox.db", max_bytes=config.outbox.max_bytes)
+        self.shadow = DeviceShadow(
+            config.state_dir / "shadow.json",
+            device_id=config.device_id,
+            defaults={
+                "heartbeat_interval_s": config.heartbeat_interval_s,
+                "telemetry_interval_s": config.telemetry_interval_s,
+                "labels": {},
+            },
+        )
         self.link: MqttLink | None = None
         self._requests = 0
         self._errors = 0
         self._stats_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._metrics_thread: threading.Thread | None = None
         psutil.cpu_percent(None)  # prime: the first call always returns 0.0
+        self.record_event(
+            "agent_started", {"agent_version": __version__, "epoch": self.outbox.epoch}
+        )
 
     # --- models -------------------------------------------------------------------------
     def _load_one(self, model: ModelConfig) -> ChatRuntime:
@@ -73,6 +91,7 @@ class Agent:
             except RuntimeLoadError as e:
                 self.load_errors[model.name] = str(e)
                 log.error("model %s not loaded: %s", model.name, e)
+                self.record_event("model_load_failed", {"model": model.name, "reason": str(e)})
                 continue
             log.info("model %s loaded and warm in %.1fs", model.name, time.perf_counter() - started)
 
@@ -103,6 +122,95 @@ class Agent:
             requests_total=self.requests_total,
             local_tier_healthy=self.local_tier_healthy,
         )
+
+    # --- telemetry (never prompt or completion contents) ------------------------------
+    def record(
+        self,
+        kind: Literal["metric", "event"],
+        name: str,
+        body: dict[str, object],
+        priority: Priority,
+    ) -> int | None:
+        """Keep one record in the outbox and wake the publisher; returns its seq (None if
+        it is larger than the whole quota)."""
+        try:
+            seq = self.outbox.append(kind, name, body, priority=priority)
+        except OutboxFull as e:
+            log.error("telemetry record %s not kept: %s", name, e)
+            return None
+        if self.link is not None:
+            self.link.wake()
+        return seq
+
+    def record_event(self, name: str, body: dict[str, object]) -> None:
+        self.record("event", name, body, Priority.EVENT)
+
+    def record_inference(
+        self,
+        *,
+        model: str,
+        runtime: str,
+        latency_ms: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+        stream: bool,
+        status: str,
+    ) -> None:
+        """One record per request: the routing decision and its cost, not the content."""
+        self.record(
+            "metric",
+            "inference",
+            {
+                "route": "local",
+                "model": model,
+                "runtime": runtime,
+                "latency_ms": round(latency_ms, 2),
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "stream": stream,
+                "status": status,
+            },
+            Priority.NORMAL,
+        )
+
+    def record_system_metrics(self) -> None:
+        disk = psutil.disk_usage(str(self.config.state_dir))
+        self.record(
+            "metric",
+            "system",
+            {
+                "cpu_percent": psutil.cpu_percent(None),
+                "memory_percent": psutil.virtual_memory().percent,
+                "disk_percent": disk.percent,
+                "load1": round(os.getloadavg()[0], 2),
+                "outbox_bytes": self.outbox.used_bytes,
+            },
+            Priority.LOW,
+        )
+
+    def _metrics_loop(self) -> None:
+        while not self._stopping.wait(self.telemetry_interval_s):
+            try:
+                self.record_system_metrics()
+            except Exception:  # metrics must never take the agent down
+                log.exception("system metrics failed")
+
+    @property
+    def telemetry_interval_s(self) -> float:
+        return float(self.shadow.current.settings["telemetry_interval_s"])
+
+    # --- shadow ---------------------------------------------------------------------------
+    def on_desired(self, desired: Desired) -> Reported:
+        """Apply a newer desired document; always answer with what is in effect now."""
+        applied = self.shadow.apply(desired)
+        if applied is not None:
+            if self.link is not None:
+                self.link.heartbeat_interval_s = float(applied.settings["heartbeat_interval_s"])
+            self.record_event(
+                "desired_applied", {"version": desired.version, "rejected": applied.rejected}
+            )
+            log.info("desired version %d applied", desired.version)
+        return self.shadow.report()
 
     # --- controller link ----------------------------------------------------------------
     def model_infos(self) -> list[ModelInfo]:
@@ -149,12 +257,27 @@ class Agent:
             counters=self.counters,
             make_birth=self.birth,
             snapshot=self.snapshot,
-            heartbeat_interval_s=self.config.heartbeat_interval_s,
+            heartbeat_interval_s=float(self.shadow.current.settings["heartbeat_interval_s"]),
+            outbox=self.outbox,
+            outbox_config=self.config.outbox,
+            on_desired=self.on_desired,
+            current_reported=self.shadow.report,
         )
         self.link.start()
 
+    def start_metrics(self) -> None:
+        """Record system metrics every ``telemetry_interval_s`` (low priority in the outbox)."""
+        self._metrics_thread = threading.Thread(
+            target=self._metrics_loop, name="system-metrics", daemon=True
+        )
+        self._metrics_thread.start()
+
     def stop(self) -> None:
+        self._stopping.set()
         if self.link is not None:
             self.link.stop()
+        if self._metrics_thread is not None:
+            self._metrics_thread.join(5)
         for runtime in self.runtimes.values():
             runtime.close()
+        self.outbox.close()

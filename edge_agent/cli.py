@@ -47,6 +47,7 @@ def run(
     agent = Agent(cfg, root=root)
     agent.load_models()
     agent.start_link()
+    agent.start_metrics()
     server = uvicorn.Server(
         uvicorn.Config(
             create_agent_app(agent),
@@ -73,6 +74,63 @@ def run(
     finally:
         agent.stop()
         log.info("device %s stopped", cfg.device_id)
+
+
+@app.command()
+def simulate(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Agent YAML config used as the template.")
+    ],
+    devices: Annotated[
+        int, typer.Option(min=1, max=5000, help="Devices; ids get -0000, -0001... when > 1.")
+    ] = 1,
+    records: Annotated[
+        int, typer.Option(min=0, help="Records each device appends after connecting.")
+    ] = 0,
+    rate: Annotated[
+        float, typer.Option(min=0, help="Records per second per device (0: no limit).")
+    ] = 0.0,
+    prefill: Annotated[
+        int, typer.Option(min=0, help="Records each device buffers before connecting.")
+    ] = 0,
+    start_at: Annotated[
+        float | None, typer.Option(help="Unix time at which all links connect at once.")
+    ] = None,
+    log_appends: Annotated[bool, typer.Option(help="Print every stored record.")] = False,
+    exit_when_drained: Annotated[
+        bool, typer.Option(help="Exit once every record has been acknowledged.")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
+) -> None:
+    """Run model-less simulated devices (real outbox, shadow and MQTT link) for load and
+    fault tests; progress goes to stdout as JSON lines."""
+    _configure_logging(log_level)
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        typer.echo(f"edge-agent: {e}", err=True)
+        raise typer.Exit(2) from e
+    if cfg.mqtt is None:
+        typer.echo("edge-agent: simulate needs an mqtt section in the config", err=True)
+        raise typer.Exit(2)
+    from edge_agent.simulate import Simulation, SimulationPlan
+
+    plan = SimulationPlan(
+        devices=devices,
+        records=records,
+        rate=rate,
+        prefill=prefill,
+        start_at=start_at,
+        log_appends=log_appends,
+        exit_when_drained=exit_when_drained,
+    )
+    simulation = Simulation(cfg, plan)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: simulation.stop())
+    try:
+        simulation.run()
+    finally:
+        simulation.close()
 
 
 @app.command("check-config")

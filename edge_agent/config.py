@@ -31,6 +31,11 @@ class MqttConfig(_Strict):
     keepalive_s: int = Field(default=10, ge=2, le=3600)
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    # MQTT 5 by default (session expiry); 3.1.1 for brokers without it (the embedded one).
+    protocol: Literal["5", "3.1.1"] = "5"
+    # How long the broker keeps this device's session (queued acks, desired state) while
+    # it is offline.
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
 
     @field_validator("url")
     @classmethod
@@ -74,6 +79,16 @@ class ModelConfig(_Strict):
     max_tokens_default: int = Field(default=128, ge=1)
 
 
+class OutboxConfig(_Strict):
+    """The durable outbox of metrics and events (see docs/configuration.md)."""
+
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
+    batch_records: int = Field(default=200, ge=1, le=500)
+    batch_bytes: int = Field(default=48 * 1024, ge=1024, le=60 * 1024)
+    inflight_batches: int = Field(default=8, ge=1, le=1000)
+    ack_timeout_s: float = Field(default=15.0, gt=0)
+
+
 class AgentConfig(_Strict):
     """The whole agent configuration (one YAML file)."""
 
@@ -83,6 +98,8 @@ class AgentConfig(_Strict):
     mqtt: MqttConfig | None = Field(default_factory=MqttConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    telemetry_interval_s: float = Field(default=10.0, ge=1, le=86400)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     models: list[ModelConfig] = Field(default_factory=list)
 
     @field_validator("device_id")

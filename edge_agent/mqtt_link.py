@@ -1,24 +1,49 @@
-"""The agent's link to the controller over MQTT: Last Will, birth, heartbeats, clean death.
+"""The agent's link to the controller over MQTT.
 
-Session numbering follows Sparkplug B's ``bdSeq``: each MQTT session gets a new number,
-persisted before use; the Last Will registered for a session carries that session's
-number, so the controller can tell a stale will (from a session already replaced) from a
-real death. Connection runs in paho's background thread and reconnects with capped
-backoff, so the agent keeps serving locally when the broker is unreachable.
+- Session numbering follows Sparkplug B's ``bdSeq``: each connection gets a new number,
+  persisted before use, and the Last Will registered for it carries that number, so the
+  controller can tell a stale will from a real death.
+- Persistent sessions (MQTT 5 session expiry, or clean_session=False on 3.1.1), so acks and
+  desired state sent while the device is away are waiting when it comes back.
+- Our own network loop reconnects with exponential backoff and full jitter, and sets
+  TCP_NODELAY: with Nagle, every QoS 1 round trip waits for delayed ACKs.
+- A publisher thread drains the durable outbox in batches with a window of unacknowledged
+  batches; acks trim the outbox; a lost connection or an overdue ack republishes from the
+  oldest unacknowledged record (the controller stores each record once, so that is safe).
 """
 
 import logging
+import random
+import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from edge_agent.config import MqttConfig
+from edge_agent.backoff import full_jitter
+from edge_agent.config import MqttConfig, OutboxConfig
+from edge_agent.outbox import Outbox
 from edge_agent.state import CounterStore
-from shared.messages import Birth, Death, Heartbeat, encode_message
+from shared.errors import ProtocolError
+from shared.messages import (
+    Ack,
+    Birth,
+    Death,
+    Desired,
+    Heartbeat,
+    Record,
+    Reported,
+    TelemetryBatch,
+    decode_message,
+    encode_message,
+)
+from shared.topics import DeviceTopic, MessageKind
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +62,15 @@ class LoadSnapshot:
     local_tier_healthy: bool
 
 
+@dataclass
+class LinkStats:
+    batches_sent: int = 0
+    records_acked: int = 0
+    republishes: int = 0
+    bad_inbound: int = 0
+    reconnects: int = 0
+
+
 class MqttLink:
     """One device's MQTT session manager."""
 
@@ -49,37 +83,57 @@ class MqttLink:
         make_birth: Callable[[int], Birth],
         snapshot: Callable[[], LoadSnapshot],
         heartbeat_interval_s: float,
+        outbox: Outbox | None = None,
+        outbox_config: OutboxConfig | None = None,
+        on_desired: Callable[[Desired], Reported | None] | None = None,
+        current_reported: Callable[[], Reported] | None = None,
     ) -> None:
         self.device_id = device_id
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.stats = LinkStats()
         self._config = config
         self._counters = counters
         self._make_birth = make_birth
         self._snapshot = snapshot
-        self._interval = heartbeat_interval_s
+        self._outbox = outbox
+        self._outbox_config = outbox_config or OutboxConfig()
+        self._on_desired = on_desired
+        self._current_reported = current_reported
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._connected = threading.Event()
-        self._heartbeat_thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._rng = random.Random()  # noqa: S311 (jitter, not cryptography)
         self._bd_seq = counters.next(BD_SEQ)
+        # Outbox publishing state, touched by the publisher thread and the network thread.
+        self._cursor: tuple[int, int] | None = None
+        self._inflight: dict[tuple[int, int], tuple[int, float]] = {}
         self.births_sent = 0
         self.heartbeats_sent = 0
 
-        # Client id = device id: a second process claiming the same device takes the session
-        # over, and the broker's ACL (per-device credentials) can key on it.
-        self._client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=device_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
-        )
+        self._v5 = config.protocol == "5"
+        if self._v5:
+            self._client = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=device_id,
+                protocol=mqtt.MQTTv5,
+            )
+        else:
+            self._client = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=device_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=False,
+            )
         if config.username:
             self._client.username_pw_set(config.username, config.password())
-        self._client.reconnect_delay_set(
-            min_delay=max(1, int(config.reconnect_min_s)),
-            max_delay=max(1, int(config.reconnect_max_s)),
-        )
+        self._client.max_inflight_messages_set(max(20, self._outbox_config.inflight_batches + 4))
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._topic_ack = str(DeviceTopic(device_id, MessageKind.ACK))
+        self._topic_desired = str(DeviceTopic(device_id, MessageKind.DESIRED))
         self._set_will()
 
     @property
@@ -93,22 +147,104 @@ class MqttLink:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
+    def wake(self) -> None:
+        """Tell the publisher that new records are waiting."""
+        self._wake.set()
+
     def _set_will(self) -> None:
         topic, payload = encode_message(
             Death(device_id=self.device_id, bd_seq=self._bd_seq, reason="will")
         )
         self._client.will_set(topic, payload, qos=1, retain=True)
 
+    # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Begin connecting in the background; returns at once even if the broker is down."""
-        self._client.connect_async(
-            self._config.host, self._config.port, keepalive=self._config.keepalive_s
-        )
-        self._client.loop_start()
-        self._heartbeat_thread = threading.Thread(
-            target=self._heartbeat_loop, name="heartbeat", daemon=True
-        )
-        self._heartbeat_thread.start()
+        for name, target in (
+            ("mqtt-network", self._network_loop),
+            ("heartbeat", self._heartbeat_loop),
+            ("outbox-publisher", self._publish_loop),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish a clean death (so the console shows why), then disconnect."""
+        self._stopping.set()
+        self._wake.set()
+        if self._connected.is_set():
+            topic, payload = encode_message(
+                Death(device_id=self.device_id, bd_seq=self._bd_seq, reason="shutdown")
+            )
+            info = self._client.publish(topic, payload, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                log.warning("clean death not confirmed by the broker")
+            self._client.disconnect()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    # --- network loop ----------------------------------------------------------------------
+    def _connect(self, first: bool) -> None:
+        if not first:
+            self._client.reconnect()
+            return
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self._config.session_expiry_s
+            self._client.connect(
+                self._config.host,
+                self._config.port,
+                keepalive=self._config.keepalive_s,
+                clean_start=False,
+                properties=props,
+            )
+        else:
+            self._client.connect(
+                self._config.host, self._config.port, keepalive=self._config.keepalive_s
+            )
+
+    def _network_loop(self) -> None:
+        attempt = 0
+        first = True
+        while not self._stopping.is_set():
+            try:
+                self._connect(first)
+                first = False
+            except (OSError, ValueError) as e:
+                delay = full_jitter(
+                    attempt,
+                    base=self._config.reconnect_min_s,
+                    cap=self._config.reconnect_max_s,
+                    rng=self._rng,
+                )
+                attempt += 1
+                log.info("broker unreachable (%s); retry %d in %.1fs", e, attempt, delay)
+                self._stopping.wait(delay)
+                continue
+            while not self._stopping.is_set():
+                rc = self._client.loop(timeout=0.5)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+                if self._connected.is_set():
+                    attempt = 0
+            if self._stopping.is_set():
+                # Let stop() finish its clean death and DISCONNECT on this loop.
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and self._client.loop(timeout=0.1) == 0:
+                    pass
+                return
+            self.stats.reconnects += 1
+            delay = full_jitter(
+                attempt,
+                base=self._config.reconnect_min_s,
+                cap=self._config.reconnect_max_s,
+                rng=self._rng,
+            )
+            attempt += 1
+            self._stopping.wait(delay)
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
@@ -116,12 +252,22 @@ class MqttLink:
         if reason_code.is_failure:
             log.warning("broker refused connection: %s", reason_code)
             return
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.subscribe([(self._topic_ack, 1), (self._topic_desired, 1)])
         with self._lock:
             birth = self._make_birth(self._bd_seq)
-        topic, payload = encode_message(birth)
-        client.publish(topic, payload, qos=1, retain=True)
+            self._cursor = None
+            self._inflight.clear()
+        client.publish(*encode_message(birth), qos=1, retain=True)
         self.births_sent += 1
+        if self._current_reported is not None:
+            client.publish(*encode_message(self._current_reported()), qos=1)
+        if self._outbox is not None:
+            self._outbox.append_drop_report()
         self._connected.set()
+        self._wake.set()
         log.info("connected to broker; birth published (bd_seq=%d)", birth.bd_seq)
 
     def _on_disconnect(
@@ -135,9 +281,37 @@ class MqttLink:
         with self._lock:
             self._bd_seq = self._counters.next(BD_SEQ)
             self._set_will()
+            self._cursor = None
+            self._inflight.clear()
 
+    # --- inbound: acks and desired state ----------------------------------------------------
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic, decoded = decode_message(message.topic, bytes(message.payload))
+            if topic.device_id != self.device_id:
+                raise ProtocolError("wrong_device", f"message for {topic.device_id!r}")
+        except ProtocolError as e:
+            self.stats.bad_inbound += 1
+            log.warning("ignored inbound message on %.128r: %s", message.topic, e)
+            return
+        if isinstance(decoded, Ack):
+            self._handle_ack(decoded)
+        elif isinstance(decoded, Desired) and self._on_desired is not None:
+            reported = self._on_desired(decoded)
+            if reported is not None:
+                client.publish(*encode_message(reported), qos=1)
+
+    def _handle_ack(self, ack: Ack) -> None:
+        if self._outbox is None:
+            return
+        self.stats.records_acked += self._outbox.ack(ack.epoch, ack.first_seq, ack.hwm)
+        with self._lock:
+            self._inflight.pop((ack.epoch, ack.first_seq), None)
+        self._wake.set()
+
+    # --- outbound: heartbeats and the outbox --------------------------------------------------
     def _heartbeat_loop(self) -> None:
-        while not self._stopping.wait(self._interval):
+        while not self._stopping.wait(self.heartbeat_interval_s):
             if not self._connected.is_set():
                 continue
             try:
@@ -158,23 +332,51 @@ class MqttLink:
                 requests_total=load.requests_total,
                 local_tier_healthy=load.local_tier_healthy,
             )
-        topic, payload = encode_message(message)
-        self._client.publish(topic, payload, qos=1)
+        self._client.publish(*encode_message(message), qos=1)
         self.heartbeats_sent += 1
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Publish a clean death (so the console shows why), then disconnect."""
-        self._stopping.set()
-        if self._connected.is_set():
-            topic, payload = encode_message(
-                Death(device_id=self.device_id, bd_seq=self._bd_seq, reason="shutdown")
+    def _publish_loop(self) -> None:
+        if self._outbox is None:
+            return
+        cfg = self._outbox_config
+        while not self._stopping.is_set():
+            if not self._connected.is_set():
+                self._wake.wait(0.2)
+                self._wake.clear()
+                continue
+            now = time.monotonic()
+            with self._lock:
+                overdue = any(now - sent > cfg.ack_timeout_s for _, sent in self._inflight.values())
+                if overdue:
+                    # Something was lost on the way: start over from the oldest unacked record.
+                    self.stats.republishes += 1
+                    self._cursor = None
+                    self._inflight.clear()
+                full = len(self._inflight) >= cfg.inflight_batches
+                cursor = self._cursor
+            if full:
+                self._wake.wait(0.1)
+                self._wake.clear()
+                continue
+            batch = self._outbox.read_batch(
+                cursor, max_records=cfg.batch_records, max_bytes=cfg.batch_bytes
             )
-            info = self._client.publish(topic, payload, qos=1, retain=True)
-            try:
-                info.wait_for_publish(timeout)
-            except (RuntimeError, ValueError):
-                log.warning("clean death not confirmed by the broker")
-            self._client.disconnect()
-        self._client.loop_stop()
-        if self._heartbeat_thread is not None:
-            self._heartbeat_thread.join(timeout)
+            if not batch:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            message = TelemetryBatch(
+                device_id=self.device_id,
+                records=[
+                    Record(epoch=r.epoch, seq=r.seq, kind=r.kind, name=r.name, at=r.at, body=r.body)
+                    for r in batch
+                ],
+            )
+            first, last = batch[0], batch[-1]
+            with self._lock:
+                if self._cursor != cursor:  # a reconnect reset the position meanwhile
+                    continue
+                self._inflight[(first.epoch, first.seq)] = (last.seq, time.monotonic())
+                self._cursor = (last.epoch, last.seq)
+            self._client.publish(*encode_message(message), qos=1)
+            self.stats.batches_sent += 1

@@ -8,7 +8,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -138,10 +138,24 @@ def create_agent_app(agent: Agent) -> FastAPI:
         )
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
+
+        def record(status: str, prompt_tokens: int, completion_tokens: int) -> None:
+            agent.record_inference(
+                model=runtime.model_name,
+                runtime=runtime.runtime_name,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                stream=body.stream,
+                status=status,
+            )
+
         if body.stream:
             agent.count_request()
             return StreamingResponse(
-                _sse(runtime, request, completion_id, created),
+                _sse(
+                    runtime, request, completion_id, created, lambda status, n: record(status, 0, n)
+                ),
                 media_type="text/event-stream",
                 headers={**_route_headers(runtime, started), "Cache-Control": "no-cache"},
             )
@@ -149,8 +163,10 @@ def create_agent_app(agent: Agent) -> FastAPI:
             result = await run_in_threadpool(runtime.complete, request)
         except (RuntimeError, ValueError) as e:
             agent.count_request(error=True)
+            record("error", 0, 0)
             return _error(500, f"local inference failed: {type(e).__name__}", "inference_error")
         agent.count_request()
+        record("ok", result.prompt_tokens, result.completion_tokens)
         return JSONResponse(
             {
                 "id": completion_id,
@@ -177,7 +193,11 @@ def create_agent_app(agent: Agent) -> FastAPI:
 
 
 async def _sse(
-    runtime: ChatRuntime, request: ChatRequest, completion_id: str, created: int
+    runtime: ChatRuntime,
+    request: ChatRequest,
+    completion_id: str,
+    created: int,
+    on_done: Callable[[str, int], None],
 ) -> AsyncIterator[bytes]:
     """Stream chunks from a worker thread; a client that hangs up stops generation."""
     loop = asyncio.get_running_loop()
@@ -207,18 +227,24 @@ async def _sse(
 
     worker = threading.Thread(target=produce, name="sse-generate", daemon=True)
     worker.start()
+    chunks = 0
+    status = "cancelled"
     try:
         yield frame({"role": "assistant"}, None)
         while True:
             item = await queue.get()
             if item is _DONE:
+                status = "ok"
                 break
             if isinstance(item, Exception):
+                status = "error"
                 error = {"error": {"message": f"local inference failed: {type(item).__name__}"}}
                 yield b"data: " + json.dumps(error).encode() + b"\n\n"
                 break
             assert isinstance(item, CompletionChunk)
+            chunks += 1 if item.text else 0
             yield frame({"content": item.text} if item.text else {}, item.finish_reason)
         yield b"data: [DONE]\n\n"
     finally:
         cancelled.set()
+        on_done(status, chunks)

@@ -6,11 +6,20 @@ sender: size, topic shape, JSON, version, schema, topic/type agreement and topic
 agreement are each checked, and each failure is a ``ProtocolError`` with its own reason.
 """
 
+import itertools
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from shared.canonical import canonical_json
 from shared.errors import ProtocolError
@@ -90,21 +99,97 @@ class Heartbeat(_Envelope):
     local_tier_healthy: bool
 
 
-DeviceMessage = Annotated[Birth | Death | Heartbeat, Field(discriminator="type")]
-_ADAPTER: TypeAdapter[Birth | Death | Heartbeat] = TypeAdapter(DeviceMessage)
+JsonObject = dict[str, Any]
 
-_TYPES_BY_KIND: dict[MessageKind, frozenset[str]] = {
-    MessageKind.STATUS: frozenset({"birth", "death"}),
-    MessageKind.HEARTBEAT: frozenset({"heartbeat"}),
+# A telemetry batch must stay under MAX_PAYLOAD_BYTES with its envelope.
+MAX_BATCH_RECORDS = 500
+
+
+class Record(_Frozen):
+    """One outbox record: a metric or an event, numbered ``(epoch, seq)`` on its device.
+
+    ``epoch`` changes on every agent boot and ``seq`` is monotonic within it, so the pair is
+    unique per device forever and the controller can store each record exactly once.
+    """
+
+    epoch: int = Field(ge=0)
+    seq: int = Field(ge=0)
+    kind: Literal["metric", "event"]
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.]+$")
+    at: AwareDatetime
+    body: JsonObject = Field(default_factory=dict)
+
+
+class TelemetryBatch(_Envelope):
+    """Consecutive records of one epoch, oldest first (device -> controller, QoS 1)."""
+
+    type: Literal["telemetry"] = "telemetry"
+    records: list[Record] = Field(min_length=1, max_length=MAX_BATCH_RECORDS)
+
+    @model_validator(mode="after")
+    def _one_epoch_in_order(self) -> "TelemetryBatch":
+        epochs = {r.epoch for r in self.records}
+        if len(epochs) != 1:
+            raise ValueError("a batch holds records of exactly one epoch")
+        seqs = [r.seq for r in self.records]
+        if any(b <= a for a, b in itertools.pairwise(seqs)):
+            raise ValueError("records must be in strictly increasing seq order")
+        return self
+
+
+class Ack(_Envelope):
+    """Controller -> device: records ``first_seq..hwm`` of ``epoch`` are stored for good.
+
+    ``device_id`` is the device the ack is for. Acks are per batch (not a running
+    high-water mark) because a device may have dropped records under its disk quota, so
+    its sequence can have holes the controller never sees.
+    """
+
+    type: Literal["ack"] = "ack"
+    epoch: int = Field(ge=0)
+    first_seq: int = Field(ge=0)
+    hwm: int = Field(ge=0)
+
+
+class Desired(_Envelope):
+    """Controller -> device (retained): the whole desired document and its version."""
+
+    type: Literal["desired"] = "desired"
+    version: int = Field(ge=1)
+    state: JsonObject
+
+
+class Reported(_Envelope):
+    """Device -> controller: what the device runs now, and the desired version it applied."""
+
+    type: Literal["reported"] = "reported"
+    version: int = Field(ge=0)
+    applied_desired_version: int = Field(ge=0)
+    state: JsonObject
+    rejected: dict[str, str] = Field(default_factory=dict)
+
+
+AnyMessage = Birth | Death | Heartbeat | TelemetryBatch | Ack | Desired | Reported
+DeviceMessage = Annotated[AnyMessage, Field(discriminator="type")]
+_ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(DeviceMessage)
+
+_KIND_BY_TYPE: dict[str, MessageKind] = {
+    "birth": MessageKind.STATUS,
+    "death": MessageKind.STATUS,
+    "heartbeat": MessageKind.HEARTBEAT,
+    "telemetry": MessageKind.TELEMETRY,
+    "ack": MessageKind.ACK,
+    "desired": MessageKind.DESIRED,
+    "reported": MessageKind.REPORTED,
 }
 
 
-def kind_for(message: Birth | Death | Heartbeat) -> MessageKind:
+def kind_for(message: AnyMessage) -> MessageKind:
     """The topic kind a message is published on."""
-    return MessageKind.HEARTBEAT if isinstance(message, Heartbeat) else MessageKind.STATUS
+    return _KIND_BY_TYPE[message.type]
 
 
-def encode_message(message: Birth | Death | Heartbeat) -> tuple[str, bytes]:
+def encode_message(message: AnyMessage) -> tuple[str, bytes]:
     """The topic and canonical JSON payload for ``message``."""
     topic = DeviceTopic(message.device_id, kind_for(message))
     return str(topic), canonical_json(message.model_dump(mode="json"))
@@ -119,7 +204,11 @@ def _summarize(error: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
-def decode_message(topic: str, payload: bytes) -> tuple[DeviceTopic, Birth | Death | Heartbeat]:
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_message(topic: str, payload: bytes) -> tuple[DeviceTopic, AnyMessage]:
     """Validate and decode one received message; raises ``ProtocolError`` on any defect."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ProtocolError(
@@ -129,8 +218,8 @@ def decode_message(topic: str, payload: bytes) -> tuple[DeviceTopic, Birth | Dea
     if not payload:
         raise ProtocolError("empty_payload", f"empty payload on {topic!r}")
     try:
-        raw = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as e:
         raise ProtocolError("bad_json", f"payload is not UTF-8 JSON ({e})") from e
     if not isinstance(raw, dict):
         raise ProtocolError("schema", "payload is not a JSON object")
@@ -142,7 +231,7 @@ def decode_message(topic: str, payload: bytes) -> tuple[DeviceTopic, Birth | Dea
         message = _ADAPTER.validate_python(raw)
     except ValidationError as e:
         raise ProtocolError("schema", _summarize(e)) from e
-    if message.type not in _TYPES_BY_KIND[parsed_topic.kind]:
+    if _KIND_BY_TYPE[message.type] is not parsed_topic.kind:
         raise ProtocolError(
             "wrong_type_for_topic",
             f"{message.type!r} is not allowed on {parsed_topic.kind.value!r}",

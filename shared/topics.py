@@ -21,6 +21,22 @@ class MessageKind(StrEnum):
 
     STATUS = "status"  # device -> controller, retained; birth, death and the Last Will
     HEARTBEAT = "heartbeat"  # device -> controller
+    TELEMETRY = "telemetry"  # device -> controller; batches of outbox records
+    REPORTED = "reported"  # device -> controller; the shadow's reported document
+    ACK = "ack"  # controller -> device; which outbox records are stored
+    DESIRED = "desired"  # controller -> device, retained; the shadow's desired document
+
+    @property
+    def from_device(self) -> bool:
+        return self in DEVICE_TO_CONTROLLER
+
+
+# Kinds a device may publish (and the controller subscribes to), and the reverse. The broker
+# ACL is generated from these two sets, so they are the single source of who may say what.
+DEVICE_TO_CONTROLLER = frozenset(
+    {MessageKind.STATUS, MessageKind.HEARTBEAT, MessageKind.TELEMETRY, MessageKind.REPORTED}
+)
+CONTROLLER_TO_DEVICE = frozenset({MessageKind.ACK, MessageKind.DESIRED})
 
 
 def is_valid_device_id(device_id: str) -> bool:

@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from hypothesis import settings
+
+# Property tests check logic, not speed: a busy 2-core CI box must not fail them on a
+# per-example deadline.
+settings.register_profile("edgefleet", deadline=None)
+settings.load_profile("edgefleet")
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,36 +70,70 @@ def mosquitto_binary() -> str:
     return found
 
 
+class MosquittoProcess:
+    """A real Mosquitto with a generated config on a fixed free port; restartable, so
+    tests can take it down mid-stream and bring it back with its persisted sessions."""
+
+    def __init__(self, workdir: Path, *, persistence: bool = False, extra: str = "") -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.conf = workdir / "mosquitto.conf"
+        self.log_path = workdir / "mosquitto.log"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            f"persistence {'true' if persistence else 'false'}",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "max_packet_size 1048576",
+            "max_queued_messages 100000",
+        ]
+        if persistence:
+            lines.append(f"persistence_location {workdir}/")
+        self.conf.write_text("\n".join(lines) + "\n" + extra)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def broker(self) -> Broker:
+        return Broker("127.0.0.1", self.port, self.process)
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [mosquitto_binary(), "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+            )
+        proc = self.process
+        wait_for(lambda: port_open(self.port) or proc.poll() is not None, 10, what="mosquitto")
+        if proc.poll() is not None:
+            pytest.fail(f"mosquitto exited: {self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        """SIGTERM: Mosquitto writes its persistence file and exits."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Broker]:
     """A fresh Mosquitto on a free loopback port with a generated config, stopped after."""
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "persistence false\n"
-        "log_dest stderr\n"
-        "log_type error\n"
-        "log_type warning\n"
-        "max_packet_size 1048576\n"
-    )
-    log = (tmp_path / "mosquitto.log").open("wb")
-    proc = subprocess.Popen(
-        [mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
-    )
+    server = MosquittoProcess(tmp_path)
+    server.start()
     try:
-        wait_for(lambda: port_open(port) or proc.poll() is not None, 10, what="mosquitto to listen")
-        if proc.poll() is not None:
-            pytest.fail(f"mosquitto exited: {(tmp_path / 'mosquitto.log').read_text()}")
-        yield Broker("127.0.0.1", port, proc)
+        yield server.broker
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        server.stop()
 
 
 @pytest.fixture(scope="session")

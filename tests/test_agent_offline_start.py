@@ -17,7 +17,9 @@ def test_link_connects_once_the_broker_appears(tmp_path: Path) -> None:
     port = free_port()
     link = MqttLink(
         device_id="dev-late",
-        config=MqttConfig(url=f"mqtt://127.0.0.1:{port}", reconnect_min_s=1, reconnect_max_s=2),
+        config=MqttConfig(
+            url=f"mqtt://127.0.0.1:{port}", reconnect_min_s=1, reconnect_max_s=2, protocol="3.1.1"
+        ),
         counters=CounterStore(tmp_path / "counters.json"),
         make_birth=lambda bd_seq: birth("dev-late", bd_seq=bd_seq),
         snapshot=lambda: LoadSnapshot(1.0, 1.0, 1.0, 0, True),

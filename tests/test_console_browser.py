@@ -93,7 +93,7 @@ def test_fleet_page_updates_live_without_reload(controller_url: str, mosquitto: 
             page.fill("input[name=username]", "admin")
             page.fill("input[name=password]", PASSWORD)
             page.click("button[type=submit]")
-            page.wait_for_url("**/console")
+            page.wait_for_url("**/console", timeout=90_000)  # a cold Chromium on a busy box
             page.evaluate("window.__notReloaded = true")
 
             device.publish(*encode_message(birth("dev-browser", bd_seq=0)), qos=1).wait_for_publish(

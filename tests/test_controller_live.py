@@ -46,7 +46,7 @@ def test_bad_messages_are_rejected_counted_and_good_ones_land(
     publish(
         publisher, "ef/v1/dev-2/heartbeat", json.dumps(heartbeat_doc(device_id="dev-1")).encode()
     )
-    publish(publisher, "ef/v2/dev-1/status", b"{}")
+    publish(publisher, "ef/v1/NOT A VALID ID/status", b"{}")
     publish(publisher, "ef/v1/dev-1/heartbeat", json.dumps(heartbeat_doc(v=99)).encode())
     topic, payload = encode_message(birth("dev-ok"))
     publish(publisher, topic, payload)

@@ -26,7 +26,7 @@ def make_link(live: LiveController, counters: CounterStore, device_id: str) -> M
     port = live.services.broker_port
     return MqttLink(
         device_id=device_id,
-        config=MqttConfig(url=f"mqtt://127.0.0.1:{port}", keepalive_s=5),
+        config=MqttConfig(url=f"mqtt://127.0.0.1:{port}", keepalive_s=5, protocol="3.1.1"),
         counters=counters,
         make_birth=lambda bd_seq: birth(device_id, bd_seq=bd_seq),
         snapshot=lambda: LoadSnapshot(1.0, 5.0, 20.0, 3, True),

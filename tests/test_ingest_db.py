@@ -25,7 +25,7 @@ def test_birth_heartbeat_and_will_drive_the_registry(database_url: str) -> None:
     init_db(engine)
     hb = Heartbeat.model_validate(heartbeat_doc(bd_seq=3, seq=1, requests_total=4))
     with session_scope(engine) as session:
-        outcome = apply_batch(session, [received(birth(bd_seq=3)), received(hb)])
+        outcome = apply_batch(session, [received(birth(bd_seq=3)), received(hb)]).outcome
     assert outcome == {"accepted": 2}
     with Session(engine) as session:
         device = session.get(Device, "dev-1")
@@ -61,7 +61,7 @@ def test_bad_messages_become_dead_letters_and_good_ones_still_land(database_url:
         Received("ef/v7/dev-1/status", b"{}", NOW),
     ]
     with session_scope(engine) as session:
-        outcome = apply_batch(session, batch)
+        outcome = apply_batch(session, batch).outcome
     assert outcome == {
         "accepted": 1,
         "rejected:spoofed_device_id": 1,
@@ -88,7 +88,7 @@ def test_duplicates_and_stale_wills_change_nothing(database_url: str) -> None:
         received(Death(device_id="dev-1", bd_seq=3, reason="will")),
     ]
     with session_scope(engine) as session:
-        outcome = apply_batch(session, batch)
+        outcome = apply_batch(session, batch).outcome
     assert outcome == {"accepted": 2, "duplicates": 1, "stale": 1}
     with Session(engine) as session:
         device = session.get(Device, "dev-1")

@@ -55,3 +55,13 @@ def current_user(user: Annotated[User | None, Depends(optional_user)]) -> User:
 
 OptionalUser = Annotated[User | None, Depends(optional_user)]
 CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def operator_user(user: CurrentUser) -> User:
+    """Changing the fleet takes the operator or admin role; viewers only look."""
+    if user.role not in ("admin", "operator"):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"role {user.role!r} may not change devices")
+    return user
+
+
+OperatorUser = Annotated[User, Depends(operator_user)]

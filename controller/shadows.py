@@ -1,0 +1,110 @@
+"""Device shadows on the controller: desired (ours, versioned) and reported (the device's).
+
+The merge and delta rules are the pure ones in ``shared.shadow``; this module stores them.
+"""
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from controller.models import utcnow
+from shared.messages import Desired, Reported
+from shared.shadow import delta, is_newer, merge_patch
+
+
+class DeviceShadow(SQLModel, table=True):
+    """One device's desired and reported documents."""
+
+    __tablename__ = "device_shadow"
+    device_id: str = Field(primary_key=True, max_length=63)
+    desired: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    desired_version: int = 0
+    desired_updated_at: datetime | None = None
+    desired_published_at: datetime | None = None
+    reported: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reported_version: int = 0
+    applied_desired_version: int = 0
+    rejected: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reported_updated_at: datetime | None = None
+
+
+def get_or_create(session: Session, device_id: str) -> DeviceShadow:
+    row = session.get(DeviceShadow, device_id)
+    if row is None:
+        row = DeviceShadow(device_id=device_id)
+        session.add(row)
+    return row
+
+
+def set_desired(
+    session: Session, device_id: str, patch: dict[str, Any], *, now: datetime
+) -> DeviceShadow:
+    """Merge ``patch`` into desired (RFC 7396) and bump its version; no-op patches do not bump."""
+    row = get_or_create(session, device_id)
+    merged = merge_patch(row.desired, patch)
+    if merged != row.desired or row.desired_version == 0:
+        row.desired = merged
+        row.desired_version += 1
+        row.desired_updated_at = now
+        row.desired_published_at = None
+    session.add(row)
+    return row
+
+
+def apply_reported(session: Session, message: Reported, *, now: datetime) -> bool:
+    """Store a reported document if newer than the stored one; False for stale re-deliveries."""
+    row = get_or_create(session, message.device_id)
+    if not is_newer(message.version, row.reported_version or None):
+        return False
+    row.reported = dict(message.state)
+    row.reported_version = message.version
+    row.applied_desired_version = message.applied_desired_version
+    row.rejected = dict(message.rejected)
+    row.reported_updated_at = now
+    session.add(row)
+    return True
+
+
+def desired_message(row: DeviceShadow) -> Desired:
+    return Desired(device_id=row.device_id, version=row.desired_version, state=row.desired)
+
+
+def unapplied(session: Session) -> list[DeviceShadow]:
+    """Shadows whose desired version the device has not reported as applied."""
+    return list(
+        session.exec(
+            select(DeviceShadow).where(
+                col(DeviceShadow.desired_version) > col(DeviceShadow.applied_desired_version)
+            )
+        )
+    )
+
+
+def view(row: DeviceShadow) -> dict[str, Any]:
+    """The shadow as the API shows it, with the delta still to apply."""
+    return {
+        "device_id": row.device_id,
+        "desired": row.desired,
+        "desired_version": row.desired_version,
+        "reported": row.reported,
+        "reported_version": row.reported_version,
+        "applied_desired_version": row.applied_desired_version,
+        "rejected": row.rejected,
+        "delta": delta(row.desired, row.reported),
+        "in_sync": row.applied_desired_version >= row.desired_version,
+        "desired_updated_at": row.desired_updated_at,
+        "reported_updated_at": row.reported_updated_at,
+    }
+
+
+__all__ = [
+    "DeviceShadow",
+    "apply_reported",
+    "desired_message",
+    "set_desired",
+    "unapplied",
+    "utcnow",
+    "view",
+]

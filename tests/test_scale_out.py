@@ -1,0 +1,63 @@
+"""The scale-out path: two controller processes, one PostgreSQL, one Mosquitto (MQTT 5)."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MosquittoProcess, wait_for
+from tests.procs import processes
+from tests.sync_harness import (
+    ControllerProcess,
+    SimulatedDevice,
+    agent_yaml,
+    assert_exactly_once,
+)
+
+pytestmark = pytest.mark.e2e
+
+DEVICES = ("fleet-a", "fleet-b", "fleet-c")
+
+
+def test_two_controllers_split_the_stream(tmp_path: Path, postgres_url: str) -> None:
+    """A shared subscription splits device batches between two replicas; each record lands
+    once in PostgreSQL, and desired state set through either replica converges."""
+    broker = MosquittoProcess(tmp_path)
+    broker.start()
+    replicas = [
+        ControllerProcess(tmp_path, name, broker_url=broker.broker.url, database_url=postgres_url)
+        for name in ("replica-1", "replica-2")
+    ]
+    replicas[0].bootstrap()
+    replicas[1].use_token_of(replicas[0])
+    devices = [
+        SimulatedDevice(
+            tmp_path, agent_yaml(tmp_path, device_id, broker.broker.url), records=800, rate=200
+        )
+        for device_id in DEVICES
+    ]
+    try:
+        with processes(tmp_path) as procs:
+            procs.extend(replica.start() for replica in replicas)
+            procs.extend(device.start() for device in devices)
+            for device in devices:
+                device.wait_drained()
+            for device, device_id in zip(devices, DEVICES, strict=True):
+                assert assert_exactly_once(postgres_url, device, device_id) >= 800
+
+            batches = [replica.ingest_stats()["batches"] for replica in replicas]
+            assert all(n > 0 for n in batches), f"both replicas took a share: {batches}"
+            for replica in replicas:
+                stats = replica.ingest_stats()
+                assert stats["rejected_total"] == 0, stats
+
+            for replica, device_id in zip(replicas + replicas[:1], DEVICES, strict=True):
+                version = replica.patch_desired(device_id, {"labels": {"via": replica.name}})
+                shadow = replica.wait_in_sync(device_id, version["desired_version"])
+                assert shadow["reported"]["labels"] == {"via": replica.name}
+            wait_for(
+                lambda: all(r.shadow(d)["in_sync"] for r in replicas for d in DEVICES),
+                30,
+                what="both replicas to see every shadow in sync",
+            )
+    finally:
+        broker.stop()
