@@ -5,6 +5,7 @@ The controller runs as `python -m controller serve` and the devices as
 Checks read the database directly: what a device stored is compared with what landed.
 """
 
+import contextlib
 import json
 import signal
 from collections import defaultdict
@@ -189,10 +190,9 @@ class SimulatedDevice:
         lines = []
         for line in path.read_text(errors="replace").splitlines():
             if line.startswith('{"event"'):
-                try:
+                # The last line of a SIGKILLed run may be cut short.
+                with contextlib.suppress(json.JSONDecodeError):
                     lines.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass  # the last line of a SIGKILLed run may be cut short
         return lines
 
     def events(self, event: str, run: int | None = None) -> list[dict[str, Any]]:
