@@ -46,11 +46,21 @@ def resolve_target(url: str | None, token: str | None) -> Target:
     return Target(url=str(final_url).rstrip("/"), token=str(final_token))
 
 
-def get_json(target: Target, path: str, params: dict[str, Any] | None = None) -> Any:
+def request_json(
+    target: Target,
+    method: str,
+    path: str,
+    *,
+    params: dict[str, Any] | None = None,
+    body: Any = None,
+) -> Any:
+    """One authenticated API call; ApiError with the controller's own words on failure."""
     try:
-        response = httpx.get(
+        response = httpx.request(
+            method,
             f"{target.url}{path}",
             params=params,
+            json=body,
             headers={"Authorization": f"Bearer {target.token}"},
             timeout=10,
         )
@@ -63,3 +73,7 @@ def get_json(target: Target, path: str, params: dict[str, Any] | None = None) ->
             detail = response.text
         raise ApiError(f"{response.status_code} from {path}: {detail}")
     return response.json()
+
+
+def get_json(target: Target, path: str, params: dict[str, Any] | None = None) -> Any:
+    return request_json(target, "GET", path, params=params)

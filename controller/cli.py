@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from controller.api_client import ApiError, get_json, resolve_target
+from controller.api_client import ApiError, get_json, request_json, resolve_target
 
 app = typer.Typer(
     add_completion=False,
@@ -156,6 +156,89 @@ def devices_list(
             ", ".join(m["name"] for m in d["models"]) or "-",
         )
     Console().print(table)
+
+
+def _show_shadow(shadow: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(shadow, indent=2, default=str))
+        return
+    state = "[green]in sync[/green]" if shadow["in_sync"] else "[yellow]pending[/yellow]"
+    table = Table(
+        title=f"{shadow['device_id']}: desired v{shadow['desired_version']}, "
+        f"applied v{shadow['applied_desired_version']} ({state})"
+    )
+    for column in ("key", "desired", "reported", "note"):
+        table.add_column(column)
+    keys = sorted(set(shadow["desired"]) | set(shadow["reported"]))
+    for key in keys:
+        note = shadow["rejected"].get(key) or ("pending" if key in shadow["delta"] else "")
+        table.add_row(
+            key,
+            json.dumps(shadow["desired"][key]) if key in shadow["desired"] else "-",
+            json.dumps(shadow["reported"][key]) if key in shadow["reported"] else "-",
+            note,
+        )
+    Console().print(table)
+
+
+@devices_app.command("shadow")
+def devices_shadow(
+    device_id: Annotated[str, typer.Argument(help="Device whose shadow to show.")],
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show desired and reported state, and what the device has yet to apply."""
+    try:
+        shadow = get_json(resolve_target(url, token), f"/api/devices/{device_id}/shadow")
+    except ApiError as e:
+        raise _fail(str(e)) from e
+    _show_shadow(shadow, as_json)
+
+
+def _parse_assignments(assignments: list[str], deletions: list[str]) -> dict[str, Any]:
+    patch: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise _fail(f"--set {item!r}: expected KEY=VALUE", 2)
+        try:
+            patch[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            patch[key] = raw  # a bare word is a string
+    for key in deletions:
+        patch[key] = None
+    if not patch:
+        raise _fail("nothing to change: give --set KEY=VALUE or --unset KEY", 2)
+    return patch
+
+
+@devices_app.command("desire")
+def devices_desire(
+    device_id: Annotated[str, typer.Argument(help="Device whose desired state to change.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="KEY=VALUE (VALUE as JSON, or a plain string); repeatable."),
+    ] = None,
+    unset: Annotated[
+        list[str] | None, typer.Option("--unset", help="KEY to remove; repeatable.")
+    ] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Change a device's desired state (a merge patch); the device applies it when it can."""
+    patch = _parse_assignments(set_ or [], unset or [])
+    try:
+        shadow = request_json(
+            resolve_target(url, token),
+            "PATCH",
+            f"/api/devices/{device_id}/shadow/desired",
+            body=patch,
+        )
+    except ApiError as e:
+        raise _fail(str(e)) from e
+    _show_shadow(shadow, as_json)
 
 
 def _read_password(password_stdin: bool) -> str:

@@ -1,11 +1,12 @@
 """The scale-out path: two controller processes, one PostgreSQL, one Mosquitto (MQTT 5)."""
 
+import json
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import MosquittoProcess, wait_for
-from tests.procs import processes
+from tests.procs import processes, run_cli
 from tests.sync_harness import (
     ControllerProcess,
     SimulatedDevice,
@@ -59,5 +60,23 @@ def test_two_controllers_split_the_stream(tmp_path: Path, postgres_url: str) -> 
                 30,
                 what="both replicas to see every shadow in sync",
             )
+
+            # The operator's CLI over the same API: set, show, and a malformed assignment.
+            cli = ["-m", "controller", "devices"]
+            auth = ["--url", replicas[1].base_url, "--token", replicas[1].token, "--json"]
+            changed = run_cli([*cli, "desire", "fleet-b", "--set", "telemetry_interval_s=5",
+                               "--set", "labels={\"site\": \"north\"}", *auth])  # fmt: skip
+            assert changed.returncode == 0, changed.stderr
+            version = json.loads(changed.stdout)["desired_version"]
+            replicas[0].wait_in_sync("fleet-b", version)
+            shown = run_cli([*cli, "shadow", "fleet-b", *auth])
+            assert shown.returncode == 0, shown.stderr
+            reported = json.loads(shown.stdout)["reported"]
+            assert (reported["telemetry_interval_s"], reported["labels"]) == (
+                5.0,
+                {"via": "replica-2", "site": "north"},  # objects merge (RFC 7396)
+            )
+            bad = run_cli([*cli, "desire", "fleet-b", "--set", "no-equals-sign", *auth])
+            assert bad.returncode == 2 and "expected KEY=VALUE" in bad.stderr
     finally:
         broker.stop()
