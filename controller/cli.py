@@ -353,11 +353,17 @@ def devices_revoke(
 @broker_app.command("mosquitto-config")
 def broker_mosquitto_config(
     out: Annotated[Path, typer.Option(help="Folder for mosquitto.conf, passwd and acl.")],
-    host: Annotated[str, typer.Option(help="Address the broker listens on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Broker port.")] = 1883,
+    host: Annotated[str, typer.Option(help="Address devices connect to.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Device listener port.")] = 1883,
+    controller_host: Annotated[
+        str, typer.Option(help="Address of the controller-only listener (keep it internal).")
+    ] = "127.0.0.1",
+    controller_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Controller listener port.")
+    ] = 1884,
     config: ConfigOpt = None,
 ) -> None:
-    """Write a Mosquitto config, password file and ACL for all non-revoked devices."""
+    """Write a Mosquitto config, password files and ACL for all non-revoked devices."""
     from sqlmodel import col, select
 
     from controller.broker import mosquitto_auth as auth
@@ -379,16 +385,23 @@ def broker_mosquitto_config(
         entries = {row.username: row.password_hash for row in rows}
     if username in entries:
         raise _fail(f"controller user name {username!r} is also a device's user name", 2)
-    entries[username] = auth.hash_password(secret.get_secret_value())
+    controller_entry = {username: auth.hash_password(secret.get_secret_value())}
     out = out.resolve()
     try:
         out.mkdir(parents=True, exist_ok=True)
         texts = {
             "passwd": (auth.render_password_file(entries), 0o600),
+            "passwd-controller": (auth.render_password_file(controller_entry), 0o600),
             "acl": (auth.render_acl(username), 0o644),
             "mosquitto.conf": (
                 auth.render_mosquitto_conf(
-                    host=host, port=port, password_file=out / "passwd", acl_file=out / "acl"
+                    host=host,
+                    port=port,
+                    password_file=out / "passwd",
+                    acl_file=out / "acl",
+                    controller_host=controller_host,
+                    controller_port=controller_port,
+                    controller_password_file=out / "passwd-controller",
                 ),
                 0o644,
             ),
@@ -399,7 +412,9 @@ def broker_mosquitto_config(
         raise _fail(str(e), 2) from e
     except OSError as e:
         raise _fail(f"cannot write to {out}: {e}", 2) from e
-    typer.echo(f"wrote mosquitto.conf, passwd ({len(entries) - 1} devices) and acl to {out}")
+    typer.echo(
+        f"wrote mosquitto.conf, passwd ({len(entries)} devices), passwd-controller and acl to {out}"
+    )
 
 
 @admin_app.command("create")

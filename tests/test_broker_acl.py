@@ -89,14 +89,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
 
 @dataclass
 class RunningBroker:
-    port: int
+    port: int  # the device listener
+    controller_port: int  # the controller-only listener
     log: Path
 
 
 @pytest.fixture
 def broker(fleet: Fleet, tmp_path: Path) -> Iterator[RunningBroker]:
     """Mosquitto with the fleet's generated password file and ACL on a free loopback port."""
-    port = free_port()
+    port, controller_port = free_port(), free_port()
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(
         render_mosquitto_conf(
@@ -104,6 +105,8 @@ def broker(fleet: Fleet, tmp_path: Path) -> Iterator[RunningBroker]:
             port=port,
             password_file=fleet.out / "passwd",
             acl_file=fleet.out / "acl",
+            controller_port=controller_port,
+            controller_password_file=fleet.out / "passwd-controller",
         )
         # Run as root, Mosquitto would switch to user 'mosquitto', who cannot read the 0600
         # password file in pytest's 0700 folders: stay the user who ran the CLI.
@@ -115,10 +118,14 @@ def broker(fleet: Fleet, tmp_path: Path) -> Iterator[RunningBroker]:
             [mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
         )
         try:
-            wait_for(lambda: port_open(port) or proc.poll() is not None, 10, what="mosquitto")
+            wait_for(
+                lambda: (port_open(port) and port_open(controller_port)) or proc.poll() is not None,
+                10,
+                what="mosquitto",
+            )
             if proc.poll() is not None:
                 pytest.fail(f"mosquitto exited: {log_path.read_text()}")
-            yield RunningBroker(port, log_path)
+            yield RunningBroker(port, controller_port, log_path)
         finally:
             proc.terminate()
             try:
@@ -205,14 +212,16 @@ def login(broker: RunningBroker, clients: list[Client], fleet: Fleet, device_id:
 
 
 def controller(broker: RunningBroker, clients: list[Client]) -> Client:
-    client = connect(broker.port, "ctl-test", CONTROLLER_USER, CONTROLLER_PASSWORD)
+    client = connect(broker.controller_port, "ctl-test", CONTROLLER_USER, CONTROLLER_PASSWORD)
     clients.append(client)
     assert client.connack == [0], f"controller refused: {client.connack}"
     return client
 
 
-def refused(broker: RunningBroker, username: str | None, password: str | None) -> int:
-    client = connect(broker.port, "intruder", username, password)
+def refused(
+    broker: RunningBroker, username: str | None, password: str | None, *, port: int | None = None
+) -> int:
+    client = connect(port or broker.port, "intruder", username, password)
     client.mqttc.loop_stop()
     client.mqttc.disconnect()
     return client.connack[0]
@@ -252,15 +261,20 @@ def test_mosquitto_passwd_file_verifies_with_our_pbkdf2(tmp_path: Path) -> None:
 
 # --- generated files -------------------------------------------------------------------------
 def test_generated_files(fleet: Fleet) -> None:
-    """The password file is 0600 and lists the controller and active devices but not the
-    revoked one; the ACL has one pattern per protocol kind, in the right direction."""
+    """The device password file is 0600 and lists the active devices but not the revoked
+    one, the controller's login sits in its own 0600 file for its own listener, and the ACL
+    has one pattern per protocol kind, in the right direction."""
     passwd = fleet.out / "passwd"
     assert stat.S_IMODE(passwd.stat().st_mode) == 0o600
     entries = parse_password_file(passwd.read_text())
-    assert list(entries) == sorted([CONTROLLER_USER, "dev-a", "dev-b"])
+    assert list(entries) == ["dev-a", "dev-b"]
     assert "dev-gone" not in passwd.read_text()
-    assert verify_password(CONTROLLER_PASSWORD, entries[CONTROLLER_USER])
     assert verify_password(fleet.passwords["dev-a"], entries["dev-a"])
+    controller_file = fleet.out / "passwd-controller"
+    assert stat.S_IMODE(controller_file.stat().st_mode) == 0o600
+    controller_entries = parse_password_file(controller_file.read_text())
+    assert list(controller_entries) == [CONTROLLER_USER]
+    assert verify_password(CONTROLLER_PASSWORD, controller_entries[CONTROLLER_USER])
     acl = (fleet.out / "acl").read_text()
     assert acl == render_acl(CONTROLLER_USER)
     patterns = [line for line in acl.splitlines() if line.startswith("pattern ")]
@@ -269,9 +283,11 @@ def test_generated_files(fleet: Fleet) -> None:
         + [f"pattern read ef/v1/%u/{k.value}" for k in CONTROLLER_TO_DEVICE]
     )
     conf = (fleet.out / "mosquitto.conf").read_text().splitlines()
-    assert "allow_anonymous false" in conf and "per_listener_settings false" in conf
+    assert "per_listener_settings true" in conf
+    assert conf.count("allow_anonymous false") == 2, "both listeners refuse anonymous clients"
     assert f"password_file {fleet.out / 'passwd'}" in conf
-    assert not any(line.startswith("use_username_as_clientid") for line in conf)
+    assert f"password_file {fleet.out / 'passwd-controller'}" in conf
+    assert conf.count("use_username_as_clientid true") == 1, "on the device listener only"
 
 
 # --- authentication ----------------------------------------------------------------------------
@@ -290,6 +306,34 @@ def test_anonymous_and_revoked_refused(broker: RunningBroker, fleet: Fleet) -> N
     both refused."""
     assert refused(broker, None, None) in REFUSED
     assert refused(broker, "dev-gone", fleet.passwords["dev-gone"]) in REFUSED
+
+
+def test_each_listener_accepts_only_its_own_logins(broker: RunningBroker, fleet: Fleet) -> None:
+    """Devices cannot log in on the controller listener (where client ids are free), and the
+    controller's login does not work on the device listener."""
+    port = broker.controller_port
+    assert refused(broker, "dev-a", fleet.passwords["dev-a"], port=port) in REFUSED
+    assert refused(broker, None, None, port=port) in REFUSED
+    assert refused(broker, CONTROLLER_USER, CONTROLLER_PASSWORD) in REFUSED
+
+
+def test_device_cannot_take_over_another_devices_session(
+    broker: RunningBroker, clients: list[Client], fleet: Fleet
+) -> None:
+    """dev-a connecting with client id 'dev-b' gets client id 'dev-a' from the broker, so the
+    real dev-b stays connected and keeps receiving its own messages."""
+    victim = login(broker, clients, fleet, "dev-b")
+    assert victim.subscribe("ef/v1/dev-b/desired") == [1]
+    disconnected = threading.Event()
+    victim.mqttc.on_disconnect = lambda *_: disconnected.set()
+    intruder = connect(broker.port, "dev-b", "dev-a", fleet.passwords["dev-a"])
+    clients.append(intruder)
+    assert intruder.connack == [0]
+    ctl = controller(broker, clients)
+    ctl.publish("ef/v1/dev-b/desired", b"still-yours")
+    wait_for(lambda: victim.messages, 10, what="dev-b's message")
+    assert not disconnected.is_set(), "dev-b was kicked off by a client id collision"
+    assert intruder.messages == []
 
 
 # --- authorization -----------------------------------------------------------------------------
@@ -350,7 +394,7 @@ def test_device_cannot_write_controller_kinds(
     time.sleep(0.3)
     assert ctl.topics() == ["ef/v1/dev-a/desired", "ef/v1/dev-a/heartbeat"]
     assert dev_a.topics() == []
-    late = connect(broker.port, "ctl-late", CONTROLLER_USER, CONTROLLER_PASSWORD)
+    late = connect(broker.controller_port, "ctl-late", CONTROLLER_USER, CONTROLLER_PASSWORD)
     clients.append(late)
     late.subscribe("ef/v1/dev-a/desired")
     wait_for(lambda: late.messages, 10, what="the retained desired")
