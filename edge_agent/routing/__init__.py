@@ -1,0 +1,1 @@
+"""Request routing on the device: sensitivity, policy, tiers, cascade and context."""
