@@ -6,7 +6,7 @@ import platform
 import threading
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import psutil
 
@@ -15,6 +15,10 @@ from edge_agent.config import AgentConfig, ModelConfig
 from edge_agent.hardware import HardwareProfile, probe
 from edge_agent.mqtt_link import LoadSnapshot, MqttLink
 from edge_agent.outbox import Outbox, OutboxFull, Priority
+from edge_agent.routing.context import SessionStore
+from edge_agent.routing.remote import RemoteTier
+from edge_agent.routing.router import Router
+from edge_agent.routing.sensitivity import SensitivityConfig, SensitivityDetector
 from edge_agent.runtimes import (
     ChatRuntime,
     RuntimeLoadError,
@@ -22,6 +26,8 @@ from edge_agent.runtimes import (
     execution_providers,
 )
 from edge_agent.runtimes.llama_cpp import LlamaCppRuntime
+from edge_agent.runtimes.ort_genai import OrtGenaiRuntime
+from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
 from edge_agent.shadow import DeviceShadow
 from edge_agent.state import CounterStore
 from shared.messages import Birth, Desired, HardwareInfo, ModelInfo, Reported
@@ -43,6 +49,7 @@ class Agent:
             machine=platform.machine(),
         )
         self.runtimes: dict[str, ChatRuntime] = {}
+        self.perception: dict[str, OrtPerceptionRuntime] = {}
         self.model_hashes: dict[str, str] = {}
         self.load_errors: dict[str, str] = {}
         self.counters = CounterStore(config.state_dir / "counters.json")
@@ -57,6 +64,8 @@ class Agent:
             },
         )
         self.link: MqttLink | None = None
+        self.router: Router | None = None
+        self.sessions = SessionStore()
         self._requests = 0
         self._errors = 0
         self._stats_lock = threading.Lock()
@@ -69,15 +78,19 @@ class Agent:
 
     # --- models -------------------------------------------------------------------------
     def _load_one(self, model: ModelConfig) -> ChatRuntime:
-        threads = model.n_threads or self.profile.recommended_threads
-        gpu_layers = model.n_gpu_layers or self.profile.gpu_layers
-        runtime = LlamaCppRuntime(
-            model.name,
-            model.path,
-            n_ctx=model.n_ctx,
-            n_threads=threads,
-            n_gpu_layers=gpu_layers,
-        )
+        runtime: LlamaCppRuntime | OrtGenaiRuntime
+        if model.runtime == "ort-genai":
+            runtime = OrtGenaiRuntime(
+                model.name, model.path, providers=list(self.profile.execution_providers)
+            )
+        else:
+            runtime = LlamaCppRuntime(
+                model.name,
+                model.path,
+                n_ctx=model.n_ctx,
+                n_threads=model.n_threads or self.profile.recommended_threads,
+                n_gpu_layers=model.n_gpu_layers or self.profile.gpu_layers,
+            )
         self.model_hashes[model.name] = runtime.sha256
         runtime.warm_up()
         return runtime
@@ -89,11 +102,62 @@ class Agent:
             try:
                 self.runtimes[model.name] = self._load_one(model)
             except RuntimeLoadError as e:
-                self.load_errors[model.name] = str(e)
-                log.error("model %s not loaded: %s", model.name, e)
-                self.record_event("model_load_failed", {"model": model.name, "reason": str(e)})
+                self._load_failed(model.name, str(e))
                 continue
             log.info("model %s loaded and warm in %.1fs", model.name, time.perf_counter() - started)
+        for classifier in self.config.perception:
+            try:
+                loaded = OrtPerceptionRuntime(
+                    classifier.name,
+                    classifier.path,
+                    providers=list(self.profile.execution_providers),
+                    labels=classifier.labels,
+                    threads=classifier.threads or self.profile.recommended_threads,
+                )
+                loaded.warm_up()
+            except RuntimeLoadError as e:
+                self._load_failed(classifier.name, str(e))
+                continue
+            self.perception[classifier.name] = loaded
+            self.model_hashes[classifier.name] = loaded.sha256
+        self.build_router()
+
+    def _load_failed(self, name: str, reason: str) -> None:
+        self.load_errors[name] = reason
+        log.error("model %s not loaded: %s", name, reason)
+        self.record_event("model_load_failed", {"model": name, "reason": reason})
+
+    def build_router(self) -> Router:
+        """The router over the loaded models and the configured remote tiers."""
+        routing = self.config.routing
+        remotes: dict[str, RemoteTier] = {}
+        costs: dict[str, float] = {}
+        for name in ("private", "cloud"):
+            tier = getattr(self.config.tiers, name)
+            if tier is not None:
+                remotes[name] = RemoteTier(name, tier)
+                costs[name] = tier.cost_per_1k_input + tier.cost_per_1k_output
+        detector = SensitivityDetector(
+            SensitivityConfig(
+                internal_keywords=(
+                    *SensitivityConfig().internal_keywords,
+                    *routing.sensitivity.internal_keywords,
+                ),
+                internal_domains=tuple(routing.sensitivity.internal_domains),
+                extra_restricted_patterns=dict(routing.sensitivity.extra_restricted_patterns),
+            )
+        )
+        self.router = Router(
+            config=routing,
+            detector=detector,
+            local=self.runtimes,
+            local_errors=self.load_errors,
+            default_local=self.default_model(),
+            remotes=remotes,
+            costs=costs,
+            on_alert=lambda name, body: self.record_event("alert", {"alert": name, **body}),
+        )
+        return self.router
 
     def default_model(self) -> str | None:
         return self.config.models[0].name if self.config.models else None
@@ -148,22 +212,21 @@ class Agent:
     def record_inference(
         self,
         *,
-        model: str,
-        runtime: str,
+        outcome: dict[str, Any],
         latency_ms: float,
         prompt_tokens: int,
         completion_tokens: int,
         stream: bool,
         status: str,
+        task_class: str | None,
     ) -> None:
-        """One record per request: the routing decision and its cost, not the content."""
+        """One record per request: the routing decision and its cost, never the content."""
         self.record(
             "metric",
             "inference",
             {
-                "route": "local",
-                "model": model,
-                "runtime": runtime,
+                **outcome,
+                "task_class": task_class,
                 "latency_ms": round(latency_ms, 2),
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
@@ -223,6 +286,15 @@ class Agent:
                 error=self.load_errors.get(m.name),
             )
             for m in self.config.models
+        ] + [
+            ModelInfo(
+                name=p.name,
+                runtime=OrtPerceptionRuntime.runtime_name,
+                sha256=self.model_hashes.get(p.name),
+                loaded=p.name in self.perception,
+                error=self.load_errors.get(p.name),
+            )
+            for p in self.config.perception
         ]
 
     def birth(self, bd_seq: int) -> Birth:
@@ -280,4 +352,9 @@ class Agent:
             self._metrics_thread.join(5)
         for runtime in self.runtimes.values():
             runtime.close()
+        for classifier in self.perception.values():
+            classifier.close()
+        if self.router is not None:
+            for remote in self.router.remotes.values():
+                remote.close()
         self.outbox.close()

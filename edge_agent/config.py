@@ -71,12 +71,22 @@ class ModelConfig(_Strict):
     """One model served by the local tier."""
 
     name: str = Field(min_length=1, max_length=128)
-    runtime: Literal["llama.cpp"] = "llama.cpp"
+    # llama.cpp: path is a GGUF file; ort-genai: path is a folder with genai_config.json.
+    runtime: Literal["llama.cpp", "ort-genai"] = "llama.cpp"
     path: Path
     n_ctx: int = Field(default=2048, ge=128)
     n_threads: int | None = Field(default=None, ge=1)
     n_gpu_layers: int = Field(default=0, ge=-1)
     max_tokens_default: int = Field(default=128, ge=1)
+
+
+class PerceptionModelConfig(_Strict):
+    """An ONNX classifier (image or audio), ideally int8-quantized, served locally only."""
+
+    name: str = Field(min_length=1, max_length=128)
+    path: Path
+    labels: list[str] | None = None
+    threads: int | None = Field(default=None, ge=1)
 
 
 class OutboxConfig(_Strict):
@@ -87,6 +97,95 @@ class OutboxConfig(_Strict):
     batch_bytes: int = Field(default=48 * 1024, ge=1024, le=60 * 1024)
     inflight_batches: int = Field(default=8, ge=1, le=1000)
     ack_timeout_s: float = Field(default=15.0, gt=0)
+
+
+TierName = Literal["local", "private", "cloud"]
+
+
+class RemoteTierConfig(_Strict):
+    """An OpenAI-compatible server: ``private`` (inside the organisation) or ``cloud``."""
+
+    base_url: str = Field(pattern=r"^https?://[^\s]+$")  # up to and including /v1
+    model: str = Field(min_length=1, max_length=256)
+    # Name of the environment variable holding the API key (keys never go in the YAML).
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    timeout_s: float = Field(default=60.0, gt=0)
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    # Prices (any currency) per 1,000 tokens: the router prefers the cheaper tier.
+    cost_per_1k_input: float = Field(default=0.0, ge=0)
+    cost_per_1k_output: float = Field(default=0.0, ge=0)
+
+    def api_key(self) -> str | None:
+        if self.api_key_env is None:
+            return None
+        import os
+
+        return os.environ.get(self.api_key_env) or None
+
+
+class TiersConfig(_Strict):
+    """Remote tiers; each is optional (the local tier is the ``models`` list)."""
+
+    private: RemoteTierConfig | None = None
+    cloud: RemoteTierConfig | None = None
+
+
+class RoutingRule(_Strict):
+    """Send a task class to a tier (and optionally a model), when sensitivity allows it."""
+
+    task_class: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")
+    tier: TierName
+    model: str | None = None
+
+
+class CascadeConfig(_Strict):
+    """Try local first; escalate when the local answer's confidence is below threshold."""
+
+    enabled: bool = True
+    # Geometric-mean probability of the local model's tokens below which we escalate.
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    # Task classes that may cascade; None: every task without a rule sending it elsewhere.
+    task_classes: list[str] | None = None
+    # If more than this share of cascaded requests escalates within window_s (after at
+    # least min_requests), cascading stops for cooldown_s and an alert event is recorded.
+    max_escalation_share: float = Field(default=0.5, gt=0, le=1)
+    window_s: float = Field(default=300.0, gt=0)
+    min_requests: int = Field(default=20, ge=1)
+    cooldown_s: float = Field(default=300.0, gt=0)
+
+
+class BreakerConfig(_Strict):
+    """Per remote tier: open after failure_threshold failures within window_s."""
+
+    failure_threshold: int = Field(default=3, ge=1)
+    window_s: float = Field(default=30.0, gt=0)
+    open_s: float = Field(default=30.0, gt=0)
+    max_open_s: float = Field(default=600.0, gt=0)  # cap on a 429's Retry-After
+
+
+class SensitivitySettings(_Strict):
+    """Extra rules for the on-device sensitivity detector."""
+
+    internal_keywords: list[str] = Field(default_factory=list)
+    internal_domains: list[str] = Field(default_factory=list)
+    extra_restricted_patterns: dict[str, str] = Field(default_factory=dict)
+
+
+class RoutingConfig(_Strict):
+    """How the agent picks a tier per request (see docs/routing.md)."""
+
+    rules: list[RoutingRule] = Field(default_factory=list)
+    # Latency budget when a request sends no X-Latency-Budget-Ms (None: no budget).
+    default_latency_budget_ms: float | None = Field(default=None, gt=0)
+    # Samples in each tier's moving latency window (the p95 comes from it).
+    latency_window: int = Field(default=200, ge=10)
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    sensitivity: SensitivitySettings = Field(default_factory=SensitivitySettings)
+    # Retry-After (seconds) on a 503 when no allowed tier is available.
+    retry_after_s: int = Field(default=30, ge=1)
+    # Context window (tokens) per session used when compacting history for a remote tier.
+    remote_context_tokens: int = Field(default=8192, ge=256)
 
 
 class AgentConfig(_Strict):
@@ -101,6 +200,9 @@ class AgentConfig(_Strict):
     telemetry_interval_s: float = Field(default=10.0, ge=1, le=86400)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     models: list[ModelConfig] = Field(default_factory=list)
+    perception: list[PerceptionModelConfig] = Field(default_factory=list)
+    tiers: TiersConfig = Field(default_factory=TiersConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
     @field_validator("device_id")
     @classmethod
@@ -142,6 +244,8 @@ def load_config(path: Path) -> AgentConfig:
     config.state_dir = base / config.state_dir
     for model in config.models:
         model.path = base / model.path
+    for classifier in config.perception:
+        classifier.path = base / classifier.path
     if config.mqtt is not None and config.mqtt.password_file is not None:
         config.mqtt.password_file = base / config.mqtt.password_file
         config.mqtt.password()  # unreadable secrets fail now, with the path, not at connect

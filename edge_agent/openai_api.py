@@ -8,17 +8,24 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Literal
 
+import jsonschema
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from edge_agent.agent import Agent
-from edge_agent.runtimes import ChatMessage, ChatRequest, ChatRuntime, CompletionChunk
+from edge_agent.outbox import Priority
+from edge_agent.routing.context import ContextTooLarge, compact, valid_session_id
+from edge_agent.routing.headers import parse_route_headers
+from edge_agent.routing.policy import RouteHints
+from edge_agent.routing.router import NoTierAvailable, RoutedRequest, RouteOutcome, Router
+from edge_agent.runtimes import ChatMessage, ChatRequest, CompletionChunk
 
 _DONE = object()
 
@@ -39,6 +46,29 @@ class _Message(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+class _JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str = "output"
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class _ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "_ResponseFormat":
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema is required when type is json_schema")
+        if self.json_schema is not None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(self.json_schema.schema_)
+            except jsonschema.SchemaError as e:
+                raise ValueError(f"invalid JSON schema: {e.message}") from e
+        return self
+
+
 class ChatCompletionBody(BaseModel):
     """The subset of OpenAI's request this tier honours; unknown fields are ignored."""
 
@@ -53,6 +83,17 @@ class ChatCompletionBody(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
+    response_format: _ResponseFormat | None = None
+
+    def json_schema(self) -> dict[str, Any] | None:
+        """The schema the answer must follow (``json_object`` means any JSON object)."""
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_object":
+            return {"type": "object"}
+        assert fmt.json_schema is not None
+        return fmt.json_schema.schema_
 
     @field_validator("stop")
     @classmethod
@@ -62,11 +103,52 @@ class ChatCompletionBody(BaseModel):
         return value
 
 
+class PerceptionBody(BaseModel):
+    """One input tensor as nested lists, in the model's input shape."""
+
+    inputs: list[Any]
+    dtype: Literal["float32", "float16", "uint8", "int8", "int64"] = "float32"
+
+
 def _error(
     status: int, message: str, code: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     body = {"error": {"message": message, "type": "invalid_request_error", "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def remote_models(router: Router) -> set[str]:
+    return {remote.model_name for remote in router.remotes.values()} | {
+        rule.model for rule in router.rules if rule.model
+    }
+
+
+def _with_history(
+    agent: Agent,
+    router: Router,
+    local_name: str | None,
+    session_id: str | None,
+    new: tuple[ChatMessage, ...],
+) -> tuple[ChatMessage, ...]:
+    """The request's messages with the session's history, compacted to fit every tier.
+
+    The budget is the smaller of the local model's context and ``remote_context_tokens``,
+    counted with the local model's tokenizer (remote tokenizers are not on the device).
+    """
+    if session_id is None:
+        return new
+    history = agent.sessions.history(session_id)
+    system = next((m for m in new if m.role == "system"), None)
+    fresh = [m for m in new if m.role != "system"]
+    budget = router.config.remote_context_tokens
+    model_cfg = next((m for m in agent.config.models if m.name == local_name), None)
+    if model_cfg is not None:
+        budget = min(budget, model_cfg.n_ctx)
+    runtime = agent.runtimes.get(local_name or "")
+    count_tokens = getattr(runtime, "count_tokens", None)
+    counter = count_tokens if callable(count_tokens) else (lambda text: len(text) // 3 + 1)
+    result = compact(system, history, fresh, budget_tokens=budget, count=counter)
+    return result.messages
 
 
 def create_agent_app(agent: Agent) -> FastAPI:
@@ -78,15 +160,6 @@ def create_agent_app(agent: Agent) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return _error(400, f"{where}: {first.get('msg')}", "invalid_request")
-
-    def _route_headers(runtime: ChatRuntime, started: float) -> dict[str, str]:
-        return {
-            "X-Edge-Route": "local",
-            "X-Edge-Model": runtime.model_name,
-            "X-Edge-Runtime": runtime.runtime_name,
-            "X-Edge-Device": agent.config.device_id,
-            "X-Edge-Queue-Ms": f"{(time.perf_counter() - started) * 1000:.0f}",
-        }
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -108,96 +181,196 @@ def create_agent_app(agent: Agent) -> FastAPI:
             ],
         }
 
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatCompletionBody) -> JSONResponse | StreamingResponse:
+    @app.post("/v1/perception/{name}")
+    async def perceive(name: str, body: PerceptionBody) -> JSONResponse:
+        """Classify one input with a local ONNX model (perception never leaves the device)."""
         started = time.perf_counter()
-        name = body.model or agent.default_model()
-        if name is None or (name not in agent.runtimes and name not in agent.load_errors):
+        classifier = agent.perception.get(name)
+        if classifier is None:
+            if name in agent.load_errors:
+                return _error(
+                    503,
+                    f"perception model unavailable: {agent.load_errors[name]}",
+                    "model_unavailable",
+                    headers={"Retry-After": "30"},
+                )
+            return _error(404, f"perception model {name!r} is not served here", "model_not_found")
+        try:
+            inputs = np.asarray(body.inputs, dtype=np.dtype(body.dtype))
+            result = await run_in_threadpool(classifier.classify, inputs)
+        except (ValueError, TypeError) as e:
+            return _error(400, f"inputs: {e}", "invalid_inputs")
+        latency_ms = (time.perf_counter() - started) * 1000
+        agent.record(
+            "metric",
+            "perception",
+            {
+                "model": name,
+                "label_index": result.label_index,
+                "confidence": round(result.confidence, 4),
+                "latency_ms": round(latency_ms, 2),
+            },
+            Priority.NORMAL,
+        )
+        return JSONResponse(
+            {
+                "model": name,
+                "label": result.label,
+                "label_index": result.label_index,
+                "confidence": result.confidence,
+                "probabilities": list(result.probabilities),
+            },
+            headers={"X-Edge-Route": "local", "X-Edge-Device": agent.config.device_id},
+        )
+
+    def _hints(request: Request) -> RouteHints | JSONResponse:
+        try:
+            return parse_route_headers(request.headers)
+        except ValueError as e:
+            return _error(400, str(e), "invalid_header")
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(
+        body: ChatCompletionBody, raw: Request
+    ) -> JSONResponse | StreamingResponse:
+        started = time.perf_counter()
+        router = agent.router or agent.build_router()
+        hints = _hints(raw)
+        if isinstance(hints, JSONResponse):
             agent.count_request(error=True)
-            return _error(404, f"model {name!r} is not served on this device", "model_not_found")
-        runtime = agent.runtimes.get(name)
-        if runtime is None:
+            return hints
+        session_id = raw.headers.get("x-session-id")
+        if session_id is not None and not valid_session_id(session_id):
+            agent.count_request(error=True)
+            return _error(400, "X-Session-Id: 1-128 of A-Z a-z 0-9 . _ : -", "invalid_header")
+        known = set(agent.runtimes) | set(agent.load_errors) | remote_models(router)
+        if body.model is not None and body.model not in known:
             agent.count_request(error=True)
             return _error(
-                503,
-                f"local tier unavailable: {agent.load_errors[name]}",
-                "local_tier_unhealthy",
-                headers={"Retry-After": "30"},
+                404, f"model {body.model!r} is not served by this device", "model_not_found"
             )
+        local_name = router.local_model(body.model)
+        max_default = next(
+            (m.max_tokens_default for m in agent.config.models if m.name == local_name), 128
+        )
+        new = tuple(ChatMessage(m.role, m.text()) for m in body.messages)
+        try:
+            messages = _with_history(agent, router, local_name, session_id, new)
+        except ContextTooLarge as e:
+            agent.count_request(error=True)
+            return _error(400, str(e), "context_length_exceeded")
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-        model_cfg = next(m for m in agent.config.models if m.name == name)
         request = ChatRequest(
-            messages=tuple(ChatMessage(m.role, m.text()) for m in body.messages),
-            max_tokens=body.max_completion_tokens
-            or body.max_tokens
-            or model_cfg.max_tokens_default,
+            messages=messages,
+            max_tokens=body.max_completion_tokens or body.max_tokens or max_default,
             temperature=body.temperature,
             top_p=body.top_p,
             seed=body.seed,
             stop=stop,
+            json_schema=body.json_schema(),
         )
+        routed = RoutedRequest(request, hints, body.model)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
 
-        def record(status: str, prompt_tokens: int, completion_tokens: int) -> None:
+        def record(
+            outcome: RouteOutcome | None, status: str, prompt_tokens: int, completion_tokens: int
+        ) -> None:
             agent.record_inference(
-                model=runtime.model_name,
-                runtime=runtime.runtime_name,
+                outcome=outcome.telemetry() if outcome else {"route": None},
                 latency_ms=(time.perf_counter() - started) * 1000,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 stream=body.stream,
                 status=status,
+                task_class=hints.task_class,
+            )
+
+        def unavailable(e: NoTierAvailable) -> JSONResponse:
+            agent.count_request(error=True)
+            record(None, "unavailable", 0, 0)
+            return _error(
+                503,
+                str(e),
+                "no_tier_available",
+                headers={"Retry-After": str(e.retry_after_s), "X-Edge-Route": "none"},
             )
 
         if body.stream:
+            try:
+                outcome, chunks = await run_in_threadpool(router.stream, routed)
+            except NoTierAvailable as e:
+                return unavailable(e)
             agent.count_request()
+            collected: list[str] = []
+
+            def on_done(status: str, n: int) -> None:
+                record(outcome, status, 0, n)
+                if status == "ok" and session_id is not None:
+                    agent.sessions.append(
+                        session_id, [*new, ChatMessage("assistant", "".join(collected))]
+                    )
+
             return StreamingResponse(
-                _sse(
-                    runtime, request, completion_id, created, lambda status, n: record(status, 0, n)
-                ),
+                _sse(chunks, outcome.model, completion_id, created, on_done, collected),
                 media_type="text/event-stream",
-                headers={**_route_headers(runtime, started), "Cache-Control": "no-cache"},
+                headers={**_route_headers(outcome, started), "Cache-Control": "no-cache"},
             )
         try:
-            result = await run_in_threadpool(runtime.complete, request)
-        except (RuntimeError, ValueError) as e:
-            agent.count_request(error=True)
-            record("error", 0, 0)
-            return _error(500, f"local inference failed: {type(e).__name__}", "inference_error")
+            result = await run_in_threadpool(router.complete, routed)
+        except NoTierAvailable as e:
+            return unavailable(e)
         agent.count_request()
-        record("ok", result.prompt_tokens, result.completion_tokens)
+        completion, outcome = result.completion, result.outcome
+        record(outcome, "ok", completion.prompt_tokens, completion.completion_tokens)
+        if session_id is not None:
+            agent.sessions.append(session_id, [*new, ChatMessage("assistant", completion.text)])
         return JSONResponse(
             {
                 "id": completion_id,
                 "object": "chat.completion",
                 "created": created,
-                "model": runtime.model_name,
+                "model": outcome.model,
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": result.text},
-                        "finish_reason": result.finish_reason,
+                        "message": {"role": "assistant", "content": completion.text},
+                        "finish_reason": completion.finish_reason,
                     }
                 ],
                 "usage": {
-                    "prompt_tokens": result.prompt_tokens,
-                    "completion_tokens": result.completion_tokens,
-                    "total_tokens": result.prompt_tokens + result.completion_tokens,
+                    "prompt_tokens": completion.prompt_tokens,
+                    "completion_tokens": completion.completion_tokens,
+                    "total_tokens": completion.prompt_tokens + completion.completion_tokens,
                 },
             },
-            headers=_route_headers(runtime, started),
+            headers=_route_headers(outcome, started),
         )
+
+    def _route_headers(outcome: RouteOutcome, started: float) -> dict[str, str]:
+        headers = {
+            "X-Edge-Route": outcome.tier,
+            "X-Edge-Route-Reason": outcome.reason,
+            "X-Edge-Model": outcome.model,
+            "X-Edge-Runtime": outcome.runtime,
+            "X-Edge-Device": agent.config.device_id,
+            "X-Edge-Sensitivity": outcome.level.label,
+            "X-Edge-Queue-Ms": f"{(time.perf_counter() - started) * 1000:.0f}",
+        }
+        if outcome.degraded:
+            headers["X-Edge-Degraded"] = "true"
+        return headers
 
     return app
 
 
 async def _sse(
-    runtime: ChatRuntime,
-    request: ChatRequest,
+    chunks: Iterator[CompletionChunk],
+    model: str,
     completion_id: str,
     created: int,
     on_done: Callable[[str, int], None],
+    collected: list[str],
 ) -> AsyncIterator[bytes]:
     """Stream chunks from a worker thread; a client that hangs up stops generation."""
     loop = asyncio.get_running_loop()
@@ -206,7 +379,7 @@ async def _sse(
 
     def produce() -> None:
         try:
-            for chunk in runtime.stream(request):
+            for chunk in chunks:
                 loop.call_soon_threadsafe(queue.put_nowait, chunk)
                 if cancelled.is_set():
                     break
@@ -220,14 +393,14 @@ async def _sse(
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,
-            "model": runtime.model_name,
+            "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
         return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
     worker = threading.Thread(target=produce, name="sse-generate", daemon=True)
     worker.start()
-    chunks = 0
+    chunks_sent = 0
     status = "cancelled"
     try:
         yield frame({"role": "assistant"}, None)
@@ -238,13 +411,15 @@ async def _sse(
                 break
             if isinstance(item, Exception):
                 status = "error"
-                error = {"error": {"message": f"local inference failed: {type(item).__name__}"}}
+                error = {"error": {"message": f"inference failed: {type(item).__name__}"}}
                 yield b"data: " + json.dumps(error).encode() + b"\n\n"
                 break
             assert isinstance(item, CompletionChunk)
-            chunks += 1 if item.text else 0
+            if item.text:
+                chunks_sent += 1
+                collected.append(item.text)
             yield frame({"content": item.text} if item.text else {}, item.finish_reason)
         yield b"data: [DONE]\n\n"
     finally:
         cancelled.set()
-        on_done(status, chunks)
+        on_done(status, chunks_sent)

@@ -113,7 +113,8 @@ def test_health_and_models_report_the_loaded_model(client: TestClient, agent: Ag
 
 
 def test_unloadable_model_marks_local_tier_unhealthy_without_crashing(tmp_path: Path) -> None:
-    """A corrupt GGUF leaves the agent up: health 503 with the reason, chat 503 + Retry-After."""
+    """A corrupt GGUF leaves the agent up: health 503 with the reason; with no remote tier,
+    chat is 503 with Retry-After and the local tier's reason."""
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\x00" * 64)
     config = AgentConfig.model_validate(
@@ -134,4 +135,6 @@ def test_unloadable_model_marks_local_tier_unhealthy_without_crashing(tmp_path: 
         chat = client.post("/v1/chat/completions", json={"messages": PROMPT})
         assert chat.status_code == 503
         assert chat.headers["retry-after"] == "30"
-        assert chat.json()["error"]["code"] == "local_tier_unhealthy"
+        assert chat.json()["error"]["code"] == "no_tier_available"
+        assert "local_unhealthy" in chat.json()["error"]["message"]
+        assert chat.headers["x-edge-route"] == "none"

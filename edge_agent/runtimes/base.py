@@ -2,7 +2,7 @@
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Role = Literal["system", "user", "assistant"]
 
@@ -23,6 +23,10 @@ class ChatRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Ask for the log-probability of each generated token (the confidence cascade uses it).
+    logprobs: bool = False
+    # Constrain the output to this JSON schema (llama.cpp: a grammar built from it).
+    json_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +35,8 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    # Natural-log probability of each generated token, when the request asked for them.
+    token_logprobs: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,14 @@
 """llama.cpp through llama-cpp-python: GGUF chat models on CPU, or GPU layers on Jetson."""
 
 import hashlib
+import math
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from edge_agent.runtimes.base import (
     ChatMessage,
@@ -22,6 +26,22 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class _StepLogprobs:
+    """A logits processor that records, per sampling step, the log-probability of the most
+    likely token (the chosen one under greedy decoding) and leaves the logits unchanged."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def __call__(
+        self, input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]
+    ) -> npt.NDArray[np.single]:
+        top = float(scores.max())
+        total = float(np.exp(scores - top, dtype=np.float64).sum())
+        self.values.append(-math.log(total))  # log softmax of the top logit
+        return scores
 
 
 class LlamaCppRuntime:
@@ -76,11 +96,20 @@ class LlamaCppRuntime:
         }
         if request.seed is not None:
             kwargs["seed"] = request.seed
+        if request.json_schema is not None:
+            # llama-cpp-python turns the schema into a GBNF grammar: valid by construction.
+            kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
         return kwargs
 
     def complete(self, request: ChatRequest) -> Completion:
+        kwargs = self._kwargs(request)
+        steps = _StepLogprobs() if request.logprobs else None
+        if steps is not None:
+            from llama_cpp import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([steps])
         with self._lock:
-            result = self._llama.create_chat_completion(**self._kwargs(request), stream=False)
+            result = self._llama.create_chat_completion(**kwargs, stream=False)
         choice = result["choices"][0]
         usage = result.get("usage") or {}
         return Completion(
@@ -88,6 +117,7 @@ class LlamaCppRuntime:
             finish_reason=choice.get("finish_reason") or "stop",
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", 0)),
+            token_logprobs=tuple(steps.values) if steps is not None else (),
         )
 
     def stream(self, request: ChatRequest) -> Iterator[CompletionChunk]:
@@ -99,6 +129,11 @@ class LlamaCppRuntime:
                 finish = choice.get("finish_reason")
                 if text or finish:
                     yield CompletionChunk(text=text, finish_reason=finish)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in this model's own vocabulary (for context budgets)."""
+        with self._lock:
+            return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     def close(self) -> None:
         with self._lock:

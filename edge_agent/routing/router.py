@@ -1,0 +1,357 @@
+"""The router: classify, decide, then run the plan with cascade, breakers and fallbacks.
+
+Blocking code, run from a worker thread by the HTTP layer. Nothing here logs or returns
+request contents: outcomes carry tiers, reasons, categories and numbers only.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from itertools import chain
+from typing import Any
+
+from edge_agent.config import RoutingConfig
+from edge_agent.routing.breaker import CircuitBreaker
+from edge_agent.routing.cascade import CascadeGuard, structured_confidence
+from edge_agent.routing.latency import LatencyWindow
+from edge_agent.routing.policy import (
+    TIERS,
+    Decision,
+    RouteHints,
+    Rule,
+    TierView,
+    decide,
+    effective_level,
+)
+from edge_agent.routing.remote import RemoteTier, TierError
+from edge_agent.routing.sensitivity import Level, SensitivityDetector
+from edge_agent.runtimes.base import ChatRequest, ChatRuntime, Completion, CompletionChunk
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedRequest:
+    request: ChatRequest
+    hints: RouteHints = field(default_factory=RouteHints)
+    model: str | None = None  # the local model the client named, if any
+
+
+@dataclass(frozen=True, slots=True)
+class RouteOutcome:
+    """Where a request went and why; safe to log and to send as telemetry."""
+
+    tier: str
+    model: str
+    runtime: str
+    reason: str
+    degraded: bool
+    level: Level
+    categories: tuple[str, ...]
+    plan: tuple[str, ...]
+    cascaded: bool = False
+    escalated: bool = False
+    confidence: float | None = None
+    attempts: tuple[tuple[str, str], ...] = ()  # (tier, why it did not answer)
+
+    def telemetry(self) -> dict[str, Any]:
+        return {
+            "route": self.tier,
+            "model": self.model,
+            "runtime": self.runtime,
+            "reason": self.reason,
+            "degraded": self.degraded,
+            "sensitivity": self.level.label,
+            "categories": list(self.categories),
+            "plan": list(self.plan),
+            "cascaded": self.cascaded,
+            "escalated": self.escalated,
+            "confidence": None if self.confidence is None else round(self.confidence, 4),
+            "attempts": [list(a) for a in self.attempts],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedResult:
+    completion: Completion
+    outcome: RouteOutcome
+
+
+class NoTierAvailable(RuntimeError):
+    """Nothing allowed for this request can answer now."""
+
+    def __init__(
+        self,
+        retry_after_s: int,
+        level: Level,
+        excluded: tuple[tuple[str, str], ...],
+        attempts: tuple[tuple[str, str], ...],
+    ) -> None:
+        why = ", ".join(f"{t}: {r}" for t, r in (*excluded, *attempts)) or "no tier configured"
+        super().__init__(f"no tier allowed for {level.label} data can answer ({why})")
+        self.retry_after_s = retry_after_s
+        self.level = level
+        self.excluded = excluded
+        self.attempts = attempts
+
+
+class Router:
+    """Routes chat requests across the local runtimes and the remote tiers."""
+
+    def __init__(
+        self,
+        *,
+        config: RoutingConfig,
+        detector: SensitivityDetector,
+        local: Mapping[str, ChatRuntime],
+        local_errors: Mapping[str, str],
+        default_local: str | None,
+        remotes: Mapping[str, RemoteTier],
+        costs: Mapping[str, float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_alert: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.detector = detector
+        self.local = local
+        self.local_errors = local_errors
+        self.default_local = default_local
+        self.remotes = dict(remotes)
+        self.costs = dict(costs or {})
+        self._on_alert = on_alert or (lambda name, body: None)
+        b = config.breaker
+        self.breakers = {
+            name: CircuitBreaker(
+                failure_threshold=b.failure_threshold,
+                window_s=b.window_s,
+                open_s=b.open_s,
+                max_open_s=b.max_open_s,
+                clock=clock,
+            )
+            for name in self.remotes
+        }
+        self.latency = {name: LatencyWindow(config.latency_window) for name in TIERS}
+        c = config.cascade
+        self.guard = CascadeGuard(
+            max_share=c.max_escalation_share,
+            window_s=c.window_s,
+            min_requests=c.min_requests,
+            cooldown_s=c.cooldown_s,
+            clock=clock,
+        )
+        self.rules = tuple(Rule(r.task_class, r.tier, r.model) for r in config.rules)
+
+    # --- deciding ------------------------------------------------------------------------
+    def local_model(self, requested: str | None) -> str | None:
+        if requested is not None and (requested in self.local or requested in self.local_errors):
+            return requested
+        return self.default_local
+
+    def views(self, local_model: str | None) -> dict[str, TierView]:
+        views: dict[str, TierView] = {}
+        if local_model is not None:
+            healthy = local_model in self.local
+            views["local"] = TierView(
+                "local",
+                healthy,
+                None if healthy else f"local_unhealthy:{self.local_errors.get(local_model, '')}",
+                self.latency["local"].p95(),
+                0.0,
+            )
+        for name in self.remotes:
+            breaker = self.breakers[name]
+            views[name] = TierView(
+                name,
+                breaker.available(),
+                None if breaker.available() else f"breaker_open:{breaker.last_error}",
+                self.latency[name].p95(),
+                self.costs.get(name, 0.0),
+            )
+        return views
+
+    def decide(self, routed: RoutedRequest) -> tuple[Decision, tuple[str, ...]]:
+        """Classify every message that would leave (history included), then decide."""
+        verdict = self.detector.classify_messages(m.content for m in routed.request.messages)
+        level = effective_level(verdict.level, routed.hints.declared)
+        hints = routed.hints
+        if hints.latency_budget_ms is None and self.config.default_latency_budget_ms:
+            hints = replace(hints, latency_budget_ms=self.config.default_latency_budget_ms)
+        decision = decide(
+            level,
+            hints,
+            self.views(self.local_model(routed.model)),
+            self.rules,
+            cascade_enabled=self.config.cascade.enabled and self.guard.active,
+            cascade_tasks=self.config.cascade.task_classes,
+        )
+        return decision, verdict.categories
+
+    def _unavailable(self, decision: Decision, attempts: list[tuple[str, str]]) -> NoTierAvailable:
+        waits = [
+            self.breakers[t].retry_after_s()
+            for t in decision.plan
+            if t in self.breakers and self.breakers[t].retry_after_s() > 0
+        ]
+        retry = int(min(waits)) + 1 if waits else self.config.retry_after_s
+        return NoTierAvailable(retry, decision.level, decision.excluded, tuple(attempts))
+
+    # --- running -------------------------------------------------------------------------
+    def _remote_failed(self, tier: str, error: TierError) -> None:
+        if error.counts_against_breaker:
+            self.breakers[tier].record_failure(error.kind, retry_after_s=error.retry_after_s)
+        log.warning("tier %s failed: %s", tier, error.kind)
+
+    def complete(self, routed: RoutedRequest) -> RoutedResult:
+        decision, categories = self.decide(routed)
+        if not decision.plan:
+            raise self._unavailable(decision, [])
+        local_name = self.local_model(routed.model)
+        attempts: list[tuple[str, str]] = []
+        kept: tuple[Completion, float] | None = None  # a low-confidence local answer
+        threshold = self.config.cascade.threshold
+
+        def outcome(tier: str, model: str, runtime: str, **extra: Any) -> RouteOutcome:
+            served_first = tier == decision.plan[0]
+            reason = (
+                decision.reason if served_first else f"fallback:{attempts[0][0]}:{attempts[0][1]}"
+            )
+            if extra.get("escalated") and tier != "local":
+                reason = "cascade:low_confidence"
+            base: dict[str, Any] = {
+                "reason": reason,
+                "degraded": decision.degraded or (not served_first and not extra.get("escalated")),
+                "level": decision.level,
+                "categories": categories,
+                "plan": decision.plan,
+                "cascaded": decision.cascade,
+                "attempts": tuple(attempts),
+            }
+            base.update(extra)
+            return RouteOutcome(tier=tier, model=model, runtime=runtime, **base)
+
+        for index, tier in enumerate(decision.plan):
+            has_next = index + 1 < len(decision.plan)
+            if tier == "local":
+                assert local_name is not None
+                runtime = self.local[local_name]
+                cascade = decision.cascade and has_next
+                request = replace(routed.request, logprobs=cascade or routed.request.logprobs)
+                started = time.perf_counter()
+                try:
+                    completion = runtime.complete(request)
+                except (RuntimeError, ValueError, OSError) as e:
+                    attempts.append(("local", f"error:{type(e).__name__}"))
+                    log.error("local tier failed: %s", type(e).__name__)
+                    continue
+                self.latency["local"].add((time.perf_counter() - started) * 1000)
+                if cascade:
+                    conf = structured_confidence(
+                        completion.text, completion.token_logprobs, request.json_schema
+                    )
+                    escalate = conf < threshold
+                    if self.guard.record(escalate):
+                        self._on_alert(
+                            "cascade_disabled",
+                            {
+                                "escalation_share": round(self.guard.escalation_share(), 3),
+                                "cooldown_s": self.guard.cooldown_s,
+                            },
+                        )
+                    if escalate:
+                        kept = (completion, conf)
+                        attempts.append(("local", f"low_confidence:{conf:.2f}"))
+                        continue
+                    return RoutedResult(
+                        completion,
+                        outcome("local", local_name, runtime.runtime_name, confidence=conf),
+                    )
+                return RoutedResult(completion, outcome("local", local_name, runtime.runtime_name))
+            remote = self.remotes[tier]
+            if not self.breakers[tier].allow():
+                attempts.append((tier, "breaker_open"))
+                continue
+            started = time.perf_counter()
+            try:
+                completion = remote.complete(routed.request, model=decision.model_for(tier))
+            except TierError as e:
+                self._remote_failed(tier, e)
+                attempts.append((tier, e.kind))
+                continue
+            self.breakers[tier].record_success()
+            self.latency[tier].add((time.perf_counter() - started) * 1000)
+            model = decision.model_for(tier) or remote.model_name
+            escalated = kept is not None
+            return RoutedResult(
+                completion,
+                outcome(
+                    tier,
+                    model,
+                    remote.runtime_name,
+                    escalated=escalated,
+                    confidence=kept[1] if kept else None,
+                ),
+            )
+        if kept is not None and local_name is not None:
+            # Escalation failed everywhere: the local answer is better than none.
+            completion, conf = kept
+            result = outcome(
+                "local", local_name, self.local[local_name].runtime_name, confidence=conf
+            )
+            return RoutedResult(
+                completion, replace(result, reason="cascade:escalation_failed", degraded=True)
+            )
+        raise self._unavailable(decision, attempts)
+
+    def stream(self, routed: RoutedRequest) -> tuple[RouteOutcome, Iterator[CompletionChunk]]:
+        """Start a stream on the first tier that produces a first chunk.
+
+        Failover is allowed until the first token: a tier that fails before it is skipped.
+        Streams are not cascaded (confidence is known only at the end of the answer).
+        """
+        decision, categories = self.decide(routed)
+        if not decision.plan:
+            raise self._unavailable(decision, [])
+        local_name = self.local_model(routed.model)
+        attempts: list[tuple[str, str]] = []
+        for tier in decision.plan:
+            if tier == "local":
+                assert local_name is not None
+                runtime: ChatRuntime = self.local[local_name]
+                model, runtime_name = local_name, runtime.runtime_name
+                chunks = runtime.stream(routed.request)
+            else:
+                if not self.breakers[tier].allow():
+                    attempts.append((tier, "breaker_open"))
+                    continue
+                remote = self.remotes[tier]
+                model = decision.model_for(tier) or remote.model_name
+                runtime_name = remote.runtime_name
+                chunks = remote.stream(routed.request, model=decision.model_for(tier))
+            try:
+                first = next(chunks, None)
+            except TierError as e:
+                self._remote_failed(tier, e)
+                attempts.append((tier, e.kind))
+                continue
+            except (RuntimeError, ValueError, OSError) as e:
+                attempts.append((tier, f"error:{type(e).__name__}"))
+                continue
+            if tier in self.breakers:
+                self.breakers[tier].record_success()
+            served_first = tier == decision.plan[0]
+            result = RouteOutcome(
+                tier=tier,
+                model=model,
+                runtime=runtime_name,
+                reason=decision.reason
+                if served_first
+                else f"fallback:{attempts[0][0]}:{attempts[0][1]}",
+                degraded=decision.degraded or not served_first,
+                level=decision.level,
+                categories=categories,
+                plan=decision.plan,
+                attempts=tuple(attempts),
+            )
+            return result, chain([first] if first is not None else [], chunks)
+        raise self._unavailable(decision, attempts)

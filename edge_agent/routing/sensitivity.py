@@ -1,0 +1,1464 @@
+"""Sensitivity detection: is this request ``public``, ``internal`` or ``restricted``?
+
+The router calls :meth:`SensitivityDetector.classify` on every request, on the device, before
+any routing decision. ``restricted`` requests may only run locally, ``internal`` ones locally
+or on a private tier, ``public`` ones anywhere (the policy lives in the router; this module
+only labels).
+
+What is restricted (category names in parentheses, all at :attr:`Level.RESTRICTED`):
+
+* credentials: AWS access key ids and secret keys (``aws_access_key``), GitHub, GitLab,
+  Slack, Stripe, OpenAI/Anthropic, Hugging Face, npm, Google API/OAuth, SendGrid tokens,
+  Azure SAS signatures, bearer/basic authorization headers and ``api_key=`` / ``token:`` /
+  ``secret=`` assignments with a high-entropy value (``api_token``); JWTs whose first
+  segment decodes to a JSON object with an ``alg`` member (``jwt``); PEM/OpenSSH/PGP/PuTTY
+  private keys (``private_key``); URLs with ``user:password@``, ADO/JDBC strings with a
+  password, Azure ``AccountKey=`` / ``SharedAccessKey=`` (``connection_string``);
+  ``password=``/``password is ...`` values that are not placeholders (``password``);
+* payment cards: 13-19 digits, consistently grouped, plausible issuer prefix, Luhn-valid
+  (``payment_card``); IBANs with a valid mod-97 check and country format (``iban``);
+* national IDs: US SSN (area/group/serial rules), UK NINO, French NIR, Spanish DNI/NIE,
+  Italian codice fiscale by format and checksum; German Steuer-ID, NHS number and other
+  IDs when a keyword names them (``national_id``); passport numbers after a passport
+  keyword (``passport``);
+* personal contact data: e-mail addresses (``email``), phone numbers (``phone``), street
+  addresses (``street_address``);
+* health information about a person (``health``), see the rule below.
+
+What is internal (:attr:`Level.INTERNAL`): configured markers such as "confidential" or "do
+not distribute" (``internal_marker``); host names under internal suffixes (``*.internal``,
+``*.corp``, ``*.local``, ``*.lan`` ...) or configured company domains, and RFC 1918
+addresses (``internal_host``). Everything else is public.
+
+Health rule. A medical term (a condition, a diagnosis or prescription word, a medication
+name, pregnancy ...) is health information about a person only when, in the same sentence,
+a specific person is tied to it: a possessive within three words before the term ("my type 2
+diabetes", "her HIV test", "my mother's cancer"), a subject followed by a health verb that
+leads to the term ("I was diagnosed", "she is pregnant", "my dad takes metformin", "John has
+diabetes"), an object pronoun right after it ("prescribed me"), "for me"/"for my son", or a
+clinical record naming a patient ("the patient", "Patient: Jane Roe", "Mr. Smith"). Generic
+questions ("what is diabetes?", "how does metformin work?", "write an article about cancer
+for my blog") stay public; so do terms followed by a topic noun ("my diabetes prediction
+model").
+
+Design and library choices (measured with ``python -m benchmarks.eval_sensitivity``):
+
+* Candidates are found by **one pass of one combined automaton**: every rule's pattern is
+  added to an ``RE2::Set`` (``google-re2``), whose DFA scans the UTF-8 bytes once and
+  reports which rules match anywhere (about 2 ns/byte, independent of the number of rules).
+  Only the rules that fired are then run (RE2 ``finditer`` for spans) and only their
+  candidates go through the Python validators. CPython's ``re`` was measured first: it pays
+  roughly 70 ns per position where a pattern could start, so a combined alternation over
+  keywords costs 250 us+ for 4 KB, far over the budget; an Aho-Corasick automaton for the
+  keywords alone cost 15-30 us. A sentinel ``\\z`` pattern in the set proves the DFA
+  reached the end of the text; if it is missing (the DFA ran out of memory) every rule is
+  run, so a DFA failure can only cost time, never a leak.
+* Validators: ``python-stdnum`` (IBAN registry and formats, US SSN, French NIR, Spanish
+  DNI/NIE, Italian codice fiscale, German IdNr, NHS number) after a cheap mod-97 pre-check
+  for IBANs; ``phonenumbers`` (the ``phonenumberslite`` distribution, without the geocoder
+  data) only for candidates written with a ``+``/``00`` country code or in the French
+  pairs format, never on the text itself; Luhn, JWT header decoding, entropy and the health
+  rule are local.
+* Yelp's ``detect-secrets`` was considered: its plugins run one regex after another per
+  line, plus entropy scans of every quoted string, which is milliseconds per prompt and far
+  over the latency goal; it also has no notion of PII. Its token formats (AWS, GitHub,
+  Slack, Stripe, JWT, private keys, basic auth in URLs ...) are covered by the rules here.
+* Findings carry only the category and the span, never the matched text, so logging a
+  :class:`Verdict` cannot leak what it found.
+
+``extra_restricted_patterns`` / ``extra_internal_patterns`` are Python ``re`` patterns run
+with ``re.finditer`` over the text after the RE2 pass; each costs a scan of its own, so
+anchor them on a literal prefix (``"EMP-[0-9]{6}"``), which ``re`` searches for quickly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Final
+
+import phonenumbers
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
+from stdnum import iban as _std_iban
+from stdnum.de import idnr as _de_idnr
+from stdnum.es import dni as _es_dni
+from stdnum.es import nie as _es_nie
+from stdnum.fr import nir as _fr_nir
+from stdnum.gb import nhs as _gb_nhs
+from stdnum.it import codicefiscale as _it_cf
+from stdnum.us import ssn as _us_ssn
+
+__all__ = [
+    "CATEGORY_LEVELS",
+    "DEFAULT_INTERNAL_KEYWORDS",
+    "DEFAULT_INTERNAL_SUFFIXES",
+    "Finding",
+    "Level",
+    "SensitivityConfig",
+    "SensitivityDetector",
+    "Verdict",
+]
+
+
+class Level(IntEnum):
+    """How far a request may travel: the higher, the closer to the device it stays."""
+
+    PUBLIC = 0
+    INTERNAL = 1
+    RESTRICTED = 2
+
+    @property
+    def label(self) -> str:
+        """The lower-case name used in configuration and logs: ``"public"`` ..."""
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, value: str) -> Level:
+        """``Level.parse("internal") is Level.INTERNAL``; case-insensitive, raises ValueError."""
+        try:
+            return cls[value.strip().upper()]
+        except KeyError:
+            raise ValueError(f"unknown sensitivity level {value!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One detected item: its category and span ``text[start:end]``, never the text itself.
+
+    ``message`` is the index of the text in :meth:`SensitivityDetector.classify_messages`
+    (always 0 for :meth:`SensitivityDetector.classify`).
+    """
+
+    category: str
+    start: int
+    end: int
+    message: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The level of a request and the findings that raised it (empty when public)."""
+
+    level: Level
+    findings: tuple[Finding, ...] = ()
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """Sorted unique categories of the findings."""
+        return tuple(sorted({f.category for f in self.findings}))
+
+
+DEFAULT_INTERNAL_KEYWORDS: Final[tuple[str, ...]] = (
+    "confidential",
+    "internal only",
+    "internal use only",
+    "for internal use",
+    "do not distribute",
+    "do not forward",
+    "do not share externally",
+    "not for distribution",
+    "not for external distribution",
+    "not for public release",
+    "proprietary and confidential",
+    "proprietary information",
+    "company proprietary",
+    "under nda",
+    "trade secret",
+    "need to know basis",
+    "embargoed",
+)
+"""Phrases that mark a text as company-internal (case-insensitive, whole words)."""
+
+DEFAULT_INTERNAL_SUFFIXES: Final[tuple[str, ...]] = (
+    "internal",
+    "corp",
+    "local",
+    "lan",
+    "intranet",
+    "intra",
+    "private",
+    "localdomain",
+    "home.arpa",
+)
+"""DNS suffixes that only resolve inside an organisation (``*.corp``, ``*.internal`` ...)."""
+
+
+@dataclass(frozen=True)
+class SensitivityConfig:
+    """What the detector treats as internal or restricted beyond its built-in rules.
+
+    * ``internal_keywords``: phrases (case-insensitive, whole words, any whitespace between
+      words) that make a text internal. "confidential" right after "keep/kept/remain/stay"
+      ("keep customer data confidential") is a sentence about secrecy, not a marker, and is
+      ignored.
+    * ``internal_domains``: company domains (``"acme.com"``); the domain and its sub-domains
+      are internal hosts.
+    * ``internal_host_suffixes``: DNS suffixes (without the leading dot) that are internal.
+    * ``private_ips_internal``: RFC 1918 addresses (10/8, 172.16/12, 192.168/16) are
+      internal hosts.
+    * ``extra_restricted_patterns`` / ``extra_internal_patterns``: category -> Python ``re``
+      pattern; every match is a finding of that category at that level.
+    * ``disabled_categories``: built-in categories to switch off (for example
+      ``{"street_address"}`` on a device whose prompts are mostly shipping labels that the
+      operator has cleared for the cloud).
+    """
+
+    internal_keywords: tuple[str, ...] = DEFAULT_INTERNAL_KEYWORDS
+    internal_domains: tuple[str, ...] = ()
+    internal_host_suffixes: tuple[str, ...] = DEFAULT_INTERNAL_SUFFIXES
+    private_ips_internal: bool = True
+    extra_restricted_patterns: Mapping[str, str] = field(default_factory=dict)
+    extra_internal_patterns: Mapping[str, str] = field(default_factory=dict)
+    disabled_categories: frozenset[str] = frozenset()
+
+
+CATEGORY_LEVELS: Final[Mapping[str, Level]] = {
+    "aws_access_key": Level.RESTRICTED,
+    "api_token": Level.RESTRICTED,
+    "jwt": Level.RESTRICTED,
+    "private_key": Level.RESTRICTED,
+    "connection_string": Level.RESTRICTED,
+    "password": Level.RESTRICTED,
+    "payment_card": Level.RESTRICTED,
+    "iban": Level.RESTRICTED,
+    "national_id": Level.RESTRICTED,
+    "passport": Level.RESTRICTED,
+    "email": Level.RESTRICTED,
+    "phone": Level.RESTRICTED,
+    "street_address": Level.RESTRICTED,
+    "health": Level.RESTRICTED,
+    "internal_marker": Level.INTERNAL,
+    "internal_host": Level.INTERNAL,
+}
+"""Built-in categories and their levels."""
+
+
+# --------------------------------------------------------------------------------------
+# Scanning state: the text, its UTF-8 bytes and the byte -> character offset mapping.
+
+
+class _Scan:
+    __slots__ = ("ascii", "data", "findings", "message", "text")
+
+    def __init__(self, text: str, message: int) -> None:
+        self.text = text
+        self.message = message
+        self.ascii = text.isascii()
+        # Unencodable characters (lone surrogates) become one "?" byte each, so decoding a
+        # prefix of ``data`` gives exactly as many characters as the same prefix of ``text``.
+        self.data = text.encode("ascii") if self.ascii else text.encode("utf-8", "replace")
+        self.findings: list[Finding] = []
+
+    def char(self, offset: int) -> int:
+        """Character offset of a byte offset that RE2 reported."""
+        if self.ascii:
+            return offset
+        return len(self.data[:offset].decode("utf-8", "replace"))
+
+    def add(self, category: str, start: int, end: int) -> None:
+        self.findings.append(Finding(category, start, end, self.message))
+
+
+class _Hit:
+    """One RE2 match of a rule, with spans in characters and the alternative that matched."""
+
+    __slots__ = ("_m", "_names", "_sc")
+
+    def __init__(self, sc: _Scan, m: Any, names: tuple[tuple[str, int], ...]) -> None:
+        self._sc = sc
+        self._m = m
+        self._names = names
+
+    @property
+    def kind(self) -> str | None:
+        """The first named group that took part in the match (the outermost alternative)."""
+        for name, index in self._names:
+            if self._m.start(index) != -1:
+                return name
+        return None
+
+    def _index(self, name: str | None) -> int:
+        if name is None:
+            return 0
+        for n, index in self._names:
+            if n == name:
+                return index
+        raise KeyError(name)
+
+    def has(self, name: str) -> bool:
+        return bool(self._m.start(self._index(name)) != -1)
+
+    def span(self, name: str | None = None) -> tuple[int, int]:
+        index = self._index(name)
+        start: int = self._m.start(index)
+        end: int = self._m.end(index)
+        return self._sc.char(start), self._sc.char(end)
+
+
+_Handler = Callable[[_Scan, _Hit], None]
+
+
+def _options() -> Any:
+    options = re2.Options()
+    options.log_errors = False
+    options.max_mem = 64 << 20
+    return options
+
+
+_OPTIONS: Final[Any] = _options()
+
+
+def _escape(literal: str) -> str:
+    """Escape a literal for RE2; runs of whitespace match any whitespace."""
+    words = literal.split()
+    return r"\s+".join("".join(c if c.isalnum() else "\\" + c for c in w) for w in words)
+
+
+def _bounded(escaped_literal: str, literal: str) -> str:
+    """Word boundaries on the sides of ``literal`` that start/end with a word character."""
+    left = r"\b" if literal[:1].isalnum() or literal[:1] == "_" else ""
+    right = r"\b" if literal[-1:].isalnum() or literal[-1:] == "_" else ""
+    return left + escaped_literal + right
+
+
+# --------------------------------------------------------------------------------------
+# Validators (pure functions on candidate strings).
+
+_PLACEHOLDER_VALUES: Final[frozenset[str]] = frozenset(
+    {
+        "password",
+        "passwd",
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "apikey",
+        "api_key",
+        "changeme",
+        "change_me",
+        "none",
+        "null",
+        "nil",
+        "true",
+        "false",
+        "str",
+        "string",
+        "bytes",
+        "int",
+        "bool",
+        "optional",
+        "required",
+        "undefined",
+        "redacted",
+        "hidden",
+        "masked",
+        "example",
+        "dummy",
+        "test",
+        "todo",
+        "tbd",
+        "env",
+        "secretstr",
+        "field",
+    }
+)
+
+
+def _is_placeholder(value: str) -> bool:
+    v = value.strip("\"'`").lower()
+    if not v or v in _PLACEHOLDER_VALUES:
+        return True
+    if v[0] in "$<{%*[(" or v.startswith(("your", "my_", "my-", "xxx", "...", "***", "os.")):
+        return True
+    if "xxxx" in v or "****" in v or "your_" in v or "your-" in v or "_here" in v:
+        return True
+    return len(set(v)) <= 2
+
+
+_IDENT_PATH: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
+
+
+_WORDY: Final = re.compile(r"[a-z]{9}|[A-Z]{9}")
+"""Nine letters of one case in a row: a word or an identifier, not a random token."""
+
+
+def _entropy(value: str) -> float:
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
+
+
+def _high_entropy(value: str) -> bool:
+    """A token-like value: long, letters and digits, several bits per character."""
+    v = value.strip("\"'`")
+    if len(v) < 16 or _is_placeholder(v) or _IDENT_PATH.match(v):
+        return False
+    has_digit = any(c.isdigit() for c in v)
+    has_alpha = any(c.isalpha() for c in v)
+    if not (has_digit and has_alpha) or _WORDY.search(v):
+        return False
+    return _entropy(v) >= 3.0
+
+
+_SK_PREFIX: Final = re.compile(r"\Ask-(?:ant-[a-z]+[0-9]{2}-|proj-|svcacct-|admin-)?")
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _card_prefix_ok(d: str) -> bool:
+    first = d[0]
+    if first == "4" or first == "6":
+        return True
+    if first == "5":
+        return "50" <= d[:2] <= "55"
+    if first == "2":
+        return "2221" <= d[:4] <= "2720"
+    if first == "3":
+        return d[:2] in ("34", "37", "35", "36", "38", "30", "39")
+    return False
+
+
+def _card_ok(candidate: str) -> bool:
+    """13-19 digits, one separator kind, card-like grouping, issuer prefix, Luhn."""
+    seps = {c for c in candidate if not c.isdigit()}
+    if len(seps) > 1:
+        return False
+    if seps:
+        groups = [len(g) for g in candidate.split(seps.pop())]
+        if not (all(g == 4 for g in groups[:-1]) or groups in ([4, 6, 5], [4, 6, 4])) or any(
+            g == 0 for g in groups
+        ):
+            return False
+    digits = "".join(c for c in candidate if c.isdigit())
+    if not 13 <= len(digits) <= 19 or len(set(digits)) < 2:
+        return False
+    return _card_prefix_ok(digits) and _luhn(digits)
+
+
+_IBAN_CHARS: Final = {chr(c): str(c - 55) for c in range(65, 91)} | {
+    str(d): str(d) for d in range(10)
+}
+
+
+def _iban_mod97(compact: str) -> bool:
+    rearranged = compact[4:] + compact[:4]
+    try:
+        return int("".join(_IBAN_CHARS[c] for c in rearranged)) % 97 == 1
+    except KeyError:
+        return False
+
+
+_IBAN_LENGTHS: Final[dict[str, int]] = {
+    cc: int(n)
+    for cc, n in (
+        item.split(":")
+        for item in (
+            "AD:24 AE:23 AL:28 AT:20 AZ:28 BA:20 BE:16 BG:22 BH:22 BI:27 BR:29 BY:28 CH:21 "
+            "CR:22 CY:28 CZ:24 DE:22 DJ:27 DK:18 DO:28 EE:20 EG:29 ES:24 FI:18 FK:18 FO:18 "
+            "FR:27 GB:22 GE:22 GI:23 GL:18 GR:27 GT:28 HR:21 HU:28 IE:22 IL:23 IQ:23 IS:26 "
+            "IT:27 JO:30 KW:30 KZ:20 LB:28 LC:32 LI:21 LT:20 LU:20 LV:21 LY:25 MC:27 MD:24 "
+            "ME:22 MK:19 MN:20 MR:27 MT:31 MU:30 NI:28 NL:18 NO:15 OM:23 PK:24 PL:28 PS:29 "
+            "PT:25 QA:29 RO:24 RS:22 RU:33 SA:24 SC:31 SD:18 SE:24 SI:19 SK:24 SM:27 SO:23 "
+            "ST:25 SV:28 TL:23 TN:24 TR:26 UA:29 VA:22 VG:24 XK:20 YE:30"
+        ).split()
+    )
+}
+"""IBAN length per country (SWIFT IBAN registry), to cut a candidate before validating."""
+
+
+def _iban_span(candidate: str) -> int:
+    """Length in ``candidate`` of the valid IBAN it starts with (0 if none).
+
+    The candidate may run on into following text ("DE89 ... 00 BIC"), so it is cut at the
+    country's IBAN length; the mod-97 check runs first, the registry check of
+    ``python-stdnum`` (country format, national check digits) only on a mod-97 pass.
+    """
+    length = _IBAN_LENGTHS.get(candidate[:2])
+    if length is None:
+        return 0
+    count = 0
+    for i, c in enumerate(candidate):
+        if c.isalnum():
+            count += 1
+            if count == length:
+                compact = "".join(ch for ch in candidate[: i + 1] if ch.isalnum())
+                if _iban_mod97(compact) and _std_iban.is_valid(compact):
+                    return i + 1
+                return 0
+    return 0
+
+
+_NINO_BAD_PREFIXES: Final = frozenset({"BG", "GB", "KN", "NK", "NT", "TN", "ZZ"})
+
+
+def _nino_ok(candidate: str) -> bool:
+    compact = candidate.replace(" ", "")
+    return compact[:2] not in _NINO_BAD_PREFIXES and compact[1] != "O"
+
+
+def _jwt_ok(token: str) -> bool:
+    """The first segment is base64url of a JSON object with an ``alg`` member."""
+    header = token.split(".", 1)[0]
+    try:
+        raw = base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))
+        if not raw.lstrip().startswith(b"{") or b'"alg"' not in raw:
+            return False
+        obj = json.loads(raw)
+    except (binascii.Error, ValueError):
+        return False
+    return isinstance(obj, dict) and "alg" in obj
+
+
+_DATE_LIKE: Final = re.compile(
+    r"(?:19|20)[0-9]{2}[-/.]?(?:0[1-9]|1[0-2])[-/.]?(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[1-9]|[12][0-9]|3[01])[-/.](?:0[1-9]|1[0-2])[-/.](?:19|20)[0-9]{2}"
+)
+
+
+def _phone_plus_ok(candidate: str) -> bool:
+    number = "+" + candidate[2:] if candidate.startswith("00") else candidate
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.is_valid_number(parsed)
+
+
+def _phone_region_ok(candidate: str, region: str) -> bool:
+    try:
+        parsed = phonenumbers.parse(candidate, region)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.is_valid_number(parsed)
+
+
+def _digits(s: str) -> str:
+    return "".join(c for c in s if c.isdigit())
+
+
+# --------------------------------------------------------------------------------------
+# Health: medical terms and the "about a person" rule.
+
+_HEALTH_TERMS: Final[tuple[str, ...]] = (
+    # diagnosis, treatment and care words
+    "diagnosed",
+    "diagnosis",
+    "misdiagnosed",
+    "prescribed",
+    "prescription",
+    "medication",
+    "medications",
+    "meds",
+    "chemotherapy",
+    "chemo",
+    "radiotherapy",
+    "radiation therapy",
+    "dialysis",
+    "biopsy",
+    "mastectomy",
+    "surgery",
+    "hospitalized",
+    "hospitalised",
+    "admitted to hospital",
+    "psych ward",
+    "rehab",
+    "therapist",
+    "psychiatrist",
+    "oncologist",
+    "cardiologist",
+    "blood test",
+    "blood pressure",
+    "blood sugar",
+    "mri",
+    "ct scan",
+    "test results",
+    "lab results",
+    "tested positive",
+    "hiv positive",
+    "hiv-positive",
+    "pregnant",
+    "pregnancy",
+    "miscarriage",
+    "abortion",
+    "ivf",
+    "infertility",
+    "infertile",
+    # conditions
+    "hiv",
+    "aids",
+    "diabetes",
+    "diabetic",
+    "type 1 diabetes",
+    "type 2 diabetes",
+    "cancer",
+    "tumor",
+    "tumour",
+    "leukemia",
+    "leukaemia",
+    "lymphoma",
+    "melanoma",
+    "depression",
+    "depressed",
+    "anxiety disorder",
+    "panic attacks",
+    "bipolar",
+    "schizophrenia",
+    "schizophrenic",
+    "ptsd",
+    "adhd",
+    "autism",
+    "autistic",
+    "ocd",
+    "eating disorder",
+    "anorexia",
+    "bulimia",
+    "dementia",
+    "alzheimer's",
+    "alzheimers",
+    "parkinson's",
+    "parkinsons",
+    "epilepsy",
+    "epileptic",
+    "seizures",
+    "asthma",
+    "copd",
+    "hepatitis",
+    "cirrhosis",
+    "tuberculosis",
+    "chlamydia",
+    "gonorrhea",
+    "syphilis",
+    "herpes",
+    "hpv",
+    "std",
+    "stds",
+    "multiple sclerosis",
+    "crohn's",
+    "celiac",
+    "coeliac",
+    "lupus",
+    "arthritis",
+    "hypertension",
+    "heart attack",
+    "heart disease",
+    "heart failure",
+    "had a stroke",
+    "migraines",
+    "covid",
+    "covid-19",
+    "long covid",
+    "addiction",
+    "alcoholism",
+    "overdose",
+    "suicidal",
+    "self-harm",
+    "allergic",
+    "allergy",
+    "thyroid",
+    "hypothyroidism",
+    "insomnia",
+    # medication names
+    "insulin",
+    "metformin",
+    "ozempic",
+    "semaglutide",
+    "sertraline",
+    "zoloft",
+    "fluoxetine",
+    "prozac",
+    "escitalopram",
+    "lexapro",
+    "citalopram",
+    "venlafaxine",
+    "bupropion",
+    "wellbutrin",
+    "xanax",
+    "alprazolam",
+    "diazepam",
+    "valium",
+    "lorazepam",
+    "adderall",
+    "ritalin",
+    "methylphenidate",
+    "oxycodone",
+    "methadone",
+    "suboxone",
+    "buprenorphine",
+    "morphine",
+    "fentanyl",
+    "tramadol",
+    "antidepressant",
+    "antidepressants",
+    "antipsychotic",
+    "antipsychotics",
+    "statins",
+    "atorvastatin",
+    "lisinopril",
+    "warfarin",
+    "levothyroxine",
+    "prednisone",
+    "truvada",
+    "prep",
+    "antiretroviral",
+    "antiretrovirals",
+    "birth control",
+    "ibuprofen",
+    "paracetamol",
+    "acetaminophen",
+    "lithium",
+)
+"""Medical terms; a person must be tied to one for a ``health`` finding (see module doc)."""
+
+_CASE_SENSITIVE_TERMS: Final[frozenset[str]] = frozenset(
+    {"aids", "std", "stds", "ocd", "prep", "mri", "hiv", "hpv", "copd", "ptsd", "adhd", "ivf"}
+)
+"""Acronyms that are ordinary words in lower case ("aids in", "prep time"): upper case only."""
+
+
+def _words(*items: str) -> frozenset[str]:
+    return frozenset(w for item in items for w in item.split())
+
+
+_POSSESSIVES: Final = _words("my his her our")
+_SUBJECTS: Final = _words("i he she")
+_SUBJECT_WITH_VERB: Final = _words("i'm im i've ive i'd he's she's")
+_HEALTH_VERBS: Final = _words(
+    "has have had got gets is am was were been being tested test takes take took taking",
+    "started starts suffers suffer suffered suffering diagnosed prescribed on living lives",
+    "struggles struggling battling fighting recovering needs need uses use relapsed went",
+    "goes developed caught contracted treated hospitalized hospitalised pregnant might may",
+    "think thinks could just recently also still now currently 's 've 'm",
+)
+_NAME_VERBS: Final = _words("has had was is got takes took tested started suffers developed")
+_OBJECTS: Final = _words("me him her")
+_TOPIC_WORDS: Final = _words(
+    "about regarding article essay blog post report paper presentation slide slides course",
+    "class lecture project app model query code script database table dataset write writing",
+    "explain explaining summarise summarize research researching study studying learn",
+    "learning teach teaching company team startup product book thesis campaign website",
+    "chatbot customer customers user users clinic's hospital's",
+)
+_TOPIC_AFTER: Final = _words(
+    "dataset data model classifier classification prediction predictor research study studies",
+    "article paper blog awareness charity foundation software pipeline detector benchmark app",
+    "apps statistics rates market project course module campaign guidelines screening",
+    "risk-model battery batteries ion cell cells polymer mine mining",
+)
+_NAME_STOP: Final = _words(
+    "This That What Which There Here It Who How Why When Where Research Evidence Treatment",
+    "Everyone Nobody Someone Anyone Type The Each Every One Nothing Data Science Medicine",
+    "Screening Prevention Our My His Her He She I Is Can Could Does Do",
+)
+_WORD: Final = re.compile(r"[\w']+")
+_SENTENCE_END: Final = re.compile(r"[.!?](?=\s)|\n[ \t]*\n")
+_ABBREVIATIONS: Final = ("Mr", "Mrs", "Ms", "Dr", "St", "vs", "e.g", "i.e", "approx", "No")
+_PATIENT_AFTER: Final = re.compile(
+    r"\s*(?:(?i:name|id|no\.?|number)\b|[#:])|\s+[A-Z][a-z]+\b(?!\s+(?:care|safety|data))"
+)
+_TITLE_NAME: Final = re.compile(r"M(?:r|rs|s|iss)\.?\s+[A-Z][a-z]+")
+_RECORD_FIELD: Final = re.compile(r"\b(?:DOB|MRN|[Dd]ate of birth)\b")
+
+
+def _sentence(text: str, start: int, end: int) -> tuple[int, int]:
+    """Bounds of the sentence around ``text[start:end]`` (at most 240/200 chars around it)."""
+    lo = max(0, start - 240)
+    s = lo
+    for m in _SENTENCE_END.finditer(text, lo, start):
+        if m.group() in ".!?" and text[max(0, m.start() - 6) : m.start()].endswith(_ABBREVIATIONS):
+            continue
+        s = m.end()
+    hi = min(len(text), end + 200)
+    e = hi
+    for m in _SENTENCE_END.finditer(text, end, hi):
+        if m.group() in ".!?" and text[max(0, m.start() - 6) : m.start()].endswith(_ABBREVIATIONS):
+            continue
+        e = m.start()
+        break
+    return s, e
+
+
+def _health_about_person(text: str, start: int, end: int) -> bool:
+    """The health rule of the module docstring, on the words of the term's sentence."""
+    s, e = _sentence(text, start, end)
+    before_cased = _WORD.findall(text[s:start])
+    before = [w.lower() for w in before_cased]
+    after = _WORD.findall(text[end:e].lower())
+    if _TOPIC_AFTER.intersection(after[:2]):
+        return False  # "diabetes prediction model", "cancer research"
+    # a possessive within three words before the term: "my type 2 diabetes", "her HIV test"
+    tail = before[-3:]
+    for i, w in enumerate(tail):
+        if w in _POSSESSIVES and not _TOPIC_WORDS.intersection(tail[i + 1 :]):
+            return True
+    # a subject, then a health verb, then the term: "I was diagnosed with", "my dad takes"
+    for i, w in enumerate(before):
+        rest = before[i + 1 :]
+        if _TOPIC_WORDS.intersection(rest):
+            continue
+        if w in _SUBJECT_WITH_VERB:
+            return True
+        if w in _SUBJECTS and _HEALTH_VERBS.intersection(rest[:4]):
+            return True
+        if w in _POSSESSIVES and _HEALTH_VERBS.intersection(rest[1:5]):
+            if not _TOPIC_WORDS.intersection(rest[:1]):
+                return True
+    # a name, then a health verb, then the term within three words: "John has diabetes"
+    for i, w in enumerate(before_cased[:-1]):
+        if (
+            w[:1].isupper()
+            and len(w) > 2
+            and w not in _NAME_STOP
+            and w.lower() not in _HEALTH_TERM_SET
+            and before[i + 1] in _NAME_VERBS
+            and len(before) - (i + 2) <= 3
+        ):
+            return True
+    # the person right after the term: "prescribed me", "safe for me", "which he takes"
+    if after[:1] and after[0] in _OBJECTS:
+        return True
+    for i, w in enumerate(after[:8]):
+        if w == "for" and i + 1 < len(after) and (after[i + 1] in _OBJECTS or after[i + 1] == "my"):
+            return True
+        if w in _SUBJECTS and _HEALTH_VERBS.intersection(after[i + 1 : i + 3]):
+            return True
+    # a clinical record about a named or numbered patient
+    return _clinical(text[max(0, start - 400) : min(len(text), end + 200)])
+
+
+def _clinical(window: str) -> bool:
+    """A patient record: "Patient: Jane Roe", "patient ID 4471", "the patient", "Mrs. Alvarez"."""
+    lowered = window.lower()
+    i = lowered.find("patient")
+    while i != -1:
+        if _PATIENT_AFTER.match(window, i + 7) or lowered[max(0, i - 6) : i].endswith(
+            ("the ", "this ", "our ", "my ")
+        ):
+            return True
+        i = lowered.find("patient", i + 7)
+    if _TITLE_NAME.search(window):
+        return True
+    return ("dob" in lowered or "mrn" in lowered or "date of birth" in lowered) and (
+        _RECORD_FIELD.search(window) is not None
+    )
+
+
+_HEALTH_TERM_SET: Final = frozenset(_HEALTH_TERMS)
+
+
+# --------------------------------------------------------------------------------------
+# The rules: each is an RE2 pattern (added to the set and used for spans) and a handler.
+
+_TOKEN_RULE = (
+    r"\b(?:"
+    r"(?P<aws>(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA|ASCA)[A-Z0-9]{16})"
+    r"|(?P<gcp>AIza[0-9A-Za-z_\-]{35})"
+    r"|(?P<github>gh[pousr]_[A-Za-z0-9]{30,255}|github_pat_[A-Za-z0-9_]{22,255})"
+    r"|(?P<gitlab>gl(?:pat|dt|rt|ptt|soat)-[A-Za-z0-9_\-]{20,})"
+    r"|(?P<slack>xox[abposr]-[A-Za-z0-9\-]{10,}|xapp-[0-9]-[A-Za-z0-9\-]{10,})"
+    r"|(?P<stripe>(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9]{24,})"
+    r"|(?P<sk>sk-(?:ant-[a-z]{2,8}[0-9]{2}-|proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,})"
+    r"|(?P<hf>hf_[A-Za-z0-9]{30,})"
+    r"|(?P<npm>npm_[A-Za-z0-9]{36})"
+    r"|(?P<gauth>ya29\.[0-9A-Za-z_\-]{20,})"
+    r"|(?P<sendgrid>SG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,})"
+    r"|(?P<jwt>e[wy][A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*)"
+    r")"
+    r"|(?P<slackhook>hooks\.slack\.com/services/[A-Za-z0-9]+/[A-Za-z0-9]+/[A-Za-z0-9]+)"
+    r"|(?P<sas>[?&]sig=[A-Za-z0-9%+/]{20,}={0,2})"
+)
+
+_PEM_RULE = r"-----BEGIN[A-Z0-9 ]{0,30}PRIVATE KEY(?: BLOCK)?-----|PuTTY-User-Key-File-[0-9]+:"
+
+_KEYNAME = (
+    r"(?:password|passwd|passphrase|pwd|secret|token|api[_\-]?key|apikey|access[_\-]?key|"
+    r"private[_\-]?key|client[_\-]?secret|auth|credentials?|accountkey|sharedaccesskey)"
+)
+_ASSIGN_RULE = (
+    r"(?i)(?P<key>[a-z0-9_.\-]{0,40}" + _KEYNAME + r"[a-z0-9_.\-]{0,40})[\"']?\s{0,3}"
+    r"(?::=|=>|=|:)\s{0,3}(?:[\"'`]|b[\"']|r[\"'])?(?P<scheme>(?:bearer|basic|token)\s+)?"
+    r"(?P<val>[^\s\"'`,;<>(){}\[\]]{4,512})"
+    r"|(?P<says>\b(?:password|passcode|passphrase|pin|api\s+key|token|secret|secret\s+key)"
+    r"(?:\s+(?:for|of|on)\s+[^\s]{1,64})?\s+(?:is|was)\s*:?\s+[\"'`]?(?P<sval>[^\s\"'`,;]{4,200}))"
+    r"|(?P<bearer>\bbearer\s+(?P<bval>[A-Za-z0-9\-._~+/]{16,}=*))"
+    r"|(?P<cli>(?:\bmysql(?:dump|admin)?\b[^\n]{0,200}?\s-p|\bsshpass\s+-p\s*|--password[= ]|"
+    r"--passwd[= ])(?P<cval>[^\s\"'`-][^\s\"'`]{3,127}))"
+)
+
+_AWS_SECRET: Final = re.compile(r"[A-Za-z0-9/+]{40}")
+_AWS_ID: Final = re.compile(r"(?:AKIA|ASIA)[A-Z0-9]{16}")
+_CONNECTION_KEYS: Final = re.compile(
+    r"(?:server|data source|host|user id|uid|database|initial catalog|endpoint)\s*="
+)
+
+_URLCRED_RULE = (
+    r"(?i)\b[a-z][a-z0-9+.\-]{1,30}://(?P<user>[^\s:/@\"'<>]{1,128}):"
+    r"(?P<pw>[^\s@/\"'<>]{1,256})@[^\s/\"'<>?#]{1,255}"
+    r"|(?i)\b(?:https?|git|ssh|ftp)://(?P<tok>[A-Za-z0-9_\-]{20,256})@[^\s/\"'<>?#]{1,255}"
+)
+
+_EMAIL_RULE = (
+    r"[\pL\pN._%+\-]{1,64}@[\pL\pN](?:[\pL\pN\-]{0,61}[\pL\pN])?"
+    r"(?:\.[\pL\pN](?:[\pL\pN\-]{0,61}[\pL\pN])?){0,8}\.[A-Za-z]{2,24}\b"
+)
+
+_LOGIN_BEFORE: Final = re.compile(
+    r"\b(?:ssh|scp|sftp|rsync|mosh|telnet)\b(?:\s+-{1,2}[\w=-]+(?:\s+\S+)?)*\s+\Z"
+)
+
+_NUMBER_RULE = (
+    r"(?P<nir>\b[12] ?[0-9]{2} ?(?:0[1-9]|1[0-2]|[2-9][0-9]) ?(?:[0-9]{2}|2[AB]) ?[0-9]{3} ?"
+    r"[0-9]{3} ?[0-9]{2}\b)"
+    r"|(?P<card>\b[0-9](?:[ \-]?[0-9]){12,18}\b)"
+    r"|(?P<ssn>\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b)"
+    r"|(?P<iban>\b[A-Z]{2}[0-9]{2}(?:[ \-]?[A-Z0-9]{4}){2,7}(?:[ \-]?[A-Z0-9]{1,3})?\b)"
+    r"|(?P<nino>\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]\b)"
+    r"|(?P<dni>\b[XYZ]?[0-9]{7,8}-?[A-Z]\b)"
+    r"|(?P<cf>\b[A-Z]{6}[0-9LMNPQRSTUV]{2}[ABCDEHLMPRST][0-9LMNPQRSTUV]{2}[A-Z]"
+    r"[0-9LMNPQRSTUV]{3}[A-Z]\b)"
+)
+
+_PHONE_RULE = (
+    r"(?P<intl>(?:\+|\b00)[1-9][0-9]{0,2}[ .\-]?(?:\(0?[0-9]{1,4}\)[ .\-]?)?[0-9]{1,5}"
+    r"(?:[ .\-]?[0-9]{2,5}){1,4}\b)"
+    r"|(?P<nanp>(?:\([2-9][0-9]{2}\) ?|\b[2-9][0-9]{2}[\-.])[2-9][0-9]{2}[\-.][0-9]{4}\b)"
+    r"|(?P<fr>\b0[1-9](?:[ .][0-9]{2}){4}\b)"
+    r"|(?i:\b(?:phone|tel|telephone|mobile|mob|cell|cellphone|fax|call|ring|text|sms|"
+    r"whatsapp|signal|contact|reach|handy|telefon|telefono|tel[eé]fono|t[eé]l|t[eé]l[eé]phone|"
+    r"portable|m[oó]vil|cellulare|r[üu]ckruf|anrufen|erreichbar|telefonnummer|handynummer|"
+    r"mobilnummer|appeler|rappeler|joindre|llamar|chiamare)\b)[^0-9+\n]{0,30}(?P<ctx>\+?\(?[0-9][0-9 ().\-]{5,18}[0-9])"
+)
+
+_IDKW_RULE = (
+    r"(?i:\b(?P<kw>passport|passeport|pasaporte|passaporto|reisepass|social\s+security|ssn|"
+    r"national\s+insurance|nino|steuer-?id|steueridentifikationsnummer|identifikationsnummer|"
+    r"idnr|tax\s+id|driver'?s\s+licen[cs]e|driving\s+licen[cs]e|id\s+card|identity\s+card|"
+    r"national\s+id|personalausweis|dni|nie|nif|codice\s+fiscale|nhs|medicare|"
+    r"health\s+insurance|insurance\s+member|member\s+id|sozialversicherungsnummer|"
+    r"s[eé]curit[eé]\s+sociale)\b)"
+    r"[^A-Za-z0-9\n]{0,4}(?:(?i:number|num|no|nr|n°|#|id)\.?[^A-Za-z0-9\n]{0,4})?"
+    r"(?:(?i:is|was|reads)\s*:?\s*)?(?P<id>[A-Z0-9](?:[A-Z0-9]|[ \-][A-Z0-9]){4,16})\b"
+)
+
+def _ssn_digits(compact: str) -> bool:
+    return len(compact) == 9 and compact.isdigit() and _us_ssn.is_valid(compact)
+
+
+_KEYWORD_VALIDATORS: Final[dict[str, Callable[[str], bool]]] = {
+    "social security": _ssn_digits,
+    "ssn": _ssn_digits,
+    "nhs": _gb_nhs.is_valid,
+    "steuer-id": _de_idnr.is_valid,
+    "steuerid": _de_idnr.is_valid,
+    "steueridentifikationsnummer": _de_idnr.is_valid,
+    "idnr": _de_idnr.is_valid,
+    "dni": lambda c: _es_dni.is_valid(c) or _es_nie.is_valid(c),
+    "nie": _es_nie.is_valid,
+    "codice fiscale": _it_cf.is_valid,
+    "national insurance": lambda c: _NINO.fullmatch(c) is not None and _nino_ok(c),
+    "nino": lambda c: _NINO.fullmatch(c) is not None and _nino_ok(c),
+}
+"""Keyword-named IDs that have a checksum or a fixed format: the value must pass it."""
+
+_NINO: Final = re.compile(r"[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z][0-9]{6}[A-D]")
+
+
+_STREET_SUFFIX_EN = (
+    r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|"
+    r"Terrace|Way|Parkway|Pkwy|Highway|Hwy|Square|Sq|Crescent|Circle|Cir|Close|Row|Gardens|"
+    r"Mews|Loop|Trail|Walk|Hill)"
+)
+_ADDRESS_RULE = (
+    r"(?P<en>\b[0-9]{1,5}[A-Za-z]?,? (?:(?:[A-Z][A-Za-z'\-]*\.?|[0-9]{1,3}(?:st|nd|rd|th)) ){1,4}"
+    + _STREET_SUFFIX_EN
+    + r"\b\.?)"
+    r"|(?P<de>\b[A-ZÄÖÜ][a-zäöüß\-]+(?:straße|strasse|str\.|weg|gasse|allee|platz|ring|damm|"
+    r"ufer|straat|laan|gracht|plein|kade) ?[0-9]{1,4}[a-z]?\b)"
+    r"|(?P<de2>\b[A-ZÄÖÜ][a-zäöüß\-]+ (?:Straße|Strasse|Str\.|Weg|Allee|Platz|Gasse|Ring) "
+    r"[0-9]{1,4}[a-z]?\b)"
+    r"|(?P<fr>\b[0-9]{1,4}(?: ?(?:bis|ter))?,? (?i:rue|avenue|av\.|boulevard|bd|place|all[ée]e|"
+    r"chemin|impasse|quai|cours) (?:(?:de la|de l'|du|des|de|d'|la|le|l')\s?)?[A-ZÉÈ][\w'\-]+)"
+    r"|(?P<es>\b(?:Calle|C/|Avenida|Avda\.|Plaza|Paseo|Via|Viale|Piazza|Corso) "
+    r"(?:(?:de la|del|de|della|dei|di) )?[A-Z][\w'\-]+(?: [A-Z][\w'\-]+){0,2},? "
+    r"(?:n\.? ?|nº ?|no\.? ?)?[0-9]{1,4}\b)"
+)
+
+_VERSION_BEFORE: Final = re.compile(
+    r"\b(?:version|ver|release|firmware|fw|build|v)\.?\s*\Z", re.IGNORECASE
+)
+
+_PRIVATE_IP_RULE = (
+    r"\b(?:10\.[0-9]{1,3}|192\.168|172\.(?:1[6-9]|2[0-9]|3[01]))\.[0-9]{1,3}\.[0-9]{1,3}\b"
+)
+
+_CODE_LABELS: Final = frozenset(
+    {
+        "self",
+        "this",
+        "cls",
+        "os",
+        "ctx",
+        "threading",
+        "obj",
+        "request",
+        "args",
+        "config",
+        "settings",
+        "options",
+        "opts",
+        "env",
+        "app",
+        "torch",
+        "np",
+        "pd",
+        "tf",
+        "g",
+        "st",
+    }
+)
+
+
+class SensitivityDetector:
+    """Classifies texts as public, internal or restricted. Thread-safe after construction."""
+
+    def __init__(self, config: SensitivityConfig | None = None) -> None:
+        self.config = config or SensitivityConfig()
+        cfg = self.config
+        rules: list[tuple[str, str, _Handler]] = [
+            ("token", _TOKEN_RULE, self._on_token),
+            ("pem", _PEM_RULE, self._on_pem),
+            ("assign", _ASSIGN_RULE, self._on_assign),
+            ("urlcred", _URLCRED_RULE, self._on_urlcred),
+            ("email", _EMAIL_RULE, self._on_email),
+            ("number", _NUMBER_RULE, self._on_number),
+            ("phone", _PHONE_RULE, self._on_phone),
+            ("idkw", _IDKW_RULE, self._on_idkw),
+            ("address", _ADDRESS_RULE, self._on_address),
+            ("health", self._health_pattern(), self._on_health),
+        ]
+        if cfg.internal_keywords:
+            rules.append(("marker", self._marker_pattern(), self._on_marker))
+        host_pattern = self._host_pattern()
+        if host_pattern:
+            rules.append(("host", host_pattern, self._on_host))
+        if cfg.private_ips_internal:
+            rules.append(("privip", _PRIVATE_IP_RULE, self._on_private_ip))
+
+        self._rules: list[tuple[Any, tuple[tuple[str, int], ...], _Handler]] = []
+        self._set = re2.Set.SearchSet(_OPTIONS)
+        for _name, pattern, handler in rules:
+            regex = re2.compile(pattern, _OPTIONS)
+            names = tuple(sorted(regex.groupindex.items(), key=lambda item: item[1]))
+            self._rules.append((regex, names, handler))
+            self._set.Add(pattern)
+        self._sentinel = self._set.Add(r"\z")
+        self._set.Compile()
+
+        self._extra: list[tuple[str, re.Pattern[str]]] = [
+            (cat, re.compile(p)) for cat, p in cfg.extra_restricted_patterns.items()
+        ] + [(cat, re.compile(p)) for cat, p in cfg.extra_internal_patterns.items()]
+        self._levels: dict[str, Level] = dict(CATEGORY_LEVELS)
+        for cat in cfg.extra_internal_patterns:
+            self._levels[cat] = Level.INTERNAL
+        for cat in cfg.extra_restricted_patterns:
+            self._levels[cat] = Level.RESTRICTED
+        self._disabled = frozenset(cfg.disabled_categories)
+
+    # -- public API ------------------------------------------------------------------
+
+    def classify(self, text: str) -> Verdict:
+        """Classify one text; the level is the highest level of any finding."""
+        return self._verdict(self._scan(text, 0))
+
+    def classify_messages(self, texts: Iterable[str]) -> Verdict:
+        """Classify several texts (a chat): the maximum level, all findings merged.
+
+        Each finding's ``message`` is the index of the text it was found in.
+        """
+        findings: list[Finding] = []
+        for i, text in enumerate(texts):
+            findings.extend(self._scan(text, i))
+        return self._verdict(findings)
+
+    # -- machinery -------------------------------------------------------------------
+
+    def _verdict(self, findings: list[Finding]) -> Verdict:
+        if not findings:
+            return Verdict(Level.PUBLIC, ())
+        levels = self._levels
+        level = max(levels.get(f.category, Level.RESTRICTED) for f in findings)
+        findings.sort(key=lambda f: (f.message, f.start, f.end, f.category))
+        return Verdict(level, tuple(findings))
+
+    def _scan(self, text: str, message: int) -> list[Finding]:
+        sc = _Scan(text, message)
+        fired = self._set.Match(sc.data) or []
+        if self._sentinel in fired:
+            indexes: Iterable[int] = fired
+        else:  # the DFA gave up (out of memory): run every rule, slower but complete
+            indexes = range(len(self._rules))
+        for i in sorted(indexes):
+            if i == self._sentinel:
+                continue
+            regex, names, handler = self._rules[i]
+            for m in regex.finditer(sc.data):
+                handler(sc, _Hit(sc, m, names))
+        for category, pattern in self._extra:
+            for m in pattern.finditer(text):
+                if m.end() > m.start():
+                    sc.add(category, m.start(), m.end())
+        return self._postprocess(sc.findings)
+
+    def _postprocess(self, findings: list[Finding]) -> list[Finding]:
+        if self._disabled:
+            findings = [f for f in findings if f.category not in self._disabled]
+        conn = [f for f in findings if f.category == "connection_string"]
+        if conn:
+            # "user:pass@db.example.com" inside a connection string is not also an e-mail.
+            findings = [
+                f
+                for f in findings
+                if f.category not in ("email", "password", "internal_host")
+                or not any(c.start <= f.start and f.end <= c.end for c in conn)
+            ]
+        # one finding per (category, span)
+        return list(dict.fromkeys(findings))
+
+    # -- patterns built from the configuration ----------------------------------------
+
+    def _health_pattern(self) -> str:
+        insensitive = [t for t in _HEALTH_TERMS if t not in _CASE_SENSITIVE_TERMS]
+        sensitive = [t.upper() for t in _HEALTH_TERMS if t in _CASE_SENSITIVE_TERMS]
+        ci = "|".join(_escape(t) for t in sorted(insensitive, key=len, reverse=True))
+        cs = "|".join(_escape(t) for t in sorted(sensitive, key=len, reverse=True))
+        return r"\b(?:(?i:" + ci + r")|" + cs + r")\b"
+
+    def _marker_pattern(self) -> str:
+        alts = [
+            _bounded(_escape(k), k)
+            for k in sorted(self.config.internal_keywords, key=len, reverse=True)
+            if k.strip()
+        ]
+        return "(?i:" + "|".join(alts) + ")"
+
+    def _host_pattern(self) -> str:
+        cfg = self.config
+        label = r"[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?"
+        alts: list[str] = []
+        suffixes = [s.strip(".").lower() for s in cfg.internal_host_suffixes if s.strip(".")]
+        if suffixes:
+            alts.append(r"(?:" + label + r"\.)+(?:" + "|".join(_escape(s) for s in suffixes) + r")")
+        domains = [d.strip(".").lower() for d in cfg.internal_domains if d.strip(".")]
+        if domains:
+            alts.append(r"(?:" + label + r"\.)*(?:" + "|".join(_escape(d) for d in domains) + r")")
+        if not alts:
+            return ""
+        return r"(?i)\b(?:" + "|".join(alts) + r")\b"
+
+    # -- handlers -----------------------------------------------------------------------
+
+    def _on_token(self, sc: _Scan, m: _Hit) -> None:
+        kind: str | None = m.kind
+        s, e = m.span(kind)
+        value = sc.text[s:e]
+        if kind == "aws":
+            sc.add("aws_access_key", s, e)
+        elif kind == "jwt":
+            if _jwt_ok(value):
+                sc.add("jwt", s, e)
+        elif kind == "sk":
+            if s and (sc.text[s - 1] in "-_." or sc.text[s - 1].isalnum()):
+                return
+            body = _SK_PREFIX.sub("", value)
+            if (
+                len(body) >= 20
+                and any(c.isdigit() for c in body)
+                and any(c.isupper() for c in body)
+                and any(c.islower() for c in body)
+            ):
+                sc.add("api_token", s, e)
+        elif kind == "sas":
+            sc.add("api_token", s + 1, e)
+        elif kind is not None:
+            sc.add("api_token", s, e)
+
+    def _on_pem(self, sc: _Scan, m: _Hit) -> None:
+        s, e = m.span()
+        text = sc.text
+        if text.startswith("PuTTY", s):
+            mac = text.find("Private-MAC:", e)
+            if mac != -1:
+                eol = text.find("\n", mac)
+                e = len(text) if eol == -1 else eol
+        else:
+            end_marker = text.find("-----END", e)
+            if end_marker != -1:
+                close = text.find("-----", end_marker + 8)
+                e = close + 5 if close != -1 else end_marker + 8
+        sc.add("private_key", s, e)
+
+    def _on_assign(self, sc: _Scan, m: _Hit) -> None:
+        text = sc.text
+        if m.has("key"):
+            ks, ke = m.span("key")
+            vs, ve = m.span("val")
+            key = text[ks:ke].lower()
+            value = text[vs:ve]
+            if m.has("scheme"):
+                self._on_auth_scheme(sc, text[m.span("scheme")[0] : vs].strip().lower(), ks, vs, ve)
+                return
+            if text[ve : ve + 1] == "(" or _is_placeholder(value):
+                return
+            if "accountkey" in key or "sharedaccesskey" in key:
+                if len(value) >= 20:
+                    sc.add("connection_string", ks, ve)
+                return
+            if any(w in key for w in ("password", "passwd", "pwd", "passphrase")):
+                self._on_password_value(sc, key, value, ks, ve)
+                return
+            if key.startswith("x-") or key.endswith(("_url", "_uri", "_file", "_path", "_name")):
+                return
+            if "aws" in key and (_AWS_SECRET.fullmatch(value) or _AWS_ID.fullmatch(value)):
+                if _AWS_SECRET.fullmatch(value):  # ids are found by the token rule
+                    sc.add("aws_access_key", ks, ve)
+                return
+            if _high_entropy(value):
+                sc.add("aws_access_key" if "aws" in key else "api_token", ks, ve)
+        elif m.has("says"):
+            s, _e = m.span("says")
+            vs, ve = m.span("sval")
+            value = text[vs:ve].rstrip(".!?")
+            if _is_placeholder(value) or (value.isalpha() and value.islower()):
+                return  # "the password is incorrect", "the token is expired"
+            word = text[s:vs].lower()
+            if word.startswith("pin"):
+                if value.isdigit():
+                    sc.add("password", s, vs + len(value))
+            elif "pass" in word:
+                sc.add("password", s, vs + len(value))
+            elif _high_entropy(value):
+                sc.add("api_token", s, vs + len(value))
+        elif m.has("bearer"):
+            s, e = m.span("bearer")
+            vs, ve = m.span("bval")
+            self._on_auth_scheme(sc, "bearer", s, vs, ve)
+        elif m.has("cli"):
+            vs, ve = m.span("cval")
+            if not _is_placeholder(text[vs:ve]):
+                sc.add("password", vs, ve)
+
+    def _on_auth_scheme(self, sc: _Scan, scheme: str, start: int, vs: int, ve: int) -> None:
+        value = sc.text[vs:ve]
+        if _is_placeholder(value):
+            return
+        if scheme == "basic":
+            try:
+                decoded = base64.b64decode(value, validate=True).decode("utf-8")
+            except (binascii.Error, ValueError):
+                return
+            user, sep, password = decoded.partition(":")
+            if sep and password and not _is_placeholder(password):
+                sc.add("api_token", start, ve)
+        elif _high_entropy(value) or _jwt_ok(value):
+            sc.add("api_token", start, ve)
+
+    def _on_password_value(self, sc: _Scan, key: str, value: str, ks: int, ve: int) -> None:
+        text = sc.text
+        if _IDENT_PATH.match(value) or (value.startswith("/") and "/" in value[1:]):
+            return
+        if value.isdigit() and len(value) <= 3:
+            return
+        line_start = text.rfind("\n", 0, ks) + 1
+        line_end = text.find("\n", ve)
+        line = text[line_start : len(text) if line_end == -1 else line_end].lower()
+        in_connection = "://" in line[: ks - line_start] or (
+            ";" in line and _CONNECTION_KEYS.search(line) is not None
+        )
+        sc.add("connection_string" if in_connection else "password", ks, ve)
+
+    def _on_urlcred(self, sc: _Scan, m: _Hit) -> None:
+        if m.has("tok"):
+            ts, te = m.span("tok")
+            if not _high_entropy(sc.text[ts:te]):
+                return
+        else:
+            ps, pe = m.span("pw")
+            if _is_placeholder(sc.text[ps:pe]):
+                return
+        s, e = m.span()
+        sc.add("connection_string", s, e)
+
+    def _on_email(self, sc: _Scan, m: _Hit) -> None:
+        s, e = m.span()
+        text = sc.text
+        local = text[s : text.index("@", s)]
+        if local in ("git", "noreply") or local.startswith("."):
+            return
+        if text[max(0, s - 3) : s] == "://" or _LOGIN_BEFORE.search(text, max(0, s - 40), s):
+            return  # user@host of a URL or an ssh/scp/rsync login, not a mailbox
+        sc.add("email", s, e)
+
+    def _on_number(self, sc: _Scan, m: _Hit) -> None:
+        kind: str | None = m.kind
+        if kind is None:
+            return
+        s, e = m.span(kind)
+        text = sc.text
+        value = text[s:e]
+        before = text[max(0, s - 1) : s]
+        after = text[e : e + 2]
+        if kind == "nir":
+            if _fr_nir.is_valid(value):
+                sc.add("national_id", s, e)
+                return
+            kind = "card"  # 15 digits that are no NIR may still be a card number
+        if kind == "card":
+            if before in ("+", ".", "/") or (after[:1] in ".," and after[1:2].isdigit()):
+                return
+            if _card_ok(value):
+                sc.add("payment_card", s, e)
+        elif kind == "ssn":
+            if _us_ssn.is_valid(value):
+                sc.add("national_id", s, e)
+        elif kind == "iban":
+            n = _iban_span(value)
+            if n:
+                sc.add("iban", s, s + n)
+        elif kind == "nino":
+            if _nino_ok(value):
+                sc.add("national_id", s, e)
+        elif kind == "dni":
+            if _es_dni.is_valid(value) or _es_nie.is_valid(value):
+                sc.add("national_id", s, e)
+        elif kind == "cf" and _it_cf.is_valid(value):
+            sc.add("national_id", s, e)
+
+    def _on_phone(self, sc: _Scan, m: _Hit) -> None:
+        kind: str | None = m.kind
+        if kind is None:
+            return
+        s, e = m.span(kind)
+        text = sc.text
+        value = text[s:e]
+        if kind == "intl":
+            before = text[max(0, s - 2) : s]
+            if before[-1:].isalnum() or (before[-1:] == " " and before[:1].isdigit()):
+                return  # "x+1 ..." or a group inside a longer number ("3704 0044 0532")
+            if _phone_plus_ok(value):
+                sc.add("phone", s, e)
+        elif kind == "nanp":
+            if (
+                text[s - 1 : s] in (".", "-")
+                or text[e : e + 1] in (".", "-")
+                and text[e + 1 : e + 2].isdigit()
+            ):
+                return
+            sc.add("phone", s, e)
+        elif kind == "fr":
+            if _phone_region_ok(value, "FR"):
+                sc.add("phone", s, e)
+        elif kind == "ctx":
+            digits = _digits(value)
+            if not 7 <= len(digits) <= 15 or _DATE_LIKE.search(value):
+                return
+            if re.search(r"[0-9]{1,2}:[0-9]{2}", value) or value.count(".") >= 3:
+                return
+            if value.startswith("+") and not _phone_plus_ok(value):
+                return
+            sc.add("phone", s, e)
+
+    def _on_idkw(self, sc: _Scan, m: _Hit) -> None:
+        ks, ke = m.span("kw")
+        s, e = m.span("id")
+        text = sc.text
+        value = text[s:e]
+        keyword = " ".join(text[ks:ke].lower().split())
+        compact = value.replace(" ", "").replace("-", "")
+        digits = _digits(compact)
+        if len(digits) < 2 or not 6 <= len(compact) <= 15 or _DATE_LIKE.fullmatch(compact):
+            return
+        validator = _KEYWORD_VALIDATORS.get(keyword)
+        if validator is not None:
+            if validator(compact):
+                sc.add("national_id", s, e)
+        elif keyword in ("passport", "passeport", "pasaporte", "passaporto", "reisepass"):
+            if len(compact) <= 9 and compact.isalnum():
+                sc.add("passport", s, e)
+        else:
+            sc.add("national_id", s, e)
+
+    def _on_address(self, sc: _Scan, m: _Hit) -> None:
+        kind: str | None = m.kind
+        s, e = m.span(kind)
+        if kind == "en":
+            words = sc.text[s:e].split()
+            if words[0].rstrip(",").isdigit() and int(words[0].rstrip(",")) == 0:
+                return
+            # "Dr"/"St" as the suffix needs a street-like word before it ("12 Oak Dr")
+            if words[-1].rstrip(".") in ("Dr", "St") and len(words) < 3:
+                return
+        sc.add("street_address", s, e)
+
+    def _on_health(self, sc: _Scan, m: _Hit) -> None:
+        s, e = m.span()
+        if _health_about_person(sc.text, s, e):
+            sc.add("health", s, e)
+
+    def _on_marker(self, sc: _Scan, m: _Hit) -> None:
+        s, e = m.span()
+        text = sc.text
+        if text[s - 1 : s] in ("'", '"', "`") and text[e : e + 1] == text[s - 1 : s]:
+            return  # the word is mentioned ("the word 'confidential'"), not used as a marker
+        if text[s:e].lower() == "confidential":
+            before = text[max(0, s - 60) : s].lower()
+            if re.search(
+                r"\b(?:keep|kept|keeping|remain|remains|stay|stays|treat|treated|"
+                r"be)\b(?:\s+[\w'-]+){0,4}\s*\Z",
+                before,
+            ):
+                return
+        sc.add("internal_marker", s, e)
+
+    def _on_host(self, sc: _Scan, m: _Hit) -> None:
+        s, e = m.span()
+        text = sc.text
+        nxt = text[e : e + 1]
+        if nxt in ("(", "_", "[", "=") or (nxt == "." and text[e + 1 : e + 2].isalpha()):
+            return
+        first_label = text[s:e].split(".", 1)[0].lower()
+        if first_label in _CODE_LABELS and not text[s - 3 : s] == "://":
+            return
+        if text[max(0, s - 1) : s] in (".", "_"):
+            return
+        sc.add("internal_host", s, e)
+
+    def _on_private_ip(self, sc: _Scan, m: _Hit) -> None:
+        s, e = m.span()
+        text = sc.text
+        prev = text[s - 1 : s] if s else ""
+        if prev in (".", "v", "V") or prev.isalnum():
+            return
+        if text[e : e + 1] == "." and text[e + 1 : e + 2].isdigit():
+            return
+        address = text[s:e]
+        if address.endswith(".0") and text[e : e + 1] == "/":
+            return  # a network in CIDR notation, not a host
+        if _VERSION_BEFORE.search(text, max(0, s - 24), s):
+            return
+        if all(0 <= int(p) <= 255 for p in address.split(".")):
+            sc.add("internal_host", s, e)
