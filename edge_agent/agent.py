@@ -90,6 +90,7 @@ class Agent:
                 n_ctx=model.n_ctx,
                 n_threads=model.n_threads or self.profile.recommended_threads,
                 n_gpu_layers=model.n_gpu_layers or self.profile.gpu_layers,
+                mlock=model.mlock,
             )
         self.model_hashes[model.name] = runtime.sha256
         runtime.warm_up()

@@ -78,6 +78,9 @@ class ModelConfig(_Strict):
     n_threads: int | None = Field(default=None, ge=1)
     n_gpu_layers: int = Field(default=0, ge=-1)
     max_tokens_default: int = Field(default=128, ge=1)
+    # Lock the weights in RAM (mlock) so the OS never pages them out under memory pressure;
+    # where RLIMIT_MEMLOCK is too small llama.cpp warns and carries on unlocked.
+    mlock: bool = True
 
 
 class PerceptionModelConfig(_Strict):

@@ -9,13 +9,14 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import jsonschema
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -23,8 +24,15 @@ from edge_agent.agent import Agent
 from edge_agent.outbox import Priority
 from edge_agent.routing.context import ContextTooLarge, compact, valid_session_id
 from edge_agent.routing.headers import parse_route_headers
+from edge_agent.routing.jobs import JobQueue, QueueFull
 from edge_agent.routing.policy import RouteHints
-from edge_agent.routing.router import NoTierAvailable, RoutedRequest, RouteOutcome, Router
+from edge_agent.routing.router import (
+    NoTierAvailable,
+    RoutedRequest,
+    RoutedResult,
+    RouteOutcome,
+    Router,
+)
 from edge_agent.runtimes import ChatMessage, ChatRequest, CompletionChunk
 
 _DONE = object()
@@ -117,6 +125,28 @@ def _error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def completion_body(completion_id: str, created: int, result: RoutedResult) -> dict[str, Any]:
+    completion, outcome = result.completion, result.outcome
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": outcome.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text},
+                "finish_reason": completion.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+        },
+    }
+
+
 def remote_models(router: Router) -> set[str]:
     return {remote.model_name for remote in router.remotes.values()} | {
         rule.model for rule in router.rules if rule.model
@@ -153,7 +183,21 @@ def _with_history(
 
 def create_agent_app(agent: Agent) -> FastAPI:
     """Build the agent's HTTP app around an already loaded ``agent``."""
-    app = FastAPI(title=f"edgefleet agent {agent.config.device_id}", docs_url=None, redoc_url=None)
+    jobs = JobQueue(lambda routed: (agent.router or agent.build_router()).complete(routed))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        jobs.start()
+        yield
+        jobs.stop()
+
+    app = FastAPI(
+        title=f"edgefleet agent {agent.config.device_id}",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.jobs = jobs
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -319,33 +363,56 @@ def create_agent_app(agent: Agent) -> FastAPI:
         try:
             result = await run_in_threadpool(router.complete, routed)
         except NoTierAvailable as e:
-            return unavailable(e)
+            if "respond-async" not in raw.headers.get("prefer", ""):
+                return unavailable(e)
+            try:
+                job = jobs.submit(routed, e.retry_after_s)
+            except QueueFull as full:
+                return _error(
+                    503, str(full), "job_queue_full", headers={"Retry-After": str(e.retry_after_s)}
+                )
+            record(None, "queued", 0, 0)
+            return JSONResponse(
+                {"id": job.id, "object": "chat.completion.job", "status": job.status},
+                status_code=202,
+                headers={
+                    "Location": f"/v1/jobs/{job.id}",
+                    "Retry-After": str(e.retry_after_s),
+                    "Preference-Applied": "respond-async",
+                },
+            )
         agent.count_request()
         completion, outcome = result.completion, result.outcome
         record(outcome, "ok", completion.prompt_tokens, completion.completion_tokens)
         if session_id is not None:
             agent.sessions.append(session_id, [*new, ChatMessage("assistant", completion.text)])
         return JSONResponse(
-            {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": outcome.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": completion.text},
-                        "finish_reason": completion.finish_reason,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": completion.prompt_tokens,
-                    "completion_tokens": completion.completion_tokens,
-                    "total_tokens": completion.prompt_tokens + completion.completion_tokens,
-                },
-            },
+            completion_body(completion_id, created, result),
             headers=_route_headers(outcome, started),
         )
+
+    @app.get("/v1/jobs/{job_id}")
+    async def get_job(job_id: str) -> JSONResponse:
+        """A queued chat job: its status, and the completion once it is done."""
+        job = jobs.get(job_id)
+        if job is None:
+            return _error(404, f"job {job_id!r} is unknown or expired", "job_not_found")
+        body: dict[str, Any] = {"id": job.id, "status": job.status, "attempts": job.attempts}
+        if job.result is not None:
+            body["result"] = completion_body(f"chatcmpl-{job.id}", int(time.time()), job.result)
+            body["route"] = job.result.outcome.tier
+            body["route_reason"] = job.result.outcome.reason
+        elif job.last_error:
+            body["last_error"] = job.last_error
+        return JSONResponse(body)
+
+    @app.delete("/v1/jobs/{job_id}", response_model=None)
+    async def cancel_job(job_id: str) -> JSONResponse | Response:
+        if jobs.cancel(job_id):
+            return Response(status_code=204)
+        if jobs.get(job_id) is None:
+            return _error(404, f"job {job_id!r} is unknown or expired", "job_not_found")
+        return _error(409, f"job {job_id!r} is no longer queued", "job_not_queued")
 
     def _route_headers(outcome: RouteOutcome, started: float) -> dict[str, str]:
         headers = {

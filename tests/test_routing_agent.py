@@ -1,6 +1,7 @@
 """Routing end to end through the agent's HTTP API: real llama.cpp locally, real HTTP
 servers on loopback as the private and cloud tiers, recording what reaches them."""
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -287,3 +288,34 @@ def test_bad_routing_headers_are_400(make_device: Any) -> None:
     ):
         response = device.chat("hi", headers={header: value})
         assert response.status_code == 400 and header in response.text
+
+
+def test_respond_async_queues_until_an_allowed_tier_is_back(
+    make_device: Any, llama: LlamaCppRuntime, providers: dict[str, FakeProvider]
+) -> None:
+    """With Prefer: respond-async, a restricted request that nothing may answer now becomes
+    a queued job (202 + Location) instead of a 503; when the local model is back the job is
+    answered locally; remote tiers never see it; a cancelled job stays cancelled."""
+    device = make_device(local_up=False)
+    headers = {"Prefer": "respond-async"}
+    with device.client:  # runs the app's lifespan: the job worker
+        queued = device.chat(SECRET_PROMPT, headers=headers)
+        assert queued.status_code == 202, queued.text
+        job_url = queued.headers["location"]
+        assert device.client.get(job_url).json()["status"] == "queued"
+        doomed = device.chat(SECRET_PROMPT, headers=headers).headers["location"]
+        assert device.client.delete(doomed).status_code == 204
+        assert device.client.delete(doomed).status_code == 409
+
+        device.agent.load_errors.clear()
+        device.agent.runtimes["smollm2"] = llama
+        jobs = device.client.app.state.jobs  # type: ignore[attr-defined]
+        later = time.monotonic() + 100  # every retry is due, nothing has expired
+        jobs._clock = lambda: later
+        jobs.run_due()
+        done = device.client.get(job_url).json()
+        assert done["status"] == "done" and done["route"] == "local"
+        assert done["result"]["choices"][0]["message"]["content"]
+        assert device.client.get(doomed).json()["status"] == "cancelled"
+        assert device.client.get("/v1/jobs/job-nope").status_code == 404
+    assert providers["private"].count() == 0 and providers["cloud"].count() == 0

@@ -57,6 +57,7 @@ class LlamaCppRuntime:
         n_ctx: int,
         n_threads: int,
         n_gpu_layers: int = 0,
+        mlock: bool = False,
     ) -> None:
         self.model_name = model_name
         self.path = path
@@ -73,7 +74,7 @@ class LlamaCppRuntime:
                 n_ctx=n_ctx,
                 n_threads=n_threads,
                 n_gpu_layers=n_gpu_layers,
-                use_mlock=False,
+                use_mlock=mlock,
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as e:
