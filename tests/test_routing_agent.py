@@ -319,3 +319,43 @@ def test_respond_async_queues_until_an_allowed_tier_is_back(
         assert device.client.get(doomed).json()["status"] == "cancelled"
         assert device.client.get("/v1/jobs/job-nope").status_code == 404
     assert providers["private"].count() == 0 and providers["cloud"].count() == 0
+
+
+RESTRICTED_SAMPLES = {
+    "payment_card": CARD,
+    "aws_access_key": "AKIAIOSFODNN7EXAMPLE",
+    "email": "jane.doe@example.com",
+    "iban": "DE89 3704 0044 0532 0130 00",
+    "health": "my father was diagnosed with HIV last week",
+}
+
+
+@pytest.mark.parametrize("local_up", [True, False])
+@pytest.mark.parametrize("stream", [False, True])
+def test_restricted_data_never_leaves_under_any_path(
+    make_device: Any, providers: dict[str, FakeProvider], local_up: bool, stream: bool
+) -> None:
+    """Every kind of restricted data, under a cloud rule, an always-escalating cascade, a
+    raised latency budget, a session, streaming or not, local model up or down: the remote
+    servers receive none of it (the fixture checks their logs), and it is answered locally
+    or refused."""
+    device = make_device(
+        local_up=local_up,
+        rules=[{"task_class": "planning", "tier": "cloud"}],
+        cascade={"threshold": 1.0},
+    )
+    for category, secret in RESTRICTED_SAMPLES.items():
+        for headers in (
+            {"X-Task-Class": "planning"},
+            {"X-Latency-Budget-Ms": "1", "X-Session-Id": f"s-{category}"},
+            {"X-Data-Sensitivity": "public"},
+        ):
+            response = device.chat(f"Please handle this: {secret}", headers=headers, stream=stream)
+            route = response.headers.get("x-edge-route")
+            assert route == ("local" if local_up else "none"), (category, headers, route)
+            if local_up:
+                assert response.headers["x-edge-sensitivity"] == "restricted", category
+    for provider in providers.values():
+        leaked = [c for c, s in RESTRICTED_SAMPLES.items() if s in provider.raw_bodies()]
+        assert not leaked, f"{provider.name} received {leaked}"
+        assert provider.count() == 0
