@@ -96,7 +96,9 @@ class MqttIngest:
             password = broker.password.get_secret_value() if broker.password else None
             self._client.username_pw_set(broker.username, password)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self._client.max_inflight_messages_set(1000)
+        # Unlimited: paho's inflight counter can stick at its limit across a reconnect and
+        # then queue every later ack for good (eclipse-paho/paho.mqtt.python#24, #492).
+        self._client.max_inflight_messages_set(0)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -104,6 +106,10 @@ class MqttIngest:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    def backlog(self) -> int:
+        """Messages received from the broker and not yet written."""
+        return self._queue.qsize()
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)

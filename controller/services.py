@@ -122,6 +122,11 @@ class Services:
         self.scheduler.start()
 
     def sweep_liveness(self) -> None:
+        if self.ingest is not None and self.ingest.backlog() > self.settings.ingest_batch_size:
+            # Heartbeats may be waiting in our own queue: judging silence now would mark
+            # devices offline that are talking (a reconnect storm does this). Next time.
+            log.info("liveness sweep skipped: %d messages not yet written", self.ingest.backlog())
+            return
         with session_scope(self.engine) as session:
             if not _job_lock(session, "liveness-sweep"):
                 return

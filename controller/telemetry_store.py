@@ -53,38 +53,39 @@ def record_rows(
     ]
 
 
-# Rows per INSERT statement: 8 parameters each stays far below SQLite's 32,766 and
-# PostgreSQL's 65,535 bound parameters per statement.
-CHUNK_ROWS = 1000
+_STATEMENTS: dict[str, Any] = {}
 
 
-def insert_records(session: Session, rows: list[dict[str, Any]]) -> int:
-    """Insert rows, skipping ones already stored; returns how many were new.
+def _insert_statement(dialect: str) -> Any:
+    """One compiled-once INSERT … ON CONFLICT DO NOTHING RETURNING id per dialect.
 
-    Multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING id``: the returned ids count the
-    new rows on both databases (an executemany's rowcount is -1 on PostgreSQL).
+    Executed with a list of rows, SQLAlchemy's "insertmanyvalues" batches it into multi-row
+    statements itself and returns one id per new row, on both databases (an executemany's
+    rowcount would be -1 on PostgreSQL). Building ``.values(rows)`` per batch instead made
+    SQLAlchemy compile a new statement every time: most of the ingest's CPU.
     """
-    if not rows:
-        return 0
-    table = TelemetryRecord.__table__  # type: ignore[attr-defined]
-    dialect = session.get_bind().dialect.name
-    inserted = 0
-    for start in range(0, len(rows), CHUNK_ROWS):
-        chunk = rows[start : start + CHUNK_ROWS]
+    statement = _STATEMENTS.get(dialect)
+    if statement is None:
+        table = TelemetryRecord.__table__  # type: ignore[attr-defined]
         if dialect == "postgresql":
-            statement: Any = (
-                postgresql.insert(table)
-                .values(chunk)
-                .on_conflict_do_nothing(constraint="uq_record_identity")
+            statement = postgresql.insert(table).on_conflict_do_nothing(
+                constraint="uq_record_identity"
             )
         elif dialect == "sqlite":
-            statement = (
-                sqlite.insert(table)
-                .values(chunk)
-                .on_conflict_do_nothing(index_elements=["device_id", "epoch", "seq"])
+            statement = sqlite.insert(table).on_conflict_do_nothing(
+                index_elements=["device_id", "epoch", "seq"]
             )
         else:
             raise RuntimeError(f"unsupported database dialect {dialect!r}")
-        result = session.connection().execute(statement.returning(table.c.id))
-        inserted += len(result.fetchall())
-    return inserted
+        statement = statement.returning(table.c.id)
+        _STATEMENTS[dialect] = statement
+    return statement
+
+
+def insert_records(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Insert rows, skipping ones already stored; returns how many were new."""
+    if not rows:
+        return 0
+    statement = _insert_statement(session.get_bind().dialect.name)
+    result = session.connection().execute(statement, rows)
+    return len(result.all())

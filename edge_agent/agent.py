@@ -6,7 +6,7 @@ import platform
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psutil
 
@@ -26,11 +26,12 @@ from edge_agent.runtimes import (
     execution_providers,
 )
 from edge_agent.runtimes.llama_cpp import LlamaCppRuntime
-from edge_agent.runtimes.ort_genai import OrtGenaiRuntime
-from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
 from edge_agent.shadow import DeviceShadow
 from edge_agent.state import CounterStore
 from shared.messages import Birth, Desired, HardwareInfo, ModelInfo, Reported
+
+if TYPE_CHECKING:  # ONNX runtimes (and numpy) load only when an ONNX model is configured
+    from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +79,26 @@ class Agent:
 
     # --- models -------------------------------------------------------------------------
     def _load_one(self, model: ModelConfig) -> ChatRuntime:
-        runtime: LlamaCppRuntime | OrtGenaiRuntime
         if model.runtime == "ort-genai":
-            runtime = OrtGenaiRuntime(
+            from edge_agent.runtimes.ort_genai import OrtGenaiRuntime
+
+            genai = OrtGenaiRuntime(
                 model.name, model.path, providers=list(self.profile.execution_providers)
             )
-        else:
-            runtime = LlamaCppRuntime(
-                model.name,
-                model.path,
-                n_ctx=model.n_ctx,
-                n_threads=model.n_threads or self.profile.recommended_threads,
-                n_gpu_layers=model.n_gpu_layers or self.profile.gpu_layers,
-                mlock=model.mlock,
-            )
-        self.model_hashes[model.name] = runtime.sha256
-        runtime.warm_up()
-        return runtime
+            self.model_hashes[model.name] = genai.sha256
+            genai.warm_up()
+            return genai
+        llama = LlamaCppRuntime(
+            model.name,
+            model.path,
+            n_ctx=model.n_ctx,
+            n_threads=model.n_threads or self.profile.recommended_threads,
+            n_gpu_layers=model.n_gpu_layers or self.profile.gpu_layers,
+            mlock=model.mlock,
+        )
+        self.model_hashes[model.name] = llama.sha256
+        llama.warm_up()
+        return llama
 
     def load_models(self) -> None:
         """Load and warm every configured model; a failure marks that model, never crashes."""
@@ -107,6 +111,8 @@ class Agent:
                 continue
             log.info("model %s loaded and warm in %.1fs", model.name, time.perf_counter() - started)
         for classifier in self.config.perception:
+            from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
+
             try:
                 loaded = OrtPerceptionRuntime(
                     classifier.name,
@@ -290,7 +296,7 @@ class Agent:
         ] + [
             ModelInfo(
                 name=p.name,
-                runtime=OrtPerceptionRuntime.runtime_name,
+                runtime="onnxruntime",
                 sha256=self.model_hashes.get(p.name),
                 loaded=p.name in self.perception,
                 error=self.load_errors.get(p.name),

@@ -18,6 +18,10 @@ app = typer.Typer(
 )
 log = logging.getLogger("edge_agent")
 
+# paho's network loop uses select(), which cannot watch file descriptors >= 1024; each
+# simulated device holds about six, so one process stays well below that.
+MAX_SIMULATED_PER_PROCESS = 150
+
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
@@ -82,7 +86,13 @@ def simulate(
         Path, typer.Option("--config", "-c", help="Agent YAML config used as the template.")
     ],
     devices: Annotated[
-        int, typer.Option(min=1, max=5000, help="Devices; ids get -0000, -0001... when > 1.")
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_SIMULATED_PER_PROCESS,
+            help="Devices in this process; ids get -0000, -0001... when > 1. Run more "
+            "processes for more devices.",
+        ),
     ] = 1,
     records: Annotated[
         int, typer.Option(min=0, help="Records each device appends after connecting.")

@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.backoff import full_jitter
 from edge_agent.config import MqttConfig, OutboxConfig
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import Outbox, StoredRecord
 from edge_agent.state import CounterStore
 from shared.errors import ProtocolError
 from shared.messages import (
@@ -108,7 +108,8 @@ class MqttLink:
         self._bd_seq = counters.next(BD_SEQ)
         # Outbox publishing state, touched by the publisher thread and the network thread.
         self._cursor: tuple[int, int] | None = None
-        self._inflight: dict[tuple[int, int], tuple[int, float]] = {}
+        # (epoch, first_seq, last_seq) of each unacknowledged batch -> (sent at, sends)
+        self._inflight: dict[tuple[int, int, int], tuple[float, int]] = {}
         self.births_sent = 0
         self.heartbeats_sent = 0
 
@@ -128,7 +129,10 @@ class MqttLink:
             )
         if config.username:
             self._client.username_pw_set(config.username, config.password())
-        self._client.max_inflight_messages_set(max(20, self._outbox_config.inflight_batches + 4))
+        # No paho-side window: ours (outbox.inflight_batches) bounds what is outstanding, and
+        # paho's own counter can stay "full" across a reconnect and then hold every later
+        # publish in its queue for good (eclipse-paho/paho.mqtt.python#24, #492).
+        self._client.max_inflight_messages_set(0)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -187,8 +191,18 @@ class MqttLink:
             thread.join(timeout)
 
     # --- network loop ----------------------------------------------------------------------
+    def _new_session_number(self) -> None:
+        """Every connection attempt after the first gets a new bd_seq and a will saying so,
+        whether or not paho reported the previous disconnect."""
+        with self._lock:
+            self._bd_seq = self._counters.next(BD_SEQ)
+            self._set_will()
+            self._cursor = None
+            self._inflight.clear()
+
     def _connect(self, first: bool) -> None:
         if not first:
+            self._new_session_number()
             self._client.reconnect()
             return
         if self._v5:
@@ -277,10 +291,9 @@ class MqttLink:
         if self._stopping.is_set():
             return
         log.warning("disconnected from broker (%s); will reconnect", reason_code)
-        # The next session gets a new number, and its will must say so before reconnecting.
+        # Unacknowledged batches are re-sent from the oldest record on the next session
+        # (which gets its own bd_seq in _connect).
         with self._lock:
-            self._bd_seq = self._counters.next(BD_SEQ)
-            self._set_will()
             self._cursor = None
             self._inflight.clear()
 
@@ -306,7 +319,15 @@ class MqttLink:
             return
         self.stats.records_acked += self._outbox.ack(ack.epoch, ack.first_seq, ack.hwm)
         with self._lock:
-            self._inflight.pop((ack.epoch, ack.first_seq), None)
+            # Only batches the ack covers entirely: an ack for an older, shorter batch that
+            # starts at the same record (re-delivered after a reconnect) must not retire a
+            # longer batch sent since.
+            for key in [
+                k
+                for k in self._inflight
+                if k[0] == ack.epoch and k[1] >= ack.first_seq and k[2] <= ack.hwm
+            ]:
+                del self._inflight[key]
         self._wake.set()
 
     # --- outbound: heartbeats and the outbox --------------------------------------------------
@@ -335,6 +356,43 @@ class MqttLink:
         self._client.publish(*encode_message(message), qos=1)
         self.heartbeats_sent += 1
 
+    def _resend_overdue(self, ack_timeout_s: float) -> None:
+        """Re-send only the batches whose ack is overdue, each with its own doubling timeout.
+
+        On a live persistent session the broker redelivers QoS 1 itself; a missing ack here
+        means the controller lost or is far behind on that batch, so re-sending the whole
+        window would only add load when it is already overloaded.
+        """
+        assert self._outbox is not None
+        now = time.monotonic()
+        with self._lock:
+            overdue = [
+                (key, sends)
+                for key, (sent, sends) in self._inflight.items()
+                if now - sent > ack_timeout_s * min(2 ** (sends - 1), 8)
+            ]
+        for key, sends in overdue:
+            # What is still held of that batch (acks for overlapping batches trim it too).
+            records = self._outbox.read_range(*key)
+            with self._lock:
+                if key not in self._inflight:
+                    continue  # acked (or the session reset) meanwhile
+                if not records:  # acked through another batch, or dropped under the quota
+                    del self._inflight[key]
+                    continue
+                self._inflight[key] = (time.monotonic(), sends + 1)
+            self.stats.republishes += 1
+            self._client.publish(*encode_message(self._batch_message(records)), qos=1)
+
+    def _batch_message(self, batch: list[StoredRecord]) -> TelemetryBatch:
+        return TelemetryBatch(
+            device_id=self.device_id,
+            records=[
+                Record(epoch=r.epoch, seq=r.seq, kind=r.kind, name=r.name, at=r.at, body=r.body)
+                for r in batch
+            ],
+        )
+
     def _publish_loop(self) -> None:
         if self._outbox is None:
             return
@@ -344,14 +402,8 @@ class MqttLink:
                 self._wake.wait(0.2)
                 self._wake.clear()
                 continue
-            now = time.monotonic()
+            self._resend_overdue(cfg.ack_timeout_s)
             with self._lock:
-                overdue = any(now - sent > cfg.ack_timeout_s for _, sent in self._inflight.values())
-                if overdue:
-                    # Something was lost on the way: start over from the oldest unacked record.
-                    self.stats.republishes += 1
-                    self._cursor = None
-                    self._inflight.clear()
                 full = len(self._inflight) >= cfg.inflight_batches
                 cursor = self._cursor
             if full:
@@ -365,18 +417,12 @@ class MqttLink:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
-            message = TelemetryBatch(
-                device_id=self.device_id,
-                records=[
-                    Record(epoch=r.epoch, seq=r.seq, kind=r.kind, name=r.name, at=r.at, body=r.body)
-                    for r in batch
-                ],
-            )
+            message = self._batch_message(batch)
             first, last = batch[0], batch[-1]
             with self._lock:
                 if self._cursor != cursor:  # a reconnect reset the position meanwhile
                     continue
-                self._inflight[(first.epoch, first.seq)] = (last.seq, time.monotonic())
+                self._inflight[(first.epoch, first.seq, last.seq)] = (time.monotonic(), 1)
                 self._cursor = (last.epoch, last.seq)
             self._client.publish(*encode_message(message), qos=1)
             self.stats.batches_sent += 1

@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import jsonschema
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -239,6 +238,8 @@ def create_agent_app(agent: Agent) -> FastAPI:
                     headers={"Retry-After": "30"},
                 )
             return _error(404, f"perception model {name!r} is not served here", "model_not_found")
+        import numpy as np  # only perception needs it: not loaded with the agent
+
         try:
             inputs = np.asarray(body.inputs, dtype=np.dtype(body.dtype))
             result = await run_in_threadpool(classifier.classify, inputs)

@@ -209,6 +209,19 @@ class Outbox:
             total += size
         return batch
 
+    def read_range(self, epoch: int, first_seq: int, last_seq: int) -> list[StoredRecord]:
+        """The records still held in ``first_seq..last_seq`` of ``epoch``, in order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT epoch, seq, kind, name, at, body, size FROM record "
+                "WHERE epoch = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+                (epoch, first_seq, last_seq),
+            ).fetchall()
+        return [
+            StoredRecord(e, q, k, n, datetime.fromtimestamp(a, UTC), json.loads(b), z)
+            for e, q, k, n, a, b, z in rows
+        ]
+
     def ack(self, epoch: int, first_seq: int, last_seq: int) -> int:
         """Delete acknowledged records; returns how many were still here."""
         with self._lock, self._tx():

@@ -41,30 +41,37 @@ questions ("what is diabetes?", "how does metformin work?", "write an article ab
 for my blog") stay public; so do terms followed by a topic noun ("my diabetes prediction
 model").
 
-Design and library choices (measured with ``python -m benchmarks.eval_sensitivity``):
+Design and library choices (numbers from ``python -m benchmarks.eval_sensitivity`` on a
+shared 2-core x86 box; ``docs/benchmarks.md`` has the full table):
 
 * Candidates are found by **one pass of one combined automaton**: every rule's pattern is
   added to an ``RE2::Set`` (``google-re2``), whose DFA scans the UTF-8 bytes once and
-  reports which rules match anywhere (about 2 ns/byte, independent of the number of rules).
-  Only the rules that fired are then run (RE2 ``finditer`` for spans) and only their
-  candidates go through the Python validators. CPython's ``re`` was measured first: it pays
-  roughly 70 ns per position where a pattern could start, so a combined alternation over
-  keywords costs 250 us+ for 4 KB, far over the budget; an Aho-Corasick automaton for the
-  keywords alone cost 15-30 us. A sentinel ``\\z`` pattern in the set proves the DFA
-  reached the end of the text; if it is missing (the DFA ran out of memory) every rule is
-  run, so a DFA failure can only cost time, never a leak.
-* Validators: ``python-stdnum`` (IBAN registry and formats, US SSN, French NIR, Spanish
-  DNI/NIE, Italian codice fiscale, German IdNr, NHS number) after a cheap mod-97 pre-check
-  for IBANs; ``phonenumbers`` (the ``phonenumberslite`` distribution, without the geocoder
-  data) only for candidates written with a ``+``/``00`` country code or in the French
-  pairs format, never on the text itself; Luhn, JWT header decoding, entropy and the health
-  rule are local.
-* Yelp's ``detect-secrets`` was considered: its plugins run one regex after another per
-  line, plus entropy scans of every quoted string, which is milliseconds per prompt and far
-  over the latency goal; it also has no notion of PII. Its token formats (AWS, GitHub,
-  Slack, Stripe, JWT, private keys, basic auth in URLs ...) are covered by the rules here.
+  reports which rules match anywhere, in about 4 ns/byte however many rules there are
+  (15 us for 4 KB of ordinary text, which is then done). Only the rules that fired run
+  again (RE2, for spans), and only their candidates reach the Python validators. CPython's
+  ``re`` was measured first: it pays about 70 ns at every position where some pattern could
+  start, so one alternation over the keywords alone took 250 us+ for 4 KB; an Aho-Corasick
+  automaton for the keywords took 15-30 us. RE2 patterns avoid large counted repetitions
+  (``{1,64}`` of a Unicode class made one rule 60 times slower); lengths are checked in
+  Python instead. A sentinel ``\\z`` pattern in the set proves the DFA read the whole text;
+  if it is missing (DFA out of memory) every rule runs, so the memory budget can cost
+  time but never a finding.
+* Validators: ``python-stdnum`` (IBAN registry and country formats after a local mod-97
+  pre-check, US SSN, French NIR, Spanish DNI/NIE, Italian codice fiscale, German IdNr, NHS
+  number); ``phonenumbers`` (the ``phonenumberslite`` distribution, 5 MB instead of 48 MB
+  without geocoder/carrier data) only for candidates written with a ``+``/``00`` country
+  code or in the French pairs format: a parse costs about 30 us, so it never sees the text
+  itself. Luhn, JWT header decoding, entropy and the health rule are local.
+* Yelp's ``detect-secrets`` was measured on the labelled set: with its default plugins it
+  takes about 40 ms per 4 KB prompt (regexes run line by line, plugin after plugin) and
+  flags 215 of the 219 public texts (its keyword and entropy plugins are made for source
+  files), and it has no notion of personal data. Its credential formats are covered here.
 * Findings carry only the category and the span, never the matched text, so logging a
   :class:`Verdict` cannot leak what it found.
+* Cost grows with the number of candidates, not with the number of rules: dense text
+  (every sentence a hard negative or a finding) costs 0.25-1 ms per 4 KB, mostly in the
+  Python validators. ``SensitivityConfig.stop_at_restricted`` stops at the first
+  restricted finding for callers that only need the level.
 
 ``extra_restricted_patterns`` / ``extra_internal_patterns`` are Python ``re`` patterns run
 with ``re.finditer`` over the text after the RE2 pass; each costs a scan of its own, so
@@ -75,11 +82,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Final
@@ -208,6 +216,9 @@ class SensitivityConfig:
     * ``disabled_categories``: built-in categories to switch off (for example
       ``{"street_address"}`` on a device whose prompts are mostly shipping labels that the
       operator has cleared for the cloud).
+    * ``stop_at_restricted``: stop scanning a text at the first restricted finding. The
+      level is the same; the findings are then only those found so far. For callers that
+      need the level only (routing), this bounds the cost of texts full of personal data.
     """
 
     internal_keywords: tuple[str, ...] = DEFAULT_INTERNAL_KEYWORDS
@@ -217,6 +228,7 @@ class SensitivityConfig:
     extra_restricted_patterns: Mapping[str, str] = field(default_factory=dict)
     extra_internal_patterns: Mapping[str, str] = field(default_factory=dict)
     disabled_categories: frozenset[str] = frozenset()
+    stop_at_restricted: bool = False
 
 
 CATEGORY_LEVELS: Final[Mapping[str, Level]] = {
@@ -245,7 +257,16 @@ CATEGORY_LEVELS: Final[Mapping[str, Level]] = {
 
 
 class _Scan:
-    __slots__ = ("ascii", "data", "findings", "message", "text")
+    __slots__ = (
+        "_clinical",
+        "_cp_bytes",
+        "_cp_chars",
+        "ascii",
+        "data",
+        "findings",
+        "message",
+        "text",
+    )
 
     def __init__(self, text: str, message: int) -> None:
         self.text = text
@@ -255,32 +276,52 @@ class _Scan:
         # prefix of ``data`` gives exactly as many characters as the same prefix of ``text``.
         self.data = text.encode("ascii") if self.ascii else text.encode("utf-8", "replace")
         self.findings: list[Finding] = []
+        self._clinical: list[int] | None = None
+        self._cp_bytes = [0]
+        self._cp_chars = [0]
+
+    def near_clinical_record(self, start: int, end: int) -> bool:
+        """A patient-record cue at most 400 characters before or 200 after the span."""
+        if self._clinical is None:
+            self._clinical = _clinical_spots(self.text)
+        i = bisect.bisect_left(self._clinical, start - 400)
+        return i < len(self._clinical) and self._clinical[i] <= end + 200
 
     def char(self, offset: int) -> int:
-        """Character offset of a byte offset that RE2 reported."""
+        """Character offset of a byte offset that RE2 reported (a character boundary)."""
         if self.ascii:
             return offset
-        return len(self.data[:offset].decode("utf-8", "replace"))
+        # decode only from the nearest known (byte, char) checkpoint before the offset
+        i = bisect.bisect_right(self._cp_bytes, offset) - 1
+        base_b, base_c = self._cp_bytes[i], self._cp_chars[i]
+        if base_b == offset:
+            return base_c
+        chars = base_c + len(self.data[base_b:offset].decode("utf-8", "replace"))
+        self._cp_bytes.insert(i + 1, offset)
+        self._cp_chars.insert(i + 1, chars)
+        return chars
 
     def add(self, category: str, start: int, end: int) -> None:
         self.findings.append(Finding(category, start, end, self.message))
 
 
 class _Hit:
-    """One RE2 match of a rule, with spans in characters and the alternative that matched."""
+    """One RE2 match of a rule: group spans in bytes, read back in characters."""
 
-    __slots__ = ("_m", "_names", "_sc")
+    __slots__ = ("_names", "_sc", "_spans")
 
-    def __init__(self, sc: _Scan, m: Any, names: tuple[tuple[str, int], ...]) -> None:
+    def __init__(
+        self, sc: _Scan, spans: Sequence[tuple[int, int]], names: tuple[tuple[str, int], ...]
+    ) -> None:
         self._sc = sc
-        self._m = m
+        self._spans = spans
         self._names = names
 
     @property
     def kind(self) -> str | None:
         """The first named group that took part in the match (the outermost alternative)."""
         for name, index in self._names:
-            if self._m.start(index) != -1:
+            if self._spans[index][0] != -1:
                 return name
         return None
 
@@ -293,32 +334,63 @@ class _Hit:
         raise KeyError(name)
 
     def has(self, name: str) -> bool:
-        return bool(self._m.start(self._index(name)) != -1)
+        return self._spans[self._index(name)][0] != -1
 
     def span(self, name: str | None = None) -> tuple[int, int]:
-        index = self._index(name)
-        start: int = self._m.start(index)
-        end: int = self._m.end(index)
+        start, end = self._spans[self._index(name)]
         return self._sc.char(start), self._sc.char(end)
+
+
+def _match_spans(regex: Any, data: bytes) -> Iterator[Sequence[tuple[int, int]]]:
+    """All matches of a compiled RE2 pattern, as lists of group spans (bytes offsets).
+
+    Calls the C++ ``RE2::Match`` of google-re2 directly when its internals are there (one
+    call and one list per match); otherwise goes through the public ``finditer``.
+    """
+    raw = getattr(regex, "_regexp", None)
+    if raw is None or _UNANCHORED is None:
+        groups = range(regex.groups + 1)
+        for m in regex.finditer(data):
+            yield [m.span(i) for i in groups]
+        return
+    pos, n = 0, len(data)
+    while pos <= n:
+        spans = raw.Match(_UNANCHORED, data, pos, n)
+        start, end = spans[0]
+        if start == -1:
+            return
+        yield spans
+        pos = end if end > pos else pos + 1
+
+
+_UNANCHORED: Final[Any] = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
 
 
 _Handler = Callable[[_Scan, _Hit], None]
 
 
-def _options() -> Any:
+def _options(max_mem: int) -> Any:
+    """RE2 options: quiet, with a memory budget for the compiled program and DFA cache.
+
+    When a DFA exceeds its budget RE2 falls back to its (slower) NFA for that search, and
+    the set reports no sentinel, so the budget bounds memory, never what is found.
+    """
     options = re2.Options()
     options.log_errors = False
-    options.max_mem = 64 << 20
+    options.max_mem = max_mem
     return options
 
 
-_OPTIONS: Final[Any] = _options()
+_SET_OPTIONS: Final[Any] = _options(32 << 20)
+_RULE_OPTIONS: Final[Any] = _options(8 << 20)
 
 
 def _escape(literal: str) -> str:
     """Escape a literal for RE2; runs of whitespace match any whitespace."""
     words = literal.split()
-    return r"\s+".join("".join(c if c.isalnum() else "\\" + c for c in w) for w in words)
+    return r"\s+".join(
+        "".join("\\" + c if c.isascii() and not c.isalnum() else c for c in w) for w in words
+    )
 
 
 def _bounded(escaped_literal: str, literal: str) -> str:
@@ -468,15 +540,96 @@ _IBAN_LENGTHS: Final[dict[str, int]] = {
     cc: int(n)
     for cc, n in (
         item.split(":")
-        for item in (
-            "AD:24 AE:23 AL:28 AT:20 AZ:28 BA:20 BE:16 BG:22 BH:22 BI:27 BR:29 BY:28 CH:21 "
-            "CR:22 CY:28 CZ:24 DE:22 DJ:27 DK:18 DO:28 EE:20 EG:29 ES:24 FI:18 FK:18 FO:18 "
-            "FR:27 GB:22 GE:22 GI:23 GL:18 GR:27 GT:28 HR:21 HU:28 IE:22 IL:23 IQ:23 IS:26 "
-            "IT:27 JO:30 KW:30 KZ:20 LB:28 LC:32 LI:21 LT:20 LU:20 LV:21 LY:25 MC:27 MD:24 "
-            "ME:22 MK:19 MN:20 MR:27 MT:31 MU:30 NI:28 NL:18 NO:15 OM:23 PK:24 PL:28 PS:29 "
-            "PT:25 QA:29 RO:24 RS:22 RU:33 SA:24 SC:31 SD:18 SE:24 SI:19 SK:24 SM:27 SO:23 "
-            "ST:25 SV:28 TL:23 TN:24 TR:26 UA:29 VA:22 VG:24 XK:20 YE:30"
-        ).split()
+        for item in [
+            "AD:24",
+            "AE:23",
+            "AL:28",
+            "AT:20",
+            "AZ:28",
+            "BA:20",
+            "BE:16",
+            "BG:22",
+            "BH:22",
+            "BI:27",
+            "BR:29",
+            "BY:28",
+            "CH:21",
+            "CR:22",
+            "CY:28",
+            "CZ:24",
+            "DE:22",
+            "DJ:27",
+            "DK:18",
+            "DO:28",
+            "EE:20",
+            "EG:29",
+            "ES:24",
+            "FI:18",
+            "FK:18",
+            "FO:18",
+            "FR:27",
+            "GB:22",
+            "GE:22",
+            "GI:23",
+            "GL:18",
+            "GR:27",
+            "GT:28",
+            "HR:21",
+            "HU:28",
+            "IE:22",
+            "IL:23",
+            "IQ:23",
+            "IS:26",
+            "IT:27",
+            "JO:30",
+            "KW:30",
+            "KZ:20",
+            "LB:28",
+            "LC:32",
+            "LI:21",
+            "LT:20",
+            "LU:20",
+            "LV:21",
+            "LY:25",
+            "MC:27",
+            "MD:24",
+            "ME:22",
+            "MK:19",
+            "MN:20",
+            "MR:27",
+            "MT:31",
+            "MU:30",
+            "NI:28",
+            "NL:18",
+            "NO:15",
+            "OM:23",
+            "PK:24",
+            "PL:28",
+            "PS:29",
+            "PT:25",
+            "QA:29",
+            "RO:24",
+            "RS:22",
+            "RU:33",
+            "SA:24",
+            "SC:31",
+            "SD:18",
+            "SE:24",
+            "SI:19",
+            "SK:24",
+            "SM:27",
+            "SO:23",
+            "ST:25",
+            "SV:28",
+            "TL:23",
+            "TN:24",
+            "TR:26",
+            "UA:29",
+            "VA:22",
+            "VG:24",
+            "XK:20",
+            "YE:30",
+        ]
     )
 }
 """IBAN length per country (SWIFT IBAN registry), to cut a candidate before validating."""
@@ -515,12 +668,14 @@ def _nino_ok(candidate: str) -> bool:
 def _jwt_ok(token: str) -> bool:
     """The first segment is base64url of a JSON object with an ``alg`` member."""
     header = token.split(".", 1)[0]
+    if len(header) > 4096:
+        return False
     try:
         raw = base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))
         if not raw.lstrip().startswith(b"{") or b'"alg"' not in raw:
             return False
         obj = json.loads(raw)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         return False
     return isinstance(obj, dict) and "alg" in obj
 
@@ -765,8 +920,6 @@ _NAME_STOP: Final = _words(
     "Everyone Nobody Someone Anyone Type The Each Every One Nothing Data Science Medicine",
     "Screening Prevention Our My His Her He She I Is Can Could Does Do",
 )
-_WORD: Final = re.compile(r"[\w']+")
-_SENTENCE_END: Final = re.compile(r"[.!?](?=\s)|\n[ \t]*\n")
 _ABBREVIATIONS: Final = ("Mr", "Mrs", "Ms", "Dr", "St", "vs", "e.g", "i.e", "approx", "No")
 _PATIENT_AFTER: Final = re.compile(
     r"\s*(?:(?i:name|id|no\.?|number)\b|[#:])|\s+[A-Z][a-z]+\b(?!\s+(?:care|safety|data))"
@@ -775,87 +928,114 @@ _TITLE_NAME: Final = re.compile(r"M(?:r|rs|s|iss)\.?\s+[A-Z][a-z]+")
 _RECORD_FIELD: Final = re.compile(r"\b(?:DOB|MRN|[Dd]ate of birth)\b")
 
 
+_LAST_BOUNDARY: Final = re.compile(r"(?s:.*)(?:(?P<p>[.!?])\s|\n[ \t]*\n)")
+_FIRST_BOUNDARY: Final = re.compile(r"[.!?](?=\s)|\n[ \t]*\n")
+_PUNCT: Final = "\"'`.,;:!?()[]{}<>*_/\\|-\u2013\u2014\u201c\u201d\u2018\u2019\u00ab\u00bb"
+
+
 def _sentence(text: str, start: int, end: int) -> tuple[int, int]:
-    """Bounds of the sentence around ``text[start:end]`` (at most 240/200 chars around it)."""
-    lo = max(0, start - 240)
-    s = lo
-    for m in _SENTENCE_END.finditer(text, lo, start):
-        if m.group() in ".!?" and text[max(0, m.start() - 6) : m.start()].endswith(_ABBREVIATIONS):
+    """Bounds of the sentence around ``text[start:end]``, at most 160 characters before
+    and 100 after it; a full stop after an abbreviation ("Mr.", "Dr.") does not end it."""
+    lo = max(0, start - 160)
+    s, pos = lo, start
+    while pos > lo:
+        m = _LAST_BOUNDARY.match(text, lo, pos)
+        if m is None:
+            break
+        dot = m.start("p")  # -1 for a blank line
+        if dot >= 0 and text[dot] == "." and text[max(0, dot - 6) : dot].endswith(_ABBREVIATIONS):
+            pos = dot
             continue
         s = m.end()
-    hi = min(len(text), end + 200)
-    e = hi
-    for m in _SENTENCE_END.finditer(text, end, hi):
-        if m.group() in ".!?" and text[max(0, m.start() - 6) : m.start()].endswith(_ABBREVIATIONS):
+        break
+    hi = min(len(text), end + 100)
+    e, pos = hi, end
+    while pos < hi:
+        m = _FIRST_BOUNDARY.search(text, pos, hi)
+        if m is None:
+            break
+        dot = m.start()
+        if text[dot] == "." and text[max(0, dot - 6) : dot].endswith(_ABBREVIATIONS):
+            pos = dot + 1
             continue
-        e = m.start()
+        e = dot
         break
     return s, e
 
 
+def _split_words(fragment: str) -> list[str]:
+    """Words between whitespace, punctuation stripped, curly apostrophes made straight."""
+    words = (w.strip(_PUNCT) for w in fragment.replace("\u2019", "'").split())
+    return [w for w in words if w]
+
+
 def _health_about_person(text: str, start: int, end: int) -> bool:
-    """The health rule of the module docstring, on the words of the term's sentence."""
+    """The health rule of the module docstring, on the words of the term's sentence.
+
+    Clinical records ("Patient: Jane Roe") are checked separately by :func:`_clinical_spots`.
+    """
     s, e = _sentence(text, start, end)
-    before_cased = _WORD.findall(text[s:start])
+    before_cased = _split_words(text[s:start])
     before = [w.lower() for w in before_cased]
-    after = _WORD.findall(text[end:e].lower())
-    if _TOPIC_AFTER.intersection(after[:2]):
+    after = _split_words(text[end:e].lower())
+    if not _TOPIC_AFTER.isdisjoint(after[:2]):
         return False  # "diabetes prediction model", "cancer research"
-    # a possessive within three words before the term: "my type 2 diabetes", "her HIV test"
-    tail = before[-3:]
-    for i, w in enumerate(tail):
-        if w in _POSSESSIVES and not _TOPIC_WORDS.intersection(tail[i + 1 :]):
-            return True
-    # a subject, then a health verb, then the term: "I was diagnosed with", "my dad takes"
+    n = len(before)
+    first = 0  # words before a topic word ("write an article about ...") do not count
     for i, w in enumerate(before):
-        rest = before[i + 1 :]
-        if _TOPIC_WORDS.intersection(rest):
-            continue
-        if w in _SUBJECT_WITH_VERB:
-            return True
-        if w in _SUBJECTS and _HEALTH_VERBS.intersection(rest[:4]):
-            return True
-        if w in _POSSESSIVES and _HEALTH_VERBS.intersection(rest[1:5]):
-            if not _TOPIC_WORDS.intersection(rest[:1]):
+        if w in _TOPIC_WORDS:
+            first = i + 1
+    for i in range(first, n):
+        w = before[i]
+        if w in _POSSESSIVES:
+            if i >= n - 3:  # "my type 2 diabetes", "her HIV test"
                 return True
-    # a name, then a health verb, then the term within three words: "John has diabetes"
-    for i, w in enumerate(before_cased[:-1]):
+            if not _HEALTH_VERBS.isdisjoint(before[i + 2 : i + 6]):  # "my dad takes"
+                return True
+        elif w in _SUBJECT_WITH_VERB:  # "I'm pregnant", "she's on insulin"
+            return True
+        elif w in _SUBJECTS and not _HEALTH_VERBS.isdisjoint(before[i + 1 : i + 5]):
+            return True  # "I was diagnosed with", "he has been taking"
+    # a name, a health verb, the term within three words: "John has diabetes"
+    for i in range(max(first, n - 5), n - 1):
+        w = before_cased[i]
         if (
-            w[:1].isupper()
+            before[i + 1] in _NAME_VERBS
+            and w[:1].isupper()
             and len(w) > 2
             and w not in _NAME_STOP
-            and w.lower() not in _HEALTH_TERM_SET
-            and before[i + 1] in _NAME_VERBS
-            and len(before) - (i + 2) <= 3
+            and before[i] not in _HEALTH_TERM_SET
         ):
             return True
     # the person right after the term: "prescribed me", "safe for me", "which he takes"
-    if after[:1] and after[0] in _OBJECTS:
+    if after and after[0] in _OBJECTS:
         return True
     for i, w in enumerate(after[:8]):
         if w == "for" and i + 1 < len(after) and (after[i + 1] in _OBJECTS or after[i + 1] == "my"):
             return True
-        if w in _SUBJECTS and _HEALTH_VERBS.intersection(after[i + 1 : i + 3]):
+        if w in _SUBJECTS and not _HEALTH_VERBS.isdisjoint(after[i + 1 : i + 3]):
             return True
-    # a clinical record about a named or numbered patient
-    return _clinical(text[max(0, start - 400) : min(len(text), end + 200)])
+    return False
 
 
-def _clinical(window: str) -> bool:
-    """A patient record: "Patient: Jane Roe", "patient ID 4471", "the patient", "Mrs. Alvarez"."""
-    lowered = window.lower()
+def _clinical_spots(text: str) -> list[int]:
+    """Positions of patient-record cues: "Patient: Jane Roe", "patient ID", "the patient",
+    "Mrs. Alvarez", "DOB"/"MRN" fields. A medical term within 400 characters after or 200
+    before one is about that patient."""
+    spots: list[int] = []
+    lowered = text.lower()
     i = lowered.find("patient")
     while i != -1:
-        if _PATIENT_AFTER.match(window, i + 7) or lowered[max(0, i - 6) : i].endswith(
+        if _PATIENT_AFTER.match(text, i + 7) or lowered[max(0, i - 6) : i].endswith(
             ("the ", "this ", "our ", "my ")
         ):
-            return True
+            spots.append(i)
         i = lowered.find("patient", i + 7)
-    if _TITLE_NAME.search(window):
-        return True
-    return ("dob" in lowered or "mrn" in lowered or "date of birth" in lowered) and (
-        _RECORD_FIELD.search(window) is not None
-    )
+    spots.extend(m.start() for m in _TITLE_NAME.finditer(text))
+    if "dob" in lowered or "mrn" in lowered or "date of birth" in lowered:
+        spots.extend(m.start() for m in _RECORD_FIELD.finditer(text))
+    spots.sort()
+    return spots
 
 
 _HEALTH_TERM_SET: Final = frozenset(_HEALTH_TERMS)
@@ -864,11 +1044,11 @@ _HEALTH_TERM_SET: Final = frozenset(_HEALTH_TERMS)
 # --------------------------------------------------------------------------------------
 # The rules: each is an RE2 pattern (added to the set and used for spans) and a handler.
 
-_TOKEN_RULE = (
+_PREFIXED_RULE = (
     r"\b(?:"
     r"(?P<aws>(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA|ASCA)[A-Z0-9]{16})"
     r"|(?P<gcp>AIza[0-9A-Za-z_\-]{35})"
-    r"|(?P<github>gh[pousr]_[A-Za-z0-9]{30,255}|github_pat_[A-Za-z0-9_]{22,255})"
+    r"|(?P<github>gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,})"
     r"|(?P<gitlab>gl(?:pat|dt|rt|ptt|soat)-[A-Za-z0-9_\-]{20,})"
     r"|(?P<slack>xox[abposr]-[A-Za-z0-9\-]{10,}|xapp-[0-9]-[A-Za-z0-9\-]{10,})"
     r"|(?P<stripe>(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9]{24,})"
@@ -883,21 +1063,21 @@ _TOKEN_RULE = (
     r"|(?P<sas>[?&]sig=[A-Za-z0-9%+/]{20,}={0,2})"
 )
 
-_PEM_RULE = r"-----BEGIN[A-Z0-9 ]{0,30}PRIVATE KEY(?: BLOCK)?-----|PuTTY-User-Key-File-[0-9]+:"
+_PEM_RULE = r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|PuTTY-User-Key-File-[0-9]+:"
 
 _KEYNAME = (
     r"(?:password|passwd|passphrase|pwd|secret|token|api[_\-]?key|apikey|access[_\-]?key|"
     r"private[_\-]?key|client[_\-]?secret|auth|credentials?|accountkey|sharedaccesskey)"
 )
 _ASSIGN_RULE = (
-    r"(?i)(?P<key>[a-z0-9_.\-]{0,40}" + _KEYNAME + r"[a-z0-9_.\-]{0,40})[\"']?\s{0,3}"
+    r"(?i)(?P<key>[a-z0-9_.\-]*" + _KEYNAME + r"[a-z0-9_.\-]*)[\"']?\s{0,3}"
     r"(?::=|=>|=|:)\s{0,3}(?:[\"'`]|b[\"']|r[\"'])?(?P<scheme>(?:bearer|basic|token)\s+)?"
-    r"(?P<val>[^\s\"'`,;<>(){}\[\]]{4,512})"
+    r"(?P<val>[^\s\"'`,;<>(){}\[\]]{4,})"
     r"|(?P<says>\b(?:password|passcode|passphrase|pin|api\s+key|token|secret|secret\s+key)"
-    r"(?:\s+(?:for|of|on)\s+[^\s]{1,64})?\s+(?:is|was)\s*:?\s+[\"'`]?(?P<sval>[^\s\"'`,;]{4,200}))"
+    r"(?:\s+(?:for|of|on)\s+\S+)?\s+(?:is|was)\s*:?\s+[\"'`]?(?P<sval>[^\s\"'`,;]{4,}))"
     r"|(?P<bearer>\bbearer\s+(?P<bval>[A-Za-z0-9\-._~+/]{16,}=*))"
-    r"|(?P<cli>(?:\bmysql(?:dump|admin)?\b[^\n]{0,200}?\s-p|\bsshpass\s+-p\s*|--password[= ]|"
-    r"--passwd[= ])(?P<cval>[^\s\"'`-][^\s\"'`]{3,127}))"
+    r"|(?P<cli>(?:\bmysql(?:dump|admin)?\b[^\n]*?\s-p|\bsshpass\s+-p\s*|--password[= ]|"
+    r"--passwd[= ]|\blogin\b[^\n]*?\s-p\s+)[\"']?(?P<cval>[^\s\"'`-][^\s\"'`]{3,}))"
 )
 
 _AWS_SECRET: Final = re.compile(r"[A-Za-z0-9/+]{40}")
@@ -907,16 +1087,14 @@ _CONNECTION_KEYS: Final = re.compile(
 )
 
 _URLCRED_RULE = (
-    r"(?i)\b[a-z][a-z0-9+.\-]{1,30}://(?P<user>[^\s:/@\"'<>]{1,128}):"
-    r"(?P<pw>[^\s@/\"'<>]{1,256})@[^\s/\"'<>?#]{1,255}"
-    r"|(?i)\b(?:https?|git|ssh|ftp)://(?P<tok>[A-Za-z0-9_\-]{20,256})@[^\s/\"'<>?#]{1,255}"
+    r"(?i)\b[a-z][a-z0-9+.\-]+://(?P<user>[^\s:/@\"'<>]+):"
+    r"(?P<pw>[^\s@/\"'<>]+)@[^\s/\"'<>?#]+"
+    r"|(?i)\b(?:https?|git|ssh|ftp)://(?P<tok>[A-Za-z0-9_\-]{20,})@[^\s/\"'<>?#]+"
 )
 
-_EMAIL_RULE = (
-    r"[\pL\pN._%+\-]{1,64}@[\pL\pN](?:[\pL\pN\-]{0,61}[\pL\pN])?"
-    r"(?:\.[\pL\pN](?:[\pL\pN\-]{0,61}[\pL\pN])?){0,8}\.[A-Za-z]{2,24}\b"
-)
+_EMAIL_RULE = r"[\pL\pN._%+\-]+@[\pL\pN][\pL\pN\-]*(?:\.[\pL\pN][\pL\pN\-]*)*\.[A-Za-z]{2,}\b"
 
+_LOGIN_WORDS: Final = re.compile(r"ssh|scp|sftp|rsync|mosh|telnet")
 _LOGIN_BEFORE: Final = re.compile(
     r"\b(?:ssh|scp|sftp|rsync|mosh|telnet)\b(?:\s+-{1,2}[\w=-]+(?:\s+\S+)?)*\s+\Z"
 )
@@ -938,10 +1116,12 @@ _PHONE_RULE = (
     r"(?:[ .\-]?[0-9]{2,5}){1,4}\b)"
     r"|(?P<nanp>(?:\([2-9][0-9]{2}\) ?|\b[2-9][0-9]{2}[\-.])[2-9][0-9]{2}[\-.][0-9]{4}\b)"
     r"|(?P<fr>\b0[1-9](?:[ .][0-9]{2}){4}\b)"
-    r"|(?i:\b(?:phone|tel|telephone|mobile|mob|cell|cellphone|fax|call|ring|text|sms|"
+    r"|(?P<trunk>\(0[1-9][0-9]{0,3}\) ?[0-9]{3,4}[ .\-]?[0-9]{3,4}\b)"
+    r"|(?i:\b(?:phone|office|landline|hotline|helpline|tel|telephone|mobile|mob|cell|cellphone|fax|call|ring|text|sms|"
     r"whatsapp|signal|contact|reach|handy|telefon|telefono|tel[eé]fono|t[eé]l|t[eé]l[eé]phone|"
     r"portable|m[oó]vil|cellulare|r[üu]ckruf|anrufen|erreichbar|telefonnummer|handynummer|"
-    r"mobilnummer|appeler|rappeler|joindre|llamar|chiamare)\b)[^0-9+\n]{0,30}(?P<ctx>\+?\(?[0-9][0-9 ().\-]{5,18}[0-9])"
+    r"mobilnummer|appeler|rappeler|joindre|llamar|chiamare)\b)"
+    r"[^0-9+\n]*?(?P<ctx>\+?\(?[0-9][0-9 ().\-]{5,18}[0-9])"
 )
 
 _IDKW_RULE = (
@@ -954,6 +1134,10 @@ _IDKW_RULE = (
     r"[^A-Za-z0-9\n]{0,4}(?:(?i:number|num|no|nr|n°|#|id)\.?[^A-Za-z0-9\n]{0,4})?"
     r"(?:(?i:is|was|reads)\s*:?\s*)?(?P<id>[A-Z0-9](?:[A-Z0-9]|[ \-][A-Z0-9]){4,16})\b"
 )
+
+
+_NINO: Final = re.compile(r"[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z][0-9]{6}[A-D]")
+
 
 def _ssn_digits(compact: str) -> bool:
     return len(compact) == 9 and compact.isdigit() and _us_ssn.is_valid(compact)
@@ -975,8 +1159,6 @@ _KEYWORD_VALIDATORS: Final[dict[str, Callable[[str], bool]]] = {
 }
 """Keyword-named IDs that have a checksum or a fixed format: the value must pass it."""
 
-_NINO: Final = re.compile(r"[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z][0-9]{6}[A-D]")
-
 
 _STREET_SUFFIX_EN = (
     r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Place|Pl|"
@@ -996,6 +1178,11 @@ _ADDRESS_RULE = (
     r"|(?P<es>\b(?:Calle|C/|Avenida|Avda\.|Plaza|Paseo|Via|Viale|Piazza|Corso) "
     r"(?:(?:de la|del|de|della|dei|di) )?[A-Z][\w'\-]+(?: [A-Z][\w'\-]+){0,2},? "
     r"(?:n\.? ?|nº ?|no\.? ?)?[0-9]{1,4}\b)"
+)
+
+_KEEP_BEFORE: Final = re.compile(
+    r"\b(?:keep|kept|keeping|remain|remains|stay|stays|treat|treated|be)\b"
+    r"(?:\s+[\w'-]+){0,4}\s*\Z"
 )
 
 _VERSION_BEFORE: Final = re.compile(
@@ -1039,16 +1226,17 @@ class SensitivityDetector:
     def __init__(self, config: SensitivityConfig | None = None) -> None:
         self.config = config or SensitivityConfig()
         cfg = self.config
+        # restricted rules first, cheapest first (stop_at_restricted skips the rest)
         rules: list[tuple[str, str, _Handler]] = [
-            ("token", _TOKEN_RULE, self._on_token),
+            ("prefixed", _PREFIXED_RULE, self._on_prefixed),
             ("pem", _PEM_RULE, self._on_pem),
-            ("assign", _ASSIGN_RULE, self._on_assign),
-            ("urlcred", _URLCRED_RULE, self._on_urlcred),
+            ("urlcred", _URLCRED_RULE, self._on_urlcred),  # before email: "user:pw@host"
             ("email", _EMAIL_RULE, self._on_email),
-            ("number", _NUMBER_RULE, self._on_number),
-            ("phone", _PHONE_RULE, self._on_phone),
             ("idkw", _IDKW_RULE, self._on_idkw),
             ("address", _ADDRESS_RULE, self._on_address),
+            ("number", _NUMBER_RULE, self._on_number),
+            ("assign", _ASSIGN_RULE, self._on_assign),
+            ("phone", _PHONE_RULE, self._on_phone),
             ("health", self._health_pattern(), self._on_health),
         ]
         if cfg.internal_keywords:
@@ -1060,9 +1248,9 @@ class SensitivityDetector:
             rules.append(("privip", _PRIVATE_IP_RULE, self._on_private_ip))
 
         self._rules: list[tuple[Any, tuple[tuple[str, int], ...], _Handler]] = []
-        self._set = re2.Set.SearchSet(_OPTIONS)
+        self._set = re2.Set.SearchSet(_SET_OPTIONS)
         for _name, pattern, handler in rules:
-            regex = re2.compile(pattern, _OPTIONS)
+            regex = re2.compile(pattern, _RULE_OPTIONS)
             names = tuple(sorted(regex.groupindex.items(), key=lambda item: item[1]))
             self._rules.append((regex, names, handler))
             self._set.Add(pattern)
@@ -1078,6 +1266,7 @@ class SensitivityDetector:
         for cat in cfg.extra_restricted_patterns:
             self._levels[cat] = Level.RESTRICTED
         self._disabled = frozenset(cfg.disabled_categories)
+        self._stop = cfg.stop_at_restricted
 
     # -- public API ------------------------------------------------------------------
 
@@ -1116,13 +1305,21 @@ class SensitivityDetector:
             if i == self._sentinel:
                 continue
             regex, names, handler = self._rules[i]
-            for m in regex.finditer(sc.data):
-                handler(sc, _Hit(sc, m, names))
+            for spans in _match_spans(regex, sc.data):
+                handler(sc, _Hit(sc, spans, names))
+            if self._stop and self._restricted_found(sc.findings):
+                return self._postprocess(sc.findings)
         for category, pattern in self._extra:
             for m in pattern.finditer(text):
                 if m.end() > m.start():
                     sc.add(category, m.start(), m.end())
         return self._postprocess(sc.findings)
+
+    def _restricted_found(self, findings: list[Finding]) -> bool:
+        return any(
+            self._levels.get(f.category) is Level.RESTRICTED and f.category not in self._disabled
+            for f in findings
+        )
 
     def _postprocess(self, findings: list[Finding]) -> list[Finding]:
         if self._disabled:
@@ -1158,7 +1355,7 @@ class SensitivityDetector:
 
     def _host_pattern(self) -> str:
         cfg = self.config
-        label = r"[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?"
+        label = r"[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?"
         alts: list[str] = []
         suffixes = [s.strip(".").lower() for s in cfg.internal_host_suffixes if s.strip(".")]
         if suffixes:
@@ -1172,7 +1369,7 @@ class SensitivityDetector:
 
     # -- handlers -----------------------------------------------------------------------
 
-    def _on_token(self, sc: _Scan, m: _Hit) -> None:
+    def _on_prefixed(self, sc: _Scan, m: _Hit) -> None:
         kind: str | None = m.kind
         s, e = m.span(kind)
         value = sc.text[s:e]
@@ -1229,13 +1426,14 @@ class SensitivityDetector:
                     sc.add("connection_string", ks, ve)
                 return
             if any(w in key for w in ("password", "passwd", "pwd", "passphrase")):
-                self._on_password_value(sc, key, value, ks, ve)
+                self._on_password_value(sc, value, ks, ve)
                 return
             if key.startswith("x-") or key.endswith(("_url", "_uri", "_file", "_path", "_name")):
                 return
-            if "aws" in key and (_AWS_SECRET.fullmatch(value) or _AWS_ID.fullmatch(value)):
-                if _AWS_SECRET.fullmatch(value):  # ids are found by the token rule
-                    sc.add("aws_access_key", ks, ve)
+            if "aws" in key and _AWS_ID.fullmatch(value):
+                return  # access key ids are reported by the prefixed-credential rule
+            if "aws" in key and _AWS_SECRET.fullmatch(value):
+                sc.add("aws_access_key", ks, ve)
                 return
             if _high_entropy(value):
                 sc.add("aws_access_key" if "aws" in key else "api_token", ks, ve)
@@ -1254,7 +1452,7 @@ class SensitivityDetector:
             elif _high_entropy(value):
                 sc.add("api_token", s, vs + len(value))
         elif m.has("bearer"):
-            s, e = m.span("bearer")
+            s, _e = m.span("bearer")
             vs, ve = m.span("bval")
             self._on_auth_scheme(sc, "bearer", s, vs, ve)
         elif m.has("cli"):
@@ -1271,13 +1469,13 @@ class SensitivityDetector:
                 decoded = base64.b64decode(value, validate=True).decode("utf-8")
             except (binascii.Error, ValueError):
                 return
-            user, sep, password = decoded.partition(":")
+            _user, sep, password = decoded.partition(":")
             if sep and password and not _is_placeholder(password):
                 sc.add("api_token", start, ve)
         elif _high_entropy(value) or _jwt_ok(value):
             sc.add("api_token", start, ve)
 
-    def _on_password_value(self, sc: _Scan, key: str, value: str, ks: int, ve: int) -> None:
+    def _on_password_value(self, sc: _Scan, value: str, ks: int, ve: int) -> None:
         text = sc.text
         if _IDENT_PATH.match(value) or (value.startswith("/") and "/" in value[1:]):
             return
@@ -1309,7 +1507,8 @@ class SensitivityDetector:
         local = text[s : text.index("@", s)]
         if local in ("git", "noreply") or local.startswith("."):
             return
-        if text[max(0, s - 3) : s] == "://" or _LOGIN_BEFORE.search(text, max(0, s - 40), s):
+        lead = text[max(0, s - 40) : s]
+        if lead.endswith("://") or (_LOGIN_WORDS.search(lead) and _LOGIN_BEFORE.search(lead)):
             return  # user@host of a URL or an ssh/scp/rsync login, not a mailbox
         sc.add("email", s, e)
 
@@ -1362,22 +1561,25 @@ class SensitivityDetector:
             if _phone_plus_ok(value):
                 sc.add("phone", s, e)
         elif kind == "nanp":
-            if (
-                text[s - 1 : s] in (".", "-")
-                or text[e : e + 1] in (".", "-")
-                and text[e + 1 : e + 2].isdigit()
+            if text[s - 1 : s] in (".", "-") or (
+                text[e : e + 1] in (".", "-") and text[e + 1 : e + 2].isdigit()
             ):
                 return
             sc.add("phone", s, e)
         elif kind == "fr":
             if _phone_region_ok(value, "FR"):
                 sc.add("phone", s, e)
+        elif kind == "trunk":  # "(02) 9374 4000", "(030) 901820": a trunk code in brackets
+            if 8 <= len(_digits(value)) <= 12:
+                sc.add("phone", s, e)
         elif kind == "ctx":
+            if s - m.span()[0] > 48:
+                return  # the phone word is too far from the number
             digits = _digits(value)
             if not 7 <= len(digits) <= 15 or _DATE_LIKE.search(value):
                 return
-            if re.search(r"[0-9]{1,2}:[0-9]{2}", value) or value.count(".") >= 3:
-                return
+            if value.count(".") >= 3:
+                return  # a dotted version or address, not a phone number
             if value.startswith("+") and not _phone_plus_ok(value):
                 return
             sc.add("phone", s, e)
@@ -1416,7 +1618,7 @@ class SensitivityDetector:
 
     def _on_health(self, sc: _Scan, m: _Hit) -> None:
         s, e = m.span()
-        if _health_about_person(sc.text, s, e):
+        if _health_about_person(sc.text, s, e) or sc.near_clinical_record(s, e):
             sc.add("health", s, e)
 
     def _on_marker(self, sc: _Scan, m: _Hit) -> None:
@@ -1426,12 +1628,8 @@ class SensitivityDetector:
             return  # the word is mentioned ("the word 'confidential'"), not used as a marker
         if text[s:e].lower() == "confidential":
             before = text[max(0, s - 60) : s].lower()
-            if re.search(
-                r"\b(?:keep|kept|keeping|remain|remains|stay|stays|treat|treated|"
-                r"be)\b(?:\s+[\w'-]+){0,4}\s*\Z",
-                before,
-            ):
-                return
+            if _KEEP_BEFORE.search(before):
+                return  # "keep customer data confidential": about secrecy, not a marker
         sc.add("internal_marker", s, e)
 
     def _on_host(self, sc: _Scan, m: _Hit) -> None:
@@ -1441,7 +1639,7 @@ class SensitivityDetector:
         if nxt in ("(", "_", "[", "=") or (nxt == "." and text[e + 1 : e + 2].isalpha()):
             return
         first_label = text[s:e].split(".", 1)[0].lower()
-        if first_label in _CODE_LABELS and not text[s - 3 : s] == "://":
+        if first_label in _CODE_LABELS and text[max(0, s - 3) : s] != "://":
             return
         if text[max(0, s - 1) : s] in (".", "_"):
             return

@@ -5,10 +5,11 @@ import math
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:  # numpy is imported when a model is loaded, not with the agent
+    import numpy as np
+    import numpy.typing as npt
 
 from edge_agent.runtimes.base import (
     ChatMessage,
@@ -36,8 +37,10 @@ class _StepLogprobs:
         self.values: list[float] = []
 
     def __call__(
-        self, input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]
-    ) -> npt.NDArray[np.single]:
+        self, input_ids: "npt.NDArray[np.intc]", scores: "npt.NDArray[np.single]"
+    ) -> "npt.NDArray[np.single]":
+        import numpy as np
+
         top = float(scores.max())
         total = float(np.exp(scores - top, dtype=np.float64).sum())
         self.values.append(-math.log(total))  # log softmax of the top logit
