@@ -152,6 +152,8 @@ class Agent:
                 ),
                 internal_domains=tuple(routing.sensitivity.internal_domains),
                 extra_restricted_patterns=dict(routing.sensitivity.extra_restricted_patterns),
+                # Routing needs the class, not every finding: stop at the first restricted one.
+                stop_at_restricted=True,
             )
         )
         self.router = Router(

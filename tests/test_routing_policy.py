@@ -193,3 +193,14 @@ def test_latency_window_p95_and_retry_after() -> None:
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after("garbage") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+@given(st.lists(st.floats(0, 1e6), min_size=1, max_size=300), st.integers(5, 50))
+def test_latency_window_matches_a_sorted_recount(samples: list[float], size: int) -> None:
+    """The incrementally sorted window always equals sorting the last ``size`` samples."""
+    window = LatencyWindow(size=size, min_samples=1)
+    for value in samples:
+        window.add(value)
+    recent = sorted(samples[-size:])
+    rank = max(1, -(-len(recent) * 95 // 100))
+    assert window.p95() == recent[int(rank) - 1]
