@@ -1,5 +1,6 @@
 """Shared fixtures: a real Mosquitto per test, the demo model, and polling helpers."""
 
+import getpass
 import os
 import shutil
 import socket
@@ -90,7 +91,9 @@ class MosquittoProcess:
             "max_queued_messages 100000",
         ]
         if persistence:
-            lines.append(f"persistence_location {workdir}/")
+            # Started as root, Mosquitto switches to user 'mosquitto', who cannot write
+            # pytest's folders: stay the current user so the persistence file is saved.
+            lines += [f"persistence_location {workdir}/", f"user {getpass.getuser()}"]
         self.conf.write_text("\n".join(lines) + "\n" + extra)
         self.process: subprocess.Popen[bytes] | None = None
 
