@@ -60,12 +60,14 @@ def make_device(
 ) -> Iterator[Any]:
     made: list[Agent] = []
 
-    def make(*, local_up: bool = True, **routing: Any) -> Device:
+    def make(
+        *, local_up: bool = True, mqtt: dict[str, Any] | None = None, **routing: Any
+    ) -> Device:
         config = AgentConfig.model_validate(
             {
                 "device_id": "dev-route",
                 "state_dir": str(tmp_path / f"state-{len(made)}"),
-                "mqtt": None,
+                "mqtt": mqtt,
                 "models": [{"name": "smollm2", "path": str(model_path), "n_ctx": 1024}],
                 "tiers": {
                     "private": {
@@ -359,3 +361,27 @@ def test_restricted_data_never_leaves_under_any_path(
         leaked = [c for c, s in RESTRICTED_SAMPLES.items() if s in provider.raw_bodies()]
         assert not leaked, f"{provider.name} received {leaked}"
         assert provider.count() == 0
+
+
+def test_offline_device_keeps_serving_locally_and_buffers_telemetry(
+    make_device: Any, providers: dict[str, FakeProvider]
+) -> None:
+    """With the broker unreachable and the cloud down, a planning request (rule: cloud) is
+    answered locally, marked degraded, and its telemetry waits in the outbox."""
+    from tests.conftest import free_port
+
+    dead = free_port()
+    providers["cloud"].server.shutdown()  # type: ignore[union-attr]
+    providers["cloud"].server.server_close()  # type: ignore[union-attr]
+    device = make_device(
+        mqtt={"url": f"mqtt://127.0.0.1:{dead}", "reconnect_min_s": 0.2, "reconnect_max_s": 1},
+        rules=[{"task_class": "planning", "tier": "cloud"}],
+    )
+    device.agent.start_link()
+    response = device.chat(PUBLIC_PROMPT, headers={"X-Task-Class": "planning"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-edge-route"] == "local"
+    assert response.headers["x-edge-degraded"] == "true"
+    assert response.headers["x-edge-route-reason"] == "fallback:cloud:connect"
+    assert device.agent.link is not None and not device.agent.link.connected
+    assert device.agent.outbox.pending() >= 2, "agent_started and the inference record wait"
