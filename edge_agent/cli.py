@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from edge_agent.config import ConfigError, load_config
+from edge_agent.config import AgentConfig, ConfigError, load_config
 
 app = typer.Typer(
     add_completion=False,
@@ -21,6 +21,15 @@ log = logging.getLogger("edge_agent")
 # paho's network loop uses select(), which cannot watch file descriptors >= 1024; each
 # simulated device holds about six, so one process stays well below that.
 MAX_SIMULATED_PER_PROCESS = 150
+
+
+def _load_or_exit(path: Path) -> AgentConfig:
+    """The validated config, or exit status 2 with what is wrong on stderr."""
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        typer.echo(f"edge-agent: {e}", err=True)
+        raise typer.Exit(2) from e
 
 
 def _configure_logging(level: str) -> None:
@@ -39,11 +48,7 @@ def run(
 ) -> None:
     """Load models, connect to the controller (if configured) and serve the local API."""
     _configure_logging(log_level)
-    try:
-        cfg = load_config(config)
-    except ConfigError as e:
-        typer.echo(f"edge-agent: {e}", err=True)
-        raise typer.Exit(2) from e
+    cfg = _load_or_exit(config)
 
     from edge_agent.agent import Agent
     from edge_agent.openai_api import create_agent_app
@@ -115,11 +120,7 @@ def simulate(
     """Run model-less simulated devices (real outbox, shadow and MQTT link) for load and
     fault tests; progress goes to stdout as JSON lines."""
     _configure_logging(log_level)
-    try:
-        cfg = load_config(config)
-    except ConfigError as e:
-        typer.echo(f"edge-agent: {e}", err=True)
-        raise typer.Exit(2) from e
+    cfg = _load_or_exit(config)
     if cfg.mqtt is None:
         typer.echo("edge-agent: simulate needs an mqtt section in the config", err=True)
         raise typer.Exit(2)
@@ -146,11 +147,7 @@ def simulate(
 @app.command("check-config")
 def check_config(config: Annotated[Path, typer.Argument(help="Agent YAML config file.")]) -> None:
     """Validate a config file and say what is wrong with it, without starting anything."""
-    try:
-        cfg = load_config(config)
-    except ConfigError as e:
-        typer.echo(f"edge-agent: {e}", err=True)
-        raise typer.Exit(2) from e
+    cfg = _load_or_exit(config)
     typer.echo(f"{config}: ok (device {cfg.device_id}, {len(cfg.models)} model(s))")
 
 

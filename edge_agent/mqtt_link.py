@@ -220,6 +220,14 @@ class MqttLink:
                 self._config.host, self._config.port, keepalive=self._config.keepalive_s
             )
 
+    def _backoff(self, attempt: int) -> float:
+        return full_jitter(
+            attempt,
+            base=self._config.reconnect_min_s,
+            cap=self._config.reconnect_max_s,
+            rng=self._rng,
+        )
+
     def _network_loop(self) -> None:
         attempt = 0
         first = True
@@ -228,12 +236,7 @@ class MqttLink:
                 self._connect(first)
                 first = False
             except (OSError, ValueError) as e:
-                delay = full_jitter(
-                    attempt,
-                    base=self._config.reconnect_min_s,
-                    cap=self._config.reconnect_max_s,
-                    rng=self._rng,
-                )
+                delay = self._backoff(attempt)
                 attempt += 1
                 log.info("broker unreachable (%s); retry %d in %.1fs", e, attempt, delay)
                 self._stopping.wait(delay)
@@ -251,12 +254,7 @@ class MqttLink:
                     pass
                 return
             self.stats.reconnects += 1
-            delay = full_jitter(
-                attempt,
-                base=self._config.reconnect_min_s,
-                cap=self._config.reconnect_max_s,
-                rng=self._rng,
-            )
+            delay = self._backoff(attempt)
             attempt += 1
             self._stopping.wait(delay)
 
