@@ -46,7 +46,8 @@ BREAKDOWN_STEPS = [
     ("edge_agent.cli (+ config, shared)", "import edge_agent.cli"),
     ("paho.mqtt", "import paho.mqtt.client"),
     ("sqlite3", "import sqlite3"),
-    ("numpy", "import numpy"),
+    # numpy and onnxruntime are no longer imported: numpy loads with an ONNX model only, and
+    # execution_providers() asks onnxruntime in a child process.
     ("httpx", "import httpx"),
     ("jsonschema", "import jsonschema"),
     ("edge_agent.routing.sensitivity (re2, ...)", "import edge_agent.routing.sensitivity"),
@@ -54,7 +55,7 @@ BREAKDOWN_STEPS = [
     ("edge_agent.agent", "import edge_agent.agent"),
     ("fastapi", "import fastapi"),
     ("edge_agent.openai_api", "import edge_agent.openai_api"),
-    ("execution_providers() (onnxruntime)", "edge_agent.agent.execution_providers()"),
+    ("execution_providers() (child process)", "edge_agent.agent.execution_providers()"),
     ("available_runtimes()", "edge_agent.agent.available_runtimes()"),
 ]
 
@@ -162,8 +163,9 @@ def measure_agent(port: int, heartbeats: int, samples: int, state: Path) -> Memo
         sub.loop_stop()
 
 
-def breakdown() -> list[tuple[str, float]]:
-    """RSS (MiB) after each import step, in one fresh interpreter."""
+def breakdown() -> tuple[list[tuple[str, float]], str]:
+    """RSS (MiB) after each import step, in one fresh interpreter, and which of numpy,
+    onnxruntime and llama_cpp that interpreter had loaded at the end."""
     lines = [
         "import resource, sys",
         "def rss():",
@@ -183,15 +185,21 @@ def breakdown() -> list[tuple[str, float]]:
         "print('Agent() constructed', rss(), flush=True)",
         "app = edge_agent.openai_api.create_agent_app(a)",
         "print('create_agent_app()', rss(), flush=True)",
+        "heavy = [m for m in ('numpy', 'onnxruntime', 'llama_cpp') if m in sys.modules]",
+        "print('heavy modules loaded', ','.join(heavy) or 'none', flush=True)",
     ]
     out = subprocess.run(
         [sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True, check=True
     ).stdout
     steps = []
+    heavy = "none"
     for line in out.splitlines():
         label, value = line.rsplit(" ", 1)
-        steps.append((label, float(value)))
-    return steps
+        if label == "heavy modules loaded":
+            heavy = value
+        else:
+            steps.append((label, float(value)))
+    return steps, heavy
 
 
 def main() -> None:
@@ -247,7 +255,7 @@ def main() -> None:
         "goal_met": met,
     }
     if args.breakdown:
-        steps = breakdown()
+        steps, heavy = breakdown()
         print("\nRSS after each step, one fresh interpreter, in the agent's order:")
         rows = []
         previous = 0.0
@@ -255,7 +263,9 @@ def main() -> None:
             rows.append([label, f"{value:.1f}", f"{value - previous:+.1f}"])
             previous = value
         print_table(["step", "RSS MiB", "delta"], rows)
+        print(f"numpy / onnxruntime / llama_cpp loaded at the end: {heavy}")
         result["breakdown_mib"] = {label: round(value, 1) for label, value in steps}
+        result["breakdown_heavy_modules"] = heavy
     print(json.dumps(result))
 
 

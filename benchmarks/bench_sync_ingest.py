@@ -9,7 +9,7 @@ Two workloads, each measured against its own ceiling in the same run:
 
 Ceiling: a bare paho subscriber (MQTT 5, QoS 1, the ingest's own topic filters, TCP_NODELAY)
 that only counts what arrives. Measured: the controller's ``Services`` with an external
-broker (decode and validate, one multi-row insert per ingest batch, an ack per telemetry
+broker (decode and validate, one executemany INSERT per ingest batch, an ack per telemetry
 message, PUBACK after commit) until every record is committed; each run asserts that the
 database holds exactly the records sent (none missing, none twice) and nothing was
 rejected. Publisher: plain paho in a separate process (its own GIL) sending payloads it

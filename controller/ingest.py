@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 from controller.liveness import Decision, Liveness, is_overdue, on_birth, on_death, on_heartbeat
 from controller.models import Device, DeviceStatusEvent, RejectedMessage
 from controller.shadows import apply_reported
-from controller.telemetry_store import insert_records, record_rows
+from controller.telemetry_store import PendingRecords
 from shared.errors import ProtocolError
 from shared.messages import (
     Ack,
@@ -169,6 +169,16 @@ def apply_message(
     return "accepted"
 
 
+def _add_records(records: PendingRecords, message: TelemetryBatch, received_at: datetime) -> None:
+    """Queue a batch's records for the insert. A record time that is valid but cannot be
+    stored (its UTC value is outside years 1-9999) is refused here as ``schema``: left to
+    the insert, it would fail the transaction, and the writer would retry it forever."""
+    try:
+        records.add(message.device_id, message.records, received_at)
+    except OverflowError as e:
+        raise ProtocolError("schema", f"records: a time out of the storable range ({e})") from e
+
+
 @dataclass
 class BatchResult:
     """What one ingest batch did, and the acks to send once it is committed."""
@@ -189,7 +199,7 @@ def apply_batch(
     result = BatchResult()
     outcome = result.outcome
     status: list[tuple[Birth | Death | Heartbeat, datetime]] = []
-    rows: list[dict[str, object]] = []
+    records = PendingRecords(session)
     for item in batch:
         try:
             _, message = decode_message(item.topic, item.payload)
@@ -201,6 +211,8 @@ def apply_batch(
                 raise ProtocolError(
                     "wrong_direction", f"{message.type!r} goes to devices, not from them"
                 )
+            if isinstance(message, TelemetryBatch):
+                _add_records(records, message, item.received_at)
         except ProtocolError as e:
             outcome[f"rejected:{e.reason}"] += 1
             log.warning("rejected message on %.128r: %s", item.topic, e)
@@ -215,7 +227,6 @@ def apply_batch(
             )
             continue
         if isinstance(message, TelemetryBatch):
-            rows.extend(record_rows(message.device_id, message.records, item.received_at))
             first, last = message.records[0], message.records[-1]
             result.acks.append(
                 Ack(
@@ -231,11 +242,11 @@ def apply_batch(
             outcome["reported" if fresh else "stale"] += 1
         else:
             status.append((message, item.received_at))
-    if rows:
-        inserted = insert_records(session, rows)
+    if records:
+        inserted = records.insert()
         outcome["records_inserted"] += inserted
-        if len(rows) > inserted:
-            outcome["records_duplicate"] += len(rows) - inserted
+        if len(records) > inserted:
+            outcome["records_duplicate"] += len(records) - inserted
     # One SELECT for every device in the batch; rows are then updated in memory and
     # flushed once at commit (a get() per message cost a query and an autoflush each).
     ids = {message.device_id for message, _ in status}

@@ -208,15 +208,9 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def decode_message(topic: str, payload: bytes) -> tuple[DeviceTopic, AnyMessage]:
-    """Validate and decode one received message; raises ``ProtocolError`` on any defect."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise ProtocolError(
-            "oversized", f"payload is {len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}"
-        )
-    parsed_topic = DeviceTopic.parse(topic)
-    if not payload:
-        raise ProtocolError("empty_payload", f"empty payload on {topic!r}")
+def _validate_strictly(payload: bytes) -> AnyMessage:
+    """Parse with ``json`` and validate the objects, checking one thing after another so a
+    refusal names the first defect: ``bad_json``, ``schema`` or ``unsupported_version``."""
     try:
         raw = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as e:
@@ -228,9 +222,44 @@ def decode_message(topic: str, payload: bytes) -> tuple[DeviceTopic, AnyMessage]
             "unsupported_version", f"protocol version {raw.get('v')!r}, expected {PROTOCOL_VERSION}"
         )
     try:
-        message = _ADAPTER.validate_python(raw)
+        return _ADAPTER.validate_python(raw)
     except ValidationError as e:
         raise ProtocolError("schema", _summarize(e)) from e
+
+
+def _validate(payload: bytes) -> AnyMessage:
+    """Validate ``payload``: straight from the bytes when it is valid, strictly otherwise.
+
+    pydantic's JSON validation (no intermediate Python objects) is ~1.4x faster than
+    ``json.loads`` plus ``validate_python``, and for every payload both accept it gives an
+    equal message. It accepts two things the strict path refuses: ``NaN`` and
+    ``±Infinity`` (not JSON; payloads holding those bytes anywhere go the strict way) and a
+    missing ``v`` (the model has a default; such messages are decoded again, strictly).
+    Whatever it refuses is decoded again strictly too, so every refusal keeps its reason
+    and detail, and a payload only the strict parser takes (a lone surrogate escape,
+    nesting deeper than pydantic's limit) is still accepted.
+    """
+    if b"NaN" not in payload and b"Infinity" not in payload:
+        try:
+            message = _ADAPTER.validate_json(payload)
+        except ValidationError:
+            pass
+        else:
+            if "v" in message.model_fields_set:
+                return message
+    return _validate_strictly(payload)
+
+
+def decode_message(topic: str, payload: bytes) -> tuple[DeviceTopic, AnyMessage]:
+    """Validate and decode one received message; raises ``ProtocolError`` on any defect."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(
+            "oversized", f"payload is {len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}"
+        )
+    parsed_topic = DeviceTopic.parse(topic)
+    if not payload:
+        raise ProtocolError("empty_payload", f"empty payload on {topic!r}")
+    message = _validate(payload)
     if _KIND_BY_TYPE[message.type] is not parsed_topic.kind:
         raise ProtocolError(
             "wrong_type_for_topic",

@@ -126,9 +126,19 @@ BAD_INPUTS = {
         json.dumps(heartbeat_doc(ts="2026-11-25T06:00:00")).encode(),
     ),
     "wrong_type_for_topic": ("ef/v1/dev-1/status", json.dumps(heartbeat_doc()).encode()),
+    "missing_version": (
+        "ef/v1/dev-1/heartbeat",
+        json.dumps({k: v for k, v in heartbeat_doc().items() if k != "v"}).encode(),
+    ),
+    "nan_number": (
+        "ef/v1/dev-1/heartbeat",
+        json.dumps(heartbeat_doc()).replace('"cpu_percent": 3.0', '"cpu_percent": NaN').encode(),
+    ),
     "spoofed_device_id": ("ef/v1/dev-2/heartbeat", json.dumps(heartbeat_doc()).encode()),
 }
 EXPECTED_REASON = {
+    "missing_version": "unsupported_version",
+    "nan_number": "bad_json",
     "not_utf8": "bad_json",
     "not_object": "schema",
     "schema_missing_field": "schema",

@@ -230,6 +230,109 @@ def test_health_needs_a_person(detector: SensitivityDetector, text: str, expecte
     assert level(detector, text) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a person in another sentence does not count, wherever the sentence ends
+        ("Give me a checklist for the forklift. How does metformin work?", "public"),
+        ("Our SLA is 99.9%!\nWhat is diabetes?", "public"),
+        ("How does metformin work? Ask me later.", "public"),
+        ("List the steps.\n\nMy notes: insulin storage at 4 C.", "restricted"),
+        # an abbreviation's full stop does not end the sentence
+        ("Dr. Jones says my e.g. diabetes is fine", "restricted"),
+        ("Mrs. Alvarez has diabetes", "restricted"),
+        ("I was told by Dr. Smith to take insulin", "restricted"),
+        # terms next to the person, either side, with punctuation in between
+        ("prescribed: me, 20 mg", "restricted"),
+        ("(my) ADHD", "restricted"),
+        ("ADHD: is it common?", "public"),
+        ("Is ADHD common? I wonder.", "public"),
+        # any whitespace that str.split() knows separates words
+        ("John\x1chas diabetes", "restricted"),
+        ("Zoë\u00a0has diabetes", "restricted"),
+        ("Anna\u2003—\u2003has\u3000diabetes", "restricted"),
+        ("she\x85is pregnant", "restricted"),
+        # a word cut by the rule's 160-character window is not read ("enemy" as "my")
+        ("the enemy " + "x" * 156 + " diabetes", "public"),
+        ("my " + "x" * 150 + " diabetes", "restricted"),  # "my" itself is in the window
+    ],
+)
+def test_health_person_in_the_same_sentence(
+    detector: SensitivityDetector, text: str, expected: str
+) -> None:
+    """Only a person word or name in the term's own sentence ties the term to a person."""
+    assert level(detector, text) == expected
+
+
+def test_phone_word_far_from_a_number_does_not_hide_a_near_one(
+    detector: SensitivityDetector,
+) -> None:
+    """A phone word too far from the next number does not swallow a later, closer one."""
+    text = (
+        "Please contact the front desk about the parking permit for the new building, "
+        "or call 030 1234567."
+    )
+    assert "phone" in detector.classify(text).categories
+    far = "Please contact the front desk about the permit for the new building by 0301234567."
+    assert detector.classify(far).findings == ()
+
+
+_HEALTH_WORDS = (
+    "my his her our i he she me him im ive I'm i've I'd he's she's He My HIS ME "
+    "has had was is got takes took tested started suffers developed HAS Is "
+    "John Mary Alvarez Friday The This Research patient Patient Mr Mrs Dr St "
+    "vs e.g i.e approx No DOB about blog write dataset model for with the a of "
+    "enemy teacher time theme xi run pump line 3.5 2026-11-25 Mr. Dr. e.g. No. "
+    "diabetes Diabetes cancer metformin insulin ADHD AIDS aids HIV hiv-positive"
+)
+_HEALTH_PIECES = [
+    *_HEALTH_WORDS.split(),
+    *["blood sugar", "blood\nsugar", "type 2 diabetes", "birth control", "crohn's"],
+    *[" ", " ", " ", "  ", "\n", "\n\n", "\n \n", "\t", "\x0b", "\x1c", ". ", "! "],
+    *["? ", ".", ", ", " - ", "'", ".\n", " (", ") ", "_", "-", "/", "\x00", "\x01"],
+    *[".Dr. ", "\nDr.\n", "?! ", ".. "],
+]
+_UNICODE_PIECES = ["\u2014", "\u2019", "\u00a0", "\u2003", "\x85", "é", "İ", "É"]
+_HEALTH_TEXTS = st.one_of(  # ASCII text takes the substring path, other text the regex path
+    st.lists(st.sampled_from(_HEALTH_PIECES), max_size=150),
+    st.lists(st.sampled_from(_HEALTH_PIECES + _UNICODE_PIECES), max_size=150),
+)
+
+
+def _expected_health(detector: SensitivityDetector, text: str) -> list[tuple[int, int]]:
+    """The health rule as written: its regex, then the word-level rule or a record cue."""
+    from edge_agent.routing import sensitivity
+
+    regex = detector._rules[detector._health][0]  # the rule's own regex, compiled
+    spots = sensitivity._clinical_spots(text)
+    found = []
+    for m in regex.finditer(text):
+        s, e = m.span()
+        record = any(s - 400 <= p <= e + 200 for p in spots)
+        if sensitivity._health_about_person(text, s, e) or record:
+            found.append((s, e))
+    return found
+
+
+@settings(max_examples=400, deadline=None)
+@given(_HEALTH_TEXTS)
+def test_health_shortcuts_find_what_the_rule_finds(parts: list[str]) -> None:
+    """The set's gates, the substring search and the windowed person search are necessary
+    conditions of the health rule: the findings are those of the rule applied directly."""
+    text = "".join(parts)
+    got = [(f.start, f.end) for f in _DETECTOR.classify(text).findings if f.category == "health"]
+    assert got == _expected_health(_DETECTOR, text)
+
+
+def test_health_shortcuts_on_the_labelled_set(detector: SensitivityDetector) -> None:
+    """On every labelled text the health findings are those of the rule applied directly."""
+    for row in load():
+        got = [
+            (f.start, f.end) for f in detector.classify(row.text).findings if f.category == "health"
+        ]
+        assert got == _expected_health(detector, row.text), row.text
+
+
 # ----------------------------------------------------------------------------- internal
 
 

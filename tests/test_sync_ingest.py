@@ -1,6 +1,6 @@
 """Telemetry batches and shadows through ingest, on SQLite and PostgreSQL."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 from sqlalchemy import func
@@ -165,4 +165,33 @@ def test_reported_from_a_restarted_device_is_accepted_by_version_not_by_time(
     with Session(engine) as session:
         row = session.get(DeviceShadow, "dev-9")
         assert row is not None and (row.reported_version, row.reported) == (5, {"v": 5})
+    engine.dispose()
+
+
+def test_a_record_time_the_database_cannot_hold_is_a_dead_letter(database_url: str) -> None:
+    """A record whose time is valid but outside years 1-9999 in UTC is refused (schema) with
+    its message; the good batch beside it lands and ingest is not stuck retrying."""
+    engine = make_engine(database_url)
+    init_db(engine)
+    odd = TelemetryBatch(
+        device_id="dev-1",
+        records=[
+            Record(
+                epoch=0,
+                seq=0,
+                kind="metric",
+                name="m",
+                at=datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))),
+                body={},
+            )
+        ],
+    )
+    with session_scope(engine) as session:
+        result = apply_batch(session, [received(odd), received(batch("dev-2", 0, range(3)))])
+    assert result.outcome == {"rejected:schema": 1, "batches": 1, "records_inserted": 3}
+    with Session(engine) as session:
+        assert count(session) == 3
+        stored = session.exec(select(TelemetryRecord).where(TelemetryRecord.device_id == "dev-2"))
+        row = next(iter(stored))
+        assert row.at.replace(tzinfo=UTC) == NOW and row.body == {"n": 0}
     engine.dispose()

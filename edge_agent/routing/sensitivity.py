@@ -39,16 +39,18 @@ diabetes"), an object pronoun right after it ("prescribed me"), "for me"/"for my
 clinical record naming a patient ("the patient", "Patient: Jane Roe", "Mr. Smith"). Generic
 questions ("what is diabetes?", "how does metformin work?", "write an article about cancer
 for my blog") stay public; so do terms followed by a topic noun ("my diabetes prediction
-model").
+model"). The sentence is looked at no further than 160 characters before the term and 100
+after it, and a word cut in two by that window is not read.
 
 Design and library choices (numbers from ``python -m benchmarks.eval_sensitivity`` on a
 shared 2-core x86 box; ``docs/benchmarks.md`` has the full table):
 
 * Candidates are found by **one pass of one combined automaton**: every rule's pattern is
   added to an ``RE2::Set`` (``google-re2``), whose DFA scans the UTF-8 bytes once and
-  reports which rules match anywhere, in about 4 ns/byte however many rules there are
-  (15 us for 4 KB of ordinary text, which is then done). Only the rules that fired run
-  again (RE2, for spans), and only their candidates reach the Python validators. CPython's
+  reports which rules match anywhere, in about 3 ns/byte however many rules there are
+  (11 us for 4 KB of ordinary text, which is then done; 20-30 us when other work has
+  pushed the DFA out of the CPU caches). Only the rules that fired run again (RE2, for
+  spans), and only their candidates reach the Python validators. CPython's
   ``re`` was measured first: it pays about 70 ns at every position where some pattern could
   start, so one alternation over the keywords alone took 250 us+ for 4 KB; an Aho-Corasick
   automaton for the keywords took 15-30 us. RE2 patterns avoid large counted repetitions
@@ -56,6 +58,18 @@ shared 2-core x86 box; ``docs/benchmarks.md`` has the full table):
   Python instead. A sentinel ``\\z`` pattern in the set proves the DFA read the whole text;
   if it is missing (DFA out of memory) every rule runs, so the memory budget can cost
   time but never a finding.
+* The health rule is the one that fires on ordinary text (a medical question, a drug name)
+  and then finds nothing, so it is built not to pay for that: its terms are in the set one
+  by one, next to the patient-record cues ("patient", "Mr./Mrs. Name", DOB/MRN) and one
+  pattern for "a medical term and a person (a person word, or a capitalised word and a
+  name verb) with no sentence boundary between them" (:func:`_person_cue_pattern`). When
+  neither of the latter fires, no term can be a finding and the rule does not run at all.
+  Otherwise, in ASCII text, the terms the set saw are found by substring search (no second
+  regex pass over the text), one RE2 search of their joined windows (:func:`_people_near`)
+  drops those without a person in their own sentence, and only the rest go through the
+  word-level rule. Each shortcut is a necessary condition of the rule (it may let a term
+  through that the rule then rejects, never the reverse); non-ASCII text takes the plain
+  RE2 pass.
 * Validators: ``python-stdnum`` (IBAN registry and country formats after a local mod-97
   pre-check, US SSN, French NIR, Spanish DNI/NIE, Italian codice fiscale, German IdNr, NHS
   number); ``phonenumbers`` (the ``phonenumberslite`` distribution, 5 MB instead of 48 MB
@@ -69,7 +83,7 @@ shared 2-core x86 box; ``docs/benchmarks.md`` has the full table):
 * Findings carry only the category and the span, never the matched text, so logging a
   :class:`Verdict` cannot leak what it found.
 * Cost grows with the number of candidates, not with the number of rules: dense text
-  (every sentence a hard negative or a finding) costs 0.25-1 ms per 4 KB, mostly in the
+  (every sentence a hard negative or a finding) costs 0.25-1.2 ms per 4 KB, mostly in the
   Python validators. ``SensitivityConfig.stop_at_restricted`` stops at the first
   restricted finding for callers that only need the level.
 
@@ -262,9 +276,11 @@ class _Scan:
         "_cp_bytes",
         "_cp_chars",
         "ascii",
+        "cues",
         "data",
         "findings",
         "message",
+        "people",
         "text",
     )
 
@@ -276,16 +292,38 @@ class _Scan:
         # prefix of ``data`` gives exactly as many characters as the same prefix of ``text``.
         self.data = text.encode("ascii") if self.ascii else text.encode("utf-8", "replace")
         self.findings: list[Finding] = []
+        # what the set saw (True when it cannot tell): a patient-record cue; a medical term
+        # with a person word or a name in its sentence
+        self.cues = True
+        self.people = True
         self._clinical: list[int] | None = None
         self._cp_bytes = [0]
         self._cp_chars = [0]
 
     def near_clinical_record(self, start: int, end: int) -> bool:
         """A patient-record cue at most 400 characters before or 200 after the span."""
+        if not self.cues:
+            return False
         if self._clinical is None:
             self._clinical = _clinical_spots(self.text)
         i = bisect.bisect_left(self._clinical, start - 400)
         return i < len(self._clinical) and self._clinical[i] <= end + 200
+
+    def may_name_person(self, start: int, end: int) -> bool:
+        """False when :func:`_health_about_person` cannot tie ``text[start:end]`` to a
+        person: a necessary condition of it, at a fraction of its cost.
+
+        The rule needs, in the term's sentence, a person word (my, his, her, our, I, he,
+        she, me, him, I'm, I've ...) or a capitalised word and a name verb ("John has"):
+        :func:`_people_near` in ASCII text; elsewhere any such word in the widest window
+        the rule may look at (160 characters before the term, 100 after).
+        """
+        if self.ascii:
+            return _people_near(self.text, self.data, [(start, end)])[0]
+        lo = max(0, start - 160)
+        hi = min(len(self.text), end + 100)
+        words = self.text[lo:hi].lower().translate(_SEPARATE).split()
+        return not (_PERSON_WORDS.isdisjoint(words) and _NAME_VERBS.isdisjoint(words))
 
     def char(self, offset: int) -> int:
         """Character offset of a byte offset that RE2 reported (a character boundary)."""
@@ -928,25 +966,29 @@ _TITLE_NAME: Final = re.compile(r"M(?:r|rs|s|iss)\.?\s+[A-Z][a-z]+")
 _RECORD_FIELD: Final = re.compile(r"\b(?:DOB|MRN|[Dd]ate of birth)\b")
 
 
-_LAST_BOUNDARY: Final = re.compile(r"(?s:.*)(?:(?P<p>[.!?])\s|\n[ \t]*\n)")
+_BOUNDARY_AT: Final = re.compile(r"[.!?](?=\s)|\n(?=[ \t]*\n)")
 _FIRST_BOUNDARY: Final = re.compile(r"[.!?](?=\s)|\n[ \t]*\n")
 _PUNCT: Final = "\"'`.,;:!?()[]{}<>*_/\\|-\u2013\u2014\u201c\u201d\u2018\u2019\u00ab\u00bb"
 
 
 def _sentence(text: str, start: int, end: int) -> tuple[int, int]:
     """Bounds of the sentence around ``text[start:end]``, at most 160 characters before
-    and 100 after it; a full stop after an abbreviation ("Mr.", "Dr.") does not end it."""
+    and 100 after it; a full stop after an abbreviation ("Mr.", "Dr.") does not end it.
+
+    A sentence ends at ``.``/``!``/``?`` before whitespace or at a blank line; it starts
+    after the last such boundary that lies wholly before the term.
+    """
     lo = max(0, start - 160)
-    s, pos = lo, start
-    while pos > lo:
-        m = _LAST_BOUNDARY.match(text, lo, pos)
-        if m is None:
+    s = lo
+    marks = [m.start() for m in _BOUNDARY_AT.finditer(text, lo, start)]
+    for dot in reversed(marks):
+        c = text[dot]
+        if c == "\n":
+            s = text.index("\n", dot + 1) + 1
             break
-        dot = m.start("p")  # -1 for a blank line
-        if dot >= 0 and text[dot] == "." and text[max(0, dot - 6) : dot].endswith(_ABBREVIATIONS):
-            pos = dot
+        if c == "." and text[max(0, dot - 6) : dot].endswith(_ABBREVIATIONS):
             continue
-        s = m.end()
+        s = dot + 2
         break
     hi = min(len(text), end + 100)
     e, pos = hi, end
@@ -963,6 +1005,9 @@ def _sentence(text: str, start: int, end: int) -> tuple[int, int]:
     return s, e
 
 
+_SEPARATE: Final = str.maketrans(dict.fromkeys(_PUNCT, " "))
+
+
 def _split_words(fragment: str) -> list[str]:
     """Words between whitespace, punctuation stripped, curly apostrophes made straight."""
     words = (w.strip(_PUNCT) for w in fragment.replace("\u2019", "'").split())
@@ -975,6 +1020,13 @@ def _health_about_person(text: str, start: int, end: int) -> bool:
     Clinical records ("Patient: Jane Roe") are checked separately by :func:`_clinical_spots`.
     """
     s, e = _sentence(text, start, end)
+    # a word that the 160/100-character window cuts in two is not read ("enemy" as "my")
+    if s == start - 160 and s > 0 and not text[s - 1].isspace():
+        while s < start and not text[s].isspace():
+            s += 1
+    if e == end + 100 and e < len(text) and not text[e].isspace():
+        while e > end and not text[e - 1].isspace():
+            e -= 1
     before_cased = _split_words(text[s:start])
     before = [w.lower() for w in before_cased]
     after = _split_words(text[end:e].lower())
@@ -1039,6 +1091,193 @@ def _clinical_spots(text: str) -> list[int]:
 
 
 _HEALTH_TERM_SET: Final = frozenset(_HEALTH_TERMS)
+
+_PERSON_WORDS: Final = (
+    _POSSESSIVES
+    | _SUBJECTS
+    | _OBJECTS
+    | frozenset(w.translate(_SEPARATE).split()[0] for w in _SUBJECT_WITH_VERB)
+)
+"""Words one of which :func:`_health_about_person` needs in the term's sentence, unless a
+name does it ("John has"); "i'm", "he's" ... count as "i", "he" ... (their first word once
+punctuation separates words)."""
+
+
+def _person_cue_pattern(terms: str | None = None) -> str:
+    """RE2 pattern that matches wherever :func:`_health_about_person` could see a person
+    in a medical term's sentence.
+
+    Without ``terms``: for the joined windows of :func:`_people_near` (ASCII text, each
+    term replaced by a NUL, windows between ``\x01\x01``). With ``terms`` (the health
+    rule's pattern): for any text, in the RE2::Set (no match: no term has a person).
+
+    A cue is a person word between non-alphanumerics (a superset of the words that
+    :func:`_split_words` strips down to one), or a capitalised word of three or more
+    characters, whitespace and punctuation-only words, then a name verb. Between the cue
+    and the term (either way round) there must be no sentence boundary of
+    :func:`_sentence`: no ``.``/``!``/``?`` before whitespace (``str.isspace``) unless
+    it is an abbreviation's full stop, and no blank line. The approximations (no limit on
+    the distance; more full stops taken for an abbreviation's than the rule takes) all
+    err towards a match: a cue the rule would not see, never one that it would.
+    """
+    if terms is None:
+        ws, sep = r"\t-\r\x1c-\x1f ", r"\x01"
+        upper, before_term, after_term = "[A-Z]", r"\x00", r"\x00"
+    else:  # Python's whitespace, and (for isupper) any non-ASCII character
+        ws, sep = r"\t-\r\x1c-\x1f\x85\pZ", ""
+        upper = r"(?:[A-Z]|[^\x00-\x7f])"
+        before_term = f"(?:{terms})"
+        # an abbreviation that runs into the term ("...St.", "...e.g."): not a boundary
+        after_term = rf"(?:{terms})(?:\.|\.[eg]\.)?"
+    space = f"[{ws}]"
+    solid = f"[^{ws}{sep}]"
+    punct = "[" + "".join("\\" + c if c.isascii() else c for c in _PUNCT) + "]"
+    person = "(?i:" + "|".join(sorted(_PERSON_WORDS)) + ")"
+    verbs = "(?i:" + "|".join(sorted(_NAME_VERBS)) + ")"
+    abbreviation = "(?:" + "|".join(_escape(a) for a in _ABBREVIATIONS) + r")\."
+    # stretches with no boundary (and no window separator) in them
+    inside = (
+        "(?:"
+        + "|".join(
+            [
+                rf"[^.!?\n{sep}]",  # a character that cannot start one
+                # terminal punctuation before a character that is neither whitespace nor
+                # terminal punctuation, or before an abbreviation
+                rf"[.!?]+(?:[^{ws}.!?{sep}]|{abbreviation})",
+                abbreviation,  # an abbreviation and its full stop
+                # a line break, spaces or tabs, and a character other than a line break
+                rf"\n[ \t]*(?:[^\n \t{sep}]|{abbreviation})",
+            ]
+        )
+        + ")*"
+    )
+    edge = r"(?:[^A-Za-z0-9]|\z)"
+    cue = rf"(?:\A|[^A-Za-z0-9]){person}{edge}"
+    cue_after_stop = f"[^A-Za-z0-9{ws}{sep}]{person}{edge}"  # the "(" of ".(me"
+    name = f"{upper}{solid}{{2,}}{space}+(?:{punct}+{space}+)*{punct}*{verbs}{edge}"
+    before = f"(?:{cue}|{name}){inside}" + r"(?:\n[ \t]*|[.!?]+)?" + before_term
+    after = after_term + inside + rf"(?:\n[ \t]*)?(?:[.!?]*{cue_after_stop}|{cue})"
+    return f"{before}|{after}"
+
+
+_PERSON_CUE: Final[Any] = re2.compile(_person_cue_pattern(), _options(1 << 20))
+
+
+def _search(regex: Any, data: bytes, pos: int) -> int:
+    """Where the first match of a compiled RE2 pattern in ``data[pos:]`` starts (-1: none);
+    through google-re2's ``RE2::Match`` where it is there, as in :func:`_match_spans`."""
+    raw = getattr(regex, "_regexp", None)
+    if raw is None or _UNANCHORED is None:
+        m = regex.search(data, pos)
+        return -1 if m is None else int(m.start())
+    return int(raw.Match(_UNANCHORED, data, pos, len(data))[0][0])
+
+
+def _people_near(text: str, data: bytes, spans: Sequence[tuple[int, int]]) -> list[bool]:
+    """For each medical term ``text[s:e]`` (ASCII text, ``data`` its bytes), whether
+    :func:`_health_about_person` may find a person for it: False only where it cannot (a
+    necessary condition of the rule, checked for all terms at once).
+
+    The window the rule may look at for each term (160 characters before it, 100 after)
+    is cut out with the term replaced by a NUL; the windows are joined with ``\x01\x01``
+    between them and RE2 searches the result for :func:`_person_cue_pattern` (once, in the
+    common case of text without a person in it). A term is let through unsearched where
+    the pattern could not see a full stop as an abbreviation's ("Dr.": the abbreviation
+    runs into the term or out of the window), and every term where the text holds a
+    ``\x01``.
+    """
+    n = len(spans)
+    if b"\x01" in data:
+        return [True] * n
+    near = [False] * n
+    parts: list[bytes] = []
+    starts: list[int] = []  # where each window begins in the joined bytes
+    size = 0
+    length = len(data)
+    for k, (s, e) in enumerate(spans):
+        lo = s - 160 if s > 160 else 0
+        hi = e + 100 if e + 100 < length else length
+        if (lo and data.find(b".", lo, lo + 6) != -1 and _abbreviation_in(text, lo)) or (
+            data.find(b".", e, e + 6) != -1 and _abbreviation_in(text, e)
+        ):
+            near[k] = True
+        parts += (b"\x01\x01", data[lo:s], b"\x00", data[e:hi])
+        size += 2
+        starts.append(size)
+        size += s - lo + 1 + hi - e
+    joined = b"".join(parts)
+    pos = 0
+    while True:
+        ms = _search(_PERSON_CUE, joined, pos)
+        if ms == -1:
+            break
+        k = bisect.bisect_right(starts, ms + 1) - 1  # a cue may begin on the \x01 before
+        near[k] = True
+        if k + 1 == n:
+            break
+        pos = starts[k + 1] - 1
+    return near
+
+
+def _abbreviation_in(text: str, at: int) -> bool:
+    """An abbreviation's full stop ("Dr.", "e.g.") in ``text[at:at + 6]``."""
+    dot = text.find(".", at, at + 6)
+    while dot != -1:
+        if text[max(0, dot - 6) : dot].endswith(_ABBREVIATIONS):
+            return True
+        dot = text.find(".", dot + 1, at + 6)
+    return False
+
+
+_CLINICAL_CUES: Final = (
+    r"(?i:patient)",
+    r"M(?:r|rs|s|iss)\.?[\t-\r\x1c-\x1f\x85\pZ]+[A-Z][a-z]",
+    r"\b(?:DOB|MRN|[Dd]ate of birth)\b",
+)
+r"""RE2 patterns in the set that fire whenever :func:`_clinical_spots` can find a cue (its
+"patient" substring, its ``\s`` as Python's Unicode whitespace); when none fires, the
+spots are not looked for."""
+
+_WORD_BYTES: Final = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
+r"""RE2's ``\b`` is ASCII: a word byte next to a non-word byte (or an end)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Term:
+    """A medical term as the health rule looks for it in ASCII text (``_find_health``).
+
+    ``rank`` is its place in the rule's alternation: at one position the regex takes the
+    first alternative that matches, so the lowest rank wins.
+    """
+
+    rank: int
+    cased: bool  # an acronym matched in upper case only ("AIDS", not "aids")
+    needle: bytes  # lower case unless ``cased``
+    words: re.Pattern[bytes] | None  # multi-word terms: the words with [\t\n\f\r ]+ between
+
+
+def _health_alternatives() -> list[tuple[str, bool]]:
+    """The medical terms in the order of the health rule's alternation, with whether each
+    is matched in upper case only: case-insensitive terms first, longest first."""
+    insensitive = [t for t in _HEALTH_TERMS if t not in _CASE_SENSITIVE_TERMS]
+    sensitive = [t.upper() for t in _HEALTH_TERMS if t in _CASE_SENSITIVE_TERMS]
+    return [(t, False) for t in sorted(insensitive, key=len, reverse=True)] + [
+        (t, True) for t in sorted(sensitive, key=len, reverse=True)
+    ]
+
+
+def _term(rank: int, literal: str, cased: bool) -> _Term:
+    words = literal.split()
+    needle = literal.encode() if cased else literal.lower().encode()
+    pattern = None
+    if len(words) > 1:  # RE2's \s is [\t\n\f\r ]
+        pattern = re.compile(rb"[\t\n\f\r ]+".join(re.escape(w) for w in needle.split()))
+    return _Term(rank, cased, needle, pattern)
+
+
+def _term_pattern(literal: str, cased: bool) -> str:
+    """The RE2 pattern of one term (the health rule's alternative, alone)."""
+    return r"\b" + (_escape(literal) if cased else "(?i:" + _escape(literal) + ")") + r"\b"
 
 
 # --------------------------------------------------------------------------------------
@@ -1121,7 +1360,7 @@ _PHONE_RULE = (
     r"whatsapp|signal|contact|reach|handy|telefon|telefono|tel[eé]fono|t[eé]l|t[eé]l[eé]phone|"
     r"portable|m[oó]vil|cellulare|r[üu]ckruf|anrufen|erreichbar|telefonnummer|handynummer|"
     r"mobilnummer|appeler|rappeler|joindre|llamar|chiamare)\b)"
-    r"[^0-9+\n]*?(?P<ctx>\+?\(?[0-9][0-9 ().\-]{5,18}[0-9])"
+    r"[^0-9+\n]{0,48}?(?P<ctx>\+?\(?[0-9][0-9 ().\-]{5,18}[0-9])"
 )
 
 _IDKW_RULE = (
@@ -1247,13 +1486,37 @@ class SensitivityDetector:
         if cfg.private_ips_internal:
             rules.append(("privip", _PRIVATE_IP_RULE, self._on_private_ip))
 
+        # One RE2::Set holds every rule's pattern, except that the health rule is there
+        # term by term (the set then says which terms occur, and in ASCII text plain
+        # substring searches for those few find them, instead of a second regex pass over
+        # the whole text), plus the patient-record cues and the end-of-text sentinel.
         self._rules: list[tuple[Any, tuple[tuple[str, int], ...], _Handler]] = []
+        self._rule_names: list[str] = []
         self._set = re2.Set.SearchSet(_SET_OPTIONS)
-        for _name, pattern, handler in rules:
+        self._set_rule: dict[int, int] = {}  # set index -> rule index
+        self._set_term: dict[int, _Term] = {}  # set index -> medical term
+        self._health = -1  # the health rule's index (-1: disabled)
+        for name, pattern, handler in rules:
+            if name == "health" and "health" in cfg.disabled_categories:
+                continue
             regex = re2.compile(pattern, _RULE_OPTIONS)
             names = tuple(sorted(regex.groupindex.items(), key=lambda item: item[1]))
+            index = len(self._rules)
             self._rules.append((regex, names, handler))
-            self._set.Add(pattern)
+            self._rule_names.append(name)
+            if name == "health":
+                self._health = index
+                for rank, (literal, cased) in enumerate(_health_alternatives()):
+                    term = _term(rank, literal, cased)
+                    self._set_term[self._set.Add(_term_pattern(literal, cased))] = term
+            else:
+                self._set_rule[self._set.Add(pattern)] = index
+        self._set_cues = frozenset(self._set.Add(cue) for cue in _CLINICAL_CUES)
+        # a medical term with a person in its sentence: without it (and without a patient-
+        # record cue) no term can be a health finding, and the health rule is skipped
+        self._set_people = (
+            self._set.Add(_person_cue_pattern(self._health_pattern())) if self._health >= 0 else -1
+        )
         self._sentinel = self._set.Add(r"\z")
         self._set.Compile()
 
@@ -1294,19 +1557,48 @@ class SensitivityDetector:
         findings.sort(key=lambda f: (f.message, f.start, f.end, f.category))
         return Verdict(level, tuple(findings))
 
+    def _rules_fired(self, text: str) -> list[str] | None:
+        """Names of the rules whose pattern the set finds in ``text`` ("health" for any
+        medical term); None when the set gave up (every rule would run)."""
+        fired = self._set.Match(text.encode("utf-8", "replace")) or []
+        if self._sentinel not in fired:
+            return None
+        names = {self._rule_names[self._set_rule[i]] for i in fired if i in self._set_rule}
+        if any(i in self._set_term for i in fired):
+            names.add("health")
+        return sorted(names)
+
     def _scan(self, text: str, message: int) -> list[Finding]:
         sc = _Scan(text, message)
         fired = self._set.Match(sc.data) or []
+        terms: list[_Term] = []
         if self._sentinel in fired:
-            indexes: Iterable[int] = fired
+            rules: list[int] = []
+            cues = people = False
+            for i in fired:
+                rule = self._set_rule.get(i)
+                if rule is not None:
+                    rules.append(rule)
+                elif i in self._set_term:
+                    terms.append(self._set_term[i])
+                elif i in self._set_cues:
+                    cues = True
+                elif i == self._set_people:
+                    people = True
+            sc.cues = cues
+            sc.people = people
+            if terms and (people or cues):
+                rules.append(self._health)
+            rules.sort()
         else:  # the DFA gave up (out of memory): run every rule, slower but complete
-            indexes = range(len(self._rules))
-        for i in sorted(indexes):
-            if i == self._sentinel:
-                continue
-            regex, names, handler = self._rules[i]
-            for spans in _match_spans(regex, sc.data):
-                handler(sc, _Hit(sc, spans, names))
+            rules = list(range(len(self._rules)))
+        if not rules and not self._extra:
+            return []  # the common case: ordinary text, done after one pass
+        for i in rules:
+            if i == self._health and terms and sc.ascii:
+                self._find_health(sc, terms)
+            else:
+                self._run_rule(sc, i)
             if self._stop and self._restricted_found(sc.findings):
                 return self._postprocess(sc.findings)
         for category, pattern in self._extra:
@@ -1314,6 +1606,63 @@ class SensitivityDetector:
                 if m.end() > m.start():
                     sc.add(category, m.start(), m.end())
         return self._postprocess(sc.findings)
+
+    def _run_rule(self, sc: _Scan, rule: int) -> None:
+        """A second RE2 pass of one rule for the spans of its matches, each to its handler."""
+        regex, names, handler = self._rules[rule]
+        for spans in _match_spans(regex, sc.data):
+            handler(sc, _Hit(sc, spans, names))
+
+    def _find_health(self, sc: _Scan, terms: list[_Term]) -> None:
+        """The health rule on ASCII text, given the terms that the set saw.
+
+        Finds what the rule's regex would (leftmost-first, non-overlapping matches of
+        ``\\b(?:terms)\\b``) by substring search for those terms only, then checks each.
+        """
+        data = sc.data
+        lowered = data.lower()
+        n = len(data)
+        word = _WORD_BYTES
+        found: list[tuple[int, int, int]] = []  # (start, rank, end)
+        for term in terms:
+            hay = data if term.cased else lowered
+            if term.words is None:
+                size = len(term.needle)
+                i = hay.find(term.needle)
+                while i != -1:
+                    j = i + size
+                    if (i == 0 or hay[i - 1] not in word) and (j == n or hay[j] not in word):
+                        found.append((i, term.rank, j))
+                    i = hay.find(term.needle, i + 1)
+            else:
+                m = term.words.search(hay)
+                while m is not None:
+                    i, j = m.span()
+                    if (i == 0 or hay[i - 1] not in word) and (j == n or hay[j] not in word):
+                        found.append((i, term.rank, j))
+                    m = term.words.search(hay, i + 1)
+        found.sort()
+        spans: list[tuple[int, int]] = []
+        pos = 0
+        for s, _rank, e in found:
+            if s >= pos:
+                spans.append((s, e))
+                pos = e
+        text = sc.text
+        people = _people_near(text, data, spans) if sc.people else [False] * len(spans)
+        for (s, e), near in zip(spans, people, strict=True):
+            if (near and _health_about_person(text, s, e)) or (
+                sc.cues and sc.near_clinical_record(s, e)
+            ):
+                sc.add("health", s, e)
+
+    @staticmethod
+    def _check_health(sc: _Scan, s: int, e: int) -> None:
+        """The health rule for one medical term (the regex path: non-ASCII text)."""
+        if (sc.people and sc.may_name_person(s, e) and _health_about_person(sc.text, s, e)) or (
+            sc.near_clinical_record(s, e)
+        ):
+            sc.add("health", s, e)
 
     def _restricted_found(self, findings: list[Finding]) -> bool:
         return any(
@@ -1339,10 +1688,9 @@ class SensitivityDetector:
     # -- patterns built from the configuration ----------------------------------------
 
     def _health_pattern(self) -> str:
-        insensitive = [t for t in _HEALTH_TERMS if t not in _CASE_SENSITIVE_TERMS]
-        sensitive = [t.upper() for t in _HEALTH_TERMS if t in _CASE_SENSITIVE_TERMS]
-        ci = "|".join(_escape(t) for t in sorted(insensitive, key=len, reverse=True))
-        cs = "|".join(_escape(t) for t in sorted(sensitive, key=len, reverse=True))
+        alternatives = _health_alternatives()
+        ci = "|".join(_escape(t) for t, cased in alternatives if not cased)
+        cs = "|".join(_escape(t) for t, cased in alternatives if cased)
         return r"\b(?:(?i:" + ci + r")|" + cs + r")\b"
 
     def _marker_pattern(self) -> str:
@@ -1618,8 +1966,7 @@ class SensitivityDetector:
 
     def _on_health(self, sc: _Scan, m: _Hit) -> None:
         s, e = m.span()
-        if _health_about_person(sc.text, s, e) or sc.near_clinical_record(s, e):
-            sc.add("health", s, e)
+        self._check_health(sc, s, e)
 
     def _on_marker(self, sc: _Scan, m: _Hit) -> None:
         s, e = m.span()
