@@ -1658,7 +1658,7 @@ class SensitivityDetector:
 
     @staticmethod
     def _check_health(sc: _Scan, s: int, e: int) -> None:
-        """The health rule for one medical term (the regex path: non-ASCII text)."""
+        """The health rule for one medical term (regex path: non-ASCII text, or the set gave up)."""
         if (sc.people and sc.may_name_person(s, e) and _health_about_person(sc.text, s, e)) or (
             sc.near_clinical_record(s, e)
         ):
