@@ -40,28 +40,9 @@ def free_port() -> int:
 
 @contextmanager
 def mosquitto() -> Iterator[int]:
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        conf = Path(tmp) / "m.conf"
-        conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 1000000\n"
-        )
-        proc = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                with socket.socket() as s:
-                    if s.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                time.sleep(0.05)
-            yield port
-        finally:
-            proc.terminate()
-            proc.wait(5)
+    """A throwaway Mosquitto on a free loopback port (see ``mosquitto_broker``)."""
+    with mosquitto_broker() as port:
+        yield port
 
 
 # --- added for the sync benchmarks (ingest, reconnect storm, agent memory) ----------------
