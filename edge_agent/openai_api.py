@@ -300,7 +300,10 @@ def create_agent_app(agent: Agent) -> FastAPI:
         )
         new = tuple(ChatMessage(m.role, m.text()) for m in body.messages)
         try:
-            messages = _with_history(agent, router, local_name, session_id, new)
+            # Counting tokens waits for the model's thread: never on the event loop.
+            messages = await run_in_threadpool(
+                _with_history, agent, router, local_name, session_id, new
+            )
         except ContextTooLarge as e:
             agent.count_request(error=True)
             return _error(400, str(e), "context_length_exceeded")
