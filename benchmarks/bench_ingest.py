@@ -83,7 +83,13 @@ def ingest_rate(port: int, messages: list[tuple[str, bytes]], db: Path) -> float
         None,
         environment="development",
         database_url=f"sqlite:///{db}",
-        broker={"mode": "external", "url": f"mqtt://127.0.0.1:{port}", "client_id": "bench-ingest"},
+        # A client id per run: a persistent session left by the previous run would queue the
+        # ceiling phase's heartbeats and deliver them again as duplicates.
+        broker={
+            "mode": "external",
+            "url": f"mqtt://127.0.0.1:{port}",
+            "client_id": f"bench-ingest-{db.stem}",
+        },
     )
     services = Services.create(settings)
     services.start()

@@ -139,7 +139,15 @@ class MqttIngest:
         if self._writer is not None:
             self._writer.join(timeout)
         self._disconnecting.set()
-        self._client.disconnect()
+        if self._v5 and self._writer is not None and not self._writer.is_alive():
+            # Everything received was written and acknowledged: end the session with us. A
+            # persistent session left behind would stay a member of the shared subscription
+            # and collect its share of the fleet's messages until it expired.
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+            self._client.disconnect(properties=props)
+        else:
+            self._client.disconnect()
         self._client.loop_stop()
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:

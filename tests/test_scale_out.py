@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MosquittoProcess, wait_for
+from tests.conftest import Broker, MosquittoProcess, wait_for
 from tests.procs import processes, run_cli
 from tests.sync_harness import (
     ControllerProcess,
@@ -80,3 +80,44 @@ def test_two_controllers_split_the_stream(tmp_path: Path, postgres_url: str) -> 
             assert bad.returncode == 2 and "expected KEY=VALUE" in bad.stderr
     finally:
         broker.stop()
+
+
+def test_a_replica_stopped_cleanly_leaves_the_shared_subscription(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    """After a replica stops gracefully, its session is gone: a new replica with another
+    client id receives every message instead of sharing them with a dead session."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from controller.services import Services
+    from controller.settings import load_settings
+    from shared import Heartbeat, encode_message
+
+    def replica(name: str) -> Services:
+        settings = load_settings(
+            None,
+            environment="development",
+            database_url=f"sqlite:///{tmp_path / 'c.db'}",
+            broker={"mode": "external", "url": mosquitto.url, "client_id": name},
+        )
+        services = Services.create(settings)
+        services.start()
+        assert services.ingest is not None and services.ingest.wait_connected(10)
+        return services
+
+    replica("replica-old").stop()
+    new = replica("replica-new")
+    try:
+        publisher = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+        publisher.connect(mosquitto.host, mosquitto.port)
+        publisher.loop_start()
+        for seq in range(40):
+            beat = Heartbeat(device_id="dev-1", bd_seq=0, seq=seq, uptime_s=1.0,
+                             cpu_percent=1.0, memory_percent=1.0, requests_total=0,
+                             local_tier_healthy=True)  # fmt: skip
+            publisher.publish(*encode_message(beat), qos=1).wait_for_publish(5)
+        wait_for(lambda: new.stats.accepted == 40, 20, what="every heartbeat at the new replica")
+        publisher.loop_stop()
+    finally:
+        new.stop()
