@@ -33,6 +33,10 @@ class DeviceBase(SQLModel):
     memory_percent: float | None = None
     requests_total: int | None = None
     local_tier_healthy: bool | None = None
+    # Set by attestation (a failed or missing quote): excluded from rollouts, refused the
+    # cloud tier, flagged in the console, until a good quote clears it.
+    quarantined: bool = False
+    quarantine_reason: str | None = None
 
 
 class Device(DeviceBase, table=True):
