@@ -1,0 +1,1 @@
+"""Signed model updates: the TUF repository, its keys and the model registry."""

@@ -1,0 +1,46 @@
+"""The model registry: every model version published as a TUF target, with what the
+rollout engine and attestation need to know about it (its hash, runtime, compatibility).
+
+The TUF targets metadata is the signed source of truth; this table mirrors it for queries.
+"""
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from controller.models import utcnow
+
+
+class ModelVersion(SQLModel, table=True):
+    """One published model artifact (a TUF target)."""
+
+    __tablename__ = "model_version"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_model_name_version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, index=True)
+    version: str = Field(max_length=64)
+    target_path: str = Field(max_length=255, unique=True)  # "<name>/<version>/<filename>"
+    sha256: str = Field(max_length=64, index=True)
+    length: int
+    runtime: str = Field(max_length=16)  # llama.cpp | ort-genai | onnx
+    quantization: str = Field(default="", max_length=32)
+    device_classes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    min_agent_version: str = Field(default="0", max_length=32)
+    expected_latency_ms: float | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    created_by: str = Field(default="", max_length=64)
+
+
+def get_model_version(session: Session, name: str, version: str) -> ModelVersion | None:
+    return session.exec(
+        select(ModelVersion).where(col(ModelVersion.name) == name, col(ModelVersion.version) == version)
+    ).first()
+
+
+def known_target_hashes(session: Session) -> set[str]:
+    """SHA-256 of every published model: the golden values for a device's active model."""
+    return set(session.exec(select(ModelVersion.sha256)))
+
+
+__all__ = ["ModelVersion", "get_model_version", "known_target_hashes"]
