@@ -4,6 +4,7 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -22,7 +23,7 @@ PASSWORD = "browser-test-password"
 
 
 @pytest.fixture
-def controller_url(mosquitto: Broker, tmp_path: Path) -> Iterator[str]:
+def controller(mosquitto: Broker, tmp_path: Path) -> Iterator[tuple[str, Proc]]:
     config = tmp_path / "controller.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -59,14 +60,18 @@ def controller_url(mosquitto: Broker, tmp_path: Path) -> Iterator[str]:
             )
         )
         wait_for(lambda: port_open(port), 30, what="controller HTTP")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", procs[0]
         assert procs[0].stop(signal.SIGTERM) == 0
 
 
-def test_fleet_page_updates_live_without_reload(controller_url: str, mosquitto: Broker) -> None:
+def test_fleet_page_updates_live_without_reload(
+    controller: tuple[str, Proc], mosquitto: Broker
+) -> None:
     """After login the fleet page shows a device coming online and then going offline by
     its will, in place (the page is never reloaded); screenshots land in test-artifacts/."""
     from playwright.sync_api import sync_playwright
+
+    controller_url, controller_proc = controller
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} missing (scripts/dev test installs Debian's chromium)")
@@ -80,20 +85,29 @@ def test_fleet_page_updates_live_without_reload(controller_url: str, mosquitto: 
             args=[
                 "--no-sandbox",
                 "--disable-gpu",
+                # Containers often give /dev/shm 64 MB, where renderers crash mid-navigation.
+                "--disable-dev-shm-usage",
+                "--disable-crash-reporter",
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
                 "--no-first-run",
             ],
         )
+        page = browser.new_page()
+        page.on("crash", lambda _: print("chromium: the page's renderer crashed"))
         try:
-            page = browser.new_page()
             page.goto(f"{controller_url}/console")
             assert page.url.endswith("/login")
             page.fill("input[name=username]", "admin")
             page.fill("input[name=password]", PASSWORD)
-            page.click("button[type=submit]")
-            page.wait_for_url("**/console", timeout=90_000)  # a cold Chromium on a busy box
+            with page.expect_response(
+                lambda r: r.url.endswith("/login") and r.request.method == "POST",
+                timeout=90_000,  # a cold Chromium on a busy box
+            ) as login:
+                page.click("button[type=submit]")
+            assert login.value.status == 303, _diagnose(page, controller_proc)
+            page.wait_for_url("**/console", timeout=90_000)
             page.evaluate("window.__notReloaded = true")
 
             device.publish(*encode_message(birth("dev-browser", bd_seq=0)), qos=1).wait_for_publish(
@@ -116,7 +130,20 @@ def test_fleet_page_updates_live_without_reload(controller_url: str, mosquitto: 
             assert page.evaluate("window.__notReloaded") is True
             assert page.locator("#count-offline").inner_text() == "1"
             page.screenshot(path=str(ARTIFACTS / "console-fleet-offline.png"), full_page=True)
+        except BaseException:
+            print(_diagnose(page, controller_proc))
+            raise
         finally:
             browser.close()
             device.loop_stop()
             device.disconnect()
+
+
+def _diagnose(page: Any, proc: Proc) -> str:
+    """What the browser shows and what the controller logged, for a failure's report."""
+    try:
+        page.screenshot(path=str(ARTIFACTS / "console-failure.png"), full_page=True)
+        shown = f"url={page.url}\n{page.content()[:3000]}"
+    except Exception as e:  # the page itself may be what broke
+        shown = f"page unavailable: {e!r}"
+    return f"----- browser -----\n{shown}\n----- controller log -----\n{proc.log()[-6000:]}"
