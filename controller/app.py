@@ -15,7 +15,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller import __version__
 from controller.api.deps import ServicesDep
+from controller.api.routes import attestation as attestation_routes
 from controller.api.routes import devices, ingest, shadow, telemetry
+from controller.api.routes import models as model_routes
+from controller.api.routes import rollouts as rollout_routes
+from controller.api.routes import tuf as tuf_routes
 from controller.console import routes as console
 from controller.services import Services
 from controller.settings import Settings
@@ -74,9 +78,13 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         )
 
     app.include_router(devices.router)
+    app.include_router(attestation_routes.router)
     app.include_router(ingest.router)
     app.include_router(shadow.router)
     app.include_router(telemetry.router)
+    app.include_router(model_routes.router)
+    app.include_router(tuf_routes.router)
+    app.include_router(rollout_routes.router)
     app.include_router(console.router)
     app.mount(
         "/static",

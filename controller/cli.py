@@ -15,6 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from controller.api_client import ApiError, get_json, request_json, resolve_target
+from controller.cli_attest import app as attest_app
+from controller.cli_rollouts import app as rollouts_app
+from controller.cli_updates import keys_app, models_app
 
 app = typer.Typer(
     add_completion=False,
@@ -30,6 +33,10 @@ app.add_typer(devices_app, name="devices")
 app.add_typer(admin_app, name="admin")
 app.add_typer(token_app, name="token")
 app.add_typer(broker_app, name="broker")
+app.add_typer(attest_app, name="attest")
+app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+app.add_typer(rollouts_app, name="rollouts")
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="Controller YAML config file.")
@@ -275,6 +282,13 @@ def devices_provision(
     rotate: Annotated[
         bool, typer.Option(help="Replace an existing (or revoked) credential with a new one.")
     ] = False,
+    identity_key: Annotated[
+        str | None,
+        typer.Option(
+            help="The device's Ed25519 identity public key (raw, base64), enrolled for"
+            " attestation; required before first contact under 'provisioned' enrollment."
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Issue a device's broker credential; the password is shown once, only its hash kept."""
@@ -294,6 +308,13 @@ def devices_provision(
         raise _fail(f"device id {device_id!r} is the controller's broker user name", 2)
     if password_file is not None and not password_file.parent.is_dir():
         raise _fail(f"folder {password_file.parent} does not exist", 2)
+    if identity_key is not None:
+        from shared.attestation import AttestationError, decode_public_key
+
+        try:
+            decode_public_key(identity_key)
+        except AttestationError as e:
+            raise _fail(f"--identity-key: {e}", 2) from e
     password = generate_password()
     engine = make_engine(settings.database_url)
     init_db(engine)
@@ -313,6 +334,12 @@ def devices_provision(
         session.add(credential)
         if session.get(Device, device_id) is None:
             session.add(Device(id=device_id, state="unknown"))
+        if identity_key is not None:
+            from controller.attestation.service import register_identity
+
+            register_identity(
+                session, device_id, identity_key, how="provisioned", actor="cli:provision"
+            )
         session.flush()  # constraint errors surface before the password leaves the process
         if password_file is not None:
             try:

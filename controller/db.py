@@ -11,6 +11,8 @@ from sqlmodel import Session, SQLModel, create_engine
 
 # Imported for their side effect: registering the tables on SQLModel.metadata.
 from controller import audit, models, shadows, telemetry_store  # noqa: F401
+from controller.attestation import service as attestation_tables  # noqa: F401
+from controller.rollouts import tables as rollout_tables  # noqa: F401
 from controller.updates import registry  # noqa: F401
 
 

@@ -9,7 +9,9 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from controller.liveness import Decision, Liveness, is_overdue, on_birth, on_death, on_heartbeat
@@ -20,13 +22,18 @@ from shared.errors import ProtocolError
 from shared.messages import (
     Ack,
     Birth,
+    Challenge,
     Death,
     Desired,
     Heartbeat,
+    Quote,
     Reported,
     TelemetryBatch,
     decode_message,
 )
+
+if TYPE_CHECKING:
+    from controller.attestation.service import AttestationService, Outbound
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,7 @@ class IngestStats:
         self.reported = 0
         self.duplicates = 0
         self.stale = 0
+        self.quotes = 0
         self.db_errors = 0
         self.dropped_queue_full = 0
         self.rejected: Counter[str] = Counter()
@@ -79,6 +87,7 @@ class IngestStats:
                 "reported": self.reported,
                 "duplicates": self.duplicates,
                 "stale": self.stale,
+                "quotes": self.quotes,
                 "db_errors": self.db_errors,
                 "dropped_queue_full": self.dropped_queue_full,
                 "rejected": dict(self.rejected),
@@ -185,10 +194,16 @@ class BatchResult:
 
     outcome: Counter[str] = field(default_factory=Counter)
     acks: list[Ack] = field(default_factory=list)
+    # Attestation challenges and desired documents (retained) to publish after commit.
+    outbound: list["Outbound"] = field(default_factory=list)
 
 
 def apply_batch(
-    session: Session, batch: list[Received], *, known_devices: set[str] | None = None
+    session: Session,
+    batch: list[Received],
+    *,
+    known_devices: set[str] | None = None,
+    attestation: "AttestationService | None" = None,
 ) -> BatchResult:
     """Decode and apply ``batch``; bad messages become dead letters, good ones still land.
 
@@ -199,6 +214,7 @@ def apply_batch(
     result = BatchResult()
     outcome = result.outcome
     status: list[tuple[Birth | Death | Heartbeat, datetime]] = []
+    quotes: list[tuple[Quote, datetime]] = []
     records = PendingRecords(session)
     for item in batch:
         try:
@@ -207,12 +223,14 @@ def apply_batch(
                 raise ProtocolError(
                     "unknown_device", f"device {message.device_id!r} is not provisioned"
                 )
-            if isinstance(message, Ack | Desired):
+            if isinstance(message, Ack | Desired | Challenge):
                 raise ProtocolError(
                     "wrong_direction", f"{message.type!r} goes to devices, not from them"
                 )
             if isinstance(message, TelemetryBatch):
                 _add_records(records, message, item.received_at)
+            if isinstance(message, Quote) and attestation is None:
+                raise ProtocolError("unexpected_quote", "attestation is off on this controller")
         except ProtocolError as e:
             outcome[f"rejected:{e.reason}"] += 1
             log.warning("rejected message on %.128r: %s", item.topic, e)
@@ -240,6 +258,8 @@ def apply_batch(
         elif isinstance(message, Reported):
             fresh = apply_reported(session, message, now=item.received_at)
             outcome["reported" if fresh else "stale"] += 1
+        elif isinstance(message, Quote):
+            quotes.append((message, item.received_at))
         else:
             status.append((message, item.received_at))
     if records:
@@ -251,10 +271,51 @@ def apply_batch(
     # flushed once at commit (a get() per message cost a query and an autoflush each).
     ids = {message.device_id for message, _ in status}
     devices = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(ids)))}
+    births: list[tuple[Birth, datetime]] = []
     with session.no_autoflush:
         for message, received_at in status:
-            outcome[apply_message(session, devices, message, received_at)] += 1
+            applied = apply_message(session, devices, message, received_at)
+            outcome[applied] += 1
+            if applied == "accepted" and isinstance(message, Birth):
+                births.append((message, received_at))
+    if attestation is not None:
+        _attest(session, attestation, devices, births, quotes, result)
     return result
+
+
+def _attest(
+    session: Session,
+    attestation: "AttestationService",
+    devices: dict[str, Device],
+    births: list[tuple[Birth, datetime]],
+    quotes: list[tuple[Quote, datetime]],
+    result: BatchResult,
+) -> None:
+    """Challenge after each accepted birth and judge each quote, in the batch's transaction.
+
+    Database errors propagate (the batch is retried); any other failure is logged and
+    counted as ``rejected:attestation_error`` so one odd message never stops ingest.
+    """
+    for birth, received_at in births:
+        try:
+            device = devices[birth.device_id]
+            result.outbound += attestation.on_birth(session, device, birth, received_at)
+        except SQLAlchemyError:
+            raise
+        except Exception:
+            log.exception("attestation failed on the birth of %s", birth.device_id)
+            result.outcome["rejected:attestation_error"] += 1
+    for quote, received_at in quotes:
+        try:
+            verdict, outbound = attestation.on_quote(session, quote, received_at)
+        except SQLAlchemyError:
+            raise
+        except Exception:
+            log.exception("attestation failed on a quote of %s", quote.device_id)
+            result.outcome["rejected:attestation_error"] += 1
+            continue
+        result.outbound += outbound
+        result.outcome["duplicates" if verdict.duplicate else "quotes"] += 1
 
 
 def sweep_liveness(session: Session, now: datetime, missed_heartbeats: int) -> list[str]:

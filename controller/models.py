@@ -64,6 +64,7 @@ class DeviceList(SQLModel):
     count: int
     online: int
     offline: int
+    quarantined: int = 0  # fleet-wide, whatever the filter
 
 
 class DeviceStatusEvent(SQLModel, table=True):

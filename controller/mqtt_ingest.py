@@ -7,6 +7,8 @@
   killed mid-batch gets the unacknowledged messages again when it comes back. The unique
   key on (device, epoch, seq) turns the re-delivery into exactly-once storage.
 - Devices get an ``ack`` per telemetry batch after commit, which lets them trim their outbox.
+- Attestation challenges (after a birth) and quarantine desired documents (after a quote)
+  are decided in the batch's transaction and published after its commit, like acks.
 - On MQTT 5, subscriptions are shared (``$share/<group>/...``) so replicas split the stream.
 """
 
@@ -17,7 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -29,8 +31,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from controller.db import session_scope
 from controller.ingest import IngestStats, Received, apply_batch
 from controller.settings import BrokerSettings
-from shared.messages import encode_message
+from shared.messages import Desired, encode_message
 from shared.topics import DEVICE_TO_CONTROLLER, DeviceTopic
+
+if TYPE_CHECKING:
+    from controller.attestation.service import AttestationService
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,7 @@ class MqttIngest:
         queue_size: int,
         batch_size: int,
         known_devices: Callable[[], set[str]] | None = None,
+        attestation: "AttestationService | None" = None,
     ) -> None:
         self._broker = broker
         self._port = port
@@ -71,6 +77,7 @@ class MqttIngest:
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._known_devices = known_devices
+        self._attestation = attestation
         self._stopping = threading.Event()
         self._disconnecting = threading.Event()
         self._connected = threading.Event()
@@ -222,7 +229,10 @@ class MqttIngest:
                     known = self._known_devices() if self._known_devices else None
                     with session_scope(self._engine) as session:
                         result = apply_batch(
-                            session, [i.received for i in batch], known_devices=known
+                            session,
+                            [i.received for i in batch],
+                            known_devices=known,
+                            attestation=self._attestation,
                         )
                 except SQLAlchemyError as e:
                     self.stats.add("db_errors")
@@ -240,6 +250,9 @@ class MqttIngest:
                 self.stats.merge(result.outcome)
                 for ack in result.acks:
                     self._client.publish(*encode_message(ack), qos=1)
+                for message in result.outbound:
+                    retain = isinstance(message, Desired)
+                    self._client.publish(*encode_message(message), qos=1, retain=retain)
                 for item in batch:
                     if item.qos > 0:
                         self._client.ack(item.mid, item.qos)

@@ -12,15 +12,24 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from controller.attestation.service import (
+    AttestationService,
+    Outbound,
+    trust_local_agent_code,
+)
+from controller.audit import audit
 from controller.broker import EmbeddedBroker
 from controller.db import init_db, make_engine, session_scope
 from controller.ingest import IngestStats, sweep_liveness
 from controller.liveness import as_utc
 from controller.models import BrokerCredential
 from controller.mqtt_ingest import MqttIngest
+from controller.rollouts.service import tick as rollout_tick
 from controller.settings import Settings
 from controller.shadows import DeviceShadow, desired_message, unapplied
-from shared.messages import encode_message
+from controller.updates.errors import UpdatesError
+from controller.updates.repository import TufRepository
+from shared.messages import Desired, encode_message
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +81,22 @@ class Services:
     broker: EmbeddedBroker | None = None
     ingest: MqttIngest | None = None
     scheduler: BackgroundScheduler | None = None
+    # The signed-update repository (serving works without keys; signing needs them).
+    tuf: TufRepository | None = None
+
+    attestation: AttestationService = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.settings.attestation
+        self.attestation = AttestationService(
+            cfg, enrollment=cfg.effective_enrollment(self.settings.environment)
+        )
 
     @classmethod
     def create(cls, settings: Settings) -> "Services":
         engine = make_engine(settings.database_url)
         init_db(engine)
-        return cls(settings=settings, engine=engine)
+        return cls(settings=settings, engine=engine, tuf=TufRepository.from_settings(settings))
 
     @property
     def broker_port(self) -> int:
@@ -88,6 +107,9 @@ class Services:
         if cfg.mode == "embedded":
             self.broker = EmbeddedBroker(cfg.host, cfg.port)
             self.broker.start()
+        if self.settings.attestation.trusts_local_agent_code(self.settings.environment):
+            with session_scope(self.engine) as session:
+                trust_local_agent_code(session)
         self.ingest = MqttIngest(
             broker=cfg,
             port=self.broker_port,
@@ -100,6 +122,7 @@ class Services:
                 if self.settings.require_provisioned_devices
                 else None
             ),
+            attestation=self.attestation,
         )
         self.ingest.start()
         self.scheduler = BackgroundScheduler(timezone=UTC)
@@ -116,6 +139,31 @@ class Services:
             "interval",
             seconds=min(5.0, self.settings.desired_republish_s),
             id="desired-republish",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.add_job(
+            self.tick_rollouts,
+            "interval",
+            seconds=self.settings.rollouts.tick_interval_s,
+            id="rollout-tick",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.add_job(
+            self.refresh_tuf_metadata,
+            "interval",
+            seconds=self.settings.updates.refresh_check_s,
+            id="tuf-refresh",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),  # at start too: the controller may have been down
+        )
+        self.scheduler.add_job(
+            self.attestation_sweep,
+            "interval",
+            seconds=max(0.5, min(5.0, self.settings.attestation.timeout_s / 2)),
+            id="attestation-sweep",
             max_instances=1,
             coalesce=True,
         )
@@ -156,6 +204,65 @@ class Services:
                 if self.publish_desired(row):
                     row.desired_published_at = now
                     session.add(row)
+
+    def tick_rollouts(self) -> None:
+        """Step every active rollout (state lives in the database, so a restarted
+        controller resumes where it stopped); one replica per rollout via the job lock."""
+        with Session(self.engine) as session:
+            rollout_tick(session, datetime.now(UTC), self.publish_desired, lock=_job_lock)
+
+    def refresh_tuf_metadata(self, now: datetime | None = None) -> list[str]:
+        """Re-sign timestamp (and snapshot, targets) before they expire. What is due is
+        read from the metadata on disk, so it is idempotent and restart-safe."""
+        repo = self.tuf
+        if repo is None or not repo.is_initialized():
+            return []
+        now = now or datetime.now(UTC)
+        with session_scope(self.engine) as session:
+            if not _job_lock(session, "tuf-refresh"):
+                return []
+            try:
+                resigned = repo.refresh(now=now)
+                root_expiring = repo.root_expiring(now)
+            except UpdatesError as e:
+                log.error("TUF metadata refresh failed: %s", e)
+                return []
+            if resigned:
+                audit(
+                    session,
+                    actor="system:updates",
+                    action="tuf.resign",
+                    target="tuf:metadata",
+                    reason="close to expiry, or signed by keys a new root revoked",
+                    detail={"roles": resigned},
+                    at=now,
+                )
+        if resigned:
+            log.info("TUF metadata re-signed: %s", ", ".join(resigned))
+        if root_expiring:
+            log.warning("TUF root metadata expires soon: sign a new root version")
+        return resigned
+
+    def publish_outbound(self, messages: list[Outbound]) -> None:
+        """Publish attestation challenges and desired documents (retained) after a commit;
+        desired ones the broker misses are re-published by ``republish_desired``."""
+        if self.ingest is None:
+            return
+        for message in messages:
+            retain = isinstance(message, Desired)
+            self.ingest.publish(*encode_message(message), retain=retain)
+
+    def attestation_sweep(self) -> None:
+        """Quarantine silent devices and challenge those due for re-attestation."""
+        if self.ingest is not None and self.ingest.backlog() > self.settings.ingest_batch_size:
+            # Quotes may be waiting in our own queue: calling their devices silent now
+            # would be wrong. Next time.
+            return
+        with session_scope(self.engine) as session:
+            if not _job_lock(session, "attestation-sweep"):
+                return
+            outbound = self.attestation.sweep(session, datetime.now(UTC))
+        self.publish_outbound(outbound)
 
     def stop(self) -> None:
         if self.scheduler is not None:

@@ -4,6 +4,7 @@ Nested keys use ``__`` in the environment (``EDGEFLEET_BROKER__URL``). Settings 
 ``load_settings`` when the app or a command starts, never at import time.
 """
 
+from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -69,6 +70,100 @@ class BrokerSettings(BaseModel):
         return parse_broker_url(self.url).port
 
 
+class RoleExpiry(BaseModel):
+    """How long each TUF role's metadata stays valid after it is signed (ISO 8601 like
+    ``P7D``/``PT6H``, or seconds). Short-lived timestamp and snapshot bound how long an
+    attacker can freeze a device on old metadata; root is signed offline, so it lives long."""
+
+    root: timedelta = timedelta(days=365)
+    targets: timedelta = timedelta(days=90)
+    snapshot: timedelta = timedelta(days=7)
+    timestamp: timedelta = timedelta(days=1)
+
+    @model_validator(mode="after")
+    def _positive(self) -> "RoleExpiry":
+        for role in ("root", "targets", "snapshot", "timestamp"):
+            if getattr(self, role) <= timedelta(0):
+                raise ValueError(f"updates.expiry.{role} must be positive")
+        return self
+
+
+class RoleThresholds(BaseModel):
+    """Signatures each TUF role needs; ``edgefleet keys init`` makes that many keys."""
+
+    root: int = Field(default=1, ge=1)
+    targets: int = Field(default=1, ge=1)
+    snapshot: int = Field(default=1, ge=1)
+    timestamp: int = Field(default=1, ge=1)
+
+
+class UpdatesSettings(BaseModel):
+    """The TUF repository that signs model updates, and its online keys."""
+
+    repo_dir: Path = Path(".edgefleet/tuf")
+    keys_dir: Path = Path(".edgefleet/keys")
+    # The online keys' passphrase; when unset, EDGEFLEET_KEY_PASSPHRASE is read instead.
+    passphrase_file: Path | None = None
+    expiry: RoleExpiry = Field(default_factory=RoleExpiry)
+    thresholds: RoleThresholds = Field(default_factory=RoleThresholds)
+    # Re-sign a role once less than this fraction of its lifetime is left.
+    refresh_fraction: float = Field(default=0.5, gt=0, lt=1)
+    refresh_check_s: float = Field(default=300.0, gt=0)
+    max_upload_bytes: int = Field(default=16 * 1024**3, ge=1)
+
+
+class AttestationSettings(BaseModel):
+    """Device attestation (docs/attestation.md)."""
+
+    # tofu: enroll the identity key of a device's first birth; provisioned: only keys
+    # registered beforehand (devices provision --identity-key, or the API) are trusted and
+    # an unknown key quarantines. None: tofu in development and demo, provisioned otherwise.
+    enrollment: Literal["tofu", "provisioned"] | None = None
+    # Re-attest online devices this often (besides on every birth).
+    interval_s: float = Field(default=3600.0, gt=0)
+    # An online device that has not answered its newest challenge after this long is
+    # quarantined as silent.
+    timeout_s: float = Field(default=60.0, gt=0)
+    # How long a nonce may be answered at all (at least timeout_s).
+    nonce_ttl_s: float = Field(default=300.0, gt=0)
+    # Register the agent_code of the agent installed next to the controller as golden at
+    # start. None: yes in development and demo (so local agents pass), no in production.
+    trust_local_agent_code: bool | None = None
+
+    @model_validator(mode="after")
+    def _ttl_covers_timeout(self) -> "AttestationSettings":
+        if self.nonce_ttl_s < self.timeout_s:
+            raise ValueError("attestation.nonce_ttl_s must be at least attestation.timeout_s")
+        return self
+
+    def effective_enrollment(self, environment: str) -> Literal["tofu", "provisioned"]:
+        if self.enrollment is not None:
+            return self.enrollment
+        return "provisioned" if environment == "production" else "tofu"
+
+    def trusts_local_agent_code(self, environment: str) -> bool:
+        if self.trust_local_agent_code is not None:
+            return self.trust_local_agent_code
+        return environment != "production"
+
+
+class RolloutSettings(BaseModel):
+    """Staged rollouts (docs/rollouts.md): the tick, and defaults for new rollouts."""
+
+    # How often the rollout job steps every active rollout: a gate decision lands within
+    # one interval (plus the tick's own cost, ~0.05-0.2 s at 1,000 devices on SQLite) of a
+    # soak's end, so 0.5 s keeps it under 1 s.
+    tick_interval_s: float = Field(default=0.5, gt=0)
+    default_soak_s: float = Field(default=600.0, ge=0)
+    default_min_samples: int = Field(default=50, ge=0)
+    # A device silent this long after assignment (or since its last message) times out.
+    default_device_timeout_s: float = Field(default=900.0, gt=0)
+    # A device that has not installed this long after assignment times out.
+    default_install_timeout_s: float = Field(default=3600.0, gt=0)
+    # Latency budget when a rollout sets none: the model's expected latency times this.
+    latency_budget_factor: float = Field(default=1.5, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything the controller reads from its environment."""
 
@@ -93,6 +188,9 @@ class Settings(BaseSettings):
     require_provisioned_devices: bool = False
     # How often desired documents not yet applied by their device are published again.
     desired_republish_s: float = Field(default=30.0, gt=0)
+    attestation: AttestationSettings = Field(default_factory=AttestationSettings)
+    updates: UpdatesSettings = Field(default_factory=UpdatesSettings)
+    rollouts: RolloutSettings = Field(default_factory=RolloutSettings)
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> "Settings":

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import psutil
 
 from edge_agent import __version__
+from edge_agent.attestation import Attester, FileIdentityKey, IdentityKey, measure
 from edge_agent.config import AgentConfig, ModelConfig
 from edge_agent.hardware import HardwareProfile, probe
 from edge_agent.mqtt_link import LoadSnapshot, MqttLink
@@ -28,19 +29,38 @@ from edge_agent.runtimes import (
 from edge_agent.runtimes.llama_cpp import LlamaCppRuntime
 from edge_agent.shadow import DeviceShadow
 from edge_agent.state import CounterStore
-from shared.messages import Birth, Desired, HardwareInfo, ModelInfo, Reported
+from edge_agent.updates import DeviceFacts, UpdateManager
+from edge_agent.updates.manager import disabled_status
+from shared.attestation import encode_public_key
+from shared.messages import Birth, Challenge, Desired, HardwareInfo, ModelInfo, Quote, Reported
 
 if TYPE_CHECKING:  # ONNX runtimes (and numpy) load only when an ONNX model is configured
     from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
 
 log = logging.getLogger(__name__)
+# Seconds a runtime replaced by an update stays open for requests that already picked it.
+RETIRE_GRACE_S = 5.0
 
 
 class Agent:
     """One device's agent. Construct, ``load_models()``, ``start_link()``, serve, ``stop()``."""
 
-    def __init__(self, config: AgentConfig, *, root: Path = Path("/")) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        root: Path = Path("/"),
+        config_path: Path | None = None,
+        identity: IdentityKey | None = None,
+    ) -> None:
         self.config = config
+        self.root = root
+        self.config_path = config_path
+        # Flashing creates the key; an agent that finds none makes one (development).
+        self.identity: IdentityKey = identity or FileIdentityKey.load_or_create(
+            config.state_dir / "identity"
+        )
+        self.attester = Attester(self.identity, self.measurements)
         self.started_monotonic = time.monotonic()
         self.profile: HardwareProfile = probe(
             root,
@@ -63,7 +83,9 @@ class Agent:
                 "telemetry_interval_s": config.telemetry_interval_s,
                 "labels": {},
             },
+            reported_extra=self._reported_extra,
         )
+        self.updates: UpdateManager | None = None
         self.link: MqttLink | None = None
         self.router: Router | None = None
         self.sessions = SessionStore()
@@ -76,18 +98,43 @@ class Agent:
         self.record_event(
             "agent_started", {"agent_version": __version__, "epoch": self.outbox.epoch}
         )
+        if config.updates.enabled:
+            # Opening the slots counts a trial boot: it may roll a crash loop back now.
+            self.updates = UpdateManager(
+                config.updates,
+                state_dir=config.state_dir,
+                models=config.models,
+                device=DeviceFacts(
+                    device_class=config.device_class or self.profile.device_class,
+                    agent_version=__version__,
+                    runtimes=tuple(
+                        "onnx" if name == "onnxruntime" else name for name in available_runtimes()
+                    ),
+                ),
+                load=self.open_model,
+                swap=self.swap_model,
+                desired=lambda: self.shadow.current.settings.get("model"),
+                record_event=self.record_event,
+                on_status=self._publish_reported,
+                hashes=lambda: dict(self.model_hashes),
+            )
 
     # --- models -------------------------------------------------------------------------
     def _load_one(self, model: ModelConfig) -> ChatRuntime:
+        runtime, sha256 = self.open_model(model)
+        self.model_hashes[model.name] = sha256
+        return runtime
+
+    def open_model(self, model: ModelConfig) -> tuple[ChatRuntime, str]:
+        """Load and warm ``model`` without serving it: (runtime, sha256 of its files)."""
         if model.runtime == "ort-genai":
             from edge_agent.runtimes.ort_genai import OrtGenaiRuntime
 
             genai = OrtGenaiRuntime(
                 model.name, model.path, providers=list(self.profile.execution_providers)
             )
-            self.model_hashes[model.name] = genai.sha256
             genai.warm_up()
-            return genai
+            return genai, genai.sha256
         llama = LlamaCppRuntime(
             model.name,
             model.path,
@@ -96,19 +143,31 @@ class Agent:
             n_gpu_layers=model.n_gpu_layers or self.profile.gpu_layers,
             mlock=model.mlock,
         )
-        self.model_hashes[model.name] = llama.sha256
         llama.warm_up()
-        return llama
+        return llama, llama.sha256
 
     def load_models(self) -> None:
         """Load and warm every configured model; a failure marks that model, never crashes."""
-        for model in self.config.models:
+        for configured in self.config.models:
             started = time.perf_counter()
+            # A model installed by an update runs from its active slot.
+            slot_path = self.updates.model_path(configured.name) if self.updates else None
+            model = configured.model_copy(update={"path": slot_path or configured.path})
             try:
                 self.runtimes[model.name] = self._load_one(model)
             except RuntimeLoadError as e:
-                self._load_failed(model.name, str(e))
-                continue
+                # A slot on trial that does not even load is rolled back right here.
+                fallback = self.updates.start_failed(model.name, str(e)) if self.updates else None
+                if fallback is None:
+                    self._load_failed(model.name, str(e))
+                    continue
+                try:
+                    self.runtimes[model.name] = self._load_one(
+                        model.model_copy(update={"path": fallback})
+                    )
+                except RuntimeLoadError as again:
+                    self._load_failed(model.name, str(again))
+                    continue
             log.info("model %s loaded and warm in %.1fs", model.name, time.perf_counter() - started)
         for classifier in self.config.perception:
             from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
@@ -133,6 +192,43 @@ class Agent:
         self.load_errors[name] = reason
         log.error("model %s not loaded: %s", name, reason)
         self.record_event("model_load_failed", {"model": name, "reason": reason})
+
+    def swap_model(self, name: str, runtime: ChatRuntime, sha256: str) -> None:
+        """Serve ``runtime`` as ``name`` from the next request on (an update's hot swap);
+        the runtime it replaces is closed once the requests already on it are done."""
+        old = self.runtimes.get(name)
+        self.runtimes[name] = runtime
+        self.model_hashes[name] = sha256
+        self.load_errors.pop(name, None)
+        self.build_router()
+        if old is not None:
+            threading.Thread(
+                target=self._retire, args=(old,), name=f"retire-{name}", daemon=True
+            ).start()
+
+    def _retire(self, runtime: ChatRuntime) -> None:
+        # Both runtimes serialize their calls (one worker thread or one lock), so close()
+        # waits for every request already handed to them. The pause covers a request that
+        # looked the old runtime up just before the swap but has not called it yet.
+        self._stopping.wait(RETIRE_GRACE_S)
+        try:
+            runtime.close()
+        except Exception:  # a failing close must not take the agent down
+            log.exception("closing the replaced runtime failed")
+
+    def _reported_extra(self) -> dict[str, object]:
+        """Reported keys owned by the update manager (contract 2)."""
+        if self.updates is not None:
+            status = self.updates.reported()
+            return {"model": status} if status is not None else {}
+        wanted = self.shadow.current.settings.get("model")
+        if isinstance(wanted, dict):  # asked for an update this agent will not do
+            return {"model": disabled_status(wanted)}
+        return {}
+
+    def _publish_reported(self) -> None:
+        if self.link is not None:
+            self.link.publish_reported(self.shadow.report())
 
     def build_router(self) -> Router:
         """The router over the loaded models and the configured remote tiers."""
@@ -165,6 +261,7 @@ class Agent:
             remotes=remotes,
             costs=costs,
             on_alert=lambda name, body: self.record_event("alert", {"alert": name, **body}),
+            tier_veto=self.tier_veto,
         )
         return self.router
 
@@ -282,6 +379,8 @@ class Agent:
                 "desired_applied", {"version": desired.version, "rejected": applied.rejected}
             )
             log.info("desired version %d applied", desired.version)
+            if self.updates is not None:
+                self.updates.wake()
         return self.shadow.report()
 
     # --- controller link ----------------------------------------------------------------
@@ -325,10 +424,42 @@ class Agent:
             models=self.model_infos(),
             api_url=f"http://{api.host}:{api.port}",
             heartbeat_interval_s=self.config.heartbeat_interval_s,
+            identity_key=encode_public_key(self.identity.public_key_raw()),
         )
 
+    # --- attestation ------------------------------------------------------------------------
+    def measurements(self) -> dict[str, str]:
+        """What a quote reports now (see edge_agent/attestation/measure.py)."""
+        return measure(
+            config=self.config,
+            config_path=self.config_path,
+            root=self.root,
+            model_hashes=dict(self.model_hashes),
+            boot_epoch=self.outbox.epoch,
+        )
+
+    def on_challenge(self, challenge: Challenge) -> Quote:
+        quote = self.attester.answer(challenge)
+        log.info("answered attestation challenge %s...", challenge.nonce[:12])
+        return quote
+
+    @property
+    def quarantine(self) -> str | None:
+        """The controller's quarantine reason while this device is quarantined, else None."""
+        value = self.shadow.current.settings.get("quarantine")
+        return str(value.get("reason", "")) if isinstance(value, dict) else None
+
+    def tier_veto(self, tier: str) -> str | None:
+        """A quarantined device may not use the cloud tier (nor its credentials)."""
+        if tier == "cloud" and self.quarantine is not None:
+            return "quarantined"
+        return None
+
     def start_link(self) -> None:
-        """Connect to the controller's broker in the background (no-op without ``mqtt``)."""
+        """Connect to the controller's broker in the background (no-op without ``mqtt``),
+        and start acting on desired model updates (when ``updates`` is enabled)."""
+        if self.updates is not None:
+            self.updates.start()
         if self.config.mqtt is None:
             log.info("no mqtt section: running standalone")
             return
@@ -343,6 +474,7 @@ class Agent:
             outbox_config=self.config.outbox,
             on_desired=self.on_desired,
             current_reported=self.shadow.report,
+            on_challenge=self.on_challenge,
         )
         self.link.start()
 
@@ -355,6 +487,8 @@ class Agent:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.updates is not None:
+            self.updates.stop()
         if self.link is not None:
             self.link.stop()
         if self._metrics_thread is not None:

@@ -53,7 +53,7 @@ def run(
     from edge_agent.agent import Agent
     from edge_agent.openai_api import create_agent_app
 
-    agent = Agent(cfg, root=root)
+    agent = Agent(cfg, root=root, config_path=config)
     agent.load_models()
     agent.start_link()
     agent.start_metrics()

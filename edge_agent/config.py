@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from shared.broker_url import parse_broker_url
 from shared.topics import is_valid_device_id
@@ -191,6 +198,38 @@ class RoutingConfig(_Strict):
     remote_context_tokens: int = Field(default=8192, ge=256)
 
 
+class UpdatesConfig(_Strict):
+    """Signed model updates over TUF and A/B install (see docs/model-install.md)."""
+
+    enabled: bool = False
+    # The controller's TUF repository (any mirror will do: TUF makes mirrors untrusted).
+    metadata_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    targets_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    # The root metadata shipped with the device: the trust anchor for everything else.
+    trusted_root: Path | None = None
+    max_artifact_bytes: int = Field(default=8 * 1024**3, ge=1)
+    health_prompt: str = Field(default="Reply with one short sentence.", min_length=1)
+    health_max_tokens: int = Field(default=8, ge=1, le=256)
+    # Budget for the smoke inference when the target states no expected_latency_ms.
+    health_latency_budget_ms: float | None = Field(default=None, gt=0)
+    crash_loop_boots: int = Field(default=3, ge=1, le=100)
+    confirm_after_s: float = Field(default=120.0, ge=0)
+    http_timeout_s: float = Field(default=30.0, gt=0)
+    retry_max_s: float = Field(default=600.0, ge=1)
+
+    @model_validator(mode="after")
+    def _complete_when_enabled(self) -> "UpdatesConfig":
+        if self.enabled:
+            missing = [
+                key
+                for key in ("metadata_url", "targets_url", "trusted_root")
+                if getattr(self, key) is None
+            ]
+            if missing:
+                raise ValueError(f"updates enabled but {', '.join(missing)} not set")
+        return self
+
+
 class AgentConfig(_Strict):
     """The whole agent configuration (one YAML file)."""
 
@@ -206,6 +245,7 @@ class AgentConfig(_Strict):
     perception: list[PerceptionModelConfig] = Field(default_factory=list)
     tiers: TiersConfig = Field(default_factory=TiersConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    updates: UpdatesConfig = Field(default_factory=UpdatesConfig)
 
     @field_validator("device_id")
     @classmethod
@@ -249,6 +289,8 @@ def load_config(path: Path) -> AgentConfig:
         model.path = base / model.path
     for classifier in config.perception:
         classifier.path = base / classifier.path
+    if config.updates.trusted_root is not None:
+        config.updates.trusted_root = base / config.updates.trusted_root
     if config.mqtt is not None and config.mqtt.password_file is not None:
         config.mqtt.password_file = base / config.mqtt.password_file
         config.mqtt.password()  # unreadable secrets fail now, with the path, not at connect

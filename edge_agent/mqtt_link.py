@@ -10,6 +10,8 @@
 - A publisher thread drains the durable outbox in batches with a window of unacknowledged
   batches; acks trim the outbox; a lost connection or an overdue ack republishes from the
   oldest unacknowledged record (the controller stores each record once, so that is safe).
+- Attestation challenges go to ``on_challenge``; its signed quote is published at QoS 1
+  straight away (not through the outbox: a quote is only worth anything while its nonce is).
 """
 
 import logging
@@ -34,9 +36,11 @@ from shared.errors import ProtocolError
 from shared.messages import (
     Ack,
     Birth,
+    Challenge,
     Death,
     Desired,
     Heartbeat,
+    Quote,
     Record,
     Reported,
     TelemetryBatch,
@@ -69,6 +73,8 @@ class LinkStats:
     republishes: int = 0
     bad_inbound: int = 0
     reconnects: int = 0
+    quotes_sent: int = 0
+    challenges_failed: int = 0
 
 
 class MqttLink:
@@ -87,6 +93,7 @@ class MqttLink:
         outbox_config: OutboxConfig | None = None,
         on_desired: Callable[[Desired], Reported | None] | None = None,
         current_reported: Callable[[], Reported] | None = None,
+        on_challenge: Callable[[Challenge], Quote | None] | None = None,
     ) -> None:
         self.device_id = device_id
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -99,6 +106,7 @@ class MqttLink:
         self._outbox_config = outbox_config or OutboxConfig()
         self._on_desired = on_desired
         self._current_reported = current_reported
+        self._on_challenge = on_challenge
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._connected = threading.Event()
@@ -138,6 +146,7 @@ class MqttLink:
         self._client.on_message = self._on_message
         self._topic_ack = str(DeviceTopic(device_id, MessageKind.ACK))
         self._topic_desired = str(DeviceTopic(device_id, MessageKind.DESIRED))
+        self._topic_challenge = str(DeviceTopic(device_id, MessageKind.CHALLENGE))
         self._set_will()
 
     @property
@@ -154,6 +163,14 @@ class MqttLink:
     def wake(self) -> None:
         """Tell the publisher that new records are waiting."""
         self._wake.set()
+
+    def publish_reported(self, reported: Reported) -> bool:
+        """Publish a reported document now (QoS 1), for state that changes on its own (a
+        model install). False while offline: every connect publishes the current one."""
+        if not self._connected.is_set():
+            return False
+        self._client.publish(*encode_message(reported), qos=1)
+        return True
 
     def _set_will(self) -> None:
         topic, payload = encode_message(
@@ -267,7 +284,10 @@ class MqttLink:
         sock = client.socket()
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.subscribe([(self._topic_ack, 1), (self._topic_desired, 1)])
+        topics = [(self._topic_ack, 1), (self._topic_desired, 1)]
+        if self._on_challenge is not None:
+            topics.append((self._topic_challenge, 1))
+        client.subscribe(topics)
         with self._lock:
             birth = self._make_birth(self._bd_seq)
             self._cursor = None
@@ -311,6 +331,21 @@ class MqttLink:
             reported = self._on_desired(decoded)
             if reported is not None:
                 client.publish(*encode_message(reported), qos=1)
+        elif isinstance(decoded, Challenge) and self._on_challenge is not None:
+            self._answer(client, decoded)
+
+    def _answer(self, client: mqtt.Client, challenge: Challenge) -> None:
+        """Publish the quote for ``challenge``; a failure to measure or sign is logged and
+        counted, never raised into paho's loop (the controller sees a silent device)."""
+        try:
+            quote = self._on_challenge(challenge) if self._on_challenge else None
+        except Exception:
+            self.stats.challenges_failed += 1
+            log.exception("could not answer attestation challenge")
+            return
+        if quote is not None:
+            client.publish(*encode_message(quote), qos=1)
+            self.stats.quotes_sent += 1
 
     def _handle_ack(self, ack: Ack) -> None:
         if self._outbox is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_agent.updates.decisions import parse_desired_model
 from shared.messages import Desired, Reported
 from shared.shadow import is_newer
 
@@ -42,12 +43,39 @@ def _labels(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _quarantine(value: Any) -> dict[str, str] | None:
+    """Set by the controller after a failed or missing attestation quote; while present
+    the router refuses the cloud tier (see ``Agent.tier_veto``)."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or set(value) != {"reason"}
+        or not isinstance(value["reason"], str)
+        or len(value["reason"]) > 512
+    ):
+        raise ValueError('must be {"reason": <text of at most 512 characters>} or null')
+    return {"reason": value["reason"]}
+
+
+def _model(value: Any) -> dict[str, Any] | None:
+    """The model the controller wants installed (contract 2); the update manager acts on
+    it and reports its own ``model`` status, so this key is never echoed back as is."""
+    desired = parse_desired_model(value)
+    return desired.as_json() if desired is not None else None
+
+
 # The settings the controller may change remotely, each with its validator.
 SETTABLE: dict[str, Callable[[Any], Any]] = {
     "heartbeat_interval_s": _interval(0.5, 3600),
     "telemetry_interval_s": _interval(1, 86400),
     "labels": _labels,
+    "quarantine": _quarantine,
+    "model": _model,
 }
+# Desired keys that are requests, not settings: the reported document carries what the
+# device made of them (from ``reported_extra``) instead of the request itself.
+DESIRED_ONLY = frozenset({"model"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +105,19 @@ def evaluate(desired: JsonObject, defaults: JsonObject) -> Applied:
 class DeviceShadow:
     """Persistent device-side shadow state."""
 
-    def __init__(self, path: Path, *, device_id: str, defaults: JsonObject) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device_id: str,
+        defaults: JsonObject,
+        reported_extra: Callable[[], JsonObject] | None = None,
+    ) -> None:
         self._path = path
         self._device_id = device_id
         self._defaults = dict(defaults)
+        # Extra reported keys from other parts of the agent (the update manager's "model").
+        self._reported_extra = reported_extra
         self._lock = threading.Lock()
         raw: JsonObject = {}
         if path.is_file():
@@ -122,10 +159,13 @@ class DeviceShadow:
         with self._lock:
             self.reported_version += 1
             self._save()
+            state = {k: v for k, v in self.current.settings.items() if k not in DESIRED_ONLY}
+            if self._reported_extra is not None:
+                state.update(self._reported_extra())
             return Reported(
                 device_id=self._device_id,
                 version=self.reported_version,
                 applied_desired_version=self.applied_desired_version or 0,
-                state=dict(self.current.settings),
+                state=state,
                 rejected=dict(self.current.rejected),
             )

@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     TypeAdapter,
     ValidationError,
     model_validator,
@@ -31,6 +32,18 @@ PROTOCOL_VERSION = 1
 MAX_PAYLOAD_BYTES = 64 * 1024
 
 Accelerator = Literal["cpu", "jetson", "npu"]
+
+# Attestation encodings: a raw Ed25519 public key and a signature in standard base64, hex
+# nonces and key ids, and measurement names (``model:<name>`` for each active model).
+_PUBLIC_KEY = r"^[A-Za-z0-9+/]{43}=$"
+_SIGNATURE = r"^[A-Za-z0-9+/]{86}==$"
+_HEX256 = r"^[0-9a-f]{64}$"
+MeasurementName = Annotated[
+    str, StringConstraints(pattern=r"^(?:[a-z][a-z0-9_]{0,31}|model:[^\x00-\x1f]{1,128})$")
+]
+MeasurementValue = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+# A birth lists at most 64 models; a quote measures those plus a handful of others.
+MAX_MEASUREMENTS = 80
 
 
 class _Frozen(BaseModel):
@@ -76,6 +89,9 @@ class Birth(_Envelope):
     models: list[ModelInfo] = Field(default_factory=list, max_length=64)
     api_url: str | None = Field(default=None, max_length=256)
     heartbeat_interval_s: float = Field(gt=0, le=3600)
+    # The device's Ed25519 identity public key (raw, base64); None from agents that predate
+    # attestation. The controller enrolls it or checks it against the enrolled one.
+    identity_key: str | None = Field(default=None, pattern=_PUBLIC_KEY)
 
 
 class Death(_Envelope):
@@ -169,7 +185,36 @@ class Reported(_Envelope):
     rejected: dict[str, str] = Field(default_factory=dict)
 
 
-AnyMessage = Birth | Death | Heartbeat | TelemetryBatch | Ack | Desired | Reported
+class Challenge(_Envelope):
+    """Controller -> device: prove what you run now, by a quote over this fresh nonce.
+
+    ``expires_at`` is when the controller stops accepting an answer; the device answers
+    anyway (its clock may be off) and leaves the judgement to the controller.
+    """
+
+    type: Literal["challenge"] = "challenge"
+    nonce: str = Field(pattern=_HEX256)
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+
+
+class Quote(_Envelope):
+    """Device -> controller: measurements signed by the device's identity key, bound to a
+    challenge's ``nonce`` and ``issued_at``; ``signature`` covers
+    ``shared.attestation.quote_payload`` of these fields."""
+
+    type: Literal["quote"] = "quote"
+    nonce: str = Field(pattern=_HEX256)
+    key_id: str = Field(pattern=_HEX256)
+    measurements: dict[MeasurementName, MeasurementValue] = Field(max_length=MAX_MEASUREMENTS)
+    issued_at: AwareDatetime
+    answered_at: AwareDatetime
+    signature: str = Field(pattern=_SIGNATURE)
+
+
+AnyMessage = (
+    Birth | Death | Heartbeat | TelemetryBatch | Ack | Desired | Reported | Challenge | Quote
+)
 DeviceMessage = Annotated[AnyMessage, Field(discriminator="type")]
 _ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(DeviceMessage)
 
@@ -181,6 +226,8 @@ _KIND_BY_TYPE: dict[str, MessageKind] = {
     "ack": MessageKind.ACK,
     "desired": MessageKind.DESIRED,
     "reported": MessageKind.REPORTED,
+    "challenge": MessageKind.CHALLENGE,
+    "quote": MessageKind.QUOTE,
 }
 
 

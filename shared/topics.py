@@ -25,6 +25,8 @@ class MessageKind(StrEnum):
     REPORTED = "reported"  # device -> controller; the shadow's reported document
     ACK = "ack"  # controller -> device; which outbox records are stored
     DESIRED = "desired"  # controller -> device, retained; the shadow's desired document
+    CHALLENGE = "challenge"  # controller -> device; a nonce to attest against
+    QUOTE = "quote"  # device -> controller; signed measurements bound to a challenge's nonce
 
     @property
     def from_device(self) -> bool:
@@ -34,9 +36,15 @@ class MessageKind(StrEnum):
 # Kinds a device may publish (and the controller subscribes to), and the reverse. The broker
 # ACL is generated from these two sets, so they are the single source of who may say what.
 DEVICE_TO_CONTROLLER = frozenset(
-    {MessageKind.STATUS, MessageKind.HEARTBEAT, MessageKind.TELEMETRY, MessageKind.REPORTED}
+    {
+        MessageKind.STATUS,
+        MessageKind.HEARTBEAT,
+        MessageKind.TELEMETRY,
+        MessageKind.REPORTED,
+        MessageKind.QUOTE,
+    }
 )
-CONTROLLER_TO_DEVICE = frozenset({MessageKind.ACK, MessageKind.DESIRED})
+CONTROLLER_TO_DEVICE = frozenset({MessageKind.ACK, MessageKind.DESIRED, MessageKind.CHALLENGE})
 
 
 def is_valid_device_id(device_id: str) -> bool:

@@ -434,6 +434,28 @@ def test_last_will_cannot_speak_for_another_device(
     assert ctl.topics() == ["ef/v1/dev-a/status"]
 
 
+def test_attestation_topics_follow_their_direction(
+    broker: RunningBroker, clients: list[Client], fleet: Fleet
+) -> None:
+    """dev-a reads only its own challenges (not dev-b's) and cannot forge one for itself; it
+    publishes its own quote but cannot publish a quote as dev-b."""
+    ctl = controller(broker, clients)
+    assert ctl.subscribe("ef/+/+/quote") == [1]
+    dev_a = login(broker, clients, fleet, "dev-a")
+    assert dev_a.subscribe("ef/v1/+/challenge") == [1]
+    dev_a.publish("ef/v1/dev-a/challenge", b"forged-challenge")
+    dev_a.publish("ef/v1/dev-b/quote", b"spoofed-quote")
+    dev_a.publish("ef/v1/dev-a/quote", b"own-quote")
+    ctl.publish("ef/v1/dev-b/challenge", b"for-b")
+    ctl.publish("ef/v1/dev-a/challenge", b"for-a")
+    wait_for(lambda: "ef/v1/dev-a/quote" in ctl.topics(), 10, what="dev-a's own quote")
+    wait_for(lambda: dev_a.messages, 10, what="dev-a's challenge")
+    time.sleep(0.3)  # anything else in flight would have arrived with or before them
+    assert ctl.topics() == ["ef/v1/dev-a/quote"]
+    with dev_a.lock:
+        assert [(t, p) for t, p, _ in dev_a.messages] == [("ef/v1/dev-a/challenge", b"for-a")]
+
+
 # --- CLI -------------------------------------------------------------------------------------
 def test_cli_provision_file_mode_duplicate_and_bad_id(tmp_path: Path) -> None:
     """devices provision writes a 0600 password file matching the stored hash, refuses a
@@ -493,6 +515,31 @@ def test_cli_provision_file_mode_duplicate_and_bad_id(tmp_path: Path) -> None:
         credential = session.get(BrokerCredential, "edge-1")
         assert credential is not None and credential.username == "edge-1"
         assert credential.password_hash.startswith("$7$") and second not in credential.password_hash
+
+
+def test_cli_provision_registers_an_identity_key(tmp_path: Path) -> None:
+    """devices provision --identity-key enrolls the key for attestation (how=provisioned,
+    key id = SHA-256 of the raw key) and refuses a malformed key with exit 2."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from sqlmodel import Session
+
+    from controller.attestation.service import DeviceIdentity
+    from controller.db import make_engine
+    from shared.attestation import encode_public_key, key_id, public_key_of
+
+    config = controller_config(tmp_path)
+    raw = public_key_of(Ed25519PrivateKey.generate())
+    bad = cli("devices", "provision", "edge-k", "--identity-key", "bm90LWEta2V5", "-c", str(config))
+    assert bad.returncode == 2 and "--identity-key" in bad.stderr
+    done = cli(
+        "devices", "provision", "edge-k", "--identity-key", encode_public_key(raw),
+        "--password-file", str(tmp_path / "edge-k.password"), "-c", str(config),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with Session(make_engine(f"sqlite:///{tmp_path / 'controller.db'}")) as session:
+        identity = session.get(DeviceIdentity, "edge-k")
+    assert identity is not None and identity.how == "provisioned"
+    assert identity.key_id == key_id(raw) and identity.public_key == encode_public_key(raw)
 
 
 def test_cli_broker_config_needs_controller_credentials(tmp_path: Path) -> None:

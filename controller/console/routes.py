@@ -92,5 +92,6 @@ def fleet_page(request: Request, db: DbDep, user: OptionalUser) -> Response:
             "devices": devices,
             "online": sum(d.state == "online" for d in devices),
             "offline": sum(d.state == "offline" for d in devices),
+            "quarantined": sum(d.quarantined for d in devices),
         },
     )

@@ -34,7 +34,9 @@ class ModelVersion(SQLModel, table=True):
 
 def get_model_version(session: Session, name: str, version: str) -> ModelVersion | None:
     return session.exec(
-        select(ModelVersion).where(col(ModelVersion.name) == name, col(ModelVersion.version) == version)
+        select(ModelVersion).where(
+            col(ModelVersion.name) == name, col(ModelVersion.version) == version
+        )
     ).first()
 
 

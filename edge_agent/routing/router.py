@@ -111,8 +111,12 @@ class Router:
         costs: Mapping[str, float] | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_alert: Callable[[str, dict[str, Any]], None] | None = None,
+        tier_veto: Callable[[str], str | None] | None = None,
     ) -> None:
         self.config = config
+        # Asked per remote tier on every decision: a reason refuses the tier (attestation
+        # quarantine refuses the cloud tier), None leaves it to the breaker.
+        self._tier_veto = tier_veto or (lambda tier: None)
         self.detector = detector
         self.local = local
         self.local_errors = local_errors
@@ -160,6 +164,10 @@ class Router:
                 0.0,
             )
         for name in self.remotes:
+            veto = self._tier_veto(name)
+            if veto is not None:
+                views[name] = TierView(name, False, veto, self.latency[name].p95())
+                continue
             breaker = self.breakers[name]
             views[name] = TierView(
                 name,

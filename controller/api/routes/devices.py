@@ -23,20 +23,26 @@ def list_devices(
     db: DbDep,
     _user: CurrentUser,
     state: Literal["online", "offline", "unknown"] | None = None,
+    quarantined: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DeviceList:
-    """Devices ordered by id, optionally filtered by state, with fleet-wide counts."""
+    """Devices ordered by id, optionally filtered by state or quarantine, with fleet-wide
+    counts (quarantined: devices attestation does not trust)."""
     query = select(Device).order_by(col(Device.id))
     if state is not None:
         query = query.where(col(Device.state) == state)
+    if quarantined is not None:
+        query = query.where(col(Device.quarantined) == quarantined)
     rows = db.exec(query.offset(offset).limit(limit)).all()
     counts = dict(db.exec(select(Device.state, func.count()).group_by(col(Device.state))).all())
+    held = db.exec(select(func.count()).select_from(Device).where(col(Device.quarantined))).one()
     return DeviceList(
         data=[DevicePublic.model_validate(row, from_attributes=True) for row in rows],
         count=sum(counts.values()),
         online=counts.get("online", 0),
         offline=counts.get("offline", 0),
+        quarantined=held,
     )
 
 

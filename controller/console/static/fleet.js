@@ -26,6 +26,14 @@
       why.textContent = ` (${d.state_reason})`;
       stateCell.append(why);
     }
+    if (d.quarantined) {
+      tr.className = "quarantined";
+      const flag = document.createElement("span");
+      flag.className = "quarantine";
+      flag.title = d.quarantine_reason || "";
+      flag.textContent = d.quarantine_reason ? `quarantined: ${d.quarantine_reason}` : "quarantined";
+      stateCell.append(" ", flag);
+    }
     tr.append(
       cell(d.id), stateCell, cell(stamp(d.last_seen)), cell(text(d.device_class)),
       cell(text(d.runtimes.join(", "))), cell(text(d.models.map((m) => m.name).join(", "))),
@@ -43,6 +51,7 @@
       body.replaceChildren(...page.data.map(row));
       document.getElementById("count-online").textContent = page.online;
       document.getElementById("count-offline").textContent = page.offline;
+      document.getElementById("count-quarantined").textContent = page.quarantined;
       document.getElementById("count-total").textContent = page.count;
       document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     } catch (err) {

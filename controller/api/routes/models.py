@@ -1,0 +1,208 @@
+"""``/api/models``: the model registry, and uploads of new model versions.
+
+An upload is the request body itself (``application/octet-stream``), streamed to a staging
+file on the repository's disk with a size limit and hashed on the way, with the model's
+metadata in query parameters; nothing holds the artifact in memory. Publishing (signing
+new targets, snapshot and timestamp) happens once the last byte has arrived.
+"""
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from sqlmodel import Field, SQLModel, col, select
+from starlette.concurrency import run_in_threadpool
+
+from controller.api.deps import CurrentUser, DbDep, OperatorUser, ServicesDep
+from controller.db import session_scope
+from controller.updates.errors import (
+    DuplicateError,
+    KeyStoreError,
+    RepositoryStateError,
+    TooLargeError,
+    UpdatesError,
+)
+from controller.updates.publish import (
+    CHUNK,
+    ModelSpec,
+    Runtime,
+    StagedFile,
+    StagingWriter,
+    check_new,
+    publish_model,
+)
+from controller.updates.registry import ModelVersion, get_model_version
+from controller.updates.repository import TufRepository
+
+router = APIRouter(prefix="/api/models", tags=["models"])
+
+
+class ModelVersionPublic(SQLModel):
+    """A published model version as the API shows it."""
+
+    id: int
+    name: str
+    version: str
+    target_path: str
+    sha256: str
+    length: int
+    runtime: str
+    quantization: str
+    device_classes: list[str]
+    min_agent_version: str
+    expected_latency_ms: float | None
+    created_at: datetime
+    created_by: str
+
+
+class ModelVersionList(SQLModel):
+    """One page of model versions, newest first, and how many match in all."""
+
+    data: list[ModelVersionPublic] = Field(default_factory=list)
+    count: int
+
+
+def _public(row: ModelVersion) -> ModelVersionPublic:
+    return ModelVersionPublic.model_validate(row, from_attributes=True)
+
+
+def _http_error(e: UpdatesError) -> HTTPException:
+    if isinstance(e, DuplicateError):
+        return HTTPException(409, str(e))
+    if isinstance(e, TooLargeError):
+        return HTTPException(413, str(e))
+    if isinstance(e, KeyStoreError | RepositoryStateError):
+        return HTTPException(503, f"the update repository cannot sign: {e}")
+    return HTTPException(422, str(e))
+
+
+def _fits(row: ModelVersion, device_class: str | None) -> bool:
+    # No device classes listed means the model suits every class.
+    return device_class is None or not row.device_classes or device_class in row.device_classes
+
+
+@router.get("")
+def list_models(
+    db: DbDep,
+    _user: CurrentUser,
+    name: str | None = None,
+    runtime: Runtime | None = None,
+    device_class: Annotated[
+        str | None, Query(description="Only models that list this class, or list none.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ModelVersionList:
+    """Published model versions, newest first, filtered by name, runtime, device class."""
+    query = select(ModelVersion).order_by(col(ModelVersion.id).desc())
+    if name is not None:
+        query = query.where(col(ModelVersion.name) == name)
+    if runtime is not None:
+        query = query.where(col(ModelVersion.runtime) == runtime)
+    # The registry holds hundreds of rows, not millions; JSON containment differs between
+    # SQLite and PostgreSQL, so the class filter runs here.
+    rows = [row for row in db.exec(query).all() if _fits(row, device_class)]
+    return ModelVersionList(
+        data=[_public(row) for row in rows[offset : offset + limit]], count=len(rows)
+    )
+
+
+@router.get("/{name}/{version}")
+def get_model(name: str, version: str, db: DbDep, _user: CurrentUser) -> ModelVersionPublic:
+    row = get_model_version(db, name, version)
+    if row is None:
+        raise HTTPException(404, f"model {name!r} version {version!r} is not published")
+    return _public(row)
+
+
+def _ready_repository(services: ServicesDep) -> TufRepository:
+    repo = services.tuf
+    if repo is None or not repo.is_initialized():
+        raise HTTPException(503, "no TUF repository: run 'edgefleet keys init' on the controller")
+    return repo
+
+
+@router.post("", status_code=201)
+async def upload_model(
+    request: Request,
+    services: ServicesDep,
+    db: DbDep,
+    user: OperatorUser,
+    name: str,
+    version: str,
+    runtime: Runtime,
+    filename: Annotated[str, Query(description="The artifact's file name on devices.")],
+    quantization: str = "",
+    device_class: Annotated[list[str] | None, Query()] = None,
+    min_agent_version: str = "0",
+    expected_latency_ms: Annotated[float | None, Query(gt=0)] = None,
+) -> ModelVersionPublic:
+    """Publish a new model version from the request body (operator role)."""
+    actor = f"user:{user.username}"
+    # Authentication wrote the token's last use: end that transaction now, or SQLite
+    # would stay write-locked for the whole upload.
+    await run_in_threadpool(db.commit)
+    try:
+        spec = ModelSpec(
+            name=name,
+            version=version,
+            runtime=runtime,
+            filename=filename,
+            quantization=quantization,
+            device_classes=tuple(device_class or ()),
+            min_agent_version=min_agent_version,
+            expected_latency_ms=expected_latency_ms,
+        )
+    except UpdatesError as e:
+        raise _http_error(e) from e
+    repo = _ready_repository(services)
+    limit = services.settings.updates.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"the artifact is larger than the limit of {limit} bytes")
+
+    def precheck() -> None:
+        with session_scope(services.engine) as session:
+            check_new(session, repo, spec)
+
+    try:
+        await run_in_threadpool(precheck)
+        staged = await _receive(request, repo, limit)
+    except UpdatesError as e:
+        raise _http_error(e) from e
+
+    def publish() -> ModelVersionPublic:
+        with session_scope(services.engine) as session:
+            row = publish_model(session, repo, spec, staged, actor=actor)
+            session.flush()
+            return _public(row)
+
+    try:
+        return await run_in_threadpool(publish)
+    except UpdatesError as e:
+        raise _http_error(e) from e
+
+
+async def _receive(request: Request, repo: TufRepository, limit: int) -> StagedFile:
+    """Stream the body into a staging file, writing in 1 MiB batches off the event loop."""
+    writer = await run_in_threadpool(StagingWriter, repo, limit)
+    pending: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            pending.append(chunk)
+            size += len(chunk)
+            if size >= CHUNK:
+                await run_in_threadpool(_write_all, writer, pending)
+                pending, size = [], 0
+        await run_in_threadpool(_write_all, writer, pending)
+        return await run_in_threadpool(writer.finish)
+    except BaseException:
+        await run_in_threadpool(writer.abort)
+        raise
+
+
+def _write_all(writer: StagingWriter, chunks: Sequence[bytes]) -> None:
+    for chunk in chunks:
+        writer.write(chunk)

@@ -1,0 +1,568 @@
+"""``edgefleet keys`` and ``edgefleet models``: the signed-update repository from the shell.
+
+Key and repository commands run on the controller host (or, for ``sign-root``, on the
+offline machine that holds a root key) and work without a running controller. ``models
+add`` also works on the host directly, streaming the file into the repository; ``models
+list`` and ``models upload`` talk to the controller's API like the other commands do.
+Every failure is one line on stderr and a non-zero exit, never a traceback.
+"""
+
+import getpass
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from controller.settings import Settings
+from controller.updates.errors import UpdatesError
+from controller.updates.keys import ROLES, KeyStore, load_key_file, read_passphrase
+from controller.updates.repository import (
+    ONLINE_ROLES,
+    RepoPolicy,
+    TufRepository,
+    describe_root_result,
+    read_root_draft,
+    sign_root_draft,
+    write_root_draft,
+)
+
+keys_app = typer.Typer(no_args_is_help=True, help="Manage the update repository's signing keys.")
+models_app = typer.Typer(no_args_is_help=True, help="Publish and list model versions.")
+
+err = Console(stderr=True, soft_wrap=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Controller YAML config file.")
+]
+KeysDirOpt = Annotated[
+    Path | None, typer.Option(help="Online keys folder (default: updates.keys_dir).")
+]
+RepoDirOpt = Annotated[
+    Path | None, typer.Option(help="TUF repository folder (default: updates.repo_dir).")
+]
+PassphraseOpt = Annotated[
+    Path | None,
+    typer.Option(help="File holding the key passphrase (default: EDGEFLEET_KEY_PASSPHRASE)."),
+]
+UrlOpt = Annotated[str | None, typer.Option(help="Controller URL (or EDGEFLEET_URL).")]
+TokenOpt = Annotated[str | None, typer.Option(help="API token (or EDGEFLEET_TOKEN).")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]edgefleet:[/red] {message}", highlight=False, markup=False)
+    return typer.Exit(code)
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Turn the update repository's errors (and file errors) into one line and exit 1."""
+    try:
+        yield
+    except UpdatesError as e:
+        raise _fail(str(e)) from e
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        raise _fail(f"{where}{e.strerror or e}") from e
+
+
+def _settings(config: Path | None) -> Settings:
+    from pydantic import ValidationError
+
+    from controller.settings import load_settings
+
+    try:
+        return load_settings(config)
+    except (ValidationError, ValueError) as e:
+        raise _fail(f"invalid controller configuration: {e}", 2) from e
+
+
+def _repository(
+    config: Path | None,
+    repo_dir: Path | None,
+    keys_dir: Path | None,
+    passphrase_file: Path | None,
+) -> tuple[Settings, TufRepository]:
+    settings = _settings(config)
+    updates = settings.updates
+    with _clear_errors():
+        passphrase = read_passphrase(passphrase_file or updates.passphrase_file)
+    keys = KeyStore(keys_dir or updates.keys_dir, passphrase)
+    repo = TufRepository(repo_dir or updates.repo_dir, keys, RepoPolicy.from_settings(updates))
+    return settings, repo
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _audit(settings: Settings, action: str, target: str, reason: str, **detail: Any) -> None:
+    """Record an operator's key or model action in the controller's audit log."""
+    from controller.audit import audit
+    from controller.db import init_db, make_engine, session_scope
+
+    engine = make_engine(settings.database_url)
+    try:
+        init_db(engine)
+        with session_scope(engine) as session:
+            audit(session, actor=_actor(), action=action, target=target, reason=reason,
+                  detail=detail)  # fmt: skip
+    finally:
+        engine.dispose()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- keys ----------------------------------------------------------------------------------
+@keys_app.command("init")
+def keys_init(
+    keys_dir: KeysDirOpt = None,
+    repo_dir: RepoDirOpt = None,
+    root_keys: Annotated[int, typer.Option(min=1, max=16, help="Number of root keys.")] = 1,
+    root_threshold: Annotated[
+        int | None,
+        typer.Option(min=1, help="Root signatures needed (default: updates.thresholds.root)."),
+    ] = None,
+    passphrase_file: PassphraseOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Generate encrypted keys for every role and publish version 1 of the metadata."""
+    settings, repo = _repository(config, repo_dir, keys_dir, passphrase_file)
+    with _clear_errors():
+        state = repo.initialize(now=_now(), root_keys=root_keys, root_threshold=root_threshold)
+        _audit(settings, "tuf.init", f"tuf:{repo.dir}", "repository created",
+               root_keys=root_keys, versions=state.versions())  # fmt: skip
+    root = state.root.signed
+    typer.echo(f"TUF repository created in {repo.dir}, keys in {repo.keys.dir}")
+    for role in ROLES:
+        spec = root.roles[role]
+        typer.echo(f"  {role}: {spec.threshold} of {len(spec.keyids)} key(s)")
+    typer.echo(
+        f"Provision devices with {repo.metadata_dir / '1.root.json'}; move the root key(s)"
+        " offline with 'edgefleet keys export-root --out FILE'."
+    )
+
+
+@keys_app.command("status")
+def keys_status(
+    keys_dir: KeysDirOpt = None,
+    repo_dir: RepoDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show each role's version, expiry, threshold and which keys are online."""
+    _, repo = _repository(config, repo_dir, keys_dir, None)
+    with _clear_errors():
+        state = repo.load()
+    online = repo.keys.files()
+    root = state.root.signed
+    versions, expires = state.versions(), state.expires()
+    report: dict[str, dict[str, Any]] = {
+        role: {
+            "version": versions[role],
+            "expires": expires[role].isoformat(),
+            "threshold": root.roles[role].threshold,
+            "keys": {k: ("online" if k in online else "offline") for k in root.roles[role].keyids},
+        }
+        for role in ROLES
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"TUF repository {repo.dir}")
+    for column in ("role", "version", "expires", "threshold", "keys (online/total)"):
+        table.add_column(column)
+    for role, row in report.items():
+        keys = row["keys"]
+        table.add_row(
+            role,
+            str(row["version"]),
+            str(row["expires"])[:19].replace("T", " "),
+            str(row["threshold"]),
+            f"{sum(v == 'online' for v in keys.values())}/{len(keys)}",
+        )
+    Console().print(table)
+
+
+@keys_app.command("export-root")
+def keys_export_root(
+    out: Annotated[Path, typer.Option(help="File to write the encrypted root key(s) to.")],
+    keyid: Annotated[
+        list[str] | None, typer.Option(help="Only this root key; repeatable (default: all).")
+    ] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the online copies too.")] = False,
+    keys_dir: KeysDirOpt = None,
+    repo_dir: RepoDirOpt = None,
+    passphrase_file: PassphraseOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Move root private keys out of the online folder for offline keeping."""
+    settings, repo = _repository(config, repo_dir, keys_dir, passphrase_file)
+    with _clear_errors():
+        root = repo.load_root_chain()[-1].signed
+        root_ids = root.roles["root"].keyids
+        online = repo.keys.files()
+        wanted = list(keyid) if keyid else [k for k in root_ids if k in online]
+        stray = [k for k in wanted if k not in root_ids]
+        if stray:
+            raise _fail(f"not a root key of root v{root.version}: {', '.join(stray)}", 2)
+        if not wanted:
+            raise _fail(f"no root private key is in {repo.keys.dir}; nothing to export", 2)
+        exported = repo.keys.export(wanted, out, keep=keep)
+        _audit(settings, "tuf.export_root", f"tuf:{repo.dir}", "root keys exported",
+               keyids=exported, kept_online=keep)  # fmt: skip
+    typer.echo(f"wrote {len(exported)} encrypted root key(s) to {out}")
+    if not keep:
+        typer.echo(
+            f"removed them from {repo.keys.dir}: root changes now need 'edgefleet keys"
+            " sign-root DRAFT --key FILE' with this file"
+        )
+
+
+@keys_app.command("root-draft")
+def keys_root_draft(
+    out: Annotated[
+        Path | None, typer.Option(help="Draft file (default: <repo>/drafts/N.root.json).")
+    ] = None,
+    root_threshold: Annotated[
+        int | None, typer.Option(min=1, help="A new threshold for root.")
+    ] = None,
+    keys_dir: KeysDirOpt = None,
+    repo_dir: RepoDirOpt = None,
+    passphrase_file: PassphraseOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write the next root version (renewed expiry), signed by any online root keys."""
+    _s, repo = _repository(config, repo_dir, keys_dir, passphrase_file)
+    with _clear_errors():
+        thresholds = {"root": root_threshold} if root_threshold is not None else None
+        draft = repo.draft_root(now=_now(), thresholds=thresholds)
+        path = out or repo.drafts_dir / f"{draft.signed.version}.root.json"
+        write_root_draft(draft, path)
+        result = repo.check_root_draft(draft)
+    typer.echo(f"wrote root v{draft.signed.version} draft to {path}")
+    typer.echo(describe_root_result(result, draft.signed.version))
+    if not result.verified:
+        typer.echo("sign it with 'edgefleet keys sign-root DRAFT --key FILE', then publish-root")
+
+
+@keys_app.command("sign-root")
+def keys_sign_root(
+    draft_file: Annotated[Path, typer.Argument(help="The root draft to sign (updated).")],
+    key: Annotated[Path, typer.Option(help="Encrypted key file (from export-root).")],
+    out: Annotated[Path | None, typer.Option(help="Write the signed draft here instead.")] = None,
+    repo_dir: RepoDirOpt = None,
+    passphrase_file: PassphraseOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Add signatures to a root draft with offline root key(s); works without a repository
+    (then only keys of the draft's own root role are accepted)."""
+    _s, repo = _repository(config, repo_dir, None, passphrase_file)
+    with _clear_errors():
+        draft = read_root_draft(draft_file)
+        previous = None
+        if repo.is_initialized():
+            chain = repo.load_root_chain()
+            wanted = draft.signed.version - 1
+            if 1 <= wanted <= len(chain):
+                previous = chain[wanted - 1].signed
+        passphrase = read_passphrase(passphrase_file)
+        signers = load_key_file(key, passphrase)
+        added = sign_root_draft(draft, signers, previous)
+        target = out or draft_file
+        write_root_draft(draft, target)
+    typer.echo(f"signed root v{draft.signed.version} with {', '.join(added)}; wrote {target}")
+    if previous is not None:
+        result = draft.signed.get_root_verification_result(
+            previous, draft.signed_bytes, draft.signatures
+        )
+        typer.echo(describe_root_result(result, draft.signed.version))
+
+
+@keys_app.command("publish-root")
+def keys_publish_root(
+    draft_file: Annotated[Path, typer.Argument(help="A fully signed root draft.")],
+    keys_dir: KeysDirOpt = None,
+    repo_dir: RepoDirOpt = None,
+    passphrase_file: PassphraseOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Publish a root draft signed by a threshold of the previous and of its own root keys."""
+    settings, repo = _repository(config, repo_dir, keys_dir, passphrase_file)
+    with _clear_errors():
+        draft = read_root_draft(draft_file)
+        resigned = repo.publish_root(draft, now=_now())
+        _audit(settings, "tuf.publish_root", f"tuf:root:{draft.signed.version}",
+               "new root version", resigned=resigned)  # fmt: skip
+    typer.echo(f"published root v{draft.signed.version}")
+    if resigned:
+        typer.echo(f"re-signed with the new keys: {', '.join(resigned)}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    role: Annotated[str, typer.Argument(help="root, targets, snapshot or timestamp.")],
+    revoke: Annotated[
+        list[str] | None, typer.Option(help="Key id to revoke; repeatable (default: all).")
+    ] = None,
+    new_keys: Annotated[
+        int | None, typer.Option(min=0, help="New keys to add (default: one per revoked).")
+    ] = None,
+    threshold: Annotated[int | None, typer.Option(min=1, help="A new threshold.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Draft file when offline signatures are needed.")
+    ] = None,
+    keys_dir: KeysDirOpt = None,
+    repo_dir: RepoDirOpt = None,
+    passphrase_file: PassphraseOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Replace a role's keys through a new root version (published at once when the
+    online root keys suffice, else left as a draft for sign-root and publish-root)."""
+    if role not in ROLES:
+        raise _fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}", 2)
+    settings, repo = _repository(config, repo_dir, keys_dir, passphrase_file)
+    with _clear_errors():
+        rotation = repo.rotate(
+            role, now=_now(), revoke=revoke, new_keys=new_keys, threshold=threshold,
+            draft_path=out,
+        )  # fmt: skip
+        _audit(settings, "tuf.rotate", f"tuf:{role}", rotation.status,
+               new=rotation.new_keyids, revoked=rotation.revoked_keyids,
+               published=rotation.published, root_version=rotation.version)  # fmt: skip
+    typer.echo(f"{role}: new key(s) {', '.join(rotation.new_keyids) or '-'}")
+    if rotation.published:
+        typer.echo(f"root v{rotation.version} published")
+        if rotation.resigned:
+            typer.echo(f"re-signed with the new keys: {', '.join(rotation.resigned)}")
+    else:
+        typer.echo(f"root v{rotation.version} draft written to {rotation.draft_path}")
+        typer.echo(rotation.status)
+        typer.echo(
+            "sign it with the offline root key(s): 'edgefleet keys sign-root DRAFT --key"
+            " FILE', then 'edgefleet keys publish-root DRAFT'"
+        )
+
+
+@keys_app.command("refresh")
+def keys_refresh(
+    force: Annotated[
+        list[str] | None, typer.Option(help="Re-sign this role even if not due; repeatable.")
+    ] = None,
+    keys_dir: KeysDirOpt = None,
+    repo_dir: RepoDirOpt = None,
+    passphrase_file: PassphraseOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Re-sign targets/snapshot/timestamp that are close to expiry (what the controller's
+    scheduler does); nothing due means nothing written."""
+    bad = [r for r in force or [] if r not in ONLINE_ROLES]
+    if bad:
+        raise _fail(f"can only force {', '.join(ONLINE_ROLES)}, not {', '.join(bad)}", 2)
+    settings, repo = _repository(config, repo_dir, keys_dir, passphrase_file)
+    with _clear_errors():
+        resigned = repo.refresh(now=_now(), force=force or ())
+        if resigned:
+            _audit(settings, "tuf.resign", "tuf:metadata", "operator refresh", roles=resigned)
+    typer.echo(f"re-signed: {', '.join(resigned)}" if resigned else "nothing was due")
+
+
+# --- models --------------------------------------------------------------------------------
+@models_app.command("add")
+def models_add(
+    file: Annotated[Path, typer.Argument(help="The model artifact (GGUF, ONNX, ...).")],
+    name: Annotated[str, typer.Option(help="Model name, as agents configure it.")],
+    version: Annotated[str, typer.Option(help="Model version (unique per name).")],
+    runtime: Annotated[str, typer.Option(help="llama.cpp, ort-genai or onnx.")],
+    quantization: Annotated[str, typer.Option(help="e.g. Q4_K_M, int8.")] = "",
+    device_class: Annotated[
+        list[str] | None, typer.Option(help="Compatible device class; repeatable (none: all).")
+    ] = None,
+    min_agent_version: Annotated[str, typer.Option(help="Oldest agent that may run it.")] = "0",
+    expected_latency_ms: Annotated[
+        float | None, typer.Option(help="Typical latency on its device classes.")
+    ] = None,
+    filename: Annotated[
+        str | None, typer.Option(help="File name in the target path (default: FILE's name).")
+    ] = None,
+    keys_dir: KeysDirOpt = None,
+    repo_dir: RepoDirOpt = None,
+    passphrase_file: PassphraseOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Publish a model version on the controller host: stream-hash the file into the
+    repository, record it in the registry and sign new targets, snapshot and timestamp."""
+    from controller.db import init_db, make_engine, session_scope
+    from controller.updates.publish import ModelSpec, add_model_file
+
+    settings, repo = _repository(config, repo_dir, keys_dir, passphrase_file)
+    if not file.is_file():
+        raise _fail(f"{file} is not a file", 2)
+    engine = make_engine(settings.database_url)
+    try:
+        with _clear_errors():
+            spec = ModelSpec(
+                name=name,
+                version=version,
+                runtime=runtime,
+                filename=filename or file.name,
+                quantization=quantization,
+                device_classes=tuple(device_class or ()),
+                min_agent_version=min_agent_version,
+                expected_latency_ms=expected_latency_ms,
+            )
+            init_db(engine)
+            with (
+                Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    DownloadColumn(),
+                    TransferSpeedColumn(),
+                    TimeRemainingColumn(),
+                    console=err,
+                    transient=True,
+                ) as progress,
+                session_scope(engine) as session,
+            ):
+                task = progress.add_task(f"hashing {file.name}", total=file.stat().st_size)
+                row = add_model_file(
+                    session, repo, file, spec, actor=_actor(),
+                    progress=lambda n: progress.advance(task, n),
+                )  # fmt: skip
+                summary = (row.target_path, row.sha256, row.length)
+            versions = repo.load().versions()
+    finally:
+        engine.dispose()
+    path, sha, length = summary
+    typer.echo(f"published {name} {version} as {path} (sha256 {sha}, {length} bytes)")
+    typer.echo(
+        f"targets v{versions['targets']}, snapshot v{versions['snapshot']},"
+        f" timestamp v{versions['timestamp']}"
+    )
+
+
+@models_app.command("list")
+def models_list(
+    name: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    runtime: Annotated[str | None, typer.Option(help="Only this runtime.")] = None,
+    device_class: Annotated[str | None, typer.Option(help="Only models for this class.")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List published model versions, newest first."""
+    from controller.api_client import ApiError, get_json, resolve_target
+
+    params: dict[str, Any] = {"limit": 1000}
+    for key, value in (("name", name), ("runtime", runtime), ("device_class", device_class)):
+        if value is not None:
+            params[key] = value
+    try:
+        page = get_json(resolve_target(url, token), "/api/models", params)
+    except ApiError as e:
+        raise _fail(str(e)) from e
+    if as_json:
+        typer.echo(json.dumps(page, indent=2))
+        return
+    table = Table(title=f"{page['count']} model version(s)")
+    for column in ("name", "version", "runtime", "quant", "classes", "size", "sha256", "added"):
+        table.add_column(column)
+    for m in page["data"]:
+        table.add_row(
+            m["name"],
+            m["version"],
+            m["runtime"],
+            m["quantization"] or "-",
+            ", ".join(m["device_classes"]) or "all",
+            f"{m['length'] / 1e6:.1f} MB",
+            m["sha256"][:12],
+            str(m["created_at"])[:19].replace("T", " "),
+        )
+    Console().print(table)
+
+
+@models_app.command("upload")
+def models_upload(
+    file: Annotated[Path, typer.Argument(help="The model artifact.")],
+    name: Annotated[str, typer.Option(help="Model name, as agents configure it.")],
+    version: Annotated[str, typer.Option(help="Model version (unique per name).")],
+    runtime: Annotated[str, typer.Option(help="llama.cpp, ort-genai or onnx.")],
+    quantization: Annotated[str, typer.Option(help="e.g. Q4_K_M, int8.")] = "",
+    device_class: Annotated[
+        list[str] | None, typer.Option(help="Compatible device class; repeatable (none: all).")
+    ] = None,
+    min_agent_version: Annotated[str, typer.Option(help="Oldest agent that may run it.")] = "0",
+    expected_latency_ms: Annotated[float | None, typer.Option(help="Typical latency.")] = None,
+    filename: Annotated[str | None, typer.Option(help="File name in the target path.")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Publish a model version through a remote controller's API (streamed upload)."""
+    import httpx
+
+    from controller.api_client import ApiError, resolve_target
+
+    if not file.is_file():
+        raise _fail(f"{file} is not a file", 2)
+    try:
+        target = resolve_target(url, token)
+    except ApiError as e:
+        raise _fail(str(e)) from e
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        ("name", name),
+        ("version", version),
+        ("runtime", runtime),
+        ("filename", filename or file.name),
+        ("quantization", quantization),
+        ("min_agent_version", min_agent_version),
+    ]
+    params += [("device_class", c) for c in device_class or ()]
+    if expected_latency_ms is not None:
+        params.append(("expected_latency_ms", str(expected_latency_ms)))
+    size = file.stat().st_size
+
+    def body() -> Iterator[bytes]:
+        with file.open("rb") as f:
+            while chunk := f.read(1024 * 1024):
+                yield chunk
+
+    try:
+        response = httpx.post(
+            f"{target.url}/api/models",
+            params=params,
+            content=body(),
+            headers={
+                "Authorization": f"Bearer {target.token}",
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(size),
+            },
+            timeout=httpx.Timeout(30.0, read=600.0),
+        )
+    except httpx.HTTPError as e:
+        raise _fail(f"cannot reach the controller at {target.url}: {e}") from e
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise _fail(f"{response.status_code} from /api/models: {detail}")
+    row = response.json()
+    typer.echo(f"published {row['name']} {row['version']} as {row['target_path']}")

@@ -1,0 +1,50 @@
+"""Signed model updates on the device: TUF-verified downloads into A/B slots, health-checked.
+
+- ``decisions``: pure rules (compatibility, offline policy, verification, health, boots)
+  and the error family everything here raises;
+- ``fetch``: resumable, length-bounded, streaming-hashed HTTP downloads;
+- ``client``: python-tuf's ngclient for metadata, ``fetch`` for artifacts;
+- ``slots``: the A/B slot store with its atomic switch and crash-loop rollback;
+- ``manager``: the thread that turns the desired ``model`` key into a serving model.
+
+See docs/model-install.md.
+"""
+
+from edge_agent.updates.client import TufClient, VerifiedTarget
+from edge_agent.updates.decisions import (
+    DesiredModel,
+    DeviceFacts,
+    HashMismatch,
+    IncompatibleTarget,
+    InstallFailed,
+    LengthExceeded,
+    MetadataExpired,
+    RepositoryUnreachable,
+    UpdateError,
+    UpdateRefused,
+    parse_desired_model,
+)
+from edge_agent.updates.fetch import FetchResult, fetch_artifact
+from edge_agent.updates.manager import UpdateManager
+from edge_agent.updates.slots import SlotRecord, Slots
+
+__all__ = [
+    "DesiredModel",
+    "DeviceFacts",
+    "FetchResult",
+    "HashMismatch",
+    "IncompatibleTarget",
+    "InstallFailed",
+    "LengthExceeded",
+    "MetadataExpired",
+    "RepositoryUnreachable",
+    "SlotRecord",
+    "Slots",
+    "TufClient",
+    "UpdateError",
+    "UpdateManager",
+    "UpdateRefused",
+    "VerifiedTarget",
+    "fetch_artifact",
+    "parse_desired_model",
+]

@@ -1,0 +1,284 @@
+"""The controller's attestation service on a real SQLite database, driven through ingest's
+apply_batch as the MQTT shell drives it: enrollment, challenges, verdicts, quarantine."""
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from controller.attestation.service import (
+    AttestationChallenge,
+    AttestationResult,
+    AttestationService,
+    DeviceIdentity,
+    add_golden,
+    register_identity,
+)
+from controller.audit import AuditEntry
+from controller.db import init_db, make_engine, session_scope
+from controller.ingest import BatchResult, Received, apply_batch
+from controller.models import Device
+from controller.settings import AttestationSettings
+from controller.shadows import DeviceShadow
+from edge_agent.attestation import Attester, FileIdentityKey
+from shared.attestation import encode_public_key, public_key_of
+from shared.messages import (
+    Birth,
+    Challenge,
+    Desired,
+    HardwareInfo,
+    Heartbeat,
+    Quote,
+    encode_message,
+)
+
+T0 = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)
+CODE = "c0de" * 16
+SETTINGS = AttestationSettings(timeout_s=10, nonce_ttl_s=60, interval_s=3600)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'controller.db'}")
+    init_db(engine)
+    with session_scope(engine) as session:
+        add_golden(session, kind="agent_code", value=CODE, source="test", actor="test")
+    yield engine
+    engine.dispose()
+
+
+class FakeDevice:
+    """A device with a real identity key and Attester, whose messages go through ingest."""
+
+    def __init__(self, tmp_path: Path, device_id: str = "dev-1") -> None:
+        self.device_id = device_id
+        self.key = FileIdentityKey.load_or_create(tmp_path / device_id)
+        self.epoch = 1
+        self.attester = Attester(
+            self.key,
+            lambda: {
+                "agent_code": CODE,
+                "config": "0f" * 32,
+                "image_id": "none",
+                "boot_epoch": str(self.epoch),
+            },
+            clock=lambda: self.now,
+        )
+        self.now = T0
+
+    def birth(self, bd_seq: int, identity_key: str | None = "own") -> Birth:
+        key = (
+            encode_public_key(self.key.public_key_raw()) if identity_key == "own" else identity_key
+        )
+        return Birth(
+            device_id=self.device_id,
+            bd_seq=bd_seq,
+            agent_version="0.1.0",
+            hardware=HardwareInfo(
+                device_class="cpu", arch="x86_64", accelerator="cpu", cpu_count=1, memory_mb=1
+            ),
+            heartbeat_interval_s=5,
+            identity_key=key,
+        )
+
+    def answer(self, challenge: Challenge) -> Quote:
+        return self.attester.answer(challenge)
+
+
+def ingest(
+    engine: Engine,
+    service: AttestationService,
+    *messages: Birth | Quote | Heartbeat,
+    at: datetime = T0,
+) -> BatchResult:
+    batch = [Received(*encode_message(m), received_at=at) for m in messages]
+    with session_scope(engine) as session:
+        return apply_batch(session, batch, attestation=service)
+
+
+def challenges(result: BatchResult) -> list[Challenge]:
+    return [m for m in result.outbound if isinstance(m, Challenge)]
+
+
+def desired(result: BatchResult) -> list[Desired]:
+    return [m for m in result.outbound if isinstance(m, Desired)]
+
+
+def device_row(engine: Engine, device_id: str = "dev-1") -> Device:
+    with Session(engine) as session:
+        row = session.get(Device, device_id)
+        assert row is not None
+        return row
+
+
+def audits(engine: Engine, action: str) -> list[AuditEntry]:
+    with Session(engine) as session:
+        return list(session.exec(select(AuditEntry).where(col(AuditEntry.action) == action)))
+
+
+def test_tofu_enrolls_challenges_and_accepts_a_good_quote(engine: Engine, tmp_path: Path) -> None:
+    """Under tofu the first birth enrolls its key and is challenged; the device's quote is
+    accepted, recorded and uses up the nonce; its re-delivery is a duplicate, not a replay."""
+    service = AttestationService(SETTINGS, enrollment="tofu")
+    dev = FakeDevice(tmp_path)
+    first = ingest(engine, service, dev.birth(0))
+    [challenge] = challenges(first)
+    with Session(engine) as session:
+        identity = session.get(DeviceIdentity, "dev-1")
+        assert identity is not None and identity.how == "tofu"
+    assert audits(engine, "device.enroll")
+
+    quote = dev.answer(challenge)
+    judged = ingest(engine, service, quote, at=T0 + timedelta(seconds=1))
+    assert judged.outcome["quotes"] == 1 and judged.outbound == []
+    assert not device_row(engine).quarantined
+    again = ingest(engine, service, quote, at=T0 + timedelta(seconds=2))
+    assert again.outcome == {"duplicates": 1}
+    with Session(engine) as session:
+        rows = list(session.exec(select(AttestationResult)))
+        answered = session.get(AttestationChallenge, challenge.nonce)
+    assert [r.ok for r in rows] == [True] and rows[0].measurements["agent_code"] == CODE
+    assert answered is not None and answered.answered_at is not None
+
+
+def test_provisioned_refuses_unknown_keys_until_registered(engine: Engine, tmp_path: Path) -> None:
+    """Under provisioned enrollment an unknown key quarantines without a challenge (and the
+    device is told in its desired shadow); once the key is registered, the next birth is
+    challenged and a good quote lifts the quarantine and removes the desired key."""
+    service = AttestationService(SETTINGS, enrollment="provisioned")
+    dev = FakeDevice(tmp_path)
+    refused = ingest(engine, service, dev.birth(0))
+    assert challenges(refused) == []
+    assert [d.state for d in desired(refused)] == [
+        {"quarantine": {"reason": "unknown_identity_key"}}
+    ]
+    assert device_row(engine).quarantine_reason == "unknown_identity_key"
+    assert [a.reason for a in audits(engine, "device.quarantine")] == ["unknown_identity_key"]
+
+    with session_scope(engine) as session:
+        register_identity(
+            session,
+            "dev-1",
+            encode_public_key(dev.key.public_key_raw()),
+            how="provisioned",
+            actor="test",
+        )
+    reborn = ingest(engine, service, dev.birth(1))
+    [challenge] = challenges(reborn)
+    cleared = ingest(engine, service, dev.answer(challenge), at=T0 + timedelta(seconds=1))
+    assert not device_row(engine).quarantined
+    assert [d.state for d in desired(cleared)] == [{}]
+    assert audits(engine, "device.quarantine_clear")
+
+
+def test_changed_or_missing_identity_key_quarantines(engine: Engine, tmp_path: Path) -> None:
+    """A birth with another key than the enrolled one, or with none, quarantines the device
+    and is not challenged (a quote could only be signed by the wrong key)."""
+    service = AttestationService(SETTINGS, enrollment="tofu")
+    dev = FakeDevice(tmp_path)
+    challenges(ingest(engine, service, dev.birth(0)))
+    other = encode_public_key(public_key_of(Ed25519PrivateKey.generate()))
+    changed = ingest(engine, service, dev.birth(1, identity_key=other))
+    assert challenges(changed) == []
+    assert device_row(engine).quarantine_reason == "identity_key_changed"
+    missing = ingest(engine, service, dev.birth(2, identity_key=None))
+    assert challenges(missing) == []
+    assert device_row(engine).quarantine_reason == "identity_key_missing"
+
+
+def test_failed_quote_quarantines_and_forgery_does_not_burn_the_nonce(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A quote signed by another key is refused (wrong_key) and quarantines, but leaves the
+    nonce open, so the device's own answer is still accepted and clears the quarantine."""
+    service = AttestationService(SETTINGS, enrollment="tofu")
+    dev = FakeDevice(tmp_path)
+    [challenge] = challenges(ingest(engine, service, dev.birth(0)))
+    impostor = FakeDevice(tmp_path / "impostor")
+    forged = ingest(engine, service, impostor.answer(challenge), at=T0 + timedelta(seconds=1))
+    assert device_row(engine).quarantine_reason == "wrong_key"
+    assert [d.state for d in desired(forged)] == [{"quarantine": {"reason": "wrong_key"}}]
+    ingest(engine, service, dev.answer(challenge), at=T0 + timedelta(seconds=2))
+    assert not device_row(engine).quarantined
+
+
+def test_boot_epoch_going_backwards_quarantines(engine: Engine, tmp_path: Path) -> None:
+    """After a good quote at boot epoch 5, a quote from boot epoch 4 fails on boot_epoch."""
+    service = AttestationService(SETTINGS, enrollment="tofu")
+    dev = FakeDevice(tmp_path)
+    [first] = challenges(ingest(engine, service, dev.birth(0)))
+    dev.epoch = 5
+    ingest(engine, service, dev.answer(first), at=T0 + timedelta(seconds=1))
+    [second] = challenges(ingest(engine, service, dev.birth(1), at=T0 + timedelta(seconds=2)))
+    dev.epoch = 4
+    ingest(engine, service, dev.answer(second), at=T0 + timedelta(seconds=3))
+    assert device_row(engine).quarantine_reason == "boot_epoch"
+
+
+def heartbeat(seq: int) -> Heartbeat:
+    return Heartbeat(
+        device_id="dev-1",
+        bd_seq=1,
+        seq=seq,
+        uptime_s=1,
+        cpu_percent=1,
+        memory_percent=1,
+        requests_total=0,
+        local_tier_healthy=True,
+    )
+
+
+def test_sweep_quarantines_silent_online_devices_and_rechallenges(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The sweep leaves a challenge alone before the timeout; after it, an older unanswered
+    challenge superseded by a newer one lapses quietly, while the newest one unanswered by an
+    online device quarantines it as silent; once interval_s has passed it challenges again."""
+    service = AttestationService(SETTINGS, enrollment="tofu")
+    dev = FakeDevice(tmp_path)
+    ingest(engine, service, dev.birth(0))
+    ingest(engine, service, dev.birth(1), heartbeat(0), at=T0 + timedelta(seconds=1))
+    with session_scope(engine) as session:
+        assert service.sweep(session, T0 + timedelta(seconds=5)) == []
+    assert not device_row(engine).quarantined
+    with session_scope(engine) as session:
+        out = service.sweep(session, T0 + timedelta(seconds=12))
+    assert [d.state for d in out if isinstance(d, Desired)] == [
+        {"quarantine": {"reason": "silent"}}
+    ]
+    with Session(engine) as session:
+        silent = list(session.exec(select(AttestationResult)))
+        lapsed = list(
+            session.exec(
+                select(AttestationChallenge).where(col(AttestationChallenge.lapsed_at).is_not(None))
+            )
+        )
+    assert len(silent) == 1 and silent[0].reasons[0]["code"] == "silent"
+    assert len(lapsed) == 2
+    with session_scope(engine) as session:
+        assert service.sweep(session, T0 + timedelta(seconds=20)) == []
+        due = service.sweep(session, T0 + timedelta(seconds=3602))
+    assert [type(m) for m in due] == [Challenge]
+    with Session(engine) as session:
+        shadow = session.get(DeviceShadow, "dev-1")
+    assert shadow is not None and shadow.desired == {"quarantine": {"reason": "silent"}}
+
+
+def test_sweep_spares_offline_devices(engine: Engine, tmp_path: Path) -> None:
+    """A device that went offline cannot answer; its challenge lapses without quarantine
+    (its next birth is challenged again)."""
+    service = AttestationService(SETTINGS, enrollment="tofu")
+    dev = FakeDevice(tmp_path)
+    ingest(engine, service, dev.birth(0))
+    with session_scope(engine) as session:
+        row = session.get(Device, "dev-1")
+        assert row is not None
+        row.state = "offline"
+        session.add(row)
+    with session_scope(engine) as session:
+        assert service.sweep(session, T0 + timedelta(seconds=30)) == []
+    assert not device_row(engine).quarantined
