@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -63,7 +64,7 @@ TokenOpt = Annotated[str | None, typer.Option(help="API token (or EDGEFLEET_TOKE
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]edgefleet:[/red] {message}", highlight=False, markup=False)
+    err.print(f"[red]edgefleet:[/red] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from controller.attestation.service import (
@@ -108,8 +109,11 @@ class Services:
             self.broker = EmbeddedBroker(cfg.host, cfg.port)
             self.broker.start()
         if self.settings.attestation.trusts_local_agent_code(self.settings.environment):
-            with session_scope(self.engine) as session:
-                trust_local_agent_code(session)
+            try:
+                with session_scope(self.engine) as session:
+                    trust_local_agent_code(session)
+            except IntegrityError:
+                pass  # another replica registered the same value just now
         self.ingest = MqttIngest(
             broker=cfg,
             port=self.broker_port,

@@ -1,9 +1,8 @@
 """Signing keys of the update repository: encrypted at rest, refused with a wrong or weak
 passphrase, exported for offline keeping, and the key CLI's error messages."""
 
-import os
 import stat
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from controller.cli import app
-from controller.updates.errors import KeyStoreError
+from controller.updates.errors import KeyStoreError, RepositoryStateError
 from controller.updates.keys import (
     PASSPHRASE_ENV,
     KeyStore,
@@ -303,13 +302,9 @@ def test_cli_sign_root_refuses_a_foreign_key(tmp_path: Path) -> None:
 
 def test_repository_refuses_to_publish_under_an_expired_root(tmp_path: Path) -> None:
     """With root expired, publishing says root expired and how to renew it."""
-    from datetime import timedelta
-
     repo = TufRepository(tmp_path / "repo", store(tmp_path))
     long_ago = datetime.now(UTC) - timedelta(days=400)
     repo.initialize(now=long_ago)
-    from controller.updates.errors import RepositoryStateError
-
     with pytest.raises(RepositoryStateError, match=r"root v1 expired .* root-draft"):
         repo.refresh(now=datetime.now(UTC))
-    assert os.path.exists(tmp_path / "repo" / "metadata" / "timestamp.json")
+    assert repo.load().versions()["timestamp"] == 1

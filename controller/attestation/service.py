@@ -53,7 +53,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Quarantines about the key itself: a quote cannot clear them (it would be signed by the
 # wrong key), so such devices are not challenged until an operator enrolls a key.
 IDENTITY_REASONS = frozenset(
-    {"identity_key_changed", "identity_key_missing", "unknown_identity_key"}
+    {"identity_key_changed", "identity_key_missing", "unknown_identity_key", "bad_identity_key"}
 )
 # Answered and lapsed challenges are kept this long after they expire, then pruned; a
 # quote for a pruned nonce is refused as unknown, so nothing depends on keeping them.
