@@ -282,3 +282,55 @@ def test_sweep_spares_offline_devices(engine: Engine, tmp_path: Path) -> None:
     with session_scope(engine) as session:
         assert service.sweep(session, T0 + timedelta(seconds=30)) == []
     assert not device_row(engine).quarantined
+
+
+def test_golden_values_api(engine: Engine, tmp_path: Path) -> None:
+    """Operators add (201; 409 again; 422 malformed), list and remove golden values, each
+    change audited; viewers may list but not add; challenging a device without an enrolled
+    key is refused (409)."""
+    from fastapi.testclient import TestClient
+
+    from controller.app import create_app
+    from controller.auth import create_api_token, create_user
+    from controller.services import Services
+    from controller.settings import load_settings
+
+    settings = load_settings(
+        None,
+        environment="development",
+        database_url=f"sqlite:///{tmp_path / 'controller.db'}",
+        secure_cookies=False,
+    )
+    services = Services(settings=settings, engine=engine)
+    with session_scope(engine) as session:
+        operator = create_user(session, username="op", password="a-long-password", role="operator")
+        viewer = create_user(session, username="vi", password="a-long-password", role="viewer")
+        op = {"Authorization": f"Bearer {create_api_token(session, operator, name='t')}"}
+        vi = {"Authorization": f"Bearer {create_api_token(session, viewer, name='t')}"}
+        session.add(Device(id="dev-9", state="online"))
+    app = create_app(settings, services=services)
+    app.state.services = services  # routes only; no broker or scheduler in this test
+    client = TestClient(app)
+    body = {"kind": "image_id", "value": "orin-2026.11.1", "note": "image build 41"}
+    created = client.post("/api/attestation/golden", json=body, headers=op)
+    assert created.status_code == 201, created.text
+    assert created.json()["source"] == "user:op"
+    assert client.post("/api/attestation/golden", json=body, headers=op).status_code == 409
+    bad = client.post("/api/attestation/golden", json={"kind": "model", "value": "x"}, headers=op)
+    assert bad.status_code == 422
+    assert client.post("/api/attestation/golden", json=body, headers=vi).status_code == 403
+    listed = client.get("/api/attestation/golden", params={"kind": "image_id"}, headers=vi)
+    assert [g["value"] for g in listed.json()] == ["orin-2026.11.1"]
+    golden_id = created.json()["id"]
+    assert client.delete(f"/api/attestation/golden/{golden_id}", headers=op).status_code == 204
+    assert (
+        client.get("/api/attestation/golden", params={"kind": "image_id"}, headers=vi).json() == []
+    )
+    assert [
+        len(audits(engine, a)) for a in ("attestation.golden_add", "attestation.golden_remove")
+    ] == [
+        2,  # the fixture's agent_code and this image id
+        1,
+    ]
+    refused = client.post("/api/devices/dev-9/attest", headers=op)
+    assert refused.status_code == 409 and "no enrolled identity key" in refused.text

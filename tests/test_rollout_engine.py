@@ -247,14 +247,32 @@ def test_silent_device_times_out_and_fails_the_install_gate() -> None:
     silent = sorted(probe.wave_of(0))[0]
     fleet = Fleet(spec(), 10, behaviour={silent: Behaviour("silent")})
     fleet.run(T0, 3600)
-    assert fleet.outcomes()[silent] == Outcome.REVERTED or fleet.state.status in (
-        Status.ROLLING_BACK,
-        Status.ROLLED_BACK,
-    )
     (timeout,) = fleet.audits("rollout.device_timeout")
     assert timeout.detail["device"] == silent
     assert "silent for" in timeout.reason
-    assert fleet.state.status in (Status.ROLLING_BACK, Status.ROLLED_BACK)
+    (rollback,) = fleet.audits("rollout.rollback")
+    assert "install_success" in rollback.reason
+    # Its last report still shows the old model, which is where the rollback wants it.
+    assert fleet.state.status == Status.ROLLED_BACK
+    assert fleet.outcomes()[silent] == Outcome.REVERTED
+
+
+def test_silent_installed_device_cannot_confirm_its_revert() -> None:
+    """A device that installed the new model and then went silent cannot confirm a
+    rollback: its revert times out and the rollout still ends rolled back."""
+    probe = Fleet(spec(), 10)
+    gone = sorted(probe.wave_of(0))[0]
+    fleet = Fleet(spec(), 10)
+    fleet.telemetry = TelemetryAggregate(inferences=100, errors=40, latency_p95_ms=80.0)
+    fleet.run(T0, 5)  # the canary installs at T0+5 s; its telemetry arrives a step later
+    assert fleet.outcomes()[gone] == Outcome.INSTALLED
+    assert fleet.state.status == Status.RUNNING
+    fleet.behaviour[gone] = Behaviour("silent")
+    fleet.run(T0 + timedelta(seconds=6), 3600)
+    assert fleet.state.status == Status.ROLLED_BACK
+    assert fleet.outcomes()[gone] == Outcome.REVERT_TIMED_OUT
+    others = fleet.wave_of(0) - {gone}
+    assert {fleet.outcomes()[d] for d in others} == {Outcome.REVERTED}
 
 
 def test_silent_device_is_excluded_under_the_exclude_policy() -> None:

@@ -195,7 +195,11 @@ def test_canary_error_rate_rolls_back_to_the_previous_model(world: World) -> Non
     drive(world, rid, T0, 3600, status="runtime_error")
     rollout = world.rollout(rid)
     assert rollout.status == "rolled_back"
-    assert "error_rate" in rollout.state["reason"] or "rolled_back" in rollout.status
+    with Session(world.engine) as session:
+        (decision,) = session.exec(
+            select(AuditEntry).where(AuditEntry.action == "rollout.rollback")
+        ).all()
+    assert decision.actor == "system:rollouts" and "error_rate" in decision.reason
     canary = [m for m in world.members(rid) if m.wave == 0]
     desired = world.desired_models()
     for member in canary:
