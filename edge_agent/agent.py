@@ -113,7 +113,7 @@ class Agent:
                 ),
                 load=self.open_model,
                 swap=self.swap_model,
-                desired=lambda: self.shadow.current.settings.get("model"),
+                desired=lambda: self.shadow.current.settings,
                 record_event=self.record_event,
                 on_status=self._publish_reported,
                 hashes=lambda: dict(self.model_hashes),

@@ -24,6 +24,8 @@ from edge_agent.updates.decisions import (
     parse_target_meta,
     version_key,
 )
+from tests.conftest import Broker, wait_for
+from tests.controller_harness import live_controller
 from tests.tiny_models import build_tiny_genai_model
 from tests.tuf_simulator import UpdateWorld, model_custom, sha256_hex, tar_folder
 
@@ -321,6 +323,65 @@ def test_going_back_to_the_previous_version_reuses_its_slot(
         agent.stop()
 
 
+def test_desired_null_reverts_to_the_configured_model(
+    world: UpdateWorld, models: dict[str, Path]
+) -> None:
+    """A rollout rolling back a device whose previous model was the factory one sets the
+    desired model to null: the configured model is loaded, checked and swapped back in."""
+    world.updates["confirm_after_s"] = 3600
+    agent = world.start_agent()
+    try:
+        factory_answer = agent.runtimes["tiny"].complete(ASK).text
+        world.want(agent, publish(world, models, "2"), rollout=6)
+        assert agent.updates is not None
+        agent.updates.reconcile()
+        assert agent.runtimes["tiny"].complete(ASK).text != factory_answer
+
+        world.want(agent, None)  # still on trial: a rollback does not wait for it
+        agent.updates.reconcile()
+        assert agent.runtimes["tiny"].complete(ASK).text == factory_answer
+        assert slots_json(world)["active"] == "factory"
+        reported = agent.shadow.report().state["model"]
+        assert (reported["status"], reported["slot"], reported["target"]) == (
+            "active",
+            "factory",
+            None,
+        )
+        event = world.events(agent)[-1]
+        assert (event["outcome"], event["slot"], event["target"]) == ("installed", "factory", None)
+    finally:
+        agent.stop()
+
+
+def test_rollback_to_the_previous_target_does_not_wait_for_the_trial(
+    world: UpdateWorld, models: dict[str, Path]
+) -> None:
+    """v3 is on trial; asking for v2 (what it replaced) switches back at once, from the
+    kept slot, without a download."""
+    world.updates["confirm_after_s"] = 3600
+    agent = world.start_agent()
+    try:
+        assert agent.updates is not None
+        v2 = publish(world, models, "2")
+        world.want(agent, v2, "2")
+        agent.updates.reconcile()
+        agent.updates.clock = lambda: 1e12  # past confirm_after_s: v2 is confirmed
+        agent.updates.reconcile()
+        v3 = publish(world, models, "3")
+        world.want(agent, v3, "3", rollout=8)
+        agent.updates.reconcile()
+        assert slots_json(world)["trial"] is True
+        fetched = len(world.artifact_requests())
+
+        world.want(agent, v2, "2")
+        agent.updates.reconcile()
+        assert slots_json(world)["active"] == "a"
+        assert agent.shadow.report().state["model"]["target"] == v2
+        assert len(world.artifact_requests()) == fetched
+    finally:
+        agent.stop()
+
+
 def test_crash_loop_rolls_back_at_start(world: UpdateWorld, models: dict[str, Path]) -> None:
     """A switched slot never confirmed: each agent start counts a boot, and the start that
     reaches crash_loop_boots rolls back to the previous model by itself, reports
@@ -385,8 +446,6 @@ def test_trial_slot_that_does_not_load_at_start_rolls_back(
 
 def test_background_thread_installs_after_wake(world: UpdateWorld, models: dict[str, Path]) -> None:
     """With the manager's thread running, a desired change is picked up without help."""
-    from tests.conftest import wait_for
-
     agent = world.start_agent()
     try:
         agent.start_link()  # no mqtt section: only the update thread starts
@@ -402,6 +461,45 @@ def test_background_thread_installs_after_wake(world: UpdateWorld, models: dict[
         )
     finally:
         agent.stop()
+
+
+def test_desired_model_through_the_controller_and_mqtt(
+    world: UpdateWorld, models: dict[str, Path], mosquitto: Broker
+) -> None:
+    """The operator's desired 'model' travels controller -> MQTT -> agent; the install is
+    reported back over MQTT and lands in the controller's shadow as active."""
+    broker = {"mode": "external", "url": mosquitto.url, "protocol": "5"}
+    world.mqtt = {"url": mosquitto.url, "keepalive_s": 2, "reconnect_min_s": 0.2}
+    target = publish(world, models, "2")
+    with live_controller(world.folder / "controller", broker, desired_republish_s=1.0) as live:
+        agent = world.start_agent()
+        try:
+            agent.start_link()
+            wait_for(lambda: live.device("dev-updates"), 15, what="the device to register")
+            desired = {"name": "tiny", "target": target, "version": "2", "rollout": None}
+            patched = live.client.patch(
+                "/api/devices/dev-updates/shadow/desired",
+                json={"model": desired},
+                headers=live.auth,
+            )
+            assert patched.status_code == 200, patched.text
+
+            def reported_model() -> dict[str, Any]:
+                shadow = live.client.get("/api/devices/dev-updates/shadow", headers=live.auth)
+                model: dict[str, Any] = (shadow.json().get("reported") or {}).get("model") or {}
+                return model
+
+            wait_for(
+                lambda: (
+                    reported_model().get("status") == "active"
+                    and reported_model().get("target") == target
+                ),
+                60,
+                what="the controller to see the model installed",
+            )
+            assert reported_model()["slot"] == "a"
+        finally:
+            agent.stop()
 
 
 def test_updates_disabled_reports_refusal(tmp_path: Path, models: dict[str, Path]) -> None:

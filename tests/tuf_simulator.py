@@ -351,6 +351,7 @@ class UpdateWorld:
         self.factory = factory
         self.runtime = runtime
         # The prompt is pinned: the tiny test models (seeds 0, 2, 4) answer it with clean text.
+        self.mqtt: dict[str, Any] | None = None  # set to connect the agent to a broker
         self.updates: dict[str, Any] = {
             "confirm_after_s": 0,
             "health_prompt": "Reply with one short sentence.",
@@ -369,7 +370,7 @@ class UpdateWorld:
                 "device_id": "dev-updates",
                 "device_class": "cpu-x86",
                 "state_dir": str(self.state_dir),
-                "mqtt": None,
+                "mqtt": self.mqtt,
                 "models": [model],
                 "updates": {
                     "enabled": True,

@@ -385,13 +385,18 @@ def next_step(
     rejected: bool,
     retry_at: float | None,
     now: float,
+    reverting: bool = False,
 ) -> Step:
-    """The manager's next move for one desired model, from the slot state and ``now``."""
+    """The manager's next move for one desired model, from the slot state and ``now``.
+
+    ``reverting``: the desired target is the one the trial replaced (a rollback), which
+    must not wait for the trial to settle.
+    """
     if desired is None:
         return "idle"
     if active_target == desired.target:
         return "current"
-    if trial:
+    if trial and not reverting:
         return "wait_trial"  # one change at a time: the running trial must settle first
     if rejected:
         return "rejected"

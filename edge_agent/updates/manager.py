@@ -41,6 +41,7 @@ from edge_agent.updates.decisions import (
 )
 from edge_agent.updates.fetch import file_sha256
 from edge_agent.updates.slots import (
+    FACTORY,
     Rejection,
     SlotName,
     SlotRecord,
@@ -76,7 +77,7 @@ class UpdateManager:
         device: DeviceFacts,
         load: LoadFn,
         swap: SwapFn,
-        desired: Callable[[], Any],
+        desired: Callable[[], Mapping[str, Any]],
         record_event: Callable[[str, dict[str, object]], None],
         on_status: Callable[[], None] | None = None,
         hashes: Callable[[], Mapping[str, str]] | None = None,
@@ -121,6 +122,7 @@ class UpdateManager:
         self._emitted: dict[tuple[str, int | None], Outcome] = {}
         self._unknown: dict[tuple[str, int | None], str] = {}
         self._confirm_at: dict[str, float] = {}
+        self._factory_failed: dict[str, str] = {}
         self.slots: dict[str, Slots] = {}
         for model in models:
             slots = Slots(
@@ -207,13 +209,15 @@ class UpdateManager:
                 self._refresh_status()
             else:
                 waits.append(due - now)
-        try:
-            desired = parse_desired_model(self._desired())
-        except ValueError:
-            desired = None  # the shadow rejected it already
+        settings = self._desired()
+        if "model" in settings and settings["model"] is None:
+            self._revert_all()  # an explicit null: back to the configured models
+            return min(waits, default=None)
+        desired = self._desired_model()
         if desired is None:
             self._refresh_status()
             return min(waits, default=None)
+        self._factory_failed.clear()
         key = (desired.target, desired.rollout)
         slots = self.slots.get(desired.name)
         if slots is None:
@@ -225,6 +229,7 @@ class UpdateManager:
             return min(waits, default=None)
         record = slots.active_record()
         rejection = slots.rejection(*key)
+        before = slots.record(slots.previous)
         step = next_step(
             desired,
             active_target=record.target if record else None,
@@ -232,6 +237,7 @@ class UpdateManager:
             rejected=rejection is not None,
             retry_at=self._retry_at.get(key),
             now=now,
+            reverting=before is not None and before.target == desired.target,
         )
         if step == "current":
             self._set_status(desired, "active", None)
@@ -244,6 +250,57 @@ class UpdateManager:
             if retry_in is not None:
                 waits.append(retry_in)
         return min(waits, default=None)
+
+    def _desired_model(self) -> DesiredModel | None:
+        try:
+            return parse_desired_model(self._desired().get("model"))
+        except ValueError:
+            return None  # the shadow rejected it already
+
+    def _revert_all(self) -> None:
+        """Desired ``model`` is null: every managed model runs its configured path again
+        (how a rollout rolls back a device whose previous model was the factory one)."""
+        for name, slots in self.slots.items():
+            if slots.active == FACTORY:
+                self._publish(self._snapshot(name, "active", None, None))
+                continue
+            if name in self._factory_failed:
+                self._publish(self._snapshot(name, "failed", self._factory_failed[name], None))
+                continue
+            try:
+                runtime, measured = self._load(self._models[name])
+            except Exception as e:  # the configured model must not take the agent down
+                reason = f"the configured model did not load: {e}"
+            else:
+                try:
+                    self._health_check(runtime, None)
+                except UpdateError as e:
+                    runtime.close()
+                    reason = str(e)
+                else:
+                    slots.revert_to_factory()
+                    self._confirm_at.pop(name, None)
+                    self._swap(name, runtime, measured)
+                    log.info("model %s reverted to its configured path", name)
+                    self._factory_event(name, "installed", "reverted to the configured model")
+                    self._publish(self._snapshot(name, "active", None, None))
+                    continue
+            self._factory_failed[name] = reason
+            self._factory_event(name, "failed", reason)
+            self._publish(self._snapshot(name, "failed", reason, None))
+
+    def _factory_event(self, name: str, outcome: Outcome, reason: str) -> None:
+        self._record_event(
+            "model_install",
+            {
+                "target": None,
+                "version": None,
+                "rollout": None,
+                "outcome": outcome,
+                "reason": f"{name}: {reason}",
+                "slot": FACTORY,
+            },
+        )
 
     def _attempt(self, desired: DesiredModel, slots: Slots) -> float | None:
         key = (desired.target, desired.rollout)
@@ -342,7 +399,7 @@ class UpdateManager:
             return unpack_archive(folder / name, folder, max_bytes=self.config.max_artifact_bytes)
         return name
 
-    def _health_check(self, runtime: ChatRuntime, meta: TargetMeta) -> None:
+    def _health_check(self, runtime: ChatRuntime, meta: TargetMeta | None) -> None:
         """A smoke inference: sane output inside the latency budget, or ``InstallFailed``."""
         request = ChatRequest(
             messages=(ChatMessage("user", self.config.health_prompt),),
@@ -432,10 +489,7 @@ class UpdateManager:
 
     def _refresh_status(self) -> None:
         """The status as the slots show it, for the desired model or the first managed one."""
-        try:
-            desired = parse_desired_model(self._desired())
-        except ValueError:
-            desired = None
+        desired = self._desired_model()
         name = desired.name if desired else next(iter(self.slots), None)
         if name is None:
             return

@@ -258,6 +258,17 @@ class Slots:
         self.state.switched_at = self._clock()
         self._save()
 
+    def revert_to_factory(self) -> None:
+        """Run the configured model again (the controller asked for no managed model)."""
+        if self.state.active == FACTORY:
+            return
+        self.state.previous = self.state.active
+        self.state.active = FACTORY
+        self.state.trial = False
+        self.state.boots = 0
+        self.state.switched_at = self._clock()
+        self._save()
+
     def confirm(self) -> None:
         """The trial slot stayed healthy: it is the one to keep."""
         if self.state.trial:
