@@ -57,7 +57,7 @@ def spec(**kw: Any) -> RolloutSpec:
 class Behaviour:
     """How a simulated device reacts to an assignment."""
 
-    kind: Literal["ok", "fail", "silent", "crash_loop"] = "ok"
+    kind: Literal["ok", "fail", "silent", "crash_loop", "expired"] = "ok"
     delay_s: float = 5.0
 
 
@@ -113,6 +113,8 @@ class Fleet:
                     report = ModelReport(TARGET, "active", TARGET, RID, None)
                 elif b.kind == "fail":
                     report = ModelReport(OLD["target"], "failed", TARGET, RID, error="bad hash")
+                elif b.kind == "expired":
+                    report = ModelReport(OLD["target"], "metadata_expired", TARGET, RID)
                 elif b.kind == "crash_loop":
                     if now - self.assigned_at[d] < timedelta(seconds=b.delay_s * 3):
                         report = ModelReport(TARGET, "active", TARGET, RID)
@@ -284,6 +286,19 @@ def test_silent_device_is_excluded_under_the_exclude_policy() -> None:
     fleet.run(T0, 3600)
     assert fleet.state.status == Status.COMPLETED
     assert fleet.outcomes()[silent] == Outcome.TIMED_OUT
+
+
+def test_metadata_expired_is_a_retry_not_a_failure() -> None:
+    """A device that reports ``metadata_expired`` (it keeps retrying the repository) stays
+    assigned rather than failing at once, until its install timeout counts it as failed."""
+    probe = Fleet(spec(), 10)
+    stuck = sorted(probe.wave_of(0))[0]
+    fleet = Fleet(spec(), 10, behaviour={stuck: Behaviour("expired")})
+    fleet.run(T0, 300)
+    assert fleet.outcomes()[stuck] == Outcome.ASSIGNED
+    fleet.run(T0 + timedelta(seconds=301), 3600)
+    assert fleet.outcomes()[stuck] in (Outcome.TIMED_OUT, Outcome.REVERTED)
+    assert fleet.state.status == Status.ROLLED_BACK
 
 
 def test_crash_loop_after_install_counts_as_a_failure() -> None:

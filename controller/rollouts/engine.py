@@ -76,7 +76,10 @@ class Outcome(StrEnum):
 
 
 # Reported ``model.status`` values that end an install attempt without the new model.
-FAILED_REPORTS = frozenset({"failed", "rolled_back", "refused", "metadata_expired"})
+# ``metadata_expired`` is not one: the device keeps retrying (it cannot reach fresh metadata
+# or is being served a frozen repository), so it stays assigned until it installs or its
+# install timeout counts it as failed.
+FAILED_REPORTS = frozenset({"failed", "rolled_back", "refused"})
 _SETTLED = frozenset({Outcome.INSTALLED, Outcome.FAILED, Outcome.TIMED_OUT})
 _TO_REVERT = frozenset({Outcome.ASSIGNED, Outcome.INSTALLED, Outcome.FAILED, Outcome.TIMED_OUT})
 _DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
