@@ -7,12 +7,14 @@ Ctrl-C or SIGTERM, then stops the agents (clean deaths), the server and the brok
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -27,8 +29,10 @@ from controller.db import session_scope
 from controller.models import Device
 from controller.services import Services
 from controller.settings import load_settings
+from controller.updates.publish import ModelSpec, add_model_file
 
 DEMO_MODEL_NAME = "smollm2-135m"
+DEMO_MODEL_VERSION = "1.0"
 HOST = "127.0.0.1"
 
 
@@ -37,7 +41,14 @@ class DemoError(RuntimeError):
 
 
 def agent_config(
-    *, device_id: str, data_dir: Path, broker_port: int, model: Path, api_port: int
+    *,
+    device_id: str,
+    data_dir: Path,
+    broker_port: int,
+    model: Path,
+    api_port: int,
+    http_port: int,
+    trusted_root: Path,
 ) -> dict[str, object]:
     """The YAML document one simulated device runs with."""
     return {
@@ -49,6 +60,14 @@ def agent_config(
         "heartbeat_interval_s": 2.0,
         # One thread each: three agents share this machine's cores with the controller.
         "models": [{"name": DEMO_MODEL_NAME, "path": str(model), "n_threads": 1, "n_ctx": 1024}],
+        # Signed model updates from the controller's TUF repository (rollouts install here).
+        "updates": {
+            "enabled": True,
+            "metadata_url": f"http://{HOST}:{http_port}/tuf/metadata/",
+            "targets_url": f"http://{HOST}:{http_port}/tuf/targets/",
+            "trusted_root": str(trusted_root),
+            "confirm_after_s": 30.0,
+        },
     }
 
 
@@ -93,7 +112,9 @@ def _reset_data_dir(data_dir: Path) -> None:
     (data_dir / MARKER).write_text("made by `edgefleet demo`; deleted at its next start\n")
 
 
-def _banner(http_port: int, password: str, cli_file: Path, endpoints: dict[str, int]) -> str:
+def _banner(
+    http_port: int, password: str, cli_file: Path, endpoints: dict[str, int], model_hint: str
+) -> str:
     first = next(iter(endpoints.values()))
     lines = [
         "",
@@ -110,10 +131,36 @@ def _banner(http_port: int, password: str, cli_file: Path, endpoints: dict[str, 
         f"  Try       curl -s http://{HOST}:{first}/v1/chat/completions \\",
         "              -H 'Content-Type: application/json' \\",
         '              -d \'{"messages":[{"role":"user","content":"Hi"}]}\'',
+        f"  Rollout   edgefleet models upload {model_hint} --name {DEMO_MODEL_NAME} \\",
+        "              --version 1.1 --runtime llama.cpp",
+        f"            edgefleet rollouts create --model {DEMO_MODEL_NAME} --version 1.1 \\",
+        "              --wave canary:1 --wave 100% --soak 30 --min-samples 1",
         "",
         "Press Ctrl-C to stop.",
     ]
     return "\n".join(lines)
+
+
+def _publish_demo_model(services: Services, model: Path, data_dir: Path) -> Path:
+    """Make the demo's TUF repository (keys, root v1) and publish the demo model as version
+    1.0, so devices' factory model is a signed target; returns the devices' trusted root."""
+    repo = services.tuf
+    if repo is None:
+        raise DemoError("the controller has no TUF repository configured")
+    repo.initialize(now=datetime.now(UTC))
+    spec = ModelSpec(
+        name=DEMO_MODEL_NAME,
+        version=DEMO_MODEL_VERSION,
+        runtime="llama.cpp",
+        filename=model.name,
+        quantization="Q4_1",
+    )
+    with session_scope(services.engine) as session:
+        add_model_file(session, repo, model, spec, actor="system:demo")
+    root = data_dir / "agents" / "root.json"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    root.write_bytes(repo.root_bytes(1))
+    return root
 
 
 def run_demo(*, devices: int, model: Path, data_dir: Path, port: int) -> None:
@@ -121,6 +168,10 @@ def run_demo(*, devices: int, model: Path, data_dir: Path, port: int) -> None:
     _reset_data_dir(data_dir)
     http_port = port or free_port(HOST)
     broker_port = free_port(HOST)
+    # The signing keys' passphrase, generated for this demo only (kept beside its keys).
+    passphrase_file = data_dir / "keys.passphrase"
+    passphrase_file.write_text(secrets.token_urlsafe(24))
+    passphrase_file.chmod(0o600)
     settings = load_settings(
         None,
         environment="demo",
@@ -130,8 +181,14 @@ def run_demo(*, devices: int, model: Path, data_dir: Path, port: int) -> None:
         broker={"mode": "embedded", "url": f"mqtt://{HOST}:{broker_port}"},
         secure_cookies=False,  # plain http on loopback
         liveness_sweep_s=1.0,
+        updates={
+            "repo_dir": str(data_dir / "tuf"),
+            "keys_dir": str(data_dir / "keys"),
+            "passphrase_file": str(passphrase_file),
+        },
     )
     services = Services.create(settings)
+    trusted_root = _publish_demo_model(services, model.resolve(), data_dir)
     password = generate_password()
     with session_scope(services.engine) as session:
         admin = create_user(session, username="admin", password=password, role="admin")
@@ -173,6 +230,8 @@ def run_demo(*, devices: int, model: Path, data_dir: Path, port: int) -> None:
                 data_dir=data_dir,
                 broker_port=broker_port,
                 model=model.resolve(),
+                http_port=http_port,
+                trusted_root=trusted_root,
             )
             cfg_path = data_dir / "agents" / f"{device_id}.yaml"
             cfg_path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +255,7 @@ def run_demo(*, devices: int, model: Path, data_dir: Path, port: int) -> None:
             time.sleep(0.5)
 
         endpoints = {d: port for d, (_, _, port) in agents.items()}
-        print(_banner(http_port, password, cli_file, endpoints), flush=True)
+        print(_banner(http_port, password, cli_file, endpoints, str(model)), flush=True)
         reported: set[str] = set()
         while not stop.wait(1.0):
             for device_id, (proc, log_path, _) in agents.items():

@@ -16,9 +16,10 @@ pytestmark = pytest.mark.e2e
 
 
 def test_demo_brings_up_a_working_fleet_and_stops_cleanly(model_path: Path, tmp_path: Path) -> None:
-    """The demo prints a console URL and login that work, its devices are online and answer
-    chat completions through the embedded broker setup, the CLI sees them, and Ctrl-C stops
-    every process with exit status 0."""
+    """The demo prints a console URL and login that work, its devices are online, attest
+    cleanly (their factory model is a signed TUF target) and answer chat completions through
+    the embedded broker setup, the CLI sees them, and Ctrl-C stops every process with exit
+    status 0."""
     data_dir = tmp_path / "demo"
     with processes(tmp_path) as procs:
         demo = Proc(
@@ -71,6 +72,26 @@ def test_demo_brings_up_a_working_fleet_and_stops_cleanly(model_path: Path, tmp_
         listed = run_cli(["-m", "controller", "devices", "list", "--json"], env=env)
         assert listed.returncode == 0, listed.stderr
         assert json.loads(listed.stdout)["online"] == 2
+
+        token = json.loads((data_dir / "cli.json").read_text())["token"]
+        api = httpx.Client(
+            base_url=console.group(1),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        models = api.get("/api/models").json()["data"]
+        assert [(m["name"], m["version"]) for m in models] == [("smollm2-135m", "1.0")]
+
+        def attested(device_id: str) -> dict | None:
+            view = api.get(f"/api/devices/{device_id}/attestation").json()
+            return view if view["results"] else None
+
+        for device_id in devices:
+            view = wait_for(lambda d=device_id: attested(d), 60, what=f"{device_id}'s quote")
+            assert view["results"][0]["ok"], view
+            assert not view["quarantined"], view
+            assert view["results"][0]["measurements"]["model:smollm2-135m"] == models[0]["sha256"]
+        api.close()
 
         url = devices["demo-edge-2"]
         answer = httpx.post(
