@@ -12,6 +12,7 @@ import pytest
 from edge_agent.updates.decisions import HashMismatch, LengthExceeded, RepositoryUnreachable
 from edge_agent.updates.fetch import (
     CHUNK,
+    MAP_WINDOW,
     FetchResult,
     fetch_artifact,
     hash_prefix,
@@ -236,3 +237,27 @@ def test_hash_prefix_reads_only_the_requested_bytes(tmp_path: Path, blob: bytes)
     hasher = hash_prefix(path, limit=CHUNK + 5)
     assert hasher.length == CHUNK + 5
     assert hasher.digest.hexdigest() == hashlib.sha256(blob[: CHUNK + 5]).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "size,limit",
+    [
+        pytest.param(0, None, id="empty"),
+        pytest.param(MAP_WINDOW, None, id="one-window"),
+        pytest.param(2 * MAP_WINDOW + 7, None, id="windows-and-a-tail"),
+        pytest.param(2 * MAP_WINDOW + 7, MAP_WINDOW + 1, id="limit-past-a-window"),
+        pytest.param(100, 1000, id="limit-past-the-end"),
+    ],
+)
+def test_hash_prefix_is_exact_across_map_windows(
+    tmp_path: Path, size: int, limit: int | None
+) -> None:
+    """Hashing from disk in mapped windows gives hashlib's digest for any size and limit,
+    including an empty file and a limit beyond the end."""
+    data = random.Random(size).randbytes(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    expected = data if limit is None else data[:limit]
+    hasher = hash_prefix(path, limit=limit)
+    assert hasher.length == len(expected)
+    assert hasher.digest.hexdigest() == hashlib.sha256(expected).hexdigest()

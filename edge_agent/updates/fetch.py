@@ -9,7 +9,9 @@ Never more than the signed length is accepted, whatever the server's headers say
 """
 
 import hashlib
+import io
 import logging
+import mmap
 import os
 import re
 import time
@@ -72,22 +74,52 @@ class _Hasher:
         self.length += len(block)
 
 
+MAP_WINDOW = 8 * CHUNK  # bytes mapped at a time when hashing from disk
+
+
 def hash_prefix(path: Path, *, limit: int | None = None) -> _Hasher:
-    """Hash a file from disk in 1 MiB reads (the prefix of a resumed download)."""
-    hasher = _Hasher()
-    buffer = memoryview(bytearray(CHUNK))  # one buffer, refilled: no allocation per read
+    """Hash a file (or its first ``limit`` bytes: the prefix of a resumed download) from disk.
+
+    The file is mapped in 8 MiB windows and hashed straight from the page cache: 0.95 of
+    raw in-memory SHA-256 here, against 0.80-0.90 for ``readinto`` copies into a buffer
+    (benchmarks/bench_update_verify.py), while resident memory stays one window.
+    """
     with path.open("rb", buffering=0) as f:
-        while limit is None or hasher.length < limit:
-            want = CHUNK if limit is None else min(CHUNK, limit - hasher.length)
-            got = f.readinto(buffer[:want])
-            if not got:
-                break
-            hasher.update(buffer[:got])
+        size = os.fstat(f.fileno()).st_size
+        end = size if limit is None else min(size, limit)
+        hasher = _Hasher()
+        try:
+            for offset in range(0, end, MAP_WINDOW):
+                with (
+                    mmap.mmap(
+                        f.fileno(),
+                        min(MAP_WINDOW, end - offset),
+                        offset=offset,
+                        prot=mmap.PROT_READ,
+                    ) as window,
+                    memoryview(window) as view,
+                ):
+                    hasher.update(view)
+        except (OSError, ValueError):  # a file system without mmap, or a file that shrank
+            hasher = _hash_by_reading(f, limit)
+    return hasher
+
+
+def _hash_by_reading(f: io.FileIO, limit: int | None) -> _Hasher:
+    hasher = _Hasher()
+    f.seek(0)
+    buffer = memoryview(bytearray(CHUNK))  # one buffer, refilled: no allocation per read
+    while limit is None or hasher.length < limit:
+        want = CHUNK if limit is None else min(CHUNK, limit - hasher.length)
+        got = f.readinto(buffer[:want])
+        if not got:
+            break
+        hasher.update(buffer[:got])
     return hasher
 
 
 def file_sha256(path: Path) -> tuple[int, str]:
-    """Length and SHA-256 of a file, read in 1 MiB blocks."""
+    """Length and SHA-256 of a file (see ``hash_prefix``)."""
     hasher = hash_prefix(path)
     return hasher.length, hasher.digest.hexdigest()
 
