@@ -89,6 +89,13 @@ def serve(
     if port:
         overrides["http_port"] = port
     settings = _settings(config, **overrides)
+    from controller.updates.errors import KeyStoreError
+    from controller.updates.keys import read_passphrase
+
+    try:  # a wrong path should be one line at start, not a traceback from the lifespan
+        read_passphrase(settings.updates.passphrase_file)
+    except KeyStoreError as e:
+        raise _fail(f"invalid controller configuration: updates.passphrase_file: {e}", 2) from e
     # uvicorn re-raises the stop signal after a graceful shutdown; no-op handlers turn that
     # into a normal exit (status 0) once the lifespan has stopped ingest and the broker.
     for sig in (signal.SIGINT, signal.SIGTERM):

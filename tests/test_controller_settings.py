@@ -43,6 +43,7 @@ def test_secret_never_printed_in_settings_repr(monkeypatch: pytest.MonkeyPatch) 
         ("htp_port: 1\n", "htp_port"),
         ("broker:\n  url: http://x\n", "mqtt://HOST:PORT"),
         ("environment: staging\n", "environment"),
+        ("updates:\n  passphrase_file: /nonexistent/pw\n", "updates.passphrase_file"),
     ],
 )
 def test_serve_refuses_bad_config_with_exit_2(tmp_path: Path, text: str, expected: str) -> None:
