@@ -16,6 +16,8 @@ from rich.table import Table
 
 from controller.api_client import ApiError, get_json, request_json, resolve_target
 from controller.cli_attest import app as attest_app
+from controller.cli_common import ConfigOpt, TokenOpt, UrlOpt, err
+from controller.cli_common import fail as _fail
 from controller.cli_rollouts import app as rollouts_app
 from controller.cli_updates import keys_app, models_app
 
@@ -37,18 +39,6 @@ app.add_typer(attest_app, name="attest")
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.add_typer(rollouts_app, name="rollouts")
-
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="Controller YAML config file.")
-]
-UrlOpt = Annotated[str | None, typer.Option(help="Controller URL (or EDGEFLEET_URL).")]
-TokenOpt = Annotated[str | None, typer.Option(help="API token (or EDGEFLEET_TOKEN).")]
-err = Console(stderr=True, soft_wrap=True)  # no hard wraps: errors end up in logs
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]edgefleet:[/red] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _settings(config: Path | None, **overrides: Any) -> Any:

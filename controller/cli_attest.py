@@ -12,20 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from controller.api_client import ApiError, get_json, request_json, resolve_target
+from controller.cli_common import TokenOpt, UrlOpt
+from controller.cli_common import fail as _fail
 
 app = typer.Typer(no_args_is_help=True, help="Device attestation: golden values and quotes.")
 golden_app = typer.Typer(no_args_is_help=True, help="Known-good measurement values.")
 app.add_typer(golden_app, name="golden")
 
-UrlOpt = Annotated[str | None, typer.Option(help="Controller URL (or EDGEFLEET_URL).")]
-TokenOpt = Annotated[str | None, typer.Option(help="API token (or EDGEFLEET_TOKEN).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-err = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]edgefleet:[/red] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _call(url: str | None, token: str | None, method: str, path: str, **kw: Any) -> Any:

@@ -12,12 +12,11 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from controller.api_client import ApiError, Target, get_json, request_json, resolve_target
+from controller.cli_common import TokenOpt, UrlOpt
+from controller.cli_common import fail as _fail
 
 app = typer.Typer(no_args_is_help=True, help="Staged model rollouts with canaries and gates.")
-err = Console(stderr=True, soft_wrap=True)
 
-UrlOpt = Annotated[str | None, typer.Option(help="Controller URL (or EDGEFLEET_URL).")]
-TokenOpt = Annotated[str | None, typer.Option(help="API token (or EDGEFLEET_TOKEN).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 ReasonOpt = Annotated[str, typer.Option(help="Why (kept in the audit log).")]
 TERMINAL = ("completed", "rolled_back", "aborted")
@@ -25,11 +24,6 @@ _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _WINDOW = re.compile(
     r"^(?:(?P<days>[a-z,\-*]+)\s+)?(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})$"
 )
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]edgefleet:[/red] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _target(url: str | None, token: str | None) -> Target:

@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -28,6 +27,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from controller.cli_common import ConfigOpt, TokenOpt, UrlOpt, err
+from controller.cli_common import fail as _fail
 from controller.settings import Settings
 from controller.updates.errors import UpdatesError
 from controller.updates.keys import ROLES, KeyStore, load_key_file, read_passphrase
@@ -44,11 +45,7 @@ from controller.updates.repository import (
 keys_app = typer.Typer(no_args_is_help=True, help="Manage the update repository's signing keys.")
 models_app = typer.Typer(no_args_is_help=True, help="Publish and list model versions.")
 
-err = Console(stderr=True, soft_wrap=True)
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="Controller YAML config file.")
-]
 KeysDirOpt = Annotated[
     Path | None, typer.Option(help="Online keys folder (default: updates.keys_dir).")
 ]
@@ -59,13 +56,6 @@ PassphraseOpt = Annotated[
     Path | None,
     typer.Option(help="File holding the key passphrase (default: EDGEFLEET_KEY_PASSPHRASE)."),
 ]
-UrlOpt = Annotated[str | None, typer.Option(help="Controller URL (or EDGEFLEET_URL).")]
-TokenOpt = Annotated[str | None, typer.Option(help="API token (or EDGEFLEET_TOKEN).")]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]edgefleet:[/red] {escape(message)}", highlight=False)
-    return typer.Exit(code)
 
 
 @contextmanager
