@@ -4,8 +4,10 @@ import logging
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import text
@@ -130,47 +132,41 @@ class Services:
         )
         self.ingest.start()
         self.scheduler = BackgroundScheduler(timezone=UTC)
-        self.scheduler.add_job(
-            self.sweep_liveness,
-            "interval",
-            seconds=self.settings.liveness_sweep_s,
-            id="liveness-sweep",
-            max_instances=1,
-            coalesce=True,
-        )
-        self.scheduler.add_job(
-            self.republish_desired,
-            "interval",
-            seconds=min(5.0, self.settings.desired_republish_s),
-            id="desired-republish",
-            max_instances=1,
-            coalesce=True,
-        )
-        self.scheduler.add_job(
-            self.tick_rollouts,
-            "interval",
-            seconds=self.settings.rollouts.tick_interval_s,
-            id="rollout-tick",
-            max_instances=1,
-            coalesce=True,
-        )
-        self.scheduler.add_job(
-            self.refresh_tuf_metadata,
-            "interval",
-            seconds=self.settings.updates.refresh_check_s,
-            id="tuf-refresh",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),  # at start too: the controller may have been down
-        )
-        self.scheduler.add_job(
-            self.attestation_sweep,
-            "interval",
-            seconds=max(0.5, min(5.0, self.settings.attestation.timeout_s / 2)),
-            id="attestation-sweep",
-            max_instances=1,
-            coalesce=True,
-        )
+        # (id, job, interval in seconds, extra options); one instance at a time, missed runs
+        # coalesced.
+        jobs: list[tuple[str, Callable[[], object], float, dict[str, Any]]] = [
+            ("liveness-sweep", self.sweep_liveness, self.settings.liveness_sweep_s, {}),
+            (
+                "desired-republish",
+                self.republish_desired,
+                min(5.0, self.settings.desired_republish_s),
+                {},
+            ),
+            ("rollout-tick", self.tick_rollouts, self.settings.rollouts.tick_interval_s, {}),
+            # At start too: the controller may have been down while metadata neared expiry.
+            (
+                "tuf-refresh",
+                self.refresh_tuf_metadata,
+                self.settings.updates.refresh_check_s,
+                {"next_run_time": datetime.now(UTC)},
+            ),
+            (
+                "attestation-sweep",
+                self.attestation_sweep,
+                max(0.5, min(5.0, self.settings.attestation.timeout_s / 2)),
+                {},
+            ),
+        ]
+        for job_id, job, seconds, extra in jobs:
+            self.scheduler.add_job(
+                job,
+                "interval",
+                seconds=seconds,
+                id=job_id,
+                max_instances=1,
+                coalesce=True,
+                **extra,
+            )
         self.scheduler.start()
 
     def sweep_liveness(self) -> None:
