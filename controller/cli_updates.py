@@ -377,23 +377,33 @@ def keys_refresh(
 
 
 # --- models --------------------------------------------------------------------------------
+# What an operator says about a model version, the same for `models add` and `models upload`.
+ArtifactArg = Annotated[Path, typer.Argument(help="The model artifact (GGUF, ONNX, ...).")]
+ModelNameOpt = Annotated[str, typer.Option(help="Model name, as agents configure it.")]
+ModelVersionOpt = Annotated[str, typer.Option(help="Model version (unique per name).")]
+RuntimeOpt = Annotated[str, typer.Option(help="llama.cpp, ort-genai or onnx.")]
+QuantizationOpt = Annotated[str, typer.Option(help="e.g. Q4_K_M, int8.")]
+DeviceClassOpt = Annotated[
+    list[str] | None, typer.Option(help="Compatible device class; repeatable (none: all).")
+]
+MinAgentOpt = Annotated[str, typer.Option(help="Oldest agent that may run it.")]
+LatencyOpt = Annotated[float | None, typer.Option(help="Typical latency on its device classes.")]
+FilenameOpt = Annotated[
+    str | None, typer.Option(help="File name in the target path (default: FILE's name).")
+]
+
+
 @models_app.command("add")
 def models_add(
-    file: Annotated[Path, typer.Argument(help="The model artifact (GGUF, ONNX, ...).")],
-    name: Annotated[str, typer.Option(help="Model name, as agents configure it.")],
-    version: Annotated[str, typer.Option(help="Model version (unique per name).")],
-    runtime: Annotated[str, typer.Option(help="llama.cpp, ort-genai or onnx.")],
-    quantization: Annotated[str, typer.Option(help="e.g. Q4_K_M, int8.")] = "",
-    device_class: Annotated[
-        list[str] | None, typer.Option(help="Compatible device class; repeatable (none: all).")
-    ] = None,
-    min_agent_version: Annotated[str, typer.Option(help="Oldest agent that may run it.")] = "0",
-    expected_latency_ms: Annotated[
-        float | None, typer.Option(help="Typical latency on its device classes.")
-    ] = None,
-    filename: Annotated[
-        str | None, typer.Option(help="File name in the target path (default: FILE's name).")
-    ] = None,
+    file: ArtifactArg,
+    name: ModelNameOpt,
+    version: ModelVersionOpt,
+    runtime: RuntimeOpt,
+    quantization: QuantizationOpt = "",
+    device_class: DeviceClassOpt = None,
+    min_agent_version: MinAgentOpt = "0",
+    expected_latency_ms: LatencyOpt = None,
+    filename: FilenameOpt = None,
     keys_dir: KeysDirOpt = None,
     repo_dir: RepoDirOpt = None,
     passphrase_file: PassphraseOpt = None,
@@ -492,17 +502,15 @@ def models_list(
 
 @models_app.command("upload")
 def models_upload(
-    file: Annotated[Path, typer.Argument(help="The model artifact.")],
-    name: Annotated[str, typer.Option(help="Model name, as agents configure it.")],
-    version: Annotated[str, typer.Option(help="Model version (unique per name).")],
-    runtime: Annotated[str, typer.Option(help="llama.cpp, ort-genai or onnx.")],
-    quantization: Annotated[str, typer.Option(help="e.g. Q4_K_M, int8.")] = "",
-    device_class: Annotated[
-        list[str] | None, typer.Option(help="Compatible device class; repeatable (none: all).")
-    ] = None,
-    min_agent_version: Annotated[str, typer.Option(help="Oldest agent that may run it.")] = "0",
-    expected_latency_ms: Annotated[float | None, typer.Option(help="Typical latency.")] = None,
-    filename: Annotated[str | None, typer.Option(help="File name in the target path.")] = None,
+    file: ArtifactArg,
+    name: ModelNameOpt,
+    version: ModelVersionOpt,
+    runtime: RuntimeOpt,
+    quantization: QuantizationOpt = "",
+    device_class: DeviceClassOpt = None,
+    min_agent_version: MinAgentOpt = "0",
+    expected_latency_ms: LatencyOpt = None,
+    filename: FilenameOpt = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
