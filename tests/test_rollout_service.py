@@ -30,8 +30,9 @@ WAVES = ["canary:2", "50%", "100%"]
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    return World(f"sqlite:///{tmp_path / 'controller.db'}")
+def world(database_url: str) -> World:
+    """A simulated fleet on each supported database (SQLite file, PostgreSQL)."""
+    return World(database_url)
 
 
 def drive(
@@ -210,7 +211,8 @@ def test_canary_error_rate_rolls_back_to_the_previous_model(world: World) -> Non
 
 
 def test_failed_installs_roll_back(world: World) -> None:
-    """Canary devices that report a failed install break the install gate and roll back."""
+    """Canary devices that report a failed install break the install gate and roll back,
+    and each reverted member still says why its install failed."""
     world.add_model()
     ids = world.add_devices(20)
     rid = world.create(waves=WAVES, settings=FAST)
@@ -218,6 +220,7 @@ def test_failed_installs_roll_back(world: World) -> None:
     assert world.rollout(rid).status == "rolled_back"
     canary = [m for m in world.members(rid) if m.wave == 0]
     assert all(m.outcome == "reverted" for m in canary)
+    assert {m.failure for m in canary} == {"device reported failed: health check failed"}
 
 
 def test_silent_devices_time_out_instead_of_hanging(world: World) -> None:

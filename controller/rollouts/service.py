@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sqlalchemy import bindparam, func, update
+from sqlalchemy import bindparam, case, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -317,6 +317,9 @@ def _previous(reported_model: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+_FAILURES = (Outcome.FAILED.value, Outcome.TIMED_OUT.value)
+
+
 def _write_members(
     session: Session, assigned: list[dict[str, Any]], outcomes: list[dict[str, Any]]
 ) -> None:
@@ -346,6 +349,14 @@ def _write_members(
                 outcome=bindparam("outcome"),
                 outcome_at=bindparam("at"),
                 reason=bindparam("reason"),
+                # Why it failed outlives the outcomes after it (reverting, reverted).
+                failure=case(
+                    (
+                        or_(*(bindparam("outcome") == failed for failed in _FAILURES)),
+                        bindparam("reason"),
+                    ),
+                    else_=table.c.failure,
+                ),
                 installed_at=func.coalesce(bindparam("installed"), table.c.installed_at),
             ),
             outcomes,

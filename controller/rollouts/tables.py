@@ -56,6 +56,8 @@ class RolloutDevice(SQLModel, table=True):
     active: bool | None = True
     outcome: str = Field(default="pending", max_length=16)
     reason: str = Field(default="", max_length=512)
+    # Why its install failed or timed out, kept when a rollback then reverts it.
+    failure: str | None = Field(default=None, max_length=512)
     # What the device reported running when it was assigned: where a rollback takes it.
     previous_target: str | None = Field(default=None, max_length=255)
     previous_model: dict[str, Any] | None = Field(

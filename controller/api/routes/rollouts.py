@@ -109,7 +109,9 @@ def devices(
         offset=offset,
     )
     data = [
-        row.model_dump(include={"device_id", "wave", "outcome", "reason", "previous_target"})
+        row.model_dump(
+            include={"device_id", "wave", "outcome", "reason", "failure", "previous_target"}
+        )
         | {"assigned_at": row.assigned_at, "installed_at": row.installed_at}
         for row in rows
     ]
