@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from controller import __version__
 from controller.api.deps import ServicesDep
 from controller.api.routes import attestation as attestation_routes
+from controller.api.routes import audit as audit_routes
 from controller.api.routes import devices, ingest, shadow, telemetry
 from controller.api.routes import models as model_routes
 from controller.api.routes import rollouts as rollout_routes
@@ -78,6 +79,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         )
 
     app.include_router(devices.router)
+    app.include_router(audit_routes.router)
     app.include_router(attestation_routes.router)
     app.include_router(ingest.router)
     app.include_router(shadow.router)

@@ -182,6 +182,16 @@ def test_operator_commands_are_applied_and_audited(live: LiveController, world: 
     assert by_action["rollout.pause"].reason == "change freeze"
     assert by_action["rollout.rollback"].reason == "bad answers"
 
+    # The same trail through the audit API: newest first, filtered by prefix and text.
+    trail = live.client.get(
+        "/api/audit", params={"target": f"rollout:{rid}", "action": "rollout."}, headers=live.auth
+    ).json()
+    assert trail["count"] == len(entries)
+    assert [e["id"] for e in trail["data"]] == sorted((e.id for e in entries), reverse=True)
+    frozen = live.client.get("/api/audit", params={"q": "freeze"}, headers=live.auth).json()
+    assert [e["action"] for e in frozen["data"]] == ["rollout.pause"]
+    assert live.client.get("/api/audit").status_code == 401
+
 
 def test_the_scheduler_tick_drives_a_rollout_to_completion(
     mosquitto: Broker, tmp_path: Path

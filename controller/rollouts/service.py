@@ -443,6 +443,7 @@ def advance(
     _write_members(session, assigned, outcomes)
 
     for record in result.audits:
+        log.info("rollout %d: %s (%s): %s", rollout_id, record.action, record.actor, record.reason)
         audit(
             session,
             actor=record.actor,
