@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from edge_agent.runtimes.base import ChatMessage, ChatRequest, RuntimeLoadError
-from edge_agent.runtimes.ort_genai import OrtGenaiRuntime, fallback_prompt, folder_sha256
+from edge_agent.runtimes.ort_genai import OrtGenaiRuntime, fallback_prompt
+from shared.digests import folder_sha256
 from tests.tiny_models import (
     EOS_TOKEN_ID,
     build_tiny_genai_model,

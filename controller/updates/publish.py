@@ -10,6 +10,7 @@ serves the CLI (from a local file) and the HTTP upload (from the request body).
 import hashlib
 import os
 import re
+import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from controller.updates.errors import (
 )
 from controller.updates.registry import ModelVersion, get_model_version
 from controller.updates.repository import TufRepository
+from shared.digests import tar_folder_sha256
 
 CHUNK = 1024 * 1024
 Runtime = Literal["llama.cpp", "ort-genai", "onnx"]
@@ -211,6 +213,17 @@ def check_new(session: Session, repo: TufRepository, spec: ModelSpec) -> None:
         )
 
 
+def _content_sha256(spec: ModelSpec, path: Path) -> str | None:
+    """For an ort-genai archive, the digest of the folder it unpacks to (devices measure
+    that folder); refuses an archive that cannot be read. None for single-file models."""
+    if spec.runtime != "ort-genai":
+        return None
+    try:
+        return tar_folder_sha256(path)
+    except (tarfile.TarError, OSError) as e:
+        raise PublishError(f"an ort-genai model must be a tar archive of its folder: {e}") from e
+
+
 def publish_model(
     session: Session,
     repo: TufRepository,
@@ -235,6 +248,7 @@ def publish_model(
             raise DuplicateError(
                 f"target {spec.target_path} is already published with other content"
             )
+        content_sha256 = _content_sha256(spec, staged.path)
         final = repo.target_file_path(spec.target_path, staged.sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged.path, final)
@@ -247,6 +261,7 @@ def publish_model(
         version=spec.version,
         target_path=spec.target_path,
         sha256=staged.sha256,
+        content_sha256=content_sha256,
         length=staged.length,
         runtime=spec.runtime,
         quantization=spec.quantization,

@@ -22,6 +22,9 @@ class ModelVersion(SQLModel, table=True):
     version: str = Field(max_length=64)
     target_path: str = Field(max_length=255, unique=True)  # "<name>/<version>/<filename>"
     sha256: str = Field(max_length=64, index=True)
+    # ort-genai: the digest of the folder the archive unpacks to (shared.digests), which is
+    # what a device measures for attestation; None for single-file models.
+    content_sha256: str | None = Field(default=None, max_length=64)
     length: int
     runtime: str = Field(max_length=16)  # llama.cpp | ort-genai | onnx
     quantization: str = Field(default="", max_length=32)
@@ -41,8 +44,10 @@ def get_model_version(session: Session, name: str, version: str) -> ModelVersion
 
 
 def known_target_hashes(session: Session) -> set[str]:
-    """SHA-256 of every published model: the golden values for a device's active model."""
-    return set(session.exec(select(ModelVersion.sha256)))
+    """SHA-256 of every published model (and of the folder each archive unpacks to): the
+    golden values for a device's active model."""
+    rows = session.exec(select(ModelVersion.sha256, ModelVersion.content_sha256)).all()
+    return {digest for row in rows for digest in row if digest}
 
 
 __all__ = ["ModelVersion", "get_model_version", "known_target_hashes"]

@@ -11,7 +11,6 @@ fallback is plain text, one line per message, ending with the assistant's turn::
     Assistant:
 """
 
-import hashlib
 import json
 import threading
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from edge_agent.runtimes.base import (
     CompletionChunk,
     RuntimeLoadError,
 )
+from shared.digests import folder_sha256
 
 # ONNX Runtime execution provider names (what the hardware probe reports) -> the names
 # onnxruntime-genai's Config.append_provider takes. CPU needs no entry: it is the fallback.
@@ -42,28 +42,6 @@ GENAI_PROVIDERS = {
 }
 
 _FALLBACK_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
-
-
-def folder_sha256(folder: Path) -> str:
-    """Hash every file under ``folder``: sorted relative names, sizes and contents, streamed.
-
-    Each file contributes ``name NUL size NUL contents``, so renaming, moving bytes between
-    files or adding an empty file all change the hash.
-    """
-    digest = hashlib.sha256()
-    files = sorted(
-        (p for p in folder.rglob("*") if p.is_file()),
-        key=lambda p: p.relative_to(folder).as_posix(),
-    )
-    for path in files:
-        digest.update(path.relative_to(folder).as_posix().encode())
-        digest.update(b"\0")
-        digest.update(str(path.stat().st_size).encode())
-        digest.update(b"\0")
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def fallback_prompt(messages: tuple[ChatMessage, ...]) -> str:
