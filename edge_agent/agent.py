@@ -5,14 +5,15 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import psutil
 
 from edge_agent import __version__
 from edge_agent.attestation import Attester, FileIdentityKey, IdentityKey, measure
-from edge_agent.config import AgentConfig, ModelConfig
+from edge_agent.config import AgentConfig, ModelConfig, PerceptionModelConfig
 from edge_agent.hardware import HardwareProfile, probe
 from edge_agent.mqtt_link import LoadSnapshot, MqttLink
 from edge_agent.outbox import Outbox, OutboxFull, Priority
@@ -30,6 +31,7 @@ from edge_agent.runtimes.llama_cpp import LlamaCppRuntime
 from edge_agent.shadow import DeviceShadow
 from edge_agent.state import CounterStore
 from edge_agent.updates import DeviceFacts, UpdateManager
+from edge_agent.updates.kinds import Classifier, ModelSpec, Served
 from edge_agent.updates.manager import disabled_status
 from shared.attestation import encode_public_key
 from shared.messages import Birth, Challenge, Desired, HardwareInfo, ModelInfo, Quote, Reported
@@ -38,6 +40,8 @@ if TYPE_CHECKING:  # ONNX runtimes (and numpy) load only when an ONNX model is c
     from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
 
 log = logging.getLogger(__name__)
+_Spec = TypeVar("_Spec", ModelConfig, PerceptionModelConfig)
+_Loaded = TypeVar("_Loaded")
 # Seconds a runtime replaced by an update stays open for requests that already picked it.
 RETIRE_GRACE_S = 5.0
 
@@ -103,7 +107,7 @@ class Agent:
             self.updates = UpdateManager(
                 config.updates,
                 state_dir=config.state_dir,
-                models=config.models,
+                models=[*config.models, *config.perception],
                 device=DeviceFacts(
                     device_class=config.device_class or self.profile.device_class,
                     agent_version=__version__,
@@ -111,7 +115,7 @@ class Agent:
                         "onnx" if name == "onnxruntime" else name for name in available_runtimes()
                     ),
                 ),
-                load=self.open_model,
+                load=self.open_any,
                 swap=self.swap_model,
                 desired=lambda: self.shadow.current.settings,
                 record_event=self.record_event,
@@ -120,10 +124,11 @@ class Agent:
             )
 
     # --- models -------------------------------------------------------------------------
-    def _load_one(self, model: ModelConfig) -> ChatRuntime:
-        runtime, sha256 = self.open_model(model)
-        self.model_hashes[model.name] = sha256
-        return runtime
+    def open_any(self, model: ModelSpec) -> tuple[Served, str]:
+        """Load and warm a chat or perception model without serving it (for updates)."""
+        if isinstance(model, PerceptionModelConfig):
+            return self.open_classifier(model)
+        return self.open_model(model)
 
     def open_model(self, model: ModelConfig) -> tuple[ChatRuntime, str]:
         """Load and warm ``model`` without serving it: (runtime, sha256 of its files)."""
@@ -146,46 +151,62 @@ class Agent:
         llama.warm_up()
         return llama, llama.sha256
 
+    def open_classifier(self, model: PerceptionModelConfig) -> "tuple[OrtPerceptionRuntime, str]":
+        """Load and warm the classifier ``model`` without serving it: (runtime, sha256)."""
+        from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
+
+        loaded = OrtPerceptionRuntime(
+            model.name,
+            model.path,
+            providers=list(self.profile.execution_providers),
+            labels=model.labels,
+            threads=model.threads or self.profile.recommended_threads,
+        )
+        try:
+            loaded.warm_up()
+        except Exception as e:  # a model that loads but cannot run is not loaded either
+            loaded.close()
+            raise RuntimeLoadError(f"{model.path.name} failed its warm-up: {e}") from e
+        return loaded, loaded.sha256
+
+    def _start_model(
+        self, configured: _Spec, open_: Callable[[_Spec], tuple[_Loaded, str]]
+    ) -> _Loaded | None:
+        """Load a configured model at start, from its active slot when an update installed
+        it; a slot on trial that does not load is rolled back and the previous one loaded.
+        None (and a recorded load error) when nothing loads."""
+        started = time.perf_counter()
+        slot_path = self.updates.model_path(configured.name) if self.updates else None
+        try:
+            runtime, sha256 = open_(
+                configured.model_copy(update={"path": slot_path or configured.path})
+            )
+        except RuntimeLoadError as e:
+            fallback = self.updates.start_failed(configured.name, str(e)) if self.updates else None
+            if fallback is None:
+                self._load_failed(configured.name, str(e))
+                return None
+            try:
+                runtime, sha256 = open_(configured.model_copy(update={"path": fallback}))
+            except RuntimeLoadError as again:
+                self._load_failed(configured.name, str(again))
+                return None
+        self.model_hashes[configured.name] = sha256
+        log.info(
+            "model %s loaded and warm in %.1fs", configured.name, time.perf_counter() - started
+        )
+        return runtime
+
     def load_models(self) -> None:
         """Load and warm every configured model; a failure marks that model, never crashes."""
-        for configured in self.config.models:
-            started = time.perf_counter()
-            # A model installed by an update runs from its active slot.
-            slot_path = self.updates.model_path(configured.name) if self.updates else None
-            model = configured.model_copy(update={"path": slot_path or configured.path})
-            try:
-                self.runtimes[model.name] = self._load_one(model)
-            except RuntimeLoadError as e:
-                # A slot on trial that does not even load is rolled back right here.
-                fallback = self.updates.start_failed(model.name, str(e)) if self.updates else None
-                if fallback is None:
-                    self._load_failed(model.name, str(e))
-                    continue
-                try:
-                    self.runtimes[model.name] = self._load_one(
-                        model.model_copy(update={"path": fallback})
-                    )
-                except RuntimeLoadError as again:
-                    self._load_failed(model.name, str(again))
-                    continue
-            log.info("model %s loaded and warm in %.1fs", model.name, time.perf_counter() - started)
+        for model in self.config.models:
+            runtime = self._start_model(model, self.open_model)
+            if runtime is not None:
+                self.runtimes[model.name] = runtime
         for classifier in self.config.perception:
-            from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
-
-            try:
-                loaded = OrtPerceptionRuntime(
-                    classifier.name,
-                    classifier.path,
-                    providers=list(self.profile.execution_providers),
-                    labels=classifier.labels,
-                    threads=classifier.threads or self.profile.recommended_threads,
-                )
-                loaded.warm_up()
-            except RuntimeLoadError as e:
-                self._load_failed(classifier.name, str(e))
-                continue
-            self.perception[classifier.name] = loaded
-            self.model_hashes[classifier.name] = loaded.sha256
+            loaded = self._start_model(classifier, self.open_classifier)
+            if loaded is not None:
+                self.perception[classifier.name] = loaded
         self.build_router()
 
     def _load_failed(self, name: str, reason: str) -> None:
@@ -193,21 +214,32 @@ class Agent:
         log.error("model %s not loaded: %s", name, reason)
         self.record_event("model_load_failed", {"model": name, "reason": reason})
 
-    def swap_model(self, name: str, runtime: ChatRuntime, sha256: str) -> None:
-        """Serve ``runtime`` as ``name`` from the next request on (an update's hot swap);
-        the runtime it replaces is closed once the requests already on it are done."""
-        old = self.runtimes.get(name)
-        self.runtimes[name] = runtime
+    def swap_model(self, name: str, runtime: Served, sha256: str) -> None:
+        """Serve ``runtime`` (a chat runtime or a classifier) as ``name`` from the next
+        request on (an update's hot swap); the runtime it replaces is closed once the
+        requests already on it are done."""
+        old: Served | None
+        if isinstance(runtime, Classifier):
+            from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
+
+            if not isinstance(runtime, OrtPerceptionRuntime):
+                raise TypeError(f"perception model {name} must run on OrtPerceptionRuntime")
+            old = self.perception.get(name)
+            self.perception[name] = runtime
+        else:
+            old = self.runtimes.get(name)
+            self.runtimes[name] = runtime
         self.model_hashes[name] = sha256
         self.load_errors.pop(name, None)
-        self.build_router()
+        if not isinstance(runtime, Classifier):
+            self.build_router()  # the router only knows chat runtimes
         if old is not None:
             threading.Thread(
                 target=self._retire, args=(old,), name=f"retire-{name}", daemon=True
             ).start()
 
-    def _retire(self, runtime: ChatRuntime) -> None:
-        # Both runtimes serialize their calls (one worker thread or one lock), so close()
+    def _retire(self, runtime: Served) -> None:
+        # All runtimes serialize their calls (one worker thread or one lock), so close()
         # waits for every request already handed to them. The pause covers a request that
         # looked the old runtime up just before the swap but has not called it yet.
         self._stopping.wait(RETIRE_GRACE_S)

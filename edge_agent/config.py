@@ -264,6 +264,18 @@ class AgentConfig(_Strict):
             raise ValueError("model names must be unique")
         return value
 
+    @model_validator(mode="after")
+    def _one_name_one_model(self) -> "AgentConfig":
+        # Telemetry, attestation (model:<name>) and updates (desired model.name) identify a
+        # model by name alone, whichever list it is in.
+        names = [m.name for m in self.perception]
+        if len(names) != len(set(names)):
+            raise ValueError("perception model names must be unique")
+        clash = sorted(set(names) & {m.name for m in self.models})
+        if clash:
+            raise ValueError(f"{', '.join(clash)} names both a chat and a perception model")
+        return self
+
 
 def load_config(path: Path) -> AgentConfig:
     """Read and validate ``path``; relative paths inside resolve against the file's folder."""

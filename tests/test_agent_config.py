@@ -59,6 +59,10 @@ def test_mqtt_null_means_standalone(tmp_path: Path) -> None:
         ("device_id: d1\napi: {port: 70000}\n", "api.port"),
         ("device_id: d1\nheartbeat_interval_s: 0\n", "heartbeat_interval_s"),
         ("device_id: d1\nmodels: [{name: a, path: x}, {name: a, path: y}]\n", "unique"),
+        (
+            "device_id: d1\nmodels: [{name: a, path: x}]\nperception: [{name: a, path: y}]\n",
+            "names both a chat and a perception model",
+        ),
         ("- just\n- a list\n", "mapping"),
         ("device_id: [unclosed\n", "not valid YAML"),
     ],

@@ -232,6 +232,20 @@ class OrtPerceptionRuntime:
         shape = tuple(1 if d is None else d for d in self.input_shape)
         self.classify_batch(np.zeros(shape, dtype=self.input_dtype))
 
+    def smoke_scores(self) -> list[tuple[float, ...]]:
+        """The raw scores (first output, one row per sample) for one neutral input: all zeros
+        in the model's input shape and type. The update health check judges them."""
+        shape = tuple(1 if d is None else d for d in self.input_shape)
+        with self._lock:
+            output = self._session.run(
+                [self.output_name], {self.input_name: np.zeros(shape, dtype=self.input_dtype)}
+            )[0]
+        scores = np.asarray(output, dtype=np.float64)
+        if scores.size == 0:
+            return []
+        rows = scores.reshape(1, -1) if scores.ndim < 2 else scores.reshape(-1, scores.shape[-1])
+        return [tuple(float(s) for s in row) for row in rows]
+
     def close(self) -> None:
         with self._lock:
             self._session = None

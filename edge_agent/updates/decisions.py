@@ -25,6 +25,14 @@ Status = Literal[
 Outcome = Literal["installed", "failed", "rolled_back", "refused", "metadata_expired"]
 Runtime = Literal["llama.cpp", "ort-genai", "onnx"]
 RUNTIMES: tuple[Runtime, ...] = ("llama.cpp", "ort-genai", "onnx")
+# Chat models (config ``models``) run on these; ``onnx`` is a perception classifier
+# (config ``perception``).
+CHAT_RUNTIMES: tuple[Runtime, ...] = ("llama.cpp", "ort-genai")
+
+
+def model_kind(runtime: str) -> str:
+    """The kind of model a runtime serves, as the agent config groups them."""
+    return "chat" if runtime in CHAT_RUNTIMES else "perception"
 
 
 def status_for(outcome: Outcome | None) -> Status:
@@ -239,9 +247,16 @@ def check_compatibility(
             f"target is version {meta.version!r}, the desired state asks for {desired.version!r}"
         )
     if meta.runtime != configured_runtime:
-        reasons.append(
-            f"target runtime {meta.runtime} differs from the configured {configured_runtime}"
-        )
+        target_kind, configured_kind = model_kind(meta.runtime), model_kind(configured_runtime)
+        if target_kind != configured_kind:
+            reasons.append(
+                f"target runtime {meta.runtime} (a {target_kind} model) differs from the "
+                f"configured {configured_runtime}: {desired.name} is a {configured_kind} model"
+            )
+        else:
+            reasons.append(
+                f"target runtime {meta.runtime} differs from the configured {configured_runtime}"
+            )
     if meta.runtime not in device.runtimes:
         reasons.append(f"runtime {meta.runtime} is not available on this device")
     if meta.device_classes and device.device_class not in meta.device_classes:
@@ -330,8 +345,14 @@ def latency_budget_ms(meta: TargetMeta | None, configured_ms: float | None) -> f
     return configured_ms
 
 
+def _over_budget(latency_ms: float, budget_ms: float | None) -> str | None:
+    if budget_ms is not None and latency_ms > budget_ms:
+        return f"smoke inference took {latency_ms:.0f} ms, over the {budget_ms:.0f} ms budget"
+    return None
+
+
 def health_problem(result: SmokeResult, budget_ms: float | None) -> str | None:
-    """Why the smoke inference is not healthy, or None when it is.
+    """Why the smoke inference of a chat model is not healthy, or None when it is.
 
     Sane output: at least one generated token, some visible text, no replacement
     characters (bytes that do not decode) and no control characters except whitespace.
@@ -345,11 +366,37 @@ def health_problem(result: SmokeResult, budget_ms: float | None) -> str | None:
     controls = [c for c in result.text if unicodedata.category(c) == "Cc" and c not in "\t\n\r"]
     if controls:
         return f"the output contains {len(controls)} control characters"
-    if budget_ms is not None and result.latency_ms > budget_ms:
-        return (
-            f"smoke inference took {result.latency_ms:.0f} ms, over the {budget_ms:.0f} ms budget"
-        )
-    return None
+    return _over_budget(result.latency_ms, budget_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoresSmoke:
+    """One smoke inference on a candidate perception model (a neutral input)."""
+
+    rows: tuple[tuple[float, ...], ...]  # raw scores, one row per sample of the input batch
+    expected_classes: int | None  # configured labels, else the model's declared classes
+    latency_ms: float
+
+
+def scores_problem(result: ScoresSmoke, budget_ms: float | None) -> str | None:
+    """Why the smoke inference of a classifier is not healthy, or None when it is.
+
+    Sane output: at least one row of scores, each with one score per class (when the class
+    count is known) and every score finite (no NaN, no infinity).
+    """
+    if not result.rows or not all(result.rows):
+        return "the model returned no scores"
+    if result.expected_classes is not None:
+        wrong = {len(row) for row in result.rows if len(row) != result.expected_classes}
+        if wrong:
+            return (
+                f"the model returned {min(wrong)} scores per input, "
+                f"{result.expected_classes} classes expected"
+            )
+    bad = sum(1 for row in result.rows for score in row if not math.isfinite(score))
+    if bad:
+        return f"the output has {bad} non-finite scores (NaN or infinity)"
+    return _over_budget(result.latency_ms, budget_ms)
 
 
 # --- boots during a trial (crash-loop detection) ----------------------------------------

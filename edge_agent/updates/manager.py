@@ -1,12 +1,15 @@
 """The update manager: turns the desired shadow key ``model`` into an installed, serving model.
 
-One thread per agent. For a desired target it refreshes TUF metadata, checks the target
-against this device, downloads the artifact into the inactive slot (resumable, verified),
-loads it beside the running model, runs a smoke inference inside the latency budget, then
-switches the slot atomically and hands the new runtime to the agent (hot swap). Anything
-that goes wrong leaves the running model alone and is reported: the reported shadow key
-``model`` and a ``model_install`` event (contract 2). A switched slot stays on trial until
-the agent has stayed up ``confirm_after_s``; a crash loop rolls it back at the next start.
+One thread per agent. The desired model may be a chat model (``llama.cpp``, ``ort-genai``)
+or a perception classifier (``onnx``) of the agent config: the same steps install both,
+only the smoke inference differs (``kinds``). For a desired target it refreshes TUF
+metadata, checks the target against this device, downloads the artifact into the inactive
+slot (resumable, verified), loads it beside the running model, runs a smoke inference
+inside the latency budget, then switches the slot atomically and hands the new runtime to
+the agent (hot swap). Anything that goes wrong leaves the running model alone and is
+reported: the reported shadow key ``model`` and a ``model_install`` event (contract 2). A
+switched slot stays on trial until the agent has stayed up ``confirm_after_s``; a crash
+loop rolls it back at the next start.
 """
 
 import logging
@@ -19,27 +22,30 @@ from typing import Any
 
 import httpx
 
-from edge_agent.config import ModelConfig, UpdatesConfig
-from edge_agent.runtimes.base import ChatMessage, ChatRequest, ChatRuntime
+from edge_agent.config import UpdatesConfig
 from edge_agent.updates.client import TufClient, VerifiedTarget, partial_name
 from edge_agent.updates.decisions import (
     DesiredModel,
     DeviceFacts,
     InstallFailed,
     Outcome,
-    SmokeResult,
     Status,
     TargetMeta,
     UpdateError,
     check_compatibility,
-    health_problem,
-    latency_budget_ms,
     next_step,
     parse_desired_model,
     parse_target_meta,
     status_for,
 )
 from edge_agent.updates.fetch import file_sha256
+from edge_agent.updates.kinds import (
+    LoadFn,
+    ModelSpec,
+    SwapFn,
+    configured_runtime,
+    health_check,
+)
 from edge_agent.updates.slots import (
     FACTORY,
     Rejection,
@@ -52,18 +58,16 @@ from edge_agent.updates.slots import (
 
 log = logging.getLogger(__name__)
 
-# (runtime, sha256 as measured by the runtime) for a model config; raises on failure.
-LoadFn = Callable[[ModelConfig], tuple[ChatRuntime, str]]
-# Serve a runtime under a model name from now on (the agent's hot swap).
-SwapFn = Callable[[str, ChatRuntime, str], None]
 RETRY_BASE_S = 5.0
 
 
 class UpdateManager:
     """Installs desired models into A/B slots and reports how it went.
 
-    Construct it at agent start (opening the slots counts a trial boot and may roll a
-    crash-looping slot back), take ``model_path(name)`` for each model to load, then
+    ``models`` are the chat and perception models of the agent config (a name is managed
+    once: the first model with it). Construct it at agent start (opening the slots counts a
+    trial boot and may roll a crash-looping slot back), take ``model_path(name)`` for each
+    model to load, then
     ``start()`` the thread; ``wake()`` it when the desired document changes. Tests (and
     the thread) drive it with ``reconcile()``, one step at a time.
     """
@@ -73,7 +77,7 @@ class UpdateManager:
         config: UpdatesConfig,
         *,
         state_dir: Path,
-        models: Sequence[ModelConfig],
+        models: Sequence[ModelSpec],
         device: DeviceFacts,
         load: LoadFn,
         swap: SwapFn,
@@ -91,7 +95,15 @@ class UpdateManager:
             raise ValueError("updates need trusted_root")
         self.config = config
         self.device = device
-        self._models = {m.name: m for m in models}
+        self._models: dict[str, ModelSpec] = {}
+        for model in models:
+            if model.name in self._models:
+                log.error(
+                    "model name %s is configured twice; updates manage the first one only",
+                    model.name,
+                )
+                continue
+            self._models[model.name] = model
         self._load = load
         self._swap = swap
         self._desired = desired
@@ -124,7 +136,7 @@ class UpdateManager:
         self._confirm_at: dict[str, float] = {}
         self._factory_failed: dict[str, str] = {}
         self.slots: dict[str, Slots] = {}
-        for model in models:
+        for model in self._models.values():
             slots = Slots(
                 state_dir / "models" / model.name,
                 factory_path=model.path,
@@ -273,7 +285,7 @@ class UpdateManager:
                 reason = f"the configured model did not load: {e}"
             else:
                 try:
-                    self._health_check(runtime, None)
+                    health_check(self._models[name], runtime, None, self.config)
                 except UpdateError as e:
                     runtime.close()
                     reason = str(e)
@@ -339,7 +351,7 @@ class UpdateManager:
         target = client.target(desired.target)
         meta = parse_target_meta(target.custom)
         check_compatibility(
-            meta, desired=desired, configured_runtime=model.runtime, device=self.device
+            meta, desired=desired, configured_runtime=configured_runtime(model), device=self.device
         )
         entry = self._place(client, target, meta, slots, slot)
         self._set_status(desired, "installing", None)
@@ -349,7 +361,7 @@ class UpdateManager:
         except Exception as e:  # any load failure is the candidate's fault, never fatal
             raise InstallFailed(f"candidate did not load: {e}") from e
         try:
-            self._health_check(runtime, meta)
+            health_check(candidate_cfg, runtime, meta, self.config)
             slots.switch(
                 slot,
                 SlotRecord(
@@ -398,29 +410,6 @@ class UpdateManager:
         if meta.runtime == "ort-genai":
             return unpack_archive(folder / name, folder, max_bytes=self.config.max_artifact_bytes)
         return name
-
-    def _health_check(self, runtime: ChatRuntime, meta: TargetMeta | None) -> None:
-        """A smoke inference: sane output inside the latency budget, or ``InstallFailed``."""
-        request = ChatRequest(
-            messages=(ChatMessage("user", self.config.health_prompt),),
-            max_tokens=self.config.health_max_tokens,
-            temperature=0.0,
-        )
-        started = time.perf_counter()
-        try:
-            completion = runtime.complete(request)
-        except Exception as e:  # a crashing candidate fails its check, not the agent
-            raise InstallFailed(f"health check: smoke inference raised {e!r}") from e
-        result = SmokeResult(
-            text=completion.text,
-            completion_tokens=completion.completion_tokens,
-            latency_ms=(time.perf_counter() - started) * 1000,
-        )
-        problem = health_problem(
-            result, latency_budget_ms(meta, self.config.health_latency_budget_ms)
-        )
-        if problem is not None:
-            raise InstallFailed(f"health check: {problem}")
 
     # --- reporting --------------------------------------------------------------------------
     def _event(

@@ -3,8 +3,8 @@
 Layout under ``state_dir/models/<model name>/``::
 
     slots.json   the state below, replaced atomically (temp file, fsync, os.replace, fsync dir)
-    a/ b/        the two slots; a slot holds one installed artifact (a GGUF file, or the
-                 folder an ORT GenAI archive unpacked to)
+    a/ b/        the two slots; a slot holds one installed artifact (a GGUF or .onnx file,
+                 or the folder an ORT GenAI archive unpacked to)
 
 The configured model path is slot ``factory`` until the first install. A new model goes
 into the inactive slot and becomes active with one atomic rewrite of ``slots.json``; it is
