@@ -392,6 +392,23 @@ def test_quarantined_devices_wait_and_join_when_cleared() -> None:
     assert [a.device_id for a in result.actions if isinstance(a, Assign)] == [q]
 
 
+def test_a_fully_quarantined_canary_holds_the_rollout_instead_of_being_skipped() -> None:
+    """When every canary device is quarantined the rollout waits in the canary wave (no
+    later wave is assigned, however long), and carries on once a canary is cleared."""
+    probe = Fleet(spec(), 10)
+    canary = probe.wave_of(0)
+    fleet = Fleet(spec(), 10, quarantined=set(canary))
+    fleet.run(T0, 3600)
+    assert fleet.state.status == Status.RUNNING and fleet.state.wave == 0
+    assert fleet.ever_assigned == set()
+    assert "quarantined" in fleet.state.reason
+    for d in canary:
+        fleet.views[d] = replace(fleet.views[d], quarantined=False)
+    fleet.run(T0 + timedelta(seconds=3601), 3600)
+    assert fleet.state.status == Status.COMPLETED
+    assert fleet.ever_assigned == set(fleet.views)
+
+
 def test_start_time_and_maintenance_windows_hold_the_start() -> None:
     """A rollout waits for its start time and then for a window before its first wave."""
     window = MaintenanceWindow(days=(0,), start=time(22, 0), end=time(2, 0))  # Mon 22-02

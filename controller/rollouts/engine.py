@@ -539,8 +539,11 @@ class _Step:
         passed over); completes the rollout when none is left."""
         total = len(self.spec.waves)
         wave = first
+        # Only a wave with no one left to assign is passed over. A wave whose members are all
+        # quarantined starts and waits for them (run_gates): skipping it would skip a canary.
         while wave < total and not any(
-            d.wave == wave and self.eligible(d) for d in self.devices.values()
+            d.wave == wave and self.outcomes[d.device_id] == Outcome.PENDING
+            for d in self.devices.values()
         ):
             wave += 1
         if wave >= total:
@@ -589,6 +592,13 @@ class _Step:
 
     def run_gates(self, telemetry: TelemetryAggregate) -> None:
         wave = self.state.wave
+        members = [d for d in self.devices.values() if d.wave == wave]
+        if members and all(self.outcomes[d.device_id] == Outcome.PENDING for d in members):
+            # Nobody in this wave could be assigned (all quarantined): no evidence, no verdict.
+            self.state.reason = (
+                f"wave {wave + 1} waits: all {len(members)} of its devices are quarantined"
+            )
+            return
         self.state.soaking_since = self.soak_start(wave)
         observation = wave_observation(self.views(), wave, telemetry, self.spec.timeout_policy)
         decision = decide_gates(
