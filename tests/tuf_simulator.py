@@ -269,14 +269,17 @@ def _handler(folder: Path, faults: Faults) -> type[http.server.BaseHTTPRequestHa
     return Handler
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients hanging up mid-body is what the fault tests do on purpose
+
+
 class RepoServer:
     """``folder`` over loopback HTTP in a background thread, with fault hooks."""
 
     def __init__(self, folder: Path, *, port: int = 0) -> None:
         self.faults = Faults()
-        self._server = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", port), _handler(folder, self.faults)
-        )
+        self._server = _QuietServer(("127.0.0.1", port), _handler(folder, self.faults))
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
