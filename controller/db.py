@@ -12,6 +12,7 @@ from sqlmodel import Session, SQLModel, create_engine
 # Imported for their side effect: registering the tables on SQLModel.metadata.
 from controller import audit, models, shadows, telemetry_store  # noqa: F401
 from controller.attestation import service as attestation_tables  # noqa: F401
+from controller.migrations import migrate
 from controller.rollouts import tables as rollout_tables  # noqa: F401
 from controller.updates import registry  # noqa: F401
 
@@ -41,8 +42,9 @@ def make_engine(url: str) -> Engine:
 
 
 def init_db(engine: Engine) -> None:
-    """Create missing tables (schema migrations arrive with the first schema change)."""
+    """Create missing tables, then bring older ones up to date (``controller/migrations.py``)."""
     SQLModel.metadata.create_all(engine)
+    migrate(engine)
 
 
 @contextmanager

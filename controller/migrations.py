@@ -1,0 +1,76 @@
+"""Schema changes to databases made by an earlier controller version.
+
+``create_all`` creates missing tables but never alters an existing one, so a column added
+to an existing table needs a step here. Steps run in order, each once per database (the
+``schema_migration`` table records them), and each checks what is there first, because a
+database created by this version already has every column.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection, Engine
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    id: str
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _add_column(conn: Connection, table: str, column: str, sqlite: str, postgresql: str) -> None:
+    if column in {c["name"] for c in inspect(conn).get_columns(table)}:
+        return
+    kind = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(text(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {kind}'))
+
+
+def _device_quarantine(conn: Connection) -> None:
+    _add_column(
+        conn,
+        "device",
+        "quarantined",
+        "BOOLEAN NOT NULL DEFAULT 0",
+        "BOOLEAN NOT NULL DEFAULT false",
+    )
+    _add_column(conn, "device", "quarantine_reason", "VARCHAR", "VARCHAR")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "0001_device_quarantine",
+        "device.quarantined and device.quarantine_reason (attestation)",
+        _device_quarantine,
+    ),
+)
+
+
+def migrate(engine: Engine) -> list[str]:
+    """Apply the steps this database has not had; returns their ids. Run after create_all."""
+    applied_now: list[str] = []
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # replicas starting together take turns
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('edgefleet:migrate'))"))
+        conn.execute(
+            text(
+                "CREATE TABLE IF NOT EXISTS schema_migration "
+                "(id VARCHAR(64) PRIMARY KEY, applied_at VARCHAR(40) NOT NULL)"
+            )
+        )
+        done = {row[0] for row in conn.execute(text("SELECT id FROM schema_migration"))}
+        for step in MIGRATIONS:
+            if step.id in done:
+                continue
+            step.apply(conn)
+            conn.execute(
+                text("INSERT INTO schema_migration (id, applied_at) VALUES (:id, :at)"),
+                {"id": step.id, "at": datetime.now(UTC).isoformat()},
+            )
+            applied_now.append(step.id)
+    return applied_now
+
+
+__all__ = ["MIGRATIONS", "Migration", "migrate"]
