@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
+from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller import __version__
@@ -56,6 +57,11 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _problem(exc.status_code, _title(exc.status_code), exc.detail, exc.headers)
+
+    @app.exception_handler(StaleDataError)
+    async def _concurrent_change(request: Request, exc: StaleDataError) -> JSONResponse:
+        # Optimistic locking (e.g. a device shadow changed by a rollout meanwhile).
+        return _problem(409, "Conflict", "changed by someone else meanwhile; read and retry")
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -6,7 +6,7 @@ The merge and delta rules are the pure ones in ``shared.shadow``; this module st
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import JSON, Column, Integer
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from controller.models import utcnow
@@ -14,13 +14,21 @@ from shared.messages import Desired, Reported
 from shared.shadow import delta, is_newer, merge_patch
 
 
+_DESIRED_VERSION = Column("desired_version", Integer, nullable=False, default=0)
+
+
 class DeviceShadow(SQLModel, table=True):
     """One device's desired and reported documents."""
 
     __tablename__ = "device_shadow"
+    # Optimistic locking on desired_version: every UPDATE of a row says which version it
+    # read (WHERE desired_version = :read), so two writers that read the same version (the
+    # rollout tick and attestation in ingest, say) cannot both win; the loser's transaction
+    # fails with StaleDataError and is retried by its caller (next tick, the batch again).
+    __mapper_args__ = {"version_id_col": _DESIRED_VERSION, "version_id_generator": False}
     device_id: str = Field(primary_key=True, max_length=63)
     desired: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    desired_version: int = 0
+    desired_version: int = Field(default=0, sa_column=_DESIRED_VERSION)
     desired_updated_at: datetime | None = None
     desired_published_at: datetime | None = None
     reported: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
