@@ -10,12 +10,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import text
+from sqlalchemy import delete, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from controller.attestation.service import (
+    AttestationChallenge,
     AttestationService,
     Outbound,
     trust_local_agent_code,
@@ -32,7 +33,7 @@ from controller.settings import Settings
 from controller.shadows import DeviceShadow, desired_message, unapplied
 from controller.updates.errors import UpdatesError
 from controller.updates.repository import TufRepository
-from shared.messages import Desired, encode_message
+from shared.messages import Challenge, Desired, encode_message
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,8 @@ class Services:
         self.scheduler.start()
 
     def sweep_liveness(self) -> None:
+        if self.ingest is not None and not self.ingest.connected:
+            return  # no quote can arrive now: judging silence would quarantine everyone
         if self.ingest is not None and self.ingest.backlog() > self.settings.ingest_batch_size:
             # Heartbeats may be waiting in our own queue: judging silence now would mark
             # devices offline that are talking (a reconnect storm does this). Next time.
@@ -248,12 +251,26 @@ class Services:
         desired ones the broker misses are re-published by ``republish_desired``."""
         if self.ingest is None:
             return
+        unsent: list[str] = []
         for message in messages:
             retain = isinstance(message, Desired)
-            self.ingest.publish(*encode_message(message), retain=retain)
+            if not self.ingest.publish(*encode_message(message), retain=retain) and isinstance(
+                message, Challenge
+            ):
+                unsent.append(message.nonce)
+        if unsent:
+            # A challenge the device never got must not count as its silence: forget it; the
+            # device is challenged again at its next birth or periodic round.
+            with session_scope(self.engine) as session:
+                session.execute(
+                    delete(AttestationChallenge).where(col(AttestationChallenge.nonce).in_(unsent))
+                )
+            log.warning("%d attestation challenges not sent (broker away); dropped", len(unsent))
 
     def attestation_sweep(self) -> None:
         """Quarantine silent devices and challenge those due for re-attestation."""
+        if self.ingest is not None and not self.ingest.connected:
+            return  # no quote can arrive now: judging silence would quarantine everyone
         if self.ingest is not None and self.ingest.backlog() > self.settings.ingest_batch_size:
             # Quotes may be waiting in our own queue: calling their devices silent now
             # would be wrong. Next time.

@@ -334,3 +334,42 @@ def test_golden_values_api(engine: Engine, tmp_path: Path) -> None:
     ]
     refused = client.post("/api/devices/dev-9/attest", headers=op)
     assert refused.status_code == 409 and "no enrolled identity key" in refused.text
+
+
+def test_a_challenge_the_broker_never_took_is_forgotten_not_held_against_the_device(
+    tmp_path: Path,
+) -> None:
+    """When the controller cannot publish a challenge (its broker connection is down), the
+    challenge row is dropped, so the silence sweep never quarantines a device for not
+    answering it; and the sweep itself waits while the broker is away."""
+    from controller.mqtt_ingest import MqttIngest
+    from controller.services import Services
+    from controller.settings import load_settings
+
+    settings = load_settings(
+        None,
+        environment="development",
+        database_url=f"sqlite:///{tmp_path / 'c.db'}",
+        broker={"mode": "external", "url": "mqtt://127.0.0.1:9"},
+    )
+    services = Services.create(settings)
+    services.ingest = MqttIngest(  # never started: not connected
+        broker=settings.broker,
+        port=9,
+        engine=services.engine,
+        stats=services.stats,
+        queue_size=10,
+        batch_size=10,
+    )
+    with Session(services.engine) as session:
+        challenge = services.attestation.challenge(
+            session, "dev-1", datetime.now(UTC), why="operator"
+        )
+        session.commit()
+    services.publish_outbound([challenge])
+    with Session(services.engine) as session:
+        assert session.get(AttestationChallenge, challenge.nonce) is None
+    services.attestation_sweep()  # returns at once: no broker, no verdicts
+    with Session(services.engine) as session:
+        assert session.exec(select(AttestationResult)).all() == []
+    services.engine.dispose()
