@@ -217,6 +217,15 @@ class UpdatesConfig(_Strict):
     http_timeout_s: float = Field(default=30.0, gt=0)
     retry_max_s: float = Field(default=600.0, ge=1)
 
+    @field_validator("metadata_url", "targets_url")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        # URLs end up in reported status, events and logs; TUF makes the mirror untrusted,
+        # so it needs no secret in its address.
+        if value is not None and "@" in value.split("://", 1)[-1].split("/", 1)[0]:
+            raise ValueError("must not carry credentials (user:password@)")
+        return value
+
     @model_validator(mode="after")
     def _complete_when_enabled(self) -> "UpdatesConfig":
         if self.enabled:

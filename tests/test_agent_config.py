@@ -63,6 +63,10 @@ def test_mqtt_null_means_standalone(tmp_path: Path) -> None:
             "device_id: d1\nmodels: [{name: a, path: x}]\nperception: [{name: a, path: y}]\n",
             "names both a chat and a perception model",
         ),
+        (
+            "device_id: d1\nupdates: {metadata_url: 'http://u:secret@h/tuf/metadata/'}\n",
+            "must not carry credentials",
+        ),
         ("- just\n- a list\n", "mapping"),
         ("device_id: [unclosed\n", "not valid YAML"),
     ],
