@@ -3,10 +3,8 @@
 import getpass
 import json
 import logging
-import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +18,7 @@ from controller.cli_common import ConfigOpt, TokenOpt, UrlOpt, err
 from controller.cli_common import fail as _fail
 from controller.cli_rollouts import app as rollouts_app
 from controller.cli_updates import keys_app, models_app
+from shared.files import write_atomic
 
 app = typer.Typer(
     add_completion=False,
@@ -255,18 +254,7 @@ def _read_password(password_stdin: bool) -> str:
 
 
 def _write_atomic(path: Path, text: str, mode: int) -> None:
-    """Write ``text`` to ``path`` with ``mode`` via a temp file in the same folder."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text.encode("utf-8"), mode)
 
 
 @devices_app.command("provision")

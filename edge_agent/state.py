@@ -5,10 +5,10 @@ either the old or the new value, never a torn file, and a number is never handed
 """
 
 import json
-import os
-import tempfile
 import threading
 from pathlib import Path
+
+from shared.files import write_atomic
 
 
 class CounterStore:
@@ -32,16 +32,7 @@ class CounterStore:
         return {str(k): int(v) for k, v in raw.items()}
 
     def _save(self) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".state-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self._values, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self._path, json.dumps(self._values, sort_keys=True).encode())
 
     def next(self, name: str) -> int:
         """Return the next value of counter ``name`` (0 first) after persisting it."""

@@ -1,4 +1,5 @@
-"""Crash-safe file writes and a cross-process lock for the repository and key folders.
+"""Crash-safe file writes (``shared.files``) and a cross-process lock for the repository and
+key folders.
 
 A reader (a TUF client through the mirror, another controller replica, the CLI) must
 only ever see a complete old file or a complete new one: every write goes to a temp file in
@@ -7,36 +8,11 @@ the same folder, is fsynced, and is moved into place with ``os.replace``.
 
 import fcntl
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` (file mode ``mode``) in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX needs the folder itself synced)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from shared.files import fsync_dir, write_atomic
 
 
 @contextmanager
@@ -51,3 +27,6 @@ def locked(lock_file: Path) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+__all__ = ["fsync_dir", "locked", "write_atomic"]

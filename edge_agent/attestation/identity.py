@@ -8,9 +8,7 @@ without touching anything else. The file-backed key lives at
 """
 
 import logging
-import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -18,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared.attestation import key_id, public_key_of
+from shared.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -95,17 +94,7 @@ def _write_private(path: Path, key: Ed25519PrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".identity-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, pem, mode=0o600)
 
 
 __all__ = ["KEY_FILE", "FileIdentityKey", "IdentityKey"]

@@ -30,6 +30,7 @@ from edge_agent.updates.decisions import (
     check_digest,
     check_received,
 )
+from shared.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +123,6 @@ def file_sha256(path: Path) -> tuple[int, str]:
     """Length and SHA-256 of a file (see ``hash_prefix``)."""
     hasher = hash_prefix(path)
     return hasher.length, hasher.digest.hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Interrupted(Exception):
@@ -242,7 +235,7 @@ def _fetch(
             part.unlink(missing_ok=True)
         raise
     os.replace(part, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return FetchResult(
         path=dest,
         length=length,

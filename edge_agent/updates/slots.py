@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import tarfile
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edge_agent.updates.decisions import InstallFailed, Outcome, boot_action
+from shared.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -101,21 +101,7 @@ class SlotsState:
 
 def write_json_atomically(path: Path, body: dict[str, Any]) -> None:
     """Readers see the old file or the new one, never a mix, even across a power cut."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(body, f, sort_keys=True, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, json.dumps(body, sort_keys=True, indent=1).encode())
 
 
 class Slots:
