@@ -13,7 +13,6 @@ from controller.models import utcnow
 from shared.messages import Desired, Reported
 from shared.shadow import delta, is_newer, merge_patch
 
-
 _DESIRED_VERSION = Column("desired_version", Integer, nullable=False, default=0)
 
 
