@@ -149,11 +149,8 @@ def tree_digest(entries: Iterable[tuple[str, str]]) -> str:
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 16), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def tree_hash(roots: Mapping[str, Path]) -> str:
