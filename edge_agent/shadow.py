@@ -59,8 +59,10 @@ def _quarantine(value: Any) -> dict[str, str] | None:
 
 
 def _model(value: Any) -> dict[str, Any] | None:
-    """The model the controller wants installed (contract 2); the update manager acts on
-    it and reports its own ``model`` status, so this key is never echoed back as is."""
+    """The model the controller wants installed (contract 2), or the factory marker
+    ``{"name": ..., "factory": true}`` (back to that model's configured path); the update
+    manager acts on it and reports its own ``model`` status, so this key is never echoed
+    back as is."""
     desired = parse_desired_model(value)
     return desired.as_json() if desired is not None else None
 

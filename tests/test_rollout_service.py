@@ -23,16 +23,48 @@ from controller.rollouts.service import (
     rollout_view,
 )
 from controller.settings import RolloutSettings
+from edge_agent.updates.decisions import FactoryModel, parse_desired_model
 from tests.rollout_world import MODEL, NEW_TARGET, OLD_TARGET, T0, World
 
 FAST = RolloutSettings(default_soak_s=60, default_min_samples=20, default_device_timeout_s=120)
 WAVES = ["canary:2", "50%", "100%"]
+FACTORY = {"name": MODEL, "factory": True}  # the desired marker of the configured model
+# What an agent reports while it runs its configured (factory) model.
+ON_FACTORY = {
+    "target": None,
+    "version": None,
+    "slot": "factory",
+    "status": "active",
+    "error": None,
+    "desired_target": None,
+    "rollout": None,
+    "installed_at": None,
+}
 
 
 @pytest.fixture
 def world(database_url: str) -> World:
     """A simulated fleet on each supported database (SQLite file, PostgreSQL)."""
     return World(database_url)
+
+
+def respond(
+    world: World, now: datetime, *, fail: set[str] | None = None, silent: set[str] | None = None
+) -> None:
+    """``world.respond``, except as the agent does it: a device whose desired model is the
+    factory marker goes back to its configured model, one with no desired model does nothing."""
+    idle = set(silent or ())
+    back = []
+    for device_id, want in world.desired_models().items():
+        if want is None or want.get("factory"):
+            idle.add(device_id)
+            have = world.running.get(device_id)
+            if want and device_id not in (silent or ()) and have and have["target"] is not None:
+                have.update(ON_FACTORY)
+                back.append(device_id)
+    if back:
+        world.report(back, now)
+    world.respond(now, fail=fail or set(), silent=idle)
 
 
 def drive(
@@ -58,7 +90,7 @@ def drive(
         if world.rollout(rollout_id).status in ("completed", "rolled_back", "aborted", "halted"):
             break
         now += timedelta(seconds=tick_s)
-        world.respond(now, fail=fail or set(), silent=silent)
+        respond(world, now, fail=fail, silent=silent)
         talking = [d for d in world.on_target() if d not in silent]
         if talking:
             world.inference(talking, now, count=5, latency_ms=latency_ms, status=status)
@@ -208,6 +240,73 @@ def test_canary_error_rate_rolls_back_to_the_previous_model(world: World) -> Non
         assert member.outcome == "reverted"
     assert world.on_target() == []
     assert {m.outcome for m in world.members(rid) if m.wave > 0} == {"skipped"}
+
+
+def test_devices_on_their_factory_model_roll_back_to_the_factory_marker(world: World) -> None:
+    """Canary devices that ran their configured model roll back with the desired factory
+    marker of the rollout's model (not a deleted key), go back to it and end reverted; a
+    later rollout's desired model carries no trace of the marker."""
+    world.add_model()
+    ids = world.add_devices(20)
+    for device_id in ids:
+        world.running[device_id].update(ON_FACTORY)
+    world.report(ids, T0 - timedelta(minutes=4))
+    rid = world.create(waves=WAVES, settings=FAST)
+    now = drive(world, rid, T0, 3600, status="runtime_error")
+    assert world.rollout(rid).status == "rolled_back"
+    canary = [m for m in world.members(rid) if m.wave == 0]
+    assert len(canary) == 2
+    desired = world.desired_models()
+    for member in canary:
+        assert member.previous_model == FACTORY and member.previous_target is None
+        assert desired[member.device_id] == FACTORY
+        assert parse_desired_model(desired[member.device_id]) == FactoryModel(MODEL)
+        assert member.outcome == "reverted"
+        assert world.running[member.device_id]["target"] is None
+    assert world.on_target() == []
+
+    again = world.create(now, waves=["100%"], rollout_key="again")
+    world.tick(now)
+    desired = world.desired_models()
+    for member in canary:
+        assert desired[member.device_id] == {
+            "name": MODEL,
+            "target": NEW_TARGET,
+            "version": "1.1",
+            "rollout": again,
+        }
+
+
+def test_previous_model_of_another_name_is_not_a_revert_target(world: World) -> None:
+    """A device whose reported model status is about another of its models gets the factory
+    marker of the rollout's model as its previous model, and a rollback sends that marker,
+    never the other model's target."""
+    world.add_model()
+    ids = world.add_devices(10)
+    for device_id in ids:
+        world.running[device_id].update(
+            name="yolo-detector", target="yolo-detector/2.0/model.onnx", version="2.0"
+        )
+    world.report(ids, T0 - timedelta(minutes=4))
+    rid = world.create(waves=WAVES, settings=FAST)
+    world.tick(T0)
+    assigned = [m for m in world.members(rid) if m.assigned_at is not None]
+    assert len(assigned) == 2
+    assert all(m.previous_model == FACTORY and m.previous_target is None for m in assigned)
+    with Session(world.engine) as session:
+        command(
+            session,
+            rid,
+            "rollback",
+            actor="user:alice",
+            reason="wrong build",
+            now=T0 + timedelta(seconds=10),
+            publish=world.publish,
+        )
+    desired = world.desired_models()
+    assert {m.device_id: desired[m.device_id] for m in assigned} == {
+        m.device_id: FACTORY for m in assigned
+    }
 
 
 def test_failed_installs_roll_back(world: World) -> None:

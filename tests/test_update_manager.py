@@ -8,11 +8,18 @@ metadata served over loopback HTTP (tests/tuf_simulator.py).
 import json
 import shutil
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from controller.db import init_db, make_engine, session_scope
+from controller.rollouts.engine import parse_model_report
+from controller.rollouts.service import factory_model, revert_model
+from controller.shadows import desired_message, set_desired
+from edge_agent.agent import Agent
+from edge_agent.config import AgentConfig
 from edge_agent.runtimes.base import ChatMessage, ChatRequest
 from edge_agent.updates.decisions import (
     DesiredModel,
@@ -351,6 +358,129 @@ def test_desired_null_reverts_to_the_configured_model(
         assert (event["outcome"], event["slot"], event["target"]) == ("installed", "factory", None)
     finally:
         agent.stop()
+
+
+class ControllerShadow:
+    """The controller's stored desired document for the agent ``dev-updates`` (real shadow
+    rows in SQLite): each patch is merged as the controller merges it, then sent."""
+
+    def __init__(self, folder: Path) -> None:
+        self.engine = make_engine(f"sqlite:///{folder / 'controller.db'}")
+        init_db(self.engine)
+
+    def send(self, agent: Agent, patch: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``patch`` into desired, hand the stored document to the agent, return it."""
+        with session_scope(self.engine) as session:
+            message = desired_message(
+                set_desired(session, "dev-updates", patch, now=datetime.now(UTC))
+            )
+        agent.on_desired(message)
+        return dict(message.state)
+
+
+def assign(name: str, target: str, version: str, rollout: int) -> dict[str, Any]:
+    """The desired ``model`` patch the rollout service assigns a member device."""
+    return {
+        "name": name,
+        "target": target,
+        "version": version,
+        "rollout": rollout,
+        "factory": None,
+    }
+
+
+def test_factory_marker_merged_by_the_controller_reverts_to_the_configured_model(
+    world: UpdateWorld, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A rollout rolling back a device whose previous model was the configured one stores
+    the factory marker (a null would delete the key): merged over the rollout's model and
+    sent, it makes the agent swap its configured model back in and report it."""
+    world.updates["confirm_after_s"] = 3600
+    controller = ControllerShadow(tmp_path / "controller")
+    agent = world.start_agent()
+    try:
+        assert agent.updates is not None
+        factory_answer = agent.runtimes["tiny"].complete(ASK).text
+        v2 = publish(world, models, "2")
+        controller.send(agent, {"model": assign("tiny", v2, "2", 6)})
+        agent.updates.reconcile()
+        assert agent.runtimes["tiny"].complete(ASK).text != factory_answer
+        installed = parse_model_report(agent.shadow.report().state["model"])
+        assert installed is not None and installed.target == v2
+
+        sent = controller.send(agent, {"model": revert_model("tiny", factory_model("tiny"))})
+        assert sent["model"] == {"name": "tiny", "factory": True}
+        assert "model" not in agent.shadow.report().rejected
+        agent.updates.reconcile()  # still on trial: a rollback does not wait for it
+        assert agent.runtimes["tiny"].complete(ASK).text == factory_answer
+        assert slots_json(world)["active"] == "factory"
+        reported = agent.shadow.report().state["model"]
+        assert (reported["name"], reported["status"], reported["slot"], reported["target"]) == (
+            "tiny",
+            "active",
+            "factory",
+            None,
+        )
+        assert reported["sha256"] == agent.model_hashes["tiny"]
+        report = parse_model_report(reported)
+        assert report is not None and report.target is None and report.desired_target is None
+        event = world.events(agent)[-1]
+        assert (event["outcome"], event["slot"], event["target"]) == ("installed", "factory", None)
+        agent.updates.reconcile()  # nothing more to do: no second swap, no second event
+        assert len([e for e in world.events(agent) if e["slot"] == "factory"]) == 1
+
+        v3 = publish(world, models, "3")
+        sent = controller.send(agent, {"model": assign("tiny", v3, "3", 7)})
+        assert "factory" not in sent["model"]
+        agent.updates.reconcile()
+        assert agent.shadow.report().state["model"]["target"] == v3
+    finally:
+        agent.stop()
+
+
+class TwoModelWorld(UpdateWorld):
+    """An update world whose agent manages two chat models, ``tiny`` and ``tiny-b``."""
+
+    def config(self) -> AgentConfig:
+        body = super().config().model_dump(mode="json")
+        body["models"].append({**body["models"][0], "name": "tiny-b"})
+        return AgentConfig.model_validate(body)
+
+
+def test_factory_marker_reverts_only_the_named_model(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    """With two managed models updated, the factory marker of one puts only that one back
+    on its configured path; the other keeps serving its installed target."""
+    world = TwoModelWorld(tmp_path / "world", factory=models["factory"])
+    controller = ControllerShadow(tmp_path / "controller")
+    agent = world.start_agent()
+    try:
+        assert agent.updates is not None
+        factory_answer = agent.runtimes["tiny-b"].complete(ASK).text
+        v2, v3 = publish(world, models, "2"), publish(world, models, "3")
+        controller.send(agent, {"model": assign("tiny", v2, "2", 6)})
+        agent.updates.reconcile()
+        controller.send(agent, {"model": assign("tiny-b", v3, "3", 7)})
+        agent.updates.reconcile()
+        assert agent.runtimes["tiny-b"].complete(ASK).text != factory_answer
+        tiny = agent.runtimes["tiny"]
+
+        controller.send(agent, {"model": revert_model("tiny-b", None)})
+        agent.updates.reconcile()
+        assert agent.runtimes["tiny-b"].complete(ASK).text == factory_answer
+        assert agent.updates.slots["tiny-b"].active == "factory"
+        assert agent.runtimes["tiny"] is tiny
+        assert agent.updates.model_path("tiny") != models["factory"]
+        reported = agent.shadow.report().state["model"]
+        assert (reported["name"], reported["status"], reported["slot"]) == (
+            "tiny-b",
+            "active",
+            "factory",
+        )
+    finally:
+        agent.stop()
+        world.close()
 
 
 def test_rollback_to_the_previous_target_does_not_wait_for_the_trial(

@@ -62,6 +62,42 @@ def actions(entries: list[dict[str, Any]]) -> list[str]:
     return [e["action"] for e in entries]
 
 
+def test_rollback_from_the_factory_model_goes_back_to_it(fleet: Fleet, tmp_path: Path) -> None:
+    """A canary that ran its factory model installs a new version; rolled back by hand, it
+    gets the factory marker as desired model, swaps its configured GGUF back in, reports it
+    and is reverted well before the device timeout."""
+    factory = fleet.model_version("1.0")
+    fleet.publish("1.0.1", variant(fleet.model, tmp_path / "smollm2-1.0.1.gguf", "1.0.1"))
+    candidate = fleet.model_version("1.0.1")
+    created = fleet.create_rollout(
+        "1.0.1", WAVES, gates={**GATES, "min_soak_s": 600}, **TIMEOUTS
+    )  # a long soak: the rollout waits in the canary wave until it is rolled back
+    rollout_id = created["id"]
+    (device_id,) = by_wave(fleet.members(rollout_id), 0)
+    wait_for(
+        lambda: fleet.members(rollout_id)[device_id]["outcome"] == "installed",
+        120,
+        interval=0.3,
+        what="the canary's install",
+    )
+    assert fleet.reported_model(device_id)["sha256"] == candidate["sha256"]
+
+    with fleet.api() as api:
+        response = api.post(
+            f"/api/rollouts/{rollout_id}/rollback", json={"reason": "back to the factory model"}
+        )
+    assert response.status_code == 200, response.text
+    fleet.wait_rollout(rollout_id, ["rolled_back"], drive=False, timeout=60)
+    assert fleet.members(rollout_id)[device_id]["outcome"] == "reverted"
+    assert fleet.shadow(device_id)["desired"]["model"] == {"name": MODEL_NAME, "factory": True}
+    model = fleet.reported_model(device_id)
+    assert (model["status"], model["slot"], model["target"]) == ("active", "factory", None)
+    assert model["sha256"] == factory["sha256"]
+    answer = fleet.agents[device_id].chat()
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-edge-route"] == "local"
+
+
 def test_model_rolls_out_in_waves_and_still_attests(fleet: Fleet, tmp_path: Path) -> None:
     """A new signed version goes to one canary, then to everyone once the canary has
     installed and served real requests; every agent then runs it (the registry's target

@@ -303,18 +303,55 @@ def _desired_model(spec: RolloutSpec, rollout_id: int) -> dict[str, Any]:
         "target": spec.target,
         "version": spec.version,
         "rollout": rollout_id,
+        "factory": None,  # merged over a factory marker (an earlier rollback): drop it
     }
 
 
-def _previous(reported_model: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The revert target: what the device reported running (active), if anything."""
-    if not reported_model or not isinstance(reported_model.get("target"), str):
-        return None
-    return {
-        "name": reported_model.get("name"),
-        "target": reported_model["target"],
-        "version": reported_model.get("version"),
-    }
+def factory_model(name: str) -> dict[str, Any]:
+    """The previous model of a device that ran the configured (factory) model ``name``."""
+    return {"name": name, "factory": True}
+
+
+def _previous(reported_model: dict[str, Any] | None, model: str) -> dict[str, Any]:
+    """The revert target: the target the device reported running for the rollout's model
+    ``model``, else (no target: its configured model; or a report about another of its
+    models) the factory marker for ``model``."""
+    if (
+        reported_model
+        and reported_model.get("name") == model
+        and isinstance(reported_model.get("target"), str)
+    ):
+        return {
+            "name": model,
+            "target": reported_model["target"],
+            "version": reported_model.get("version"),
+        }
+    return factory_model(model)
+
+
+def revert_model(model: str, previous: dict[str, Any] | None) -> dict[str, Any]:
+    """The desired ``model`` patch that rolls a device back to ``previous`` (a member's
+    recorded previous model; None or the factory marker: the configured model ``model``).
+
+    Desired documents change by JSON merge patch (RFC 7396), where a null deletes a key:
+    so the factory model is a marker, never ``"model": null`` (the device would see no
+    ``model`` key and keep serving the rollout's target), and every key of the other
+    form is nulled so nothing of the rollout's desired model survives the merge.
+    """
+    if (
+        previous is not None
+        and previous.get("name") == model
+        and isinstance(previous.get("target"), str)
+        and not previous.get("factory")
+    ):
+        return {
+            "name": model,
+            "target": previous["target"],
+            "version": previous.get("version"),
+            "rollout": None,
+            "factory": None,
+        }
+    return {**factory_model(model), "target": None, "version": None, "rollout": None}
 
 
 _FAILURES = (Outcome.FAILED.value, Outcome.TIMED_OUT.value)
@@ -409,12 +446,12 @@ def advance(
     for action in result.actions:
         member = members[action.device_id]
         if isinstance(action, Assign):
-            previous = _previous(member.reported_model)
+            previous = _previous(member.reported_model, spec.model)
             assigned.append(
                 {
                     "row": member.row_id,
                     "previous_model": previous,
-                    "previous_target": previous["target"] if previous else None,
+                    "previous_target": previous.get("target"),
                     "at": at,
                     "reason": f"wave {action.wave + 1}",
                 }
@@ -425,9 +462,7 @@ def advance(
                 )
             )
         elif isinstance(action, Revert):
-            patch: dict[str, Any] = {"model": None}  # no previous model: the factory one
-            if action.previous:
-                patch = {"model": {**action.previous, "rollout": None}}
+            patch = {"model": revert_model(spec.model, action.previous)}
             out.changed.append(set_desired(session, action.device_id, patch, now=now))
         elif isinstance(action, SetOutcome):
             when = action.at.astimezone(UTC)
@@ -726,10 +761,12 @@ __all__ = [
     "advance",
     "command",
     "create_rollout",
+    "factory_model",
     "get_rollout",
     "list_members",
     "list_rollouts",
     "publish_changed",
+    "revert_model",
     "rollout_view",
     "step_one",
     "tick",

@@ -134,26 +134,45 @@ class DesiredModel:
         }
 
 
-def parse_desired_model(value: Any) -> DesiredModel | None:
+@dataclass(frozen=True, slots=True)
+class FactoryModel:
+    """The desired ``model`` marker ``{"name": ..., "factory": true}``: run the configured
+    (factory) path of the model ``name`` again. A rollout sends it to roll back a device
+    whose previous model was the configured one (a JSON merge patch cannot send a null:
+    it would delete the key)."""
+
+    name: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "factory": True, "rollout": None}
+
+
+def parse_desired_model(value: Any) -> DesiredModel | FactoryModel | None:
     """Validate the desired ``model`` value; None means "no model update wanted"."""
     if value is None:
         return None
     if not isinstance(value, dict):
         raise ValueError("must be an object or null")
-    unknown = set(value) - {"name", "target", "version", "rollout"}
+    unknown = set(value) - {"name", "target", "version", "rollout", "factory"}
     if unknown:
         raise ValueError(f"unknown keys: {', '.join(sorted(unknown))}")
     name, target, version = value.get("name"), value.get("target"), value.get("version")
-    rollout = value.get("rollout")
+    rollout, factory = value.get("rollout"), value.get("factory")
     if not isinstance(name, str) or not 1 <= len(name) <= 128:
         raise ValueError("name must be a string of 1-128 characters")
+    if factory is not None and not isinstance(factory, bool):
+        raise ValueError("factory must be true, false or null")
+    if rollout is not None and (isinstance(rollout, bool) or not isinstance(rollout, int)):
+        raise ValueError("rollout must be an integer or null")
+    if factory:
+        if target is not None or version is not None:
+            raise ValueError("factory (the configured model) takes no target or version")
+        return FactoryModel(name=name)
     if not isinstance(target, str):
         raise ValueError("target must be a string")
     check_target_path(target)
     if not isinstance(version, str) or not 1 <= len(version) <= 64:
         raise ValueError("version must be a string of 1-64 characters")
-    if rollout is not None and (isinstance(rollout, bool) or not isinstance(rollout, int)):
-        raise ValueError("rollout must be an integer or null")
     return DesiredModel(name=name, target=target, version=version, rollout=rollout)
 
 

@@ -9,7 +9,8 @@ inside the latency budget, then switches the slot atomically and hands the new r
 the agent (hot swap). Anything that goes wrong leaves the running model alone and is
 reported: the reported shadow key ``model`` and a ``model_install`` event (contract 2). A
 switched slot stays on trial until the agent has stayed up ``confirm_after_s``; a crash
-loop rolls it back at the next start.
+loop rolls it back at the next start. The desired marker ``{"name": ..., "factory": true}``
+(a rollout rolling back to the configured model) puts that model back on its configured path.
 """
 
 import logging
@@ -27,6 +28,7 @@ from edge_agent.updates.client import TufClient, VerifiedTarget, partial_name
 from edge_agent.updates.decisions import (
     DesiredModel,
     DeviceFacts,
+    FactoryModel,
     InstallFailed,
     Outcome,
     Status,
@@ -225,7 +227,11 @@ class UpdateManager:
         if "model" in settings and settings["model"] is None:
             self._revert_all()  # an explicit null: back to the configured models
             return min(waits, default=None)
-        desired = self._desired_model()
+        wanted = self._desired_model()
+        if isinstance(wanted, FactoryModel):
+            self._revert_factory(wanted.name)  # the marker: that model's configured path
+            return min(waits, default=None)
+        desired = wanted
         if desired is None:
             self._refresh_status()
             return min(waits, default=None)
@@ -263,43 +269,54 @@ class UpdateManager:
                 waits.append(retry_in)
         return min(waits, default=None)
 
-    def _desired_model(self) -> DesiredModel | None:
+    def _desired_model(self) -> DesiredModel | FactoryModel | None:
         try:
             return parse_desired_model(self._desired().get("model"))
         except ValueError:
             return None  # the shadow rejected it already
 
     def _revert_all(self) -> None:
-        """Desired ``model`` is null: every managed model runs its configured path again
-        (how a rollout rolls back a device whose previous model was the factory one)."""
-        for name, slots in self.slots.items():
-            if slots.active == FACTORY:
-                self._publish(self._snapshot(name, "active", None, None))
-                continue
-            if name in self._factory_failed:
-                self._publish(self._snapshot(name, "failed", self._factory_failed[name], None))
-                continue
+        """Desired ``model`` is an explicit null (what older controllers meant to send):
+        every managed model runs its configured path again."""
+        for name in self.slots:
+            self._revert_factory(name)
+
+    def _revert_factory(self, name: str) -> None:
+        """Model ``name`` runs its configured path again: loaded, health-checked and
+        swapped in (how a rollout rolls back a device whose previous model was the factory
+        one, with the desired marker ``{"name": name, "factory": true}``)."""
+        slots = self.slots.get(name)
+        if slots is None:
+            reason = f"no model named {name!r} is configured on this device"
+            self._publish(self._snapshot(name, "refused", reason, None))
+            return
+        if slots.active == FACTORY:
+            self._publish(self._snapshot(name, "active", None, None))
+            return
+        if name in self._factory_failed:
+            self._publish(self._snapshot(name, "failed", self._factory_failed[name], None))
+            return
+        try:
+            runtime, measured = self._load(self._models[name])
+        except Exception as e:  # the configured model must not take the agent down
+            reason = f"the configured model did not load: {e}"
+        else:
             try:
-                runtime, measured = self._load(self._models[name])
-            except Exception as e:  # the configured model must not take the agent down
-                reason = f"the configured model did not load: {e}"
+                health_check(self._models[name], runtime, None, self.config)
+            except UpdateError as e:
+                runtime.close()
+                reason = str(e)
             else:
-                try:
-                    health_check(self._models[name], runtime, None, self.config)
-                except UpdateError as e:
-                    runtime.close()
-                    reason = str(e)
-                else:
-                    slots.revert_to_factory()
-                    self._confirm_at.pop(name, None)
-                    self._swap(name, runtime, measured)
-                    log.info("model %s reverted to its configured path", name)
-                    self._factory_event(name, "installed", "reverted to the configured model")
-                    self._publish(self._snapshot(name, "active", None, None))
-                    continue
-            self._factory_failed[name] = reason
-            self._factory_event(name, "failed", reason)
-            self._publish(self._snapshot(name, "failed", reason, None))
+                slots.revert_to_factory()
+                self._confirm_at.pop(name, None)
+                self._swap(name, runtime, measured)
+                log.info("model %s reverted to its configured path", name)
+                self._factory_event(name, "installed", "reverted to the configured model")
+                self._publish(self._snapshot(name, "active", None, None))
+                return
+        self._factory_failed[name] = reason
+        self._factory_event(name, "failed", reason)
+        self._publish(self._snapshot(name, "failed", reason, None))
 
     def _factory_event(self, name: str, outcome: Outcome, reason: str) -> None:
         self._record_event(
@@ -478,13 +495,21 @@ class UpdateManager:
 
     def _refresh_status(self) -> None:
         """The status as the slots show it, for the desired model or the first managed one."""
-        desired = self._desired_model()
-        name = desired.name if desired else next(iter(self.slots), None)
+        wanted = self._desired_model()
+        name = wanted.name if wanted else next(iter(self.slots), None)
         if name is None:
             return
         slots = self.slots.get(name)
         status: Status = "active"
         error: str | None = None
+        if isinstance(wanted, FactoryModel):
+            if slots is None:
+                status, error = "refused", f"no model named {name!r} is configured on this device"
+            elif name in self._factory_failed:
+                status, error = "failed", self._factory_failed[name]
+            self._publish(self._snapshot(name, status, error, None))
+            return
+        desired = wanted
         if desired is not None and slots is not None:
             rejection = slots.rejection(desired.target, desired.rollout)
             record = slots.active_record()
