@@ -6,8 +6,6 @@ re-delivered or reordered reports).
 """
 
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.updates.decisions import parse_desired_model
+from shared.files import write_atomic
 from shared.messages import Desired, Reported
 from shared.shadow import is_newer
 
@@ -138,12 +137,7 @@ class DeviceShadow:
             "reported_version": self.reported_version,
             "desired": self._desired,
         }
-        fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".shadow-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(body, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
+        write_atomic(self._path, json.dumps(body, sort_keys=True).encode())
 
     def apply(self, desired: Desired) -> Applied | None:
         """Apply ``desired`` if newer than what was applied; None when it changes nothing."""
