@@ -23,7 +23,7 @@ from controller.rollouts.service import (
     tick,
 )
 from controller.settings import RolloutSettings
-from controller.shadows import DeviceShadow
+from controller.shadows import DeviceShadow, set_desired
 from controller.updates.registry import ModelVersion
 from shared.messages import (
     Birth,
@@ -149,6 +149,10 @@ class World:
         ]
         for i in range(0, len(births), 200):
             self.ingest(births[i : i + 200], at)
+        if labels:  # the operator labels them (desired); devices echo them in reported
+            with session_scope(self.engine) as session:
+                for d in ids:
+                    set_desired(session, d, {"labels": labels}, now=at)
         for d in ids:
             self.labels[d] = dict(labels or {})
             self.running[d] = {

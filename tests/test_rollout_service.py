@@ -385,6 +385,11 @@ def test_cohort_by_class_tag_and_compatibility(world: World) -> None:
     orin = world.add_devices(6, prefix="orin", device_class="jetson-orin", labels={"site": "a"})
     world.add_devices(4, prefix="orin-b", device_class="jetson-orin", labels={"site": "b"})
     cpu = world.add_devices(5, prefix="cpu", device_class="x86_64-cpu", labels={"site": "a"})
+    # A device claiming a label in its own report does not join: labels are the operator's.
+    world.add_devices(2, prefix="liar", device_class="jetson-orin", labels=None)
+    for d in ("liar-0000", "liar-0001"):
+        world.labels[d] = {"site": "a"}
+    world.report(["liar-0000", "liar-0001"], T0)
     rid = world.create(waves=["100%"], cohort={"tags": ["site=a"]})
     assert sorted(m.device_id for m in world.members(rid)) == orin
     with Session(world.engine) as session:

@@ -153,11 +153,11 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
 
 
 def _labels(shadow: DeviceShadow | None) -> dict[str, str]:
+    """The operator's labels (desired), never the device's own report: a device must not
+    be able to tag itself into or out of a cohort (or a canary wave)."""
     if shadow is None:
         return {}
-    labels = shadow.reported.get("labels")
-    if not isinstance(labels, dict):
-        labels = shadow.desired.get("labels")
+    labels = shadow.desired.get("labels")
     if not isinstance(labels, dict):
         return {}
     return {str(k): str(v) for k, v in labels.items()}
