@@ -228,9 +228,26 @@ def create_agent_app(agent: Agent) -> FastAPI:
     async def perceive(name: str, body: PerceptionBody) -> JSONResponse:
         """Classify one input with a local ONNX model (perception never leaves the device)."""
         started = time.perf_counter()
+
+        def record(status: str, answer: dict[str, object] | None = None) -> None:
+            """One record per request to a configured model, as for chat: its status and
+            latency (and the answer's class), never the inputs."""
+            agent.record(
+                "metric",
+                "perception",
+                {
+                    "model": name,
+                    "status": status,
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                    **(answer or {}),
+                },
+                Priority.NORMAL,
+            )
+
         classifier = agent.perception.get(name)
         if classifier is None:
             if name in agent.load_errors:
+                record("unavailable")
                 return _error(
                     503,
                     f"perception model unavailable: {agent.load_errors[name]}",
@@ -244,18 +261,14 @@ def create_agent_app(agent: Agent) -> FastAPI:
             inputs = np.asarray(body.inputs, dtype=np.dtype(body.dtype))
             result = await run_in_threadpool(classifier.classify, inputs)
         except (ValueError, TypeError) as e:
+            record("invalid_inputs")
             return _error(400, f"inputs: {e}", "invalid_inputs")
-        latency_ms = (time.perf_counter() - started) * 1000
-        agent.record(
-            "metric",
-            "perception",
-            {
-                "model": name,
-                "label_index": result.label_index,
-                "confidence": round(result.confidence, 4),
-                "latency_ms": round(latency_ms, 2),
-            },
-            Priority.NORMAL,
+        except Exception:
+            record("error")
+            raise
+        record(
+            "ok",
+            {"label_index": result.label_index, "confidence": round(result.confidence, 4)},
         )
         return JSONResponse(
             {

@@ -1,6 +1,7 @@
 """The agent with ONNX runtimes from its config: an ORT GenAI chat model and an int8 ONNX
 classifier, loaded, reported in the birth message and served over the HTTP API."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -70,13 +71,59 @@ def test_onnx_models_load_from_config_and_serve(tmp_path: Path) -> None:
 
         rows = agent.outbox.read_batch(None, max_records=100, max_bytes=10**7)
         perception = [r.body for r in rows if r.name == "perception"]
-        assert perception == [
-            {
-                "model": "parts",
-                "label_index": direct.label_index,
-                "confidence": round(direct.confidence, 4),
-                "latency_ms": perception[0]["latency_ms"],
-            }
+        assert perception[0] == {
+            "model": "parts",
+            "status": "ok",
+            "label_index": direct.label_index,
+            "confidence": round(direct.confidence, 4),
+            "latency_ms": perception[0]["latency_ms"],
+        }
+        # The 400 and the 503 are recorded too (the 404 names no configured model).
+        assert [(p["model"], p["status"]) for p in perception[1:]] == [
+            ("parts", "invalid_inputs"),
+            ("gone", "unavailable"),
         ]
+    finally:
+        agent.stop()
+
+
+def test_perception_requests_are_recorded_with_status_and_latency_only(tmp_path: Path) -> None:
+    """Each perception request leaves one metric record with the model, status and latency
+    (and the class answered), never any of its input values."""
+    classifier = build_tiny_classifier(tmp_path / "cls.onnx")
+    config = AgentConfig.model_validate(
+        {
+            "device_id": "dev-perception",
+            "state_dir": str(tmp_path / "state"),
+            "mqtt": None,
+            "perception": [{"name": "parts", "path": str(classifier), "labels": list("abcd")}],
+        }
+    )
+    agent = Agent(config)
+    agent.load_models()
+    try:
+        client = TestClient(create_agent_app(agent))
+        # Values no record would hold by chance: each one is looked for in the records.
+        image = np.full((1, 3, 8, 8), 0.123456789, dtype=np.float32)
+        image[0, 0, 0, :4] = [7.654321, -3.141593, 42.4242, 0.987654]
+        assert client.post("/v1/perception/parts", json={"inputs": image.tolist()}).is_success
+        bad = client.post("/v1/perception/parts", json={"inputs": [[5.55555, 6.66666]]})
+        assert bad.status_code == 400
+
+        rows = agent.outbox.read_batch(None, max_records=100, max_bytes=10**7)
+        records = [r for r in rows if r.name == "perception"]
+        assert [(r.kind, r.body["status"]) for r in records] == [
+            ("metric", "ok"),
+            ("metric", "invalid_inputs"),
+        ]
+        ok, failed = (r.body for r in records)
+        assert set(ok) == {"model", "status", "latency_ms", "label_index", "confidence"}
+        assert set(failed) == {"model", "status", "latency_ms"}
+        for body in (ok, failed):
+            assert body["model"] == "parts"
+            assert isinstance(body["latency_ms"], float) and body["latency_ms"] >= 0
+        text = json.dumps([r.body for r in records])
+        for value in ("0.1234", "7.6543", "3.1415", "42.424", "0.9876", "5.5555", "6.6666"):
+            assert value not in text
     finally:
         agent.stop()

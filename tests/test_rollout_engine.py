@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from controller.rollouts.cohort import Wave, assign_waves, wave_sizes
 from controller.rollouts.engine import (
+    MAX_TIMESTAMP,
     Assign,
     Command,
     CommandRefused,
@@ -492,6 +493,81 @@ def test_bad_device_reports_are_refused_with_a_reason() -> None:
     ):
         with pytest.raises(RolloutError, match=field):
             parse_model_report(doc)
+
+
+@pytest.mark.parametrize(
+    "installed_at",
+    [1e18, float("nan"), float("inf"), float("-inf"), -1, -0.5, 10**400, MAX_TIMESTAMP + 1],
+    ids=["1e18", "nan", "inf", "-inf", "negative", "negative-fraction", "huge-int", "year-10000"],
+)
+def test_an_install_time_no_datetime_holds_is_refused(installed_at: float) -> None:
+    """An ``installed_at`` that is not finite, negative or past year 9999 raises the
+    module's error (so the report counts as none), never OverflowError or ValueError."""
+    with pytest.raises(RolloutError, match="installed_at"):
+        parse_model_report({"target": TARGET, "status": "active", "installed_at": installed_at})
+
+
+def test_install_times_at_the_limits_are_kept() -> None:
+    """The epoch and the last second of year 9999 are valid install times."""
+    for value in (0, 0.0, MAX_TIMESTAMP, float(MAX_TIMESTAMP)):
+        report = parse_model_report({"installed_at": value})
+        assert report is not None and report.installed_at == float(value)
+        datetime.fromtimestamp(report.installed_at, UTC)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats()
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+report_keys = st.sampled_from(
+    ["target", "status", "desired_target", "rollout", "installed_at", "error", "name", "x"]
+)
+
+
+@settings(max_examples=300)
+@given(doc=json_values | st.dictionaries(report_keys, json_values, max_size=7))
+def test_any_reported_document_parses_or_raises_the_module_error(doc: Any) -> None:
+    """Whatever a device reports, parsing raises nothing but RolloutError, and a parsed
+    report holds an install time a datetime holds and text a database stores."""
+    try:
+        report = parse_model_report(doc)
+    except RolloutError:
+        return
+    if report is None:
+        return
+    if report.installed_at is not None:
+        datetime.fromtimestamp(report.installed_at, UTC)
+    for text in (report.target, report.status, report.desired_target, report.error):
+        if text is not None:
+            assert len(text) <= 512 and "\x00" not in text
+            text.encode("utf-8")  # no lone surrogate
+
+
+@pytest.mark.parametrize("installed_at", [1e18, float("nan"), -5.0])
+def test_a_hand_built_report_with_an_unusable_install_time_installs_now(
+    installed_at: float,
+) -> None:
+    """A report built without the parser, whose install time no datetime holds, still
+    installs the device (at the step's time) instead of failing the step."""
+    fleet = Fleet(spec(), 4)
+    fleet.step(T0)
+    canary = sorted(fleet.wave_of(0))
+    now = T0 + timedelta(seconds=10)
+    for d in canary:
+        report = ModelReport(TARGET, "active", TARGET, RID, installed_at)
+        fleet.views[d] = replace(fleet.views[d], report=report, reported_at=now)
+    result = step(
+        RID, fleet.spec, fleet.state, list(fleet.views.values()), TelemetryAggregate(), now
+    )
+    installs = [a for a in result.actions if isinstance(a, SetOutcome)]
+    assert sorted((a.device_id, a.outcome, a.at) for a in installs) == [
+        (d, Outcome.INSTALLED, now) for d in canary
+    ]
 
 
 # --- properties ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ step, so a decision comes on the first step after the soak ends. Devices that go
 mid-update time out, so a wave can always settle and a rollout never hangs.
 """
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
@@ -201,17 +202,44 @@ class ModelReport:
     error: str | None = None
 
 
+# The last second a datetime holds (9999-12-31T23:59:59Z), as a Unix time.
+MAX_TIMESTAMP = 253402300799
+# What a database text column refuses (PostgreSQL: NUL; any UTF-8 codec: lone surrogates).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def _opt_str(doc: Mapping[str, Any], key: str) -> str | None:
     value = doc.get(key)
     if value is None:
         return None
     if not isinstance(value, str):
         raise RolloutError(f"reported model.{key} must be a string, not {type(value).__name__}")
-    return value[:512]
+    # Reported text ends up in outcome reasons: keep it short and storable.
+    return _UNSTORABLE.sub("\ufffd", value[:512])
+
+
+def _installed_at(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RolloutError("reported model.installed_at must be a number or null")
+    # Compared before any float(): an integer too large for a float would raise
+    # OverflowError. NaN fails both comparisons, infinities and huge integers the second.
+    if not 0 <= value <= MAX_TIMESTAMP:
+        raise RolloutError(
+            "reported model.installed_at must be a Unix time from 1970 to 9999 (0 to "
+            f"{MAX_TIMESTAMP})"
+        )
+    return float(value)
 
 
 def parse_model_report(doc: Any) -> ModelReport | None:
-    """Parse a reported ``model`` document; None if there is none, RolloutError if malformed."""
+    """Parse a reported ``model`` document; None if there is none, RolloutError if malformed.
+
+    Devices write this document: whatever it holds, this raises nothing but RolloutError,
+    and what it returns is safe for the engine (an ``installed_at`` a datetime can hold)
+    and for the database (strings without NUL or lone surrogates).
+    """
     if doc is None:
         return None
     if not isinstance(doc, Mapping):
@@ -219,19 +247,23 @@ def parse_model_report(doc: Any) -> ModelReport | None:
     rollout = doc.get("rollout")
     if rollout is not None and (isinstance(rollout, bool) or not isinstance(rollout, int)):
         raise RolloutError("reported model.rollout must be an integer or null")
-    installed_at = doc.get("installed_at")
-    if installed_at is not None and (
-        isinstance(installed_at, bool) or not isinstance(installed_at, int | float)
-    ):
-        raise RolloutError("reported model.installed_at must be a number or null")
     return ModelReport(
         target=_opt_str(doc, "target"),
         status=_opt_str(doc, "status"),
         desired_target=_opt_str(doc, "desired_target"),
         rollout=rollout,
-        installed_at=float(installed_at) if installed_at is not None else None,
+        installed_at=_installed_at(doc.get("installed_at")),
         error=_opt_str(doc, "error"),
     )
+
+
+def _reported_time(installed_at: float) -> datetime | None:
+    """A reported install time as a datetime; None if no datetime holds it (a ModelReport
+    built by hand, not by ``parse_model_report``)."""
+    try:
+        return datetime.fromtimestamp(installed_at, UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,8 +515,12 @@ class _Step:
                 if outcome != Outcome.INSTALLED:
                     at = self.now
                     if r.installed_at is not None:
-                        reported = datetime.fromtimestamp(r.installed_at, UTC)
-                        if d.assigned_at is not None and d.assigned_at <= reported <= self.now:
+                        reported = _reported_time(r.installed_at)
+                        if (
+                            reported is not None
+                            and d.assigned_at is not None
+                            and d.assigned_at <= reported <= self.now
+                        ):
                             at = reported
                     self.set_outcome(d.device_id, Outcome.INSTALLED, "reported active", at)
                 continue
@@ -728,6 +764,7 @@ def step(
 __all__ = [
     "ACTIVE_STATUSES",
     "FAILED_REPORTS",
+    "MAX_TIMESTAMP",
     "SYSTEM_ACTOR",
     "TERMINAL_STATUSES",
     "Action",

@@ -4,16 +4,24 @@ Two queries per step whatever the fleet size: one for the members (their rollout
 quarantine flag, last contact and reported ``model`` key, contract 2), and the telemetry
 aggregate of the current wave (contract 3), computed in SQL (counts, sums, the p95 by
 ``ORDER BY ... OFFSET``) so no inference row is loaded into Python.
+
+Devices write both the reported documents and the telemetry: a malformed value is ignored
+(a report treated as none, a record left out of the aggregate), never an error that would
+stop the rollout's every step.
 """
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Float, and_, case, cast, func
+from sqlalchemy import Float, Numeric, Text, and_, case, cast, func, literal, null, type_coerce
 from sqlalchemy import select as sa_select
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
 from controller.liveness import as_utc
@@ -55,11 +63,46 @@ def _report(device_id: str, doc: Any) -> ModelReport | None:
         return None
 
 
+# A JSON document's escape for NUL. PostgreSQL's json type stores it, but none of its
+# operators (``->`` included) reads a document holding one: they raise.
+_NUL_ESCAPE = "\\u0000"
+
+
+def _readable(doc: Any, dialect: str) -> ColumnElement[bool]:
+    """True where the database's JSON functions read ``doc`` without an error.
+
+    PostgreSQL: no ``\\u0000`` in its text (a string holding an escaped backslash before
+    ``u0000`` is taken for one too: rare, and treated the same way). SQLite: valid JSON to
+    its parser (it refuses ``Infinity``, stored for a number too large for a float).
+    """
+    if dialect == "postgresql":
+        return func.strpos(cast(doc, Text), _NUL_ESCAPE) == 0
+    return func.json_valid(doc) == 1
+
+
+def _without_nul(value: Any) -> Any:
+    """``value`` with every NUL in its strings replaced (PostgreSQL text refuses NUL)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
 def load_members(session: Session, rollout_id: int) -> list[Member]:
     """Every member of the rollout with its live facts, in one query (plain rows: ORM
     objects for a thousand members cost more than the query)."""
     rd = RolloutDevice
     member_id = col(rd.device_id)
+    dialect = session.get_bind().dialect.name
+    reported = col(DeviceShadow.reported)
+    readable = _readable(reported, dialect)
+    # The model key, read in SQL where the database can; on PostgreSQL, a document holding
+    # a NUL comes whole and the key is taken here. A document SQLite cannot read is no
+    # report.
+    whole: Any = case((~readable, reported)) if dialect == "postgresql" else null()
     rows = session.execute(
         sa_select(
             col(rd.id),
@@ -71,7 +114,8 @@ def load_members(session: Session, rollout_id: int) -> list[Member]:
             col(rd.previous_model),
             col(Device.quarantined),
             col(Device.last_seen),
-            col(DeviceShadow.reported)["model"],
+            case((readable, reported["model"])),
+            whole,
             col(DeviceShadow.reported_updated_at),
         )
         .join(Device, col(Device.id) == member_id, isouter=True)
@@ -90,8 +134,11 @@ def load_members(session: Session, rollout_id: int) -> list[Member]:
         quarantined,
         last_seen,
         model_doc,
+        whole_doc,
         reported_at,
     ) in rows:
+        if isinstance(whole_doc, dict):
+            model_doc = _without_nul(whole_doc.get("model"))
         view = DeviceView(
             device_id=device_id,
             wave=wave,
@@ -115,6 +162,86 @@ def _db_time(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+# The largest finite double: a JSON number beyond it is no latency or score.
+_DOUBLE_MAX = 1.7976931348623157e308
+# Telemetry records the gates count as requests to the model (contract 3).
+REQUEST_RECORDS = ("inference", "perception")
+
+
+def _document(dialect: str) -> ColumnElement[Any]:
+    """A telemetry record's body in the form ``_Body`` reads; NULL for one either database
+    could not read (see ``_readable``), and for one holding a NUL on both (SQLite reads
+    it, PostgreSQL cannot): such a record is left out, the same way on both.
+
+    On PostgreSQL it is parsed once into ``jsonb`` (each ``->`` on ``json`` parses the whole
+    text again); the NUL test before it is what makes that cast safe.
+    """
+    body = col(TelemetryRecord.body)
+    readable = _readable(body, dialect)
+    if dialect == "postgresql":
+        return case((readable, cast(body, JSONB)))
+    # LIKE: no wildcard in the pattern, and far cheaper than instr() here.
+    return case((and_(readable, type_coerce(body, Text).not_like(f"%{_NUL_ESCAPE}%")), body))
+
+
+class _Body:
+    """Typed reads of the top-level keys of ``doc`` (from ``_document``), the same on both
+    databases.
+
+    A value of another type reads as NULL, never an error: every cast sits behind a type
+    test in a CASE, the one construct whose evaluation order either database guarantees.
+    """
+
+    def __init__(self, doc: Any, dialect: str) -> None:
+        self.pg = dialect == "postgresql"
+        self._doc = doc
+
+    def _type(self, key: str) -> ColumnElement[Any]:
+        if self.pg:
+            return func.jsonb_typeof(self._doc[key])
+        return func.json_type(self._doc, f'$."{key}"')
+
+    def _raw(self, key: str) -> ColumnElement[Any]:
+        if self.pg:
+            text: ColumnElement[Any] = self._doc[key].as_string()
+            return text
+        return func.json_extract(self._doc, f'$."{key}"')
+
+    def string(self, key: str) -> ColumnElement[Any]:
+        """The value if it is a string, else NULL."""
+        return case((self._type(key) == ("string" if self.pg else "text"), self._raw(key)))
+
+    def number(self, key: str) -> ColumnElement[Any]:
+        """The value if it is a JSON number, else NULL: a double, except that on SQLite a
+        number too large for one reads as an infinity (test with ``finite``)."""
+        if self.pg:
+            # Compared as numeric (which holds any JSON number): casting a number too
+            # large for a double to one is an error.
+            raw = self._raw(key)
+            limit = literal(Decimal(repr(_DOUBLE_MAX)), Numeric)
+            in_range = case((cast(raw, Numeric).between(-limit, limit), cast(raw, Float)))
+            return case((self._type(key) == "number", in_range))
+        return case((self._type(key).in_(("integer", "real")), self._raw(key)))
+
+    def boolean(self, key: str) -> ColumnElement[Any]:
+        """``'true'`` or ``'false'`` for a boolean, NULL if the key is missing, else the
+        value's JSON type (test with ``is_boolean_or_absent``)."""
+        if self.pg:
+            kind = self._type(key)
+            return case((kind == "boolean", self._raw(key)), else_=kind)
+        return self._type(key)
+
+
+def _finite(number: Any) -> ColumnElement[bool]:
+    """A ``_Body.number`` a double holds (not NULL, not an infinity)."""
+    return number.between(-_DOUBLE_MAX, _DOUBLE_MAX)  # type: ignore[no-any-return]
+
+
+def _boolean_or_absent(flag: Any) -> ColumnElement[bool]:
+    """A ``_Body.boolean`` of a missing key or a boolean."""
+    return func.coalesce(flag, "false").in_(("true", "false"))
+
+
 def wave_telemetry(
     session: Session,
     rollout_id: int,
@@ -123,59 +250,79 @@ def wave_telemetry(
     *,
     since: datetime | None = None,
 ) -> TelemetryAggregate:
-    """Inference and drift telemetry of ``wave``'s installed devices for ``model``, each
-    device counted from its install time (and from ``since``, when set)."""
+    """Request (``inference`` and ``perception``) and drift telemetry of ``wave``'s
+    installed devices for ``model``, each device counted from its install time (and from
+    ``since``, when set).
+
+    A request record counts only if it conforms: a string ``status``, a number
+    ``latency_ms`` and ``cascaded`` absent or a boolean; a drift record only with a number
+    ``score``. Others are left out, whatever they hold.
+    """
     t = TelemetryRecord
     rd = RolloutDevice
-    body = col(t.body)
+    dialect = session.get_bind().dialect.name
     conditions = [
         col(rd.rollout_id) == rollout_id,
         col(rd.wave) == wave,
         col(rd.installed_at).is_not(None),
         col(t.at) >= col(rd.installed_at),
-        body["model"].as_string() == model,
     ]
     if since is not None:
         conditions.append(col(t.at) >= _db_time(since))
-    joined = and_(col(t.device_id) == col(rd.device_id))
-    inference = [*conditions, col(t.kind) == "metric", col(t.name) == "inference"]
 
-    status = body["status"].as_string()
-    cascaded = body["cascaded"].as_boolean()
-    latency = body["latency_ms"].as_float()
+    def fields(where: list[Any], **read: Callable[[_Body], ColumnElement[Any]]) -> Any:
+        """The matching records' fields, read from their documents: each document made
+        once, each field read once (OFFSET 0 keeps either database from merging a subquery
+        into the query around it, which would repeat its expressions for every use)."""
+        docs = (
+            select(_document(dialect).label("doc"))
+            .select_from(t)
+            .join(rd, col(t.device_id) == col(rd.device_id))
+            .where(*conditions, *where)
+            .offset(0)
+            .subquery()
+        )
+        body = _Body(docs.c.doc, dialect)
+        columns = [reader(body).label(name) for name, reader in read.items()]
+        return select(*columns).offset(0).subquery().c
+
+    r = fields(
+        [col(t.kind) == "metric", col(t.name).in_(REQUEST_RECORDS)],
+        model=lambda b: b.string("model"),
+        status=lambda b: b.string("status"),
+        latency=lambda b: b.number("latency_ms"),
+        cascaded=lambda b: b.boolean("cascaded"),
+    )
+    requests = [
+        r.model == model,
+        r.status.is_not(None),
+        _finite(r.latency),
+        _boolean_or_absent(r.cascaded),
+    ]
     counts = session.exec(
         select(
             func.count(),
-            func.coalesce(func.sum(case((status != "ok", 1), else_=0)), 0),
-            func.coalesce(func.sum(case((cascaded.is_(True), 1), else_=0)), 0),
-            func.count(latency),
-        )
-        .select_from(t)
-        .join(rd, joined)
-        .where(*inference)
+            func.coalesce(func.sum(case((r.status != "ok", 1), else_=0)), 0),
+            func.coalesce(func.sum(case((r.cascaded == "true", 1), else_=0)), 0),
+        ).where(*requests)
     ).one()
-    inferences, errors, n_cascaded, n_latency = (int(v or 0) for v in counts)
+    inferences, errors, n_cascaded = (int(v or 0) for v in counts)
 
     p95: float | None = None
-    if n_latency:
-        rank = math.ceil(0.95 * n_latency) - 1  # nearest-rank percentile
+    if inferences:
+        rank = math.ceil(0.95 * inferences) - 1  # nearest-rank percentile
         value = session.exec(
-            select(cast(latency, Float))
-            .select_from(t)
-            .join(rd, joined)
-            .where(*inference, latency.is_not(None))
-            .order_by(cast(latency, Float))
-            .offset(rank)
-            .limit(1)
+            select(r.latency).where(*requests).order_by(r.latency).offset(rank).limit(1)
         ).first()
         p95 = float(value) if value is not None else None
 
-    score = body["score"].as_float()
+    d = fields(
+        [col(t.name) == "drift"],
+        model=lambda b: b.string("model"),
+        score=lambda b: b.number("score"),
+    )
     drift = session.exec(
-        select(func.count(score), func.avg(score))
-        .select_from(t)
-        .join(rd, joined)
-        .where(*conditions, col(t.name) == "drift")
+        select(func.count(), func.avg(d.score)).where(d.model == model, _finite(d.score))
     ).one()
     drift_samples = int(drift[0] or 0)
     return TelemetryAggregate(
@@ -188,4 +335,4 @@ def wave_telemetry(
     )
 
 
-__all__ = ["Member", "load_members", "wave_telemetry"]
+__all__ = ["REQUEST_RECORDS", "Member", "load_members", "wave_telemetry"]
