@@ -8,6 +8,8 @@ agreement are each checked, and each failure is a ``ProtocolError`` with its own
 
 import itertools
 import json
+import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -255,11 +257,27 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON but overflows to infinity, which databases refuse to store
+    # (PostgreSQL) or store as invalid JSON (SQLite): one such number would fail its batch.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:24]} is out of range")
+    return value
+
+
+# Bytes that may spell a number beyond a double's range (exponent >= 100, or 300 digits):
+# such payloads take the strict path, whose float parser refuses non-finite values.
+_MAYBE_HUGE = re.compile(rb"[eE]\+?0*[1-9][0-9]{2}|[0-9]{300}")
+
+
 def _validate_strictly(payload: bytes) -> AnyMessage:
     """Parse with ``json`` and validate the objects, checking one thing after another so a
     refusal names the first defect: ``bad_json``, ``schema`` or ``unsupported_version``."""
     try:
-        raw = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
+        raw = json.loads(
+            payload.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float
+        )
     except (UnicodeDecodeError, ValueError) as e:
         raise ProtocolError("bad_json", f"payload is not UTF-8 JSON ({e})") from e
     if not isinstance(raw, dict):
@@ -286,7 +304,7 @@ def _validate(payload: bytes) -> AnyMessage:
     and detail, and a payload only the strict parser takes (a lone surrogate escape,
     nesting deeper than pydantic's limit) is still accepted.
     """
-    if b"NaN" not in payload and b"Infinity" not in payload:
+    if b"NaN" not in payload and b"Infinity" not in payload and not _MAYBE_HUGE.search(payload):
         try:
             message = _ADAPTER.validate_json(payload)
         except ValidationError:

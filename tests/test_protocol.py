@@ -134,11 +134,16 @@ BAD_INPUTS = {
         "ef/v1/dev-1/heartbeat",
         json.dumps(heartbeat_doc()).replace('"cpu_percent": 3.0', '"cpu_percent": NaN').encode(),
     ),
+    "overflowing_number": (
+        "ef/v1/dev-1/heartbeat",
+        json.dumps(heartbeat_doc()).replace('"cpu_percent": 3.0', '"cpu_percent": 1e400').encode(),
+    ),
     "spoofed_device_id": ("ef/v1/dev-2/heartbeat", json.dumps(heartbeat_doc()).encode()),
 }
 EXPECTED_REASON = {
     "missing_version": "unsupported_version",
     "nan_number": "bad_json",
+    "overflowing_number": "bad_json",
     "not_utf8": "bad_json",
     "not_object": "schema",
     "schema_missing_field": "schema",
@@ -184,3 +189,38 @@ def test_broker_url_parsing() -> None:
     for bad in ("http://x:1883", "mqtt://", "mqtt://h:70000", "broker:1883"):
         with pytest.raises(ValueError):
             parse_broker_url(bad)
+
+
+def _telemetry_payload(value: str) -> bytes:
+    record = (
+        '{"epoch":1,"seq":0,"kind":"metric","name":"inference",'
+        '"at":"2026-11-25T06:00:00+00:00","body":{"latency_ms":' + value + "}}"
+    )
+    return (
+        '{"v":1,"type":"telemetry","device_id":"dev-1","ts":"2026-11-25T06:00:00+00:00",'
+        '"records":[' + record + "]}"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("1e300", True),
+        ("12.5e2", True),
+        ("1e400", False),
+        ("-1E+999", False),
+        ("9" * 400 + ".5", False),
+    ],
+)
+def test_numbers_beyond_a_double_are_refused_anywhere(value: str, accepted: bool) -> None:
+    """A number that would overflow to infinity, even inside a free-form record body, is
+    refused as bad_json (databases cannot store it); large finite numbers pass."""
+    payload = _telemetry_payload(value)
+    if accepted:
+        _, message = decode_message("ef/v1/dev-1/telemetry", payload)
+        assert message.records[0].body["latency_ms"] == float(value)  # type: ignore[union-attr]
+    else:
+        with pytest.raises(ProtocolError) as info:
+            decode_message("ef/v1/dev-1/telemetry", payload)
+        assert info.value.reason == "bad_json"
+        assert "out of range" in str(info.value)

@@ -526,3 +526,19 @@ def test_rollout_view_reports_per_wave_progress(world: World) -> None:
     assert waves[0]["phase"] == "soaking" and waves[0]["outcomes"] == {"installed": 2}
     assert waves[1]["phase"] == "waiting" and waves[1]["outcomes"] == {"pending": 8}
     assert view["gates"]["wave"] == 0
+
+
+def test_an_oversized_reported_target_cannot_wedge_the_assigning_step(world: World) -> None:
+    """A device reporting a target longer than the column that records it gets the factory
+    marker as its previous model, and the wave is still assigned (on PostgreSQL too, where
+    the longer value would fail the whole step)."""
+    world.add_model()
+    ids = world.add_devices(10)
+    for device_id in ids:
+        world.running[device_id].update(target="x/" + "y" * 400, version="v" * 100)
+    world.report(ids, T0 - timedelta(minutes=4))
+    rid = world.create(waves=WAVES, settings=FAST)
+    world.tick(T0)
+    assigned = [m for m in world.members(rid) if m.assigned_at is not None]
+    assert len(assigned) == 2
+    assert all(m.previous_model == FACTORY and m.previous_target is None for m in assigned)

@@ -312,19 +312,25 @@ def factory_model(name: str) -> dict[str, Any]:
     return {"name": name, "factory": True}
 
 
+TARGET_MAX = 255  # rollout_device.previous_target, model_version.target_path
+
+
 def _previous(reported_model: dict[str, Any] | None, model: str) -> dict[str, Any]:
     """The revert target: the target the device reported running for the rollout's model
     ``model``, else (no target: its configured model; or a report about another of its
     models) the factory marker for ``model``."""
+    target = (reported_model or {}).get("target")
+    version = (reported_model or {}).get("version")
     if (
         reported_model
         and reported_model.get("name") == model
-        and isinstance(reported_model.get("target"), str)
+        and isinstance(target, str)
+        and 0 < len(target) <= TARGET_MAX  # device-written: it must fit where it is kept
     ):
         return {
             "name": model,
-            "target": reported_model["target"],
-            "version": reported_model.get("version"),
+            "target": target,
+            "version": version if isinstance(version, str) and len(version) <= 64 else None,
         }
     return factory_model(model)
 
