@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from controller.api.deps import CurrentUser, DbDep, OperatorUser, ServicesDep
 from controller.db import session_scope
+from controller.rollouts.cohort import compatible
 from controller.updates.errors import (
     DuplicateError,
     KeyStoreError,
@@ -78,8 +79,8 @@ def _http_error(e: UpdatesError) -> HTTPException:
 
 
 def _fits(row: ModelVersion, device_class: str | None) -> bool:
-    # No device classes listed means the model suits every class.
-    return device_class is None or not row.device_classes or device_class in row.device_classes
+    # No class asked for: no filter; otherwise the rule rollouts use to pick devices.
+    return device_class is None or compatible(device_class, row.device_classes)
 
 
 @router.get("")
