@@ -16,6 +16,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from controller.telemetry.settings import TelemetrySettings
 from shared.broker_url import parse_broker_url
 
 # Values people paste from tutorials; refused as secrets outside the demo.
@@ -191,6 +192,7 @@ class Settings(BaseSettings):
     attestation: AttestationSettings = Field(default_factory=AttestationSettings)
     updates: UpdatesSettings = Field(default_factory=UpdatesSettings)
     rollouts: RolloutSettings = Field(default_factory=RolloutSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> "Settings":
