@@ -30,6 +30,17 @@ from edge_agent.runtimes import (
 from edge_agent.runtimes.llama_cpp import LlamaCppRuntime
 from edge_agent.shadow import DeviceShadow
 from edge_agent.state import CounterStore
+from edge_agent.telemetry import (
+    AgentMetrics,
+    AgentState,
+    ChatObservation,
+    ModelState,
+    PerceptionObservation,
+    WindowAggregator,
+    max_temperature_c,
+    utc_now,
+)
+from edge_agent.telemetry.windows import Clock
 from edge_agent.updates import DeviceFacts, UpdateManager
 from edge_agent.updates.kinds import Classifier, ModelSpec, Served
 from edge_agent.updates.manager import disabled_status
@@ -56,6 +67,7 @@ class Agent:
         root: Path = Path("/"),
         config_path: Path | None = None,
         identity: IdentityKey | None = None,
+        clock: Clock = utc_now,
     ) -> None:
         self.config = config
         self.root = root
@@ -98,6 +110,11 @@ class Agent:
         self._stats_lock = threading.Lock()
         self._stopping = threading.Event()
         self._metrics_thread: threading.Thread | None = None
+        self._windows_thread: threading.Thread | None = None
+        self.windows = WindowAggregator(
+            config.telemetry.window_s, clock=clock, version_of=self.model_version
+        )
+        self.metrics = AgentMetrics(self._metrics_state)
         psutil.cpu_percent(None)  # prime: the first call always returns 0.0
         self.record_event(
             "agent_started", {"agent_version": __version__, "epoch": self.outbox.epoch}
@@ -305,11 +322,14 @@ class Agent:
         return bool(self.runtimes) and not self.load_errors
 
     # --- stats --------------------------------------------------------------------------
-    def count_request(self, *, error: bool = False) -> None:
+    def count_request(self, *, error: bool = False, rejected: str | None = None) -> None:
+        """Count a request; ``rejected`` is the error code of one refused before routing."""
         with self._stats_lock:
             self._requests += 1
             if error:
                 self._errors += 1
+        if rejected is not None:
+            self.metrics.observe_rejected(rejected)
 
     @property
     def requests_total(self) -> int:
@@ -357,8 +377,29 @@ class Agent:
         stream: bool,
         status: str,
         task_class: str | None,
+        local_model: str | None = None,
     ) -> None:
-        """One record per request: the routing decision and its cost, never the content."""
+        """One record per request: the routing decision and its cost, never the content;
+        the request also goes into the telemetry window and the Prometheus counters.
+        ``local_model`` is the local model the router used or would use."""
+        route = outcome.get("route")
+        confidence = outcome.get("confidence")
+        observation = ChatObservation(
+            tier=route if isinstance(route, str) else "none",
+            task_class=task_class,
+            model=outcome.get("model"),
+            status=status,
+            escalated=bool(outcome.get("escalated")),
+            cascaded=bool(outcome.get("cascaded")),
+            fallback=bool(outcome.get("degraded")),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_ms=latency_ms,
+            # The router reports the local model's confidence, whichever tier answered.
+            local_model=local_model if confidence is not None else None,
+            local_confidence=float(confidence) if confidence is not None else None,
+        )
+        self.observe(observation)
         self.record(
             "metric",
             "inference",
@@ -374,20 +415,110 @@ class Agent:
             Priority.NORMAL,
         )
 
-    def record_system_metrics(self) -> None:
-        disk = psutil.disk_usage(str(self.config.state_dir))
+    def record_perception(
+        self,
+        *,
+        model: str,
+        status: str,
+        latency_ms: float,
+        label_index: int | None = None,
+        confidence: float | None = None,
+    ) -> None:
+        """One record per request to a configured perception model: its status and latency
+        (and the answer's class), never the inputs; also windowed and counted."""
+        self.observe(
+            PerceptionObservation(
+                model=model,
+                status=status,
+                latency_ms=latency_ms,
+                confidence=confidence,
+                label_index=label_index,
+            )
+        )
+        answer: dict[str, object] = {}
+        if label_index is not None:
+            answer["label_index"] = label_index
+        if confidence is not None:
+            answer["confidence"] = round(confidence, 4)
         self.record(
             "metric",
-            "system",
-            {
-                "cpu_percent": psutil.cpu_percent(None),
-                "memory_percent": psutil.virtual_memory().percent,
-                "disk_percent": disk.percent,
-                "load1": round(os.getloadavg()[0], 2),
-                "outbox_bytes": self.outbox.used_bytes,
-            },
-            Priority.LOW,
+            "perception",
+            {"model": model, "status": status, "latency_ms": round(latency_ms, 2), **answer},
+            Priority.NORMAL,
         )
+
+    def observe(self, observation: ChatObservation | PerceptionObservation) -> None:
+        """Feed one request to the telemetry window and the Prometheus counters."""
+        try:
+            if isinstance(observation, ChatObservation):
+                self.windows.observe_chat(observation)
+                self.metrics.observe_chat(observation)
+            else:
+                self.windows.observe_perception(observation)
+                self.metrics.observe_perception(observation)
+        except Exception:  # telemetry must never fail a request
+            log.exception("telemetry observation failed")
+
+    def flush_windows(self, *, final: bool = False) -> int:
+        """Put every ended telemetry window (all of them with ``final``) in the outbox;
+        returns how many records that made."""
+        records = self.windows.flush(final=final)
+        for name, body in records:
+            self.record("metric", name, body, Priority.NORMAL)
+        return len(records)
+
+    def _windows_loop(self) -> None:
+        # Wake just after each window boundary; never spin if the clock stands still.
+        while not self._stopping.wait(max(0.5, self.windows.seconds_to_boundary() + 0.05)):
+            try:
+                self.flush_windows()
+            except Exception:  # telemetry must never take the agent down
+                log.exception("telemetry window flush failed")
+
+    def model_version(self, name: str) -> str | None:
+        """The version of ``name`` an update installed, None for the configured model (or
+        when updates are off, or for a remote model)."""
+        slots = self.updates.slots.get(name) if self.updates is not None else None
+        record = slots.active_record() if slots is not None else None
+        return record.version if record is not None else None
+
+    def _metrics_state(self) -> AgentState:
+        router = self.router
+        tiers: dict[str, bool] = {"local": self.local_tier_healthy}
+        if router is not None:
+            for name, breaker in router.breakers.items():
+                tiers[name] = breaker.available()
+        chat = {m.name for m in self.config.models}
+        return AgentState(
+            outbox_records=self.outbox.pending(),
+            outbox_bytes=self.outbox.used_bytes,
+            tiers_healthy=tiers,
+            models=tuple(
+                ModelState(
+                    name=info.name,
+                    kind="chat" if info.name in chat else "perception",
+                    runtime=info.runtime,
+                    loaded=info.loaded,
+                    version=self.model_version(info.name),
+                )
+                for info in self.model_infos()
+            ),
+            invalid_observations=self.windows.invalid,
+        )
+
+    def record_system_metrics(self) -> None:
+        disk = psutil.disk_usage(str(self.config.state_dir))
+        body: dict[str, object] = {
+            "cpu_percent": psutil.cpu_percent(None),
+            "memory_percent": psutil.virtual_memory().percent,
+            "disk_percent": disk.percent,
+            "load1": round(os.getloadavg()[0], 2),
+            "outbox_bytes": self.outbox.used_bytes,
+        }
+        temperature = max_temperature_c()
+        if temperature is not None:
+            body["temperature_c"] = temperature
+        self.record("metric", "system", body, Priority.LOW)
 
     def _metrics_loop(self) -> None:
         while not self._stopping.wait(self.telemetry_interval_s):
@@ -511,14 +642,26 @@ class Agent:
         self.link.start()
 
     def start_metrics(self) -> None:
-        """Record system metrics every ``telemetry_interval_s`` (low priority in the outbox)."""
+        """Record system metrics every ``telemetry_interval_s`` (low priority in the outbox)
+        and the telemetry windows as each ends (``telemetry.window_s``)."""
         self._metrics_thread = threading.Thread(
             target=self._metrics_loop, name="system-metrics", daemon=True
         )
         self._metrics_thread.start()
+        self._windows_thread = threading.Thread(
+            target=self._windows_loop, name="telemetry-windows", daemon=True
+        )
+        self._windows_thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._windows_thread is not None:
+            self._windows_thread.join(5)
+        # The window in progress goes into the outbox now (the link may still send it).
+        try:
+            self.flush_windows(final=True)
+        except Exception:
+            log.exception("final telemetry window flush failed")
         if self.updates is not None:
             self.updates.stop()
         if self.link is not None:

@@ -109,6 +109,21 @@ class OutboxConfig(_Strict):
     ack_timeout_s: float = Field(default=15.0, gt=0)
 
 
+class TelemetryConfig(_Strict):
+    """Windowed request and drift telemetry (see docs/telemetry.md)."""
+
+    # Seconds per inference.window / drift.window record set; windows are epoch-aligned,
+    # so a divisor of 3600 keeps them inside the controller's hourly rollups.
+    window_s: float = Field(default=60.0, ge=5, le=3600)
+
+    @field_validator("window_s")
+    @classmethod
+    def _divides_an_hour(cls, value: float) -> float:
+        if 3600 % value:
+            raise ValueError("must divide 3600 (e.g. 10, 30, 60, 300)")
+        return value
+
+
 TierName = Literal["local", "private", "cloud"]
 
 
@@ -249,6 +264,7 @@ class AgentConfig(_Strict):
     api: ApiConfig = Field(default_factory=ApiConfig)
     heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600)
     telemetry_interval_s: float = Field(default=10.0, ge=1, le=86400)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     models: list[ModelConfig] = Field(default_factory=list)
     perception: list[PerceptionModelConfig] = Field(default_factory=list)

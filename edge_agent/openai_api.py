@@ -16,11 +16,11 @@ import jsonschema
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from edge_agent.agent import Agent
-from edge_agent.outbox import Priority
 from edge_agent.routing.context import ContextTooLarge, compact, valid_session_id
 from edge_agent.routing.headers import parse_route_headers
 from edge_agent.routing.jobs import JobQueue, QueueFull
@@ -214,6 +214,13 @@ def create_agent_app(agent: Agent) -> FastAPI:
         }
         return JSONResponse(body, status_code=200 if agent.local_tier_healthy else 503)
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text format; no authentication, like the rest of this API: it is
+        bound to loopback unless api.host says otherwise (see docs/telemetry.md)."""
+        body = await run_in_threadpool(agent.metrics.exposition)  # reads the outbox
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {
@@ -229,19 +236,15 @@ def create_agent_app(agent: Agent) -> FastAPI:
         """Classify one input with a local ONNX model (perception never leaves the device)."""
         started = time.perf_counter()
 
-        def record(status: str, answer: dict[str, object] | None = None) -> None:
-            """One record per request to a configured model, as for chat: its status and
-            latency (and the answer's class), never the inputs."""
-            agent.record(
-                "metric",
-                "perception",
-                {
-                    "model": name,
-                    "status": status,
-                    "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-                    **(answer or {}),
-                },
-                Priority.NORMAL,
+        def record(
+            status: str, label_index: int | None = None, confidence: float | None = None
+        ) -> None:
+            agent.record_perception(
+                model=name,
+                status=status,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                label_index=label_index,
+                confidence=confidence,
             )
 
         classifier = agent.perception.get(name)
@@ -266,10 +269,7 @@ def create_agent_app(agent: Agent) -> FastAPI:
         except Exception:
             record("error")
             raise
-        record(
-            "ok",
-            {"label_index": result.label_index, "confidence": round(result.confidence, 4)},
-        )
+        record("ok", result.label_index, result.confidence)
         return JSONResponse(
             {
                 "model": name,
@@ -295,15 +295,15 @@ def create_agent_app(agent: Agent) -> FastAPI:
         router = agent.router or agent.build_router()
         hints = _hints(raw)
         if isinstance(hints, JSONResponse):
-            agent.count_request(error=True)
+            agent.count_request(error=True, rejected="invalid_header")
             return hints
         session_id = raw.headers.get("x-session-id")
         if session_id is not None and not valid_session_id(session_id):
-            agent.count_request(error=True)
+            agent.count_request(error=True, rejected="invalid_header")
             return _error(400, "X-Session-Id: 1-128 of A-Z a-z 0-9 . _ : -", "invalid_header")
         known = set(agent.runtimes) | set(agent.load_errors) | remote_models(router)
         if body.model is not None and body.model not in known:
-            agent.count_request(error=True)
+            agent.count_request(error=True, rejected="model_not_found")
             return _error(
                 404, f"model {body.model!r} is not served by this device", "model_not_found"
             )
@@ -318,7 +318,7 @@ def create_agent_app(agent: Agent) -> FastAPI:
                 _with_history, agent, router, local_name, session_id, new
             )
         except ContextTooLarge as e:
-            agent.count_request(error=True)
+            agent.count_request(error=True, rejected="context_length_exceeded")
             return _error(400, str(e), "context_length_exceeded")
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
         request = ChatRequest(
@@ -345,6 +345,7 @@ def create_agent_app(agent: Agent) -> FastAPI:
                 stream=body.stream,
                 status=status,
                 task_class=hints.task_class,
+                local_model=local_name,
             )
 
         def unavailable(e: NoTierAvailable) -> JSONResponse:

@@ -27,12 +27,14 @@ def _confidence_edges() -> tuple[float, ...]:
     return tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95, then (0.95, 1]
 
 
+# Milliseconds, roughly logarithmic from 1 ms to a minute.
+_LATENCY_MS: tuple[float, ...] = (
+    1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500, 750,
+    1000, 1500, 2000, 3000, 5000, 7500, 10000, 20000, 60000,
+)  # fmt: skip
+
 EDGES: dict[Feature, tuple[float, ...]] = {
-    # Milliseconds, roughly logarithmic from 1 ms to a minute.
-    "latency_ms": (
-        1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 200, 300, 500, 750,
-        1000, 1500, 2000, 3000, 5000, 7500, 10000, 20000, 60000,
-    ),  # fmt: skip
+    "latency_ms": _LATENCY_MS,
     # Prompt length in tokens.
     "prompt_tokens": (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
     # Probabilities in [0, 1]: twenty bins of 0.05.
@@ -73,7 +75,7 @@ def validate(feature: str, counts: object) -> list[int]:
     (for data that came from a device)."""
     if feature not in EDGES:
         raise ValueError(f"unknown sketch feature {feature!r}")
-    expected = bins(feature)  # type: ignore[arg-type]
+    expected = bins(feature)
     if not isinstance(counts, list) or len(counts) != expected:
         raise ValueError(f"{feature}: expected a list of {expected} counts")
     for c in counts:

@@ -40,9 +40,10 @@ class RequestGroup(_Strict):
     model: Label | None = None
     count: Count
     errors: Count = 0
-    escalations: Count = 0  # answered by a tier above the cheapest allowed one
-    cascades: Count = 0  # local answer judged not good enough and re-asked higher up
-    fallbacks: Count = 0  # served degraded by a fallback tier
+    # The agent's RouteOutcome flags, counted (docs/telemetry.md):
+    escalations: Count = 0  # local answer judged not confident enough, re-asked higher up
+    cascades: Count = 0  # went through the cascade (local first, its confidence checked)
+    fallbacks: Count = 0  # served degraded (a fallback tier, or a failed escalation)
     prompt_tokens: Count = 0
     completion_tokens: Count = 0
     latency_ms: list[int]  # sketch of feature "latency_ms"
