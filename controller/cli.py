@@ -14,10 +14,12 @@ from rich.table import Table
 
 from controller.api_client import ApiError, get_json, request_json, resolve_target
 from controller.cli_attest import app as attest_app
+from controller.cli_audit import audit_app
 from controller.cli_common import ConfigOpt, TokenOpt, UrlOpt, err
 from controller.cli_common import fail as _fail
 from controller.cli_rollouts import app as rollouts_app
 from controller.cli_updates import keys_app, models_app
+from controller.cli_users import tokens_app, users_app
 from shared.files import write_atomic
 
 app = typer.Typer(
@@ -27,8 +29,12 @@ app = typer.Typer(
     help="Run and operate an edgefleet.",
 )
 devices_app = typer.Typer(no_args_is_help=True, help="Inspect the fleet.")
-admin_app = typer.Typer(no_args_is_help=True, help="Manage console users.")
-token_app = typer.Typer(no_args_is_help=True, help="Manage API tokens.")
+admin_app = typer.Typer(
+    no_args_is_help=True, help="Bootstrap users on the controller host (the first admin)."
+)
+token_app = typer.Typer(
+    no_args_is_help=True, help="Bootstrap API tokens on the controller host ('tokens' for more)."
+)
 broker_app = typer.Typer(no_args_is_help=True, help="Configure an external MQTT broker.")
 app.add_typer(devices_app, name="devices")
 app.add_typer(admin_app, name="admin")
@@ -38,6 +44,9 @@ app.add_typer(attest_app, name="attest")
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.add_typer(rollouts_app, name="rollouts")
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(audit_app, name="audit")
 
 
 def _settings(config: Path | None, **overrides: Any) -> Any:
@@ -107,6 +116,12 @@ def demo(
         ".edgefleet/demo"
     ),
     port: Annotated[int, typer.Option(help="Console port; 0 picks a free one.")] = 0,
+    traffic: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Seconds between synthetic chat requests to the devices; 0 turns it off."
+        ),
+    ] = 3.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
 ) -> None:
     """Controller + embedded broker + SQLite + N simulated devices serving llama.cpp."""
@@ -119,7 +134,13 @@ def demo(
             2,
         )
     try:
-        run_demo(devices=devices, model=model, data_dir=data_dir, port=port)
+        run_demo(
+            devices=devices,
+            model=model,
+            data_dir=data_dir,
+            port=port,
+            traffic_interval_s=traffic,
+        )
     except DemoError as e:
         raise _fail(str(e)) from e
 
@@ -244,9 +265,12 @@ def devices_desire(
     _show_shadow(shadow, as_json)
 
 
-def _read_password(password_stdin: bool) -> str:
+def _read_password(password_stdin: bool, prompt: bool) -> str | None:
+    """The password to set: from standard input, typed twice, or None (generate one)."""
     if password_stdin:
         return sys.stdin.readline().rstrip("\n")
+    if not prompt:
+        return None
     first = getpass.getpass("Password: ")
     if first != getpass.getpass("Repeat password: "):
         raise _fail("passwords differ", 2)
@@ -436,45 +460,79 @@ def admin_create(
     password_stdin: Annotated[
         bool, typer.Option(help="Read the password from standard input.")
     ] = False,
+    prompt: Annotated[bool, typer.Option(help="Type the password (twice).")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Create a console user (the first admin is made this way; there is no default)."""
-    from controller.auth import create_user
+    """Create a console user directly in the database (the first admin is made this way;
+    there is no default). Weak passwords are refused; without --password-stdin or --prompt
+    a strong one is generated and printed once."""
+    from controller.auth import create_user, generate_password
     from controller.db import init_db, make_engine, session_scope
 
     settings = _settings(config)
-    password = _read_password(password_stdin)
+    given = _read_password(password_stdin, prompt)
+    password = given if given is not None else generate_password()
     engine = make_engine(settings.database_url)
     init_db(engine)
     try:
         with session_scope(engine) as session:
             create_user(session, username=username, password=password, role=role)  # type: ignore[arg-type]
+            from controller.audit import audit
+
+            audit(
+                session,
+                actor="cli:admin-create",
+                action="user.create",
+                target=f"user:{username}",
+                detail={"role": role, "generated_password": given is None},
+            )
     except ValueError as e:
         raise _fail(str(e), 2) from e
     typer.echo(f"user {username} created ({role})")
+    if given is None:
+        err.print(f"password for {username} (shown once):", highlight=False)
+        typer.echo(password)
 
 
 @token_app.command("create")
 def token_create(
     username: Annotated[str, typer.Option(help="The user the token acts as.")],
     name: Annotated[str, typer.Option(help="What the token is for.")] = "cli",
+    expires_in_days: Annotated[
+        float | None, typer.Option(min=0.001, help="Expire after this many days.")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Issue an API token; it is printed once and only its hash is stored."""
+    """Issue an API token directly in the database; it is printed once and only its hash
+    is stored (with a token, 'edgefleet tokens create' does the same through the API)."""
+    from datetime import UTC, datetime, timedelta
+
     from sqlmodel import col, select
 
-    from controller.auth import create_api_token
+    from controller.audit import audit
+    from controller.auth import issue_api_token
     from controller.db import init_db, make_engine, session_scope
     from controller.models import User
 
     settings = _settings(config)
     engine = make_engine(settings.database_url)
     init_db(engine)
+    expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
     with session_scope(engine) as session:
         user = session.exec(select(User).where(col(User.username) == username)).first()
         if user is None:
             raise _fail(f"no user {username!r}", 2)
-        typer.echo(create_api_token(session, user, name=name))
+        if user.disabled:
+            raise _fail(f"user {username!r} is disabled", 2)
+        row, token = issue_api_token(session, user, name=name, expires_at=expires)
+        audit(
+            session,
+            actor="cli:token-create",
+            action="token.create",
+            target=f"token:{row.id}",
+            detail={"user": username, "name": name},
+        )
+    typer.echo(token)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from controller.app import create_app
 from controller.auth import create_api_token, create_user, generate_password
 from controller.broker import free_port
 from controller.db import session_scope
+from controller.demo_traffic import DemoTraffic
 from controller.models import Device
 from controller.services import Services
 from controller.settings import load_settings
@@ -58,6 +59,8 @@ def agent_config(
         "mqtt": {"url": f"mqtt://{HOST}:{broker_port}", "keepalive_s": 5, "protocol": "3.1.1"},
         "api": {"host": HOST, "port": api_port},
         "heartbeat_interval_s": 2.0,
+        # Short telemetry windows so the console's charts fill within a minute.
+        "telemetry": {"window_s": 10},
         # One thread each: three agents share this machine's cores with the controller.
         "models": [{"name": DEMO_MODEL_NAME, "path": str(model), "n_threads": 1, "n_ctx": 1024}],
         # Signed model updates from the controller's TUF repository (rollouts install here).
@@ -163,7 +166,14 @@ def _publish_demo_model(services: Services, model: Path, data_dir: Path) -> Path
     return root
 
 
-def run_demo(*, devices: int, model: Path, data_dir: Path, port: int) -> None:
+def run_demo(
+    *,
+    devices: int,
+    model: Path,
+    data_dir: Path,
+    port: int,
+    traffic_interval_s: float = 3.0,
+) -> None:
     data_dir = data_dir.resolve()
     _reset_data_dir(data_dir)
     http_port = port or free_port(HOST)
@@ -205,6 +215,7 @@ def run_demo(*, devices: int, model: Path, data_dir: Path, port: int) -> None:
     server_thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     server_thread.start()
     agents: dict[str, tuple[subprocess.Popen[bytes], Path, int]] = {}
+    traffic: DemoTraffic | None = None
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -256,6 +267,12 @@ def run_demo(*, devices: int, model: Path, data_dir: Path, port: int) -> None:
 
         endpoints = {d: port for d, (_, _, port) in agents.items()}
         print(_banner(http_port, password, cli_file, endpoints, str(model)), flush=True)
+        if traffic_interval_s > 0:
+            traffic = DemoTraffic(
+                {d: f"http://{HOST}:{p}" for d, p in endpoints.items()},
+                interval_s=traffic_interval_s,
+            )
+            traffic.start()
         reported: set[str] = set()
         while not stop.wait(1.0):
             for device_id, (proc, log_path, _) in agents.items():
@@ -265,6 +282,8 @@ def run_demo(*, devices: int, model: Path, data_dir: Path, port: int) -> None:
                         f"agent {device_id} exited ({proc.returncode}); log: {log_path}", flush=True
                     )
     finally:
+        if traffic is not None:
+            traffic.stop()
         print("\nstopping agents...", flush=True)
         for proc, _, _ in agents.values():
             if proc.poll() is None:
