@@ -6,22 +6,30 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller import __version__
+from controller.access import LoginRequired, require_access
 from controller.api.deps import ServicesDep
+from controller.api.routes import alerts as alert_routes
 from controller.api.routes import attestation as attestation_routes
 from controller.api.routes import audit as audit_routes
+from controller.api.routes import device_metrics as device_metrics_routes
 from controller.api.routes import devices, ingest, shadow, telemetry
+from controller.api.routes import drift as drift_routes
+from controller.api.routes import fleet as fleet_routes
+from controller.api.routes import metrics as metrics_routes
 from controller.api.routes import models as model_routes
 from controller.api.routes import rollouts as rollout_routes
 from controller.api.routes import tuf as tuf_routes
+from controller.api.routes import users as user_routes
+from controller.console import auth_routes as console_auth
 from controller.console import routes as console
 from controller.services import Services
 from controller.settings import Settings
@@ -52,7 +60,18 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         finally:
             svc.stop()
 
-    app = FastAPI(title="edgefleet controller", version=__version__, lifespan=lifespan)
+    # One authorization policy for every route (controller/access.py): routes carry no role
+    # checks of their own, and a route the policy does not cover is refused.
+    app = FastAPI(
+        title="edgefleet controller",
+        version=__version__,
+        lifespan=lifespan,
+        dependencies=[Depends(require_access)],
+    )
+
+    @app.exception_handler(LoginRequired)
+    async def _login_required(request: Request, exc: LoginRequired) -> RedirectResponse:
+        return RedirectResponse("/login", status_code=303)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -93,6 +112,13 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.include_router(model_routes.router)
     app.include_router(tuf_routes.router)
     app.include_router(rollout_routes.router)
+    app.include_router(fleet_routes.router)
+    app.include_router(device_metrics_routes.router)
+    app.include_router(drift_routes.router)
+    app.include_router(alert_routes.router)
+    app.include_router(metrics_routes.router)
+    app.include_router(user_routes.router)
+    app.include_router(console_auth.router)
     app.include_router(console.router)
     app.mount(
         "/static",

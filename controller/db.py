@@ -10,10 +10,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
 # Imported for their side effect: registering the tables on SQLModel.metadata.
-from controller import audit, models, shadows, telemetry_store  # noqa: F401
+from controller import audit, login_limit, models, shadows, telemetry_store  # noqa: F401
 from controller.attestation import service as attestation_tables  # noqa: F401
 from controller.migrations import migrate
 from controller.rollouts import tables as rollout_tables  # noqa: F401
+from controller.telemetry import tables as telemetry_tables  # noqa: F401
 from controller.updates import registry  # noqa: F401
 
 

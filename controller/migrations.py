@@ -39,11 +39,24 @@ def _device_quarantine(conn: Connection) -> None:
     _add_column(conn, "device", "quarantine_reason", "VARCHAR", "VARCHAR")
 
 
+def _user_disabled_token_lifetime(conn: Connection) -> None:
+    _add_column(
+        conn, "user", "disabled", "BOOLEAN NOT NULL DEFAULT 0", "BOOLEAN NOT NULL DEFAULT false"
+    )
+    for column in ("expires_at", "revoked_at"):
+        _add_column(conn, "api_token", column, "DATETIME", "TIMESTAMP WITHOUT TIME ZONE")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "0001_device_quarantine",
         "device.quarantined and device.quarantine_reason (attestation)",
         _device_quarantine,
+    ),
+    Migration(
+        "0002_user_disabled_token_lifetime",
+        "user.disabled, api_token.expires_at and api_token.revoked_at (access control)",
+        _user_disabled_token_lifetime,
     ),
 )
 

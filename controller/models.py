@@ -110,6 +110,9 @@ class User(SQLModel, table=True):
     password_hash: str
     role: str = "viewer"  # admin | operator | viewer
     created_at: datetime = Field(default_factory=utcnow)
+    # A disabled user's sessions are closed and its tokens stop working at once; the row
+    # stays so the audit log's "user:<name>" keeps meaning someone.
+    disabled: bool = False
 
 
 class WebSession(SQLModel, table=True):
@@ -132,6 +135,8 @@ class ApiToken(SQLModel, table=True):
     token_hash: str = Field(max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
     last_used_at: datetime | None = None
+    expires_at: datetime | None = None  # None: until revoked
+    revoked_at: datetime | None = None
 
 
 # --- broker credentials -------------------------------------------------------------------

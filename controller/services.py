@@ -31,6 +31,7 @@ from controller.mqtt_ingest import MqttIngest
 from controller.rollouts.service import tick as rollout_tick
 from controller.settings import Settings
 from controller.shadows import DeviceShadow, desired_message, unapplied
+from controller.telemetry.rollup import RollupReport, run_rollup
 from controller.updates.errors import UpdatesError
 from controller.updates.repository import TufRepository
 from shared.messages import Challenge, Desired, encode_message
@@ -152,6 +153,12 @@ class Services:
                 {"next_run_time": datetime.now(UTC)},
             ),
             (
+                "telemetry-rollup",
+                self.rollup_telemetry,
+                self.settings.telemetry.rollup_interval_s,
+                {},
+            ),
+            (
                 "attestation-sweep",
                 self.attestation_sweep,
                 max(0.5, min(5.0, self.settings.attestation.timeout_s / 2)),
@@ -213,6 +220,17 @@ class Services:
         controller resumes where it stopped); one replica per rollout via the job lock."""
         with Session(self.engine) as session:
             rollout_tick(session, datetime.now(UTC), self.publish_desired, lock=_job_lock)
+
+    def rollup_telemetry(self, now: datetime | None = None) -> RollupReport:
+        """Fold new windowed telemetry into the hourly tables, score drift, raise and close
+        alerts, take references rollouts asked for (docs/telemetry.md); one replica at a
+        time via the job lock, each chunk its own transaction."""
+        report = run_rollup(
+            self.engine, self.settings.telemetry, now or datetime.now(UTC), lock=_job_lock
+        )
+        if report.malformed:
+            log.warning("telemetry rollup skipped %d malformed records", report.malformed)
+        return report
 
     def refresh_tuf_metadata(self, now: datetime | None = None) -> list[str]:
         """Re-sign timestamp (and snapshot, targets) before they expire. What is due is

@@ -165,6 +165,44 @@ class RolloutSettings(BaseModel):
     latency_budget_factor: float = Field(default=1.5, gt=0)
 
 
+class LoginLimitSettings(BaseModel):
+    """Console login throttling (docs/access.md): failed logins counted per username and per
+    client address over a sliding window, in the database so every replica sees them."""
+
+    window_s: float = Field(default=900.0, gt=0)
+    # Per username: guessing one account's password. Low, since a real user mistypes a
+    # handful of times at most; an attacker can lock an account out for one window.
+    max_failures_per_user: int = Field(default=5, ge=1)
+    # Per client address: spraying many usernames from one place. Higher, since an office
+    # behind one NAT address shares it.
+    max_failures_per_ip: int = Field(default=20, ge=1)
+
+
+def _placeholder(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in PLACEHOLDER_SECRETS
+
+
+def _database_password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        return None  # the engine reports a malformed URL with its own words
+    return None if password is None else str(password)
+
+
+def _passphrase_file_text(path: Path | None) -> str | None:
+    # Only a small regular file is read; a missing one is reported by `edgefleet serve`.
+    if path is None or not path.is_file() or path.stat().st_size > 4096:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 class Settings(BaseSettings):
     """Everything the controller reads from its environment."""
 
@@ -184,6 +222,7 @@ class Settings(BaseSettings):
     liveness_sweep_s: float = Field(default=2.0, gt=0)
     session_ttl_hours: float = Field(default=12.0, gt=0)
     secure_cookies: bool = True
+    login_limit: LoginLimitSettings = Field(default_factory=LoginLimitSettings)
     # Refuse messages from devices without broker credentials (edgefleet devices provision),
     # a second check behind the broker's ACL.
     require_provisioned_devices: bool = False
@@ -196,13 +235,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> "Settings":
-        password = self.broker.password
-        if (
-            self.environment == "production"
-            and password is not None
-            and password.get_secret_value().lower() in PLACEHOLDER_SECRETS
-        ):
+        """Outside the demo (which generates its own secrets) no tutorial secret is used."""
+        if self.environment == "demo":
+            return self
+        broker = self.broker.password
+        if broker is not None and _placeholder(broker.get_secret_value()):
             raise ValueError("broker.password is a placeholder; set a real secret")
+        if _placeholder(_database_password(self.database_url)):
+            raise ValueError("database_url has a placeholder password; set a real secret")
+        if _placeholder(_passphrase_file_text(self.updates.passphrase_file)):
+            raise ValueError(
+                "updates.passphrase_file holds a placeholder passphrase; set a real secret"
+            )
         return self
 
 

@@ -1,5 +1,6 @@
 """A real controller (app + ingest + scheduler) on a test broker, driven through TestClient."""
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -8,7 +9,8 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from controller.app import create_app
-from controller.auth import create_api_token, create_user
+from controller.auth import SESSION_COOKIE, create_api_token, create_user
+from controller.csrf import token_for_session
 from controller.db import session_scope
 from controller.services import Services
 from controller.settings import load_settings
@@ -30,6 +32,27 @@ class LiveController:
     def device(self, device_id: str) -> dict[str, object] | None:
         response = self.client.get(f"/api/devices/{device_id}", headers=self.auth)
         return response.json() if response.status_code == 200 else None
+
+
+def login_form_token(client: TestClient) -> str:
+    """Open the login form as a browser does: its CSRF token (the cookie is kept)."""
+    page = client.get("/login")
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+def console_login(client: TestClient, username: str, password: str) -> str:
+    """Log in through the console form; returns the session's CSRF token (from the page's
+    ``<meta name="csrf-token">``) for unsafe requests made with the cookie."""
+    token = login_form_token(client)
+    response = client.post(
+        "/login",
+        data={"username": username, "password": password, "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
+    return token_for_session(client.cookies[SESSION_COOKIE])
 
 
 @contextmanager

@@ -285,9 +285,9 @@ def test_sweep_spares_offline_devices(engine: Engine, tmp_path: Path) -> None:
 
 
 def test_golden_values_api(engine: Engine, tmp_path: Path) -> None:
-    """Operators add (201; 409 again; 422 malformed), list and remove golden values, each
-    change audited; viewers may list but not add; challenging a device without an enrolled
-    key is refused (409)."""
+    """Admins add (201; 409 again; 422 malformed), list and remove golden values, each
+    change audited; operators and viewers may list but not add (golden values are trust
+    roots); challenging a device without an enrolled key is refused (409)."""
     from fastapi.testclient import TestClient
 
     from controller.app import create_app
@@ -305,24 +305,28 @@ def test_golden_values_api(engine: Engine, tmp_path: Path) -> None:
     with session_scope(engine) as session:
         operator = create_user(session, username="op", password="a-long-password", role="operator")
         viewer = create_user(session, username="vi", password="a-long-password", role="viewer")
+        admin = create_user(session, username="ad", password="a-long-password", role="admin")
         op = {"Authorization": f"Bearer {create_api_token(session, operator, name='t')}"}
+        ad = {"Authorization": f"Bearer {create_api_token(session, admin, name='t')}"}
         vi = {"Authorization": f"Bearer {create_api_token(session, viewer, name='t')}"}
         session.add(Device(id="dev-9", state="online"))
     app = create_app(settings, services=services)
     app.state.services = services  # routes only; no broker or scheduler in this test
     client = TestClient(app)
     body = {"kind": "image_id", "value": "orin-2026.11.1", "note": "image build 41"}
-    created = client.post("/api/attestation/golden", json=body, headers=op)
+    created = client.post("/api/attestation/golden", json=body, headers=ad)
     assert created.status_code == 201, created.text
-    assert created.json()["source"] == "user:op"
-    assert client.post("/api/attestation/golden", json=body, headers=op).status_code == 409
-    bad = client.post("/api/attestation/golden", json={"kind": "model", "value": "x"}, headers=op)
+    assert created.json()["source"] == "user:ad"
+    assert client.post("/api/attestation/golden", json=body, headers=ad).status_code == 409
+    bad = client.post("/api/attestation/golden", json={"kind": "model", "value": "x"}, headers=ad)
     assert bad.status_code == 422
     assert client.post("/api/attestation/golden", json=body, headers=vi).status_code == 403
+    assert client.post("/api/attestation/golden", json=body, headers=op).status_code == 403
     listed = client.get("/api/attestation/golden", params={"kind": "image_id"}, headers=vi)
     assert [g["value"] for g in listed.json()] == ["orin-2026.11.1"]
     golden_id = created.json()["id"]
-    assert client.delete(f"/api/attestation/golden/{golden_id}", headers=op).status_code == 204
+    assert client.delete(f"/api/attestation/golden/{golden_id}", headers=op).status_code == 403
+    assert client.delete(f"/api/attestation/golden/{golden_id}", headers=ad).status_code == 204
     assert (
         client.get("/api/attestation/golden", params={"kind": "image_id"}, headers=vi).json() == []
     )

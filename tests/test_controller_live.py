@@ -8,9 +8,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from controller.auth import SESSION_COOKIE
+from controller.csrf import token_for_session
 from shared import MAX_PAYLOAD_BYTES, encode_message
 from tests.conftest import Broker, wait_for
-from tests.controller_harness import PASSWORD, LiveController, live_controller
+from tests.controller_harness import PASSWORD, LiveController, live_controller, login_form_token
 from tests.test_protocol import birth, heartbeat_doc
 
 
@@ -113,18 +115,19 @@ def test_console_login_shows_the_fleet(live: LiveController, publisher: mqtt.Cli
     client = live.client
     first = client.get("/console", follow_redirects=False)
     assert (first.status_code, first.headers["location"]) == (303, "/login")
-    wrong = client.post("/login", data={"username": "admin", "password": "nope-nope-nope"})
+    form = {"username": "admin", "csrf_token": login_form_token(client)}
+    wrong = client.post("/login", data=form | {"password": "nope-nope-nope"})
     assert wrong.status_code == 401 and "Wrong username or password" in wrong.text
+    form["csrf_token"] = login_form_token(client)
     forged = client.post(
         "/login",
-        data={"username": "admin", "password": PASSWORD},
+        data=form | {"password": PASSWORD},
         headers={"Origin": "http://evil.example"},
         follow_redirects=False,
     )
     assert forged.status_code == 403
-    ok = client.post(
-        "/login", data={"username": "admin", "password": PASSWORD}, follow_redirects=False
-    )
+    form["csrf_token"] = login_form_token(client)
+    ok = client.post("/login", data=form | {"password": PASSWORD}, follow_redirects=False)
     assert ok.status_code == 303
     assert "HttpOnly" in ok.headers["set-cookie"] and "SameSite=strict" in ok.headers["set-cookie"]
     page = client.get("/console")
@@ -133,5 +136,5 @@ def test_console_login_shows_the_fleet(live: LiveController, publisher: mqtt.Cli
     assert client.get("/api/devices").json()["online"] == 1, (
         "the page's JSON API accepts the session"
     )
-    client.post("/logout")
+    client.post("/logout", data={"csrf_token": token_for_session(client.cookies[SESSION_COOKIE])})
     assert client.get("/api/devices").status_code == 401

@@ -23,12 +23,42 @@ def test_file_then_environment_then_overrides(
     assert settings.broker.mode == "external"
 
 
-def test_placeholder_broker_password_refused_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tutorial password such as 'changeme' is refused unless the environment is demo/dev."""
+def test_placeholder_broker_password_refused_outside_the_demo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tutorial password such as 'changeme' is refused in production and development; only
+    the demo (which generates its own secrets) lets it through."""
     monkeypatch.setenv("EDGEFLEET_BROKER__PASSWORD", "changeme")
-    with pytest.raises(ValidationError, match="placeholder"):
-        load_settings(None)
-    assert load_settings(None, environment="development").broker.password is not None
+    for environment in ("production", "development"):
+        with pytest.raises(ValidationError, match="placeholder"):
+            load_settings(None, environment=environment)
+    assert load_settings(None, environment="demo").broker.password is not None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"database_url": "postgresql://edgefleet:changeme@db/edgefleet"}, "database_url"),
+        ({"database_url": "postgresql://edgefleet:Password@db/edgefleet"}, "database_url"),
+    ],
+    ids=["database-changeme", "database-password-any-case"],
+)
+def test_placeholder_database_password_refused(overrides: dict[str, str], field: str) -> None:
+    """A database URL whose password is a placeholder is refused outside the demo."""
+    with pytest.raises(ValidationError, match=field):
+        load_settings(None, **overrides)
+    assert load_settings(None, environment="demo", **overrides).database_url
+
+
+def test_placeholder_key_passphrase_file_refused(tmp_path: Path) -> None:
+    """An update key passphrase file holding a placeholder is refused at configuration time;
+    a real passphrase passes."""
+    secret = tmp_path / "passphrase"
+    secret.write_text("changeme\n")
+    with pytest.raises(ValidationError, match=r"updates\.passphrase_file"):
+        load_settings(None, updates={"passphrase_file": secret})
+    secret.write_text("a-real-long-passphrase-41\n")
+    assert load_settings(None, updates={"passphrase_file": secret}).updates.passphrase_file
 
 
 def test_secret_never_printed_in_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,18 +52,15 @@ def test_demo_brings_up_a_working_fleet_and_stops_cleanly(model_path: Path, tmp_
         assert console and login and len(devices) == 2, out
 
         with httpx.Client(base_url=console.group(1), timeout=30) as browser:
-            assert (
-                browser.post(
-                    "/login", data={"username": "admin", "password": "wrong-password"}
-                ).status_code
-                == 401
-            )
-            assert (
-                browser.post(
-                    "/login", data={"username": "admin", "password": login.group(1)}
-                ).status_code
-                == 303
-            )
+
+            def log_in(password: str) -> int:
+                form = re.search(r'name="csrf_token" value="([^"]+)"', browser.get("/login").text)
+                assert form, "the login form carries a CSRF token"
+                data = {"username": "admin", "password": password, "csrf_token": form.group(1)}
+                return browser.post("/login", data=data).status_code
+
+            assert log_in("wrong-password") == 401
+            assert log_in(login.group(1)) == 303
             page = browser.get("/console").text
             assert page.count('class="state online"') == 2
             assert "demo-edge-1" in page and "demo-edge-2" in page

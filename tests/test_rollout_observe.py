@@ -190,8 +190,9 @@ MALFORMED: list[dict[str, Any]] = [
 def test_malformed_telemetry_is_left_out_of_the_aggregate(world: World) -> None:
     """Records with a latency that is text, a list, an object, null, a boolean, a number
     no double holds or missing, a non-boolean ``cascaded``, a non-string status or model, or
-    a NUL anywhere, and drift records without a number score, are ignored on both databases
-    while the good records count; the rollout keeps stepping."""
+    a NUL anywhere, and the old ``drift`` score records (the gate reads ``drift.window``
+    sketches, tests/test_telemetry_drift.py), are ignored on both databases while the good
+    records count; the rollout keeps stepping."""
     world.add_model()
     world.add_devices(4)
     rid = world.create(waves=WAVES, settings=FAST)
@@ -218,8 +219,8 @@ def test_malformed_telemetry_is_left_out_of_the_aggregate(world: World) -> None:
         errors=1,
         cascaded=3,
         latency_p95_ms=190.0,  # nearest rank: the 19th of 10, 20, ..., 200
-        drift_score=pytest.approx(0.3),  # type: ignore[arg-type]
-        drift_samples=2,
+        drift_score=None,
+        drift_samples=0,
     )
     assert world.tick(at + timedelta(seconds=5)).stepped == [rid]
     observation = world.rollout(rid).state["last_gate"]["observation"]

@@ -1,17 +1,21 @@
-"""Request dependencies as ``Annotated`` aliases: services, DB session, current user."""
+"""Request dependencies as ``Annotated`` aliases: services, DB session, current user.
+
+Who a request comes from (authentication) is decided here; what it may do (authorization)
+is decided once for every route by ``controller.access``. Routes declare ``CurrentUser``
+only when they need the actor (for the audit log), never a role.
+"""
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Request, status
 from sqlmodel import Session
 
-from controller.auth import user_for_session, user_for_token
+from controller.auth import SESSION_COOKIE, user_for_session, user_for_token
 from controller.models import User
 from controller.services import Services
-
-SESSION_COOKIE = "ef_session"
 
 
 def get_services(request: Request) -> Services:
@@ -31,16 +35,45 @@ def get_db(services: ServicesDep) -> Iterator[Session]:
 DbDep = Annotated[Session, Depends(get_db)]
 
 
-def optional_user(request: Request, db: DbDep) -> User | None:
-    """The user behind a bearer token or a session cookie, or None."""
-    now = datetime.now(UTC)
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What the request presents: a bearer token or a console session cookie."""
+
+    kind: Literal["bearer", "session"]
+    value: str
+
+
+def credential_of(request: Request) -> Credential | None:
+    """A bearer token wins over a cookie; a wrong token never falls back to the cookie."""
     header = request.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        return user_for_token(db, header[7:].strip(), now=now)
+    if header[:7].lower() == "bearer ":
+        return Credential("bearer", header[7:].strip())
     cookie = request.cookies.get(SESSION_COOKIE)
-    if cookie:
-        return user_for_session(db, cookie, now=now)
-    return None
+    return Credential("session", cookie) if cookie else None
+
+
+def client_ip(request: Request) -> str:
+    """The peer address (behind a reverse proxy, run uvicorn with --proxy-headers so this is
+    the client's, not the proxy's)."""
+    return request.client.host if request.client else "unknown"
+
+
+_RESOLVED = "edgefleet_user"  # request.state key: the user is looked up once per request
+
+
+def optional_user(request: Request, db: DbDep) -> User | None:
+    """The (enabled) user behind a usable bearer token or a live session cookie, or None."""
+    if hasattr(request.state, _RESOLVED):
+        cached: User | None = getattr(request.state, _RESOLVED)
+        return cached
+    credential = credential_of(request)
+    user: User | None = None
+    if credential is not None:
+        now = datetime.now(UTC)
+        lookup = user_for_token if credential.kind == "bearer" else user_for_session
+        user = lookup(db, credential.value, now=now)
+    setattr(request.state, _RESOLVED, user)
+    return user
 
 
 def current_user(user: Annotated[User | None, Depends(optional_user)]) -> User:
@@ -56,12 +89,17 @@ def current_user(user: Annotated[User | None, Depends(optional_user)]) -> User:
 OptionalUser = Annotated[User | None, Depends(optional_user)]
 CurrentUser = Annotated[User, Depends(current_user)]
 
-
-def operator_user(user: CurrentUser) -> User:
-    """Changing the fleet takes the operator or admin role; viewers only look."""
-    if user.role not in ("admin", "operator"):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"role {user.role!r} may not change devices")
-    return user
-
-
-OperatorUser = Annotated[User, Depends(operator_user)]
+__all__ = [
+    "SESSION_COOKIE",
+    "Credential",
+    "CurrentUser",
+    "DbDep",
+    "OptionalUser",
+    "ServicesDep",
+    "client_ip",
+    "credential_of",
+    "current_user",
+    "get_db",
+    "get_services",
+    "optional_user",
+]

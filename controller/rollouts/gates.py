@@ -47,7 +47,9 @@ class GatePolicy(BaseModel):
     max_latency_p95_ms: float | None = Field(default=None, gt=0)
     max_cascade_rate: float | None = Field(default=None, ge=0, le=1)
     max_drift: float | None = Field(default=None, ge=0)
-    # Drift has no producer yet: without data the gate is skipped unless this is set.
+    # The drift score is the PSI of the wave's drift.window sketches against the model's
+    # reference (observe.py, docs/drift.md); with no data or no reference yet the gate is
+    # skipped unless this is set.
     drift_required: bool = False
     # Failures of these gates roll the rollout back by themselves; others halt it for a human.
     rollback_on: tuple[GateName, ...] = ("install_success", "error_rate")

@@ -36,7 +36,12 @@ from controller.rollouts.engine import (
 )
 from controller.rollouts.tables import RolloutDevice
 from controller.shadows import DeviceShadow
+from controller.telemetry.drift import load_reference
+from controller.telemetry.fold import Counts, merge_all
+from controller.telemetry.scoring import model_score
+from controller.telemetry.tables import CLASSES
 from controller.telemetry_store import TelemetryRecord
+from shared.telemetry_windows import DRIFT_WINDOW, DriftWindow
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +247,58 @@ def _boolean_or_absent(flag: Any) -> ColumnElement[bool]:
     return func.coalesce(flag, "false").in_(("true", "false"))
 
 
+# The newest drift windows a wave's drift score reads: at one a minute, a 500-device
+# canary's first 30 minutes; plenty for a histogram, and bounded whatever the wave's size.
+DRIFT_WINDOWS_MAX = 15_000
+
+
+def _wave_drift(
+    session: Session, conditions: list[Any], dialect: str, model: str
+) -> tuple[float | None, int]:
+    """PSI of the wave's ``drift.window`` sketches of ``model`` (its devices since
+    install, ``conditions``) against the model's reference, and the number of samples.
+
+    A window whose body does not conform is left out; without a reference, or without
+    data, the score is None (the gate then skips or waits, see gates.py).
+    """
+    t = TelemetryRecord
+    rd = RolloutDevice
+    docs = (
+        select(
+            col(t.id).label("id"),
+            cast(col(t.body), Text).label("text"),
+            _document(dialect).label("doc"),
+        )
+        .select_from(t)
+        .join(rd, col(t.device_id) == col(rd.device_id))
+        .where(*conditions, col(t.kind) == "metric", col(t.name) == DRIFT_WINDOW)
+        .offset(0)
+        .subquery()
+    )
+    body = _Body(docs.c.doc, dialect)
+    texts = session.exec(
+        select(docs.c.text)
+        .where(body.string("model") == model)
+        .order_by(docs.c.id.desc())
+        .limit(DRIFT_WINDOWS_MAX)
+    ).all()
+    parts: list[dict[str, Counts]] = []
+    for text in texts:
+        try:
+            window = DriftWindow.model_validate_json(text)
+        except ValueError:
+            continue
+        part: dict[str, Counts] = {f: list(c) for f, c in window.features.items()}
+        if window.classes:
+            part[CLASSES] = dict(window.classes)
+        parts.append(part)
+    if not parts:
+        return None, 0
+    current = merge_all(parts)
+    score, samples, _ = model_score(load_reference(session, model), current)
+    return score, samples
+
+
 def wave_telemetry(
     session: Session,
     rollout_id: int,
@@ -255,8 +312,9 @@ def wave_telemetry(
     ``since``, when set).
 
     A request record counts only if it conforms: a string ``status``, a number
-    ``latency_ms`` and ``cascaded`` absent or a boolean; a drift record only with a number
-    ``score``. Others are left out, whatever they hold.
+    ``latency_ms`` and ``cascaded`` absent or a boolean. Others are left out, whatever they
+    hold. The drift score is the PSI (largest over features) of the devices' ``drift.window``
+    sketches of ``model`` against the model's reference (``_wave_drift``).
     """
     t = TelemetryRecord
     rd = RolloutDevice
@@ -316,21 +374,13 @@ def wave_telemetry(
         ).first()
         p95 = float(value) if value is not None else None
 
-    d = fields(
-        [col(t.name) == "drift"],
-        model=lambda b: b.string("model"),
-        score=lambda b: b.number("score"),
-    )
-    drift = session.exec(
-        select(func.count(), func.avg(d.score)).where(d.model == model, _finite(d.score))
-    ).one()
-    drift_samples = int(drift[0] or 0)
+    drift_score, drift_samples = _wave_drift(session, conditions, dialect, model)
     return TelemetryAggregate(
         inferences=inferences,
         errors=errors,
         cascaded=n_cascaded,
         latency_p95_ms=p95,
-        drift_score=float(drift[1]) if drift_samples else None,
+        drift_score=drift_score,
         drift_samples=drift_samples,
     )
 

@@ -51,6 +51,7 @@ from controller.rollouts.gates import GatePolicy
 from controller.rollouts.tables import Rollout, RolloutDevice
 from controller.settings import RolloutSettings
 from controller.shadows import DeviceShadow, set_desired
+from controller.telemetry.drift import request_reference
 from controller.updates.registry import get_model_version
 
 log = logging.getLogger(__name__)
@@ -261,6 +262,8 @@ def create_rollout(
     except IntegrityError as e:  # a concurrent creation claimed some of them first
         session.rollback()
         raise RolloutConflict(_conflicts(session, members) or {"?": -1}) from e
+    # The drift reference the new version is measured against (docs/drift.md).
+    request_reference(session, spec.model, spec.version, now=now)
     sizes = wave_sizes(spec.waves, len(members))
     audit(
         session,

@@ -4,6 +4,23 @@ from pydantic import BaseModel, Field
 
 
 class TelemetrySettings(BaseModel):
-    """How telemetry is rolled up and judged (docs/telemetry.md)."""
+    """How telemetry is rolled up and judged (docs/telemetry.md, docs/drift.md)."""
 
+    # How often the rollup job folds new raw records into the hourly tables.
     rollup_interval_s: float = Field(default=10.0, gt=0)
+    # Raw records are rolled up only once they were received this long ago: an ingest
+    # transaction still open holds ids below ones already visible, and the cursor must not
+    # pass them. Longer than any ingest transaction takes.
+    commit_lag_s: float = Field(default=15.0, ge=0)
+    # Raw records read per rollup transaction, and transactions per job run.
+    rollup_chunk: int = Field(default=2000, ge=1, le=100_000)
+    rollup_max_chunks: int = Field(default=50, ge=1)
+    # Drift: PSI and KS above these (with at least min_samples observations) open an alert.
+    drift_psi_threshold: float = Field(default=0.2, gt=0)
+    drift_ks_threshold: float = Field(default=0.1, gt=0, le=1)
+    drift_min_samples: int = Field(default=100, ge=1)
+    # The reference is this long a window of the model's sketches before a rollout starts.
+    reference_window_h: int = Field(default=24, ge=1, le=24 * 30)
+    # Cloud prices (USD per 1,000 tokens) behind the fleet page's cost estimates.
+    cloud_price_prompt_per_1k: float = Field(default=0.0005, ge=0)
+    cloud_price_completion_per_1k: float = Field(default=0.0015, ge=0)

@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
-from controller.api.deps import CurrentUser, DbDep, OperatorUser, ServicesDep
+from controller.api.deps import CurrentUser, DbDep, ServicesDep
 from controller.attestation.service import (
     DeviceIdentity,
     GoldenKind,
@@ -123,7 +123,7 @@ def device_attestation(
 
 @router.post("/api/devices/{device_id}/attest", status_code=status.HTTP_202_ACCEPTED)
 def attest_now(
-    device_id: str, db: DbDep, services: ServicesDep, user: OperatorUser
+    device_id: str, db: DbDep, services: ServicesDep, user: CurrentUser
 ) -> ChallengeIssued:
     """Challenge the device now; the verdict lands in its history when the quote arrives."""
     _device(db, device_id)
@@ -151,7 +151,7 @@ def attest_now(
 
 @router.put("/api/devices/{device_id}/identity")
 def put_identity(
-    device_id: str, body: IdentityUpdate, db: DbDep, services: ServicesDep, user: OperatorUser
+    device_id: str, body: IdentityUpdate, db: DbDep, services: ServicesDep, user: CurrentUser
 ) -> IdentityPublic:
     """Enroll (or replace) the device's identity key, then challenge it to re-attest."""
     _device(db, device_id)
@@ -183,7 +183,7 @@ def list_golden(
 
 
 @router.post("/api/attestation/golden", status_code=status.HTTP_201_CREATED)
-def create_golden(body: GoldenCreate, db: DbDep, user: OperatorUser) -> GoldenPublic:
+def create_golden(body: GoldenCreate, db: DbDep, user: CurrentUser) -> GoldenPublic:
     """Register a golden value (audited); 409 if it is registered already."""
     try:
         check_golden(body.kind, body.value)
@@ -205,7 +205,7 @@ def create_golden(body: GoldenCreate, db: DbDep, user: OperatorUser) -> GoldenPu
 
 
 @router.delete("/api/attestation/golden/{golden_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_golden(golden_id: int, db: DbDep, user: OperatorUser) -> Response:
+def delete_golden(golden_id: int, db: DbDep, user: CurrentUser) -> Response:
     """Withdraw a golden value (audited); devices measuring it fail their next quote."""
     row = db.get(GoldenMeasurement, golden_id)
     if row is None:

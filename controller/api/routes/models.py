@@ -8,15 +8,18 @@ new targets, snapshot and timestamp) happens once the last byte has arrived.
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from sqlalchemy import Text, cast, func
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Field, SQLModel, col, select
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.deps import CurrentUser, DbDep, OperatorUser, ServicesDep
+from controller.api.deps import CurrentUser, DbDep, ServicesDep
 from controller.db import session_scope
 from controller.rollouts.cohort import compatible
+from controller.shadows import DeviceShadow
 from controller.updates.errors import (
     DuplicateError,
     KeyStoreError,
@@ -109,6 +112,103 @@ def list_models(
     )
 
 
+class Deployment(SQLModel):
+    """How many devices report running (or failing) one target, and how many are asked to."""
+
+    target_path: str
+    active: int = 0  # reported model with status "active"
+    other: int = 0  # reported with any other status (installing, failed, rolled back ...)
+    desired: int = 0  # the controller's desired model for the device
+
+
+class DeploymentList(SQLModel):
+    """Device counts per model target, from the device shadows."""
+
+    data: list[Deployment] = Field(default_factory=list)
+    count: int
+
+
+def _readable(doc: Any, dialect: str) -> ColumnElement[bool]:
+    # As in controller.rollouts.observe: skip documents the database's JSON functions
+    # would fail on (a NUL escape on PostgreSQL, invalid JSON to SQLite) instead of failing.
+    if dialect == "postgresql":
+        return func.strpos(cast(doc, Text), "\\u0000") == 0
+    return func.json_valid(doc) == 1
+
+
+@router.get("/deployments")
+def deployments(db: DbDep, _user: CurrentUser) -> DeploymentList:
+    """Where each model target runs: devices per target by reported status, and how many
+    devices the controller wants on it (read-only; counted in the database)."""
+    dialect = db.get_bind().dialect.name
+    counts: dict[str, Deployment] = {}
+    for column, kind in (
+        (col(DeviceShadow.reported), "reported"),
+        (col(DeviceShadow.desired), "desired"),
+    ):
+        target = column[("model", "target")].as_string()
+        model_status = column[("model", "status")].as_string()
+        rows = db.execute(
+            select(target, model_status, func.count())
+            .where(_readable(column, dialect), target.is_not(None))
+            .group_by(target, model_status)
+        ).all()
+        for path, state, n in rows:
+            row = counts.setdefault(path, Deployment(target_path=path))
+            if kind == "desired":
+                row.desired += n
+            elif state == "active":
+                row.active += n
+            else:
+                row.other += n
+    data = sorted(counts.values(), key=lambda d: d.target_path)
+    return DeploymentList(data=data, count=len(data))
+
+
+class SignedTarget(SQLModel):
+    """A target as the published, verified TUF targets metadata signs it."""
+
+    target_path: str
+    length: int
+    hashes: dict[str, str]
+
+
+class SignedTargets(SQLModel):
+    """The published targets role: its version, expiry, signatures and every target."""
+
+    targets_version: int
+    expires: datetime
+    signatures: int
+    threshold: int
+    data: list[SignedTarget] = Field(default_factory=list)
+    count: int
+
+
+@router.get("/signatures")
+def signatures(services: ServicesDep, _user: CurrentUser) -> SignedTargets:
+    """The signed targets metadata (verified against root, as a device would) that vouches
+    for each model artifact; 503 without an initialised repository."""
+    repo = _ready_repository(services)
+    try:
+        state = repo.load(allow_stale=("targets", "snapshot", "timestamp"))
+    except UpdatesError as e:
+        raise _http_error(e) from e
+    targets = state.targets
+    role = state.root.signed.roles["targets"]
+    data = [
+        SignedTarget(target_path=path, length=info.length, hashes=dict(info.hashes))
+        for path, info in sorted(targets.signed.targets.items())
+    ]
+    return SignedTargets(
+        targets_version=targets.signed.version,
+        expires=targets.signed.expires,
+        signatures=len(targets.signatures),
+        threshold=role.threshold,
+        data=data,
+        count=len(data),
+    )
+
+
 @router.get("/{name}/{version}")
 def get_model(name: str, version: str, db: DbDep, _user: CurrentUser) -> ModelVersionPublic:
     row = get_model_version(db, name, version)
@@ -129,7 +229,7 @@ async def upload_model(
     request: Request,
     services: ServicesDep,
     db: DbDep,
-    user: OperatorUser,
+    user: CurrentUser,
     name: str,
     version: str,
     runtime: Runtime,

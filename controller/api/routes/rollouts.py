@@ -5,8 +5,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, status
 from pydantic import BaseModel, Field
+from sqlmodel import col, select
 
-from controller.api.deps import CurrentUser, DbDep, OperatorUser, ServicesDep
+from controller.api.deps import CurrentUser, DbDep, ServicesDep
+from controller.audit import AuditEntry
 from controller.rollouts.engine import CommandRefused, Outcome, RolloutError, Status
 from controller.rollouts.service import (
     ModelNotPublished,
@@ -37,7 +39,7 @@ def _actor(user: Any) -> str:
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create(
-    request: RolloutRequest, db: DbDep, services: ServicesDep, user: OperatorUser
+    request: RolloutRequest, db: DbDep, services: ServicesDep, user: CurrentUser
 ) -> dict[str, Any]:
     """Create a rollout (its cohort is fixed now, in hashed waves) and take its first step."""
     now = datetime.now(UTC)
@@ -118,6 +120,57 @@ def devices(
     return {"data": data, "count": count}
 
 
+class HistoryEntry(BaseModel):
+    """One audited step of a rollout: a transition, with the gate findings behind it."""
+
+    at: datetime
+    action: str
+    actor: str
+    reason: str
+    from_status: str | None
+    to_status: str | None
+    wave: int | None
+    gates: list[dict[str, Any]] | None
+
+
+@router.get("/{rollout_id}/history")
+def history(
+    rollout_id: int,
+    db: DbDep,
+    _user: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> dict[str, Any]:
+    """The rollout's audited steps, oldest first (the newest ``limit``), with each gate's
+    value and threshold where the step was a gate decision; the latest evaluation is
+    under ``last_gate``, so a chart of gate values over time needs only this call."""
+    rollout = _load(db, rollout_id)
+    rows = db.exec(
+        select(AuditEntry)
+        .where(col(AuditEntry.target) == f"rollout:{rollout_id}")
+        .order_by(col(AuditEntry.at).desc(), col(AuditEntry.id).desc())
+        .limit(limit)
+    ).all()
+    data = []
+    for row in reversed(rows):
+        detail = row.detail if isinstance(row.detail, dict) else {}
+        gates = detail.get("gates")
+        wave = detail.get("gated_wave", detail.get("wave"))
+        data.append(
+            HistoryEntry(
+                at=row.at,
+                action=row.action,
+                actor=row.actor,
+                reason=row.reason,
+                from_status=detail.get("from") if isinstance(detail.get("from"), str) else None,
+                to_status=detail.get("to") if isinstance(detail.get("to"), str) else None,
+                wave=wave if isinstance(wave, int) else None,
+                gates=gates if isinstance(gates, list) else None,
+            ).model_dump(mode="json")
+        )
+    view = rollout_view(db, rollout)
+    return {"data": data, "count": len(data), "last_gate": view["gates"]}
+
+
 def _command(
     rollout_id: int,
     kind: Literal["pause", "resume", "abort", "rollback"],
@@ -150,7 +203,7 @@ def pause(
     rollout_id: int,
     db: DbDep,
     services: ServicesDep,
-    user: OperatorUser,
+    user: CurrentUser,
     body: CommandBody = _NO_BODY,
 ) -> dict[str, Any]:
     """Stop assigning devices and deciding gates until resumed."""
@@ -162,7 +215,7 @@ def resume(
     rollout_id: int,
     db: DbDep,
     services: ServicesDep,
-    user: OperatorUser,
+    user: CurrentUser,
     body: CommandBody = _NO_BODY,
 ) -> dict[str, Any]:
     """Continue a paused rollout; a halted one gets a fresh soak with fresh telemetry."""
@@ -174,7 +227,7 @@ def abort(
     rollout_id: int,
     db: DbDep,
     services: ServicesDep,
-    user: OperatorUser,
+    user: CurrentUser,
     body: CommandBody = _NO_BODY,
 ) -> dict[str, Any]:
     """End the rollout where it is; devices keep what they run, their claims are released."""
@@ -186,7 +239,7 @@ def rollback(
     rollout_id: int,
     db: DbDep,
     services: ServicesDep,
-    user: OperatorUser,
+    user: CurrentUser,
     body: CommandBody = _NO_BODY,
 ) -> dict[str, Any]:
     """Send every assigned device back to the model it ran before."""

@@ -5,7 +5,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, HTTPException
 
-from controller.api.deps import CurrentUser, DbDep, OperatorUser, ServicesDep
+from controller.api.deps import CurrentUser, DbDep, ServicesDep
 from controller.models import Device
 from controller.shadows import DeviceShadow, set_desired, view
 
@@ -26,7 +26,6 @@ def patch_desired(
     device_id: str,
     db: DbDep,
     services: ServicesDep,
-    _user: OperatorUser,
     patch: dict[str, Any] = Body(..., description="RFC 7396 merge patch; null deletes a key"),  # noqa: B008
 ) -> dict[str, Any]:
     """Merge into the desired document, bump its version and publish it (retained)."""

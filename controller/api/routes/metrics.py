@@ -1,0 +1,17 @@
+"""``/metrics``: the controller's Prometheus metrics (a viewer's bearer token scrapes)."""
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from controller.api.deps import ServicesDep
+from controller.telemetry.prometheus import ControllerCollector, render
+
+router = APIRouter(tags=["telemetry"])
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(services: ServicesDep) -> Response:
+    """Devices by state, quarantined, ingest counters, rejects by reason, rollouts by
+    status, open alerts, newest drift PSI / KS per model and feature, rollup lag."""
+    collector = ControllerCollector(services.engine, services.stats.snapshot)
+    return Response(render(collector), media_type=CONTENT_TYPE_LATEST)

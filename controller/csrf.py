@@ -1,0 +1,119 @@
+"""Cross-site request forgery defences for cookie-authenticated requests.
+
+A console session's CSRF token is an HMAC of the session cookie, so nothing new is stored
+and a replica that can read the cookie can check the token: a cross-site page can make the
+browser send the (HttpOnly, SameSite=Strict) cookie in some browsers and setups, but it
+cannot read the cookie nor the page that carries the token. Unsafe requests must also come
+from this origin (``Origin``/``Referer``, and ``Sec-Fetch-Site`` where the browser sends it).
+
+Bearer-token requests are exempt: a browser never attaches an ``Authorization`` header by
+itself, so there is nothing to forge.
+
+Before login there is no session to derive from, so the login form uses a double-submit
+token: a random pre-session cookie that the form must repeat (login CSRF would otherwise
+log a victim into the attacker's account).
+"""
+
+import hashlib
+import hmac
+import secrets
+from base64 import urlsafe_b64encode
+from urllib.parse import urlparse
+
+from starlette.requests import Request
+
+from controller.auth import SESSION_COOKIE
+
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+LOGIN_CSRF_COOKIE = "ef_login_csrf"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_CONTEXT = b"edgefleet csrf v1"
+
+
+class CsrfError(Exception):
+    """The request may be forged; the text says what was missing or wrong."""
+
+
+def token_for_session(session_token: str) -> str:
+    """The CSRF token of a console session (derived, never stored)."""
+    mac = hmac.new(session_token.encode("utf-8"), _CONTEXT, hashlib.sha256).digest()
+    return urlsafe_b64encode(mac).decode("ascii").rstrip("=")
+
+
+def csrf_token_for(request: Request) -> str | None:
+    """The token pages put in their forms and ``<meta name="csrf-token">``; None without a
+    session cookie."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return token_for_session(cookie) if cookie else None
+
+
+def new_login_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def tokens_match(expected: str | None, given: str | None) -> bool:
+    """Constant-time comparison; an absent value never matches."""
+    if not expected or not given:
+        return False
+    return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8"))
+
+
+def check_same_origin(request: Request) -> None:
+    """Refuse a request a browser marks as cross-site, or whose Origin (else Referer) is
+    another host. Non-browser clients send none of these headers and pass; they are held by
+    the token check instead."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site in ("cross-site", "same-site"):
+        raise CsrfError("cross-site request refused")
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        origin = request.headers.get("referer") or origin
+    if origin is None:
+        return
+    if origin == "null" or urlparse(origin).netloc != request.url.netloc:
+        raise CsrfError("cross-site request refused (Origin is not this controller)")
+
+
+async def submitted_token(request: Request) -> str | None:
+    """The token the request carries: the ``X-CSRF-Token`` header, else the form field.
+    Only form bodies are parsed (and Starlette keeps the parsed form for the route); any
+    other body, such as a streamed model upload, is never touched."""
+    header = request.headers.get(CSRF_HEADER)
+    if header:
+        return header
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in _FORM_TYPES:
+        return None
+    value = (await request.form()).get(CSRF_FIELD)
+    return value if isinstance(value, str) else None
+
+
+async def verify_session_request(request: Request) -> None:
+    """Raise CsrfError unless an unsafe, cookie-authenticated request is same-origin and
+    carries its session's token."""
+    if request.method in SAFE_METHODS:
+        return
+    check_same_origin(request)
+    if not tokens_match(csrf_token_for(request), await submitted_token(request)):
+        raise CsrfError(
+            f"missing or wrong CSRF token: send the page's token in the {CSRF_HEADER!r}"
+            f" header or the {CSRF_FIELD!r} form field"
+        )
+
+
+__all__ = [
+    "CSRF_FIELD",
+    "CSRF_HEADER",
+    "LOGIN_CSRF_COOKIE",
+    "SAFE_METHODS",
+    "CsrfError",
+    "check_same_origin",
+    "csrf_token_for",
+    "new_login_token",
+    "submitted_token",
+    "token_for_session",
+    "tokens_match",
+    "verify_session_request",
+]

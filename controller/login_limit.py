@@ -1,0 +1,121 @@
+"""Login throttling: failed console logins per username and per client address.
+
+Failures are rows in the database, not counters in memory, so every controller replica
+behind a load balancer sees the same count. The limit is a sliding window: a client is
+refused while ``max`` or more failures lie within the last ``window``, and may try again
+when enough of them have aged out. Passwords are never stored or logged here; a row holds
+the (lower-cased) username tried, the client address and the time.
+
+``retry_after`` is the pure decision; ``LoginLimiter`` is the thin database shell around it.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from math import ceil
+from typing import Literal
+
+from sqlmodel import Field, Session, SQLModel, col, delete, select
+
+from controller.settings import LoginLimitSettings
+
+
+class LoginFailure(SQLModel, table=True):
+    """One failed login: which username was tried, from where, when."""
+
+    __tablename__ = "login_failure"
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(index=True)
+    username: str = Field(max_length=64, index=True)
+    client_ip: str = Field(max_length=64, index=True)
+
+
+Scope = Literal["username", "ip"]
+
+
+@dataclass(frozen=True, slots=True)
+class Throttled:
+    """Why a login is refused, and for how many whole seconds (at least 1)."""
+
+    scope: Scope
+    retry_after_s: int
+    failures: int
+
+    @property
+    def message(self) -> str:
+        what = "this username" if self.scope == "username" else "your address"
+        return f"Too many failed logins for {what}; try again in {self.retry_after_s} seconds."
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def retry_after(
+    failures: Sequence[datetime], *, limit: int, window: timedelta, now: datetime
+) -> float | None:
+    """Seconds until fewer than ``limit`` of ``failures`` lie within ``window`` before a
+    moment, or None when that is already so at ``now``. Older entries are ignored."""
+    recent = sorted(t for t in map(_aware, failures) if t > now - window)
+    if len(recent) < limit:
+        return None
+    # The count drops below the limit once every failure up to this one has aged out.
+    pivot = recent[len(recent) - limit]
+    return max((pivot + window - now).total_seconds(), 0.0)
+
+
+def normalise_username(username: str) -> str:
+    return username.strip().lower()[:64]
+
+
+class LoginLimiter:
+    """Counts, checks and clears failed logins in the caller's database session."""
+
+    def __init__(self, limits: LoginLimitSettings) -> None:
+        self.limits = limits
+        self.window = timedelta(seconds=limits.window_s)
+
+    def _times(self, session: Session, column: str, value: str, now: datetime) -> list[datetime]:
+        field = col(LoginFailure.username) if column == "username" else col(LoginFailure.client_ip)
+        rows = session.exec(
+            select(LoginFailure.at).where(field == value, col(LoginFailure.at) > now - self.window)
+        ).all()
+        return list(rows)
+
+    def check(
+        self, session: Session, *, username: str, client_ip: str, now: datetime
+    ) -> Throttled | None:
+        """The refusal in force for this username or address at ``now``, if any (the
+        longer wait wins when both apply)."""
+        found: list[Throttled] = []
+        for scope, value, limit in (
+            ("username", normalise_username(username), self.limits.max_failures_per_user),
+            ("ip", client_ip[:64], self.limits.max_failures_per_ip),
+        ):
+            times = self._times(session, scope, value, now)
+            wait = retry_after(times, limit=limit, window=self.window, now=now)
+            if wait is not None:
+                found.append(Throttled(scope, max(1, ceil(wait)), len(times)))  # type: ignore[arg-type]
+        return max(found, key=lambda t: t.retry_after_s, default=None)
+
+    def record_failure(
+        self, session: Session, *, username: str, client_ip: str, now: datetime
+    ) -> Throttled | None:
+        """Count a failure; returns the refusal it has just brought into force, if any
+        (the moment worth an audit entry), and prunes rows older than the window."""
+        session.exec(delete(LoginFailure).where(col(LoginFailure.at) <= now - self.window))
+        session.add(
+            LoginFailure(at=now, username=normalise_username(username), client_ip=client_ip[:64])
+        )
+        session.flush()
+        return self.check(session, username=username, client_ip=client_ip, now=now)
+
+    def clear(self, session: Session, *, username: str) -> None:
+        """A successful login forgives the username's failures (not the address's: one
+        right password must not reset a spray across many accounts)."""
+        session.exec(
+            delete(LoginFailure).where(col(LoginFailure.username) == normalise_username(username))
+        )
+
+
+__all__ = ["LoginFailure", "LoginLimiter", "Throttled", "normalise_username", "retry_after"]

@@ -1,0 +1,170 @@
+"""The controller's Prometheus metrics: a collector that reads current values from the
+database and the ingest counters at scrape time (nothing is kept between scrapes, so
+every replica reports the same fleet-wide numbers, and its own ingest counters).
+
+No metric has a per-device label: a fleet of 10,000 devices would be 10,000 series.
+"""
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from controller.rollouts.tables import Rollout
+from controller.telemetry.fold import utc
+from controller.telemetry.queries import device_counts, latest_drift, rollup_status
+from controller.telemetry.tables import RollupCursor, TelemetryAlert
+
+PREFIX = "edgefleet"
+INGEST_COUNTERS = (
+    "accepted",
+    "batches",
+    "records_inserted",
+    "records_duplicate",
+    "reported",
+    "duplicates",
+    "stale",
+    "quotes",
+    "db_errors",
+    "dropped_queue_full",
+)
+
+
+class ControllerCollector(Collector):
+    """Reads the fleet from ``engine`` and ingest counters from ``stats`` per scrape."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        stats: Callable[[], dict[str, Any]],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._engine = engine
+        self._stats = stats
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._ingest()
+        with Session(self._engine) as session:
+            yield from self._devices(session)
+            yield from self._rollouts(session)
+            yield from self._alerts(session)
+            yield from self._drift(session)
+            yield from self._rollup(session)
+
+    def _ingest(self) -> Iterator[Metric]:
+        snapshot = self._stats()
+        for name in INGEST_COUNTERS:
+            yield CounterMetricFamily(
+                f"{PREFIX}_ingest_{name}",
+                f"Ingest: {name.replace('_', ' ')} (this replica, since it started).",
+                value=float(snapshot.get(name, 0)),
+            )
+        rejected = CounterMetricFamily(
+            f"{PREFIX}_ingest_rejected",
+            "Messages ingest refused, by reason (this replica, since it started).",
+            labels=["reason"],
+        )
+        reasons: dict[str, int] = snapshot.get("rejected", {})
+        for reason, n in sorted(reasons.items()):
+            rejected.add_metric([reason], float(n))
+        yield rejected
+
+    def _devices(self, session: Session) -> Iterator[Metric]:
+        counts = device_counts(session)
+        by_state = GaugeMetricFamily(
+            f"{PREFIX}_devices", "Registered devices by liveness state.", labels=["state"]
+        )
+        for state in ("online", "offline", "unknown"):
+            by_state.add_metric([state], float(counts[state]))
+        yield by_state
+        yield GaugeMetricFamily(
+            f"{PREFIX}_devices_quarantined",
+            "Devices quarantined by attestation.",
+            value=float(counts["quarantined"]),
+        )
+
+    def _rollouts(self, session: Session) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(f"{PREFIX}_rollouts", "Rollouts by status.", labels=["status"])
+        for status, n in session.exec(
+            select(Rollout.status, func.count()).group_by(col(Rollout.status))
+        ):
+            gauge.add_metric([status], float(n))
+        yield gauge
+
+    def _alerts(self, session: Session) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(f"{PREFIX}_alerts_open", "Open alerts by kind.", labels=["kind"])
+        for kind, n in session.exec(
+            select(TelemetryAlert.kind, func.count())
+            .where(col(TelemetryAlert.state) == "open")
+            .group_by(col(TelemetryAlert.kind))
+        ):
+            gauge.add_metric([kind], float(n))
+        yield gauge
+
+    def _drift(self, session: Session) -> Iterator[Metric]:
+        psi = GaugeMetricFamily(
+            f"{PREFIX}_drift_psi",
+            "PSI of the newest scored hour against the reference, per model and feature "
+            "(the largest over the versions scored that hour).",
+            labels=["model", "feature"],
+        )
+        ks = GaugeMetricFamily(
+            f"{PREFIX}_drift_ks",
+            "KS statistic of the newest scored hour, per model and feature.",
+            labels=["model", "feature"],
+        )
+        worst: dict[tuple[str, str], tuple[float, float]] = {}
+        for row in latest_drift(session):
+            key = (row.model, row.feature)
+            seen = worst.get(key, (0.0, 0.0))
+            worst[key] = (max(seen[0], row.psi), max(seen[1], row.ks))
+        for (model, feature), (p, k) in sorted(worst.items()):
+            psi.add_metric([model, feature], p)
+            ks.add_metric([model, feature], k)
+        yield psi
+        yield ks
+
+    def _rollup(self, session: Session) -> Iterator[Metric]:
+        status = rollup_status(session)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_telemetry_rollup_behind_records",
+            "Raw telemetry records not yet rolled up (an upper bound by id).",
+            value=float(status["behind_ids"]),
+        )
+        cursor = session.get(RollupCursor, "rollup")
+        lag = 0.0
+        if cursor is not None:
+            updated = utc(cursor.updated_at)
+            lag = max(0.0, (self._clock() - updated).total_seconds())
+        yield GaugeMetricFamily(
+            f"{PREFIX}_telemetry_rollup_lag_seconds",
+            "Seconds since the rollup job last committed a run (0 before its first run).",
+            value=lag,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_telemetry_rollup_records",
+            "Windowed records rolled up.",
+            value=float(status["processed"]),
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_telemetry_rollup_malformed",
+            "Windowed records skipped because their body did not conform.",
+            value=float(status["malformed"]),
+        )
+
+
+def render(collector: Collector) -> bytes:
+    """The collector's metrics in the Prometheus text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry)
+
+
+__all__ = ["ControllerCollector", "render"]
