@@ -18,6 +18,7 @@ from controller.cli_audit import audit_app
 from controller.cli_common import ConfigOpt, TokenOpt, UrlOpt, err
 from controller.cli_common import fail as _fail
 from controller.cli_rollouts import app as rollouts_app
+from controller.cli_telemetry import alerts_app, drift_app, fleet_app
 from controller.cli_updates import keys_app, models_app
 from controller.cli_users import tokens_app, users_app
 from shared.files import write_atomic
@@ -47,6 +48,9 @@ app.add_typer(rollouts_app, name="rollouts")
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(audit_app, name="audit")
+app.add_typer(fleet_app, name="fleet")
+app.add_typer(drift_app, name="drift")
+app.add_typer(alerts_app, name="alerts")
 
 
 def _settings(config: Path | None, **overrides: Any) -> Any:

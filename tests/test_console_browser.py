@@ -7,7 +7,7 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +97,16 @@ def chromium_page(proc: Proc) -> Iterator[Any]:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.on("crash", lambda _: print("chromium: the page's renderer crashed"))
         page.on("console", lambda m: print(f"browser console: {m.type}: {m.text}"))
-        page.on("pageerror", lambda e: print(f"browser page error: {e}"))
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.script_errors = errors  # read by tests: a script error fails the step
         page.on(
             "response",
-            lambda r: print(f"browser: {r.request.method} {r.url} -> {r.status}")
-            if not r.url.split("?")[0].endswith((".js", ".css"))
-            else None,
+            lambda r: (
+                print(f"browser: {r.request.method} {r.url} -> {r.status}")
+                if not r.url.split("?")[0].endswith((".js", ".css"))
+                else None
+            ),
         )
         try:
             yield page
@@ -202,7 +206,7 @@ def simulated_fleet(database: Path, devices: int) -> World:
                     seq=i,
                     kind="metric",
                     name="system",
-                    at=now,
+                    at=now - timedelta(minutes=3 - i),
                     body={
                         "cpu_percent": 20.0 + 10 * i,
                         "memory_percent": 40.0 + i,
@@ -279,6 +283,21 @@ def test_operator_starts_and_pauses_a_rollout_from_the_console(
         assert pause.is_disabled()
         page.locator("#history tbody tr", has_text="rollout.pause").wait_for(timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "console-5-rollout-paused.png"), full_page=True)
+
+        page.goto(f"{controller_url}/console/models")
+        page.locator("#models tr[data-model='smollm2'][data-version='1.1']").wait_for(
+            timeout=30_000
+        )
+        page.screenshot(path=str(ARTIFACTS / "console-6-models.png"), full_page=True)
+        page.goto(f"{controller_url}/console/audit")
+        page.fill("input[name=action]", "rollout.")
+        page.click("#audit-filters button[type=submit]")
+        page.locator("#audit tbody tr", has_text="rollout.pause").wait_for(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "console-7-audit.png"), full_page=True)
+        page.goto(f"{controller_url}/console/drift/smollm2")
+        page.locator("#reference:not(:has-text('Loading'))").wait_for(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "console-8-drift.png"), full_page=True)
+        assert page.script_errors == []
 
 
 def _diagnose(page: Any, proc: Proc) -> str:

@@ -32,7 +32,10 @@ def get_db(services: ServicesDep) -> Iterator[Session]:
         session.commit()
 
 
-DbDep = Annotated[Session, Depends(get_db)]
+# scope="function": commit before the response is sent, not after it (FastAPI's default),
+# so a client that follows a redirect or reads right after a write sees the write (a
+# login's session row, a rollout command).
+DbDep = Annotated[Session, Depends(get_db, scope="function")]
 
 
 @dataclass(frozen=True, slots=True)

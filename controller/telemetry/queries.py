@@ -39,6 +39,7 @@ from controller.telemetry_store import TelemetryRecord
 from shared import sketches
 
 TIERS = ("local", "private", "cloud", "none")
+LATENCY_BINS = sketches.bins("latency_ms")
 SAVING_TIERS = ("local", "private")  # requests that did not go to a paid cloud API
 
 
@@ -169,9 +170,16 @@ def fleet_summary(
     }
 
 
-def _latency_point(counts: Any) -> dict[str, float | None]:
-    stored = as_counts(counts)
-    p50, p95 = quantiles(stored) if isinstance(stored, list) else (None, None)
+def _latency_sketch(value: Any) -> list[int] | None:
+    """A stored latency sketch, or None if it is not one (never an error)."""
+    counts = as_counts(value)
+    if isinstance(counts, list) and len(counts) == LATENCY_BINS:
+        return counts
+    return None
+
+
+def _quantiles(counts: list[int] | None) -> dict[str, float | None]:
+    p50, p95 = quantiles(counts) if counts else (None, None)
     return {"p50_ms": p50, "p95_ms": p95}
 
 
@@ -179,76 +187,88 @@ def device_metrics(
     session: Session, device_id: str, *, now: datetime, hours: int
 ) -> dict[str, Any]:
     """The device page: hourly health, latency per tier and task class (per hour and over
-    the window) and the newest system sample."""
+    the window) and the newest system sample. Plain column reads (no ORM objects): the
+    device page asks for a week of hours."""
     first = _first_hour(now, hours)
+    h = DeviceHealthHour
     health = [
         {
-            "hour": iso(row.hour),
-            "samples": row.samples,
-            "cpu_avg": row.cpu_sum / row.cpu_samples if row.cpu_samples else None,
-            "cpu_max": row.cpu_max,
-            "memory_avg": row.memory_sum / row.memory_samples if row.memory_samples else None,
-            "memory_max": row.memory_max,
-            "disk_max": row.disk_max,
-            "temperature_max": row.temperature_max,
+            "hour": iso(hour),
+            "samples": samples,
+            "cpu_avg": cpu_sum / cpu_n if cpu_n else None,
+            "cpu_max": cpu_max,
+            "memory_avg": mem_sum / mem_n if mem_n else None,
+            "memory_max": mem_max,
+            "disk_max": disk_max,
+            "temperature_max": temp_max,
         }
-        for row in session.exec(
-            select(DeviceHealthHour)
-            .where(
-                col(DeviceHealthHour.device_id) == device_id,
-                col(DeviceHealthHour.hour) >= first,
-            )
-            .order_by(col(DeviceHealthHour.hour))
+        for hour, samples, cpu_n, cpu_sum, cpu_max, mem_n, mem_sum, mem_max, disk_max, temp_max in (
+            session.execute(
+                sa_select(
+                    col(h.hour),
+                    col(h.samples),
+                    col(h.cpu_samples),
+                    col(h.cpu_sum),
+                    col(h.cpu_max),
+                    col(h.memory_samples),
+                    col(h.memory_sum),
+                    col(h.memory_max),
+                    col(h.disk_max),
+                    col(h.temperature_max),
+                )
+                .where(col(h.device_id) == device_id, col(h.hour) >= first)
+                .order_by(col(h.hour))
+            ).all()
         )
     ]
+    r = DeviceRequestHour
     latency: list[dict[str, Any]] = []
     totals: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in session.exec(
-        select(DeviceRequestHour)
-        .where(
-            col(DeviceRequestHour.device_id) == device_id,
-            col(DeviceRequestHour.hour) >= first,
+    for hour, tier, task, count, errors, stored in session.execute(
+        sa_select(
+            col(r.hour), col(r.tier), col(r.task_class), col(r.count), col(r.errors), col(r.latency)
         )
-        .order_by(
-            col(DeviceRequestHour.hour),
-            col(DeviceRequestHour.tier),
-            col(DeviceRequestHour.task_class),
-        )
-    ):
-        task_class = row.task_class or None
+        .where(col(r.device_id) == device_id, col(r.hour) >= first)
+        .order_by(col(r.hour), col(r.tier), col(r.task_class))
+    ).all():
+        task_class = task or None
+        sketch = _latency_sketch(stored)
         latency.append(
             {
-                "hour": iso(row.hour),
-                "tier": row.tier,
+                "hour": iso(hour),
+                "tier": tier,
                 "task_class": task_class,
-                "count": row.count,
-                "errors": row.errors,
-                **_latency_point(row.latency),
+                "count": count,
+                "errors": errors,
+                **_quantiles(sketch),
             }
         )
         total = totals.setdefault(
-            (row.tier, row.task_class),
-            {"tier": row.tier, "task_class": task_class, "count": 0, "errors": 0, "sketch": []},
+            (tier, task),
+            {"tier": tier, "task_class": task_class, "count": 0, "errors": 0, "sketch": None},
         )
-        total["count"] += row.count
-        total["errors"] += row.errors
-        counts = as_counts(row.latency)
-        if isinstance(counts, list) and len(counts) == sketches.bins("latency_ms"):
-            total["sketch"] = merge_counts(total["sketch"], counts)
-    newest = session.exec(
-        select(DeviceHealthHour)
-        .where(col(DeviceHealthHour.device_id) == device_id)
-        .order_by(col(DeviceHealthHour.hour).desc())
+        total["count"] += count
+        total["errors"] += errors
+        if sketch is not None:
+            total["sketch"] = (
+                sketch if total["sketch"] is None else merge_counts(total["sketch"], sketch)
+            )
+    newest = session.execute(
+        sa_select(col(h.last_at), col(h.last))
+        .where(col(h.device_id) == device_id)
+        .order_by(col(h.hour).desc())
         .limit(1)
     ).first()
-    latest = {"at": iso(newest.last_at), **newest.last} if newest and newest.last_at else None
+    latest = None
+    if newest is not None and newest[0] is not None and isinstance(newest[1], dict):
+        latest = {"at": iso(newest[0]), **newest[1]}
     return {
         "device_id": device_id,
         "hours": hours,
         "health": health,
         "latency": latency,
         "totals": [
-            {**{k: v for k, v in t.items() if k != "sketch"}, **_latency_point(t["sketch"])}
+            {**{k: v for k, v in t.items() if k != "sketch"}, **_quantiles(t["sketch"])}
             for _, t in sorted(totals.items())
         ],
         "latest_system": latest,

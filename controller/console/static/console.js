@@ -100,7 +100,9 @@ window.EF = (function () {
     const width = Math.max(280, container.clientWidth || 600);
     const opts = {
       width, height,
-      scales: { x: { time: true } },
+      // One distinct time (a single sample or hour) would make a zero-width axis, which
+      // uPlot widens to years: show an hour around it instead.
+      scales: { x: { time: true, range: (u, min, max) => (min === max ? [min - 1800, max + 1800] : [min, max]) } },
       axes: [{}, { label: yLabel || "", size: 60 }],
       series: [{}].concat(lines.map((l, i) => ({
         label: l.label,
