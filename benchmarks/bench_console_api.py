@@ -342,7 +342,16 @@ def main() -> None:
         return
     print(f"machine: {machine()}")
     print_table(
-        ["db", "page", "devices", "p50 ms", "p95 ms", f"p95 ms ({args.small} dev)", "ratio", "goal"],
+        [
+            "db",
+            "page",
+            "devices",
+            "p50 ms",
+            "p95 ms",
+            f"p95 ms ({args.small} dev)",
+            "ratio",
+            "goal",
+        ],
         [
             [
                 r.db,
