@@ -161,6 +161,32 @@ def deployments(db: DbDep, _user: CurrentUser) -> DeploymentList:
                 row.active += n
             else:
                 row.other += n
+    # A device on its factory model reports no target, only the model's digest: count it
+    # under the registered target with that digest (the demo's devices, for one).
+    reported = col(DeviceShadow.reported)
+    target = reported[("model", "target")].as_string()
+    digest = reported[("model", "sha256")].as_string()
+    model_status = reported[("model", "status")].as_string()
+    factory = db.execute(
+        select(digest, model_status, func.count())
+        .where(_readable(reported, dialect), target.is_(None), digest.is_not(None))
+        .group_by(digest, model_status)
+    ).all()
+    if factory:
+        by_digest: dict[str, str] = {}
+        for version in db.exec(
+            select(ModelVersion).where(col(ModelVersion.sha256).in_([r[0] for r in factory]))
+        ):
+            by_digest.setdefault(version.sha256, version.target_path)
+        for sha, state, n in factory:
+            path = by_digest.get(sha)
+            if path is None:
+                continue
+            row = counts.setdefault(path, Deployment(target_path=path))
+            if state == "active":
+                row.active += n
+            else:
+                row.other += n
     data = sorted(counts.values(), key=lambda d: d.target_path)
     return DeploymentList(data=data, count=len(data))
 

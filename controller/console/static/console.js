@@ -89,6 +89,13 @@ window.EF = (function () {
   // A time-series line chart in ``container`` (replaced on every call). ``lines`` are
   // {label, values, color?, dash?}; ``xs`` are ISO times. Returns the uPlot instance, or
   // null with a "no data" note when there is nothing to draw.
+  function xRange(xs) {
+    const ts = xs.map(seconds);
+    const lo = Math.min(...ts);
+    const hi = Math.max(...ts);
+    return lo === hi ? [lo - 1800, hi + 1800] : [lo, hi];
+  }
+
   function lineChart(container, { xs, lines, yLabel, height = 200 }) {
     const old = charts.get(container);
     if (old) { old.destroy(); charts.delete(container); }
@@ -102,7 +109,8 @@ window.EF = (function () {
       width, height,
       // One distinct time (a single sample or hour) would make a zero-width axis, which
       // uPlot widens to years: show an hour around it instead.
-      scales: { x: { time: true, range: (u, min, max) => (min === max ? [min - 1800, max + 1800] : [min, max]) } },
+      // The range is fixed from the data (uPlot ignores a range function here).
+      scales: { x: { time: true, auto: false, range: xRange(xs) } },
       axes: [{}, { label: yLabel || "", size: 60 }],
       series: [{}].concat(lines.map((l, i) => ({
         label: l.label,
