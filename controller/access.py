@@ -38,9 +38,7 @@ PUBLIC_PATHS = frozenset(
         "/login",  # the form and its POST (login CSRF and rate limits are checked there)
         "/logout",  # ends the caller's own session (its CSRF token is checked there)
         "/openapi.json",  # the API's shape is no secret; every call in it needs a login
-        "/docs",
-        "/docs/oauth2-redirect",
-        "/redoc",
+        "/docs",  # Swagger UI over /openapi.json, from vendored files (no CDN)
     }
 )
 # Path prefixes anyone may use.

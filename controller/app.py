@@ -8,7 +8,8 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlalchemy.orm.exc import StaleDataError
@@ -33,6 +34,8 @@ from controller.console import auth_routes as console_auth
 from controller.console import routes as console
 from controller.services import Services
 from controller.settings import Settings
+
+_SWAGGER = "/static/vendor/swagger-ui"  # vendored swagger-ui-dist (scripts/vendor_js)
 
 
 def _problem(
@@ -67,6 +70,11 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         version=__version__,
         lifespan=lifespan,
         dependencies=[Depends(require_access)],
+        # FastAPI's own /docs and /redoc pages load their scripts and fonts from a CDN, which
+        # an air-gapped controller cannot reach: /docs is served below from vendored files
+        # (scripts/vendor_js), and there is no /redoc.
+        docs_url=None,
+        redoc_url=None,
     )
 
     @app.exception_handler(LoginRequired)
@@ -101,6 +109,19 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         return JSONResponse(
             {"status": "ok" if ok else "degraded", "database": db_ok, "broker": broker_ok},
             status_code=200 if ok else 503,
+        )
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        """The Swagger UI explorer of /openapi.json, every asset from /static."""
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{_SWAGGER}/swagger-ui-bundle.js",
+            swagger_css_url=f"{_SWAGGER}/swagger-ui.css",
+            swagger_favicon_url=f"{_SWAGGER}/favicon-32x32.png",
+            # No spec validator badge: it would send the schema to validator.swagger.io.
+            swagger_ui_parameters={"validatorUrl": None},
         )
 
     app.include_router(devices.router)

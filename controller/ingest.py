@@ -178,12 +178,12 @@ def apply_message(
     return "accepted"
 
 
-def _add_records(records: PendingRecords, message: TelemetryBatch, received_at: datetime) -> None:
+def _add_records(records: PendingRecords, message: TelemetryBatch) -> None:
     """Queue a batch's records for the insert. A record time that is valid but cannot be
     stored (its UTC value is outside years 1-9999) is refused here as ``schema``: left to
     the insert, it would fail the transaction, and the writer would retry it forever."""
     try:
-        records.add(message.device_id, message.records, received_at)
+        records.add(message.device_id, message.records)
     except OverflowError as e:
         raise ProtocolError("schema", f"records: a time out of the storable range ({e})") from e
 
@@ -204,8 +204,14 @@ def apply_batch(
     *,
     known_devices: set[str] | None = None,
     attestation: "AttestationService | None" = None,
+    stored_at: datetime | None = None,
 ) -> BatchResult:
     """Decode and apply ``batch``; bad messages become dead letters, good ones still land.
+
+    ``stored_at`` is the time of this write, stamped on the telemetry rows as their
+    ``received_at`` (the rollup's commit-lag clock, docs/telemetry.md): the writer passes
+    its clock when it writes the batch. Without it, the newest message's ``received_at`` is
+    used (callers that feed messages as they arrive, and tests at an injected time).
 
     ``known_devices``, when given, is the set of provisioned device ids: messages from any
     other device are refused (``unknown_device``) even if the broker let them through.
@@ -228,7 +234,7 @@ def apply_batch(
                     "wrong_direction", f"{message.type!r} goes to devices, not from them"
                 )
             if isinstance(message, TelemetryBatch):
-                _add_records(records, message, item.received_at)
+                _add_records(records, message)
             if isinstance(message, Quote) and attestation is None:
                 raise ProtocolError("unexpected_quote", "attestation is off on this controller")
         except ProtocolError as e:
@@ -263,7 +269,8 @@ def apply_batch(
         else:
             status.append((message, item.received_at))
     if records:
-        inserted = records.insert()
+        stamp = stored_at or max(item.received_at for item in batch)
+        inserted = records.insert(stamp)
         outcome["records_inserted"] += inserted
         if len(records) > inserted:
             outcome["records_duplicate"] += len(records) - inserted

@@ -233,6 +233,7 @@ class MqttIngest:
                             [i.received for i in batch],
                             known_devices=known,
                             attestation=self._attestation,
+                            stored_at=datetime.now(UTC),
                         )
                 except SQLAlchemyError as e:
                     self.stats.add("db_errors")

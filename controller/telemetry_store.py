@@ -5,6 +5,12 @@ executed for many rows, so a re-delivered batch (after a reconnect, a broker res
 controller crash) is harmless. Rows are turned into their stored form when they are added
 (``PendingRecords.add``), so a record that cannot be stored is refused with its message
 instead of failing the whole transaction.
+
+``received_at`` is stamped when the rows are written (``PendingRecords.insert``), not when
+their message came off the broker: the rollup's commit-lag rule (docs/telemetry.md) needs a
+time no earlier than the row's insert, and with an ingest backlog a message may wait in
+the queue long after it arrived. The stamp is one value per batch, bound once (no
+per-row work).
 """
 
 import json
@@ -37,14 +43,13 @@ class TelemetryRecord(SQLModel, table=True):
     name: str = Field(max_length=64, index=True)
     at: datetime = Field(index=True)
     body: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # When the row was written (the ingest transaction's insert), see the module docstring.
     received_at: datetime = Field(default_factory=utcnow)
 
 
-def record_rows(
-    device_id: str, records: Sequence[Record], received_at: datetime
-) -> list[dict[str, Any]]:
-    """Rows for SQLAlchemy's ``TelemetryRecord`` insert (datetimes already in UTC)."""
-    received = received_at.astimezone(UTC)
+def record_rows(device_id: str, records: Sequence[Record]) -> list[dict[str, Any]]:
+    """Rows for SQLAlchemy's ``TelemetryRecord`` insert (datetimes already in UTC;
+    ``received_at`` is bound by ``insert_records``)."""
     return [
         {
             "device_id": device_id,
@@ -54,7 +59,6 @@ def record_rows(
             "name": r.name,
             "at": r.at.astimezone(UTC),
             "body": r.body,
-            "received_at": received,
         }
         for r in records
     ]
@@ -89,12 +93,16 @@ def _insert_statement(dialect: str) -> Any:
     return statement
 
 
-def insert_records(session: Session, rows: list[dict[str, Any]]) -> int:
-    """Insert rows, skipping ones already stored; returns how many were new."""
+def insert_records(session: Session, rows: list[dict[str, Any]], stored_at: datetime) -> int:
+    """Insert rows stamped ``stored_at``, skipping ones already stored; returns how many
+    were new."""
     if not rows:
         return 0
     statement = _insert_statement(session.get_bind().dialect.name)
-    result = session.connection().execute(statement, rows)
+    # One stamp for every row of the batch, which the rows do not carry: a bound value of
+    # the statement (its compiled form is cached on its shape, not on the value).
+    stamped = statement.values(received_at=stored_at.astimezone(UTC))
+    result = session.connection().execute(stamped, rows)
     return len(result.all())
 
 
@@ -103,11 +111,13 @@ def insert_records(session: Session, rows: list[dict[str, Any]]) -> int:
 # insertmanyvalues bookkeeping were most of the ingest's CPU; on SQLite the rows are built
 # in exactly the form those types store, and executed as plain SQL on the session's
 # connection, in its transaction.
+# The batch's stamp is written into the statement as a literal (``sqlite_datetime``'s fixed
+# digits-and-separators form, nothing else): one prepare per batch, no per-row value.
 _SQLITE_INSERT = (
     "INSERT INTO telemetry_record (device_id, epoch, seq, kind, name, at, body, received_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, epoch, seq) DO NOTHING"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, '{stored_at}') ON CONFLICT (device_id, epoch, seq) DO NOTHING"
 )
-SqliteRow = tuple[str, int, int, str, str, str, str, str]
+SqliteRow = tuple[str, int, int, str, str, str, str]
 
 
 # SQLAlchemy's SQLite DATETIME storage format, which its result processor parses back.
@@ -136,11 +146,9 @@ def json_text(body: dict[str, Any]) -> str:
         return json.dumps(body)
 
 
-def sqlite_rows(
-    device_id: str, records: Sequence[Record], received_at: datetime
-) -> list[SqliteRow]:
-    """The stored form of ``records`` on SQLite; ``OverflowError`` if one cannot be stored."""
-    received = sqlite_datetime(received_at)
+def sqlite_rows(device_id: str, records: Sequence[Record]) -> list[SqliteRow]:
+    """The stored form of ``records`` on SQLite (``received_at`` is added by
+    ``insert_sqlite_rows``); ``OverflowError`` if one cannot be stored."""
     return [
         (
             device_id,
@@ -150,17 +158,18 @@ def sqlite_rows(
             r.name,
             sqlite_datetime(r.at),
             json_text(r.body),
-            received,
         )
         for r in records
     ]
 
 
-def insert_sqlite_rows(session: Session, rows: list[SqliteRow]) -> int:
-    """Insert stored-form rows, skipping ones already stored; returns how many were new."""
+def insert_sqlite_rows(session: Session, rows: list[SqliteRow], stored_at: datetime) -> int:
+    """Insert stored-form rows stamped ``stored_at``, skipping ones already stored; returns
+    how many were new."""
     if not rows:
         return 0
-    result = session.connection().exec_driver_sql(_SQLITE_INSERT, rows)
+    sql = _SQLITE_INSERT.format(stored_at=sqlite_datetime(stored_at))
+    result = session.connection().exec_driver_sql(sql, rows)
     return int(result.rowcount)
 
 
@@ -176,19 +185,19 @@ class PendingRecords:
     def __len__(self) -> int:
         return len(self._sqlite_rows) + len(self._rows)
 
-    def add(self, device_id: str, records: Sequence[Record], received_at: datetime) -> None:
+    def add(self, device_id: str, records: Sequence[Record]) -> None:
         """Queue one message's records, all or none; ``OverflowError`` if a time cannot be
         stored (an aware time whose UTC value falls outside years 1-9999)."""
-        if received_at.utcoffset() is None:  # record times are aware: the protocol says so
-            raise ValueError("received_at must be timezone-aware")
         if self._sqlite:
-            self._sqlite_rows.extend(sqlite_rows(device_id, records, received_at))
+            self._sqlite_rows.extend(sqlite_rows(device_id, records))
         else:
-            self._rows.extend(record_rows(device_id, records, received_at))
+            self._rows.extend(record_rows(device_id, records))
 
-    def insert(self) -> int:
-        """Insert everything queued, skipping records already stored; returns how many
-        were new."""
+    def insert(self, stored_at: datetime) -> int:
+        """Insert everything queued, stamped ``stored_at`` (the time of this write: see the
+        module docstring), skipping records already stored; returns how many were new."""
+        if stored_at.utcoffset() is None:
+            raise ValueError("stored_at must be timezone-aware")
         if self._sqlite:
-            return insert_sqlite_rows(self._session, self._sqlite_rows)
-        return insert_records(self._session, self._rows)
+            return insert_sqlite_rows(self._session, self._sqlite_rows, stored_at)
+        return insert_records(self._session, self._rows, stored_at)

@@ -43,6 +43,10 @@ EDGES: dict[Feature, tuple[float, ...]] = {
 }
 
 MAX_CLASSES = 64
+# The most one bin (or label) of a device's sketch may count: far above any real window
+# (2**32 requests in one window), and small enough that sums over a fleet and a year stay
+# exact and every statistic stays a finite float.
+MAX_COUNT = 2**32
 OTHER_CLASS = "other"
 # Proportions are floored at this before PSI's logarithm, so an empty bin on one side
 # gives a large but finite score (the usual convention; scores stay comparable).
@@ -79,8 +83,8 @@ def validate(feature: str, counts: object) -> list[int]:
     if not isinstance(counts, list) or len(counts) != expected:
         raise ValueError(f"{feature}: expected a list of {expected} counts")
     for c in counts:
-        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
-            raise ValueError(f"{feature}: counts must be non-negative integers")
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= MAX_COUNT:
+            raise ValueError(f"{feature}: counts must be non-negative integers up to {MAX_COUNT}")
     return list(counts)
 
 
@@ -92,8 +96,8 @@ def validate_classes(classes: object) -> dict[str, int]:
     for label, c in classes.items():
         if not isinstance(label, str) or not 1 <= len(label) <= 64:
             raise ValueError("classes: labels must be strings of 1-64 characters")
-        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
-            raise ValueError("classes: counts must be non-negative integers")
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= MAX_COUNT:
+            raise ValueError(f"classes: counts must be non-negative integers up to {MAX_COUNT}")
         out[label] = c
     return out
 
@@ -189,6 +193,7 @@ __all__ = [
     "EDGES",
     "FEATURES",
     "MAX_CLASSES",
+    "MAX_COUNT",
     "OTHER_CLASS",
     "PSI_EPSILON",
     "Feature",

@@ -61,11 +61,14 @@ def session_csrf(client: TestClient) -> str:
 
 
 @contextmanager
-def access_world(tmp_path: Path, **settings: Any) -> Iterator[AccessWorld]:
+def access_world(
+    tmp_path: Path, *, database_url: str | None = None, **settings: Any
+) -> Iterator[AccessWorld]:
+    """The world on ``database_url`` (default: a SQLite file under ``tmp_path``)."""
     config = load_settings(
         None,
         environment="development",
-        database_url=f"sqlite:///{tmp_path / 'controller.db'}",
+        database_url=database_url or f"sqlite:///{tmp_path / 'controller.db'}",
         secure_cookies=False,
         **settings,
     )

@@ -93,9 +93,11 @@ class TelemetryWorld:
         at: datetime,
         *,
         received_at: datetime | None = None,
+        stored_at: datetime | None = None,
         seq: int | None = None,
     ) -> None:
-        """The device sends ``(name, body)`` metric records at ``at`` through real ingest;
+        """The device sends ``(name, body)`` metric records at ``at`` through real ingest
+        (received at ``received_at``, written at ``stored_at``; both default to ``at``);
         ``seq`` re-sends from that sequence number (a re-delivery)."""
         first = self.seq.get(device_id, 0) if seq is None else seq
         self.seq[device_id] = max(self.seq.get(device_id, 0), first + len(records))
@@ -109,7 +111,7 @@ class TelemetryWorld:
         )
         topic, payload = encode_message(batch)
         with session_scope(self.engine) as session:
-            apply_batch(session, [Received(topic, payload, received_at or at)])
+            apply_batch(session, [Received(topic, payload, received_at or at)], stored_at=stored_at)
 
     def rollup(
         self, now: datetime, cfg: TelemetrySettings = CFG, *, settle: bool = True

@@ -181,3 +181,21 @@ def test_no_external_urls_in_templates_or_static_files() -> None:
         assert not re.search(r"(?:@import|url\()\s*['\"]?(?:https?:)?//", text), path
         assert not re.search(r"\bimport\s*\(?\s*['\"](?:https?:)?//", text), path
         assert not re.search(r"\bfetch\(\s*['\"](?:https?:)?//", text), path
+
+
+def test_api_docs_load_only_vendored_files(live: LiveController) -> None:
+    """/docs (Swagger UI) needs no login and loads its script, styles and icon from this
+    controller's /static, never a CDN, and /redoc (which would) is not served."""
+    live.client.cookies.clear()
+    response = live.client.get("/docs")
+    assert response.status_code == 200, response.text[:500]
+    html = response.text
+    refs = re.findall(r'<(?:script|link)\b[^>]*\b(?:src|href)="([^"]*)"', html)
+    assert len(refs) >= 3, html
+    assert "http://" not in html and "https://" not in html and "//cdn" not in html
+    for ref in refs:
+        assert ref.startswith("/static/vendor/swagger-ui/"), ref
+        assert live.client.get(ref).status_code == 200, ref
+    assert '"validatorUrl": null' in html  # no schema sent to validator.swagger.io
+    assert live.client.get("/openapi.json").status_code == 200
+    assert live.client.get("/redoc").status_code == 404

@@ -3,9 +3,13 @@ replicas through the database, answered with 429 and Retry-After, and never hold
 password."""
 
 import logging
+import re
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -125,3 +129,101 @@ def test_the_password_is_never_stored_or_logged(
         audits = [a.model_dump_json() for a in session.exec(select(AuditEntry))]
     assert len(rows) == 3 and all('"viewer"' in r for r in rows)
     assert not any(secret in text for text in [*rows, *audits, caplog.text])
+
+
+def test_a_disabled_account_answers_like_a_wrong_password_and_counts(world: AccessWorld) -> None:
+    """The right password of a disabled account gets the same 401 page as a wrong one (the
+    form reveals neither the password nor the account state), each such try counts towards
+    the username's limit, and the audit log notes the disabled-account attempt."""
+    admin = world.client()
+    users = admin.get("/api/users", params={"username": "operator"}, headers=world.bearer("admin"))
+    uid = users.json()["data"][0]["id"]
+    disabled = admin.patch(
+        f"/api/users/{uid}", json={"disabled": True}, headers=world.bearer("admin")
+    )
+    assert disabled.status_code == 200
+    client = world.client()
+    wrong_status, _, wrong_page = attempt(client, "operator", "wrong-password-123")
+    right_status, _, right_page = attempt(client, "operator", PASSWORDS["operator"])
+    assert wrong_status == right_status == 401
+    assert "Wrong username or password." in right_page and "disabled" not in right_page
+    tokenless = re.compile(r'(?:value|content)="[^"]*"')
+    assert tokenless.sub("", wrong_page) == tokenless.sub("", right_page)
+    assert attempt(client, "operator", PASSWORDS["operator"])[0] == 401
+    assert attempt(client, "operator", PASSWORDS["operator"])[0] == 429  # three failures
+    assert world.audit_actions().count("auth.login_disabled") == 2
+    with Session(world.engine) as session:
+        assert len(session.exec(select(LoginFailure)).all()) == 3
+
+
+def test_parallel_guesses_get_at_most_the_limit_of_verdicts(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Twenty wrong passwords for one username sent at once (each its own client and thread,
+    the slow password hash running in parallel) get exactly three password verdicts (401)
+    on SQLite and PostgreSQL; the rest are throttled (429), and only the answered ones are
+    stored as failures."""
+    with access_world(tmp_path, database_url=database_url, login_limit=LIMITS) as world:
+        _guess_in_parallel(world)
+
+
+def _guess_in_parallel(world: AccessWorld) -> None:
+    clients = [world.client() for _ in range(20)]
+    tokens = [login_form_token(c) for c in clients]
+    start = threading.Barrier(len(clients))
+
+    def guess(i: int) -> int:
+        start.wait()
+        response = clients[i].post(
+            "/login",
+            data={"username": "admin", "password": f"guess-{i}-xyz", "csrf_token": tokens[i]},
+            follow_redirects=False,
+        )
+        return response.status_code
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        statuses = list(pool.map(guess, range(len(clients))))
+    assert set(statuses) <= {401, 429}, statuses
+    assert statuses.count(401) == LIMITS["max_failures_per_user"], statuses
+    with Session(world.engine) as session:
+        rows = session.exec(select(LoginFailure)).all()
+    assert len(rows) == statuses.count(401)
+    assert attempt(world.client(), "admin", PASSWORDS["admin"])[0] == 429
+
+
+def test_only_admins_see_client_addresses_in_the_audit_log(world: AccessWorld) -> None:
+    """Login and lockout entries keep the client address for admins; viewers and operators
+    read the same entries with the address hidden and may not search by it (403)."""
+    sprayer = TestClient(world.app, client=("10.0.0.7", 4000))
+    world.clients.append(sprayer)
+    for _ in range(3):
+        attempt(sprayer, "viewer", "wrong-password-123")
+    assert attempt(world.client(), "operator", PASSWORDS["operator"])[0] == 303
+    reader = world.client()
+
+    def entries(role: str) -> list[dict[str, Any]]:
+        page = reader.get("/api/audit", params={"action": "auth."}, headers=world.bearer(role))
+        assert page.status_code == 200, page.text
+        return list(page.json()["data"])
+
+    shown = {e["action"]: e for e in entries("admin")}
+    assert shown["auth.login_throttled"]["actor"] == "ip:10.0.0.7"
+    assert shown["auth.login_throttled"]["detail"]["client_ip"] == "10.0.0.7"
+    assert shown["auth.login"]["detail"]["client_ip"] == "testclient"
+    for role in ("viewer", "operator"):
+        hidden = {e["action"]: e for e in entries(role)}
+        assert hidden.keys() == shown.keys()
+        assert "10.0.0.7" not in str(hidden) and "testclient" not in str(hidden)
+        assert hidden["auth.login_throttled"]["actor"] == "ip:(hidden)"
+        assert hidden["auth.login"]["detail"]["client_ip"] == "(hidden)"
+        assert hidden["auth.login_throttled"]["detail"]["failures"] == 3
+        probe = reader.get(
+            "/api/audit", params={"actor": "ip:10.0.0.7"}, headers=world.bearer(role)
+        )
+        assert probe.status_code == 403
+    assert (
+        reader.get(
+            "/api/audit", params={"actor": "ip:10.0.0.7"}, headers=world.bearer("admin")
+        ).json()["count"]
+        == 1
+    )

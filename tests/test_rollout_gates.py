@@ -99,9 +99,15 @@ CASES = [
     Case("cascade-rate-too-high", changed(cascaded=150), Verdict.HALT, failing={"cascade_rate"}),
     Case(
         "drift-too-high",
-        changed(drift_score=0.5, drift_samples=20),
+        changed(drift_score=0.5, drift_samples=200),
         Verdict.HALT,
         failing={"drift"},
+    ),
+    Case(
+        "drift-on-a-handful-of-samples-waits",
+        changed(drift_score=0.9, drift_samples=20),
+        Verdict.WAIT,
+        reason_has="drift: 20 of 100 drift samples",
     ),
     Case("drift-absent-is-skipped", changed(drift_score=None), Verdict.ADVANCE),
     Case(

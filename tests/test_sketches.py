@@ -164,6 +164,8 @@ def test_merge_is_bin_by_bin_and_refuses_other_shapes() -> None:
         ("negative", "prompt_tokens", [-1] + [0] * 12, "non-negative"),
         ("float", "prompt_tokens", [0.5] + [0] * 12, "non-negative integers"),
         ("bool", "prompt_tokens", [True] + [0] * 12, "non-negative integers"),
+        ("huge", "prompt_tokens", [10**400] + [0] * 12, "up to"),
+        ("just_over", "prompt_tokens", [sketches.MAX_COUNT + 1] + [0] * 12, "up to"),
     ],
 )
 def test_validate_refuses_malformed_device_sketches(
@@ -190,6 +192,7 @@ def test_validate_accepts_a_well_formed_sketch_as_a_copy() -> None:
         ("long_label", {"x" * 65: 1}, "labels must be strings"),
         ("negative", {"3": -1}, "non-negative"),
         ("bool", {"3": True}, "non-negative"),
+        ("huge", {"3": 10**400}, "up to"),
     ],
 )
 def test_validate_classes_refuses_malformed_maps(name: str, classes: object, message: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
@@ -16,6 +17,10 @@ from controller.audit import AuditEntry
 from controller.cli_telemetry import app as cli_app
 from controller.db import session_scope
 from controller.models import Device
+from controller.telemetry.fold import hour_of
+from controller.telemetry.prometheus import ControllerCollector, render
+from controller.telemetry.settings import TelemetrySettings
+from controller.telemetry.tables import DeviceRequestHour, DriftScore
 from tests.conftest import free_port, wait_for
 from tests.rollout_world import MODEL, World
 from tests.telemetry_world import (
@@ -293,3 +298,82 @@ def test_the_cli_prints_tables_and_json(fleet: Fleet) -> None:
     finally:
         server.should_exit = True
         thread.join(20)
+
+
+def test_device_metrics_survive_stored_counts_no_sketch_holds(fleet: Fleet) -> None:
+    """A stored latency sketch with counts too large for a float gives null quantiles, not
+    a server error."""
+    with session_scope(fleet.world.engine) as session:
+        session.add(
+            DeviceRequestHour(
+                device_id=fleet.ids[0],
+                hour=hour_of(fleet.now),
+                tier="local",
+                task_class="chat",
+                count=1,
+                latency=[10**400] + [0] * 23,
+            )
+        )
+    response = fleet.api.get(f"/api/devices/{fleet.ids[0]}/metrics")
+    assert response.status_code == 200, response.text
+    (row,) = response.json()["latency"]
+    assert (row["p50_ms"], row["p95_ms"]) == (None, None)
+
+
+def test_model_names_with_a_slash_reach_their_drift_routes(fleet: Fleet) -> None:
+    """A model named ``org/model`` (allowed by the protocol's labels) has its drift page,
+    series and reference routes, encoded or not."""
+    name = "org/model"
+    early = fleet.now - timedelta(hours=3)
+    for d in fleet.ids:
+        window = drift_window(early, model=name, prompt_tokens=NORMAL)
+        fleet.tw.send(d, [("drift.window", window)], early)
+    fleet.rollup()
+    window = {"window_end": (fleet.now - timedelta(minutes=150)).isoformat()}
+    response = fleet.api.post("/api/drift/org%2Fmodel/reference", window)
+    assert response.status_code == 200, response.text
+    for path in ("/api/drift/org/model", "/api/drift/org%2Fmodel"):
+        shown = fleet.api.get(path).json()
+        assert shown["model"] == name and shown["reference"]["samples"] == 120
+    page = fleet.api.get("/console/drift/org%2Fmodel")
+    assert page.status_code != 404
+
+
+def test_drift_gauges_cover_recently_scored_models_only(tmp_path: Path) -> None:
+    """/metrics reports drift of models scored in the last hours, at most the configured
+    number (the most recently scored), and none without KS for ``classes``."""
+    world = TelemetryWorld(f"sqlite:///{tmp_path / 'edgefleet.db'}")
+    now = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)
+    with session_scope(world.engine) as session:
+        for i, hours_ago in enumerate([100, 3, 2, 1]):
+            for feature, ks in (("prompt_tokens", 0.1), ("classes", None)):
+                session.add(
+                    DriftScore(
+                        model=f"m{i}", feature=feature, psi=0.5, ks=ks, samples=100,
+                        hour=hour_of(now - timedelta(hours=hours_ago)),
+                    )
+                )  # fmt: skip
+        session.add(
+            DriftScore(
+                model="future", feature="prompt_tokens", psi=0.5, ks=0.1, samples=100,
+                hour=hour_of(now + timedelta(days=3)),
+            )
+        )  # fmt: skip
+    cfg = TelemetrySettings(metrics_drift_hours=48, metrics_drift_models=2)
+    collector = ControllerCollector(world.engine, lambda: {}, clock=lambda: now, cfg=cfg)
+    text = render(collector).decode()
+    psi = {
+        (s.labels["model"], s.labels["feature"])
+        for family in text_string_to_metric_families(text)
+        if family.name == "edgefleet_drift_psi"
+        for s in family.samples
+    }
+    ks = {
+        (s.labels["model"], s.labels["feature"])
+        for family in text_string_to_metric_families(text)
+        if family.name == "edgefleet_drift_ks"
+        for s in family.samples
+    }
+    assert psi == {("m2", "prompt_tokens"), ("m2", "classes"), ("m3", "prompt_tokens"),
+                   ("m3", "classes")}  # fmt: skip
+    assert ks == {("m2", "prompt_tokens"), ("m3", "prompt_tokens")}

@@ -72,12 +72,29 @@ def test_feature_scores_match_the_shared_statistics() -> None:
         (0.01, 0.01, 100, True, "close"),
         (0.01, 0.01, 5, True, None),
         (0.01, 0.01, 100, False, None),
+        (0.18, 0.0, 100, True, "update"),
+        (0.0, 0.09, 100, True, "update"),
+        (0.18, 0.09, 100, False, None),
+        (0.15, 0.07, 100, True, "close"),
     ],
-    ids=["psi", "ks", "few", "still", "back", "few-open", "calm"],
+    ids=[
+        "psi",
+        "ks",
+        "few",
+        "still",
+        "back",
+        "few-open",
+        "calm",
+        "psi-band",
+        "ks-band",
+        "band-closed",
+        "below-band",
+    ],
 )
 def test_alert_decisions(psi: float, ks: float, samples: int, is_open: bool, action: Any) -> None:
-    """An alert opens when PSI or KS crosses its threshold with enough samples, closes when
-    both are back below, and nothing changes on too few samples."""
+    """An alert opens when PSI or KS crosses its threshold with enough samples, closes only
+    when both are below 0.8 of their thresholds (kept open in between), and nothing
+    changes on too few samples."""
     from controller.telemetry.scoring import FeatureScore
 
     limits = Thresholds(psi=0.2, ks=0.1, min_samples=20)
@@ -235,3 +252,80 @@ def test_the_gate_reads_psi_of_the_waves_sketches_since_install(world: World) ->
     rollout = world.rollout(rid)
     assert rollout.status == "halted"
     assert "drift" in rollout.state["reason"]
+
+
+def test_classes_are_scored_by_psi_only_whatever_the_label_order() -> None:
+    """The categorical ``classes`` feature has no KS (None) and its PSI does not depend on
+    how labels sort; its alert follows PSI alone."""
+    from controller.telemetry.scoring import FeatureScore
+
+    a = feature_score(CLASSES, {"b": 10, "a": 80, "c": 10}, {"b": 80, "a": 10, "c": 10})
+    renamed = feature_score(CLASSES, {"z": 10, "a": 80, "c": 10}, {"z": 80, "a": 10, "c": 10})
+    assert a is not None and renamed is not None
+    assert a.ks is None and renamed.ks is None
+    assert a.psi == pytest.approx(renamed.psi)
+    limits = Thresholds(psi=0.2, ks=0.1, min_samples=20)
+    calm = FeatureScore(CLASSES, 0.01, None, 100)
+    assert alert_action(calm, limits, is_open=False) is None
+    assert alert_action(calm, limits, is_open=True) == "close"
+    assert alert_action(FeatureScore(CLASSES, 0.5, None, 100), limits, is_open=False) == "open"
+
+
+def test_a_models_score_comes_from_a_feature_with_enough_samples_of_its_own() -> None:
+    """A large PSI of a feature with a handful of samples is not the model's score when
+    another feature has enough; with none enough, the score carries its own feature's few
+    samples (so a gate waits) instead of the largest feature's count."""
+    ref = {"prompt_tokens": sketch("prompt_tokens", NORMAL), CLASSES: {"cat": 90, "dog": 10}}
+    cur = {
+        "prompt_tokens": sketch("prompt_tokens", NORMAL * 5),  # 200 samples, no drift
+        CLASSES: {"dog": 5},  # 5 samples, a huge PSI
+    }
+    psi, samples, scores = model_score(ref, cur, min_samples=100)
+    assert len(scores) == 2
+    assert psi == pytest.approx(0.0, abs=1e-9) and samples == 200
+    psi, samples, _ = model_score(ref, cur, min_samples=1000)
+    assert psi is not None and psi > 1 and samples == 5
+
+
+def test_alerts_judge_the_newest_hour_with_enough_samples_never_a_future_one(
+    world: World,
+) -> None:
+    """Only hours up to now with enough samples are judged: a near-threshold wobble does
+    not close an open alert (hysteresis), and a future hour's score is ignored."""
+    tw = telemetry(world)
+    ids = [f"dev-{i}" for i in range(3)]
+    base = T0 - timedelta(hours=5)
+    send_drift(tw, ids, base, NORMAL)
+    tw.rollup(base)
+    with Session(world.engine) as session:
+        set_reference(session, CFG, MODEL, now=base + timedelta(minutes=30), actor="user:ops")
+        session.commit()
+    send_drift(tw, ids, T0, SHIFTED)
+    tw.rollup(T0)
+    (alert,) = alerts(world)
+    assert alert.state == "open"
+    with Session(world.engine) as session:
+        # A scored hour in the future (written directly: the rollup refuses such windows).
+        session.add(
+            DriftScore(
+                model=MODEL, version="1.0", feature="prompt_tokens",
+                hour=hour_of(T0 + timedelta(days=30)), psi=0.0, ks=0.0, samples=1000,
+            )
+        )  # fmt: skip
+        session.commit()
+    send_drift(tw, ids, T0 + timedelta(minutes=10), SHIFTED)
+    tw.rollup(T0 + timedelta(minutes=10))
+    assert [a.state for a in alerts(world)] == ["open"]
+    assert alerts(world)[0].detail["hour"] == hour_of(T0).isoformat()
+
+
+def test_a_feature_stored_in_another_form_is_replaced_with_its_samples() -> None:
+    """When a stored hour's sketch cannot be merged with new data (another form), the new
+    data replaces it and the stored samples agree with the counts."""
+    from controller.telemetry.fold import DriftAgg
+    from controller.telemetry.rollup import _merge_drift
+    from controller.telemetry.tables import DriftHour
+
+    row = DriftHour(model=MODEL, feature=CLASSES, hour=T0, samples=500, counts=[1, 2, 3])
+    _merge_drift(row, DriftAgg({"cat": 4}, 4))
+    assert row.counts == {"cat": 4} and row.samples == 4

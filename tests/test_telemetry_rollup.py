@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlmodel import Session
 
+from controller.db import session_scope
 from controller.services import _job_lock
-from controller.telemetry.fold import RawRecord, fold, hour_of, quantiles
+from controller.telemetry.drift import set_reference
+from controller.telemetry.fold import RawRecord, fold, hour_of, quantiles, utc
 from controller.telemetry.rollup import run_rollup
 from controller.telemetry.settings import TelemetrySettings
 from controller.telemetry.tables import (
@@ -17,8 +20,10 @@ from controller.telemetry.tables import (
     DeviceHealthHour,
     DeviceRequestHour,
     DriftHour,
+    DriftScore,
     FleetRequestHour,
 )
+from controller.telemetry_store import TelemetryRecord
 from shared import sketches
 from tests.telemetry_world import (
     CFG,
@@ -247,3 +252,117 @@ def test_two_replicas_rolling_up_at_once_count_each_record_once(postgres_url: st
     (fleet,) = world.all(FleetRequestHour)
     assert fleet.count == 100
     assert sum(r.count for r in world.all(DeviceRequestHour)) == 100
+
+
+def test_a_sketch_count_too_large_for_a_float_is_malformed_and_never_blocks(
+    world: TelemetryWorld,
+) -> None:
+    """A drift window counting 10**400 in one bin is counted as malformed once, the good
+    window after it is scored, and the cursor moves past both (it used to stop forever)."""
+    base = T0 - timedelta(hours=2)
+    world.send("dev-1", [("drift.window", drift_window(base, prompt_tokens=[10] * 200))], base)
+    world.rollup(base)
+    with Session(world.engine) as session:
+        set_reference(session, CFG, "smollm2", now=base + timedelta(minutes=30), actor="user:x")
+        session.commit()
+    bad = drift_window(T0, prompt_tokens=[10])
+    bad["features"]["prompt_tokens"][0] = 10**400
+    world.send("dev-1", [("drift.window", bad)], T0)
+    world.send("dev-1", [("drift.window", drift_window(T0, prompt_tokens=[10] * 200))], T0)
+    report = world.rollup(T0)
+    assert (report.folded, report.malformed) == (1, 1)
+    cursor = world.cursor()
+    assert cursor is not None and cursor.last_id == 3 and cursor.malformed == 1
+    assert world.rollup(T0 + timedelta(minutes=1)).folded == 0
+    assert sorted(s.hour for s in world.all(DriftScore)) == [hour_of(base), hour_of(T0)]
+
+
+def test_a_record_that_fails_to_apply_is_skipped_and_the_rest_of_its_chunk_kept(
+    world: TelemetryWorld,
+) -> None:
+    """A record that conforms but cannot be merged into its stored hour (the sum no longer
+    fits the column) is counted as malformed and passed; the good records of the same
+    chunk, before and after it, are rolled up, and the next run moves on."""
+    with session_scope(world.engine) as session:
+        session.add(
+            DriftHour(
+                model="smollm2",
+                version="1.0",
+                feature="prompt_tokens",
+                hour=hour_of(T0),
+                samples=2**63 - 1,
+                counts=sketch("prompt_tokens", [10.0]),
+            )
+        )
+    at = T0 + timedelta(minutes=1)
+    good = ("inference.window", inference_window(T0, group()))
+    poisoned = ("drift.window", drift_window(T0, prompt_tokens=[10.0]))
+    other_hour = ("drift.window", drift_window(T0 - timedelta(hours=1), prompt_tokens=[10.0]))
+    world.send("dev-1", [good, poisoned, other_hour, good], at)
+    report = world.rollup(at)
+    assert (report.folded, report.malformed) == (3, 1)
+    cursor = world.cursor()
+    assert cursor is not None and cursor.last_id == 4 and cursor.malformed == 1
+    assert sum(r.count for r in world.all(FleetRequestHour)) == 2
+    assert sorted((r.hour, r.samples) for r in world.all(DriftHour)) == [
+        (hour_of(T0 - timedelta(hours=1)), 1),
+        (hour_of(T0), 2**63 - 1),
+    ]
+    world.send("dev-1", [good], at + timedelta(minutes=1))
+    assert world.rollup(at + timedelta(minutes=1)).folded == 1
+
+
+def test_windows_far_from_the_controller_clock_are_malformed(world: TelemetryWorld) -> None:
+    """A window starting hours after it was received (a device clock ahead) or weeks
+    before it, and a system sample from the future, are counted as malformed and make no
+    hour; a window of the last hour is kept."""
+    at = T0 + timedelta(minutes=1)
+    world.send(
+        "dev-1",
+        [
+            ("inference.window", inference_window(T0 + timedelta(days=400), group())),
+            ("inference.window", inference_window(T0 - timedelta(days=30), group())),
+            ("drift.window", drift_window(T0 + timedelta(hours=3), prompt_tokens=[10.0])),
+            ("inference.window", inference_window(T0 - timedelta(minutes=30), group())),
+        ],
+        at,
+    )
+    report = world.rollup(at)
+    assert (report.folded, report.malformed) == (1, 3)
+    assert [r.hour for r in world.all(FleetRequestHour)] == [hour_of(T0 - timedelta(minutes=30))]
+    assert world.all(DriftHour) == []
+    out = fold(
+        [
+            RawRecord(1, "a", "system", T0 + timedelta(hours=2), {"cpu_percent": 1.0}, T0),
+            RawRecord(2, "a", "system", T0, {"cpu_percent": 1.0}, T0),
+        ]
+    )
+    assert out.malformed["system"] == 1 and list(out.health) == [("a", hour_of(T0))]
+
+
+def test_the_commit_lag_runs_from_when_a_row_was_written(world: TelemetryWorld) -> None:
+    """A message received long ago but written only now (an ingest backlog) waits out the
+    commit lag from its write, with the rows after it; the cursor never passes it early."""
+    at = T0 + timedelta(minutes=1)
+    written = at + timedelta(minutes=10)
+    rec = ("inference.window", inference_window(T0, group()))
+    world.send("dev-1", [rec], at)
+    world.send("dev-2", [rec], at, received_at=at, stored_at=written)
+    (row,) = [r for r in world.all(TelemetryRecord) if r.device_id == "dev-2"]
+    assert utc(row.received_at) == written
+    report = world.rollup(written, settle=False)
+    assert report.folded == 1
+    cursor = world.cursor()
+    assert cursor is not None and cursor.last_id == 1
+    assert world.rollup(written).folded == 1
+
+
+@pytest.mark.postgres
+def test_the_write_stamp_on_postgresql(postgres_url: str) -> None:
+    """On PostgreSQL too every row of a batch carries the write time, not the message's."""
+    world = TelemetryWorld(postgres_url)
+    at = T0 + timedelta(minutes=1)
+    written = at + timedelta(minutes=10)
+    rec = ("inference.window", inference_window(T0, group()))
+    world.send("dev-1", [rec, rec], at, received_at=at, stored_at=written)
+    assert [utc(r.received_at) for r in world.all(TelemetryRecord)] == [written, written]

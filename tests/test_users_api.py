@@ -1,11 +1,17 @@
 """The users and tokens API: who may manage accounts, what changes take effect at once,
 the last admin kept, plain secrets shown once, and every change audited."""
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlmodel import Session, select
 
+from controller.api.routes import users as users_routes
+from controller.models import User
 from tests.access_world import PASSWORDS, AccessWorld, access_world
 from tests.controller_harness import console_login, login_form_token
 
@@ -76,8 +82,8 @@ def test_disabling_cuts_sessions_and_tokens_and_enabling_restores_tokens(
     world: AccessWorld,
 ) -> None:
     """Disabling closes the user's console sessions and stops their tokens on the next
-    request; the login form refuses them; re-enabling brings the token back (sessions
-    stay closed)."""
+    request; the login form refuses them as it does a wrong password; re-enabling brings
+    the token back (sessions stay closed)."""
     browser, _ = world.browser("operator")
     uid, admin = user_id(world, "operator"), world.bearer("admin")
     client = world.client()
@@ -91,7 +97,8 @@ def test_disabling_cuts_sessions_and_tokens_and_enabling_restores_tokens(
         "/login",
         data={"username": "operator", "password": PASSWORDS["operator"], "csrf_token": token},
     )
-    assert refused.status_code == 403 and "disabled" in refused.text
+    assert refused.status_code == 401 and "Wrong username or password." in refused.text
+    assert "disabled" not in refused.text
     client.patch(f"/api/users/{uid}", json={"disabled": False}, headers=admin)
     assert client.get("/api/me", headers=world.bearer("operator")).status_code == 200
     assert browser.get("/api/me").status_code == 401
@@ -213,3 +220,53 @@ def test_users_change_their_own_password(world: AccessWorld) -> None:
     actions = world.audit_actions()
     assert "user.password_change" in actions
     assert not any("viewer-new-pass-77" in a for a in actions)
+
+
+@pytest.mark.postgres
+def test_two_admins_demoting_each_other_at_once_keep_one(tmp_path: Path, postgres_url: str) -> None:
+    """On PostgreSQL, while one transaction is demoting the second admin (not yet
+    committed), the second admin's request to demote the first waits for it and is then
+    refused as the last admin (409), so one enabled admin always remains."""
+    with access_world(tmp_path, database_url=postgres_url) as world:
+        admin = world.bearer("admin")
+        client = world.client()
+        created = client.post(
+            "/api/users", json={"username": "admin2", "role": "admin"}, headers=admin
+        )
+        assert created.status_code == 201
+        second = client.post("/api/tokens", json={"name": "t", "username": "admin2"}, headers=admin)
+        second_bearer = {"Authorization": f"Bearer {second.json()['token']}"}
+        first_id, second_id = user_id(world, "admin"), created.json()["id"]
+        client.get("/api/me", headers=second_bearer)  # its last_used_at write, done now
+
+        with Session(world.engine) as tx:  # "admin" demoting "admin2", in flight
+            demoted = users_routes._get_user_locked(tx, second_id)
+            users_routes._keep_an_admin(tx, demoted, "make them operator")
+            demoted.role = "operator"
+            tx.add(demoted)
+            tx.flush()
+            with ThreadPoolExecutor(1) as pool:
+                other = pool.submit(
+                    world.client().patch,
+                    f"/api/users/{first_id}",
+                    json={"role": "operator"},
+                    headers=second_bearer,
+                )
+                while not other.done() and not _waiting_on_a_lock(world):
+                    threading.Event().wait(0.01)
+                assert not other.done(), other.result().text  # it must not decide yet
+                tx.commit()
+                refused = other.result()
+        assert refused.status_code == 409, refused.text
+        assert "last enabled admin" in refused.json()["detail"]
+        with Session(world.engine) as session:
+            roles = dict(session.exec(select(User.username, User.role)).all())
+        assert roles["admin"] == "admin" and roles["admin2"] == "operator"
+
+
+def _waiting_on_a_lock(world: AccessWorld) -> bool:
+    with Session(world.engine) as session:
+        waiting = session.exec(
+            text("SELECT count(*) FROM pg_locks WHERE NOT granted")  # type: ignore[call-overload]
+        ).one()
+    return bool(waiting[0])

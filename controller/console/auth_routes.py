@@ -28,7 +28,7 @@ from controller.csrf import (
     verify_session_request,
 )
 from controller.db import session_scope
-from controller.login_limit import LoginLimiter, normalise_username
+from controller.login_limit import LoginLimiter, Throttled, normalise_username
 from controller.models import User
 from controller.settings import Settings
 
@@ -95,18 +95,31 @@ def login(
     now = datetime.now(UTC)
     ip = client_ip(request)
     limiter = LoginLimiter(settings.login_limit)
-    throttled = limiter.check(db, username=username, client_ip=ip, now=now)
-    if throttled is not None:
+    # Counted (and committed) before the slow password check, so parallel guesses see
+    # each other: at most the limit of them get an answer about the password.
+    attempt = limiter.begin(db, username=username, client_ip=ip, now=now)
+    if isinstance(attempt, Throttled):
         return _login_page(
             request,
             settings,
-            error=throttled.message,
+            error=attempt.message,
             status_code=429,
-            headers={"Retry-After": str(throttled.retry_after_s)},
+            headers={"Retry-After": str(attempt.retry_after_s)},
         )
     user = authenticate(db, username=username, password=password)
-    if user is None:
-        newly = limiter.record_failure(db, username=username, client_ip=ip, now=now)
+    if user is None or user.disabled:
+        if user is not None:
+            # A disabled account answers like a wrong password (and counts as a failure),
+            # so the form tells nobody which passwords are right; the audit log says it.
+            audit(
+                db,
+                actor=f"ip:{ip}",
+                action="auth.login_disabled",
+                target=f"user:{user.username}",
+                detail={"client_ip": ip},
+                at=now,
+            )
+        newly = limiter.failed(db, username=username, client_ip=ip, now=now)
         if newly is not None and newly.failures == _limit(settings, newly.scope):
             # Once per lockout, not once per refused attempt: a spray must not flood the log.
             audit(
@@ -120,11 +133,7 @@ def login(
                 at=now,
             )
         return _login_page(request, settings, error="Wrong username or password.", status_code=401)
-    if user.disabled:
-        return _login_page(
-            request, settings, error="This account is disabled; ask an admin.", status_code=403
-        )
-    limiter.clear(db, username=username)
+    limiter.forgive(db, attempt=attempt, username=username)
     ttl = timedelta(hours=settings.session_ttl_hours)
     token = open_session(db, user, ttl=ttl, now=now)
     audit(

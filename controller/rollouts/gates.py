@@ -49,7 +49,8 @@ class GatePolicy(BaseModel):
     max_drift: float | None = Field(default=None, ge=0)
     # The drift score is the PSI of the wave's drift.window sketches against the model's
     # reference (observe.py, docs/drift.md); with no data or no reference yet the gate is
-    # skipped unless this is set.
+    # skipped unless this is set. It is judged only once the feature it comes from has
+    # min_samples samples of its own (the gate waits until then, like the others).
     drift_required: bool = False
     # Failures of these gates roll the rollout back by themselves; others halt it for a human.
     rollback_on: tuple[GateName, ...] = ("install_success", "error_rate")
@@ -177,6 +178,14 @@ def _drift_gate(policy: GatePolicy, obs: WaveObservation) -> GateResult:
         if policy.drift_required:
             return GateResult("drift", "wait", None, limit, "no data (drift is required)")
         return GateResult("drift", "skip", None, limit, "no data")
+    if obs.drift_samples < policy.min_samples:
+        return GateResult(
+            "drift",
+            "wait",
+            obs.drift_score,
+            limit,
+            f"{obs.drift_samples} of {policy.min_samples} drift samples",
+        )
     ok = obs.drift_score <= limit
     return GateResult(
         "drift",

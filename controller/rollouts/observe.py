@@ -253,10 +253,12 @@ DRIFT_WINDOWS_MAX = 15_000
 
 
 def _wave_drift(
-    session: Session, conditions: list[Any], dialect: str, model: str
+    session: Session, conditions: list[Any], dialect: str, model: str, min_samples: int
 ) -> tuple[float | None, int]:
     """PSI of the wave's ``drift.window`` sketches of ``model`` (its devices since
-    install, ``conditions``) against the model's reference, and the number of samples.
+    install, ``conditions``) against the model's reference: the largest over the features
+    with at least ``min_samples`` samples, and that feature's samples (when none has
+    enough, the largest PSI and its feature's samples, for the gate to wait on).
 
     A window whose body does not conform is left out; without a reference, or without
     data, the score is None (the gate then skips or waits, see gates.py).
@@ -295,7 +297,8 @@ def _wave_drift(
     if not parts:
         return None, 0
     current = merge_all(parts)
-    score, samples, _ = model_score(load_reference(session, model), current)
+    reference = load_reference(session, model)
+    score, samples, _ = model_score(reference, current, min_samples=min_samples)
     return score, samples
 
 
@@ -306,6 +309,7 @@ def wave_telemetry(
     model: str,
     *,
     since: datetime | None = None,
+    min_samples: int = 0,
 ) -> TelemetryAggregate:
     """Request (``inference`` and ``perception``) and drift telemetry of ``wave``'s
     installed devices for ``model``, each device counted from its install time (and from
@@ -314,7 +318,8 @@ def wave_telemetry(
     A request record counts only if it conforms: a string ``status``, a number
     ``latency_ms`` and ``cascaded`` absent or a boolean. Others are left out, whatever they
     hold. The drift score is the PSI (largest over features) of the devices' ``drift.window``
-    sketches of ``model`` against the model's reference (``_wave_drift``).
+    sketches of ``model`` against the model's reference (``_wave_drift``), over features
+    with ``min_samples`` samples each (the gate policy's).
     """
     t = TelemetryRecord
     rd = RolloutDevice
@@ -374,7 +379,7 @@ def wave_telemetry(
         ).first()
         p95 = float(value) if value is not None else None
 
-    drift_score, drift_samples = _wave_drift(session, conditions, dialect, model)
+    drift_score, drift_samples = _wave_drift(session, conditions, dialect, model, min_samples)
     return TelemetryAggregate(
         inferences=inferences,
         errors=errors,

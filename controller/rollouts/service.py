@@ -428,7 +428,12 @@ def advance(
     telemetry = TelemetryAggregate()
     if state.wave >= 0 and state.status in (Status.RUNNING, Status.PAUSED, Status.HALTED):
         telemetry = observe.wave_telemetry(
-            session, rollout_id, state.wave, spec.model, since=state.observe_since
+            session,
+            rollout_id,
+            state.wave,
+            spec.model,
+            since=state.observe_since,
+            min_samples=spec.gates.min_samples,
         )
     result = step(
         rollout_id,

@@ -36,7 +36,12 @@ class NoDriftData(LookupError):
 
 
 def thresholds(cfg: TelemetrySettings) -> Thresholds:
-    return Thresholds(cfg.drift_psi_threshold, cfg.drift_ks_threshold, cfg.drift_min_samples)
+    return Thresholds(
+        cfg.drift_psi_threshold,
+        cfg.drift_ks_threshold,
+        cfg.drift_min_samples,
+        cfg.drift_close_ratio,
+    )
 
 
 def load_reference(session: Session, model: str) -> dict[str, Counts]:
@@ -308,40 +313,56 @@ def rescore_model(
     """Score every hour of ``model`` since ``since`` (after its reference changed)."""
     rows = session.exec(
         select(DriftHour).where(
-            col(DriftHour.model) == model, col(DriftHour.hour) >= hour_of(since)
+            col(DriftHour.model) == model,
+            col(DriftHour.hour) >= hour_of(since),
+            col(DriftHour.hour) <= hour_of(now),
         )
     ).all()
     return score_hours(session, cfg, model, rows, now)
 
 
+def _judged_hour(
+    session: Session, model: str, feature: str, min_samples: int, now: datetime
+) -> list[DriftScore]:
+    """The scores of the newest hour (not after ``now``'s hour) in which some version of
+    ``model`` has at least ``min_samples`` samples of ``feature``: those versions' scores.
+    An hour still filling with a handful of samples is not judged; the last one with
+    enough is."""
+    latest = session.exec(
+        select(func.max(DriftScore.hour)).where(
+            col(DriftScore.model) == model,
+            col(DriftScore.feature) == feature,
+            col(DriftScore.hour) <= hour_of(now),
+            col(DriftScore.samples) >= min_samples,
+        )
+    ).one()
+    if latest is None:
+        return []
+    return list(
+        session.exec(
+            select(DriftScore).where(
+                col(DriftScore.model) == model,
+                col(DriftScore.feature) == feature,
+                col(DriftScore.hour) == latest,
+                col(DriftScore.samples) >= min_samples,
+            )
+        )
+    )
+
+
 def update_alerts(
     session: Session, cfg: TelemetrySettings, model: str, features: Iterable[str], now: datetime
 ) -> None:
-    """Open, update or close each feature's drift alert from its newest scored hour (the
-    version with the largest PSI there, among those with enough samples)."""
+    """Open, update or close each feature's drift alert from its newest judged hour (the
+    newest with enough samples, never one after ``now``; the version with the largest PSI
+    there). Hysteresis: an alert closes only below ``drift_close_ratio`` of the thresholds
+    (``scoring.alert_action``)."""
     limits = thresholds(cfg)
     for feature in sorted(set(features)):
-        latest = session.exec(
-            select(func.max(DriftScore.hour)).where(
-                col(DriftScore.model) == model, col(DriftScore.feature) == feature
-            )
-        ).one()
-        if latest is None:
-            continue
-        candidates = [
-            row
-            for row in session.exec(
-                select(DriftScore).where(
-                    col(DriftScore.model) == model,
-                    col(DriftScore.feature) == feature,
-                    col(DriftScore.hour) == latest,
-                )
-            )
-            if row.samples >= limits.min_samples
-        ]
+        candidates = _judged_hour(session, model, feature, limits.min_samples, now)
         if not candidates:
             continue
-        worst = max(candidates, key=lambda r: (r.psi, r.ks))
+        worst = max(candidates, key=lambda r: (r.psi, r.ks or 0.0))
         score = FeatureScore(feature, worst.psi, worst.ks, worst.samples)
         alert = session.exec(
             select(TelemetryAlert).where(
@@ -354,36 +375,41 @@ def update_alerts(
         action = alert_action(score, limits, is_open=alert is not None)
         detail: dict[str, Any] = {
             "version": worst.version or None,
-            "hour": worst.hour.isoformat(),
+            "hour": utc(worst.hour).isoformat(),
             "psi": worst.psi,
             "ks": worst.ks,
             "samples": worst.samples,
         }
         stamp = utc(now)
-        if action in ("open", "update"):
+        if action == "open":
             metric = crossed(score, limits)
             assert metric is not None
             name, value, threshold = metric
             detail["statistic"] = name
-            if alert is None:
-                alert = TelemetryAlert(
-                    kind="drift", subject=model, feature=feature, value=value,
-                    threshold=threshold, opened_at=stamp, detail=detail,
-                )  # fmt: skip
-                session.add(alert)
-                session.flush()
-                audit(
-                    session,
-                    actor=SYSTEM_ACTOR,
-                    action="alert.open",
-                    target=f"alert:{alert.id}",
-                    reason=f"drift of {model} {feature}: {name} {value:.3f} above {threshold:.3f}",
-                    detail={"kind": "drift", "model": model, "feature": feature, **detail},
-                    at=now,
-                )
-            else:
-                alert.value, alert.threshold, alert.detail = value, threshold, detail
-                session.add(alert)
+            alert = TelemetryAlert(
+                kind="drift", subject=model, feature=feature, value=value,
+                threshold=threshold, opened_at=stamp, detail=detail,
+            )  # fmt: skip
+            session.add(alert)
+            session.flush()
+            audit(
+                session,
+                actor=SYSTEM_ACTOR,
+                action="alert.open",
+                target=f"alert:{alert.id}",
+                reason=f"drift of {model} {feature}: {name} {value:.3f} above {threshold:.3f}",
+                detail={"kind": "drift", "model": model, "feature": feature, **detail},
+                at=now,
+            )
+        elif action == "update" and alert is not None:
+            # Above the close level: the statistic still highest relative to its
+            # threshold, or the one the alert opened on.
+            metric = crossed(score, limits) or crossed(score, limits, limits.close_ratio)
+            assert metric is not None
+            name, value, threshold = metric
+            detail["statistic"] = name
+            alert.value, alert.threshold, alert.detail = value, threshold, detail
+            session.add(alert)
         elif action == "close" and alert is not None:
             alert.state, alert.closed_at = "closed", stamp
             alert.detail = {**alert.detail, "closed_with": detail}
@@ -393,7 +419,10 @@ def update_alerts(
                 actor=SYSTEM_ACTOR,
                 action="alert.close",
                 target=f"alert:{alert.id}",
-                reason=f"drift of {model} {feature} back below its thresholds",
+                reason=(
+                    f"drift of {model} {feature} back below {cfg.drift_close_ratio:.0%} "
+                    "of its thresholds"
+                ),
                 detail={"kind": "drift", "model": model, "feature": feature, **detail},
                 at=now,
             )

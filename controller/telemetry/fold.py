@@ -4,13 +4,19 @@
 rollup chunk and returns their sums per hourly key; ``rollup.py`` merges those into the
 stored rows. A record whose body does not conform is counted as malformed and left out;
 it never stops the records around it.
+
+The hour a record lands in comes from the device's clock (a window's ``start``, a system
+sample's ``at``). It is checked against the controller's clock, the row's ``received_at``:
+a time more than ``WindowBounds.ahead`` after it, or more than ``max_age`` before it, is
+malformed (a wrong device clock would otherwise create hours in the future, which the
+newest-hour views and alert judgement would then read).
 """
 
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -47,6 +53,25 @@ class RawRecord:
     name: str
     at: datetime
     body: Any
+    received_at: datetime | None = None  # the controller's clock; None: not checked
+
+
+@dataclass(frozen=True, slots=True)
+class WindowBounds:
+    """How far a record's device time may be from its ``received_at``."""
+
+    ahead: timedelta = timedelta(hours=1)
+    max_age: timedelta = timedelta(days=7)
+
+    def check(self, moment: datetime, received_at: datetime | None) -> None:
+        """A ValueError if ``moment`` is outside the bounds around ``received_at``."""
+        if received_at is None:
+            return
+        received = utc(received_at)
+        if utc(moment) > received + self.ahead:
+            raise ValueError("window starts too far after it was received (device clock?)")
+        if utc(moment) < received - self.max_age:
+            raise ValueError("window starts too long before it was received")
 
 
 class SystemSample(BaseModel):
@@ -234,17 +259,22 @@ def _fold_drift(out: Fold, window: DriftWindow) -> None:
         _add(out.drift, (window.model, version, CLASSES, hour), agg)
 
 
-def fold_one(out: Fold, record: RawRecord) -> None:
+def fold_one(out: Fold, record: RawRecord, bounds: WindowBounds = WindowBounds()) -> None:
     """Add one record to ``out``; a ValueError (or ValidationError) if its body does not
-    conform, with nothing added."""
+    conform or its time is out of ``bounds``, with nothing added."""
     if not isinstance(record.body, dict):
         raise ValueError("body is not an object")
     if record.name == INFERENCE_WINDOW:
-        _fold_inference(out, record.device_id, InferenceWindow.model_validate(record.body))
+        inference = InferenceWindow.model_validate(record.body)
+        bounds.check(inference.start, record.received_at)
+        _fold_inference(out, record.device_id, inference)
     elif record.name == DRIFT_WINDOW:
-        _fold_drift(out, DriftWindow.model_validate(record.body))
+        drift = DriftWindow.model_validate(record.body)
+        bounds.check(drift.start, record.received_at)
+        _fold_drift(out, drift)
     elif record.name == SYSTEM:
         sample = SystemSample.model_validate(record.body)
+        bounds.check(record.at, record.received_at)
         at = utc(record.at)
         health = HealthAgg()
         health.add(sample, at)
@@ -253,12 +283,12 @@ def fold_one(out: Fold, record: RawRecord) -> None:
         raise ValueError(f"{record.name!r} is not rolled up")
 
 
-def fold(records: Iterable[RawRecord]) -> Fold:
+def fold(records: Iterable[RawRecord], bounds: WindowBounds = WindowBounds()) -> Fold:
     """The hourly sums of ``records``; malformed ones are counted by name and skipped."""
     out = Fold()
     for record in records:
         try:
-            fold_one(out, record)
+            fold_one(out, record, bounds)
         except (ValueError, ValidationError, OverflowError):
             out.malformed[record.name] += 1
             continue
@@ -270,8 +300,11 @@ def quantiles(counts: Sequence[int]) -> tuple[float | None, float | None]:
     """p50 and p95 of a latency sketch (None when empty)."""
     if not counts or len(counts) != sketches.bins("latency_ms"):
         return None, None
-    p50 = sketches.quantile("latency_ms", counts, 0.5)
-    p95 = sketches.quantile("latency_ms", counts, 0.95)
+    try:
+        p50 = sketches.quantile("latency_ms", counts, 0.5)
+        p95 = sketches.quantile("latency_ms", counts, 0.95)
+    except (ValueError, ArithmeticError):  # stored counts no sketch holds (too large)
+        return None, None
     return p50, p95
 
 
@@ -306,6 +339,7 @@ __all__ = [
     "RawRecord",
     "RequestAgg",
     "SystemSample",
+    "WindowBounds",
     "as_counts",
     "fold",
     "fold_one",

@@ -2,11 +2,14 @@
 database and the ingest counters at scrape time (nothing is kept between scrapes, so
 every replica reports the same fleet-wide numbers, and its own ingest counters).
 
-No metric has a per-device label: a fleet of 10,000 devices would be 10,000 series.
+No metric has a per-device label: a fleet of 10,000 devices would be 10,000 series. Drift
+gauges are labelled by model and feature, bounded too: only models scored in the last
+``metrics_drift_hours`` hours, at most ``metrics_drift_models`` of them (the most recently
+scored first).
 """
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -17,9 +20,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from controller.rollouts.tables import Rollout
-from controller.telemetry.fold import utc
+from controller.telemetry.fold import hour_of, utc
 from controller.telemetry.queries import device_counts, latest_drift, rollup_status
-from controller.telemetry.tables import RollupCursor, TelemetryAlert
+from controller.telemetry.settings import TelemetrySettings
+from controller.telemetry.tables import DriftScore, RollupCursor, TelemetryAlert
 
 PREFIX = "edgefleet"
 INGEST_COUNTERS = (
@@ -44,10 +48,12 @@ class ControllerCollector(Collector):
         engine: Engine,
         stats: Callable[[], dict[str, Any]],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        cfg: TelemetrySettings | None = None,
     ) -> None:
         self._engine = engine
         self._stats = stats
         self._clock = clock
+        self._cfg = cfg or TelemetrySettings()
 
     def collect(self) -> Iterator[Metric]:
         yield from self._ingest()
@@ -120,14 +126,28 @@ class ControllerCollector(Collector):
             "KS statistic of the newest scored hour, per model and feature.",
             labels=["model", "feature"],
         )
-        worst: dict[tuple[str, str], tuple[float, float]] = {}
-        for row in latest_drift(session):
+        now = self._clock()
+        since = now - timedelta(hours=self._cfg.metrics_drift_hours)
+        newest = func.max(DriftScore.hour)
+        recent = session.exec(
+            select(DriftScore.model, newest)
+            .where(col(DriftScore.hour) >= hour_of(since), col(DriftScore.hour) <= hour_of(now))
+            .group_by(col(DriftScore.model))
+            .order_by(newest.desc(), col(DriftScore.model))
+            .limit(self._cfg.metrics_drift_models)
+        ).all()
+        models = [model for model, _ in recent]
+        worst: dict[tuple[str, str], tuple[float, float | None]] = {}
+        rows = latest_drift(session, now=now, since=since, models=models) if models else []
+        for row in rows:
             key = (row.model, row.feature)
-            seen = worst.get(key, (0.0, 0.0))
-            worst[key] = (max(seen[0], row.psi), max(seen[1], row.ks))
+            seen_psi, seen_ks = worst.get(key, (0.0, None))
+            row_ks = seen_ks if row.ks is None else max(seen_ks or 0.0, row.ks)
+            worst[key] = (max(seen_psi, row.psi), row_ks)
         for (model, feature), (p, k) in sorted(worst.items()):
             psi.add_metric([model, feature], p)
-            ks.add_metric([model, feature], k)
+            if k is not None:  # none for "classes": PSI only
+                ks.add_metric([model, feature], k)
         yield psi
         yield ks
 

@@ -114,7 +114,7 @@ def fleet_summary(
             col(f.tier),
             *(func.sum(getattr(f, name)).label(name) for name in RequestAgg.COUNTERS),
         )
-        .where(col(f.hour) >= first)
+        .where(col(f.hour) >= first, col(f.hour) <= hour_of(now))
         .group_by(col(f.hour), col(f.tier))
     ).all()
     total = RequestAgg()
@@ -216,7 +216,11 @@ def device_metrics(
                     col(h.disk_max),
                     col(h.temperature_max),
                 )
-                .where(col(h.device_id) == device_id, col(h.hour) >= first)
+                .where(
+                    col(h.device_id) == device_id,
+                    col(h.hour) >= first,
+                    col(h.hour) <= hour_of(now),
+                )
                 .order_by(col(h.hour))
             ).all()
         )
@@ -228,7 +232,7 @@ def device_metrics(
         sa_select(
             col(r.hour), col(r.tier), col(r.task_class), col(r.count), col(r.errors), col(r.latency)
         )
-        .where(col(r.device_id) == device_id, col(r.hour) >= first)
+        .where(col(r.device_id) == device_id, col(r.hour) >= first, col(r.hour) <= hour_of(now))
         .order_by(col(r.hour), col(r.tier), col(r.task_class))
     ).all():
         task_class = task or None
@@ -255,7 +259,7 @@ def device_metrics(
             )
     newest = session.execute(
         sa_select(col(h.last_at), col(h.last))
-        .where(col(h.device_id) == device_id)
+        .where(col(h.device_id) == device_id, col(h.hour) <= hour_of(now))
         .order_by(col(h.hour).desc())
         .limit(1)
     ).first()
@@ -291,14 +295,30 @@ def thresholds_view(cfg: TelemetrySettings) -> dict[str, float]:
     return {"psi": cfg.drift_psi_threshold, "ks": cfg.drift_ks_threshold}
 
 
-def latest_drift(session: Session) -> list[DriftScore]:
-    """The newest scored hour of every (model, feature), each version scored then."""
+def latest_drift(
+    session: Session,
+    *,
+    now: datetime | None = None,
+    since: datetime | None = None,
+    models: list[str] | None = None,
+) -> list[DriftScore]:
+    """The newest scored hour of every (model, feature), each version scored then; hours
+    after ``now``'s hour and before ``since`` are left out, and only ``models`` when
+    given."""
+    bounds: list[Any] = []
+    if now is not None:
+        bounds.append(col(DriftScore.hour) <= hour_of(now))
+    if since is not None:
+        bounds.append(col(DriftScore.hour) >= hour_of(since))
+    if models is not None:
+        bounds.append(col(DriftScore.model).in_(models))
     newest = (
         select(
             col(DriftScore.model).label("model"),
             col(DriftScore.feature).label("feature"),
             func.max(DriftScore.hour).label("hour"),
         )
+        .where(*bounds)
         .group_by(col(DriftScore.model), col(DriftScore.feature))
         .subquery()
     )
@@ -318,7 +338,9 @@ def latest_drift(session: Session) -> list[DriftScore]:
     )
 
 
-def drift_list(session: Session, cfg: TelemetrySettings) -> dict[str, Any]:
+def drift_list(
+    session: Session, cfg: TelemetrySettings, *, now: datetime | None = None
+) -> dict[str, Any]:
     alerts = open_drift_alerts(session)
     data = [
         {
@@ -331,7 +353,7 @@ def drift_list(session: Session, cfg: TelemetrySettings) -> dict[str, Any]:
             "samples": row.samples,
             "alert": (row.model, row.feature) in alerts,
         }
-        for row in latest_drift(session)
+        for row in latest_drift(session, now=now)
     ]
     return {"data": data, "count": len(data), "thresholds": thresholds_view(cfg)}
 
@@ -362,7 +384,11 @@ def drift_model(
     series: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in session.exec(
         select(DriftScore)
-        .where(col(DriftScore.model) == model, col(DriftScore.hour) >= _first_hour(now, hours))
+        .where(
+            col(DriftScore.model) == model,
+            col(DriftScore.hour) >= _first_hour(now, hours),
+            col(DriftScore.hour) <= hour_of(now),
+        )
         .order_by(col(DriftScore.feature), col(DriftScore.hour), col(DriftScore.version))
     ):
         series[row.feature].append(

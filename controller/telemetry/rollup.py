@@ -7,10 +7,18 @@ crash or a re-run never counts a row twice (re-delivered records never become ne
 rows: ingest stores each record once). On PostgreSQL an advisory lock lets one replica
 run it at a time.
 
-The cursor only moves past rows received at least ``commit_lag_s`` ago, and stops at the
-first younger one: an ingest transaction still open may hold lower ids than rows already
-visible, and the cursor must not pass them. Bodies that do not conform are counted
+The cursor only moves past rows stored at least ``commit_lag_s`` ago (``received_at``,
+which ingest stamps when it writes the batch, not when the message arrived: see
+``controller/telemetry_store.py``), and stops at the first younger one: an ingest
+transaction still open may hold lower ids than rows already visible, and the cursor must
+not pass them. Bodies that do not conform are counted
 (``telemetry_rollup_cursor.malformed``) and skipped; they never stop the rows after them.
+
+A record that conforms but still cannot be applied (merging or scoring it fails for any
+reason but the database being unavailable) must not stop the rollup either: when a
+chunk's transaction fails so, the chunk is redone one record per transaction, each moving
+the cursor past its record; a record that fails alone is counted as malformed and the
+cursor moves past it. Good records of the chunk are kept.
 """
 
 import json
@@ -24,6 +32,7 @@ from sqlalchemy import Text, cast, null, tuple_
 from sqlalchemy import case as sa_case
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlmodel import Session, SQLModel, col, select
 
 from controller.db import session_scope
@@ -35,6 +44,7 @@ from controller.telemetry.fold import (
     HealthAgg,
     RawRecord,
     RequestAgg,
+    WindowBounds,
     as_counts,
     fold,
     merge_counts,
@@ -104,11 +114,12 @@ def read_chunk(
     records: list[RawRecord] = []
     last: int | None = None
     for row_id, device_id, name, at, received_at, body in rows:
-        if utc(received_at) >= horizon:
+        received = utc(received_at)
+        if received >= horizon:
             return records, last, False  # this row and the ones after it wait
         last = row_id
         if body is not None:
-            records.append(RawRecord(row_id, device_id, name, utc(at), _decode(body)))
+            records.append(RawRecord(row_id, device_id, name, utc(at), _decode(body), received))
     return records, last, len(rows) == limit
 
 
@@ -157,9 +168,10 @@ def _merge_drift(row: DriftHour, agg: DriftAgg) -> None:
     current = as_counts(row.counts)
     try:
         row.counts = merge_counts(current, agg.counts) if current else agg.counts
-    except ValueError:  # a feature stored in another form: the newer data wins
+        row.samples = row.samples + agg.samples
+    except ValueError:  # a feature stored in another form: the newer data wins, whole
         row.counts = agg.counts
-    row.samples = row.samples + agg.samples
+        row.samples = agg.samples
 
 
 def apply_fold(session: Session, folded: Fold) -> list[DriftHour]:
@@ -210,29 +222,107 @@ def _cursor(session: Session, now: datetime) -> RollupCursor:
     return cursor
 
 
-def rollup_chunk(session: Session, cfg: TelemetrySettings, now: datetime) -> tuple[bool, Fold]:
-    """Fold the next chunk into the hourly tables and move the cursor, in the caller's
-    transaction; whether more rows may be due now, and the fold."""
-    cursor = _cursor(session, now)
-    horizon = utc(now) - timedelta(seconds=cfg.commit_lag_s)
-    records, last, more = read_chunk(session, cursor.last_id, cfg.rollup_chunk, horizon)
-    folded = fold(records)
-    cursor.updated_at = utc(now)  # the job ran (and, here, committed): the lag metric's clock
-    session.add(cursor)
-    if last is None:
-        return False, folded
+def _bounds(cfg: TelemetrySettings) -> WindowBounds:
+    return WindowBounds(
+        ahead=timedelta(seconds=cfg.window_ahead_s),
+        max_age=timedelta(hours=cfg.window_max_age_h),
+    )
+
+
+def _apply(session: Session, cfg: TelemetrySettings, folded: Fold, now: datetime) -> None:
+    """Merge ``folded`` into the hourly tables and score the drift hours it touched."""
     touched = apply_fold(session, folded)
     by_model: dict[str, list[DriftHour]] = {}
     for row in touched:
         by_model.setdefault(row.model, []).append(row)
     for model, rows in sorted(by_model.items()):
         score_hours(session, cfg, model, rows, now)
+
+
+def _advance(cursor: RollupCursor, last: int, folded: Fold) -> None:
     cursor.last_id = last
     cursor.processed += folded.folded
     cursor.malformed += sum(folded.malformed.values())
     if folded.malformed:
         log.warning("telemetry rollup: malformed records skipped: %s", dict(folded.malformed))
+
+
+def rollup_chunk(session: Session, cfg: TelemetrySettings, now: datetime) -> tuple[bool, Fold]:
+    """Fold the next chunk into the hourly tables and move the cursor, in the caller's
+    transaction; whether more rows may be due now, and the fold."""
+    cursor = _cursor(session, now)
+    horizon = utc(now) - timedelta(seconds=cfg.commit_lag_s)
+    records, last, more = read_chunk(session, cursor.last_id, cfg.rollup_chunk, horizon)
+    folded = fold(records, _bounds(cfg))
+    cursor.updated_at = utc(now)  # the job ran (and, here, committed): the lag metric's clock
+    session.add(cursor)
+    if last is None:
+        return False, folded
+    _apply(session, cfg, folded, now)
+    _advance(cursor, last, folded)
     return more, folded
+
+
+def _database_down(error: Exception) -> bool:
+    """An error of the database itself (the chunk is retried as it is next run), not of
+    the data being applied."""
+    return isinstance(error, OperationalError | InterfaceError | DisconnectionError)
+
+
+def rollup_one_by_one(
+    engine: Engine, cfg: TelemetrySettings, now: datetime, lock: JobLock | None
+) -> tuple[bool, Fold] | None:
+    """Redo the next chunk one record per transaction (after its transaction failed on
+    its data): each record that applies is kept, each that does not is counted as
+    malformed; the cursor moves past every record either way. None when locked out."""
+    total = Fold()
+    with session_scope(engine) as session:
+        if lock is not None and not lock(session, JOB):
+            return None
+        cursor = _cursor(session, now)
+        horizon = utc(now) - timedelta(seconds=cfg.commit_lag_s)
+        records, last, more = read_chunk(session, cursor.last_id, cfg.rollup_chunk, horizon)
+    if last is None:
+        return False, total
+    bounds = _bounds(cfg)
+    for record in records:
+        folded = fold([record], bounds)
+        try:
+            with session_scope(engine) as session:
+                if lock is not None and not lock(session, JOB):
+                    return None
+                cursor = _cursor(session, now)
+                if cursor.last_id >= record.id:
+                    continue  # another replica got here first
+                _apply(session, cfg, folded, now)
+                _advance(cursor, record.id, folded)
+                cursor.updated_at = utc(now)
+        except Exception as e:
+            if _database_down(e):
+                raise
+            log.warning(
+                "telemetry rollup: record %d (%s) could not be applied, skipped: %s",
+                record.id,
+                record.name,
+                type(e).__name__,
+            )
+            folded = Fold()
+            folded.malformed[record.name] += 1
+            with session_scope(engine) as session:
+                if lock is not None and not lock(session, JOB):
+                    return None
+                cursor = _cursor(session, now)
+                if cursor.last_id < record.id:
+                    _advance(cursor, record.id, folded)
+        total.folded += folded.folded
+        total.malformed.update(folded.malformed)
+    with session_scope(engine) as session:
+        if lock is not None and not lock(session, JOB):
+            return None
+        cursor = _cursor(session, now)
+        cursor.last_id = max(cursor.last_id, last)  # past the rows not rolled up, too
+        cursor.updated_at = utc(now)
+    return more, total
 
 
 def run_rollup(
@@ -242,11 +332,24 @@ def run_rollup(
     references. ``lock(session, name)`` is the controller's advisory job lock."""
     report = RollupReport()
     for _ in range(cfg.rollup_max_chunks):
-        with session_scope(engine) as session:
-            if lock is not None and not lock(session, JOB):
+        try:
+            with session_scope(engine) as session:
+                if lock is not None and not lock(session, JOB):
+                    report.locked_out = True
+                    return report
+                more, folded = rollup_chunk(session, cfg, now)
+        except Exception as e:
+            if _database_down(e):
+                raise
+            log.warning(
+                "telemetry rollup: a chunk failed to apply (%s); redoing it record by record",
+                type(e).__name__,
+            )
+            redone = rollup_one_by_one(engine, cfg, now, lock)
+            if redone is None:
                 report.locked_out = True
                 return report
-            more, folded = rollup_chunk(session, cfg, now)
+            more, folded = redone
         report.chunks += 1
         report.folded += folded.folded
         report.malformed += sum(folded.malformed.values())
@@ -260,4 +363,12 @@ def run_rollup(
     return report
 
 
-__all__ = ["CURSOR", "RollupReport", "apply_fold", "read_chunk", "rollup_chunk", "run_rollup"]
+__all__ = [
+    "CURSOR",
+    "RollupReport",
+    "apply_fold",
+    "read_chunk",
+    "rollup_chunk",
+    "rollup_one_by_one",
+    "run_rollup",
+]

@@ -19,6 +19,20 @@ class TelemetrySettings(BaseModel):
     drift_psi_threshold: float = Field(default=0.2, gt=0)
     drift_ks_threshold: float = Field(default=0.1, gt=0, le=1)
     drift_min_samples: int = Field(default=100, ge=1)
+    # Hysteresis: an open drift alert closes only once PSI (and KS) are below this share of
+    # their thresholds, so a score hovering at a threshold does not open and close it
+    # every hour.
+    drift_close_ratio: float = Field(default=0.8, gt=0, le=1)
+    # Window sanity against the controller's clock (the row's received_at): a window
+    # starting more than window_ahead_s after it, or more than window_max_age_h before
+    # it, is counted as malformed and left out (a device clock that is wrong would make
+    # bogus hours and freeze alert judgement on a future hour).
+    window_ahead_s: float = Field(default=3600.0, ge=0)
+    window_max_age_h: float = Field(default=24 * 7, gt=0)
+    # /metrics reports drift of models scored in the last this many hours, at most
+    # metrics_drift_models of them (the newest scored first): labels stay bounded.
+    metrics_drift_hours: int = Field(default=48, ge=1)
+    metrics_drift_models: int = Field(default=100, ge=1)
     # The reference is this long a window of the model's sketches before a rollout starts.
     reference_window_h: int = Field(default=24, ge=1, le=24 * 30)
     # Cloud prices (USD per 1,000 tokens) behind the fleet page's cost estimates.

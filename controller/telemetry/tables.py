@@ -96,7 +96,8 @@ class DriftHour(SQLModel, table=True):
 
 
 class DriftScore(SQLModel, table=True):
-    """PSI and KS of one model version's feature over one hour against its reference."""
+    """PSI and KS of one model version's feature over one hour against its reference
+    (PSI only for ``classes``: its labels have no order for KS)."""
 
     __tablename__ = "drift_score"
     __table_args__ = (
@@ -109,7 +110,7 @@ class DriftScore(SQLModel, table=True):
     feature: str = Field(max_length=64)
     hour: datetime
     psi: float
-    ks: float
+    ks: float | None = None  # None for the categorical "classes" feature (PSI only)
     samples: int = Field(default=0, sa_type=BigInteger)
     computed_at: datetime = Field(default_factory=utcnow)
 

@@ -1,9 +1,14 @@
-"""``/api/audit``: the audit log (who did what to which object, when and why), filterable."""
+"""``/api/audit``: the audit log (who did what to which object, when and why), filterable.
+
+Every role may read it, but client addresses (the ``client_ip`` of login entries and the
+``ip:ADDRESS`` actor of refused logins) are personal data an operator or viewer does not
+need: only admins see them; others see ``(hidden)`` in their place and may not search by them.
+"""
 
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel
 from sqlalchemy import func
 from sqlmodel import col, select
@@ -12,6 +17,8 @@ from controller.api.deps import CurrentUser, DbDep
 from controller.audit import AuditEntry
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
+HIDDEN = "(hidden)"
+_IP_ACTOR = "ip:"
 
 
 class AuditEntryPublic(BaseModel):
@@ -36,7 +43,7 @@ class AuditPage(BaseModel):
 @router.get("")
 def list_audit(
     db: DbDep,
-    _user: CurrentUser,
+    user: CurrentUser,
     actor: Annotated[str | None, Query(max_length=64)] = None,
     action: Annotated[
         str | None, Query(max_length=64, description="exact, or a prefix ending in '.'")
@@ -48,7 +55,13 @@ def list_audit(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> AuditPage:
-    """Audit entries, newest first. ``action=rollout.`` matches every rollout action."""
+    """Audit entries, newest first. ``action=rollout.`` matches every rollout action.
+    Client addresses are shown to admins only."""
+    admin = user.role == "admin"
+    if not admin and actor is not None and actor.startswith(_IP_ACTOR):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "only admins may search the audit log by client address"
+        )
     query = select(AuditEntry)
     if actor is not None:
         query = query.where(col(AuditEntry.actor) == actor)
@@ -71,6 +84,14 @@ def list_audit(
         .offset(offset)
         .limit(limit)
     ).all()
+    entries = [AuditEntryPublic.model_validate(r, from_attributes=True) for r in rows]
     return AuditPage(
-        data=[AuditEntryPublic.model_validate(r, from_attributes=True) for r in rows], count=count
+        data=entries if admin else [_without_addresses(e) for e in entries], count=count
     )
+
+
+def _without_addresses(entry: AuditEntryPublic) -> AuditEntryPublic:
+    """The entry as a non-admin sees it: no client address in the actor or the detail."""
+    actor = f"{_IP_ACTOR}{HIDDEN}" if entry.actor.startswith(_IP_ACTOR) else entry.actor
+    detail = {k: HIDDEN if k == "client_ip" else v for k, v in entry.detail.items()}
+    return entry.model_copy(update={"actor": actor, "detail": detail})

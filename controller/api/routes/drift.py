@@ -28,10 +28,11 @@ class ReferenceBody(BaseModel):
 @router.get("")
 def list_drift(db: DbDep, services: ServicesDep) -> dict[str, Any]:
     """The newest scored hour of every model and feature, with the alert thresholds."""
-    return drift_list(db, services.settings.telemetry)
+    return drift_list(db, services.settings.telemetry, now=datetime.now(UTC))
 
 
-@router.get("/{model}")
+# ``:path`` routes: model names may hold "/" (shared.telemetry_windows.Label).
+@router.get("/{model:path}")
 def show(
     model: ModelName,
     db: DbDep,
@@ -42,7 +43,7 @@ def show(
     return drift_model(db, services.settings.telemetry, model, now=datetime.now(UTC), hours=hours)
 
 
-@router.post("/{model}/reference")
+@router.post("/{model:path}/reference")
 def reference(
     model: ModelName,
     body: ReferenceBody,

@@ -13,5 +13,7 @@ router = APIRouter(tags=["telemetry"])
 def metrics(services: ServicesDep) -> Response:
     """Devices by state, quarantined, ingest counters, rejects by reason, rollouts by
     status, open alerts, newest drift PSI / KS per model and feature, rollup lag."""
-    collector = ControllerCollector(services.engine, services.stats.snapshot)
+    collector = ControllerCollector(
+        services.engine, services.stats.snapshot, cfg=services.settings.telemetry
+    )
     return Response(render(collector), media_type=CONTENT_TYPE_LATEST)

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field, SecretStr
 from sqlalchemy import func
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session, col, delete, select, update
 
 from controller.access import require_self_or_admin
 from controller.api.deps import CurrentUser, DbDep, ServicesDep, client_ip, credential_of
@@ -26,7 +26,7 @@ from controller.auth import (
     set_password,
     token_usable,
 )
-from controller.login_limit import LoginLimiter
+from controller.login_limit import LoginLimiter, Throttled
 from controller.models import ApiToken, User
 
 router = APIRouter(tags=["users"])
@@ -146,12 +146,36 @@ def _other_enabled_admins(db: Session, user: User) -> int:
     ).one()
 
 
+def _lock_admins(db: Session) -> None:
+    """Serialise changes that may remove an admin, until this transaction ends: two admins
+    demoting each other at once must not both see the other still enabled.
+
+    PostgreSQL locks the enabled admins' rows (a concurrent change waits, then re-reads who
+    is still an admin); SQLite has one writer at a time, so taking the write lock first
+    (a no-op UPDATE) makes the count below and the change one serialised transaction."""
+    admins = (col(User.role) == "admin", col(User.disabled).is_(False))
+    if db.get_bind().dialect.name == "sqlite":
+        db.exec(update(User).where(*admins).values(role=col(User.role)))
+    else:
+        db.exec(select(User.id).where(*admins).with_for_update()).all()
+
+
 def _keep_an_admin(db: Session, user: User, what: str) -> None:
-    """Refuse a change that would leave no enabled admin (nobody could manage users)."""
+    """Refuse a change that would leave no enabled admin (nobody could manage users).
+    The caller holds ``_lock_admins`` and read ``user`` after taking it."""
     if user.role == "admin" and not user.disabled and _other_enabled_admins(db, user) == 0:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"{user.username!r} is the last enabled admin; cannot {what}"
         )
+
+
+def _get_user_locked(db: Session, user_id: int) -> User:
+    """The user as of now, read after ``_lock_admins`` (not a copy cached earlier in this
+    session, e.g. the caller's own row loaded by authentication)."""
+    _lock_admins(db)
+    user = _get_user(db, user_id)
+    db.refresh(user)
+    return user
 
 
 @router.get("/api/me")
@@ -169,18 +193,20 @@ def change_password(
     now = datetime.now(UTC)
     limiter = LoginLimiter(services.settings.login_limit)
     ip = client_ip(request)
-    throttled = limiter.check(db, username=user.username, client_ip=ip, now=now)
-    if throttled is not None:
+    # Counted before the slow hash check, like a login (controller/login_limit.py).
+    attempt = limiter.begin(db, username=user.username, client_ip=ip, now=now)
+    if isinstance(attempt, Throttled):
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            throttled.message,
-            headers={"Retry-After": str(throttled.retry_after_s)},
+            attempt.message,
+            headers={"Retry-After": str(attempt.retry_after_s)},
         )
     current = body.current_password.get_secret_value()
     if authenticate(db, username=user.username, password=current) is None:
-        limiter.record_failure(db, username=user.username, client_ip=ip, now=now)
-        db.commit()
+        db.commit()  # the attempt's row stays: a failure
         raise HTTPException(status.HTTP_403_FORBIDDEN, "the current password is wrong")
+    limiter.forgive(db, attempt=attempt, username=user.username)
+    db.commit()  # the right password is no failure, even if the new one is refused below
     try:
         set_password(db, user, body.new_password.get_secret_value())
     except ValueError as e:
@@ -237,7 +263,7 @@ def add_user(body: UserCreate, db: DbDep, actor: CurrentUser) -> UserCreated:
 def update_user(user_id: int, body: UserUpdate, db: DbDep, actor: CurrentUser) -> UserPublic:
     """Change role and/or disabled; disabling logs the user out everywhere and stops their
     tokens at once. The last enabled admin cannot be demoted or disabled."""
-    user = _get_user(db, user_id)
+    user = _get_user_locked(db, user_id)
     changes: dict[str, object] = {}
     if body.role is not None and body.role != user.role:
         if body.role != "admin":
@@ -271,7 +297,7 @@ def update_user(user_id: int, body: UserUpdate, db: DbDep, actor: CurrentUser) -
 def delete_user(user_id: int, db: DbDep, actor: CurrentUser) -> UserPublic:
     """Delete a user with their sessions and tokens (audit entries keep the name). Not the
     last enabled admin, and not yourself (ask another admin)."""
-    user = _get_user(db, user_id)
+    user = _get_user_locked(db, user_id)
     if user.id == actor.id:
         raise HTTPException(status.HTTP_409_CONFLICT, "you cannot delete your own account")
     _keep_an_admin(db, user, "delete them")

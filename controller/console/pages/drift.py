@@ -17,7 +17,8 @@ def drift_page(request: Request, user: OptionalUser) -> Response:
     return page(request, user, "drift.html", {"section": "drift"})
 
 
-@router.get("/console/drift/{model}")
+# ``:path``: model names may hold "/" (shared.telemetry_windows.Label); links encode it.
+@router.get("/console/drift/{model:path}")
 def drift_model_page(model: str, request: Request, user: OptionalUser) -> Response:
     """One model's PSI and KS per feature over time against the thresholds, and its
     reference window (``static/drift_model.js``); an unknown model shows an empty state."""

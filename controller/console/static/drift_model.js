@@ -7,6 +7,19 @@
   const hours = document.getElementById("drift-hours");
   const box = document.getElementById("features");
 
+  // One series per model version: several versions are scored in the same hour during a
+  // rollout, and one line through all of them would zigzag between versions.
+  function versionLines(points, key, hoursList) {
+    const versions = [...new Set(points.map((p) => p.version ?? ""))].sort();
+    return versions.map((v) => {
+      const byHour = new Map(points.filter((p) => (p.version ?? "") === v).map((p) => [p.hour, p[key]]));
+      return {
+        label: `${key} ${v || "(no version)"}`,
+        values: hoursList.map((h) => (byHour.has(h) ? byHour.get(h) : null)),
+      };
+    });
+  }
+
   function featureCharts(feature, points, thresholds) {
     const section = el("section", { class: "panel", dataset: { feature } }, el("h2", {}, feature));
     const grid = el("div", { class: "grid2" });
@@ -15,13 +28,18 @@
     grid.append(el("div", {}, el("h3", {}, "PSI"), psi), el("div", {}, el("h3", {}, "KS"), ks));
     section.append(grid);
     box.append(section);
-    const xs = points.map((p) => p.hour);
-    const line = (key, limit) => [
-      { label: key, values: points.map((p) => p[key]) },
-      { label: "threshold", values: points.map(() => limit ?? null), dash: [6, 4], color: "#c23030" },
-    ];
-    lineChart(psi, { xs, lines: line("psi", thresholds?.psi), height: 180 });
-    lineChart(ks, { xs, lines: line("ks", thresholds?.ks), height: 180 });
+    // Hours as ISO strings in UTC with the same offset: they sort as text.
+    const xs = [...new Set(points.map((p) => p.hour))].sort();
+    const lines = (key, limit) => versionLines(points, key, xs).concat([
+      { label: "threshold", values: xs.map(() => limit ?? null), dash: [6, 4], color: "#c23030" },
+    ]);
+    lineChart(psi, { xs, lines: lines("psi", thresholds?.psi), height: 180 });
+    if (points.some((p) => p.ks !== null && p.ks !== undefined)) {
+      lineChart(ks, { xs, lines: lines("ks", thresholds?.ks), height: 180 });
+    } else {
+      // The categorical "classes" feature is scored by PSI only (labels have no order).
+      ks.append(el("p", { class: "nodata" }, "No KS for this feature: it is judged on PSI only."));
+    }
   }
 
   async function refresh() {

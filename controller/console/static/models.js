@@ -16,10 +16,12 @@
     if (!signed) return el("td", { class: "muted" }, "repository unavailable");
     const t = signed.byPath.get(m.target_path);
     if (!t) return el("td", { class: "bad" }, "not in signed targets");
-    const ok = t.hashes.sha256 === m.sha256 && t.length === m.length;
-    return el("td", { class: ok ? "good" : "bad", title: `sha256 ${t.hashes.sha256}\nlength ${t.length}` },
+    // A target may carry other hashes only: no sha256 is a mismatch, never an error.
+    const sha = typeof t.hashes?.sha256 === "string" ? t.hashes.sha256 : "";
+    const ok = sha !== "" && sha === m.sha256 && t.length === m.length;
+    return el("td", { class: ok ? "good" : "bad", title: `sha256 ${sha || "missing"}\nlength ${t.length}` },
       `${ok ? "\u2713" : "\u2717 differs:"} targets v${signed.version}`, el("br"),
-      el("small", { class: "mono" }, `sha256 ${t.hashes.sha256.slice(0, 16)}\u2026 ${size(t.length)}`));
+      el("small", { class: "mono" }, sha ? `sha256 ${sha.slice(0, 16)}\u2026 ${size(t.length)}` : `no sha256 ${size(t.length)}`));
   }
 
   async function refresh() {
