@@ -109,12 +109,7 @@ class LoginLimiter:
         return list(session.exec(query).all())
 
     def check(
-        self,
-        session: Session,
-        *,
-        username: str,
-        client_ip: str,
-        now: datetime,
+        self, session: Session, *, username: str, client_ip: str, now: datetime
     ) -> Throttled | None:
         """The refusal in force for this username or address at ``now``, if any (the
         longer wait wins when both apply)."""

@@ -24,7 +24,8 @@ DRIFT_WINDOW = "drift.window"
 SYSTEM = "system"
 WINDOW_RECORDS = (INFERENCE_WINDOW, DRIFT_WINDOW)
 
-Count = Annotated[int, Field(ge=0, le=2**53)]
+# Per window: at most sketches.MAX_COUNT, so sums over a fleet and a year fit a BIGINT.
+Count = Annotated[int, Field(ge=0, le=sketches.MAX_COUNT)]
 Label = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/-]+$")]
 
 
