@@ -26,7 +26,7 @@ from controller.app import create_app
 from controller.auth import create_api_token, create_user, generate_password
 from controller.broker import free_port
 from controller.db import session_scope
-from controller.demo_traffic import DemoTraffic
+from controller.demo_traffic import DemoTraffic, DriftBaseline
 from controller.models import Device
 from controller.services import Services
 from controller.settings import load_settings
@@ -271,6 +271,7 @@ def run_demo(
             traffic = DemoTraffic(
                 {d: f"http://{HOST}:{p}" for d, p in endpoints.items()},
                 interval_s=traffic_interval_s,
+                baseline=DriftBaseline(f"http://{HOST}:{http_port}", token, DEMO_MODEL_NAME),
             )
             traffic.start()
         reported: set[str] = set()

@@ -9,6 +9,9 @@ whether or not an agent answers.
 import itertools
 import logging
 import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import httpx
 
@@ -25,13 +28,33 @@ PROMPTS: tuple[tuple[str, str], ...] = (
 )
 
 
+@dataclass(frozen=True)
+class DriftBaseline:
+    """Where to set the demo model's drift reference once traffic has produced sketches
+    (a real fleet is baselined by its rollouts or its first day of data; the demo cannot
+    wait a day)."""
+
+    controller_url: str
+    token: str
+    model: str
+    after_requests: int = 20
+
+
 class DemoTraffic:
     """Round-robin requests to ``endpoints`` (device id -> base URL), one every
     ``interval_s`` seconds, until ``stop()``."""
 
-    def __init__(self, endpoints: dict[str, str], *, interval_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        endpoints: dict[str, str],
+        *,
+        interval_s: float = 3.0,
+        baseline: DriftBaseline | None = None,
+    ) -> None:
         self.endpoints = dict(endpoints)
         self.interval_s = interval_s
+        self.baseline = baseline
+        self.baseline_set = False
         self.sent = 0
         self.failed = 0
         self._stop = threading.Event()
@@ -67,3 +90,20 @@ class DemoTraffic:
                 except httpx.HTTPError as e:
                     self.failed += 1
                     log.debug("demo request to %s failed: %s", device_id, type(e).__name__)
+                b = self.baseline
+                if b and not self.baseline_set and self.sent >= b.after_requests:
+                    self.baseline_set = self._set_baseline(client, b)
+
+    def _set_baseline(self, client: httpx.Client, b: DriftBaseline) -> bool:
+        """Reference = the model's sketches so far; False (retried later) until the
+        controller has rolled some up."""
+        start = datetime.now(UTC) - timedelta(hours=1)
+        try:
+            response = client.post(
+                f"{b.controller_url}/api/drift/{quote(b.model, safe='')}/reference",
+                json={"window_start": start.isoformat()},
+                headers={"Authorization": f"Bearer {b.token}"},
+            )
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200

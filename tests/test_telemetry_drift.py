@@ -118,7 +118,9 @@ def test_a_rollout_takes_the_reference_from_the_window_before_it(world: World) -
     send_drift(tw, ids[:1], T0 - timedelta(hours=2), SHIFTED, version="1.1")  # the new one
     tw.rollup(T0 - timedelta(minutes=10))
     world.create(waves=["canary:2", "100%"])
-    assert [r.feature for r in reference_rows(world)] == ["*"]  # pending until the job runs
+    # The model already had a reference from its first data; the rollout's request waits
+    # beside it until the job runs.
+    assert "*" in [r.feature for r in reference_rows(world)]
 
     report = tw.rollup(T0 + timedelta(seconds=30))
     assert report.references == [MODEL]
@@ -151,6 +153,23 @@ def test_without_data_before_the_rollout_the_first_full_window_after_it_is_taken
     (row,) = reference_rows(world)
     assert row.window_start == hour_of(first)
     assert row.window_end == hour_of(first) + timedelta(hours=24)
+    assert row.counts == sketch("prompt_tokens", NORMAL * 2)
+
+
+def test_a_model_without_any_reference_gets_one_from_its_first_data(world: World) -> None:
+    """A model served before any rollout (no reference set or requested) is baselined on
+    its first full window of data, without an operator or a rollout asking."""
+    tw = telemetry(world)
+    ids = world.add_devices(2)
+    first = T0 + timedelta(minutes=5)
+    send_drift(tw, ids, first, NORMAL)
+    assert tw.rollup(first + timedelta(hours=1)).references == []
+    (pending,) = reference_rows(world)
+    assert pending.pending and pending.window_start == hour_of(first)
+    send_drift(tw, ids, first + timedelta(hours=25), SHIFTED)
+    assert tw.rollup(first + timedelta(hours=26)).references == [MODEL]
+    (row,) = reference_rows(world)
+    assert not row.pending and row.reason == "first 24 h of data"
     assert row.counts == sketch("prompt_tokens", NORMAL * 2)
 
 

@@ -5,8 +5,9 @@ References are per (model, feature). A rollout asks for one when it is created
 reference window before the rollout started, leaving out the version being rolled out;
 if the model had no data then, the reference is taken from the first full reference
 window of data after the start instead (until then the request waits as a pending row and
-any older reference stays in use). An operator can set one from any window
-(``set_reference``). Scores are computed per hour as sketches are rolled up, and again
+any older reference stays in use). A model with data that never had a reference (served
+before any rollout) gets a request from its first data (``request_missing_references``).
+An operator can set one from any window (``set_reference``). Scores are computed per hour as sketches are rolled up, and again
 for the recent past whenever a reference changes.
 """
 
@@ -26,6 +27,7 @@ from controller.telemetry.settings import TelemetrySettings
 from controller.telemetry.tables import DriftHour, DriftReference, DriftScore, TelemetryAlert
 
 PENDING = "*"  # the feature of a pending reference request
+FIRST_DATA = "first data of the model"  # the reason of a request made without a rollout
 SYSTEM_ACTOR = "system:telemetry"
 RESCORE_HOURS = 168  # a new reference rescores this much of the recent past
 _CHUNK = 400
@@ -199,6 +201,34 @@ def request_reference(session: Session, model: str, version: str, *, now: dateti
     )
 
 
+def request_missing_references(session: Session, *, now: datetime) -> list[str]:
+    """Models with drift data but no reference, set or requested (served before any
+    rollout, e.g. a fleet's factory model): request one from their first data, so a fleet
+    is watched for drift without an operator having to start a rollout first. Returns the
+    models."""
+    known = select(DriftReference.model).distinct()
+    missing = session.exec(
+        select(DriftHour.model, func.min(DriftHour.hour))
+        .where(col(DriftHour.model).not_in(known))
+        .group_by(col(DriftHour.model))
+    ).all()
+    for model, first in missing:
+        session.add(
+            DriftReference(
+                model=model,
+                feature=PENDING,
+                version="",
+                window_start=utc(first),
+                window_end=utc(first),
+                pending=True,
+                set_at=utc(now),
+                set_by=SYSTEM_ACTOR,
+                reason=FIRST_DATA,
+            )
+        )
+    return [model for model, _ in missing]
+
+
 def resolve_pending(session: Session, cfg: TelemetrySettings, now: datetime) -> list[str]:
     """Take the references rollouts asked for, where the data allows; returns the models."""
     window = timedelta(hours=cfg.reference_window_h)
@@ -227,7 +257,9 @@ def resolve_pending(session: Session, cfg: TelemetrySettings, now: datetime) -> 
                 continue  # the first full window of data is not over yet
             found, top = window_sketches(session, request.model, begin, end)
             reason = (
-                f"first {cfg.reference_window_h} h of data after the rollout of version "
+                f"first {cfg.reference_window_h} h of data"
+                if request.reason == FIRST_DATA
+                else f"first {cfg.reference_window_h} h of data after the rollout of version "
                 f"{request.version}"
             )
             if not found:
@@ -432,6 +464,7 @@ __all__ = [
     "PENDING",
     "NoDriftData",
     "load_reference",
+    "request_missing_references",
     "request_reference",
     "rescore_model",
     "resolve_pending",

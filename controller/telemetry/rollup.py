@@ -36,7 +36,11 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlmodel import Session, SQLModel, col, select
 
 from controller.db import session_scope
-from controller.telemetry.drift import resolve_pending, score_hours
+from controller.telemetry.drift import (
+    request_missing_references,
+    resolve_pending,
+    score_hours,
+)
 from controller.telemetry.fold import (
     ROLLED_UP,
     DriftAgg,
@@ -359,6 +363,7 @@ def run_rollup(
         if lock is not None and not lock(session, JOB):
             report.locked_out = True
             return report
+        request_missing_references(session, now=now)
         report.references = resolve_pending(session, cfg, now)
     return report
 
