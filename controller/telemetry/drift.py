@@ -7,8 +7,8 @@ if the model had no data then, the reference is taken from the first full refere
 window of data after the start instead (until then the request waits as a pending row and
 any older reference stays in use). A model with data that never had a reference (served
 before any rollout) gets a request from its first data (``request_missing_references``).
-An operator can set one from any window (``set_reference``). Scores are computed per hour as sketches are rolled up, and again
-for the recent past whenever a reference changes.
+An operator can set one from any window (``set_reference``). Scores are computed per hour
+as sketches are rolled up, and again for the recent past whenever a reference changes.
 """
 
 from collections import defaultdict
