@@ -60,8 +60,10 @@ def test_agent_windows_reach_the_fleet_device_and_drift_views(
     reference from them scores the model, and both /metrics endpoints expose counters."""
     config, agent_config, api_port = _setup(tmp_path, mosquitto, model_path)
     created = run_cli(
-        ["-m", "controller", "admin", "create", "--username", "ops", "--password-stdin"]
-        + ["--config", str(config)],
+        [
+            *("-m", "controller", "admin", "create", "--username", "ops"),
+            *("--password-stdin", "--config", str(config)),
+        ],
         stdin="a-long-enough-password\n",
     )
     assert created.returncode == 0, created.stderr
@@ -116,8 +118,9 @@ def test_agent_windows_reach_the_fleet_device_and_drift_views(
 
         reference = wait_for(
             lambda: (
-                r := api.post(f"/api/drift/{MODEL}/reference", json={})
-            ).status_code == 200 and r.json(),
+                (r := api.post(f"/api/drift/{MODEL}/reference", json={})).status_code == 200
+                and r.json()
+            ),
             30,
             interval=0.5,
             what="a drift reference from the agent's sketches",
