@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, Integer
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from controller.models import utcnow
@@ -38,10 +39,21 @@ class DeviceShadow(SQLModel, table=True):
 
 
 def get_or_create(session: Session, device_id: str) -> DeviceShadow:
+    """The device's shadow row, inserted now if there is none. Two writers may both find
+    none (an operator's PATCH and ingest of the device's first report, say): the insert runs
+    in a savepoint, and the one that loses the race reads the winner's row instead of
+    failing its whole transaction."""
     row = session.get(DeviceShadow, device_id)
-    if row is None:
-        row = DeviceShadow(device_id=device_id)
-        session.add(row)
+    if row is not None:
+        return row
+    try:
+        with session.begin_nested():
+            row = DeviceShadow(device_id=device_id)
+            session.add(row)
+    except IntegrityError:
+        row = session.get(DeviceShadow, device_id)
+        if row is None:
+            raise
     return row
 
 

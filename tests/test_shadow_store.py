@@ -40,3 +40,39 @@ def test_two_writers_of_one_version_cannot_both_win(database_url: str) -> None:
         assert row.desired_version == 3
         assert set(row.desired) == {"labels", "model", "quarantine"}
     engine.dispose()
+
+
+def test_a_writer_that_lost_the_insert_race_uses_the_winners_row(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers both find no shadow for a new device (an operator's PATCH and ingest of
+    its first report): the one whose insert loses gets the winner's row instead of an
+    IntegrityError, and its change lands on top of the winner's."""
+    engine = make_engine(database_url)
+    init_db(engine)
+    now = datetime.now(UTC)
+    with Session(engine) as ingest:
+        set_desired(ingest, "dev-new", {"labels": {"site": "a"}}, now=now)
+        ingest.commit()
+    operator = Session(engine)
+    real_get = Session.get
+    calls = {"n": 0}
+
+    def first_read_saw_nothing(self: Session, *args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return None  # it read before the other writer committed
+        return real_get(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Session, "get", first_read_saw_nothing)
+    row = set_desired(operator, "dev-new", {"model": {"name": "m"}}, now=now)
+    operator.commit()
+    monkeypatch.undo()
+    operator.close()
+    assert calls["n"] == 2
+    with Session(engine) as session:
+        stored = session.get(DeviceShadow, "dev-new")
+        assert stored is not None and stored is not row
+        assert set(stored.desired) == {"labels", "model"}
+        assert stored.desired_version == 2
+    engine.dispose()
