@@ -39,6 +39,7 @@ PUBLIC_PATHS = frozenset(
         "/logout",  # ends the caller's own session (its CSRF token is checked there)
         "/openapi.json",  # the API's shape is no secret; every call in it needs a login
         "/docs",  # Swagger UI over /openapi.json, from vendored files (no CDN)
+        "/api/images/key",  # the image public key: flashers verify images against it
     }
 )
 # Path prefixes anyone may use.
@@ -58,6 +59,7 @@ ADMIN_ONLY: tuple[tuple[frozenset[str], str], ...] = (
     (frozenset({"POST"}), "/api/attestation/golden"),
     (frozenset({"DELETE"}), "/api/attestation/golden/{golden_id}"),
     (frozenset({"PUT"}), "/api/devices/{device_id}/identity"),
+    (frozenset({"POST"}), "/api/devices/{device_id}/broker-credential"),  # a device's login
 )
 # Templates any logged-in user may call with any method: their own account and tokens
 # (a viewer may mint a viewer-strength token for a dashboard). Whose token it is, is

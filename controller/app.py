@@ -24,9 +24,12 @@ from controller.api.routes import audit as audit_routes
 from controller.api.routes import device_metrics as device_metrics_routes
 from controller.api.routes import devices, ingest, shadow, telemetry
 from controller.api.routes import drift as drift_routes
+from controller.api.routes import drills as drill_routes
 from controller.api.routes import fleet as fleet_routes
+from controller.api.routes import images as image_routes
 from controller.api.routes import metrics as metrics_routes
 from controller.api.routes import models as model_routes
+from controller.api.routes import provisioning as provisioning_routes
 from controller.api.routes import rollouts as rollout_routes
 from controller.api.routes import tuf as tuf_routes
 from controller.api.routes import users as user_routes
@@ -127,6 +130,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.include_router(devices.router)
     app.include_router(audit_routes.router)
     app.include_router(attestation_routes.router)
+    app.include_router(provisioning_routes.router)
     app.include_router(ingest.router)
     app.include_router(shadow.router)
     app.include_router(telemetry.router)
@@ -137,6 +141,8 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.include_router(device_metrics_routes.router)
     app.include_router(drift_routes.router)
     app.include_router(alert_routes.router)
+    app.include_router(image_routes.router)
+    app.include_router(drill_routes.router)
     app.include_router(metrics_routes.router)
     app.include_router(user_routes.router)
     app.include_router(console_auth.router)

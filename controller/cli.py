@@ -17,6 +17,9 @@ from controller.cli_attest import app as attest_app
 from controller.cli_audit import audit_app
 from controller.cli_common import ConfigOpt, TokenOpt, UrlOpt, err
 from controller.cli_common import fail as _fail
+from controller.cli_drills import app as drill_app
+from controller.cli_flash import flash as flash_command
+from controller.cli_images import app as image_app
 from controller.cli_rollouts import app as rollouts_app
 from controller.cli_telemetry import alerts_app, drift_app, fleet_app
 from controller.cli_updates import keys_app, models_app
@@ -51,6 +54,9 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(drift_app, name="drift")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(image_app, name="image")
+app.add_typer(drill_app, name="drill")
+app.command("flash")(flash_command)
 
 
 def _settings(config: Path | None, **overrides: Any) -> Any:

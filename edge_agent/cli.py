@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 import uvicorn
 
+from edge_agent.attestation.measure import IMAGE_FILE
 from edge_agent.config import AgentConfig, ConfigError, load_config
 
 app = typer.Typer(
@@ -21,15 +22,40 @@ log = logging.getLogger("edge_agent")
 # paho's network loop uses select(), which cannot watch file descriptors >= 1024; each
 # simulated device holds about six, so one process stays well below that.
 MAX_SIMULATED_PER_PROCESS = 150
+# Where a flashed device keeps its config, relative to its root (edgefleet flash writes it).
+FLASHED_CONFIG = Path("etc/edgefleet/agent.yaml")
 
 
-def _load_or_exit(path: Path) -> AgentConfig:
+def _load_or_exit(path: Path, *, root: Path | None = None) -> AgentConfig:
     """The validated config, or exit status 2 with what is wrong on stderr."""
     try:
-        return load_config(path)
+        return load_config(path, root=root)
     except ConfigError as e:
         typer.echo(f"edge-agent: {e}", err=True)
         raise typer.Exit(2) from e
+
+
+def _exit(message: str) -> typer.Exit:
+    typer.echo(f"edge-agent: {message}", err=True)
+    return typer.Exit(2)
+
+
+def flashed_config(root: Path) -> Path:
+    """``root/etc/edgefleet/agent.yaml`` of a flashed device; ConfigError naming what is
+    missing when ``root`` is not one."""
+    if not root.is_dir():
+        raise ConfigError(f"--root {root} is not a folder")
+    missing = [
+        str(relative)
+        for relative in (FLASHED_CONFIG, IMAGE_FILE)
+        if not (root / relative).is_file()
+    ]
+    if missing:
+        raise ConfigError(
+            f"--root {root} is not a flashed device: no {' or '.join(missing)} in it"
+            " (write one with 'edgefleet flash IMAGE --target DIR', or pass --config)"
+        )
+    return root / FLASHED_CONFIG
 
 
 def _configure_logging(level: str) -> None:
@@ -40,15 +66,39 @@ def _configure_logging(level: str) -> None:
 
 @app.command()
 def run(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Agent YAML config file.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Agent YAML config file (default with --root: ROOT/etc/edgefleet/agent.yaml).",
+        ),
+    ] = None,
     root: Annotated[
-        Path, typer.Option(help="Filesystem root the hardware probe reads (for tests).")
-    ] = Path("/"),
+        Path | None,
+        typer.Option(
+            help="A flashed device's filesystem root: without --config, boot it (its config,"
+            " and every absolute path in it, taken under ROOT). With --config, only the root"
+            " the hardware probe and attestation read (for tests)."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Load models, connect to the controller (if configured) and serve the local API."""
     _configure_logging(log_level)
-    cfg = _load_or_exit(config)
+    if config is None:
+        if root is None:
+            raise _exit("give --config FILE, or --root DIR of a flashed device")
+        root = root.resolve()
+        try:
+            config = flashed_config(root)
+        except ConfigError as e:
+            raise _exit(str(e)) from e
+        cfg = _load_or_exit(config, root=root)
+        log.info("booting the flashed device under %s", root)
+    else:
+        cfg = _load_or_exit(config)
+    root = root if root is not None else Path("/")
 
     from edge_agent.agent import Agent
     from edge_agent.openai_api import create_agent_app

@@ -302,8 +302,21 @@ class AgentConfig(_Strict):
         return self
 
 
-def load_config(path: Path) -> AgentConfig:
-    """Read and validate ``path``; relative paths inside resolve against the file's folder."""
+def under_root(root: Path, path: Path) -> Path:
+    """``path`` as seen from a device whose filesystem root is ``root``: an absolute path is
+    taken under ``root`` (``/etc/x`` -> ``root/etc/x``); a relative one is left alone."""
+    if not path.is_absolute():
+        return path
+    return root.joinpath(*path.parts[1:])
+
+
+def load_config(path: Path, *, root: Path | None = None) -> AgentConfig:
+    """Read and validate ``path``; relative paths inside resolve against the file's folder.
+
+    With ``root`` (a flashed device's filesystem, ``edge-agent run --root``), every absolute
+    path in the file (state_dir, model paths, password_file, trusted_root) is taken under
+    ``root``, so the device's own config works unchanged from wherever its root is mounted.
+    """
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as e:
@@ -321,14 +334,18 @@ def load_config(path: Path) -> AgentConfig:
         ]
         raise ConfigError(f"invalid config {path}:\n" + "\n".join(lines)) from e
     base = path.resolve().parent
-    config.state_dir = base / config.state_dir
+
+    def place(value: Path) -> Path:
+        return base / (value if root is None else under_root(root, value))
+
+    config.state_dir = place(config.state_dir)
     for model in config.models:
-        model.path = base / model.path
+        model.path = place(model.path)
     for classifier in config.perception:
-        classifier.path = base / classifier.path
+        classifier.path = place(classifier.path)
     if config.updates.trusted_root is not None:
-        config.updates.trusted_root = base / config.updates.trusted_root
+        config.updates.trusted_root = place(config.updates.trusted_root)
     if config.mqtt is not None and config.mqtt.password_file is not None:
-        config.mqtt.password_file = base / config.mqtt.password_file
+        config.mqtt.password_file = place(config.mqtt.password_file)
         config.mqtt.password()  # unreadable secrets fail now, with the path, not at connect
     return config

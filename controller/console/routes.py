@@ -7,7 +7,7 @@ to ``/login``) whose script polls the JSON API; see docs/console.md.
 from fastapi import APIRouter
 from fastapi.responses import RedirectResponse
 
-from controller.console.pages import audit, devices, drift, fleet, models, rollouts
+from controller.console.pages import audit, devices, drift, drills, fleet, models, rollouts
 
 router = APIRouter(include_in_schema=False)
 
@@ -17,7 +17,7 @@ def index() -> RedirectResponse:
     return RedirectResponse("/console", status_code=303)
 
 
-for _pages in (fleet, devices, models, rollouts, drift, audit):
+for _pages in (fleet, devices, models, rollouts, drift, drills, audit):
     router.include_router(_pages.router)
 
 __all__ = ["router"]

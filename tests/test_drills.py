@@ -1,0 +1,252 @@
+"""Offline drills: the pure checks on hand-made observations, each scenario end to end at
+small scale (embedded controller process, real Mosquitto, real agents serving the demo
+GGUF), and stored reports on the API and console."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.drills.checks import (
+    RESTRICTED_MARKERS,
+    Convergence,
+    DeviceLedger,
+    RequestSample,
+    RolloutSample,
+    check_desired_converged,
+    check_exactly_once,
+    check_local_serving,
+    check_no_stale_advance,
+    check_restricted_stayed,
+    overall,
+    skipped,
+)
+from controller.drills.runner import DrillOptions, run_drill
+from controller.drills.scenarios import SCENARIOS, Step, Window, fault_plan, fault_windows
+from tests.conftest import Broker
+from tests.controller_harness import LiveController, live_controller
+from tests.procs import run_cli
+
+FAULT = [Window(2.0, 6.0)]
+
+
+def _ledger(stored: list[tuple[int, int]], produced: int = 4, dropped: int = 0) -> DeviceLedger:
+    return DeviceLedger("dev-1", 0, produced, frozenset(), dropped, tuple(stored))
+
+
+# --- pure checks ---------------------------------------------------------------------------
+def test_exactly_once_passes_on_every_record_once() -> None:
+    """Records 0..n-1 of the agent's epoch, each stored once, pass."""
+    result = check_exactly_once([_ledger([(0, 0), (0, 1), (0, 2), (0, 3)])])
+    assert result.passed is True
+    assert result.measured["produced"] == 4
+
+
+def test_exactly_once_fails_on_a_duplicate_record() -> None:
+    """A record stored twice fails the check and is counted."""
+    result = check_exactly_once([_ledger([(0, 0), (0, 1), (0, 1), (0, 2), (0, 3)])])
+    assert result.passed is False
+    assert result.measured["duplicates"] == 1
+
+
+def test_exactly_once_fails_on_a_gap_the_agent_did_not_drop() -> None:
+    """A missing record fails unless the agent counted it as dropped itself."""
+    assert check_exactly_once([_ledger([(0, 0), (0, 1), (0, 3)])]).passed is False
+    assert check_exactly_once([_ledger([(0, 0), (0, 1), (0, 3)], dropped=1)]).passed is True
+
+
+def test_restricted_check_fails_on_a_leaked_marker() -> None:
+    """A cloud request body carrying a restricted marker fails the check."""
+    samples = [RequestSample(1.0, "dev-1", "restricted", 200, 50.0, "local")]
+    clean = check_restricted_stayed(['{"content": "hello"}'], samples, RESTRICTED_MARKERS)
+    assert clean.passed is True
+    leaked = check_restricted_stayed(
+        [json.dumps({"content": f"card {RESTRICTED_MARKERS[0]}"})], samples, RESTRICTED_MARKERS
+    )
+    assert leaked.passed is False
+    assert leaked.measured["leaked_markers"] == 1
+
+
+def test_restricted_check_fails_when_answered_off_device() -> None:
+    """A restricted prompt answered by a remote tier fails even if no marker was seen."""
+    samples = [RequestSample(1.0, "dev-1", "restricted", 200, 50.0, "cloud")]
+    assert check_restricted_stayed([], samples, RESTRICTED_MARKERS).passed is False
+
+
+def test_stale_advance_check_fails_when_the_wave_moves_during_the_partition() -> None:
+    """A wave that advances inside the fault window fails; one after the heal passes."""
+    held = [RolloutSample(t, 0, "running") for t in (2.5, 3.5, 5.5)] + [
+        RolloutSample(7.0, 1, "running")
+    ]
+    assert check_no_stale_advance(held, FAULT).passed is True
+    moved = [RolloutSample(2.5, 0, "running"), RolloutSample(4.0, 1, "running")]
+    result = check_no_stale_advance(moved, FAULT)
+    assert result.passed is False
+    assert result.measured["max_wave_during_fault"] == 1
+
+
+def test_local_serving_fails_on_failures_or_a_blown_budget() -> None:
+    """Failed local requests, or a p95 over the budget, during the fault fail the check;
+    requests outside the fault window do not count."""
+    ok = [RequestSample(3.0 + i / 10, "d", "local", 200, 100.0, "local") for i in range(10)]
+    assert check_local_serving(ok, FAULT, 500).passed is True
+    before = [RequestSample(1.0, "d", "local", 0, 9000.0)]
+    assert check_local_serving(ok + before, FAULT, 500).passed is True
+    failed = [RequestSample(4.0, "d", "local", 503, 10.0)]
+    assert check_local_serving(ok + failed, FAULT, 500).passed is False
+    assert check_local_serving(ok, FAULT, 50).passed is False
+
+
+def test_desired_convergence_and_overall() -> None:
+    """A device behind the desired version fails convergence; skipped checks do not decide."""
+    good = Convergence("d", 3, 3, {"drill": "x"}, {"drill": "x"})
+    behind = Convergence("e", 3, 2, {"drill": "x"}, None)
+    assert check_desired_converged([good]).passed is True
+    assert check_desired_converged([good, behind]).passed is False
+    assert overall([check_desired_converged([good]), skipped("x", "n/a")]) is True
+    assert overall([skipped("x", "n/a")]) is False
+
+
+def test_fault_plans_heal_every_fault() -> None:
+    """Every scenario's plan heals what it breaks, inside the drill's duration."""
+    for scenario in SCENARIOS.values():
+        steps = fault_plan(scenario, 20, flap_period_s=2)
+        windows = fault_windows(steps)
+        assert windows, scenario.name
+        assert all(0 < w.start < w.end <= 20 for w in windows)
+    flaps = fault_windows(fault_plan(SCENARIOS["flapping-link"], 20, flap_period_s=2))
+    assert len(flaps) >= 2
+    assert fault_windows([Step(1, "cut_broker"), Step(3, "heal_broker")]) == [Window(1, 3)]
+
+
+# --- scenarios end to end --------------------------------------------------------------------
+def _failed(report: dict[str, Any]) -> str:
+    return json.dumps(
+        {"checks": report["checks"], "events": report["events"]}, indent=1, default=str
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_scenario_passes_at_small_scale(
+    scenario: str, mosquitto: Broker, model_path: Path, tmp_path: Path
+) -> None:
+    """Each scenario, with its fault injected into a real fleet of one or two agents,
+    passes every check that applies to it and stores its report on the controller."""
+    rollout = SCENARIOS[scenario].rollout
+    options = DrillOptions(
+        scenario=scenario,
+        devices=2 if rollout else 1,
+        duration_s=12 if rollout else 8,
+        embedded=True,
+        broker_url=mosquitto.url,
+        model=model_path,
+        workdir=tmp_path / "drill",
+        recovery_timeout_s=60,
+    )
+    report = run_drill(options)
+    assert report["passed"] is True, _failed(report)
+    assert report["id"] is not None
+    names = {c["name"]: c for c in report["checks"]}
+    assert names["restricted_data_stayed_local"]["measured"]["leaked_markers"] == 0
+    assert names["telemetry_exactly_once"]["measured"]["duplicates"] == 0
+    assert report["fault_windows"]
+    if rollout:
+        assert names["no_wave_advanced_on_stale_data"]["passed"] is True
+    if scenario == "cloud-outage":
+        assert names["local_serving"]["measured"]["cloud_routed_degraded"] >= 1
+
+
+def test_controller_crash_is_skipped_against_a_remote_controller(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """controller-crash against a controller the drill cannot restart is skipped with the
+    reason, and the CLI exits 0 and says so."""
+    report = run_drill(
+        DrillOptions(
+            scenario="controller-crash",
+            controller_url="http://127.0.0.1:9",
+            token="t",
+            model=model_path,
+            workdir=tmp_path,
+        )
+    )
+    assert report["passed"] is None
+    assert "--controller-cmd" in report["skipped"]
+
+
+def test_cli_refuses_bad_input(tmp_path: Path) -> None:
+    """An unknown scenario, a missing model or no controller each exit non-zero with the
+    reason on stderr."""
+    base = ["-m", "controller", "drill", "offline", "--duration", "5"]
+    unknown = run_cli([*base, "--scenario", "meteor-strike", "--embedded"])
+    assert unknown.returncode == 2
+    assert "unknown scenario" in unknown.stderr
+    missing = run_cli(
+        [*base, "--scenario", "cloud-outage", "--embedded", "--model", str(tmp_path / "x.gguf")]
+    )
+    assert missing.returncode == 2
+    assert "does not exist" in missing.stderr
+    no_url = run_cli(
+        [*base, "--scenario", "cloud-outage"], env={"EDGEFLEET_CLI_CONFIG": str(tmp_path / "n")}
+    )
+    assert no_url.returncode == 2
+    assert "--url" in no_url.stderr
+
+
+# --- stored reports ---------------------------------------------------------------------------
+@pytest.fixture
+def live(mosquitto: Broker, tmp_path: Path) -> Any:
+    with live_controller(tmp_path, {"mode": "external", "url": mosquitto.url}) as controller:
+        yield controller
+
+
+def _report(passed: bool) -> dict[str, Any]:
+    return {
+        "scenario": "broker-partition",
+        "devices": 2,
+        "duration_s": 30,
+        "passed": passed,
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "latency_budget_ms": 2000,
+        "checks": [
+            {"name": "local_serving", "passed": passed, "measured": {"p95_ms": 120}, "detail": ""}
+        ],
+        "events": [{"t": 6.0, "event": "fault_injected", "fault": "broker link cut"}],
+        "fault_windows": [{"start": 6.0, "end": 21.0}],
+        "timeline": [{"t": 0, "ok": 4, "failed": 0, "p95_ms": 120.0}],
+    }
+
+
+def test_stored_report_is_listed_and_rendered(live: LiveController) -> None:
+    """A posted report is listed on /api/drills, readable whole, and its console page and the
+    list page render; an unknown scenario is refused with 422."""
+    created = live.client.post("/api/drills", json=_report(False), headers=live.auth)
+    assert created.status_code == 201, created.text
+    drill_id = created.json()["id"]
+    page = live.client.get("/api/drills", headers=live.auth).json()
+    assert page["count"] == 1
+    assert page["data"][0]["checks_failed"] == 1
+    one = live.client.get(f"/api/drills/{drill_id}", headers=live.auth).json()
+    assert one["report"]["fault_windows"] == [{"start": 6.0, "end": 21.0}]
+    assert live.client.get("/api/drills/999", headers=live.auth).status_code == 404
+    bad = live.client.post(
+        "/api/drills", json={**_report(True), "scenario": "meteor"}, headers=live.auth
+    )
+    assert bad.status_code == 422
+
+    from controller.auth import SESSION_COOKIE
+    from tests.controller_harness import PASSWORD, console_login
+
+    console_login(live.client, "admin", PASSWORD)
+    assert SESSION_COOKIE in live.client.cookies
+    listing = live.client.get("/console/drills")
+    assert listing.status_code == 200
+    assert "/static/drills.js" in listing.text
+    assert 'href="/console/drills"' in listing.text
+    detail = live.client.get(f"/console/drills/{drill_id}")
+    assert detail.status_code == 200
+    assert "broker-partition" in detail.text
+    assert 'id="chart-requests"' in detail.text
+    assert live.client.get("/console/drills/999").status_code == 404
