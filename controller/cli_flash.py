@@ -36,7 +36,8 @@ def flash(
         Path | None,
         typer.Option(
             help="File with the image public key (base64 raw Ed25519, 'edgefleet image key');"
-            " default: fetched from the controller (GET /api/images/key)."
+            " default: fetched from the controller (GET /api/images/key). Pass it to pin"
+            " the key; use an https --url in production (the TUF root comes from it too)."
         ),
     ] = None,
     force: Annotated[

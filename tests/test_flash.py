@@ -26,9 +26,10 @@ from sqlmodel import Session
 from typer.testing import CliRunner
 
 from controller.auth import create_api_token, create_user
-from controller.broker.mosquitto_auth import verify_password
+from controller.broker.mosquitto_auth import hash_password, verify_password
 from controller.cli import app as controller_cli
 from controller.db import session_scope
+from controller.images import flash as flash_module
 from controller.images.build import build_image
 from controller.images.flash import (
     AGENT_CONFIG,
@@ -54,6 +55,7 @@ PASSPHRASE = "correct horse battery staple, flashing"
 DEVICE_CLASS = "test-cpu"
 KEY_PATH = "var/lib/edgefleet-agent/identity/ed25519.pem"
 AGENT_FILE = "rootfs/opt/edgefleet/agent/edge_agent/cli.py"
+ROOTFS_PREFIX = "rootfs/"
 
 
 def write_recipe(folder: Path, template: dict[str, object] | None = None) -> Path:
@@ -397,6 +399,104 @@ def test_booting_a_folder_that_is_not_a_flashed_device_fails_clearly(
     assert error in done.output
 
 
+def snapshot(root: Path) -> dict[str, bytes | str]:
+    """Every entry under ``root``: a file's bytes, a link's target, or ``"dir"``."""
+    found: dict[str, bytes | str] = {}
+    for path in root.rglob("*"):
+        name = str(path.relative_to(root))
+        if path.is_symlink():
+            found[name] = "-> " + os.readlink(path)
+        elif path.is_dir():
+            found[name] = "dir"
+        else:
+            found[name] = path.read_bytes()
+    return found
+
+
+def changed_read(mode: str) -> object:
+    """``_image_files`` as flash uses it, except that the agent file reads back different
+    bytes of the same size (``changed``) or is left out (``missing``)."""
+    original = flash_module._image_files
+
+    def image_files(image: flash_module.VerifiedImage) -> object:
+        for relative, entry, reader in original(image):
+            if ROOTFS_PREFIX + relative != AGENT_FILE:
+                yield relative, entry, reader
+            elif mode == "changed":
+                data = b"#" * entry.size
+                yield relative, entry, flash_module._HashingReader(io.BytesIO(data))
+
+    return image_files
+
+
+@pytest.mark.parametrize(
+    ("mode", "error"),
+    [("changed", "content changed since"), ("missing", "missing: " + AGENT_FILE)],
+)
+def test_a_file_that_reads_back_wrong_while_writing_replaces_nothing(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, error: str
+) -> None:
+    """When an image file reads back different from its manifest entry (or not at all)
+    while being written, the flash is refused naming it, and neither a previously
+    flashed folder nor a tar target changes."""
+    target = tmp_path / "device"
+    world.flash(target, f"readback-{mode}")
+    before = snapshot(target)
+    monkeypatch.setattr(flash_module, "_image_files", changed_read(mode))
+    with pytest.raises(FlashError, match=error):
+        world.flash(target, f"readback-{mode}", force=True, rotate=True)
+    assert snapshot(target) == before
+    tar_target = tmp_path / "device.tar"
+    with pytest.raises(FlashError, match=error):
+        world.flash(tar_target, f"readback-{mode}", rotate=True)
+    assert [p.name for p in tmp_path.iterdir() if "device.tar" in p.name] == []
+
+
+def test_force_removes_stale_image_files_without_following_links(
+    world: World, tmp_path: Path
+) -> None:
+    """Reflashing with force removes files an earlier flash left in the image's trees
+    (a stray agent module, a stray config, a link, never its target) and keeps files
+    outside those trees."""
+    target = tmp_path / "device"
+    world.flash(target, "stale-1")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.py").write_text("keep me\n")
+    agent = target / "opt/edgefleet/agent/edge_agent"
+    (agent / "leftover.py").write_text("import os\n")
+    (agent / "oldpkg").mkdir()
+    (agent / "oldpkg/__init__.py").write_text("")
+    (target / "etc/edgefleet/old.yaml").write_text("x: 1\n")
+    (target / "opt/edgefleet/link").symlink_to(outside)
+    (target / "opt/edgefleet/file-link").symlink_to(outside / "precious.py")
+    (target / "home").mkdir()
+    (target / "home/notes.txt").write_text("mine\n")
+    summary = world.flash(target, "stale-1", force=True, rotate=True)
+    assert not (agent / "leftover.py").exists() and not (agent / "oldpkg").exists()
+    assert not (target / "etc/edgefleet/old.yaml").exists()
+    assert not (target / "opt/edgefleet/link").is_symlink()
+    assert not (target / "opt/edgefleet/file-link").is_symlink()
+    assert (outside / "precious.py").read_text() == "keep me\n"
+    assert (target / "home/notes.txt").read_text() == "mine\n"
+    assert (target / PASSWORD_FILE).is_file() and (target / KEY_PATH).is_file()
+    assert (target / "etc/systemd/system/edgefleet-agent.service").is_file()
+    with tarfile.open(world.image) as tar:
+        listed = {m.name.removeprefix(ROOTFS_PREFIX) for m in tar if m.name.startswith("rootfs/")}
+    trees = {
+        str(p.relative_to(target))
+        for tree in ("opt/edgefleet", "etc/edgefleet")
+        for p in (target / tree).rglob("*")
+        if not p.is_dir()
+    }
+    assert trees == {n for n in listed if n.startswith(("opt/edgefleet/", "etc/edgefleet/"))} | {
+        PASSWORD_FILE,
+        TRUSTED_ROOT,
+    }
+    assert summary.files_written == len(listed) + 3
+    assert not any(p.name.startswith(".edgefleet-flash") for p in target.iterdir())
+
+
 def test_flash_leaves_no_secret_readable_by_others(world: World, tmp_path: Path) -> None:
     """Nothing in a flashed root that holds a secret is readable by group or others."""
     target = tmp_path / "device"
@@ -442,3 +542,20 @@ def test_credential_route_generates_or_takes_a_hash(world: World) -> None:
     assert bad_hash.status_code == 422 and "$7$" in bad_hash.text
     bad_id = client.post("/api/devices/Bad_Id!/broker-credential", json={}, headers=auth)
     assert bad_id.status_code == 422
+
+
+def test_credential_route_refuses_a_weak_hash(world: World) -> None:
+    """A well-formed ``$7$`` hash with fewer iterations than ``hash_password`` uses is
+    refused with 422; the default count is taken."""
+    client, auth = world.live.client, world.live.auth
+    weak = hash_password("a long enough password", iterations=1)
+    refused = client.post(
+        "/api/devices/weak-1/broker-credential", json={"password_hash": weak}, headers=auth
+    )
+    assert refused.status_code == 422 and "iterations" in refused.text
+    taken = client.post(
+        "/api/devices/weak-1/broker-credential",
+        json={"password_hash": hash_password("a long enough password")},
+        headers=auth,
+    )
+    assert taken.status_code == 201, taken.text

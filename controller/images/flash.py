@@ -3,13 +3,16 @@
 ``flash`` runs on the operator's machine with the device's storage mounted (or writes a
 ``.tar`` of the device's root). In order, so that a refusal leaves nothing behind:
 
-1. **Verify** the image before anything is written: ``manifest.sig`` against the image key
-   (given, or ``GET /api/images/key``), the manifest's own image id, and every tar member:
-   a regular file or folder under ``rootfs/`` with a safe name (no ``..``, no absolute path,
-   no links or devices), listed in the manifest with that exact size and SHA-256; nothing
-   listed may be missing. A tampered image is refused with the file it concerns.
-2. **Check the target**: a folder that is missing or empty (``force`` overwrites), or a
-   ``.tar`` file that does not exist yet (``force`` replaces it).
+1. **Verify** the image before anything is written. The image is first copied, in one
+   read, into a private 0600 file (in a 0700 temporary folder); that copy is what is
+   verified and what is written, so the file given cannot change between the two.
+   Checked: ``manifest.sig`` against the image key (given, or ``GET /api/images/key``),
+   the manifest's own image id, and every tar member: a regular file under ``rootfs/``
+   with a safe name (no ``..``, no absolute path, no links or devices), listed in the
+   manifest with that exact size and SHA-256; nothing listed may be missing. A tampered
+   image is refused with the file it concerns.
+2. **Check the target**: a folder that is missing or empty (``force`` writes over it), or
+   a ``.tar`` file that does not exist yet (``force`` replaces it).
 3. **Prepare the device's files in memory**: its Ed25519 identity key (generated here, on
    the operator's side of the wire; the private half only ever goes to the target), a
    random broker password, the TUF trusted root (the controller's root chain from
@@ -20,15 +23,22 @@
    /api/devices/{id}/broker-credential`` with only the password's ``$7$`` hash, so the
    password never crosses the network) and register the identity key as expected (``PUT
    /api/devices/{id}/identity``). Both need an admin token.
-5. **Write** ``rootfs/`` and the device's files, re-hashing every image file as it is
-   written (a file that changed since step 1 stops the write), never following a symlink
-   that is already in the target folder.
+5. **Write** ``rootfs/`` and the device's files. Into a folder: every file is first
+   staged in a private folder inside the target and re-hashed there; only when all of
+   them match the manifest, and the files staged are exactly the manifest's (less the
+   device's own), are they moved into place (a mismatch removes the staging folder and
+   nothing in the target is replaced). With ``force``, files of an earlier flash that
+   this image does not have are removed from the trees the image owns (``IMAGE_TREES``;
+   a leftover ``.py`` would change the device's ``agent_code``). A symlink already in the
+   target is never followed. Into a ``.tar``: written to a temporary file, re-hashed as
+   written, and renamed over the target only when complete and matching.
 """
 
 import base64
 import hashlib
 import io
 import os
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -68,6 +78,10 @@ MAX_TEMPLATE_BYTES = 1024 * 1024
 MAX_ROOT_BYTES = 1024 * 1024
 MAX_ROOT_VERSIONS = 1000
 _CHUNK = 1024 * 1024
+# The trees of the device root that the image owns (device-relative): with ``force``, a file
+# in them that is neither in the image nor one of the device's own files is removed.
+IMAGE_TREES = ("opt/edgefleet", "etc/edgefleet", "etc/systemd/system/edgefleet-agent.service")
+_STAGING_PREFIX = ".edgefleet-flash."
 _PLACEHOLDERS = ("device_id", "broker_url", "controller_url")
 
 
@@ -86,7 +100,8 @@ class ControllerError(FlashError):
 # --- 1. verifying the image -----------------------------------------------------------------
 @dataclass(frozen=True)
 class VerifiedImage:
-    """An image whose signature, manifest and every member were checked."""
+    """An image whose signature, manifest and every member were checked; ``path`` is the
+    private copy that was checked (and that is written from)."""
 
     path: Path
     manifest: Manifest
@@ -97,6 +112,10 @@ class VerifiedImage:
 
     def entries(self) -> dict[str, FileEntry]:
         return {f.path: f for f in self.manifest.files}
+
+    def rootfs_files(self) -> set[str]:
+        """Every image file as a device-relative path."""
+        return {f.path[len(ROOTFS) :] for f in self.manifest.files if f.path.startswith(ROOTFS)}
 
 
 def _safe_member_name(name: str) -> str:
@@ -120,21 +139,40 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> b
     return handle.read(limit + 1)
 
 
-def verify_image_file(image: Path, public_key: bytes) -> VerifiedImage:
-    """Check everything about ``image`` without writing anything; ImageError naming every
-    problem (the signature, the manifest, each file by its path) when it must not be used.
+def _private_copy(image: Path, folder: Path) -> Path:
+    """``image`` copied in one read into a new 0600 file in ``folder``."""
+    copy = folder / "image.tar"
+    try:
+        with image.open("rb") as source:
+            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+                raise ImageError(f"{image} is not a regular file")
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(source, out, _CHUNK)
+    except OSError as e:
+        raise ImageError(f"cannot read {image}: {e}") from e
+    return copy
+
+
+@contextmanager
+def verified_image(image: Path, public_key: bytes) -> Iterator[VerifiedImage]:
+    """Check everything about ``image`` without writing anything to the target; ImageError
+    naming every problem (the signature, the manifest, each file by its path) when it must
+    not be used. Yields the verified private copy (removed afterwards): write from it only.
 
     Member names are checked first, so a path-traversal attempt is called what it is;
     ``controller.images.build.verify_image`` then checks the signature, the image id and
     every member against the manifest."""
-    try:
-        with tarfile.open(image, "r:*") as tar:
-            names = tar.getnames()
-    except (OSError, tarfile.TarError, EOFError) as e:
-        raise ImageError(f"{image} is not a readable image tar: {e}") from e
-    for name in names:
-        _safe_member_name(name)
-    return VerifiedImage(image, verify_image(image, public_key))
+    with tempfile.TemporaryDirectory(prefix="edgefleet-flash-") as folder:
+        copy = _private_copy(image, Path(folder))
+        try:
+            with tarfile.open(copy, "r:*") as tar:
+                names = tar.getnames()
+        except (OSError, tarfile.TarError, EOFError) as e:
+            raise ImageError(f"{image} is not a readable image tar: {e}") from e
+        for name in names:
+            _safe_member_name(name)
+        yield VerifiedImage(copy, verify_image(copy, public_key))
 
 
 # --- 3. the device's own files ----------------------------------------------------------------
@@ -347,7 +385,21 @@ class _HashingReader(io.RawIOBase):
 def _check_written(name: str, reader: _HashingReader, entry: FileEntry) -> None:
     if reader.size != entry.size or reader.digest.hexdigest() != entry.sha256:
         raise ImageError(
-            f"{name}: content changed since the image was verified; nothing more written"
+            f"{name}: content changed since the image was verified; nothing in the target"
+            " was replaced"
+        )
+
+
+def _check_complete(image: VerifiedImage, written: set[str], device: dict[str, DeviceFile]) -> None:
+    """ImageError unless exactly the image's files (less the device's own) were read."""
+    expected = image.rootfs_files() - set(device)
+    missing, extra = sorted(expected - written), sorted(written - expected)
+    if missing or extra:
+        raise ImageError(
+            "the files read from the image differ from its manifest"
+            + (f"; missing: {', '.join(ROOTFS + p for p in missing)}" if missing else "")
+            + (f"; not listed: {', '.join(ROOTFS + p for p in extra)}" if extra else "")
+            + "; nothing in the target was replaced"
         )
 
 
@@ -394,23 +446,24 @@ def _folder_in(root: Path, relative: PurePosixPath) -> Path:
     return current
 
 
-def _write_file(root: Path, relative: str, mode: int, fill: Callable[[IO[bytes]], None]) -> None:
+def _stage_file(staging: Path, mode: int, fill: Callable[[IO[bytes]], None]) -> Path:
+    """A new file in the private ``staging`` folder, filled, ``mode``, synced."""
+    fd, tmp = tempfile.mkstemp(dir=staging, suffix=".flash")
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), mode)
+        fill(out)
+        out.flush()
+        os.fsync(out.fileno())
+    return Path(tmp)
+
+
+def _move_into_place(root: Path, relative: str, staged: Path) -> None:
     path = PurePosixPath(relative)
     folder = _folder_in(root, path.parent)
     dest = folder / path.name
     if dest.is_symlink() or dest.is_dir():
         raise TargetError(f"{dest} is a symlink or a folder in the target; refusing to replace it")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".flash")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), mode)
-            fill(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    os.replace(staged, dest)
 
 
 def _copy(source: "_HashingReader") -> Callable[[IO[bytes]], None]:
@@ -429,10 +482,12 @@ def _put(data: bytes) -> Callable[[IO[bytes]], None]:
 
 
 def _image_files(image: VerifiedImage) -> Iterator[tuple[str, FileEntry, _HashingReader]]:
-    """Every image file as (device-relative path, manifest entry, hashing reader)."""
+    """Every image file as (device-relative path, manifest entry, hashing reader), from the
+    verified private copy; members outside the manifest (``manifest.json``/``.sig``) are
+    not files to write, and the caller checks that every listed file came exactly once."""
     entries = image.entries()
     with tarfile.open(image.path, "r:*") as tar:
-        for member in tar:
+        while (member := tar.next()) is not None:
             if member.name not in entries:
                 continue
             handle = tar.extractfile(member)
@@ -441,26 +496,96 @@ def _image_files(image: VerifiedImage) -> Iterator[tuple[str, FileEntry, _Hashin
             yield member.name[len(ROOTFS) :], entries[member.name], _HashingReader(handle)
 
 
-def write_folder(image: VerifiedImage, target: Path, device: dict[str, DeviceFile]) -> int:
+def _tree_path(root: Path, tree: str) -> Path | None:
+    """``root/tree`` when it exists, else None; TargetError when any part is a symlink."""
+    current = root
+    for part in PurePosixPath(tree).parts:
+        current = current / part
+        try:
+            st = current.lstat()
+        except FileNotFoundError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            raise TargetError(f"{current} is a symlink in the target; refusing to follow it")
+    return current
+
+
+def _raise(error: OSError) -> None:
+    raise error
+
+
+def _stale_files(root: Path, keep: set[str]) -> list[str]:
+    """Device-relative paths under ``IMAGE_TREES`` in the folder ``root`` that are not in
+    ``keep`` (a symlink is listed as itself, never followed)."""
+    stale: list[str] = []
+    for tree in IMAGE_TREES:
+        top = _tree_path(root, tree)
+        if top is None:
+            continue
+        if not top.is_dir():
+            if tree not in keep:
+                stale.append(tree)
+            continue
+        for folder, dirs, files in os.walk(top, followlinks=False, onerror=_raise):
+            base = PurePosixPath(Path(folder).relative_to(root).as_posix())
+            links = [d for d in dirs if (Path(folder) / d).is_symlink()]
+            stale += [str(base / n) for n in files + links if str(base / n) not in keep]
+    return sorted(stale)
+
+
+def _remove_stale(root: Path, stale: list[str], keep: set[str]) -> None:
+    """Remove ``stale`` files (links themselves), then the folders under ``IMAGE_TREES``
+    they leave empty that no kept file needs."""
+    needed = {str(p) for k in keep for p in PurePosixPath(k).parents}
+    folders: set[str] = set()
+    for relative in stale:
+        (root / relative).unlink()
+        folders.update(str(p) for p in PurePosixPath(relative).parents)
+    trees = set(IMAGE_TREES)
+    for folder in sorted(folders, key=lambda f: f.count("/"), reverse=True):
+        if folder in needed or folder in trees or folder == ".":
+            continue
+        if not any(folder.startswith(t + "/") for t in IMAGE_TREES):
+            continue
+        path = root / folder
+        if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            path.rmdir()
+
+
+def write_folder(
+    image: VerifiedImage, target: Path, device: dict[str, DeviceFile], *, force: bool = False
+) -> int:
     """Write the image's rootfs and the device's files into the folder ``target``;
-    returns the number of files written."""
+    returns the number of files written. Every file is staged and checked before any is
+    moved into place; with ``force``, stale files in ``IMAGE_TREES`` are removed."""
     target.mkdir(mode=0o755, exist_ok=True)
     root = target.resolve()
-    count = 0
-    for relative, entry, reader in _image_files(image):
-        if relative in device:
-            continue  # the device's own version of the file (its agent.yaml) wins
-        _write_file(root, relative, entry.mode, _copy(reader))
-        _check_written(ROOTFS + relative, reader, entry)
-        count += 1
-    for relative, file in sorted(device.items()):
-        home = _folder_in(root, PurePosixPath(relative).parent)
-        if file.folder_mode is not None:
-            home.chmod(file.folder_mode)
-        _write_file(root, relative, file.mode, _put(file.content))
-        count += 1
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=_STAGING_PREFIX))
+    try:
+        staged: dict[str, Path] = {}
+        for relative, entry, reader in _image_files(image):
+            if relative in device:
+                continue  # the device's own version of the file (its agent.yaml) wins
+            if relative in staged:
+                raise ImageError(f"{ROOTFS + relative}: more than once in the image")
+            staged[relative] = _stage_file(staging, entry.mode, _copy(reader))
+            _check_written(ROOTFS + relative, reader, entry)
+        _check_complete(image, set(staged), device)
+        for relative, file in sorted(device.items()):
+            staged[relative] = _stage_file(staging, file.mode, _put(file.content))
+        # Everything is staged and checked: from here on the target changes.
+        if force:
+            keep = set(staged)
+            _remove_stale(root, _stale_files(root, keep), keep)
+        for relative, path in sorted(staged.items()):
+            own = device.get(relative)
+            if own is not None and own.folder_mode is not None:
+                _folder_in(root, PurePosixPath(relative).parent).chmod(own.folder_mode)
+            _move_into_place(root, relative, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     fsync_dir(root)
-    return count
+    return len(staged)
 
 
 def _tar_info(
@@ -486,13 +611,18 @@ def write_tar(image: VerifiedImage, target: Path, device: dict[str, DeviceFile])
             os.fchmod(raw.fileno(), 0o600)
             with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as out:
                 written_folders: set[str] = set()
+                written: set[str] = set()
                 for relative, entry, reader in _image_files(image):
                     if relative in device:
                         continue
+                    if relative in written:
+                        raise ImageError(f"{ROOTFS + relative}: more than once in the image")
                     info = _tar_info(relative, size=entry.size, mode=entry.mode, mtime=0)
                     out.addfile(info, reader)
                     _check_written(ROOTFS + relative, reader, entry)
+                    written.add(relative)
                     count += 1
+                _check_complete(image, written, device)
                 for relative, file in sorted(device.items()):
                     for parent in reversed(PurePosixPath(relative).parents[:-1]):
                         if str(parent) not in written_folders:
@@ -578,8 +708,28 @@ def flash(
     if not image_path.is_file():
         raise FlashError(f"image {image_path} is not a file")
     public = image_key if image_key is not None else controller.image_key()
-    with _translated():
-        image = verify_image_file(image_path, public)
+    with _translated(), verified_image(image_path, public) as image:
+        return _flash_verified(
+            image,
+            target=target,
+            device_id=device_id,
+            controller=controller,
+            broker_url=broker_url,
+            force=force,
+            rotate=rotate,
+        )
+
+
+def _flash_verified(
+    image: VerifiedImage,
+    *,
+    target: Path,
+    device_id: str,
+    controller: ControllerApi,
+    broker_url: str | None,
+    force: bool,
+    rotate: bool,
+) -> FlashSummary:
     check_target(target, force=force)
     broker = broker_url or default_broker_url(controller.url)
     with _translated():
@@ -610,7 +760,7 @@ def flash(
             if is_tar_target(target):
                 count = write_tar(image, target, device)
             else:
-                count = write_folder(image, target, device)
+                count = write_folder(image, target, device, force=force)
     except OSError as e:
         raise TargetError(
             f"cannot write {target}: {e} (the controller already expects this device's new key"
@@ -639,6 +789,7 @@ def flash(
 
 __all__ = [
     "AGENT_CONFIG",
+    "IMAGE_TREES",
     "PASSWORD_FILE",
     "TRUSTED_ROOT",
     "ControllerApi",
@@ -653,7 +804,7 @@ __all__ = [
     "default_broker_url",
     "flash",
     "render_agent_config",
-    "verify_image_file",
+    "verified_image",
     "write_folder",
     "write_tar",
 ]

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from controller.api.deps import CurrentUser, DbDep, ServicesDep
 from controller.audit import audit
 from controller.broker.mosquitto_auth import (
+    DEFAULT_ITERATIONS,
     DIGEST_BYTES,
     SALT_BYTES,
     generate_password,
@@ -36,9 +37,10 @@ _HASH = re.compile(r"^\$7\$([1-9][0-9]{0,6})\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]
 
 
 def is_password_hash(text: str) -> bool:
-    """True if ``text`` is a well-formed ``$7$`` hash (what Mosquitto's password file takes)."""
+    """True if ``text`` is a well-formed ``$7$`` hash (what Mosquitto's password file takes)
+    with at least the iteration count ``hash_password`` uses (a weaker hash is refused)."""
     match = _HASH.match(text)
-    if match is None:
+    if match is None or int(match[1]) < DEFAULT_ITERATIONS:
         return False
     try:
         salt = base64.b64decode(match[2], validate=True)
@@ -85,7 +87,11 @@ def issue_credential(
     if device_id == services.settings.broker.username:
         raise HTTPException(422, f"device id {device_id!r} is the controller's broker user name")
     if body.password_hash is not None and not is_password_hash(body.password_hash):
-        raise HTTPException(422, "password_hash is not a $7$ (mosquitto_passwd) hash")
+        raise HTTPException(
+            422,
+            "password_hash is not a $7$ (mosquitto_passwd) hash with at least"
+            f" {DEFAULT_ITERATIONS} iterations",
+        )
     credential = db.get(BrokerCredential, device_id)
     if credential is not None and not body.rotate:
         raise HTTPException(
