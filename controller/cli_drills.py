@@ -55,6 +55,9 @@ def offline(
         str | None, typer.Option(help="Published version of --model-name (rollout-partition).")
     ] = None,
     workdir: Annotated[Path | None, typer.Option(help="Folder for agent state and logs.")] = None,
+    keep_workdir: Annotated[
+        bool, typer.Option(help="Keep the work folder the drill makes when no --workdir is given.")
+    ] = False,
 ) -> None:
     """Start drill agents behind cuttable links, drive chat traffic, inject the scenario's
     fault and check serving, data locality, telemetry, desired state and rollouts. Exit 0
@@ -93,6 +96,7 @@ def offline(
         embedded=embedded,
         controller_cmd=controller_cmd,
         workdir=workdir,
+        keep_workdir=keep_workdir,
         latency_budget_ms=latency_budget_ms,
         rate=rate,
         flap_period_s=flap_period,

@@ -5,6 +5,7 @@ plus N edge agents as separate processes, each serving a real llama.cpp model. R
 Ctrl-C or SIGTERM, then stops the agents (clean deaths), the server and the broker.
 """
 
+import ctypes
 import json
 import os
 import secrets
@@ -35,6 +36,9 @@ from controller.updates.publish import ModelSpec, add_model_file
 DEMO_MODEL_NAME = "smollm2-135m"
 DEMO_MODEL_VERSION = "1.0"
 HOST = "127.0.0.1"
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class DemoError(RuntimeError):
@@ -74,6 +78,16 @@ def agent_config(
     }
 
 
+def _die_with_parent() -> None:
+    """In the agent's child process: get SIGTERM when the demo dies, however it dies (a
+    SIGKILLed demo cannot stop its agents itself). Linux only; elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def _spawn_agent(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
     log = log_path.open("wb")
     try:
@@ -82,6 +96,7 @@ def _spawn_agent(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C goes to the demo, which stops agents in order
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
     finally:
         log.close()

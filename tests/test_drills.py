@@ -3,6 +3,7 @@ small scale (embedded controller process, real Mosquitto, real agents serving th
 GGUF), and stored reports on the API and console."""
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,15 @@ from controller.drills.checks import (
     RequestSample,
     RolloutSample,
     check_desired_converged,
-    check_exactly_once,
     check_local_serving,
     check_no_stale_advance,
     check_restricted_stayed,
+    check_telemetry_delivered,
     overall,
     skipped,
 )
-from controller.drills.runner import DrillOptions, run_drill
+from controller.drills.processes import CommandController, DrillError, free_port, wait_until
+from controller.drills.runner import DrillOptions, DrillRunner, run_drill
 from controller.drills.scenarios import SCENARIOS, Step, Window, fault_plan, fault_windows
 from tests.conftest import Broker
 from tests.controller_harness import LiveController, live_controller
@@ -31,29 +33,51 @@ from tests.procs import run_cli
 FAULT = [Window(2.0, 6.0)]
 
 
-def _ledger(stored: list[tuple[int, int]], produced: int = 4, dropped: int = 0) -> DeviceLedger:
-    return DeviceLedger("dev-1", 0, produced, frozenset(), dropped, tuple(stored))
+def _ledger(
+    stored: list[tuple[int, int]],
+    produced: int = 4,
+    dropped: int = 0,
+    buffered: frozenset[int] = frozenset({2}),
+) -> DeviceLedger:
+    return DeviceLedger("dev-1", 0, produced, frozenset(), dropped, tuple(stored), 2, buffered)
+
+
+def _delivered(ledgers: list[DeviceLedger], fault_buffering: bool = True) -> Any:
+    return check_telemetry_delivered(ledgers, fault_buffering=fault_buffering, redelivered=3)
 
 
 # --- pure checks ---------------------------------------------------------------------------
-def test_exactly_once_passes_on_every_record_once() -> None:
-    """Records 0..n-1 of the agent's epoch, each stored once, pass."""
-    result = check_exactly_once([_ledger([(0, 0), (0, 1), (0, 2), (0, 3)])])
+def test_telemetry_passes_on_every_record_once_with_one_delivered_after_the_heal() -> None:
+    """Records 0..n-1 of the agent's epoch stored once, one of them buffered at the heal,
+    pass, and the controller's redelivery count is reported as it came."""
+    result = _delivered([_ledger([(0, 0), (0, 1), (0, 2), (0, 3)])])
     assert result.passed is True
     assert result.measured["produced"] == 4
+    assert result.measured["delivered_after_heal"] == 1
+    assert result.measured["redelivered"] == 3
 
 
-def test_exactly_once_fails_on_a_duplicate_record() -> None:
-    """A record stored twice fails the check and is counted."""
-    result = check_exactly_once([_ledger([(0, 0), (0, 1), (0, 1), (0, 2), (0, 3)])])
+def test_telemetry_fails_when_nothing_was_buffered_during_a_broker_fault() -> None:
+    """With every record stored but none buffered over a broker or controller fault the
+    check fails (nothing was tested); without such a fault that is not required."""
+    ledger = _ledger([(0, 0), (0, 1), (0, 2), (0, 3)], buffered=frozenset())
+    result = _delivered([ledger])
+    assert result.passed is False
+    assert "nothing tested" in result.detail
+    assert _delivered([ledger], fault_buffering=False).passed is True
+
+
+def test_telemetry_fails_on_a_duplicate_record() -> None:
+    """A record the API lists twice fails the check and is counted."""
+    result = _delivered([_ledger([(0, 0), (0, 1), (0, 1), (0, 2), (0, 3)])])
     assert result.passed is False
     assert result.measured["duplicates"] == 1
 
 
-def test_exactly_once_fails_on_a_gap_the_agent_did_not_drop() -> None:
+def test_telemetry_fails_on_a_gap_the_agent_did_not_drop() -> None:
     """A missing record fails unless the agent counted it as dropped itself."""
-    assert check_exactly_once([_ledger([(0, 0), (0, 1), (0, 3)])]).passed is False
-    assert check_exactly_once([_ledger([(0, 0), (0, 1), (0, 3)], dropped=1)]).passed is True
+    assert _delivered([_ledger([(0, 0), (0, 2), (0, 3)])]).passed is False
+    assert _delivered([_ledger([(0, 0), (0, 2), (0, 3)], dropped=1)]).passed is True
 
 
 def test_restricted_check_fails_on_a_leaked_marker() -> None:
@@ -72,6 +96,22 @@ def test_restricted_check_fails_when_answered_off_device() -> None:
     """A restricted prompt answered by a remote tier fails even if no marker was seen."""
     samples = [RequestSample(1.0, "dev-1", "restricted", 200, 50.0, "cloud")]
     assert check_restricted_stayed([], samples, RESTRICTED_MARKERS).passed is False
+
+
+def test_restricted_check_fails_when_none_was_answered_locally() -> None:
+    """Restricted prompts that all failed test nothing and fail the check; failures outside
+    the fault window are counted for information."""
+    samples = [
+        RequestSample(1.0, "dev-1", "restricted", 0, 50.0, reason="ConnectError"),
+        RequestSample(3.0, "dev-1", "restricted", 503, 50.0),
+    ]
+    result = check_restricted_stayed([], samples, RESTRICTED_MARKERS, FAULT)
+    assert result.passed is False
+    assert "nothing tested" in result.detail
+    assert result.measured["failed_outside_fault"] == 1
+    assert result.measured["failed_during_fault"] == 1
+    answered = [*samples, RequestSample(7.0, "dev-1", "restricted", 200, 50.0, "local")]
+    assert check_restricted_stayed([], answered, RESTRICTED_MARKERS, FAULT).passed is True
 
 
 def test_stale_advance_check_fails_when_the_wave_moves_during_the_partition() -> None:
@@ -150,7 +190,10 @@ def test_scenario_passes_at_small_scale(
     assert report["id"] is not None
     names = {c["name"]: c for c in report["checks"]}
     assert names["restricted_data_stayed_local"]["measured"]["leaked_markers"] == 0
-    assert names["telemetry_exactly_once"]["measured"]["duplicates"] == 0
+    telemetry = names["telemetry_delivered_after_fault"]["measured"]
+    assert telemetry["duplicates"] == 0
+    if scenario != "cloud-outage":
+        assert telemetry["delivered_after_heal"] >= 1
     assert report["fault_windows"]
     if rollout:
         assert names["no_wave_advanced_on_stale_data"]["passed"] is True
@@ -174,6 +217,49 @@ def test_controller_crash_is_skipped_against_a_remote_controller(
     )
     assert report["passed"] is None
     assert "--controller-cmd" in report["skipped"]
+
+
+def test_own_workdir_is_removed_unless_kept(model_path: Path) -> None:
+    """A work folder the drill made itself is gone after the run, skipped or not, unless
+    ``keep_workdir`` is set."""
+    base = DrillOptions(
+        scenario="controller-crash",
+        controller_url="http://127.0.0.1:9",
+        token="t",
+        model=model_path,
+    )
+    runner = DrillRunner(base)
+    assert runner.workdir.is_dir()
+    runner.run()
+    assert not runner.workdir.exists()
+    kept = DrillRunner(DrillOptions(**{**base.__dict__, "keep_workdir": True}))
+    kept.run()
+    assert kept.workdir.is_dir()
+    kept.workdir.rmdir()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def test_controller_command_that_fails_to_start_leaves_nothing_running(tmp_path: Path) -> None:
+    """A --controller-cmd that exits before its controller answers is a DrillError, and the
+    child it left behind in its session is stopped."""
+    pidfile = tmp_path / "child.pid"
+    command = f"sleep 300 & echo $! > {pidfile}; exit 3"
+    handle = CommandController(command, f"http://127.0.0.1:{free_port()}", "t", tmp_path)
+    with pytest.raises(DrillError, match="exited"):
+        handle.start()
+    pid = int(pidfile.read_text())
+    try:
+        wait_until(lambda: _gone(pid), 10, "the orphaned child to stop")
+    finally:
+        if not _gone(pid):
+            os.kill(pid, 9)
 
 
 def test_cli_refuses_bad_input(tmp_path: Path) -> None:
@@ -217,6 +303,30 @@ def _report(passed: bool) -> dict[str, Any]:
         "fault_windows": [{"start": 6.0, "end": 21.0}],
         "timeline": [{"t": 0, "ok": 4, "failed": 0, "p95_ms": 120.0}],
     }
+
+
+def test_stored_verdict_is_recomputed_from_the_checks(live: LiveController) -> None:
+    """The controller stores ``passed`` by the checks' rule, not the client's value: a
+    failed check fails the report, all passing (skipped ones aside) passes it, and a skipped
+    drill without checks is stored as skipped."""
+    lying = live.client.post(
+        "/api/drills", json=_report(False) | {"passed": True}, headers=live.auth
+    )
+    assert lying.status_code == 201, lying.text
+    assert lying.json()["passed"] is False
+    assert lying.json()["report"]["passed"] is False
+    body = _report(True) | {"passed": False}
+    body["checks"] = [*body["checks"], {"name": "x", "passed": None, "detail": "n/a"}]
+    honest = live.client.post("/api/drills", json=body, headers=live.auth).json()
+    assert honest["passed"] is True
+    empty = live.client.post(
+        "/api/drills", json=_report(True) | {"checks": []}, headers=live.auth
+    ).json()
+    assert empty["passed"] is False
+    skip = _report(True) | {"checks": [], "passed": True, "skipped": "needs --controller-cmd"}
+    assert live.client.post("/api/drills", json=skip, headers=live.auth).json()["passed"] is None
+    stored = live.client.get(f"/api/drills/{lying.json()['id']}", headers=live.auth).json()
+    assert stored["passed"] is False
 
 
 def test_stored_report_is_listed_and_rendered(live: LiveController) -> None:

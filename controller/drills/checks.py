@@ -47,6 +47,11 @@ class DeviceLedger:
     pending: frozenset[int]  # seqs still in the outbox (never acknowledged)
     dropped: int  # records the agent dropped itself (quota), by its own count
     stored: tuple[tuple[int, int], ...]  # (epoch, seq) of every row the controller holds
+    # Records numbered while a broker/controller fault was in force (seq from the cut's
+    # next_seq up to the heal's), and those of them still in the outbox at the heal: they
+    # cannot have been stored before it, so each one stored now was delivered after the heal.
+    produced_during_fault: int = 0
+    buffered_at_heal: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,18 +139,28 @@ def check_local_serving(
 
 
 def check_restricted_stayed(
-    cloud_bodies: Sequence[str], samples: Sequence[RequestSample], markers: Sequence[str]
+    cloud_bodies: Sequence[str],
+    samples: Sequence[RequestSample],
+    markers: Sequence[str],
+    windows: Sequence[Window] = (),
 ) -> CheckResult:
-    """No request the cloud server received carries a restricted marker, and every restricted
-    prompt that was answered was answered on the device."""
+    """No request the cloud server received carries a restricted marker, every restricted
+    prompt that was answered was answered on the device, and at least one was (else nothing
+    was tested). Failed restricted requests are counted for information (those during the
+    fault decide in ``local_serving``)."""
     name = "restricted_data_stayed_local"
     leaks = sorted({m for m in markers for body in cloud_bodies if m in body})
     restricted = [s for s in samples if s.kind == "restricted"]
     off_device = [s for s in restricted if s.status == 200 and s.route != "local"]
+    local = [s for s in restricted if s.status == 200 and s.route == "local"]
+    failed = [s for s in restricted if s.status != 200]
+    failed_during = sum(1 for s in failed if _inside(s.at, windows))
     measured = {
         "restricted_requests": len(restricted),
-        "answered_locally": sum(1 for s in restricted if s.status == 200 and s.route == "local"),
+        "answered_locally": len(local),
         "answered_elsewhere": len(off_device),
+        "failed_during_fault": failed_during,
+        "failed_outside_fault": len(failed) - failed_during,
         "cloud_requests_received": len(cloud_bodies),
         "leaked_markers": len(leaks),
     }
@@ -157,33 +172,53 @@ def check_restricted_stayed(
         return CheckResult(
             name, False, measured, f"{len(off_device)} restricted answer(s) came from off-device"
         )
+    if not local:
+        return CheckResult(
+            name,
+            False,
+            measured,
+            f"none of {len(restricted)} restricted prompts was answered locally: nothing tested",
+        )
     return CheckResult(
-        name, True, measured, f"{len(restricted)} restricted prompts, none reached the cloud"
+        name,
+        True,
+        measured,
+        f"{len(local)} of {len(restricted)} restricted prompts answered locally, "
+        "none reached the cloud",
     )
 
 
-def check_exactly_once(ledgers: Sequence[DeviceLedger]) -> CheckResult:
-    """Every record an agent produced (and did not drop or still hold) is stored once."""
-    name = "telemetry_exactly_once"
+def check_telemetry_delivered(
+    ledgers: Sequence[DeviceLedger], *, fault_buffering: bool, redelivered: int | None = None
+) -> CheckResult:
+    """Every record an agent produced (and did not drop itself) is stored, once, nothing is
+    left buffered, and, where the fault cut the devices off (``fault_buffering``), at least
+    one record buffered during the fault was delivered after the heal. Redeliveries the
+    controller discarded (``redelivered``) are reported, not judged: storage keeps one row per
+    (device, epoch, seq) whatever arrives."""
+    name = "telemetry_delivered_after_fault"
     produced = duplicates = missing = pending = dropped = 0
+    during = buffered = delivered = 0
     problems: list[str] = []
     for ledger in ledgers:
         keys = [k for k in ledger.stored if k[0] == ledger.epoch]
-        seen = set(keys)
-        dups = len(keys) - len(seen)
+        seen = {seq for _, seq in keys}
+        dups = len(keys) - len(seen)  # a guard on the API's answer; storage forbids it
         expected = set(range(ledger.produced)) - ledger.pending
-        gone = len(expected - {seq for _, seq in seen})
-        unexplained = max(0, gone - ledger.dropped)
+        unexplained = max(0, len(expected - seen) - ledger.dropped)
         produced += ledger.produced
         duplicates += dups
         missing += unexplained
         pending += len(ledger.pending)
         dropped += ledger.dropped
+        during += ledger.produced_during_fault
+        buffered += len(ledger.buffered_at_heal)
+        delivered += len(ledger.buffered_at_heal & seen)
         if dups:
             problems.append(f"{ledger.device_id}: {dups} stored twice")
         if unexplained:
             problems.append(f"{ledger.device_id}: {unexplained} never stored")
-    measured = {
+    measured: dict[str, Any] = {
         "devices": len(ledgers),
         "produced": produced,
         "stored_once": produced - missing - pending - dropped,
@@ -191,6 +226,10 @@ def check_exactly_once(ledgers: Sequence[DeviceLedger]) -> CheckResult:
         "missing": missing,
         "still_buffered": pending,
         "dropped_by_agent": dropped,
+        "produced_during_fault": during if fault_buffering else None,
+        "buffered_at_heal": buffered if fault_buffering else None,
+        "delivered_after_heal": delivered if fault_buffering else None,
+        "redelivered": redelivered,
     }
     if not ledgers or not produced:
         return CheckResult(name, False, measured, "no telemetry was produced")
@@ -200,7 +239,22 @@ def check_exactly_once(ledgers: Sequence[DeviceLedger]) -> CheckResult:
         return CheckResult(
             name, False, measured, f"{pending} record(s) still buffered after recovery"
         )
-    return CheckResult(name, True, measured, f"{produced} records, each stored once")
+    if fault_buffering and not delivered:
+        return CheckResult(
+            name,
+            False,
+            measured,
+            "no record was buffered during the fault and delivered after the heal: nothing tested",
+        )
+    if fault_buffering:
+        return CheckResult(
+            name,
+            True,
+            measured,
+            f"{produced} records stored once each; {delivered} buffered during the fault "
+            "were delivered after the heal",
+        )
+    return CheckResult(name, True, measured, f"{produced} records stored once each")
 
 
 def check_desired_converged(results: Sequence[Convergence]) -> CheckResult:
@@ -257,10 +311,15 @@ def skipped(name: str, reason: str) -> CheckResult:
     return CheckResult(name, None, {}, reason)
 
 
+def verdict(passed: Iterable[bool | None]) -> bool:
+    """Pass when no check failed and at least one ran (None: the check did not apply)."""
+    ran = [p for p in passed if p is not None]
+    return bool(ran) and all(ran)
+
+
 def overall(results: Sequence[CheckResult]) -> bool:
-    """Pass when no check failed and at least one ran."""
-    ran = [r for r in results if r.passed is not None]
-    return bool(ran) and all(r.passed for r in ran)
+    """``verdict`` of the results' ``passed``."""
+    return verdict(r.passed for r in results)
 
 
 __all__ = [
@@ -272,11 +331,12 @@ __all__ = [
     "RequestSample",
     "RolloutSample",
     "check_desired_converged",
-    "check_exactly_once",
     "check_local_serving",
     "check_no_stale_advance",
     "check_restricted_stayed",
+    "check_telemetry_delivered",
     "overall",
     "percentile",
     "skipped",
+    "verdict",
 ]

@@ -61,14 +61,18 @@ class Process:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log: IO[bytes] = self.log_path.open("ab")
-        self.popen = subprocess.Popen(
-            argv if not shell else argv[0],
-            shell=shell,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own group: a kill reaches a shell's children too
-        )
+        try:
+            self.popen = subprocess.Popen(
+                argv if not shell else argv[0],
+                shell=shell,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own group: a kill reaches a shell's children too
+            )
+        except BaseException:
+            self._log.close()
+            raise
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -77,15 +81,20 @@ class Process:
         return self.log_path.read_text(errors="replace")[-chars:]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
+        """Signal the process group (even when its leader, a shell, already exited and left
+        children behind), SIGKILL it after ``timeout``; safe to call twice."""
+        try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.popen.pid, sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
-        self._log.close()
+            if self.popen.poll() is None:
+                try:
+                    self.popen.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.popen.pid, signal.SIGKILL)
+                    self.popen.wait()
+        finally:
+            self._log.close()
 
 
 def _python(*args: str) -> list[str]:
@@ -146,11 +155,25 @@ class CommandController(ControllerHandle):
     def start(self) -> None:
         self.proc = Process(f"controller-{self.runs}", [self.command], self.log_dir, shell=True)  # noqa: S604 - the operator's own command line
         self.runs += 1
-        wait_until(self.ready, 60, f"the controller at {self.url} (started by --controller-cmd)")
+        proc = self.proc
+        try:
+            wait_until(
+                lambda: self.ready() or not proc.alive(),
+                60,
+                f"the controller at {self.url} (started by --controller-cmd)",
+            )
+            if not proc.alive():
+                raise DrillError(f"--controller-cmd exited:\n{proc.log_tail()}")
+        except BaseException:
+            proc.stop()  # its own session: nobody else would ever stop it
+            raise
 
     def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.stop(signal.SIGKILL)
+        if self.proc is None:
+            raise DrillError(
+                f"the controller at {self.url} was not started by the drill: it cannot kill it"
+            )
+        self.proc.stop(signal.SIGKILL)
 
     def close(self) -> None:
         if self.proc is not None:
@@ -239,11 +262,17 @@ class EmbeddedController(ControllerHandle):
         self.runs += 1
         proc = self.proc
         try:
-            wait_until(lambda: self.ready() or not proc.alive(), 60, "the embedded controller")
-        except DrillError:
-            raise DrillError(f"embedded controller did not come up:\n{proc.log_tail()}") from None
-        if not proc.alive():
-            raise DrillError(f"embedded controller exited:\n{proc.log_tail()}")
+            try:
+                wait_until(lambda: self.ready() or not proc.alive(), 60, "the embedded controller")
+            except DrillError:
+                raise DrillError(
+                    f"embedded controller did not come up:\n{proc.log_tail()}"
+                ) from None
+            if not proc.alive():
+                raise DrillError(f"embedded controller exited:\n{proc.log_tail()}")
+        except BaseException:
+            proc.stop()  # its own session: nobody else would ever stop it
+            raise
 
     def kill(self) -> None:
         if self.proc is not None:

@@ -81,6 +81,7 @@ class DrillOptions:
     recovery_timeout_s: float = 90.0
     rollout_version: str | None = None  # a published version of model_name (remote fleets)
     store: bool = True  # POST the report to the controller
+    keep_workdir: bool = False  # keep a work folder the drill made itself (logs, state)
 
     def validate(self) -> Scenario:
         scenario = get_scenario(self.scenario)
@@ -107,6 +108,10 @@ class _Agent:
     state_dir: Path
     config: Path
     proc: Process | None = None
+    # (epoch, next_seq) of its outbox when the current broker/controller fault began
+    fault_mark: tuple[int, int] | None = None
+    produced_during_fault: int = 0
+    buffered_at_heal: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -163,6 +168,8 @@ class DrillRunner:
         self.rollout_version: str | None = options.rollout_version
         self.desired: dict[str, tuple[int, Any]] = {}
         self.quarantined: dict[str, str] = {}
+        self.ingest_duplicates_before: int | None = None
+        self.redelivered: int | None = None
         self._stop_traffic = threading.Event()
         self._stop_polling = threading.Event()
         self._lock = threading.Lock()
@@ -182,7 +189,8 @@ class DrillRunner:
             )
         return None
 
-    def _start_controller(self) -> ControllerHandle:
+    def _start_controller(self) -> None:
+        """Set ``self.controller`` before starting anything, so teardown stops what started."""
         o = self.options
         if o.embedded:
             # A TUF repository always: attestation checks the agents' model hash against
@@ -191,25 +199,30 @@ class DrillRunner:
             embedded = EmbeddedController(
                 self.workdir, o.broker_url, protocol=o.mqtt_protocol, repository=True
             )
+            self.controller = embedded
             embedded.cli("keys", "init")
             self._publish(embedded)
             embedded.bootstrap()
             embedded.start()
-            return embedded
+            return
         assert o.controller_url is not None and o.token is not None
         if o.controller_cmd:
-            handle: ControllerHandle = CommandController(
-                o.controller_cmd, o.controller_url, o.token, self.workdir
-            )
-            if not handle.ready():
-                handle.start()
+            command = CommandController(o.controller_cmd, o.controller_url, o.token, self.workdir)
+            self.controller = command
+            if not command.ready():
+                command.start()
+            elif self.scenario.link == "controller":
+                raise DrillError(
+                    f"a controller already answers at {command.url}: controller-crash kills "
+                    "and restarts the one --controller-cmd starts, so stop that one first"
+                )
         else:
-            handle = RemoteController(o.controller_url, o.token)
-        if not handle.ready():
+            self.controller = RemoteController(o.controller_url, o.token)
+        if not self.controller.ready():
             raise DrillError(
-                f"controller {handle.url} does not answer /api/ingest/stats with that token"
+                f"controller {self.controller.url} does not answer /api/ingest/stats with "
+                "that token"
             )
-        return handle
 
     def _publish(self, embedded: EmbeddedController) -> None:
         """The factory model as 1.0 and, for a rollout drill, a byte-different copy as 2.0."""
@@ -314,13 +327,13 @@ class DrillRunner:
             agent = _Agent(
                 device_id, port, state_dir, self._agent_config(device_id, port, state_dir)
             )
+            self.agents.append(agent)  # before it starts: teardown stops every one started
             agent.proc = Process(
                 device_id,
                 [sys.executable, "-m", "edge_agent", "run",
                  "--config", str(agent.config), "--log-level", "warning"],
                 self.workdir,
             )  # fmt: skip
-            self.agents.append(agent)
         for agent in self.agents:
             self._wait_up(agent)
 
@@ -465,13 +478,44 @@ class DrillRunner:
         self.rollout_id = int(response.json()["id"])
         self.timeline.event("rollout_started", rollout=self.rollout_id, waves=waves)
 
+    def _mark_fault(self) -> None:
+        """Note each agent's outbox position as a broker/controller fault begins."""
+        for agent in self.agents:
+            try:
+                epoch, next_seq, _, _ = self._outbox(agent)
+            except sqlite3.Error as e:
+                log.warning("outbox of %s not read at the fault: %s", agent.device_id, e)
+                agent.fault_mark = None
+                continue
+            agent.fault_mark = (epoch, next_seq)
+
+    def _mark_heal(self) -> None:
+        """Before the heal: the records numbered during the fault, and which of them are
+        still buffered (so cannot have been stored yet)."""
+        for agent in self.agents:
+            mark, agent.fault_mark = agent.fault_mark, None
+            if mark is None:
+                continue
+            try:
+                epoch, next_seq, pending, _ = self._outbox(agent)
+            except sqlite3.Error as e:
+                log.warning("outbox of %s not read at the heal: %s", agent.device_id, e)
+                continue
+            if epoch != mark[0]:
+                continue  # the agent started a new epoch: its old numbers do not compare
+            agent.produced_during_fault += max(0, next_seq - mark[1])
+            agent.buffered_at_heal.update(s for s in pending if mark[1] <= s < next_seq)
+
     def _perform(self, step: Step) -> None:
         assert self.broker_proxy and self.cloud_proxy and self.controller
         at = self.timeline.now()
         if step.action == "cut_broker":
             self.broker_proxy.cut()
+            self._mark_fault()
             self.timeline.event("fault_injected", fault="broker link cut")
         elif step.action == "heal_broker":
+            self._mark_heal()
+            at = self.timeline.now()
             self.broker_proxy.heal()
             self.timeline.event("fault_healed", fault="broker link healed")
         elif step.action == "cut_cloud":
@@ -484,8 +528,11 @@ class DrillRunner:
             self._set_desired()
             at = self.timeline.now()
             self.controller.kill()
+            self._mark_fault()
             self.timeline.event("fault_injected", fault="controller killed (SIGKILL)")
         elif step.action == "start_controller":
+            self._mark_heal()
+            at = self.timeline.now()
             self.controller.start()
             self.timeline.event("fault_healed", fault="controller restarted")
         elif step.action == "start_rollout":
@@ -560,11 +607,40 @@ class DrillRunner:
             stored, reported = self._stored(agent.device_id)
             ledgers.append(
                 DeviceLedger(
-                    agent.device_id, epoch, produced, pending, dropped + reported, tuple(stored)
+                    agent.device_id,
+                    epoch,
+                    produced,
+                    pending,
+                    dropped + reported,
+                    tuple(stored),
+                    agent.produced_during_fault,
+                    frozenset(agent.buffered_at_heal),
                 )
             )
         self.timeline.event("telemetry_drained")
         return ledgers
+
+    def _ingest_duplicates(self) -> int | None:
+        """The controller's ``records_duplicate`` counter (redeliveries it discarded), or
+        None when it cannot be read. Controller-wide, and reset when the controller starts."""
+        assert self.controller is not None
+        try:
+            with self.controller.api(timeout=5) as api:
+                response = api.get("/api/ingest/stats")
+            if response.status_code != 200:
+                return None
+            return int(response.json()["records_duplicate"])
+        except (httpx.HTTPError, KeyError, ValueError, TypeError):
+            return None
+
+    def _redelivered(self) -> int | None:
+        """Redeliveries the controller discarded during the drill (information only)."""
+        after = self._ingest_duplicates()
+        if after is None or self.ingest_duplicates_before is None:
+            return None
+        if self.scenario.link == "controller":
+            return after  # the counter restarted with the controller, before the redeliveries
+        return max(0, after - self.ingest_duplicates_before)
 
     def _convergence(self) -> list[Convergence]:
         assert self.controller is not None
@@ -598,25 +674,28 @@ class DrillRunner:
 
     # --- the run --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        reason = self._skip_reason()
-        if reason is not None:
-            self.say(f"skipped: {reason}")
-            return _skipped_report(self.options, reason)
         o = self.options
-        broker = parse_broker_url(o.broker_url)
         poller: threading.Thread | None = None
         threads: list[threading.Thread] = []
         try:
+            reason = self._skip_reason()
+            if reason is not None:
+                self.say(f"skipped: {reason}")
+                return _skipped_report(self.options, reason)
+            broker = parse_broker_url(o.broker_url)
             self.say(
                 f"drill {self.run_id}: {self.scenario.name}, "
                 f"{o.devices} device(s), {o.duration_s:.0f} s"
             )
-            self.controller = self._start_controller()
+            self._start_controller()
             self.cloud = start_provider("drill-cloud")
             assert self.cloud.server is not None
-            self.broker_proxy = TcpProxy(broker.host, broker.port).start()
-            self.cloud_proxy = TcpProxy("127.0.0.1", self.cloud.server.server_address[1]).start()
+            self.broker_proxy = TcpProxy(broker.host, broker.port)
+            self.broker_proxy.start()
+            self.cloud_proxy = TcpProxy("127.0.0.1", self.cloud.server.server_address[1])
+            self.cloud_proxy.start()
             self._start_agents()
+            self.ingest_duplicates_before = self._ingest_duplicates()
             self.say(f"{len(self.agents)} agent(s) online; traffic and faults start now")
             self.timeline = _Timeline()
             plan = fault_plan(self.scenario, o.duration_s, flap_period_s=o.flap_period_s)
@@ -637,6 +716,7 @@ class DrillRunner:
             if self.scenario.rollout:
                 self._settle_rollout()
             ledgers = self._ledgers()
+            self.redelivered = self._redelivered()
             convergence = self._convergence()
             self._stop_polling.set()
             if poller is not None:
@@ -659,8 +739,14 @@ class DrillRunner:
             bodies = [json.dumps(b) for b in self.cloud.received]
         results = [
             checks.check_local_serving(self.samples, windows, self.options.latency_budget_ms),
-            checks.check_restricted_stayed(bodies, self.samples, RESTRICTED_MARKERS),
-            checks.check_exactly_once(ledgers),
+            checks.check_restricted_stayed(bodies, self.samples, RESTRICTED_MARKERS, windows),
+            checks.check_telemetry_delivered(
+                ledgers,
+                # the broker or controller fault cuts the devices' telemetry off; a cloud
+                # outage does not
+                fault_buffering=self.scenario.link in ("broker", "controller"),
+                redelivered=self.redelivered,
+            ),
             checks.check_desired_converged(convergence),
         ]
         if self.scenario.rollout:
@@ -715,17 +801,27 @@ class DrillRunner:
         return int(response.json()["id"])
 
     def _teardown(self) -> None:
-        for agent in self.agents:
-            if agent.proc is not None:
-                agent.proc.stop()
-        for proxy in (self.broker_proxy, self.cloud_proxy):
-            if proxy is not None:
-                proxy.stop()
-        if self.cloud is not None and self.cloud.server is not None:
-            self.cloud.server.shutdown()
-            self.cloud.server.server_close()
+        """Stop everything the drill started, each part even if an earlier one fails, then
+        remove the work folder the drill made itself (unless ``keep_workdir``)."""
+        parts: list[tuple[str, Callable[[], None]]] = [
+            (a.device_id, a.proc.stop) for a in self.agents if a.proc is not None
+        ]
+        parts += [(f"proxy :{p.port}", p.stop) for p in (self.broker_proxy, self.cloud_proxy) if p]
+        server = self.cloud.server if self.cloud is not None else None
+        if server is not None:
+            parts += [("cloud server", server.shutdown), ("cloud socket", server.server_close)]
         if self.controller is not None:
-            self.controller.close()
+            parts.append(("controller", self.controller.close))
+        for what, stop in parts:
+            try:
+                stop()
+            except Exception:
+                log.exception("stopping %s failed", what)
+        if self._own_workdir:
+            if self.options.keep_workdir:
+                self.say(f"work folder kept: {self.workdir}")
+            else:
+                shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def per_second(samples: list[RequestSample]) -> list[dict[str, Any]]:

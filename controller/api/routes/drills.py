@@ -11,6 +11,7 @@ from sqlmodel import col, select
 
 from controller.api.deps import CurrentUser, DbDep
 from controller.audit import audit
+from controller.drills.checks import verdict
 from controller.drills.scenarios import SCENARIOS
 from controller.drills.tables import DrillReport
 
@@ -35,7 +36,8 @@ class DrillReportIn(BaseModel):
     scenario: str
     devices: int = Field(ge=0, le=100_000)
     duration_s: float = Field(ge=0)
-    passed: bool | None
+    passed: bool | None = None  # ignored: the controller recomputes it from ``checks``
+    skipped: str | None = Field(default=None, max_length=2000)
     started_at: datetime | None = None
     checks: list[CheckIn] = Field(default_factory=list, max_length=64)
     events: list[dict[str, Any]] = Field(default_factory=list, max_length=100_000)
@@ -76,6 +78,14 @@ class DrillDetail(DrillSummary):
     report: dict[str, Any]
 
 
+def report_verdict(body: DrillReportIn) -> bool | None:
+    """The report's ``passed`` from its checks, by the runner's rule (``checks.overall``):
+    None for a skipped drill without checks, else no check failed and at least one ran."""
+    if body.skipped and not body.checks:
+        return None
+    return verdict(c.passed for c in body.checks)
+
+
 def _summary(row: DrillReport) -> dict[str, Any]:
     checks = row.report.get("checks") or []
     assert row.id is not None
@@ -95,29 +105,31 @@ def _summary(row: DrillReport) -> dict[str, Any]:
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def store_report(body: DrillReportIn, db: DbDep, user: CurrentUser) -> DrillDetail:
-    """Store a drill report (operator); audited as ``drill.report``."""
-    report = body.model_dump(mode="json")
+    """Store a drill report (operator); audited as ``drill.report``. Its ``passed`` is
+    recomputed from its checks, whatever the client sent."""
+    passed = report_verdict(body)
+    report = {**body.model_dump(mode="json"), "passed": passed}
     if len(json.dumps(report)) > MAX_REPORT_BYTES:
         raise HTTPException(413, f"report larger than {MAX_REPORT_BYTES} bytes")
     row = DrillReport(
         scenario=body.scenario,
         devices=body.devices,
         duration_s=body.duration_s,
-        passed=body.passed,
+        passed=passed,
         started_at=body.started_at,
         created_by=user.username,
         report=report,
     )
     db.add(row)
     db.flush()
-    verdict = "skipped" if body.passed is None else ("passed" if body.passed else "failed")
+    outcome = "skipped" if passed is None else ("passed" if passed else "failed")
     audit(
         db,
         actor=user.username,
         action="drill.report",
         target=f"drill:{row.id}",
-        reason=f"{body.scenario} {verdict}",
-        detail={"scenario": body.scenario, "devices": body.devices, "passed": body.passed},
+        reason=f"{body.scenario} {outcome}",
+        detail={"scenario": body.scenario, "devices": body.devices, "passed": passed},
     )
     return DrillDetail(**_summary(row), report=row.report)
 
