@@ -184,6 +184,10 @@ def test_scenario_passes_at_small_scale(
         model=model_path,
         workdir=tmp_path / "drill",
         recovery_timeout_s=60,
+        # Two llama.cpp agents, the controller and a model install share this machine's two
+        # cores during a rollout drill: its budget is wider (the check itself is pinned by
+        # test_local_serving_fails_on_failures_or_a_blown_budget).
+        latency_budget_ms=5000 if rollout else 2000,
     )
     report = run_drill(options)
     assert report["passed"] is True, _failed(report)
