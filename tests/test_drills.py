@@ -266,6 +266,18 @@ def test_controller_command_that_fails_to_start_leaves_nothing_running(tmp_path:
             os.kill(pid, 9)
 
 
+def test_a_relative_model_path_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative --model names the file from where the drill was started, not from the
+    work folder its agent configs are written to (their relative paths resolve there)."""
+    (tmp_path / "m.gguf").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    options = DrillOptions(scenario="cloud-outage", embedded=True, model=Path("m.gguf"))
+    options.validate()
+    assert options.model == tmp_path / "m.gguf"
+
+
 def test_cli_refuses_bad_input(tmp_path: Path) -> None:
     """An unknown scenario, a missing model or no controller each exit non-zero with the
     reason on stderr."""

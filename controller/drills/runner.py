@@ -97,6 +97,9 @@ class DrillOptions:
             raise ValueError("--token is required with --url (an operator's API token)")
         if not self.model.exists():
             raise ValueError(f"model {self.model} does not exist (give --model PATH)")
+        # The agents' configs live in the work folder, and relative paths in a config are
+        # taken from its folder: a relative --model would name a file that is not there.
+        self.model = self.model.resolve()
         parse_broker_url(self.broker_url)
         return scenario
 
