@@ -15,7 +15,7 @@ from rich.table import Table
 from controller.api_client import ApiError, get_json, request_json, resolve_target
 from controller.cli_attest import app as attest_app
 from controller.cli_audit import audit_app
-from controller.cli_common import ConfigOpt, TokenOpt, UrlOpt, err
+from controller.cli_common import ConfigOpt, TokenOpt, UrlOpt, err, settings_or_exit
 from controller.cli_common import fail as _fail
 from controller.cli_drills import app as drill_app
 from controller.cli_flash import flash as flash_command
@@ -60,14 +60,7 @@ app.command("flash")(flash_command)
 
 
 def _settings(config: Path | None, **overrides: Any) -> Any:
-    from pydantic import ValidationError
-
-    from controller.settings import load_settings
-
-    try:
-        return load_settings(config, **overrides)
-    except (ValidationError, ValueError) as e:
-        raise _fail(f"invalid controller configuration: {e}", 2) from e
+    return settings_or_exit(config, **overrides)
 
 
 def _logging(level: str) -> None:

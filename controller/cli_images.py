@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controller.api_client import ApiError, get_json, request_json, resolve_target
-from controller.cli_common import ConfigOpt, TokenOpt, UrlOpt
+from controller.cli_common import ConfigOpt, TokenOpt, UrlOpt, settings_or_exit
 from controller.cli_common import fail as _fail
 from controller.images.build import build_image, verify_image
 from controller.images.keys import (
@@ -64,14 +64,7 @@ def _clear_errors() -> Iterator[None]:
 
 
 def _settings(config: Path | None) -> Settings:
-    from pydantic import ValidationError
-
-    from controller.settings import load_settings
-
-    try:
-        return load_settings(config)
-    except (ValidationError, ValueError) as e:
-        raise _fail(f"invalid controller configuration: {e}", 2) from e
+    return settings_or_exit(config)
 
 
 def _actor() -> str:

@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from controller.cli_common import ConfigOpt, TokenOpt, UrlOpt, err
+from controller.cli_common import ConfigOpt, TokenOpt, UrlOpt, err, settings_or_exit
 from controller.cli_common import fail as _fail
 from controller.settings import Settings
 from controller.updates.errors import UpdatesError
@@ -71,14 +71,7 @@ def _clear_errors() -> Iterator[None]:
 
 
 def _settings(config: Path | None) -> Settings:
-    from pydantic import ValidationError
-
-    from controller.settings import load_settings
-
-    try:
-        return load_settings(config)
-    except (ValidationError, ValueError) as e:
-        raise _fail(f"invalid controller configuration: {e}", 2) from e
+    return settings_or_exit(config)
 
 
 def _repository(
