@@ -107,6 +107,7 @@ class MqttIngest:
         # then queue every later ack for good (eclipse-paho/paho.mqtt.python#24, #492).
         self._client.max_inflight_messages_set(0)
         self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
 
@@ -174,14 +175,24 @@ class MqttIngest:
         sock = client.socket()
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Ready (``connected``) only once the broker has granted the subscriptions, in
+        # ``_on_subscribe``: a message published before that reaches no session of ours.
         client.subscribe([(f, 1) for f in self._filters])
-        self._connected.set()
         log.info(
             "ingest connected to %s:%d (MQTT %s)",
             self._broker.host,
             self._port,
             self._broker.effective_protocol,
         )
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            log.error("broker refused ingest's subscriptions: %s", ", ".join(refused))
+            return
+        self._connected.set()
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
