@@ -7,13 +7,12 @@ agreement are each checked, and each failure is a ``ProtocolError`` with its own
 """
 
 import itertools
-import json
-import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -26,6 +25,7 @@ from pydantic import (
 
 from shared.canonical import canonical_json
 from shared.errors import ProtocolError
+from shared.json_guard import JsonShapeError, check_shape, loads_bounded
 from shared.topics import DeviceTopic, MessageKind
 
 PROTOCOL_VERSION = 1
@@ -117,7 +117,22 @@ class Heartbeat(_Envelope):
     local_tier_healthy: bool
 
 
-JsonObject = dict[str, Any]
+# Free-form documents (record bodies, shadow states) nest at most this deep and hold at most
+# this many values each; the whole payload is bounded by MAX_PAYLOAD_BYTES before parsing.
+MAX_DOCUMENT_DEPTH = 16
+MAX_DOCUMENT_ELEMENTS = 20_000
+# The envelope adds a few levels above a document (batch -> records -> record -> body).
+MAX_MESSAGE_DEPTH = MAX_DOCUMENT_DEPTH + 4
+
+
+def _bounded_document(value: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a free-form document nested too deep, too large, or holding an infinity
+    (valid JSON such as ``1e400`` overflows a double; no database stores it)."""
+    check_shape(value, max_depth=MAX_DOCUMENT_DEPTH, max_elements=MAX_DOCUMENT_ELEMENTS)
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_bounded_document)]
 
 # A telemetry batch must stay under MAX_PAYLOAD_BYTES with its envelope.
 MAX_BATCH_RECORDS = 500
@@ -253,33 +268,25 @@ def _summarize(error: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    # 1e400 is valid JSON but overflows to infinity, which databases refuse to store
-    # (PostgreSQL) or store as invalid JSON (SQLite): one such number would fail its batch.
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:24]} is out of range")
-    return value
-
-
 # Bytes that may spell a number beyond a double's range (exponent >= 100, or 300 digits):
-# such payloads take the strict path, whose float parser refuses non-finite values.
+# such payloads take the strict path, whose float check refuses non-finite values.
 _MAYBE_HUGE = re.compile(rb"[eE]\+?0*[1-9][0-9]{2}|[0-9]{300}")
 
 
 def _validate_strictly(payload: bytes) -> AnyMessage:
-    """Parse with ``json`` and validate the objects, checking one thing after another so a
-    refusal names the first defect: ``bad_json``, ``schema`` or ``unsupported_version``."""
+    """Parse within limits and validate the objects, checking one thing after another so a
+    refusal names the first defect: ``bad_json``, ``too_deep``, ``too_many_elements``,
+    ``schema`` or ``unsupported_version``. Never recursive in Python (shared/json_guard.py):
+    a payload nested thousands deep is a refusal, not a ``RecursionError``."""
     try:
-        raw = json.loads(
-            payload.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float
+        raw = loads_bounded(
+            payload,
+            max_bytes=MAX_PAYLOAD_BYTES,
+            max_depth=MAX_MESSAGE_DEPTH,
+            max_elements=MAX_PAYLOAD_BYTES // 2,
         )
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ProtocolError("bad_json", f"payload is not UTF-8 JSON ({e})") from e
+    except JsonShapeError as e:
+        raise ProtocolError(e.reason, e.detail) from e
     if not isinstance(raw, dict):
         raise ProtocolError("schema", "payload is not a JSON object")
     if raw.get("v") != PROTOCOL_VERSION:
@@ -316,7 +323,20 @@ def _validate(payload: bytes) -> AnyMessage:
 
 
 def decode_message(topic: str, payload: bytes) -> tuple[DeviceTopic, AnyMessage]:
-    """Validate and decode one received message; raises ``ProtocolError`` on any defect."""
+    """Validate and decode one received message; raises ``ProtocolError`` on any defect,
+    and nothing else: whatever else a decode raises (a defect of ours that some input
+    reaches) is refused as ``malformed`` rather than allowed to kill the caller's thread."""
+    try:
+        return _decode(topic, payload)
+    except ProtocolError:
+        raise
+    except Exception as e:  # the last-resort guard: a hostile byte must never get past here
+        raise ProtocolError(
+            "malformed", f"could not decode ({type(e).__name__}: {str(e)[:200]})"
+        ) from e
+
+
+def _decode(topic: str, payload: bytes) -> tuple[DeviceTopic, AnyMessage]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ProtocolError(
             "oversized", f"payload is {len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}"
