@@ -35,7 +35,8 @@ MAX_ELEMENTS = 50_000
 class JsonShapeError(ValueError):
     """Input that is not JSON, or JSON beyond the size, depth or element limits.
 
-    ``reason`` is one of ``bad_json``, ``oversized``, ``too_deep``, ``too_many_elements``.
+    ``reason`` is one of ``bad_json``, ``oversized``, ``too_deep``, ``too_many_elements``,
+    ``nul_character``.
     """
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -48,8 +49,10 @@ def check_shape(
     value: Any, *, max_depth: int = MAX_DEPTH, max_elements: int = MAX_ELEMENTS
 ) -> None:
     """Refuse ``value`` (parsed JSON) nested deeper than ``max_depth`` containers, holding
-    more than ``max_elements`` values, or holding a non-finite float (JSON has none; a
-    ``1e400`` parses to infinity, which no database stores). Iterative: any depth is safe."""
+    more than ``max_elements`` values, a non-finite float (JSON has none; a ``1e400``
+    parses to infinity, which no database stores) or a string or key with a NUL character
+    (valid JSON, but PostgreSQL stores it in neither text nor jsonb). Iterative: any depth
+    is safe."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     seen = 0
     while stack:
@@ -57,10 +60,16 @@ def check_shape(
         seen += 1
         if seen > max_elements:
             raise JsonShapeError("too_many_elements", f"more than {max_elements} values")
-        if isinstance(item, dict):
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise JsonShapeError("nul_character", "a string holds a NUL character")
+        elif isinstance(item, dict):
             if depth > max_depth:
                 raise JsonShapeError("too_deep", f"nested deeper than {max_depth} levels")
-            stack.extend((v, depth + 1) for v in item.values())
+            for key, v in item.items():
+                if "\x00" in key:
+                    raise JsonShapeError("nul_character", "a key holds a NUL character")
+                stack.append((v, depth + 1))
         elif isinstance(item, list):
             if depth > max_depth:
                 raise JsonShapeError("too_deep", f"nested deeper than {max_depth} levels")

@@ -48,6 +48,25 @@ MeasurementValue = Annotated[str, StringConstraints(min_length=1, max_length=256
 MAX_MEASUREMENTS = 80
 
 
+# Every integer is stored in a BIGINT column somewhere: a larger one would fail its whole
+# ingest transaction (PostgreSQL "integer out of range", SQLite OverflowError) - a poison
+# message. Refused here instead, with a reason.
+MAX_INT64 = 2**63 - 1
+
+
+def _storable_time(value: datetime) -> datetime:
+    """Refuse a time whose UTC value is outside years 1-9999 (a valid ISO time with an
+    offset can be): storing or comparing it would raise later, far from the decoder."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError as e:
+        raise ValueError("time out of the storable range (years 1-9999 in UTC)") from e
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, AfterValidator(_storable_time)]
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,8 +77,8 @@ class HardwareInfo(_Frozen):
     device_class: str = Field(min_length=1, max_length=64)
     arch: str = Field(min_length=1, max_length=32)
     accelerator: Accelerator
-    cpu_count: int = Field(ge=1)
-    memory_mb: int = Field(ge=0)
+    cpu_count: int = Field(ge=1, le=MAX_INT64)
+    memory_mb: int = Field(ge=0, le=MAX_INT64)
     execution_providers: list[str] = Field(default_factory=list, max_length=32)
     detail: str | None = Field(default=None, max_length=256)
 
@@ -77,14 +96,14 @@ class ModelInfo(_Frozen):
 class _Envelope(_Frozen):
     v: Literal[1] = 1  # PROTOCOL_VERSION; a literal so a v2 payload fails validation
     device_id: str = Field(min_length=1, max_length=63)
-    ts: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    ts: Timestamp = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class Birth(_Envelope):
     """Sent (retained) on every MQTT session start; ``bd_seq`` numbers the session."""
 
     type: Literal["birth"] = "birth"
-    bd_seq: int = Field(ge=0)
+    bd_seq: int = Field(ge=0, le=MAX_INT64)
     agent_version: str = Field(min_length=1, max_length=32)
     hardware: HardwareInfo
     runtimes: list[str] = Field(default_factory=list, max_length=16)
@@ -100,7 +119,7 @@ class Death(_Envelope):
     """The Last Will (``reason='will'``) or a clean shutdown, for session ``bd_seq``."""
 
     type: Literal["death"] = "death"
-    bd_seq: int = Field(ge=0)
+    bd_seq: int = Field(ge=0, le=MAX_INT64)
     reason: Literal["will", "shutdown"]
 
 
@@ -108,12 +127,12 @@ class Heartbeat(_Envelope):
     """Periodic liveness and load; ``seq`` is monotonic per device across restarts."""
 
     type: Literal["heartbeat"] = "heartbeat"
-    bd_seq: int = Field(ge=0)
-    seq: int = Field(ge=0)
-    uptime_s: float = Field(ge=0)
+    bd_seq: int = Field(ge=0, le=MAX_INT64)
+    seq: int = Field(ge=0, le=MAX_INT64)
+    uptime_s: float = Field(ge=0, le=MAX_INT64)
     cpu_percent: float = Field(ge=0, le=100 * 1024)
     memory_percent: float = Field(ge=0, le=100)
-    requests_total: int = Field(ge=0)
+    requests_total: int = Field(ge=0, le=MAX_INT64)
     local_tier_healthy: bool
 
 
@@ -145,11 +164,11 @@ class Record(_Frozen):
     unique per device forever and the controller can store each record exactly once.
     """
 
-    epoch: int = Field(ge=0)
-    seq: int = Field(ge=0)
+    epoch: int = Field(ge=0, le=MAX_INT64)
+    seq: int = Field(ge=0, le=MAX_INT64)
     kind: Literal["metric", "event"]
     name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.]+$")
-    at: AwareDatetime
+    at: Timestamp
     body: JsonObject = Field(default_factory=dict)
 
 
@@ -179,16 +198,16 @@ class Ack(_Envelope):
     """
 
     type: Literal["ack"] = "ack"
-    epoch: int = Field(ge=0)
-    first_seq: int = Field(ge=0)
-    hwm: int = Field(ge=0)
+    epoch: int = Field(ge=0, le=MAX_INT64)
+    first_seq: int = Field(ge=0, le=MAX_INT64)
+    hwm: int = Field(ge=0, le=MAX_INT64)
 
 
 class Desired(_Envelope):
     """Controller -> device (retained): the whole desired document and its version."""
 
     type: Literal["desired"] = "desired"
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_INT64)
     state: JsonObject
 
 
@@ -196,8 +215,8 @@ class Reported(_Envelope):
     """Device -> controller: what the device runs now, and the desired version it applied."""
 
     type: Literal["reported"] = "reported"
-    version: int = Field(ge=0)
-    applied_desired_version: int = Field(ge=0)
+    version: int = Field(ge=0, le=MAX_INT64)
+    applied_desired_version: int = Field(ge=0, le=MAX_INT64)
     state: JsonObject
     rejected: dict[str, str] = Field(default_factory=dict)
 
@@ -211,7 +230,7 @@ class Challenge(_Envelope):
 
     type: Literal["challenge"] = "challenge"
     nonce: str = Field(pattern=_HEX256)
-    issued_at: AwareDatetime
+    issued_at: Timestamp
     expires_at: AwareDatetime
 
 
@@ -224,7 +243,7 @@ class Quote(_Envelope):
     nonce: str = Field(pattern=_HEX256)
     key_id: str = Field(pattern=_HEX256)
     measurements: dict[MeasurementName, MeasurementValue] = Field(max_length=MAX_MEASUREMENTS)
-    issued_at: AwareDatetime
+    issued_at: Timestamp
     answered_at: AwareDatetime
     signature: str = Field(pattern=_SIGNATURE)
 
@@ -311,7 +330,14 @@ def _validate(payload: bytes) -> AnyMessage:
     and detail, and a payload only the strict parser takes (a lone surrogate escape,
     nesting deeper than pydantic's limit) is still accepted.
     """
-    if b"NaN" not in payload and b"Infinity" not in payload and not _MAYBE_HUGE.search(payload):
+    # NUL characters (``\u0000``) are valid JSON, but PostgreSQL stores them in neither text
+    # nor jsonb: such payloads take the strict path, whose walk refuses them precisely.
+    if (
+        b"NaN" not in payload
+        and b"Infinity" not in payload
+        and b"\\u0000" not in payload
+        and not _MAYBE_HUGE.search(payload)
+    ):
         try:
             message = _ADAPTER.validate_json(payload)
         except ValidationError:
