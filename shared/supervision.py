@@ -189,6 +189,15 @@ class Supervisor:
         run.__name__ = f"supervised_{name.replace('-', '_')}"
         return run
 
+    def join(self, name: str, timeout: float | None = None) -> None:
+        """Wait up to ``timeout`` for worker ``name``'s thread to end: for an owner that set
+        its own stop event and must know its worker is done (a link's clean DISCONNECT)."""
+        with self._lock:
+            worker = self._workers.get(name)
+        thread = worker.thread if worker is not None else None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     def stop(self, timeout: float = 5.0) -> None:
         """Tell every worker to stop and wait up to ``timeout`` for their threads."""
         self.stopping.set()

@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from shared.messages import MAX_PAYLOAD_BYTES
 from shared.topics import CONTROLLER_TO_DEVICE, DEVICE_TO_CONTROLLER, TOPIC_ROOT, MessageKind
 
 # mosquitto_passwd's defaults in 2.0: PBKDF2-HMAC-SHA512, 101 rounds, 12-byte salt.
@@ -136,7 +137,7 @@ def render_mosquitto_conf(
     controller_host: str = "127.0.0.1",
     controller_port: int,
     controller_password_file: Path,
-    max_packet_size: int = 1_048_576,
+    max_packet_size: int = MAX_PAYLOAD_BYTES + 4096,
     persistence_dir: Path | None = None,
 ) -> str:
     """A ``mosquitto.conf`` with a device listener and a controller listener.
@@ -146,7 +147,10 @@ def render_mosquitto_conf(
     take over, and disconnect, another device's session. Controller replicas need client ids
     of their own, so they log in on a second listener (``controller_host:controller_port``,
     keep it on an internal interface) whose password file holds only the controller's login.
-    Both listeners use the same ACL and refuse anonymous clients.
+    Both listeners use the same ACL and refuse anonymous clients. ``max_packet_size``
+    defaults to the protocol's payload limit plus room for the topic and properties: a
+    larger message would only be refused by ingest, so the broker drops it (and the
+    client's connection) before buffering it.
     """
     for name, value in (("port", port), ("controller port", controller_port)):
         if not 1 <= value <= 65535:
