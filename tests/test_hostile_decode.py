@@ -32,8 +32,7 @@ def nested(depth: int, inner: str = "1") -> str:
 
 def telemetry(body: str, *, seq: str = "0", at: str = TS, device: str = "dev-1") -> bytes:
     record = (
-        f'{{"epoch":1,"seq":{seq},"kind":"metric","name":"inference","at":"{at}",'
-        f'"body":{body}}}'
+        f'{{"epoch":1,"seq":{seq},"kind":"metric","name":"inference","at":"{at}","body":{body}}}'
     )
     return (
         f'{{"v":1,"type":"telemetry","device_id":"{device}","ts":"{TS}","records":[{record}]}}'
@@ -66,7 +65,8 @@ HOSTILE: dict[str, tuple[str, bytes, str]] = {
     ),
     "3,000 levels of { inside a heartbeat": (
         "ef/v1/dev-1/heartbeat",
-        json.dumps(heartbeat()).replace('"seq": 1', '"seq": ' + '{"a":' * 3000 + "1" + "}" * 3000)
+        json.dumps(heartbeat())
+        .replace('"seq": 1', '"seq": ' + '{"a":' * 3000 + "1" + "}" * 3000)
         .encode(),
         "too_deep",
     ),
