@@ -157,7 +157,7 @@ class Supervisor:
             worker.restarts += 1
             worker.state = "down"
             worker.last_error = error[:500]
-            return min(self._max, self._min * 2 ** (worker.consecutive - 1))
+            return min(self._max, self._min * 2.0 ** (worker.consecutive - 1))
 
     # --- periodic jobs ---------------------------------------------------------------------
     def job(self, name: str, fn: Callable[[], T]) -> Callable[[], T | None]:
