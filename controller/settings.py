@@ -6,18 +6,19 @@ Nested keys use ``__`` in the environment (``EDGEFLEET_BROKER__URL``). Settings 
 
 from datetime import timedelta
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
 from controller.telemetry.settings import TelemetrySettings
 from shared.broker_url import parse_broker_url
+from shared.yaml_guard import YamlShapeError, read_yaml_file
 
 # Values people paste from tutorials; refused as secrets outside the demo.
 PLACEHOLDER_SECRETS = frozenset(
@@ -253,7 +254,7 @@ class Settings(BaseSettings):
 class _FileSettings(Settings):
     """Settings with a YAML file between the defaults and the environment."""
 
-    yaml_path: ClassVar[Path | None] = None
+    file_values: ClassVar[dict[str, Any] | None] = None
 
     @classmethod
     def settings_customise_sources(
@@ -265,17 +266,34 @@ class _FileSettings(Settings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if cls.yaml_path is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls.yaml_path))
+        if cls.file_values is not None:
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=cls.file_values))
         return tuple(sources)
+
+
+def read_config_file(config_file: Path) -> dict[str, Any]:
+    """The mapping in the YAML file ``config_file``, read through the bounded loader (size,
+    depth, element count, no aliases); ``ValueError`` saying what is wrong with the file."""
+    try:
+        raw = read_yaml_file(config_file)
+    except OSError as e:
+        raise ValueError(f"cannot read controller config file {config_file}: {e}") from e
+    except YamlShapeError as e:
+        raise ValueError(f"controller config file {e}") from e
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"controller config file {config_file} must be a YAML mapping")
+    return raw
 
 
 def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
     """Build settings from ``config_file`` (YAML, optional), the environment and overrides."""
     if config_file is not None and not config_file.is_file():
         raise ValueError(f"controller config file {config_file} does not exist")
+    values = None if config_file is None else read_config_file(config_file)
 
     class _Bound(_FileSettings):
-        yaml_path = config_file
+        file_values = values
 
     return _Bound(**overrides)  # type: ignore[arg-type]

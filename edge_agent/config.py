@@ -6,7 +6,6 @@ Every key is documented in ``docs/configuration.md``; keep the two in step.
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -18,6 +17,7 @@ from pydantic import (
 
 from shared.broker_url import parse_broker_url
 from shared.topics import is_valid_device_id
+from shared.yaml_guard import YamlShapeError, read_yaml_file
 
 
 class ConfigError(ValueError):
@@ -318,11 +318,11 @@ def load_config(path: Path, *, root: Path | None = None) -> AgentConfig:
     ``root``, so the device's own config works unchanged from wherever its root is mounted.
     """
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_yaml_file(path)
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+    except YamlShapeError as e:
+        raise ConfigError(f"config {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a YAML mapping at the top level")
     try:

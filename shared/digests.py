@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
+from shared.tar_guard import TarLimits, check_members
+
 CHUNK = 1 << 20
 
 
@@ -51,10 +53,13 @@ def tar_folder_sha256(archive: Path) -> str:
 
     As the agent unpacks it: the model files at the top level, or inside one folder (whose
     name is then not part of the paths). Only regular files count, as on disk. Raises
-    ``tarfile.TarError`` or ``OSError`` for an archive that cannot be read.
+    ``tarfile.TarError`` or ``OSError`` for an archive that cannot be read or that the agent
+    would refuse to unpack.
     """
     with tarfile.open(archive) as tar:
-        members = tar.getmembers()
+        # The agent's own checks (shared.tar_guard), so an archive it would refuse is
+        # refused at publishing already; TarGuardError is a TarError.
+        members = check_members(tar, limits=TarLimits(), source=archive.name)
         names = [m.name.removeprefix("./").strip("/") for m in members]
         tops = {n.split("/", 1)[0] for n in names if n and n != "."}
         prefix = ""

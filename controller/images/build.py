@@ -37,13 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import yaml
-
 from controller.images.keys import ImageKey
 from controller.images.manifest import (
     FORMAT,
     IMAGE_JSON,
     MANIFEST,
+    MAX_MANIFEST_BYTES,
     MODE_EXEC,
     MODE_FILE,
     ROOTFS,
@@ -60,14 +59,17 @@ from controller.images.recipe import Recipe, RecipeError, load_recipe
 from controller.images.wheelhouse import fetch_wheelhouse
 from shared.attestation import AGENT_PACKAGES, package_dir, tree_digest
 from shared.canonical import canonical_json
+from shared.yaml_guard import YamlShapeError, read_yaml_file
 
 AGENT_DIR = "opt/edgefleet/agent"
 WHEELHOUSE_DIR = "opt/edgefleet/wheelhouse"
 UNIT_PATH = "etc/systemd/system/edgefleet-agent.service"
 STATE_DIR = "var/lib/edgefleet-agent"
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 _VERSION = re.compile(r"""^__version__\s*=\s*["']([^"']+)["']""", re.MULTILINE)
 _SKIP_DIRS = {"__pycache__"}
+# verify_image names each unlisted member; past this many it stops (a tar of a million
+# empty members would otherwise make a million problems).
+MAX_UNLISTED_MEMBERS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +114,11 @@ def _file_sha256(path: Path) -> str:
 
 def _check_template(recipe: Recipe, template: Path) -> None:
     try:
-        doc = yaml.safe_load(template.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        doc = read_yaml_file(template)
+    except OSError as e:
         raise RecipeError(f"{template}: not a readable YAML file: {e}") from e
+    except YamlShapeError as e:
+        raise RecipeError(f"agent config template {e}") from e
     if not isinstance(doc, dict):
         raise RecipeError(f"{template}: an agent config is a YAML mapping")
     configured = {
@@ -417,7 +421,15 @@ def verify_image(tar_path: Path, public_key: bytes) -> Manifest:
             expected = {f.path: f for f in manifest.files}
             seen: set[str] = set()
             # next() rather than iteration: iterating a stream re-yields the members read.
+            count = 0
             while (member := tar.next()) is not None:
+                count += 1
+                if count > len(expected) + MAX_UNLISTED_MEMBERS:
+                    problems.append(
+                        f"more than {MAX_UNLISTED_MEMBERS} members beyond the manifest's; the"
+                        " rest was not read"
+                    )
+                    break
                 name = member.name
                 if name in seen:
                     problems.append(f"duplicate file {name}")

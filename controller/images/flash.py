@@ -68,6 +68,8 @@ from shared.attestation import (
     public_key_of,
 )
 from shared.files import fsync_dir
+from shared.tar_guard import TarGuardError, TarLimits, check_members
+from shared.yaml_guard import YamlShapeError, load_yaml_bounded
 
 # Where flashing puts the device's own files, as paths on the device (under its root).
 AGENT_CONFIG = "etc/edgefleet/agent.yaml"
@@ -77,6 +79,15 @@ IDENTITY_FOLDER = "identity"  # under state_dir, as edge_agent.attestation.ident
 MAX_TEMPLATE_BYTES = 1024 * 1024
 MAX_ROOT_BYTES = 1024 * 1024
 MAX_ROOT_VERSIONS = 1000
+# An image is regular files only (build.py writes no folders or links); the wheelhouse of
+# the largest recipe (CUDA wheels) is a few GiB.
+MAX_IMAGE_BYTES = 32 * 1024**3
+IMAGE_TAR_LIMITS = TarLimits(
+    max_members=100_000,
+    max_member_bytes=MAX_IMAGE_BYTES,
+    max_total_bytes=MAX_IMAGE_BYTES,
+    allow_links=False,
+)
 _CHUNK = 1024 * 1024
 # The trees of the device root that the image owns (device-relative): with ``force``, a file
 # in them that is neither in the image nor one of the device's own files is removed.
@@ -144,8 +155,11 @@ def _private_copy(image: Path, folder: Path) -> Path:
     copy = folder / "image.tar"
     try:
         with image.open("rb") as source:
-            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+            st = os.fstat(source.fileno())
+            if not stat.S_ISREG(st.st_mode):
                 raise ImageError(f"{image} is not a regular file")
+            if st.st_size > MAX_IMAGE_BYTES:
+                raise ImageError(f"{image} is {st.st_size} bytes, more than {MAX_IMAGE_BYTES}")
             fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(source, out, _CHUNK)
@@ -167,11 +181,13 @@ def verified_image(image: Path, public_key: bytes) -> Iterator[VerifiedImage]:
         copy = _private_copy(image, Path(folder))
         try:
             with tarfile.open(copy, "r:*") as tar:
-                names = tar.getnames()
+                members = check_members(tar, limits=IMAGE_TAR_LIMITS, source=str(image))
+        except TarGuardError as e:
+            raise ImageError(f"image refused: {e}") from e
         except (OSError, tarfile.TarError, EOFError) as e:
             raise ImageError(f"{image} is not a readable image tar: {e}") from e
-        for name in names:
-            _safe_member_name(name)
+        for member in members:
+            _safe_member_name(member.name)
         yield VerifiedImage(copy, verify_image(copy, public_key))
 
 
@@ -221,9 +237,10 @@ def render_agent_config(
             f"agent.yaml template has an unknown placeholder {text[start : start + 40]!r}"
         )
     try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"agent.yaml template is not valid YAML: {e}") from e
+        raw = load_yaml_bounded(text, source="agent.yaml template", max_bytes=MAX_TEMPLATE_BYTES)
+    except YamlShapeError as e:
+        raise ValueError(str(e)) from e
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ValueError("agent.yaml template is not a YAML mapping")
     raw["device_id"] = device_id

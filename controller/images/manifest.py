@@ -21,13 +21,13 @@ Nothing here reads files: callers hand in bytes (``controller.images.build`` doe
 """
 
 import hashlib
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.attestation import key_id, sign, verify
 from shared.canonical import canonical_json
+from shared.json_guard import JsonShapeError, loads_bounded
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -36,6 +36,11 @@ ROOTFS = "rootfs/"
 IMAGE_JSON = "rootfs/etc/edgefleet/image.json"
 MODE_FILE = 0o644
 MODE_EXEC = 0o755
+# Bounds on a manifest read from an image (before its signature is checked, for display):
+# an entry is five values, so 100,000 files and a recipe fit; nesting is at most ~6 levels.
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+MAX_MANIFEST_FILES = 100_000
+MAX_MANIFEST_VALUES = 5 * MAX_MANIFEST_FILES + 10_000
 
 
 class ImageError(ValueError):
@@ -106,9 +111,9 @@ def parse_manifest(data: bytes) -> Manifest:
     """The manifest in ``data``; ``ImageError`` when it is not a well-formed, canonical one
     whose image id matches its content."""
     try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ImageError(f"{MANIFEST} is not JSON: {e}") from e
+        raw = loads_bounded(data, max_bytes=MAX_MANIFEST_BYTES, max_elements=MAX_MANIFEST_VALUES)
+    except JsonShapeError as e:
+        raise ImageError(f"{MANIFEST} is refused: {e}") from e
     if not isinstance(raw, dict):
         raise ImageError(f"{MANIFEST} is not a JSON object")
     try:
@@ -122,6 +127,8 @@ def parse_manifest(data: bytes) -> Manifest:
         raise ImageError(f"{MANIFEST} is not canonical JSON (it was edited after signing)")
     if compute_image_id(raw) != manifest.image_id:
         raise ImageError(f"{MANIFEST}: image_id does not match the manifest's content")
+    if len(manifest.files) > MAX_MANIFEST_FILES:
+        raise ImageError(f"{MANIFEST} lists more than {MAX_MANIFEST_FILES} files")
     paths = [f.path for f in manifest.files]
     if paths != sorted(set(paths)):
         raise ImageError(f"{MANIFEST}: file paths are not sorted and unique")
@@ -152,6 +159,8 @@ __all__ = [
     "FORMAT",
     "IMAGE_JSON",
     "MANIFEST",
+    "MAX_MANIFEST_BYTES",
+    "MAX_MANIFEST_FILES",
     "MODE_EXEC",
     "MODE_FILE",
     "ROOTFS",

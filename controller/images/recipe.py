@@ -17,8 +17,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shared.yaml_guard import YamlShapeError, read_yaml_file
 
 RECIPE_FILE = "recipe.yaml"
 # pip's normalized project names and PEP 440 public versions (no local "+..." part: an
@@ -263,13 +264,13 @@ def load_recipe(recipe_dir: Path, *, agent_version: str | None = None) -> Recipe
     """
     path = recipe_dir / RECIPE_FILE
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_yaml_file(path)
     except FileNotFoundError as e:
         raise RecipeError(f"{path}: no such recipe file") from e
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise RecipeError(f"{path}: cannot read: {e}") from e
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from e
+    except YamlShapeError as e:
+        raise RecipeError(str(e)) from e
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping")
     try:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from edge_agent.updates.decisions import InstallFailed, Outcome, boot_action
 from shared.files import write_atomic
+from shared.tar_guard import TarLimits, extract_checked
 
 log = logging.getLogger(__name__)
 
@@ -313,21 +314,19 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 def unpack_archive(archive: Path, into: Path, *, max_bytes: int) -> str:
     """Unpack an ORT GenAI model archive into ``into``; returns the model folder's name.
 
-    ``tarfile``'s ``data`` filter refuses absolute paths, ``..``, links out of the folder
-    and device files; the total unpacked size is capped at ``max_bytes``. The archive may
-    hold the model files at its top level or inside one folder.
+    ``shared.tar_guard`` checks every member first (no absolute path, no ``..``, no link
+    out of the folder, no device file, at most ``TarLimits.max_members`` members (the
+    controller's publish check uses the same default), the unpacked total at most
+    ``max_bytes``) and unpacks with ``tarfile``'s ``data`` filter.
+    The archive may hold the model files at its top level or inside one folder.
     """
     if not archive.name.endswith(ARCHIVE_SUFFIXES):
         raise InstallFailed(f"an ort-genai artifact must be a {'/'.join(ARCHIVE_SUFFIXES)} file")
     folder = into / "model"
+    limits = TarLimits(max_member_bytes=max_bytes, max_total_bytes=max_bytes)
     try:
-        with tarfile.open(archive) as tar:
-            members = tar.getmembers()
-            total = sum(m.size for m in members if m.isfile())
-            if total > max_bytes:
-                raise InstallFailed(f"archive unpacks to {total} bytes, over {max_bytes}")
-            folder.mkdir()
-            tar.extractall(folder, filter="data")
+        folder.mkdir()
+        extract_checked(archive, folder, limits=limits)
     except (tarfile.TarError, OSError) as e:
         raise InstallFailed(f"archive {archive.name} could not be unpacked: {e}") from e
     archive.unlink()

@@ -1,0 +1,154 @@
+"""Checking a tar archive's members before anything of it is used or unpacked.
+
+An archive from outside (a model artifact, a firmware image) can name ``/etc/passwd`` or
+``../../x``, carry a symlink or hard link that points out of the folder it is unpacked
+into, a device node or FIFO, a member that claims a terabyte, or a million empty members.
+``check_members`` reads the headers one at a time and stops at the first such member, so a
+compressed bomb is decompressed no further than the limits allow; ``extract_checked``
+unpacks only the members so checked and, as a second fence, with ``tarfile``'s ``data``
+filter (which also strips set-uid bits and refuses anything resolving outside the target).
+
+Every refusal is a ``TarGuardError``: a ``tarfile.TarError`` (callers that already handle a
+damaged archive handle it), with a ``reason`` and a text naming the archive and member.
+"""
+
+import lzma
+import posixpath
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "TarGuardError",
+    "TarLimits",
+    "check_members",
+    "extract_checked",
+    "safe_member_name",
+]
+
+# Errors a damaged compressed archive raises from inside tarfile's reads.
+_DAMAGED = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError, ValueError)
+
+
+class TarGuardError(tarfile.TarError):
+    """An archive refused; ``reason`` is one of ``bad_tar``, ``unsafe_name``,
+    ``link_outside``, ``special_file``, ``too_many_members``, ``member_too_large``,
+    ``total_too_large``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class TarLimits:
+    """What an archive may hold: member count, bytes per file, bytes in all, and whether
+    links (that stay inside the archive's folder) are allowed at all."""
+
+    max_members: int = 10_000
+    max_member_bytes: int = 8 * 1024**3
+    max_total_bytes: int = 16 * 1024**3
+    allow_links: bool = True
+
+
+def safe_member_name(name: str) -> str:
+    """``name`` normalized (no ``./``, no trailing ``/``), or ``TarGuardError`` when it is
+    absolute, climbs with ``..``, or holds a NUL or backslash (a Windows separator)."""
+    if not name or "\x00" in name or "\\" in name:
+        raise TarGuardError("unsafe_name", f"member {name!r} has an unsafe name")
+    if name.startswith("/"):
+        raise TarGuardError("unsafe_name", f"member {name!r} is an absolute path (path traversal)")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise TarGuardError("unsafe_name", f"member {name!r} climbs out with '..' (path traversal)")
+    if not parts:
+        return "."
+    return "/".join(parts)
+
+
+def _check_link(member: tarfile.TarInfo, name: str, regular: set[str]) -> None:
+    target = member.linkname
+    if not target or "\x00" in target or target.startswith("/"):
+        raise TarGuardError(
+            "link_outside", f"link {member.name!r} points to {target!r}, outside the archive"
+        )
+    if member.issym():  # relative to the link's own folder
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+    else:  # a hard link names another member of the archive
+        resolved = posixpath.normpath(target)
+    if resolved == ".." or resolved.startswith("../") or resolved.startswith("/"):
+        raise TarGuardError(
+            "link_outside", f"link {member.name!r} points to {target!r}, outside the archive"
+        )
+    if member.islnk() and resolved not in regular:
+        raise TarGuardError(
+            "link_outside", f"hard link {member.name!r} names {target!r}, no earlier file"
+        )
+
+
+def check_members(tar: tarfile.TarFile, *, limits: TarLimits, source: str) -> list[tarfile.TarInfo]:
+    """Every member of ``tar`` (read header by header, also in stream mode), or
+    ``TarGuardError`` at the first one beyond ``limits`` or unsafe to unpack. Regular
+    files, folders and (when allowed) links staying inside are the only members taken."""
+    members: list[tarfile.TarInfo] = []
+    regular: set[str] = set()
+    total = 0
+    while True:
+        try:
+            member = tar.next()
+        except _DAMAGED as e:
+            raise TarGuardError("bad_tar", f"{source}: damaged archive: {e}") from e
+        if member is None:
+            return members
+        if len(members) >= limits.max_members:
+            raise TarGuardError(
+                "too_many_members", f"{source}: more than {limits.max_members} members"
+            )
+        try:
+            name = safe_member_name(member.name)
+            if member.isreg() and not member.issparse():
+                if member.size > limits.max_member_bytes:
+                    raise TarGuardError(
+                        "member_too_large",
+                        f"member {member.name!r} is {member.size} bytes, over"
+                        f" {limits.max_member_bytes}",
+                    )
+                total += member.size
+                if total > limits.max_total_bytes:
+                    raise TarGuardError(
+                        "total_too_large", f"unpacks to more than {limits.max_total_bytes} bytes"
+                    )
+                regular.add(name)
+            elif member.issym() or member.islnk():
+                if not limits.allow_links:
+                    raise TarGuardError("special_file", f"member {member.name!r} is a link")
+                _check_link(member, name, regular)
+            elif not member.isdir():
+                raise TarGuardError(
+                    "special_file",
+                    f"member {member.name!r} is not a file or folder (type {member.type!r})",
+                )
+        except TarGuardError as e:
+            raise TarGuardError(e.reason, f"{source}: {e.detail}") from None
+        members.append(member)
+
+
+def extract_checked(archive: Path, into: Path, *, limits: TarLimits) -> list[tarfile.TarInfo]:
+    """Unpack ``archive`` into the existing folder ``into`` after ``check_members``
+    passed, with the ``data`` filter; returns the members. ``TarGuardError`` for any
+    refusal or damage (``into`` may then hold part of the archive: callers unpack into a
+    folder of their own and remove it)."""
+    source = archive.name
+    try:
+        with tarfile.open(archive) as tar:
+            members = check_members(tar, limits=limits, source=source)
+            tar.extractall(into, members=members, filter="data")
+    except TarGuardError:
+        raise
+    except tarfile.FilterError as e:
+        raise TarGuardError("link_outside", f"{source}: refused by the data filter: {e}") from e
+    except _DAMAGED as e:
+        raise TarGuardError("bad_tar", f"{source}: cannot be unpacked: {e}") from e
+    return members
