@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, HTTPException
 from controller.api.deps import CurrentUser, DbDep, ServicesDep
 from controller.models import Device
 from controller.shadows import DeviceShadow, set_desired, view
+from shared.shadow import ShadowError
 
 router = APIRouter(prefix="/api/devices", tags=["shadow"])
 
@@ -32,7 +33,10 @@ def patch_desired(
     if db.get(Device, device_id) is None:
         raise HTTPException(404, f"device {device_id!r} is not registered")
     now = datetime.now(UTC)
-    row = set_desired(db, device_id, patch, now=now)
+    try:
+        row = set_desired(db, device_id, patch, now=now)
+    except ShadowError as e:  # too deep, too large or not JSON: the device could not take it
+        raise HTTPException(422, f"shadow patch refused: {e}") from e
     db.commit()
     if services.publish_desired(row):
         row.desired_published_at = now
