@@ -21,7 +21,6 @@ the cursor past its record; a record that fails alone is counted as malformed an
 cursor moves past it. Good records of the chunk are kept.
 """
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +62,7 @@ from controller.telemetry.tables import (
     RollupCursor,
 )
 from controller.telemetry_store import TelemetryRecord
+from shared.json_guard import JsonShapeError, loads_bounded
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,16 @@ class RollupReport:
     locked_out: bool = False
 
 
+# A stored body came through ingest's decoder (64 KiB messages); rows older than its depth
+# limits may still be deeper, so the decode here is bounded too.
+MAX_BODY_BYTES = 1024 * 1024
+
+
 def _decode(body: Any) -> Any:
     if isinstance(body, str):
         try:
-            return json.loads(body)
-        except ValueError:
+            return loads_bounded(body, max_bytes=MAX_BODY_BYTES)
+        except JsonShapeError:
             return None
     return body
 

@@ -128,6 +128,10 @@ class RepoState:
         }
 
 
+# The bound devices' ngclient puts on a root (edge_agent.updates.client.UPDATER_CONFIG).
+MAX_ROOT_DRAFT_BYTES = 512_000
+
+
 @dataclass(frozen=True)
 class Rotation:
     """The outcome of ``rotate``: published now, or a draft waiting for offline keys."""
@@ -143,11 +147,15 @@ class Rotation:
 
 
 def read_root_draft(path: Path) -> Metadata[Root]:
-    """Load a root draft file, with a clear error when it is not one."""
+    """Load a root draft file (it comes back from offline signing, so it is outside
+    input): at most ``MAX_ROOT_DRAFT_BYTES``, with a clear error when it is not one."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(MAX_ROOT_DRAFT_BYTES + 1)
     except OSError as e:
         raise PublishError(f"cannot read root draft {path}: {e}") from e
+    if len(data) > MAX_ROOT_DRAFT_BYTES:
+        raise PublishError(f"{path} is larger than {MAX_ROOT_DRAFT_BYTES} bytes; not a root draft")
     try:
         md = Metadata[Root].from_bytes(data)
     except DeserializationError as e:

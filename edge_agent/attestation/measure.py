@@ -13,7 +13,6 @@
 """
 
 import hashlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -29,10 +28,13 @@ from shared.attestation import (
     tree_hash,
 )
 from shared.canonical import canonical_json
+from shared.json_guard import JsonShapeError, loads_bounded
 
 IMAGE_FILE = Path("etc/edgefleet/image.json")
 NO_IMAGE = "none"
 INVALID_IMAGE = "invalid"
+# image.json is three short strings (controller.images.manifest.image_json).
+MAX_IMAGE_JSON_BYTES = 64 * 1024
 
 
 def agent_code() -> str:
@@ -55,14 +57,15 @@ def image_id(root: Path) -> str:
     """The ``image_id`` of ``<root>/etc/edgefleet/image.json`` (written by the image build)."""
     path = root / IMAGE_FILE
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_IMAGE_JSON_BYTES + 1)
     except FileNotFoundError:
         return NO_IMAGE
     except OSError:
         return INVALID_IMAGE
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+        doc = loads_bounded(raw, max_bytes=MAX_IMAGE_JSON_BYTES)
+    except JsonShapeError:
         return INVALID_IMAGE
     value = doc.get("image_id") if isinstance(doc, dict) else None
     if not isinstance(value, str) or not 1 <= len(value) <= 256:

@@ -11,7 +11,6 @@ evidently not good enough for this traffic, so cascading stops for ``cooldown_s`
 are routed by task class instead) and the caller records an alert.
 """
 
-import json
 import math
 import threading
 from collections import deque
@@ -19,6 +18,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jsonschema
+
+from shared.json_guard import JsonShapeError, loads_bounded
+
+# A structured answer longer than this is not checked against its schema (judged invalid).
+MAX_ANSWER_BYTES = 1024 * 1024
 
 
 def confidence(token_logprobs: Sequence[float]) -> float:
@@ -31,8 +35,9 @@ def confidence(token_logprobs: Sequence[float]) -> float:
 def schema_valid(text: str, schema: dict[str, Any]) -> bool:
     """Does ``text`` parse as JSON and validate against ``schema``?"""
     try:
-        document = json.loads(text)
-    except ValueError:
+        # The model's answer is outside input: a prompt can make it emit 3,000 "[".
+        document = loads_bounded(text, max_bytes=MAX_ANSWER_BYTES)
+    except JsonShapeError:
         return False
     try:
         jsonschema.validate(document, schema)

@@ -28,7 +28,10 @@ from edge_agent.runtimes.base import (
     RuntimeLoadError,
 )
 from shared.digests import folder_sha256
+from shared.json_guard import loads_bounded
 
+# genai_config.json comes with a published model archive; real ones are a few KiB.
+MAX_GENAI_CONFIG_BYTES = 1024 * 1024
 # ONNX Runtime execution provider names (what the hardware probe reports) -> the names
 # onnxruntime-genai's Config.append_provider takes. CPU needs no entry: it is the fallback.
 GENAI_PROVIDERS = {
@@ -117,7 +120,9 @@ class OrtGenaiRuntime:
         if not config_path.is_file():
             raise RuntimeLoadError(f"model folder {folder} has no genai_config.json")
         try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
+            with config_path.open("rb") as f:
+                data = f.read(MAX_GENAI_CONFIG_BYTES + 1)
+            config = loads_bounded(data, max_bytes=MAX_GENAI_CONFIG_BYTES)
             model_config = config["model"]
             self.context_length = int(model_config["context_length"])
             self.vocab_size = int(model_config["vocab_size"])

@@ -20,6 +20,7 @@ from urllib.parse import quote
 import httpx
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata
+from tuf.ngclient.config import UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
 
@@ -32,8 +33,23 @@ from edge_agent.updates.decisions import (
     offline_error,
 )
 from edge_agent.updates.fetch import FetchResult, fetch_artifact
+from shared.json_guard import JsonShapeError, loads_bounded
 
 log = logging.getLogger(__name__)
+
+# Every metadata download is bounded (python-tuf refuses a longer one with
+# DownloadLengthMismatchError), stated here rather than left to ngclient's defaults. Our
+# repository's roles are a few KiB; these are ngclient's documented defaults, which leave
+# room for a fleet with thousands of targets. The bootstrap root read from disk gets the
+# same bound as a downloaded root.
+UPDATER_CONFIG = UpdaterConfig(
+    max_root_rotations=32,
+    max_delegations=32,
+    root_max_length=512_000,
+    timestamp_max_length=16_384,
+    snapshot_max_length=2_000_000,
+    targets_max_length=5_000_000,
+)
 
 
 class HttpxFetcher(FetcherInterface):
@@ -126,10 +142,7 @@ class TufClient:
         self._updater: Updater | None = None
 
     def _new_updater(self) -> Updater:
-        try:
-            bootstrap = self.trusted_root.read_bytes()
-        except OSError as e:
-            raise UpdateError(f"trusted root {self.trusted_root} is unreadable: {e}") from e
+        bootstrap = read_trusted_root(self.trusted_root)
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
         try:
             return Updater(
@@ -137,6 +150,7 @@ class TufClient:
                 self.metadata_url,
                 fetcher=HttpxFetcher(self._http),
                 bootstrap=bootstrap,
+                config=UPDATER_CONFIG,
             )
         except (tuf_errors.RepositoryError, OSError, ValueError) as e:
             raise UpdateError(f"trusted root {self.trusted_root} is not usable: {e}") from e
@@ -230,6 +244,25 @@ class TufClient:
             sha256=target.sha256,
             partial=dest.parent / partial_name(target.sha256),
         )
+
+
+def read_trusted_root(path: Path) -> bytes:
+    """The bytes of the device's trusted root (shipped in its image), read before
+    python-tuf sees them: at most ``root_max_length`` bytes of bounded JSON, or an
+    ``UpdateError`` saying what is wrong with the file."""
+    limit = UPDATER_CONFIG.root_max_length
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise UpdateError(f"trusted root {path} is unreadable: {e}") from e
+    try:
+        document = loads_bounded(data, max_bytes=limit)
+    except JsonShapeError as e:
+        raise UpdateError(f"trusted root {path} is refused: {e}") from e
+    if not isinstance(document, dict) or not isinstance(document.get("signed"), dict):
+        raise UpdateError(f"trusted root {path} is not TUF metadata (no 'signed' object)")
+    return data
 
 
 def partial_name(sha256: str) -> str:
