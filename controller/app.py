@@ -100,7 +100,8 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
 
     @app.get("/healthz", tags=["health"])
     def healthz(services: ServicesDep) -> JSONResponse:
-        """Liveness and readiness: the database answers and ingest holds the broker."""
+        """Liveness and readiness: the database answers, ingest holds the broker and no
+        worker is down (``workers_down`` names the crashed ones waiting for a restart)."""
         try:
             with services.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -108,9 +109,15 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         except Exception:
             db_ok = False
         broker_ok = bool(services.ingest and services.ingest.connected)
-        ok = db_ok and broker_ok
+        down = services.workers_down()
+        ok = db_ok and broker_ok and not down
         return JSONResponse(
-            {"status": "ok" if ok else "degraded", "database": db_ok, "broker": broker_ok},
+            {
+                "status": "ok" if ok else "degraded",
+                "database": db_ok,
+                "broker": broker_ok,
+                "workers_down": down,
+            },
             status_code=200 if ok else 503,
         )
 

@@ -2,6 +2,11 @@
 
 Malformed, spoofed or oversized messages become dead letters with their reason (never their
 payload, which may hold anything) and are counted; they never stop the batch.
+
+Two steps: ``classify`` (decode and check one message; raises only ``ProtocolError``, no
+database) and ``apply_decoded`` (write a batch of classified messages in the caller's
+transaction). The MQTT shell classifies on arrival, so refusals never reach the writer's
+transaction; ``apply_batch`` does both for callers that hold raw messages.
 """
 
 import logging
@@ -21,6 +26,7 @@ from controller.telemetry_store import PendingRecords
 from shared.errors import ProtocolError
 from shared.messages import (
     Ack,
+    AnyMessage,
     Birth,
     Challenge,
     Death,
@@ -31,6 +37,7 @@ from shared.messages import (
     TelemetryBatch,
     decode_message,
 )
+from shared.topics import TOPIC_ROOT, is_valid_device_id
 
 if TYPE_CHECKING:
     from controller.attestation.service import AttestationService, Outbound
@@ -62,6 +69,11 @@ class IngestStats:
         self.quotes = 0
         self.db_errors = 0
         self.dropped_queue_full = 0
+        # Exceptions caught by the last-resort guards of paho callbacks (defects of ours).
+        self.callback_errors = 0
+        # Rejections counted but not stored as dead letters (rate-limited, or pruned by
+        # the caps), see controller/ingest_limits.py.
+        self.rejections_dropped = 0
         self.rejected: Counter[str] = Counter()
 
     def add(self, field: str, n: int = 1) -> None:
@@ -90,6 +102,8 @@ class IngestStats:
                 "quotes": self.quotes,
                 "db_errors": self.db_errors,
                 "dropped_queue_full": self.dropped_queue_full,
+                "callback_errors": self.callback_errors,
+                "rejections_dropped": self.rejections_dropped,
                 "rejected": dict(self.rejected),
                 "rejected_total": sum(self.rejected.values()),
             }
@@ -196,6 +210,42 @@ class BatchResult:
     acks: list[Ack] = field(default_factory=list)
     # Attestation challenges and desired documents (retained) to publish after commit.
     outbound: list["Outbound"] = field(default_factory=list)
+    # Messages refused while applying (``apply_decoded``), for the caller to dead-letter.
+    refused: list[tuple[Received, ProtocolError]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A message that passed ``classify``, with what it arrived as."""
+
+    received: Received
+    message: AnyMessage
+
+
+def topic_device(topic: str) -> str | None:
+    """The device id a topic names (``ef/v1/<id>/...``), if it names a valid one."""
+    parts = topic.split("/", 3)
+    if len(parts) >= 3 and "/".join(parts[:2]) == TOPIC_ROOT and is_valid_device_id(parts[2]):
+        return parts[2]
+    return None
+
+
+def check_known(message: AnyMessage, known_devices: set[str] | None) -> None:
+    """Refuse a device without live broker credentials (when that check is on)."""
+    if known_devices is not None and message.device_id not in known_devices:
+        raise ProtocolError("unknown_device", f"device {message.device_id!r} is not provisioned")
+
+
+def classify(item: Received, *, known_devices: set[str] | None, attestation_on: bool) -> Decoded:
+    """Decode and check one message without touching the database; raises only
+    ``ProtocolError``. ``known_devices``: see ``apply_batch``."""
+    _, message = decode_message(item.topic, item.payload)
+    check_known(message, known_devices)
+    if isinstance(message, Ack | Desired | Challenge):
+        raise ProtocolError("wrong_direction", f"{message.type!r} goes to devices, not from them")
+    if isinstance(message, Quote) and not attestation_on:
+        raise ProtocolError("unexpected_quote", "attestation is off on this controller")
+    return Decoded(item, message)
 
 
 def apply_batch(
@@ -206,7 +256,8 @@ def apply_batch(
     attestation: "AttestationService | None" = None,
     stored_at: datetime | None = None,
 ) -> BatchResult:
-    """Decode and apply ``batch``; bad messages become dead letters, good ones still land.
+    """Decode and apply ``batch``; bad messages become dead letters (a row each, in this
+    transaction), good ones still land.
 
     ``stored_at`` is the time of this write, stamped on the telemetry rows as their
     ``received_at`` (the rollup's commit-lag clock, docs/telemetry.md): the writer passes
@@ -217,39 +268,59 @@ def apply_batch(
     other device are refused (``unknown_device``) even if the broker let them through.
     Counts go in the result for the caller to add to ``IngestStats`` once committed.
     """
+    decoded: list[Decoded] = []
+    refused: list[tuple[Received, ProtocolError]] = []
+    for item in batch:
+        try:
+            decoded.append(
+                classify(item, known_devices=known_devices, attestation_on=attestation is not None)
+            )
+        except ProtocolError as e:
+            refused.append((item, e))
+    # The newest arrival of the whole batch, refused ones included, stamps the records.
+    stamp = stored_at or max((item.received_at for item in batch), default=None)
+    result = apply_decoded(session, decoded, attestation=attestation, stored_at=stamp)
+    result.outcome.update(Counter(f"rejected:{e.reason}" for _, e in refused))
+    for item, e in [*refused, *result.refused]:
+        log.warning("rejected message on %.128r: %s", item.topic, e)
+        session.add(
+            RejectedMessage(
+                received_at=item.received_at,
+                last_at=item.received_at,
+                device_id=topic_device(item.topic),
+                topic=item.topic[:256],
+                reason=e.reason,
+                detail=e.detail[:1024],
+                size=len(item.payload),
+            )
+        )
+    return result
+
+
+def apply_decoded(
+    session: Session,
+    batch: list[Decoded],
+    *,
+    attestation: "AttestationService | None" = None,
+    stored_at: datetime | None = None,
+) -> BatchResult:
+    """Apply classified messages in the caller's transaction. A message refused here (a
+    record time the database cannot hold) is counted in ``outcome`` and listed in
+    ``refused`` for the caller to dead-letter; the others still land."""
     result = BatchResult()
     outcome = result.outcome
     status: list[tuple[Birth | Death | Heartbeat, datetime]] = []
     quotes: list[tuple[Quote, datetime]] = []
     records = PendingRecords(session)
-    for item in batch:
-        try:
-            _, message = decode_message(item.topic, item.payload)
-            if known_devices is not None and message.device_id not in known_devices:
-                raise ProtocolError(
-                    "unknown_device", f"device {message.device_id!r} is not provisioned"
-                )
-            if isinstance(message, Ack | Desired | Challenge):
-                raise ProtocolError(
-                    "wrong_direction", f"{message.type!r} goes to devices, not from them"
-                )
-            if isinstance(message, TelemetryBatch):
+    for decoded in batch:
+        item, message = decoded.received, decoded.message
+        if isinstance(message, TelemetryBatch):
+            try:
                 _add_records(records, message)
-            if isinstance(message, Quote) and attestation is None:
-                raise ProtocolError("unexpected_quote", "attestation is off on this controller")
-        except ProtocolError as e:
-            outcome[f"rejected:{e.reason}"] += 1
-            log.warning("rejected message on %.128r: %s", item.topic, e)
-            session.add(
-                RejectedMessage(
-                    received_at=item.received_at,
-                    topic=item.topic[:256],
-                    reason=e.reason,
-                    detail=e.detail[:1024],
-                    size=len(item.payload),
-                )
-            )
-            continue
+            except ProtocolError as e:
+                outcome[f"rejected:{e.reason}"] += 1
+                result.refused.append((item, e))
+                continue
         if isinstance(message, TelemetryBatch):
             first, last = message.records[0], message.records[-1]
             result.acks.append(
@@ -266,10 +337,12 @@ def apply_batch(
             outcome["reported" if fresh else "stale"] += 1
         elif isinstance(message, Quote):
             quotes.append((message, item.received_at))
-        else:
+        elif isinstance(message, Birth | Death | Heartbeat):
             status.append((message, item.received_at))
+        else:  # classify refuses controller-to-device kinds; never here
+            raise ValueError(f"{message.type!r} is not a device-to-controller message")
     if records:
-        stamp = stored_at or max(item.received_at for item in batch)
+        stamp = stored_at or max(d.received.received_at for d in batch)
         inserted = records.insert(stamp)
         outcome["records_inserted"] += inserted
         if len(records) > inserted:

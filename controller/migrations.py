@@ -47,6 +47,20 @@ def _user_disabled_token_lifetime(conn: Connection) -> None:
         _add_column(conn, "api_token", column, "DATETIME", "TIMESTAMP WITHOUT TIME ZONE")
 
 
+def _rejected_message_aggregation(conn: Connection) -> None:
+    _add_column(conn, "rejected_message", "device_id", "VARCHAR(63)", "VARCHAR(63)")
+    count = "INTEGER NOT NULL DEFAULT 1"
+    _add_column(conn, "rejected_message", "count", count, count)
+    _add_column(conn, "rejected_message", "last_at", "DATETIME", "TIMESTAMP WITHOUT TIME ZONE")
+    # The per-device cap counts rows by device; both databases know IF NOT EXISTS.
+    conn.execute(
+        text(
+            "CREATE INDEX IF NOT EXISTS ix_rejected_message_device_id "
+            "ON rejected_message (device_id)"
+        )
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "0001_device_quarantine",
@@ -57,6 +71,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "0002_user_disabled_token_lifetime",
         "user.disabled, api_token.expires_at and api_token.revoked_at (access control)",
         _user_disabled_token_lifetime,
+    ),
+    Migration(
+        "0003_rejected_message_aggregation",
+        "rejected_message.device_id, count and last_at (aggregated, capped dead letters)",
+        _rejected_message_aggregation,
     ),
 )
 

@@ -90,15 +90,23 @@ class DeviceStatusEventPublic(SQLModel):
 
 # --- ingest rejects -------------------------------------------------------------------------
 class RejectedMessage(SQLModel, table=True):
-    """Dead letters: messages refused by ingest, with the reason (payloads are not kept)."""
+    """Dead letters: messages refused by ingest, with the reason (payloads are not kept).
+
+    One row stands for ``count`` rejections of one device and reason within a window
+    (``controller/ingest_limits.py``); topic, detail and size are the first one's.
+    """
 
     __tablename__ = "rejected_message"
     id: int | None = Field(default=None, primary_key=True)
-    received_at: datetime = Field(default_factory=utcnow, index=True)
+    received_at: datetime = Field(default_factory=utcnow, index=True)  # the first one
     topic: str = Field(max_length=256)
     reason: str = Field(max_length=64, index=True)
     detail: str = Field(max_length=1024)
     size: int
+    # The device the topic names (None when the topic names none); caps count per device.
+    device_id: str | None = Field(default=None, max_length=63, index=True)
+    count: int = 1
+    last_at: datetime | None = None  # the latest one counted in this row
 
 
 # --- users, sessions and tokens -----------------------------------------------------------

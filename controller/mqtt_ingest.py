@@ -1,21 +1,39 @@
-"""The ingest shell: a paho subscriber feeding a batching writer thread.
+"""The ingest shell: a paho subscriber feeding a batching writer thread, both supervised.
 
-- paho's network thread only enqueues, so a slow database never stalls keepalives.
-- One writer thread drains the queue in batches and applies each in one transaction.
-- At-least-once into the database: messages are acknowledged to the broker (manual PUBACK)
-  only after their batch is committed, and the session is persistent, so a controller
-  killed mid-batch gets the unacknowledged messages again when it comes back. The unique
-  key on (device, epoch, seq) turns the re-delivery into exactly-once storage.
+- The network loop is our own thread under ``shared.supervision.Supervisor`` (not paho's
+  ``loop_start``): whatever escapes paho is logged with its traceback, counted
+  (``edgefleet_worker_restarts_total{worker="ingest-network"}``) and the loop restarted
+  with backoff on a fresh connection. Every paho callback has a last-resort guard too.
+- Messages are decoded on arrival, in paho's callback: the decoder is bounded (size, depth
+  and element count before any work) and raises only ``ProtocolError``. A refused message
+  is counted, handed to the ``DeadLetterBook`` (aggregated, rate-limited, see
+  ``controller/ingest_limits.py``) and PUBACKed at once: it never enters the queue or the
+  writer's transaction, so a flood of garbage costs one cheap decode per message and does
+  not delay the good messages' writes. The ``ingest-dead-letters`` worker stores the book's
+  rows every ``dead_letters.flush_s`` and prunes them to their caps.
+- One writer thread (supervised) drains the queue in batches and applies each in one
+  transaction. A database that cannot be reached is retried with backoff; any other
+  exception kills the writer, which the supervisor restarts. The batch in hand then gets a
+  strike each (``StrikeBook``) and is written one message per transaction, so the innocent
+  messages beside a poison one still land, and a message that killed the writer twice is
+  dead-lettered as ``poison`` and acknowledged instead of crash-looping.
+- At-least-once into the database: good messages are acknowledged to the broker (manual
+  PUBACK) only after their batch is committed, and the session is persistent, so a
+  controller killed mid-batch gets the unacknowledged messages again when it comes back.
+  The unique key on (device, epoch, seq) turns the re-delivery into exactly-once storage.
 - Devices get an ``ack`` per telemetry batch after commit, which lets them trim their outbox.
 - Attestation challenges (after a birth) and quarantine desired documents (after a quote)
   are decided in the batch's transaction and published after its commit, like acks.
 - On MQTT 5, subscriptions are shared (``$share/<group>/...``) so replicas split the stream.
 """
 
+import hashlib
 import logging
 import queue
 import socket
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,12 +44,25 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from controller.db import session_scope
-from controller.ingest import IngestStats, Received, apply_batch
-from controller.settings import BrokerSettings
+from controller.dead_letters import prune_dead_letters, write_dead_letters
+from controller.ingest import (
+    Decoded,
+    IngestStats,
+    Received,
+    apply_decoded,
+    check_known,
+    classify,
+    topic_device,
+)
+from controller.ingest_limits import DeadLetterBook, Rejection
+from controller.settings import BrokerSettings, DeadLetterSettings
+from shared.errors import ProtocolError
 from shared.messages import Desired, encode_message
+from shared.supervision import StrikeBook, Supervisor
 from shared.topics import DEVICE_TO_CONTROLLER, DeviceTopic
 
 if TYPE_CHECKING:
@@ -39,12 +70,28 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The database is away (down, restarting, locked): retried, never a strike against the
+# messages. Any other exception while writing is a defect some input reached.
+_UNREACHABLE = (OperationalError, InterfaceError, PoolTimeoutError)
+
+NETWORK_WORKER = "ingest-network"
+WRITER_WORKER = "ingest-writer"
+DEAD_LETTER_WORKER = "ingest-dead-letters"
+
 
 @dataclass(frozen=True, slots=True)
 class _Item:
-    received: Received
+    decoded: Decoded
     mid: int
     qos: int
+    key: bytes  # the strike book's name for this message: same topic and bytes, same key
+
+
+def _key(received: Received) -> bytes:
+    digest = hashlib.blake2b(received.topic.encode(), digest_size=16)
+    digest.update(b"\0")
+    digest.update(received.payload)
+    return digest.digest()
 
 
 def subscriptions(shared_group: str | None) -> list[str]:
@@ -69,6 +116,8 @@ class MqttIngest:
         batch_size: int,
         known_devices: Callable[[], set[str]] | None = None,
         attestation: "AttestationService | None" = None,
+        supervisor: Supervisor | None = None,
+        dead_letters: DeadLetterSettings | None = None,
     ) -> None:
         self._broker = broker
         self._port = port
@@ -77,11 +126,31 @@ class MqttIngest:
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._known_devices = known_devices
+        # The writer's latest copy of the provisioned ids, which the reader checks against
+        # (None until the writer first read them: the writer checks every message too).
+        self._known: set[str] | None = None
         self._attestation = attestation
-        self._stopping = threading.Event()
-        self._disconnecting = threading.Event()
+        self.supervisor = supervisor or Supervisor()
+        self._dl = dead_letters or DeadLetterSettings()
+        self.dead_letters = DeadLetterBook(
+            window_s=self._dl.window_s,
+            device_rate=self._dl.device_rows_per_minute / 60.0,
+            device_burst=self._dl.device_burst,
+            total_rate=self._dl.rows_per_second,
+            total_burst=self._dl.burst,
+            now=time.monotonic(),
+        )
+        self._flush_lock = threading.Lock()
+        self._strikes = StrikeBook()
+        self._pending: list[_Item] = []  # the writer's batch in hand; survives its restart
+        self._last_error = "unknown"
+        self._stopping = threading.Event()  # the writer and the dead-letter worker stop
+        self._disconnecting = threading.Event()  # the network loop stops
+        self._writer_done = threading.Event()
+        self._network_done = threading.Event()
         self._connected = threading.Event()
-        self._writer: threading.Thread | None = None
+        self._started = False
+        self._reconnect_delay = 1.0
         self._v5 = broker.effective_protocol == "5"
         self._filters = subscriptions(broker.shared_group if self._v5 else None)
         if self._v5:
@@ -102,7 +171,6 @@ class MqttIngest:
         if broker.username:
             password = broker.password.get_secret_value() if broker.password else None
             self._client.username_pw_set(broker.username, password)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         # Unlimited: paho's inflight counter can stick at its limit across a reconnect and
         # then queue every later ack for good (eclipse-paho/paho.mqtt.python#24, #492).
         self._client.max_inflight_messages_set(0)
@@ -110,6 +178,11 @@ class MqttIngest:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        # Our loop thread does every socket write: without this hook paho, seeing no
+        # loop_start thread, would write from whichever thread publishes or acks, racing
+        # the loop's own writes on one socket. publish() wakes the loop (paho's socket
+        # pair) and the loop writes.
+        self._client.on_socket_register_write = _loop_writes
 
     @property
     def connected(self) -> bool:
@@ -117,14 +190,12 @@ class MqttIngest:
 
     def backlog(self) -> int:
         """Messages received from the broker and not yet written."""
-        return self._queue.qsize()
+        return self._queue.qsize() + len(self._pending)
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
     def start(self) -> None:
-        self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
-        self._writer.start()
         if self._v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self._broker.session_expiry_s
@@ -139,15 +210,21 @@ class MqttIngest:
             self._client.connect_async(
                 self._broker.host, self._port, keepalive=self._broker.keepalive_s
             )
-        self._client.loop_start()
+        self._started = True
+        self.supervisor.spawn(WRITER_WORKER, self._write_loop, stopping=self._stopping)
+        self.supervisor.spawn(DEAD_LETTER_WORKER, self._dead_letter_loop, stopping=self._stopping)
+        self.supervisor.spawn(NETWORK_WORKER, self._network_loop, stopping=self._disconnecting)
 
     def stop(self, timeout: float = 5.0) -> None:
         # Let the writer finish (and PUBACK) what it holds before the connection goes.
         self._stopping.set()
-        if self._writer is not None:
-            self._writer.join(timeout)
+        written = self._wait_worker(self._writer_done, WRITER_WORKER, timeout)
+        try:
+            self.flush_dead_letters()
+        except Exception:
+            log.exception("could not store the last dead letters")
         self._disconnecting.set()
-        if self._v5 and self._writer is not None and not self._writer.is_alive():
+        if self._v5 and written:
             # Everything received was written and acknowledged: end the session with us. A
             # persistent session left behind would stay a member of the shared subscription
             # and collect its share of the fleet's messages until it expired.
@@ -156,7 +233,18 @@ class MqttIngest:
             self._client.disconnect(properties=props)
         else:
             self._client.disconnect()
-        self._client.loop_stop()
+        self._wait_worker(self._network_done, NETWORK_WORKER, timeout)
+
+    def _wait_worker(self, done: threading.Event, name: str, timeout: float) -> bool:
+        """Wait for ``name`` to finish its stop; False if it was not running or timed out."""
+        if not self._started:
+            return False
+        deadline = time.monotonic() + timeout
+        while not done.wait(0.05):
+            state = {w.name: w.state for w in self.supervisor.statuses()}.get(name)
+            if state in (None, "stopped") or time.monotonic() > deadline:
+                return done.is_set()
+        return True
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         """Publish to devices (QoS 1); False if the broker is not connected right now."""
@@ -165,48 +253,111 @@ class MqttIngest:
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
-    # --- paho callbacks (network thread) ----------------------------------------------
+    # --- network thread ------------------------------------------------------------------
+    def _network_loop(self) -> None:
+        """paho's network I/O until stop, reconnecting with backoff. What escapes paho ends
+        this call; the supervisor logs it and calls again, which reconnects afresh."""
+        client = self._client
+        self._network_done.clear()
+        try:
+            while not self._disconnecting.is_set():
+                try:
+                    client.reconnect()
+                except OSError as e:
+                    log.warning(
+                        "ingest cannot reach the broker at %s:%d (%s); retrying in %.0fs",
+                        self._broker.host,
+                        self._port,
+                        e,
+                        self._reconnect_delay,
+                    )
+                else:
+                    rc = mqtt.MQTT_ERR_SUCCESS
+                    while rc == mqtt.MQTT_ERR_SUCCESS:
+                        rc = client.loop(timeout=1.0)
+                    self._connected.clear()
+                    if self._disconnecting.is_set():
+                        break
+                    log.warning("ingest lost the broker (%s); reconnecting", rc)
+                if self._disconnecting.wait(self._reconnect_delay):
+                    break
+                self._reconnect_delay = min(self._reconnect_delay * 2, 30.0)
+        finally:
+            self._connected.clear()
+        self._network_done.set()
+
+    # --- paho callbacks (network thread): none may raise ----------------------------------
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
-        if reason_code.is_failure:
-            log.error("broker refused the controller: %s", reason_code)
-            return
-        sock = client.socket()
-        if isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # Ready (``connected``) only once the broker has granted the subscriptions, in
-        # ``_on_subscribe``: a message published before that reaches no session of ours.
-        client.subscribe([(f, 1) for f in self._filters])
-        log.info(
-            "ingest connected to %s:%d (MQTT %s)",
-            self._broker.host,
-            self._port,
-            self._broker.effective_protocol,
-        )
+        try:
+            if reason_code.is_failure:
+                log.error("broker refused the controller: %s", reason_code)
+                return
+            sock = client.socket()
+            if isinstance(sock, socket.socket):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Ready (``connected``) only once the broker has granted the subscriptions, in
+            # ``_on_subscribe``: a message published before that reaches no session of ours.
+            client.subscribe([(f, 1) for f in self._filters])
+            log.info(
+                "ingest connected to %s:%d (MQTT %s)",
+                self._broker.host,
+                self._port,
+                self._broker.effective_protocol,
+            )
+        except Exception:
+            self._callback_failed("on_connect")
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
     ) -> None:
-        refused = [str(rc) for rc in reason_codes if rc.is_failure]
-        if refused:
-            log.error("broker refused ingest's subscriptions: %s", ", ".join(refused))
-            return
-        self._connected.set()
+        try:
+            refused = [str(rc) for rc in reason_codes if rc.is_failure]
+            if refused:
+                log.error("broker refused ingest's subscriptions: %s", ", ".join(refused))
+                return
+            self._reconnect_delay = 1.0
+            self._connected.set()
+        except Exception:
+            self._callback_failed("on_subscribe")
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         self._connected.clear()
-        if not self._disconnecting.is_set():
-            log.warning("ingest lost the broker (%s); reconnecting", reason_code)
+        try:
+            if not self._disconnecting.is_set():
+                log.warning("ingest lost the broker (%s); reconnecting", reason_code)
+        except Exception:
+            self._callback_failed("on_disconnect")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        item = _Item(
-            Received(message.topic, bytes(message.payload), datetime.now(UTC)),
-            message.mid,
-            message.qos,
-        )
+        try:
+            self._receive(message)
+        except Exception:
+            # A defect of ours: acknowledged, so the broker does not hand it back forever.
+            self._callback_failed("on_message")
+            try:
+                self._ack(message.mid, message.qos)
+            except Exception:
+                log.exception("could not acknowledge a message ingest failed on")
+
+    def _callback_failed(self, name: str) -> None:
+        self.stats.add("callback_errors")
+        log.exception("ingest's %s callback failed (caught; the network loop goes on)", name)
+
+    def _receive(self, message: mqtt.MQTTMessage) -> None:
+        received = Received(message.topic, bytes(message.payload), datetime.now(UTC))
+        try:
+            decoded = classify(
+                received, known_devices=self._known, attestation_on=self._attestation is not None
+            )
+        except ProtocolError as e:
+            self._reject(received, e)
+            self._ack(message.mid, message.qos)
+            return
+        item = _Item(decoded, message.mid, message.qos, _key(received))
         try:
             # Blocking here pushes back on the broker instead of losing the message.
             self._queue.put(item, timeout=10)
@@ -215,8 +366,33 @@ class MqttIngest:
             self.stats.add("dropped_queue_full")
             log.error(
                 "ingest queue full for 10s; message on %.128r left unacknowledged",
-                item.received.topic,
+                received.topic,
             )
+
+    def _ack(self, mid: int, qos: int) -> None:
+        if qos > 0:
+            self._client.ack(mid, qos)
+
+    def _reject(self, received: Received, error: ProtocolError, *, count: bool = True) -> None:
+        """Count a refused message and hand it to the dead-letter book (no payload kept)."""
+        if count:
+            self.stats.merge(Counter({f"rejected:{error.reason}": 1}))
+        outcome = self.dead_letters.record(
+            Rejection(
+                device_id=topic_device(received.topic),
+                reason=error.reason,
+                topic=received.topic[:256],
+                detail=error.detail[:1024],
+                size=len(received.payload),
+                at=received.received_at,
+            ),
+            time.monotonic(),
+        )
+        if outcome == "dropped":
+            self.stats.add("rejections_dropped")
+        elif outcome == "opened":
+            # One line per dead-letter row, not per message: a flood must not flood the log.
+            log.warning("rejected message on %.128r: %s", received.topic, error)
 
     # --- writer thread -------------------------------------------------------------------
     def _next_batch(self) -> list[_Item]:
@@ -232,40 +408,130 @@ class MqttIngest:
         return batch
 
     def _write_loop(self) -> None:
-        while not (self._stopping.is_set() and self._queue.empty()):
-            batch = self._next_batch()
-            delay = 0.5
-            while batch:
-                try:
-                    known = self._known_devices() if self._known_devices else None
-                    with session_scope(self._engine) as session:
-                        result = apply_batch(
-                            session,
-                            [i.received for i in batch],
-                            known_devices=known,
-                            attestation=self._attestation,
-                            stored_at=datetime.now(UTC),
-                        )
-                except SQLAlchemyError as e:
-                    self.stats.add("db_errors")
-                    log.error(
-                        "ingest batch of %d failed on the database (%s); retrying", len(batch), e
+        """Write batches until stop. Called again by the supervisor after a crash, with the
+        batch that was in hand still pending: its messages get a strike, and are written
+        one per transaction until none has one."""
+        self._writer_done.clear()
+        if self._pending and self._strikes.crashed():
+            log.warning(
+                "ingest writer restarted with %d messages in hand; writing them one at a time",
+                len(self._pending),
+            )
+        while True:
+            if not self._pending:
+                if self._stopping.is_set() and self._queue.empty():
+                    break
+                self._pending = self._next_batch()
+                continue
+            self._park_poison()
+            if not self._pending:
+                continue
+            chunk = self._pending[:1] if self._strikes.suspects() else self._pending
+            if not self._write(chunk):
+                return  # stopping while the database is away: left unacknowledged
+            del self._pending[: len(chunk)]
+        self._writer_done.set()
+
+    def _park_poison(self) -> None:
+        """Dead-letter (and acknowledge) the pending messages that killed the writer twice."""
+        keep: list[_Item] = []
+        for item in self._pending:
+            if not self._strikes.is_poison(item.key):
+                keep.append(item)
+                continue
+            received = item.decoded.received
+            log.error("message on %.128r killed the ingest writer twice: parked", received.topic)
+            self._reject(
+                received,
+                ProtocolError("poison", f"killed the ingest writer twice ({self._last_error})"),
+            )
+            self._ack(item.mid, item.qos)
+            self._strikes.release([item.key])
+        self._pending = keep
+
+    def _write(self, items: list[_Item]) -> bool:
+        """Apply ``items`` in one transaction, then publish acks and PUBACK them; retried
+        while the database cannot be reached. False: told to stop before it could write."""
+        keys: list[Any] = [item.key for item in items]
+        self._strikes.hold(keys)
+        delay = 0.5
+        while True:
+            try:
+                if self._known_devices is not None:
+                    self._known = self._known_devices()
+                good: list[_Item] = []
+                unknown: list[tuple[Received, ProtocolError]] = []
+                for item in items:
+                    try:
+                        check_known(item.decoded.message, self._known)
+                        good.append(item)
+                    except ProtocolError as e:
+                        unknown.append((item.decoded.received, e))
+                with session_scope(self._engine) as session:
+                    result = apply_decoded(
+                        session,
+                        [item.decoded for item in good],
+                        attestation=self._attestation,
+                        stored_at=datetime.now(UTC),
                     )
-                    if self._stopping.wait(delay):
-                        log.error(
-                            "stopping with %d uncommitted messages (left unacknowledged)",
-                            len(batch),
-                        )
-                        return
-                    delay = min(delay * 2, 10.0)
-                    continue
-                self.stats.merge(result.outcome)
-                for ack in result.acks:
-                    self._client.publish(*encode_message(ack), qos=1)
-                for message in result.outbound:
-                    retain = isinstance(message, Desired)
-                    self._client.publish(*encode_message(message), qos=1, retain=retain)
-                for item in batch:
-                    if item.qos > 0:
-                        self._client.ack(item.mid, item.qos)
-                batch = []
+                break
+            except _UNREACHABLE as e:
+                self.stats.add("db_errors")
+                log.error("ingest batch of %d failed on the database (%s); retrying", len(items), e)
+                if self._stopping.wait(delay):
+                    log.error(
+                        "stopping with %d uncommitted messages (left unacknowledged)", len(items)
+                    )
+                    return False
+                delay = min(delay * 2, 10.0)
+            except BaseException as e:
+                self._last_error = f"{type(e).__name__}: {e}"[:300]
+                raise
+        self.stats.merge(result.outcome)
+        for received, error in unknown:
+            self._reject(received, error)
+        for received, error in result.refused:
+            self._reject(received, error, count=False)  # counted in the outcome
+        for ack in result.acks:
+            self._client.publish(*encode_message(ack), qos=1)
+        for message in result.outbound:
+            retain = isinstance(message, Desired)
+            self._client.publish(*encode_message(message), qos=1, retain=retain)
+        for item in items:
+            self._ack(item.mid, item.qos)
+        self._strikes.release(keys)
+        return True
+
+    # --- dead-letter worker --------------------------------------------------------------
+    def _dead_letter_loop(self) -> None:
+        while not self._stopping.wait(self._dl.flush_s):
+            try:
+                self.flush_dead_letters()
+            except _UNREACHABLE as e:
+                log.warning("dead letters not stored yet (%s); next time", e)
+
+    def flush_dead_letters(self) -> None:
+        """Store what the dead-letter book gathered, then prune the rows to their caps."""
+        with self._flush_lock:
+            drained = self.dead_letters.drain()
+            if not drained:
+                return
+            try:
+                with session_scope(self._engine) as session:
+                    devices = write_dead_letters(session, drained)
+                    lost = prune_dead_letters(
+                        session,
+                        devices,
+                        per_device=self._dl.max_rows_per_device,
+                        total=self._dl.max_rows,
+                    )
+            except BaseException:
+                self.dead_letters.restore(drained)
+                raise
+        if lost:
+            self.stats.add("rejections_dropped", lost)
+            log.warning("dead letters over their caps: %d rejections' rows pruned", lost)
+
+
+def _loop_writes(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """paho's "register for write" hook: nothing to do, our network loop writes."""

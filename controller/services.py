@@ -35,6 +35,7 @@ from controller.telemetry.rollup import RollupReport, run_rollup
 from controller.updates.errors import UpdatesError
 from controller.updates.repository import TufRepository
 from shared.messages import Challenge, Desired, encode_message
+from shared.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,13 @@ class Services:
     scheduler: BackgroundScheduler | None = None
     # The signed-update repository (serving works without keys; signing needs them).
     tuf: TufRepository | None = None
+    # Restarts the ingest threads and counts the scheduler jobs' failures; /healthz and
+    # /metrics read it. A stopped one is replaced at the next start.
+    supervisor: Supervisor = field(default_factory=Supervisor)
+    # How often the scheduler proves it runs jobs, and how stale that may get.
+    scheduler_beat_s: float = 1.0
+    scheduler_stall_s: float = 15.0
+    _scheduler_beat: float = field(init=False, default=0.0)
 
     attestation: AttestationService = field(init=False)
 
@@ -108,6 +116,8 @@ class Services:
         return self.broker.port if self.broker else self.settings.broker.port
 
     def start(self) -> None:
+        if self.supervisor.stopping.is_set():
+            self.supervisor = Supervisor()
         cfg = self.settings.broker
         if cfg.mode == "embedded":
             self.broker = EmbeddedBroker(cfg.host, cfg.port)
@@ -131,6 +141,8 @@ class Services:
                 else None
             ),
             attestation=self.attestation,
+            supervisor=self.supervisor,
+            dead_letters=self.settings.dead_letters,
         )
         self.ingest.start()
         self.scheduler = BackgroundScheduler(timezone=UTC)
@@ -164,10 +176,13 @@ class Services:
                 max(0.5, min(5.0, self.settings.attestation.timeout_s / 2)),
                 {},
             ),
+            # Not supervised: its silence is what says the scheduler stopped running jobs.
+            ("scheduler-beat", self._beat, self.scheduler_beat_s, {"misfire_grace_time": None}),
         ]
+        self._scheduler_beat = time.monotonic()
         for job_id, job, seconds, extra in jobs:
             self.scheduler.add_job(
-                job,
+                job if job_id == "scheduler-beat" else self.supervisor.job(job_id, job),
                 "interval",
                 seconds=seconds,
                 id=job_id,
@@ -176,6 +191,19 @@ class Services:
                 **extra,
             )
         self.scheduler.start()
+
+    def _beat(self) -> None:
+        self._scheduler_beat = time.monotonic()
+
+    def workers_down(self) -> list[str]:
+        """The workers down now: crashed ones waiting for their restart, failing jobs, and
+        the scheduler itself when it stopped or has not run a job for a while."""
+        down = self.supervisor.down()
+        if self.scheduler is not None:
+            stalled = time.monotonic() - self._scheduler_beat > self.scheduler_stall_s
+            if not self.scheduler.running or stalled:
+                down.append("scheduler")
+        return down
 
     def sweep_liveness(self) -> None:
         if self.ingest is not None and not self.ingest.connected:
@@ -304,6 +332,7 @@ class Services:
             self.scheduler.shutdown(wait=False)
         if self.ingest is not None:
             self.ingest.stop()
+        self.supervisor.stop()
         if self.broker is not None:
             self.broker.stop()
         self.engine.dispose()

@@ -179,6 +179,21 @@ class LoginLimitSettings(BaseModel):
     max_failures_per_ip: int = Field(default=20, ge=1)
 
 
+class DeadLetterSettings(BaseModel):
+    """What ingest keeps of refused messages (docs/protocol.md): rejections of one device
+    and reason within ``window_s`` share a row; opening a row takes a token from the
+    device's bucket and the fleet's; stored rows are capped per device and in total."""
+
+    window_s: float = Field(default=60.0, gt=0)
+    device_rows_per_minute: float = Field(default=6.0, ge=0)
+    device_burst: int = Field(default=20, ge=1)
+    rows_per_second: float = Field(default=20.0, ge=0)
+    burst: int = Field(default=200, ge=1)
+    max_rows_per_device: int = Field(default=1_000, ge=1)
+    max_rows: int = Field(default=100_000, ge=1)
+    flush_s: float = Field(default=1.0, gt=0)
+
+
 def _placeholder(value: str | None) -> bool:
     return value is not None and value.strip().lower() in PLACEHOLDER_SECRETS
 
@@ -218,6 +233,7 @@ class Settings(BaseSettings):
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     ingest_queue_size: int = Field(default=10_000, ge=10)
     ingest_batch_size: int = Field(default=500, ge=1)
+    dead_letters: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
     # A device is offline after this many heartbeat intervals without a message.
     missed_heartbeats_offline: int = Field(default=3, ge=2)
     liveness_sweep_s: float = Field(default=2.0, gt=0)

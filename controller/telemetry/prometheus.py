@@ -24,6 +24,7 @@ from controller.telemetry.fold import hour_of, utc
 from controller.telemetry.queries import device_counts, latest_drift, rollup_status
 from controller.telemetry.settings import TelemetrySettings
 from controller.telemetry.tables import DriftScore, RollupCursor, TelemetryAlert
+from shared.supervision import WorkerStatus
 
 PREFIX = "edgefleet"
 INGEST_COUNTERS = (
@@ -37,6 +38,8 @@ INGEST_COUNTERS = (
     "quotes",
     "db_errors",
     "dropped_queue_full",
+    "callback_errors",
+    "rejections_dropped",
 )
 
 
@@ -49,14 +52,17 @@ class ControllerCollector(Collector):
         stats: Callable[[], dict[str, Any]],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         cfg: TelemetrySettings | None = None,
+        workers: Callable[[], list[WorkerStatus]] | None = None,
     ) -> None:
         self._engine = engine
         self._stats = stats
         self._clock = clock
         self._cfg = cfg or TelemetrySettings()
+        self._workers = workers
 
     def collect(self) -> Iterator[Metric]:
         yield from self._ingest()
+        yield from self._supervised()
         with Session(self._engine) as session:
             yield from self._devices(session)
             yield from self._rollouts(session)
@@ -81,6 +87,24 @@ class ControllerCollector(Collector):
         for reason, n in sorted(reasons.items()):
             rejected.add_metric([reason], float(n))
         yield rejected
+
+    def _supervised(self) -> Iterator[Metric]:
+        restarts = CounterMetricFamily(
+            f"{PREFIX}_worker_restarts",
+            "Crashes of supervised workers (threads restarted, failed job runs), by worker "
+            "(this replica, since it started).",
+            labels=["worker"],
+        )
+        up = GaugeMetricFamily(
+            f"{PREFIX}_worker_up",
+            "1 while a supervised worker runs, 0 while it is down (crashed, restart pending).",
+            labels=["worker"],
+        )
+        for status in sorted(self._workers() if self._workers else [], key=lambda w: w.name):
+            restarts.add_metric([status.name], float(status.restarts))
+            up.add_metric([status.name], 0.0 if status.state == "down" else 1.0)
+        yield restarts
+        yield up
 
     def _devices(self, session: Session) -> Iterator[Metric]:
         counts = device_counts(session)

@@ -1,10 +1,12 @@
 """``/api/ingest``: what ingest accepted and rejected, and the dead letters."""
 
+import contextlib
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
 
 from controller.api.deps import CurrentUser, DbDep, ServicesDep
@@ -14,11 +16,17 @@ router = APIRouter(prefix="/api/ingest", tags=["ingest"])
 
 
 class RejectedPublic(BaseModel):
+    """One dead letter: ``count`` rejections of one device and reason (topic, detail and
+    size are the first one's), from ``received_at`` to ``last_at``."""
+
     received_at: datetime
+    last_at: datetime | None
+    device_id: str | None
     topic: str
     reason: str
     detail: str
     size: int
+    count: int
 
 
 @router.get("/stats")
@@ -33,12 +41,21 @@ def ingest_stats(services: ServicesDep, _user: CurrentUser) -> dict[str, Any]:
 @router.get("/rejected")
 def rejected_messages(
     db: DbDep,
+    services: ServicesDep,
     _user: CurrentUser,
-    reason: str | None = None,
+    reason: Annotated[str | None, Query(max_length=64)] = None,
+    device: Annotated[str | None, Query(max_length=63)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[RejectedPublic]:
-    """The newest dead letters, newest first, optionally of one reason."""
+    """The newest dead letters, newest first, optionally of one reason or one device.
+    Rejections are aggregated and capped: ``/api/ingest/stats`` counts every one."""
+    if services.ingest is not None:
+        # Rows gathered since the dead-letter worker's last run are shown too.
+        with contextlib.suppress(SQLAlchemyError):
+            services.ingest.flush_dead_letters()
     query = select(RejectedMessage).order_by(col(RejectedMessage.id).desc()).limit(limit)
     if reason is not None:
         query = query.where(col(RejectedMessage.reason) == reason)
+    if device is not None:
+        query = query.where(col(RejectedMessage.device_id) == device)
     return [RejectedPublic.model_validate(r, from_attributes=True) for r in db.exec(query).all()]

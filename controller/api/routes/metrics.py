@@ -14,6 +14,9 @@ def metrics(services: ServicesDep) -> Response:
     """Devices by state, quarantined, ingest counters, rejects by reason, rollouts by
     status, open alerts, newest drift PSI / KS per model and feature, rollup lag."""
     collector = ControllerCollector(
-        services.engine, services.stats.snapshot, cfg=services.settings.telemetry
+        services.engine,
+        services.stats.snapshot,
+        cfg=services.settings.telemetry,
+        workers=services.supervisor.statuses,
     )
     return Response(render(collector), media_type=CONTENT_TYPE_LATEST)
