@@ -25,6 +25,10 @@ from controller.cli_telemetry import alerts_app, drift_app, fleet_app
 from controller.cli_updates import keys_app, models_app
 from controller.cli_users import tokens_app, users_app
 from shared.files import write_atomic
+from shared.json_guard import JsonShapeError, loads_bounded
+
+# A --set value is one shadow setting; the whole desired document must fit one message.
+MAX_SET_VALUE_BYTES = 32 * 1024
 
 app = typer.Typer(
     add_completion=False,
@@ -230,8 +234,10 @@ def _parse_assignments(assignments: list[str], deletions: list[str]) -> dict[str
         if not sep or not key:
             raise _fail(f"--set {item!r}: expected KEY=VALUE", 2)
         try:
-            patch[key] = json.loads(raw)
-        except json.JSONDecodeError:
+            patch[key] = loads_bounded(raw, max_bytes=MAX_SET_VALUE_BYTES)
+        except JsonShapeError as e:
+            if e.reason != "bad_json":  # JSON, but nested too deep or too large
+                raise _fail(f"--set {key}: {e.detail}", 2) from e
             patch[key] = raw  # a bare word is a string
     for key in deletions:
         patch[key] = None

@@ -1,5 +1,7 @@
 """Shadow merge patches are bounded: hostile patches raise ShadowError, merges never recurse."""
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +199,19 @@ def test_api_answers_422_for_a_patch_past_the_shadow_limits(tmp_path: Path) -> N
         assert "shadow patch refused: too_deep" in deep.text
         after = client.get("/api/devices/dev-1/shadow", headers=headers).json()
         assert after["desired_version"] == 1 and after["desired"] == {"labels": {"site": "a"}}
+
+
+def test_cli_set_value_nested_too_deep_is_refused_without_traceback() -> None:
+    """`edgefleet devices desire DEV --set k=<3000-deep JSON>` exits 2 naming the problem,
+    before contacting any controller."""
+    deep = "k=" + "[" * 3000
+    argv = ["devices", "desire", "dev-1", "--set", deep, "--url", "http://127.0.0.1:9"]
+    result = subprocess.run(
+        [sys.executable, "-m", "controller", *argv, "--token", "t"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--set k: nested deeper than" in result.stderr
+    assert "Traceback" not in result.stderr
