@@ -4,9 +4,13 @@ Failures are classified so the router can decide what they mean: ``timeout``,
 ``connect``, ``server_error`` (5xx) and ``rate_limited`` (429, with its Retry-After) count
 against the tier's circuit breaker; ``rejected`` (another 4xx: our request was refused)
 and ``bad_response`` do not open the breaker but still fall back to the next tier.
+
+A remote answer is outside input like any other: its size is bounded while it is read
+(a hostile or broken endpoint could stream gigabytes), it is parsed by the bounded JSON
+parser (deep nesting cannot raise ``RecursionError``), and every field we use is checked
+for its type and range before it becomes a ``Completion``; any defect is ``bad_response``.
 """
 
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -16,11 +20,18 @@ import httpx
 
 from edge_agent.config import RemoteTierConfig
 from edge_agent.runtimes.base import ChatRequest, Completion, CompletionChunk
+from shared.json_guard import JsonShapeError, loads_bounded
 
 FailureKind = Literal[
     "timeout", "connect", "server_error", "rate_limited", "rejected", "bad_response"
 ]
 BREAKER_KINDS = frozenset({"timeout", "connect", "server_error", "rate_limited"})
+
+# A whole non-streamed answer, and everything one streamed answer may send: far above any
+# completion a device asks for (max_tokens is bounded), far below what would hurt a device.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+# Our requests' max_tokens are far below this; a larger count is a broken endpoint.
+_MAX_TOKENS = 10_000_000
 
 
 class TierError(RuntimeError):
@@ -115,26 +126,60 @@ class RemoteTier:
 
     def complete(self, request: ChatRequest, *, model: str | None = None) -> Completion:
         try:
-            response = self._client.post(
-                self._url(), json=self._payload(request, model, False), headers=self._headers()
-            )
+            with self._client.stream(
+                "POST",
+                self._url(),
+                json=self._payload(request, model, False),
+                headers=self._headers(),
+            ) as response:
+                raw = self._read_bounded(response)
         except httpx.TimeoutException as e:
             raise TierError(self.name, "timeout", type(e).__name__) from e
         except httpx.TransportError as e:
             raise TierError(self.name, "connect", type(e).__name__) from e
         self._check(response)
+        body = self._parse(raw)
+        choice = _first_choice(body)
+        message = choice.get("message") if choice is not None else None
+        usage = body.get("usage") or {}
+        if choice is None or not isinstance(message, dict) or not isinstance(usage, dict):
+            raise TierError(self.name, "bad_response", "no choices[0].message in the answer")
+        text = message.get("content") or ""
+        finish = choice.get("finish_reason") or "stop"
+        prompt_tokens = _token_count(usage.get("prompt_tokens", 0))
+        completion_tokens = _token_count(usage.get("completion_tokens", 0))
+        if not isinstance(text, str) or not isinstance(finish, str):
+            raise TierError(self.name, "bad_response", "content or finish_reason is not text")
+        if prompt_tokens is None or completion_tokens is None:
+            raise TierError(self.name, "bad_response", "usage token counts out of range")
+        return Completion(
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+
+    def _read_bounded(self, response: httpx.Response) -> bytes:
+        """The body, refused once it passes ``MAX_RESPONSE_BYTES`` (checked while reading)."""
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise TierError(
+                    self.name, "bad_response", f"answer over {MAX_RESPONSE_BYTES} bytes"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _parse(self, raw: bytes | str) -> dict[str, Any]:
         try:
-            body = response.json()
-            choice = body["choices"][0]
-            usage = body.get("usage") or {}
-            return Completion(
-                text=choice["message"].get("content") or "",
-                finish_reason=choice.get("finish_reason") or "stop",
-                prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                completion_tokens=int(usage.get("completion_tokens", 0)),
-            )
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            raise TierError(self.name, "bad_response", type(e).__name__) from e
+            body = loads_bounded(raw, max_bytes=MAX_RESPONSE_BYTES)
+        except JsonShapeError as e:
+            raise TierError(self.name, "bad_response", f"answer is not usable JSON ({e})") from e
+        if not isinstance(body, dict):
+            raise TierError(self.name, "bad_response", "answer is not a JSON object")
+        return body
 
     def stream(
         self, request: ChatRequest, *, model: str | None = None
@@ -148,26 +193,56 @@ class RemoteTier:
                 headers=self._headers(),
             ) as response:
                 if response.status_code >= 400:
-                    response.read()
+                    self._read_bounded(response)
                     self._check(response)
+                received = 0
                 for line in response.iter_lines():
+                    received += len(line) + 1
+                    if received > MAX_RESPONSE_BYTES:
+                        raise TierError(
+                            self.name, "bad_response", f"stream over {MAX_RESPONSE_BYTES} bytes"
+                        )
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
                         return
-                    try:
-                        choice = json.loads(data)["choices"][0]
-                    except (ValueError, KeyError, IndexError, TypeError) as e:
-                        raise TierError(self.name, "bad_response", "malformed SSE chunk") from e
-                    text = (choice.get("delta") or {}).get("content") or ""
-                    finish = choice.get("finish_reason")
-                    if text or finish:
-                        yield CompletionChunk(text=text, finish_reason=finish)
+                    chunk = self._chunk(data)
+                    if chunk is not None:
+                        yield chunk
         except httpx.TimeoutException as e:
             raise TierError(self.name, "timeout", type(e).__name__) from e
         except httpx.TransportError as e:
             raise TierError(self.name, "connect", type(e).__name__) from e
 
+    def _chunk(self, data: str) -> CompletionChunk | None:
+        choice = _first_choice(self._parse(data))
+        delta = choice.get("delta") if choice is not None else None
+        if choice is None or not isinstance(delta or {}, dict):
+            raise TierError(self.name, "bad_response", "malformed SSE chunk")
+        text = (delta or {}).get("content") or ""
+        finish = choice.get("finish_reason")
+        if not isinstance(text, str) or not isinstance(finish, str | None):
+            raise TierError(self.name, "bad_response", "malformed SSE chunk")
+        if text or finish:
+            return CompletionChunk(text=text, finish_reason=finish)
+        return None
+
     def close(self) -> None:
         self._client.close()
+
+
+def _first_choice(body: dict[str, Any]) -> dict[str, Any] | None:
+    choices = body.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0]
+    return None
+
+
+def _token_count(value: object) -> int | None:
+    """A usage count as an int, or None when it is not a plausible count."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not 0 <= value <= _MAX_TOKENS:
+        return None
+    return int(value)
