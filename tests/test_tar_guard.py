@@ -5,12 +5,19 @@ import gzip
 import io
 import tarfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
+from controller.db import init_db, make_engine, session_scope
+from controller.updates.errors import PublishError
+from controller.updates.keys import KeyStore
+from controller.updates.publish import ModelSpec, add_model_file
+from controller.updates.repository import TufRepository
 from shared.digests import tar_folder_sha256
 from shared.tar_guard import (
     TarGuardError,
@@ -224,3 +231,26 @@ def test_whatever_the_members_nothing_lands_outside(
     assert outside <= {"fuzz.tar", "deep"}
     for path in target.rglob("*"):
         assert path.resolve().is_relative_to(target.resolve()) or path.is_symlink()
+
+
+def test_publishing_a_hostile_archive_is_refused_and_stores_nothing(tmp_path: Path) -> None:
+    """`models add` of an ort-genai archive with a symlink out of its folder is a
+    PublishError naming the link, and no target is published."""
+    repo = TufRepository(tmp_path / "repo", KeyStore(tmp_path / "keys", SecretStr("x" * 20)))
+    repo.initialize(now=datetime.now(UTC))
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    init_db(engine)
+    archive = tmp_path / "evil.tar"
+    archive.write_bytes(
+        build(
+            [
+                Member("genai_config.json", data=b"{}"),
+                Member("model.onnx", tarfile.SYMTYPE, link="/etc/shadow"),
+            ]
+        )
+    )
+    spec = ModelSpec(name="evil", version="1", runtime="ort-genai", filename=archive.name)
+    with pytest.raises(PublishError, match=r"model\.onnx"), session_scope(engine) as session:
+        add_model_file(session, repo, archive, spec, actor="user:test")
+    assert not list((repo.dir / "targets").rglob("*evil.tar"))
+    engine.dispose()
