@@ -88,13 +88,66 @@ def _check_link(member: tarfile.TarInfo, name: str, regular: set[str]) -> None:
         )
 
 
+class _Checker:
+    """The state of one pass over an archive's headers: what each next member may be."""
+
+    def __init__(self, limits: TarLimits) -> None:
+        self.limits = limits
+        self.regular: set[str] = set()
+        self.symlinks: set[str] = set()
+        self.total = 0
+
+    def take(self, member: tarfile.TarInfo) -> None:
+        """Accept ``member`` or raise ``TarGuardError`` saying why not."""
+        name = safe_member_name(member.name)
+        # A path through (or onto) an earlier symlink lands wherever the link points: a
+        # link "s" -> "." followed by "s/l" -> ".." escapes although each looks inside.
+        through = [p for p in _prefixes(name) if p in self.symlinks]
+        if through:
+            raise TarGuardError(
+                "link_outside", f"member {member.name!r} is written through the link {through[0]!r}"
+            )
+        if member.isreg() and not member.issparse():
+            self._file(member, name)
+        elif member.issym() or member.islnk():
+            if not self.limits.allow_links:
+                raise TarGuardError("special_file", f"member {member.name!r} is a link")
+            _check_link(member, name, self.regular)
+            if member.issym():
+                self.symlinks.add(name)
+        elif not member.isdir():
+            raise TarGuardError(
+                "special_file",
+                f"member {member.name!r} is not a file or folder (type {member.type!r})",
+            )
+
+    def _file(self, member: tarfile.TarInfo, name: str) -> None:
+        limit = self.limits.max_member_bytes
+        if member.size > limit:
+            raise TarGuardError(
+                "member_too_large", f"member {member.name!r} is {member.size} bytes, over {limit}"
+            )
+        self.total += member.size
+        if self.total > self.limits.max_total_bytes:
+            raise TarGuardError(
+                "total_too_large", f"unpacks to more than {self.limits.max_total_bytes} bytes"
+            )
+        self.regular.add(name)
+
+
+def _prefixes(name: str) -> list[str]:
+    """``a``, ``a/b`` and ``a/b/c`` for ``a/b/c``: every path the member's own passes."""
+    parts = name.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
 def check_members(tar: tarfile.TarFile, *, limits: TarLimits, source: str) -> list[tarfile.TarInfo]:
     """Every member of ``tar`` (read header by header, also in stream mode), or
     ``TarGuardError`` at the first one beyond ``limits`` or unsafe to unpack. Regular
-    files, folders and (when allowed) links staying inside are the only members taken."""
+    files, folders and (when allowed) links staying inside are the only members taken;
+    nothing may be written through or over an earlier symlink."""
     members: list[tarfile.TarInfo] = []
-    regular: set[str] = set()
-    total = 0
+    checker = _Checker(limits)
     while True:
         try:
             member = tar.next()
@@ -107,29 +160,7 @@ def check_members(tar: tarfile.TarFile, *, limits: TarLimits, source: str) -> li
                 "too_many_members", f"{source}: more than {limits.max_members} members"
             )
         try:
-            name = safe_member_name(member.name)
-            if member.isreg() and not member.issparse():
-                if member.size > limits.max_member_bytes:
-                    raise TarGuardError(
-                        "member_too_large",
-                        f"member {member.name!r} is {member.size} bytes, over"
-                        f" {limits.max_member_bytes}",
-                    )
-                total += member.size
-                if total > limits.max_total_bytes:
-                    raise TarGuardError(
-                        "total_too_large", f"unpacks to more than {limits.max_total_bytes} bytes"
-                    )
-                regular.add(name)
-            elif member.issym() or member.islnk():
-                if not limits.allow_links:
-                    raise TarGuardError("special_file", f"member {member.name!r} is a link")
-                _check_link(member, name, regular)
-            elif not member.isdir():
-                raise TarGuardError(
-                    "special_file",
-                    f"member {member.name!r} is not a file or folder (type {member.type!r})",
-                )
+            checker.take(member)
         except TarGuardError as e:
             raise TarGuardError(e.reason, f"{source}: {e.detail}") from None
         members.append(member)

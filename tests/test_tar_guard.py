@@ -87,6 +87,13 @@ HOSTILE: dict[str, Case] = {
         "special_file",
         TarLimits(allow_links=False),
     ),
+    "through a link to its folder": Case(
+        [Member("s", tarfile.SYMTYPE, link="."), Member("s/l", tarfile.SYMTYPE, link="..")],
+        "link_outside",
+    ),
+    "file over an earlier link": Case(
+        [Member("l", tarfile.SYMTYPE, link="a"), Member("l", data=b"x")], "link_outside"
+    ),
     "character device": Case([Member("dev", tarfile.CHRTYPE)], "special_file"),
     "block device": Case([Member("dev", tarfile.BLKTYPE)], "special_file"),
     "fifo": Case([Member("pipe", tarfile.FIFOTYPE)], "special_file"),
@@ -207,7 +214,7 @@ member_names = st.lists(
 kinds = st.sampled_from(
     [tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE]
 )
-links = st.sampled_from(["a", "../a", "/etc/passwd", "m/a", "..", "m/../../x", "x.bin"])
+links = st.sampled_from(["a", "../a", "/etc/passwd", "m/a", "..", "m/../../x", "x.bin", ".", "m"])
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
