@@ -33,9 +33,9 @@ def write_dead_letters(session: Session, drained: list[Drained]) -> set[str | No
             received_at=letter.first_at,
             last_at=item.last_at,
             device_id=letter.device_id,
-            topic=letter.topic[:256],
-            reason=letter.reason[:64],
-            detail=letter.detail[:1024],
+            topic=_storable(letter.topic)[:256],
+            reason=_storable(letter.reason)[:64],
+            detail=_storable(letter.detail)[:1024],
             size=letter.size,
             count=item.count,
         )
@@ -45,6 +45,12 @@ def write_dead_letters(session: Session, drained: list[Drained]) -> set[str | No
     for item, row in inserted:
         item.letter.row_id = row.id
     return {item.letter.device_id for item in drained}
+
+
+def _storable(text: str) -> str:
+    """``text`` without NUL, which PostgreSQL text cannot hold (and without lone
+    surrogates, which no UTF-8 column can): a dead letter must never fail its insert."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _prune_older(session: Session, where: list[object], keep: int) -> int:

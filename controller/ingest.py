@@ -280,17 +280,17 @@ def apply_batch(
     # The newest arrival of the whole batch, refused ones included, stamps the records.
     stamp = stored_at or max((item.received_at for item in batch), default=None)
     result = apply_decoded(session, decoded, attestation=attestation, stored_at=stamp)
-    result.outcome.update(Counter(f"rejected:{e.reason}" for _, e in refused))
-    for item, e in [*refused, *result.refused]:
-        log.warning("rejected message on %.128r: %s", item.topic, e)
+    result.outcome.update(Counter(f"rejected:{error.reason}" for _, error in refused))
+    for item, error in [*refused, *result.refused]:
+        log.warning("rejected message on %.128r: %s", item.topic, error)
         session.add(
             RejectedMessage(
                 received_at=item.received_at,
                 last_at=item.received_at,
                 device_id=topic_device(item.topic),
                 topic=item.topic[:256],
-                reason=e.reason,
-                detail=e.detail[:1024],
+                reason=error.reason,
+                detail=error.detail[:1024],
                 size=len(item.payload),
             )
         )

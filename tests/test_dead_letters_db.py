@@ -3,11 +3,13 @@ and in total, and the migration of a dead-letter table made by an earlier versio
 
 from datetime import UTC, datetime
 
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import inspect, text
 from sqlmodel import Session, col, select
 
 from controller.db import init_db, make_engine, session_scope
-from controller.dead_letters import prune_dead_letters, write_dead_letters
+from controller.dead_letters import _storable, prune_dead_letters, write_dead_letters
 from controller.ingest_limits import DeadLetterBook, Rejection
 from controller.migrations import migrate
 from controller.models import RejectedMessage
@@ -115,3 +117,30 @@ def test_an_old_dead_letter_table_gains_device_count_and_last_seen(database_url:
     assert (old.reason, old.count, old.device_id, old.last_at) == ("schema", 1, None, None)
     assert migrate(engine) == []
     engine.dispose()
+
+
+def test_a_topic_or_detail_holding_nul_or_a_lone_surrogate_is_stored(database_url: str) -> None:
+    """Text PostgreSQL or UTF-8 cannot hold (NUL, a lone surrogate) is escaped, so the
+    dead-letter insert never fails and never blocks the dead letters queued behind it."""
+    engine = make_engine(database_url)
+    init_db(engine)
+    book = DeadLetterBook()
+    book.record(
+        Rejection(
+            "dev-1", "schema", "ef/v1/dev-1/x\x00", "bad \udcff\x00", 3, AT.replace(tzinfo=UTC)
+        ),
+        0.0,
+    )
+    with session_scope(engine) as session:
+        write_dead_letters(session, book.drain())
+    (row,) = rows(engine)
+    assert (row.topic, row.detail) == ("ef/v1/dev-1/x\\x00", "bad \\udcff\\x00")
+    engine.dispose()
+
+
+@given(st.text())
+def test_storable_text_has_no_nul_and_encodes(text_in: str) -> None:
+    """Whatever text a rejection carries, what is stored has no NUL and is valid UTF-8."""
+    out = _storable(text_in)
+    assert "\x00" not in out
+    out.encode("utf-8")

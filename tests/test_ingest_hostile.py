@@ -15,7 +15,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from prometheus_client.parser import text_string_to_metric_families
 
 import controller.mqtt_ingest as mqtt_ingest
@@ -174,7 +174,7 @@ def test_a_crashed_network_loop_is_restarted_and_reconnects(
         real_loop = client.loop
         exploded = threading.Event()
 
-        def exploding(timeout: float = 1.0) -> mqtt.MQTTErrorCode:
+        def exploding(timeout: float = 1.0) -> MQTTErrorCode:
             if not exploded.is_set():
                 exploded.set()
                 raise RuntimeError("injected: an exception escaping paho")
