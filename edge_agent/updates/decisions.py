@@ -231,13 +231,18 @@ def parse_target_meta(custom: Any) -> TargetMeta:
     )
 
 
+MAX_VERSION_DIGITS = 18  # fits an int64; no release number is longer
+
+
 def version_key(version: str) -> tuple[int, ...]:
     """Numeric release segments of a version (``"1.10.0rc1"`` -> ``(1, 10, 0)``), trailing
     zeros dropped so ``1.2`` equals ``1.2.0``; pre-release suffixes are ignored."""
     parts: list[int] = []
     for piece in version.strip().lstrip("vV").split("."):
         digits = re.match(r"\d+", piece)
-        if digits is None:
+        # A version from signed metadata still is outside input: int() of 4,301+ digits
+        # raises ValueError, so a segment longer than any real version number ends it.
+        if digits is None or len(digits.group()) > MAX_VERSION_DIGITS:
             break
         parts.append(int(digits.group()))
         if len(digits.group()) != len(piece):
