@@ -37,6 +37,7 @@ from controller.console import auth_routes as console_auth
 from controller.console import routes as console
 from controller.services import Services
 from controller.settings import Settings
+from shared.http_guard import BodyGuard, BodyLimits
 
 _SWAGGER = "/static/vendor/swagger-ui"  # vendored swagger-ui-dist (scripts/vendor_js)
 
@@ -78,6 +79,20 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         # (scripts/vendor_js), and there is no /redoc.
         docs_url=None,
         redoc_url=None,
+    )
+
+    # Bodies are bounded before any route parses them (shared/http_guard.py): size, and
+    # JSON depth and element count; model uploads stream to disk under their own limit.
+    http_limits = settings.http_limits
+    app.add_middleware(
+        BodyGuard,
+        limits=BodyLimits(
+            max_bytes=http_limits.max_body_bytes,
+            max_depth=http_limits.max_json_depth,
+            max_elements=http_limits.max_json_elements,
+            streamed={("POST", "/api/models"): settings.updates.max_upload_bytes},
+            shape_status=422,
+        ),
     )
 
     @app.exception_handler(LoginRequired)

@@ -166,6 +166,17 @@ class RolloutSettings(BaseModel):
     latency_budget_factor: float = Field(default=1.5, gt=0)
 
 
+class HttpLimitSettings(BaseModel):
+    """Request bodies the API reads (docs/configuration.md): larger ones are refused with
+    413 and JSON nested deeper or holding more values than this with 422, before any route
+    parses them. Model uploads have their own limit (``updates.max_upload_bytes``)."""
+
+    # The largest body the API takes is a drill report (at most 2 MiB stored).
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_json_depth: int = Field(default=32, ge=2, le=256)
+    max_json_elements: int = Field(default=250_000, ge=100)
+
+
 class LoginLimitSettings(BaseModel):
     """Console login throttling (docs/access.md): failed logins counted per username and per
     client address over a sliding window, in the database so every replica sees them."""
@@ -240,6 +251,7 @@ class Settings(BaseSettings):
     session_ttl_hours: float = Field(default=12.0, gt=0)
     secure_cookies: bool = True
     login_limit: LoginLimitSettings = Field(default_factory=LoginLimitSettings)
+    http_limits: HttpLimitSettings = Field(default_factory=HttpLimitSettings)
     # Refuse messages from devices without broker credentials (edgefleet devices provision),
     # a second check behind the broker's ACL.
     require_provisioned_devices: bool = False

@@ -72,6 +72,12 @@ class ApiConfig(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    # Request bodies are refused past these before any route parses them (413 for size,
+    # 400 for JSON nested too deep or holding too many values). A perception request's
+    # tensor as JSON needs room: a 3x224x224 image is 150,528 numbers, about 2 MB.
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_json_depth: int = Field(default=32, ge=2, le=256)
+    max_json_elements: int = Field(default=1_000_000, ge=100)
 
 
 class ModelConfig(_Strict):

@@ -33,6 +33,7 @@ from edge_agent.routing.router import (
     Router,
 )
 from edge_agent.runtimes import ChatMessage, ChatRequest, CompletionChunk
+from shared.http_guard import BodyGuard, BodyLimits
 
 _DONE = object()
 
@@ -124,6 +125,12 @@ def _error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _guard_error(status: int, reason: str, message: str) -> tuple[bytes, str]:
+    """The body guard's refusals in this API's OpenAI error shape."""
+    body = {"error": {"message": message, "type": "invalid_request_error", "code": reason}}
+    return json.dumps(body).encode(), "application/json"
+
+
 def completion_body(completion_id: str, created: int, result: RoutedResult) -> dict[str, Any]:
     completion, outcome = result.completion, result.outcome
     return {
@@ -197,6 +204,18 @@ def create_agent_app(agent: Agent) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.jobs = jobs
+    # Bodies are bounded before any route parses them (shared/http_guard.py).
+    api = agent.config.api
+    app.add_middleware(
+        BodyGuard,
+        limits=BodyLimits(
+            max_bytes=api.max_body_bytes,
+            max_depth=api.max_json_depth,
+            max_elements=api.max_json_elements,
+            shape_status=400,
+        ),
+        render=_guard_error,
+    )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
