@@ -188,6 +188,31 @@ def test_a_crashed_network_loop_is_restarted_and_reconnects(
         wait_for(lambda: live.device("dev-after-crash"), 10, what="ingest after the restart")
 
 
+def test_a_callback_that_fails_is_caught_counted_and_the_loop_goes_on(
+    mosquitto: Broker, tmp_path: Path, publisher: mqtt.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A defect in the message callback (injected: classifying one topic raises) is caught
+    by the callback's last-resort guard: counted as a callback error (also on /metrics),
+    the network loop never restarted, and the next messages land."""
+    real = mqtt_ingest.classify
+
+    def defective(item: Any, **kw: Any) -> Decoded:
+        # Simulates a defect of ours in the reader that one input reaches.
+        if item.topic == "ef/v1/dev-odd/status":
+            raise KeyError("injected defect")
+        return real(item, **kw)
+
+    monkeypatch.setattr(mqtt_ingest, "classify", defective)
+    with controller(tmp_path, mosquitto) as live:
+        publish(publisher, *encode_message(birth("dev-odd")))
+        publish(publisher, *encode_message(birth("dev-next")))
+        wait_for(lambda: live.device("dev-next"), 10, what="the birth after the defect")
+        assert stats(live)["callback_errors"] == 1
+        assert metric(live, "edgefleet_ingest_callback_errors_total") == 1
+        assert live.services.supervisor.restarts()["ingest-network"] == 0
+        assert live.device("dev-odd") is None and healthy(live)
+
+
 def test_a_stalled_scheduler_makes_healthz_name_it(mosquitto: Broker, tmp_path: Path) -> None:
     """Every periodic job runs supervised; a scheduler that stops running jobs turns
     /healthz 503 naming ``scheduler`` until it runs again."""
