@@ -22,7 +22,7 @@ import controller.mqtt_ingest as mqtt_ingest
 from controller.app import create_app
 from controller.auth import create_api_token, create_user
 from controller.db import session_scope
-from controller.ingest import Decoded, apply_decoded
+from controller.ingest import Decoded, apply_decoded, classify
 from controller.models import BrokerCredential
 from controller.services import Services
 from controller.settings import load_settings
@@ -194,7 +194,7 @@ def test_a_callback_that_fails_is_caught_counted_and_the_loop_goes_on(
     """A defect in the message callback (injected: classifying one topic raises) is caught
     by the callback's last-resort guard: counted as a callback error (also on /metrics),
     the network loop never restarted, and the next messages land."""
-    real = mqtt_ingest.classify
+    real = classify
 
     def defective(item: Any, **kw: Any) -> Decoded:
         # Simulates a defect of ours in the reader that one input reaches.
