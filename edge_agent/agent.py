@@ -1,4 +1,10 @@
-"""The agent's parts wired together: hardware profile, models, counters and MQTT link."""
+"""The agent's parts wired together: hardware profile, models, counters and MQTT link.
+
+Every long-lived thread of the agent (the link's network loop, heartbeat and outbox
+publisher, the model update manager, the telemetry loops, the HTTP app's chat job worker)
+runs under the agent's one ``Supervisor``: a crash is logged with its traceback, counted
+(``edgefleet_worker_restarts_total``), shown by ``/healthz`` and restarted with backoff.
+"""
 
 import logging
 import os
@@ -46,6 +52,7 @@ from edge_agent.updates.kinds import Classifier, ModelSpec, Served
 from edge_agent.updates.manager import disabled_status
 from shared.attestation import encode_public_key
 from shared.messages import Birth, Challenge, Desired, HardwareInfo, ModelInfo, Quote, Reported
+from shared.supervision import Supervisor
 
 if TYPE_CHECKING:  # ONNX runtimes (and numpy) load only when an ONNX model is configured
     from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
@@ -68,8 +75,11 @@ class Agent:
         config_path: Path | None = None,
         identity: IdentityKey | None = None,
         clock: Clock = utc_now,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.config = config
+        # Owned by the agent and stopped by stop(); a caller may pass one to tune backoff.
+        self.supervisor = supervisor or Supervisor()
         self.root = root
         self.config_path = config_path
         # Flashing creates the key; an agent that finds none makes one (development).
@@ -109,8 +119,6 @@ class Agent:
         self._errors = 0
         self._stats_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._metrics_thread: threading.Thread | None = None
-        self._windows_thread: threading.Thread | None = None
         self.windows = WindowAggregator(
             config.telemetry.window_s, clock=clock, version_of=self.model_version
         )
@@ -138,6 +146,7 @@ class Agent:
                 record_event=self.record_event,
                 on_status=self._publish_reported,
                 hashes=lambda: dict(self.model_hashes),
+                supervisor=self.supervisor,
             )
 
     # --- models -------------------------------------------------------------------------
@@ -468,12 +477,10 @@ class Agent:
         return len(records)
 
     def _windows_loop(self) -> None:
-        # Wake just after each window boundary; never spin if the clock stands still.
+        # Wake just after each window boundary; never spin if the clock stands still. A
+        # failed flush raises into the supervisor (logged, counted, retried after backoff).
         while not self._stopping.wait(max(0.5, self.windows.seconds_to_boundary() + 0.05)):
-            try:
-                self.flush_windows()
-            except Exception:  # telemetry must never take the agent down
-                log.exception("telemetry window flush failed")
+            self.flush_windows()
 
     def model_version(self, name: str) -> str | None:
         """The version of ``name`` an update installed, None for the configured model (or
@@ -504,6 +511,9 @@ class Agent:
                 for info in self.model_infos()
             ),
             invalid_observations=self.windows.invalid,
+            workers=tuple(self.supervisor.statuses()),
+            mqtt_rejected=self.link.stats.rejected.snapshot() if self.link else {},
+            mqtt_handler_errors=self.link.stats.handler_errors.snapshot() if self.link else {},
         )
 
     def record_system_metrics(self) -> None:
@@ -522,10 +532,7 @@ class Agent:
 
     def _metrics_loop(self) -> None:
         while not self._stopping.wait(self.telemetry_interval_s):
-            try:
-                self.record_system_metrics()
-            except Exception:  # metrics must never take the agent down
-                log.exception("system metrics failed")
+            self.record_system_metrics()
 
     @property
     def telemetry_interval_s(self) -> float:
@@ -638,25 +645,23 @@ class Agent:
             on_desired=self.on_desired,
             current_reported=self.shadow.report,
             on_challenge=self.on_challenge,
+            supervisor=self.supervisor,
         )
         self.link.start()
 
     def start_metrics(self) -> None:
         """Record system metrics every ``telemetry_interval_s`` (low priority in the outbox)
         and the telemetry windows as each ends (``telemetry.window_s``)."""
-        self._metrics_thread = threading.Thread(
-            target=self._metrics_loop, name="system-metrics", daemon=True
-        )
-        self._metrics_thread.start()
-        self._windows_thread = threading.Thread(
-            target=self._windows_loop, name="telemetry-windows", daemon=True
-        )
-        self._windows_thread.start()
+        self.supervisor.spawn("system-metrics", self._metrics_loop, stopping=self._stopping)
+        self.supervisor.spawn("telemetry-windows", self._windows_loop, stopping=self._stopping)
+
+    def workers_down(self) -> list[str]:
+        """Names of the agent's workers that crashed and wait for their restart."""
+        return self.supervisor.down()
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._windows_thread is not None:
-            self._windows_thread.join(5)
+        self.supervisor.join("telemetry-windows", 5)
         # The window in progress goes into the outbox now (the link may still send it).
         try:
             self.flush_windows(final=True)
@@ -666,8 +671,8 @@ class Agent:
             self.updates.stop()
         if self.link is not None:
             self.link.stop()
-        if self._metrics_thread is not None:
-            self._metrics_thread.join(5)
+        self.supervisor.join("system-metrics", 5)
+        self.supervisor.stop()
         for runtime in self.runtimes.values():
             runtime.close()
         for classifier in self.perception.values():

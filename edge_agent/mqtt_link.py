@@ -12,6 +12,11 @@
   oldest unacknowledged record (the controller stores each record once, so that is safe).
 - Attestation challenges go to ``on_challenge``; its signed quote is published at QoS 1
   straight away (not through the outbox: a quote is only worth anything while its nonce is).
+- Nothing that arrives can stop the link: paho re-raises a callback's exception out of
+  ``loop()``, which would end the network thread, so every callback refuses bad input with a
+  counted reason (``stats.rejected``) and catches what a handler raises
+  (``stats.handler_errors``). The three loops run under a ``Supervisor`` all the same: a
+  defect that gets through is logged, counted and restarted with backoff.
 """
 
 import logging
@@ -20,7 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -47,7 +52,8 @@ from shared.messages import (
     decode_message,
     encode_message,
 )
-from shared.topics import DeviceTopic, MessageKind
+from shared.supervision import Supervisor
+from shared.topics import CONTROLLER_TO_DEVICE, DeviceTopic, MessageKind
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +72,51 @@ class LoadSnapshot:
     local_tier_healthy: bool
 
 
+class Tally:
+    """Counts by a short key (a rejection reason, a callback), read by another thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def add(self, key: str) -> int:
+        """Count one more ``key``; returns its count now."""
+        with self._lock:
+            count = self._counts[key] = self._counts.get(key, 0) + 1
+            return count
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+
 @dataclass
 class LinkStats:
     batches_sent: int = 0
     records_acked: int = 0
     republishes: int = 0
-    bad_inbound: int = 0
     reconnects: int = 0
     quotes_sent: int = 0
     challenges_failed: int = 0
+    # Inbound messages refused, by reason (the decoder's reasons, plus wrong_device,
+    # wrong_direction, unhandled and bad_topic for a topic that is not UTF-8).
+    rejected: Tally = field(default_factory=Tally)
+    # Exceptions caught in paho callbacks and inbound handlers, by where they happened.
+    handler_errors: Tally = field(default_factory=Tally)
+
+    @property
+    def bad_inbound(self) -> int:
+        return self.rejected.total()
+
+
+# A flood of garbage must not flood the log as well: the first few rejections of each
+# reason are logged, then one in every LOG_EVERY (the counters keep the exact numbers).
+LOG_FIRST = 10
+LOG_EVERY = 1000
 
 
 class MqttLink:
@@ -94,6 +136,7 @@ class MqttLink:
         on_desired: Callable[[Desired], Reported | None] | None = None,
         current_reported: Callable[[], Reported] | None = None,
         on_challenge: Callable[[Challenge], Quote | None] | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.device_id = device_id
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -111,7 +154,13 @@ class MqttLink:
         self._stopping = threading.Event()
         self._connected = threading.Event()
         self._wake = threading.Event()
-        self._threads: list[threading.Thread] = []
+        # The owner's supervisor (the agent's), or one of our own for a link used alone.
+        self._own_supervisor = supervisor is None
+        self._supervisor = supervisor or Supervisor()
+        self._workers: list[str] = []
+        self._network_runs = 0
+        self._connect_called = False
+        self._publisher_runs = 0
         self._rng = random.Random()  # noqa: S311 (jitter, not cryptography)
         self._bd_seq = counters.next(BD_SEQ)
         # Outbox publishing state, touched by the publisher thread and the network thread.
@@ -180,15 +229,17 @@ class MqttLink:
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Begin connecting in the background; returns at once even if the broker is down."""
-        for name, target in (
+        """Begin connecting in the background; returns at once even if the broker is down.
+        Each loop is a supervised worker, stopped cleanly by ``stop()``."""
+        workers: list[tuple[str, Callable[[], None]]] = [
             ("mqtt-network", self._network_loop),
             ("heartbeat", self._heartbeat_loop),
-            ("outbox-publisher", self._publish_loop),
-        ):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        ]
+        if self._outbox is not None:
+            workers.append(("outbox-publisher", self._publish_loop))
+        for name, target in workers:
+            self._supervisor.spawn(name, target, stopping=self._stopping)
+            self._workers.append(name)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish a clean death (so the console shows why), then disconnect."""
@@ -204,8 +255,10 @@ class MqttLink:
             except (RuntimeError, ValueError):
                 log.warning("clean death not confirmed by the broker")
             self._client.disconnect()
-        for thread in self._threads:
-            thread.join(timeout)
+        for name in self._workers:
+            self._supervisor.join(name, timeout)
+        if self._own_supervisor:
+            self._supervisor.stop(timeout)
 
     # --- network loop ----------------------------------------------------------------------
     def _new_session_number(self) -> None:
@@ -246,12 +299,17 @@ class MqttLink:
         )
 
     def _network_loop(self) -> None:
+        """Connect and run paho's loop until stop (one supervised run). A run after a crash
+        starts a new session (new bd_seq, reconnect): what the crashed run left of the old
+        one (socket, in-flight batches) is not trusted."""
+        self._network_runs += 1
+        if self._network_runs > 1:
+            self._connected.clear()
         attempt = 0
-        first = True
         while not self._stopping.is_set():
             try:
-                self._connect(first)
-                first = False
+                self._connect(first=not self._connect_called)
+                self._connect_called = True
             except (OSError, ValueError) as e:
                 delay = self._backoff(attempt)
                 attempt += 1
@@ -278,6 +336,20 @@ class MqttLink:
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
+        """paho's callback: never raises. A session that could not be set up (no birth, no
+        subscriptions) is dropped, so the network loop starts a fresh one after its backoff."""
+        try:
+            self._session_up(client, reason_code)
+        except Exception:
+            self.stats.handler_errors.add("connect")
+            log.exception("setting up the MQTT session failed; reconnecting")
+            self._connected.clear()
+            try:
+                client.disconnect()
+            except Exception:
+                log.debug("disconnect after a failed session setup failed", exc_info=True)
+
+    def _session_up(self, client: mqtt.Client, reason_code: Any) -> None:
         if reason_code.is_failure:
             log.warning("broker refused connection: %s", reason_code)
             return
@@ -305,34 +377,84 @@ class MqttLink:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
+        """paho's callback: never raises."""
         self._connected.clear()
         if self._stopping.is_set():
             return
-        log.warning("disconnected from broker (%s); will reconnect", reason_code)
-        # Unacknowledged batches are re-sent from the oldest record on the next session
-        # (which gets its own bd_seq in _connect).
-        with self._lock:
-            self._cursor = None
-            self._inflight.clear()
+        try:
+            log.warning("disconnected from broker (%s); will reconnect", reason_code)
+            # Unacknowledged batches are re-sent from the oldest record on the next session
+            # (which gets its own bd_seq in _connect).
+            with self._lock:
+                self._cursor = None
+                self._inflight.clear()
+        except Exception:
+            self.stats.handler_errors.add("disconnect")
+            log.exception("handling a disconnect failed")
 
     # --- inbound: acks and desired state ----------------------------------------------------
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        """paho's callback: never raises (paho would re-raise it out of the network loop)."""
         try:
-            topic, decoded = decode_message(message.topic, bytes(message.payload))
-            if topic.device_id != self.device_id:
-                raise ProtocolError("wrong_device", f"message for {topic.device_id!r}")
+            topic: str | None = message.topic
+        except UnicodeDecodeError:  # paho decodes the topic on access
+            topic = None
+        try:
+            self.receive(topic, bytes(message.payload))
+        except Exception:  # receive() guards itself; this is the last line
+            self.stats.handler_errors.add("message")
+            log.exception("inbound message on %.128r not handled", topic)
+
+    def receive(self, topic: str | None, payload: bytes) -> str | None:
+        """Handle one inbound message: decode it, check it is for this device and comes from
+        the controller, and act on it. Returns the rejection reason, or None once handled;
+        a handler's exception is logged and counted here, never raised."""
+        try:
+            if topic is None:
+                raise ProtocolError("bad_topic", "topic is not UTF-8")
+            parsed, decoded = decode_message(topic, payload)
+            if parsed.device_id != self.device_id:
+                raise ProtocolError("wrong_device", f"message for {parsed.device_id!r}")
+            if parsed.kind not in CONTROLLER_TO_DEVICE:
+                raise ProtocolError("wrong_direction", f"{parsed.kind.value!r} is sent by devices")
         except ProtocolError as e:
-            self.stats.bad_inbound += 1
-            log.warning("ignored inbound message on %.128r: %s", message.topic, e)
-            return
+            self._reject(topic, e)
+            return e.reason
+        try:
+            handled = self._dispatch(decoded)
+        except Exception:
+            self.stats.handler_errors.add(parsed.kind.value)
+            log.exception("handling %s on %.128r failed", decoded.type, topic)
+            return None
+        if not handled:
+            self._reject(topic, ProtocolError("unhandled", f"no handler for {decoded.type!r}"))
+            return "unhandled"
+        return None
+
+    def _reject(self, topic: str | None, error: ProtocolError) -> None:
+        # The topic is truncated and the payload never logged: both are the sender's choice.
+        count = self.stats.rejected.add(error.reason)
+        if count <= LOG_FIRST or count % LOG_EVERY == 0:
+            log.warning(
+                "rejected inbound message on %.128r: %s: %.200s (%d with this reason)",
+                topic,
+                error.reason,
+                error.detail,
+                count,
+            )
+
+    def _dispatch(self, decoded: object) -> bool:
         if isinstance(decoded, Ack):
             self._handle_ack(decoded)
         elif isinstance(decoded, Desired) and self._on_desired is not None:
             reported = self._on_desired(decoded)
             if reported is not None:
-                client.publish(*encode_message(reported), qos=1)
+                self._client.publish(*encode_message(reported), qos=1)
         elif isinstance(decoded, Challenge) and self._on_challenge is not None:
-            self._answer(client, decoded)
+            self._answer(self._client, decoded)
+        else:
+            return False
+        return True
 
     def _answer(self, client: mqtt.Client, challenge: Challenge) -> None:
         """Publish the quote for ``challenge``; a failure to measure or sign is logged and
@@ -365,13 +487,10 @@ class MqttLink:
 
     # --- outbound: heartbeats and the outbox --------------------------------------------------
     def _heartbeat_loop(self) -> None:
+        # A failing heartbeat raises into the supervisor: logged, counted, retried later.
         while not self._stopping.wait(self.heartbeat_interval_s):
-            if not self._connected.is_set():
-                continue
-            try:
+            if self._connected.is_set():
                 self.publish_heartbeat()
-            except Exception:  # a failed heartbeat must never kill the thread
-                log.exception("heartbeat failed")
 
     def publish_heartbeat(self) -> None:
         load = self._snapshot()
@@ -427,8 +546,15 @@ class MqttLink:
         )
 
     def _publish_loop(self) -> None:
+        """Drain the outbox until stop (one supervised run). A run after a crash re-sends
+        from the oldest unacknowledged record: the controller stores each record once."""
         if self._outbox is None:
             return
+        self._publisher_runs += 1
+        if self._publisher_runs > 1:
+            with self._lock:
+                self._cursor = None
+                self._inflight.clear()
         cfg = self._outbox_config
         while not self._stopping.is_set():
             if not self._connected.is_set():

@@ -189,7 +189,10 @@ def _with_history(
 
 def create_agent_app(agent: Agent) -> FastAPI:
     """Build the agent's HTTP app around an already loaded ``agent``."""
-    jobs = JobQueue(lambda routed: (agent.router or agent.build_router()).complete(routed))
+    jobs = JobQueue(
+        lambda routed: (agent.router or agent.build_router()).complete(routed),
+        supervisor=agent.supervisor,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -225,13 +228,18 @@ def create_agent_app(agent: Agent) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
+        """200 while the local tier serves and every supervised worker runs; otherwise 503,
+        with the models' load errors and the names of the workers that are down."""
+        down = agent.workers_down()
+        healthy = agent.local_tier_healthy and not down
         body = {
-            "status": "ok" if agent.local_tier_healthy else "degraded",
+            "status": "ok" if healthy else "degraded",
             "device_id": agent.config.device_id,
             "mqtt_connected": agent.link.connected if agent.link else None,
             "models": [m.model_dump() for m in agent.model_infos()],
+            "workers_down": down,
         }
-        return JSONResponse(body, status_code=200 if agent.local_tier_healthy else 503)
+        return JSONResponse(body, status_code=200 if healthy else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -9,6 +9,9 @@ stdout as JSON lines, one object per event, for the process that drives the simu
 - ``appended``: one record stored (only with ``log_appends``), with its epoch and seq;
 - ``drained``: every record appended so far has been acknowledged by the controller,
   ``elapsed_s`` after the links were started.
+
+Each agent supervises its own workers (link, telemetry); the simulation supervises its
+appender, which resumes from the record it was at after a crash.
 """
 
 import json
@@ -24,6 +27,7 @@ from typing import Any, TextIO
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.outbox import Priority
+from shared.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,9 @@ class Simulation:
         self.agents = [Agent(cfg) for cfg in device_configs(template, plan.devices)]
         self.appended = 0
         self._appending_done = threading.Event()
+        self.supervisor = Supervisor()
+        self._next_n = 0  # the appender's progress, kept across its restarts
+        self._append_started: float | None = None
 
     def emit(self, event: str, **fields: Any) -> None:
         with self._out_lock:
@@ -90,19 +97,29 @@ class Simulation:
     def pending(self) -> int:
         return sum(agent.outbox.pending() for agent in self.agents)
 
+    def workers_down(self) -> list[str]:
+        """Workers down now: the appender's, and each agent's as ``device/worker``."""
+        down = self.supervisor.down()
+        for agent in self.agents:
+            down += [f"{agent.config.device_id}/{name}" for name in agent.workers_down()]
+        return down
+
     def _append_loop(self) -> None:
+        # Supervised: runs until stop, so it waits once every record is appended.
         interval = 1.0 / self.plan.rate if self.plan.rate > 0 else 0.0
-        started = time.monotonic()
-        for n in range(self.plan.records):
+        if self._append_started is None:
+            self._append_started = time.monotonic()
+        while self._next_n < self.plan.records and not self._stop.is_set():
+            n = self._next_n
             for agent in self.agents:
                 self._append(agent, self.plan.prefill + n)
+            self._next_n = n + 1
             if interval:
-                delay = started + (n + 1) * interval - time.monotonic()
+                delay = self._append_started + (n + 1) * interval - time.monotonic()
                 if delay > 0 and self._stop.wait(delay):
                     break
-            elif self._stop.is_set():
-                break
         self._appending_done.set()
+        self._stop.wait()
 
     def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Prefill, start the links, append, and report; returns when stopped."""
@@ -113,8 +130,7 @@ class Simulation:
         started = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda a: a.start_link(), self.agents))
-        appender = threading.Thread(target=self._append_loop, name="sim-append", daemon=True)
-        appender.start()
+        self.supervisor.spawn("sim-append", self._append_loop, stopping=self._stop)
         drained_reported = False
         while not (self._stop.is_set() or should_stop()):
             if self._appending_done.is_set() and not drained_reported and self.pending() == 0:
@@ -128,11 +144,13 @@ class Simulation:
                     break
             self._stop.wait(0.1)
         self._stop.set()
-        appender.join(5)
+        self.supervisor.join("sim-append", 5)
 
     def stop(self) -> None:
         self._stop.set()
 
     def close(self) -> None:
+        self._stop.set()
+        self.supervisor.stop()
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda a: a.stop(), self.agents))

@@ -4,10 +4,17 @@ A client that sends ``Prefer: respond-async`` gets ``202`` and a job id instead 
 ``503``; a worker thread retries the job when the tiers' breakers say it may (the same
 routing, so the same sensitivity rules), until it succeeds or its time to live runs out.
 Jobs live in memory only: request contents are never written to disk.
+
+The worker runs under a ``Supervisor`` (the agent's): a crash of the loop is logged,
+counted and restarted with backoff. A job whose attempt raises anything but
+``NoTierAvailable`` is a defect met by that job, not a reason to stop the others: it is
+finished as ``failed`` at once (retrying it would only meet the defect again).
 """
 
+import logging
 import threading
 import time
+import traceback
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -16,8 +23,11 @@ from typing import Literal
 
 from edge_agent.routing.router import NoTierAvailable, RoutedRequest, RoutedResult
 from edge_agent.runtimes.base import ChatRequest
+from shared.supervision import Supervisor
 
-JobStatus = Literal["queued", "done", "expired", "cancelled"]
+log = logging.getLogger(__name__)
+
+JobStatus = Literal["queued", "done", "expired", "cancelled", "failed"]
 
 
 @dataclass
@@ -39,7 +49,7 @@ class QueueFull(RuntimeError):
 
 
 class JobQueue:
-    """Bounded in-memory queue of chat jobs with one worker thread."""
+    """Bounded in-memory queue of chat jobs with one supervised worker thread."""
 
     def __init__(
         self,
@@ -49,6 +59,7 @@ class JobQueue:
         ttl_s: float = 3600.0,
         keep_done_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self._run = run
         self.max_jobs = max_jobs
@@ -59,17 +70,25 @@ class JobQueue:
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        # The agent's supervisor, or one of our own when the queue is used alone.
+        self._own_supervisor = supervisor is None
+        self._supervisor = supervisor or Supervisor()
+        self._started = False
+        self.failed = 0  # jobs finished as failed (their attempt raised a defect)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="chat-jobs", daemon=True)
-        self._thread.start()
+        if self._started:
+            return
+        self._started = True
+        self._supervisor.spawn("chat-jobs", self._loop, stopping=self._stopping)
 
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        if self._started:
+            self._supervisor.join("chat-jobs", 5)
+        if self._own_supervisor:
+            self._supervisor.stop()
 
     def submit(self, routed: RoutedRequest, retry_after_s: float) -> Job:
         now = self._clock()
@@ -130,6 +149,9 @@ class JobQueue:
                 job.last_error = str(e)
                 job.next_try = self._clock() + e.retry_after_s
                 continue
+            except Exception as e:
+                self._fail(job, e)
+                continue
             with self._lock:
                 if job.status == "queued":
                     job.result = result
@@ -138,6 +160,22 @@ class JobQueue:
                     job.finished.set()
                     finished += 1
         return finished
+
+    def _fail(self, job: Job, error: Exception) -> None:
+        # The kind of error and where, never its message: that may quote the request.
+        log.error(
+            "chat job %s failed (%s):\n%s",
+            job.id,
+            type(error).__name__,
+            "".join(traceback.format_tb(error.__traceback__)),
+        )
+        with self._lock:
+            self.failed += 1
+            if job.status == "queued":
+                job.status = "failed"
+                job.last_error = f"internal error ({type(error).__name__})"
+                job.expires = self._clock()
+                job.finished.set()
 
     def _next_wait(self) -> float:
         with self._lock:

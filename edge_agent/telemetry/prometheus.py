@@ -5,17 +5,20 @@ Each agent has its own ``CollectorRegistry`` (never the process-global one): tes
 observations as the telemetry windows; gauges (outbox, tier health, models) are read from
 the agent when scraped. Labels are tiers, statuses and configured model names only, so
 their number stays bounded (task classes, chosen by clients, are not labels here).
+Supervised workers and MQTT rejections are read from the agent at scrape time too: worker
+names and rejection reasons are fixed sets, never taken from a message.
 """
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from edge_agent.telemetry.windows import ChatObservation, PerceptionObservation
 from shared.sketches import EDGES
+from shared.supervision import WorkerStatus
 
 # The sketches' latency edges, in seconds: Prometheus and the windows bin alike.
 LATENCY_BUCKETS_S: tuple[float, ...] = tuple(edge / 1000 for edge in EDGES["latency_ms"])
@@ -39,6 +42,9 @@ class AgentState:
     tiers_healthy: dict[str, bool] = field(default_factory=dict)
     models: tuple[ModelState, ...] = ()
     invalid_observations: int = 0
+    workers: tuple[WorkerStatus, ...] = ()
+    mqtt_rejected: dict[str, int] = field(default_factory=dict)  # by reason
+    mqtt_handler_errors: dict[str, int] = field(default_factory=dict)  # by where
 
 
 class _StateCollector(Collector):
@@ -79,6 +85,41 @@ class _StateCollector(Collector):
             "Latencies or confidences that could not be sketched (NaN, negative) since start.",
             value=state.invalid_observations,
         )
+        yield from _worker_families(state)
+
+
+def _worker_families(state: AgentState) -> Iterable[Metric]:
+    restarts = CounterMetricFamily(
+        "edgefleet_worker_restarts",
+        "Crashes of a supervised worker since start (each is logged and restarted).",
+        labels=["worker"],
+    )
+    up = GaugeMetricFamily(
+        "edgefleet_worker_up",
+        "1 while the worker runs, 0 while it is down after a crash or stopped.",
+        labels=["worker"],
+    )
+    for worker in sorted(state.workers, key=lambda w: w.name):
+        restarts.add_metric([worker.name], worker.restarts)
+        up.add_metric([worker.name], 1.0 if worker.state == "running" else 0.0)
+    yield restarts
+    yield up
+    rejected = CounterMetricFamily(
+        "edgefleet_agent_mqtt_rejected",
+        "Inbound MQTT messages refused (undecodable, for another device, wrong kind).",
+        labels=["reason"],
+    )
+    for reason, count in sorted(state.mqtt_rejected.items()):
+        rejected.add_metric([reason], count)
+    yield rejected
+    errors = CounterMetricFamily(
+        "edgefleet_agent_mqtt_handler_errors",
+        "Exceptions caught in the MQTT callbacks and inbound handlers (logged with traceback).",
+        labels=["handler"],
+    )
+    for handler, count in sorted(state.mqtt_handler_errors.items()):
+        errors.add_metric([handler], count)
+    yield errors
 
 
 class AgentMetrics:

@@ -1,16 +1,18 @@
 """The update manager: turns the desired shadow key ``model`` into an installed, serving model.
 
-One thread per agent. The desired model may be a chat model (``llama.cpp``, ``ort-genai``)
-or a perception classifier (``onnx``) of the agent config: the same steps install both,
-only the smoke inference differs (``kinds``). For a desired target it refreshes TUF
-metadata, checks the target against this device, downloads the artifact into the inactive
-slot (resumable, verified), loads it beside the running model, runs a smoke inference
-inside the latency budget, then switches the slot atomically and hands the new runtime to
-the agent (hot swap). Anything that goes wrong leaves the running model alone and is
-reported: the reported shadow key ``model`` and a ``model_install`` event (contract 2). A
-switched slot stays on trial until the agent has stayed up ``confirm_after_s``; a crash
-loop rolls it back at the next start. The desired marker ``{"name": ..., "factory": true}``
-(a rollout rolling back to the configured model) puts that model back on its configured path.
+One supervised thread per agent (a step that raises is a defect: the supervisor logs it,
+counts it and restarts the thread with backoff). The desired model may be a chat model
+(``llama.cpp``, ``ort-genai``) or a perception classifier (``onnx``) of the agent config:
+the same steps install both, only the smoke inference differs (``kinds``). For a desired
+target it refreshes TUF metadata, checks the target against this device, downloads the
+artifact into the inactive slot (resumable, verified), loads it beside the running model,
+runs a smoke inference inside the latency budget, then switches the slot atomically and
+hands the new runtime to the agent (hot swap). Anything that goes wrong leaves the running
+model alone and is reported: the reported shadow key ``model`` and a ``model_install`` event
+(contract 2). A switched slot stays on trial until the agent has stayed up
+``confirm_after_s``; a crash loop rolls it back at the next start. The desired marker
+``{"name": ..., "factory": true}`` (a rollout rolling back to the configured model) puts
+that model back on its configured path.
 """
 
 import logging
@@ -57,6 +59,7 @@ from edge_agent.updates.slots import (
     artifact_name,
     unpack_archive,
 )
+from shared.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,7 @@ class UpdateManager:
         clock: Callable[[], float] = time.time,
         http: httpx.Client | None = None,
         rng: random.Random | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         if config.metadata_url is None or config.targets_url is None:
             raise ValueError("updates need metadata_url and targets_url")
@@ -130,7 +134,10 @@ class UpdateManager:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        # The agent's supervisor, or one of our own when used alone (tests).
+        self._own_supervisor = supervisor is None
+        self._supervisor = supervisor or Supervisor()
+        self._started = False
         self._retry_at: dict[tuple[str, int | None], float] = {}
         self._failures: dict[tuple[str, int | None], int] = {}
         self._emitted: dict[tuple[str, int | None], Outcome] = {}
@@ -182,10 +189,10 @@ class UpdateManager:
 
     # --- the thread -------------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is not None:
+        if self._started:
             return
-        self._thread = threading.Thread(target=self._run, name="model-updates", daemon=True)
-        self._thread.start()
+        self._started = True
+        self._supervisor.spawn("model-updates", self._run, stopping=self._stopping)
 
     def wake(self) -> None:
         """The desired document changed (or something else worth a look happened)."""
@@ -194,18 +201,17 @@ class UpdateManager:
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._started:
+            self._supervisor.join("model-updates", timeout)
+        if self._own_supervisor:
+            self._supervisor.stop(timeout)
         if self._own_http:
             self._http.close()
 
     def _run(self) -> None:
+        # A step that raises ends this run; the supervisor restarts it after a backoff.
         while not self._stopping.is_set():
-            try:
-                delay = self.reconcile()
-            except Exception:  # the update thread must outlive any bug in one attempt
-                log.exception("model update step failed")
-                delay = self.config.retry_max_s
+            delay = self.reconcile()
             self._wake.wait(delay)
             self._wake.clear()
 
