@@ -266,6 +266,10 @@ TAMPERING: dict[str, tuple[Callable[[dict[str, bytes]], None], str]] = {
     "edited manifest": (_edit_manifest(False), "bad signature"),
     "edited manifest, new image id": (_edit_manifest(True), "bad signature"),
     "signature removed": (lambda f: f.pop("manifest.sig"), "manifest.sig is missing"),
+    "hundreds of unlisted files": (
+        lambda f: f.update({f"rootfs/junk/{i}": b"" for i in range(150)}),
+        "more than 100 members beyond the manifest's",
+    ),
 }
 
 

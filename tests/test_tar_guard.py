@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from controller.db import init_db, make_engine, session_scope
+from controller.images.flash import verified_image
+from controller.images.manifest import ImageError
 from controller.updates.errors import PublishError
 from controller.updates.keys import KeyStore
 from controller.updates.publish import ModelSpec, add_model_file
@@ -261,3 +263,26 @@ def test_publishing_a_hostile_archive_is_refused_and_stores_nothing(tmp_path: Pa
         add_model_file(session, repo, archive, spec, actor="user:test")
     assert not list((repo.dir / "targets").rglob("*evil.tar"))
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ([Member("rootfs/etc/passwd", tarfile.SYMTYPE, link="/etc/passwd")], "is a link"),
+        ([Member("rootfs/dev/sda", tarfile.BLKTYPE)], "not a file or folder"),
+        ([Member("rootfs/../../x", data=b"x")], "path traversal"),
+    ],
+    ids=["symlink", "device", "traversal"],
+)
+def test_flash_refuses_hostile_image_members_before_the_signature(
+    tmp_path: Path, members: list[Member], message: str
+) -> None:
+    """flash's image check refuses links, devices and traversal by their member, before
+    reading the manifest or the signature."""
+    image = tmp_path / "evil.tar"
+    image.write_bytes(build(members))
+    with (
+        pytest.raises(ImageError, match=f"image refused: .*{message}"),
+        verified_image(image, b"\0" * 32),
+    ):
+        pass
