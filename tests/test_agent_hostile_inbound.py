@@ -9,12 +9,13 @@ import json
 import random
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -26,6 +27,7 @@ from shared.errors import ProtocolError
 from shared.messages import (
     Ack,
     Birth,
+    Challenge,
     Desired,
     HardwareInfo,
     Heartbeat,
@@ -346,32 +348,100 @@ _topics = (
 )
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(topic=_topics, payload=_payloads, fail=st.booleans())
-def test_on_message_never_raises_for_any_topic_or_payload(
-    tmp_path: Path, topic: bytes, payload: bytes, fail: bool
-) -> None:
-    """For arbitrary topic and payload bytes, paho's on_message callback never raises: the
-    message is handled (only a controller-to-device message for this device is) or counted
-    as rejected with a reason, and a handler's exception is counted, not raised."""
+_text = st.text(st.characters(exclude_characters="\x00"), max_size=8)  # documents refuse NUL
+_finite_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner),
+    max_leaves=10,
+)
+_seq = st.integers(0, 2**63 - 1)
+# Messages the link must accept (topic and payload that agree), so that the handled branch
+# and the handlers' exceptions are exercised too, not only the rejections.
+_valid = st.one_of(
+    st.builds(
+        lambda version, state: encode_message(
+            Desired(device_id=DEVICE, version=version, state=state)
+        ),
+        st.integers(1, 2**63 - 1),
+        st.dictionaries(_text, _finite_json, max_size=4),
+    ),
+    st.builds(
+        lambda e, f, h: encode_message(Ack(device_id=DEVICE, epoch=e, first_seq=f, hwm=h)),
+        _seq,
+        _seq,
+        _seq,
+    ),
+    st.builds(
+        lambda nonce: encode_message(
+            Challenge(
+                device_id=DEVICE,
+                nonce=nonce,
+                issued_at=datetime(2026, 1, 1, tzinfo=UTC),
+                expires_at=datetime(2026, 1, 1, 0, 1, tzinfo=UTC),
+            )
+        ),
+        st.text("0123456789abcdef", min_size=64, max_size=64),
+    ),
+).map(lambda pair: (pair[0].encode(), pair[1]))
+
+
+@pytest.fixture
+def idle_link(tmp_path: Path) -> tuple[MqttLink, _Handlers]:
+    """A link that is never started: its callbacks are driven by hand."""
     handlers = _Handlers()
-    handlers.fail = fail
-    link = _make_link(tmp_path, handlers)
-    message = mqtt.MQTTMessage(mid=0, topic=topic)
-    message.payload = payload
-    link._on_message(link._client, None, message)
+    return _make_link(tmp_path, handlers), handlers
+
+
+def _deliver(link: MqttLink, handlers: _Handlers, topic: bytes, payload: bytes) -> bool:
+    """Hand one message to paho's callback as paho would; checks the counters moved as they
+    must, and returns whether the message was one to handle."""
+    rejected, calls = link.stats.bad_inbound, handlers.calls
+    # A failed attestation answer has its own counter; other handlers' errors are counted
+    # as handler errors.
+    errors = link.stats.handler_errors.total() + link.stats.challenges_failed
+    received = mqtt.MQTTMessage(mid=0, topic=topic)
+    received.payload = payload
+    link._on_message(link._client, None, received)  # must not raise
 
     try:
         parsed, _ = decode_message(topic.decode(), payload)
         acceptable = parsed.device_id == DEVICE and parsed.kind in CONTROLLER_TO_DEVICE
     except (UnicodeDecodeError, ProtocolError):
         acceptable = False
+    errors_now = link.stats.handler_errors.total() + link.stats.challenges_failed
     if acceptable:
-        assert link.stats.bad_inbound == 0
-        # A failed attestation answer has its own counter; any other handler's error is
-        # counted as a handler error.
-        errors = link.stats.handler_errors.total() + link.stats.challenges_failed
-        assert errors == (1 if fail and handlers.calls else 0), "a raising handler is counted"
+        assert link.stats.bad_inbound == rejected
+        called = handlers.calls - calls
+        assert errors_now - errors == (1 if handlers.fail and called else 0), "raise counted"
     else:
-        assert link.stats.bad_inbound == 1, "a message that is not acceptable is rejected"
-        assert handlers.calls == 0
+        assert link.stats.bad_inbound == rejected + 1, "what is not acceptable is rejected"
+        assert handlers.calls == calls and errors_now == errors
+    return acceptable
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(topic=_topics, payload=_payloads)
+def test_on_message_never_raises_for_any_topic_or_payload(
+    idle_link: tuple[MqttLink, _Handlers], topic: bytes, payload: bytes
+) -> None:
+    """For arbitrary topic and payload bytes, paho's on_message callback never raises: the
+    message is handled (only a controller-to-device message for this device is) or counted
+    as rejected with a reason."""
+    link, handlers = idle_link
+    event("handled" if _deliver(link, handlers, topic, payload) else "rejected")
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(message=_valid, fail=st.booleans())
+def test_on_message_never_raises_when_a_handler_raises(
+    idle_link: tuple[MqttLink, _Handlers], message: tuple[bytes, bytes], fail: bool
+) -> None:
+    """For any valid desired document, ack or challenge, the callback never raises, even
+    when the handler does: the handler's exception is counted instead."""
+    link, handlers = idle_link
+    handlers.fail = fail
+    assert _deliver(link, handlers, *message), "a valid message for this device is handled"
