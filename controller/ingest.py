@@ -80,6 +80,11 @@ class IngestStats:
         with self._lock:
             setattr(self, field, getattr(self, field) + n)
 
+    def add_rejected(self, reason: str) -> None:
+        """Count one refused message (the reader's path: no Counter per message)."""
+        with self._lock:
+            self.rejected[reason] += 1
+
     def merge(self, outcome: Counter[str]) -> None:
         """Add a committed batch's outcome (``rejected:<reason>`` keys count rejects)."""
         with self._lock:

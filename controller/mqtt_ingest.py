@@ -33,7 +33,6 @@ import queue
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -376,7 +375,7 @@ class MqttIngest:
     def _reject(self, received: Received, error: ProtocolError, *, count: bool = True) -> None:
         """Count a refused message and hand it to the dead-letter book (no payload kept)."""
         if count:
-            self.stats.merge(Counter({f"rejected:{error.reason}": 1}))
+            self.stats.add_rejected(error.reason)
         outcome = self.dead_letters.record(
             Rejection(
                 device_id=topic_device(received.topic),
