@@ -22,6 +22,7 @@ import controller.mqtt_ingest as mqtt_ingest
 from controller.app import create_app
 from controller.auth import create_api_token, create_user
 from controller.db import session_scope
+from controller.dead_letters import write_dead_letters
 from controller.ingest import Decoded, apply_decoded, classify
 from controller.models import BrokerCredential
 from controller.services import Services
@@ -211,6 +212,39 @@ def test_a_callback_that_fails_is_caught_counted_and_the_loop_goes_on(
         assert metric(live, "edgefleet_ingest_callback_errors_total") == 1
         assert live.services.supervisor.restarts()["ingest-network"] == 0
         assert live.device("dev-odd") is None and healthy(live)
+
+
+def test_a_dead_letter_write_that_fails_is_dropped_counted_and_not_retried(
+    mosquitto: Broker, tmp_path: Path, publisher: mqtt.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A defect while storing dead letters (injected: the first write raises) crashes the
+    dead-letter worker, which is restarted; the rejections it held are counted as dropped
+    rather than retried forever, and later dead letters are stored."""
+    failed = threading.Event()
+
+    def defective(session: Any, drained: Any) -> set[str | None]:
+        # Simulates a defect of ours that the first rows reach.
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("injected defect")
+        return write_dead_letters(session, drained)
+
+    monkeypatch.setattr(mqtt_ingest, "write_dead_letters", defective)
+    with controller(tmp_path, mosquitto, backoff_s=0.2) as live:
+        publish(publisher, "ef/v1/dev-1/heartbeat", b"{bad")
+        wait_for(lambda: stats(live)["rejections_dropped"] == 1, 10, what="the drop counted")
+        wait_for(
+            lambda: live.services.supervisor.restarts()["ingest-dead-letters"] == 1,
+            10,
+            what="the worker's restart",
+        )
+        publish(publisher, "ef/v1/dev-2/heartbeat", b"{bad")
+        wait_for(lambda: stats(live)["rejected_total"] == 2, 10, what="the second refusal")
+        rows = live.client.get("/api/ingest/rejected", headers=live.auth).json()
+        assert [(r["device_id"], r["reason"], r["count"]) for r in rows] == [
+            ("dev-2", "bad_json", 1)
+        ]
+        wait_for(lambda: healthy(live), 10, what="the worker running again")
 
 
 def test_a_stalled_scheduler_makes_healthz_name_it(mosquitto: Broker, tmp_path: Path) -> None:

@@ -1,18 +1,18 @@
 """``/api/ingest``: what ingest accepted and rejected, and the dead letters."""
 
-import contextlib
+import logging
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
-from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
 
 from controller.api.deps import CurrentUser, DbDep, ServicesDep
 from controller.models import RejectedMessage
 
 router = APIRouter(prefix="/api/ingest", tags=["ingest"])
+log = logging.getLogger(__name__)
 
 
 class RejectedPublic(BaseModel):
@@ -50,9 +50,12 @@ def rejected_messages(
     """The newest dead letters, newest first, optionally of one reason or one device.
     Rejections are aggregated and capped: ``/api/ingest/stats`` counts every one."""
     if services.ingest is not None:
-        # Rows gathered since the dead-letter worker's last run are shown too.
-        with contextlib.suppress(SQLAlchemyError):
+        # Rows gathered since the dead-letter worker's last run are shown too; a failure
+        # there is the worker's to report (logged, counted), never this read's.
+        try:
             services.ingest.flush_dead_letters()
+        except Exception:
+            log.exception("could not store the gathered dead letters")
     query = select(RejectedMessage).order_by(col(RejectedMessage.id).desc()).limit(limit)
     if reason is not None:
         query = query.where(col(RejectedMessage.reason) == reason)
