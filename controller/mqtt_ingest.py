@@ -73,6 +73,10 @@ log = logging.getLogger(__name__)
 # messages. Any other exception while writing is a defect some input reached.
 _UNREACHABLE = (OperationalError, InterfaceError, PoolTimeoutError)
 
+# How long the reader trusts the writer's copy of the provisioned device ids (the copy
+# itself may be up to ``ProvisionedDevices``' TTL old).
+KNOWN_FRESH_S = 5.0
+
 NETWORK_WORKER = "ingest-network"
 WRITER_WORKER = "ingest-writer"
 DEAD_LETTER_WORKER = "ingest-dead-letters"
@@ -125,9 +129,11 @@ class MqttIngest:
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._known_devices = known_devices
-        # The writer's latest copy of the provisioned ids, which the reader checks against
-        # (None until the writer first read them: the writer checks every message too).
+        # The writer's latest copy of the provisioned ids and when it was read. The reader
+        # refuses unknown devices with it while it is fresh; an older copy (no traffic
+        # made the writer read again) is not trusted: the writer checks with a fresh one.
         self._known: set[str] | None = None
+        self._known_at = float("-inf")
         self._attestation = attestation
         self.supervisor = supervisor or Supervisor()
         self._dl = dead_letters or DeadLetterSettings()
@@ -348,9 +354,12 @@ class MqttIngest:
 
     def _receive(self, message: mqtt.MQTTMessage) -> None:
         received = Received(message.topic, bytes(message.payload), datetime.now(UTC))
+        fresh = time.monotonic() - self._known_at < KNOWN_FRESH_S
         try:
             decoded = classify(
-                received, known_devices=self._known, attestation_on=self._attestation is not None
+                received,
+                known_devices=self._known if fresh else None,
+                attestation_on=self._attestation is not None,
             )
         except ProtocolError as e:
             self._reject(received, e)
@@ -458,6 +467,7 @@ class MqttIngest:
             try:
                 if self._known_devices is not None:
                     self._known = self._known_devices()
+                    self._known_at = time.monotonic()
                 good: list[_Item] = []
                 unknown: list[tuple[Received, ProtocolError]] = []
                 for item in items:

@@ -247,6 +247,26 @@ def test_a_dead_letter_write_that_fails_is_dropped_counted_and_not_retried(
         wait_for(lambda: healthy(live), 10, what="the worker running again")
 
 
+def test_a_device_provisioned_while_ingest_runs_is_let_in(
+    mosquitto: Broker, tmp_path: Path, publisher: mqtt.Client
+) -> None:
+    """With provisioning required, an unknown device's birth is refused (unknown_device);
+    once it gets broker credentials its births land, though no other traffic refreshed
+    ingest's copy of the provisioned ids meanwhile."""
+    with controller(tmp_path, mosquitto, require_provisioned_devices=True) as live:
+        publish(publisher, *encode_message(birth("dev-late")))
+        wait_for(lambda: stats(live)["rejected"] == {"unknown_device": 1}, 10)
+        with session_scope(live.services.engine) as session:
+            session.add(BrokerCredential(device_id="dev-late", username="dev-late",
+                                         password_hash="x"))  # fmt: skip
+
+        def landed() -> bool:
+            publish(publisher, *encode_message(birth("dev-late")))
+            return live.device("dev-late") is not None
+
+        wait_for(landed, 30, 0.5, "the provisioned device's birth to land")
+
+
 def test_a_stalled_scheduler_makes_healthz_name_it(mosquitto: Broker, tmp_path: Path) -> None:
     """Every periodic job runs supervised; a scheduler that stops running jobs turns
     /healthz 503 naming ``scheduler`` until it runs again."""
