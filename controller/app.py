@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from controller import __version__
 from controller.access import LoginRequired, require_access
 from controller.api.deps import ServicesDep
+from controller.api.problems import document_problems
 from controller.api.routes import alerts as alert_routes
 from controller.api.routes import attestation as attestation_routes
 from controller.api.routes import audit as audit_routes
@@ -94,6 +95,8 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
             shape_status=422,
         ),
     )
+
+    document_problems(app)  # /openapi.json: errors are problem details, as sent
 
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, exc: LoginRequired) -> RedirectResponse:

@@ -125,6 +125,28 @@ def _error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+# What /openapi.json says besides the JSON answer: the SSE stream of ``stream: true``, and
+# 503 with Retry-After while no tier allowed for the request can answer.
+_UNAVAILABLE: dict[str, Any] = {
+    "description": "No tier (or model) can answer now; retry after Retry-After seconds",
+    "content": {"application/json": {}},
+}
+_CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The completion; with stream: true, server-sent chunks and [DONE]",
+        "content": {
+            "application/json": {},
+            # Each event: "data: <chunk JSON>", the last "data: [DONE]".
+            "text/event-stream": {
+                "schema": {"type": "object", "properties": {"data": {"type": "string"}}}
+            },
+        },
+    },
+    202: {"description": "Queued (Prefer: respond-async); poll the job's Location"},
+    503: _UNAVAILABLE,
+}
+
+
 def _guard_error(status: int, reason: str, message: str) -> tuple[bytes, str]:
     """The body guard's refusals in this API's OpenAI error shape."""
     body = {"error": {"message": message, "type": "invalid_request_error", "code": reason}}
@@ -241,7 +263,7 @@ def create_agent_app(agent: Agent) -> FastAPI:
         }
         return JSONResponse(body, status_code=200 if healthy else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response)  # documented as text, not JSON
     async def metrics() -> Response:
         """Prometheus text format; no authentication, like the rest of this API: it is
         bound to loopback unless api.host says otherwise (see docs/telemetry.md)."""
@@ -258,7 +280,7 @@ def create_agent_app(agent: Agent) -> FastAPI:
             ],
         }
 
-    @app.post("/v1/perception/{name}")
+    @app.post("/v1/perception/{name}", responses={503: _UNAVAILABLE})
     async def perceive(name: str, body: PerceptionBody) -> JSONResponse:
         """Classify one input with a local ONNX model (perception never leaves the device)."""
         started = time.perf_counter()
@@ -314,7 +336,7 @@ def create_agent_app(agent: Agent) -> FastAPI:
         except ValueError as e:
             return _error(400, str(e), "invalid_header")
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post("/v1/chat/completions", response_model=None, responses=_CHAT_RESPONSES)
     async def chat_completions(
         body: ChatCompletionBody, raw: Request
     ) -> JSONResponse | StreamingResponse:

@@ -6,6 +6,7 @@ type, Jinja). A body is therefore checked here, before any route sees it:
 
 - its size, from ``Content-Length`` and by counting the bytes as they arrive (a chunked
   body has no length): over the limit is ``413``;
+- a NUL character in the path or query (``%00``) is ``400``;
 - a JSON body (``application/json``, ``*/*+json``, or no content type, which FastAPI also
   parses as JSON) is parsed with ``shared.json_guard.loads_bounded`` (no Python recursion)
   within a depth and element-count limit: a refusal is ``shape_status`` (400/422) saying
@@ -105,6 +106,7 @@ class BodyGuard:
         streamed = self.limits.streamed.get((scope["method"], scope["path"]))
         limit = self.limits.max_bytes if streamed is None else streamed
         try:
+            _check_url(scope)
             declared = _content_length(scope)
             if declared is not None and declared > limit:
                 raise _too_large(limit)
@@ -185,6 +187,14 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key.lower() == name:
             return bytes(value)
     return None
+
+
+def _check_url(scope: Scope) -> None:
+    """No NUL in the path or query: no name or filter holds one, and PostgreSQL refuses it
+    in any text parameter (a 500 from every route that looks the value up)."""
+    query = bytes(scope.get("query_string", b"")).lower()
+    if "\x00" in scope["path"] or b"%00" in query or b"\x00" in query:
+        raise _Refused(400, "nul_character", "the URL holds a NUL character (%00)")
 
 
 def _content_length(scope: Scope) -> int | None:

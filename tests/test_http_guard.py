@@ -275,6 +275,20 @@ def test_controller_refuses_deep_and_oversized_bodies(world: AccessWorld) -> Non
     assert client.get("/api/devices", headers=world.bearer("admin")).status_code == 200
 
 
+def test_a_nul_in_the_url_is_400_on_every_database(tmp_path: Path, database_url: str) -> None:
+    """A ``%00`` in a path or query (which PostgreSQL refuses in any text parameter, a 500
+    from each route that looked it up) is 400 on the controller, on either database."""
+    with access_world(tmp_path, database_url=database_url) as world:
+        client = world.client()
+        for path in ("/api/devices/a%00b", "/api/models?name=a%00", "/api/audit?actor=%00"):
+            refused = client.get(path, headers=world.bearer("admin"))
+            assert refused.status_code == 400, (path, refused.text)
+            assert refused.json()["detail"] == "the URL holds a NUL character (%00)"
+        assert (
+            client.get("/api/models?name=a%2500", headers=world.bearer("admin")).status_code == 200
+        )
+
+
 @pytest.fixture
 def bare_agent(tmp_path: Path) -> Iterator[Agent]:
     config = AgentConfig.model_validate(

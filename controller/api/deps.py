@@ -10,12 +10,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from sqlmodel import Session
 
 from controller.auth import SESSION_COOKIE, user_for_session, user_for_token
 from controller.models import User
 from controller.services import Services
+
+# Row ids as the tables store them (INTEGER primary keys: 32-bit on PostgreSQL) and offsets
+# as SQL takes them (64-bit): a larger number in a path or query is a 422, not an overflow
+# error from the driver (found by tests/test_api_fuzz.py).
+MAX_ROW_ID = 2**31 - 1
+MAX_OFFSET = 2**63 - 1
+RowId = Annotated[int, Path(ge=0, le=MAX_ROW_ID)]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 
 
 def get_services(request: Request) -> Services:

@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
-from controller.api.deps import DbDep
+from controller.api.deps import DbDep, Offset
 from controller.telemetry.queries import list_alerts
 
 router = APIRouter(prefix="/api/alerts", tags=["telemetry"])
@@ -15,7 +15,7 @@ def alerts(
     db: DbDep,
     state: Literal["open", "closed", "all"] = "open",
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     """Alerts, newest first."""
     return list_alerts(db, state=state, limit=limit, offset=offset)

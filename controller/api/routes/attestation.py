@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
-from controller.api.deps import CurrentUser, DbDep, ServicesDep
+from controller.api.deps import CurrentUser, DbDep, RowId, ServicesDep
 from controller.attestation.service import (
     DeviceIdentity,
     GoldenKind,
@@ -205,7 +205,7 @@ def create_golden(body: GoldenCreate, db: DbDep, user: CurrentUser) -> GoldenPub
 
 
 @router.delete("/api/attestation/golden/{golden_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_golden(golden_id: int, db: DbDep, user: CurrentUser) -> Response:
+def delete_golden(golden_id: RowId, db: DbDep, user: CurrentUser) -> Response:
     """Withdraw a golden value (audited); devices measuring it fail their next quote."""
     row = db.get(GoldenMeasurement, golden_id)
     if row is None:

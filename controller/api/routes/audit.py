@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from controller.api.deps import CurrentUser, DbDep
+from controller.api.deps import CurrentUser, DbDep, Offset
 from controller.audit import AuditEntry
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
@@ -53,7 +53,7 @@ def list_audit(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> AuditPage:
     """Audit entries, newest first. ``action=rollout.`` matches every rollout action.
     Client addresses are shown to admins only."""

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from controller.api.deps import CurrentUser, DbDep
+from controller.api.deps import CurrentUser, DbDep, Offset
 from controller.models import (
     Device,
     DeviceList,
@@ -25,7 +25,7 @@ def list_devices(
     state: Literal["online", "offline", "unknown"] | None = None,
     quarantined: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> DeviceList:
     """Devices ordered by id, optionally filtered by state or quarantine, with fleet-wide
     counts (quarantined: devices attestation does not trust)."""

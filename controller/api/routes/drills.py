@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from controller.api.deps import CurrentUser, DbDep
+from controller.api.deps import CurrentUser, DbDep, Offset, RowId
 from controller.audit import audit
 from controller.drills.checks import verdict
 from controller.drills.scenarios import SCENARIOS
@@ -139,7 +139,7 @@ def list_reports(
     db: DbDep,
     scenario: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> DrillPage:
     """Stored drill reports, newest first."""
     where = [] if scenario is None else [col(DrillReport.scenario) == scenario]
@@ -155,7 +155,7 @@ def list_reports(
 
 
 @router.get("/{drill_id}")
-def get_report(drill_id: int, db: DbDep) -> DrillDetail:
+def get_report(drill_id: RowId, db: DbDep) -> DrillDetail:
     """One stored drill report with its checks, events and timeline."""
     row = db.get(DrillReport, drill_id)
     if row is None:

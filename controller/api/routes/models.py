@@ -16,7 +16,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Field, SQLModel, col, select
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.deps import CurrentUser, DbDep, ServicesDep
+from controller.api.deps import CurrentUser, DbDep, Offset, ServicesDep
 from controller.db import session_scope
 from controller.rollouts.cohort import compatible
 from controller.shadows import DeviceShadow
@@ -96,7 +96,7 @@ def list_models(
         str | None, Query(description="Only models that list this class, or list none.")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> ModelVersionList:
     """Published model versions, newest first, filtered by name, runtime, device class."""
     query = select(ModelVersion).order_by(col(ModelVersion.id).desc())

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, status
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
-from controller.api.deps import CurrentUser, DbDep, ServicesDep
+from controller.api.deps import CurrentUser, DbDep, Offset, RowId, ServicesDep
 from controller.audit import AuditEntry
 from controller.rollouts.engine import CommandRefused, Outcome, RolloutError, Status
 from controller.rollouts.service import (
@@ -68,7 +68,7 @@ def list_all(
     _user: CurrentUser,
     status_: Annotated[Status | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     """Rollouts, newest first."""
     rows, count = list_rollouts(
@@ -85,20 +85,20 @@ def _load(db: DbDep, rollout_id: int) -> Any:
 
 
 @router.get("/{rollout_id}")
-def get_one(rollout_id: int, db: DbDep, _user: CurrentUser) -> dict[str, Any]:
+def get_one(rollout_id: RowId, db: DbDep, _user: CurrentUser) -> dict[str, Any]:
     """One rollout with per-wave progress and its latest gate evaluation."""
     return rollout_view(db, _load(db, rollout_id))
 
 
 @router.get("/{rollout_id}/devices")
 def devices(
-    rollout_id: int,
+    rollout_id: RowId,
     db: DbDep,
     _user: CurrentUser,
     wave: Annotated[int | None, Query(ge=0)] = None,
     outcome: Outcome | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     """Member devices with their wave and outcome, by wave then id."""
     _load(db, rollout_id)
@@ -135,7 +135,7 @@ class HistoryEntry(BaseModel):
 
 @router.get("/{rollout_id}/history")
 def history(
-    rollout_id: int,
+    rollout_id: RowId,
     db: DbDep,
     _user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
@@ -172,7 +172,7 @@ def history(
 
 
 def _command(
-    rollout_id: int,
+    rollout_id: RowId,
     kind: Literal["pause", "resume", "abort", "rollback"],
     body: CommandBody,
     db: DbDep,
@@ -200,7 +200,7 @@ _NO_BODY = Body(default_factory=CommandBody)
 
 @router.post("/{rollout_id}/pause")
 def pause(
-    rollout_id: int,
+    rollout_id: RowId,
     db: DbDep,
     services: ServicesDep,
     user: CurrentUser,
@@ -212,7 +212,7 @@ def pause(
 
 @router.post("/{rollout_id}/resume")
 def resume(
-    rollout_id: int,
+    rollout_id: RowId,
     db: DbDep,
     services: ServicesDep,
     user: CurrentUser,
@@ -224,7 +224,7 @@ def resume(
 
 @router.post("/{rollout_id}/abort")
 def abort(
-    rollout_id: int,
+    rollout_id: RowId,
     db: DbDep,
     services: ServicesDep,
     user: CurrentUser,
@@ -236,7 +236,7 @@ def abort(
 
 @router.post("/{rollout_id}/rollback")
 def rollback(
-    rollout_id: int,
+    rollout_id: RowId,
     db: DbDep,
     services: ServicesDep,
     user: CurrentUser,

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from controller.api.deps import CurrentUser, DbDep
+from controller.api.deps import CurrentUser, DbDep, Offset
 from controller.models import Device
 from controller.telemetry_store import TelemetryRecord
 
@@ -37,7 +37,7 @@ def device_telemetry(
     name: str | None = None,
     kind: str | None = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> RecordPage:
     """Records of one device (optionally one name or kind), newest first, with the total."""
     if db.get(Device, device_id) is None:

@@ -14,7 +14,15 @@ from sqlalchemy import func
 from sqlmodel import Session, col, delete, select, update
 
 from controller.access import require_self_or_admin
-from controller.api.deps import CurrentUser, DbDep, ServicesDep, client_ip, credential_of
+from controller.api.deps import (
+    CurrentUser,
+    DbDep,
+    Offset,
+    RowId,
+    ServicesDep,
+    client_ip,
+    credential_of,
+)
 from controller.audit import audit
 from controller.auth import (
     Role,
@@ -225,7 +233,7 @@ def list_users(
     db: DbDep,
     username: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> UserList:
     """Users by id, optionally the one with ``username``."""
     query = select(User)
@@ -260,7 +268,7 @@ def add_user(body: UserCreate, db: DbDep, actor: CurrentUser) -> UserCreated:
 
 
 @router.patch("/api/users/{user_id}")
-def update_user(user_id: int, body: UserUpdate, db: DbDep, actor: CurrentUser) -> UserPublic:
+def update_user(user_id: RowId, body: UserUpdate, db: DbDep, actor: CurrentUser) -> UserPublic:
     """Change role and/or disabled; disabling logs the user out everywhere and stops their
     tokens at once. The last enabled admin cannot be demoted or disabled."""
     user = _get_user_locked(db, user_id)
@@ -294,7 +302,7 @@ def update_user(user_id: int, body: UserUpdate, db: DbDep, actor: CurrentUser) -
 
 
 @router.delete("/api/users/{user_id}")
-def delete_user(user_id: int, db: DbDep, actor: CurrentUser) -> UserPublic:
+def delete_user(user_id: RowId, db: DbDep, actor: CurrentUser) -> UserPublic:
     """Delete a user with their sessions and tokens (audit entries keep the name). Not the
     last enabled admin, and not yourself (ask another admin)."""
     user = _get_user_locked(db, user_id)
@@ -320,7 +328,7 @@ def list_tokens(
     ] = False,
     include_inactive: Annotated[bool, Query(description="Also revoked and expired.")] = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> TokenList:
     """The caller's tokens, newest first; an admin may ask for everyone's (``all=true``)."""
     if all_users and actor.role != "admin":
@@ -370,7 +378,7 @@ def create_token(body: TokenCreate, db: DbDep, actor: CurrentUser) -> TokenCreat
 
 
 @router.delete("/api/tokens/{token_id}")
-def revoke_token(token_id: int, db: DbDep, actor: CurrentUser) -> TokenPublic:
+def revoke_token(token_id: RowId, db: DbDep, actor: CurrentUser) -> TokenPublic:
     """Revoke a token (yours, or anyone's for an admin); it stops working at once. The row
     stays, so the listing and the audit log can still name it."""
     row = db.get(ApiToken, token_id)
