@@ -173,7 +173,9 @@ class HttpLimitSettings(BaseModel):
 
     # The largest body the API takes is a drill report (at most 2 MiB stored).
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    max_json_depth: int = Field(default=32, ge=2, le=256)
+    # At most 128: the JSON parser refuses nesting near 200 itself, and recursive code
+    # downstream (serializers, json.dumps) fails a few hundred levels deep.
+    max_json_depth: int = Field(default=32, ge=2, le=128)
     max_json_elements: int = Field(default=250_000, ge=100)
 
 

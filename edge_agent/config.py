@@ -76,7 +76,9 @@ class ApiConfig(_Strict):
     # 400 for JSON nested too deep or holding too many values). A perception request's
     # tensor as JSON needs room: a 3x224x224 image is 150,528 numbers, about 2 MB.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    max_json_depth: int = Field(default=32, ge=2, le=256)
+    # At most 128: the JSON parser refuses nesting near 200 itself, and recursive code
+    # downstream (serializers, json.dumps) fails a few hundred levels deep.
+    max_json_depth: int = Field(default=32, ge=2, le=128)
     max_json_elements: int = Field(default=1_000_000, ge=100)
 
 
