@@ -27,9 +27,11 @@
 - On MQTT 5, subscriptions are shared (``$share/<group>/...``) so replicas split the stream.
 """
 
+import contextlib
 import hashlib
 import logging
 import queue
+import select
 import socket
 import threading
 import time
@@ -39,7 +41,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy.engine import Engine
@@ -183,11 +185,16 @@ class MqttIngest:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
-        # Our loop thread does every socket write: without this hook paho, seeing no
-        # loop_start thread, would write from whichever thread publishes or acks, racing
-        # the loop's own writes on one socket. publish() wakes the loop (paho's socket
-        # pair) and the loop writes.
+        # Our network thread does every socket write, through paho's external-loop API
+        # (loop_read, loop_write, loop_misc): without this hook paho, seeing no loop_start
+        # thread, would write from whichever thread publishes or acks, racing the loop's
+        # own writes on one socket. Other threads queue their packets and wake the loop
+        # once per burst (``_wake``); acks sent from the callbacks need no wake-up, where
+        # paho's own loop writes a wake-up byte per packet, a system call per message.
         self._client.on_socket_register_write = _loop_writes
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
 
     @property
     def connected(self) -> bool:
@@ -238,6 +245,7 @@ class MqttIngest:
             self._client.disconnect(properties=props)
         else:
             self._client.disconnect()
+        self._wake()
         self._wait_worker(self._network_done, NETWORK_WORKER, timeout)
 
     def _wait_worker(self, done: threading.Event, name: str, timeout: float) -> bool:
@@ -256,7 +264,14 @@ class MqttIngest:
         if not self._connected.is_set():
             return False
         info = self._client.publish(topic, payload, qos=1, retain=retain)
+        self._wake()
         return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    def _wake(self) -> None:
+        """Have the network thread write what other threads queued (one byte is enough
+        for any number of packets; a full pair already holds a wake-up)."""
+        with contextlib.suppress(OSError):  # BlockingIOError too: a wake-up is pending
+            self._wake_w.send(b"\0")
 
     # --- network thread ------------------------------------------------------------------
     def _network_loop(self) -> None:
@@ -277,9 +292,7 @@ class MqttIngest:
                         self._reconnect_delay,
                     )
                 else:
-                    rc = mqtt.MQTT_ERR_SUCCESS
-                    while rc == mqtt.MQTT_ERR_SUCCESS:
-                        rc = client.loop(timeout=1.0)
+                    rc = self._serve(client)
                     self._connected.clear()
                     if self._disconnecting.is_set():
                         break
@@ -290,6 +303,35 @@ class MqttIngest:
         finally:
             self._connected.clear()
         self._network_done.set()
+
+    def _serve(self, client: mqtt.Client) -> MQTTErrorCode:
+        """Read, write and keep alive one connection until it ends; returns why."""
+        while True:
+            sock = client.socket()
+            if sock is None:
+                return mqtt.MQTT_ERR_NO_CONN
+            try:
+                readable, _, _ = select.select(
+                    [sock, self._wake_r], [sock] if client.want_write() else [], [], 1.0
+                )
+            except (OSError, ValueError, TypeError):  # closed meanwhile (a disconnect)
+                return mqtt.MQTT_ERR_CONN_LOST
+            if self._wake_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    self._wake_r.recv(4096)
+            if sock in readable:
+                rc = client.loop_read()
+                if rc != mqtt.MQTT_ERR_SUCCESS:
+                    return rc
+            # What the callbacks just queued (PUBACKs of refusals), or what other threads
+            # did (acks, publishes, a disconnect); a full socket buffer is retried next time.
+            if client.want_write():
+                rc = client.loop_write()
+                if rc != mqtt.MQTT_ERR_SUCCESS:
+                    return rc
+            rc = client.loop_misc()
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                return rc
 
     # --- paho callbacks (network thread): none may raise ----------------------------------
     def _on_connect(
@@ -455,6 +497,7 @@ class MqttIngest:
             )
             self._ack(item.mid, item.qos)
             self._strikes.release([item.key])
+            self._wake()
         self._pending = keep
 
     def _write(self, items: list[_Item]) -> bool:
@@ -508,6 +551,7 @@ class MqttIngest:
             self._client.publish(*encode_message(message), qos=1, retain=retain)
         for item in items:
             self._ack(item.mid, item.qos)
+        self._wake()
         self._strikes.release(keys)
         return True
 
@@ -548,4 +592,5 @@ class MqttIngest:
 
 
 def _loop_writes(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    """paho's "register for write" hook: nothing to do, our network loop writes."""
+    """paho's "register for write" hook: nothing to do, our network loop writes (the
+    thread that queued the packet wakes it, ``MqttIngest._wake``)."""

@@ -172,16 +172,16 @@ def test_a_crashed_network_loop_is_restarted_and_reconnects(
     with controller(tmp_path, mosquitto) as live:
         assert live.services.ingest is not None
         client = live.services.ingest._client
-        real_loop = client.loop
+        real_loop_misc = client.loop_misc
         exploded = threading.Event()
 
-        def exploding(timeout: float = 1.0) -> MQTTErrorCode:
+        def exploding() -> MQTTErrorCode:
             if not exploded.is_set():
                 exploded.set()
                 raise RuntimeError("injected: an exception escaping paho")
-            return real_loop(timeout)
+            return real_loop_misc()
 
-        monkeypatch.setattr(client, "loop", exploding)
+        monkeypatch.setattr(client, "loop_misc", exploding)
         wait_for(lambda: healthz_down(live, "ingest-network"), 10, 0.02, "the loop down")
         wait_for(lambda: healthy(live), 15, what="the loop back")
         assert metric(live, "edgefleet_worker_restarts_total", worker="ingest-network") == 1
