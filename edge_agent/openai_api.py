@@ -153,6 +153,52 @@ def _guard_error(status: int, reason: str, message: str) -> tuple[bytes, str]:
     return json.dumps(body).encode(), "application/json"
 
 
+_OPENAI_ERROR: dict[str, Any] = {
+    "description": "Invalid request: an OpenAI-shaped error saying what is wrong",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["message", "type", "code"],
+                        "properties": {
+                            "message": {"type": "string"},
+                            "type": {"type": "string"},
+                            "code": {"type": "string"},
+                        },
+                    }
+                },
+            }
+        }
+    },
+}
+
+
+def _document_errors(app: FastAPI) -> None:
+    """/openapi.json as this API answers: invalid requests are 400 with an OpenAI error
+    (the handler above and the body guard), never FastAPI's 422 validation document."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for path_item in schema.get("paths", {}).values():
+                for operation in path_item.values():
+                    responses = operation.get("responses", {})
+                    if responses.pop("422", None) is not None:
+                        responses["400"] = _OPENAI_ERROR
+            schemas = schema.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def completion_body(completion_id: str, created: int, result: RoutedResult) -> dict[str, Any]:
     completion, outcome = result.completion, result.outcome
     return {
@@ -495,6 +541,7 @@ def create_agent_app(agent: Agent) -> FastAPI:
             headers["X-Edge-Degraded"] = "true"
         return headers
 
+    _document_errors(app)
     return app
 
 
