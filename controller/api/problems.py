@@ -2,9 +2,11 @@
 
 Every error the controller answers is RFC 9457 problem details (``application/problem+json``,
 see ``controller.app``), but FastAPI documents each operation's 422 as its own
-``HTTPValidationError`` in ``application/json``. ``document_problems`` rewrites the generated
-document once so that clients, generated SDKs and the API fuzz (tests/test_api_fuzz.py) see
-what the API really sends.
+``HTTPValidationError`` in ``application/json`` and no other error at all.
+``document_problems`` rewrites the generated document once: 422 as problem details listing
+the invalid fields, and every other 4xx (401, 403, 404, 409, 413 ...) as problem details, so
+that clients, generated SDKs and the API fuzz (tests/test_api_fuzz.py) see what the API
+really sends.
 """
 
 import json
@@ -29,7 +31,7 @@ class Problem(BaseModel):
 
 
 def document_problems(app: FastAPI) -> None:
-    """Make ``app.openapi()`` document validation errors as problem details."""
+    """Make ``app.openapi()`` document validation errors and refusals as problem details."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -42,11 +44,16 @@ def document_problems(app: FastAPI) -> None:
             "description": "Invalid request (problem details listing the invalid fields)",
             "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
+        refused = {
+            "description": "Refused (problem details saying why)",
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
         for path_item in schema.get("paths", {}).values():
             for operation in path_item.values():
                 responses = operation.get("responses", {})
                 if "422" in responses:
                     responses["422"] = problem
+                responses.setdefault("4XX", refused)
         # Drop FastAPI's own error models unless something else still refers to them.
         for name in ("HTTPValidationError", "ValidationError"):
             model = schemas.pop(name, None)
