@@ -46,12 +46,17 @@ class JsonShapeError(ValueError):
 
 
 def check_shape(
-    value: Any, *, max_depth: int = MAX_DEPTH, max_elements: int = MAX_ELEMENTS
+    value: Any,
+    *,
+    max_depth: int = MAX_DEPTH,
+    max_elements: int = MAX_ELEMENTS,
+    allow_nul: bool = False,
 ) -> None:
     """Refuse ``value`` (parsed JSON) nested deeper than ``max_depth`` containers, holding
     more than ``max_elements`` values, a non-finite float (JSON has none; a ``1e400``
     parses to infinity, which no database stores) or a string or key with a NUL character
-    (valid JSON, but PostgreSQL stores it in neither text nor jsonb). Iterative: any depth
+    (valid JSON, but PostgreSQL stores it in neither text nor jsonb) unless ``allow_nul``
+    (for documents stored as JSON text, whose readers deal with it). Iterative: any depth
     is safe."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     seen = 0
@@ -61,13 +66,13 @@ def check_shape(
         if seen > max_elements:
             raise JsonShapeError("too_many_elements", f"more than {max_elements} values")
         if isinstance(item, str):
-            if "\x00" in item:
+            if not allow_nul and "\x00" in item:
                 raise JsonShapeError("nul_character", "a string holds a NUL character")
         elif isinstance(item, dict):
             if depth > max_depth:
                 raise JsonShapeError("too_deep", f"nested deeper than {max_depth} levels")
             for key, v in item.items():
-                if "\x00" in key:
+                if not allow_nul and "\x00" in key:
                     raise JsonShapeError("nul_character", "a key holds a NUL character")
                 stack.append((v, depth + 1))
         elif isinstance(item, list):
@@ -84,6 +89,7 @@ def loads_bounded(
     max_bytes: int,
     max_depth: int = MAX_DEPTH,
     max_elements: int = MAX_ELEMENTS,
+    allow_nul: bool = False,
 ) -> Any:
     """Parse untrusted JSON within limits; raises ``JsonShapeError`` and nothing else.
 
@@ -100,5 +106,5 @@ def loads_bounded(
         if "recursion limit" in text:
             raise JsonShapeError("too_deep", f"nested deeper than {max_depth} levels") from e
         raise JsonShapeError("bad_json", f"not UTF-8 JSON ({text[:200]})") from e
-    check_shape(value, max_depth=max_depth, max_elements=max_elements)
+    check_shape(value, max_depth=max_depth, max_elements=max_elements, allow_nul=allow_nul)
     return value

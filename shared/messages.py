@@ -147,7 +147,9 @@ MAX_MESSAGE_DEPTH = MAX_DOCUMENT_DEPTH + 4
 def _bounded_document(value: dict[str, Any]) -> dict[str, Any]:
     """Refuse a free-form document nested too deep, too large, or holding an infinity
     (valid JSON such as ``1e400`` overflows a double; no database stores it)."""
-    check_shape(value, max_depth=MAX_DOCUMENT_DEPTH, max_elements=MAX_DOCUMENT_ELEMENTS)
+    check_shape(
+        value, max_depth=MAX_DOCUMENT_DEPTH, max_elements=MAX_DOCUMENT_ELEMENTS, allow_nul=True
+    )
     return value
 
 
@@ -303,6 +305,7 @@ def _validate_strictly(payload: bytes) -> AnyMessage:
             max_bytes=MAX_PAYLOAD_BYTES,
             max_depth=MAX_MESSAGE_DEPTH,
             max_elements=MAX_PAYLOAD_BYTES // 2,
+            allow_nul=True,
         )
     except JsonShapeError as e:
         raise ProtocolError(e.reason, e.detail) from e
@@ -313,9 +316,42 @@ def _validate_strictly(payload: bytes) -> AnyMessage:
             "unsupported_version", f"protocol version {raw.get('v')!r}, expected {PROTOCOL_VERSION}"
         )
     try:
-        return _ADAPTER.validate_python(raw)
+        message = _ADAPTER.validate_python(raw)
     except ValidationError as e:
         raise ProtocolError("schema", _summarize(e)) from e
+    if b"\\u0000" in payload:
+        _refuse_nul_outside_documents(message)
+    return message
+
+
+# Free-form documents are stored as JSON text, and their readers deal with a NUL (rollouts
+# replace it, rollups skip the record). Every other string lands in a text column, which
+# PostgreSQL refuses a NUL in: the whole ingest transaction would fail on every retry.
+_DOCUMENT_FIELDS = frozenset({"body", "state"})
+
+
+def _refuse_nul_outside_documents(message: AnyMessage) -> None:
+    """Refuse a NUL character in any string of ``message`` outside its free-form documents
+    (an iterative walk; only payloads holding the ``\\u0000`` escape pay for it)."""
+    stack: list[tuple[str, Any]] = [(message.type, message)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, BaseModel):
+            stack += [
+                (f"{where}.{name}", getattr(item, name))
+                for name in type(item).model_fields
+                if name not in _DOCUMENT_FIELDS
+            ]
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise ProtocolError("nul_character", f"{where} holds a NUL character")
+        elif isinstance(item, list | tuple):
+            stack += [(f"{where}[{i}]", v) for i, v in enumerate(item)]
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                if "\x00" in key:
+                    raise ProtocolError("nul_character", f"a key of {where} holds a NUL")
+                stack.append((f"{where}.{key}", value))
 
 
 def _validate(payload: bytes) -> AnyMessage:
@@ -330,8 +366,8 @@ def _validate(payload: bytes) -> AnyMessage:
     and detail, and a payload only the strict parser takes (a lone surrogate escape,
     nesting deeper than pydantic's limit) is still accepted.
     """
-    # NUL characters (``\u0000``) are valid JSON, but PostgreSQL stores them in neither text
-    # nor jsonb: such payloads take the strict path, whose walk refuses them precisely.
+    # NUL characters (``\u0000``) are valid JSON, but PostgreSQL stores them in no text
+    # column: such payloads take the strict path, which refuses them outside documents.
     if (
         b"NaN" not in payload
         and b"Infinity" not in payload
