@@ -247,6 +247,8 @@ class MqttIngest:
             self._client.disconnect()
         self._wake()
         self._wait_worker(self._network_done, NETWORK_WORKER, timeout)
+        self._wake_r.close()
+        self._wake_w.close()
 
     def _wait_worker(self, done: threading.Event, name: str, timeout: float) -> bool:
         """Wait for ``name`` to finish its stop; False if it was not running or timed out."""
