@@ -95,11 +95,23 @@ class _Checker:
         self.limits = limits
         self.regular: set[str] = set()
         self.symlinks: set[str] = set()
+        self.dirs: set[str] = set()
+        self.names: set[str] = set()  # every member that is not a folder
         self.total = 0
 
     def take(self, member: tarfile.TarInfo) -> None:
         """Accept ``member`` or raise ``TarGuardError`` saying why not."""
         name = safe_member_name(member.name)
+        # A second member of one name replaces the first, and a hard link whose name is
+        # taken sends tarfile's fallback (copy the target when linking fails) into endless
+        # recursion: RecursionError, found by the property test. Only a folder listed twice
+        # is harmless.
+        if name in self.names or (name in self.dirs and not member.isdir()):
+            raise TarGuardError("duplicate_member", f"member {member.name!r} appears twice")
+        if member.isdir():
+            self.dirs.add(name)
+        else:
+            self.names.add(name)
         # A path through (or onto) an earlier symlink lands wherever the link points: a
         # link "s" -> "." followed by "s/l" -> ".." escapes although each looks inside.
         through = [p for p in _prefixes(name) if p in self.symlinks]

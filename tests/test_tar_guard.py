@@ -94,7 +94,16 @@ HOSTILE: dict[str, Case] = {
         "link_outside",
     ),
     "file over an earlier link": Case(
-        [Member("l", tarfile.SYMTYPE, link="a"), Member("l", data=b"x")], "link_outside"
+        [Member("l", tarfile.SYMTYPE, link="a"), Member("l", data=b"x")], "duplicate_member"
+    ),
+    "a hard link over the file it names": Case(
+        [Member("a", data=b"x"), Member("a", tarfile.LNKTYPE, link="a")], "duplicate_member"
+    ),
+    "a file listed twice": Case(
+        [Member("a", data=b"x"), Member("a", data=b"y")], "duplicate_member"
+    ),
+    "a file over a folder": Case(
+        [Member("m", tarfile.DIRTYPE), Member("m", data=b"y")], "duplicate_member"
     ),
     "character device": Case([Member("dev", tarfile.CHRTYPE)], "special_file"),
     "block device": Case([Member("dev", tarfile.BLKTYPE)], "special_file"),
