@@ -102,12 +102,20 @@ class _Checker:
     def take(self, member: tarfile.TarInfo) -> None:
         """Accept ``member`` or raise ``TarGuardError`` saying why not."""
         name = safe_member_name(member.name)
-        # A second member of one name replaces the first, and a hard link whose name is
-        # taken sends tarfile's fallback (copy the target when linking fails) into endless
-        # recursion: RecursionError, found by the property test. Only a folder listed twice
-        # is harmless.
+        # A second member of one name replaces the first, and a link over a name already on
+        # disk (an earlier member, or a folder an earlier member's path created) sends
+        # tarfile's fallback (copy the target when linking fails) into endless recursion:
+        # RecursionError, found by the property test. Only a folder listed twice is
+        # harmless; a member below an earlier file cannot be written at all.
+        parents = _prefixes(name)[:-1] if name != "." else []
         if name in self.names or (name in self.dirs and not member.isdir()):
             raise TarGuardError("duplicate_member", f"member {member.name!r} appears twice")
+        below = [p for p in parents if p in self.names and p not in self.symlinks]
+        if below:
+            raise TarGuardError(
+                "duplicate_member", f"member {member.name!r} lies below the file {below[0]!r}"
+            )
+        self.dirs.update(parents)
         if member.isdir():
             self.dirs.add(name)
         else:

@@ -99,6 +99,12 @@ HOSTILE: dict[str, Case] = {
     "a hard link over the file it names": Case(
         [Member("a", data=b"x"), Member("a", tarfile.LNKTYPE, link="a")], "duplicate_member"
     ),
+    "a link below an earlier file (RecursionError in tarfile's fallback)": Case(
+        [Member("a", data=b"x"), Member("a/m", tarfile.SYMTYPE, link="m")], "duplicate_member"
+    ),
+    "a link over a folder an earlier member's path made": Case(
+        [Member("a/m", data=b"x"), Member("a", tarfile.LNKTYPE, link="a/m")], "duplicate_member"
+    ),
     "a file listed twice": Case(
         [Member("a", data=b"x"), Member("a", data=b"y")], "duplicate_member"
     ),
