@@ -7,6 +7,7 @@ metadata served over loopback HTTP (tests/tuf_simulator.py).
 
 import json
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -607,11 +608,17 @@ def test_desired_model_through_the_controller_and_mqtt(
             agent.start_link()
             wait_for(lambda: live.device("dev-updates"), 15, what="the device to register")
             desired = {"name": "tiny", "target": target, "version": "2", "rollout": None}
-            patched = live.client.patch(
-                "/api/devices/dev-updates/shadow/desired",
-                json={"model": desired},
-                headers=live.auth,
-            )
+            for _ in range(20):
+                patched = live.client.patch(
+                    "/api/devices/dev-updates/shadow/desired",
+                    json={"model": desired},
+                    headers=live.auth,
+                )
+                # 409: the device's first reported document was written meanwhile (optimistic
+                # locking); the API says "read and retry", as an operator's client does.
+                if patched.status_code != 409:
+                    break
+                time.sleep(0.1)
             assert patched.status_code == 200, patched.text
 
             def reported_model() -> dict[str, Any]:
