@@ -301,15 +301,15 @@ _HEALTH_TEXTS = st.one_of(  # ASCII text takes the substring path, other text th
 
 def _expected_health(detector: SensitivityDetector, text: str) -> list[tuple[int, int]]:
     """The health rule as written: its regex, then the word-level rule or a record cue."""
-    from edge_agent.routing import sensitivity
+    from edge_agent.routing.sensitivity import health
 
     regex = detector._rules[detector._health][0]  # the rule's own regex, compiled
-    spots = sensitivity._clinical_spots(text)
+    spots = health.clinical_spots(text)
     found = []
     for m in regex.finditer(text):
         s, e = m.span()
         record = any(s - 400 <= p <= e + 200 for p in spots)
-        if sensitivity._health_about_person(text, s, e) or record:
+        if health.health_about_person(text, s, e) or record:
             found.append((s, e))
     return found
 
@@ -496,11 +496,11 @@ def test_public_re2_api_gives_the_same_findings(
     detector: SensitivityDetector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without google-re2's internals (public finditer path) the findings are the same."""
-    from edge_agent.routing import sensitivity
+    from edge_agent.routing.sensitivity import matching
 
     rows = load()[::7]
     fast = [detector.classify(r.text) for r in rows]
-    monkeypatch.setattr(sensitivity, "_UNANCHORED", None)
+    monkeypatch.setattr(matching, "UNANCHORED", None)
     assert [detector.classify(r.text) for r in rows] == fast
 
 

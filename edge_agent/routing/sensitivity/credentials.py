@@ -1,0 +1,288 @@
+"""Credentials: API keys and tokens, JWTs, private keys, connection strings, passwords.
+
+Categories ``aws_access_key``, ``api_token``, ``jwt``, ``private_key``,
+``connection_string`` and ``password`` (all restricted); see the package docstring for
+what each covers. Each ``*_RULE`` is an RE2 pattern and its ``on_*`` function the handler
+that validates a match.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections import Counter
+from typing import Final
+
+from edge_agent.routing.sensitivity.matching import Hit, Scan
+from edge_agent.routing.sensitivity.terms import alternation, entries
+
+# --------------------------------------------------------------------------------------
+# Validators (pure functions on candidate strings).
+
+_PLACEHOLDER_VALUES: Final[frozenset[str]] = frozenset(entries("placeholders.txt"))
+"""Values of a key that are placeholders, not secrets (``data/placeholders.txt``)."""
+
+
+def _is_placeholder(value: str) -> bool:
+    v = value.strip("\"'`").lower()
+    if not v or v in _PLACEHOLDER_VALUES:
+        return True
+    if v[0] in "$<{%*[(" or v.startswith(("your", "my_", "my-", "xxx", "...", "***", "os.")):
+        return True
+    if "xxxx" in v or "****" in v or "your_" in v or "your-" in v or "_here" in v:
+        return True
+    return len(set(v)) <= 2
+
+
+_IDENT_PATH: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
+
+
+_WORDY: Final = re.compile(r"[a-z]{9}|[A-Z]{9}")
+"""Nine letters of one case in a row: a word or an identifier, not a random token."""
+
+
+def _entropy(value: str) -> float:
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
+
+
+def _high_entropy(value: str) -> bool:
+    """A token-like value: long, letters and digits, several bits per character."""
+    v = value.strip("\"'`")
+    if len(v) < 16 or _is_placeholder(v) or _IDENT_PATH.match(v):
+        return False
+    has_digit = any(c.isdigit() for c in v)
+    has_alpha = any(c.isalpha() for c in v)
+    if not (has_digit and has_alpha) or _WORDY.search(v):
+        return False
+    return _entropy(v) >= 3.0
+
+
+_SK_PREFIX: Final = re.compile(r"\Ask-(?:ant-[a-z]+[0-9]{2}-|proj-|svcacct-|admin-)?")
+
+
+def _jwt_ok(token: str) -> bool:
+    """The first segment is base64url of a JSON object with an ``alg`` member."""
+    header = token.split(".", 1)[0]
+    if len(header) > 4096:
+        return False
+    try:
+        raw = base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))
+        if not raw.lstrip().startswith(b"{") or b'"alg"' not in raw:
+            return False
+        obj = json.loads(raw)
+    except (binascii.Error, ValueError, RecursionError):
+        return False
+    return isinstance(obj, dict) and "alg" in obj
+
+
+# --------------------------------------------------------------------------------------
+# Rules and their handlers.
+
+PREFIXED_RULE = (
+    r"\b(?:"
+    r"(?P<aws>(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA|ASCA)[A-Z0-9]{16})"
+    r"|(?P<gcp>AIza[0-9A-Za-z_\-]{35})"
+    r"|(?P<github>gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,})"
+    r"|(?P<gitlab>gl(?:pat|dt|rt|ptt|soat)-[A-Za-z0-9_\-]{20,})"
+    r"|(?P<slack>xox[abposr]-[A-Za-z0-9\-]{10,}|xapp-[0-9]-[A-Za-z0-9\-]{10,})"
+    r"|(?P<stripe>(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9]{24,})"
+    r"|(?P<sk>sk-(?:ant-[a-z]{2,8}[0-9]{2}-|proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,})"
+    r"|(?P<hf>hf_[A-Za-z0-9]{30,})"
+    r"|(?P<npm>npm_[A-Za-z0-9]{36})"
+    r"|(?P<gauth>ya29\.[0-9A-Za-z_\-]{20,})"
+    r"|(?P<sendgrid>SG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,})"
+    r"|(?P<jwt>e[wy][A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*)"
+    r")"
+    r"|(?P<slackhook>hooks\.slack\.com/services/[A-Za-z0-9]+/[A-Za-z0-9]+/[A-Za-z0-9]+)"
+    r"|(?P<sas>[?&]sig=[A-Za-z0-9%+/]{20,}={0,2})"
+)
+
+
+PEM_RULE = r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|PuTTY-User-Key-File-[0-9]+:"
+
+
+_KEYNAME: Final = "(?:" + alternation("secret_key_names.txt") + ")"
+"""Words that make a key name a secret's (``data/secret_key_names.txt``)."""
+
+ASSIGN_RULE = (
+    r"(?i)(?P<key>[a-z0-9_.\-]*" + _KEYNAME + r"[a-z0-9_.\-]*)[\"']?\s{0,3}"
+    r"(?::=|=>|=|:)\s{0,3}(?:[\"'`]|b[\"']|r[\"'])?(?P<scheme>(?:bearer|basic|token)\s+)?"
+    r"(?P<val>[^\s\"'`,;<>(){}\[\]]{4,})"
+    r"|(?P<says>\b(?:password|passcode|passphrase|pin|api\s+key|token|secret|secret\s+key)"
+    r"(?:\s+(?:for|of|on)\s+\S+)?\s+(?:is|was)\s*:?\s+[\"'`]?(?P<sval>[^\s\"'`,;]{4,}))"
+    r"|(?P<bearer>\bbearer\s+(?P<bval>[A-Za-z0-9\-._~+/]{16,}=*))"
+    r"|(?P<cli>(?:\bmysql(?:dump|admin)?\b[^\n]*?\s-p|\bsshpass\s+-p\s*|--password[= ]|"
+    r"--passwd[= ]|\blogin\b[^\n]*?\s-p\s+)[\"']?(?P<cval>[^\s\"'`-][^\s\"'`]{3,}))"
+)
+
+
+_AWS_SECRET: Final = re.compile(r"[A-Za-z0-9/+]{40}")
+
+
+_AWS_ID: Final = re.compile(r"(?:AKIA|ASIA)[A-Z0-9]{16}")
+
+
+_CONNECTION_KEYS: Final = re.compile(
+    r"(?:server|data source|host|user id|uid|database|initial catalog|endpoint)\s*="
+)
+
+
+URLCRED_RULE = (
+    r"(?i)\b[a-z][a-z0-9+.\-]+://(?P<user>[^\s:/@\"'<>]+):"
+    r"(?P<pw>[^\s@/\"'<>]+)@[^\s/\"'<>?#]+"
+    r"|(?i)\b(?:https?|git|ssh|ftp)://(?P<tok>[A-Za-z0-9_\-]{20,})@[^\s/\"'<>?#]+"
+)
+
+
+def on_prefixed(sc: Scan, m: Hit) -> None:
+    kind: str | None = m.kind
+    s, e = m.span(kind)
+    value = sc.text[s:e]
+    if kind == "aws":
+        sc.add("aws_access_key", s, e)
+    elif kind == "jwt":
+        if _jwt_ok(value):
+            sc.add("jwt", s, e)
+    elif kind == "sk":
+        if s and (sc.text[s - 1] in "-_." or sc.text[s - 1].isalnum()):
+            return
+        body = _SK_PREFIX.sub("", value)
+        if (
+            len(body) >= 20
+            and any(c.isdigit() for c in body)
+            and any(c.isupper() for c in body)
+            and any(c.islower() for c in body)
+        ):
+            sc.add("api_token", s, e)
+    elif kind == "sas":
+        sc.add("api_token", s + 1, e)
+    elif kind is not None:
+        sc.add("api_token", s, e)
+
+
+def on_pem(sc: Scan, m: Hit) -> None:
+    s, e = m.span()
+    text = sc.text
+    if text.startswith("PuTTY", s):
+        mac = text.find("Private-MAC:", e)
+        if mac != -1:
+            eol = text.find("\n", mac)
+            e = len(text) if eol == -1 else eol
+    else:
+        end_marker = text.find("-----END", e)
+        if end_marker != -1:
+            close = text.find("-----", end_marker + 8)
+            e = close + 5 if close != -1 else end_marker + 8
+    sc.add("private_key", s, e)
+
+
+def on_assign(sc: Scan, m: Hit) -> None:
+    text = sc.text
+    if m.has("key"):
+        ks, ke = m.span("key")
+        vs, ve = m.span("val")
+        key = text[ks:ke].lower()
+        value = text[vs:ve]
+        if m.has("scheme"):
+            _on_auth_scheme(sc, text[m.span("scheme")[0] : vs].strip().lower(), ks, vs, ve)
+            return
+        if text[ve : ve + 1] == "(" or _is_placeholder(value):
+            return
+        if "accountkey" in key or "sharedaccesskey" in key:
+            if len(value) >= 20:
+                sc.add("connection_string", ks, ve)
+            return
+        if any(w in key for w in ("password", "passwd", "pwd", "passphrase")):
+            _on_password_value(sc, value, ks, ve)
+            return
+        if key.startswith("x-") or key.endswith(("_url", "_uri", "_file", "_path", "_name")):
+            return
+        if "aws" in key and _AWS_ID.fullmatch(value):
+            return  # access key ids are reported by the prefixed-credential rule
+        if "aws" in key and _AWS_SECRET.fullmatch(value):
+            sc.add("aws_access_key", ks, ve)
+            return
+        if _high_entropy(value):
+            sc.add("aws_access_key" if "aws" in key else "api_token", ks, ve)
+    elif m.has("says"):
+        s, _e = m.span("says")
+        vs, ve = m.span("sval")
+        value = text[vs:ve].rstrip(".!?")
+        if _is_placeholder(value) or (value.isalpha() and value.islower()):
+            return  # "the password is incorrect", "the token is expired"
+        word = text[s:vs].lower()
+        if word.startswith("pin"):
+            if value.isdigit():
+                sc.add("password", s, vs + len(value))
+        elif "pass" in word:
+            sc.add("password", s, vs + len(value))
+        elif _high_entropy(value):
+            sc.add("api_token", s, vs + len(value))
+    elif m.has("bearer"):
+        s, _e = m.span("bearer")
+        vs, ve = m.span("bval")
+        _on_auth_scheme(sc, "bearer", s, vs, ve)
+    elif m.has("cli"):
+        vs, ve = m.span("cval")
+        if not _is_placeholder(text[vs:ve]):
+            sc.add("password", vs, ve)
+
+
+def _on_auth_scheme(sc: Scan, scheme: str, start: int, vs: int, ve: int) -> None:
+    value = sc.text[vs:ve]
+    if _is_placeholder(value):
+        return
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return
+        _user, sep, password = decoded.partition(":")
+        if sep and password and not _is_placeholder(password):
+            sc.add("api_token", start, ve)
+    elif _high_entropy(value) or _jwt_ok(value):
+        sc.add("api_token", start, ve)
+
+
+def _on_password_value(sc: Scan, value: str, ks: int, ve: int) -> None:
+    text = sc.text
+    if _IDENT_PATH.match(value) or (value.startswith("/") and "/" in value[1:]):
+        return
+    if value.isdigit() and len(value) <= 3:
+        return
+    line_start = text.rfind("\n", 0, ks) + 1
+    line_end = text.find("\n", ve)
+    line = text[line_start : len(text) if line_end == -1 else line_end].lower()
+    in_connection = "://" in line[: ks - line_start] or (
+        ";" in line and _CONNECTION_KEYS.search(line) is not None
+    )
+    sc.add("connection_string" if in_connection else "password", ks, ve)
+
+
+def on_urlcred(sc: Scan, m: Hit) -> None:
+    if m.has("tok"):
+        ts, te = m.span("tok")
+        if not _high_entropy(sc.text[ts:te]):
+            return
+    else:
+        ps, pe = m.span("pw")
+        if _is_placeholder(sc.text[ps:pe]):
+            return
+    s, e = m.span()
+    sc.add("connection_string", s, e)
+
+
+__all__ = [
+    "ASSIGN_RULE",
+    "PEM_RULE",
+    "PREFIXED_RULE",
+    "URLCRED_RULE",
+    "on_assign",
+    "on_pem",
+    "on_prefixed",
+    "on_urlcred",
+]
