@@ -70,6 +70,99 @@ def _sketch(rng: random.Random, n: int) -> list[int]:
     return counts
 
 
+def _chunks(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= CHUNK:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _device_rows(rng: random.Random, ids: list[str], now: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": d,
+            "device_class": rng.choice(["jetson", "npu", "x86-cpu"]),
+            "runtimes": ["llama.cpp"],
+            "models": [{"name": "smollm2-135m", "version": "1.0"}],
+            "state": "online" if rng.random() < 0.9 else "offline",
+            "quarantined": rng.random() < 0.01,
+            "first_seen": now,
+            "last_seen": now,
+        }
+        for d in ids
+    ]
+
+
+def _request_rows(
+    rng: random.Random, ids: list[str], hour_list: list[datetime], sketch_pool: list[list[int]]
+) -> Iterator[dict[str, Any]]:
+    for d in ids:
+        for h in hour_list:
+            for tier, task in TIERS:
+                n = rng.randint(5, 60)
+                yield {
+                    "device_id": d,
+                    "hour": h,
+                    "tier": tier,
+                    "task_class": task,
+                    "count": n,
+                    "errors": n // 30,
+                    "escalations": n // 10 if tier == "cloud" else 0,
+                    "cascades": n // 5,
+                    "fallbacks": 0,
+                    "prompt_tokens": n * 60,
+                    "completion_tokens": n * 20,
+                    "latency": rng.choice(sketch_pool),
+                }
+
+
+def _health_rows(
+    rng: random.Random, ids: list[str], hour_list: list[datetime]
+) -> Iterator[dict[str, Any]]:
+    for d in ids:
+        for h in hour_list:
+            cpu = rng.uniform(5, 90)
+            yield {
+                "device_id": d,
+                "hour": h,
+                "samples": 60,
+                "cpu_samples": 60,
+                "cpu_sum": cpu * 60,
+                "cpu_max": min(cpu * 1.3, 100.0),
+                "memory_samples": 60,
+                "memory_sum": 40.0 * 60,
+                "memory_max": 55.0,
+                "disk_max": 61.0,
+                "temperature_max": 58.0,
+                "last_at": h + timedelta(minutes=59),
+                "last": {"cpu_percent": cpu, "memory_percent": 40.0},
+            }
+
+
+def _fleet_rows(devices: int, hour_list: list[datetime], sketch: list[int]) -> list[dict[str, Any]]:
+    return [
+        {
+            "hour": h,
+            "tier": tier,
+            "task_class": task,
+            "count": devices * 30,
+            "errors": devices,
+            "escalations": devices * 3 if tier == "cloud" else 0,
+            "cascades": devices * 6,
+            "fallbacks": 0,
+            "prompt_tokens": devices * 1800,
+            "completion_tokens": devices * 600,
+            "latency": sketch,
+        }
+        for h in hour_list
+        for tier, task in TIERS
+    ]
+
+
 def populate(engine: Engine, devices: int, hours: int, now: datetime) -> None:
     """``devices`` online/offline devices and ``hours`` hourly rollups each, bulk-inserted."""
     rng = random.Random(7)
@@ -82,98 +175,16 @@ def populate(engine: Engine, devices: int, hours: int, now: datetime) -> None:
     fleet_table = FleetRequestHour.__table__  # type: ignore[attr-defined]
     ids = [f"dev-{i:05d}" for i in range(devices)]
     with engine.begin() as conn:
-        conn.execute(
-            dev_table.insert(),
-            [
-                {
-                    "id": d,
-                    "device_class": rng.choice(["jetson", "npu", "x86-cpu"]),
-                    "runtimes": ["llama.cpp"],
-                    "models": [{"name": "smollm2-135m", "version": "1.0"}],
-                    "state": "online" if rng.random() < 0.9 else "offline",
-                    "quarantined": rng.random() < 0.01,
-                    "first_seen": now,
-                    "last_seen": now,
-                }
-                for d in ids
-            ],
-        )
-
-    def chunks(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-        batch: list[dict[str, Any]] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) >= CHUNK:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-    def request_rows() -> Iterator[dict[str, Any]]:
-        for d in ids:
-            for h in hour_list:
-                for tier, task in TIERS:
-                    n = rng.randint(5, 60)
-                    yield {
-                        "device_id": d,
-                        "hour": h,
-                        "tier": tier,
-                        "task_class": task,
-                        "count": n,
-                        "errors": n // 30,
-                        "escalations": n // 10 if tier == "cloud" else 0,
-                        "cascades": n // 5,
-                        "fallbacks": 0,
-                        "prompt_tokens": n * 60,
-                        "completion_tokens": n * 20,
-                        "latency": rng.choice(sketch_pool),
-                    }
-
-    def health_rows() -> Iterator[dict[str, Any]]:
-        for d in ids:
-            for h in hour_list:
-                cpu = rng.uniform(5, 90)
-                yield {
-                    "device_id": d,
-                    "hour": h,
-                    "samples": 60,
-                    "cpu_samples": 60,
-                    "cpu_sum": cpu * 60,
-                    "cpu_max": min(cpu * 1.3, 100.0),
-                    "memory_samples": 60,
-                    "memory_sum": 40.0 * 60,
-                    "memory_max": 55.0,
-                    "disk_max": 61.0,
-                    "temperature_max": 58.0,
-                    "last_at": h + timedelta(minutes=59),
-                    "last": {"cpu_percent": cpu, "memory_percent": 40.0},
-                }
-
-    for table, rows in ((req_table, request_rows()), (health_table, health_rows())):
-        for batch in chunks(rows):
+        conn.execute(dev_table.insert(), _device_rows(rng, ids, now))
+    for table, rows in (
+        (req_table, _request_rows(rng, ids, hour_list, sketch_pool)),
+        (health_table, _health_rows(rng, ids, hour_list)),
+    ):
+        for batch in _chunks(rows):
             with engine.begin() as conn:
                 conn.execute(table.insert(), batch)
     with engine.begin() as conn:
-        conn.execute(
-            fleet_table.insert(),
-            [
-                {
-                    "hour": h,
-                    "tier": tier,
-                    "task_class": task,
-                    "count": devices * 30,
-                    "errors": devices,
-                    "escalations": devices * 3 if tier == "cloud" else 0,
-                    "cascades": devices * 6,
-                    "fallbacks": 0,
-                    "prompt_tokens": devices * 1800,
-                    "completion_tokens": devices * 600,
-                    "latency": sketch_pool[0],
-                }
-                for h in hour_list
-                for tier, task in TIERS
-            ],
-        )
+        conn.execute(fleet_table.insert(), _fleet_rows(devices, hour_list, sketch_pool[0]))
 
 
 @contextmanager

@@ -291,7 +291,7 @@ def ort_genai_overhead(runs: int, max_tokens: int) -> dict[str, float] | None:
     }
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2)
@@ -300,8 +300,38 @@ def main() -> None:
     parser.add_argument("--n-ctx", type=int, default=1024)
     parser.add_argument("--ort-runs", type=int, default=200, help="0 skips the ORT GenAI part")
     parser.add_argument("--json-only", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def _run_once(
+    n: int, llama: Any, client: httpx.Client, max_tokens: int
+) -> tuple[tuple[float, int], tuple[float, int], Stream, Stream]:
+    """One run: both paths, end to end and streaming, in rotating order; checks that both
+    made the same number of tokens and chunks."""
+    one, two = f"Request {n}a. {PROMPT}", f"Request {n}b. {PROMPT}"
+    steps: list[tuple[str, str, Callable[[], Any]]] = [
+        ("e2e", "direct", partial(direct_complete, llama, one, max_tokens)),
+        ("e2e", "agent", partial(api_complete, client, one, max_tokens)),
+        ("stream", "direct", partial(direct_stream, llama, two, max_tokens)),
+        ("stream", "agent", partial(api_stream, client, two, max_tokens)),
+    ]
+    shift = n % len(steps)
+    results: dict[tuple[str, str], Any] = {}
+    for kind, path, fn in steps[shift:] + steps[:shift]:
+        results[(kind, path)] = fn()
+    (d_s, d_tok), (a_s, a_tok) = results[("e2e", "direct")], results[("e2e", "agent")]
+    d_st, a_st = results[("stream", "direct")], results[("stream", "agent")]
+    if d_tok != a_tok:
+        raise RuntimeError(f"run {n}: direct made {d_tok} tokens, agent {a_tok}")
+    if d_st.chunks != a_st.chunks:
+        raise RuntimeError(f"run {n}: direct streamed {d_st.chunks} chunks, agent {a_st.chunks}")
+    return (d_s, d_tok), (a_s, a_tok), d_st, a_st
+
+
+def _measure(
+    args: argparse.Namespace,
+) -> tuple[dict[str, list[float]], dict[str, list[Stream]], list[int]]:
+    """The interleaved runs after the warm-ups: end-to-end times, streams, token counts."""
     e2e: dict[str, list[float]] = {"direct": [], "agent": []}
     streams: dict[str, list[Stream]] = {"direct": [], "agent": []}
     tokens: list[int] = []
@@ -313,25 +343,9 @@ def main() -> None:
             httpx.Client(base_url=base, timeout=300) as client,
         ):
             for n in range(args.warmup + args.runs):
-                one, two = f"Request {n}a. {PROMPT}", f"Request {n}b. {PROMPT}"
-                steps: list[tuple[str, str, Callable[[], Any]]] = [
-                    ("e2e", "direct", partial(direct_complete, llama, one, args.max_tokens)),
-                    ("e2e", "agent", partial(api_complete, client, one, args.max_tokens)),
-                    ("stream", "direct", partial(direct_stream, llama, two, args.max_tokens)),
-                    ("stream", "agent", partial(api_stream, client, two, args.max_tokens)),
-                ]
-                shift = n % len(steps)
-                results: dict[tuple[str, str], Any] = {}
-                for kind, path, fn in steps[shift:] + steps[:shift]:
-                    results[(kind, path)] = fn()
-                (d_s, d_tok), (a_s, a_tok) = results[("e2e", "direct")], results[("e2e", "agent")]
-                d_st, a_st = results[("stream", "direct")], results[("stream", "agent")]
-                if d_tok != a_tok:
-                    raise RuntimeError(f"run {n}: direct made {d_tok} tokens, agent {a_tok}")
-                if d_st.chunks != a_st.chunks:
-                    raise RuntimeError(
-                        f"run {n}: direct streamed {d_st.chunks} chunks, agent {a_st.chunks}"
-                    )
+                (d_s, d_tok), (a_s, _a_tok), d_st, a_st = _run_once(
+                    n, llama, client, args.max_tokens
+                )
                 if n < args.warmup:
                     continue
                 e2e["direct"].append(d_s)
@@ -340,7 +354,64 @@ def main() -> None:
                 streams["agent"].append(a_st)
                 tokens.append(d_tok)
         llama.close()
+    return e2e, streams, tokens
 
+
+def _print_report(
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    ort: dict[str, float] | None,
+    medians: dict[str, tuple[float, float]],
+) -> None:
+    """The human-readable tables; ``medians``: (direct, agent) per measure."""
+    d_e2e, a_e2e = medians["e2e"]
+    d_tps, a_tps = medians["tps"]
+    d_ttft, a_ttft = medians["ttft"]
+    print(f"machine: {machine()}")
+    print(
+        f"runs: {args.runs}, max_tokens: {args.max_tokens}, completion tokens (median): "
+        f"{result['completion_tokens_median']:g}, n_threads {args.n_threads}, "
+        f"n_ctx {args.n_ctx}"
+    )
+    print_table(
+        ["median", "llama-cpp-python direct", "agent over HTTP", "ratio agent/direct"],
+        [
+            [
+                "end to end (ms)",
+                f"{d_e2e * 1000:.1f}",
+                f"{a_e2e * 1000:.1f}",
+                f"{a_e2e / d_e2e:.3f}",
+            ],
+            ["decode (tokens/s)", f"{d_tps:.1f}", f"{a_tps:.1f}", f"{a_tps / d_tps:.3f}"],
+            [
+                "first token (ms)",
+                f"{d_ttft * 1000:.1f}",
+                f"{a_ttft * 1000:.1f}",
+                f"{a_ttft / d_ttft:.3f}",
+            ],
+        ],
+    )
+    if ort is not None:
+        print(
+            f"\nORT GenAI, tiny random model, {args.ort_runs} runs, "
+            f"{ort['tokens_median']:g} tokens (median)"
+        )
+        print_table(
+            ["median per token", "bare onnxruntime_genai loop", "OrtGenaiRuntime", "ratio"],
+            [
+                [
+                    "µs/token",
+                    f"{ort['bare_us_per_token']:.1f}",
+                    f"{ort['runtime_us_per_token']:.1f}",
+                    f"{ort['ratio']:.3f}",
+                ]
+            ],
+        )
+
+
+def main() -> None:
+    args = _parse_args()
+    e2e, streams, tokens = _measure(args)
     d_e2e, a_e2e = median(e2e["direct"]), median(e2e["agent"])
     d_tps = median([s.decode_tps for s in streams["direct"]])
     a_tps = median([s.decode_tps for s in streams["agent"]])
@@ -367,46 +438,8 @@ def main() -> None:
     if ort is not None:
         result["ort_genai_tiny"] = {k: round(v, 3) for k, v in ort.items()}
     if not args.json_only:
-        print(f"machine: {machine()}")
-        print(
-            f"runs: {args.runs}, max_tokens: {args.max_tokens}, completion tokens (median): "
-            f"{result['completion_tokens_median']:g}, n_threads {args.n_threads}, "
-            f"n_ctx {args.n_ctx}"
-        )
-        print_table(
-            ["median", "llama-cpp-python direct", "agent over HTTP", "ratio agent/direct"],
-            [
-                [
-                    "end to end (ms)",
-                    f"{d_e2e * 1000:.1f}",
-                    f"{a_e2e * 1000:.1f}",
-                    f"{a_e2e / d_e2e:.3f}",
-                ],
-                ["decode (tokens/s)", f"{d_tps:.1f}", f"{a_tps:.1f}", f"{a_tps / d_tps:.3f}"],
-                [
-                    "first token (ms)",
-                    f"{d_ttft * 1000:.1f}",
-                    f"{a_ttft * 1000:.1f}",
-                    f"{a_ttft / d_ttft:.3f}",
-                ],
-            ],
-        )
-        if ort is not None:
-            print(
-                f"\nORT GenAI, tiny random model, {args.ort_runs} runs, "
-                f"{ort['tokens_median']:g} tokens (median)"
-            )
-            print_table(
-                ["median per token", "bare onnxruntime_genai loop", "OrtGenaiRuntime", "ratio"],
-                [
-                    [
-                        "µs/token",
-                        f"{ort['bare_us_per_token']:.1f}",
-                        f"{ort['runtime_us_per_token']:.1f}",
-                        f"{ort['ratio']:.3f}",
-                    ]
-                ],
-            )
+        medians = {"e2e": (d_e2e, a_e2e), "tps": (d_tps, a_tps), "ttft": (d_ttft, a_ttft)}
+        _print_report(args, result, ort, medians)
     print(json.dumps(result))
 
 

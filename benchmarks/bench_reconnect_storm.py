@@ -165,6 +165,118 @@ def cpu_seconds(sims: list[SimProcess]) -> dict[str, float]:
     }
 
 
+def _launch_sim(
+    root: Path,
+    run: int,
+    index: int,
+    devices: int,
+    port: int,
+    prefill: int,
+    start_at: float,
+    sim_log_level: str,
+) -> SimProcess:
+    """One ``edge-agent simulate`` process of ``devices`` devices, released at ``start_at``."""
+    template = write_template(root / f"storm-{run}", f"storm{run}-p{index}", port)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent",
+            "simulate",
+            "--config",
+            str(template),
+            "--devices",
+            str(devices),
+            "--prefill",
+            str(prefill),
+            "--records",
+            "0",
+            "--start-at",
+            f"{start_at:.3f}",
+            "--exit-when-drained",
+            "--log-level",
+            sim_log_level,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=(root / f"storm-{run}-p{index}.log").open("w"),
+        text=True,
+        preexec_fn=lambda: raise_nofile(NOFILE),
+    )
+    sim = SimProcess(proc)
+    assert proc.stdout is not None
+    sim.reader = threading.Thread(target=sim.read, args=(proc.stdout,), daemon=True)
+    sim.reader.start()
+    return sim
+
+
+def _wait_prefilled(
+    root: Path, run: int, sims: list[SimProcess], start_at: float, lead_s: float
+) -> None:
+    """Until every simulation has prefilled its outboxes (before the barrier, or fail)."""
+    for i, sim in enumerate(sims):
+        while not sim.ready.wait(0.2):
+            if sim.proc.poll() is not None:
+                log = (root / f"storm-{run}-p{i}.log").read_text()[-3000:]
+                raise RuntimeError(f"simulate exited {sim.proc.returncode}:\n{log}")
+            if time.time() > start_at:
+                raise RuntimeError(
+                    f"simulations not prefilled before the barrier ({lead_s:.0f}s "
+                    "after launch); raise --lead-s"
+                )
+
+
+def _wait_stored(
+    root: Path,
+    db: Path,
+    sims: list[SimProcess],
+    devices: int,
+    expected: int,
+    start_at: float,
+    timeout_s: float,
+) -> tuple[float, float, dict[str, float], dict[str, float]]:
+    """From the barrier until every record is in the database: (seconds to the database,
+    seconds until every device was registered, CPU seconds before, after)."""
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu_before = cpu_seconds(sims)
+    births_s = float("nan")
+    deadline = start_at + timeout_s
+    while True:
+        rows, registered = db_poll(db)
+        now = time.time()
+        if registered >= devices and births_s != births_s:  # first time: nan != nan
+            births_s = now - start_at
+        if rows >= expected:
+            to_db_s = now - start_at
+            cpu_after = cpu_seconds(sims)
+            break
+        if now > deadline:
+            raise RuntimeError(
+                f"only {rows}/{expected} records and {registered}/{devices} devices "
+                f"after {timeout_s:.0f} s; simulate logs in {root}"
+            )
+        time.sleep(0.05)
+    if births_s != births_s:
+        births_s = to_db_s
+    return to_db_s, births_s, cpu_before, cpu_after
+
+
+def _join_sims(sims: list[SimProcess]) -> None:
+    """Wait for every simulation to exit; each must have drained and exited 0."""
+    for sim in sims:
+        sim.proc.wait(300)
+        assert sim.reader is not None
+        sim.reader.join(10)
+        assert sim.proc.returncode == 0, f"simulate exited {sim.proc.returncode}"
+        assert sim.drained_s is not None, "a simulation exited without draining"
+
+
+def _stop_sims(sims: list[SimProcess]) -> None:
+    for sim in sims:
+        if sim.proc.poll() is None:
+            sim.proc.terminate()
+            sim.proc.wait(30)
+
+
 def run_storm(
     root: Path,
     devices: int,
@@ -187,82 +299,17 @@ def run_storm(
             launched = time.time()
             start_at = launched + lead_s
             for i, n in enumerate(counts):
-                template = write_template(root / f"storm-{run}", f"storm{run}-p{i}", port)
-                proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "edge_agent",
-                        "simulate",
-                        "--config",
-                        str(template),
-                        "--devices",
-                        str(n),
-                        "--prefill",
-                        str(prefill),
-                        "--records",
-                        "0",
-                        "--start-at",
-                        f"{start_at:.3f}",
-                        "--exit-when-drained",
-                        "--log-level",
-                        sim_log_level,
-                    ],
-                    stdout=subprocess.PIPE,
-                    stderr=(root / f"storm-{run}-p{i}.log").open("w"),
-                    text=True,
-                    preexec_fn=lambda: raise_nofile(NOFILE),
-                )
-                sim = SimProcess(proc)
-                assert proc.stdout is not None
-                sim.reader = threading.Thread(target=sim.read, args=(proc.stdout,), daemon=True)
-                sim.reader.start()
-                sims.append(sim)
-            for i, sim in enumerate(sims):
-                while not sim.ready.wait(0.2):
-                    if sim.proc.poll() is not None:
-                        log = (root / f"storm-{run}-p{i}.log").read_text()[-3000:]
-                        raise RuntimeError(f"simulate exited {sim.proc.returncode}:\n{log}")
-                    if time.time() > start_at:
-                        raise RuntimeError(
-                            f"simulations not prefilled before the barrier ({lead_s:.0f}s "
-                            "after launch); raise --lead-s"
-                        )
+                sims.append(_launch_sim(root, run, i, n, port, prefill, start_at, sim_log_level))
+            _wait_prefilled(root, run, sims, start_at, lead_s)
             prefill_s = time.time() - launched
             expected = sum(s.pending for s in sims)
             assert sum(s.devices for s in sims) == devices
-            time.sleep(max(0.0, start_at - time.time()))
-            cpu_before = cpu_seconds(sims)
-            births_s = float("nan")
-            deadline = start_at + timeout_s
-            while True:
-                rows, registered = db_poll(db)
-                now = time.time()
-                if registered >= devices and births_s != births_s:  # first time: nan != nan
-                    births_s = now - start_at
-                if rows >= expected:
-                    to_db_s = now - start_at
-                    cpu_after = cpu_seconds(sims)
-                    break
-                if now > deadline:
-                    raise RuntimeError(
-                        f"only {rows}/{expected} records and {registered}/{devices} devices "
-                        f"after {timeout_s:.0f} s; simulate logs in {root}"
-                    )
-                time.sleep(0.05)
-            if births_s != births_s:
-                births_s = to_db_s
-            for sim in sims:
-                sim.proc.wait(300)
-                assert sim.reader is not None
-                sim.reader.join(10)
-                assert sim.proc.returncode == 0, f"simulate exited {sim.proc.returncode}"
-                assert sim.drained_s is not None, "a simulation exited without draining"
+            to_db_s, births_s, cpu_before, cpu_after = _wait_stored(
+                root, db, sims, devices, expected, start_at, timeout_s
+            )
+            _join_sims(sims)
         finally:
-            for sim in sims:
-                if sim.proc.poll() is None:
-                    sim.proc.terminate()
-                    sim.proc.wait(30)
+            _stop_sims(sims)
             services.stop()
         snapshot = services.stats.snapshot()
         assert snapshot["rejected_total"] == 0, snapshot
@@ -346,7 +393,7 @@ def run_baseline(root: Path, devices: int, prefill: int, run: int) -> float:
         return seconds
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--prefill", type=int, default=100, help="buffered records per device")
@@ -370,7 +417,11 @@ def main() -> None:
             "sockets get file descriptors >= 1024, which paho's select()-based loop() cannot "
             "watch (the links then reconnect forever); use more --processes"
         )
-    raise_nofile(NOFILE)
+    return args
+
+
+def _run_all(args: argparse.Namespace) -> tuple[list[StormResult], list[float]]:
+    """Each run: the fan-in baseline, then the storm; one line of progress per run."""
     storms: list[StormResult] = []
     baselines: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -397,6 +448,11 @@ def main() -> None:
                 f"(prefill {s.prefill_s:.1f}s before the barrier)",
                 flush=True,
             )
+    return storms, baselines
+
+
+def _report(args: argparse.Namespace, storms: list[StormResult], baselines: list[float]) -> None:
+    """The table, the last run's costs, and the JSON line."""
     base = median(baselines)
     to_db = median([s.to_db_s for s in storms])
     drained = median([s.max_drained_s for s in storms])
@@ -457,6 +513,13 @@ def main() -> None:
             }
         )
     )
+
+
+def main() -> None:
+    args = _parse_args()
+    raise_nofile(NOFILE)
+    storms, baselines = _run_all(args)
+    _report(args, storms, baselines)
 
 
 if __name__ == "__main__":

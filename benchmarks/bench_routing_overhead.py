@@ -349,7 +349,7 @@ def measure_calls(
     return out
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=2000, help="decide() per size")
     parser.add_argument("--calls", type=int, default=400, help="mock-backend calls per size")
@@ -357,7 +357,106 @@ def main() -> None:
     parser.add_argument("--pause-ms", type=float, default=1.0, help="between measured calls")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM columns")
     parser.add_argument("--json-only", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def _decide_row(
+    router: Router, llm_router: Any | None, size: int, iterations: int, seed: int
+) -> tuple[dict[str, float], list[str]]:
+    """Part 1 for one prompt size: the JSON entry and the table row."""
+    t = measure_decide(router, llm_router, size, iterations, seed=seed)
+    row = {
+        "decide_p50_us": median(t["decide"]),
+        "decide_p99_us": pct(t["decide"], 99),
+        "scan_p50_us": median(t["scan"]),
+        "scan_p99_us": pct(t["scan"], 99),
+    }
+    if llm_router is not None:
+        row["litellm_gad_p50_us"] = median(t["litellm"])
+        row["litellm_gad_p99_us"] = pct(t["litellm"], 99)
+        row["ratio_p50"] = row["litellm_gad_p50_us"] / row["decide_p50_us"]
+    table_row = [
+        f"{size / 1024:g} KB",
+        f"{row['scan_p50_us']:.1f} / {row['scan_p99_us']:.1f}",
+        f"{row['decide_p50_us']:.1f} / {row['decide_p99_us']:.1f}",
+        f"{row['litellm_gad_p50_us']:.1f} / {row['litellm_gad_p99_us']:.1f}"
+        if llm_router is not None
+        else "-",
+        f"{row['ratio_p50']:.1f}x" if llm_router is not None else "-",
+    ]
+    return {k: round(v, 2) for k, v in row.items()}, table_row
+
+
+def _calls_row(
+    router: Router,
+    llm_router: Any | None,
+    base_url: str,
+    size: int,
+    calls: int,
+    pause_s: float,
+    seed: int,
+) -> tuple[dict[str, float], list[str]]:
+    """Part 2 for one prompt size: the JSON entry and the table row."""
+    c = measure_calls(router, llm_router, base_url, size, calls, pause_s, seed=seed)
+    bare, ours = median(c["bare"]), median(c["ours"])
+    # paired: each call minus the bare POST of the same round (drift cancels)
+    ours_over = median([o - b for o, b in zip(c["ours"], c["bare"], strict=True)])
+    row = {"bare_p50_us": bare, "ours_p50_us": ours, "ours_overhead_us": ours_over}
+    if llm_router is not None:
+        theirs = median(c["litellm"])
+        theirs_over = median([t - b for t, b in zip(c["litellm"], c["bare"], strict=True)])
+        row["litellm_p50_us"] = theirs
+        row["litellm_overhead_us"] = theirs_over
+        row["ratio_overhead"] = theirs_over / max(ours_over, 1.0)
+    table_row = [
+        f"{size / 1024:g} KB",
+        f"{bare:.0f}",
+        f"{ours:.0f} (+{ours_over:.0f})",
+        f"{row['litellm_p50_us']:.0f} (+{row['litellm_overhead_us']:.0f})"
+        if llm_router is not None
+        else "-",
+        f"{row['ratio_overhead']:.1f}x" if llm_router is not None else "-",
+    ]
+    return {k: round(v, 2) for k, v in row.items()}, table_row
+
+
+def _print_tables(
+    args: argparse.Namespace,
+    version: str | None,
+    decide_rows: list[list[str]],
+    call_rows: list[list[str]],
+) -> None:
+    print(f"machine: {machine()}")
+    print(f"litellm: {version or 'not installed'}")
+    print(f"\nrouting decision, µs p50 / p99 over {args.iterations} iterations per size")
+    print_table(
+        [
+            "prompt",
+            "scan only",
+            "Router.decide()",
+            "LiteLLM get_available_deployment",
+            "ratio p50",
+        ],
+        decide_rows,
+    )
+    print(
+        f"\nmock backend call, µs median over {args.calls} rounds per size "
+        "(+overhead: median of the paired difference to the bare POST)"
+    )
+    print_table(
+        [
+            "prompt",
+            "bare httpx POST",
+            "Router.complete() (+overhead)",
+            "LiteLLM completion() (+overhead)",
+            "LiteLLM/ours",
+        ],
+        call_rows,
+    )
+
+
+def main() -> None:
+    args = _parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
     litellm = None if args.no_litellm else load_litellm()
@@ -382,63 +481,21 @@ def main() -> None:
         llm_router = litellm_router(litellm, base_url) if litellm is not None else None
         try:
             for n, size in enumerate(sizes):
-                t = measure_decide(router, llm_router, size, args.iterations, seed=n)
-                row = {
-                    "decide_p50_us": median(t["decide"]),
-                    "decide_p99_us": pct(t["decide"], 99),
-                    "scan_p50_us": median(t["scan"]),
-                    "scan_p99_us": pct(t["scan"], 99),
-                }
-                if llm_router is not None:
-                    row["litellm_gad_p50_us"] = median(t["litellm"])
-                    row["litellm_gad_p99_us"] = pct(t["litellm"], 99)
-                    row["ratio_p50"] = row["litellm_gad_p50_us"] / row["decide_p50_us"]
-                result["decide"][str(size)] = {k: round(v, 2) for k, v in row.items()}
-                decide_rows.append(
-                    [
-                        f"{size / 1024:g} KB",
-                        f"{row['scan_p50_us']:.1f} / {row['scan_p99_us']:.1f}",
-                        f"{row['decide_p50_us']:.1f} / {row['decide_p99_us']:.1f}",
-                        f"{row['litellm_gad_p50_us']:.1f} / {row['litellm_gad_p99_us']:.1f}"
-                        if llm_router is not None
-                        else "-",
-                        f"{row['ratio_p50']:.1f}x" if llm_router is not None else "-",
-                    ]
-                )
+                entry, table_row = _decide_row(router, llm_router, size, args.iterations, n)
+                result["decide"][str(size)] = entry
+                decide_rows.append(table_row)
             for n, size in enumerate(sizes):
-                c = measure_calls(
+                entry, table_row = _calls_row(
                     remote_router,
                     llm_router,
                     base_url,
                     size,
                     args.calls,
                     args.pause_ms / 1000,
-                    seed=100 + n,
+                    100 + n,
                 )
-                bare, ours = median(c["bare"]), median(c["ours"])
-                # paired: each call minus the bare POST of the same round (drift cancels)
-                ours_over = median([o - b for o, b in zip(c["ours"], c["bare"], strict=True)])
-                row = {"bare_p50_us": bare, "ours_p50_us": ours, "ours_overhead_us": ours_over}
-                if llm_router is not None:
-                    theirs = median(c["litellm"])
-                    theirs_over = median(
-                        [t - b for t, b in zip(c["litellm"], c["bare"], strict=True)]
-                    )
-                    row["litellm_p50_us"] = theirs
-                    row["litellm_overhead_us"] = theirs_over
-                    row["ratio_overhead"] = theirs_over / max(ours_over, 1.0)
-                result["calls"][str(size)] = {k: round(v, 2) for k, v in row.items()}
-                call_rows.append(
-                    [
-                        f"{size / 1024:g} KB",
-                        f"{bare:.0f}",
-                        f"{ours:.0f} (+{ours_over:.0f})",
-                        f"{row['litellm_p50_us']:.0f} (+{row['litellm_overhead_us']:.0f})"
-                        if llm_router is not None
-                        else "-",
-                        f"{row['ratio_overhead']:.1f}x" if llm_router is not None else "-",
-                    ]
-                )
+                result["calls"][str(size)] = entry
+                call_rows.append(table_row)
         finally:
             for agent in (device, remote_only):
                 agent.runtimes.clear()
@@ -447,33 +504,7 @@ def main() -> None:
     result["calls_per_size"] = args.calls
 
     if not args.json_only:
-        print(f"machine: {machine()}")
-        print(f"litellm: {version or 'not installed'}")
-        print(f"\nrouting decision, µs p50 / p99 over {args.iterations} iterations per size")
-        print_table(
-            [
-                "prompt",
-                "scan only",
-                "Router.decide()",
-                "LiteLLM get_available_deployment",
-                "ratio p50",
-            ],
-            decide_rows,
-        )
-        print(
-            f"\nmock backend call, µs median over {args.calls} rounds per size "
-            "(+overhead: median of the paired difference to the bare POST)"
-        )
-        print_table(
-            [
-                "prompt",
-                "bare httpx POST",
-                "Router.complete() (+overhead)",
-                "LiteLLM completion() (+overhead)",
-                "LiteLLM/ours",
-            ],
-            call_rows,
-        )
+        _print_tables(args, version, decide_rows, call_rows)
     print(json.dumps(result))
 
 

@@ -185,21 +185,23 @@ def _raw_sha256_chunked_s(data: bytes, runs: int) -> float:
     return median(times)
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=100, help="artifact size in MB (10^6)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json-only", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(_child(json.loads(args.child))))
-        return
+    return parser.parse_args()
 
+
+def _measure(
+    args: argparse.Namespace, size: int
+) -> tuple[list[dict[str, Any]], list[float], list[float]]:
+    """The installs (one child each, the last one under tracemalloc) against a served
+    repository, interleaved with the raw hashlib baselines: (runs, raw, raw chunked)."""
     sys.path.insert(0, str(ROOT))
     from tests.tuf_simulator import TufRepo, model_custom
 
-    size = args.size_mb * MB
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         data = random.Random(0).randbytes(size)
@@ -239,7 +241,17 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(10)
+    return runs, raw, raw_chunked
 
+
+def _summary(
+    args: argparse.Namespace,
+    size: int,
+    runs: list[dict[str, Any]],
+    raw: list[float],
+    raw_chunked: list[float],
+) -> tuple[dict[str, Any], tuple[float, float, float]]:
+    """The JSON result, and the raw baselines' seconds (faster, one call, chunked)."""
     timed = runs[:-1]
     # The faster of the two raw baselines: the ratios are never flattered by a slow one.
     raw_one_s, raw_chunked_s = median(raw), median(raw_chunked)
@@ -270,47 +282,65 @@ def main() -> None:
         "peak_extra_rss_hwm_mib_max": round(hwm_extra / MIB, 2),
         "peak_traced_python_mib": round(traced_peak / MIB, 2) if traced_peak else None,
     }
-    if not args.json_only:
-        print(f"machine: {result['machine']}")
-        print(f"artifact: {args.size_mb} MB of random bytes, {args.runs} runs (medians)\n")
-        print_table(
-            ["measure", "MB/s", "vs raw hashlib"],
+    return result, (raw_s, raw_one_s, raw_chunked_s)
+
+
+def _print_report(
+    args: argparse.Namespace, result: dict[str, Any], raw: tuple[float, float, float]
+) -> None:
+    raw_s, raw_one_s, raw_chunked_s = raw
+    print(f"machine: {result['machine']}")
+    print(f"artifact: {args.size_mb} MB of random bytes, {args.runs} runs (medians)\n")
+    print_table(
+        ["measure", "MB/s", "vs raw hashlib"],
+        [
             [
-                [
-                    "raw hashlib.sha256, one call (in memory)",
-                    f"{result['raw_hashlib_one_call_mb_s']}",
-                    f"{raw_s / raw_one_s:.2f}",
-                ],
-                [
-                    "raw hashlib.sha256, 1 MiB updates (in memory)",
-                    f"{result['raw_hashlib_1mib_updates_mb_s']}",
-                    f"{raw_s / raw_chunked_s:.2f}",
-                ],
-                [
-                    "sha256 inside the download",
-                    f"{result['fetch_hash_mb_s']}",
-                    f"{result['fetch_hash_ratio']:.2f}",
-                ],
-                [
-                    "re-verify from disk (mapped 8 MiB windows)",
-                    f"{result['reverify_mb_s']}",
-                    f"{result['reverify_ratio']:.2f}",
-                ],
-                [
-                    "end to end (refresh+download+verify+switch)",
-                    f"{result['end_to_end_mb_s']}",
-                    f"{result['end_to_end_ratio']:.2f}",
-                ],
+                "raw hashlib.sha256, one call (in memory)",
+                f"{result['raw_hashlib_one_call_mb_s']}",
+                f"{raw_s / raw_one_s:.2f}",
             ],
-        )
-        print()
-        print(
-            "peak extra RSS during install (sampled every 2 ms, max of runs): "
-            f"{result['peak_extra_rss_mib_sampled_max']} MiB; RSS high-water mark growth: "
-            f"{result['peak_extra_rss_hwm_mib_max']} MiB"
-        )
-        print(f"peak Python allocations (tracemalloc): {result['peak_traced_python_mib']} MiB")
-        print()
+            [
+                "raw hashlib.sha256, 1 MiB updates (in memory)",
+                f"{result['raw_hashlib_1mib_updates_mb_s']}",
+                f"{raw_s / raw_chunked_s:.2f}",
+            ],
+            [
+                "sha256 inside the download",
+                f"{result['fetch_hash_mb_s']}",
+                f"{result['fetch_hash_ratio']:.2f}",
+            ],
+            [
+                "re-verify from disk (mapped 8 MiB windows)",
+                f"{result['reverify_mb_s']}",
+                f"{result['reverify_ratio']:.2f}",
+            ],
+            [
+                "end to end (refresh+download+verify+switch)",
+                f"{result['end_to_end_mb_s']}",
+                f"{result['end_to_end_ratio']:.2f}",
+            ],
+        ],
+    )
+    print()
+    print(
+        "peak extra RSS during install (sampled every 2 ms, max of runs): "
+        f"{result['peak_extra_rss_mib_sampled_max']} MiB; RSS high-water mark growth: "
+        f"{result['peak_extra_rss_hwm_mib_max']} MiB"
+    )
+    print(f"peak Python allocations (tracemalloc): {result['peak_traced_python_mib']} MiB")
+    print()
+
+
+def main() -> None:
+    args = _parse_args()
+    if args.child:
+        print(json.dumps(_child(json.loads(args.child))))
+        return
+    size = args.size_mb * MB
+    runs, raw, raw_chunked = _measure(args, size)
+    result, raw_seconds = _summary(args, size, runs, raw, raw_chunked)
+    if not args.json_only:
+        _print_report(args, result, raw_seconds)
     print(json.dumps(result))
 
 
