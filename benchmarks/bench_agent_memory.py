@@ -5,7 +5,7 @@ Mosquitto (MQTT 5), its HTTP API on a free port, once ``/healthz`` answers and i
 published a few heartbeats (seen by a subscriber here). Baselines: a bare interpreter
 (``python -c "import time; time.sleep(…)"``) and an interpreter that only imports the
 modules ``edge-agent run`` imports (``edge_agent.cli``, ``edge_agent.agent``,
-``edge_agent.openai_api``). RSS, and USS/PSS from ``/proc/<pid>/smaps`` via psutil; medians
+``edge_agent.api.app``). RSS, and USS/PSS from ``/proc/<pid>/smaps`` via psutil; medians
 of a few samples per process. Ratios: agent/bare, and agent/imports-only.
 
 ``--breakdown`` adds, in a fresh interpreter, the RSS after each import in the order the
@@ -35,7 +35,7 @@ from benchmarks._common import free_port, machine, median, mosquitto_broker, pri
 
 GOAL_BYTES = 80_000_000  # the "80 MB", read strictly (76.3 MiB)
 MB = 1024 * 1024  # tables are in MiB
-AGENT_IMPORTS = "import edge_agent.cli, edge_agent.agent, edge_agent.openai_api"
+AGENT_IMPORTS = "import edge_agent.cli, edge_agent.agent, edge_agent.api.app"
 # Import order of `edge-agent run`: the CLI module, then (inside run) the agent and its API.
 BREAKDOWN_STEPS = [
     ("yaml", "import yaml"),
@@ -54,7 +54,7 @@ BREAKDOWN_STEPS = [
     ("edge_agent.routing.router", "import edge_agent.routing.router"),
     ("edge_agent.agent", "import edge_agent.agent"),
     ("fastapi", "import fastapi"),
-    ("edge_agent.openai_api", "import edge_agent.openai_api"),
+    ("edge_agent.api.app", "import edge_agent.api.app"),
     ("execution_providers() (child process)", "edge_agent.agent.execution_providers()"),
     ("available_runtimes()", "edge_agent.agent.available_runtimes()"),
 ]
@@ -183,7 +183,7 @@ def breakdown() -> tuple[list[tuple[str, float]], str]:
         "d = tempfile.mkdtemp()",
         "a = edge_agent.agent.Agent(AgentConfig(device_id='x', state_dir=pathlib.Path(d)))",
         "print('Agent() constructed', rss(), flush=True)",
-        "app = edge_agent.openai_api.create_agent_app(a)",
+        "app = edge_agent.api.app.create_agent_app(a)",
         "print('create_agent_app()', rss(), flush=True)",
         "heavy = [m for m in ('numpy', 'onnxruntime', 'llama_cpp') if m in sys.modules]",
         "print('heavy modules loaded', ','.join(heavy) or 'none', flush=True)",

@@ -18,9 +18,9 @@ import uvicorn
 
 from benchmarks._common import free_port, machine, median
 from edge_agent.agent import Agent
+from edge_agent.api.app import create_agent_app
 from edge_agent.config import AgentConfig
-from edge_agent.openai_api import create_agent_app
-from edge_agent.runtimes import ChatMessage, ChatRequest
+from edge_agent.runtimes.base import ChatMessage, ChatRequest
 
 MODEL = Path("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 PROMPT = "Name three colours."

@@ -213,7 +213,7 @@ def ort_genai_overhead(runs: int, max_tokens: int) -> dict[str, float] | None:
         tiny_models: Any = importlib.import_module("tests.tiny_models")
     except ImportError:
         return None
-    from edge_agent.runtimes import ChatMessage, ChatRequest
+    from edge_agent.runtimes.base import ChatMessage, ChatRequest
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = tiny_models.build_tiny_genai_model(Path(tmp) / "tiny")

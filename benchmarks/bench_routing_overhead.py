@@ -4,18 +4,19 @@ Part 1, the decision: ``Router.decide(RoutedRequest)`` — everything the router
 it calls a tier: the sensitivity scan of every message, the header hints, the tier views
 (breakers, latency windows) and the policy — on 0.5 KB, 4 KB and 32 KB prompts of realistic
 public text (no secrets, so the whole scan runs and finds nothing), p50/p99 over many
-iterations after a warm-up. The router is the one the agent builds (``Agent.build_router``)
-for a device with a local model and private and cloud tiers. In the same loop, interleaved:
-the scan alone (``SensitivityDetector.classify_messages``) and LiteLLM's pre-call routing
-step (``litellm.Router.get_available_deployment``, two deployments in one model group).
+iterations after a warm-up. The router is the one the agent builds
+(``chat_service.build_router``) for a device with a local model and private and cloud
+tiers. In the same loop, interleaved: the scan alone
+(``SensitivityDetector.classify_messages``) and LiteLLM's pre-call routing step
+(``litellm.Router.get_available_deployment``, two deployments in one model group).
 
-Part 2, the overhead on top of the backend call: one loopback OpenAI-compatible mock server
-(``tests/openai_server.py``, in its own process, TCP_NODELAY) answers three clients,
-interleaved and in rotating order: a bare ``httpx`` POST of the same JSON with keep-alive
-(the baseline), our ``Router.complete()`` with the private and cloud tiers pointing at the
-mock, and ``litellm.Router.completion()`` with two deployments pointing at it. Each router's
-overhead is the median over rounds of (its call - the bare POST of the same round); the
-ratio is LiteLLM's overhead / ours.
+Part 2, the overhead on top of the backend call: one loopback OpenAI-compatible mock
+server (``controller/drills/openai_server.py``, in its own process, TCP_NODELAY) answers
+three clients, interleaved and in rotating order: a bare ``httpx`` POST of the same JSON
+with keep-alive (the baseline), our ``Router.complete()`` with the private and cloud
+tiers pointing at the mock, and ``litellm.Router.completion()`` with two deployments
+pointing at it. Each router's overhead is the median over rounds of (its call - the bare
+POST of the same round); the ratio is LiteLLM's overhead / ours.
 
     .venv/bin/python -m benchmarks.bench_routing_overhead [--iterations 2000]
         [--calls 400] [--sizes 512,4096,32768] [--json-only]
@@ -50,7 +51,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.routing.policy import RouteHints
 from edge_agent.routing.router import RoutedRequest, Router
 from edge_agent.routing.sensitivity import Level
-from edge_agent.runtimes import ChatMessage, ChatRequest, Completion, CompletionChunk
+from edge_agent.runtimes.base import ChatMessage, ChatRequest, Completion, CompletionChunk
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -138,14 +139,14 @@ class _IdleLocal:
 
 @contextmanager
 def mock_backend() -> Iterator[str]:
-    """``tests/openai_server.py`` in a process of its own; yields its base URL (with /v1).
+    """``controller/drills/openai_server.py`` in its own process; yields its base URL (/v1).
 
     TCP_NODELAY on its sockets: the handler writes headers and body separately, and with
     Nagle's algorithm and delayed ACKs every keep-alive response would stall for 40 ms.
     """
     code = (
         "import sys\n"
-        "from tests.openai_server import start_provider\n"
+        "from controller.drills.openai_server import start_provider\n"
         "p = start_provider('mock')\n"
         "p.server.RequestHandlerClass.disable_nagle_algorithm = True\n"
         "print(p.base_url, flush=True)\n"
@@ -191,7 +192,7 @@ def make_agent(state: Path, base_url: str, *, local: bool) -> tuple[Agent, Route
     agent = Agent(config)
     if local:
         agent.runtimes["local"] = _IdleLocal()
-    return agent, agent.build_router()
+    return agent, agent.router
 
 
 def load_litellm() -> Any | None:

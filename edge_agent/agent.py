@@ -11,45 +11,38 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import psutil
 
 from edge_agent import __version__
-from edge_agent.attestation import Attester, FileIdentityKey, IdentityKey, measure
-from edge_agent.config import AgentConfig, ModelConfig, PerceptionModelConfig
+from edge_agent.attestation.attester import Attester
+from edge_agent.attestation.identity import FileIdentityKey, IdentityKey
+from edge_agent.attestation.measure import measure
+from edge_agent.chat_service import ChatService, build_router
+from edge_agent.config import AgentConfig
 from edge_agent.hardware import HardwareProfile, probe
+from edge_agent.model_registry import ModelRegistry
 from edge_agent.mqtt_link import LoadSnapshot, MqttLink
 from edge_agent.outbox import Outbox, OutboxFull, Priority
 from edge_agent.routing.context import SessionStore
-from edge_agent.routing.remote import RemoteTier
 from edge_agent.routing.router import Router
-from edge_agent.routing.sensitivity import SensitivityConfig, SensitivityDetector
-from edge_agent.runtimes import (
-    ChatRuntime,
-    RuntimeLoadError,
-    available_runtimes,
-    execution_providers,
-)
-from edge_agent.runtimes.llama_cpp import LlamaCppRuntime
+from edge_agent.runtimes.base import ChatRuntime
+from edge_agent.runtimes.probe import available_runtimes, execution_providers
 from edge_agent.shadow import DeviceShadow
 from edge_agent.state import CounterStore
-from edge_agent.telemetry import (
-    AgentMetrics,
-    AgentState,
+from edge_agent.telemetry.host import max_temperature_c
+from edge_agent.telemetry.prometheus import AgentMetrics, AgentState, ModelState
+from edge_agent.telemetry.windows import (
     ChatObservation,
-    ModelState,
+    Clock,
     PerceptionObservation,
     WindowAggregator,
-    max_temperature_c,
     utc_now,
 )
-from edge_agent.telemetry.windows import Clock
-from edge_agent.updates import DeviceFacts, UpdateManager
-from edge_agent.updates.kinds import Classifier, ModelSpec, Served
-from edge_agent.updates.manager import disabled_status
+from edge_agent.updates.decisions import DeviceFacts
+from edge_agent.updates.manager import UpdateManager, disabled_status
 from shared.attestation import encode_public_key
 from shared.messages import Birth, Challenge, Desired, HardwareInfo, ModelInfo, Quote, Reported
 from shared.supervision import Supervisor
@@ -58,10 +51,6 @@ if TYPE_CHECKING:  # ONNX runtimes (and numpy) load only when an ONNX model is c
     from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
 
 log = logging.getLogger(__name__)
-_Spec = TypeVar("_Spec", ModelConfig, PerceptionModelConfig)
-_Loaded = TypeVar("_Loaded")
-# Seconds a runtime replaced by an update stays open for requests that already picked it.
-RETIRE_GRACE_S = 5.0
 
 
 class Agent:
@@ -95,10 +84,10 @@ class Agent:
             memory_bytes=psutil.virtual_memory().total,
             machine=platform.machine(),
         )
-        self.runtimes: dict[str, ChatRuntime] = {}
-        self.perception: dict[str, OrtPerceptionRuntime] = {}
-        self.model_hashes: dict[str, str] = {}
-        self.load_errors: dict[str, str] = {}
+        self._stopping = threading.Event()
+        self.models = ModelRegistry(
+            config, self.profile, on_load_failed=self._load_failed, stopping=self._stopping
+        )
         self.counters = CounterStore(config.state_dir / "counters.json")
         self.outbox = Outbox(config.state_dir / "outbox.db", max_bytes=config.outbox.max_bytes)
         self.shadow = DeviceShadow(
@@ -113,12 +102,24 @@ class Agent:
         )
         self.updates: UpdateManager | None = None
         self.link: MqttLink | None = None
-        self.router: Router | None = None
         self.sessions = SessionStore()
         self._requests = 0
         self._errors = 0
         self._stats_lock = threading.Lock()
-        self._stopping = threading.Event()
+        # Built once: the router reads the registry's models on every request.
+        self.router: Router = build_router(
+            config,
+            self.models,
+            on_alert=lambda name, body: self.record_event("alert", {"alert": name, **body}),
+            tier_veto=self.tier_veto,
+        )
+        self.chat = ChatService(
+            config=config,
+            models=self.models,
+            router=self.router,
+            sessions=self.sessions,
+            recorder=self,
+        )
         self.windows = WindowAggregator(
             config.telemetry.window_s, clock=clock, version_of=self.model_version
         )
@@ -140,8 +141,8 @@ class Agent:
                         "onnx" if name == "onnxruntime" else name for name in available_runtimes()
                     ),
                 ),
-                load=self.open_any,
-                swap=self.swap_model,
+                load=self.models.open_any,
+                swap=self.models.swap,
                 desired=lambda: self.shadow.current.settings,
                 record_event=self.record_event,
                 on_status=self._publish_reported,
@@ -150,129 +151,29 @@ class Agent:
             )
 
     # --- models -------------------------------------------------------------------------
-    def open_any(self, model: ModelSpec) -> tuple[Served, str]:
-        """Load and warm a chat or perception model without serving it (for updates)."""
-        if isinstance(model, PerceptionModelConfig):
-            return self.open_classifier(model)
-        return self.open_model(model)
+    @property
+    def runtimes(self) -> dict[str, ChatRuntime]:
+        """The chat runtimes served now, by model name (the registry's own dict)."""
+        return self.models.chat
 
-    def open_model(self, model: ModelConfig) -> tuple[ChatRuntime, str]:
-        """Load and warm ``model`` without serving it: (runtime, sha256 of its files)."""
-        if model.runtime == "ort-genai":
-            from edge_agent.runtimes.ort_genai import OrtGenaiRuntime
+    @property
+    def perception(self) -> "dict[str, OrtPerceptionRuntime]":
+        return self.models.perception
 
-            genai = OrtGenaiRuntime(
-                model.name, model.path, providers=list(self.profile.execution_providers)
-            )
-            genai.warm_up()
-            return genai, genai.sha256
-        llama = LlamaCppRuntime(
-            model.name,
-            model.path,
-            n_ctx=model.n_ctx,
-            n_threads=model.n_threads or self.profile.recommended_threads,
-            n_gpu_layers=model.n_gpu_layers or self.profile.gpu_layers,
-            mlock=model.mlock,
-        )
-        llama.warm_up()
-        return llama, llama.sha256
+    @property
+    def model_hashes(self) -> dict[str, str]:
+        return self.models.hashes
 
-    def open_classifier(self, model: PerceptionModelConfig) -> "tuple[OrtPerceptionRuntime, str]":
-        """Load and warm the classifier ``model`` without serving it: (runtime, sha256)."""
-        from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
-
-        loaded = OrtPerceptionRuntime(
-            model.name,
-            model.path,
-            providers=list(self.profile.execution_providers),
-            labels=model.labels,
-            threads=model.threads or self.profile.recommended_threads,
-        )
-        try:
-            loaded.warm_up()
-        except Exception as e:  # a model that loads but cannot run is not loaded either
-            loaded.close()
-            raise RuntimeLoadError(f"{model.path.name} failed its warm-up: {e}") from e
-        return loaded, loaded.sha256
-
-    def _start_model(
-        self, configured: _Spec, open_: Callable[[_Spec], tuple[_Loaded, str]]
-    ) -> _Loaded | None:
-        """Load a configured model at start, from its active slot when an update installed
-        it; a slot on trial that does not load is rolled back and the previous one loaded.
-        None (and a recorded load error) when nothing loads."""
-        started = time.perf_counter()
-        slot_path = self.updates.model_path(configured.name) if self.updates else None
-        try:
-            runtime, sha256 = open_(
-                configured.model_copy(update={"path": slot_path or configured.path})
-            )
-        except RuntimeLoadError as e:
-            fallback = self.updates.start_failed(configured.name, str(e)) if self.updates else None
-            if fallback is None:
-                self._load_failed(configured.name, str(e))
-                return None
-            try:
-                runtime, sha256 = open_(configured.model_copy(update={"path": fallback}))
-            except RuntimeLoadError as again:
-                self._load_failed(configured.name, str(again))
-                return None
-        self.model_hashes[configured.name] = sha256
-        log.info(
-            "model %s loaded and warm in %.1fs", configured.name, time.perf_counter() - started
-        )
-        return runtime
+    @property
+    def load_errors(self) -> dict[str, str]:
+        return self.models.load_errors
 
     def load_models(self) -> None:
         """Load and warm every configured model; a failure marks that model, never crashes."""
-        for model in self.config.models:
-            runtime = self._start_model(model, self.open_model)
-            if runtime is not None:
-                self.runtimes[model.name] = runtime
-        for classifier in self.config.perception:
-            loaded = self._start_model(classifier, self.open_classifier)
-            if loaded is not None:
-                self.perception[classifier.name] = loaded
-        self.build_router()
+        self.models.load_all(self.updates)
 
     def _load_failed(self, name: str, reason: str) -> None:
-        self.load_errors[name] = reason
-        log.error("model %s not loaded: %s", name, reason)
         self.record_event("model_load_failed", {"model": name, "reason": reason})
-
-    def swap_model(self, name: str, runtime: Served, sha256: str) -> None:
-        """Serve ``runtime`` (a chat runtime or a classifier) as ``name`` from the next
-        request on (an update's hot swap); the runtime it replaces is closed once the
-        requests already on it are done."""
-        old: Served | None
-        if isinstance(runtime, Classifier):
-            from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
-
-            if not isinstance(runtime, OrtPerceptionRuntime):
-                raise TypeError(f"perception model {name} must run on OrtPerceptionRuntime")
-            old = self.perception.get(name)
-            self.perception[name] = runtime
-        else:
-            old = self.runtimes.get(name)
-            self.runtimes[name] = runtime
-        self.model_hashes[name] = sha256
-        self.load_errors.pop(name, None)
-        if not isinstance(runtime, Classifier):
-            self.build_router()  # the router only knows chat runtimes
-        if old is not None:
-            threading.Thread(
-                target=self._retire, args=(old,), name=f"retire-{name}", daemon=True
-            ).start()
-
-    def _retire(self, runtime: Served) -> None:
-        # All runtimes serialize their calls (one worker thread or one lock), so close()
-        # waits for every request already handed to them. The pause covers a request that
-        # looked the old runtime up just before the swap but has not called it yet.
-        self._stopping.wait(RETIRE_GRACE_S)
-        try:
-            runtime.close()
-        except Exception:  # a failing close must not take the agent down
-            log.exception("closing the replaced runtime failed")
 
     def _reported_extra(self) -> dict[str, object]:
         """Reported keys owned by the update manager (contract 2)."""
@@ -288,47 +189,9 @@ class Agent:
         if self.link is not None:
             self.link.publish_reported(self.shadow.report())
 
-    def build_router(self) -> Router:
-        """The router over the loaded models and the configured remote tiers."""
-        routing = self.config.routing
-        remotes: dict[str, RemoteTier] = {}
-        costs: dict[str, float] = {}
-        for name in ("private", "cloud"):
-            tier = getattr(self.config.tiers, name)
-            if tier is not None:
-                remotes[name] = RemoteTier(name, tier)
-                costs[name] = tier.cost_per_1k_input + tier.cost_per_1k_output
-        detector = SensitivityDetector(
-            SensitivityConfig(
-                internal_keywords=(
-                    *SensitivityConfig().internal_keywords,
-                    *routing.sensitivity.internal_keywords,
-                ),
-                internal_domains=tuple(routing.sensitivity.internal_domains),
-                extra_restricted_patterns=dict(routing.sensitivity.extra_restricted_patterns),
-                # Routing needs the class, not every finding: stop at the first restricted one.
-                stop_at_restricted=True,
-            )
-        )
-        self.router = Router(
-            config=routing,
-            detector=detector,
-            local=self.runtimes,
-            local_errors=self.load_errors,
-            default_local=self.default_model(),
-            remotes=remotes,
-            costs=costs,
-            on_alert=lambda name, body: self.record_event("alert", {"alert": name, **body}),
-            tier_veto=self.tier_veto,
-        )
-        return self.router
-
-    def default_model(self) -> str | None:
-        return self.config.models[0].name if self.config.models else None
-
     @property
     def local_tier_healthy(self) -> bool:
-        return bool(self.runtimes) and not self.load_errors
+        return self.models.local_tier_healthy
 
     # --- stats --------------------------------------------------------------------------
     def count_request(self, *, error: bool = False, rejected: str | None = None) -> None:
@@ -490,11 +353,9 @@ class Agent:
         return record.version if record is not None else None
 
     def _metrics_state(self) -> AgentState:
-        router = self.router
         tiers: dict[str, bool] = {"local": self.local_tier_healthy}
-        if router is not None:
-            for name, breaker in router.breakers.items():
-                tiers[name] = breaker.available()
+        for name, breaker in self.router.breakers.items():
+            tiers[name] = breaker.available()
         chat = {m.name for m in self.config.models}
         return AgentState(
             outbox_records=self.outbox.pending(),
@@ -555,25 +416,7 @@ class Agent:
 
     # --- controller link ----------------------------------------------------------------
     def model_infos(self) -> list[ModelInfo]:
-        return [
-            ModelInfo(
-                name=m.name,
-                runtime=m.runtime,
-                sha256=self.model_hashes.get(m.name),
-                loaded=m.name in self.runtimes,
-                error=self.load_errors.get(m.name),
-            )
-            for m in self.config.models
-        ] + [
-            ModelInfo(
-                name=p.name,
-                runtime="onnxruntime",
-                sha256=self.model_hashes.get(p.name),
-                loaded=p.name in self.perception,
-                error=self.load_errors.get(p.name),
-            )
-            for p in self.config.perception
-        ]
+        return self.models.infos()
 
     def birth(self, bd_seq: int) -> Birth:
         api = self.config.api
@@ -673,11 +516,7 @@ class Agent:
             self.link.stop()
         self.supervisor.join("system-metrics", 5)
         self.supervisor.stop()
-        for runtime in self.runtimes.values():
-            runtime.close()
-        for classifier in self.perception.values():
-            classifier.close()
-        if self.router is not None:
-            for remote in self.router.remotes.values():
-                remote.close()
+        self.models.close()
+        for remote in self.router.remotes.values():
+            remote.close()
         self.outbox.close()

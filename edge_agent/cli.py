@@ -101,7 +101,7 @@ def run(
     root = root if root is not None else Path("/")
 
     from edge_agent.agent import Agent
-    from edge_agent.openai_api import create_agent_app
+    from edge_agent.api.app import create_agent_app
 
     agent = Agent(cfg, root=root, config_path=config)
     agent.load_models()

@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edge_agent.agent import Agent
+from edge_agent.api.app import create_agent_app
 from edge_agent.config import AgentConfig
-from edge_agent.openai_api import create_agent_app
 
 PROMPT = [{"role": "user", "content": "Name three colours."}]
 

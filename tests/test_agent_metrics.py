@@ -11,12 +11,12 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.drills.openai_server import Behaviour, FakeProvider, start_provider
 from edge_agent.agent import Agent
+from edge_agent.api.app import create_agent_app
 from edge_agent.config import AgentConfig
-from edge_agent.openai_api import create_agent_app
 from shared.sketches import EDGES
 from tests.conftest import free_port, wait_for
-from tests.openai_server import Behaviour, FakeProvider, start_provider
 
 MSG = {"messages": [{"role": "user", "content": "Plan the week's inspections."}], "max_tokens": 4}
 

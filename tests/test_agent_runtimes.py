@@ -8,8 +8,8 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from edge_agent.agent import Agent
+from edge_agent.api.app import create_agent_app
 from edge_agent.config import AgentConfig
-from edge_agent.openai_api import create_agent_app
 from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime, quantize_int8
 from tests.tiny_models import build_tiny_classifier, build_tiny_genai_model
 

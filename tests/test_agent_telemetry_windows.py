@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import uvicorn
 
+from controller.drills.openai_server import FakeProvider, start_provider
 from edge_agent.agent import Agent
+from edge_agent.api.app import create_agent_app
 from edge_agent.config import AgentConfig, TelemetryConfig
-from edge_agent.openai_api import create_agent_app
 from edge_agent.outbox import Outbox
 from edge_agent.telemetry.host import hottest_c, max_temperature_c
 from edge_agent.telemetry.windows import (
@@ -31,7 +32,6 @@ from edge_agent.telemetry.windows import (
 from shared import sketches
 from shared.telemetry_windows import DriftWindow, InferenceWindow
 from tests.conftest import free_port, wait_for
-from tests.openai_server import FakeProvider, start_provider
 from tests.tiny_models import build_tiny_classifier
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)

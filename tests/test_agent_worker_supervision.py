@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.agent import Agent
+from edge_agent.api.app import create_agent_app
 from edge_agent.config import AgentConfig
-from edge_agent.openai_api import create_agent_app
 from edge_agent.routing.jobs import JobQueue
 from shared.supervision import Supervisor
 from tests.conftest import Broker, MosquittoProcess, wait_for

@@ -32,8 +32,8 @@ from controller.models import Device
 from controller.services import Services
 from controller.settings import load_settings
 from edge_agent.agent import Agent
+from edge_agent.api.app import create_agent_app
 from edge_agent.config import AgentConfig
-from edge_agent.openai_api import create_agent_app
 from tests.conftest import MosquittoProcess, wait_for
 from tests.tiny_models import build_tiny_classifier, build_tiny_genai_model
 

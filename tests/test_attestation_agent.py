@@ -13,13 +13,15 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
+from controller.drills.openai_server import FakeProvider, start_provider
 from edge_agent.agent import Agent
-from edge_agent.attestation import Attester, FileIdentityKey, measure
+from edge_agent.api.app import create_agent_app
+from edge_agent.attestation.attester import Attester
+from edge_agent.attestation.identity import FileIdentityKey
+from edge_agent.attestation.measure import measure
 from edge_agent.config import AgentConfig
-from edge_agent.openai_api import create_agent_app
 from shared.attestation import installed_agent_code, key_id, quote_payload, verify
 from shared.messages import Challenge, Desired
-from tests.openai_server import FakeProvider, start_provider
 
 
 def test_identity_key_is_created_private_and_reused(tmp_path: Path) -> None:

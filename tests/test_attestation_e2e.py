@@ -22,10 +22,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from controller.drills.openai_server import FakeProvider, start_provider
 from shared.attestation import encode_public_key, installed_agent_code, public_key_of, tree_hash
 from shared.messages import Birth, HardwareInfo, Heartbeat, encode_message
 from tests.conftest import Broker, free_port, port_open, wait_for
-from tests.openai_server import FakeProvider, start_provider
 from tests.procs import run_cli
 from tests.sync_harness import ControllerProcess, agent_yaml
 

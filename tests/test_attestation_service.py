@@ -24,7 +24,8 @@ from controller.ingest import BatchResult, Received, apply_batch
 from controller.models import Device
 from controller.settings import AttestationSettings
 from controller.shadows import DeviceShadow
-from edge_agent.attestation import Attester, FileIdentityKey
+from edge_agent.attestation.attester import Attester
+from edge_agent.attestation.identity import FileIdentityKey
 from shared.attestation import encode_public_key, public_key_of
 from shared.messages import (
     Birth,

@@ -17,11 +17,11 @@ from edge_agent.routing.context import (
     ContextTooLarge,
     SessionStore,
     compact,
-    llama_token_counter,
     split_sentences,
     valid_session_id,
 )
 from edge_agent.runtimes.base import ChatMessage, Role
+from edge_agent.runtimes.llama_cpp import llama_token_counter
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 

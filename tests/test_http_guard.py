@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from controller.updates.repository import TufRepository
 from edge_agent.agent import Agent
+from edge_agent.api.app import create_agent_app
 from edge_agent.config import AgentConfig
-from edge_agent.openai_api import create_agent_app
 from shared.http_guard import BodyGuard, BodyLimits
 from tests.access_world import AccessWorld, access_world
 

@@ -10,11 +10,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from controller.drills.openai_server import Behaviour, FakeProvider, start_provider
 from edge_agent.agent import Agent
+from edge_agent.api.app import create_agent_app
 from edge_agent.config import AgentConfig
-from edge_agent.openai_api import create_agent_app
 from edge_agent.runtimes.llama_cpp import LlamaCppRuntime
-from tests.openai_server import Behaviour, FakeProvider, start_provider
 
 CARD = "4111 1111 1111 1111"
 SECRET_PROMPT = f"Charge the customer card {CARD} for the repair."

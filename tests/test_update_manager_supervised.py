@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.updates import UpdateManager
+from edge_agent.updates.manager import UpdateManager
 from tests.conftest import wait_for
 from tests.tiny_models import build_tiny_genai_model
 from tests.tuf_simulator import UpdateWorld, model_custom, tar_folder

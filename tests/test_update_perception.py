@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 from onnx import numpy_helper
 
 from edge_agent.agent import Agent
+from edge_agent.api.app import create_agent_app
 from edge_agent.config import AgentConfig
-from edge_agent.openai_api import create_agent_app
 from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
 from edge_agent.updates.decisions import ScoresSmoke, scores_problem
 from tests.conftest import wait_for

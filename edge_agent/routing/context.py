@@ -48,7 +48,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
 
 from edge_agent.runtimes.base import ChatMessage
 
@@ -83,15 +82,6 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # "v1.2" are therefore not split, "e.g. this" is.
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\s*\n\s*")
 _WHITESPACE = re.compile(r"\s+")
-
-
-def llama_token_counter(llama: Any) -> TokenCounter:
-    """A counter backed by a ``llama_cpp.Llama`` (``vocab_only=True`` is enough)."""
-
-    def count(text: str) -> int:
-        return len(llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
-
-    return count
 
 
 @dataclass(frozen=True, slots=True)

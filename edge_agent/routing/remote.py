@@ -14,40 +14,20 @@ for its type and range before it becomes a ``Completion``; any defect is ``bad_r
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
 from edge_agent.config import RemoteTierConfig
+from edge_agent.routing.tier_errors import FailureKind, TierError
 from edge_agent.runtimes.base import ChatRequest, Completion, CompletionChunk
 from shared.json_guard import JsonShapeError, loads_bounded
-
-FailureKind = Literal[
-    "timeout", "connect", "server_error", "rate_limited", "rejected", "bad_response"
-]
-BREAKER_KINDS = frozenset({"timeout", "connect", "server_error", "rate_limited"})
 
 # A whole non-streamed answer, and everything one streamed answer may send: far above any
 # completion a device asks for (max_tokens is bounded), far below what would hurt a device.
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 # Our requests' max_tokens are far below this; a larger count is a broken endpoint.
 _MAX_TOKENS = 10_000_000
-
-
-class TierError(RuntimeError):
-    """A remote tier did not answer usefully; ``kind`` says how."""
-
-    def __init__(
-        self, tier: str, kind: FailureKind, detail: str, retry_after_s: float | None = None
-    ) -> None:
-        super().__init__(f"{tier}: {kind}: {detail}")
-        self.tier = tier
-        self.kind = kind
-        self.retry_after_s = retry_after_s
-
-    @property
-    def counts_against_breaker(self) -> bool:
-        return self.kind in BREAKER_KINDS
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

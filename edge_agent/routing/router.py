@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.config import RoutingConfig
 from edge_agent.routing.breaker import CircuitBreaker
@@ -24,9 +24,12 @@ from edge_agent.routing.policy import (
     decide,
     effective_level,
 )
-from edge_agent.routing.remote import RemoteTier, TierError
 from edge_agent.routing.sensitivity import Level, SensitivityDetector
+from edge_agent.routing.tier_errors import TierError
 from edge_agent.runtimes.base import ChatRequest, ChatRuntime, Completion, CompletionChunk
+
+if TYPE_CHECKING:  # the router only calls the tiers it is given: no HTTP client here
+    from edge_agent.routing.remote import RemoteTier
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +110,7 @@ class Router:
         local: Mapping[str, ChatRuntime],
         local_errors: Mapping[str, str],
         default_local: str | None,
-        remotes: Mapping[str, RemoteTier],
+        remotes: Mapping[str, "RemoteTier"],
         costs: Mapping[str, float] | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_alert: Callable[[str, dict[str, Any]], None] | None = None,

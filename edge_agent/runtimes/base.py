@@ -1,7 +1,7 @@
 """The one small interface every local runtime sits behind."""
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 Role = Literal["system", "user", "assistant"]
@@ -45,14 +45,6 @@ class CompletionChunk:
 
     text: str
     finish_reason: str | None = None
-
-
-@dataclass(slots=True)
-class RuntimeStatus:
-    healthy: bool
-    reason: str | None = None
-    sha256: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class RuntimeLoadError(RuntimeError):

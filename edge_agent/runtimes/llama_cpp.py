@@ -4,7 +4,7 @@ import hashlib
 import math
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +47,16 @@ class _StepLogprobs:
         total = float(np.exp(scores - top, dtype=np.float64).sum())
         self.values.append(-math.log(total))  # log softmax of the top logit
         return scores
+
+
+def llama_token_counter(llama: Any) -> Callable[[str], int]:
+    """A token counter (``routing.context.TokenCounter``) backed by a ``llama_cpp.Llama``
+    (``vocab_only=True`` is enough)."""
+
+    def count(text: str) -> int:
+        return len(llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    return count
 
 
 class LlamaCppRuntime:

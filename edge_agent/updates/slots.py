@@ -339,9 +339,3 @@ def unpack_archive(archive: Path, into: Path, *, max_bytes: int) -> str:
 def artifact_name(target: str) -> str:
     """The file name an artifact gets in its slot (the target's last path segment)."""
     return target.rsplit("/", 1)[-1]
-
-
-def as_slot(name: str) -> SlotName:
-    if name not in SLOT_NAMES:
-        raise ValueError(f"not a slot: {name!r}")
-    return "a" if name == "a" else "b"

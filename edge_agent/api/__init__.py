@@ -1,0 +1,1 @@
+"""The agent's local OpenAI-compatible HTTP API: one module per resource, built by ``app``."""

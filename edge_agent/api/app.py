@@ -1,0 +1,65 @@
+"""The agent's local OpenAI-compatible HTTP API, put together from one module per resource.
+
+- ``health``: ``/healthz`` and ``/metrics``;
+- ``models``: ``GET /v1/models``;
+- ``perception``: ``POST /v1/perception/{name}``;
+- ``chat``: ``POST /v1/chat/completions`` (plain and SSE), over the agent's chat service;
+- ``jobs``: ``/v1/jobs/{id}``, chat requests queued with ``Prefer: respond-async``;
+- ``errors``: OpenAI-shaped error bodies for every refusal.
+
+Bodies are bounded before any route parses them (shared/http_guard.py).
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from edge_agent.agent import Agent
+from edge_agent.api.chat import chat_routes
+from edge_agent.api.errors import guard_error, install_errors
+from edge_agent.api.health import health_routes
+from edge_agent.api.jobs import job_routes
+from edge_agent.api.models import model_routes
+from edge_agent.api.perception import perception_routes
+from edge_agent.routing.jobs import JobQueue
+from shared.http_guard import BodyGuard, BodyLimits
+
+
+def create_agent_app(agent: Agent) -> FastAPI:
+    """Build the agent's HTTP app around an already constructed ``agent`` (and its chat
+    service, router included, built once with it)."""
+    jobs = JobQueue(agent.chat.router.complete, supervisor=agent.supervisor)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        jobs.start()
+        yield
+        jobs.stop()
+
+    app = FastAPI(
+        title=f"edgefleet agent {agent.config.device_id}",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.jobs = jobs
+    api = agent.config.api
+    app.add_middleware(
+        BodyGuard,
+        limits=BodyLimits(
+            max_bytes=api.max_body_bytes,
+            max_depth=api.max_json_depth,
+            max_elements=api.max_json_elements,
+            shape_status=400,
+        ),
+        render=guard_error,
+    )
+    device_id = agent.config.device_id
+    app.include_router(health_routes(agent))
+    app.include_router(model_routes(agent.models, device_id))
+    app.include_router(perception_routes(agent))
+    app.include_router(chat_routes(agent.chat, jobs, device_id))
+    app.include_router(job_routes(jobs))
+    install_errors(app)
+    return app

@@ -1,0 +1,274 @@
+"""Chat completions behind the HTTP layer: admit, route, record, remember the session.
+
+Built once when the agent starts (the router, its remote tiers and the sensitivity
+detector with it) and handed to the HTTP app; nothing here knows HTTP. Blocking calls
+(token counting, routing) are the caller's to run off the event loop.
+
+Prompt contents are never logged; only counts and timings leave this module.
+"""
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from edge_agent.config import AgentConfig
+from edge_agent.model_registry import ModelRegistry
+from edge_agent.routing.context import ContextTooLarge, SessionStore, compact
+from edge_agent.routing.policy import RouteHints
+from edge_agent.routing.remote import RemoteTier
+from edge_agent.routing.router import RoutedRequest, RoutedResult, RouteOutcome, Router
+from edge_agent.routing.sensitivity import SensitivityConfig, SensitivityDetector
+from edge_agent.runtimes.base import ChatMessage, ChatRequest, CompletionChunk
+
+
+def build_router(
+    config: AgentConfig,
+    models: ModelRegistry,
+    *,
+    on_alert: Callable[[str, dict[str, Any]], None],
+    tier_veto: Callable[[str], str | None],
+) -> Router:
+    """The router over the registry's chat models and the configured remote tiers."""
+    routing = config.routing
+    remotes: dict[str, RemoteTier] = {}
+    costs: dict[str, float] = {}
+    for name in ("private", "cloud"):
+        tier = getattr(config.tiers, name)
+        if tier is not None:
+            remotes[name] = RemoteTier(name, tier)
+            costs[name] = tier.cost_per_1k_input + tier.cost_per_1k_output
+    detector = SensitivityDetector(
+        SensitivityConfig(
+            internal_keywords=(
+                *SensitivityConfig().internal_keywords,
+                *routing.sensitivity.internal_keywords,
+            ),
+            internal_domains=tuple(routing.sensitivity.internal_domains),
+            extra_restricted_patterns=dict(routing.sensitivity.extra_restricted_patterns),
+            # Routing needs the class, not every finding: stop at the first restricted one.
+            stop_at_restricted=True,
+        )
+    )
+    return Router(
+        config=routing,
+        detector=detector,
+        local=models.chat,
+        local_errors=models.load_errors,
+        default_local=models.default_chat(),
+        remotes=remotes,
+        costs=costs,
+        on_alert=on_alert,
+        tier_veto=tier_veto,
+    )
+
+
+class ChatRecorder(Protocol):
+    """Where requests are counted and recorded (the agent: outbox, windows, Prometheus)."""
+
+    def count_request(self, *, error: bool = False, rejected: str | None = None) -> None: ...
+
+    def record_inference(
+        self,
+        *,
+        outcome: dict[str, Any],
+        latency_ms: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+        stream: bool,
+        status: str,
+        task_class: str | None,
+        local_model: str | None = None,
+    ) -> None: ...
+
+
+class ChatRefused(Exception):
+    """A request refused before routing: the HTTP status, a message and an error code."""
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """What the client asked of the answer (``max_tokens`` None: the model's default)."""
+
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """One admitted request: what goes to the router, and what its record needs."""
+
+    routed: RoutedRequest
+    new: tuple[ChatMessage, ...]  # the client's messages, without the session's history
+    local_model: str | None
+    session_id: str | None
+    stream: bool
+    started: float  # time.perf_counter() when the request arrived
+
+
+class ChatService:
+    """Admits, routes and records chat requests for one agent."""
+
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        models: ModelRegistry,
+        router: Router,
+        sessions: SessionStore,
+        recorder: ChatRecorder,
+    ) -> None:
+        self.config = config
+        self.models = models
+        self.router = router
+        self.sessions = sessions
+        self._recorder = recorder
+
+    def refuse(self, code: str) -> None:
+        """Count a request refused before routing (``code``: its error code)."""
+        self._recorder.count_request(error=True, rejected=code)
+
+    def remote_models(self) -> set[str]:
+        """Model names a remote tier or a routing rule answers to."""
+        return {remote.model_name for remote in self.router.remotes.values()} | {
+            rule.model for rule in self.router.rules if rule.model
+        }
+
+    def check_model(self, model: str | None) -> None:
+        """Refuse (404) a model that neither this device nor a tier serves."""
+        if model is None:
+            return
+        known = set(self.models.chat) | set(self.models.load_errors) | self.remote_models()
+        if model not in known:
+            self.refuse("model_not_found")
+            raise ChatRefused(
+                404, f"model {model!r} is not served by this device", "model_not_found"
+            )
+
+    def admit(
+        self,
+        *,
+        model: str | None,
+        messages: tuple[ChatMessage, ...],
+        params: SamplingParams,
+        hints: RouteHints,
+        session_id: str | None,
+        stream: bool,
+        started: float,
+    ) -> ChatCall:
+        """The request with the session's history, compacted to fit (blocking: counting
+        tokens waits for the model's thread). Raises ``ChatRefused`` when it cannot fit."""
+        local_name = self.router.local_model(model)
+        max_default = next(
+            (m.max_tokens_default for m in self.config.models if m.name == local_name), 128
+        )
+        try:
+            history = self._with_history(local_name, session_id, messages)
+        except ContextTooLarge as e:
+            self.refuse("context_length_exceeded")
+            raise ChatRefused(400, str(e), "context_length_exceeded") from e
+        request = ChatRequest(
+            messages=history,
+            max_tokens=params.max_tokens or max_default,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+            stop=params.stop,
+            json_schema=params.json_schema,
+        )
+        return ChatCall(
+            routed=RoutedRequest(request, hints, model),
+            new=messages,
+            local_model=local_name,
+            session_id=session_id,
+            stream=stream,
+            started=started,
+        )
+
+    def _with_history(
+        self, local_name: str | None, session_id: str | None, new: tuple[ChatMessage, ...]
+    ) -> tuple[ChatMessage, ...]:
+        """The request's messages with the session's history, compacted to fit every tier.
+
+        The budget is the smaller of the local model's context and ``remote_context_tokens``,
+        counted with the local model's tokenizer (remote tokenizers are not on the device).
+        """
+        if session_id is None:
+            return new
+        history = self.sessions.history(session_id)
+        system = next((m for m in new if m.role == "system"), None)
+        fresh = [m for m in new if m.role != "system"]
+        budget = self.router.config.remote_context_tokens
+        model_cfg = next((m for m in self.config.models if m.name == local_name), None)
+        if model_cfg is not None:
+            budget = min(budget, model_cfg.n_ctx)
+        runtime = self.models.chat.get(local_name or "")
+        count_tokens = getattr(runtime, "count_tokens", None)
+        counter = count_tokens if callable(count_tokens) else (lambda text: len(text) // 3 + 1)
+        result = compact(system, history, fresh, budget_tokens=budget, count=counter)
+        return result.messages
+
+    # --- answering (blocking; ``NoTierAvailable`` goes to the caller) ----------------------
+    def complete(self, call: ChatCall) -> RoutedResult:
+        """Route and answer; the answer is recorded and joins the session."""
+        result = self.router.complete(call.routed)
+        self._recorder.count_request()
+        completion, outcome = result.completion, result.outcome
+        self.record(call, outcome, "ok", completion.prompt_tokens, completion.completion_tokens)
+        if call.session_id is not None:
+            self.sessions.append(
+                call.session_id, [*call.new, ChatMessage("assistant", completion.text)]
+            )
+        return result
+
+    def stream(self, call: ChatCall) -> tuple[RouteOutcome, Iterator[CompletionChunk]]:
+        """Route and start streaming; ``stream_done`` records it once the stream ends."""
+        outcome, chunks = self.router.stream(call.routed)
+        self._recorder.count_request()
+        return outcome, chunks
+
+    def stream_done(
+        self, call: ChatCall, outcome: RouteOutcome, status: str, chunks: int, text: str
+    ) -> None:
+        """Record a finished stream; a complete answer joins the session."""
+        self.record(call, outcome, status, 0, chunks)
+        if status == "ok" and call.session_id is not None:
+            self.sessions.append(call.session_id, [*call.new, ChatMessage("assistant", text)])
+
+    def unavailable(self, call: ChatCall) -> None:
+        """Count and record a request no allowed tier could answer."""
+        self._recorder.count_request(error=True)
+        self.record(call, None, "unavailable", 0, 0)
+
+    def queued(self, call: ChatCall) -> None:
+        """Record a request queued as a job (counted neither as served nor as an error)."""
+        self.record(call, None, "queued", 0, 0)
+
+    def record(
+        self,
+        call: ChatCall,
+        outcome: RouteOutcome | None,
+        status: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        self._recorder.record_inference(
+            outcome=outcome.telemetry() if outcome else {"route": None},
+            latency_ms=(time.perf_counter() - call.started) * 1000,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            stream=call.stream,
+            status=status,
+            task_class=call.routed.hints.task_class,
+            local_model=call.local_model,
+        )
