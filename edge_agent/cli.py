@@ -1,5 +1,6 @@
 """``edge-agent``: what runs on a device."""
 
+import json
 import logging
 import signal
 from pathlib import Path
@@ -9,7 +10,8 @@ import typer
 import uvicorn
 
 from edge_agent.attestation.measure import IMAGE_FILE
-from edge_agent.config import AgentConfig, ConfigError, load_config
+from edge_agent.config import AgentConfig, ConfigError, config_schema, load_config
+from shared.provisioning import AGENT_CONFIG
 
 app = typer.Typer(
     add_completion=False,
@@ -23,7 +25,7 @@ log = logging.getLogger("edge_agent")
 # simulated device holds about six, so one process stays well below that.
 MAX_SIMULATED_PER_PROCESS = 150
 # Where a flashed device keeps its config, relative to its root (edgefleet flash writes it).
-FLASHED_CONFIG = Path("etc/edgefleet/agent.yaml")
+FLASHED_CONFIG = Path(AGENT_CONFIG)
 
 
 def _load_or_exit(path: Path, *, root: Path | None = None) -> AgentConfig:
@@ -192,6 +194,13 @@ def simulate(
         simulation.run()
     finally:
         simulation.close()
+
+
+@app.command("config-schema")
+def config_schema_command() -> None:
+    """Print the JSON Schema of the agent config (the image build stores it in each image,
+    so flashing checks a config against the agent version the image holds)."""
+    typer.echo(json.dumps(config_schema(), indent=2, sort_keys=True))
 
 
 @app.command("check-config")

@@ -4,7 +4,7 @@ Every key is documented in ``docs/configuration.md``; keep the two in step.
 """
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from shared.broker_url import parse_broker_url
+from shared.provisioning import STATE_DIR
 from shared.topics import is_valid_device_id
 from shared.yaml_guard import YamlShapeError, read_yaml_file
 
@@ -267,7 +268,7 @@ class AgentConfig(_Strict):
 
     device_id: str
     device_class: str | None = None
-    state_dir: Path = Path("/var/lib/edgefleet-agent")
+    state_dir: Path = Path("/" + STATE_DIR)
     mqtt: MqttConfig | None = Field(default_factory=MqttConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     heartbeat_interval_s: float = Field(default=5.0, gt=0, le=3600)
@@ -308,6 +309,11 @@ class AgentConfig(_Strict):
         if clash:
             raise ValueError(f"{', '.join(clash)} names both a chat and a perception model")
         return self
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of ``AgentConfig`` (``edge-agent config-schema`` prints it)."""
+    return AgentConfig.model_json_schema()
 
 
 def under_root(root: Path, path: Path) -> Path:

@@ -6,7 +6,9 @@ recipe, signed by a real image key; tampered copies of it are made per test.
 """
 
 import base64
+import hashlib
 import io
+import json
 import os
 import stat
 import tarfile
@@ -16,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
+import httpx
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
@@ -29,7 +32,6 @@ from controller.auth import create_api_token, create_user
 from controller.broker.mosquitto_auth import hash_password, verify_password
 from controller.cli import app as controller_cli
 from controller.db import session_scope
-from controller.images import flash as flash_module
 from controller.images.build import build_image
 from controller.images.flash import (
     AGENT_CONFIG,
@@ -39,16 +41,20 @@ from controller.images.flash import (
     ControllerError,
     FlashError,
     FlashSummary,
-    HttpClient,
     TargetError,
+    VerifiedImage,
     flash,
     render_agent_config,
 )
+from controller.images.flashing import writing as flash_module
 from controller.images.keys import ImageKey, generate_image_key, load_image_key
+from controller.images.manifest import IMAGE_JSON, compute_image_id, image_json, sign_manifest
 from controller.models import BrokerCredential
 from edge_agent import __version__ as agent_version
 from edge_agent.cli import app as agent_cli
-from edge_agent.config import load_config
+from edge_agent.config import config_schema, load_config
+from shared.canonical import canonical_json
+from shared.provisioning import AGENT_CONFIG_SCHEMA
 from tests.controller_harness import LiveController, live_controller
 
 PASSPHRASE = "correct horse battery staple, flashing"
@@ -124,8 +130,8 @@ class World:
 
     def api(self, token: str | None = None) -> ControllerApi:
         self.live.client.headers["Authorization"] = f"Bearer {token or self.live.token}"
-        # TestClient is an httpx.Client (its request signature is wider than mypy matches).
-        return ControllerApi(cast(HttpClient, self.live.client), "http://testserver")
+        # TestClient is an httpx.Client (mypy does not see it through starlette's stubs).
+        return ControllerApi(cast(httpx.Client, self.live.client), "http://testserver")
 
     def flash(self, target: Path, device_id: str, **kwargs: object) -> FlashSummary:
         args: dict[str, object] = {"image_key": self.public_key, **kwargs}
@@ -342,15 +348,57 @@ def test_an_operator_token_cannot_flash(world: World, tmp_path: Path) -> None:
         (b"device_id: '{{serial}}'\n", "unknown placeholder"),
         (b"- not a mapping\n", "not a YAML mapping"),
         (b"device_id: x\nbogus_key: 1\n", "bogus_key"),
+        (b"device_id: x\nmqtt:\n  bogus_mqtt_key: 1\n", r"mqtt: .*bogus_mqtt_key"),
+        (b"device_id: x\napi:\n  port: eighty\n", r"api\.port: 'eighty' is not of type"),
     ],
-    ids=["unknown-placeholder", "not-a-mapping", "unknown-key"],
+    ids=["unknown-placeholder", "not-a-mapping", "unknown-key", "unknown-nested-key", "wrong-type"],
 )
 def test_bad_config_templates_are_refused(template: bytes, error: str) -> None:
     """A template the agent would not accept once filled in is refused before flashing."""
     with pytest.raises(ValueError, match=error):
         render_agent_config(
-            template, device_id="d-1", broker_url="mqtt://h:1883", controller_url="http://h"
+            template,
+            schema=config_schema(),
+            device_id="d-1",
+            broker_url="mqtt://h:1883",
+            controller_url="http://h",
         )
+
+
+def without_schema(image: Path, dest: Path, key: ImageKey) -> Path:
+    """``image`` as built before images carried the agent config schema: that file left
+    out, the manifest (and image.json, which carries the image id) redone and re-signed."""
+    schema = ROOTFS_PREFIX + AGENT_CONFIG_SCHEMA
+    with tarfile.open(image) as tar:
+        body = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    body["files"] = [f for f in body["files"] if f["path"] != schema]
+    body["image_id"] = compute_image_id(body)
+    identity = image_json(
+        image_id=body["image_id"],
+        device_class=body["device_class"],
+        agent_version=body["agent_version"],
+    )
+    entry = next(f for f in body["files"] if f["path"] == IMAGE_JSON)
+    entry.update(size=len(identity), sha256=hashlib.sha256(identity).hexdigest())
+    manifest = canonical_json(body)
+    change: dict[str, bytes | None] = {
+        schema: None,
+        IMAGE_JSON: identity,
+        "manifest.json": manifest,
+        "manifest.sig": sign_manifest(manifest, key.private),
+    }
+    return rewrite_tar(image, dest, change)
+
+
+def test_an_image_without_the_config_schema_is_refused(world: World, tmp_path: Path) -> None:
+    """An image built before images carried the agent config schema (validly signed) is
+    refused, telling the operator to rebuild it; nothing is written or registered."""
+    key = load_image_key(world.folder / "keys", SecretStr(PASSPHRASE))
+    old = without_schema(world.image, tmp_path / "old.tar", key)
+    with pytest.raises(FlashError, match=r"agent-config\.schema\.json.*rebuild it"):
+        world.flash(tmp_path / "device", "old-image-1", image=old)
+    assert not (tmp_path / "device").exists()
+    assert world.get("/api/devices/old-image-1").status_code == 404  # type: ignore[attr-defined]
 
 
 def test_load_config_takes_absolute_paths_under_the_root(tmp_path: Path) -> None:
@@ -418,7 +466,7 @@ def changed_read(mode: str) -> object:
     bytes of the same size (``changed``) or is left out (``missing``)."""
     original = flash_module._image_files
 
-    def image_files(image: flash_module.VerifiedImage) -> object:
+    def image_files(image: VerifiedImage) -> object:
         for relative, entry, reader in original(image):
             if ROOTFS_PREFIX + relative != AGENT_FILE:
                 yield relative, entry, reader

@@ -32,9 +32,10 @@ from controller.images.manifest import IMAGE_JSON, ImageError, compute_image_id
 from controller.images.recipe import RecipeError, load_recipe
 from controller.images.registry import FirmwareImage
 from controller.images.wheelhouse import WheelhouseError
-from edge_agent.config import load_config
+from edge_agent.config import config_schema, load_config
 from shared.attestation import installed_agent_code
 from shared.canonical import canonical_json
+from shared.provisioning import AGENT_CONFIG_SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ("jetson-orin", "npu-board", "x86-cpu")
@@ -227,6 +228,7 @@ def test_manifest_lists_every_file_with_its_hash(tmp_path: Path, key: ImageKey) 
         "rootfs/opt/edgefleet/agent/edge_agent/attestation/measure.py",
         "rootfs/opt/edgefleet/agent/shared/attestation.py",
         "rootfs/etc/edgefleet/agent.yaml",
+        "rootfs/etc/edgefleet/agent-config.schema.json",
         "rootfs/etc/systemd/system/edgefleet-agent.service",
         "rootfs/var/lib/edgefleet-agent/models/smollm2-135m/a/.keep",
         "rootfs/var/lib/edgefleet-agent/models/smollm2-135m/b/.keep",
@@ -235,6 +237,30 @@ def test_manifest_lists_every_file_with_its_hash(tmp_path: Path, key: ImageKey) 
     assert not any("__pycache__" in p for p in listed)
     unit = files["rootfs/etc/systemd/system/edgefleet-agent.service"].decode()
     assert "MemoryMax=4G" in unit and "CPUQuota=350%" in unit and "TasksMax=256" in unit
+
+
+def test_image_carries_the_packed_agents_config_schema(tmp_path: Path, key: ImageKey) -> None:
+    """The build stores the agent config's JSON Schema as the packed agent exports it (run
+    from the packed source, not imported by the controller): a field only the packed agent
+    has is in it."""
+    folder = recipe_copy(tmp_path)
+    image = build(tmp_path, key, recipe_dir=folder)
+    schema = members(image)["rootfs/" + AGENT_CONFIG_SCHEMA]
+    assert schema == canonical_json(config_schema())
+    packed = tmp_path / "agent-src"
+    shutil.copytree(ROOT / "edge_agent", packed / "edge_agent")
+    config_py = packed / "edge_agent" / "config.py"
+    config_py.write_text(
+        config_py.read_text().replace(
+            "    device_class: str | None = None\n",
+            "    device_class: str | None = None\n    only_in_the_packed_agent: int = 0\n",
+        )
+    )
+    sources = {"edge_agent": packed / "edge_agent", "shared": ROOT / "shared"}
+    other = build(tmp_path, key, "other.tar", recipe_dir=folder, agent_src=sources)
+    exported = json.loads(members(other)["rootfs/" + AGENT_CONFIG_SCHEMA])
+    assert "only_in_the_packed_agent" in exported["properties"]
+    assert "only_in_the_packed_agent" not in config_schema()["properties"]
 
 
 def _flip_byte(files: dict[str, bytes]) -> None:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from controller.images.flash import render_agent_config
 from controller.images.recipe import RecipeError, load_recipe
 from controller.settings import load_settings
-from edge_agent.config import ConfigError, load_config
+from edge_agent.config import ConfigError, config_schema, load_config
 from shared.yaml_guard import (
     MAX_YAML_BYTES,
     YamlShapeError,
@@ -213,6 +213,7 @@ def test_flash_template_with_deep_nesting_is_refused() -> None:
     with pytest.raises(ValueError, match=r"agent\.yaml template: nested deeper"):
         render_agent_config(
             HOSTILE["deep flow sequence"][0].encode(),
+            schema=config_schema(),
             device_id="d-1",
             broker_url="mqtt://h:1883",
             controller_url="http://h",

@@ -12,6 +12,7 @@ Layout of the tar (paths in ``rootfs/`` are the device's, relative to its root):
     manifest.json                      canonical, see controller.images.manifest
     manifest.sig                       {"keyid", "sig"} by the controller's image key
     rootfs/etc/edgefleet/agent.yaml    the recipe's agent config template
+    rootfs/etc/edgefleet/agent-config.schema.json   the packed agent's config JSON Schema
     rootfs/etc/edgefleet/image.json    {"image_id", "device_class", "agent_version"}
     rootfs/etc/edgefleet/recipe.json   the recipe as loaded (runtime, budgets, models)
     rootfs/etc/systemd/system/edgefleet-agent.service
@@ -28,8 +29,11 @@ exactly what is wrong (bad signature, wrong key, tampered, unknown or missing fi
 
 import hashlib
 import io
+import json
 import os
 import re
+import subprocess
+import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -59,12 +63,12 @@ from controller.images.recipe import Recipe, RecipeError, load_recipe
 from controller.images.wheelhouse import fetch_wheelhouse
 from shared.attestation import AGENT_PACKAGES, package_dir, tree_digest
 from shared.canonical import canonical_json
+from shared.provisioning import AGENT_CONFIG, AGENT_CONFIG_SCHEMA, STATE_DIR
 from shared.yaml_guard import YamlShapeError, read_yaml_file
 
 AGENT_DIR = "opt/edgefleet/agent"
 WHEELHOUSE_DIR = "opt/edgefleet/wheelhouse"
 UNIT_PATH = "etc/systemd/system/edgefleet-agent.service"
-STATE_DIR = "var/lib/edgefleet-agent"
 _VERSION = re.compile(r"""^__version__\s*=\s*["']([^"']+)["']""", re.MULTILINE)
 _SKIP_DIRS = {"__pycache__"}
 # verify_image names each unlisted member; past this many it stops (a tar of a million
@@ -239,6 +243,101 @@ def _source_date_epoch(value: int | None) -> int:
     return epoch
 
 
+def agent_config_schema(sources: Mapping[str, Path]) -> bytes:
+    """The JSON Schema of the agent config, as canonical JSON, printed by the agent being
+    packed (``python -m edge_agent config-schema`` with only ``sources`` on its path, run
+    from an empty folder), so flash checks a config against the agent in the image. The
+    controller never imports the agent: the two ship to different machines."""
+    with tempfile.TemporaryDirectory(prefix="edgefleet-agent-src-") as tmp:
+        for name in AGENT_PACKAGES:
+            (Path(tmp) / name).symlink_to(sources[name].resolve(), target_is_directory=True)
+        env = {**os.environ, "PYTHONPATH": tmp, "PYTHONDONTWRITEBYTECODE": "1"}
+        command = [sys.executable, "-P", "-m", "edge_agent", "config-schema"]
+        try:
+            done = subprocess.run(
+                command, cwd=tmp, env=env, capture_output=True, text=True, timeout=300, check=False
+            )
+        except (OSError, subprocess.SubprocessError) as e:
+            raise RecipeError(f"cannot run the agent to export its config schema: {e}") from e
+    if done.returncode != 0:
+        raise RecipeError(
+            f"the agent could not export its config schema (exit {done.returncode}):"
+            f" {done.stderr.strip()[-2000:]}"
+        )
+    try:
+        schema = json.loads(done.stdout)
+    except ValueError as e:
+        raise RecipeError(f"the agent's config schema is not JSON: {e}") from e
+    if not isinstance(schema, dict):
+        raise RecipeError("the agent's config schema is not a JSON object")
+    return canonical_json(schema)
+
+
+def _rootfs(
+    recipe: Recipe, template: Path, sources: Mapping[str, Path]
+) -> tuple[dict[str, tuple[Source, int]], str]:
+    """Every file of the image but the wheelhouse and image.json, by its path in the tar,
+    with its mode; and the agent code digest."""
+    files: dict[str, tuple[Source, int]] = {}
+
+    def add(path: str, source: Source, mode: int = MODE_FILE) -> None:
+        files[ROOTFS + path] = (source, mode)
+
+    code: list[tuple[str, str]] = []
+    for name in AGENT_PACKAGES:
+        root = sources[name]
+        for path in _walk(root):
+            relative = f"{name}/{path.relative_to(root).as_posix()}"
+            add(f"{AGENT_DIR}/{relative}", path)
+            if path.suffix == ".py":
+                code.append((relative, _file_sha256(path)))
+    add(AGENT_CONFIG, template.read_bytes())
+    add(AGENT_CONFIG_SCHEMA, agent_config_schema(sources))
+    add("etc/edgefleet/recipe.json", canonical_json(recipe.model_dump(mode="json")))
+    add(UNIT_PATH, render_unit(recipe))
+    add("opt/edgefleet/install.sh", render_install(recipe), MODE_EXEC)
+    pins = [*recipe.requirements]
+    add("opt/edgefleet/requirements.txt", "".join(f"{p}\n" for p in pins).encode())
+    for model in recipe.default_models:
+        for slot in ("a", "b"):
+            add(f"{STATE_DIR}/models/{model.name}/{slot}/.keep", b"")
+    return files, tree_digest(code)
+
+
+def _manifest(recipe: Recipe, files: dict[str, tuple[Source, int]], agent_code: str) -> bytes:
+    """The canonical manifest of ``files``; adds ``image.json`` (which carries the image
+    id the manifest fixes) to ``files``."""
+    entries = []
+    for tar_name in sorted(files):
+        source, mode = files[tar_name]
+        size, digest = _entry_bytes(source)
+        entries.append({"path": tar_name, "size": size, "sha256": digest, "mode": mode})
+    recipe_doc = recipe.model_dump(mode="json")
+    body: dict[str, Any] = {
+        "format": FORMAT,
+        "recipe": recipe_doc,
+        "device_class": recipe.device_class,
+        "platform": recipe_doc["platform"],
+        "agent_version": recipe.agent_version,
+        "agent_code": agent_code,
+        "files": entries,
+    }
+    image_id = compute_image_id(body)
+    identity = image_json(
+        image_id=image_id,
+        device_class=recipe.device_class,
+        agent_version=recipe.agent_version,
+    )
+    files[IMAGE_JSON] = (identity, MODE_FILE)
+    body["files"] = sorted(
+        [*entries, {"path": IMAGE_JSON, "size": len(identity),
+                    "sha256": hashlib.sha256(identity).hexdigest(), "mode": MODE_FILE}],
+        key=lambda e: str(e["path"]),
+    )  # fmt: skip
+    body["image_id"] = image_id
+    return canonical_json(body)
+
+
 def build_image(
     recipe_dir: Path,
     out: Path,
@@ -266,64 +365,12 @@ def build_image(
     template = recipe_dir / recipe.agent_config
     _check_template(recipe, template)
     mtime = _source_date_epoch(source_date_epoch)
-
-    files: dict[str, tuple[Source, int]] = {}
-
-    def add(path: str, source: Source, mode: int = MODE_FILE) -> None:
-        files[ROOTFS + path] = (source, mode)
-
-    code: list[tuple[str, str]] = []
-    for name in AGENT_PACKAGES:
-        root = sources[name]
-        for path in _walk(root):
-            relative = f"{name}/{path.relative_to(root).as_posix()}"
-            add(f"{AGENT_DIR}/{relative}", path)
-            if path.suffix == ".py":
-                code.append((relative, _file_sha256(path)))
-    agent_code = tree_digest(code)
-    add("etc/edgefleet/agent.yaml", template.read_bytes())
-    recipe_doc = recipe.model_dump(mode="json")
-    add("etc/edgefleet/recipe.json", canonical_json(recipe_doc))
-    add(UNIT_PATH, render_unit(recipe))
-    add("opt/edgefleet/install.sh", render_install(recipe), MODE_EXEC)
-    pins = [*recipe.requirements]
-    add("opt/edgefleet/requirements.txt", "".join(f"{p}\n" for p in pins).encode())
-    for model in recipe.default_models:
-        for slot in ("a", "b"):
-            add(f"{STATE_DIR}/models/{model.name}/{slot}/.keep", b"")
-
+    files, agent_code = _rootfs(recipe, template, sources)
     with tempfile.TemporaryDirectory(prefix="edgefleet-wheelhouse-") as tmp:
         if wheelhouse is not None or fetch:
             for artifact in fetch_wheelhouse(recipe, Path(tmp) / "w", find_links=wheelhouse):
-                add(f"{WHEELHOUSE_DIR}/{artifact.name}", artifact)
-        entries = []
-        for tar_name in sorted(files):
-            source, mode = files[tar_name]
-            size, digest = _entry_bytes(source)
-            entries.append({"path": tar_name, "size": size, "sha256": digest, "mode": mode})
-        body: dict[str, Any] = {
-            "format": FORMAT,
-            "recipe": recipe_doc,
-            "device_class": recipe.device_class,
-            "platform": recipe_doc["platform"],
-            "agent_version": recipe.agent_version,
-            "agent_code": agent_code,
-            "files": entries,
-        }
-        image_id = compute_image_id(body)
-        identity = image_json(
-            image_id=image_id,
-            device_class=recipe.device_class,
-            agent_version=recipe.agent_version,
-        )
-        files[IMAGE_JSON] = (identity, MODE_FILE)
-        body["files"] = sorted(
-            [*entries, {"path": IMAGE_JSON, "size": len(identity),
-                        "sha256": hashlib.sha256(identity).hexdigest(), "mode": MODE_FILE}],
-            key=lambda e: str(e["path"]),
-        )  # fmt: skip
-        body["image_id"] = image_id
-        manifest_bytes = canonical_json(body)
+                files[f"{ROOTFS}{WHEELHOUSE_DIR}/{artifact.name}"] = (artifact, MODE_FILE)
+        manifest_bytes = _manifest(recipe, files, agent_code)
         manifest = parse_manifest(manifest_bytes)
         signature = sign_manifest(manifest_bytes, keys.private)
         size = _write_tar(out, manifest_bytes, signature, files, mtime)
@@ -477,6 +524,7 @@ __all__ = [
     "UNIT_PATH",
     "WHEELHOUSE_DIR",
     "BuiltImage",
+    "agent_config_schema",
     "agent_sources",
     "agent_version_of",
     "build_image",

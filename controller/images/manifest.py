@@ -28,12 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared.attestation import key_id, sign, verify
 from shared.canonical import canonical_json
 from shared.json_guard import JsonShapeError, loads_bounded
+from shared.provisioning import IMAGE_FILE
 
 FORMAT = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 ROOTFS = "rootfs/"
-IMAGE_JSON = "rootfs/etc/edgefleet/image.json"
+IMAGE_JSON = ROOTFS + IMAGE_FILE
 MODE_FILE = 0o644
 MODE_EXEC = 0o755
 # Bounds on a manifest read from an image (before its signature is checked, for display):

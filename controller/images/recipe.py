@@ -243,14 +243,6 @@ class Recipe(_Strict):
             raise ValueError("default model names repeat")
         return self
 
-    def pins(self) -> list[tuple[str, str]]:
-        """``(name, version)`` of every wheel requirement, in recipe order."""
-        return [parse_pin(text) for text in self.requirements]
-
-    def sdist_pins(self) -> list[tuple[str, str]]:
-        """``(name, version)`` of every package built on the device."""
-        return [parse_pin(b.requirement) for b in self.build_on_device]
-
 
 def _where(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"

@@ -17,10 +17,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared.attestation import key_id, public_key_of
 from shared.files import write_atomic
+from shared.provisioning import IDENTITY_KEY_FILE
 
 log = logging.getLogger(__name__)
 
-KEY_FILE = "ed25519.pem"
+KEY_FILE = IDENTITY_KEY_FILE  # flashing writes it there too (shared.provisioning)
 
 
 @runtime_checkable

@@ -29,8 +29,9 @@ from shared.attestation import (
 )
 from shared.canonical import canonical_json
 from shared.json_guard import JsonShapeError, loads_bounded
+from shared.provisioning import IMAGE_FILE as IMAGE_PATH
 
-IMAGE_FILE = Path("etc/edgefleet/image.json")
+IMAGE_FILE = Path(IMAGE_PATH)
 NO_IMAGE = "none"
 INVALID_IMAGE = "invalid"
 # image.json is three short strings (controller.images.manifest.image_json).

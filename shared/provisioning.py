@@ -1,0 +1,35 @@
+"""Where a provisioned device keeps its files: the paths flashing writes and the agent reads.
+
+The controller's ``edgefleet image build`` and ``edgefleet flash`` put these files on a
+device; the agent looks for them there. Both sides take the names from here, so neither
+imports the other. Paths are device-relative (no leading ``/``): join them with the
+device's root, or prefix ``/`` on the device itself. Constants only; imports nothing.
+"""
+
+# The agent's configuration (flash renders it from the image's template).
+AGENT_CONFIG = "etc/edgefleet/agent.yaml"
+# The JSON Schema of that configuration, exported by the image build from the agent it
+# packs, so flash validates a config against the agent version actually in the image.
+AGENT_CONFIG_SCHEMA = "etc/edgefleet/agent-config.schema.json"
+# The image's identity (image id, device class, agent version), read by attestation.
+IMAGE_FILE = "etc/edgefleet/image.json"
+# The device's MQTT broker password (0600; the controller holds only its hash).
+PASSWORD_FILE = "etc/edgefleet/mqtt-password"  # noqa: S105 (a path, not a password)
+# The TUF trusted root the agent's update client starts its chain from.
+TRUSTED_ROOT = "etc/edgefleet/tuf-root.json"
+# The agent's state folder (its default ``state_dir``).
+STATE_DIR = "var/lib/edgefleet-agent"
+# The identity key: ``<state_dir>/identity/ed25519.pem`` (PKCS#8 PEM, 0600, folder 0700).
+IDENTITY_FOLDER = "identity"
+IDENTITY_KEY_FILE = "ed25519.pem"
+
+__all__ = [
+    "AGENT_CONFIG",
+    "AGENT_CONFIG_SCHEMA",
+    "IDENTITY_FOLDER",
+    "IDENTITY_KEY_FILE",
+    "IMAGE_FILE",
+    "PASSWORD_FILE",
+    "STATE_DIR",
+    "TRUSTED_ROOT",
+]
