@@ -1,10 +1,10 @@
 """The ingest shell: a paho subscriber feeding a batching writer thread, both supervised.
 
-- The network loop is our own thread under ``shared.supervision.Supervisor`` (not paho's
-  ``loop_start``): whatever escapes paho is logged with its traceback, counted
-  (``edgefleet_worker_restarts_total{worker="ingest-network"}``) and the loop restarted
-  with backoff on a fresh connection. Every paho callback has a last-resort guard too.
-- Messages are decoded on arrival, in paho's callback: the decoder is bounded (size, depth
+- The connection is ``shared.mqtt_transport``'s; its network loop runs in our own thread
+  under ``shared.supervision.Supervisor``: whatever escapes it is logged with its traceback,
+  counted (``edgefleet_worker_restarts_total{worker="ingest-network"}``) and the loop
+  restarted with backoff on a fresh connection. Every callback has a last-resort guard too.
+- Messages are decoded on arrival, in the transport's callback: the decoder is bounded (size, depth
   and element count before any work) and raises only ``ProtocolError``. A refused message
   is counted, handed to the ``DeadLetterBook`` (aggregated, rate-limited, see
   ``controller/ingest_limits.py``) and PUBACKed at once: it never enters the queue or the
@@ -27,12 +27,9 @@
 - On MQTT 5, subscriptions are shared (``$share/<group>/...``) so replicas split the stream.
 """
 
-import contextlib
 import hashlib
 import logging
 import queue
-import select
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -40,10 +37,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -63,6 +56,7 @@ from controller.ingest_limits import DeadLetterBook, Rejection
 from controller.settings import BrokerSettings, DeadLetterSettings
 from shared.errors import ProtocolError
 from shared.messages import Desired, encode_message
+from shared.mqtt_transport import Endpoint, Inbound, Transport
 from shared.supervision import StrikeBook, Supervisor
 from shared.topics import DEVICE_TO_CONTROLLER, DeviceTopic
 
@@ -157,44 +151,27 @@ class MqttIngest:
         self._network_done = threading.Event()
         self._connected = threading.Event()
         self._started = False
-        self._reconnect_delay = 1.0
         self._v5 = broker.effective_protocol == "5"
         self._filters = subscriptions(broker.shared_group if self._v5 else None)
-        if self._v5:
-            self._client = mqtt.Client(
-                callback_api_version=CallbackAPIVersion.VERSION2,
+        password = broker.password.get_secret_value() if broker.password else None
+        self.transport = Transport(
+            Endpoint(
+                host=broker.host,
+                port=port,
                 client_id=broker.client_id,
-                protocol=mqtt.MQTTv5,
+                protocol="5" if self._v5 else "3.1.1",
+                keepalive_s=broker.keepalive_s,
+                session_expiry_s=broker.session_expiry_s,
+                username=broker.username or None,
+                password=password if broker.username else None,
                 manual_ack=True,
-            )
-        else:
-            self._client = mqtt.Client(
-                callback_api_version=CallbackAPIVersion.VERSION2,
-                client_id=broker.client_id,
-                protocol=mqtt.MQTTv311,
-                clean_session=False,
-                manual_ack=True,
-            )
-        if broker.username:
-            password = broker.password.get_secret_value() if broker.password else None
-            self._client.username_pw_set(broker.username, password)
-        # Unlimited: paho's inflight counter can stick at its limit across a reconnect and
-        # then queue every later ack for good (eclipse-paho/paho.mqtt.python#24, #492).
-        self._client.max_inflight_messages_set(0)
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
-        # Our network thread does every socket write, through paho's external-loop API
-        # (loop_read, loop_write, loop_misc): without this hook paho, seeing no loop_start
-        # thread, would write from whichever thread publishes or acks, racing the loop's
-        # own writes on one socket. Other threads queue their packets and wake the loop
-        # once per burst (``_wake``); acks sent from the callbacks need no wake-up, where
-        # paho's own loop writes a wake-up byte per packet, a system call per message.
-        self._client.on_socket_register_write = _loop_writes
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+            ),
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+            on_subscribe=self._on_subscribe,
+            on_disconnect=self._on_disconnect,
+            name="ingest",
+        )
 
     @property
     def connected(self) -> bool:
@@ -208,20 +185,6 @@ class MqttIngest:
         return self._connected.wait(timeout)
 
     def start(self) -> None:
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self._broker.session_expiry_s
-            self._client.connect_async(
-                self._broker.host,
-                self._port,
-                keepalive=self._broker.keepalive_s,
-                clean_start=False,
-                properties=props,
-            )
-        else:
-            self._client.connect_async(
-                self._broker.host, self._port, keepalive=self._broker.keepalive_s
-            )
         self._started = True
         self.supervisor.spawn(WRITER_WORKER, self._write_loop, stopping=self._stopping)
         self.supervisor.spawn(DEAD_LETTER_WORKER, self._dead_letter_loop, stopping=self._stopping)
@@ -236,19 +199,12 @@ class MqttIngest:
         except Exception:
             log.exception("could not store the last dead letters")
         self._disconnecting.set()
-        if self._v5 and written:
-            # Everything received was written and acknowledged: end the session with us. A
-            # persistent session left behind would stay a member of the shared subscription
-            # and collect its share of the fleet's messages until it expired.
-            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = 0
-            self._client.disconnect(properties=props)
-        else:
-            self._client.disconnect()
-        self._wake()
+        # Everything received was written and acknowledged: end the session with us (MQTT 5).
+        # A persistent session left behind would stay a member of the shared subscription
+        # and collect its share of the fleet's messages until it expired.
+        self.transport.disconnect(end_session=written)
         self._wait_worker(self._network_done, NETWORK_WORKER, timeout)
-        self._wake_r.close()
-        self._wake_w.close()
+        self.transport.close()
 
     def _wait_worker(self, done: threading.Event, name: str, timeout: float) -> bool:
         """Wait for ``name`` to finish its stop; False if it was not running or timed out."""
@@ -265,90 +221,32 @@ class MqttIngest:
         """Publish to devices (QoS 1); False if the broker is not connected right now."""
         if not self._connected.is_set():
             return False
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
-        self._wake()
-        return info.rc == mqtt.MQTT_ERR_SUCCESS
-
-    def _wake(self) -> None:
-        """Have the network thread write what other threads queued (one byte is enough
-        for any number of packets; a full pair already holds a wake-up)."""
-        with contextlib.suppress(OSError):  # BlockingIOError too: a wake-up is pending
-            self._wake_w.send(b"\0")
+        return self.transport.publish(topic, payload, qos=1, retain=retain).ok
 
     # --- network thread ------------------------------------------------------------------
     def _network_loop(self) -> None:
-        """paho's network I/O until stop, reconnecting with backoff. What escapes paho ends
-        this call; the supervisor logs it and calls again, which reconnects afresh."""
-        client = self._client
+        """The transport's network I/O until stop, reconnecting with backoff. What escapes
+        it ends this call; the supervisor logs it and calls again, which reconnects afresh."""
         self._network_done.clear()
         try:
-            while not self._disconnecting.is_set():
-                try:
-                    client.reconnect()
-                except OSError as e:
-                    log.warning(
-                        "ingest cannot reach the broker at %s:%d (%s); retrying in %.0fs",
-                        self._broker.host,
-                        self._port,
-                        e,
-                        self._reconnect_delay,
-                    )
-                else:
-                    rc = self._serve(client)
-                    self._connected.clear()
-                    if self._disconnecting.is_set():
-                        break
-                    log.warning("ingest lost the broker (%s); reconnecting", rc)
-                if self._disconnecting.wait(self._reconnect_delay):
-                    break
-                self._reconnect_delay = min(self._reconnect_delay * 2, 30.0)
+            self.transport.run(self._disconnecting, backoff=_reconnect_delay, on_lost=self._lost)
         finally:
             self._connected.clear()
         self._network_done.set()
 
-    def _serve(self, client: mqtt.Client) -> MQTTErrorCode:
-        """Read, write and keep alive one connection until it ends; returns why."""
-        while True:
-            sock = client.socket()
-            if sock is None:
-                return mqtt.MQTT_ERR_NO_CONN
-            try:
-                readable, _, _ = select.select(
-                    [sock, self._wake_r], [sock] if client.want_write() else [], [], 1.0
-                )
-            except (OSError, ValueError, TypeError):  # closed meanwhile (a disconnect)
-                return mqtt.MQTT_ERR_CONN_LOST
-            if self._wake_r in readable:
-                with contextlib.suppress(BlockingIOError):
-                    self._wake_r.recv(4096)
-            if sock in readable:
-                rc = client.loop_read()
-                if rc != mqtt.MQTT_ERR_SUCCESS:
-                    return rc
-            # What the callbacks just queued (PUBACKs of refusals), or what other threads
-            # did (acks, publishes, a disconnect); a full socket buffer is retried next time.
-            if client.want_write():
-                rc = client.loop_write()
-                if rc != mqtt.MQTT_ERR_SUCCESS:
-                    return rc
-            rc = client.loop_misc()
-            if rc != mqtt.MQTT_ERR_SUCCESS:
-                return rc
+    def _lost(self, reason: str) -> None:
+        self._connected.clear()
+        log.warning("ingest lost the broker (%s); reconnecting", reason)
 
-    # --- paho callbacks (network thread): none may raise ----------------------------------
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
-    ) -> None:
+    # --- transport callbacks (network thread): none may raise -----------------------------
+    def _on_connect(self, refused: str | None) -> None:
         try:
-            if reason_code.is_failure:
-                log.error("broker refused the controller: %s", reason_code)
+            if refused is not None:
+                log.error("broker refused the controller: %s", refused)
                 return
-            sock = client.socket()
-            if isinstance(sock, socket.socket):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # Ready (``connected``) only once the broker has granted the subscriptions, in
             # ``_on_subscribe``: a message published before that reaches no session of ours.
-            client.subscribe([(f, 1) for f in self._filters])
+            self.transport.subscribe([(f, 1) for f in self._filters])
             log.info(
                 "ingest connected to %s:%d (MQTT %s)",
                 self._broker.host,
@@ -358,30 +256,24 @@ class MqttIngest:
         except Exception:
             self._callback_failed("on_connect")
 
-    def _on_subscribe(
-        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
-    ) -> None:
+    def _on_subscribe(self, refused: list[str]) -> None:
         try:
-            refused = [str(rc) for rc in reason_codes if rc.is_failure]
             if refused:
                 log.error("broker refused ingest's subscriptions: %s", ", ".join(refused))
                 return
-            self._reconnect_delay = 1.0
             self._connected.set()
         except Exception:
             self._callback_failed("on_subscribe")
 
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
-    ) -> None:
+    def _on_disconnect(self, reason: str) -> None:
         self._connected.clear()
         try:
             if not self._disconnecting.is_set():
-                log.warning("ingest lost the broker (%s); reconnecting", reason_code)
+                log.warning("ingest lost the broker (%s); reconnecting", reason)
         except Exception:
             self._callback_failed("on_disconnect")
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, message: Inbound) -> None:
         try:
             self._receive(message)
         except Exception:
@@ -396,8 +288,13 @@ class MqttIngest:
         self.stats.add("callback_errors")
         log.exception("ingest's %s callback failed (caught; the network loop goes on)", name)
 
-    def _receive(self, message: mqtt.MQTTMessage) -> None:
-        received = Received(message.topic, bytes(message.payload), datetime.now(UTC))
+    def _receive(self, message: Inbound) -> None:
+        if message.topic is None:
+            received = Received("<not UTF-8>", message.payload, datetime.now(UTC))
+            self._reject(received, ProtocolError("bad_topic", "topic is not UTF-8"))
+            self._ack(message.mid, message.qos)
+            return
+        received = Received(message.topic, message.payload, datetime.now(UTC))
         fresh = time.monotonic() - self._known_at < KNOWN_FRESH_S
         try:
             decoded = classify(
@@ -422,8 +319,7 @@ class MqttIngest:
             )
 
     def _ack(self, mid: int, qos: int) -> None:
-        if qos > 0:
-            self._client.ack(mid, qos)
+        self.transport.ack(mid, qos)
 
     def _reject(self, received: Received, error: ProtocolError, *, count: bool = True) -> None:
         """Count a refused message and hand it to the dead-letter book (no payload kept)."""
@@ -499,7 +395,7 @@ class MqttIngest:
             )
             self._ack(item.mid, item.qos)
             self._strikes.release([item.key])
-            self._wake()
+            self.transport.wake()
         self._pending = keep
 
     def _write(self, items: list[_Item]) -> bool:
@@ -546,14 +442,15 @@ class MqttIngest:
             self._reject(received, error)
         for received, error in result.refused:
             self._reject(received, error, count=False)  # counted in the outcome
+        # One wake-up for the whole burst of acks, publishes and PUBACKs.
         for ack in result.acks:
-            self._client.publish(*encode_message(ack), qos=1)
+            self.transport.publish(*encode_message(ack), qos=1, wake=False)
         for message in result.outbound:
             retain = isinstance(message, Desired)
-            self._client.publish(*encode_message(message), qos=1, retain=retain)
+            self.transport.publish(*encode_message(message), qos=1, retain=retain, wake=False)
         for item in items:
             self._ack(item.mid, item.qos)
-        self._wake()
+        self.transport.wake()
         self._strikes.release(keys)
         return True
 
@@ -593,6 +490,6 @@ class MqttIngest:
             log.warning("dead letters over their caps: %d rejections' rows pruned", lost)
 
 
-def _loop_writes(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    """paho's "register for write" hook: nothing to do, our network loop writes (the
-    thread that queued the packet wakes it, ``MqttIngest._wake``)."""
+def _reconnect_delay(attempt: int) -> float:
+    """1 s after a connection that worked, doubling per failed attempt, at most 30 s."""
+    return float(min(2**attempt, 30))

@@ -24,14 +24,14 @@ from edge_agent.chat_service import ChatService, build_router
 from edge_agent.config import AgentConfig
 from edge_agent.hardware import HardwareProfile, probe
 from edge_agent.model_registry import ModelRegistry
-from edge_agent.mqtt_link import LoadSnapshot, MqttLink
-from edge_agent.outbox import Outbox, OutboxFull, Priority
 from edge_agent.routing.context import SessionStore
 from edge_agent.routing.router import Router
 from edge_agent.runtimes.base import ChatRuntime
 from edge_agent.runtimes.probe import available_runtimes, execution_providers
 from edge_agent.shadow import DeviceShadow
-from edge_agent.state import CounterStore
+from edge_agent.sync.counters import CounterStore
+from edge_agent.sync.link import LoadSnapshot, MqttLink
+from edge_agent.sync.outbox import Outbox, OutboxFull, Priority
 from edge_agent.telemetry.host import max_temperature_c
 from edge_agent.telemetry.prometheus import AgentMetrics, AgentState, ModelState
 from edge_agent.telemetry.windows import (

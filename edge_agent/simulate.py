@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
-from edge_agent.outbox import Priority
+from edge_agent.sync.outbox import Priority
 from shared.supervision import Supervisor
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, MqttConfig
-from edge_agent.mqtt_link import LoadSnapshot, MqttLink
-from edge_agent.state import CounterStore
+from edge_agent.sync.link import LoadSnapshot, MqttLink
+from edge_agent.sync.counters import CounterStore
 from shared.errors import ProtocolError
 from shared.messages import (
     Ack,
@@ -405,7 +405,7 @@ def _deliver(link: MqttLink, handlers: _Handlers, topic: bytes, payload: bytes) 
     errors = link.stats.handler_errors.total() + link.stats.challenges_failed
     received = mqtt.MQTTMessage(mid=0, topic=topic)
     received.payload = payload
-    link._on_message(link._client, None, received)  # must not raise
+    link.transport._on_message(link.transport._client, None, received)  # must not raise
 
     try:
         parsed, _ = decode_message(topic.decode(), payload)

@@ -20,7 +20,7 @@ from controller.drills.openai_server import FakeProvider, start_provider
 from edge_agent.agent import Agent
 from edge_agent.api.app import create_agent_app
 from edge_agent.config import AgentConfig, TelemetryConfig
-from edge_agent.outbox import Outbox
+from edge_agent.sync.outbox import Outbox
 from edge_agent.telemetry.host import hottest_c, max_temperature_c
 from edge_agent.telemetry.windows import (
     MAX_GROUPS,

@@ -99,8 +99,9 @@ def inject(agent: Agent, client: TestClient, worker: str, monkeypatch: pytest.Mo
     link = agent.link
     assert link is not None
     if worker == "mqtt-network":
-        fault = Fault(link._client.loop)
-        monkeypatch.setattr(link._client, "loop", fault)
+        client = link.transport._client  # the network loop calls loop_misc every round
+        fault = Fault(client.loop_misc)
+        monkeypatch.setattr(client, "loop_misc", fault)
     elif worker == "heartbeat":
         fault = Fault(link.publish_heartbeat)
         monkeypatch.setattr(link, "publish_heartbeat", fault)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.state import CounterStore
+from edge_agent.sync.counters import CounterStore
 
 
 def test_counters_continue_after_reopen(tmp_path: Path) -> None:

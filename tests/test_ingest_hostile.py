@@ -171,7 +171,7 @@ def test_a_crashed_network_loop_is_restarted_and_reconnects(
     is counted, and messages land again."""
     with controller(tmp_path, mosquitto) as live:
         assert live.services.ingest is not None
-        client = live.services.ingest._client
+        client = live.services.ingest.transport._client
         real_loop_misc = client.loop_misc
         exploded = threading.Event()
 

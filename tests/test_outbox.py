@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.outbox import Outbox, OutboxFull, Priority
+from edge_agent.sync.outbox import Outbox, OutboxFull, Priority
 
 
 def test_epoch_changes_per_open_and_seq_is_never_reused(tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ def test_sigkill_mid_write_loses_no_committed_record_and_reuses_no_seq(tmp_path:
     script = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from edge_agent.outbox import Outbox, Priority
+        from edge_agent.sync.outbox import Outbox, Priority
         box = Outbox(Path({str(db)!r}), max_bytes=1 << 30)
         i = 0
         while True:

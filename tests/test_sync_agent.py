@@ -10,7 +10,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
-from edge_agent.outbox import Priority
+from edge_agent.sync.outbox import Priority
 from shared import encode_message
 from shared.messages import Desired
 from tests.conftest import Broker, wait_for

@@ -3,40 +3,34 @@
 - Session numbering follows Sparkplug B's ``bdSeq``: each connection gets a new number,
   persisted before use, and the Last Will registered for it carries that number, so the
   controller can tell a stale will from a real death.
-- Persistent sessions (MQTT 5 session expiry, or clean_session=False on 3.1.1), so acks and
-  desired state sent while the device is away are waiting when it comes back.
-- Our own network loop reconnects with exponential backoff and full jitter, and sets
-  TCP_NODELAY: with Nagle, every QoS 1 round trip waits for delayed ACKs.
-- A publisher thread drains the durable outbox in batches with a window of unacknowledged
-  batches; acks trim the outbox; a lost connection or an overdue ack republishes from the
-  oldest unacknowledged record (the controller stores each record once, so that is safe).
+- The connection is ``shared.mqtt_transport``'s (persistent session, TCP_NODELAY, our own
+  network loop); this link reconnects it with exponential backoff and full jitter, so acks
+  and desired state sent while the device is away are waiting when it comes back.
+- A publisher thread drains the durable outbox in batches through a ``SendWindow``
+  (``edge_agent/sync/window.py``): acks trim the outbox; a lost connection re-sends from the
+  oldest unacknowledged record, an overdue ack re-sends that batch (the controller stores
+  each record once, so that is safe).
 - Attestation challenges go to ``on_challenge``; its signed quote is published at QoS 1
   straight away (not through the outbox: a quote is only worth anything while its nonce is).
-- Nothing that arrives can stop the link: paho re-raises a callback's exception out of
-  ``loop()``, which would end the network thread, so every callback refuses bad input with a
-  counted reason (``stats.rejected``) and catches what a handler raises
-  (``stats.handler_errors``). The three loops run under a ``Supervisor`` all the same: a
-  defect that gets through is logged, counted and restarted with backoff.
+- Nothing that arrives can stop the link: every inbound message is refused with a counted
+  reason (``stats.rejected``) or handled, and what a handler raises is caught and counted
+  (``stats.handler_errors``); the transport guards its callbacks once more. The three
+  loops run under a ``Supervisor`` all the same: a defect that gets through is logged,
+  counted and restarted with backoff.
 """
 
 import logging
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
-from edge_agent.backoff import full_jitter
 from edge_agent.config import MqttConfig, OutboxConfig
-from edge_agent.outbox import Outbox, StoredRecord
-from edge_agent.state import CounterStore
+from edge_agent.sync.backoff import full_jitter
+from edge_agent.sync.counters import CounterStore
+from edge_agent.sync.outbox import Outbox, StoredRecord
+from edge_agent.sync.window import SendWindow
 from shared.errors import ProtocolError
 from shared.messages import (
     Ack,
@@ -52,6 +46,7 @@ from shared.messages import (
     decode_message,
     encode_message,
 )
+from shared.mqtt_transport import Endpoint, Inbound, Transport
 from shared.supervision import Supervisor
 from shared.topics import CONTROLLER_TO_DEVICE, DeviceTopic, MessageKind
 
@@ -159,40 +154,29 @@ class MqttLink:
         self._supervisor = supervisor or Supervisor()
         self._workers: list[str] = []
         self._network_runs = 0
-        self._connect_called = False
         self._publisher_runs = 0
         self._rng = random.Random()  # noqa: S311 (jitter, not cryptography)
         self._bd_seq = counters.next(BD_SEQ)
         # Outbox publishing state, touched by the publisher thread and the network thread.
-        self._cursor: tuple[int, int] | None = None
-        # (epoch, first_seq, last_seq) of each unacknowledged batch -> (sent at, sends)
-        self._inflight: dict[tuple[int, int, int], tuple[float, int]] = {}
+        self.window = SendWindow(self._outbox_config.inflight_batches)
         self.births_sent = 0
         self.heartbeats_sent = 0
-
-        self._v5 = config.protocol == "5"
-        if self._v5:
-            self._client = mqtt.Client(
-                callback_api_version=CallbackAPIVersion.VERSION2,
+        self.transport = Transport(
+            Endpoint(
+                host=config.host,
+                port=config.port,
                 client_id=device_id,
-                protocol=mqtt.MQTTv5,
-            )
-        else:
-            self._client = mqtt.Client(
-                callback_api_version=CallbackAPIVersion.VERSION2,
-                client_id=device_id,
-                protocol=mqtt.MQTTv311,
-                clean_session=False,
-            )
-        if config.username:
-            self._client.username_pw_set(config.username, config.password())
-        # No paho-side window: ours (outbox.inflight_batches) bounds what is outstanding, and
-        # paho's own counter can stay "full" across a reconnect and then hold every later
-        # publish in its queue for good (eclipse-paho/paho.mqtt.python#24, #492).
-        self._client.max_inflight_messages_set(0)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
+                protocol=config.protocol,
+                keepalive_s=config.keepalive_s,
+                session_expiry_s=config.session_expiry_s,
+                username=config.username or None,
+                password=config.password() if config.username else None,
+            ),
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
+            name=f"agent {device_id}",
+        )
         self._topic_ack = str(DeviceTopic(device_id, MessageKind.ACK))
         self._topic_desired = str(DeviceTopic(device_id, MessageKind.DESIRED))
         self._topic_challenge = str(DeviceTopic(device_id, MessageKind.CHALLENGE))
@@ -218,14 +202,14 @@ class MqttLink:
         model install). False while offline: every connect publishes the current one."""
         if not self._connected.is_set():
             return False
-        self._client.publish(*encode_message(reported), qos=1)
+        self.transport.publish(*encode_message(reported), qos=1)
         return True
 
     def _set_will(self) -> None:
         topic, payload = encode_message(
             Death(device_id=self.device_id, bd_seq=self._bd_seq, reason="will")
         )
-        self._client.will_set(topic, payload, qos=1, retain=True)
+        self.transport.will_set(topic, payload, qos=1, retain=True)
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -249,46 +233,24 @@ class MqttLink:
             topic, payload = encode_message(
                 Death(device_id=self.device_id, bd_seq=self._bd_seq, reason="shutdown")
             )
-            info = self._client.publish(topic, payload, qos=1, retain=True)
-            try:
-                info.wait_for_publish(timeout)
-            except (RuntimeError, ValueError):
+            sent = self.transport.publish(topic, payload, qos=1, retain=True)
+            if not sent.wait(timeout):
                 log.warning("clean death not confirmed by the broker")
-            self._client.disconnect()
+            self.transport.disconnect()
         for name in self._workers:
             self._supervisor.join(name, timeout)
         if self._own_supervisor:
             self._supervisor.stop(timeout)
+        self.transport.close()
 
     # --- network loop ----------------------------------------------------------------------
     def _new_session_number(self) -> None:
         """Every connection attempt after the first gets a new bd_seq and a will saying so,
-        whether or not paho reported the previous disconnect."""
+        whether or not the previous disconnect was noticed."""
         with self._lock:
             self._bd_seq = self._counters.next(BD_SEQ)
             self._set_will()
-            self._cursor = None
-            self._inflight.clear()
-
-    def _connect(self, first: bool) -> None:
-        if not first:
-            self._new_session_number()
-            self._client.reconnect()
-            return
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self._config.session_expiry_s
-            self._client.connect(
-                self._config.host,
-                self._config.port,
-                keepalive=self._config.keepalive_s,
-                clean_start=False,
-                properties=props,
-            )
-        else:
-            self._client.connect(
-                self._config.host, self._config.port, keepalive=self._config.keepalive_s
-            )
+        self.window.reset()
 
     def _backoff(self, attempt: int) -> float:
         return full_jitter(
@@ -299,111 +261,81 @@ class MqttLink:
         )
 
     def _network_loop(self) -> None:
-        """Connect and run paho's loop until stop (one supervised run). A run after a crash
-        starts a new session (new bd_seq, reconnect): what the crashed run left of the old
-        one (socket, in-flight batches) is not trusted."""
+        """Connect and serve the transport until stop (one supervised run). A run after a
+        crash starts a new session (new bd_seq, reconnect): what the crashed run left of the
+        old one (socket, in-flight batches) is not trusted."""
         self._network_runs += 1
         if self._network_runs > 1:
             self._connected.clear()
-        attempt = 0
-        while not self._stopping.is_set():
-            try:
-                self._connect(first=not self._connect_called)
-                self._connect_called = True
-            except (OSError, ValueError) as e:
-                delay = self._backoff(attempt)
-                attempt += 1
-                log.info("broker unreachable (%s); retry %d in %.1fs", e, attempt, delay)
-                self._stopping.wait(delay)
-                continue
-            while not self._stopping.is_set():
-                rc = self._client.loop(timeout=0.5)
-                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    break
-                if self._connected.is_set():
-                    attempt = 0
-            if self._stopping.is_set():
-                # Let stop() finish its clean death and DISCONNECT on this loop.
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline and self._client.loop(timeout=0.1) == 0:
-                    pass
-                return
-            self.stats.reconnects += 1
-            delay = self._backoff(attempt)
-            attempt += 1
-            self._stopping.wait(delay)
+        self.transport.run(
+            self._stopping,
+            backoff=self._backoff,
+            before_reconnect=self._new_session_number,
+            on_lost=self._lost,
+        )
 
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
-    ) -> None:
-        """paho's callback: never raises. A session that could not be set up (no birth, no
-        subscriptions) is dropped, so the network loop starts a fresh one after its backoff."""
+    def _lost(self, reason: str) -> None:
+        self._connected.clear()
+        self.stats.reconnects += 1
+
+    def _on_connect(self, refused: str | None) -> None:
+        """The transport's callback: never raises. A session that could not be set up (no
+        birth, no subscriptions) is dropped, so the network loop starts a fresh one after its
+        backoff."""
+        if refused is not None:
+            log.warning("broker refused connection: %s", refused)
+            return
         try:
-            self._session_up(client, reason_code)
+            self._session_up()
         except Exception:
             self.stats.handler_errors.add("connect")
             log.exception("setting up the MQTT session failed; reconnecting")
             self._connected.clear()
             try:
-                client.disconnect()
+                self.transport.disconnect()
             except Exception:
                 log.debug("disconnect after a failed session setup failed", exc_info=True)
 
-    def _session_up(self, client: mqtt.Client, reason_code: Any) -> None:
-        if reason_code.is_failure:
-            log.warning("broker refused connection: %s", reason_code)
-            return
-        sock = client.socket()
-        if isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _session_up(self) -> None:
         topics = [(self._topic_ack, 1), (self._topic_desired, 1)]
         if self._on_challenge is not None:
             topics.append((self._topic_challenge, 1))
-        client.subscribe(topics)
+        self.transport.subscribe(topics)
         with self._lock:
             birth = self._make_birth(self._bd_seq)
-            self._cursor = None
-            self._inflight.clear()
-        client.publish(*encode_message(birth), qos=1, retain=True)
+        self.window.reset()
+        self.transport.publish(*encode_message(birth), qos=1, retain=True)
         self.births_sent += 1
         if self._current_reported is not None:
-            client.publish(*encode_message(self._current_reported()), qos=1)
+            self.transport.publish(*encode_message(self._current_reported()), qos=1)
         if self._outbox is not None:
             self._outbox.append_drop_report()
         self._connected.set()
         self._wake.set()
         log.info("connected to broker; birth published (bd_seq=%d)", birth.bd_seq)
 
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
-    ) -> None:
-        """paho's callback: never raises."""
+    def _on_disconnect(self, reason: str) -> None:
+        """The transport's callback: never raises."""
         self._connected.clear()
         if self._stopping.is_set():
             return
         try:
-            log.warning("disconnected from broker (%s); will reconnect", reason_code)
+            log.warning("disconnected from broker (%s); will reconnect", reason)
             # Unacknowledged batches are re-sent from the oldest record on the next session
-            # (which gets its own bd_seq in _connect).
-            with self._lock:
-                self._cursor = None
-                self._inflight.clear()
+            # (which gets its own bd_seq before it connects).
+            self.window.reset()
         except Exception:
             self.stats.handler_errors.add("disconnect")
             log.exception("handling a disconnect failed")
 
     # --- inbound: acks and desired state ----------------------------------------------------
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        """paho's callback: never raises (paho would re-raise it out of the network loop)."""
+    def _on_message(self, inbound: Inbound) -> None:
+        """The transport's callback: never raises."""
         try:
-            topic: str | None = message.topic
-        except UnicodeDecodeError:  # paho decodes the topic on access
-            topic = None
-        try:
-            self.receive(topic, bytes(message.payload))
+            self.receive(inbound.topic, inbound.payload)
         except Exception:  # receive() guards itself; this is the last line
             self.stats.handler_errors.add("message")
-            log.exception("inbound message on %.128r not handled", topic)
+            log.exception("inbound message on %.128r not handled", inbound.topic)
 
     def receive(self, topic: str | None, payload: bytes) -> str | None:
         """Handle one inbound message: decode it, check it is for this device and comes from
@@ -449,14 +381,14 @@ class MqttLink:
         elif isinstance(decoded, Desired) and self._on_desired is not None:
             reported = self._on_desired(decoded)
             if reported is not None:
-                self._client.publish(*encode_message(reported), qos=1)
+                self.transport.publish(*encode_message(reported), qos=1)
         elif isinstance(decoded, Challenge) and self._on_challenge is not None:
-            self._answer(self._client, decoded)
+            self._answer(decoded)
         else:
             return False
         return True
 
-    def _answer(self, client: mqtt.Client, challenge: Challenge) -> None:
+    def _answer(self, challenge: Challenge) -> None:
         """Publish the quote for ``challenge``; a failure to measure or sign is logged and
         counted, never raised into paho's loop (the controller sees a silent device)."""
         try:
@@ -466,23 +398,14 @@ class MqttLink:
             log.exception("could not answer attestation challenge")
             return
         if quote is not None:
-            client.publish(*encode_message(quote), qos=1)
+            self.transport.publish(*encode_message(quote), qos=1)
             self.stats.quotes_sent += 1
 
     def _handle_ack(self, ack: Ack) -> None:
         if self._outbox is None:
             return
         self.stats.records_acked += self._outbox.ack(ack.epoch, ack.first_seq, ack.hwm)
-        with self._lock:
-            # Only batches the ack covers entirely: an ack for an older, shorter batch that
-            # starts at the same record (re-delivered after a reconnect) must not retire a
-            # longer batch sent since.
-            for key in [
-                k
-                for k in self._inflight
-                if k[0] == ack.epoch and k[1] >= ack.first_seq and k[2] <= ack.hwm
-            ]:
-                del self._inflight[key]
+        self.window.acked(ack.epoch, ack.first_seq, ack.hwm)
         self._wake.set()
 
     # --- outbound: heartbeats and the outbox --------------------------------------------------
@@ -505,36 +428,19 @@ class MqttLink:
                 requests_total=load.requests_total,
                 local_tier_healthy=load.local_tier_healthy,
             )
-        self._client.publish(*encode_message(message), qos=1)
+        self.transport.publish(*encode_message(message), qos=1)
         self.heartbeats_sent += 1
 
     def _resend_overdue(self, ack_timeout_s: float) -> None:
-        """Re-send only the batches whose ack is overdue, each with its own doubling timeout.
-
-        On a live persistent session the broker redelivers QoS 1 itself; a missing ack here
-        means the controller lost or is far behind on that batch, so re-sending the whole
-        window would only add load when it is already overloaded.
-        """
+        """Re-send only the batches whose ack is overdue (the window's rules)."""
         assert self._outbox is not None
-        now = time.monotonic()
-        with self._lock:
-            overdue = [
-                (key, sends)
-                for key, (sent, sends) in self._inflight.items()
-                if now - sent > ack_timeout_s * min(2 ** (sends - 1), 8)
-            ]
-        for key, sends in overdue:
+        for key in self.window.overdue(time.monotonic(), ack_timeout_s):
             # What is still held of that batch (acks for overlapping batches trim it too).
             records = self._outbox.read_range(*key)
-            with self._lock:
-                if key not in self._inflight:
-                    continue  # acked (or the session reset) meanwhile
-                if not records:  # acked through another batch, or dropped under the quota
-                    del self._inflight[key]
-                    continue
-                self._inflight[key] = (time.monotonic(), sends + 1)
+            if not self.window.resent(key, still_held=bool(records), now=time.monotonic()):
+                continue
             self.stats.republishes += 1
-            self._client.publish(*encode_message(self._batch_message(records)), qos=1)
+            self.transport.publish(*encode_message(self._batch_message(records)), qos=1)
 
     def _batch_message(self, batch: list[StoredRecord]) -> TelemetryBatch:
         return TelemetryBatch(
@@ -552,9 +458,7 @@ class MqttLink:
             return
         self._publisher_runs += 1
         if self._publisher_runs > 1:
-            with self._lock:
-                self._cursor = None
-                self._inflight.clear()
+            self.window.reset()
         cfg = self._outbox_config
         while not self._stopping.is_set():
             if not self._connected.is_set():
@@ -562,13 +466,11 @@ class MqttLink:
                 self._wake.clear()
                 continue
             self._resend_overdue(cfg.ack_timeout_s)
-            with self._lock:
-                full = len(self._inflight) >= cfg.inflight_batches
-                cursor = self._cursor
-            if full:
+            if self.window.full():
                 self._wake.wait(0.1)
                 self._wake.clear()
                 continue
+            cursor = self.window.cursor
             batch = self._outbox.read_batch(
                 cursor, max_records=cfg.batch_records, max_bytes=cfg.batch_bytes
             )
@@ -576,12 +478,9 @@ class MqttLink:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
-            message = self._batch_message(batch)
             first, last = batch[0], batch[-1]
-            with self._lock:
-                if self._cursor != cursor:  # a reconnect reset the position meanwhile
-                    continue
-                self._inflight[(first.epoch, first.seq, last.seq)] = (time.monotonic(), 1)
-                self._cursor = (last.epoch, last.seq)
-            self._client.publish(*encode_message(message), qos=1)
+            key = (first.epoch, first.seq, last.seq)
+            if not self.window.sent(key, after=cursor, now=time.monotonic()):
+                continue  # a reconnect reset the position meanwhile
+            self.transport.publish(*encode_message(self._batch_message(batch)), qos=1)
             self.stats.batches_sent += 1

@@ -1,0 +1,1 @@
+"""Sync with the controller: the durable outbox, its send window, the MQTT link."""

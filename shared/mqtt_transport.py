@@ -1,0 +1,396 @@
+"""The one MQTT transport both sides use: paho is wrapped here and nowhere else.
+
+Like aiomqtt, this module owns the paho client and everything about it that both sides need
+to get right once: MQTT 5 (session expiry, clean start off) or 3.1.1 (clean session off)
+persistent sessions, credentials, the Last Will, TCP_NODELAY, the in-flight workaround, the
+network loop and what its callbacks may raise. The agent's link and the controller's ingest
+keep their own policy (what to subscribe, when to reconnect, what a message means) and see
+only plain values: an :class:`Inbound` per message, reason strings, :class:`Sent` handles.
+
+The network loop is our own, on paho's external-loop API (``loop_read``, ``loop_write``,
+``loop_misc`` around one ``select``), run by the caller's supervised thread:
+
+- only that thread touches the socket. Without the ``on_socket_register_write`` hook, paho,
+  seeing no ``loop_start`` thread, writes from whichever thread publishes or acks, racing the
+  loop's own writes on one socket. Other threads queue their packets and wake the loop once
+  per burst through a socket pair, where paho's own loop writes a wake-up byte per packet;
+- paho's in-flight window is off (``max_inflight_messages_set(0)``): its counter can stay
+  "full" across a reconnect and then hold every later publish in its queue for good
+  (eclipse-paho/paho.mqtt.python#24, #492). Callers bound what they have outstanding;
+- TCP_NODELAY is set on every connection: with Nagle, every QoS 1 round trip waits for a
+  delayed ACK;
+- no callback of the caller's can stop the loop: paho re-raises a callback's exception out of
+  ``loop_read``, so each one runs under a guard that logs it and counts it in
+  ``callback_errors`` (the caller's own guards should have caught it first).
+"""
+
+import contextlib
+import logging
+import select
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger(__name__)
+
+Protocol = Literal["5", "3.1.1"]
+
+# How long ``serve`` keeps the connection after the caller asked to stop, to let a last
+# publish (a clean death) and the DISCONNECT go out.
+STOP_GRACE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and as whom to connect; the same fields for a device and the controller."""
+
+    host: str
+    port: int
+    client_id: str
+    protocol: Protocol = "5"
+    keepalive_s: int = 30
+    session_expiry_s: int = 3600
+    username: str | None = None
+    password: str | None = None
+    # The caller acknowledges QoS 1 messages itself (``Transport.ack``), after it has
+    # stored them; otherwise paho acknowledges each one as it is delivered.
+    manual_ack: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One message as it came off the wire. ``topic`` is None when it is not UTF-8."""
+
+    topic: str | None
+    payload: bytes
+    mid: int
+    qos: int
+    retain: bool
+
+
+class Sent:
+    """What became of one publish."""
+
+    def __init__(self, info: mqtt.MQTTMessageInfo) -> None:
+        self._info = info
+
+    @property
+    def queued(self) -> bool:
+        """Accepted by the client: sent, or held to send on the next connection (QoS 1)."""
+        return self._info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+
+    @property
+    def ok(self) -> bool:
+        """Handed to a live connection."""
+        return self._info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until the broker has it (PUBACK for QoS 1); False on timeout or failure."""
+        try:
+            self._info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):
+            return False
+        return self._info.is_published()
+
+
+class Transport:
+    """One MQTT client connection, reconnected by its owner's loop.
+
+    Callbacks run on the network thread (the one in :meth:`serve`), one at a time:
+    ``on_connect(refused)`` with None when the broker accepted the session, else its reason;
+    ``on_subscribe(refused)`` with the reason codes of refused subscriptions (empty when all
+    were granted); ``on_disconnect(reason)``; ``on_message(inbound)``.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        on_message: Callable[[Inbound], None],
+        on_connect: Callable[[str | None], None] | None = None,
+        on_subscribe: Callable[[list[str]], None] | None = None,
+        on_disconnect: Callable[[str], None] | None = None,
+        name: str = "mqtt",
+    ) -> None:
+        self.endpoint = endpoint
+        self.name = name
+        self.callback_errors: Counter[str] = Counter()
+        self._on_message_cb = on_message
+        self._on_connect_cb = on_connect
+        self._on_subscribe_cb = on_subscribe
+        self._on_disconnect_cb = on_disconnect
+        self._v5 = endpoint.protocol == "5"
+        self._client = self._make_client(endpoint)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._configured = False
+        # A connection was opened at least once (later attempts are reconnections), and the
+        # broker accepted the current one.
+        self._connected_once = False
+        self._session_ok = False
+
+    @property
+    def v5(self) -> bool:
+        return self._v5
+
+    def _make_client(self, endpoint: Endpoint) -> mqtt.Client:
+        if self._v5:
+            client = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=endpoint.client_id,
+                protocol=mqtt.MQTTv5,
+                manual_ack=endpoint.manual_ack,
+            )
+        else:
+            client = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=endpoint.client_id,
+                protocol=mqtt.MQTTv311,
+                clean_session=False,
+                manual_ack=endpoint.manual_ack,
+            )
+        if endpoint.username:
+            client.username_pw_set(endpoint.username, endpoint.password)
+        client.max_inflight_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_socket_register_write = _loop_writes
+        return client
+
+    # --- session ---------------------------------------------------------------------------
+    def will_set(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = True) -> None:
+        """The Last Will for the next connection attempt."""
+        self._client.will_set(topic, payload, qos=qos, retain=retain)
+
+    def connect(self) -> None:
+        """Open a connection (persistent session); raises OSError (or ValueError for a bad
+        address) when the broker cannot be reached. The broker's answer comes to
+        ``on_connect`` from :meth:`serve`."""
+        if not self._configured:
+            ep = self.endpoint
+            if self._v5:
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = ep.session_expiry_s
+                self._client.connect_async(
+                    ep.host, ep.port, keepalive=ep.keepalive_s, clean_start=False, properties=props
+                )
+            else:
+                self._client.connect_async(ep.host, ep.port, keepalive=ep.keepalive_s)
+            self._configured = True
+        self._client.reconnect()
+
+    def disconnect(self, *, end_session: bool = False) -> None:
+        """Send DISCONNECT (queued; :meth:`serve` writes it and then returns). With
+        ``end_session`` on MQTT 5 the broker drops our session at once (session expiry 0)."""
+        if self._v5 and end_session:
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+            self._client.disconnect(properties=props)
+        else:
+            self._client.disconnect()
+        self.wake()
+
+    def close(self) -> None:
+        """Release the wake-up socket pair (after the network thread has ended)."""
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # --- traffic -----------------------------------------------------------------------------
+    def subscribe(self, filters: Sequence[tuple[str, int]]) -> None:
+        self._client.subscribe(list(filters))
+        self.wake()
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, wake: bool = True
+    ) -> Sent:
+        """Queue a message for the network thread. A thread that publishes a burst passes
+        ``wake=False`` and calls :meth:`wake` once at the end (a system call saved per
+        message); the network thread's own callbacks never need to wake it."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if wake:
+            self.wake()
+        return Sent(info)
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Acknowledge a message received with ``manual_ack`` (nothing to do for QoS 0). Like
+        a publish, from another thread it is written once someone calls :meth:`wake`."""
+        if qos > 0:
+            self._client.ack(mid, qos)
+
+    def wake(self) -> None:
+        """Have the network thread write what other threads queued (one byte is enough for
+        any number of packets; a full pair already holds a wake-up)."""
+        with contextlib.suppress(OSError):  # BlockingIOError too: a wake-up is pending
+            self._wake_w.send(b"\0")
+
+    # --- network loop --------------------------------------------------------------------------
+    def serve(self, stopping: threading.Event | None = None) -> str:
+        """Read, write and keep alive the current connection until it ends; returns why.
+        Once ``stopping`` is set, the connection gets ``STOP_GRACE_S`` to finish what is
+        queued (a DISCONNECT ends it sooner)."""
+        client = self._client
+        stop_at: float | None = None
+        while True:
+            if stopping is not None and stopping.is_set():
+                now = time.monotonic()
+                stop_at = stop_at if stop_at is not None else now + STOP_GRACE_S
+                if now > stop_at:
+                    return "stopping"
+            sock = client.socket()
+            if sock is None:
+                return "no connection"
+            try:
+                readable, _, _ = select.select(
+                    [sock, self._wake_r], [sock] if client.want_write() else [], [], 0.5
+                )
+            except (OSError, ValueError, TypeError):  # closed meanwhile (a disconnect)
+                return "connection lost"
+            if self._wake_r in readable:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    self._wake_r.recv(4096)
+            if sock in readable:
+                rc = client.loop_read()
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    return _reason(rc)
+            # What the callbacks just queued (PUBACKs), or what other threads did (publishes,
+            # acks, a disconnect); a full socket buffer is retried next time round.
+            if client.want_write():
+                rc = client.loop_write()
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    return _reason(rc)
+            rc = client.loop_misc()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return _reason(rc)
+
+    def run(
+        self,
+        stopping: threading.Event,
+        *,
+        backoff: Callable[[int], float],
+        before_reconnect: Callable[[], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
+        """Connect, serve and reconnect until ``stopping`` is set (one supervised run).
+
+        ``backoff(attempt)`` gives the wait before the next attempt (attempt 0 after a
+        connection that worked); ``before_reconnect`` runs before every attempt but the first
+        of this transport (a new Last Will, say); ``on_lost`` hears why a connection ended.
+        """
+        attempt = 0
+        while not stopping.is_set():
+            try:
+                if self._connected_once and before_reconnect is not None:
+                    before_reconnect()
+                self.connect()
+            except (OSError, ValueError) as e:
+                delay = backoff(attempt)
+                attempt += 1
+                log.info(
+                    "%s: broker %s:%d unreachable (%s); retry %d in %.1fs",
+                    self.name,
+                    self.endpoint.host,
+                    self.endpoint.port,
+                    e,
+                    attempt,
+                    delay,
+                )
+                stopping.wait(delay)
+                continue
+            self._connected_once = True
+            self._session_ok = False
+            reason = self.serve(stopping)
+            if stopping.is_set():
+                return
+            if on_lost is not None:
+                on_lost(reason)
+            if self._session_ok:
+                attempt = 0
+            stopping.wait(backoff(attempt))
+            attempt += 1
+
+    # --- paho callbacks (network thread): none may raise -----------------------------------
+    def _guard(self, where: str, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except Exception:
+            self.callback_errors[where] += 1
+            log.exception(
+                "%s: %s callback failed (caught; the network loop goes on)", self.name, where
+            )
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        def handle() -> None:
+            refused = str(reason_code) if reason_code.is_failure else None
+            if refused is None:
+                self._session_ok = True
+                sock = client.socket()
+                if isinstance(sock, socket.socket):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._on_connect_cb is not None:
+                self._on_connect_cb(refused)
+
+        self._guard("connect", handle)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        def handle() -> None:
+            if self._on_subscribe_cb is not None:
+                self._on_subscribe_cb([str(rc) for rc in reason_codes if rc.is_failure])
+
+        self._guard("subscribe", handle)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        def handle() -> None:
+            if self._on_disconnect_cb is not None:
+                self._on_disconnect_cb(str(reason_code))
+
+        self._guard("disconnect", handle)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        def handle() -> None:
+            try:
+                topic: str | None = message.topic
+            except UnicodeDecodeError:  # paho decodes the topic on access
+                topic = None
+            inbound = Inbound(
+                topic, bytes(message.payload), message.mid, message.qos, bool(message.retain)
+            )
+            self._on_message_cb(inbound)
+
+        try:
+            handle()
+        except Exception:
+            self.callback_errors["message"] += 1
+            log.exception(
+                "%s: message callback failed (caught; the network loop goes on)", self.name
+            )
+            # Acknowledged all the same, or the broker would hand it back forever.
+            if self.endpoint.manual_ack:
+                with contextlib.suppress(Exception):
+                    self.ack(message.mid, message.qos)
+
+
+def _reason(rc: MQTTErrorCode) -> str:
+    return mqtt.error_string(rc)
+
+
+def _loop_writes(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """paho's "register for write" hook: nothing to do, :meth:`Transport.serve` writes (the
+    thread that queued the packet wakes it, :meth:`Transport.wake`)."""
