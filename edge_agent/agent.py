@@ -1,5 +1,9 @@
 """The agent's parts wired together: hardware profile, models, counters and MQTT link.
 
+The served models live in the ``ModelRegistry`` (``model_registry.py``); the router and
+the ``ChatService`` the HTTP API calls (``chat_service.py``) are built once, here, when
+the agent is constructed.
+
 Every long-lived thread of the agent (the link's network loop, heartbeat and outbox
 publisher, the model update manager, the telemetry loops, the HTTP app's chat job worker)
 runs under the agent's one ``Supervisor``: a crash is logged with its traceback, counted
