@@ -153,13 +153,24 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _is_code(file: Path, root: Path) -> bool:
+    """Every regular file of the agent counts (modules, term lists, schemas, ``py.typed``),
+    except what Python writes beside them on its own (bytecode caches)."""
+    parts = file.relative_to(root).parts
+    return (
+        file.is_file() and "__pycache__" not in parts and not file.name.endswith((".pyc", ".pyo"))
+    )
+
+
 def tree_hash(roots: Mapping[str, Path]) -> str:
-    """The tree hash of every ``.py`` file under each root, named ``<root name>/<relative
-    path>`` (POSIX separators), so the install folder does not change the value."""
+    """The tree hash of every file under each root (data files included: a term list
+    edited on a device changes the agent as much as a module does), named ``<root
+    name>/<relative path>`` (POSIX separators), so the install folder does not change the
+    value. Bytecode caches are left out."""
     entries = []
     for name, root in roots.items():
-        for file in root.rglob("*.py"):
-            if not file.is_file():
+        for file in root.rglob("*"):
+            if not _is_code(file, root):
                 continue
             relative = file.relative_to(root).as_posix()
             entries.append((f"{name}/{relative}", _file_sha256(file)))

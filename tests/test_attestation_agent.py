@@ -184,3 +184,21 @@ def test_quarantine_refuses_the_cloud_tier_until_cleared(
         assert chat()[0] == 200 and cloud.count() == 2
     finally:
         agent.stop()
+
+
+def test_agent_code_covers_data_files_but_not_bytecode(tmp_path: Path) -> None:
+    """Editing a data file of the agent (a sensitivity term list) changes ``agent_code``;
+    bytecode caches Python writes beside the modules do not."""
+    from shared.attestation import tree_hash
+
+    pkg = tmp_path / "edge_agent"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "data" / "terms.txt").write_text("diagnosis\n")
+    before = tree_hash({"edge_agent": pkg})
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    (pkg / "y.pyc").write_bytes(b"\0")
+    assert tree_hash({"edge_agent": pkg}) == before
+    (pkg / "data" / "terms.txt").write_text("")
+    assert tree_hash({"edge_agent": pkg}) != before

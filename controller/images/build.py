@@ -289,8 +289,8 @@ def _rootfs(
         for path in _walk(root):
             relative = f"{name}/{path.relative_to(root).as_posix()}"
             add(f"{AGENT_DIR}/{relative}", path)
-            if path.suffix == ".py":
-                code.append((relative, _file_sha256(path)))
+            # Every packed file is agent code for attestation (the term lists too).
+            code.append((relative, _file_sha256(path)))
     add(AGENT_CONFIG, template.read_bytes())
     add(AGENT_CONFIG_SCHEMA, agent_config_schema(sources))
     add("etc/edgefleet/recipe.json", canonical_json(recipe.model_dump(mode="json")))
