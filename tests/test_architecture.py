@@ -63,10 +63,15 @@ PURE = (
     "controller.telemetry.fold",
     "controller.telemetry.scoring",
     "edge_agent.hardware",
+    "edge_agent.routing.breaker",
+    "edge_agent.routing.cascade",
+    "edge_agent.routing.latency",
     "edge_agent.routing.policy",
+    "edge_agent.routing.router",
     "edge_agent.routing.sensitivity",
     "edge_agent.shadow",
     "edge_agent.sync.window",
+    "edge_agent.telemetry.windows",
     "edge_agent.updates.decisions",
 )
 MAX_FUNCTION_LINES = 100
