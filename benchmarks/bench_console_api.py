@@ -39,7 +39,8 @@ from sqlalchemy.engine import make_url
 
 from benchmarks._common import free_port, machine, print_table
 from controller.app import create_app
-from controller.auth import create_api_token, create_user
+from controller.auth.credentials import create_api_token
+from controller.auth.users import create_user
 from controller.db import session_scope
 from controller.models import Device
 from controller.services import Services

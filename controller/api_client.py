@@ -11,7 +11,7 @@ default ``.edgefleet/demo/cli.json`` under the current folder).
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ DEMO_CLI_CONFIG = Path(".edgefleet/demo/cli.json")
 DEFAULT_TIMEOUT_S = 10.0
 UPLOAD_CHUNK_BYTES = 1024 * 1024
 # Query parameters as httpx takes them: a mapping, or (name, value) pairs for repeated names.
-Params = dict[str, Any] | Sequence[tuple[str, Any]] | None
+Params = dict[str, Any] | list[tuple[str, Any]] | None
 
 
 class ApiError(RuntimeError):
@@ -81,12 +81,15 @@ def error_detail(response: httpx.Response) -> Any:
 
 
 def check_response(response: httpx.Response, path: str) -> Any:
-    """The JSON body of a successful answer; ApiError with the controller's words else."""
+    """The JSON body of a successful answer (None for an empty one, e.g. 204); ApiError
+    with the controller's words else."""
     if response.status_code >= 400:
         raise ApiError(
             f"{response.status_code} from {path}: {error_detail(response)}",
             status=response.status_code,
         )
+    if response.status_code == 204 or not response.content:
+        return None
     try:
         return response.json()
     except ValueError as e:
@@ -100,14 +103,16 @@ def request_json(
     *,
     params: Params = None,
     body: Any = None,
-    timeout: float | httpx.Timeout = DEFAULT_TIMEOUT_S,
+    timeout: float | httpx.Timeout | None = None,
     client: httpx.Client | None = None,
 ) -> Any:
     """One authenticated API call; ApiError with the controller's own words on failure.
-    ``client`` (from ``open_client``) reuses its connection instead of opening one."""
+    ``client`` (from ``open_client``) reuses its connection and, unless ``timeout`` is
+    given, its timeout; without one the call times out after ``DEFAULT_TIMEOUT_S``."""
     try:
         if client is not None:
-            response = client.request(method, path, params=params, json=body, timeout=timeout)
+            extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+            response = client.request(method, path, params=params, json=body, **extra)
         else:
             response = httpx.request(
                 method,
@@ -115,7 +120,7 @@ def request_json(
                 params=params,
                 json=body,
                 headers=target.headers,
-                timeout=timeout,
+                timeout=DEFAULT_TIMEOUT_S if timeout is None else timeout,
             )
     except httpx.HTTPError as e:
         raise ApiError(f"cannot reach the controller at {target.url}: {e}") from e

@@ -16,8 +16,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller import __version__
-from controller.access import LoginRequired, require_access
-from controller.api.deps import ServicesDep
+from controller.api.deps import ServicesDep, require_access
 from controller.api.problems import document_problems
 from controller.api.routes import alerts as alert_routes
 from controller.api.routes import attestation as attestation_routes
@@ -34,6 +33,7 @@ from controller.api.routes import provisioning as provisioning_routes
 from controller.api.routes import rollouts as rollout_routes
 from controller.api.routes import tuf as tuf_routes
 from controller.api.routes import users as user_routes
+from controller.auth.access import LoginRequired
 from controller.console import auth_routes as console_auth
 from controller.console import routes as console
 from controller.services import Services
@@ -68,8 +68,9 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         finally:
             svc.stop()
 
-    # One authorization policy for every route (controller/access.py): routes carry no role
-    # checks of their own, and a route the policy does not cover is refused.
+    # One authorization policy for every route (controller/auth/access.py, enforced by
+    # controller/api/deps.py): routes carry no role checks of their own, and a route the
+    # policy does not cover is refused.
     app = FastAPI(
         title="edgefleet controller",
         version=__version__,
@@ -81,9 +82,17 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         docs_url=None,
         redoc_url=None,
     )
+    _limit_bodies(app, settings)
+    document_problems(app)  # /openapi.json: errors are problem details, as sent
+    _add_error_handlers(app)
+    _add_health_and_docs(app)
+    _include_routers(app)
+    return app
 
-    # Bodies are bounded before any route parses them (shared/http_guard.py): size, and
-    # JSON depth and element count; model uploads stream to disk under their own limit.
+
+def _limit_bodies(app: FastAPI, settings: Settings) -> None:
+    """Bodies are bounded before any route parses them (shared/http_guard.py): size, and
+    JSON depth and element count; model uploads stream to disk under their own limit."""
     http_limits = settings.http_limits
     app.add_middleware(
         BodyGuard,
@@ -96,7 +105,9 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         ),
     )
 
-    document_problems(app)  # /openapi.json: errors are problem details, as sent
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every failure as RFC 9457 problem details; an anonymous page view goes to /login."""
 
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, exc: LoginRequired) -> RedirectResponse:
@@ -115,6 +126,10 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
         return _problem(422, "Invalid request", errors)
+
+
+def _add_health_and_docs(app: FastAPI) -> None:
+    """``/healthz`` for probes and ``/docs``, the API explorer."""
 
     @app.get("/healthz", tags=["health"])
     def healthz(services: ServicesDep) -> JSONResponse:
@@ -152,32 +167,37 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
             swagger_ui_parameters={"validatorUrl": None},
         )
 
-    app.include_router(devices.router)
-    app.include_router(audit_routes.router)
-    app.include_router(attestation_routes.router)
-    app.include_router(provisioning_routes.router)
-    app.include_router(ingest.router)
-    app.include_router(shadow.router)
-    app.include_router(telemetry.router)
-    app.include_router(model_routes.router)
-    app.include_router(tuf_routes.router)
-    app.include_router(rollout_routes.router)
-    app.include_router(fleet_routes.router)
-    app.include_router(device_metrics_routes.router)
-    app.include_router(drift_routes.router)
-    app.include_router(alert_routes.router)
-    app.include_router(image_routes.router)
-    app.include_router(drill_routes.router)
-    app.include_router(metrics_routes.router)
-    app.include_router(user_routes.router)
-    app.include_router(console_auth.router)
-    app.include_router(console.router)
+
+def _include_routers(app: FastAPI) -> None:
+    """The API's routers, the console's pages and its static files."""
+    for router in (
+        devices.router,
+        audit_routes.router,
+        attestation_routes.router,
+        provisioning_routes.router,
+        ingest.router,
+        shadow.router,
+        telemetry.router,
+        model_routes.router,
+        tuf_routes.router,
+        rollout_routes.router,
+        fleet_routes.router,
+        device_metrics_routes.router,
+        drift_routes.router,
+        alert_routes.router,
+        image_routes.router,
+        drill_routes.router,
+        metrics_routes.router,
+        user_routes.router,
+        console_auth.router,
+        console.router,
+    ):
+        app.include_router(router)
     app.mount(
         "/static",
         StaticFiles(directory=Path(__file__).parent / "console" / "static"),
         name="static",
     )
-    return app
 
 
 def _title(status: int) -> str:

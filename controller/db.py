@@ -10,8 +10,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
 # Imported for their side effect: registering the tables on SQLModel.metadata.
-from controller import audit, login_limit, models, shadows, telemetry_store  # noqa: F401
+from controller import audit, models, shadows, telemetry_store  # noqa: F401
 from controller.attestation import service as attestation_tables  # noqa: F401
+from controller.auth import tables as auth_tables  # noqa: F401
 from controller.drills import tables as drill_tables  # noqa: F401
 from controller.images import registry as image_tables  # noqa: F401
 from controller.migrations import migrate

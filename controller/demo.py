@@ -24,7 +24,8 @@ import yaml
 from sqlmodel import Session, col, func, select
 
 from controller.app import create_app
-from controller.auth import create_api_token, create_user, generate_password
+from controller.auth.credentials import create_api_token, generate_password
+from controller.auth.users import create_user
 from controller.broker import free_port
 from controller.db import session_scope
 from controller.demo_traffic import DemoTraffic, DriftBaseline

@@ -3,7 +3,8 @@
 One background thread sends short chat completions to the agents' OpenAI-compatible APIs
 in turn, with a mix of task classes and prompts (some carry personal data, which the
 agents' routers keep on the device). Failures are counted, never raised: the demo goes on
-whether or not an agent answers.
+whether or not an agent answers. The one call to the controller (the drift baseline) goes
+through its API client (``controller/api_client.py``).
 """
 
 import itertools
@@ -14,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import httpx
+
+from controller.api_client import ApiError, Target, request_json
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +95,20 @@ class DemoTraffic:
                     log.debug("demo request to %s failed: %s", device_id, type(e).__name__)
                 b = self.baseline
                 if b and not self.baseline_set and self.sent >= b.after_requests:
-                    self.baseline_set = self._set_baseline(client, b)
+                    self.baseline_set = self._set_baseline(b)
 
-    def _set_baseline(self, client: httpx.Client, b: DriftBaseline) -> bool:
+    def _set_baseline(self, b: DriftBaseline) -> bool:
         """Reference = the model's sketches so far; False (retried later) until the
         controller has rolled some up."""
         start = datetime.now(UTC) - timedelta(hours=1)
         try:
-            response = client.post(
-                f"{b.controller_url}/api/drift/{quote(b.model, safe='')}/reference",
-                json={"window_start": start.isoformat()},
-                headers={"Authorization": f"Bearer {b.token}"},
+            request_json(
+                Target(url=b.controller_url.rstrip("/"), token=b.token),
+                "POST",
+                f"/api/drift/{quote(b.model, safe='')}/reference",
+                body={"window_start": start.isoformat()},
+                timeout=30,
             )
-        except httpx.HTTPError:
+        except ApiError:
             return False
-        return response.status_code == 200
+        return True

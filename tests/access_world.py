@@ -13,8 +13,9 @@ from sqlalchemy.engine import Engine
 
 from controller.app import create_app
 from controller.audit import AuditEntry
-from controller.auth import SESSION_COOKIE, create_api_token, create_user
-from controller.csrf import token_for_session
+from controller.auth.credentials import SESSION_COOKIE, create_api_token
+from controller.auth.csrf import token_for_session
+from controller.auth.users import create_user
 from controller.db import init_db, make_engine, session_scope
 from controller.services import Services
 from controller.settings import load_settings

@@ -9,8 +9,9 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from controller.app import create_app
-from controller.auth import SESSION_COOKIE, create_api_token, create_user
-from controller.csrf import token_for_session
+from controller.auth.credentials import SESSION_COOKIE, create_api_token
+from controller.auth.csrf import token_for_session
+from controller.auth.users import create_user
 from controller.db import session_scope
 from controller.services import Services
 from controller.settings import load_settings

@@ -10,7 +10,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from controller.app import create_app
-from controller.auth import create_api_token, create_user
+from controller.auth.credentials import create_api_token
+from controller.auth.users import create_user
 from controller.db import init_db, make_engine, session_scope
 from controller.ingest import Received, apply_batch
 from controller.services import Services

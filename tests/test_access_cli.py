@@ -11,7 +11,7 @@ import uvicorn
 import yaml
 from typer.testing import CliRunner
 
-from controller.cli import app as cli_app
+from controller.cli.main import app as cli_app
 from tests.access_world import AccessWorld, access_world
 from tests.conftest import free_port, wait_for
 from tests.controller_harness import console_login

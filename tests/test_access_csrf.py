@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from starlette.requests import Request
 
-from controller.auth import SESSION_COOKIE
-from controller.csrf import LOGIN_CSRF_COOKIE, csrf_token_for, token_for_session
+from controller.auth.credentials import SESSION_COOKIE
+from controller.auth.csrf import LOGIN_CSRF_COOKIE, csrf_token_for, token_for_session
 from tests.access_world import PASSWORDS, AccessWorld, access_world, session_csrf
 from tests.controller_harness import login_form_token
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from sqlalchemy import inspect, text
 from sqlmodel import Session
 
-from controller.auth import _digest, user_for_token
+from controller.auth.credentials import _digest, user_for_token
 from controller.db import init_db, make_engine
 
 OLD_TABLES = (

@@ -9,9 +9,10 @@ import pytest
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from sqlmodel import Session, col, select
 
-from controller.access import ADMIN_ONLY, allows, require_access, rule_for
-from controller.auth import create_api_token
-from controller.models import ApiToken, User
+from controller.api.deps import require_access
+from controller.auth.access import ADMIN_ONLY, allows, rule_for
+from controller.auth.credentials import create_api_token
+from controller.auth.tables import ApiToken, User
 from tests.access_world import AccessWorld, access_world
 
 
@@ -42,7 +43,7 @@ def test_every_route_is_covered_and_guarded(world: AccessWorld) -> None:
             rule = rule_for("GET", path)
             if rule is None or rule.kind != "public":
                 uncovered.append(f"unguarded non-API route {path}")
-    assert len(uncovered) == 0, "add these to controller/access.py: " + ", ".join(uncovered)
+    assert len(uncovered) == 0, "add these to controller/auth/access.py: " + ", ".join(uncovered)
 
 
 def test_admin_rules_name_routes_that_exist(world: AccessWorld) -> None:

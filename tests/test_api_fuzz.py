@@ -26,7 +26,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from controller.app import create_app
-from controller.auth import create_api_token, create_user
+from controller.auth.credentials import create_api_token
+from controller.auth.users import create_user
 from controller.db import session_scope
 from controller.models import Device
 from controller.services import Services

@@ -292,7 +292,8 @@ def test_golden_values_api(engine: Engine, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     from controller.app import create_app
-    from controller.auth import create_api_token, create_user
+    from controller.auth.credentials import create_api_token
+    from controller.auth.users import create_user
     from controller.services import Services
     from controller.settings import load_settings
 

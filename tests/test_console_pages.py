@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.auth import SESSION_COOKIE, create_user, open_session
-from controller.csrf import token_for_session
+from controller.auth.credentials import SESSION_COOKIE, open_session
+from controller.auth.csrf import token_for_session
+from controller.auth.users import create_user
 from controller.db import session_scope
 from tests.conftest import Broker
 from tests.controller_harness import LiveController, live_controller

@@ -8,8 +8,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from controller.auth import SESSION_COOKIE
-from controller.csrf import token_for_session
+from controller.auth.credentials import SESSION_COOKIE
+from controller.auth.csrf import token_for_session
 from shared import MAX_PAYLOAD_BYTES, encode_message
 from tests.conftest import Broker, wait_for
 from tests.controller_harness import PASSWORD, LiveController, live_controller, login_form_token

@@ -362,7 +362,7 @@ def test_stored_report_is_listed_and_rendered(live: LiveController) -> None:
     )
     assert bad.status_code == 422
 
-    from controller.auth import SESSION_COOKIE
+    from controller.auth.credentials import SESSION_COOKIE
     from tests.controller_harness import PASSWORD, console_login
 
     console_login(live.client, "admin", PASSWORD)

@@ -28,9 +28,10 @@ from pydantic import SecretStr
 from sqlmodel import Session
 from typer.testing import CliRunner
 
-from controller.auth import create_api_token, create_user
+from controller.auth.credentials import create_api_token
+from controller.auth.users import create_user
 from controller.broker.mosquitto_auth import hash_password, verify_password
-from controller.cli import app as controller_cli
+from controller.cli.main import app as controller_cli
 from controller.db import session_scope
 from controller.images.build import build_image
 from controller.images.flash import (

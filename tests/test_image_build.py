@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 import edge_agent
 from controller.attestation.service import GoldenMeasurement
 from controller.audit import AuditEntry
-from controller.cli import app as cli_app
+from controller.cli.main import app as cli_app
 from controller.db import init_db, make_engine, session_scope
 from controller.images.build import build_image, load_manifest, verify_image
 from controller.images.keys import ImageKey
@@ -441,7 +441,8 @@ def test_cli_keygen_build_register_verify(tmp_path: Path) -> None:
 def served(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     """A real controller app on a loopback port (routes only: no broker or scheduler)."""
     from controller.app import create_app
-    from controller.auth import create_api_token, create_user
+    from controller.auth.credentials import create_api_token
+    from controller.auth.users import create_user
     from controller.services import Services
     from controller.settings import load_settings
 

@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import controller.mqtt_ingest as mqtt_ingest
 from controller.app import create_app
-from controller.auth import create_api_token, create_user
+from controller.auth.credentials import create_api_token
+from controller.auth.users import create_user
 from controller.db import session_scope
 from controller.dead_letters import write_dead_letters
 from controller.ingest import Decoded, apply_decoded, classify

@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 
 from controller.app import create_app
 from controller.audit import AuditEntry
-from controller.login_limit import LoginFailure, retry_after
+from controller.auth.login_limit import LoginFailure, retry_after
 from tests.access_world import PASSWORDS, AccessWorld, access_world
 from tests.controller_harness import login_form_token
 

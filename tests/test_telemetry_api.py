@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
 from controller.audit import AuditEntry
-from controller.cli_telemetry import app as cli_app
+from controller.cli.telemetry import app as cli_app
 from controller.db import session_scope
 from controller.models import Device
 from controller.telemetry.fold import hour_of

@@ -17,8 +17,9 @@ from tuf.ngclient import Updater
 from typer.testing import CliRunner
 
 from controller.app import create_app
-from controller.auth import create_api_token, create_user
-from controller.cli import app as cli_app
+from controller.auth.credentials import create_api_token
+from controller.auth.users import create_user
+from controller.cli.main import app as cli_app
 from controller.db import session_scope
 from controller.services import Services
 from controller.settings import load_settings

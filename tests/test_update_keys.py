@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import (
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from controller.cli import app
+from controller.cli.main import app
 from controller.updates.errors import KeyStoreError, RepositoryStateError
 from controller.updates.keys import (
     PASSPHRASE_ENV,

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session, select
 
-from controller.api.routes import users as users_routes
-from controller.models import User
+from controller.auth import users as accounts
+from controller.auth.tables import User
 from tests.access_world import PASSWORDS, AccessWorld, access_world
 from tests.controller_harness import console_login, login_form_token
 
@@ -240,8 +240,8 @@ def test_two_admins_demoting_each_other_at_once_keep_one(tmp_path: Path, postgre
         client.get("/api/me", headers=second_bearer)  # its last_used_at write, done now
 
         with Session(world.engine) as tx:  # "admin" demoting "admin2", in flight
-            demoted = users_routes._get_user_locked(tx, second_id)
-            users_routes._keep_an_admin(tx, demoted, "make them operator")
+            demoted = accounts._get_user_locked(tx, second_id)
+            accounts._keep_an_admin(tx, demoted, "make them operator")
             demoted.role = "operator"
             tx.add(demoted)
             tx.flush()

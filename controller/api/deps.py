@@ -1,8 +1,10 @@
-"""Request dependencies as ``Annotated`` aliases: services, DB session, current user.
+"""Request dependencies as ``Annotated`` aliases: services, DB session, current user, and
+``require_access``, the app-wide guard.
 
 Who a request comes from (authentication) is decided here; what it may do (authorization)
-is decided once for every route by ``controller.access``. Routes declare ``CurrentUser``
-only when they need the actor (for the audit log), never a role.
+is decided once for every route by ``require_access``, applying the policy of
+``controller.auth.access``. Routes declare ``CurrentUser`` only when they need the actor
+(for the audit log), never a role. The API depends on ``controller.auth``, never the reverse.
 """
 
 from collections.abc import Iterator
@@ -12,9 +14,12 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, HTTPException, Path, Query, Request, status
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
-from controller.auth import SESSION_COOKIE, user_for_session, user_for_token
-from controller.models import User
+from controller.auth.access import LoginRequired, permits, rule_for
+from controller.auth.credentials import SESSION_COOKIE, user_for_session, user_for_token
+from controller.auth.csrf import SAFE_METHODS, CsrfError, verify_session_request
+from controller.auth.tables import User
 from controller.services import Services
 
 # Row ids as the tables store them (INTEGER primary keys: 32-bit on PostgreSQL) and offsets
@@ -100,6 +105,49 @@ def current_user(user: Annotated[User | None, Depends(optional_user)]) -> User:
 OptionalUser = Annotated[User | None, Depends(optional_user)]
 CurrentUser = Annotated[User, Depends(current_user)]
 
+
+def _template(request: Request) -> str:
+    route = request.scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else request.url.path
+
+
+async def require_access(request: Request, db: DbDep) -> None:
+    """The app-wide dependency: classify the route, authenticate, check CSRF for cookie
+    sessions, then the role. 401 without (usable) credentials, 403 with the wrong role
+    or a forged request, and a redirect to /login for anonymous page views."""
+    method = request.method.upper()
+    rule = rule_for(method, _template(request))
+    if rule is None:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"{method} {request.url.path} is not covered by the access policy; refused",
+        )
+    if rule.kind == "public":
+        return
+    user = await run_in_threadpool(optional_user, request, db)  # a DB read: off the loop
+    if user is None:
+        if rule.kind == "page" and method in SAFE_METHODS:
+            raise LoginRequired
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "log in, or send 'Authorization: Bearer <token>' (the token may be wrong,"
+            " expired or revoked, or its user disabled)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    credential = credential_of(request)
+    if credential is not None and credential.kind == "session":
+        try:
+            await verify_session_request(request)
+        except CsrfError as e:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, str(e)) from e
+    if not permits(user.role, rule.role):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"role {user.role!r} may not {method} {request.url.path}; needs {rule.role}",
+        )
+
+
 __all__ = [
     "SESSION_COOKIE",
     "Credential",
@@ -113,4 +161,5 @@ __all__ = [
     "get_db",
     "get_services",
     "optional_user",
+    "require_access",
 ]

@@ -2,7 +2,7 @@
 
 The login form is protected against login CSRF by a double-submit token (a random
 pre-session cookie the form repeats), against cross-site posts by the Origin check, and
-against password guessing by ``controller.login_limit`` (per username and per address,
+against password guessing by ``controller.auth.login_limit`` (per username and per address,
 shared by replicas through the database). Passwords are never logged or audited.
 """
 
@@ -18,8 +18,8 @@ from starlette.concurrency import run_in_threadpool
 
 from controller.api.deps import DbDep, ServicesDep, client_ip
 from controller.audit import audit
-from controller.auth import SESSION_COOKIE, authenticate, close_session, open_session
-from controller.csrf import (
+from controller.auth.credentials import SESSION_COOKIE, authenticate, close_session, open_session
+from controller.auth.csrf import (
     LOGIN_CSRF_COOKIE,
     CsrfError,
     check_same_origin,
@@ -27,9 +27,9 @@ from controller.csrf import (
     tokens_match,
     verify_session_request,
 )
+from controller.auth.login_limit import LoginLimiter, Throttled, normalise_username
+from controller.auth.tables import User
 from controller.db import session_scope
-from controller.login_limit import LoginLimiter, Throttled, normalise_username
-from controller.models import User
 from controller.settings import Settings
 
 router = APIRouter(include_in_schema=False)

@@ -13,8 +13,8 @@ from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from controller.csrf import csrf_token_for
-from controller.models import User
+from controller.auth.csrf import csrf_token_for
+from controller.auth.tables import User
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 

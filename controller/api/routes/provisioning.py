@@ -2,7 +2,7 @@
 
 The API twin of ``edgefleet devices provision`` (which writes the database directly on the
 controller host), for ``edgefleet flash`` run from an operator's machine. Admin only
-(``controller/access.py``): a broker login decides who may speak for a device.
+(``controller/auth/access.py``): a broker login decides who may speak for a device.
 
 The caller may send the ``$7$`` hash of a password it generated itself (the flasher does):
 then the password never crosses the network and the controller keeps only the hash, as

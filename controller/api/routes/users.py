@@ -1,19 +1,20 @@
 """``/api/me``, ``/api/users`` and ``/api/tokens``: accounts and API tokens.
 
-Who may call what is decided by ``controller.access`` (users: admin; tokens: any user for
+Who may call what is decided by ``controller.auth.access`` (users: admin; tokens: any user for
 their own, admin for anyone's). Every change is audited; a plain token or generated
 password is returned once, in the response that made it, and stored only hashed.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field, SecretStr
 from sqlalchemy import func
-from sqlmodel import Session, col, delete, select, update
+from sqlmodel import col, select
 
-from controller.access import require_self_or_admin
 from controller.api.deps import (
     CurrentUser,
     DbDep,
@@ -23,22 +24,12 @@ from controller.api.deps import (
     client_ip,
     credential_of,
 )
-from controller.audit import audit
-from controller.auth import (
-    Role,
-    authenticate,
-    close_user_sessions,
-    create_user,
-    generate_password,
-    issue_api_token,
-    set_password,
-    token_usable,
-)
-from controller.login_limit import LoginLimiter, Throttled
-from controller.models import ApiToken, User
+from controller.auth import users as accounts
+from controller.auth.credentials import Role, authenticate, token_usable
+from controller.auth.login_limit import LoginLimiter, Throttled
+from controller.auth.tables import ApiToken, User
 
 router = APIRouter(tags=["users"])
-_USERNAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"
 
 
 class UserPublic(BaseModel):
@@ -60,7 +51,7 @@ class UserCreated(UserPublic):
 class UserCreate(BaseModel):
     """A new user; without a password the controller generates one and returns it once."""
 
-    username: str = Field(pattern=_USERNAME)
+    username: str = Field(pattern=accounts.USERNAME_PATTERN)
     role: Role = "viewer"
     password: SecretStr | None = Field(default=None, max_length=256)
 
@@ -139,51 +130,13 @@ def _actor(user: User) -> str:
     return f"user:{user.username}"
 
 
-def _get_user(db: Session, user_id: int) -> User:
-    user = db.get(User, user_id)
-    if user is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no user {user_id}")
-    return user
-
-
-def _other_enabled_admins(db: Session, user: User) -> int:
-    return db.exec(
-        select(func.count())
-        .select_from(User)
-        .where(col(User.role) == "admin", col(User.disabled).is_(False), col(User.id) != user.id)
-    ).one()
-
-
-def _lock_admins(db: Session) -> None:
-    """Serialise changes that may remove an admin, until this transaction ends: two admins
-    demoting each other at once must not both see the other still enabled.
-
-    PostgreSQL locks the enabled admins' rows (a concurrent change waits, then re-reads who
-    is still an admin); SQLite has one writer at a time, so taking the write lock first
-    (a no-op UPDATE) makes the count below and the change one serialised transaction."""
-    admins = (col(User.role) == "admin", col(User.disabled).is_(False))
-    if db.get_bind().dialect.name == "sqlite":
-        db.exec(update(User).where(*admins).values(role=col(User.role)))
-    else:
-        db.exec(select(User.id).where(*admins).with_for_update()).all()
-
-
-def _keep_an_admin(db: Session, user: User, what: str) -> None:
-    """Refuse a change that would leave no enabled admin (nobody could manage users).
-    The caller holds ``_lock_admins`` and read ``user`` after taking it."""
-    if user.role == "admin" and not user.disabled and _other_enabled_admins(db, user) == 0:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, f"{user.username!r} is the last enabled admin; cannot {what}"
-        )
-
-
-def _get_user_locked(db: Session, user_id: int) -> User:
-    """The user as of now, read after ``_lock_admins`` (not a copy cached earlier in this
-    session, e.g. the caller's own row loaded by authentication)."""
-    _lock_admins(db)
-    user = _get_user(db, user_id)
-    db.refresh(user)
-    return user
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """The account service's refusals as the API's: its status and its sentence."""
+    try:
+        yield
+    except accounts.AccountError as e:
+        raise HTTPException(e.status, str(e)) from e
 
 
 @router.get("/api/me")
@@ -201,7 +154,7 @@ def change_password(
     now = datetime.now(UTC)
     limiter = LoginLimiter(services.settings.login_limit)
     ip = client_ip(request)
-    # Counted before the slow hash check, like a login (controller/login_limit.py).
+    # Counted before the slow hash check, like a login (controller/auth/login_limit.py).
     attempt = limiter.begin(db, username=user.username, client_ip=ip, now=now)
     if isinstance(attempt, Throttled):
         raise HTTPException(
@@ -215,15 +168,12 @@ def change_password(
         raise HTTPException(status.HTTP_403_FORBIDDEN, "the current password is wrong")
     limiter.forgive(db, attempt=attempt, username=user.username)
     db.commit()  # the right password is no failure, even if the new one is refused below
-    try:
-        set_password(db, user, body.new_password.get_secret_value())
-    except ValueError as e:
-        raise HTTPException(422, str(e)) from e
     credential = credential_of(request)
     keep = credential.value if credential and credential.kind == "session" else None
-    assert user.id is not None
-    close_user_sessions(db, user.id, keep=keep)
-    audit(db, actor=_actor(user), action="user.password_change", target=f"user:{user.username}")
+    with _refusals():
+        accounts.change_password(
+            db, user, body.new_password.get_secret_value(), actor=_actor(user), keep_session=keep
+        )
     db.commit()
     return _user_public(user)
 
@@ -247,55 +197,24 @@ def list_users(
 @router.post("/api/users", status_code=status.HTTP_201_CREATED)
 def add_user(body: UserCreate, db: DbDep, actor: CurrentUser) -> UserCreated:
     """Create a user; a weak password or a taken username is refused (422 / 409)."""
-    generated = body.password is None
-    password = generate_password() if body.password is None else body.password.get_secret_value()
-    if db.exec(select(User).where(col(User.username) == body.username)).first() is not None:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"user {body.username!r} already exists")
-    try:
-        user = create_user(db, username=body.username, password=password, role=body.role)
-    except ValueError as e:
-        raise HTTPException(422, str(e)) from e
-    audit(
-        db,
-        actor=_actor(actor),
-        action="user.create",
-        target=f"user:{user.username}",
-        detail={"role": user.role, "generated_password": generated},
-    )
+    password = None if body.password is None else body.password.get_secret_value()
+    with _refusals():
+        user, generated = accounts.add_user(
+            db, username=body.username, role=body.role, password=password, actor=_actor(actor)
+        )
     db.commit()
     db.refresh(user)
-    return UserCreated(**_user_public(user).model_dump(), password=password if generated else None)
+    return UserCreated(**_user_public(user).model_dump(), password=generated)
 
 
 @router.patch("/api/users/{user_id}")
 def update_user(user_id: RowId, body: UserUpdate, db: DbDep, actor: CurrentUser) -> UserPublic:
     """Change role and/or disabled; disabling logs the user out everywhere and stops their
     tokens at once. The last enabled admin cannot be demoted or disabled."""
-    user = _get_user_locked(db, user_id)
-    changes: dict[str, object] = {}
-    if body.role is not None and body.role != user.role:
-        if body.role != "admin":
-            _keep_an_admin(db, user, f"make them {body.role}")
-        changes["role"] = [user.role, body.role]
-        user.role = body.role
-    if body.disabled is not None and body.disabled != user.disabled:
-        if body.disabled:
-            _keep_an_admin(db, user, "disable them")
-        changes["disabled"] = [user.disabled, body.disabled]
-        user.disabled = body.disabled
-    if not changes:
-        return _user_public(user)
-    db.add(user)
-    if user.disabled:
-        assert user.id is not None
-        close_user_sessions(db, user.id)
-    audit(
-        db,
-        actor=_actor(actor),
-        action="user.disable" if changes.get("disabled") == [False, True] else "user.update",
-        target=f"user:{user.username}",
-        detail=changes,
-    )
+    with _refusals():
+        user = accounts.update_user(
+            db, user_id, role=body.role, disabled=body.disabled, actor=_actor(actor)
+        )
     db.commit()
     db.refresh(user)
     return _user_public(user)
@@ -305,16 +224,9 @@ def update_user(user_id: RowId, body: UserUpdate, db: DbDep, actor: CurrentUser)
 def delete_user(user_id: RowId, db: DbDep, actor: CurrentUser) -> UserPublic:
     """Delete a user with their sessions and tokens (audit entries keep the name). Not the
     last enabled admin, and not yourself (ask another admin)."""
-    user = _get_user_locked(db, user_id)
-    if user.id == actor.id:
-        raise HTTPException(status.HTTP_409_CONFLICT, "you cannot delete your own account")
-    _keep_an_admin(db, user, "delete them")
-    shown = _user_public(user)
-    assert user.id is not None
-    close_user_sessions(db, user.id)
-    db.exec(delete(ApiToken).where(col(ApiToken.user_id) == user.id))
-    db.delete(user)
-    audit(db, actor=_actor(actor), action="user.delete", target=f"user:{user.username}")
+    with _refusals():
+        user = accounts.delete_user(db, user_id, by=actor, actor=_actor(actor))
+        shown = _user_public(user)
     db.commit()
     return shown
 
@@ -353,25 +265,13 @@ def list_tokens(
 def create_token(body: TokenCreate, db: DbDep, actor: CurrentUser) -> TokenCreated:
     """Issue a bearer token acting as you (or, for an admin, as ``username``); the value is
     in this response only. A token has its user's role, whatever that becomes."""
-    owner = actor
-    if body.username is not None and body.username != actor.username:
-        found = db.exec(select(User).where(col(User.username) == body.username)).first()
-        if found is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no user {body.username!r}")
-        assert found.id is not None
-        require_self_or_admin(actor, found.id, "tokens")
-        owner = found
     now = datetime.now(UTC)
     expires = now + timedelta(days=body.expires_in_days) if body.expires_in_days else None
-    row, token = issue_api_token(db, owner, name=body.name, expires_at=expires)
-    audit(
-        db,
-        actor=_actor(actor),
-        action="token.create",
-        target=f"token:{row.id}",
-        detail={"user": owner.username, "name": body.name, "expires_at": _iso(expires)},
-        at=now,
-    )
+    with _refusals():
+        owner = accounts.token_owner(db, actor, body.username)
+        row, token = accounts.create_token(
+            db, owner, name=body.name, expires_at=expires, actor=_actor(actor), now=now
+        )
     db.commit()
     db.refresh(row)
     return TokenCreated(**_token_public(row, owner.username, now).model_dump(), token=token)
@@ -381,27 +281,9 @@ def create_token(body: TokenCreate, db: DbDep, actor: CurrentUser) -> TokenCreat
 def revoke_token(token_id: RowId, db: DbDep, actor: CurrentUser) -> TokenPublic:
     """Revoke a token (yours, or anyone's for an admin); it stops working at once. The row
     stays, so the listing and the audit log can still name it."""
-    row = db.get(ApiToken, token_id)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no token {token_id}")
-    require_self_or_admin(actor, row.user_id, "tokens")
-    owner = _get_user(db, row.user_id)
     now = datetime.now(UTC)
-    if row.revoked_at is None:
-        row.revoked_at = now
-        db.add(row)
-        audit(
-            db,
-            actor=_actor(actor),
-            action="token.revoke",
-            target=f"token:{token_id}",
-            detail={"user": owner.username, "name": row.name},
-            at=now,
-        )
-        db.commit()
-        db.refresh(row)
+    with _refusals():
+        row, owner = accounts.revoke_token(db, token_id, by=actor, actor=_actor(actor), now=now)
+    db.commit()
+    db.refresh(row)
     return _token_public(row, owner.username, now)
-
-
-def _iso(at: datetime | None) -> str | None:
-    return at.isoformat() if at else None

@@ -4,14 +4,13 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from controller.api_client import ApiError, resolve_target
-from controller.cli_common import TokenOpt, UrlOpt
-from controller.cli_common import fail as _fail
+from controller.api_client import ApiError, open_client, resolve_target
+from controller.cli.common import TokenOpt, UrlOpt
+from controller.cli.common import fail as _fail
 
 
 def flash(
@@ -66,11 +65,7 @@ def flash(
             public_key = read_public_key_file(image_key)
         except ImageKeyError as e:
             raise _fail(str(e), 2) from e
-    with httpx.Client(
-        base_url=api_target.url,
-        headers={"Authorization": f"Bearer {api_target.token}"},
-        timeout=30,
-    ) as client:
+    with open_client(api_target, timeout=30) as client:
         try:
             summary = run(
                 image,

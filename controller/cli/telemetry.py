@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from controller.api_client import ApiError, Target, get_json, request_json, resolve_target
-from controller.cli_common import TokenOpt, UrlOpt
-from controller.cli_common import fail as _fail
+from controller.cli.common import TokenOpt, UrlOpt
+from controller.cli.common import fail as _fail
 
 fleet_app = typer.Typer(no_args_is_help=True, help="The fleet at a glance.")
 drift_app = typer.Typer(no_args_is_help=True, help="Model drift: scores and references.")

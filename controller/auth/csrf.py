@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from starlette.requests import Request
 
-from controller.auth import SESSION_COOKIE
+from controller.auth.credentials import SESSION_COOKIE
 
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"

@@ -1,4 +1,4 @@
-"""Who may do what: the controller's one authorization policy, and its enforcement.
+"""Who may do what: the controller's one authorization policy.
 
 Every route the app serves is classified here by its path template and method:
 
@@ -10,21 +10,18 @@ Every route the app serves is classified here by its path template and method:
 
 A route nothing here classifies is refused (fail closed), and ``tests/test_access_policy.py``
 walks ``app.routes`` so such a route fails the build before it ships. ``require_access``
-enforces the policy as one dependency of the whole app (``controller/app.py``), together
-with the CSRF check for cookie-authenticated unsafe requests; routes carry no role checks.
-Object-level rules (a user's own tokens) sit next to it in ``require_self_or_admin``.
+(``controller/api/deps.py``) enforces the policy as one dependency of the whole app,
+together with the CSRF check for cookie-authenticated unsafe requests; routes carry no role
+checks. Object-level rules (a user's own tokens) are the account service's
+(``controller/auth/users.py``).
 """
 
 from dataclasses import dataclass
 from typing import Literal
 
-from fastapi import HTTPException, Request, status
-from starlette.concurrency import run_in_threadpool
-
-from controller.api.deps import DbDep, credential_of, optional_user
-from controller.auth import Role
-from controller.csrf import SAFE_METHODS, CsrfError, verify_session_request
-from controller.models import User
+from controller.auth.credentials import Role
+from controller.auth.csrf import SAFE_METHODS
+from controller.auth.tables import User
 
 Kind = Literal["public", "api", "page"]
 RANK: dict[str, int] = {"viewer": 1, "operator": 2, "admin": 3}
@@ -63,7 +60,7 @@ ADMIN_ONLY: tuple[tuple[frozenset[str], str], ...] = (
 )
 # Templates any logged-in user may call with any method: their own account and tokens
 # (a viewer may mint a viewer-strength token for a dashboard). Whose token it is, is
-# checked in the route with ``require_self_or_admin``.
+# checked by the account service (``controller/auth/users.py``).
 SELF_SERVICE = frozenset({"/api/me", "/api/me/password", "/api/tokens", "/api/tokens/{token_id}"})
 
 
@@ -123,57 +120,6 @@ class LoginRequired(Exception):
     """An anonymous visitor asked for a console page; the app redirects to /login."""
 
 
-def _template(request: Request) -> str:
-    route = request.scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else request.url.path
-
-
-async def require_access(request: Request, db: DbDep) -> None:
-    """The app-wide dependency: classify the route, authenticate, check CSRF for cookie
-    sessions, then the role. 401 without (usable) credentials, 403 with the wrong role
-    or a forged request, and a redirect to /login for anonymous page views."""
-    method = request.method.upper()
-    rule = rule_for(method, _template(request))
-    if rule is None:
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN,
-            f"{method} {request.url.path} is not covered by the access policy; refused",
-        )
-    if rule.kind == "public":
-        return
-    user = await run_in_threadpool(optional_user, request, db)  # a DB read: off the loop
-    if user is None:
-        if rule.kind == "page" and method in SAFE_METHODS:
-            raise LoginRequired
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "log in, or send 'Authorization: Bearer <token>' (the token may be wrong,"
-            " expired or revoked, or its user disabled)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    credential = credential_of(request)
-    if credential is not None and credential.kind == "session":
-        try:
-            await verify_session_request(request)
-        except CsrfError as e:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, str(e)) from e
-    if not permits(user.role, rule.role):
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN,
-            f"role {user.role!r} may not {method} {request.url.path}; needs {rule.role}",
-        )
-
-
-def require_self_or_admin(actor: User, owner_id: int, what: str) -> None:
-    """Object-level rule: users act on what is theirs; only an admin on anyone's."""
-    if actor.id != owner_id and actor.role != "admin":
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN,
-            f"role {actor.role!r} may not act on another user's {what}; needs admin",
-        )
-
-
 __all__ = [
     "ADMIN_ONLY",
     "PUBLIC_PATHS",
@@ -183,7 +129,5 @@ __all__ = [
     "Rule",
     "allows",
     "permits",
-    "require_access",
-    "require_self_or_admin",
     "rule_for",
 ]

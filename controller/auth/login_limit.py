@@ -23,20 +23,10 @@ from math import ceil
 from typing import Literal
 
 from sqlalchemy import text
-from sqlmodel import Field, Session, SQLModel, col, delete, select
+from sqlmodel import Session, col, delete, select
 
+from controller.auth.tables import LoginFailure
 from controller.settings import LoginLimitSettings
-
-
-class LoginFailure(SQLModel, table=True):
-    """One failed login: which username was tried, from where, when."""
-
-    __tablename__ = "login_failure"
-    id: int | None = Field(default=None, primary_key=True)
-    at: datetime = Field(index=True)
-    username: str = Field(max_length=64, index=True)
-    client_ip: str = Field(max_length=64, index=True)
-
 
 Scope = Literal["username", "ip"]
 

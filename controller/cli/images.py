@@ -13,14 +13,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from controller.api_client import ApiError, get_json, request_json, resolve_target
-from controller.cli_common import ConfigOpt, TokenOpt, UrlOpt, settings_or_exit
-from controller.cli_common import fail as _fail
+from controller.api_client import ApiError, get_json, get_public_json, post_json, resolve_target
+from controller.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    TokenOpt,
+    UrlOpt,
+    audit_locally,
+    operator_actor,
+    settings_or_exit,
+)
+from controller.cli.common import fail as _fail
 from controller.images.build import build_image, verify_image
 from controller.images.keys import (
     generate_image_key,
@@ -45,7 +52,6 @@ PassphraseOpt = Annotated[
     Path | None,
     typer.Option(help="File holding the key passphrase (default: EDGEFLEET_KEY_PASSPHRASE)."),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 @contextmanager
@@ -67,12 +73,6 @@ def _settings(config: Path | None) -> Settings:
     return settings_or_exit(config)
 
 
-def _actor() -> str:
-    from controller.cli_updates import _actor as actor
-
-    return actor()
-
-
 def _register_db(settings: Settings, manifest: Manifest, size: int) -> dict[str, Any]:
     from controller.db import init_db, make_engine, session_scope
     from controller.images.registry import register_image
@@ -81,7 +81,7 @@ def _register_db(settings: Settings, manifest: Manifest, size: int) -> dict[str,
     try:
         init_db(engine)
         with session_scope(engine) as session:
-            done = register_image(session, manifest, size=size, actor=_actor())
+            done = register_image(session, manifest, size=size, actor=operator_actor())
     finally:
         engine.dispose()
     return {"image": done.image_added, **done.golden_added}
@@ -93,11 +93,11 @@ def _register_api(url: str, token: str | None, manifest: Manifest) -> dict[str, 
     note = f"image {manifest.recipe.get('name', manifest.device_class)} {manifest.image_id[:12]}"
     for kind, value in (("image_id", manifest.image_id), ("agent_code", manifest.agent_code)):
         try:
-            request_json(target, "POST", "/api/attestation/golden",
-                         body={"kind": kind, "value": value, "note": note})  # fmt: skip
+            post_json(target, "/api/attestation/golden",
+                      body={"kind": kind, "value": value, "note": note})  # fmt: skip
             added[kind] = True
         except ApiError as e:
-            if not str(e).startswith("409 "):
+            if e.status != 409:
                 raise
             added[kind] = False
     return added
@@ -185,9 +185,7 @@ def keygen(
         passphrase = read_passphrase(passphrase_file or settings.updates.passphrase_file)
         public = generate_image_key(folder, passphrase)
     if config is not None:
-        from controller.cli_updates import _audit
-
-        _audit(settings, "image.keygen", f"image-key:{key_id(public)}", "image key created")
+        audit_locally(settings, "image.keygen", f"image-key:{key_id(public)}", "image key created")
     typer.echo(f"image key {key_id(public)} created in {folder}")
     typer.echo(f"public key: {encode_public_key(public)}")
 
@@ -214,10 +212,9 @@ def _trusted_key(
         return read_public_key_file(image_key)
     if url is not None:
         try:
-            response = httpx.get(f"{url.rstrip('/')}/api/images/key", timeout=10)
-            response.raise_for_status()
-            return decode_public_key(str(response.json()["public_key"]))
-        except (httpx.HTTPError, ValueError, KeyError, AttestationError) as e:
+            body = get_public_json(url, "/api/images/key")
+            return decode_public_key(str(body["public_key"]))
+        except (ApiError, TypeError, KeyError, AttestationError) as e:
             raise _fail(f"cannot get the image key from {url}: {e}") from e
     settings = _settings(config)
     return image_public_key(keys_dir or settings.updates.keys_dir)

@@ -2,16 +2,19 @@
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from controller.api_client import ApiError, resolve_target
-from controller.cli_common import TokenOpt, UrlOpt
-from controller.cli_common import fail as _fail
+from controller.cli.common import TokenOpt, UrlOpt
+from controller.cli.common import fail as _fail
 from controller.drills.scenarios import SCENARIOS
+
+if TYPE_CHECKING:
+    from controller.drills.runner import DrillOptions
 
 app = typer.Typer(no_args_is_help=True, help="Offline-operation drills against a live fleet.")
 out = Console(soft_wrap=True)
@@ -62,26 +65,10 @@ def offline(
     """Start drill agents behind cuttable links, drive chat traffic, inject the scenario's
     fault and check serving, data locality, telemetry, desired state and rollouts. Exit 0
     when every check passed (or the scenario was skipped, with its reason), 1 otherwise."""
-    from controller.drills.processes import DrillError
-    from controller.drills.runner import DEFAULT_MODEL, DrillOptions, run_drill
+    from controller.drills.runner import DEFAULT_MODEL, DrillOptions
 
-    if scenario not in SCENARIOS:
-        raise _fail(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}", 2)
-    if mqtt_protocol not in ("5", "3.1.1"):
-        raise _fail("--mqtt-protocol must be 5 or 3.1.1", 2)
-    if runtime not in ("llama.cpp", "ort-genai"):
-        raise _fail("--runtime must be llama.cpp or ort-genai", 2)
-    final_url, final_token = None, None
-    if not embedded:
-        try:
-            target = resolve_target(url, token)
-        except ApiError as e:
-            raise _fail(f"{e} (or run with --embedded)", 2) from e
-        final_url, final_token = target.url, target.token
-    protocol: Literal["5", "3.1.1"] = "5" if mqtt_protocol == "5" else "3.1.1"
-    engine: Literal["llama.cpp", "ort-genai"] = (
-        "llama.cpp" if runtime == "llama.cpp" else "ort-genai"
-    )
+    protocol, engine = _check_choices(scenario, mqtt_protocol, runtime)
+    final_url, final_token = _controller(url, token, embedded)
     options = DrillOptions(
         scenario=scenario,
         devices=devices,
@@ -103,15 +90,7 @@ def offline(
         recovery_timeout_s=recovery_timeout,
         rollout_version=rollout_version,
     )
-    say = (
-        (lambda line: None) if as_json else (lambda line: out.print(escape(line), highlight=False))
-    )
-    try:
-        result = run_drill(options, say)
-    except ValueError as e:
-        raise _fail(str(e), 2) from e
-    except DrillError as e:
-        raise _fail(f"drill could not run: {e}") from e
+    result = _run(options, as_json)
     text = json.dumps(result, indent=2, default=str)
     if report is not None:
         report.write_text(text + "\n", encoding="utf-8")
@@ -120,6 +99,50 @@ def offline(
     else:
         _print(result)
     raise typer.Exit(0 if result["passed"] is not False else 1)
+
+
+def _check_choices(
+    scenario: str, mqtt_protocol: str, runtime: str
+) -> tuple[Literal["5", "3.1.1"], Literal["llama.cpp", "ort-genai"]]:
+    """The scenario, MQTT protocol and runtime checked (exit 2 on a wrong one)."""
+    if scenario not in SCENARIOS:
+        raise _fail(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}", 2)
+    if mqtt_protocol not in ("5", "3.1.1"):
+        raise _fail("--mqtt-protocol must be 5 or 3.1.1", 2)
+    if runtime not in ("llama.cpp", "ort-genai"):
+        raise _fail("--runtime must be llama.cpp or ort-genai", 2)
+    return ("5" if mqtt_protocol == "5" else "3.1.1"), (
+        "llama.cpp" if runtime == "llama.cpp" else "ort-genai"
+    )
+
+
+def _controller(
+    url: str | None, token: str | None, embedded: bool
+) -> tuple[str | None, str | None]:
+    """The controller's URL and token, or (None, None) for the drill's embedded one."""
+    if embedded:
+        return None, None
+    try:
+        target = resolve_target(url, token)
+    except ApiError as e:
+        raise _fail(f"{e} (or run with --embedded)", 2) from e
+    return target.url, target.token
+
+
+def _run(options: "DrillOptions", as_json: bool) -> dict[str, Any]:
+    """Run the drill, saying each step unless JSON was asked for; its result."""
+    from controller.drills.processes import DrillError
+    from controller.drills.runner import run_drill
+
+    say = (
+        (lambda line: None) if as_json else (lambda line: out.print(escape(line), highlight=False))
+    )
+    try:
+        return run_drill(options, say)
+    except ValueError as e:
+        raise _fail(str(e), 2) from e
+    except DrillError as e:
+        raise _fail(f"drill could not run: {e}") from e
 
 
 def _print(result: dict[str, object]) -> None:

@@ -1,4 +1,4 @@
-"""Users, console sessions and API tokens.
+"""Credentials: passwords, console sessions and API tokens, and who they belong to.
 
 Passwords are argon2id-hashed; session cookies and API tokens are random and stored only
 as SHA-256 hashes, so a database leak does not hand out live credentials. Login checks a
@@ -16,7 +16,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlmodel import Session, col, delete, select
 
-from controller.models import ApiToken, User, WebSession
+from controller.auth.tables import ApiToken, User, WebSession
 from controller.settings import PLACEHOLDER_SECRETS
 
 Role = Literal["admin", "operator", "viewer"]
@@ -64,24 +64,9 @@ def check_password(password: str, *, username: str) -> None:
         raise ValueError("password must not be the username")
 
 
-def create_user(session: Session, *, username: str, password: str, role: Role) -> User:
-    """Add a user; refuses weak passwords and taken usernames with a ValueError."""
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}")
-    check_password(password, username=username)
-    if session.exec(select(User).where(col(User.username) == username)).first() is not None:
-        raise ValueError(f"user {username!r} already exists")
-    user = User(username=username, password_hash=_hasher.hash(password), role=role)
-    session.add(user)
-    session.flush()
-    return user
-
-
-def set_password(session: Session, user: User, password: str) -> None:
-    """Replace ``user``'s password (checked like a new one; ValueError says why)."""
-    check_password(password, username=user.username)
-    user.password_hash = _hasher.hash(password)
-    session.add(user)
+def hash_password(password: str) -> str:
+    """The argon2id hash to store for ``password`` (check it with ``check_password`` first)."""
+    return _hasher.hash(password)
 
 
 def authenticate(session: Session, *, username: str, password: str) -> User | None:

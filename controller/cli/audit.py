@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controller.api_client import ApiError, get_json, resolve_target
-from controller.cli_common import TokenOpt, UrlOpt, fail
+from controller.cli.common import TokenOpt, UrlOpt, fail
 
 audit_app = typer.Typer(no_args_is_help=True, help="Read the audit log.")
 

@@ -1,13 +1,11 @@
-"""``edgefleet keys`` and ``edgefleet models``: the signed-update repository from the shell.
+"""``edgefleet keys``: the signed-update repository's keys and metadata from the shell.
 
-Key and repository commands run on the controller host (or, for ``sign-root``, on the
-offline machine that holds a root key) and work without a running controller. ``models
-add`` also works on the host directly, streaming the file into the repository; ``models
-list`` and ``models upload`` talk to the controller's API like the other commands do.
+These commands run on the controller host (or, for ``sign-root``, on the offline machine
+that holds a root key) and work without a running controller. ``edgefleet models``
+(``controller/cli/models.py``) shares the repository options and helpers defined here.
 Every failure is one line on stderr and a non-zero exit, never a traceback.
 """
 
-import getpass
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,18 +15,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
-from controller.cli_common import ConfigOpt, TokenOpt, UrlOpt, err, settings_or_exit
-from controller.cli_common import fail as _fail
+from controller.cli.common import ConfigOpt, audit_locally, settings_or_exit
+from controller.cli.common import fail as _fail
 from controller.settings import Settings
 from controller.updates.errors import UpdatesError
 from controller.updates.keys import ROLES, KeyStore, load_key_file, read_passphrase
@@ -43,8 +33,6 @@ from controller.updates.repository import (
 )
 
 keys_app = typer.Typer(no_args_is_help=True, help="Manage the update repository's signing keys.")
-models_app = typer.Typer(no_args_is_help=True, help="Publish and list model versions.")
-
 
 KeysDirOpt = Annotated[
     Path | None, typer.Option(help="Online keys folder (default: updates.keys_dir).")
@@ -59,7 +47,7 @@ PassphraseOpt = Annotated[
 
 
 @contextmanager
-def _clear_errors() -> Iterator[None]:
+def updates_errors() -> Iterator[None]:
     """Turn the update repository's errors (and file errors) into one line and exit 1."""
     try:
         yield
@@ -74,7 +62,7 @@ def _settings(config: Path | None) -> Settings:
     return settings_or_exit(config)
 
 
-def _repository(
+def open_repository(
     config: Path | None,
     repo_dir: Path | None,
     keys_dir: Path | None,
@@ -82,33 +70,11 @@ def _repository(
 ) -> tuple[Settings, TufRepository]:
     settings = _settings(config)
     updates = settings.updates
-    with _clear_errors():
+    with updates_errors():
         passphrase = read_passphrase(passphrase_file or updates.passphrase_file)
     keys = KeyStore(keys_dir or updates.keys_dir, passphrase)
     repo = TufRepository(repo_dir or updates.repo_dir, keys, RepoPolicy.from_settings(updates))
     return settings, repo
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
-
-
-def _audit(settings: Settings, action: str, target: str, reason: str, **detail: Any) -> None:
-    """Record an operator's key or model action in the controller's audit log."""
-    from controller.audit import audit
-    from controller.db import init_db, make_engine, session_scope
-
-    engine = make_engine(settings.database_url)
-    try:
-        init_db(engine)
-        with session_scope(engine) as session:
-            audit(session, actor=_actor(), action=action, target=target, reason=reason,
-                  detail=detail)  # fmt: skip
-    finally:
-        engine.dispose()
 
 
 def _now() -> datetime:
@@ -129,10 +95,10 @@ def keys_init(
     config: ConfigOpt = None,
 ) -> None:
     """Generate encrypted keys for every role and publish version 1 of the metadata."""
-    settings, repo = _repository(config, repo_dir, keys_dir, passphrase_file)
-    with _clear_errors():
+    settings, repo = open_repository(config, repo_dir, keys_dir, passphrase_file)
+    with updates_errors():
         state = repo.initialize(now=_now(), root_keys=root_keys, root_threshold=root_threshold)
-        _audit(settings, "tuf.init", f"tuf:{repo.dir}", "repository created",
+        audit_locally(settings, "tuf.init", f"tuf:{repo.dir}", "repository created",
                root_keys=root_keys, versions=state.versions())  # fmt: skip
     root = state.root.signed
     typer.echo(f"TUF repository created in {repo.dir}, keys in {repo.keys.dir}")
@@ -153,8 +119,8 @@ def keys_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show each role's version, expiry, threshold and which keys are online."""
-    _, repo = _repository(config, repo_dir, keys_dir, None)
-    with _clear_errors():
+    _, repo = open_repository(config, repo_dir, keys_dir, None)
+    with updates_errors():
         state = repo.load()
     online = repo.keys.files()
     root = state.root.signed
@@ -199,8 +165,8 @@ def keys_export_root(
     config: ConfigOpt = None,
 ) -> None:
     """Move root private keys out of the online folder for offline keeping."""
-    settings, repo = _repository(config, repo_dir, keys_dir, passphrase_file)
-    with _clear_errors():
+    settings, repo = open_repository(config, repo_dir, keys_dir, passphrase_file)
+    with updates_errors():
         root = repo.load_root_chain()[-1].signed
         root_ids = root.roles["root"].keyids
         online = repo.keys.files()
@@ -211,7 +177,7 @@ def keys_export_root(
         if not wanted:
             raise _fail(f"no root private key is in {repo.keys.dir}; nothing to export", 2)
         exported = repo.keys.export(wanted, out, keep=keep)
-        _audit(settings, "tuf.export_root", f"tuf:{repo.dir}", "root keys exported",
+        audit_locally(settings, "tuf.export_root", f"tuf:{repo.dir}", "root keys exported",
                keyids=exported, kept_online=keep)  # fmt: skip
     typer.echo(f"wrote {len(exported)} encrypted root key(s) to {out}")
     if not keep:
@@ -235,8 +201,8 @@ def keys_root_draft(
     config: ConfigOpt = None,
 ) -> None:
     """Write the next root version (renewed expiry), signed by any online root keys."""
-    _s, repo = _repository(config, repo_dir, keys_dir, passphrase_file)
-    with _clear_errors():
+    _s, repo = open_repository(config, repo_dir, keys_dir, passphrase_file)
+    with updates_errors():
         thresholds = {"root": root_threshold} if root_threshold is not None else None
         draft = repo.draft_root(now=_now(), thresholds=thresholds)
         path = out or repo.drafts_dir / f"{draft.signed.version}.root.json"
@@ -259,8 +225,8 @@ def keys_sign_root(
 ) -> None:
     """Add signatures to a root draft with offline root key(s); works without a repository
     (then only keys of the draft's own root role are accepted)."""
-    _s, repo = _repository(config, repo_dir, None, passphrase_file)
-    with _clear_errors():
+    _s, repo = open_repository(config, repo_dir, None, passphrase_file)
+    with updates_errors():
         draft = read_root_draft(draft_file)
         previous = None
         if repo.is_initialized():
@@ -290,11 +256,11 @@ def keys_publish_root(
     config: ConfigOpt = None,
 ) -> None:
     """Publish a root draft signed by a threshold of the previous and of its own root keys."""
-    settings, repo = _repository(config, repo_dir, keys_dir, passphrase_file)
-    with _clear_errors():
+    settings, repo = open_repository(config, repo_dir, keys_dir, passphrase_file)
+    with updates_errors():
         draft = read_root_draft(draft_file)
         resigned = repo.publish_root(draft, now=_now())
-        _audit(settings, "tuf.publish_root", f"tuf:root:{draft.signed.version}",
+        audit_locally(settings, "tuf.publish_root", f"tuf:root:{draft.signed.version}",
                "new root version", resigned=resigned)  # fmt: skip
     typer.echo(f"published root v{draft.signed.version}")
     if resigned:
@@ -323,13 +289,13 @@ def keys_rotate(
     online root keys suffice, else left as a draft for sign-root and publish-root)."""
     if role not in ROLES:
         raise _fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}", 2)
-    settings, repo = _repository(config, repo_dir, keys_dir, passphrase_file)
-    with _clear_errors():
+    settings, repo = open_repository(config, repo_dir, keys_dir, passphrase_file)
+    with updates_errors():
         rotation = repo.rotate(
             role, now=_now(), revoke=revoke, new_keys=new_keys, threshold=threshold,
             draft_path=out,
         )  # fmt: skip
-        _audit(settings, "tuf.rotate", f"tuf:{role}", rotation.status,
+        audit_locally(settings, "tuf.rotate", f"tuf:{role}", rotation.status,
                new=rotation.new_keyids, revoked=rotation.revoked_keyids,
                published=rotation.published, root_version=rotation.version)  # fmt: skip
     typer.echo(f"{role}: new key(s) {', '.join(rotation.new_keyids) or '-'}")
@@ -361,200 +327,11 @@ def keys_refresh(
     bad = [r for r in force or [] if r not in ONLINE_ROLES]
     if bad:
         raise _fail(f"can only force {', '.join(ONLINE_ROLES)}, not {', '.join(bad)}", 2)
-    settings, repo = _repository(config, repo_dir, keys_dir, passphrase_file)
-    with _clear_errors():
+    settings, repo = open_repository(config, repo_dir, keys_dir, passphrase_file)
+    with updates_errors():
         resigned = repo.refresh(now=_now(), force=force or ())
         if resigned:
-            _audit(settings, "tuf.resign", "tuf:metadata", "operator refresh", roles=resigned)
-    typer.echo(f"re-signed: {', '.join(resigned)}" if resigned else "nothing was due")
-
-
-# --- models --------------------------------------------------------------------------------
-# What an operator says about a model version, the same for `models add` and `models upload`.
-ArtifactArg = Annotated[Path, typer.Argument(help="The model artifact (GGUF, ONNX, ...).")]
-ModelNameOpt = Annotated[str, typer.Option(help="Model name, as agents configure it.")]
-ModelVersionOpt = Annotated[str, typer.Option(help="Model version (unique per name).")]
-RuntimeOpt = Annotated[str, typer.Option(help="llama.cpp, ort-genai or onnx.")]
-QuantizationOpt = Annotated[str, typer.Option(help="e.g. Q4_K_M, int8.")]
-DeviceClassOpt = Annotated[
-    list[str] | None, typer.Option(help="Compatible device class; repeatable (none: all).")
-]
-MinAgentOpt = Annotated[str, typer.Option(help="Oldest agent that may run it.")]
-LatencyOpt = Annotated[float | None, typer.Option(help="Typical latency on its device classes.")]
-FilenameOpt = Annotated[
-    str | None, typer.Option(help="File name in the target path (default: FILE's name).")
-]
-
-
-@models_app.command("add")
-def models_add(
-    file: ArtifactArg,
-    name: ModelNameOpt,
-    version: ModelVersionOpt,
-    runtime: RuntimeOpt,
-    quantization: QuantizationOpt = "",
-    device_class: DeviceClassOpt = None,
-    min_agent_version: MinAgentOpt = "0",
-    expected_latency_ms: LatencyOpt = None,
-    filename: FilenameOpt = None,
-    keys_dir: KeysDirOpt = None,
-    repo_dir: RepoDirOpt = None,
-    passphrase_file: PassphraseOpt = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Publish a model version on the controller host: stream-hash the file into the
-    repository, record it in the registry and sign new targets, snapshot and timestamp."""
-    from controller.db import init_db, make_engine, session_scope
-    from controller.updates.publish import ModelSpec, add_model_file
-
-    settings, repo = _repository(config, repo_dir, keys_dir, passphrase_file)
-    if not file.is_file():
-        raise _fail(f"{file} is not a file", 2)
-    engine = make_engine(settings.database_url)
-    try:
-        with _clear_errors():
-            spec = ModelSpec(
-                name=name,
-                version=version,
-                runtime=runtime,
-                filename=filename or file.name,
-                quantization=quantization,
-                device_classes=tuple(device_class or ()),
-                min_agent_version=min_agent_version,
-                expected_latency_ms=expected_latency_ms,
+            audit_locally(
+                settings, "tuf.resign", "tuf:metadata", "operator refresh", roles=resigned
             )
-            init_db(engine)
-            with (
-                Progress(
-                    TextColumn("{task.description}"),
-                    BarColumn(),
-                    DownloadColumn(),
-                    TransferSpeedColumn(),
-                    TimeRemainingColumn(),
-                    console=err,
-                    transient=True,
-                ) as progress,
-                session_scope(engine) as session,
-            ):
-                task = progress.add_task(f"hashing {file.name}", total=file.stat().st_size)
-                row = add_model_file(
-                    session, repo, file, spec, actor=_actor(),
-                    progress=lambda n: progress.advance(task, n),
-                )  # fmt: skip
-                summary = (row.target_path, row.sha256, row.length)
-            versions = repo.load().versions()
-    finally:
-        engine.dispose()
-    path, sha, length = summary
-    typer.echo(f"published {name} {version} as {path} (sha256 {sha}, {length} bytes)")
-    typer.echo(
-        f"targets v{versions['targets']}, snapshot v{versions['snapshot']},"
-        f" timestamp v{versions['timestamp']}"
-    )
-
-
-@models_app.command("list")
-def models_list(
-    name: Annotated[str | None, typer.Option(help="Only this model.")] = None,
-    runtime: Annotated[str | None, typer.Option(help="Only this runtime.")] = None,
-    device_class: Annotated[str | None, typer.Option(help="Only models for this class.")] = None,
-    url: UrlOpt = None,
-    token: TokenOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """List published model versions, newest first."""
-    from controller.api_client import ApiError, get_json, resolve_target
-
-    params: dict[str, Any] = {"limit": 1000}
-    for key, value in (("name", name), ("runtime", runtime), ("device_class", device_class)):
-        if value is not None:
-            params[key] = value
-    try:
-        page = get_json(resolve_target(url, token), "/api/models", params)
-    except ApiError as e:
-        raise _fail(str(e)) from e
-    if as_json:
-        typer.echo(json.dumps(page, indent=2))
-        return
-    table = Table(title=f"{page['count']} model version(s)")
-    for column in ("name", "version", "runtime", "quant", "classes", "size", "sha256", "added"):
-        table.add_column(column)
-    for m in page["data"]:
-        table.add_row(
-            m["name"],
-            m["version"],
-            m["runtime"],
-            m["quantization"] or "-",
-            ", ".join(m["device_classes"]) or "all",
-            f"{m['length'] / 1e6:.1f} MB",
-            m["sha256"][:12],
-            str(m["created_at"])[:19].replace("T", " "),
-        )
-    Console().print(table)
-
-
-@models_app.command("upload")
-def models_upload(
-    file: ArtifactArg,
-    name: ModelNameOpt,
-    version: ModelVersionOpt,
-    runtime: RuntimeOpt,
-    quantization: QuantizationOpt = "",
-    device_class: DeviceClassOpt = None,
-    min_agent_version: MinAgentOpt = "0",
-    expected_latency_ms: LatencyOpt = None,
-    filename: FilenameOpt = None,
-    url: UrlOpt = None,
-    token: TokenOpt = None,
-) -> None:
-    """Publish a model version through a remote controller's API (streamed upload)."""
-    import httpx
-
-    from controller.api_client import ApiError, resolve_target
-
-    if not file.is_file():
-        raise _fail(f"{file} is not a file", 2)
-    try:
-        target = resolve_target(url, token)
-    except ApiError as e:
-        raise _fail(str(e)) from e
-    params: list[tuple[str, str | int | float | bool | None]] = [
-        ("name", name),
-        ("version", version),
-        ("runtime", runtime),
-        ("filename", filename or file.name),
-        ("quantization", quantization),
-        ("min_agent_version", min_agent_version),
-    ]
-    params += [("device_class", c) for c in device_class or ()]
-    if expected_latency_ms is not None:
-        params.append(("expected_latency_ms", str(expected_latency_ms)))
-    size = file.stat().st_size
-
-    def body() -> Iterator[bytes]:
-        with file.open("rb") as f:
-            while chunk := f.read(1024 * 1024):
-                yield chunk
-
-    try:
-        response = httpx.post(
-            f"{target.url}/api/models",
-            params=params,
-            content=body(),
-            headers={
-                "Authorization": f"Bearer {target.token}",
-                "Content-Type": "application/octet-stream",
-                "Content-Length": str(size),
-            },
-            timeout=httpx.Timeout(30.0, read=600.0),
-        )
-    except httpx.HTTPError as e:
-        raise _fail(f"cannot reach the controller at {target.url}: {e}") from e
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        raise _fail(f"{response.status_code} from /api/models: {detail}")
-    row = response.json()
-    typer.echo(f"published {row['name']} {row['version']} as {row['target_path']}")
+    typer.echo(f"re-signed: {', '.join(resigned)}" if resigned else "nothing was due")

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controller.api_client import ApiError, Target, get_json, request_json, resolve_target
-from controller.cli_common import TokenOpt, UrlOpt, err, fail
+from controller.cli.common import TokenOpt, UrlOpt, err, fail
 
 users_app = typer.Typer(no_args_is_help=True, help="Manage users (admin).")
 tokens_app = typer.Typer(no_args_is_help=True, help="Manage API tokens.")

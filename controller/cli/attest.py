@@ -6,14 +6,13 @@ Talks to the controller's HTTP API (``controller/api/routes/attestation.py``).
 import json
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from controller.api_client import ApiError, get_json, request_json, resolve_target
-from controller.cli_common import TokenOpt, UrlOpt
-from controller.cli_common import fail as _fail
+from controller.cli.common import TokenOpt, UrlOpt
+from controller.cli.common import fail as _fail
 
 app = typer.Typer(no_args_is_help=True, help="Device attestation: golden values and quotes.")
 golden_app = typer.Typer(no_args_is_help=True, help="Known-good measurement values.")
@@ -80,17 +79,7 @@ def golden_remove(
     token: TokenOpt = None,
 ) -> None:
     """Withdraw a golden value; devices still measuring it fail their next quote."""
-    try:
-        target = resolve_target(url, token)
-        response = httpx.delete(
-            f"{target.url}/api/attestation/golden/{golden_id}",
-            headers={"Authorization": f"Bearer {target.token}"},
-            timeout=10,
-        )
-    except (ApiError, httpx.HTTPError) as e:
-        raise _fail(str(e)) from e
-    if response.status_code != 204:
-        raise _fail(f"{response.status_code}: {response.text}")
+    _call(url, token, "DELETE", f"/api/attestation/golden/{golden_id}")
     typer.echo(f"golden value {golden_id} removed")
 
 

@@ -12,8 +12,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from controller.api_client import ApiError, Target, get_json, request_json, resolve_target
-from controller.cli_common import TokenOpt, UrlOpt
-from controller.cli_common import fail as _fail
+from controller.cli.common import TokenOpt, UrlOpt
+from controller.cli.common import fail as _fail
 
 app = typer.Typer(no_args_is_help=True, help="Staged model rollouts with canaries and gates.")
 
