@@ -42,7 +42,7 @@ from controller.app import create_app
 from controller.auth.credentials import create_api_token
 from controller.auth.users import create_user
 from controller.db import session_scope
-from controller.models import Device
+from controller.devices.tables import Device
 from controller.services import Services
 from controller.settings import load_settings
 from controller.telemetry.tables import DeviceHealthHour, DeviceRequestHour, FleetRequestHour

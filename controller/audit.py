@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, Session, SQLModel
 
-from controller.models import utcnow
+from controller.db import utcnow
 
 
 class AuditEntry(SQLModel, table=True):

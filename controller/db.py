@@ -1,24 +1,23 @@
-"""Database engine and sessions: SQLite (WAL) by default, PostgreSQL by URL."""
+"""Database engine and sessions: SQLite (WAL) by default, PostgreSQL by URL.
+
+This module knows no table, so every package can use it; creating the tables and migrating
+older databases is ``controller.migrations.init_db`` (it imports every table module).
+"""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
-# Imported for their side effect: registering the tables on SQLModel.metadata.
-from controller import audit, models, shadows, telemetry_store  # noqa: F401
-from controller.attestation import service as attestation_tables  # noqa: F401
-from controller.auth import tables as auth_tables  # noqa: F401
-from controller.drills import tables as drill_tables  # noqa: F401
-from controller.images import registry as image_tables  # noqa: F401
-from controller.migrations import migrate
-from controller.rollouts import tables as rollout_tables  # noqa: F401
-from controller.telemetry import tables as telemetry_tables  # noqa: F401
-from controller.updates import registry  # noqa: F401
+
+def utcnow() -> datetime:
+    """The current time in UTC: the default of the tables' timestamp columns."""
+    return datetime.now(UTC)
 
 
 def make_engine(url: str) -> Engine:
@@ -43,12 +42,6 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
-
-
-def init_db(engine: Engine) -> None:
-    """Create missing tables, then bring older ones up to date (``controller/migrations.py``)."""
-    SQLModel.metadata.create_all(engine)
-    migrate(engine)
 
 
 @contextmanager

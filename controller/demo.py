@@ -26,10 +26,10 @@ from sqlmodel import Session, col, func, select
 from controller.app import create_app
 from controller.auth.credentials import create_api_token, generate_password
 from controller.auth.users import create_user
-from controller.broker import free_port
+from controller.broker.embedded import free_port
 from controller.db import session_scope
 from controller.demo_traffic import DemoTraffic, DriftBaseline
-from controller.models import Device
+from controller.devices.tables import Device
 from controller.services import Services
 from controller.settings import load_settings
 from controller.updates.publish import ModelSpec, add_model_file

@@ -19,9 +19,17 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from controller.liveness import Decision, Liveness, is_overdue, on_birth, on_death, on_heartbeat
-from controller.models import Device, DeviceStatusEvent, RejectedMessage
-from controller.shadows import apply_reported
+from controller.devices.liveness import (
+    Decision,
+    Liveness,
+    is_overdue,
+    on_birth,
+    on_death,
+    on_heartbeat,
+)
+from controller.devices.shadows import apply_reported
+from controller.devices.tables import Device, DeviceStatusEvent
+from controller.models import RejectedMessage
 from controller.telemetry_store import PendingRecords
 from shared.errors import ProtocolError
 from shared.messages import (

@@ -4,6 +4,9 @@
 to an existing table needs a step here. Steps run in order, each once per database (the
 ``schema_migration`` table records them), and each checks what is there first, because a
 database created by this version already has every column.
+
+``init_db`` runs both at start: it imports every table module first, so ``create_all``
+sees every table on ``SQLModel.metadata``.
 """
 
 from collections.abc import Callable
@@ -12,6 +15,22 @@ from datetime import UTC, datetime
 
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
+from sqlmodel import SQLModel
+
+# Imported for their side effect: registering the tables on SQLModel.metadata.
+import controller.attestation.service as _attestation_service  # noqa: F401
+import controller.audit as _audit  # noqa: F401
+import controller.auth.tables as _auth_tables  # noqa: F401
+import controller.broker.tables as _broker_tables  # noqa: F401
+import controller.devices.shadows as _devices_shadows  # noqa: F401
+import controller.devices.tables as _devices_tables  # noqa: F401
+import controller.drills.tables as _drills_tables  # noqa: F401
+import controller.images.registry as _images_registry  # noqa: F401
+import controller.models as _models  # noqa: F401
+import controller.rollouts.tables as _rollouts_tables  # noqa: F401
+import controller.telemetry.tables as _telemetry_tables  # noqa: F401
+import controller.telemetry_store as _telemetry_store  # noqa: F401
+import controller.updates.registry as _updates_registry  # noqa: F401
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,4 +124,10 @@ def migrate(engine: Engine) -> list[str]:
     return applied_now
 
 
-__all__ = ["MIGRATIONS", "Migration", "migrate"]
+def init_db(engine: Engine) -> None:
+    """Create missing tables, then bring older ones up to date (``migrate``)."""
+    SQLModel.metadata.create_all(engine)
+    migrate(engine)
+
+
+__all__ = ["MIGRATIONS", "Migration", "init_db", "migrate"]

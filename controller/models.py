@@ -1,94 +1,15 @@
-"""Database tables (SQLModel) and the public shapes the API returns."""
+"""The dead-letter table, until it moves to ``controller/ingest/tables.py`` with the
+ingest path (the other tables live in their packages: ``devices``, ``broker``, ``auth``)."""
 
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
-from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
+from controller.db import utcnow
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-# --- devices -------------------------------------------------------------------------------
-class DeviceBase(SQLModel):
-    """Fields shared by the device table and its public shape."""
-
-    device_class: str | None = None
-    arch: str | None = None
-    accelerator: str | None = None
-    agent_version: str | None = None
-    runtimes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    models: list[dict[str, Any]] = Field(
-        default_factory=list, sa_column=Column(JSON, nullable=False)
-    )
-    api_url: str | None = None
-    state: str = "unknown"  # online | offline | unknown
-    state_reason: str | None = None  # birth | will | shutdown | heartbeat_timeout
-    bd_seq: int | None = None
-    heartbeat_interval_s: float | None = None
-    last_heartbeat_seq: int | None = None
-    cpu_percent: float | None = None
-    memory_percent: float | None = None
-    requests_total: int | None = None
-    local_tier_healthy: bool | None = None
-    # Set by attestation (a failed or missing quote): excluded from rollouts, refused the
-    # cloud tier, flagged in the console, until a good quote clears it.
-    quarantined: bool = False
-    quarantine_reason: str | None = None
+__all__ = ["RejectedMessage", "utcnow"]
 
 
-class Device(DeviceBase, table=True):
-    """The fleet registry: one row per device, its latest known state."""
-
-    id: str = Field(primary_key=True, max_length=63)
-    first_seen: datetime = Field(default_factory=utcnow)
-    last_seen: datetime | None = None
-    state_changed_at: datetime | None = None
-
-
-class DevicePublic(DeviceBase):
-    """A device as the API and console show it."""
-
-    id: str
-    first_seen: datetime
-    last_seen: datetime | None
-    state_changed_at: datetime | None
-
-
-class DeviceList(SQLModel):
-    """A page of devices with fleet counts."""
-
-    data: list[DevicePublic]
-    count: int
-    online: int
-    offline: int
-    quarantined: int = 0  # fleet-wide, whatever the filter
-
-
-class DeviceStatusEvent(SQLModel, table=True):
-    """Status history: every birth, death and timeout, in arrival order."""
-
-    __tablename__ = "device_status_event"
-    id: int | None = Field(default=None, primary_key=True)
-    device_id: str = Field(index=True, max_length=63)
-    at: datetime = Field(default_factory=utcnow, index=True)
-    event: str  # birth | death | heartbeat_timeout | stale_death_ignored
-    bd_seq: int | None = None
-    detail: str | None = None
-
-
-class DeviceStatusEventPublic(SQLModel):
-    """One status history entry as the API returns it."""
-
-    at: datetime
-    event: str
-    bd_seq: int | None
-    detail: str | None
-
-
-# --- ingest rejects -------------------------------------------------------------------------
 class RejectedMessage(SQLModel, table=True):
     """Dead letters: messages refused by ingest, with the reason (payloads are not kept).
 
@@ -107,15 +28,3 @@ class RejectedMessage(SQLModel, table=True):
     device_id: str | None = Field(default=None, max_length=63, index=True)
     count: int = 1
     last_at: datetime | None = None  # the latest one counted in this row
-
-
-# --- broker credentials -------------------------------------------------------------------
-class BrokerCredential(SQLModel, table=True):
-    """A device's Mosquitto login; only the ``$7$`` hash is kept, never the password."""
-
-    __tablename__ = "broker_credential"
-    device_id: str = Field(primary_key=True, max_length=63)
-    username: str = Field(unique=True, max_length=63)  # equals device_id: the ACL's %u
-    password_hash: str = Field(max_length=256)
-    created_at: datetime = Field(default_factory=utcnow)
-    revoked_at: datetime | None = None

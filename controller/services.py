@@ -22,15 +22,16 @@ from controller.attestation.service import (
     trust_local_agent_code,
 )
 from controller.audit import audit
-from controller.broker import EmbeddedBroker
-from controller.db import init_db, make_engine, session_scope
+from controller.broker.embedded import EmbeddedBroker
+from controller.broker.tables import BrokerCredential
+from controller.db import make_engine, session_scope
+from controller.devices.liveness import as_utc
+from controller.devices.shadows import DeviceShadow, desired_message, unapplied
 from controller.ingest import IngestStats, sweep_liveness
-from controller.liveness import as_utc
-from controller.models import BrokerCredential
+from controller.migrations import init_db
 from controller.mqtt_ingest import MqttIngest
 from controller.rollouts.service import tick as rollout_tick
 from controller.settings import Settings
-from controller.shadows import DeviceShadow, desired_message, unapplied
 from controller.telemetry.rollup import RollupReport, run_rollup
 from controller.updates.errors import UpdatesError
 from controller.updates.repository import TufRepository

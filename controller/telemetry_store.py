@@ -23,7 +23,7 @@ from sqlalchemy import JSON, BigInteger, Column, Integer, UniqueConstraint
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session, SQLModel
 
-from controller.models import utcnow
+from controller.db import utcnow
 from shared.messages import Record
 
 

@@ -16,7 +16,8 @@ from controller.audit import AuditEntry
 from controller.auth.credentials import SESSION_COOKIE, create_api_token
 from controller.auth.csrf import token_for_session
 from controller.auth.users import create_user
-from controller.db import init_db, make_engine, session_scope
+from controller.db import make_engine, session_scope
+from controller.migrations import init_db
 from controller.services import Services
 from controller.settings import load_settings
 from tests.controller_harness import console_login

@@ -12,8 +12,10 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from controller.db import init_db, make_engine, session_scope
+from controller.db import make_engine, session_scope
+from controller.devices.shadows import DeviceShadow, set_desired
 from controller.ingest import Received, apply_batch
+from controller.migrations import init_db
 from controller.rollouts.service import (
     Rollout,
     RolloutDevice,
@@ -23,7 +25,6 @@ from controller.rollouts.service import (
     tick,
 )
 from controller.settings import RolloutSettings
-from controller.shadows import DeviceShadow, set_desired
 from controller.updates.registry import ModelVersion
 from shared.messages import (
     Birth,

@@ -12,8 +12,9 @@ from sqlmodel import Session, select
 from controller.app import create_app
 from controller.auth.credentials import create_api_token
 from controller.auth.users import create_user
-from controller.db import init_db, make_engine, session_scope
+from controller.db import make_engine, session_scope
 from controller.ingest import Received, apply_batch
+from controller.migrations import init_db
 from controller.services import Services
 from controller.settings import load_settings
 from controller.telemetry.rollup import RollupReport, run_rollup

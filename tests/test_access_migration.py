@@ -7,7 +7,8 @@ from sqlalchemy import inspect, text
 from sqlmodel import Session
 
 from controller.auth.credentials import _digest, user_for_token
-from controller.db import init_db, make_engine
+from controller.db import make_engine
+from controller.migrations import init_db
 
 OLD_TABLES = (
     """CREATE TABLE "user" (

@@ -19,11 +19,12 @@ from controller.attestation.service import (
     register_identity,
 )
 from controller.audit import AuditEntry
-from controller.db import init_db, make_engine, session_scope
+from controller.db import make_engine, session_scope
+from controller.devices.shadows import DeviceShadow
+from controller.devices.tables import Device
 from controller.ingest import BatchResult, Received, apply_batch
-from controller.models import Device
+from controller.migrations import init_db
 from controller.settings import AttestationSettings
-from controller.shadows import DeviceShadow
 from edge_agent.attestation.attester import Attester
 from edge_agent.attestation.identity import FileIdentityKey
 from shared.attestation import encode_public_key, public_key_of

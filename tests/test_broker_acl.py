@@ -506,8 +506,9 @@ def test_cli_provision_file_mode_duplicate_and_bad_id(tmp_path: Path) -> None:
 
     from sqlmodel import Session
 
+    from controller.broker.tables import BrokerCredential
     from controller.db import make_engine
-    from controller.models import BrokerCredential, Device
+    from controller.devices.tables import Device
 
     with Session(make_engine(f"sqlite:///{tmp_path / 'controller.db'}")) as session:
         device = session.get(Device, "edge-1")

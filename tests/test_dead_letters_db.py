@@ -8,10 +8,10 @@ from hypothesis import strategies as st
 from sqlalchemy import inspect, text
 from sqlmodel import Session, col, select
 
-from controller.db import init_db, make_engine, session_scope
+from controller.db import make_engine, session_scope
 from controller.dead_letters import _storable, prune_dead_letters, write_dead_letters
 from controller.ingest_limits import DeadLetterBook, Rejection
-from controller.migrations import migrate
+from controller.migrations import init_db, migrate
 from controller.models import RejectedMessage
 
 AT = datetime(2026, 12, 7, 1, 0)

@@ -9,7 +9,8 @@ import pytest
 from pydantic import SecretStr
 from sqlmodel import Session
 
-from controller.db import init_db, make_engine, session_scope
+from controller.db import make_engine, session_scope
+from controller.migrations import init_db
 from controller.updates.errors import PublishError
 from controller.updates.keys import KeyStore
 from controller.updates.publish import ModelSpec, add_model_file

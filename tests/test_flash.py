@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 from controller.auth.credentials import create_api_token
 from controller.auth.users import create_user
 from controller.broker.mosquitto_auth import hash_password, verify_password
+from controller.broker.tables import BrokerCredential
 from controller.cli.main import app as controller_cli
 from controller.db import session_scope
 from controller.images.build import build_image
@@ -50,7 +51,6 @@ from controller.images.flash import (
 from controller.images.flashing import writing as flash_module
 from controller.images.keys import ImageKey, generate_image_key, load_image_key
 from controller.images.manifest import IMAGE_JSON, compute_image_id, image_json, sign_manifest
-from controller.models import BrokerCredential
 from edge_agent import __version__ as agent_version
 from edge_agent.cli import app as agent_cli
 from edge_agent.config import config_schema, load_config

@@ -25,13 +25,14 @@ import edge_agent
 from controller.attestation.service import GoldenMeasurement
 from controller.audit import AuditEntry
 from controller.cli.main import app as cli_app
-from controller.db import init_db, make_engine, session_scope
+from controller.db import make_engine, session_scope
 from controller.images.build import build_image, load_manifest, verify_image
 from controller.images.keys import ImageKey
 from controller.images.manifest import IMAGE_JSON, ImageError, compute_image_id
 from controller.images.recipe import RecipeError, load_recipe
 from controller.images.registry import FirmwareImage
 from controller.images.wheelhouse import WheelhouseError
+from controller.migrations import init_db
 from edge_agent.config import config_schema, load_config
 from shared.attestation import installed_agent_code
 from shared.canonical import canonical_json

@@ -5,9 +5,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlmodel import Session, select
 
-from controller.db import init_db, make_engine, session_scope
+from controller.db import make_engine, session_scope
+from controller.devices.tables import Device, DeviceStatusEvent
 from controller.ingest import Received, apply_batch, sweep_liveness
-from controller.models import Device, DeviceStatusEvent, RejectedMessage
+from controller.migrations import init_db
+from controller.models import RejectedMessage
 from shared import Death, Heartbeat, encode_message
 from tests.test_protocol import birth, heartbeat_doc
 

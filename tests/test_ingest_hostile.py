@@ -22,10 +22,10 @@ import controller.mqtt_ingest as mqtt_ingest
 from controller.app import create_app
 from controller.auth.credentials import create_api_token
 from controller.auth.users import create_user
+from controller.broker.tables import BrokerCredential
 from controller.db import session_scope
 from controller.dead_letters import write_dead_letters
 from controller.ingest import Decoded, apply_decoded, classify
-from controller.models import BrokerCredential
 from controller.services import Services
 from controller.settings import load_settings
 from shared import MAX_PAYLOAD_BYTES, encode_message

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
-from controller.liveness import Liveness, is_overdue, on_birth, on_death, on_heartbeat
+from controller.devices.liveness import Liveness, is_overdue, on_birth, on_death, on_heartbeat
 
 ONLINE_3 = Liveness(state="online", bd_seq=3, last_heartbeat_seq=10)
 

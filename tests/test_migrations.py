@@ -4,9 +4,9 @@ added since, keeps its rows, and migrating twice changes nothing."""
 from sqlalchemy import inspect, text
 from sqlmodel import Session
 
-from controller.db import init_db, make_engine
-from controller.migrations import MIGRATIONS, migrate
-from controller.models import Device
+from controller.db import make_engine
+from controller.devices.tables import Device
+from controller.migrations import MIGRATIONS, init_db, migrate
 
 # The device table as the controller before attestation created it (no quarantine columns).
 OLD_DEVICE_TABLE = """

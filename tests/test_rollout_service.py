@@ -11,16 +11,16 @@ from sqlmodel import Session, col, select
 
 from controller.audit import AuditEntry
 from controller.db import session_scope
-from controller.models import Device
+from controller.devices.tables import Device
 from controller.rollouts.engine import CommandRefused, RolloutError, Status
 from controller.rollouts.observe import wave_telemetry
+from controller.rollouts.queries import rollout_view
 from controller.rollouts.service import (
     RolloutConflict,
     StaleRollout,
     advance,
     command,
     get_rollout,
-    rollout_view,
 )
 from controller.settings import RolloutSettings
 from edge_agent.updates.decisions import FactoryModel, parse_desired_model

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.db import session_scope
-from controller.models import Device
+from controller.devices.tables import Device
 from shared.messages import Desired, decode_message, encode_message
 from shared.shadow import (
     MAX_SHADOW_BYTES,

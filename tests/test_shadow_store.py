@@ -7,8 +7,9 @@ import pytest
 from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session
 
-from controller.db import init_db, make_engine
-from controller.shadows import DeviceShadow, set_desired
+from controller.db import make_engine
+from controller.devices.shadows import DeviceShadow, set_desired
+from controller.migrations import init_db
 
 
 def test_two_writers_of_one_version_cannot_both_win(database_url: str) -> None:

@@ -6,11 +6,13 @@ from pathlib import Path
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from controller.db import init_db, make_engine, session_scope
+from controller.broker.tables import BrokerCredential
+from controller.db import make_engine, session_scope
+from controller.devices.shadows import DeviceShadow, set_desired, unapplied, view
 from controller.ingest import Received, apply_batch
-from controller.models import BrokerCredential, RejectedMessage
+from controller.migrations import init_db
+from controller.models import RejectedMessage
 from controller.services import ProvisionedDevices
-from controller.shadows import DeviceShadow, set_desired, unapplied, view
 from controller.telemetry_store import TelemetryRecord
 from edge_agent.shadow import DeviceShadow as AgentShadow
 from shared import encode_message

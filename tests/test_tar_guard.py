@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from controller.db import init_db, make_engine, session_scope
+from controller.db import make_engine, session_scope
 from controller.images.flash import verified_image
 from controller.images.manifest import ImageError
+from controller.migrations import init_db
 from controller.updates.errors import PublishError
 from controller.updates.keys import KeyStore
 from controller.updates.publish import ModelSpec, add_model_file

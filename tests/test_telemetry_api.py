@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from controller.audit import AuditEntry
 from controller.cli.telemetry import app as cli_app
 from controller.db import session_scope
-from controller.models import Device
+from controller.devices.tables import Device
+from controller.metrics import ControllerCollector, render
 from controller.telemetry.fold import hour_of
-from controller.telemetry.prometheus import ControllerCollector, render
 from controller.telemetry.settings import TelemetrySettings
 from controller.telemetry.tables import DeviceRequestHour, DriftScore
 from tests.conftest import free_port, wait_for

@@ -12,9 +12,9 @@ from controller.audit import AuditEntry
 from controller.rollouts.observe import wave_telemetry
 from controller.settings import RolloutSettings
 from controller.telemetry.drift import NoDriftData, load_reference, set_reference
-from controller.telemetry.fold import hour_of
+from controller.telemetry.fold import CLASSES, hour_of
 from controller.telemetry.scoring import Thresholds, alert_action, feature_score, model_score
-from controller.telemetry.tables import CLASSES, DriftReference, DriftScore, TelemetryAlert
+from controller.telemetry.tables import DriftReference, DriftScore, TelemetryAlert
 from shared import sketches
 from tests.rollout_world import MODEL, T0, World
 from tests.telemetry_world import CFG, TelemetryWorld, drift_window, sketch

@@ -12,11 +12,10 @@ from sqlmodel import Session
 from controller.db import session_scope
 from controller.services import _job_lock
 from controller.telemetry.drift import set_reference
-from controller.telemetry.fold import RawRecord, fold, hour_of, quantiles, utc
+from controller.telemetry.fold import CLASSES, RawRecord, fold, hour_of, quantiles, utc
 from controller.telemetry.rollup import run_rollup
 from controller.telemetry.settings import TelemetrySettings
 from controller.telemetry.tables import (
-    CLASSES,
     DeviceHealthHour,
     DeviceRequestHour,
     DriftHour,

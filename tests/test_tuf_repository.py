@@ -21,7 +21,8 @@ from tuf.api.metadata import Metadata, Root, Timestamp
 from tuf.ngclient import Updater
 
 from controller.audit import AuditEntry
-from controller.db import init_db, make_engine, session_scope
+from controller.db import make_engine, session_scope
+from controller.migrations import init_db
 from controller.services import Services
 from controller.settings import load_settings
 from controller.updates.errors import DuplicateError, PublishError, RepositoryStateError

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from controller.db import init_db, make_engine, session_scope
+from controller.db import make_engine, session_scope
+from controller.devices.shadows import desired_message, set_desired
+from controller.migrations import init_db
 from controller.rollouts.engine import parse_model_report
 from controller.rollouts.service import factory_model, revert_model
-from controller.shadows import desired_message, set_desired
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.runtimes.base import ChatMessage, ChatRequest

@@ -1,24 +1,3 @@
-"""Device attestation: the pure quote policy and the service that enrolls, challenges,
-judges and quarantines (docs/attestation.md)."""
-
-from controller.attestation.policy import ChallengeRecord, Golden, Reason, Verdict, evaluate_quote
-from controller.attestation.service import (
-    AttestationChallenge,
-    AttestationResult,
-    AttestationService,
-    DeviceIdentity,
-    GoldenMeasurement,
-)
-
-__all__ = [
-    "AttestationChallenge",
-    "AttestationResult",
-    "AttestationService",
-    "ChallengeRecord",
-    "DeviceIdentity",
-    "Golden",
-    "GoldenMeasurement",
-    "Reason",
-    "Verdict",
-    "evaluate_quote",
-]
+"""Device attestation: the pure quote policy (``policy``) and the service that enrolls,
+challenges, judges and quarantines (``service``; docs/attestation.md). Imports nothing:
+import the module you need."""

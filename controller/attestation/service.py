@@ -28,10 +28,11 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from controller.attestation.policy import ChallengeRecord, Golden, Reason, Verdict, evaluate_quote
 from controller.audit import audit
-from controller.liveness import as_utc
-from controller.models import Device, utcnow
+from controller.db import utcnow
+from controller.devices.liveness import as_utc
+from controller.devices.shadows import DeviceShadow, desired_message, set_desired
+from controller.devices.tables import Device
 from controller.settings import AttestationSettings
-from controller.shadows import DeviceShadow, desired_message, set_desired
 from controller.updates.registry import known_target_hashes
 from shared.attestation import (
     BOOT_EPOCH,

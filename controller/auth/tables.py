@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from controller.models import utcnow
+from controller.db import utcnow
 
 
 class User(SQLModel, table=True):

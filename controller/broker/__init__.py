@@ -1,5 +1,3 @@
-"""MQTT brokers the controller can start itself (the zero-setup default)."""
-
-from controller.broker.embedded import EmbeddedBroker, free_port
-
-__all__ = ["EmbeddedBroker", "free_port"]
+"""The MQTT broker side of the controller: the broker it can start itself (``embedded``,
+the zero-setup default), Mosquitto's password and ACL files (``mosquitto_auth``) and the
+devices' broker logins (``tables``). Imports nothing: import the module you need."""

@@ -33,7 +33,8 @@ token_app = typer.Typer(
 def _database(url: str) -> Iterator["Session"]:
     """A session on the controller's database (tables created or migrated first) that
     commits when the block ends without an error."""
-    from controller.db import init_db, make_engine, session_scope
+    from controller.db import make_engine, session_scope
+    from controller.migrations import init_db
 
     engine = make_engine(url)
     init_db(engine)

@@ -29,8 +29,9 @@ def broker_mosquitto_config(
     from sqlmodel import col, select
 
     from controller.broker import mosquitto_auth as auth
-    from controller.db import init_db, make_engine, session_scope
-    from controller.models import BrokerCredential
+    from controller.broker.tables import BrokerCredential
+    from controller.db import make_engine, session_scope
+    from controller.migrations import init_db
 
     settings = settings_or_exit(config)
     username, secret = settings.broker.username, settings.broker.password

@@ -65,7 +65,8 @@ def audit_locally(
     """Record an operator's host-side action (keys, models, images) in the controller's
     audit log, straight in its database."""
     from controller.audit import audit
-    from controller.db import init_db, make_engine, session_scope
+    from controller.db import make_engine, session_scope
+    from controller.migrations import init_db
 
     engine = make_engine(settings.database_url)
     try:

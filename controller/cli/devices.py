@@ -172,8 +172,10 @@ def devices_provision(
 ) -> None:
     """Issue a device's broker credential; the password is shown once, only its hash kept."""
     from controller.broker.mosquitto_auth import generate_password, hash_password
-    from controller.db import init_db, make_engine, session_scope
-    from controller.models import BrokerCredential, Device, utcnow
+    from controller.broker.tables import BrokerCredential
+    from controller.db import make_engine, session_scope, utcnow
+    from controller.devices.tables import Device
+    from controller.migrations import init_db
     from shared.topics import is_valid_device_id
 
     if not is_valid_device_id(device_id):
@@ -238,8 +240,9 @@ def devices_revoke(
     config: ConfigOpt = None,
 ) -> None:
     """Revoke a device's broker credential (regenerate the broker config to apply it)."""
-    from controller.db import init_db, make_engine, session_scope
-    from controller.models import BrokerCredential, utcnow
+    from controller.broker.tables import BrokerCredential
+    from controller.db import make_engine, session_scope, utcnow
+    from controller.migrations import init_db
 
     settings = settings_or_exit(config)
     engine = make_engine(settings.database_url)

@@ -74,8 +74,9 @@ def _settings(config: Path | None) -> Settings:
 
 
 def _register_db(settings: Settings, manifest: Manifest, size: int) -> dict[str, Any]:
-    from controller.db import init_db, make_engine, session_scope
+    from controller.db import make_engine, session_scope
     from controller.images.registry import register_image
+    from controller.migrations import init_db
 
     engine = make_engine(settings.database_url)
     try:

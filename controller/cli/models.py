@@ -69,7 +69,8 @@ def models_add(
 ) -> None:
     """Publish a model version on the controller host: stream-hash the file into the
     repository, record it in the registry and sign new targets, snapshot and timestamp."""
-    from controller.db import init_db, make_engine, session_scope
+    from controller.db import make_engine, session_scope
+    from controller.migrations import init_db
     from controller.updates.publish import ModelSpec, add_model_file
 
     settings, repo = open_repository(config, repo_dir, keys_dir, passphrase_file)

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
-from controller.models import utcnow
+from controller.db import utcnow
 
 
 class DrillReport(SQLModel, table=True):

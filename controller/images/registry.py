@@ -9,8 +9,8 @@ from sqlmodel import Field, Session, SQLModel, col, select
 
 from controller.attestation.service import add_golden
 from controller.audit import audit
+from controller.db import utcnow
 from controller.images.manifest import Manifest
-from controller.models import utcnow
 
 SOURCE = "image-build"
 

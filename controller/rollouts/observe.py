@@ -24,8 +24,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col, select
 
-from controller.liveness import as_utc
-from controller.models import Device
+from controller.devices.liveness import as_utc
+from controller.devices.shadows import DeviceShadow
+from controller.devices.tables import Device
 from controller.rollouts.engine import (
     DeviceView,
     ModelReport,
@@ -35,11 +36,9 @@ from controller.rollouts.engine import (
     parse_model_report,
 )
 from controller.rollouts.tables import RolloutDevice
-from controller.shadows import DeviceShadow
 from controller.telemetry.drift import load_reference
-from controller.telemetry.fold import Counts, merge_all
+from controller.telemetry.fold import CLASSES, Counts, merge_all
 from controller.telemetry.scoring import model_score
-from controller.telemetry.tables import CLASSES
 from controller.telemetry_store import TelemetryRecord
 from shared.telemetry_windows import DRIFT_WINDOW, DriftWindow
 

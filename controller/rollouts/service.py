@@ -19,7 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from controller.audit import audit
-from controller.models import Device
+from controller.devices.shadows import DeviceShadow, set_desired
+from controller.devices.tables import Device
 from controller.rollouts import observe
 from controller.rollouts.cohort import (
     CohortSelector,
@@ -34,7 +35,9 @@ from controller.rollouts.cohort import (
 from controller.rollouts.engine import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
+    Action,
     Assign,
+    AuditRecord,
     Command,
     MaintenanceWindow,
     Outcome,
@@ -44,13 +47,13 @@ from controller.rollouts.engine import (
     RolloutState,
     SetOutcome,
     Status,
+    StepResult,
     TelemetryAggregate,
     step,
 )
 from controller.rollouts.gates import GatePolicy
 from controller.rollouts.tables import Rollout, RolloutDevice
 from controller.settings import RolloutSettings
-from controller.shadows import DeviceShadow, set_desired
 from controller.telemetry.drift import request_reference
 from controller.updates.registry import get_model_version
 
@@ -423,8 +426,32 @@ def advance(
     assert rollout.id is not None
     rollout_id = rollout.id
     spec = RolloutSpec.model_validate(rollout.spec)
-    state = RolloutState.model_validate(rollout.state)
     members = {m.view.device_id: m for m in observe.load_members(session, rollout_id)}
+    result = _step(session, rollout_id, spec, rollout.state, members, now, command)
+    out = StepOutcome(rollout_id, result.state.status.value)
+    out.changed = _apply_actions(session, rollout_id, spec, members, result.actions, now)
+    _audit_step(session, rollout_id, result.audits, now)
+    _save_state(session, rollout, result.state, now)
+    # Written now and detached, so they can be published after the commit without being
+    # expired by it (reading them back would cost a query per device).
+    session.flush()
+    out.changed = list({shadow.device_id: shadow for shadow in out.changed}.values())
+    for shadow in out.changed:
+        session.expunge(shadow)
+    return out
+
+
+def _step(
+    session: Session,
+    rollout_id: int,
+    spec: RolloutSpec,
+    stored_state: dict[str, Any],
+    members: dict[str, observe.Member],
+    now: datetime,
+    command: Command | None,
+) -> StepResult:
+    """The pure engine step over the members and the current wave's telemetry."""
+    state = RolloutState.model_validate(stored_state)
     telemetry = TelemetryAggregate()
     if state.wave >= 0 and state.status in (Status.RUNNING, Status.PAUSED, Status.HALTED):
         telemetry = observe.wave_telemetry(
@@ -435,7 +462,7 @@ def advance(
             since=state.observe_since,
             min_samples=spec.gates.min_samples,
         )
-    result = step(
+    return step(
         rollout_id,
         spec,
         state,
@@ -445,7 +472,18 @@ def advance(
         command,
     )
 
-    touched = [a.device_id for a in result.actions if isinstance(a, Assign | Revert)]
+
+def _apply_actions(
+    session: Session,
+    rollout_id: int,
+    spec: RolloutSpec,
+    members: dict[str, observe.Member],
+    actions: Sequence[Action],
+    now: datetime,
+) -> list[DeviceShadow]:
+    """Set the desired model of assigned and reverted members and write the members'
+    rows; returns the shadows changed (a device may appear more than once)."""
+    touched = [a.device_id for a in actions if isinstance(a, Assign | Revert)]
     # Loaded (and held) so set_desired finds each row in the session without a query.
     shadows: dict[str, DeviceShadow] = {}
     for chunk in _chunks(touched):
@@ -453,11 +491,11 @@ def advance(
             select(DeviceShadow).where(col(DeviceShadow.device_id).in_(chunk))
         ):
             shadows[shadow.device_id] = shadow
-    out = StepOutcome(rollout_id, result.state.status.value)
+    changed: list[DeviceShadow] = []
     at = now.astimezone(UTC)
     assigned: list[dict[str, Any]] = []
     outcomes: list[dict[str, Any]] = []
-    for action in result.actions:
+    for action in actions:
         member = members[action.device_id]
         if isinstance(action, Assign):
             previous = _previous(member.reported_model, spec.model)
@@ -470,14 +508,14 @@ def advance(
                     "reason": f"wave {action.wave + 1}",
                 }
             )
-            out.changed.append(
+            changed.append(
                 set_desired(
                     session, action.device_id, {"model": _desired_model(spec, rollout_id)}, now=now
                 )
             )
         elif isinstance(action, Revert):
             patch = {"model": revert_model(spec.model, action.previous)}
-            out.changed.append(set_desired(session, action.device_id, patch, now=now))
+            changed.append(set_desired(session, action.device_id, patch, now=now))
         elif isinstance(action, SetOutcome):
             when = action.at.astimezone(UTC)
             outcomes.append(
@@ -490,8 +528,13 @@ def advance(
                 }
             )
     _write_members(session, assigned, outcomes)
+    return changed
 
-    for record in result.audits:
+
+def _audit_step(
+    session: Session, rollout_id: int, audits: Sequence[AuditRecord], now: datetime
+) -> None:
+    for record in audits:
         log.info("rollout %d: %s (%s): %s", rollout_id, record.action, record.actor, record.reason)
         audit(
             session,
@@ -502,23 +545,27 @@ def advance(
             detail=record.detail,
             at=now,
         )
-    new_state = result.state.model_dump(mode="json")
-    finished = result.state.status in TERMINAL_STATUSES
+
+
+def _save_state(session: Session, rollout: Rollout, state: RolloutState, now: datetime) -> None:
+    """Store the new engine state if the rollout's revision is still the one loaded (else
+    ``StaleRollout``); a finished rollout releases its members."""
+    rollout_id = rollout.id
     written = session.connection().execute(
         update(Rollout)
         .where(col(Rollout.id) == rollout_id, col(Rollout.revision) == rollout.revision)
         .values(
-            state=new_state,
-            status=result.state.status.value,
+            state=state.model_dump(mode="json"),
+            status=state.status.value,
             revision=rollout.revision + 1,
             updated_at=now,
-            finished_at=result.state.finished_at,
+            finished_at=state.finished_at,
         )
         .execution_options(synchronize_session=False)
     )
     if written.rowcount != 1:
         raise StaleRollout(f"rollout {rollout_id} changed while it was being stepped")
-    if finished:
+    if state.status in TERMINAL_STATUSES:
         session.execute(
             update(RolloutDevice)
             .where(col(RolloutDevice.rollout_id) == rollout_id)
@@ -526,13 +573,6 @@ def advance(
             .execution_options(synchronize_session=False)
         )
     session.expire(rollout)
-    # Written now and detached, so they can be published after the commit without being
-    # expired by it (reading them back would cost a query per device).
-    session.flush()
-    out.changed = list({shadow.device_id: shadow for shadow in out.changed}.values())
-    for shadow in out.changed:
-        session.expunge(shadow)
-    return out
 
 
 def publish_changed(
@@ -657,109 +697,6 @@ def command(
 
 
 # --- reading ------------------------------------------------------------------------------
-def wave_progress(session: Session, rollout: Rollout) -> list[dict[str, Any]]:
-    """Per wave: its size and how many members are at each outcome."""
-    spec = RolloutSpec.model_validate(rollout.spec)
-    counts: dict[int, dict[str, int]] = {}
-    for wave, outcome, n in session.exec(
-        select(RolloutDevice.wave, RolloutDevice.outcome, func.count())
-        .where(col(RolloutDevice.rollout_id) == rollout.id)
-        .group_by(col(RolloutDevice.wave), col(RolloutDevice.outcome))
-    ):
-        counts.setdefault(wave, {})[outcome] = n
-    state = RolloutState.model_validate(rollout.state)
-    total = sum(sum(c.values()) for c in counts.values())
-    sizes = wave_sizes(spec.waves, total)
-    out = []
-    for i, wave_spec in enumerate(spec.waves):
-        c = counts.get(i, {})
-        members = sum(c.values())
-        if state.status == Status.COMPLETED or i < state.wave:
-            phase = "done"
-        elif i == state.wave:
-            phase = "soaking" if state.soaking_since is not None else "installing"
-            if state.status != Status.RUNNING:
-                phase = state.status.value
-        else:
-            phase = "waiting"
-        out.append(
-            {
-                "index": i,
-                "wave": str(wave_spec),
-                "cumulative_size": sizes[i] if i < len(sizes) else 0,
-                "members": members,
-                "phase": phase,
-                "outcomes": c,
-            }
-        )
-    return out
-
-
-def rollout_view(session: Session, rollout: Rollout, *, detail: bool = True) -> dict[str, Any]:
-    """A rollout as the API shows it; ``detail`` adds waves, gates and the spec."""
-    state = RolloutState.model_validate(rollout.state)
-    view: dict[str, Any] = {
-        "id": rollout.id,
-        "model": rollout.model,
-        "version": rollout.version,
-        "target": rollout.target_path,
-        "status": rollout.status,
-        "wave": state.wave,
-        "reason": state.reason,
-        "created_by": rollout.created_by,
-        "created_at": rollout.created_at,
-        "updated_at": rollout.updated_at,
-        "finished_at": rollout.finished_at,
-    }
-    if detail:
-        view["waves"] = wave_progress(session, rollout)
-        view["soaking_since"] = state.soaking_since
-        view["gates"] = state.last_gate.model_dump(mode="json") if state.last_gate else None
-        view["spec"] = rollout.spec
-    return view
-
-
-def list_rollouts(
-    session: Session, *, status: str | None = None, limit: int = 50, offset: int = 0
-) -> tuple[list[Rollout], int]:
-    query = select(Rollout)
-    counter = select(func.count()).select_from(Rollout)
-    if status is not None:
-        query = query.where(col(Rollout.status) == status)
-        counter = counter.where(col(Rollout.status) == status)
-    rows = session.exec(query.order_by(col(Rollout.id).desc()).offset(offset).limit(limit)).all()
-    return list(rows), int(session.exec(counter).one())
-
-
-def list_members(
-    session: Session,
-    rollout_id: int,
-    *,
-    wave: int | None = None,
-    outcome: str | None = None,
-    limit: int = 100,
-    offset: int = 0,
-) -> tuple[list[RolloutDevice], int]:
-    query = select(RolloutDevice).where(col(RolloutDevice.rollout_id) == rollout_id)
-    counter = (
-        select(func.count())
-        .select_from(RolloutDevice)
-        .where(col(RolloutDevice.rollout_id) == rollout_id)
-    )
-    if wave is not None:
-        query = query.where(col(RolloutDevice.wave) == wave)
-        counter = counter.where(col(RolloutDevice.wave) == wave)
-    if outcome is not None:
-        query = query.where(col(RolloutDevice.outcome) == outcome)
-        counter = counter.where(col(RolloutDevice.outcome) == outcome)
-    rows = session.exec(
-        query.order_by(col(RolloutDevice.wave), col(RolloutDevice.device_id))
-        .offset(offset)
-        .limit(limit)
-    ).all()
-    return list(rows), int(session.exec(counter).one())
-
-
 __all__ = [
     "ModelNotPublished",
     "Publish",
@@ -777,12 +714,8 @@ __all__ = [
     "create_rollout",
     "factory_model",
     "get_rollout",
-    "list_members",
-    "list_rollouts",
     "publish_changed",
     "revert_model",
-    "rollout_view",
     "step_one",
     "tick",
-    "wave_progress",
 ]

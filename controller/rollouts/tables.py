@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-from controller.models import utcnow
+from controller.db import utcnow
 
 
 class Rollout(SQLModel, table=True):

@@ -12,7 +12,6 @@ malformed (a wrong device clock would otherwise create hours in the future, whic
 newest-hour views and alert judgement would then read).
 """
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from controller.telemetry.tables import CLASSES
 from shared import sketches
 from shared.telemetry_windows import (
     DRIFT_WINDOW,
@@ -32,6 +30,7 @@ from shared.telemetry_windows import (
 )
 
 ROLLED_UP = (INFERENCE_WINDOW, DRIFT_WINDOW, SYSTEM)
+CLASSES = "classes"  # the drift "feature" holding a classifier's output class counts
 
 
 def utc(moment: datetime) -> datetime:
@@ -308,10 +307,6 @@ def quantiles(counts: Sequence[int]) -> tuple[float | None, float | None]:
     return p50, p95
 
 
-def finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
 def as_counts(value: Any) -> Counts:
     """A stored sketch read back (JSON list or map); anything else reads as empty."""
     if isinstance(value, dict):
@@ -331,6 +326,7 @@ def merge_all(parts: Iterable[Mapping[str, Counts]]) -> dict[str, Counts]:
 
 
 __all__ = [
+    "CLASSES",
     "ROLLED_UP",
     "Counts",
     "DriftAgg",

@@ -13,9 +13,7 @@ from sqlalchemy import and_, func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from controller.models import Device
-from controller.rollouts.engine import ACTIVE_STATUSES
-from controller.rollouts.tables import Rollout
+from controller.devices.tables import Device
 from controller.telemetry.drift import PENDING
 from controller.telemetry.fold import (
     RequestAgg,
@@ -90,20 +88,12 @@ def count_open_alerts(session: Session) -> int:
     )
 
 
-def count_active_rollouts(session: Session) -> int:
-    active = [s.value for s in ACTIVE_STATUSES]
-    return int(
-        session.exec(
-            select(func.count()).select_from(Rollout).where(col(Rollout.status).in_(active))
-        ).one()
-    )
-
-
 def fleet_summary(
     session: Session, cfg: TelemetrySettings, *, now: datetime, hours: int
 ) -> dict[str, Any]:
     """The fleet page: device counts, request mix and rates, cost estimates, an hourly
-    series, open alerts and active rollouts over the last ``hours`` hours."""
+    series and open alerts over the last ``hours`` hours (the API adds active rollouts,
+    ``controller.rollouts.queries``)."""
     first = _first_hour(now, hours)
     f = FleetRequestHour
     # Summed in SQL per (hour, tier): plain tuples, no sketch JSON (loading thousands of
@@ -166,7 +156,6 @@ def fleet_summary(
         "cloud_cost_spent_usd": cost(("cloud",)),
         "series": [{"hour": iso(h), **series[h]} for h in sorted(series)],
         "alerts_open": count_open_alerts(session),
-        "rollouts_active": count_active_rollouts(session),
     }
 
 
@@ -461,7 +450,6 @@ def rollup_status(session: Session) -> dict[str, Any]:
 
 __all__ = [
     "alert_view",
-    "count_active_rollouts",
     "count_open_alerts",
     "device_counts",
     "device_metrics",

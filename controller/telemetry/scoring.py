@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from controller.telemetry.fold import Counts, samples_of
-from controller.telemetry.tables import CLASSES
+from controller.telemetry.fold import CLASSES, Counts, samples_of
 from shared import sketches
 
 

@@ -14,9 +14,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from controller.models import utcnow
-
-CLASSES = "classes"  # the drift "feature" holding a classifier's output class counts
+from controller.db import utcnow
 
 
 class _RequestCounts(SQLModel):
@@ -173,7 +171,6 @@ class RollupCursor(SQLModel, table=True):
 
 
 __all__ = [
-    "CLASSES",
     "DeviceHealthHour",
     "DeviceRequestHour",
     "DriftHour",

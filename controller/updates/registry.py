@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from controller.models import utcnow
+from controller.db import utcnow
 
 
 class ModelVersion(SQLModel, table=True):

@@ -19,7 +19,7 @@ from controller.attestation.service import (
     remove_golden,
 )
 from controller.audit import audit
-from controller.models import Device
+from controller.devices.tables import Device
 from shared.attestation import AttestationError
 
 router = APIRouter(tags=["attestation"])

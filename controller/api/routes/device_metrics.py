@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 
 from controller.api.deps import DbDep
-from controller.models import Device
+from controller.devices.tables import Device
 from controller.telemetry.queries import device_metrics
 
 router = APIRouter(prefix="/api/devices", tags=["telemetry"])

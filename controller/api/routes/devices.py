@@ -7,7 +7,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from controller.api.deps import CurrentUser, DbDep, Offset
-from controller.models import (
+from controller.devices.tables import (
     Device,
     DeviceList,
     DevicePublic,

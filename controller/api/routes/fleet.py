@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from controller.api.deps import DbDep, ServicesDep
+from controller.rollouts.queries import count_active_rollouts
 from controller.telemetry.queries import fleet_summary
 
 router = APIRouter(prefix="/api/fleet", tags=["telemetry"])
@@ -18,4 +19,5 @@ def summary(
     """Device counts, requests by tier, escalation / cascade / fallback / error rates
     (fractions, null without requests), estimated cloud cost saved and spent at the
     configured prices, an hourly series, open alerts and active rollouts."""
-    return fleet_summary(db, services.settings.telemetry, now=datetime.now(UTC), hours=hours)
+    summary = fleet_summary(db, services.settings.telemetry, now=datetime.now(UTC), hours=hours)
+    return {**summary, "rollouts_active": count_active_rollouts(db)}

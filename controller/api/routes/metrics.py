@@ -4,7 +4,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from controller.api.deps import ServicesDep
-from controller.telemetry.prometheus import ControllerCollector, render
+from controller.metrics import ControllerCollector, render
 
 router = APIRouter(tags=["telemetry"])
 

@@ -18,8 +18,8 @@ from starlette.concurrency import run_in_threadpool
 
 from controller.api.deps import CurrentUser, DbDep, Offset, ServicesDep
 from controller.db import session_scope
+from controller.devices.shadows import DeviceShadow
 from controller.rollouts.cohort import compatible
-from controller.shadows import DeviceShadow
 from controller.updates.errors import (
     DuplicateError,
     KeyStoreError,

@@ -28,7 +28,9 @@ from controller.broker.mosquitto_auth import (
     generate_password,
     hash_password,
 )
-from controller.models import BrokerCredential, Device, utcnow
+from controller.broker.tables import BrokerCredential
+from controller.db import utcnow
+from controller.devices.tables import Device
 from shared.topics import is_valid_device_id
 
 router = APIRouter(prefix="/api/devices", tags=["provisioning"])

@@ -10,6 +10,7 @@ from sqlmodel import col, select
 from controller.api.deps import CurrentUser, DbDep, Offset, RowId, ServicesDep
 from controller.audit import AuditEntry
 from controller.rollouts.engine import CommandRefused, Outcome, RolloutError, Status
+from controller.rollouts.queries import list_members, list_rollouts, rollout_view
 from controller.rollouts.service import (
     ModelNotPublished,
     RolloutConflict,
@@ -18,9 +19,6 @@ from controller.rollouts.service import (
     command,
     create_rollout,
     get_rollout,
-    list_members,
-    list_rollouts,
-    rollout_view,
     step_one,
 )
 

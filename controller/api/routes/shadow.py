@@ -6,8 +6,8 @@ from typing import Any
 from fastapi import APIRouter, Body, HTTPException
 
 from controller.api.deps import CurrentUser, DbDep, ServicesDep
-from controller.models import Device
-from controller.shadows import DeviceShadow, set_desired, view
+from controller.devices.shadows import DeviceShadow, set_desired, view
+from controller.devices.tables import Device
 from shared.shadow import ShadowError
 
 router = APIRouter(prefix="/api/devices", tags=["shadow"])

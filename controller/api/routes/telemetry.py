@@ -9,7 +9,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from controller.api.deps import CurrentUser, DbDep, Offset
-from controller.models import Device
+from controller.devices.tables import Device
 from controller.telemetry_store import TelemetryRecord
 
 router = APIRouter(prefix="/api/devices", tags=["telemetry"])

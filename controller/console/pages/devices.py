@@ -5,7 +5,7 @@ from fastapi.responses import Response
 
 from controller.api.deps import DbDep, OptionalUser
 from controller.console.render import not_found, page, to_login
-from controller.models import Device, DevicePublic
+from controller.devices.tables import Device, DevicePublic
 
 router = APIRouter(include_in_schema=False)
 

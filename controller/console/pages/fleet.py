@@ -7,7 +7,7 @@ from sqlmodel import col, select
 
 from controller.api.deps import DbDep, OptionalUser
 from controller.console.render import page, to_login
-from controller.models import Device, DevicePublic
+from controller.devices.tables import Device, DevicePublic
 
 router = APIRouter(include_in_schema=False)
 

@@ -1,6 +1,7 @@
 """The controller's Prometheus metrics: a collector that reads current values from the
-database and the ingest counters at scrape time (nothing is kept between scrapes, so
-every replica reports the same fleet-wide numbers, and its own ingest counters).
+database (devices, rollouts, telemetry) and the ingest counters at scrape time (nothing is
+kept between scrapes, so every replica reports the same fleet-wide numbers, and its own
+ingest counters).
 
 No metric has a per-device label: a fleet of 10,000 devices would be 10,000 series. Drift
 gauges are labelled by model and feature, bounded too: only models scored in the last
@@ -19,7 +20,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from controller.rollouts.tables import Rollout
+from controller.rollouts.queries import rollouts_by_status
 from controller.telemetry.fold import hour_of, utc
 from controller.telemetry.queries import device_counts, latest_drift, rollup_status
 from controller.telemetry.settings import TelemetrySettings
@@ -122,9 +123,7 @@ class ControllerCollector(Collector):
 
     def _rollouts(self, session: Session) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(f"{PREFIX}_rollouts", "Rollouts by status.", labels=["status"])
-        for status, n in session.exec(
-            select(Rollout.status, func.count()).group_by(col(Rollout.status))
-        ):
+        for status, n in rollouts_by_status(session):
             gauge.add_metric([status], float(n))
         yield gauge
 

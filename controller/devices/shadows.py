@@ -10,7 +10,7 @@ from sqlalchemy import JSON, Column, Integer
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from controller.models import utcnow
+from controller.db import utcnow
 from shared.messages import Desired, Reported
 from shared.shadow import delta, is_newer, merge_patch
 
