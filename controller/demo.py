@@ -31,7 +31,7 @@ from controller.db import session_scope
 from controller.demo_traffic import DemoTraffic, DriftBaseline
 from controller.devices.tables import Device
 from controller.services import Services
-from controller.settings import load_settings
+from controller.settings import Settings, load_settings
 from controller.updates.publish import ModelSpec, add_model_file
 
 DEMO_MODEL_NAME = "smollm2-135m"
@@ -182,23 +182,13 @@ def _publish_demo_model(services: Services, model: Path, data_dir: Path) -> Path
     return root
 
 
-def run_demo(
-    *,
-    devices: int,
-    model: Path,
-    data_dir: Path,
-    port: int,
-    traffic_interval_s: float = 3.0,
-) -> None:
-    data_dir = data_dir.resolve()
-    _reset_data_dir(data_dir)
-    http_port = port or free_port(HOST)
-    broker_port = free_port(HOST)
-    # The signing keys' passphrase, generated for this demo only (kept beside its keys).
+def _demo_settings(data_dir: Path, http_port: int, broker_port: int) -> Settings:
+    """The controller's settings for a demo in ``data_dir``, with a signing-key passphrase
+    generated for this demo only (kept beside its keys)."""
     passphrase_file = data_dir / "keys.passphrase"
     passphrase_file.write_text(secrets.token_urlsafe(24))
     passphrase_file.chmod(0o600)
-    settings = load_settings(
+    return load_settings(
         None,
         environment="demo",
         database_url=f"sqlite:///{data_dir / 'edgefleet.db'}",
@@ -213,8 +203,10 @@ def run_demo(
             "passphrase_file": str(passphrase_file),
         },
     )
-    services = Services.create(settings)
-    trusted_root = _publish_demo_model(services, model.resolve(), data_dir)
+
+
+def _admin_and_cli_file(services: Services, data_dir: Path, http_port: int) -> tuple[str, str]:
+    """The demo's admin (password) and its API token, saved for the CLI in ``cli.json``."""
     password = generate_password()
     with session_scope(services.engine) as session:
         admin = create_user(session, username="admin", password=password, role="admin")
@@ -222,6 +214,111 @@ def run_demo(
     cli_file = data_dir / "cli.json"
     cli_file.write_text(json.dumps({"url": f"http://{HOST}:{http_port}", "token": token}))
     cli_file.chmod(0o600)
+    return password, token
+
+
+def _wait_started(server: uvicorn.Server, thread: threading.Thread, http_port: int) -> None:
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise DemoError(f"controller did not start on port {http_port}")
+        time.sleep(0.1)
+
+
+# device id -> (its agent process, its log, its API port)
+Agents = dict[str, tuple[subprocess.Popen[bytes], Path, int]]
+
+
+def _start_agents(
+    agents: Agents,
+    *,
+    devices: int,
+    model: Path,
+    data_dir: Path,
+    broker_port: int,
+    http_port: int,
+    trusted_root: Path,
+) -> None:
+    """Start ``devices`` agents, each added to ``agents`` as soon as it runs."""
+    for i in range(1, devices + 1):
+        device_id = f"demo-edge-{i}"
+        api_port = free_port(HOST)
+        cfg = agent_config(
+            api_port=api_port,
+            device_id=device_id,
+            data_dir=data_dir,
+            broker_port=broker_port,
+            model=model,
+            http_port=http_port,
+            trusted_root=trusted_root,
+        )
+        cfg_path = data_dir / "agents" / f"{device_id}.yaml"
+        cfg_path.parent.mkdir(parents=True, exist_ok=True)
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        log_path = data_dir / "logs" / f"{device_id}.log"
+        agents[device_id] = (_spawn_agent(cfg_path, log_path), log_path, api_port)
+
+
+def _wait_online(
+    services: Services, agents: Agents, devices: int, stop: threading.Event, data_dir: Path
+) -> bool:
+    """Until every agent is online at the controller (True), or the demo is stopped
+    (False); DemoError when an agent exits or they take longer than 180 s."""
+    deadline = time.monotonic() + 180
+    while _online_count(services) < devices:
+        for device_id, (proc, log_path, _) in agents.items():
+            if proc.poll() is not None:
+                raise DemoError(
+                    f"agent {device_id} exited with {proc.returncode}; its log ({log_path}):\n"
+                    + _log_tail(log_path)
+                )
+        if stop.is_set():
+            return False
+        if time.monotonic() > deadline:
+            raise DemoError(f"agents not online after 180 s; logs in {data_dir / 'logs'}")
+        time.sleep(0.5)
+    return True
+
+
+def _watch(agents: Agents, stop: threading.Event) -> None:
+    """Until stopped: say once of each agent that exits."""
+    reported: set[str] = set()
+    while not stop.wait(1.0):
+        for device_id, (proc, log_path, _) in agents.items():
+            if proc.poll() is not None and device_id not in reported:
+                reported.add(device_id)
+                print(f"agent {device_id} exited ({proc.returncode}); log: {log_path}", flush=True)
+
+
+def _stop_agents(agents: Agents) -> None:
+    """SIGTERM every agent still running, then wait for each (SIGKILL after 15 s)."""
+    for proc, _, _ in agents.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc, _, _ in agents.values():
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def run_demo(
+    *,
+    devices: int,
+    model: Path,
+    data_dir: Path,
+    port: int,
+    traffic_interval_s: float = 3.0,
+) -> None:
+    data_dir = data_dir.resolve()
+    _reset_data_dir(data_dir)
+    http_port = port or free_port(HOST)
+    broker_port = free_port(HOST)
+    settings = _demo_settings(data_dir, http_port, broker_port)
+    services = Services.create(settings)
+    trusted_root = _publish_demo_model(services, model.resolve(), data_dir)
+    password, token = _admin_and_cli_file(services, data_dir, http_port)
 
     server = uvicorn.Server(
         uvicorn.Config(
@@ -230,7 +327,7 @@ def run_demo(
     )
     server_thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     server_thread.start()
-    agents: dict[str, tuple[subprocess.Popen[bytes], Path, int]] = {}
+    agents: Agents = {}
     traffic: DemoTraffic | None = None
     stop = threading.Event()
 
@@ -239,50 +336,26 @@ def run_demo(
 
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if time.monotonic() > deadline or not server_thread.is_alive():
-                raise DemoError(f"controller did not start on port {http_port}")
-            time.sleep(0.1)
+        _wait_started(server, server_thread, http_port)
         print(
             f"controller up at http://{HOST}:{http_port} (MQTT on {HOST}:{broker_port})", flush=True
         )
-
-        for i in range(1, devices + 1):
-            device_id = f"demo-edge-{i}"
-            api_port = free_port(HOST)
-            cfg = agent_config(
-                api_port=api_port,
-                device_id=device_id,
-                data_dir=data_dir,
-                broker_port=broker_port,
-                model=model.resolve(),
-                http_port=http_port,
-                trusted_root=trusted_root,
-            )
-            cfg_path = data_dir / "agents" / f"{device_id}.yaml"
-            cfg_path.parent.mkdir(parents=True, exist_ok=True)
-            cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-            log_path = data_dir / "logs" / f"{device_id}.log"
-            agents[device_id] = (_spawn_agent(cfg_path, log_path), log_path, api_port)
+        _start_agents(
+            agents,
+            devices=devices,
+            model=model.resolve(),
+            data_dir=data_dir,
+            broker_port=broker_port,
+            http_port=http_port,
+            trusted_root=trusted_root,
+        )
         print(f"starting {devices} edge agents (loading and warming the model)...", flush=True)
-
-        deadline = time.monotonic() + 180
-        while _online_count(services) < devices:
-            for device_id, (proc, log_path, _) in agents.items():
-                if proc.poll() is not None:
-                    raise DemoError(
-                        f"agent {device_id} exited with {proc.returncode}; its log ({log_path}):\n"
-                        + _log_tail(log_path)
-                    )
-            if stop.is_set():
-                return
-            if time.monotonic() > deadline:
-                raise DemoError(f"agents not online after 180 s; logs in {data_dir / 'logs'}")
-            time.sleep(0.5)
-
+        if not _wait_online(services, agents, devices, stop, data_dir):
+            return
         endpoints = {d: port for d, (_, _, port) in agents.items()}
-        print(_banner(http_port, password, cli_file, endpoints, str(model)), flush=True)
+        print(
+            _banner(http_port, password, data_dir / "cli.json", endpoints, str(model)), flush=True
+        )
         if traffic_interval_s > 0:
             traffic = DemoTraffic(
                 {d: f"http://{HOST}:{p}" for d, p in endpoints.items()},
@@ -290,27 +363,12 @@ def run_demo(
                 baseline=DriftBaseline(f"http://{HOST}:{http_port}", token, DEMO_MODEL_NAME),
             )
             traffic.start()
-        reported: set[str] = set()
-        while not stop.wait(1.0):
-            for device_id, (proc, log_path, _) in agents.items():
-                if proc.poll() is not None and device_id not in reported:
-                    reported.add(device_id)
-                    print(
-                        f"agent {device_id} exited ({proc.returncode}); log: {log_path}", flush=True
-                    )
+        _watch(agents, stop)
     finally:
         if traffic is not None:
             traffic.stop()
         print("\nstopping agents...", flush=True)
-        for proc, _, _ in agents.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, _, _ in agents.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        _stop_agents(agents)
         server.should_exit = True
         server_thread.join(timeout=15)
         for sig, handler in previous.items():

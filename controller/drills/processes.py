@@ -17,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-import httpx
 import yaml
+
+from controller.api_client import ApiError, Target, request_json
 
 T = TypeVar("T")
 # The embedded controller's throwaway TUF key store lives and dies with the drill folder.
@@ -118,17 +119,29 @@ class ControllerHandle:
     def close(self) -> None:
         """Stop whatever the drill started."""
 
-    def api(self, timeout: float = 30) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=timeout
-        )
+    @property
+    def target(self) -> Target:
+        """Where the controller's API is and the token the drill uses there."""
+        return Target(self.url, self.token)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        timeout: float = 30,
+    ) -> Any:
+        """One API call (``controller.api_client``): the JSON answer, or ApiError."""
+        return request_json(self.target, method, path, params=params, body=body, timeout=timeout)
 
     def ready(self) -> bool:
         try:
-            with self.api(timeout=3) as api:
-                return api.get("/api/ingest/stats").status_code == 200
-        except httpx.HTTPError:
+            self.call("GET", "/api/ingest/stats", timeout=3)
+        except ApiError:
             return False
+        return True
 
 
 class RemoteController(ControllerHandle):
