@@ -49,6 +49,7 @@ from edge_agent.updates.decisions import DeviceFacts
 from edge_agent.updates.manager import UpdateManager, disabled_status
 from shared.attestation import encode_public_key
 from shared.messages import Birth, Challenge, Desired, HardwareInfo, ModelInfo, Quote, Reported
+from shared.provisioning import IDENTITY_FOLDER
 from shared.supervision import Supervisor
 
 if TYPE_CHECKING:  # ONNX runtimes (and numpy) load only when an ONNX model is configured
@@ -77,7 +78,7 @@ class Agent:
         self.config_path = config_path
         # Flashing creates the key; an agent that finds none makes one (development).
         self.identity: IdentityKey = identity or FileIdentityKey.load_or_create(
-            config.state_dir / "identity"
+            config.state_dir / IDENTITY_FOLDER
         )
         self.attester = Attester(self.identity, self.measurements)
         self.started_monotonic = time.monotonic()
