@@ -44,7 +44,7 @@ from benchmarks._common import (
     print_table,
     set_nodelay,
 )
-from controller.mqtt_ingest import subscriptions
+from controller.ingest.subscriber import subscriptions
 from controller.services import Services
 from controller.settings import load_settings
 from shared.messages import MAX_PAYLOAD_BYTES, Record, TelemetryBatch, encode_message

@@ -27,9 +27,9 @@ from controller.broker.tables import BrokerCredential
 from controller.db import make_engine, session_scope
 from controller.devices.liveness import as_utc
 from controller.devices.shadows import DeviceShadow, desired_message, unapplied
-from controller.ingest import IngestStats, sweep_liveness
+from controller.ingest.apply import IngestStats, sweep_liveness
+from controller.ingest.subscriber import MqttIngest
 from controller.migrations import init_db
-from controller.mqtt_ingest import MqttIngest
 from controller.rollouts.service import tick as rollout_tick
 from controller.settings import Settings
 from controller.telemetry.rollup import RollupReport, run_rollup

@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 
 from controller.db import make_engine, session_scope
 from controller.devices.shadows import DeviceShadow, set_desired
-from controller.ingest import Received, apply_batch
+from controller.ingest.apply import Received, apply_batch
 from controller.migrations import init_db
 from controller.rollouts.service import (
     Rollout,

@@ -13,7 +13,7 @@ from controller.app import create_app
 from controller.auth.credentials import create_api_token
 from controller.auth.users import create_user
 from controller.db import make_engine, session_scope
-from controller.ingest import Received, apply_batch
+from controller.ingest.apply import Received, apply_batch
 from controller.migrations import init_db
 from controller.services import Services
 from controller.settings import load_settings

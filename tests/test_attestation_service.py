@@ -22,7 +22,7 @@ from controller.audit import AuditEntry
 from controller.db import make_engine, session_scope
 from controller.devices.shadows import DeviceShadow
 from controller.devices.tables import Device
-from controller.ingest import BatchResult, Received, apply_batch
+from controller.ingest.apply import BatchResult, Received, apply_batch
 from controller.migrations import init_db
 from controller.settings import AttestationSettings
 from edge_agent.attestation.attester import Attester
@@ -349,7 +349,7 @@ def test_a_challenge_the_broker_never_took_is_forgotten_not_held_against_the_dev
     """When the controller cannot publish a challenge (its broker connection is down), the
     challenge row is dropped, so the silence sweep never quarantines a device for not
     answering it; and the sweep itself waits while the broker is away."""
-    from controller.mqtt_ingest import MqttIngest
+    from controller.ingest.subscriber import MqttIngest
     from controller.services import Services
     from controller.settings import load_settings
 

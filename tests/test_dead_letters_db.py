@@ -9,10 +9,10 @@ from sqlalchemy import inspect, text
 from sqlmodel import Session, col, select
 
 from controller.db import make_engine, session_scope
-from controller.dead_letters import _storable, prune_dead_letters, write_dead_letters
-from controller.ingest_limits import DeadLetterBook, Rejection
+from controller.ingest.dead_letters import _storable, prune_dead_letters, write_dead_letters
+from controller.ingest.limits import DeadLetterBook, Rejection
+from controller.ingest.tables import RejectedMessage
 from controller.migrations import init_db, migrate
-from controller.models import RejectedMessage
 
 AT = datetime(2026, 12, 7, 1, 0)
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from controller.db import make_engine, session_scope
-from controller.ingest import Received, apply_batch
+from controller.ingest.apply import Received, apply_batch
 from controller.migrations import init_db
 from shared.errors import ProtocolError
 from shared.messages import MAX_INT64, decode_message

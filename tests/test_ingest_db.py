@@ -7,9 +7,9 @@ from sqlmodel import Session, select
 
 from controller.db import make_engine, session_scope
 from controller.devices.tables import Device, DeviceStatusEvent
-from controller.ingest import Received, apply_batch, sweep_liveness
+from controller.ingest.apply import Received, apply_batch, sweep_liveness
+from controller.ingest.tables import RejectedMessage
 from controller.migrations import init_db
-from controller.models import RejectedMessage
 from shared import Death, Heartbeat, encode_message
 from tests.test_protocol import birth, heartbeat_doc
 

@@ -18,14 +18,14 @@ from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from prometheus_client.parser import text_string_to_metric_families
 
-import controller.mqtt_ingest as mqtt_ingest
+import controller.ingest.subscriber as mqtt_ingest
 from controller.app import create_app
 from controller.auth.credentials import create_api_token
 from controller.auth.users import create_user
 from controller.broker.tables import BrokerCredential
 from controller.db import session_scope
-from controller.dead_letters import write_dead_letters
-from controller.ingest import Decoded, apply_decoded, classify
+from controller.ingest.apply import Decoded, apply_decoded, classify
+from controller.ingest.dead_letters import write_dead_letters
 from controller.services import Services
 from controller.settings import load_settings
 from shared import MAX_PAYLOAD_BYTES, encode_message

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.ingest_limits import DeadLetterBook, Rejection, TokenBucket
+from controller.ingest.limits import DeadLetterBook, Rejection, TokenBucket
 
 T0 = datetime(2026, 12, 7, tzinfo=UTC)
 

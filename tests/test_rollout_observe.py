@@ -10,7 +10,7 @@ import pytest
 from sqlmodel import Session
 
 from controller.db import session_scope
-from controller.ingest import Received, apply_batch
+from controller.ingest.apply import Received, apply_batch
 from controller.rollouts.engine import TelemetryAggregate
 from controller.rollouts.observe import wave_telemetry
 from controller.rollouts.service import command

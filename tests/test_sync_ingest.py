@@ -9,11 +9,11 @@ from sqlmodel import Session, select
 from controller.broker.tables import BrokerCredential
 from controller.db import make_engine, session_scope
 from controller.devices.shadows import DeviceShadow, set_desired, unapplied, view
-from controller.ingest import Received, apply_batch
+from controller.ingest.apply import Received, apply_batch
+from controller.ingest.tables import RejectedMessage
 from controller.migrations import init_db
-from controller.models import RejectedMessage
 from controller.services import ProvisionedDevices
-from controller.telemetry_store import TelemetryRecord
+from controller.telemetry.tables import TelemetryRecord
 from edge_agent.shadow import DeviceShadow as AgentShadow
 from shared import encode_message
 from shared.messages import Ack, Desired, Record, Reported, TelemetryBatch

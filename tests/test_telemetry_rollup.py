@@ -21,8 +21,8 @@ from controller.telemetry.tables import (
     DriftHour,
     DriftScore,
     FleetRequestHour,
+    TelemetryRecord,
 )
-from controller.telemetry_store import TelemetryRecord
 from shared import sketches
 from tests.telemetry_world import (
     CFG,

@@ -39,7 +39,7 @@ from controller.rollouts.tables import RolloutDevice
 from controller.telemetry.drift import load_reference
 from controller.telemetry.fold import CLASSES, Counts, merge_all
 from controller.telemetry.scoring import model_score
-from controller.telemetry_store import TelemetryRecord
+from controller.telemetry.tables import TelemetryRecord
 from shared.telemetry_windows import DRIFT_WINDOW, DriftWindow
 
 log = logging.getLogger(__name__)

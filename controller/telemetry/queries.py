@@ -32,8 +32,8 @@ from controller.telemetry.tables import (
     FleetRequestHour,
     RollupCursor,
     TelemetryAlert,
+    TelemetryRecord,
 )
-from controller.telemetry_store import TelemetryRecord
 from shared import sketches
 
 TIERS = ("local", "private", "cloud", "none")

@@ -9,7 +9,7 @@ run it at a time.
 
 The cursor only moves past rows stored at least ``commit_lag_s`` ago (``received_at``,
 which ingest stamps when it writes the batch, not when the message arrived: see
-``controller/telemetry_store.py``), and stops at the first younger one: an ingest
+``controller/ingest/telemetry_store.py``), and stops at the first younger one: an ingest
 transaction still open may hold lower ids than rows already visible, and the cursor must
 not pass them. Bodies that do not conform are counted
 (``telemetry_rollup_cursor.malformed``) and skipped; they never stop the rows after them.
@@ -60,8 +60,8 @@ from controller.telemetry.tables import (
     DriftHour,
     FleetRequestHour,
     RollupCursor,
+    TelemetryRecord,
 )
-from controller.telemetry_store import TelemetryRecord
 from shared.json_guard import JsonShapeError, loads_bounded
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,6 @@
-"""The telemetry tables: hourly rollups of the agents' windowed records, drift sketches,
-scores and references, alerts, and the rollup cursor.
+"""The telemetry tables: the raw records devices sent (written by ingest,
+``controller/ingest/telemetry_store.py``), hourly rollups of the agents' windowed records,
+drift sketches, scores and references, alerts, and the rollup cursor.
 
 Hours are the start of a UTC hour (SQLModel stores aware datetimes as UTC on both
 databases). Absent labels (a request group without a task class, a drift window without
@@ -15,6 +16,27 @@ from sqlalchemy import JSON, BigInteger, Column, Index, Integer, UniqueConstrain
 from sqlmodel import Field, SQLModel
 
 from controller.db import utcnow
+
+
+class TelemetryRecord(SQLModel, table=True):
+    """One metric or event a device recorded."""
+
+    __tablename__ = "telemetry_record"
+    __table_args__ = (UniqueConstraint("device_id", "epoch", "seq", name="uq_record_identity"),)
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    )
+    device_id: str = Field(max_length=63, index=True)
+    epoch: int = Field(sa_column=Column(BigInteger, nullable=False))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    kind: str = Field(max_length=16)
+    name: str = Field(max_length=64, index=True)
+    at: datetime = Field(index=True)
+    body: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # When the row was written (the ingest transaction's insert, see
+    # controller/ingest/telemetry_store.py).
+    received_at: datetime = Field(default_factory=utcnow)
 
 
 class _RequestCounts(SQLModel):
@@ -179,4 +201,5 @@ __all__ = [
     "FleetRequestHour",
     "RollupCursor",
     "TelemetryAlert",
+    "TelemetryRecord",
 ]

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from sqlmodel import col, select
 
 from controller.api.deps import CurrentUser, DbDep, ServicesDep
-from controller.models import RejectedMessage
+from controller.ingest.tables import RejectedMessage
 
 router = APIRouter(prefix="/api/ingest", tags=["ingest"])
 log = logging.getLogger(__name__)

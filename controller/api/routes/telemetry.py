@@ -10,7 +10,7 @@ from sqlmodel import col, select
 
 from controller.api.deps import CurrentUser, DbDep, Offset
 from controller.devices.tables import Device
-from controller.telemetry_store import TelemetryRecord
+from controller.telemetry.tables import TelemetryRecord
 
 router = APIRouter(prefix="/api/devices", tags=["telemetry"])
 

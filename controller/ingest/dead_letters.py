@@ -1,6 +1,6 @@
 """Storing dead letters: what the ``DeadLetterBook`` aggregated, written and capped.
 
-The book (``controller/ingest_limits.py``) decides what becomes a row; this shell writes
+The book (``controller/ingest/limits.py``) decides what becomes a row; this shell writes
 its drains in one short transaction of their own (never the ingest batch's: a flood of
 refusals must not slow the good messages' writes) and then prunes the oldest rows past the
 caps, per device and in total, so the table cannot fill the disk whatever arrives.
@@ -9,8 +9,8 @@ caps, per device and in total, so the table cannot fill the disk whatever arrive
 from sqlalchemy import delete, func, update
 from sqlmodel import Session, col, select
 
-from controller.ingest_limits import Drained
-from controller.models import RejectedMessage
+from controller.ingest.limits import Drained
+from controller.ingest.tables import RejectedMessage
 
 __all__ = ["prune_dead_letters", "write_dead_letters"]
 

@@ -7,7 +7,7 @@
 - Messages are decoded on arrival, in the transport's callback: the decoder is bounded (size, depth
   and element count before any work) and raises only ``ProtocolError``. A refused message
   is counted, handed to the ``DeadLetterBook`` (aggregated, rate-limited, see
-  ``controller/ingest_limits.py``) and PUBACKed at once: it never enters the queue or the
+  ``controller/ingest/limits.py``) and PUBACKed at once: it never enters the queue or the
   writer's transaction, so a flood of garbage costs one cheap decode per message and does
   not delay the good messages' writes. The ``ingest-dead-letters`` worker stores the book's
   rows every ``dead_letters.flush_s`` and prunes them to their caps.
@@ -42,8 +42,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from controller.db import session_scope
-from controller.dead_letters import prune_dead_letters, write_dead_letters
-from controller.ingest import (
+from controller.ingest.apply import (
     Decoded,
     IngestStats,
     Received,
@@ -52,7 +51,8 @@ from controller.ingest import (
     classify,
     topic_device,
 )
-from controller.ingest_limits import DeadLetterBook, Rejection
+from controller.ingest.dead_letters import prune_dead_letters, write_dead_letters
+from controller.ingest.limits import DeadLetterBook, Rejection
 from controller.settings import BrokerSettings, DeadLetterSettings
 from shared.errors import ProtocolError
 from shared.messages import Desired, encode_message

@@ -29,8 +29,8 @@ from controller.devices.liveness import (
 )
 from controller.devices.shadows import apply_reported
 from controller.devices.tables import Device, DeviceStatusEvent
-from controller.models import RejectedMessage
-from controller.telemetry_store import PendingRecords
+from controller.ingest.tables import RejectedMessage
+from controller.ingest.telemetry_store import PendingRecords
 from shared.errors import ProtocolError
 from shared.messages import (
     Ack,
@@ -80,7 +80,7 @@ class IngestStats:
         # Exceptions caught by the last-resort guards of paho callbacks (defects of ours).
         self.callback_errors = 0
         # Rejections counted but not stored as dead letters (rate-limited, or pruned by
-        # the caps), see controller/ingest_limits.py.
+        # the caps), see controller/ingest/limits.py.
         self.rejections_dropped = 0
         self.rejected: Counter[str] = Counter()
 

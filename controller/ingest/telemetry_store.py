@@ -1,4 +1,5 @@
-"""Outbox records from devices, stored exactly once: unique on (device, epoch, seq).
+"""Outbox records from devices, stored exactly once in ``telemetry_record``
+(``controller.telemetry.tables.TelemetryRecord``): unique on (device, epoch, seq).
 
 Each ingest transaction inserts its records with one ``INSERT … ON CONFLICT DO NOTHING``
 executed for many rows, so a re-delivered batch (after a reconnect, a broker restart or a
@@ -19,32 +20,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pydantic_core
-from sqlalchemy import JSON, BigInteger, Column, Integer, UniqueConstraint
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Field, Session, SQLModel
+from sqlmodel import Session
 
-from controller.db import utcnow
+from controller.telemetry.tables import TelemetryRecord
 from shared.messages import Record
-
-
-class TelemetryRecord(SQLModel, table=True):
-    """One metric or event a device recorded."""
-
-    __tablename__ = "telemetry_record"
-    __table_args__ = (UniqueConstraint("device_id", "epoch", "seq", name="uq_record_identity"),)
-    id: int | None = Field(
-        default=None,
-        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
-    )
-    device_id: str = Field(max_length=63, index=True)
-    epoch: int = Field(sa_column=Column(BigInteger, nullable=False))
-    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
-    kind: str = Field(max_length=16)
-    name: str = Field(max_length=64, index=True)
-    at: datetime = Field(index=True)
-    body: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    # When the row was written (the ingest transaction's insert), see the module docstring.
-    received_at: datetime = Field(default_factory=utcnow)
 
 
 def record_rows(device_id: str, records: Sequence[Record]) -> list[dict[str, Any]]:

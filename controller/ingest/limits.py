@@ -6,7 +6,7 @@ row: rejections of one device and one reason within a window share one dead lett
 fleet-wide one. A device that sends garbage at 1,000 msg/s therefore writes a handful of
 rows a minute, and a swarm of invented device ids no more than the fleet-wide rate; what
 no bucket admits is counted as dropped. Caps on the stored rows (per device, in total) are
-the I/O shell's job (``controller/dead_letters.py``).
+the I/O shell's job (``controller/ingest/dead_letters.py``).
 
 Pure: standard library only, an injected clock (``now``, monotonic seconds); thread-safe,
 because the MQTT reader records and the dead-letter writer drains.

@@ -1,5 +1,5 @@
-"""The dead-letter table, until it moves to ``controller/ingest/tables.py`` with the
-ingest path (the other tables live in their packages: ``devices``, ``broker``, ``auth``)."""
+"""The ingest path's own table: dead letters. (The raw telemetry records ingest writes are
+telemetry's table, ``controller.telemetry.tables.TelemetryRecord``.)"""
 
 from datetime import datetime
 
@@ -7,14 +7,12 @@ from sqlmodel import Field, SQLModel
 
 from controller.db import utcnow
 
-__all__ = ["RejectedMessage", "utcnow"]
-
 
 class RejectedMessage(SQLModel, table=True):
     """Dead letters: messages refused by ingest, with the reason (payloads are not kept).
 
     One row stands for ``count`` rejections of one device and reason within a window
-    (``controller/ingest_limits.py``); topic, detail and size are the first one's.
+    (``controller/ingest/limits.py``); topic, detail and size are the first one's.
     """
 
     __tablename__ = "rejected_message"
@@ -28,3 +26,6 @@ class RejectedMessage(SQLModel, table=True):
     device_id: str | None = Field(default=None, max_length=63, index=True)
     count: int = 1
     last_at: datetime | None = None  # the latest one counted in this row
+
+
+__all__ = ["RejectedMessage"]
