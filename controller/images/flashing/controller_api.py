@@ -36,7 +36,6 @@ class ControllerApi:
                 path,
                 body=json,
                 client=self._client,
-                timeout=self._client.timeout,
             )
         except ApiError as e:
             if e.status is None:  # no answer: "cannot reach the controller at ..."
