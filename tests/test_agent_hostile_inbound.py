@@ -21,8 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, MqttConfig
-from edge_agent.sync.link import LoadSnapshot, MqttLink
 from edge_agent.sync.counters import CounterStore
+from edge_agent.sync.link import LoadSnapshot, MqttLink
 from shared.errors import ProtocolError
 from shared.messages import (
     Ack,

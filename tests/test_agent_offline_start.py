@@ -4,8 +4,8 @@ import time
 from pathlib import Path
 
 from edge_agent.config import MqttConfig
-from edge_agent.sync.link import LoadSnapshot, MqttLink
 from edge_agent.sync.counters import CounterStore
+from edge_agent.sync.link import LoadSnapshot, MqttLink
 from tests.conftest import free_port, wait_for
 from tests.controller_harness import live_controller
 from tests.test_protocol import birth

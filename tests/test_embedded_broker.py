@@ -8,8 +8,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config import MqttConfig
-from edge_agent.sync.link import LoadSnapshot, MqttLink
 from edge_agent.sync.counters import CounterStore
+from edge_agent.sync.link import LoadSnapshot, MqttLink
 from shared import Death, encode_message
 from tests.conftest import wait_for
 from tests.controller_harness import LiveController, live_controller
