@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 log = logging.getLogger("edge_agent")
 
-# paho's network loop uses select(), which cannot watch file descriptors >= 1024; each
+# The MQTT transport's network loop uses select(), which cannot watch descriptors >= 1024; each
 # simulated device holds about six, so one process stays well below that.
 MAX_SIMULATED_PER_PROCESS = 150
 # Where a flashed device keeps its config, relative to its root (edgefleet flash writes it).
