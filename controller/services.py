@@ -35,6 +35,7 @@ from controller.settings import Settings
 from controller.telemetry.rollup import RollupReport, run_rollup
 from controller.updates.errors import UpdatesError
 from controller.updates.repository import TufRepository
+from shared.broker_url import parse_broker_url
 from shared.messages import Challenge, Desired, encode_message
 from shared.supervision import Supervisor
 
@@ -123,6 +124,13 @@ class Services:
         if cfg.mode == "embedded":
             self.broker = EmbeddedBroker(cfg.host, cfg.port)
             self.broker.start()
+        address = parse_broker_url(cfg.url)
+        if self.settings.environment == "production" and not address.tls and not address.loopback:
+            log.warning(
+                "broker.url %s is plaintext to another host: device data, credentials and "
+                "desired state cross the network unencrypted; use mqtts:// (docs/tls.md)",
+                cfg.url,
+            )
         if self.settings.attestation.trusts_local_agent_code(self.settings.environment):
             try:
                 with session_scope(self.engine) as session:

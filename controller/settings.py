@@ -17,7 +17,7 @@ from pydantic_settings import (
 )
 
 from controller.telemetry.settings import TelemetrySettings
-from shared.broker_url import parse_broker_url
+from shared.broker_url import Tls, check_tls_files, parse_broker_url, protocol_as_text
 from shared.yaml_guard import YamlShapeError, read_yaml_file
 
 # Values people paste from tutorials; refused as secrets outside the demo.
@@ -44,6 +44,26 @@ class BrokerSettings(BaseModel):
     # MQTT 5 shared subscription group: replicas in one group split the device stream.
     shared_group: str | None = Field(default="edgefleet", pattern=r"^[A-Za-z0-9_-]+$")
     session_expiry_s: int = Field(default=3600, ge=0)
+    # TLS (``mqtts://`` URLs, external brokers): the CA that signed the broker's certificate
+    # (None: the system's trust store), and the controller's client certificate and key.
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    _protocol_number = field_validator("protocol", mode="before")(protocol_as_text)
+
+    @model_validator(mode="after")
+    def _tls_files_need_mqtts(self) -> "BrokerSettings":
+        check_tls_files(self.url, self.ca_file, self.cert_file, self.key_file)
+        if self.mode == "embedded" and parse_broker_url(self.url).tls:
+            raise ValueError("the embedded broker listens in plaintext; use mode: external")
+        return self
+
+    def tls(self) -> Tls | None:
+        """The TLS settings of an ``mqtts://`` URL, None for plaintext."""
+        if not parse_broker_url(self.url).tls:
+            return None
+        return Tls(self.ca_file, self.cert_file, self.key_file)
 
     @property
     def effective_protocol(self) -> Literal["5", "3.1.1"]:

@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.broker_url import parse_broker_url
+from shared.broker_url import Tls, check_tls_files, parse_broker_url, protocol_as_text
 from shared.provisioning import STATE_DIR
 from shared.topics import is_valid_device_id
 from shared.yaml_guard import YamlShapeError, read_yaml_file
@@ -44,12 +44,30 @@ class MqttConfig(_Strict):
     # How long the broker keeps this device's session (queued acks, desired state) while
     # it is offline.
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    # TLS (``mqtts://`` URLs only): the CA that signed the broker's certificate (None: the
+    # system's trust store), and this device's client certificate and its key.
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    _protocol_number = field_validator("protocol", mode="before")(protocol_as_text)
 
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
         parse_broker_url(value)
         return value
+
+    @model_validator(mode="after")
+    def _tls_files_need_mqtts(self) -> "MqttConfig":
+        check_tls_files(self.url, self.ca_file, self.cert_file, self.key_file)
+        return self
+
+    def tls(self) -> Tls | None:
+        """The TLS settings of an ``mqtts://`` URL, None for plaintext."""
+        if not parse_broker_url(self.url).tls:
+            return None
+        return Tls(self.ca_file, self.cert_file, self.key_file)
 
     @property
     def host(self) -> str:
@@ -359,7 +377,10 @@ def load_config(path: Path, *, root: Path | None = None) -> AgentConfig:
         classifier.path = place(classifier.path)
     if config.updates.trusted_root is not None:
         config.updates.trusted_root = place(config.updates.trusted_root)
-    if config.mqtt is not None and config.mqtt.password_file is not None:
-        config.mqtt.password_file = place(config.mqtt.password_file)
+    if config.mqtt is not None:
+        for key in ("password_file", "ca_file", "cert_file", "key_file"):
+            value = getattr(config.mqtt, key)
+            if value is not None:
+                setattr(config.mqtt, key, place(value))
         config.mqtt.password()  # unreadable secrets fail now, with the path, not at connect
     return config

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import select
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -39,6 +40,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from shared.broker_url import Tls, TlsConfigError, ssl_reason
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,8 @@ class Endpoint:
     # The caller acknowledges QoS 1 messages itself (``Transport.ack``), after it has
     # stored them; otherwise paho acknowledges each one as it is delivered.
     manual_ack: bool = False
+    # None: plaintext (``mqtt://``); a Tls: ``mqtts://``.
+    tls: Tls | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +134,10 @@ class Transport:
         self._on_subscribe_cb = on_subscribe
         self._on_disconnect_cb = on_disconnect
         self._v5 = endpoint.protocol == "5"
+        # Built before the client, so a bad CA, certificate or key fails here, at start.
+        self._tls = endpoint.tls.context() if endpoint.tls is not None else None
+        self.tls_failures = 0  # handshakes that failed (either side refused)
+        self.attempts = 0  # connection attempts by ``run``
         self._client = self._make_client(endpoint)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -161,6 +170,8 @@ class Transport:
             )
         if endpoint.username:
             client.username_pw_set(endpoint.username, endpoint.password)
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
         client.max_inflight_messages_set(0)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
@@ -170,6 +181,13 @@ class Transport:
         return client
 
     # --- session ---------------------------------------------------------------------------
+    def reload_certificate(self) -> None:
+        """Present the client certificate as it is on disk now from the next connection on
+        (after a renewal replaced the files); raises TlsConfigError if it cannot be used."""
+        if self._tls is None or self.endpoint.tls is None:
+            raise TlsConfigError("this connection does not use TLS")
+        self.endpoint.tls.load_certificate(self._tls)
+
     def will_set(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = True) -> None:
         """The Last Will for the next connection attempt."""
         self._client.will_set(topic, payload, qos=qos, retain=retain)
@@ -251,16 +269,21 @@ class Transport:
             sock = client.socket()
             if sock is None:
                 return "no connection"
+            # TLS may hold decrypted bytes that select() cannot see: read those first.
+            pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
             try:
                 readable, _, _ = select.select(
-                    [sock, self._wake_r], [sock] if client.want_write() else [], [], 0.5
+                    [sock, self._wake_r],
+                    [sock] if client.want_write() else [],
+                    [],
+                    0 if pending else 0.5,
                 )
             except (OSError, ValueError, TypeError):  # closed meanwhile (a disconnect)
                 return "connection lost"
             if self._wake_r in readable:
                 with contextlib.suppress(BlockingIOError, OSError):
                     self._wake_r.recv(4096)
-            if sock in readable:
+            if sock in readable or pending:
                 rc = client.loop_read()
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     return _reason(rc)
@@ -290,10 +313,30 @@ class Transport:
         """
         attempt = 0
         while not stopping.is_set():
+            self.attempts += 1
             try:
                 if self._connected_once and before_reconnect is not None:
                     before_reconnect()
                 self.connect()
+            except ssl.SSLError as e:
+                # A handshake the broker or we refused (wrong CA, host name, expired or revoked
+                # certificate, plaintext port): retrying will not help until someone acts.
+                self.tls_failures += 1
+                delay = backoff(attempt)
+                attempt += 1
+                log.error(
+                    "%s: TLS handshake with %s:%d failed (%s); retry %d in %.1fs",
+                    self.name,
+                    self.endpoint.host,
+                    self.endpoint.port,
+                    ssl_reason(e)
+                    if not isinstance(e, ssl.SSLCertVerificationError)
+                    else e.verify_message,
+                    attempt,
+                    delay,
+                )
+                stopping.wait(delay)
+                continue
             except (OSError, ValueError) as e:
                 delay = backoff(attempt)
                 attempt += 1

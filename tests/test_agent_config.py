@@ -44,6 +44,29 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
     assert config.models[0].path == tmp_path / "m.gguf"
 
 
+def test_tls_files_resolve_and_protocol_may_be_a_number(tmp_path: Path) -> None:
+    """An mqtts:// URL with CA, certificate and key files (relative to the YAML) gives the
+    link its TLS settings; ``protocol: 5`` written as a YAML number means MQTT 5."""
+    config = load_config(
+        write(
+            tmp_path,
+            "device_id: d1\nmqtt:\n  url: mqtts://broker.example.net\n  protocol: 5\n"
+            "  ca_file: pki/ca.crt\n  cert_file: pki/d1.crt\n  key_file: pki/d1.key\n",
+        )
+    )
+    assert config.mqtt is not None
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.protocol) == (
+        "broker.example.net",
+        8883,
+        "5",
+    )
+    tls = config.mqtt.tls()
+    assert tls is not None and tls.ca_file == tmp_path / "pki" / "ca.crt"
+    assert (tls.cert_file, tls.key_file) == (tmp_path / "pki/d1.crt", tmp_path / "pki/d1.key")
+    plain = load_config(write(tmp_path, "device_id: d1\nmqtt: {url: 'mqtt://h'}\n"))
+    assert plain.mqtt is not None and plain.mqtt.tls() is None
+
+
 def test_mqtt_null_means_standalone(tmp_path: Path) -> None:
     """mqtt: null runs the agent without a controller."""
     assert load_config(write(tmp_path, "device_id: d1\nmqtt: null\n")).mqtt is None
@@ -67,6 +90,10 @@ def test_mqtt_null_means_standalone(tmp_path: Path) -> None:
             "device_id: d1\nupdates: {metadata_url: 'http://u:secret@h/tuf/metadata/'}\n",
             "must not carry credentials",
         ),
+        ("device_id: d1\nmqtt: {ca_file: ca.crt}\n", "ca_file set, but the URL"),
+        ("device_id: d1\nmqtt: {url: 'mqtts://h', key_file: k.pem}\n", "without cert_file"),
+        ("device_id: d1\nmqtt: {url: 'mqtt://u:p@h'}\n", "credentials go in their own keys"),
+        ("device_id: d1\nmqtt: {protocol: 4}\n", "mqtt.protocol"),
         ("- just\n- a list\n", "mapping"),
         ("device_id: [unclosed\n", "not valid YAML"),
     ],

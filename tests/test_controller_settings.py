@@ -23,6 +23,22 @@ def test_file_then_environment_then_overrides(
     assert settings.broker.mode == "external"
 
 
+def test_broker_tls_settings_and_a_numeric_protocol(tmp_path: Path) -> None:
+    """An external mqtts:// broker with CA and client certificate gives ingest its TLS
+    settings (port 8883 by default); ``protocol: 5`` as a YAML number is MQTT 5."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "broker:\n  mode: external\n  url: mqtts://broker.example.net\n  protocol: 5\n"
+        "  ca_file: /etc/edgefleet/ca.crt\n  cert_file: /etc/edgefleet/ctl.crt\n"
+        "  key_file: /etc/edgefleet/ctl.key\n"
+    )
+    broker = load_settings(config).broker
+    assert (broker.port, broker.effective_protocol) == (8883, "5")
+    tls = broker.tls()
+    assert tls is not None and tls.cert_file == Path("/etc/edgefleet/ctl.crt")
+    assert load_settings(None).broker.tls() is None
+
+
 def test_placeholder_broker_password_refused_outside_the_demo(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -72,6 +88,8 @@ def test_secret_never_printed_in_settings_repr(monkeypatch: pytest.MonkeyPatch) 
     [
         ("htp_port: 1\n", "htp_port"),
         ("broker:\n  url: http://x\n", "mqtt://HOST:PORT"),
+        ("broker:\n  mode: external\n  cert_file: c.pem\n", "cert_file set, but the URL"),
+        ("broker:\n  url: mqtts://127.0.0.1:0\n", "embedded broker listens in plaintext"),
         ("environment: staging\n", "environment"),
         ("updates:\n  passphrase_file: /nonexistent/pw\n", "updates.passphrase_file"),
     ],

@@ -181,12 +181,25 @@ def test_heartbeat_round_trip_property(bd_seq: int, seq: int, cpu: float, device
 
 
 def test_broker_url_parsing() -> None:
-    """mqtt:// and tcp:// URLs give host and port (1883 by default); others are refused."""
+    """mqtt:// and tcp:// URLs give host and port (1883 by default), mqtts:// and ssl://
+    the same with TLS (8883 by default); other schemes, paths and credentials are refused."""
     from shared.broker_url import BrokerAddress, parse_broker_url
 
     assert parse_broker_url("mqtt://broker.local") == BrokerAddress("broker.local", 1883)
     assert parse_broker_url("tcp://10.0.0.2:0") == BrokerAddress("10.0.0.2", 0)
-    for bad in ("http://x:1883", "mqtt://", "mqtt://h:70000", "broker:1883"):
+    assert parse_broker_url("mqtts://broker.local") == BrokerAddress("broker.local", 8883, True)
+    assert parse_broker_url("ssl://[::1]:9883") == BrokerAddress("::1", 9883, True)
+    assert parse_broker_url("mqtt://127.0.0.1").loopback
+    assert parse_broker_url("mqtts://localhost").loopback
+    assert not parse_broker_url("mqtt://broker.example.com").loopback
+    for bad in (
+        "http://x:1883",
+        "mqtt://",
+        "mqtt://h:70000",
+        "broker:1883",
+        "mqtt://u:p@h:1883",
+        "mqtts://h:8883/path",
+    ):
         with pytest.raises(ValueError):
             parse_broker_url(bad)
 

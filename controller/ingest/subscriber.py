@@ -165,6 +165,7 @@ class MqttIngest:
                 username=broker.username or None,
                 password=password if broker.username else None,
                 manual_ack=True,
+                tls=broker.tls(),
             ),
             on_message=self._on_message,
             on_connect=self._on_connect,

@@ -31,6 +31,7 @@ from edge_agent.sync.backoff import full_jitter
 from edge_agent.sync.counters import CounterStore
 from edge_agent.sync.outbox import Outbox, StoredRecord
 from edge_agent.sync.window import SendWindow
+from shared.broker_url import parse_broker_url
 from shared.errors import ProtocolError
 from shared.messages import (
     Ack,
@@ -171,12 +172,20 @@ class MqttLink:
                 session_expiry_s=config.session_expiry_s,
                 username=config.username or None,
                 password=config.password() if config.username else None,
+                tls=config.tls(),
             ),
             on_message=self._on_message,
             on_connect=self._on_connect,
             on_disconnect=self._on_disconnect,
             name=f"agent {device_id}",
         )
+        address = parse_broker_url(config.url)
+        if not address.tls and not address.loopback:
+            log.warning(
+                "mqtt.url %s is plaintext to another host: this device's data and credentials "
+                "cross the network unencrypted; use mqtts:// (docs/tls.md)",
+                config.url,
+            )
         self._topic_ack = str(DeviceTopic(device_id, MessageKind.ACK))
         self._topic_desired = str(DeviceTopic(device_id, MessageKind.DESIRED))
         self._topic_challenge = str(DeviceTopic(device_id, MessageKind.CHALLENGE))
