@@ -36,6 +36,7 @@ from edge_agent.shadow import DeviceShadow
 from edge_agent.sync.counters import CounterStore
 from edge_agent.sync.link import LoadSnapshot, MqttLink
 from edge_agent.sync.outbox import Outbox, OutboxFull, Priority
+from edge_agent.sync.renewal import CertRenewer, recover
 from edge_agent.telemetry.host import max_temperature_c
 from edge_agent.telemetry.prometheus import AgentMetrics, AgentState, ModelState
 from edge_agent.telemetry.windows import (
@@ -48,7 +49,16 @@ from edge_agent.telemetry.windows import (
 from edge_agent.updates.decisions import DeviceFacts
 from edge_agent.updates.manager import UpdateManager, disabled_status
 from shared.attestation import encode_public_key
-from shared.messages import Birth, Challenge, Desired, HardwareInfo, ModelInfo, Quote, Reported
+from shared.messages import (
+    Birth,
+    CertRequest,
+    Challenge,
+    Desired,
+    HardwareInfo,
+    ModelInfo,
+    Quote,
+    Reported,
+)
 from shared.provisioning import IDENTITY_FOLDER
 from shared.supervision import Supervisor
 
@@ -107,6 +117,7 @@ class Agent:
         )
         self.updates: UpdateManager | None = None
         self.link: MqttLink | None = None
+        self.renewer: CertRenewer | None = None
         self.sessions = SessionStore()
         self._requests = 0
         self._errors = 0
@@ -481,6 +492,8 @@ class Agent:
         if self.config.mqtt is None:
             log.info("no mqtt section: running standalone")
             return
+        if self.config.mqtt.renews_certificate:
+            self.renewer = self._make_renewer()
         self.link = MqttLink(
             device_id=self.config.device_id,
             config=self.config.mqtt,
@@ -493,9 +506,39 @@ class Agent:
             on_desired=self.on_desired,
             current_reported=self.shadow.report,
             on_challenge=self.on_challenge,
+            on_cert_issued=self.renewer.on_issued if self.renewer else None,
             supervisor=self.supervisor,
         )
         self.link.start()
+        if self.renewer is not None:
+            renewer, link = self.renewer, self.link
+            self.supervisor.spawn(
+                "cert-renewal",
+                lambda: renewer.run(self._stopping, lambda: link.connected),
+                stopping=self._stopping,
+            )
+
+    def _make_renewer(self) -> CertRenewer:
+        """The certificate renewer; a renewal a crash interrupted is finished first, so the
+        link loads a matching certificate and key."""
+        mqtt = self.config.mqtt
+        assert mqtt is not None and mqtt.cert_file is not None and mqtt.key_file is not None
+        recover(mqtt.cert_file, mqtt.key_file)
+
+        def send(request: CertRequest) -> bool:
+            return self.link is not None and self.link.publish_cert_request(request)
+
+        def reload() -> None:
+            if self.link is not None:
+                self.link.transport.reload_certificate()
+
+        return CertRenewer(
+            device_id=self.config.device_id,
+            config=mqtt,
+            send=send,
+            reload=reload,
+            record_event=self.record_event,
+        )
 
     def start_metrics(self) -> None:
         """Record system metrics every ``telemetry_interval_s`` (low priority in the outbox)

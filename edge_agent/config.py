@@ -49,6 +49,13 @@ class MqttConfig(_Strict):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    # Renewal over MQTT (docs/tls.md): with cert_file and key_file set, a new certificate
+    # is requested once less than this fraction of the current one's lifetime is left;
+    # unanswered or refused requests are retried after a doubling delay between these.
+    renew_certificate: bool = True
+    renew_before_fraction: float = Field(default=1 / 3, gt=0, lt=1)
+    renew_retry_min_s: float = Field(default=60.0, gt=0)
+    renew_retry_max_s: float = Field(default=6 * 3600.0, gt=0)
 
     _protocol_number = field_validator("protocol", mode="before")(protocol_as_text)
 
@@ -62,6 +69,16 @@ class MqttConfig(_Strict):
     def _tls_files_need_mqtts(self) -> "MqttConfig":
         check_tls_files(self.url, self.ca_file, self.cert_file, self.key_file)
         return self
+
+    @property
+    def renews_certificate(self) -> bool:
+        """True if this device renews its client certificate over MQTT."""
+        return (
+            self.renew_certificate
+            and self.tls() is not None
+            and self.cert_file is not None
+            and self.key_file is not None
+        )
 
     def tls(self) -> Tls | None:
         """The TLS settings of an ``mqtts://`` URL, None for plaintext."""

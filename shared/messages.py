@@ -251,8 +251,69 @@ class Quote(_Envelope):
     signature: str = Field(pattern=_SIGNATURE)
 
 
+# Certificate renewal (docs/tls.md): PEM texts of one P-256 key's CSR or certificate are
+# well under these; anything else in them (headers, other blocks, control characters) is
+# refused by the patterns before any X.509 parser sees it.
+MAX_CSR_PEM = 8 * 1024
+MAX_CERTIFICATE_PEM = 8 * 1024
+_PEM_BODY = r"\n(?:[A-Za-z0-9+/=]{1,76}\n){1,160}"
+_CSR_PEM = rf"^-----BEGIN CERTIFICATE REQUEST-----{_PEM_BODY}-----END CERTIFICATE REQUEST-----\n$"
+_CERT_PEM = rf"^-----BEGIN CERTIFICATE-----{_PEM_BODY}-----END CERTIFICATE-----\n$"
+# An ECDSA P-256 signature (DER, at most 72 bytes) in standard base64.
+_ECDSA_SIGNATURE = r"^[A-Za-z0-9+/]{8,96}={0,2}$"
+_HEX128 = r"^[0-9a-f]{32}$"
+
+
+class CertRequest(_Envelope):
+    """Device -> controller: certify the new key in ``csr`` (CN = this device).
+
+    ``certificate`` is the certificate the device holds now (the one the broker
+    authenticated this session with); ``signature`` is by its key over
+    ``shared.cert_renewal.request_payload`` of these fields and ``ts``, so a broker session
+    alone (without that key) gets no certificate. ``request_id`` (random) names the
+    request; the answer carries it back.
+    """
+
+    type: Literal["cert_request"] = "cert_request"
+    request_id: str = Field(pattern=_HEX128)
+    csr: str = Field(max_length=MAX_CSR_PEM, pattern=_CSR_PEM)
+    certificate: str = Field(max_length=MAX_CERTIFICATE_PEM, pattern=_CERT_PEM)
+    signature: str = Field(max_length=96, pattern=_ECDSA_SIGNATURE)
+
+
+class CertIssued(_Envelope):
+    """Controller -> device: the certificate for ``request_id`` and the CA that signed it,
+    or ``refused`` (a reason code) and ``detail`` (words) when it will not sign."""
+
+    type: Literal["cert_issued"] = "cert_issued"
+    request_id: str = Field(pattern=_HEX128)
+    certificate: str | None = Field(default=None, max_length=MAX_CERTIFICATE_PEM, pattern=_CERT_PEM)
+    ca: str | None = Field(default=None, max_length=MAX_CERTIFICATE_PEM, pattern=_CERT_PEM)
+    refused: str | None = Field(default=None, pattern=r"^[a-z][a-z_]{0,31}$")
+    detail: str | None = Field(default=None, max_length=256)
+
+    @model_validator(mode="after")
+    def _certificate_or_refusal(self) -> "CertIssued":
+        issued = self.certificate is not None and self.ca is not None
+        if self.refused is None and not issued:
+            raise ValueError("either certificate and ca, or refused")
+        if self.refused is not None and (self.certificate is not None or self.ca is not None):
+            raise ValueError("a refusal carries no certificate")
+        return self
+
+
 AnyMessage = (
-    Birth | Death | Heartbeat | TelemetryBatch | Ack | Desired | Reported | Challenge | Quote
+    Birth
+    | Death
+    | Heartbeat
+    | TelemetryBatch
+    | Ack
+    | Desired
+    | Reported
+    | Challenge
+    | Quote
+    | CertRequest
+    | CertIssued
 )
 DeviceMessage = Annotated[AnyMessage, Field(discriminator="type")]
 _ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(DeviceMessage)
@@ -267,6 +328,8 @@ _KIND_BY_TYPE: dict[str, MessageKind] = {
     "reported": MessageKind.REPORTED,
     "challenge": MessageKind.CHALLENGE,
     "quote": MessageKind.QUOTE,
+    "cert_request": MessageKind.CERT_REQUEST,
+    "cert_issued": MessageKind.CERT_ISSUED,
 }
 
 

@@ -27,6 +27,9 @@ class MessageKind(StrEnum):
     DESIRED = "desired"  # controller -> device, retained; the shadow's desired document
     CHALLENGE = "challenge"  # controller -> device; a nonce to attest against
     QUOTE = "quote"  # device -> controller; signed measurements bound to a challenge's nonce
+    # device -> controller; a CSR for a new TLS key, signed by the current certificate's key
+    CERT_REQUEST = "cert_request"
+    CERT_ISSUED = "cert_issued"  # controller -> device; the renewed certificate, or why not
 
     @property
     def from_device(self) -> bool:
@@ -42,9 +45,12 @@ DEVICE_TO_CONTROLLER = frozenset(
         MessageKind.TELEMETRY,
         MessageKind.REPORTED,
         MessageKind.QUOTE,
+        MessageKind.CERT_REQUEST,
     }
 )
-CONTROLLER_TO_DEVICE = frozenset({MessageKind.ACK, MessageKind.DESIRED, MessageKind.CHALLENGE})
+CONTROLLER_TO_DEVICE = frozenset(
+    {MessageKind.ACK, MessageKind.DESIRED, MessageKind.CHALLENGE, MessageKind.CERT_ISSUED}
+)
 
 
 def is_valid_device_id(device_id: str) -> bool:

@@ -12,6 +12,8 @@
   each record once, so that is safe).
 - Attestation challenges go to ``on_challenge``; its signed quote is published at QoS 1
   straight away (not through the outbox: a quote is only worth anything while its nonce is).
+- Certificate renewal answers (``cert_issued``) go to ``on_cert_issued`` (the renewer,
+  ``edge_agent/sync/renewal.py``), whose requests ``publish_cert_request`` sends at QoS 1.
 - Nothing that arrives can stop the link: every inbound message is refused with a counted
   reason (``stats.rejected``) or handled, and what a handler raises is caught and counted
   (``stats.handler_errors``); the transport guards its callbacks once more. The three
@@ -36,6 +38,8 @@ from shared.errors import ProtocolError
 from shared.messages import (
     Ack,
     Birth,
+    CertIssued,
+    CertRequest,
     Challenge,
     Death,
     Desired,
@@ -132,6 +136,7 @@ class MqttLink:
         on_desired: Callable[[Desired], Reported | None] | None = None,
         current_reported: Callable[[], Reported] | None = None,
         on_challenge: Callable[[Challenge], Quote | None] | None = None,
+        on_cert_issued: Callable[[CertIssued], None] | None = None,
         supervisor: Supervisor | None = None,
     ) -> None:
         self.device_id = device_id
@@ -146,6 +151,7 @@ class MqttLink:
         self._on_desired = on_desired
         self._current_reported = current_reported
         self._on_challenge = on_challenge
+        self._on_cert_issued = on_cert_issued
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._connected = threading.Event()
@@ -189,6 +195,7 @@ class MqttLink:
         self._topic_ack = str(DeviceTopic(device_id, MessageKind.ACK))
         self._topic_desired = str(DeviceTopic(device_id, MessageKind.DESIRED))
         self._topic_challenge = str(DeviceTopic(device_id, MessageKind.CHALLENGE))
+        self._topic_cert_issued = str(DeviceTopic(device_id, MessageKind.CERT_ISSUED))
         self._set_will()
 
     @property
@@ -213,6 +220,13 @@ class MqttLink:
             return False
         self.transport.publish(*encode_message(reported), qos=1)
         return True
+
+    def publish_cert_request(self, request: CertRequest) -> bool:
+        """Publish a certificate renewal request now (QoS 1, not through the outbox: it is
+        signed for this moment); False while offline (the renewer asks again later)."""
+        if not self._connected.is_set():
+            return False
+        return self.transport.publish(*encode_message(request), qos=1).queued
 
     def _set_will(self) -> None:
         topic, payload = encode_message(
@@ -309,6 +323,8 @@ class MqttLink:
         topics = [(self._topic_ack, 1), (self._topic_desired, 1)]
         if self._on_challenge is not None:
             topics.append((self._topic_challenge, 1))
+        if self._on_cert_issued is not None:
+            topics.append((self._topic_cert_issued, 1))
         self.transport.subscribe(topics)
         with self._lock:
             birth = self._make_birth(self._bd_seq)
@@ -393,6 +409,8 @@ class MqttLink:
                 self.transport.publish(*encode_message(reported), qos=1)
         elif isinstance(decoded, Challenge) and self._on_challenge is not None:
             self._answer(decoded)
+        elif isinstance(decoded, CertIssued) and self._on_cert_issued is not None:
+            self._on_cert_issued(decoded)
         else:
             return False
         return True
