@@ -21,6 +21,7 @@ from controller.api.problems import document_problems
 from controller.api.routes import alerts as alert_routes
 from controller.api.routes import attestation as attestation_routes
 from controller.api.routes import audit as audit_routes
+from controller.api.routes import certificates as certificate_routes
 from controller.api.routes import device_metrics as device_metrics_routes
 from controller.api.routes import devices, ingest, shadow, telemetry
 from controller.api.routes import drift as drift_routes
@@ -175,6 +176,7 @@ def _include_routers(app: FastAPI) -> None:
         audit_routes.router,
         attestation_routes.router,
         provisioning_routes.router,
+        certificate_routes.router,
         ingest.router,
         shadow.router,
         telemetry.router,

@@ -134,6 +134,29 @@ class UpdatesSettings(BaseModel):
     max_upload_bytes: int = Field(default=16 * 1024**3, ge=1)
 
 
+class PkiSettings(BaseModel):
+    """The device certificate authority (docs/tls.md): its folder and certificate lifetimes.
+    The CA key is encrypted with the TUF keys' passphrase (``updates.passphrase_file`` or
+    ``EDGEFLEET_KEY_PASSPHRASE``, the same rules)."""
+
+    # ca.key (encrypted, 0600), ca.crt and crl.pem, in a 0700 folder.
+    dir: Path = Path(".edgefleet/pki")
+    ca_days: int = Field(default=3650, ge=2)
+    device_cert_days: int = Field(default=365, ge=1)
+    server_cert_days: int = Field(default=397, ge=1)
+    # How long a published CRL stays valid; the broker refuses every client once it lapses.
+    crl_next_update: timedelta = timedelta(days=7)
+
+    @model_validator(mode="after")
+    def _fits_the_ca(self) -> "PkiSettings":
+        for name in ("device_cert_days", "server_cert_days"):
+            if getattr(self, name) >= self.ca_days:
+                raise ValueError(f"pki.{name} must be shorter than pki.ca_days")
+        if self.crl_next_update <= timedelta(0):
+            raise ValueError("pki.crl_next_update must be positive")
+        return self
+
+
 class AttestationSettings(BaseModel):
     """Device attestation (docs/attestation.md)."""
 
@@ -281,6 +304,7 @@ class Settings(BaseSettings):
     desired_republish_s: float = Field(default=30.0, gt=0)
     attestation: AttestationSettings = Field(default_factory=AttestationSettings)
     updates: UpdatesSettings = Field(default_factory=UpdatesSettings)
+    pki: PkiSettings = Field(default_factory=PkiSettings)
     rollouts: RolloutSettings = Field(default_factory=RolloutSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 

@@ -22,6 +22,14 @@ STATE_DIR = "var/lib/edgefleet-agent"
 # The identity key: ``<state_dir>/identity/ed25519.pem`` (PKCS#8 PEM, 0600, folder 0700).
 IDENTITY_FOLDER = "identity"
 IDENTITY_KEY_FILE = "ed25519.pem"
+# The broker's CA certificate (the device CA, from ``edgefleet pki init``) for mqtts://.
+MQTT_CA_FILE = "etc/edgefleet/mqtt-ca.crt"
+# The device's TLS client key and certificate: ``<state_dir>/tls/device.key`` (PKCS#8 PEM,
+# 0600) and ``device.crt`` (CN = the device id), in a 0700 folder the agent owns, so it
+# can replace the certificate when it renews it.
+TLS_FOLDER = "tls"
+TLS_KEY_FILE = "device.key"
+TLS_CERT_FILE = "device.crt"
 
 __all__ = [
     "AGENT_CONFIG",
@@ -29,7 +37,11 @@ __all__ = [
     "IDENTITY_FOLDER",
     "IDENTITY_KEY_FILE",
     "IMAGE_FILE",
+    "MQTT_CA_FILE",
     "PASSWORD_FILE",
     "STATE_DIR",
+    "TLS_CERT_FILE",
+    "TLS_FOLDER",
+    "TLS_KEY_FILE",
     "TRUSTED_ROOT",
 ]

@@ -71,12 +71,29 @@ class TestCa:
         return path
 
 
+@dataclass(frozen=True)
+class BrokerFiles:
+    """A CA certificate and a server certificate and key made elsewhere (``pki init``)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
 def tls_mosquitto(
-    workdir: Path, ca: TestCa, *, hosts: list[str] | None = None, crl: Path | None = None
+    workdir: Path,
+    ca: TestCa | BrokerFiles,
+    *,
+    hosts: list[str] | None = None,
+    crl: Path | None = None,
 ) -> MosquittoProcess:
     """A Mosquitto whose only listener is TLS with client certificates required, the
-    certificate's CN taken as the user name, and each client confined to its own topics."""
-    cert_file, key_file = ca.server(hosts or ["127.0.0.1", "localhost"])
+    certificate's CN taken as the user name, and each client confined to its own topics.
+    ``ca`` is a TestCa (a server certificate for ``hosts`` is made) or given files."""
+    if isinstance(ca, BrokerFiles):
+        cert_file, key_file = ca.cert_file, ca.key_file
+    else:
+        cert_file, key_file = ca.server(hosts or ["127.0.0.1", "localhost"])
     acl = workdir / "acl"
     acl.write_text(
         "user edgefleet-controller\ntopic readwrite ef/#\ntopic readwrite $share/#\n"

@@ -7,7 +7,7 @@ controller host.
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,13 @@ from controller.cli.common import ConfigOpt, TokenOpt, UrlOpt, err, settings_or_
 from controller.cli.common import fail as _fail
 from shared.files import write_atomic
 from shared.json_guard import JsonShapeError, loads_bounded
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
+
+    from controller.pki.service import IssuedDeviceCertificate
+    from controller.pki.store import PkiStore
+    from controller.settings import Settings
 
 # A --set value is one shadow setting; the whole desired document must fit one message.
 MAX_SET_VALUE_BYTES = 32 * 1024
@@ -151,6 +158,77 @@ def _write_atomic(path: Path, text: str, mode: int) -> None:
     write_atomic(path, text.encode("utf-8"), mode)
 
 
+class _TlsOut:
+    """``provision --cert-out DIR``: a P-256 key and CSR made here, signed by the device CA
+    in the provisioning transaction, written to DIR only once the database took it."""
+
+    def __init__(self, store: "PkiStore", device_id: str, folder: Path) -> None:
+        from shared.certificates import csr_for, new_private_key
+
+        self.store, self.device_id, self.folder = store, device_id, folder
+        self.key = new_private_key()
+        self.csr = csr_for(device_id, self.key)
+        self.issued: IssuedDeviceCertificate | None = None
+
+    @property
+    def paths(self) -> tuple[Path, Path, Path]:
+        d = self.folder
+        return d / f"{self.device_id}.key", d / f"{self.device_id}.crt", d / "ca.crt"
+
+    @classmethod
+    def prepare(cls, settings: "Settings", device_id: str, folder: Path, rotate: bool) -> "_TlsOut":
+        """Checks that come before any write: the CA and its passphrase, the folder."""
+        from controller.pki.errors import PkiError
+        from controller.pki.store import PkiStore
+
+        try:
+            store = PkiStore.from_settings(settings)
+            store.ca_certificate()
+        except PkiError as e:
+            raise _fail(str(e), 2) from e
+        tls = cls(store, device_id, folder)
+        if folder.exists() and not folder.is_dir():
+            raise _fail(f"--cert-out {folder} is not a folder", 2)
+        if tls.paths[0].exists() and not rotate:
+            raise _fail(f"{tls.paths[0]} already exists; pass --rotate to replace it", 2)
+        return tls
+
+    def issue(self, session: "Session", *, require_provisioned: bool) -> None:
+        from datetime import UTC, datetime
+
+        from controller.cli.common import operator_actor
+        from controller.pki.errors import PkiError
+        from controller.pki.service import issue_device_certificate
+
+        try:
+            self.issued = issue_device_certificate(
+                session, self.store, self.device_id, self.csr, datetime.now(UTC),
+                require_provisioned=require_provisioned, actor=operator_actor(),
+            )  # fmt: skip
+        except PkiError as e:
+            raise _fail(str(e), 2) from e
+
+    def write(self) -> None:
+        from shared.certificates import private_key_pem
+
+        key_file, cert_file, ca_file = self.paths
+        assert self.issued is not None
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_atomic(key_file, private_key_pem(self.key), 0o600)
+            write_atomic(cert_file, self.issued.certificate_pem, 0o644)
+            write_atomic(ca_file, self.issued.ca_pem, 0o644)
+        except OSError as e:
+            raise _fail(f"cannot write {e.filename or self.folder}: {e.strerror or e}", 2) from e
+
+    def summary(self) -> str:
+        key_file, cert_file, ca_file = self.paths
+        assert self.issued is not None
+        return (
+            f"{key_file} (0600), {cert_file} (until {self.issued.not_after:%Y-%m-%d}), CA {ca_file}"
+        )
+
+
 @devices_app.command("provision")
 def devices_provision(
     device_id: Annotated[str, typer.Argument(help="Device id; also its broker user name.")],
@@ -168,9 +246,17 @@ def devices_provision(
             " attestation; required before first contact under 'provisioned' enrollment."
         ),
     ] = None,
+    cert_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also make the device's TLS key and certificate (device CA, 'edgefleet pki"
+            " init'): writes DIR/ID.key (0600), DIR/ID.crt and DIR/ca.crt."
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Issue a device's broker credential; the password is shown once, only its hash kept."""
+    """Issue a device's broker credential; the password is shown once, only its hash kept.
+    With --cert-out, also a TLS key made here and a certificate signed by the device CA."""
     from controller.broker.mosquitto_auth import generate_password, hash_password
     from controller.broker.tables import BrokerCredential
     from controller.db import make_engine, session_scope, utcnow
@@ -196,6 +282,7 @@ def devices_provision(
             decode_public_key(identity_key)
         except AttestationError as e:
             raise _fail(f"--identity-key: {e}", 2) from e
+    tls = None if cert_out is None else _TlsOut.prepare(settings, device_id, cert_out, rotate)
     password = generate_password()
     engine = make_engine(settings.database_url)
     init_db(engine)
@@ -221,12 +308,18 @@ def devices_provision(
             register_identity(
                 session, device_id, identity_key, how="provisioned", actor="cli:provision"
             )
+        if tls is not None:
+            tls.issue(session, require_provisioned=settings.require_provisioned_devices)
         session.flush()  # constraint errors surface before the password leaves the process
+        if tls is not None:
+            tls.write()
         if password_file is not None:
             try:
                 _write_atomic(password_file, password + "\n", 0o600)
             except OSError as e:
                 raise _fail(f"cannot write {password_file}: {e}", 2) from e
+    if tls is not None:
+        typer.echo(f"TLS key and certificate for {device_id}: {tls.summary()}")
     if password_file is None:
         err.print(f"broker password for {device_id} (shown once):", highlight=False)
         typer.echo(password)

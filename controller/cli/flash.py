@@ -2,7 +2,7 @@
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -11,6 +11,9 @@ from rich.table import Table
 from controller.api_client import ApiError, open_client, resolve_target
 from controller.cli.common import TokenOpt, UrlOpt
 from controller.cli.common import fail as _fail
+
+if TYPE_CHECKING:
+    from controller.images.flash import FlashSummary
 
 
 def flash(
@@ -28,7 +31,9 @@ def flash(
     broker_url: Annotated[
         str | None,
         typer.Option(
-            help="Broker URL the device connects to (default: mqtt://CONTROLLER-HOST:1883)."
+            help="Broker URL the device connects to (default: mqtt://CONTROLLER-HOST:1883);"
+            " mqtts://HOST:8883 gives the device a TLS key and a certificate from the"
+            " controller's device CA ('edgefleet pki init')."
         ),
     ] = None,
     image_key: Annotated[
@@ -84,6 +89,10 @@ def flash(
     if as_json:
         typer.echo(json.dumps(summary.as_dict(), indent=2))
         return
+    _print_summary(summary)
+
+
+def _print_summary(summary: "FlashSummary") -> None:
     table = Table(title=f"flashed {summary.device_id} to {summary.target}", show_header=False)
     table.add_column("what")
     table.add_column("value")
@@ -97,6 +106,9 @@ def flash(
         ("TUF trusted root", f"version {summary.trusted_root_version}"),
         ("registered with", summary.controller_url),
     ]
+    if summary.certificate_file:
+        until = summary.certificate_not_after
+        rows.insert(5, ("TLS certificate", f"{summary.certificate_file} (until {until})"))
     for row in rows:
         table.add_row(*row)
     Console().print(table)

@@ -3,7 +3,7 @@
 This module builds the root command from one module per command group, named after it:
 ``serve``, ``demo``, ``devices``, ``broker``, ``admin`` and ``token``
 (``admin.py``), ``users`` and ``tokens`` (``users.py``), ``attest``, ``audit``, ``keys``,
-``models``, ``rollouts``, ``fleet``/``drift``/``alerts`` (``telemetry.py``), ``image``
+``models``, ``pki``, ``rollouts``, ``fleet``/``drift``/``alerts`` (``telemetry.py``), ``image``
 (``images.py``), ``drill`` (``drills.py``) and ``flash``.
 """
 
@@ -20,6 +20,7 @@ from controller.cli.flash import flash as flash_command
 from controller.cli.images import app as image_app
 from controller.cli.keys import keys_app
 from controller.cli.models import models_app
+from controller.cli.pki import pki_app
 from controller.cli.rollouts import app as rollouts_app
 from controller.cli.serve import serve
 from controller.cli.telemetry import alerts_app, drift_app, fleet_app
@@ -37,6 +38,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(broker_app, name="broker")
 app.add_typer(attest_app, name="attest")
 app.add_typer(keys_app, name="keys")
+app.add_typer(pki_app, name="pki")
 app.add_typer(models_app, name="models")
 app.add_typer(rollouts_app, name="rollouts")
 app.add_typer(users_app, name="users")

@@ -20,11 +20,16 @@
    before), and ``agent.yaml`` (the image's template with the device id, broker URL and
    credentials, and the update mirror filled in; validated against the JSON Schema of the
    agent config that the image build exported from the agent in the image: the controller
-   never imports the agent).
+   never imports the agent). For an ``mqtts://`` broker URL, ``agent.yaml`` also names the
+   device's TLS files (``mqtt.ca_file``, ``cert_file``, ``key_file``) and the controller's
+   device CA is fetched first (``GET /api/pki/ca``): without one, flashing stops here.
 4. **Tell the controller** (``flashing.controller_api``): issue the broker credential
    (``POST /api/devices/{id}/broker-credential`` with only the password's ``$7$`` hash, so
    the password never crosses the network) and register the identity key as expected (``PUT
-   /api/devices/{id}/identity``). Both need an admin token.
+   /api/devices/{id}/identity``). For ``mqtts://``, a P-256 TLS key is generated like the
+   identity key (its private half only goes to the target) and only its CSR is sent (``POST
+   /api/devices/{id}/certificate``); the certificate that comes back must certify that key
+   and device, and is written with the CA certificate. All need an admin token.
 5. **Write** ``rootfs/`` and the device's files (``flashing.writing``). Into a folder:
    every file is first staged in a private folder inside the target and re-hashed there;
    only when all of them match the manifest, and the files staged are exactly the
@@ -53,6 +58,7 @@ from controller.images.flashing.device_files import (
     identity_files,
     render_agent_config,
     state_dir_of,
+    tls_files,
 )
 from controller.images.flashing.errors import ControllerError, FlashError, TargetError
 from controller.images.flashing.image import (
@@ -70,7 +76,22 @@ from controller.images.flashing.writing import (
 )
 from controller.images.manifest import ImageError
 from shared.attestation import key_id, public_key_of
-from shared.provisioning import AGENT_CONFIG, IDENTITY_KEY_FILE, PASSWORD_FILE, TRUSTED_ROOT
+from shared.broker_url import parse_broker_url
+from shared.certificates import (
+    CertificateError,
+    certificate_info,
+    csr_for,
+    new_private_key,
+    private_key_pem,
+    read_certificate,
+)
+from shared.provisioning import (
+    AGENT_CONFIG,
+    IDENTITY_KEY_FILE,
+    MQTT_CA_FILE,
+    PASSWORD_FILE,
+    TRUSTED_ROOT,
+)
 
 
 @dataclass(frozen=True)
@@ -93,6 +114,9 @@ class FlashSummary:
     broker_url: str
     controller_url: str
     trusted_root_version: int
+    # mqtts:// only: the device's certificate (its key stays on the target) and its expiry.
+    certificate_file: str | None = None
+    certificate_not_after: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -174,6 +198,8 @@ def _flash_verified(
         state_dir = state_dir_of(config, schema)
     except ValueError as e:
         raise FlashError(str(e)) from e
+    # mqtts://: the CA first, so a controller without one refuses before anything is issued.
+    ca_pem = controller.ca_certificate() if parse_broker_url(broker).tls else None
     key = Ed25519PrivateKey.generate()
     public_key = public_key_of(key)
     password = generate_password()
@@ -185,6 +211,13 @@ def _flash_verified(
     }
     controller.issue_credential(device_id, hash_password(password), rotate=rotate)
     controller.register_identity(device_id, public_key)
+    certificate: tuple[str, str] | None = None
+    if ca_pem is not None:
+        tls = _device_tls(controller, device_id, state_dir)
+        device.update(tls)
+        cert_path = next(p for p in tls if p.endswith(".crt") and p != MQTT_CA_FILE)
+        expiry = certificate_info(tls[cert_path].content).not_after.isoformat()
+        certificate = ("/" + cert_path, expiry)
     try:
         with _translated():
             if is_tar_target(target):
@@ -214,7 +247,28 @@ def _flash_verified(
         broker_url=broker,
         controller_url=controller.url,
         trusted_root_version=root_version,
+        certificate_file=certificate[0] if certificate else None,
+        certificate_not_after=certificate[1] if certificate else None,
     )
+
+
+def _device_tls(controller: ControllerApi, device_id: str, state_dir: str) -> dict[str, DeviceFile]:
+    """The device's TLS key (made here, written only to the target), the certificate the
+    controller signs for its CSR (checked: it certifies this key and this device) and the
+    CA certificate."""
+    key = new_private_key()
+    cert_pem, ca_pem = controller.issue_certificate(device_id, csr_for(device_id, key))
+    try:
+        cert = read_certificate(cert_pem)
+        info = certificate_info(cert_pem)
+    except CertificateError as e:
+        raise ControllerError(f"the controller returned an unusable certificate: {e}") from e
+    if info.subject_cn != device_id or cert.public_key() != key.public_key():
+        raise ControllerError(
+            f"the controller returned a certificate for {info.subject_cn!r} or another key,"
+            f" not for {device_id!r}'s CSR"
+        )
+    return tls_files(state_dir, private_key_pem(key), cert_pem, ca_pem)
 
 
 __all__ = [

@@ -102,6 +102,29 @@ class ControllerApi:
             json={"password_hash": password_hash, "rotate": rotate},
         )
 
+    def ca_certificate(self) -> bytes:
+        """The device CA's certificate (``GET /api/pki/ca``); ControllerError saying to run
+        ``edgefleet pki init`` when the controller has none."""
+        body = self._json("GET", "/api/pki/ca", "the controller's device CA")
+        text = body.get("ca") if isinstance(body, dict) else None
+        if not isinstance(text, str):
+            raise ControllerError("/api/pki/ca did not return a CA certificate")
+        return text.encode("ascii")
+
+    def issue_certificate(self, device_id: str, csr_pem: bytes) -> tuple[bytes, bytes]:
+        """Send the device's CSR (never its key); the signed certificate and the CA's."""
+        body = self._json(
+            "POST",
+            f"/api/devices/{device_id}/certificate",
+            "issuing the device certificate",
+            json={"csr": csr_pem.decode("ascii")},
+        )
+        cert = body.get("certificate") if isinstance(body, dict) else None
+        ca = body.get("ca") if isinstance(body, dict) else None
+        if not isinstance(cert, str) or not isinstance(ca, str):
+            raise ControllerError(f"/api/devices/{device_id}/certificate returned no certificate")
+        return cert.encode("ascii"), ca.encode("ascii")
+
     def register_identity(self, device_id: str, public_key: bytes) -> dict[str, Any]:
         body = self._json(
             "PUT",

@@ -17,7 +17,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jsonschema.exceptions import ValidationError
 from jsonschema.validators import validator_for
 
-from shared.provisioning import IDENTITY_FOLDER, IDENTITY_KEY_FILE, PASSWORD_FILE, TRUSTED_ROOT
+from shared.broker_url import parse_broker_url
+from shared.provisioning import (
+    IDENTITY_FOLDER,
+    IDENTITY_KEY_FILE,
+    MQTT_CA_FILE,
+    PASSWORD_FILE,
+    TLS_CERT_FILE,
+    TLS_FOLDER,
+    TLS_KEY_FILE,
+    TRUSTED_ROOT,
+)
 from shared.yaml_guard import YamlShapeError, load_yaml_bounded
 
 MAX_TEMPLATE_BYTES = 1024 * 1024
@@ -100,6 +110,9 @@ def render_agent_config(
         "username": device_id,
         "password_file": "/" + PASSWORD_FILE,
     }
+    if parse_broker_url(broker_url).tls:  # the device's own key, certificate and the CA
+        key, cert = tls_paths(state_dir_of(raw, schema))
+        raw["mqtt"].update(ca_file="/" + MQTT_CA_FILE, cert_file="/" + cert, key_file="/" + key)
     updates: dict[str, Any] = raw["updates"] if isinstance(raw.get("updates"), dict) else {}
     raw["updates"] = {
         **updates,
@@ -135,6 +148,25 @@ def identity_files(state_dir: str, key: Ed25519PrivateKey) -> dict[str, DeviceFi
     return {str(folder / IDENTITY_KEY_FILE): DeviceFile(pem, 0o600, folder_mode=0o700)}
 
 
+def tls_paths(state_dir: str) -> tuple[str, str]:
+    """The device-relative paths of the TLS key and certificate under ``state_dir``."""
+    folder = PurePosixPath(state_dir.lstrip("/")) / TLS_FOLDER
+    return str(folder / TLS_KEY_FILE), str(folder / TLS_CERT_FILE)
+
+
+def tls_files(
+    state_dir: str, key_pem: bytes, cert_pem: bytes, ca_pem: bytes
+) -> dict[str, DeviceFile]:
+    """The device's TLS key (0600) and certificate in ``<state_dir>/tls/`` (0700), and the
+    CA certificate the broker is verified with, as device-relative paths."""
+    key, cert = tls_paths(state_dir)
+    return {
+        key: DeviceFile(key_pem, 0o600, folder_mode=0o700),
+        cert: DeviceFile(cert_pem, 0o644, folder_mode=0o700),
+        MQTT_CA_FILE: DeviceFile(ca_pem, 0o644),
+    }
+
+
 __all__ = [
     "MAX_TEMPLATE_BYTES",
     "DeviceFile",
@@ -142,4 +174,6 @@ __all__ = [
     "identity_files",
     "render_agent_config",
     "state_dir_of",
+    "tls_files",
+    "tls_paths",
 ]
