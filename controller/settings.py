@@ -5,6 +5,7 @@ Nested keys use ``__`` in the environment (``EDGEFLEET_BROKER__URL``). Settings 
 """
 
 from datetime import timedelta
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -222,6 +223,35 @@ class HttpLimitSettings(BaseModel):
     max_json_elements: int = Field(default=250_000, ge=100)
 
 
+class HttpTlsSettings(BaseModel):
+    """HTTPS for the API and console (docs/tls.md): the server certificate (chain) and its
+    key, PEM. Unset: plain HTTP, for loopback or behind a TLS-terminating reverse proxy."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> "HttpTlsSettings":
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("http_tls.key_file set without http_tls.cert_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+def _proxy_address(value: str) -> str:
+    try:
+        ip_network(value, strict=False)
+    except ValueError as e:
+        raise ValueError(
+            f"forwarded_allow_ips: {value!r} is not an IP address or network (name the"
+            " reverse proxy's own address; '*' is refused)"
+        ) from e
+    return value
+
+
 class LoginLimitSettings(BaseModel):
     """Console login throttling (docs/access.md): failed logins counted per username and per
     client address over a sliding window, in the database so every replica sees them."""
@@ -286,6 +316,10 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./edgefleet.db"
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=1, le=65535)
+    http_tls: HttpTlsSettings = Field(default_factory=HttpTlsSettings)
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto
+    # are believed; none by default, so a client cannot pick its own address (docs/tls.md).
+    forwarded_allow_ips: list[str] = Field(default_factory=list, max_length=64)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     ingest_queue_size: int = Field(default=10_000, ge=10)
     ingest_batch_size: int = Field(default=500, ge=1)
@@ -307,6 +341,11 @@ class Settings(BaseSettings):
     pki: PkiSettings = Field(default_factory=PkiSettings)
     rollouts: RolloutSettings = Field(default_factory=RolloutSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, values: list[str]) -> list[str]:
+        return [_proxy_address(v) for v in values]
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> "Settings":

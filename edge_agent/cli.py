@@ -104,14 +104,20 @@ def run(
 
     from edge_agent.agent import Agent
     from edge_agent.api.app import create_agent_app
+    from edge_agent.api_keys import ApiKeysError
 
     agent = Agent(cfg, root=root, config_path=config)
+    try:
+        api = create_agent_app(agent)
+    except ApiKeysError as e:  # the keys file changed since the config was loaded
+        agent.stop()
+        raise _exit(str(e)) from e
     agent.load_models()
     agent.start_link()
     agent.start_metrics()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_agent_app(agent),
+            api,
             host=cfg.api.host,
             port=cfg.api.port,
             log_level="warning",
@@ -119,11 +125,12 @@ def run(
         )
     )
     log.info(
-        "device %s serving on http://%s:%d (%s)",
+        "device %s serving on http://%s:%d (%s; %s)",
         cfg.device_id,
         cfg.api.host,
         cfg.api.port,
         agent.profile.device_class,
+        "API keys required" if cfg.api.keys_file else "open API, loopback only",
     )
     # uvicorn stops gracefully on SIGINT/SIGTERM, restores the previous handlers and then
     # re-raises the signal; with no-op handlers in place that re-raise lands here harmlessly
@@ -208,6 +215,64 @@ def check_config(config: Annotated[Path, typer.Argument(help="Agent YAML config 
     """Validate a config file and say what is wrong with it, without starting anything."""
     cfg = _load_or_exit(config)
     typer.echo(f"{config}: ok (device {cfg.device_id}, {len(cfg.models)} model(s))")
+
+
+api_key_app = typer.Typer(
+    no_args_is_help=True,
+    help="Bearer keys of the local API (api.keys_file): one named key per local app.",
+)
+app.add_typer(api_key_app, name="api-key")
+KeysFileOpt = Annotated[
+    Path, typer.Option("--keys-file", "-f", help="The keys file (api.keys_file of the config).")
+]
+
+
+@api_key_app.command("add")
+def api_key_add(
+    name: Annotated[
+        str, typer.Argument(help="The app's name (a-z, 0-9, '-', '_'); reaches telemetry.")
+    ],
+    keys_file: KeysFileOpt,
+    replace: Annotated[bool, typer.Option(help="Rotate the key NAME already has.")] = False,
+) -> None:
+    """Make a key for NAME, print it once (it is not stored, only its SHA-256) and add it to
+    the keys file. The running agent reads the file when it starts."""
+    from edge_agent.api_keys import ApiKeysError, add_key
+
+    try:
+        key = add_key(keys_file, name, replace=replace)
+    except (ApiKeysError, OSError) as e:
+        raise _exit(str(e)) from e
+    typer.echo(f"edge-agent: key for {name} stored (as its SHA-256) in {keys_file}", err=True)
+    typer.echo(key)
+
+
+@api_key_app.command("list")
+def api_key_list(keys_file: KeysFileOpt) -> None:
+    """The app names in the keys file (keys cannot be shown: only their hashes are kept)."""
+    from edge_agent.api_keys import ApiKeysError, read_keys_file
+
+    try:
+        keys = read_keys_file(keys_file)
+    except ApiKeysError as e:
+        raise _exit(str(e)) from e
+    for name in sorted(keys.hashes):
+        typer.echo(name)
+
+
+@api_key_app.command("remove")
+def api_key_remove(
+    name: Annotated[str, typer.Argument(help="The app whose key to drop.")],
+    keys_file: KeysFileOpt,
+) -> None:
+    """Drop NAME's key; the agent refuses it from its next start."""
+    from edge_agent.api_keys import ApiKeysError, remove_key
+
+    try:
+        remove_key(keys_file, name)
+    except (ApiKeysError, OSError) as e:
+        raise _exit(str(e)) from e
+    typer.echo(f"edge-agent: key for {name} removed from {keys_file}", err=True)
 
 
 def main() -> None:

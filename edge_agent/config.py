@@ -3,6 +3,8 @@
 Every key is documented in ``docs/configuration.md``; keep the two in step.
 """
 
+from collections.abc import Callable
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +17,14 @@ from pydantic import (
     model_validator,
 )
 
-from shared.broker_url import Tls, check_tls_files, parse_broker_url, protocol_as_text
+from edge_agent.api_keys import ApiKeysError, read_keys_file
+from shared.broker_url import (
+    Tls,
+    TlsConfigError,
+    check_tls_files,
+    parse_broker_url,
+    protocol_as_text,
+)
 from shared.provisioning import STATE_DIR
 from shared.topics import is_valid_device_id
 from shared.yaml_guard import YamlShapeError, read_yaml_file
@@ -116,6 +125,31 @@ class ApiConfig(_Strict):
     # downstream (serializers, json.dumps) fails a few hundred levels deep.
     max_json_depth: int = Field(default=32, ge=2, le=128)
     max_json_elements: int = Field(default=1_000_000, ge=100)
+    # Named bearer keys, one per local app (edge-agent api-key add; docs/tls.md). With a
+    # file, every route but /healthz needs `Authorization: Bearer <key>`; without one the
+    # API is open, so it may only listen on loopback.
+    keys_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _keys_beyond_loopback(self) -> "ApiConfig":
+        if self.keys_file is None and not is_loopback(self.host):
+            raise ValueError(
+                f"api.host {self.host!r} is not a loopback address and api.keys_file is not"
+                " set: an open API is only served on loopback (add keys with"
+                " 'edge-agent api-key add NAME --keys-file FILE')"
+            )
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1); any other name or address
+    (0.0.0.0 and :: included) may be reached from the network."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class ModelConfig(_Strict):
@@ -275,6 +309,9 @@ class UpdatesConfig(_Strict):
     confirm_after_s: float = Field(default=120.0, ge=0)
     http_timeout_s: float = Field(default=30.0, gt=0)
     retry_max_s: float = Field(default=600.0, ge=1)
+    # The CA that signed the controller's HTTPS certificate (edgefleet's own CA, or a
+    # private one); None: the system's trust store. Only for https:// URLs.
+    ca_file: Path | None = None
 
     @field_validator("metadata_url", "targets_url")
     @classmethod
@@ -295,7 +332,16 @@ class UpdatesConfig(_Strict):
             ]
             if missing:
                 raise ValueError(f"updates enabled but {', '.join(missing)} not set")
+        urls = [u for u in (self.metadata_url, self.targets_url) if u is not None]
+        if self.ca_file is not None and not any(u.startswith("https://") for u in urls):
+            # A CA for plaintext URLs would look like security and give none.
+            raise ValueError("ca_file set, but neither metadata_url nor targets_url is https://")
         return self
+
+    def tls(self) -> Tls | None:
+        """What the TUF client verifies the repository's HTTPS certificate against: None
+        for the system's trust store."""
+        return None if self.ca_file is None else Tls(self.ca_file)
 
 
 class AgentConfig(_Strict):
@@ -363,8 +409,9 @@ def load_config(path: Path, *, root: Path | None = None) -> AgentConfig:
     """Read and validate ``path``; relative paths inside resolve against the file's folder.
 
     With ``root`` (a flashed device's filesystem, ``edge-agent run --root``), every absolute
-    path in the file (state_dir, model paths, password_file, trusted_root) is taken under
-    ``root``, so the device's own config works unchanged from wherever its root is mounted.
+    path in the file (state_dir, model paths, password_file, trusted_root, the CA,
+    certificate and keys files) is taken under ``root``, so the device's own config works
+    unchanged from wherever its root is mounted.
     """
     try:
         raw = read_yaml_file(path)
@@ -394,6 +441,7 @@ def load_config(path: Path, *, root: Path | None = None) -> AgentConfig:
         classifier.path = place(classifier.path)
     if config.updates.trusted_root is not None:
         config.updates.trusted_root = place(config.updates.trusted_root)
+    _place_tls_and_keys(config, place)
     if config.mqtt is not None:
         for key in ("password_file", "ca_file", "cert_file", "key_file"):
             value = getattr(config.mqtt, key)
@@ -401,3 +449,23 @@ def load_config(path: Path, *, root: Path | None = None) -> AgentConfig:
                 setattr(config.mqtt, key, place(value))
         config.mqtt.password()  # unreadable secrets fail now, with the path, not at connect
     return config
+
+
+def _place_tls_and_keys(config: AgentConfig, place: Callable[[Path], Path]) -> None:
+    """Resolve ``updates.ca_file`` and ``api.keys_file`` and read them now, so a file that
+    cannot be used fails at start with its name rather than at the first update or call."""
+    updates = config.updates
+    if updates.ca_file is not None:
+        updates.ca_file = place(updates.ca_file)
+        tls = updates.tls()
+        try:
+            if tls is not None:
+                tls.context()
+        except TlsConfigError as e:
+            raise ConfigError(f"updates.ca_file: {e}") from e
+    if config.api.keys_file is not None:
+        config.api.keys_file = place(config.api.keys_file)
+        try:
+            read_keys_file(config.api.keys_file)
+        except ApiKeysError as e:
+            raise ConfigError(str(e)) from e

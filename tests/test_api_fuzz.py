@@ -34,6 +34,7 @@ from controller.services import Services
 from controller.settings import load_settings
 from edge_agent.agent import Agent
 from edge_agent.api.app import create_agent_app
+from edge_agent.api_keys import add_key
 from edge_agent.config import AgentConfig
 from tests.conftest import MosquittoProcess, wait_for
 from tests.tiny_models import build_tiny_classifier, build_tiny_genai_model
@@ -158,15 +159,27 @@ def test_controller_api_never_fails_on_any_input(controller: FuzzedController) -
     assert failures == [], "\n\n".join(failures)
 
 
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    """An agent serving a tiny ORT GenAI chat model and a tiny ONNX classifier."""
+@dataclass
+class FuzzedAgent:
+    agent: Agent
+    auth: dict[str, str]  # the Authorization header of a configured key, or nothing
+
+
+@pytest.fixture(params=["open", "keys"])
+def agent(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FuzzedAgent]:
+    """An agent serving a tiny ORT GenAI chat model and a tiny ONNX classifier, with an
+    open API or with api.keys_file (and the header of one of its keys)."""
     root = tmp_path
+    keys_file, auth = None, {}
+    if request.param == "keys":
+        keys_file = root / "api-keys.yaml"
+        auth = {"Authorization": f"Bearer {add_key(keys_file, 'fuzz')}"}
     config = AgentConfig.model_validate(
         {
             "device_id": "dev-fuzz",
             "state_dir": str(root / "state"),
             "mqtt": None,
+            "api": {"keys_file": str(keys_file) if keys_file else None},
             "models": [
                 {
                     "name": "tiny",
@@ -179,26 +192,31 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
     )
     agent = Agent(config)
     agent.load_models()
-    yield agent
+    yield FuzzedAgent(agent, auth)
     agent.stop()
 
 
-def test_agent_api_never_fails_on_any_input(agent: Agent) -> None:
-    """Every operation of the agent's local API answers generated requests without a 5xx,
-    as its schema says, and its workers stay up."""
+def test_agent_api_never_fails_on_any_input(agent: FuzzedAgent) -> None:
+    """Every operation of the agent's local API (open, or with API keys and a right key)
+    answers generated requests without a 5xx, as its schema says, and its workers stay up."""
     # Schemathesis runs the app's lifespan (the job worker) itself, until shutdown_lifespans.
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_agent_app(agent))
+    schema = schemathesis.openapi.from_asgi(
+        "/openapi.json", create_agent_app(agent.agent), headers=agent.auth
+    )
     try:
 
         def call(case: Case[Any]) -> None:
-            response = case.call_and_validate(checks=AGENT_CHECKS)
+            response = case.call_and_validate(headers=agent.auth, checks=AGENT_CHECKS)
+            if response.status_code == 401:  # only a generated (invalid) Authorization
+                sent = response.request.headers.get("Authorization")
+                assert agent.auth and sent != agent.auth["Authorization"], response.text
             if response.status_code >= 500:
                 # The one 5xx by design: 503 with Retry-After while no tier allowed for the
                 # request can answer (here: a prompt longer than the tiny model's context).
                 assert response.status_code == 503, response.text
                 assert "retry-after" in response.headers
                 assert response.json()["error"]["code"] in UNAVAILABLE_CODES
-            assert agent.workers_down() == []
+            assert agent.agent.workers_down() == []
 
         failures = fuzz(schema, call, examples=25, known={"name": "parts"})
     finally:

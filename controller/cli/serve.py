@@ -1,12 +1,18 @@
 """``edgefleet serve``: run the controller (API, console, ingest, scheduler, broker)."""
 
 import signal
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from controller.cli.common import ConfigOpt, settings_or_exit, setup_logging
 from controller.cli.common import fail as _fail
+from controller.pki.https import server_context
+from controller.settings import Settings
+from shared.broker_url import TlsConfigError
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def serve(
@@ -34,16 +40,50 @@ def serve(
         read_passphrase(settings.updates.passphrase_file)
     except KeyStoreError as e:
         raise _fail(f"invalid controller configuration: updates.passphrase_file: {e}", 2) from e
+    try:  # the certificate and key are read here, before anything starts
+        server = server_config(settings, create_app(settings))
+    except TlsConfigError as e:
+        raise _fail(f"invalid controller configuration: {e}", 2) from e
     # uvicorn re-raises the stop signal after a graceful shutdown; no-op handlers turn that
     # into a normal exit (status 0) once the lifespan has stopped ingest and the broker.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: None)
-    uvicorn.run(
-        create_app(settings),
+    base = base_url(settings)
+    typer.echo(f"edgefleet: serving {base} (console {base}/console, API {base}/api)", err=True)
+    running = uvicorn.Server(server)
+    running.run()
+    if not running.started:  # as uvicorn.run: the port was taken, the lifespan failed...
+        raise typer.Exit(3)
+
+
+def base_url(settings: Settings) -> str:
+    """Where the controller answers: https:// when ``http_tls`` is set."""
+    scheme = "https" if settings.http_tls.enabled else "http"
+    host = settings.http_host
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{settings.http_port}"
+
+
+def server_config(settings: Settings, app: Any, *, log_level: str = "warning") -> "uvicorn.Config":
+    """uvicorn's configuration for ``app``: TLS 1.2+ with ``http_tls``'s certificate (read
+    now, so a file that cannot be used fails before anything starts), and proxy headers
+    believed from ``forwarded_allow_ips`` only (none by default)."""
+    import uvicorn
+
+    options: dict[str, Any] = {}
+    tls = settings.http_tls
+    if tls.cert_file is not None:
+        context = server_context(tls.cert_file, tls.key_file)
+        options["ssl_context_factory"] = lambda config, default: context
+    trusted = settings.forwarded_allow_ips
+    return uvicorn.Config(
+        app,
         host=settings.http_host,
         port=settings.http_port,
-        log_level="warning",
+        log_level=log_level,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=",".join(trusted) if trusted else "",
+        **options,
     )
 
 
-__all__ = ["serve"]
+__all__ = ["base_url", "serve", "server_config"]

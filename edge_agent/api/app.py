@@ -5,7 +5,8 @@
 - ``perception``: ``POST /v1/perception/{name}``;
 - ``chat``: ``POST /v1/chat/completions`` (plain and SSE), over the agent's chat service;
 - ``jobs``: ``/v1/jobs/{id}``, chat requests queued with ``Prefer: respond-async``;
-- ``errors``: OpenAI-shaped error bodies for every refusal.
+- ``errors``: OpenAI-shaped error bodies for every refusal;
+- ``auth``: bearer keys (``api.keys_file``), checked before anything else.
 
 Bodies are bounded before any route parses them (shared/http_guard.py).
 """
@@ -16,19 +17,22 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from edge_agent.agent import Agent
+from edge_agent.api.auth import ApiKeyGuard, document_keys
 from edge_agent.api.chat import chat_routes
 from edge_agent.api.errors import guard_error, install_errors
 from edge_agent.api.health import health_routes
 from edge_agent.api.jobs import job_routes
 from edge_agent.api.models import model_routes
 from edge_agent.api.perception import perception_routes
+from edge_agent.api_keys import read_keys_file
 from edge_agent.routing.jobs import JobQueue
 from shared.http_guard import BodyGuard, BodyLimits
 
 
 def create_agent_app(agent: Agent) -> FastAPI:
     """Build the agent's HTTP app around an already constructed ``agent`` (and its chat
-    service, router included, built once with it)."""
+    service, router included, built once with it). ApiKeysError when ``api.keys_file``
+    cannot be read."""
     jobs = JobQueue(agent.chat.router.complete, supervisor=agent.supervisor)
 
     @asynccontextmanager
@@ -62,4 +66,9 @@ def create_agent_app(agent: Agent) -> FastAPI:
     app.include_router(chat_routes(agent.chat, jobs, device_id))
     app.include_router(job_routes(jobs))
     install_errors(app)
+    if api.keys_file is not None:
+        # Added last, so it runs first: a request without a key is refused before the body
+        # guard reads its body. The file was checked by load_config; read it again here.
+        app.add_middleware(ApiKeyGuard, keys=read_keys_file(api.keys_file), metrics=agent.metrics)
+        document_keys(app)
     return app

@@ -28,8 +28,8 @@ def health_routes(agent: Agent) -> APIRouter:
 
     @routes.get("/metrics", response_class=Response)  # documented as text, not JSON
     async def metrics() -> Response:
-        """Prometheus text format; no authentication, like the rest of this API: it is
-        bound to loopback unless api.host says otherwise (see docs/telemetry.md)."""
+        """Prometheus text format; like every route but /healthz it takes an API key when
+        api.keys_file is set (docs/tls.md), and is open on a loopback-only API otherwise."""
         body = await run_in_threadpool(agent.metrics.exposition)  # reads the outbox
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 

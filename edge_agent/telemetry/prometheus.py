@@ -3,8 +3,9 @@
 Each agent has its own ``CollectorRegistry`` (never the process-global one): tests and
 ``edge-agent simulate`` run several agents in one process. Counters are fed by the same
 observations as the telemetry windows; gauges (outbox, tier health, models) are read from
-the agent when scraped. Labels are tiers, statuses and configured model names only, so
-their number stays bounded (task classes, chosen by clients, are not labels here).
+the agent when scraped. Labels are tiers, statuses, configured model names and the app
+names of api.keys_file only, so their number stays bounded (task classes, chosen by
+clients, are not labels here).
 Supervised workers and MQTT rejections are read from the agent at scrape time too: worker
 names and rejection reasons are fixed sets, never taken from a message.
 """
@@ -170,6 +171,20 @@ class AgentMetrics:
             ["tier"],
             registry=self.registry,
         )
+        # Local apps by the name of their API key (api.keys_file): names come from the
+        # operator's file, so they are bounded; the key itself is never a label.
+        self.app_requests = Counter(
+            "edge_agent_app_requests",
+            "Authenticated API requests by app (the name of its API key) and route.",
+            ["app", "route"],
+            registry=self.registry,
+        )
+        self.auth_refused = Counter(
+            "edge_agent_auth_refused_requests",
+            "API requests refused 401: no API key (missing) or an unknown one (invalid).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.registry.register(_StateCollector(state))
 
     def observe_chat(self, obs: ChatObservation) -> None:
@@ -192,6 +207,12 @@ class AgentMetrics:
 
     def observe_rejected(self, code: str) -> None:
         self.rejected.labels(code).inc()
+
+    def observe_app_request(self, app: str, route: str) -> None:
+        self.app_requests.labels(app, route).inc()
+
+    def observe_auth_refused(self, reason: str) -> None:
+        self.auth_refused.labels(reason).inc()
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""

@@ -164,7 +164,9 @@ class TufClient:
         expiries: dict[str, float] = {}
         for role in EXPIRING_ROLES:
             try:
-                md = Metadata.from_file(str(self.metadata_dir / f"{role}.json"))
+                # from_bytes, not from_file: a missing file (no refresh ever succeeded)
+                # is an OSError here, not securesystemslib's StorageError.
+                md = Metadata.from_bytes((self.metadata_dir / f"{role}.json").read_bytes())
             except (OSError, ValueError, tuf_errors.RepositoryError):
                 continue
             expiries[role] = md.signed.expires.timestamp()
@@ -229,7 +231,7 @@ class TufClient:
 
     def _consistent_snapshot(self) -> bool:
         try:
-            root = Metadata.from_file(str(self.metadata_dir / "root.json"))
+            root = Metadata.from_bytes((self.metadata_dir / "root.json").read_bytes())
         except (OSError, ValueError, tuf_errors.RepositoryError):
             return True  # contract 1: the controller's repository uses consistent snapshots
         return bool(getattr(root.signed, "consistent_snapshot", True))

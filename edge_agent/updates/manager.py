@@ -120,10 +120,7 @@ class UpdateManager:
         self.clock = clock
         self._rng = rng or random.Random()  # noqa: S311 (retry jitter, not cryptography)
         self._own_http = http is None
-        self._http = http or httpx.Client(
-            timeout=httpx.Timeout(config.http_timeout_s, connect=min(10.0, config.http_timeout_s)),
-            follow_redirects=True,
-        )
+        self._http = http or repository_client(config)
         self._tuf_args: dict[str, Any] = {
             "metadata_dir": state_dir / "tuf",
             "metadata_url": config.metadata_url,
@@ -532,6 +529,17 @@ class UpdateManager:
                 self._on_status()
             except Exception:  # reporting must never break an install
                 log.exception("could not publish the model status")
+
+
+def repository_client(config: UpdatesConfig) -> httpx.Client:
+    """The HTTP client of the TUF repository: HTTPS certificates verified against
+    ``updates.ca_file`` (host name included, TLS 1.2+), or the system's trust store."""
+    tls = config.tls()
+    return httpx.Client(
+        timeout=httpx.Timeout(config.http_timeout_s, connect=min(10.0, config.http_timeout_s)),
+        follow_redirects=True,
+        verify=True if tls is None else tls.context(),
+    )
 
 
 def disabled_status(wanted: Mapping[str, Any]) -> dict[str, Any]:
