@@ -131,6 +131,7 @@ def _publisher_main(
     ready: Any,
     go: Any,
     result: Any,
+    tls: tuple[str, str, str] | None = None,
 ) -> None:
     """Publisher process: build (encode) every message, connect, publish them at ``go``."""
     import threading
@@ -152,6 +153,13 @@ def _publisher_main(
     )
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
+    if tls is not None:  # (CA file, client certificate, key): mutual TLS like a device
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=tls[0])
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(tls[1], tls[2])
+        client.tls_set_context(ctx)
     client.on_connect = on_connect
     client.connect("127.0.0.1", port)
     client.loop_start()
@@ -176,7 +184,12 @@ class Publisher:
     the ``perf_counter`` start time; ``finish()`` returns the seconds until the broker had
     acknowledged every message."""
 
-    def __init__(self, port: int, build: Callable[[], list[tuple[str, bytes]]]) -> None:
+    def __init__(
+        self,
+        port: int,
+        build: Callable[[], list[tuple[str, bytes]]],
+        tls: tuple[str, str, str] | None = None,
+    ) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
@@ -185,7 +198,7 @@ class Publisher:
         self._result: Any = ctx.Queue()
         self._proc = ctx.Process(
             target=_publisher_main,
-            args=(port, build, self._ready, self._go, self._result),
+            args=(port, build, self._ready, self._go, self._result, tls),
             daemon=True,
         )
         self._proc.start()
