@@ -37,6 +37,7 @@ INGEST_COUNTERS = (
     "duplicates",
     "stale",
     "quotes",
+    "certificates_issued",
     "db_errors",
     "dropped_queue_full",
     "callback_errors",

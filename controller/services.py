@@ -30,6 +30,9 @@ from controller.devices.shadows import DeviceShadow, desired_message, unapplied
 from controller.ingest.apply import IngestStats, sweep_liveness
 from controller.ingest.subscriber import MqttIngest
 from controller.migrations import init_db
+from controller.pki.errors import PkiError
+from controller.pki.renewal import RenewalService
+from controller.pki.store import PkiStore
 from controller.rollouts.service import tick as rollout_tick
 from controller.settings import Settings
 from controller.telemetry.rollup import RollupReport, run_rollup
@@ -113,6 +116,23 @@ class Services:
         init_db(engine)
         return cls(settings=settings, engine=engine, tuf=TufRepository.from_settings(settings))
 
+    def renewal_service(self) -> RenewalService | None:
+        """Certificate renewal over MQTT, when this controller holds the device CA
+        (``pki.dir``); its key is decrypted only to sign, with the passphrase of
+        ``updates.passphrase_file`` or ``EDGEFLEET_KEY_PASSPHRASE``."""
+        try:
+            store = PkiStore.from_settings(self.settings)
+        except PkiError as e:
+            log.error("certificate renewal is off: %s", e)
+            return None
+        if not store.exists():
+            return None
+        return RenewalService(
+            store,
+            require_provisioned=self.settings.require_provisioned_devices,
+            days=self.settings.pki.device_cert_days,
+        )
+
     @property
     def broker_port(self) -> int:
         return self.broker.port if self.broker else self.settings.broker.port
@@ -152,6 +172,7 @@ class Services:
             attestation=self.attestation,
             supervisor=self.supervisor,
             dead_letters=self.settings.dead_letters,
+            renewal=self.renewal_service(),
         )
         self.ingest.start()
         self.scheduler = BackgroundScheduler(timezone=UTC)

@@ -36,6 +36,8 @@ from shared.messages import (
     Ack,
     AnyMessage,
     Birth,
+    CertIssued,
+    CertRequest,
     Challenge,
     Death,
     Desired,
@@ -49,6 +51,7 @@ from shared.topics import TOPIC_ROOT, is_valid_device_id
 
 if TYPE_CHECKING:
     from controller.attestation.service import AttestationService, Outbound
+    from controller.pki.renewal import RenewalService
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ class IngestStats:
         self.duplicates = 0
         self.stale = 0
         self.quotes = 0
+        self.certificates_issued = 0
         self.db_errors = 0
         self.dropped_queue_full = 0
         # Exceptions caught by the last-resort guards of paho callbacks (defects of ours).
@@ -113,6 +117,7 @@ class IngestStats:
                 "duplicates": self.duplicates,
                 "stale": self.stale,
                 "quotes": self.quotes,
+                "certificates_issued": self.certificates_issued,
                 "db_errors": self.db_errors,
                 "dropped_queue_full": self.dropped_queue_full,
                 "callback_errors": self.callback_errors,
@@ -221,8 +226,9 @@ class BatchResult:
 
     outcome: Counter[str] = field(default_factory=Counter)
     acks: list[Ack] = field(default_factory=list)
-    # Attestation challenges and desired documents (retained) to publish after commit.
-    outbound: list["Outbound"] = field(default_factory=list)
+    # Attestation challenges, desired documents (retained) and certificate renewal answers
+    # to publish after commit.
+    outbound: list["Outbound | CertIssued"] = field(default_factory=list)
     # Messages refused while applying (``apply_decoded``), for the caller to dead-letter.
     refused: list[tuple[Received, ProtocolError]] = field(default_factory=list)
 
@@ -249,15 +255,25 @@ def check_known(message: AnyMessage, known_devices: set[str] | None) -> None:
         raise ProtocolError("unknown_device", f"device {message.device_id!r} is not provisioned")
 
 
-def classify(item: Received, *, known_devices: set[str] | None, attestation_on: bool) -> Decoded:
+def classify(
+    item: Received,
+    *,
+    known_devices: set[str] | None,
+    attestation_on: bool,
+    renewal_on: bool = False,
+) -> Decoded:
     """Decode and check one message without touching the database; raises only
     ``ProtocolError``. ``known_devices``: see ``apply_batch``."""
     _, message = decode_message(item.topic, item.payload)
     check_known(message, known_devices)
-    if isinstance(message, Ack | Desired | Challenge):
+    if isinstance(message, Ack | Desired | Challenge | CertIssued):
         raise ProtocolError("wrong_direction", f"{message.type!r} goes to devices, not from them")
     if isinstance(message, Quote) and not attestation_on:
         raise ProtocolError("unexpected_quote", "attestation is off on this controller")
+    if isinstance(message, CertRequest) and not renewal_on:
+        raise ProtocolError(
+            "unexpected_cert_request", "this controller has no device CA to renew certificates"
+        )
     return Decoded(item, message)
 
 
@@ -268,6 +284,7 @@ def apply_batch(
     known_devices: set[str] | None = None,
     attestation: "AttestationService | None" = None,
     stored_at: datetime | None = None,
+    renewal: "RenewalService | None" = None,
 ) -> BatchResult:
     """Decode and apply ``batch``; bad messages become dead letters (a row each, in this
     transaction), good ones still land.
@@ -286,13 +303,20 @@ def apply_batch(
     for item in batch:
         try:
             decoded.append(
-                classify(item, known_devices=known_devices, attestation_on=attestation is not None)
+                classify(
+                    item,
+                    known_devices=known_devices,
+                    attestation_on=attestation is not None,
+                    renewal_on=renewal is not None,
+                )
             )
         except ProtocolError as e:
             refused.append((item, e))
     # The newest arrival of the whole batch, refused ones included, stamps the records.
     stamp = stored_at or max((item.received_at for item in batch), default=None)
-    result = apply_decoded(session, decoded, attestation=attestation, stored_at=stamp)
+    result = apply_decoded(
+        session, decoded, attestation=attestation, stored_at=stamp, renewal=renewal
+    )
     result.outcome.update(Counter(f"rejected:{error.reason}" for _, error in refused))
     for item, error in [*refused, *result.refused]:
         log.warning("rejected message on %.128r: %s", item.topic, error)
@@ -316,6 +340,7 @@ def apply_decoded(
     *,
     attestation: "AttestationService | None" = None,
     stored_at: datetime | None = None,
+    renewal: "RenewalService | None" = None,
 ) -> BatchResult:
     """Apply classified messages in the caller's transaction. A message refused here (a
     record time the database cannot hold) is counted in ``outcome`` and listed in
@@ -324,6 +349,7 @@ def apply_decoded(
     outcome = result.outcome
     status: list[tuple[Birth | Death | Heartbeat, datetime]] = []
     quotes: list[tuple[Quote, datetime]] = []
+    renewals: list[Decoded] = []
     records = PendingRecords(session)
     for decoded in batch:
         item, message = decoded.received, decoded.message
@@ -350,6 +376,8 @@ def apply_decoded(
             outcome["reported" if fresh else "stale"] += 1
         elif isinstance(message, Quote):
             quotes.append((message, item.received_at))
+        elif isinstance(message, CertRequest):
+            renewals.append(decoded)
         elif isinstance(message, Birth | Death | Heartbeat):
             status.append((message, item.received_at))
         else:  # classify refuses controller-to-device kinds; never here
@@ -373,7 +401,33 @@ def apply_decoded(
                 births.append((message, received_at))
     if attestation is not None:
         _attest(session, attestation, devices, births, quotes, result)
+    if renewal is not None:
+        _renew(session, renewal, renewals, result)
     return result
+
+
+def _renew(
+    session: Session, renewal: "RenewalService", requests: list[Decoded], result: BatchResult
+) -> None:
+    """Answer each certificate renewal request (controller/pki/renewal.py) in the batch's
+    transaction; the answers go out after commit, refusals are dead-lettered too."""
+    for decoded in requests:
+        message = decoded.message
+        assert isinstance(message, CertRequest)
+        try:
+            answer, error = renewal.on_request(session, message, decoded.received.received_at)
+        except SQLAlchemyError:
+            raise
+        except Exception:
+            log.exception("certificate renewal failed on a request of %s", message.device_id)
+            result.outcome["rejected:renewal_error"] += 1
+            continue
+        result.outbound.append(answer)
+        if error is None:
+            result.outcome["certificates_issued"] += 1
+        else:
+            result.outcome[f"rejected:{error.reason}"] += 1
+            result.refused.append((decoded.received, error))
 
 
 def _attest(

@@ -22,8 +22,9 @@
   controller killed mid-batch gets the unacknowledged messages again when it comes back.
   The unique key on (device, epoch, seq) turns the re-delivery into exactly-once storage.
 - Devices get an ``ack`` per telemetry batch after commit, which lets them trim their outbox.
-- Attestation challenges (after a birth) and quarantine desired documents (after a quote)
-  are decided in the batch's transaction and published after its commit, like acks.
+- Attestation challenges (after a birth), quarantine desired documents (after a quote) and
+  certificate renewal answers (``cert_issued``, controller/pki/renewal.py) are decided in
+  the batch's transaction and published after its commit, like acks.
 - On MQTT 5, subscriptions are shared (``$share/<group>/...``) so replicas split the stream.
 """
 
@@ -62,6 +63,7 @@ from shared.topics import DEVICE_TO_CONTROLLER, DeviceTopic
 
 if TYPE_CHECKING:
     from controller.attestation.service import AttestationService
+    from controller.pki.renewal import RenewalService
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,7 @@ class MqttIngest:
         attestation: "AttestationService | None" = None,
         supervisor: Supervisor | None = None,
         dead_letters: DeadLetterSettings | None = None,
+        renewal: "RenewalService | None" = None,
     ) -> None:
         self._broker = broker
         self._port = port
@@ -131,6 +134,7 @@ class MqttIngest:
         self._known: set[str] | None = None
         self._known_at = float("-inf")
         self._attestation = attestation
+        self._renewal = renewal
         self.supervisor = supervisor or Supervisor()
         self._dl = dead_letters or DeadLetterSettings()
         self.dead_letters = DeadLetterBook(
@@ -302,6 +306,7 @@ class MqttIngest:
                 received,
                 known_devices=self._known if fresh else None,
                 attestation_on=self._attestation is not None,
+                renewal_on=self._renewal is not None,
             )
         except ProtocolError as e:
             self._reject(received, e)
@@ -424,6 +429,7 @@ class MqttIngest:
                         [item.decoded for item in good],
                         attestation=self._attestation,
                         stored_at=datetime.now(UTC),
+                        renewal=self._renewal,
                     )
                 break
             except _UNREACHABLE as e:
