@@ -310,7 +310,8 @@ class UpdatesConfig(_Strict):
     http_timeout_s: float = Field(default=30.0, gt=0)
     retry_max_s: float = Field(default=600.0, ge=1)
     # The CA that signed the controller's HTTPS certificate (edgefleet's own CA, or a
-    # private one); None: the system's trust store. Only for https:// URLs.
+    # private one); None: the public CAs httpx trusts (certifi, or SSL_CERT_FILE). Only
+    # for https:// URLs.
     ca_file: Path | None = None
 
     @field_validator("metadata_url", "targets_url")
@@ -340,7 +341,7 @@ class UpdatesConfig(_Strict):
 
     def tls(self) -> Tls | None:
         """What the TUF client verifies the repository's HTTPS certificate against: None
-        for the system's trust store."""
+        for httpx's default (certifi's public CAs, or SSL_CERT_FILE)."""
         return None if self.ca_file is None else Tls(self.ca_file)
 
 

@@ -69,8 +69,8 @@ def credential_of(request: Request) -> Credential | None:
 
 
 def client_ip(request: Request) -> str:
-    """The peer address (behind a reverse proxy, run uvicorn with --proxy-headers so this is
-    the client's, not the proxy's)."""
+    """The peer address; behind a reverse proxy listed in ``forwarded_allow_ips``, the
+    client's address it forwards (docs/tls.md), never a header a client sent itself."""
     return request.client.host if request.client else "unknown"
 
 

@@ -533,7 +533,7 @@ class UpdateManager:
 
 def repository_client(config: UpdatesConfig) -> httpx.Client:
     """The HTTP client of the TUF repository: HTTPS certificates verified against
-    ``updates.ca_file`` (host name included, TLS 1.2+), or the system's trust store."""
+    ``updates.ca_file`` (host name included, TLS 1.2+), or httpx's default public CAs."""
     tls = config.tls()
     return httpx.Client(
         timeout=httpx.Timeout(config.http_timeout_s, connect=min(10.0, config.http_timeout_s)),
