@@ -3,6 +3,7 @@ only a CSR sent, the signed certificate and the CA written, the config naming th
 flashed device then connects to a real Mosquitto set up from ``pki init``'s files."""
 
 import stat
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -121,3 +122,24 @@ def test_flashed_device_connects_over_mutual_tls(world: World, tmp_path: Path) -
         assert connects(broker.port, "tls-1", tls)
     finally:
         broker.stop()
+
+
+def test_flash_into_a_tar_carries_the_tls_files(world: World, tmp_path: Path) -> None:
+    """Into a ``.tar``, the TLS key is a 0600 member in a 0700 folder next to its
+    certificate, and the CA certificate is there for the config that names them."""
+    if not world.store.exists():
+        world.store.initialize(now=datetime.now(UTC))
+    target = tmp_path / "device.tar"
+    world.flash(target, "tls-tar", "mqtts://broker.example:8883")
+    with tarfile.open(target) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert stat.S_IMODE(members[f"{STATE}/tls/device.key"].mode) == 0o600
+        assert stat.S_IMODE(members[f"{STATE}/tls"].mode) == 0o700
+        assert f"{STATE}/tls/device.crt" in members and MQTT_CA_FILE in members
+        tar.extractall(tmp_path / "root", filter="data")
+    root = (tmp_path / "root").resolve()
+    config = load_config(root / AGENT_CONFIG, root=root)
+    assert config.mqtt is not None and config.mqtt.url == "mqtts://broker.example:8883"
+    assert config.mqtt.cert_file == root / STATE / "tls/device.crt"
+    cert = certificate_info(config.mqtt.cert_file.read_bytes())
+    assert cert.subject_cn == "tls-tar"

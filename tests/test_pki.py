@@ -294,3 +294,35 @@ def test_provision_cert_out_without_a_ca_writes_nothing(config: Path, tmp_path: 
     with Session(engine) as s:
         assert s.get(BrokerCredential, "edge-8") is None
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_with_a_wrong_passphrase_exits_1_without_the_secret(
+    config: Path, tmp_path: Path
+) -> None:
+    """``pki server-cert`` with a passphrase file that does not open the CA key exits 1
+    naming the key file, and never prints the passphrase."""
+    assert run("pki", "init", "-c", str(config), "--host", "127.0.0.1")[0] == 0
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the right passphrase\n")
+    code, out = run("pki", "server-cert", "-c", str(config), "--host", "x.lan", "--out",
+                    str(tmp_path / "srv"), "--passphrase-file", str(wrong))  # fmt: skip
+    assert code == 1 and "wrong passphrase" in out and "not the right" not in out
+    assert not (tmp_path / "srv").exists()
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        ({"device_cert_days": 4000}, "device_cert_days must be shorter than pki.ca_days"),
+        ({"server_cert_days": 3650}, "server_cert_days must be shorter"),
+        ({"crl_next_update": "PT0S"}, "crl_next_update must be positive"),
+    ],
+)
+def test_pki_settings_refuse_lifetimes_the_ca_cannot_cover(
+    values: dict[str, object], error: str
+) -> None:
+    """A certificate lifetime as long as the CA's, or a CRL valid for no time, is refused."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=error):
+        PkiSettings(**values)
