@@ -326,3 +326,13 @@ def test_pki_settings_refuse_lifetimes_the_ca_cannot_cover(
 
     with pytest.raises(ValidationError, match=error):
         PkiSettings(**values)
+
+
+@pytest.mark.parametrize("host", ["bad host", "ünï.example", "a..b", "x.lan\n"])
+def test_init_refuses_a_bad_host_before_making_the_ca(config: Path, host: str) -> None:
+    """A --host that is neither an IP address nor a DNS name is refused by name, and no
+    CA is left behind to block the corrected command."""
+    code, out = run("pki", "init", "-c", str(config), "--host", "127.0.0.1", "--host", host)
+    assert code == 1 and "is neither an IP address nor a DNS name" in out
+    assert not (config.parent / "pki" / "ca.key").exists()
+    assert run("pki", "init", "-c", str(config), "--host", "127.0.0.1")[0] == 0

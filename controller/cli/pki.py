@@ -63,10 +63,12 @@ def pki_init(
 ) -> None:
     """Create the device CA and the broker's server certificate (refused if a CA exists)."""
     from controller.pki.errors import PkiError
+    from controller.pki.store import check_server_hosts
 
     settings, store = _store(config, passphrase_file)
     now = _now()
     try:
+        check_server_hosts(host)  # before the CA exists: a typo must not leave half a setup
         cert = store.initialize(name, now=now)
         cert_file, key_file = store.write_server_certificate(host, store.dir, now=now)
     except PkiError as e:

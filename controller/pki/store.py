@@ -15,9 +15,11 @@ The pure certificate operations are ``controller.pki.authority``'s.
 """
 
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from ipaddress import ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +59,29 @@ CRL = "crl.pem"
 SERVER_CERT = "broker.crt"
 SERVER_KEY = "broker.key"
 DEFAULT_CA_NAME = "edgefleet device CA"
+# A DNS name as a certificate carries it: ASCII labels (A-labels for IDNs), a leading "*."
+# for a wildcard.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"(\*\.)?{_LABEL}(\.{_LABEL})*")
+
+
+def check_server_hosts(hosts: Sequence[str]) -> list[str]:
+    """The hosts of a server certificate, each an IP address or a DNS name (IDNs in their
+    ``xn--`` form); PkiError naming the first that is neither."""
+    if not hosts:
+        raise PkiError("a server certificate needs at least one --host")
+    for host in hosts:
+        try:
+            ip_address(host)
+            continue
+        except ValueError:
+            pass
+        if len(host) > 253 or not _DNS_NAME.fullmatch(host):
+            raise PkiError(
+                f"--host {host!r} is neither an IP address nor a DNS name (letters, digits,"
+                " '-' and '.'; internationalized names in their xn-- form)"
+            )
+    return list(hosts)
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
@@ -207,11 +232,12 @@ class PkiStore:
         self, hosts: Sequence[str], *, now: datetime, days: int | None = None
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         """A new server key and its certificate for ``hosts`` (the subject alternative names)."""
+        names = check_server_hosts(hosts)
         key = new_private_key()
         with self.authority() as ca:
             try:
                 cert = server_certificate(
-                    ca, list(hosts), key, now=now, days=days or self.settings.server_cert_days
+                    ca, names, key, now=now, days=days or self.settings.server_cert_days
                 )
             except CertificateError as e:
                 raise PkiError(str(e)) from e
@@ -251,4 +277,5 @@ __all__ = [
     "SERVER_CERT",
     "SERVER_KEY",
     "PkiStore",
+    "check_server_hosts",
 ]
