@@ -5,6 +5,7 @@ proxy headers the controller believes (none unless ``forwarded_allow_ips`` names
 
 import os
 import re
+import signal
 import ssl
 import threading
 import time
@@ -39,6 +40,7 @@ from edge_agent.updates.manager import repository_client
 from shared.broker_url import Tls, TlsConfigError
 from tests.conftest import free_port, wait_for
 from tests.pki_world import TestCa
+from tests.procs import Proc, processes
 
 PASSPHRASE = "https tests passphrase"
 
@@ -285,6 +287,37 @@ def test_serve_exits_naming_an_unusable_certificate(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli_app, ["serve", "-c", str(config)])
     assert result.exit_code == 2, result.output
     assert f"http_tls.cert_file {tmp_path / 'missing.crt'}: no such file" in result.output
+
+
+def test_serve_process_answers_https_and_prints_its_url(tmp_path: Path) -> None:
+    """`edgefleet serve` with http_tls prints its https:// URL and answers over TLS with
+    the certificate the project's CA signed, then stops cleanly on SIGTERM."""
+    ca = TestCa(tmp_path / "ca")
+    cert_file, key_file = ca.server(["127.0.0.1"], name="controller")
+    (tmp_path / "passphrase").write_text(PASSPHRASE)
+    port = free_port()
+    config = tmp_path / "controller.yaml"
+    config.write_text(
+        f"environment: development\n"
+        f"database_url: sqlite:///{tmp_path / 'c.db'}\n"
+        f"http_port: {port}\n"
+        f"http_tls: {{cert_file: {cert_file}, key_file: {key_file}}}\n"
+        f"updates: {{passphrase_file: {tmp_path / 'passphrase'}, repo_dir: {tmp_path / 'repo'},"
+        f" keys_dir: {tmp_path / 'keys'}}}\n"
+    )
+    verify = Tls(ca.ca_file).context()
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"https://127.0.0.1:{port}/healthz", verify=verify).is_success
+        except httpx.HTTPError:
+            return False
+
+    with processes(tmp_path) as procs:
+        procs.append(Proc("controller", ["-m", "controller", "serve", "-c", str(config)], tmp_path))
+        wait_for(healthy, 60, what="the controller over HTTPS")
+        assert f"serving https://127.0.0.1:{port} " in procs[0].log()
+        assert procs[0].stop(signal.SIGTERM) == 0
 
 
 def test_key_file_without_cert_file_is_refused() -> None:
