@@ -23,7 +23,8 @@ from controller.pki.store import PkiStore
 from controller.pki.tables import IssuedCertificate
 from controller.settings import BrokerSettings
 from controller.telemetry.tables import TelemetryRecord
-from edge_agent.config import MqttConfig
+from edge_agent.agent import Agent
+from edge_agent.config import AgentConfig, MqttConfig
 from edge_agent.sync.counters import CounterStore
 from edge_agent.sync.link import LoadSnapshot, MqttLink
 from edge_agent.sync.outbox import Outbox, Priority
@@ -31,7 +32,7 @@ from edge_agent.sync.renewal import CertRenewer
 from shared.broker_url import Tls
 from shared.certificates import csr_for, new_private_key, private_key_pem, read_certificate
 from shared.mqtt_transport import Endpoint, Transport
-from tests.conftest import wait_for
+from tests.conftest import MosquittoProcess, wait_for
 from tests.pki_world import TestCa, tls_mosquitto
 from tests.test_protocol import birth
 
@@ -95,15 +96,15 @@ def _old_certificate_refused(port: int, ca_file: Path, cert: Path, key: Path) ->
         transport.close()
 
 
-def test_a_device_near_expiry_renews_over_mqtt_without_losing_a_record(tmp_path: Path) -> None:
-    """A device with 4 of 24 hours left renews over MQTT while appending records; after its
-    old certificate is revoked and the broker restarted it reconnects with the new one, and
-    every record it appended is stored exactly once."""
+def _controller_side(
+    tmp_path: Path,
+) -> tuple[Engine, PkiStore, TestCa, MosquittoProcess, MqttIngest]:
+    """A database, the CA store, a TLS-only Mosquitto (with an empty CRL) and an ingest
+    with renewal, over mutual TLS like a real controller; the broker is started."""
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     init_db(engine)
     store, ca = _store_ca(tmp_path)
-    crl = ca.crl([])
-    broker = tls_mosquitto(tmp_path, ca, crl=crl)
+    broker = tls_mosquitto(tmp_path, ca, crl=ca.crl([]))
     broker.start()
     controller_files = ca.client("edgefleet-controller")
     ingest = MqttIngest(
@@ -121,6 +122,14 @@ def test_a_device_near_expiry_renews_over_mqtt_without_losing_a_record(tmp_path:
         batch_size=100,
         renewal=RenewalService(store),
     )
+    return engine, store, ca, broker, ingest
+
+
+def test_a_device_near_expiry_renews_over_mqtt_without_losing_a_record(tmp_path: Path) -> None:
+    """A device with 4 of 24 hours left renews over MQTT while appending records; after its
+    old certificate is revoked and the broker restarted it reconnects with the new one, and
+    every record it appended is stored exactly once."""
+    engine, store, ca, broker, ingest = _controller_side(tmp_path)
     cert_file, key_file = _device_files(tmp_path, store, engine)
     old_cert, old_key = tmp_path / "old.crt", tmp_path / "old.key"
     shutil.copy(cert_file, old_cert)
@@ -228,4 +237,52 @@ def test_a_device_near_expiry_renews_over_mqtt_without_losing_a_record(tmp_path:
         link.stop()
         ingest.stop()
         outbox.close()
+        broker.stop()
+
+
+def test_the_agent_renews_its_certificate_with_its_supervised_worker(tmp_path: Path) -> None:
+    """A whole agent configured for mqtts:// with a certificate near expiry runs the
+    cert-renewal worker, which renews it through the controller; the renewal's events
+    reach the database."""
+    engine, store, ca, broker, ingest = _controller_side(tmp_path)
+    cert_file, key_file = _device_files(tmp_path, store, engine)
+    old_serial = read_certificate(cert_file.read_bytes()).serial_number
+    state = tmp_path / "agent"
+    config = AgentConfig.model_validate(
+        {
+            "device_id": "dev-1",
+            "state_dir": str(state),
+            "mqtt": {
+                "url": f"mqtts://127.0.0.1:{broker.port}",
+                "ca_file": str(ca.ca_file),
+                "cert_file": str(cert_file),
+                "key_file": str(key_file),
+                "reconnect_min_s": 0.2,
+                "renew_retry_min_s": 2,
+            },
+        }
+    )
+    agent = Agent(config, root=state)
+    try:
+        ingest.start()
+        assert ingest.wait_connected(15), "the controller's TLS session"
+        agent.start_link()
+        assert "cert-renewal" in {w.name for w in agent.supervisor.statuses()}
+        renewer = agent.renewer
+        assert renewer is not None
+        wait_for(lambda: renewer.renewals, 30, what="the agent's renewal")
+        assert read_certificate(cert_file.read_bytes()).serial_number != old_serial
+
+        def names() -> set[str]:
+            with Session(engine) as session:
+                rows = session.exec(
+                    select(TelemetryRecord.name).where(col(TelemetryRecord.device_id) == "dev-1")
+                )
+                return set(rows.all())
+
+        wait_for(lambda: "cert_renewed" in names(), 30, what="the cert_renewed event stored")
+        assert agent.supervisor.down() == []
+    finally:
+        agent.stop()
+        ingest.stop()
         broker.stop()
