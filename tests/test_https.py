@@ -27,7 +27,7 @@ from controller.auth.credentials import create_api_token
 from controller.auth.tables import LoginFailure
 from controller.auth.users import create_user
 from controller.cli.main import app as cli_app
-from controller.cli.serve import base_url, server_config
+from controller.cli.serve import base_url, plaintext_beyond_loopback, server_config
 from controller.db import session_scope
 from controller.pki.https import server_context
 from controller.services import Services
@@ -318,6 +318,22 @@ def test_serve_process_answers_https_and_prints_its_url(tmp_path: Path) -> None:
         wait_for(healthy, 60, what="the controller over HTTPS")
         assert f"serving https://127.0.0.1:{port} " in procs[0].log()
         assert procs[0].stop(signal.SIGTERM) == 0
+
+
+def test_plain_http_beyond_loopback_is_flagged() -> None:
+    """serve warns of plain HTTP on a routable address, not on loopback, with http_tls, or
+    behind a listed reverse proxy."""
+    cases = [
+        ({"http_host": "0.0.0.0"}, True),
+        ({"http_host": "10.1.2.3"}, True),
+        ({"http_host": "127.0.0.1"}, False),
+        ({"http_host": "::1"}, False),
+        ({"http_host": "0.0.0.0", "http_tls": {"cert_file": "c.pem"}}, False),
+        ({"http_host": "0.0.0.0", "forwarded_allow_ips": ["10.0.0.1"]}, False),
+    ]
+    for overrides, expected in cases:
+        settings = load_settings(None, environment="development", **overrides)
+        assert plaintext_beyond_loopback(settings) is expected, overrides
 
 
 def test_key_file_without_cert_file_is_refused() -> None:

@@ -1,6 +1,7 @@
 """``edgefleet serve``: run the controller (API, console, ingest, scheduler, broker)."""
 
 import signal
+from ipaddress import ip_address
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -50,10 +51,30 @@ def serve(
         signal.signal(sig, lambda signum, frame: None)
     base = base_url(settings)
     typer.echo(f"edgefleet: serving {base} (console {base}/console, API {base}/api)", err=True)
+    if plaintext_beyond_loopback(settings):
+        typer.echo(
+            "edgefleet: warning: plain HTTP on a non-loopback address: passwords, tokens and"
+            " session cookies cross the network in the clear; set http_tls (docs/tls.md)",
+            err=True,
+        )
     running = uvicorn.Server(server)
     running.run()
     if not running.started:  # as uvicorn.run: the port was taken, the lifespan failed...
         raise typer.Exit(3)
+
+
+def plaintext_beyond_loopback(settings: Settings) -> bool:
+    """True when the controller would serve plain HTTP to the network: no ``http_tls``, no
+    reverse proxy in ``forwarded_allow_ips`` terminating TLS, and a routable bind address."""
+    if settings.http_tls.enabled or settings.forwarded_allow_ips:
+        return False
+    host = settings.http_host.strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 def base_url(settings: Settings) -> str:
@@ -86,4 +107,4 @@ def server_config(settings: Settings, app: Any, *, log_level: str = "warning") -
     )
 
 
-__all__ = ["base_url", "serve", "server_config"]
+__all__ = ["base_url", "plaintext_beyond_loopback", "serve", "server_config"]
