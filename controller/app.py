@@ -31,6 +31,7 @@ from controller.api.routes import images as image_routes
 from controller.api.routes import metrics as metrics_routes
 from controller.api.routes import models as model_routes
 from controller.api.routes import provisioning as provisioning_routes
+from controller.api.routes import revocation as revocation_routes
 from controller.api.routes import rollouts as rollout_routes
 from controller.api.routes import tuf as tuf_routes
 from controller.api.routes import users as user_routes
@@ -176,6 +177,7 @@ def _include_routers(app: FastAPI) -> None:
         audit_routes.router,
         attestation_routes.router,
         provisioning_routes.router,
+        revocation_routes.router,
         certificate_routes.router,
         ingest.router,
         shadow.router,

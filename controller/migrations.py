@@ -80,6 +80,18 @@ def _rejected_message_aggregation(conn: Connection) -> None:
     )
 
 
+def _device_decommissioned(conn: Connection) -> None:
+    _add_column(
+        conn,
+        "device",
+        "decommissioned",
+        "BOOLEAN NOT NULL DEFAULT 0",
+        "BOOLEAN NOT NULL DEFAULT false",
+    )
+    _add_column(conn, "device", "decommissioned_at", "DATETIME", "TIMESTAMP WITHOUT TIME ZONE")
+    _add_column(conn, "device", "decommission_reason", "VARCHAR", "VARCHAR")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "0001_device_quarantine",
@@ -95,6 +107,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "0003_rejected_message_aggregation",
         "rejected_message.device_id, count and last_at (aggregated, capped dead letters)",
         _rejected_message_aggregation,
+    ),
+    Migration(
+        "0004_device_decommissioned",
+        "device.decommissioned, decommissioned_at and decommission_reason (revocation)",
+        _device_decommissioned,
     ),
 )
 

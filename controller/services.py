@@ -30,6 +30,8 @@ from controller.devices.shadows import DeviceShadow, desired_message, unapplied
 from controller.ingest.apply import IngestStats, sweep_liveness
 from controller.ingest.subscriber import MqttIngest
 from controller.migrations import init_db
+from controller.pki.crl import refresh_crl
+from controller.pki.store import PkiStore
 from controller.pki.errors import PkiError
 from controller.pki.renewal import RenewalService
 from controller.pki.store import PkiStore
@@ -43,6 +45,10 @@ from shared.messages import Challenge, Desired, encode_message
 from shared.supervision import Supervisor
 
 log = logging.getLogger(__name__)
+
+# How often the crl-refresh job compares the published CRL with the revoked certificates
+# (a file read and one query): a revocation reaches the file within this.
+CRL_CHECK_S = 10.0
 
 
 class ProvisionedDevices:
@@ -206,6 +212,8 @@ class Services:
                 max(0.5, min(5.0, self.settings.attestation.timeout_s / 2)),
                 {},
             ),
+            # At start too: a revocation may have been made while the controller was down.
+            ("crl-refresh", self.refresh_crl, CRL_CHECK_S, {"next_run_time": datetime.now(UTC)}),
             # Not supervised: its silence is what says the scheduler stopped running jobs.
             ("scheduler-beat", self._beat, self.scheduler_beat_s, {"misfire_grace_time": None}),
         ]
@@ -321,6 +329,32 @@ class Services:
         if root_expiring:
             log.warning("TUF root metadata expires soon: sign a new root version")
         return resigned
+
+    def refresh_crl(self, now: datetime | None = None) -> str | None:
+        """Re-sign the device CA's CRL when a revocation (from any process: CLI, API,
+        attestation) is not in it yet, or before its next update lapses; returns why, None
+        when nothing was due or there is no CA. A CRL due but unsignable (no passphrase)
+        raises, so the supervisor reports the job down."""
+        store = PkiStore.from_settings(self.settings)
+        if not store.exists():
+            return None
+        now = now or datetime.now(UTC)
+        with session_scope(self.engine) as session:
+            if not _job_lock(session, "crl-refresh"):
+                return None
+            why = refresh_crl(session, store, now=now)
+            if why is not None:
+                audit(
+                    session,
+                    actor="system:pki",
+                    action="pki.crl.resign",
+                    target=f"pki:{store.crl_file}",
+                    reason=why,
+                    at=now,
+                )
+        if why is not None:
+            log.info("CRL %s re-signed: %s (send the broker SIGHUP)", store.crl_file, why)
+        return why
 
     def publish_outbound(self, messages: list[Outbound]) -> None:
         """Publish attestation challenges and desired documents (retained) after a commit;

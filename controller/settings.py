@@ -175,6 +175,10 @@ class AttestationSettings(BaseModel):
     # Register the agent_code of the agent installed next to the controller as golden at
     # start. None: yes in development and demo (so local agents pass), no in production.
     trust_local_agent_code: bool | None = None
+    # What a failed attestation does besides quarantining: nothing more (quarantine), or
+    # revoke the device (certificates into the CRL, broker login dropped, decommissioned;
+    # docs/tls.md). Silence alone (no quote in time) only quarantines, whichever is set.
+    on_fail: Literal["quarantine", "revoke"] = "quarantine"
 
     @model_validator(mode="after")
     def _ttl_covers_timeout(self) -> "AttestationSettings":

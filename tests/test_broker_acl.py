@@ -79,7 +79,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
         )
         assert done.returncode == 0, done.stderr
         passwords[device_id] = secret.read_text().strip()
-    revoked = cli("devices", "revoke", "dev-gone", "-c", str(config))
+    revoked = cli("devices", "revoke", "dev-gone", "--reason", "retired", "-c", str(config))
     assert revoked.returncode == 0, revoked.stderr
     out = directory / "broker"
     generated = cli("broker", "mosquitto-config", "--out", str(out), "-c", str(config))
@@ -556,5 +556,5 @@ def test_cli_broker_config_needs_controller_credentials(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "broker.username and broker.password" in done.stderr
     assert not (tmp_path / "out" / "passwd").exists()
-    revoked = cli("devices", "revoke", "nobody", "-c", str(config))
-    assert revoked.returncode == 2 and "no broker credential" in revoked.stderr
+    revoked = cli("devices", "revoke", "nobody", "--reason", "gone", "-c", str(config))
+    assert revoked.returncode == 2 and "'nobody' is not known" in revoked.stderr

@@ -26,7 +26,8 @@ def test_an_old_device_table_gains_the_quarantine_columns_and_keeps_its_rows(
     database_url: str,
 ) -> None:
     """On SQLite and PostgreSQL, init_db over a pre-attestation device table adds
-    quarantined (false for existing rows) and quarantine_reason, and the ORM reads the row."""
+    quarantined (false for existing rows), quarantine_reason and the revocation columns
+    (decommissioned false), and the ORM reads the row."""
     engine = make_engine(database_url)
     with engine.begin() as conn:
         conn.execute(text(OLD_DEVICE_TABLE))
@@ -39,9 +40,11 @@ def test_an_old_device_table_gains_the_quarantine_columns_and_keeps_its_rows(
     init_db(engine)
     columns = {c["name"] for c in inspect(engine).get_columns("device")}
     assert {"quarantined", "quarantine_reason"} <= columns
+    assert {"decommissioned", "decommissioned_at", "decommission_reason"} <= columns
     with Session(engine) as session:
         device = session.get(Device, "old-1")
         assert device is not None and device.quarantined is False
+        assert device.decommissioned is False and device.decommissioned_at is None
         assert device.state == "online"
     assert migrate(engine) == []  # recorded: nothing runs twice
     engine.dispose()

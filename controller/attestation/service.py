@@ -13,6 +13,8 @@ so a rolled-back batch never leaves a challenge on the wire that the database fo
 - A failed quote quarantines, a good one clears the quarantine; an online device that does
   not answer its newest challenge within ``timeout_s`` is quarantined as ``silent``.
 - Every quarantine, clear and enrollment is audited (``controller.audit``).
+- With ``on_fail: revoke``, a failed attestation (not mere silence) also revokes the device
+  (``controller.pki.revocation``): its messages are refused from then on.
 """
 
 import logging
@@ -32,6 +34,7 @@ from controller.db import utcnow
 from controller.devices.liveness import as_utc
 from controller.devices.shadows import DeviceShadow, desired_message, set_desired
 from controller.devices.tables import Device
+from controller.pki.revocation import revoke_device
 from controller.settings import AttestationSettings
 from controller.updates.registry import known_target_hashes
 from shared.attestation import (
@@ -56,6 +59,9 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 IDENTITY_REASONS = frozenset(
     {"identity_key_changed", "identity_key_missing", "unknown_identity_key", "bad_identity_key"}
 )
+# Quarantines that ``on_fail: revoke`` does not turn into a revocation: a device that only
+# missed its answer may be on a bad link, not compromised.
+NOT_REVOKING = frozenset({"silent"})
 # Answered and lapsed challenges are kept this long after they expire, then pruned; a
 # quote for a pruned nonce is refused as unknown, so nothing depends on keeping them.
 CHALLENGE_RETENTION = timedelta(days=1)
@@ -412,7 +418,24 @@ class AttestationService:
                 at=now,
             )
             log.warning("device %s quarantined: %s", device.id, reason)
+        if self.settings.on_fail == "revoke" and reason not in NOT_REVOKING:
+            self._revoke(session, device, reason, now)
         return self._set_quarantine_key(session, device.id, {"reason": reason}, now)
+
+    def _revoke(self, session: Session, device: Device, reason: str, now: datetime) -> None:
+        """``on_fail: revoke``: revoke the device (its certificates, its broker login) and
+        decommission it; the crl-refresh job signs the CRL after this commits."""
+        if device.decommissioned:
+            return
+        revoked = revoke_device(
+            session, device.id, reason=f"attestation failed: {reason}"[:256], actor=ACTOR, now=now
+        )
+        log.warning(
+            "device %s revoked after failed attestation (%s): %d certificate(s)",
+            device.id,
+            reason,
+            len(revoked.serials),
+        )
 
     def clear(self, session: Session, device: Device, now: datetime) -> list[Outbound]:
         """Lift ``device``'s quarantine after a good quote (audited) and tell the device."""

@@ -57,6 +57,7 @@ ADMIN_ONLY: tuple[tuple[frozenset[str], str], ...] = (
     (frozenset({"DELETE"}), "/api/attestation/golden/{golden_id}"),
     (frozenset({"PUT"}), "/api/devices/{device_id}/identity"),
     (frozenset({"POST"}), "/api/devices/{device_id}/broker-credential"),  # a device's login
+    (frozenset({"POST"}), "/api/devices/{device_id}/revoke"),  # locks a device out for good
     (frozenset({"POST"}), "/api/devices/{device_id}/certificate"),  # its TLS login
 )
 # Templates any logged-in user may call with any method: their own account and tokens

@@ -1,8 +1,8 @@
 """``edgefleet devices``: the fleet's devices, their desired state and broker credentials.
 
 ``list``, ``shadow`` and ``desire`` go through the controller's API; ``provision`` and
-``revoke`` write the device's broker credential straight in the database, on the
-controller host.
+``revoke`` write straight in the database (and ``revoke`` re-signs the CRL with the CA key),
+on the controller host.
 """
 
 import json
@@ -18,6 +18,11 @@ from controller.cli.common import ConfigOpt, TokenOpt, UrlOpt, err, settings_or_
 from controller.cli.common import fail as _fail
 from shared.files import write_atomic
 from shared.json_guard import JsonShapeError, loads_bounded
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from controller.settings import Settings
 
 if TYPE_CHECKING:
     from sqlmodel import Session
@@ -259,9 +264,11 @@ def devices_provision(
     With --cert-out, also a TLS key made here and a certificate signed by the device CA."""
     from controller.broker.mosquitto_auth import generate_password, hash_password
     from controller.broker.tables import BrokerCredential
+    from controller.cli.common import operator_actor
     from controller.db import make_engine, session_scope, utcnow
     from controller.devices.tables import Device
     from controller.migrations import init_db
+    from controller.pki.revocation import recommission
     from shared.topics import is_valid_device_id
 
     if not is_valid_device_id(device_id):
@@ -300,6 +307,7 @@ def devices_provision(
         credential.created_at = utcnow()
         credential.revoked_at = None
         session.add(credential)
+        recommission(session, device_id, actor=operator_actor(), now=utcnow())
         if session.get(Device, device_id) is None:
             session.add(Device(id=device_id, state="unknown"))
         if identity_key is not None:
@@ -327,29 +335,91 @@ def devices_provision(
         typer.echo(f"broker credential for {device_id} written to {password_file}")
 
 
+def _publish_crl(settings: "Settings", engine: "Engine", passphrase_file: Path | None) -> str:
+    """Re-sign the CRL after a revocation; one line saying what happened to it."""
+    from datetime import UTC, datetime
+
+    from sqlmodel import Session
+
+    from controller.pki.crl import refresh_crl
+    from controller.pki.errors import PkiError
+    from controller.pki.store import PkiStore
+
+    try:
+        store = PkiStore.from_settings(settings, passphrase_file)
+        if not store.exists():
+            return f"no device CA in {settings.pki.dir}: no CRL to sign (password logins only)"
+        with Session(engine) as session:
+            why = refresh_crl(session, store, now=datetime.now(UTC))
+    except PkiError as e:
+        raise _fail(
+            f"revocation recorded, but the CRL was not re-signed: {e}. The controller's"
+            " crl-refresh job signs it once it can open the CA key, or run this command"
+            " again with --passphrase-file",
+            1,
+        ) from e
+    if why is None:
+        return f"CRL {store.crl_file} already lists it"
+    return (
+        f"CRL {store.crl_file} re-signed; send the broker SIGHUP to load it"
+        " (systemctl reload mosquitto, docs/tls.md)"
+    )
+
+
 @devices_app.command("revoke")
 def devices_revoke(
-    device_id: Annotated[str, typer.Argument(help="Device whose broker credential to revoke.")],
+    device_id: Annotated[str, typer.Argument(help="Device to revoke.")],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why (audit log and the certificates' record).")
+    ],
+    passphrase_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the CA key's passphrase, to re-sign the CRL (default:"
+            " updates.passphrase_file, else EDGEFLEET_KEY_PASSPHRASE)."
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Revoke a device's broker credential (regenerate the broker config to apply it)."""
-    from controller.broker.tables import BrokerCredential
-    from controller.db import make_engine, session_scope, utcnow
+    """Revoke a device: its certificates into the CRL (re-signed here), its broker login
+    dropped, the device decommissioned; ingest refuses its messages. Audited. Runs on the
+    controller host (the database and the CA key); remote admins use the API."""
+    from datetime import UTC, datetime
+
+    from controller.cli.common import operator_actor
+    from controller.db import make_engine, session_scope
     from controller.migrations import init_db
+    from controller.pki.revocation import RevocationError, check_reason, revoke_device
 
     settings = settings_or_exit(config)
+    try:
+        reason = check_reason(reason)
+    except RevocationError as e:
+        raise _fail(str(e), 2) from e
     engine = make_engine(settings.database_url)
-    init_db(engine)
-    with session_scope(engine) as session:
-        credential = session.get(BrokerCredential, device_id)
-        if credential is None:
-            raise _fail(f"device {device_id!r} has no broker credential", 2)
-        if credential.revoked_at is not None:
-            typer.echo(f"broker credential for {device_id} was already revoked")
-            return
-        credential.revoked_at = utcnow()
-        session.add(credential)
-    typer.echo(f"broker credential for {device_id} revoked")
+    try:
+        init_db(engine)
+        with session_scope(engine) as session:
+            try:
+                result = revoke_device(
+                    session,
+                    device_id,
+                    reason=reason,
+                    actor=operator_actor(),
+                    now=datetime.now(UTC),
+                )
+            except RevocationError as e:
+                raise _fail(str(e), 2) from e
+        if result.already:
+            typer.echo(f"device {device_id} was already revoked")
+        else:
+            what = [f"{len(result.serials)} certificate(s) revoked"]
+            if result.credential_dropped:
+                what.append("broker login dropped")
+            typer.echo(f"device {device_id} revoked and decommissioned: {', '.join(what)}")
+        typer.echo(_publish_crl(settings, engine, passphrase_file))
+    finally:
+        engine.dispose()
 
 
 __all__ = ["devices_app"]

@@ -35,6 +35,12 @@ class DeviceBase(SQLModel):
     # cloud tier, flagged in the console, until a good quote clears it.
     quarantined: bool = False
     quarantine_reason: str | None = None
+    # Set by revocation (edgefleet devices revoke, or attestation with on_fail: revoke): its
+    # certificates are in the CRL, its broker login is gone and ingest refuses its messages
+    # (``revoked``). Final: a decommissioned device id is never trusted again.
+    decommissioned: bool = False
+    decommissioned_at: datetime | None = None
+    decommission_reason: str | None = None
 
 
 class Device(DeviceBase, table=True):

@@ -334,6 +334,32 @@ def apply_batch(
     return result
 
 
+def _refuse_revoked(session: Session, batch: list[Decoded], result: BatchResult) -> list[Decoded]:
+    """Drop (and list as refused, ``revoked``) the messages of decommissioned devices.
+
+    Read in the batch's own transaction, one query per batch: a message that arrives after
+    ``edgefleet devices revoke`` committed is refused, even while the broker still carries
+    the device's old connection (a CRL is checked only when a connection is made)."""
+    ids = {decoded.message.device_id for decoded in batch}
+    if not ids:
+        return batch
+    revoked = set(
+        session.exec(select(Device.id).where(col(Device.id).in_(ids), col(Device.decommissioned)))
+    )
+    if not revoked:
+        return batch
+    kept: list[Decoded] = []
+    for decoded in batch:
+        device_id = decoded.message.device_id
+        if device_id not in revoked:
+            kept.append(decoded)
+            continue
+        error = ProtocolError("revoked", f"device {device_id!r} is revoked (decommissioned)")
+        result.outcome[f"rejected:{error.reason}"] += 1
+        result.refused.append((decoded.received, error))
+    return kept
+
+
 def apply_decoded(
     session: Session,
     batch: list[Decoded],
@@ -342,15 +368,17 @@ def apply_decoded(
     stored_at: datetime | None = None,
     renewal: "RenewalService | None" = None,
 ) -> BatchResult:
-    """Apply classified messages in the caller's transaction. A message refused here (a
-    record time the database cannot hold) is counted in ``outcome`` and listed in
-    ``refused`` for the caller to dead-letter; the others still land."""
+    """Apply classified messages in the caller's transaction. A message refused here (from
+    a decommissioned device, or a record time the database cannot hold) is counted in
+    ``outcome`` and listed in ``refused`` for the caller to dead-letter; the others still
+    land."""
     result = BatchResult()
     outcome = result.outcome
     status: list[tuple[Birth | Death | Heartbeat, datetime]] = []
     quotes: list[tuple[Quote, datetime]] = []
     renewals: list[Decoded] = []
     records = PendingRecords(session)
+    batch = _refuse_revoked(session, batch, result)
     for decoded in batch:
         item, message = decoded.received, decoded.message
         if isinstance(message, TelemetryBatch):

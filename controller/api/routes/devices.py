@@ -24,16 +24,20 @@ def list_devices(
     _user: CurrentUser,
     state: Literal["online", "offline", "unknown"] | None = None,
     quarantined: bool | None = None,
+    decommissioned: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Offset = 0,
 ) -> DeviceList:
-    """Devices ordered by id, optionally filtered by state or quarantine, with fleet-wide
-    counts (quarantined: devices attestation does not trust)."""
+    """Devices ordered by id, optionally filtered by state, quarantine or revocation
+    (decommissioned), with fleet-wide counts (quarantined: devices attestation does not
+    trust)."""
     query = select(Device).order_by(col(Device.id))
     if state is not None:
         query = query.where(col(Device.state) == state)
     if quarantined is not None:
         query = query.where(col(Device.quarantined) == quarantined)
+    if decommissioned is not None:
+        query = query.where(col(Device.decommissioned) == decommissioned)
     rows = db.exec(query.offset(offset).limit(limit)).all()
     counts = dict(db.exec(select(Device.state, func.count()).group_by(col(Device.state))).all())
     held = db.exec(select(func.count()).select_from(Device).where(col(Device.quarantined))).one()

@@ -21,6 +21,10 @@
       stateCell.append(" ", el("span", { class: "quarantine", title: d.quarantine_reason || "" },
         d.quarantine_reason ? `quarantined: ${d.quarantine_reason}` : "quarantined"));
     }
+    if (d.decommissioned) {
+      stateCell.append(" ", el("span", { class: "decommissioned", title: d.decommission_reason || "" },
+        "revoked"));
+    }
     const link = el("a", { href: `/console/devices/${encodeURIComponent(d.id)}` }, d.id);
     return el("tr", { dataset: { device: d.id }, class: d.quarantined ? "quarantined" : null },
       cell(link), stateCell, cell(stamp(d.last_seen)), cell(text(d.device_class)),
