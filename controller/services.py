@@ -31,7 +31,6 @@ from controller.ingest.apply import IngestStats, sweep_liveness
 from controller.ingest.subscriber import MqttIngest
 from controller.migrations import init_db
 from controller.pki.crl import refresh_crl
-from controller.pki.store import PkiStore
 from controller.pki.errors import PkiError
 from controller.pki.renewal import RenewalService
 from controller.pki.store import PkiStore
