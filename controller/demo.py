@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -30,9 +31,12 @@ from controller.broker.embedded import free_port
 from controller.db import session_scope
 from controller.demo_traffic import DemoTraffic, DriftBaseline
 from controller.devices.tables import Device
+from controller.pki.service import issue_device_certificate
+from controller.pki.store import CA_CERT, SERVER_CERT, SERVER_KEY, PkiStore
 from controller.services import Services
 from controller.settings import Settings, load_settings
 from controller.updates.publish import ModelSpec, add_model_file
+from shared.certificates import certificate_pem, csr_for, new_private_key, private_key_pem
 
 DEMO_MODEL_NAME = "smollm2-135m"
 DEMO_MODEL_VERSION = "1.0"
@@ -46,6 +50,15 @@ class DemoError(RuntimeError):
     """The demo could not start; the text says which part and where its log is."""
 
 
+@dataclass(frozen=True)
+class DeviceTls:
+    """A demo device's TLS files: the CA, its certificate and its key."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
 def agent_config(
     *,
     device_id: str,
@@ -55,13 +68,26 @@ def agent_config(
     api_port: int,
     http_port: int,
     trusted_root: Path,
+    tls: DeviceTls | None = None,
 ) -> dict[str, object]:
-    """The YAML document one simulated device runs with."""
+    """The YAML document one simulated device runs with (over TLS with its own certificate
+    when ``tls`` is given)."""
+    # The embedded broker (amqtt) speaks MQTT 3.1.1 only.
+    mqtt: dict[str, object] = {
+        "url": f"{'mqtts' if tls else 'mqtt'}://{HOST}:{broker_port}",
+        "keepalive_s": 5,
+        "protocol": "3.1.1",
+    }
+    if tls is not None:
+        mqtt |= {
+            "ca_file": str(tls.ca_file),
+            "cert_file": str(tls.cert_file),
+            "key_file": str(tls.key_file),
+        }
     return {
         "device_id": device_id,
         "state_dir": str(data_dir / "agents" / device_id),
-        # The embedded broker (amqtt) speaks MQTT 3.1.1 only.
-        "mqtt": {"url": f"mqtt://{HOST}:{broker_port}", "keepalive_s": 5, "protocol": "3.1.1"},
+        "mqtt": mqtt,
         "api": {"host": HOST, "port": api_port},
         "heartbeat_interval_s": 2.0,
         # Short telemetry windows so the console's charts fill within a minute.
@@ -182,19 +208,33 @@ def _publish_demo_model(services: Services, model: Path, data_dir: Path) -> Path
     return root
 
 
-def _demo_settings(data_dir: Path, http_port: int, broker_port: int) -> Settings:
+def _demo_settings(data_dir: Path, http_port: int, broker_port: int, tls: bool) -> Settings:
     """The controller's settings for a demo in ``data_dir``, with a signing-key passphrase
-    generated for this demo only (kept beside its keys)."""
+    generated for this demo only (kept beside its keys). With ``tls`` the embedded broker
+    listens on mqtts:// with a certificate from the demo's own CA (``data_dir/pki``) and
+    the controller connects with its client certificate."""
     passphrase_file = data_dir / "keys.passphrase"
     passphrase_file.write_text(secrets.token_urlsafe(24))
     passphrase_file.chmod(0o600)
+    pki = data_dir / "pki"
+    broker: dict[str, object] = {"mode": "embedded", "url": f"mqtt://{HOST}:{broker_port}"}
+    if tls:
+        broker |= {
+            "url": f"mqtts://{HOST}:{broker_port}",
+            "ca_file": str(pki / CA_CERT),
+            "server_cert_file": str(pki / SERVER_CERT),
+            "server_key_file": str(pki / SERVER_KEY),
+            "cert_file": str(pki / "controller.crt"),
+            "key_file": str(pki / "controller.key"),
+        }
     return load_settings(
         None,
         environment="demo",
         database_url=f"sqlite:///{data_dir / 'edgefleet.db'}",
         http_host=HOST,
         http_port=http_port,
-        broker={"mode": "embedded", "url": f"mqtt://{HOST}:{broker_port}"},
+        broker=broker,
+        pki={"dir": str(pki)},
         secure_cookies=False,  # plain http on loopback
         liveness_sweep_s=1.0,
         updates={
@@ -203,6 +243,44 @@ def _demo_settings(data_dir: Path, http_port: int, broker_port: int) -> Settings
             "passphrase_file": str(passphrase_file),
         },
     )
+
+
+def _demo_pki(services: Services) -> None:
+    """The demo's own device CA, the embedded broker's certificate for the loopback address
+    and the controller's client certificate (paths as in the settings)."""
+    cfg = services.settings.broker
+    store = PkiStore.from_settings(services.settings)
+    now = datetime.now(UTC)
+    store.initialize("edgefleet demo CA", now=now)
+    store.write_server_certificate([HOST], store.dir, now=now)
+    assert cfg.cert_file is not None and cfg.key_file is not None
+    key = new_private_key()
+    cert = store.sign_device(csr_for(cfg.client_id, key), cfg.client_id, now=now)
+    cfg.key_file.write_bytes(private_key_pem(key))
+    cfg.key_file.chmod(0o600)
+    cfg.cert_file.write_bytes(certificate_pem(cert))
+
+
+def _device_tls(services: Services, device_id: str, folder: Path) -> DeviceTls:
+    """A key made for the device and its certificate from the demo CA (recorded and
+    audited like any issued certificate), written into the device's folder."""
+    store = PkiStore.from_settings(services.settings)
+    key = new_private_key()
+    with session_scope(services.engine) as session:
+        issued = issue_device_certificate(
+            session,
+            store,
+            device_id,
+            csr_for(device_id, key),
+            datetime.now(UTC),
+            actor="system:demo",
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    files = DeviceTls(store.ca_file, folder / "device.crt", folder / "device.key")
+    files.key_file.write_bytes(private_key_pem(key))
+    files.key_file.chmod(0o600)
+    files.cert_file.write_bytes(issued.certificate_pem)
+    return files
 
 
 def _admin_and_cli_file(services: Services, data_dir: Path, http_port: int) -> tuple[str, str]:
@@ -231,6 +309,7 @@ Agents = dict[str, tuple[subprocess.Popen[bytes], Path, int]]
 
 def _start_agents(
     agents: Agents,
+    services: Services,
     *,
     devices: int,
     model: Path,
@@ -243,6 +322,9 @@ def _start_agents(
     for i in range(1, devices + 1):
         device_id = f"demo-edge-{i}"
         api_port = free_port(HOST)
+        tls = None
+        if services.settings.broker.tls() is not None:
+            tls = _device_tls(services, device_id, data_dir / "agents" / device_id / "tls")
         cfg = agent_config(
             api_port=api_port,
             device_id=device_id,
@@ -251,6 +333,7 @@ def _start_agents(
             model=model,
             http_port=http_port,
             trusted_root=trusted_root,
+            tls=tls,
         )
         cfg_path = data_dir / "agents" / f"{device_id}.yaml"
         cfg_path.parent.mkdir(parents=True, exist_ok=True)
@@ -310,13 +393,16 @@ def run_demo(
     data_dir: Path,
     port: int,
     traffic_interval_s: float = 3.0,
+    tls: bool = True,
 ) -> None:
     data_dir = data_dir.resolve()
     _reset_data_dir(data_dir)
     http_port = port or free_port(HOST)
     broker_port = free_port(HOST)
-    settings = _demo_settings(data_dir, http_port, broker_port)
+    settings = _demo_settings(data_dir, http_port, broker_port, tls)
     services = Services.create(settings)
+    if tls:
+        _demo_pki(services)
     trusted_root = _publish_demo_model(services, model.resolve(), data_dir)
     password, token = _admin_and_cli_file(services, data_dir, http_port)
 
@@ -338,10 +424,13 @@ def run_demo(
     try:
         _wait_started(server, server_thread, http_port)
         print(
-            f"controller up at http://{HOST}:{http_port} (MQTT on {HOST}:{broker_port})", flush=True
+            f"controller up at http://{HOST}:{http_port} (MQTT on {settings.broker.url}"
+            f"{', mutual TLS with the demo CA in ' + str(data_dir / 'pki') if tls else ''})",
+            flush=True,
         )
         _start_agents(
             agents,
+            services,
             devices=devices,
             model=model.resolve(),
             data_dir=data_dir,

@@ -22,7 +22,7 @@ from controller.attestation.service import (
     trust_local_agent_code,
 )
 from controller.audit import audit
-from controller.broker.embedded import EmbeddedBroker
+from controller.broker.embedded import EmbeddedBroker, ListenerTls
 from controller.broker.tables import BrokerCredential
 from controller.db import make_engine, session_scope
 from controller.devices.liveness import as_utc
@@ -147,7 +147,12 @@ class Services:
             self.supervisor = Supervisor()
         cfg = self.settings.broker
         if cfg.mode == "embedded":
-            self.broker = EmbeddedBroker(cfg.host, cfg.port)
+            tls = (
+                ListenerTls(cfg.server_cert_file, cfg.server_key_file, cfg.ca_file)
+                if cfg.server_cert_file is not None and cfg.server_key_file is not None
+                else None
+            )
+            self.broker = EmbeddedBroker(cfg.host, cfg.port, tls=tls)
             self.broker.start()
         address = parse_broker_url(cfg.url)
         if self.settings.environment == "production" and not address.tls and not address.loopback:

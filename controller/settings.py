@@ -50,14 +50,26 @@ class BrokerSettings(BaseModel):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    # The embedded broker's own certificate and key, for an mqtts:// URL.
+    server_cert_file: Path | None = None
+    server_key_file: Path | None = None
 
     _protocol_number = field_validator("protocol", mode="before")(protocol_as_text)
 
     @model_validator(mode="after")
     def _tls_files_need_mqtts(self) -> "BrokerSettings":
         check_tls_files(self.url, self.ca_file, self.cert_file, self.key_file)
-        if self.mode == "embedded" and parse_broker_url(self.url).tls:
-            raise ValueError("the embedded broker listens in plaintext; use mode: external")
+        tls = parse_broker_url(self.url).tls
+        server = (self.server_cert_file, self.server_key_file)
+        if self.mode == "embedded" and tls and None in server:
+            raise ValueError(
+                "an embedded broker on mqtts:// needs broker.server_cert_file and "
+                "broker.server_key_file (edgefleet pki init makes them)"
+            )
+        if server != (None, None) and not (self.mode == "embedded" and tls):
+            raise ValueError(
+                "broker.server_cert_file/server_key_file are for an embedded broker on mqtts://"
+            )
         return self
 
     def tls(self) -> Tls | None:

@@ -89,7 +89,12 @@ def test_secret_never_printed_in_settings_repr(monkeypatch: pytest.MonkeyPatch) 
         ("htp_port: 1\n", "htp_port"),
         ("broker:\n  url: http://x\n", "mqtt://HOST:PORT"),
         ("broker:\n  mode: external\n  cert_file: c.pem\n", "cert_file set, but the URL"),
-        ("broker:\n  url: mqtts://127.0.0.1:0\n", "embedded broker listens in plaintext"),
+        ("broker:\n  url: mqtts://127.0.0.1:0\n", "needs broker.server_cert_file"),
+        (
+            "broker:\n  mode: external\n  url: mqtts://h\n  server_cert_file: c\n"
+            "  server_key_file: k\n",
+            "are for an embedded broker",
+        ),
         ("environment: staging\n", "environment"),
         ("updates:\n  passphrase_file: /nonexistent/pw\n", "updates.passphrase_file"),
     ],

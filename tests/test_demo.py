@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import port_open, wait_for
 from tests.procs import Proc, processes, run_cli
@@ -16,10 +17,10 @@ pytestmark = pytest.mark.e2e
 
 
 def test_demo_brings_up_a_working_fleet_and_stops_cleanly(model_path: Path, tmp_path: Path) -> None:
-    """The demo prints a console URL and login that work, its devices are online, attest
-    cleanly (their factory model is a signed TUF target) and answer chat completions through
-    the embedded broker setup, the CLI sees them, and Ctrl-C stops every process with exit
-    status 0."""
+    """The demo prints a console URL and login that work, its devices are online over mutual
+    TLS with the demo's own CA, attest cleanly (their factory model is a signed TUF target)
+    and answer chat completions through the embedded broker setup, the CLI sees them, and
+    Ctrl-C stops every process with exit status 0."""
     data_dir = tmp_path / "demo"
     with processes(tmp_path) as procs:
         demo = Proc(
@@ -50,6 +51,11 @@ def test_demo_brings_up_a_working_fleet_and_stops_cleanly(model_path: Path, tmp_
         login = re.search(r"Login\s+admin / (\S+)", out)
         devices = dict(re.findall(r"Device\s+(\S+): (http://\S+)", out))
         assert console and login and len(devices) == 2, out
+        # MQTT runs over mutual TLS with the demo's own CA: the devices came online with it.
+        assert "MQTT on mqtts://" in out and "mutual TLS" in out, out
+        device_config = yaml.safe_load((data_dir / "agents" / "demo-edge-1.yaml").read_text())
+        assert device_config["mqtt"]["url"].startswith("mqtts://")
+        assert Path(device_config["mqtt"]["cert_file"]).is_file()
 
         with httpx.Client(base_url=console.group(1), timeout=30) as browser:
 

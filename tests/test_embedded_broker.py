@@ -13,6 +13,7 @@ from edge_agent.sync.link import LoadSnapshot, MqttLink
 from shared import Death, encode_message
 from tests.conftest import wait_for
 from tests.controller_harness import LiveController, live_controller
+from tests.pki_world import ClientFiles, TestCa
 from tests.test_protocol import birth
 
 
@@ -99,3 +100,61 @@ def test_last_will_marks_a_vanished_device_offline(live: LiveController) -> None
         lambda: (d := live.device("dev-crash")) and d["state"] == "offline" and d, 15, what="will"
     )
     assert gone["state_reason"] == "will"
+
+
+def test_the_embedded_broker_over_tls_takes_devices_with_certificates(tmp_path: Path) -> None:
+    """With a server certificate the embedded broker listens on mqtts:// only: the
+    controller's ingest and an agent with certificates from the same CA connect and the
+    device comes online; a client certificate from another CA is refused at the handshake."""
+    ca = TestCa(tmp_path / "ca")
+    server_cert, server_key = ca.server(["127.0.0.1"])
+    ctl = ca.client("edgefleet-controller")
+    broker: dict[str, object] = {
+        "mode": "embedded",
+        "url": "mqtts://127.0.0.1:0",
+        "server_cert_file": str(server_cert),
+        "server_key_file": str(server_key),
+        "ca_file": str(ca.ca_file),
+        "cert_file": str(ctl.cert_file),
+        "key_file": str(ctl.key_file),
+    }
+    with live_controller(tmp_path, broker) as live:
+        port = live.services.broker_port
+        assert live.services.broker is not None
+        assert live.services.broker.url.startswith("mqtts://")
+
+        def link(device_id: str, files: ClientFiles) -> MqttLink:
+            return MqttLink(
+                device_id=device_id,
+                config=MqttConfig(
+                    url=f"mqtts://127.0.0.1:{port}",
+                    protocol="3.1.1",
+                    ca_file=ca.ca_file,
+                    cert_file=files.cert_file,
+                    key_file=files.key_file,
+                ),
+                counters=CounterStore(tmp_path / device_id / "counters.json"),
+                make_birth=lambda bd_seq: birth(device_id, bd_seq=bd_seq),
+                snapshot=lambda: LoadSnapshot(1.0, 5.0, 20.0, 3, True),
+                heartbeat_interval_s=0.5,
+            )
+
+        good = link("dev-tls", ca.client("dev-tls"))
+        stranger = link("dev-stranger", TestCa(tmp_path / "other").client("dev-stranger"))
+        good.start()
+        stranger.start()
+        try:
+            wait_for(
+                lambda: (d := live.device("dev-tls")) and d["state"] == "online",
+                20,
+                what="the TLS device online",
+            )
+            wait_for(
+                lambda: stranger.transport.tls_failures >= 1 or stranger.transport.attempts >= 2,
+                20,
+                what="the stranger's refused attempts",
+            )
+            assert not stranger.connected and live.device("dev-stranger") is None
+        finally:
+            good.stop()
+            stranger.stop()

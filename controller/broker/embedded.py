@@ -1,8 +1,11 @@
 """An in-process MQTT 3.1.1 broker (amqtt) for the embedded, one-machine default.
 
 It runs on its own asyncio loop in a background thread, bound to loopback unless told
-otherwise, and accepts anonymous clients: it is for one machine and demos. Production uses
-Mosquitto or EMQX with per-device credentials (``broker.mode: external``).
+otherwise, and accepts anonymous clients: it is for one machine and demos. With a server
+certificate (``broker.server_cert_file``/``server_key_file``, ``mqtts://`` URL) it listens with
+TLS only, and verifies a client certificate against ``broker.ca_file`` when one is presented
+(amqtt cannot require one, nor take the CN as the user name). Production uses Mosquitto or
+EMQX with client certificates or per-device credentials (``broker.mode: external``).
 """
 
 import asyncio
@@ -10,6 +13,8 @@ import logging
 import socket
 import threading
 from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -22,19 +27,41 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True, slots=True)
+class ListenerTls:
+    """The embedded broker's TLS listener: its certificate and key, and the CA that client
+    certificates are checked against when presented."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+
+
 class EmbeddedBroker:
     """amqtt on a private event loop; ``start()`` returns once it accepts connections."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, tls: ListenerTls | None = None
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
+        self.tls = tls
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="embedded-broker", daemon=True)
         self._broker: Any = None
 
     def _config(self) -> dict[str, Any]:
+        listener: dict[str, Any] = {"type": "tcp", "bind": f"{self.host}:{self.port}"}
+        if self.tls is not None:
+            listener |= {
+                "ssl": True,
+                "certfile": str(self.tls.cert_file),
+                "keyfile": str(self.tls.key_file),
+            }
+            if self.tls.ca_file is not None:
+                listener["cafile"] = str(self.tls.ca_file)
         return {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "listeners": {"default": listener},
             "plugins": {
                 "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
             },
@@ -56,7 +83,12 @@ class EmbeddedBroker:
         self._thread.start()
         future: Future[None] = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
         future.result(timeout)
-        log.info("embedded MQTT broker listening on %s:%d", self.host, self.port)
+        log.info(
+            "embedded MQTT broker listening on %s:%d (%s)",
+            self.host,
+            self.port,
+            "TLS" if self.tls else "plaintext",
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._broker is not None:
@@ -70,4 +102,4 @@ class EmbeddedBroker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"

@@ -25,8 +25,17 @@ def demo(
         ),
     ] = 3.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
+    plaintext: Annotated[
+        bool,
+        typer.Option(
+            "--plaintext",
+            help="MQTT without TLS (by default the demo makes its own CA and every device and "
+            "the broker get certificates from it).",
+        ),
+    ] = False,
 ) -> None:
-    """Controller + embedded broker + SQLite + N simulated devices serving llama.cpp."""
+    """Controller + embedded broker (mutual TLS) + SQLite + N simulated devices serving
+    llama.cpp."""
     from controller.demo import DemoError, run_demo
 
     setup_logging(log_level)
@@ -42,6 +51,7 @@ def demo(
             data_dir=data_dir,
             port=port,
             traffic_interval_s=traffic,
+            tls=not plaintext,
         )
     except DemoError as e:
         raise _fail(str(e)) from e
