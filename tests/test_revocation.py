@@ -337,7 +337,8 @@ def test_cli_revoke_resigns_the_crl_and_refuses_without_reason(tmp_path: Path) -
 def test_api_revoke_is_admin_only_audited_and_shown(tmp_path: Path) -> None:
     """POST /api/devices/{id}/revoke: 403 for an operator, 404 for an unknown device, 422
     without a reason; an admin's call revokes, re-signs the CRL (reported), is audited with
-    the admin's name, and /api/devices shows and filters the device as decommissioned."""
+    the admin's name, /api/devices and the console show (and filter) the device as
+    decommissioned, and provisioning it again over the API takes it back."""
     from controller.auth.credentials import create_api_token
     from controller.auth.users import create_user
     from tests.controller_harness import live_controller
@@ -385,3 +386,10 @@ def test_api_revoke_is_admin_only_audited_and_shown(tmp_path: Path) -> None:
         assert entry.actor == "user:admin"
         page = live.client.get("/console/devices/dev-a", headers=live.auth)
         assert page.status_code == 200 and "revoked: stolen" in page.text
+        # Provisioning it again over the API (flash --rotate) takes it back.
+        again = live.client.post(
+            "/api/devices/dev-a/broker-credential", json={"rotate": True}, headers=live.auth
+        )
+        assert again.status_code == 201, again.text
+        device = live.device("dev-a")
+        assert device is not None and device["decommissioned"] is False

@@ -31,6 +31,7 @@ from controller.broker.mosquitto_auth import (
 from controller.broker.tables import BrokerCredential
 from controller.db import utcnow
 from controller.devices.tables import Device
+from controller.pki.revocation import recommission
 from shared.topics import is_valid_device_id
 
 router = APIRouter(prefix="/api/devices", tags=["provisioning"])
@@ -108,6 +109,8 @@ def issue_credential(
     db.add(credential)
     if db.get(Device, device_id) is None:
         db.add(Device(id=device_id, state="unknown"))
+    # Provisioning a revoked device again (flash --rotate) takes it back into the fleet.
+    recommission(db, device_id, actor=f"user:{user.username}", now=utcnow())
     audit(
         db,
         actor=f"user:{user.username}",
