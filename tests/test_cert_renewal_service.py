@@ -22,6 +22,7 @@ from controller.ingest.apply import Received, apply_batch
 from controller.ingest.tables import RejectedMessage
 from controller.migrations import init_db
 from controller.pki.renewal import RenewalService
+from controller.pki.revocation import revoke_device
 from controller.pki.service import issue_device_certificate
 from controller.pki.store import PkiStore
 from controller.pki.tables import IssuedCertificate
@@ -289,6 +290,20 @@ def test_without_a_ca_ingest_refuses_requests_and_devices_cannot_answer(world: W
     with Session(world.engine) as session:
         reasons = sorted(r.reason for r in session.exec(select(RejectedMessage)))
     assert reasons == ["unexpected_cert_request", "wrong_direction"]
+
+
+def test_a_revoked_devices_request_is_refused_by_ingest(world: World) -> None:
+    """After devices revoke, a request from the device is refused (revoked) before the CA
+    sees it, even over a connection the broker opened before: no answer, no certificate."""
+    with session_scope(world.engine) as session:
+        revoke_device(session, "dev-1", reason="stolen", actor="user:admin", now=NOW)
+    with session_scope(world.engine) as session:
+        result = apply_batch(
+            session, [_received(make_request(world))], renewal=RenewalService(world.store)
+        )
+    assert result.outbound == []
+    assert result.outcome["rejected:revoked"] == 1
+    assert result.outcome["certificates_issued"] == 0
 
 
 def test_the_answer_holds_no_key_material(world: World) -> None:
