@@ -4,140 +4,32 @@ external` over mqtts:// with the client certificate the command signed, and agen
 links with their own certificates. What is ingested, what the broker drops, and what a
 revocation (`edgefleet devices revoke`, or attestation with on_fail: revoke) refuses."""
 
-import getpass
-import os
-import signal
-import subprocess
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import yaml
-from pydantic import SecretStr
 
-from controller.db import make_engine, session_scope
-from controller.migrations import init_db
-from controller.pki.service import issue_device_certificate
-from controller.pki.store import PkiStore
-from controller.settings import PkiSettings
 from edge_agent.config import MqttConfig, OutboxConfig
 from edge_agent.sync.counters import CounterStore
 from edge_agent.sync.link import LoadSnapshot, MqttLink
 from edge_agent.sync.outbox import Outbox, Priority
 from shared.broker_url import Tls
-from shared.certificates import csr_for, new_private_key, private_key_pem
 from shared.messages import Birth, Challenge, Quote, TelemetryBatch, encode_message
 from shared.mqtt_transport import Endpoint, Transport
-from tests.conftest import free_port, mosquitto_binary, port_open, wait_for
+from tests.conftest import wait_for
 from tests.controller_harness import LiveController, live_controller
-from tests.procs import run_cli
 from tests.sync_harness import stored_records
 from tests.test_attestation_service import FakeDevice
 from tests.test_protocol import birth
-
-PASSPHRASE = "tls-e2e-passphrase-for-the-ca"
-CONTROLLER_ID = "edgefleet-controller"
-
-
-@dataclass
-class World:
-    """A device CA, a Mosquitto from the generated config, and the controller's files."""
-
-    tmp: Path
-    config: Path
-    store: PkiStore
-    port: int
-    broker: subprocess.Popen[bytes]
-    log: Path
-    database_url: str
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "EDGEFLEET_KEY_PASSPHRASE": PASSPHRASE}
-        return run_cli(["-m", "controller", *args, "-c", str(self.config)], env=env)
-
-    def device_tls(self, device_id: str) -> Tls:
-        """A key made here and a certificate the CA signs for it, recorded as issued."""
-        key = new_private_key()
-        engine = make_engine(self.database_url)
-        with session_scope(engine) as session:
-            issued = issue_device_certificate(
-                session, self.store, device_id, csr_for(device_id, key), _now()
-            )
-        engine.dispose()
-        cert_file, key_file = self.tmp / f"{device_id}.crt", self.tmp / f"{device_id}.key"
-        cert_file.write_bytes(issued.certificate_pem)
-        key_file.write_bytes(private_key_pem(key))
-        return Tls(self.store.ca_file, cert_file, key_file)
-
-    def reload_broker(self) -> None:
-        """What the systemd path unit of docs/tls.md does when crl.pem changes."""
-        self.broker.send_signal(signal.SIGHUP)
-
-    def broker_settings(self) -> dict[str, object]:
-        certs = self.tmp / "controller-certs"
-        return {
-            "mode": "external",
-            "url": f"mqtts://127.0.0.1:{self.port}",
-            "client_id": CONTROLLER_ID,
-            "ca_file": str(self.store.ca_file),
-            "cert_file": str(certs / f"{CONTROLLER_ID}.crt"),
-            "key_file": str(certs / f"{CONTROLLER_ID}.key"),
-        }
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _start_broker(conf: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=out, stderr=out)
-    wait_for(lambda: port_open(port) or proc.poll() is not None, 10, what="mosquitto")
-    if proc.poll() is not None:
-        pytest.fail(f"mosquitto exited: {log.read_text()}")
-    return proc
+from tests.tls_fleet import PASSPHRASE, World, tls_fleet
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    """`pki init`, then `broker mosquitto-config --tls --controller-cert-out`, and a
-    Mosquitto running that config (as the current user, so it reads pytest's folders)."""
-    database_url = f"sqlite:///{tmp_path / 'controller.db'}"
-    config = tmp_path / "controller.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "environment": "development",
-                "database_url": database_url,
-                "pki": {"dir": str(tmp_path / "pki")},
-            }
-        )
-    )
-    port = free_port()
-    store = PkiStore(tmp_path / "pki", SecretStr(PASSPHRASE), PkiSettings(dir=tmp_path / "pki"))
-    world = World(tmp_path, config, store, port, None, tmp_path / "mosquitto.log", database_url)  # type: ignore[arg-type]
-    done = world.cli("pki", "init", "--host", "127.0.0.1", "--host", "localhost")
-    assert done.returncode == 0, done.stderr
-    out = tmp_path / "broker"
-    done = world.cli(
-        "broker", "mosquitto-config", "--tls", "--port", str(port), "--out", str(out),
-        "--controller-cert-out", str(tmp_path / "controller-certs"),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    conf = out / "mosquitto.conf"
-    conf.write_text(
-        conf.read_text() + f"user {getpass.getuser()}\nlog_dest stderr\nlog_type error\n"
-    )
-    init_db(make_engine(database_url))
-    world.broker = _start_broker(conf, port, world.log)
-    try:
+    with tls_fleet(tmp_path) as world:
         yield world
-    finally:
-        world.broker.terminate()
-        world.broker.wait(10)
 
 
 def make_link(
@@ -224,7 +116,7 @@ def test_mutual_tls_fleet_ingest_acl_and_revocation(world: World) -> None:
                     "device_id": "dev-a",
                     "records": [
                         {"epoch": 999, "seq": 0, "kind": "metric", "name": "forged",
-                         "at": _now().isoformat(), "body": {}},
+                         "at": datetime.now(UTC).isoformat(), "body": {}},
                     ],
                 }
             )  # fmt: skip
