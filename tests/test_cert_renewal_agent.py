@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controller.pki.authority import device_certificate
 from edge_agent.config import MqttConfig
@@ -338,3 +340,38 @@ def test_renewal_is_on_only_with_tls_and_both_files(tmp_path: Path) -> None:
     assert not MqttConfig.model_validate({**tls, "key_file": None}).renews_certificate
     with pytest.raises(ValueError):
         MqttConfig.model_validate({**tls, "renew_before_fraction": 1.0})
+
+
+_B64 = st.text(
+    alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=", max_size=400
+)
+
+
+def _pem(body: str) -> str:
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)] or ["A"]
+    return "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+
+
+@pytest.fixture(scope="module")
+def waiting_device(tmp_path_factory: pytest.TempPathFactory) -> Device:
+    """A device that has sent one request and waits for its answer."""
+    dev = device(tmp_path_factory.mktemp("hostile"))
+    dev.renewer.tick(connected=True)
+    return dev
+
+
+@settings(max_examples=150)
+@given(cert_body=_B64, ca_body=_B64, real_ca=st.booleans())
+def test_a_hostile_answer_never_crashes_the_renewer(
+    waiting_device: Device, cert_body: str, ca_body: str, real_ca: bool
+) -> None:
+    """Whatever base64 a schema-valid answer carries as certificate and CA, the renewer
+    refuses it as invalid and changes nothing; it never raises."""
+    dev = waiting_device
+    before = dev.files.cert_file.read_bytes()
+    ca = dev.ca.ca_file.read_text() if real_ca else _pem(ca_body)
+    answer = CertIssued(
+        device_id="dev-1", request_id=dev.sent[0].request_id, certificate=_pem(cert_body), ca=ca
+    )
+    assert not dev.renewer.handle(answer)
+    assert dev.files.cert_file.read_bytes() == before
