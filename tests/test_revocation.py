@@ -30,7 +30,7 @@ from controller.pki.tables import IssuedCertificate, serial_number
 from controller.services import Services
 from controller.settings import AttestationSettings, PkiSettings, Settings
 from shared.certificates import csr_for, new_private_key
-from shared.messages import encode_message
+from shared.messages import Challenge, encode_message
 from tests.procs import run_cli
 from tests.test_attestation_service import SETTINGS, FakeDevice, challenges, ingest
 from tests.test_protocol import birth
@@ -393,3 +393,17 @@ def test_api_revoke_is_admin_only_audited_and_shown(tmp_path: Path) -> None:
         assert again.status_code == 201, again.text
         device = live.device("dev-a")
         assert device is not None and device["decommissioned"] is False
+
+
+def test_a_revoked_device_is_not_challenged_again(engine: Engine, tmp_path: Path) -> None:
+    """The periodic attestation round skips decommissioned devices (their quotes would be
+    refused anyway)."""
+    service = AttestationService(SETTINGS, enrollment="tofu")
+    dev = FakeDevice(tmp_path)
+    [challenge] = challenges(ingest(engine, service, dev.birth(0)))
+    ingest(engine, service, dev.answer(challenge), at=T0 + timedelta(seconds=1))
+    with session_scope(engine) as session:
+        revoke_device(session, "dev-1", reason="retired", actor="t", now=T0)
+    with session_scope(engine) as session:
+        due = service.sweep(session, T0 + timedelta(seconds=SETTINGS.interval_s + 5))
+    assert [m for m in due if isinstance(m, Challenge)] == []

@@ -520,7 +520,7 @@ class AttestationService:
         devices: Iterable[Device] = session.exec(
             select(Device)
             .join(DeviceIdentity, col(DeviceIdentity.device_id) == col(Device.id))
-            .where(col(Device.state) == "online")
+            .where(col(Device.state) == "online", col(Device.decommissioned).is_(False))
         ).all()
         out: list[Outbound] = []
         for device in devices:

@@ -63,9 +63,10 @@ def devices_list(
         table.add_column(column)
     for d in page["data"]:
         colour = {"online": "green", "offline": "red"}.get(d["state"], "white")
+        revoked = " [bold red]revoked[/bold red]" if d.get("decommissioned") else ""
         table.add_row(
             d["id"],
-            f"[{colour}]{d['state']}[/{colour}]",
+            f"[{colour}]{d['state']}[/{colour}]{revoked}",
             (d["last_seen"] or "-")[:19].replace("T", " "),
             d["device_class"] or "-",
             ", ".join(d["runtimes"]) or "-",
