@@ -391,7 +391,17 @@ class Agent:
             workers=tuple(self.supervisor.statuses()),
             mqtt_rejected=self.link.stats.rejected.snapshot() if self.link else {},
             mqtt_handler_errors=self.link.stats.handler_errors.snapshot() if self.link else {},
+            **self._certificate_state(),
         )
+
+    def _certificate_state(self) -> dict[str, Any]:
+        if self.renewer is None:
+            return {}
+        not_after = self.renewer.not_after()
+        return {
+            "certificate_not_after": not_after.timestamp() if not_after else None,
+            "certificate_renewals": self.renewer.outcomes(),
+        }
 
     def record_system_metrics(self) -> None:
         disk = psutil.disk_usage(str(self.config.state_dir))

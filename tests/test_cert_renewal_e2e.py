@@ -9,6 +9,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -282,6 +283,15 @@ def test_the_agent_renews_its_certificate_with_its_supervised_worker(tmp_path: P
 
         wait_for(lambda: "cert_renewed" in names(), 30, what="the cert_renewed event stored")
         assert agent.supervisor.down() == []
+        metrics = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(agent.metrics.exposition().decode())
+            for sample in family.samples
+        }
+        renewed = ("edgefleet_agent_certificate_renewals_total", (("outcome", "renewed"),))
+        assert metrics[renewed] == 1
+        expiry = metrics[("edgefleet_agent_certificate_expiry_timestamp_seconds", ())]
+        assert expiry == read_certificate(cert_file.read_bytes()).not_valid_after_utc.timestamp()
     finally:
         agent.stop()
         ingest.stop()

@@ -138,6 +138,17 @@ class CertRenewer:
         self.invalid = 0
         self.requests_sent = 0
 
+    def outcomes(self) -> dict[str, int]:
+        """Answers handled since start, by outcome (for /metrics)."""
+        return {"renewed": self.renewals, "refused": self.refusals, "invalid": self.invalid}
+
+    def not_after(self) -> datetime | None:
+        """When the current certificate expires; None if it cannot be read."""
+        try:
+            return read_certificate(self.cert_file.read_bytes()).not_valid_after_utc
+        except (OSError, CertificateError):
+            return None
+
     # --- called from the link's network thread -------------------------------------------
     def on_issued(self, message: CertIssued) -> None:
         """Hand an answer to the worker; never blocks (a flood beyond the queue is dropped:

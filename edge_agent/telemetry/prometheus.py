@@ -46,6 +46,10 @@ class AgentState:
     workers: tuple[WorkerStatus, ...] = ()
     mqtt_rejected: dict[str, int] = field(default_factory=dict)  # by reason
     mqtt_handler_errors: dict[str, int] = field(default_factory=dict)  # by where
+    # The MQTT client certificate's expiry (Unix time) and renewal answers by outcome, when
+    # the agent renews its certificate (docs/tls.md); None / empty otherwise.
+    certificate_not_after: float | None = None
+    certificate_renewals: dict[str, int] = field(default_factory=dict)
 
 
 class _StateCollector(Collector):
@@ -87,6 +91,27 @@ class _StateCollector(Collector):
             value=state.invalid_observations,
         )
         yield from _worker_families(state)
+        yield from _certificate_families(state)
+
+
+def _certificate_families(state: AgentState) -> Iterable[Metric]:
+    if state.certificate_not_after is not None:
+        yield GaugeMetricFamily(
+            "edgefleet_agent_certificate_expiry_timestamp_seconds",
+            "When the MQTT client certificate expires (Unix time); it is renewed over MQTT"
+            " once mqtt.renew_before_fraction of its lifetime is left.",
+            value=state.certificate_not_after,
+        )
+    if state.certificate_renewals:
+        renewals = CounterMetricFamily(
+            "edgefleet_agent_certificate_renewals",
+            "Answers to certificate renewal requests since start, by outcome (renewed,"
+            " refused by the controller, invalid certificate).",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(state.certificate_renewals.items()):
+            renewals.add_metric([outcome], count)
+        yield renewals
 
 
 def _worker_families(state: AgentState) -> Iterable[Metric]:
