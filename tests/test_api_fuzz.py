@@ -30,6 +30,7 @@ from controller.auth.credentials import create_api_token
 from controller.auth.users import create_user
 from controller.db import session_scope
 from controller.devices.tables import Device
+from controller.pki.store import PkiStore
 from controller.services import Services
 from controller.settings import load_settings
 from edge_agent.agent import Agent
@@ -109,8 +110,8 @@ class FuzzedController:
 @pytest.fixture
 def controller(tmp_path: Path, database_url: str) -> Iterator[FuzzedController]:
     """A real controller (ingest, scheduler, supervised workers) on a real broker and each
-    supported database, with a registered device and an admin token. Schemathesis runs the
-    app's lifespan itself."""
+    supported database, with a registered device, a device CA and an admin token.
+    Schemathesis runs the app's lifespan itself."""
     root = tmp_path
     broker = MosquittoProcess(root)
     broker.start()
@@ -128,10 +129,13 @@ def controller(tmp_path: Path, database_url: str) -> Iterator[FuzzedController]:
                 "passphrase_file": str(root / "passphrase"),
                 "max_upload_bytes": 1024 * 1024,
             },
+            pki={"dir": str(root / "pki")},
         )
         services = Services.create(settings)
         assert services.tuf is not None
         services.tuf.initialize(now=datetime.now(UTC))  # uploads are signed and published
+        # A device CA, so certificate requests are judged on their merits.
+        PkiStore.from_settings(settings).initialize(now=datetime.now(UTC))
         with session_scope(services.engine) as session:
             admin = create_user(session, username="admin", password="fuzz-pass-1234", role="admin")
             token = create_api_token(session, admin, name="fuzz")
