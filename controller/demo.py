@@ -408,7 +408,12 @@ def run_demo(
 
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings, services=services), host=HOST, port=http_port, log_level="warning"
+            create_app(settings, services=services),
+            host=HOST,
+            port=http_port,
+            log_level="warning",
+            # No proxy in front of the demo: no X-Forwarded-* header is believed.
+            proxy_headers=False,
         )
     )
     server_thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)

@@ -110,6 +110,9 @@ def tls_mosquitto(
         f"keyfile {key_file}",
         "require_certificate true",
         "use_identity_as_username true",
+        # Without it any valid certificate could take over another device's session by
+        # connecting with its client id.
+        "use_username_as_clientid true",
         f"acl_file {acl}",
         "allow_anonymous false",
         # Started as root, Mosquitto would switch to user 'mosquitto', who cannot read
