@@ -99,7 +99,9 @@ def start_ingest(port: int, db: Path, client_id: str, pki: Pki | None) -> Servic
         "url": f"{'mqtts' if pki else 'mqtt'}://127.0.0.1:{port}",
         "protocol": "5",
         "client_id": client_id,
-        "shared_group": SHARED_GROUP,
+        # A group per measurement: a session the previous measurement left behind (see
+        # issue 15) must not take a share of this one's messages.
+        "shared_group": f"{SHARED_GROUP}-{client_id}",
     }
     if pki is not None:
         broker |= {
