@@ -162,9 +162,12 @@ def db_counts(db: Path) -> tuple[int, int]:
     return int(rows), int(distinct)
 
 
-def start_ingest(port: int, db: Path, client_id: str) -> Services:
+def start_ingest(
+    port: int, db: Path, client_id: str, broker: dict[str, Any] | None = None
+) -> Services:
     """The controller's long-lived parts on SQLite ``db``, ingesting from Mosquitto at
-    ``port`` over MQTT 5 (shared subscription, persistent session), started."""
+    ``port`` over MQTT 5 (shared subscription, persistent session), started; ``broker``
+    overrides broker settings (a TLS URL and certificate files, another group)."""
     settings = load_settings(
         None,
         environment="development",
@@ -175,6 +178,7 @@ def start_ingest(port: int, db: Path, client_id: str) -> Services:
             "protocol": "5",
             "client_id": client_id,
             "shared_group": SHARED_GROUP,
+            **(broker or {}),
         },
     )
     # "job skipped: maximum number of running instances" while the sweep waits on the

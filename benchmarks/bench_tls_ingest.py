@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import Publisher, free_port, machine, median, print_table
-from benchmarks.bench_sync_ingest import Workload, build_payloads, db_counts
+from benchmarks.bench_sync_ingest import Workload, build_payloads, db_counts, start_ingest
 from controller.pki.authority import device_certificate, new_authority, server_certificate
 from controller.services import Services
-from controller.settings import load_settings
 from shared.certificates import certificate_pem, csr_for, new_private_key, private_key_pem
 
 GOAL_RATIO = 0.8
@@ -93,39 +92,26 @@ def two_listener_broker(pki: Pki, folder: Path) -> Iterator[tuple[int, int]]:
         proc.wait(10)
 
 
-def start_ingest(port: int, db: Path, client_id: str, pki: Pki | None) -> Services:
-    broker: dict[str, Any] = {
-        "mode": "external",
-        "url": f"{'mqtts' if pki else 'mqtt'}://127.0.0.1:{port}",
-        "protocol": "5",
-        "client_id": client_id,
-        # A group per measurement: a session the previous measurement left behind (see
-        # issue 15) must not take a share of this one's messages.
-        "shared_group": f"{SHARED_GROUP}-{client_id}",
-    }
+def start_tls_ingest(port: int, db: Path, client_id: str, pki: Pki | None) -> Services:
+    """``bench_sync_ingest``'s controller, over mutual TLS with ``pki``."""
+    # A group per measurement: a session the previous measurement left behind (see
+    # issue 15) must not take a share of this one's messages.
+    broker: dict[str, Any] = {"shared_group": f"{SHARED_GROUP}-{client_id}"}
     if pki is not None:
         broker |= {
+            "url": f"mqtts://127.0.0.1:{port}",
             "ca_file": str(pki.ca),
             "cert_file": str(pki.controller[0]),
             "key_file": str(pki.controller[1]),
         }
-    settings = load_settings(
-        None, environment="development", database_url=f"sqlite:///{db}", broker=broker
-    )
-    services = Services.create(settings)
-    services.start()
-    if services.ingest is None or not services.ingest.wait_connected(10):
-        services.stop()
-        raise RuntimeError("controller ingest did not connect to the broker")
-    time.sleep(0.5)  # let the SUBACK land before the first publish
-    return services
+    return start_ingest(port, db, client_id, broker)
 
 
 def run(port: int, work: Workload, db: Path, run_id: str, pki: Pki | None) -> float:
     """Records/s from the first publish to the last record committed."""
     tls = (str(pki.ca), str(pki.publisher[0]), str(pki.publisher[1])) if pki else None
     publisher = Publisher(port, partial(build_payloads, work), tls=tls)
-    services = start_ingest(port, db, f"bench-ingest-{run_id}", pki)
+    services = start_tls_ingest(port, db, f"bench-ingest-{run_id}", pki)
     try:
         start = publisher.go()
         deadline = time.monotonic() + 600
