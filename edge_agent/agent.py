@@ -266,10 +266,12 @@ class Agent:
         status: str,
         task_class: str | None,
         local_model: str | None = None,
+        app: str | None = None,
     ) -> None:
         """One record per request: the routing decision and its cost, never the content;
         the request also goes into the telemetry window and the Prometheus counters.
-        ``local_model`` is the local model the router used or would use."""
+        ``local_model`` is the local model the router used or would use; ``app`` is the
+        name of the local app's API key (never the key), when keys are configured."""
         route = outcome.get("route")
         confidence = outcome.get("confidence")
         observation = ChatObservation(
@@ -299,6 +301,7 @@ class Agent:
                 "completion_tokens": completion_tokens,
                 "stream": stream,
                 "status": status,
+                **({"app": app} if app is not None else {}),
             },
             Priority.NORMAL,
         )

@@ -79,6 +79,7 @@ class ChatRecorder(Protocol):
         status: str,
         task_class: str | None,
         local_model: str | None = None,
+        app: str | None = None,
     ) -> None: ...
 
 
@@ -114,6 +115,8 @@ class ChatCall:
     session_id: str | None
     stream: bool
     started: float  # time.perf_counter() when the request arrived
+    # The local app's name from its API key (api.keys_file), None on an open API.
+    app: str | None = None
 
 
 class ChatService:
@@ -165,6 +168,7 @@ class ChatService:
         session_id: str | None,
         stream: bool,
         started: float,
+        app: str | None = None,
     ) -> ChatCall:
         """The request with the session's history, compacted to fit (blocking: counting
         tokens waits for the model's thread). Raises ``ChatRefused`` when it cannot fit."""
@@ -193,6 +197,7 @@ class ChatService:
             session_id=session_id,
             stream=stream,
             started=started,
+            app=app,
         )
 
     def _with_history(
@@ -271,4 +276,5 @@ class ChatService:
             status=status,
             task_class=call.routed.hints.task_class,
             local_model=call.local_model,
+            app=call.app,
         )

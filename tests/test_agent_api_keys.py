@@ -302,3 +302,27 @@ def test_keys_repr_and_errors_hold_no_hash(keys: tuple[Path, str, str]) -> None:
     assert "sha256" not in repr(parsed) and dashboard not in repr(parsed)
     with pytest.raises(ApiKeysError, match="already has a key named 'dashboard'"):
         add_key(path, "dashboard")
+
+
+def test_the_app_name_reaches_the_inference_record_sent_to_the_controller(
+    tmp_path: Path, keys: tuple[Path, str, str]
+) -> None:
+    """A chat request made with an app's key is recorded (for the controller's telemetry)
+    under that app's name, never its key."""
+    _, dashboard, _ = keys
+    agent = _agent(tmp_path, keys[0])
+    try:
+        with TestClient(create_agent_app(agent)) as client:
+            answer = client.post(
+                "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "hi"}]},
+                headers=_bearer(dashboard),
+            )
+            assert answer.status_code == 503  # no model here: recorded as unavailable
+        assert agent.outbox is not None
+        rows = agent.outbox.read_batch(None, max_records=100, max_bytes=10**6)
+        inference = [r.body for r in rows if r.name == "inference"]
+        assert [(b["app"], b["status"]) for b in inference] == [("dashboard", "unavailable")]
+        assert dashboard not in str(inference)
+    finally:
+        agent.stop()

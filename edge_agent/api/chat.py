@@ -201,6 +201,7 @@ def chat_routes(service: ChatService, jobs: JobQueue, device_id: str) -> APIRout
                 session_id=session_id,
                 stream=body.stream,
                 started=started,
+                app=getattr(raw.state, "app", None),
             )
         except ChatRefused as refused:
             return error(refused.status, refused.message, refused.code)
