@@ -1,5 +1,6 @@
 """Benchmark helpers: a throwaway Mosquitto, medians and the machine description."""
 
+import getpass
 import os
 import platform
 import shutil
@@ -63,18 +64,30 @@ def raise_nofile(limit: int) -> None:
 
 
 @contextmanager
-def mosquitto_broker(extra_conf: str = "", nofile: int = 0) -> Iterator[int]:
+def mosquitto_broker(
+    extra_conf: str = "", nofile: int = 0, tls: tuple[Path, Path, Path] | None = None
+) -> Iterator[int]:
     """A throwaway Mosquitto on a free loopback port, with extra config lines.
 
-    Like ``mosquitto()``, plus ``extra_conf`` (e.g. ``max_inflight_messages``) and an
-    optional open-file limit for the broker process (for thousands of connections).
+    Like ``mosquitto()``, plus ``extra_conf`` (e.g. ``max_inflight_messages``), an optional
+    open-file limit for the broker process (for thousands of connections) and, with
+    ``tls`` = (CA, server certificate, key), a mutual-TLS listener instead of plaintext
+    (client certificates required, the CN as user name, as in production).
     """
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "m.conf"
+        listener = f"listener {port} 127.0.0.1\n"
+        if tls is not None:
+            listener += (
+                f"cafile {tls[0]}\ncertfile {tls[1]}\nkeyfile {tls[2]}\n"
+                "require_certificate true\nuse_identity_as_username true\n"
+                # stay the current user: 'mosquitto' could not read the key files
+                f"user {getpass.getuser()}\n"
+            )
         conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            listener + "allow_anonymous true\npersistence false\n"
             "max_queued_messages 1000000\nmax_connections -1\n" + extra_conf
         )
         proc = subprocess.Popen(

@@ -88,17 +88,81 @@ class SimProcess:
                 self.drained_s = float(event["elapsed_s"])
 
 
-def write_template(folder: Path, name: str, port: int) -> Path:
-    """An agent config (YAML) used as the template of one simulation process."""
+@dataclass(frozen=True)
+class StormTls:
+    """Mutual TLS for a storm: the CA, the broker's certificate and key, the controller's,
+    and a folder of device certificates named ``<device id>.crt`` / ``.key``."""
+
+    ca: Path
+    server: tuple[Path, Path]
+    controller: tuple[Path, Path]
+    devices: Path
+
+    def broker_overrides(self, port: int) -> dict[str, Any]:
+        return {
+            "url": f"mqtts://127.0.0.1:{port}",
+            "ca_file": str(self.ca),
+            "cert_file": str(self.controller[0]),
+            "key_file": str(self.controller[1]),
+        }
+
+
+def make_storm_tls(folder: Path, device_ids: list[str]) -> StormTls:
+    """A CA and a certificate for the broker (127.0.0.1), the controller and every device,
+    made with the project's own CA code (ECDSA P-256)."""
+    from controller.pki.authority import device_certificate, new_authority, server_certificate
+    from shared.certificates import certificate_pem, csr_for, new_private_key, private_key_pem
+
+    now = datetime.now(UTC)
+    ca = new_authority("storm CA", now=now, days=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ca.crt").write_bytes(certificate_pem(ca.cert))
+
+    def write(name: str, cert: Any, key: Any) -> tuple[Path, Path]:
+        (folder / f"{name}.crt").write_bytes(certificate_pem(cert))
+        (folder / f"{name}.key").write_bytes(private_key_pem(key))
+        return folder / f"{name}.crt", folder / f"{name}.key"
+
+    def client(name: str) -> tuple[Path, Path]:
+        key = new_private_key()
+        return write(name, device_certificate(ca, csr_for(name, key), name, now=now, days=1), key)
+
+    server_key = new_private_key()
+    server = write(
+        "broker", server_certificate(ca, ["127.0.0.1"], server_key, now=now, days=1), server_key
+    )
+    controller = client("controller")
+    for device_id in device_ids:
+        client(device_id)
+    return StormTls(folder / "ca.crt", server, controller, folder)
+
+
+def storm_device_ids(run: int, counts: list[int]) -> list[str]:
+    """The ids ``edge-agent simulate`` gives the storm's devices (see ``device_configs``)."""
+    ids: list[str] = []
+    for index, n in enumerate(counts):
+        name = f"storm{run}-p{index}"
+        ids += [name] if n == 1 else [f"{name}-{i:04d}" for i in range(n)]
+    return ids
+
+
+def write_template(folder: Path, name: str, port: int, tls: StormTls | None = None) -> Path:
+    """An agent config (YAML) used as the template of one simulation process; with ``tls``
+    over mqtts:// with each device's own certificate."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"
+    mqtt = (
+        f"  url: mqtt://127.0.0.1:{port}\n"
+        if tls is None
+        else f"  url: mqtts://127.0.0.1:{port}\n  ca_file: {tls.ca}\n"
+        f"  cert_file: {tls.devices}/{{device_id}}.crt\n"
+        f"  key_file: {tls.devices}/{{device_id}}.key\n"
+    )
     path.write_text(
         f"device_id: {name}\n"
         f"state_dir: {folder / name}\n"
         "heartbeat_interval_s: 5\n"
-        "mqtt:\n"
-        f"  url: mqtt://127.0.0.1:{port}\n"
-        '  protocol: "5"\n'
+        "mqtt:\n" + mqtt + '  protocol: "5"\n'
         "  keepalive_s: 30\n"
         "  reconnect_min_s: 1\n"
         "  reconnect_max_s: 10\n"
@@ -174,9 +238,10 @@ def _launch_sim(
     prefill: int,
     start_at: float,
     sim_log_level: str,
+    tls: StormTls | None = None,
 ) -> SimProcess:
     """One ``edge-agent simulate`` process of ``devices`` devices, released at ``start_at``."""
-    template = write_template(root / f"storm-{run}", f"storm{run}-p{index}", port)
+    template = write_template(root / f"storm-{run}", f"storm{run}-p{index}", port, tls)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -287,19 +352,29 @@ def run_storm(
     *,
     timeout_s: float,
     sim_log_level: str,
+    tls: bool = False,
 ) -> StormResult:
+    """One storm on a fresh broker and database; with ``tls`` over mutual TLS (a CA made
+    for the storm, a certificate per device)."""
     counts = [
         devices // processes + (1 if i < devices % processes else 0) for i in range(processes)
     ]
-    with mosquitto_broker(nofile=NOFILE) as port:
-        db = root / f"storm-{run}.db"
-        services = start_ingest(port, db, client_id=f"bench-storm-{run}")
+    certs = (
+        make_storm_tls(root / f"storm-{run}-tls", storm_device_ids(run, counts)) if tls else None
+    )
+    broker_tls = (certs.ca, *certs.server) if certs else None
+    with mosquitto_broker(nofile=NOFILE, tls=broker_tls) as port:
+        db = root / f"storm-{run}{'-tls' if tls else ''}.db"
+        overrides = certs.broker_overrides(port) if certs else None
+        services = start_ingest(port, db, f"bench-storm-{run}", overrides)
         sims: list[SimProcess] = []
         try:
             launched = time.time()
             start_at = launched + lead_s
             for i, n in enumerate(counts):
-                sims.append(_launch_sim(root, run, i, n, port, prefill, start_at, sim_log_level))
+                sims.append(
+                    _launch_sim(root, run, i, n, port, prefill, start_at, sim_log_level, certs)
+                )
             _wait_prefilled(root, run, sims, start_at, lead_s)
             prefill_s = time.time() - launched
             expected = sum(s.pending for s in sims)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from edge_agent.agent import Agent
@@ -43,16 +44,38 @@ class SimulationPlan:
     exit_when_drained: bool = False
 
 
+DEVICE_ID_FIELD = "{device_id}"
+
+
+def _own_files(config: AgentConfig) -> AgentConfig:
+    """``{device_id}`` in the template's ``mqtt.cert_file`` / ``key_file`` becomes the
+    device's id: each simulated device presents its own client certificate."""
+    mqtt = config.mqtt
+    if mqtt is None:
+        return config
+    update = {
+        key: Path(str(value).replace(DEVICE_ID_FIELD, config.device_id))
+        for key in ("cert_file", "key_file")
+        if (value := getattr(mqtt, key)) is not None and DEVICE_ID_FIELD in str(value)
+    }
+    if not update:
+        return config
+    return config.model_copy(update={"mqtt": mqtt.model_copy(update=update)})
+
+
 def device_configs(template: AgentConfig, count: int) -> list[AgentConfig]:
-    """One config per simulated device: the template itself, or numbered copies of it."""
+    """One config per simulated device: the template itself, or numbered copies of it
+    (with ``{device_id}`` in the certificate and key paths filled in)."""
     if count == 1:
-        return [template]
+        return [_own_files(template)]
     return [
-        template.model_copy(
-            update={
-                "device_id": f"{template.device_id}-{i:04d}",
-                "state_dir": template.state_dir / f"{template.device_id}-{i:04d}",
-            }
+        _own_files(
+            template.model_copy(
+                update={
+                    "device_id": f"{template.device_id}-{i:04d}",
+                    "state_dir": template.state_dir / f"{template.device_id}-{i:04d}",
+                }
+            )
         )
         for i in range(count)
     ]

@@ -98,3 +98,31 @@ def test_plaintext_to_another_host_is_warned_about(
     assert bool(messages) == warned
     if warned:
         assert url in messages[0]
+
+
+def test_simulated_devices_each_present_their_own_certificate(tmp_path: Path) -> None:
+    """In a simulation template, ``{device_id}`` in the certificate and key paths becomes
+    each simulated device's id, so every device connects with its own certificate."""
+    from edge_agent.config import AgentConfig
+    from edge_agent.simulate import device_configs
+
+    template = AgentConfig.model_validate(
+        {
+            "device_id": "sim",
+            "state_dir": str(tmp_path),
+            "mqtt": {
+                "url": "mqtts://127.0.0.1:8883",
+                "ca_file": str(tmp_path / "ca.crt"),
+                "cert_file": str(tmp_path / "{device_id}.crt"),
+                "key_file": str(tmp_path / "{device_id}.key"),
+            },
+        }
+    )
+    configs = device_configs(template, 3)
+    assert [(c.device_id, c.mqtt and c.mqtt.cert_file) for c in configs] == [
+        (f"sim-{i:04d}", tmp_path / f"sim-{i:04d}.crt") for i in range(3)
+    ]
+    assert all(c.mqtt and c.mqtt.key_file == tmp_path / f"{c.device_id}.key" for c in configs)
+    assert all(c.mqtt and c.mqtt.ca_file == tmp_path / "ca.crt" for c in configs)
+    single = device_configs(template, 1)[0]
+    assert single.mqtt is not None and single.mqtt.cert_file == tmp_path / "sim.crt"
