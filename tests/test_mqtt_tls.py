@@ -174,3 +174,48 @@ def test_unusable_tls_files_fail_at_start_naming_the_file(tmp_path: Path) -> Non
     files = ca.client("dev-a")
     with pytest.raises(TlsConfigError, match=re.escape("dev-a.crt")):
         Tls(ca.ca_file, files.cert_file, ca.ca_file).context()
+
+
+def test_a_device_certificate_cannot_read_another_devices_topics(tmp_path: Path) -> None:
+    """Device A subscribing to device B's topics (or to everything) receives nothing the
+    controller sends to B, while B gets it: the broker's ACL keys on the certificate's CN."""
+    ca = TestCa(tmp_path / "ca")
+    broker = tls_mosquitto(tmp_path, ca)
+    broker.start()
+    try:
+        snooped: list[Inbound] = []
+        snoop_acks: list[list[str]] = []
+        a = client(
+            broker.port,
+            "dev-a",
+            tls_for(ca, ca.client("dev-a")),
+            heard=snooped,
+            subscribe="ef/v1/dev-b/#",
+            subscribed=snoop_acks,
+        )
+        heard_b: list[Inbound] = []
+        b_acks: list[list[str]] = []
+        b = client(
+            broker.port,
+            "dev-b",
+            tls_for(ca, ca.client("dev-b")),
+            heard=heard_b,
+            subscribe="ef/v1/dev-b/#",
+            subscribed=b_acks,
+        )
+        ctl_connects: list[str | None] = []
+        ctl = client(
+            broker.port,
+            "edgefleet-controller",
+            tls_for(ca, ca.client("edgefleet-controller")),
+            connects=ctl_connects,
+        )
+        with serving(a), serving(b), serving(ctl):
+            wait_for(lambda: snoop_acks and b_acks and ctl_connects, 10, what="sessions")
+            assert ctl.publish("ef/v1/dev-b/desired", b"for b only", qos=1).wait(5)
+            wait_for(lambda: heard_b, 10, what="B's own message")
+            assert ctl.publish("ef/v1/dev-b/ack", b"also for b", qos=1).wait(5)
+            wait_for(lambda: len(heard_b) == 2, 10, what="B's second message")
+        assert snooped == [], "device A read device B's topic"
+    finally:
+        broker.stop()
