@@ -11,6 +11,7 @@ default ``.edgefleet/demo/cli.json`` under the current folder).
 
 import json
 import os
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,10 +66,20 @@ def resolve_target(url: str | None, token: str | None) -> Target:
     return Target(url=str(final_url).rstrip("/"), token=str(final_token))
 
 
-def open_client(target: Target, *, timeout: float | httpx.Timeout = 30.0) -> httpx.Client:
+def open_client(
+    target: Target, *, timeout: float | httpx.Timeout = 30.0, ca_file: Path | None = None
+) -> httpx.Client:
     """An ``httpx.Client`` with the controller as base URL and the token in its headers,
-    for a caller that makes many calls (close it, or use it as a context manager)."""
-    return httpx.Client(base_url=target.url, headers=target.headers, timeout=timeout)
+    for a caller that makes many calls (close it, or use it as a context manager). With
+    ``ca_file`` the controller's HTTPS certificate is verified against that CA (a private
+    CA such as the device CA) instead of the public ones."""
+    verify: ssl.SSLContext | bool = True
+    if ca_file is not None:
+        try:
+            verify = ssl.create_default_context(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as e:
+            raise ApiError(f"cannot use {ca_file} as the controller's CA: {e}") from e
+    return httpx.Client(base_url=target.url, headers=target.headers, timeout=timeout, verify=verify)
 
 
 def error_detail(response: httpx.Response) -> Any:

@@ -24,6 +24,8 @@ IDENTITY_FOLDER = "identity"
 IDENTITY_KEY_FILE = "ed25519.pem"
 # The broker's CA certificate (the device CA, from ``edgefleet pki init``) for mqtts://.
 MQTT_CA_FILE = "etc/edgefleet/mqtt-ca.crt"
+# The CA of the controller's HTTPS certificate (updates.ca_file), when flash was given one.
+CONTROLLER_CA_FILE = "etc/edgefleet/controller-ca.crt"
 # The device's TLS client key and certificate: ``<state_dir>/tls/device.key`` (PKCS#8 PEM,
 # 0600) and ``device.crt`` (CN = the device id), in a 0700 folder the agent owns, so it
 # can replace the certificate when it renews it.
@@ -34,6 +36,7 @@ TLS_CERT_FILE = "device.crt"
 __all__ = [
     "AGENT_CONFIG",
     "AGENT_CONFIG_SCHEMA",
+    "CONTROLLER_CA_FILE",
     "IDENTITY_FOLDER",
     "IDENTITY_KEY_FILE",
     "IMAGE_FILE",

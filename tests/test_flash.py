@@ -55,8 +55,9 @@ from edge_agent import __version__ as agent_version
 from edge_agent.cli import app as agent_cli
 from edge_agent.config import config_schema, load_config
 from shared.canonical import canonical_json
-from shared.provisioning import AGENT_CONFIG_SCHEMA
+from shared.provisioning import AGENT_CONFIG_SCHEMA, CONTROLLER_CA_FILE
 from tests.controller_harness import LiveController, live_controller
+from tests.pki_world import TestCa
 
 PASSPHRASE = "correct horse battery staple, flashing"
 DEVICE_CLASS = "test-cpu"
@@ -608,3 +609,39 @@ def test_credential_route_refuses_a_weak_hash(world: World) -> None:
         headers=auth,
     )
     assert taken.status_code == 201, taken.text
+
+
+def test_a_controller_ca_becomes_the_devices_updates_ca_file(world: World, tmp_path: Path) -> None:
+    """Given the CA of an https controller's certificate, flash writes it onto the device
+    and names it as the agent's ``updates.ca_file`` (which the agent loads and checks); for
+    a plain-http controller, or a file that is not a certificate, it refuses before
+    writing anything."""
+    pem = TestCa(tmp_path / "ca").ca_file.read_bytes()
+    with pytest.raises(FlashError, match="https://"):
+        world.flash(tmp_path / "plain", "flashed-ca-0", controller_ca=pem)
+    assert not (tmp_path / "plain").exists()
+    https = ControllerApi(cast(httpx.Client, world.live.client), "https://testserver")
+    world.api()  # the admin token in the client's headers
+    with pytest.raises(FlashError, match="controller CA"):
+        flash(
+            world.image,
+            target=tmp_path / "bad",
+            device_id="flashed-ca-0",
+            controller=https,
+            image_key=world.public_key,
+            controller_ca=b"not a certificate",
+        )
+    target = tmp_path / "device"
+    flash(
+        world.image,
+        target=target,
+        device_id="flashed-ca-1",
+        controller=https,
+        image_key=world.public_key,
+        broker_url="mqtt://10.0.0.5:1883",
+        controller_ca=pem,
+    )
+    assert (target / CONTROLLER_CA_FILE).read_bytes() == pem
+    config = load_config(target / AGENT_CONFIG, root=target.resolve())
+    assert config.updates.metadata_url == "https://testserver/tuf/metadata/"
+    assert config.updates.ca_file == target.resolve() / CONTROLLER_CA_FILE

@@ -51,6 +51,14 @@ def flash(
         bool,
         typer.Option(help="Replace the device's existing broker credential (reflashing it)."),
     ] = False,
+    controller_ca: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM CA of the controller's HTTPS certificate (a private CA, e.g. the device"
+            " CA's ca.crt): flash verifies the https --url against it, and the device gets it"
+            " as its updates.ca_file for the TUF repository."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Verify IMAGE (signature and every file's hash) before writing anything, write it to
@@ -70,7 +78,17 @@ def flash(
             public_key = read_public_key_file(image_key)
         except ImageKeyError as e:
             raise _fail(str(e), 2) from e
-    with open_client(api_target, timeout=30) as client:
+    ca_pem = None
+    if controller_ca is not None:
+        try:
+            ca_pem = controller_ca.read_bytes()
+        except OSError as e:
+            raise _fail(f"--controller-ca {controller_ca}: {e.strerror or e}", 2) from e
+    try:
+        client = open_client(api_target, timeout=30, ca_file=controller_ca)
+    except ApiError as e:
+        raise _fail(str(e), 2) from e
+    with client:
         try:
             summary = run(
                 image,
@@ -81,6 +99,7 @@ def flash(
                 image_key=public_key,
                 force=force,
                 rotate=rotate,
+                controller_ca=ca_pem,
             )
         except ControllerError as e:
             raise _fail(str(e), 1) from e

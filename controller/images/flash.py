@@ -87,6 +87,7 @@ from shared.certificates import (
 )
 from shared.provisioning import (
     AGENT_CONFIG,
+    CONTROLLER_CA_FILE,
     IDENTITY_KEY_FILE,
     MQTT_CA_FILE,
     PASSWORD_FILE,
@@ -137,6 +138,17 @@ def _translated() -> Iterator[None]:
         raise FlashError(f"image refused: {e}") from e
 
 
+def check_controller_ca(pem: bytes, controller_url: str) -> None:
+    """A controller CA is a PEM certificate, and only for an https:// controller URL (the
+    agent refuses ``updates.ca_file`` for plain http)."""
+    if urlsplit(controller_url).scheme != "https":
+        raise FlashError(f"--controller-ca is for an https:// controller URL, not {controller_url}")
+    try:
+        read_certificate(pem)
+    except CertificateError as e:
+        raise FlashError(f"controller CA: {e}") from e
+
+
 def flash(
     image_path: Path,
     *,
@@ -147,8 +159,11 @@ def flash(
     image_key: bytes | None = None,
     force: bool = False,
     rotate: bool = False,
+    controller_ca: bytes | None = None,
 ) -> FlashSummary:
-    """Verify, prepare, register and write (see the module docstring for the order)."""
+    """Verify, prepare, register and write (see the module docstring for the order).
+    ``controller_ca`` (PEM) is the CA of the controller's HTTPS certificate, for an https
+    controller URL: written to the device as its ``updates.ca_file``."""
     from shared.topics import is_valid_device_id
 
     if not is_valid_device_id(device_id):
@@ -168,6 +183,7 @@ def flash(
             broker_url=broker_url,
             force=force,
             rotate=rotate,
+            controller_ca=controller_ca,
         )
 
 
@@ -180,8 +196,11 @@ def _flash_verified(
     broker_url: str | None,
     force: bool,
     rotate: bool,
+    controller_ca: bytes | None = None,
 ) -> FlashSummary:
     check_target(target, force=force)
+    if controller_ca is not None:
+        check_controller_ca(controller_ca, controller.url)
     broker = broker_url or default_broker_url(controller.url)
     with _translated():
         template = template_bytes(image)
@@ -194,6 +213,7 @@ def _flash_verified(
             device_id=device_id,
             broker_url=broker,
             controller_url=controller.url,
+            controller_ca=controller_ca is not None,
         )
         state_dir = state_dir_of(config, schema)
     except ValueError as e:
@@ -209,6 +229,8 @@ def _flash_verified(
         PASSWORD_FILE: DeviceFile((password + "\n").encode(), 0o600),
         **identity_files(state_dir, key),
     }
+    if controller_ca is not None:
+        device[CONTROLLER_CA_FILE] = DeviceFile(controller_ca, 0o644)
     controller.issue_credential(device_id, hash_password(password), rotate=rotate)
     controller.register_identity(device_id, public_key)
     certificate: tuple[str, str] | None = None

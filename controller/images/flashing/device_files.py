@@ -19,6 +19,7 @@ from jsonschema.validators import validator_for
 
 from shared.broker_url import parse_broker_url
 from shared.provisioning import (
+    CONTROLLER_CA_FILE,
     IDENTITY_FOLDER,
     IDENTITY_KEY_FILE,
     MQTT_CA_FILE,
@@ -96,10 +97,12 @@ def render_agent_config(
     device_id: str,
     broker_url: str,
     controller_url: str,
+    controller_ca: bool = False,
 ) -> tuple[bytes, dict[str, Any]]:
     """The device's ``agent.yaml`` (and the document it holds): the template with
     placeholders filled and the keys that make it this device (id, broker login, update
-    mirror and trusted root) set. ValueError when ``schema`` refuses the result."""
+    mirror and trusted root; with ``controller_ca`` the CA file that verifies the
+    controller's HTTPS certificate) set. ValueError when ``schema`` refuses the result."""
     values = {"device_id": device_id, "broker_url": broker_url, "controller_url": controller_url}
     raw = _filled(template, values)
     raw["device_id"] = device_id
@@ -121,6 +124,8 @@ def render_agent_config(
         "targets_url": f"{controller_url}/tuf/targets/",
         "trusted_root": "/" + TRUSTED_ROOT,
     }
+    if controller_ca:
+        raw["updates"]["ca_file"] = "/" + CONTROLLER_CA_FILE
     check_agent_config(raw, schema)
     header = f"# Written by 'edgefleet flash' for {device_id}; every key: docs/configuration.md\n"
     return (header + yaml.safe_dump(raw, sort_keys=False)).encode("utf-8"), raw
