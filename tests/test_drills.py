@@ -4,10 +4,17 @@ GGUF), and stored reports on the API and console."""
 
 import json
 import os
+import stat
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from pydantic import SecretStr
 
 from controller.drills.checks import (
     RESTRICTED_MARKERS,
@@ -23,11 +30,27 @@ from controller.drills.checks import (
     overall,
     skipped,
 )
-from controller.drills.processes import CommandController, DrillError, free_port, wait_until
+from controller.drills.processes import (
+    PASSPHRASE,
+    CommandController,
+    DrillError,
+    EmbeddedController,
+    free_port,
+    wait_until,
+)
 from controller.drills.runner import DrillOptions, DrillRunner, run_drill
 from controller.drills.scenarios import SCENARIOS, Step, Window, fault_plan, fault_windows
-from tests.conftest import Broker
+from controller.pki.store import PkiStore
+from shared.certificates import (
+    certificate_info,
+    certificate_pem,
+    csr_for,
+    new_private_key,
+    private_key_pem,
+)
+from tests.conftest import Broker, MosquittoProcess
 from tests.controller_harness import LiveController, live_controller
+from tests.pki_world import BrokerFiles, tls_mosquitto
 from tests.procs import run_cli
 
 FAULT = [Window(2.0, 6.0)]
@@ -295,6 +318,156 @@ def test_cli_refuses_bad_input(tmp_path: Path) -> None:
     )
     assert no_url.returncode == 2
     assert "--url" in no_url.stderr
+
+
+# --- over mutual TLS --------------------------------------------------------------------------
+@dataclass
+class TlsWorld:
+    """A controller (``controller serve`` on a TUF repository and a device CA, started by
+    the drill as --controller-cmd) on a Mosquitto whose only listener is mutual TLS with
+    a CA and server certificate from that controller's store."""
+
+    broker_url: str
+    controller: EmbeddedController
+    command: str
+    store: PkiStore
+
+
+@pytest.fixture
+def brokers() -> Iterator[list[MosquittoProcess]]:
+    started: list[MosquittoProcess] = []
+    yield started
+    for broker in started:
+        broker.stop()
+
+
+def _tls_world(
+    folder: Path, model: Path, brokers: list[MosquittoProcess], *, hosts: list[str]
+) -> TlsWorld:
+    now = datetime.now(UTC)
+    folder.mkdir(parents=True, exist_ok=True)
+    store = PkiStore(folder / "pki", SecretStr(PASSPHRASE))
+    store.initialize(now=now)
+    server = store.write_server_certificate(hosts, folder / "srv", now=now)
+    key = new_private_key()
+    client_cert = store.sign_device(
+        csr_for("edgefleet-controller", key), "edgefleet-controller", now=now
+    )
+    (folder / "controller.key").write_bytes(private_key_pem(key))
+    (folder / "controller.crt").write_bytes(certificate_pem(client_cert))
+    broker = tls_mosquitto(folder, BrokerFiles(store.ca_file, *server))
+    broker.start()
+    brokers.append(broker)
+    url = f"mqtts://127.0.0.1:{broker.port}"
+    controller = EmbeddedController(folder, url, protocol="5", repository=True)
+    settings = yaml.safe_load(controller.config.read_text())
+    settings["broker"] |= {
+        "client_id": "edgefleet-controller",
+        "ca_file": str(store.ca_file),
+        "cert_file": str(folder / "controller.crt"),
+        "key_file": str(folder / "controller.key"),
+    }
+    settings["pki"] = {"dir": str(store.dir)}
+    controller.config.write_text(yaml.safe_dump(settings))
+    controller.cli("keys", "init")
+    controller.cli("models", "add", str(model), "--name", "drill", "--version", "1.0",
+                   "--runtime", "llama.cpp", "--expected-latency-ms", "2000")  # fmt: skip
+    controller.bootstrap()
+    command = (
+        f"exec {sys.executable} -m controller serve --config {controller.config} "
+        f"--port {controller.port} --log-level warning"
+    )
+    return TlsWorld(url, controller, command, store)
+
+
+def _tls_options(world: TlsWorld, model: Path, workdir: Path) -> DrillOptions:
+    return DrillOptions(
+        scenario="broker-partition",
+        devices=1,
+        duration_s=8,
+        controller_url=world.controller.url,
+        token=world.controller.token,
+        controller_cmd=world.command,
+        broker_url=world.broker_url,
+        model=model,
+        workdir=workdir,
+        recovery_timeout_s=60,
+    )
+
+
+@pytest.mark.e2e
+def test_broker_partition_passes_over_mutual_tls(
+    model_path: Path, tmp_path: Path, brokers: list[MosquittoProcess]
+) -> None:
+    """Against an mqtts:// broker each drill agent gets a key made locally and a
+    certificate from the controller's CA (through the API), speaks mqtts:// through the
+    drill's proxy, and the broker partition passes every check."""
+    world = _tls_world(tmp_path / "world", model_path, brokers, hosts=["127.0.0.1"])
+    workdir = tmp_path / "drill"
+    report = run_drill(_tls_options(world, model_path, workdir))
+    assert report["passed"] is True, _failed(report)
+    telemetry = {c["name"]: c for c in report["checks"]}["telemetry_delivered_after_fault"]
+    assert telemetry["measured"]["delivered_after_heal"] >= 1
+    (device_id,) = report["device_ids"]
+    config = yaml.safe_load((workdir / f"{device_id}.yaml").read_text())
+    assert config["mqtt"]["url"].startswith("mqtts://127.0.0.1:")
+    cert = Path(config["mqtt"]["cert_file"])
+    assert certificate_info(cert.read_bytes()).subject_cn == device_id
+    assert Path(config["mqtt"]["ca_file"]).read_bytes() == world.store.ca_file.read_bytes()
+    assert stat.S_IMODE(Path(config["mqtt"]["key_file"]).stat().st_mode) == 0o600
+
+
+def test_mqtts_drill_against_a_controller_without_a_ca_fails_at_once(
+    model_path: Path, tmp_path: Path, brokers: list[MosquittoProcess]
+) -> None:
+    """A drill of an mqtts:// broker whose controller has no device CA stops before any
+    agent starts, saying to run ``edgefleet pki init``."""
+    world = _tls_world(tmp_path / "world", model_path, brokers, hosts=["127.0.0.1"])
+    settings = yaml.safe_load(world.controller.config.read_text())
+    settings["pki"] = {"dir": str(tmp_path / "no-ca")}
+    world.controller.config.write_text(yaml.safe_dump(settings))
+    options = _tls_options(world, model_path, tmp_path / "drill")
+    with pytest.raises(DrillError, match="edgefleet pki init"):
+        run_drill(options)
+    assert not list((tmp_path / "drill").glob("drill-*.yaml"))
+
+
+def test_mqtts_drill_refuses_a_broker_certificate_without_the_loopback_address(
+    model_path: Path, tmp_path: Path, brokers: list[MosquittoProcess]
+) -> None:
+    """A broker whose certificate does not name 127.0.0.1 (the address the agents dial
+    through the drill's proxy) fails the drill before any agent starts, naming it."""
+    world = _tls_world(tmp_path / "world", model_path, brokers, hosts=["broker.example"])
+    with pytest.raises(DrillError, match=r"cannot verify for 127\.0\.0\.1"):
+        run_drill(_tls_options(world, model_path, tmp_path / "drill"))
+    assert not list((tmp_path / "drill").glob("drill-*.log"))
+
+
+def test_mqtts_drill_with_a_token_that_may_not_issue_certificates_fails_at_once(
+    model_path: Path, tmp_path: Path, brokers: list[MosquittoProcess]
+) -> None:
+    """With an operator's token (issuing a certificate is admin only) an mqtts:// drill
+    stops before its first agent starts, naming the device the controller refused."""
+    world = _tls_world(tmp_path / "world", model_path, brokers, hosts=["127.0.0.1"])
+    world.controller.cli(
+        "admin", "create", "--username", "op", "--role", "operator", "--password-stdin",
+        stdin="drill-operator-" + os.urandom(8).hex() + "\n",
+    )  # fmt: skip
+    options = _tls_options(world, model_path, tmp_path / "drill")
+    options.token = world.controller.cli("token", "create", "--username", "op").strip()
+    with pytest.raises(DrillError, match="issued no certificate for drill-"):
+        run_drill(options)
+    assert not list((tmp_path / "drill").glob("drill-*.log"))
+
+
+def test_embedded_controller_with_an_mqtts_broker_is_refused() -> None:
+    """--embedded with an mqtts:// broker is refused before anything starts: the drill's
+    own controller has no CA the broker trusts."""
+    options = DrillOptions(
+        scenario="broker-partition", embedded=True, broker_url="mqtts://127.0.0.1:8883"
+    )
+    with pytest.raises(ValueError, match="--embedded with an mqtts:// broker"):
+        options.validate()
 
 
 # --- stored reports ---------------------------------------------------------------------------

@@ -48,16 +48,20 @@ def agent_config(
     state_dir: Path,
     broker_port: int,
     cloud_port: int,
+    tls: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The config of one drill agent: through the drill's proxies to the broker and the
-    fake cloud, with short timers so faults show within seconds."""
+    fake cloud, with short timers so faults show within seconds. With ``tls`` (its
+    ``ca_file``, ``cert_file``, ``key_file``) it speaks mqtts:// through the proxy."""
     o = options
+    scheme = "mqtts" if tls else "mqtt"
     return {
         "device_id": device_id,
         "device_class": "drill",
         "state_dir": str(state_dir),
         "mqtt": {
-            "url": f"mqtt://127.0.0.1:{broker_port}",
+            "url": f"{scheme}://127.0.0.1:{broker_port}",
+            **(tls or {}),
             "keepalive_s": 2,
             "reconnect_min_s": 0.2,
             "reconnect_max_s": 2.0,

@@ -52,7 +52,12 @@ class DrillOptions:
         # The agents' configs live in the work folder, and relative paths in a config are
         # taken from its folder: a relative --model would name a file that is not there.
         self.model = self.model.resolve()
-        parse_broker_url(self.broker_url)
+        if parse_broker_url(self.broker_url).tls and self.embedded:
+            raise ValueError(
+                "--embedded with an mqtts:// broker: the drill's own controller has no CA "
+                "the broker trusts; drill the controller whose CA the broker uses (--url and "
+                "--token), or a plain mqtt:// broker"
+            )
         return scenario
 
 

@@ -48,6 +48,7 @@ from controller.drills.report import Observations, build_report, per_second, ski
 from controller.drills.scenarios import Step, fault_plan
 from controller.drills.tcp_proxy import TcpProxy
 from controller.drills.timeline import Timeline
+from controller.drills.tls import agent_tls, check_broker, fetch_ca
 from shared.broker_url import parse_broker_url
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class DrillRunner:
         self.cloud: FakeProvider | None = None
         self.broker_proxy: TcpProxy | None = None
         self.cloud_proxy: TcpProxy | None = None
+        self.ca_file: Path | None = None  # the controller's device CA, for mqtts:// brokers
         self.rollout_id: int | None = None
         self.rollout_version: str | None = options.rollout_version
         self.desired: dict[str, tuple[int, Any]] = {}
@@ -161,6 +163,12 @@ class DrillRunner:
     def _agent_config(self, device_id: str, port: int, state_dir: Path) -> Path:
         assert self.broker_proxy is not None and self.cloud_proxy is not None
         assert self.controller is not None
+        tls = None
+        if self.ca_file is not None:
+            tls = agent_tls(self.controller, device_id, state_dir / "tls", self.ca_file)
+            if not self.agents:  # the first agent's files: one handshake before any starts
+                broker = parse_broker_url(self.options.broker_url)
+                check_broker(broker.host, broker.port, tls)
         config = agent_config(
             self.options,
             device_id=device_id,
@@ -168,6 +176,7 @@ class DrillRunner:
             state_dir=state_dir,
             broker_port=self.broker_proxy.port,
             cloud_port=self.cloud_proxy.port,
+            tls=tls.config() if tls else None,
         )
         if self.scenario.rollout:
             root = self.workdir / "trusted-root.json"
@@ -183,6 +192,13 @@ class DrillRunner:
         path = self.workdir / f"{device_id}.yaml"
         path.write_text(yaml.safe_dump(config))
         return path
+
+    def _prepare_tls(self) -> None:
+        """For an mqtts:// broker, the controller's CA (refused at once when it has none)."""
+        if not parse_broker_url(self.options.broker_url).tls:
+            return
+        assert self.controller is not None
+        self.ca_file = fetch_ca(self.controller, self.workdir / "tls", self.options.broker_url)
 
     def _start_agents(self) -> None:
         for i in range(self.options.devices):
@@ -399,6 +415,7 @@ class DrillRunner:
                 f"{o.devices} device(s), {o.duration_s:.0f} s"
             )
             self._start_controller()
+            self._prepare_tls()
             self.cloud = start_provider("drill-cloud")
             assert self.cloud.server is not None
             self.broker_proxy = TcpProxy(broker.host, broker.port)
