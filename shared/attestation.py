@@ -15,7 +15,9 @@ import base64
 import binascii
 import hashlib
 import importlib.util
-from collections.abc import Iterable, Mapping
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -153,13 +155,41 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _is_code(file: Path, root: Path) -> bool:
-    """Every regular file of the agent counts (modules, term lists, schemas, ``py.typed``),
-    except what Python writes beside them on its own (bytecode caches)."""
-    parts = file.relative_to(root).parts
-    return (
-        file.is_file() and "__pycache__" not in parts and not file.name.endswith((".pyc", ".pyo"))
-    )
+# File digests by (path, inode, size, mtime, ctime): a quote re-hashes only files whose
+# metadata changed since the last one. Any write changes mtime and ctime, and ctime cannot
+# be set back from user space (unlike mtime), so a file edited on disk is still seen at the
+# next quote; what is saved is hashing ~100 unchanged files in the link's network thread
+# for every challenge (a reconnect storm answers a thousand at once).
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+_DIGESTS_LOCK = threading.Lock()
+_MAX_DIGESTS = 4096
+
+
+def _cached_sha256(path: str, stat: os.stat_result) -> str:
+    key = (path, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    with _DIGESTS_LOCK:
+        found = _DIGESTS.get(key)
+    if found is not None:
+        return found
+    digest = _file_sha256(Path(path))
+    with _DIGESTS_LOCK:
+        if len(_DIGESTS) >= _MAX_DIGESTS:
+            _DIGESTS.clear()
+        _DIGESTS[key] = digest
+    return digest
+
+
+def _code_files(root: str, prefix: str = "") -> Iterator[tuple[str, str, os.stat_result]]:
+    """(relative path, path, stat) of every regular file below ``root``, bytecode caches
+    left out (``__pycache__`` folders are not entered)."""
+    with os.scandir(root) as entries:
+        for entry in entries:
+            relative = f"{prefix}{entry.name}"
+            if entry.is_dir():
+                if entry.name != "__pycache__":
+                    yield from _code_files(entry.path, relative + "/")
+            elif entry.is_file() and not entry.name.endswith((".pyc", ".pyo")):
+                yield relative, entry.path, entry.stat()
 
 
 def tree_hash(roots: Mapping[str, Path]) -> str:
@@ -167,13 +197,11 @@ def tree_hash(roots: Mapping[str, Path]) -> str:
     edited on a device changes the agent as much as a module does), named ``<root
     name>/<relative path>`` (POSIX separators), so the install folder does not change the
     value. Bytecode caches are left out."""
-    entries = []
-    for name, root in roots.items():
-        for file in root.rglob("*"):
-            if not _is_code(file, root):
-                continue
-            relative = file.relative_to(root).as_posix()
-            entries.append((f"{name}/{relative}", _file_sha256(file)))
+    entries = [
+        (f"{name}/{relative}", _cached_sha256(path, stat))
+        for name, root in roots.items()
+        for relative, path, stat in _code_files(str(root))
+    ]
     return tree_digest(entries)
 
 
