@@ -152,28 +152,37 @@ def python() -> str:
     return sys.executable
 
 
-POSTGRES_URL = os.environ.get(
-    "EDGEFLEET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The URL of a PostgreSQL database for this run (one per pytest process): the server
+    named by EDGEFLEET_TEST_POSTGRES_URL, else a passwordless one at the default URL, else
+    a throwaway cluster from Debian's postgresql package, stopped when the session ends."""
+    from tests import pg_cluster
+
+    try:
+        url, cluster = pg_cluster.resolve_server(
+            os.environ.get(pg_cluster.ENV_URL), pg_cluster.DEFAULT_URL
+        )
+    except pg_cluster.ClusterError as e:
+        pytest.fail(str(e))
+    try:
+        yield url
+    finally:
+        if cluster is not None:
+            cluster.stop()
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL database on the local server, dropped after the test."""
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A throwaway PostgreSQL database on the run's server, dropped after the test."""
     import uuid
 
     import psycopg
 
     name = f"edgefleet_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES_URL, autocommit=True)
-    except psycopg.OperationalError as e:
-        pytest.fail(
-            f"PostgreSQL at {POSTGRES_URL} unreachable (set EDGEFLEET_TEST_POSTGRES_URL): {e}"
-        )
-    with admin:
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-        base = POSTGRES_URL.rsplit("/", 1)[0]
+        base = postgres_server.rsplit("/", 1)[0]
         try:
             yield f"{base}/{name}"
         finally:
