@@ -28,7 +28,7 @@ from edge_agent.chat_service import ChatService, build_router
 from edge_agent.config import AgentConfig
 from edge_agent.hardware import HardwareProfile, probe
 from edge_agent.model_registry import ModelRegistry
-from edge_agent.routing.context import SessionStore
+from edge_agent.routing.context import store_from_config
 from edge_agent.routing.router import Router
 from edge_agent.runtimes.base import ChatRuntime
 from edge_agent.runtimes.probe import available_runtimes, execution_providers
@@ -118,7 +118,7 @@ class Agent:
         self.updates: UpdateManager | None = None
         self.link: MqttLink | None = None
         self.renewer: CertRenewer | None = None
-        self.sessions = SessionStore()
+        self.sessions = store_from_config(config.routing.context)
         self._requests = 0
         self._errors = 0
         self._stats_lock = threading.Lock()

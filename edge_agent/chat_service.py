@@ -14,7 +14,12 @@ from typing import Any, Protocol
 
 from edge_agent.config import AgentConfig
 from edge_agent.model_registry import ModelRegistry
-from edge_agent.routing.context import ContextTooLarge, SessionStore, compact
+from edge_agent.routing.context import (
+    ContextTooLarge,
+    SessionStore,
+    compact,
+    policy_from_config,
+)
 from edge_agent.routing.policy import RouteHints
 from edge_agent.routing.remote import RemoteTier
 from edge_agent.routing.router import RoutedRequest, RoutedResult, RouteOutcome, Router
@@ -220,7 +225,8 @@ class ChatService:
         runtime = self.models.chat.get(local_name or "")
         count_tokens = getattr(runtime, "count_tokens", None)
         counter = count_tokens if callable(count_tokens) else (lambda text: len(text) // 3 + 1)
-        result = compact(system, history, fresh, budget_tokens=budget, count=counter)
+        policy = policy_from_config(self.router.config.context)
+        result = compact(system, history, fresh, budget_tokens=budget, count=counter, policy=policy)
         return result.messages
 
     # --- answering (blocking; ``NoTierAvailable`` goes to the caller) ----------------------

@@ -6,12 +6,13 @@ Every key is documented in ``docs/configuration.md``; keep the two in step.
 from collections.abc import Callable
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -274,6 +275,44 @@ class SensitivitySettings(_Strict):
     extra_restricted_patterns: dict[str, str] = Field(default_factory=dict)
 
 
+# A constraint marker: a word or phrase, matched case-insensitively as whole words.
+ConstraintMarker = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)
+]
+
+
+class ContextSettings(_Strict):
+    """Session history and its compaction (``edge_agent/routing/context.py``)."""
+
+    # Per session: the first anchor_turns and the last tail_turns messages stay verbatim.
+    anchor_turns: int = Field(default=2, ge=0, le=1000)
+    tail_turns: int = Field(default=6, ge=0, le=1000)
+    # Tokens of the budget left for the answer.
+    reserve_answer_tokens: int = Field(default=256, ge=1)
+    # Largest share of the prompt budget the summary of the middle may take.
+    summary_max_fraction: float = Field(default=0.25, gt=0, le=1)
+    # None: the built-in markers (DEFAULT_CONSTRAINT_MARKERS); a list replaces them ([]: the
+    # summary keeps no sentence); extra_constraint_markers are added to either.
+    constraint_markers: list[ConstraintMarker] | None = Field(default=None, max_length=256)
+    extra_constraint_markers: list[ConstraintMarker] = Field(default_factory=list, max_length=256)
+    # The in-memory session store: least recently used sessions evicted beyond max_sessions,
+    # oldest messages beyond max_turns, sessions idle for idle_ttl_s forgotten.
+    max_sessions: int = Field(default=1000, ge=1, le=100_000)
+    max_turns: int = Field(default=200, ge=1, le=10_000)
+    idle_ttl_s: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _anchor_and_tail_within_history(self) -> "ContextSettings":
+        # With anchor + tail >= max_turns no history message is ever summarised: the
+        # "compaction" could only give turns up, which is surely not what was meant.
+        if self.anchor_turns + self.tail_turns >= self.max_turns:
+            raise ValueError(
+                f"anchor_turns + tail_turns ({self.anchor_turns} + {self.tail_turns}) must be "
+                f"below max_turns ({self.max_turns})"
+            )
+        return self
+
+
 class RoutingConfig(_Strict):
     """How the agent picks a tier per request (see docs/routing.md)."""
 
@@ -289,6 +328,17 @@ class RoutingConfig(_Strict):
     retry_after_s: int = Field(default=30, ge=1)
     # Context window (tokens) per session used when compacting history for a remote tier.
     remote_context_tokens: int = Field(default=8192, ge=256)
+    context: ContextSettings = Field(default_factory=ContextSettings)
+
+    @model_validator(mode="after")
+    def _answer_reserve_fits(self) -> "RoutingConfig":
+        # Otherwise every request with a session would be refused as too long.
+        if self.context.reserve_answer_tokens >= self.remote_context_tokens:
+            raise ValueError(
+                f"context.reserve_answer_tokens ({self.context.reserve_answer_tokens}) must be "
+                f"below remote_context_tokens ({self.remote_context_tokens})"
+            )
+        return self
 
 
 class UpdatesConfig(_Strict):

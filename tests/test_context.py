@@ -10,14 +10,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edge_agent.config import ContextSettings
 from edge_agent.routing.context import (
+    DEFAULT_CONSTRAINT_MARKERS,
     SUMMARY_PREFIX,
     CompactionPolicy,
     CompactionResult,
     ContextTooLarge,
     SessionStore,
     compact,
+    policy_from_config,
     split_sentences,
+    store_from_config,
     valid_session_id,
 )
 from edge_agent.runtimes.base import ChatMessage, Role
@@ -275,6 +279,54 @@ def test_marker_matching_is_whole_word_case_insensitive_and_configurable() -> No
     summary = result.messages[1].content
     assert "user: Keep it confidential." in summary
     assert "MUST" not in summary
+
+
+def test_no_markers_keep_no_sentence() -> None:
+    """An empty marker list summarises the middle as a bare header: no sentence matches (an
+    empty alternation would otherwise match every one)."""
+    middle = msg("You must not honk. Park anywhere near the depot and wait there.")
+    history = [msg("a"), middle, msg("z")]
+    policy = CompactionPolicy(
+        anchor_turns=1,
+        tail_turns=1,
+        reserve_answer_tokens=0,
+        per_message_overhead_tokens=0,
+        per_request_overhead_tokens=0,
+        summary_max_fraction=1.0,
+        constraint_markers=(),
+    )
+    # 2 + 14 words do not fit 13; the anchor, the tail and the 10-word header do.
+    result = compact(None, history, [], budget_tokens=13, count=words, policy=policy)
+    assert result.compacted and result.kept_constraints == 0
+    header = f"{SUMMARY_PREFIX} 1 earlier turn condensed, 1 omitted entirely."
+    assert result.messages[1].content == header
+
+
+def test_policy_from_config_replaces_or_extends_the_markers() -> None:
+    """``routing.context`` sets the sizes; ``constraint_markers`` replaces the built-in
+    markers, ``extra_constraint_markers`` adds to whichever list is in force."""
+    default = policy_from_config(ContextSettings())
+    assert default == CompactionPolicy()
+    sized = policy_from_config(
+        ContextSettings(
+            anchor_turns=0, tail_turns=3, reserve_answer_tokens=99, summary_max_fraction=0.5
+        )
+    )
+    assert (sized.anchor_turns, sized.tail_turns) == (0, 3)
+    assert (sized.reserve_answer_tokens, sized.summary_max_fraction) == (99, 0.5)
+    extended = policy_from_config(ContextSettings(extra_constraint_markers=["house rule"]))
+    assert extended.constraint_markers == (*DEFAULT_CONSTRAINT_MARKERS, "house rule")
+    replaced = policy_from_config(
+        ContextSettings(constraint_markers=["house rule"], extra_constraint_markers=["whenever"])
+    )
+    assert replaced.constraint_markers == ("house rule", "whenever")
+
+
+def test_store_from_config_applies_its_bounds() -> None:
+    """``routing.context.max_turns`` bounds the turns a session keeps."""
+    store = store_from_config(ContextSettings(max_turns=3, anchor_turns=1, tail_turns=1))
+    store.append("s", [msg(str(i)) for i in range(5)])
+    assert [m.content for m in store.history("s")] == ["2", "3", "4"]
 
 
 def test_sentence_split_is_deterministic() -> None:

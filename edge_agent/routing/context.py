@@ -5,6 +5,9 @@ A session (``X-Session-Id``) keeps its chat history in a bounded in-memory
 ``system + history + new`` into the target model's context window, counted with that
 model's real tokenizer (a :data:`TokenCounter`).
 
+The sizes, the markers and the session store's bounds come from ``routing.context`` in
+the agent config (:func:`policy_from_config`, :func:`store_from_config`).
+
 Accounting. A prompt costs ``per_request_overhead_tokens`` plus, per message,
 ``count(content) + per_message_overhead_tokens`` (the chat template's framing). The
 prompt may use ``budget_tokens - reserve_answer_tokens``; the rest is left for the
@@ -25,8 +28,8 @@ Compaction rules (all deterministic; same inputs give the same output byte for b
    multi-word marker, ``'`` also matching U+2019), in original order, prefixed by its
    role, deduplicated (by sentence text, case- and whitespace-insensitively, across
    roles; the first occurrence wins).
-   Other sentences are dropped. The header counts the condensed turns and the turns
-   omitted entirely (no sentence of theirs kept).
+   Other sentences are dropped (all of them when there are no markers). The header
+   counts the condensed turns and the turns omitted entirely (no sentence of theirs kept).
 5. The summary may use at most ``summary_max_fraction`` of the prompt budget (and
    never more than what the verbatim parts leave). Constraints are preferred over
    verbatim history: while the complete summary does not fit, and its allowance is
@@ -49,6 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from edge_agent.config import ContextSettings
 from edge_agent.runtimes.base import ChatMessage
 
 TokenCounter = Callable[[str], int]
@@ -119,6 +123,32 @@ class CompactionPolicy:
             raise ValueError("constraint markers must not be empty")
 
 
+def policy_from_config(settings: ContextSettings) -> CompactionPolicy:
+    """The policy ``routing.context`` configures: a ``constraint_markers`` list replaces the
+    built-in markers, ``extra_constraint_markers`` are added to them (or to the list)."""
+    base = (
+        DEFAULT_CONSTRAINT_MARKERS
+        if settings.constraint_markers is None
+        else tuple(settings.constraint_markers)
+    )
+    return CompactionPolicy(
+        anchor_turns=settings.anchor_turns,
+        tail_turns=settings.tail_turns,
+        reserve_answer_tokens=settings.reserve_answer_tokens,
+        constraint_markers=(*base, *settings.extra_constraint_markers),
+        summary_max_fraction=settings.summary_max_fraction,
+    )
+
+
+def store_from_config(settings: ContextSettings) -> "SessionStore":
+    """The session store ``routing.context`` sizes."""
+    return SessionStore(
+        max_sessions=settings.max_sessions,
+        max_turns=settings.max_turns,
+        ttl_s=settings.idle_ttl_s,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class CompactionResult:
     """What :func:`compact` produced.
@@ -152,8 +182,13 @@ class ContextTooLarge(ValueError):
         )
 
 
+_NEVER = re.compile(r"(?!)")
+
+
 @lru_cache(maxsize=32)
 def _marker_pattern(markers: tuple[str, ...]) -> re.Pattern[str]:
+    if not markers:
+        return _NEVER  # an empty alternation would match every sentence
     alternatives = []
     # Longest first so the alternation reads naturally; matching is a yes/no anyway.
     for marker in sorted({m.strip().lower() for m in markers}, key=lambda m: (-len(m), m)):
