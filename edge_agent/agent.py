@@ -31,7 +31,7 @@ from edge_agent.model_registry import ModelRegistry
 from edge_agent.routing.context import store_from_config
 from edge_agent.routing.router import Router
 from edge_agent.runtimes.base import ChatRuntime
-from edge_agent.runtimes.probe import available_runtimes, execution_providers
+from edge_agent.runtimes.probe import available_runtimes, execution_providers, nvidia_gpus
 from edge_agent.shadow import DeviceShadow
 from edge_agent.sync.counters import CounterStore
 from edge_agent.sync.link import LoadSnapshot, MqttLink
@@ -98,6 +98,7 @@ class Agent:
             cpu_count=os.cpu_count() or 1,
             memory_bytes=psutil.virtual_memory().total,
             machine=platform.machine(),
+            nvidia=nvidia_gpus(),
         )
         self._stopping = threading.Event()
         self.models = ModelRegistry(

@@ -162,7 +162,9 @@ class ModelConfig(_Strict):
     path: Path
     n_ctx: int = Field(default=2048, ge=128)
     n_threads: int | None = Field(default=None, ge=1)
-    n_gpu_layers: int = Field(default=0, ge=-1)
+    # None: the hardware profile's choice (all layers on a Jetson or NVIDIA GPU, none on a
+    # CPU); 0 keeps every layer on the CPU; -1 offloads all.
+    n_gpu_layers: int | None = Field(default=None, ge=-1)
     max_tokens_default: int = Field(default=128, ge=1)
     # Lock the weights in RAM (mlock) so the OS never pages them out under memory pressure;
     # where RLIMIT_MEMLOCK is too small llama.cpp warns and carries on unlocked.

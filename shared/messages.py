@@ -32,7 +32,7 @@ PROTOCOL_VERSION = 1
 # anything that would make a broker or the controller buffer megabytes per device.
 MAX_PAYLOAD_BYTES = 64 * 1024
 
-Accelerator = Literal["cpu", "jetson", "npu"]
+Accelerator = Literal["cpu", "jetson", "nvidia", "npu"]
 
 # Attestation encodings: a raw Ed25519 public key and a signature in standard base64, hex
 # nonces and key ids, and measurement names (``model:<name>`` for each active model).

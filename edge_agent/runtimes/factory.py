@@ -29,7 +29,8 @@ def open_chat(model: ModelConfig, profile: HardwareProfile) -> tuple[ChatRuntime
         model.path,
         n_ctx=model.n_ctx,
         n_threads=model.n_threads or profile.recommended_threads,
-        n_gpu_layers=model.n_gpu_layers or profile.gpu_layers,
+        # None is "the profile's choice"; an explicit 0 keeps every layer on the CPU.
+        n_gpu_layers=profile.gpu_layers if model.n_gpu_layers is None else model.n_gpu_layers,
         mlock=model.mlock,
     )
     llama.warm_up()

@@ -1,4 +1,5 @@
-"""What this device can run: the runtime libraries installed and ONNX Runtime's providers.
+"""What this device can run: the runtime libraries installed, ONNX Runtime's providers and
+the NVIDIA GPUs ``nvidia-smi`` lists.
 
 Found without importing the libraries in the agent's process (see ``execution_providers``).
 """
@@ -6,8 +7,14 @@ Found without importing the libraries in the agent's process (see ``execution_pr
 import functools
 import importlib.util
 import json
+import logging
+import shutil
 import subprocess
 import sys
+
+from edge_agent.hardware import GpuQuery, parse_nvidia_smi
+
+log = logging.getLogger(__name__)
 
 # Runtime name as reported to the controller -> the module that provides it.
 _RUNTIME_MODULES = {
@@ -44,3 +51,53 @@ def execution_providers() -> list[str]:
     except (OSError, subprocess.SubprocessError, ValueError):
         return []
     return [str(p) for p in providers] if isinstance(providers, list) else []
+
+
+NVIDIA_SMI = "nvidia-smi"
+NVIDIA_SMI_ARGS = ("--query-gpu=name,memory.total", "--format=csv,noheader")
+# nvidia-smi answers in well under a second; a driver in a bad state can hang it for minutes,
+# and the agent probes before it serves anything.
+NVIDIA_SMI_TIMEOUT_S = 5.0
+
+
+@functools.cache
+def nvidia_gpus(
+    search_path: str | None = None, timeout_s: float = NVIDIA_SMI_TIMEOUT_S
+) -> GpuQuery:
+    """The NVIDIA GPUs ``nvidia-smi`` lists (found on ``search_path``, default ``$PATH``).
+
+    No ``nvidia-smi``: no GPUs and no error. One that fails, hangs past ``timeout_s`` or
+    prints something else: no GPUs, and the reason is logged and returned (the device is
+    then classed without a GPU). Cached: simulated agents in one process probe once.
+    """
+    binary = shutil.which(NVIDIA_SMI, path=search_path)
+    if binary is None:
+        return GpuQuery()
+    try:
+        done = subprocess.run(
+            [binary, *NVIDIA_SMI_ARGS],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout_s,
+            check=False,
+        )
+        if done.returncode != 0:
+            said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+            raise ValueError(
+                f"nvidia-smi exited with status {done.returncode}"
+                + (f": {said[0][:200]}" if said else "")
+            )
+        gpus = parse_nvidia_smi(done.stdout)
+        if not gpus:
+            raise ValueError("nvidia-smi listed no GPU")
+    except subprocess.TimeoutExpired:
+        reason = f"nvidia-smi gave no answer within {timeout_s:g} s"
+    except OSError as e:
+        reason = f"nvidia-smi could not run: {e.strerror or e}"
+    except ValueError as e:
+        reason = str(e)
+    else:
+        return GpuQuery(gpus)
+    log.warning("GPU probe: %s; classing this device without an NVIDIA GPU", reason)
+    return GpuQuery(error=reason)
