@@ -155,7 +155,7 @@ def check_click(root: Any, path: list[str], args: list[str]) -> list[str]:
     try:
         _, leftover, _ = command.make_parser(ctx).parse_args(args=list(args))
     except Exception as e:
-        # click's UsageError (typer >= 0.25 ships its own copy of click, typer._click).
+        # click's UsageError (recent typer ships its own copy of click as typer._click).
         if not callable(getattr(e, "format_message", None)):
             raise
         return [f"'{name}': {e.format_message()}"]
@@ -171,7 +171,9 @@ def benchmark_options(module: str) -> dict[str, bool] | None:
     the ``--help`` its ``main()`` prints; None when there is no such benchmark."""
     try:
         loaded = importlib.import_module(f"benchmarks.{module}")
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as e:
+        if e.name != f"benchmarks.{module}":
+            raise  # a dependency of the benchmark is missing: that is no doc error
         return None
     out = io.StringIO()
     argv = sys.argv
