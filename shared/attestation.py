@@ -16,7 +16,6 @@ import binascii
 import hashlib
 import importlib.util
 import os
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,22 +159,21 @@ def _file_sha256(path: Path) -> str:
 # be set back from user space (unlike mtime), so a file edited on disk is still seen at the
 # next quote; what is saved is hashing ~100 unchanged files in the link's network thread
 # for every challenge (a reconnect storm answers a thousand at once).
+# No lock: a dict's get and set are atomic under the GIL, and a lock here was where a storm's
+# quoting threads queued (each acquisition another GIL hand-off).
 _DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
-_DIGESTS_LOCK = threading.Lock()
 _MAX_DIGESTS = 4096
 
 
 def _cached_sha256(path: str, stat: os.stat_result) -> str:
     key = (path, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-    with _DIGESTS_LOCK:
-        found = _DIGESTS.get(key)
+    found = _DIGESTS.get(key)
     if found is not None:
         return found
     digest = _file_sha256(Path(path))
-    with _DIGESTS_LOCK:
-        if len(_DIGESTS) >= _MAX_DIGESTS:
-            _DIGESTS.clear()
-        _DIGESTS[key] = digest
+    if len(_DIGESTS) >= _MAX_DIGESTS:
+        _DIGESTS.clear()
+    _DIGESTS[key] = digest
     return digest
 
 

@@ -46,6 +46,7 @@ IMPURE = (
 PURE = (
     "shared.attestation",
     "shared.canonical",
+    "shared.coalesce",
     "shared.errors",
     "shared.json_guard",
     "shared.messages",

@@ -28,6 +28,7 @@ from shared.attestation import (
     tree_hash,
 )
 from shared.canonical import canonical_json
+from shared.coalesce import FreshOnce
 from shared.json_guard import JsonShapeError, loads_bounded
 from shared.provisioning import IMAGE_FILE as IMAGE_PATH
 
@@ -38,14 +39,24 @@ INVALID_IMAGE = "invalid"
 MAX_IMAGE_JSON_BYTES = 64 * 1024
 
 
-def agent_code() -> str:
-    """The tree hash of the agent code this process runs."""
+def _hash_agent_code() -> str:
     return tree_hash(
         {
             "edge_agent": Path(edge_agent.__file__).resolve().parent,
             "shared": Path(shared.__file__).resolve().parent,
         }
     )
+
+
+# One walk of the code tree serves every quote asked for while it runs (all the agents of a
+# simulation process answer their birth challenges at once), and never a walk that began
+# before the quote was asked for (shared/coalesce.py).
+_AGENT_CODE = FreshOnce(_hash_agent_code)
+
+
+def agent_code() -> str:
+    """The tree hash of the agent code this process runs, measured after the call began."""
+    return _AGENT_CODE()
 
 
 def config_hash(config: AgentConfig, path: Path | None) -> str:
