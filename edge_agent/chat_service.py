@@ -9,10 +9,10 @@ Prompt contents are never logged; only counts and timings leave this module.
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from edge_agent.config import AgentConfig
+from edge_agent.config import AUTO_MODEL, AgentConfig
 from edge_agent.model_registry import ModelRegistry
 from edge_agent.routing.context import (
     ContextTooLarge,
@@ -110,6 +110,32 @@ class SamplingParams:
     json_schema: dict[str, Any] | None = None
 
 
+@dataclass(slots=True)
+class StreamTally:
+    """What a stream sent so far: its text pieces, and the token counts its tier reported
+    with the last chunk (None until then)."""
+
+    pieces: list[str] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    def add(self, chunk: CompletionChunk) -> None:
+        if chunk.text:
+            self.pieces.append(chunk.text)
+        if chunk.prompt_tokens is not None:
+            self.prompt_tokens = chunk.prompt_tokens
+        if chunk.completion_tokens is not None:
+            self.completion_tokens = chunk.completion_tokens
+
+    def tokens(self) -> tuple[int, int]:
+        """(prompt, completion) tokens: as the tier counted them, or, for a stream that
+        ended before its count (cancelled, failed, a remote tier that sends none), 0 and
+        the pieces sent (a local runtime sends about one piece per token)."""
+        if self.prompt_tokens is not None and self.completion_tokens is not None:
+            return self.prompt_tokens, self.completion_tokens
+        return 0, len(self.pieces)
+
+
 @dataclass(frozen=True, slots=True)
 class ChatCall:
     """One admitted request: what goes to the router, and what its record needs."""
@@ -122,6 +148,8 @@ class ChatCall:
     started: float  # time.perf_counter() when the request arrived
     # The local app's name from its API key (api.keys_file), None on an open API.
     app: str | None = None
+    # The model name the client sent (an alias, "auto"), None if it named none.
+    requested_model: str | None = None
 
 
 class ChatService:
@@ -152,16 +180,22 @@ class ChatService:
             rule.model for rule in self.router.rules if rule.model
         }
 
-    def check_model(self, model: str | None) -> None:
-        """Refuse (404) a model that neither this device nor a tier serves."""
+    def local_for(self, model: str | None) -> str | None:
+        """The local model a request's ``model`` asks for: the model itself or the one its
+        alias names; for ``auto`` the first loaded model; None when it names no local model
+        (absent, or a remote tier's model: the default local model then). Refuses (404) a
+        name that neither this device nor a tier answers to."""
         if model is None:
-            return
-        known = set(self.models.chat) | set(self.models.load_errors) | self.remote_models()
-        if model not in known:
+            return None
+        local = self.models.resolve(model)
+        if local == AUTO_MODEL:
+            return self.models.auto_chat()
+        if local is None and model not in self.remote_models():
             self.refuse("model_not_found")
             raise ChatRefused(
                 404, f"model {model!r} is not served by this device", "model_not_found"
             )
+        return local
 
     def admit(
         self,
@@ -176,8 +210,10 @@ class ChatService:
         app: str | None = None,
     ) -> ChatCall:
         """The request with the session's history, compacted to fit (blocking: counting
-        tokens waits for the model's thread). Raises ``ChatRefused`` when it cannot fit."""
-        local_name = self.router.local_model(model)
+        tokens waits for the model's thread). Raises ``ChatRefused`` for a model name
+        nothing answers to (404), or when the request cannot fit."""
+        wanted = self.local_for(model)
+        local_name = self.router.local_model(wanted)
         max_default = next(
             (m.max_tokens_default for m in self.config.models if m.name == local_name), 128
         )
@@ -196,13 +232,14 @@ class ChatService:
             json_schema=params.json_schema,
         )
         return ChatCall(
-            routed=RoutedRequest(request, hints, model),
+            routed=RoutedRequest(request, hints, wanted),
             new=messages,
             local_model=local_name,
             session_id=session_id,
             stream=stream,
             started=started,
             app=app,
+            requested_model=model,
         )
 
     def _with_history(
@@ -249,10 +286,12 @@ class ChatService:
         return outcome, chunks
 
     def stream_done(
-        self, call: ChatCall, outcome: RouteOutcome, status: str, chunks: int, text: str
+        self, call: ChatCall, outcome: RouteOutcome, status: str, tally: StreamTally
     ) -> None:
         """Record a finished stream; a complete answer joins the session."""
-        self.record(call, outcome, status, 0, chunks)
+        prompt_tokens, completion_tokens = tally.tokens()
+        self.record(call, outcome, status, prompt_tokens, completion_tokens)
+        text = "".join(tally.pieces)
         if status == "ok" and call.session_id is not None:
             self.sessions.append(call.session_id, [*call.new, ChatMessage("assistant", text)])
 
@@ -274,7 +313,10 @@ class ChatService:
         completion_tokens: int,
     ) -> None:
         self._recorder.record_inference(
-            outcome=outcome.telemetry() if outcome else {"route": None},
+            outcome={
+                **(outcome.telemetry() if outcome else {"route": None}),
+                "requested_model": call.requested_model,
+            },
             latency_ms=(time.perf_counter() - call.started) * 1000,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,

@@ -153,6 +153,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# A model name as configured and as a request may give it.
+ModelName = Annotated[str, Field(min_length=1, max_length=128)]
+# The model name that asks for any allowed tier: the router's policy picks (docs/api.md).
+AUTO_MODEL = "auto"
+
+
 class ModelConfig(_Strict):
     """One model served by the local tier."""
 
@@ -169,6 +175,9 @@ class ModelConfig(_Strict):
     # Lock the weights in RAM (mlock) so the OS never pages them out under memory pressure;
     # where RLIMIT_MEMLOCK is too small llama.cpp warns and carries on unlocked.
     mlock: bool = True
+    # More names a request's "model" may give for this model (an OpenAI client's
+    # "gpt-4o-mini"); each is listed in GET /v1/models.
+    aliases: list[ModelName] = Field(default_factory=list)
 
 
 class PerceptionModelConfig(_Strict):
@@ -319,6 +328,9 @@ class RoutingConfig(_Strict):
     """How the agent picks a tier per request (see docs/routing.md)."""
 
     rules: list[RoutingRule] = Field(default_factory=list)
+    # Names a request may give for a chat model in ``models`` (name -> that model's name),
+    # or for ``auto`` (name -> "auto"): OpenAI clients keep their model names.
+    model_aliases: dict[ModelName, ModelName] = Field(default_factory=dict)
     # Latency budget when a request sends no X-Latency-Budget-Ms (None: no budget).
     default_latency_budget_ms: float | None = Field(default=None, gt=0)
     # Samples in each tier's moving latency window (the p95 comes from it).
@@ -442,7 +454,46 @@ class AgentConfig(_Strict):
         clash = sorted(set(names) & {m.name for m in self.models})
         if clash:
             raise ValueError(f"{', '.join(clash)} names both a chat and a perception model")
+        alias_targets(self.models, names, self.routing.model_aliases)
         return self
+
+
+def alias_targets(
+    models: list[ModelConfig], perception: list[str], model_aliases: dict[str, str]
+) -> dict[str, str]:
+    """Every alias (``models[].aliases`` and ``routing.model_aliases``) and what it names: a
+    chat model's name or ``auto``. Raises ``ValueError`` naming the alias that collides with
+    another name or alias, or that points at no chat model."""
+    owners: dict[str, str] = {m.name: f"the name of model {m.name!r}" for m in models}
+    owners.update({name: f"the name of perception model {name!r}" for name in perception})
+    if AUTO_MODEL in owners:
+        raise ValueError(
+            f"model name {AUTO_MODEL!r} is reserved: a request naming it is routed by policy"
+        )
+    owners[AUTO_MODEL] = "reserved (model: auto is routed by policy)"
+    targets: dict[str, str] = {}
+    for index, model in enumerate(models):
+        for alias in model.aliases:
+            if alias in owners:
+                raise ValueError(
+                    f"models[{index}].aliases: {alias!r} (alias of {model.name!r}) is already"
+                    f" {owners[alias]}"
+                )
+            owners[alias] = f"an alias of model {model.name!r}"
+            targets[alias] = model.name
+    chat = {m.name for m in models}
+    for alias, target in model_aliases.items():
+        if alias in owners:
+            raise ValueError(f"routing.model_aliases: {alias!r} is already {owners[alias]}")
+        if target != AUTO_MODEL and target not in chat:
+            known = ", ".join(sorted(chat)) or "none configured"
+            raise ValueError(
+                f"routing.model_aliases: {alias!r} points at {target!r}, which is neither a"
+                f" chat model in models (names: {known}) nor {AUTO_MODEL!r}"
+            )
+        owners[alias] = f"an alias in routing.model_aliases (of {target!r})"
+        targets[alias] = target
+    return targets
 
 
 def config_schema() -> dict[str, Any]:
@@ -478,7 +529,7 @@ def load_config(path: Path, *, root: Path | None = None) -> AgentConfig:
         config = AgentConfig.model_validate(raw)
     except ValidationError as e:
         lines = [
-            f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            f"  {'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
             for err in e.errors(include_url=False)
         ]
         raise ConfigError(f"invalid config {path}:\n" + "\n".join(lines)) from e

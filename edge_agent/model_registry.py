@@ -14,7 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from edge_agent.config import AgentConfig, ModelConfig, PerceptionModelConfig
+from edge_agent.config import (
+    AUTO_MODEL,
+    AgentConfig,
+    ModelConfig,
+    PerceptionModelConfig,
+    alias_targets,
+)
 from edge_agent.hardware import HardwareProfile
 from edge_agent.runtimes import factory
 from edge_agent.runtimes.base import ChatRuntime, RuntimeLoadError
@@ -56,6 +62,10 @@ class ModelRegistry:
         self.perception: dict[str, OrtPerceptionRuntime] = {}
         self.hashes: dict[str, str] = {}
         self.load_errors: dict[str, str] = {}
+        # Alias -> the chat model it names, or "auto" (validated with the config).
+        self.aliases = alias_targets(
+            config.models, [p.name for p in config.perception], config.routing.model_aliases
+        )
         self._on_load_failed = on_load_failed
         self._stopping = stopping
 
@@ -158,6 +168,32 @@ class ModelRegistry:
     def default_chat(self) -> str | None:
         """The chat model a request that names none gets (the first configured)."""
         return self.config.models[0].name if self.config.models else None
+
+    def resolve(self, requested: str) -> str | None:
+        """The chat model a request's model name stands for (an alias resolved), ``auto``,
+        or None when it names no local model."""
+        if requested == AUTO_MODEL or requested in self.chat or requested in self.load_errors:
+            return requested
+        if any(m.name == requested for m in self.config.models):
+            return requested
+        return self.aliases.get(requested)
+
+    def auto_chat(self) -> str | None:
+        """The local model ``auto`` uses: the first configured chat model that is loaded,
+        else the default (whose load error then marks the local tier down)."""
+        loaded = (m.name for m in self.config.models if m.name in self.chat)
+        return next(loaded, self.default_chat())
+
+    def listed(self) -> list[tuple[str, str | None]]:
+        """What ``GET /v1/models`` lists, as (id, alias_for): each loaded chat model
+        (alias_for None), each alias of a loaded model or of auto, then ``auto``."""
+        entries: list[tuple[str, str | None]] = [(name, None) for name in self.chat]
+        entries += [
+            (alias, target)
+            for alias, target in self.aliases.items()
+            if target == AUTO_MODEL or target in self.chat
+        ]
+        return [*entries, (AUTO_MODEL, AUTO_MODEL)]
 
     @property
     def local_tier_healthy(self) -> bool:

@@ -102,14 +102,19 @@ def test_bad_requests_get_openai_style_errors(
 
 
 def test_health_and_models_report_the_loaded_model(client: TestClient, agent: Agent) -> None:
-    """/healthz is ok with the model's hash; /v1/models lists it; requests are counted."""
+    """/healthz is ok with the model's hash; /v1/models lists it (and auto); requests are
+    counted."""
     before = agent.requests_total
     client.post("/v1/chat/completions", json={"messages": PROMPT, "max_tokens": 1})
     assert agent.requests_total == before + 1
     health = client.get("/healthz").json()
     assert health["status"] == "ok"
     assert health["models"][0]["loaded"] is True and len(health["models"][0]["sha256"]) == 64
-    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["smollm2-135m"]
+    listed = client.get("/v1/models").json()["data"]
+    assert [(m["id"], m.get("alias_for")) for m in listed] == [
+        ("smollm2-135m", None),
+        ("auto", "auto"),
+    ]
 
 
 def test_unloadable_model_marks_local_tier_unhealthy_without_crashing(tmp_path: Path) -> None:

@@ -123,3 +123,62 @@ def test_check_config_command_exits_2_with_the_reason(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "bogus" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+_TWO_MODELS = "device_id: d1\nmodels: [{name: a, path: x, aliases: [fast]}, {name: b, path: y}]\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "device_id: d1\nmodels: [{name: a, path: x, aliases: [b]}, {name: b, path: y}]\n",
+            "models[0].aliases: 'b' (alias of 'a') is already the name of model 'b'",
+        ),
+        (
+            "device_id: d1\nmodels: [{name: a, path: x, aliases: [m]}, "
+            "{name: b, path: y, aliases: [m]}]\n",
+            "models[1].aliases: 'm' (alias of 'b') is already an alias of model 'a'",
+        ),
+        (
+            "device_id: d1\nmodels: [{name: a, path: x, aliases: [cam]}]\n"
+            "perception: [{name: cam, path: c.onnx}]\n",
+            "'cam' (alias of 'a') is already the name of perception model 'cam'",
+        ),
+        (
+            "device_id: d1\nmodels: [{name: a, path: x, aliases: [auto]}]\n",
+            "models[0].aliases: 'auto' (alias of 'a') is already reserved",
+        ),
+        ("device_id: d1\nmodels: [{name: auto, path: x}]\n", "model name 'auto' is reserved"),
+        (_TWO_MODELS + "routing: {model_aliases: {b: a}}\n", "'b' is already the name of"),
+        (
+            _TWO_MODELS + "routing: {model_aliases: {fast: b}}\n",
+            "routing.model_aliases: 'fast' is already an alias of model 'a'",
+        ),
+        (
+            _TWO_MODELS + "routing: {model_aliases: {gpt-4o-mini: gpt-4o}}\n",
+            "routing.model_aliases: 'gpt-4o-mini' points at 'gpt-4o', which is neither a chat"
+            " model in models (names: a, b) nor 'auto'",
+        ),
+        (
+            _TWO_MODELS + "routing: {model_aliases: {gpt-4o-mini: fast}}\n",
+            "'gpt-4o-mini' points at 'fast'",
+        ),
+        ("device_id: d1\nmodels: [{name: a, path: x, aliases: ['']}]\n", "models.0.aliases.0"),
+    ],
+)
+def test_model_alias_errors_name_the_alias(tmp_path: Path, text: str, expected: str) -> None:
+    """An alias that collides with another model's name or alias, or points at no chat
+    model, fails the config with a message naming the alias and what it collides with."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert expected in str(info.value)
+
+
+def test_model_aliases_load(tmp_path: Path) -> None:
+    """Aliases of a model and routing aliases to a model or to auto are accepted as written."""
+    config = load_config(
+        write(tmp_path, _TWO_MODELS + "routing: {model_aliases: {gpt-4o-mini: b, gpt-4o: auto}}\n")
+    )
+    assert config.models[0].aliases == ["fast"]
+    assert config.routing.model_aliases == {"gpt-4o-mini": "b", "gpt-4o": "auto"}

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import jsonschema
@@ -23,7 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from starlette.concurrency import run_in_threadpool
 
 from edge_agent.api.errors import UNAVAILABLE, error
-from edge_agent.chat_service import ChatCall, ChatRefused, ChatService, SamplingParams
+from edge_agent.chat_service import (
+    ChatCall,
+    ChatRefused,
+    ChatService,
+    SamplingParams,
+    StreamTally,
+)
 from edge_agent.routing.context import valid_session_id
 from edge_agent.routing.headers import parse_route_headers
 from edge_agent.routing.jobs import JobQueue, QueueFull
@@ -89,6 +96,12 @@ class _ResponseFormat(BaseModel):
         return self
 
 
+class _StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    # A last chunk with ``choices: []`` and the request's ``usage`` before [DONE].
+    include_usage: bool = False
+
+
 class ChatCompletionBody(BaseModel):
     """The subset of OpenAI's request this tier honours; unknown fields are ignored."""
 
@@ -102,8 +115,14 @@ class ChatCompletionBody(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: _StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)
     response_format: _ResponseFormat | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        """A streamed answer ends with a usage chunk (ignored without ``stream``)."""
+        return self.stream and self.stream_options is not None and self.stream_options.include_usage
 
     def json_schema(self) -> dict[str, Any] | None:
         """The schema the answer must follow (``json_object`` means any JSON object)."""
@@ -190,7 +209,6 @@ def chat_routes(service: ChatService, jobs: JobQueue, device_id: str) -> APIRout
             service.refuse("invalid_header")
             return error(400, "X-Session-Id: 1-128 of A-Z a-z 0-9 . _ : -", "invalid_header")
         try:
-            service.check_model(body.model)
             # Counting tokens waits for the model's thread: never on the event loop.
             call = await run_in_threadpool(
                 service.admit,
@@ -207,7 +225,7 @@ def chat_routes(service: ChatService, jobs: JobQueue, device_id: str) -> APIRout
             return error(refused.status, refused.message, refused.code)
         answer = _Answer(service, call, device_id)
         if body.stream:
-            return await answer.stream()
+            return await answer.stream(include_usage=body.include_usage)
         return await answer.complete(
             jobs, respond_async="respond-async" in raw.headers.get("prefer", "")
         )
@@ -234,19 +252,20 @@ class _Answer:
             headers={"Retry-After": str(e.retry_after_s), "X-Edge-Route": "none"},
         )
 
-    async def stream(self) -> JSONResponse | StreamingResponse:
+    async def stream(self, *, include_usage: bool) -> JSONResponse | StreamingResponse:
         call = self.call
         try:
             outcome, chunks = await run_in_threadpool(self.service.stream, call)
         except NoTierAvailable as e:
             return self.unavailable(e)
-        collected: list[str] = []
+        tally = StreamTally()
 
-        def on_done(status: str, n: int) -> None:
-            self.service.stream_done(call, outcome, status, n, "".join(collected))
+        def on_done(status: str) -> None:
+            self.service.stream_done(call, outcome, status, tally)
 
+        frames = _Frames(self.completion_id, self.created, outcome.model, include_usage)
         return StreamingResponse(
-            _sse(chunks, outcome.model, self.completion_id, self.created, on_done, collected),
+            _sse(chunks, frames, tally, on_done),
             media_type="text/event-stream",
             headers={
                 **route_headers(outcome, call.started, self.device_id),
@@ -286,13 +305,52 @@ class _Answer:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Frames:
+    """The SSE events of one streamed answer, in OpenAI's chunk shape."""
+
+    completion_id: str
+    created: int
+    model: str
+    include_usage: bool
+
+    def _event(self, payload: dict[str, Any]) -> bytes:
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    def _base(self) -> dict[str, Any]:
+        return {
+            "id": self.completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+        }
+
+    def delta(self, delta: dict[str, str], finish: str | None) -> bytes:
+        payload = {
+            **self._base(),
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        if self.include_usage:  # OpenAI: every other chunk says usage null
+            payload["usage"] = None
+        return self._event(payload)
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        return self._event({**self._base(), "choices": [], "usage": usage})
+
+    def error(self, e: Exception) -> bytes:
+        return self._event({"error": {"message": f"inference failed: {type(e).__name__}"}})
+
+
 async def _sse(
     chunks: Iterator[CompletionChunk],
-    model: str,
-    completion_id: str,
-    created: int,
-    on_done: Callable[[str, int], None],
-    collected: list[str],
+    frames: _Frames,
+    tally: StreamTally,
+    on_done: Callable[[str], None],
 ) -> AsyncIterator[bytes]:
     """Stream chunks from a worker thread; a client that hangs up stops generation."""
     loop = asyncio.get_running_loop()
@@ -310,22 +368,11 @@ async def _sse(
         finally:
             loop.call_soon_threadsafe(queue.put_nowait, _DONE)
 
-    def frame(delta: dict[str, str], finish: str | None) -> bytes:
-        payload = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-        return b"data: " + json.dumps(payload).encode() + b"\n\n"
-
     worker = threading.Thread(target=produce, name="sse-generate", daemon=True)
     worker.start()
-    chunks_sent = 0
     status = "cancelled"
     try:
-        yield frame({"role": "assistant"}, None)
+        yield frames.delta({"role": "assistant"}, None)
         while True:
             item = await queue.get()
             if item is _DONE:
@@ -333,15 +380,16 @@ async def _sse(
                 break
             if isinstance(item, Exception):
                 status = "error"
-                error = {"error": {"message": f"inference failed: {type(item).__name__}"}}
-                yield b"data: " + json.dumps(error).encode() + b"\n\n"
+                yield frames.error(item)
                 break
             assert isinstance(item, CompletionChunk)
-            if item.text:
-                chunks_sent += 1
-                collected.append(item.text)
-            yield frame({"content": item.text} if item.text else {}, item.finish_reason)
+            tally.add(item)
+            if item.text or item.finish_reason:
+                delta = {"content": item.text} if item.text else {}
+                yield frames.delta(delta, item.finish_reason)
+        if status == "ok" and frames.include_usage:
+            yield frames.usage(*tally.tokens())
         yield b"data: [DONE]\n\n"
     finally:
         cancelled.set()
-        on_done(status, chunks_sent)
+        on_done(status)

@@ -41,10 +41,13 @@ class Completion:
 
 @dataclass(frozen=True, slots=True)
 class CompletionChunk:
-    """One streamed piece; the last one has ``finish_reason`` set."""
+    """One streamed piece; the last one has ``finish_reason`` set and, where the tier
+    counts them, the request's tokens (as ``Completion`` would have them)."""
 
     text: str
     finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 class RuntimeLoadError(RuntimeError):

@@ -4,8 +4,10 @@ import hashlib
 import math
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,56 @@ class _StepLogprobs:
         total = float(np.exp(scores - top, dtype=np.float64).sum())
         self.values.append(-math.log(total))  # log softmax of the top logit
         return scores
+
+
+class _TokenTally:
+    """The tokens one streamed llama.cpp completion went through (see ``_counting_tokens``)."""
+
+    def __init__(self, llama: Any) -> None:
+        self._llama = llama
+        self.prompt_tokens = 0
+        self.sampled: list[int] = []
+
+    def completion_tokens(self) -> int:
+        """Counted as llama-cpp-python counts a non-streamed completion's usage: every
+        sampled token but an end-of-generation one, which ends the answer uncounted."""
+        import llama_cpp
+
+        if not self.sampled:
+            return 0
+        vocab = llama_cpp.llama_model_get_vocab(self._llama.model)
+        ends = bool(llama_cpp.llama_vocab_is_eog(vocab, self.sampled[-1]))
+        return len(self.sampled) - ends
+
+
+@contextmanager
+def _counting_tokens(llama: Any) -> Iterator[_TokenTally]:
+    """Count the prompt and sampled tokens of the completion run inside the block.
+
+    llama-cpp-python reports usage only for non-streamed completions; a stream's chunks
+    are text, and several tokens may make one chunk (or none, held back as a possible stop
+    string). Its completions draw their tokens from ``Llama.generate``, so for the block
+    that method is wrapped on this instance to see them. Call on the model's own thread.
+    """
+    tally = _TokenTally(llama)
+    generate = llama.generate
+
+    def counted(tokens: Sequence[int], *args: Any, **kwargs: Any) -> Iterator[int]:
+        tally.prompt_tokens = len(tokens)
+        tally.sampled.clear()
+        inner = generate(tokens, *args, **kwargs)
+        try:
+            for token in inner:
+                tally.sampled.append(int(token))
+                yield token
+        finally:
+            inner.close()
+
+    llama.generate = counted
+    try:
+        yield tally
+    finally:
+        del llama.generate  # the class's method again
 
 
 def llama_token_counter(llama: Any) -> Callable[[str], int]:
@@ -149,21 +201,33 @@ class LlamaCppRuntime:
         )
 
     def stream(self, request: ChatRequest) -> Iterator[CompletionChunk]:
-        """Chunks as the model thread produces them; closing the iterator stops generation."""
+        """Chunks as the model thread produces them; closing the iterator stops generation.
+        The last chunk carries the request's token counts, as ``complete`` reports them."""
         kwargs = self._kwargs(request)
         chunks: queue.Queue[CompletionChunk | BaseException | None] = queue.Queue()
         cancelled = threading.Event()
 
         def produce() -> None:
+            last = CompletionChunk(text="")
             try:
-                for part in self._llama.create_chat_completion(**kwargs, stream=True):
-                    if cancelled.is_set():
-                        break
-                    choice = part["choices"][0]
-                    text = (choice.get("delta") or {}).get("content") or ""
-                    finish = choice.get("finish_reason")
-                    if text or finish:
-                        chunks.put(CompletionChunk(text=text, finish_reason=finish))
+                with _counting_tokens(self._llama) as tally:
+                    for part in self._llama.create_chat_completion(**kwargs, stream=True):
+                        if cancelled.is_set():
+                            return
+                        choice = part["choices"][0]
+                        text = (choice.get("delta") or {}).get("content") or ""
+                        finish = choice.get("finish_reason")
+                        if finish:  # held back until the count is known
+                            last = CompletionChunk(text=text, finish_reason=finish)
+                        elif text:
+                            chunks.put(CompletionChunk(text=text))
+                chunks.put(
+                    replace(
+                        last,
+                        prompt_tokens=tally.prompt_tokens,
+                        completion_tokens=tally.completion_tokens(),
+                    )
+                )
             except BaseException as e:  # handed to the consumer, raised there
                 chunks.put(e)
             finally:

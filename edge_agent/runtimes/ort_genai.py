@@ -283,7 +283,12 @@ class OrtGenaiRuntime:
             for piece in self._chunks(request, run):
                 if piece:
                     yield CompletionChunk(text=piece)
-        yield CompletionChunk(text="", finish_reason=run.finish_reason)
+        yield CompletionChunk(
+            text="",
+            finish_reason=run.finish_reason,
+            prompt_tokens=len(run.prompt_ids),
+            completion_tokens=len(run.token_ids),
+        )
 
     def close(self) -> None:
         with self._lock:
