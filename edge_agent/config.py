@@ -229,6 +229,9 @@ class RemoteTierConfig(_Strict):
     # Prices (any currency) per 1,000 tokens: the router prefers the cheaper tier.
     cost_per_1k_input: float = Field(default=0.0, ge=0)
     cost_per_1k_output: float = Field(default=0.0, ge=0)
+    # Ask streams for their token counts (stream_options.include_usage); false for a
+    # server that refuses the option (its streams are then counted by chunks, prompt 0).
+    stream_usage: bool = True
 
     def api_key(self) -> str | None:
         if self.api_key_env is None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from controller.drills.openai_server import Behaviour, start_provider
 from edge_agent.agent import Agent
 from edge_agent.api.app import create_agent_app
 from edge_agent.config import AgentConfig
@@ -181,3 +182,69 @@ def test_stream_options_without_stream_is_ignored(llama_device: tuple[Agent, Tes
     )
     assert bad.status_code == 400
     assert "stream_options" in bad.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("server_counts", [True, False])
+def test_remote_stream_records_the_tiers_usage(tmp_path: Path, server_counts: bool) -> None:
+    """A stream served by a remote tier asks it for usage (stream_options.include_usage) and
+    records the counts it reports, also in the client's usage chunk; from a server that
+    sends none, the record falls back to 0 prompt tokens and the pieces received."""
+    provider = start_provider("private")
+    provider.behaviour = Behaviour(reply="three words here", stream_usage=server_counts)
+    config = AgentConfig.model_validate(
+        {
+            "device_id": "dev-remote-usage",
+            "state_dir": str(tmp_path),
+            "mqtt": None,
+            "tiers": {"private": {"base_url": provider.base_url, "model": "org-llm"}},
+        }
+    )
+    agent = Agent(config, root=tmp_path)
+    try:
+        with TestClient(create_agent_app(agent)) as client:
+            body = {
+                "messages": [{"role": "user", "content": "Plan the week."}],
+                "stream_options": {"include_usage": True},
+            }
+            chunks = streamed(client, body)
+        assert provider.received[-1]["stream_options"] == {"include_usage": True}
+        expected = (11, 3) if server_counts else (0, 3)
+        usage = chunks[-1]["usage"]
+        assert (usage["prompt_tokens"], usage["completion_tokens"]) == expected
+        record = inference_records(agent)[-1]
+        assert (record["route"], record["stream"]) == ("private", True)
+        assert (record["prompt_tokens"], record["completion_tokens"]) == expected
+    finally:
+        agent.stop()
+        assert provider.server is not None
+        provider.server.shutdown()
+
+
+def test_stream_usage_false_does_not_send_stream_options(tmp_path: Path) -> None:
+    """tiers.<name>.stream_usage: false keeps stream_options out of the tier's requests (for
+    servers that refuse it); the stream is still served."""
+    provider = start_provider("private")
+    config = AgentConfig.model_validate(
+        {
+            "device_id": "dev-remote-usage",
+            "state_dir": str(tmp_path),
+            "mqtt": None,
+            "tiers": {
+                "private": {
+                    "base_url": provider.base_url,
+                    "model": "org-llm",
+                    "stream_usage": False,
+                }
+            },
+        }
+    )
+    agent = Agent(config, root=tmp_path)
+    try:
+        with TestClient(create_agent_app(agent)) as client:
+            chunks = streamed(client, {"messages": [{"role": "user", "content": "Plan."}]})
+        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks).strip()
+        assert "stream_options" not in provider.received[-1]
+    finally:
+        agent.stop()
+        assert provider.server is not None
+        provider.server.shutdown()

@@ -119,6 +119,9 @@ SSE_HOSTILE = {
     "a chunk that is not JSON": b"data: {nope\n\n",
     "delta content is a list": b'data: {"choices":[{"delta":{"content":[1]}}]}\n\n',
     "a stream over the size limit": b"data: " + b"a" * (MAX_RESPONSE_BYTES + 10) + b"\n\n",
+    "a negative usage count": b'data: {"choices":[],"usage":{"prompt_tokens":-1}}\n\n',
+    "usage that is text": b'data: {"choices":[],"usage":"many"}\n\n',
+    "no choices and no usage": b'data: {"choices":[]}\n\n',
 }
 
 
@@ -189,3 +192,18 @@ def test_any_answer_completes_or_is_bad_response(
     else:
         assert isinstance(completion.text, str)
         assert completion.prompt_tokens >= 0
+
+
+def test_a_streams_usage_chunk_counts_its_tokens(server: _Server, tier: RemoteTier) -> None:
+    """A last chunk with choices [] and usage (stream_options.include_usage) puts its token
+    counts on the finishing chunk; a stream without one leaves them unknown."""
+    server.content_type = "text/event-stream"
+    finish = b'data: {"choices":[{"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n'
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":1}}\n\n'
+    server.body = finish + usage + b"data: [DONE]\n\n"
+    chunks = list(tier.stream(REQUEST))
+    assert [(c.text, c.finish_reason) for c in chunks] == [("hi", "stop")]
+    assert (chunks[-1].prompt_tokens, chunks[-1].completion_tokens) == (9, 1)
+    server.body = finish + b"data: [DONE]\n\n"
+    chunks = list(tier.stream(REQUEST))
+    assert (chunks[-1].prompt_tokens, chunks[-1].completion_tokens) == (None, None)

@@ -21,6 +21,8 @@ class Behaviour:
     retry_after: str | None = None
     delay_s: float = 0.0
     fail_stream_midway: bool = False
+    # Answer stream_options.include_usage with a last chunk holding usage (as OpenAI does).
+    stream_usage: bool = True
 
 
 @dataclass
@@ -119,7 +121,18 @@ def _handler(provider: FakeProvider) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                 self.wfile.flush()
             end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-            self.wfile.write(b"data: " + json.dumps(end).encode() + b"\n\ndata: [DONE]\n\n")
+            self.wfile.write(b"data: " + json.dumps(end).encode() + b"\n\n")
+            options = body.get("stream_options") or {}
+            if b.stream_usage and options.get("include_usage"):
+                words = len(b.reply.split(" "))
+                usage = {
+                    "prompt_tokens": 11,
+                    "completion_tokens": words,
+                    "total_tokens": 11 + words,
+                }
+                last = {"choices": [], "usage": usage}
+                self.wfile.write(b"data: " + json.dumps(last).encode() + b"\n\n")
+            self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
             self.close_connection = True
 

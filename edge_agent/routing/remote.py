@@ -12,6 +12,7 @@ for its type and range before it becomes a ``Completion``; any defect is ``bad_r
 """
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -77,6 +78,9 @@ class RemoteTier:
             "top_p": request.top_p,
             "stream": stream,
         }
+        if stream and self.config.stream_usage:
+            # OpenAI's way to have a stream's token counts: a last chunk with usage.
+            payload["stream_options"] = {"include_usage": True}
         if request.seed is not None:
             payload["seed"] = request.seed
         if request.stop:
@@ -176,6 +180,8 @@ class RemoteTier:
                     self._read_bounded(response)
                     self._check(response)
                 received = 0
+                last: CompletionChunk | None = None
+                usage: tuple[int, int] | None = None
                 for line in response.iter_lines():
                     received += len(line) + 1
                     if received > MAX_RESPONSE_BYTES:
@@ -186,17 +192,31 @@ class RemoteTier:
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
-                        return
-                    chunk = self._chunk(data)
-                    if chunk is not None:
+                        break
+                    chunk, counted = self._chunk(data)
+                    usage = counted or usage
+                    if chunk is not None and chunk.finish_reason is not None:
+                        last = chunk  # held back for the usage chunk that may follow
+                    elif chunk is not None:
                         yield chunk
+                if last is not None or usage is not None:
+                    final = last or CompletionChunk(text="")
+                    if usage is not None:
+                        final = replace(final, prompt_tokens=usage[0], completion_tokens=usage[1])
+                    yield final
         except httpx.TimeoutException as e:
             raise TierError(self.name, "timeout", type(e).__name__) from e
         except httpx.TransportError as e:
             raise TierError(self.name, "connect", type(e).__name__) from e
 
-    def _chunk(self, data: str) -> CompletionChunk | None:
-        choice = _first_choice(self._parse(data))
+    def _chunk(self, data: str) -> tuple[CompletionChunk | None, tuple[int, int] | None]:
+        """One SSE event: its text piece (None if it has none) and the usage it reports
+        (``stream_options.include_usage``: a last event with ``choices: []``)."""
+        body = self._parse(data)
+        usage = self._usage(body.get("usage"))
+        if usage is not None and body.get("choices") == []:
+            return None, usage
+        choice = _first_choice(body)
         delta = choice.get("delta") if choice is not None else None
         if choice is None or not isinstance(delta or {}, dict):
             raise TierError(self.name, "bad_response", "malformed SSE chunk")
@@ -205,8 +225,20 @@ class RemoteTier:
         if not isinstance(text, str) or not isinstance(finish, str | None):
             raise TierError(self.name, "bad_response", "malformed SSE chunk")
         if text or finish:
-            return CompletionChunk(text=text, finish_reason=finish)
-        return None
+            return CompletionChunk(text=text, finish_reason=finish), usage
+        return None, usage
+
+    def _usage(self, value: object) -> tuple[int, int] | None:
+        """A streamed ``usage`` object as (prompt, completion) tokens; None when absent."""
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise TierError(self.name, "bad_response", "usage is not an object")
+        prompt_tokens = _token_count(value.get("prompt_tokens", 0))
+        completion_tokens = _token_count(value.get("completion_tokens", 0))
+        if prompt_tokens is None or completion_tokens is None:
+            raise TierError(self.name, "bad_response", "usage token counts out of range")
+        return prompt_tokens, completion_tokens
 
     def close(self) -> None:
         self._client.close()
