@@ -14,6 +14,8 @@ from controller.drills.openai_server import Behaviour, start_provider
 from edge_agent.agent import Agent
 from edge_agent.api.app import create_agent_app
 from edge_agent.config import AgentConfig
+from edge_agent.runtimes.base import ChatMessage, ChatRequest
+from edge_agent.runtimes.llama_cpp import LlamaCppRuntime
 from tests.tiny_models import build_tiny_genai_model
 
 
@@ -248,3 +250,25 @@ def test_stream_usage_false_does_not_send_stream_options(tmp_path: Path) -> None
         agent.stop()
         assert provider.server is not None
         provider.server.shutdown()
+
+
+def test_llama_stream_closed_early_leaves_the_runtime_as_it_was(model_path: Path) -> None:
+    """A stream the consumer closes after its first chunk stops, puts llama.cpp's own token
+    generator back, and the next stream counts its tokens like a plain completion."""
+    runtime = LlamaCppRuntime("smollm2", model_path, n_ctx=512, n_threads=2)
+    try:
+        request = ChatRequest(messages=(ChatMessage("user", "Name three colours."),), max_tokens=6)
+        stream = runtime.stream(request)
+        assert next(stream).text
+        stream.close()
+        runtime.complete(request)  # waits for the stopped stream (one model thread)
+        assert "generate" not in vars(runtime._llama)
+        plain = runtime.complete(request)
+        last = list(runtime.stream(request))[-1]
+        assert (last.finish_reason, last.prompt_tokens, last.completion_tokens) == (
+            plain.finish_reason,
+            plain.prompt_tokens,
+            plain.completion_tokens,
+        )
+    finally:
+        runtime.close()

@@ -6,7 +6,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -210,8 +210,12 @@ class LlamaCppRuntime:
         def produce() -> None:
             last = CompletionChunk(text="")
             try:
-                with _counting_tokens(self._llama) as tally:
-                    for part in self._llama.create_chat_completion(**kwargs, stream=True):
+                with (
+                    _counting_tokens(self._llama) as tally,
+                    closing(self._llama.create_chat_completion(**kwargs, stream=True)) as parts,
+                ):
+                    # Closed here, on the model's thread, also when the client hung up.
+                    for part in parts:
                         if cancelled.is_set():
                             return
                         choice = part["choices"][0]
