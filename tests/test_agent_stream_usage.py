@@ -3,7 +3,7 @@ model and onnxruntime-genai on a tiny seeded model, greedy, compared with the sa
 not streamed; ``stream_options.include_usage`` adds OpenAI's final usage chunk."""
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +259,7 @@ def test_llama_stream_closed_early_leaves_the_runtime_as_it_was(model_path: Path
     try:
         request = ChatRequest(messages=(ChatMessage("user", "Name three colours."),), max_tokens=6)
         stream = runtime.stream(request)
+        assert isinstance(stream, Generator)
         assert next(stream).text
         stream.close()
         runtime.complete(request)  # waits for the stopped stream (one model thread)
