@@ -105,8 +105,10 @@ def test_measurements(tmp_path: Path) -> None:
 
 
 def test_attester_signs_a_quote_bound_to_the_challenge(tmp_path: Path) -> None:
-    """The quote echoes the nonce and issued_at, carries fresh measurements, and its signature
-    verifies over quote_payload with the device's key."""
+    """The quote echoes the nonce and issued_at, carries measurements taken for it, and its
+    signature verifies over quote_payload with the device's key; a new nonce is measured
+    afresh, while the same challenge delivered again gets the very quote already sent (a
+    second quote for one nonce is what the controller calls a replay)."""
     key = FileIdentityKey.load_or_create(tmp_path)
     calls: list[int] = []
 
@@ -121,8 +123,11 @@ def test_attester_signs_a_quote_bound_to_the_challenge(tmp_path: Path) -> None:
     )
     quote = attester.answer(challenge)
     again = attester.answer(challenge)
+    fresh = attester.answer(challenge.model_copy(update={"nonce": "ef" * 32}))
     assert (quote.nonce, quote.issued_at, quote.key_id) == (challenge.nonce, at, key.key_id)
-    assert (quote.measurements["boot_epoch"], again.measurements["boot_epoch"]) == ("1", "2")
+    assert again == quote and attester.repeated == 1
+    assert (quote.measurements["boot_epoch"], fresh.measurements["boot_epoch"]) == ("1", "2")
+    assert fresh.nonce == "ef" * 32 and len(calls) == 2
     payload = quote_payload(
         device_id="dev-q",
         nonce=quote.nonce,

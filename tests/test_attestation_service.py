@@ -147,6 +147,35 @@ def test_tofu_enrolls_challenges_and_accepts_a_good_quote(engine: Engine, tmp_pa
     assert answered is not None and answered.answered_at is not None
 
 
+def test_storm_redeliveries_never_quarantine_an_honest_device(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A reconnect storm's orderings: the first birth's challenge delivered twice (answered
+    with the same quote), that quote re-delivered after the second birth's challenge
+    superseded it and again after it expired, then the second challenge answered: nothing
+    quarantines the device; only a different quote for an answered nonce is a replay."""
+    service = AttestationService(SETTINGS, enrollment="tofu")
+    dev = FakeDevice(tmp_path)
+    [first] = challenges(ingest(engine, service, dev.birth(0)))
+    quote = dev.answer(first)
+    assert dev.answer(first) == quote  # the broker re-delivered the challenge
+    assert ingest(engine, service, quote, at=T0 + timedelta(seconds=1)).outcome["quotes"] == 1
+    [second] = challenges(ingest(engine, service, dev.birth(1), at=T0 + timedelta(seconds=2)))
+    late = ingest(engine, service, quote, quote, at=T0 + timedelta(seconds=3))
+    assert late.outcome == {"duplicates": 2} and late.outbound == []
+    expired = ingest(engine, service, quote, at=T0 + timedelta(seconds=SETTINGS.nonce_ttl_s + 1))
+    assert expired.outcome == {"duplicates": 1}
+    dev.now = T0 + timedelta(seconds=4)
+    judged = ingest(engine, service, dev.answer(second), at=T0 + timedelta(seconds=4))
+    assert judged.outcome["quotes"] == 1 and not device_row(engine).quarantined
+
+    dev.now = T0 + timedelta(seconds=5)  # a second, different quote for the first nonce
+    forged = dev.attester._sign(first)
+    replayed = ingest(engine, service, forged, at=T0 + timedelta(seconds=5))
+    assert device_row(engine).quarantined
+    assert "nonce_replayed" in (device_row(engine).quarantine_reason or ""), replayed.outcome
+
+
 def test_provisioned_refuses_unknown_keys_until_registered(engine: Engine, tmp_path: Path) -> None:
     """Under provisioned enrollment an unknown key quarantines without a challenge (and the
     device is told in its desired shadow); once the key is registered, the next birth is

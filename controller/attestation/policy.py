@@ -102,12 +102,14 @@ def check_freshness(
         ], False
     reasons: list[Reason] = []
     if challenge.answered_at is not None:
-        if (
-            challenge.answer_digest == digest
-            and not challenge.superseded
-            and now <= (challenge.expires_at)
-        ):
+        # The very quote that answered this nonce, again: a QoS 1 re-delivery (a reconnect in
+        # a storm redelivers it after the device's next birth superseded the challenge, or
+        # after the nonce expired). It was judged when it first arrived, and judging it again
+        # could only help someone replaying captured traffic to quarantine an honest device.
+        if challenge.answer_digest == digest:
             return [], True
+        # Another quote for a nonce already answered: an honest agent answers each nonce once
+        # and re-sends that same quote (edge_agent/attestation/attester.py).
         reasons.append(
             Reason(
                 "nonce_replayed",
