@@ -46,7 +46,7 @@ IMPURE = (
 PURE = (
     "shared.attestation",
     "shared.canonical",
-    "shared.coalesce",
+    "shared.recent",
     "shared.errors",
     "shared.json_guard",
     "shared.messages",
@@ -63,6 +63,7 @@ PURE = (
     "controller.rollouts.gates",
     "controller.telemetry.fold",
     "controller.telemetry.scoring",
+    "controller.updates.signing_health",
     "edge_agent.hardware",
     "edge_agent.routing.breaker",
     "edge_agent.routing.cascade",

@@ -13,6 +13,7 @@
 """
 
 import hashlib
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,9 +29,9 @@ from shared.attestation import (
     tree_hash,
 )
 from shared.canonical import canonical_json
-from shared.coalesce import FreshOnce
 from shared.json_guard import JsonShapeError, loads_bounded
 from shared.provisioning import IMAGE_FILE as IMAGE_PATH
+from shared.recent import Recent
 
 IMAGE_FILE = Path(IMAGE_PATH)
 NO_IMAGE = "none"
@@ -48,15 +49,17 @@ def _hash_agent_code() -> str:
     )
 
 
-# One walk of the code tree serves every quote asked for while it runs (all the agents of a
-# simulation process answer their birth challenges at once), and never a walk that began
-# before the quote was asked for (shared/coalesce.py).
-_AGENT_CODE = FreshOnce(_hash_agent_code)
+# A quote's agent_code is the code tree as it was at most this long before the quote: the
+# agents of a simulation process answer their birth challenges within the same second, and
+# one walk serves them all without any of them waiting on another (shared/recent.py).
+AGENT_CODE_MAX_AGE_S = 1.0
+_AGENT_CODE = Recent(_hash_agent_code, max_age_s=AGENT_CODE_MAX_AGE_S)
 
 
 def agent_code() -> str:
-    """The tree hash of the agent code this process runs, measured after the call began."""
-    return _AGENT_CODE()
+    """The tree hash of the agent code this process runs, measured at most
+    ``AGENT_CODE_MAX_AGE_S`` ago."""
+    return _AGENT_CODE.get(time.monotonic())
 
 
 def config_hash(config: AgentConfig, path: Path | None) -> str:
