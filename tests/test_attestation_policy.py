@@ -211,23 +211,26 @@ def test_policy_case(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("superseded", "now"),
+    ("superseded", "reborn", "now"),
     [
-        (False, NOW),
-        (True, NOW),  # the device's next birth was challenged before the re-delivery
-        (False, ISSUED + timedelta(seconds=61)),  # re-delivered after the nonce expired
+        (False, False, NOW),
+        (True, True, NOW),  # the device reconnected: its next birth was challenged first
+        (False, False, ISSUED + timedelta(seconds=61)),  # re-read after the nonce expired
     ],
-    ids=["before-anything-else", "after-a-newer-challenge", "after-expiry"],
+    ids=["before-anything-else", "after-the-next-birth", "after-expiry"],
 )
-def test_redelivered_quote_is_a_duplicate_not_a_replay(superseded: bool, now: datetime) -> None:
-    """The very quote that answered a nonce, delivered again (QoS 1 after a reconnect), is a
-    duplicate to ignore, not a replay, even once a newer challenge superseded the nonce or
-    the nonce expired: in a reconnect storm that is what honest devices' quotes do."""
+def test_redelivered_quote_is_a_duplicate_not_a_replay(
+    superseded: bool, reborn: bool, now: datetime
+) -> None:
+    """The very quote that answered a nonce, delivered again, is a duplicate to ignore, not
+    a replay: before a newer challenge, after expiry, and after the device's next birth
+    superseded it (in a reconnect storm that is what honest devices' quotes do)."""
     answered = replace(
         CHALLENGE,
         answered_at=ISSUED + timedelta(seconds=1),
         answer_digest=digest_of(_REPLAYED),
         superseded=superseded,
+        reborn=reborn,
     )
     verdict = evaluate_quote(
         _REPLAYED,
@@ -240,14 +243,35 @@ def test_redelivered_quote_is_a_duplicate_not_a_replay(superseded: bool, now: da
     assert verdict.duplicate and not verdict.ok and verdict.reasons == ()
 
 
-def test_a_second_quote_for_an_answered_nonce_is_still_a_replay_after_a_newer_challenge() -> None:
-    """A different quote (even validly signed) for a nonce already answered is a replay,
-    whether or not a newer challenge was issued since: only byte-identical re-deliveries pass."""
+def test_the_same_quote_after_a_newer_challenge_without_a_birth_is_a_replay() -> None:
+    """Captured traffic published again after an operator's (or periodic) challenge, with no
+    birth of the device since, is a replay: no reconnect happened that could re-send it."""
     answered = replace(
         CHALLENGE,
         answered_at=ISSUED + timedelta(seconds=1),
         answer_digest=digest_of(_REPLAYED),
         superseded=True,
+    )
+    verdict = evaluate_quote(
+        _REPLAYED,
+        challenge=answered,
+        enrolled_key=public_key_of(DEVICE_KEY),
+        golden=GOLDEN,
+        last_boot_epoch=3,
+        now=NOW,
+    )
+    assert verdict.codes == ("nonce_replayed",) and not verdict.duplicate
+
+
+def test_a_second_quote_for_an_answered_nonce_is_still_a_replay_after_a_newer_challenge() -> None:
+    """A different quote (even validly signed) for a nonce already answered is a replay,
+    whether or not the device was born again since: only byte-identical re-deliveries pass."""
+    answered = replace(
+        CHALLENGE,
+        answered_at=ISSUED + timedelta(seconds=1),
+        answer_digest=digest_of(_REPLAYED),
+        superseded=True,
+        reborn=True,
     )
     verdict = evaluate_quote(
         make_quote(answered_at=ISSUED + timedelta(seconds=2)),

@@ -42,6 +42,9 @@ class ChallengeRecord:
     answered_at: datetime | None = None
     answer_digest: str | None = None  # quote_digest of the quote that answered it
     superseded: bool = False  # a newer challenge was issued to the device since
+    # The device was born again (reconnected) after the answer: its MQTT client re-sends the
+    # quotes the broker had not acknowledged, after the new birth's challenge.
+    reborn: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +105,13 @@ def check_freshness(
         ], False
     reasons: list[Reason] = []
     if challenge.answered_at is not None:
-        # The very quote that answered this nonce, again: a QoS 1 re-delivery (a reconnect in
-        # a storm redelivers it after the device's next birth superseded the challenge, or
-        # after the nonce expired). It was judged when it first arrived, and judging it again
-        # could only help someone replaying captured traffic to quarantine an honest device.
-        if challenge.answer_digest == digest:
+        # The very quote that answered this nonce, again: a QoS 1 re-delivery. Before a newer
+        # challenge (also past expiry: a controller re-reads unacknowledged messages when it
+        # reconnects) and after the device's own reconnect (its client re-sends the quote
+        # after the new birth's challenge superseded this one) it was judged when it first
+        # arrived. Captured traffic published again after a newer challenge, with no birth
+        # since, is a replay.
+        if challenge.answer_digest == digest and (not challenge.superseded or challenge.reborn):
             return [], True
         # Another quote for a nonce already answered: an honest agent answers each nonce once
         # and re-sends that same quote (edge_agent/attestation/attester.py).

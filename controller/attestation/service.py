@@ -332,6 +332,17 @@ class AttestationService:
                 col(AttestationChallenge.issued_at) > row.issued_at,
             )
         ).one()
+        reborn = row.answered_at is not None and bool(
+            session.exec(
+                select(func.count())
+                .select_from(AttestationChallenge)
+                .where(
+                    col(AttestationChallenge.device_id) == row.device_id,
+                    col(AttestationChallenge.why) == "birth",
+                    col(AttestationChallenge.issued_at) > row.answered_at,
+                )
+            ).one()
+        )
         return ChallengeRecord(
             nonce=row.nonce,
             device_id=row.device_id,
@@ -340,6 +351,7 @@ class AttestationService:
             answered_at=as_utc(row.answered_at) if row.answered_at else None,
             answer_digest=row.answer_digest,
             superseded=bool(newer),
+            reborn=reborn,
         )
 
     def _last_boot_epoch(self, session: Session, device_id: str) -> int | None:
