@@ -152,16 +152,16 @@ class Transport:
     def v5(self) -> bool:
         return self._v5
 
-    def _make_client(self, endpoint: Endpoint) -> mqtt.Client:
+    def _make_client(self, endpoint: Endpoint) -> "_BufferedClient":
         if self._v5:
-            client = mqtt.Client(
+            client = _BufferedClient(
                 callback_api_version=CallbackAPIVersion.VERSION2,
                 client_id=endpoint.client_id,
                 protocol=mqtt.MQTTv5,
                 manual_ack=endpoint.manual_ack,
             )
         else:
-            client = mqtt.Client(
+            client = _BufferedClient(
                 callback_api_version=CallbackAPIVersion.VERSION2,
                 client_id=endpoint.client_id,
                 protocol=mqtt.MQTTv311,
@@ -269,8 +269,11 @@ class Transport:
             sock = client.socket()
             if sock is None:
                 return "no connection"
-            # TLS may hold decrypted bytes that select() cannot see: read those first.
-            pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+            # Bytes already read (ours, or TLS's decrypted ones) that select() cannot see:
+            # read those first.
+            pending = client.buffered() or (
+                sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+            )
             try:
                 readable, _, _ = select.select(
                     [sock, self._wake_r],
@@ -428,6 +431,49 @@ class Transport:
             if self.endpoint.manual_ack:
                 with contextlib.suppress(Exception):
                     self.ack(message.mid, message.qos)
+
+
+class _BufferedClient(mqtt.Client):
+    """paho's client reading the socket in large chunks.
+
+    paho reads a packet with at least three ``recv`` calls (the command byte, each byte of
+    the remaining length, the rest), each a system call (an ``SSL_read`` on TLS) that drops
+    and re-takes the GIL. In a process with hundreds of threads (a simulation of 125
+    devices) every re-take waits its turn, so a device's network thread spent most of its
+    time queueing for the GIL between the bytes of one packet. Here one ``recv`` of up to
+    ``READ_SIZE`` bytes serves paho's small reads from memory; :meth:`buffered` tells the
+    network loop that bytes are waiting that ``select()`` cannot see.
+    """
+
+    READ_SIZE = 65536
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_buf = b""
+        self._read_pos = 0
+
+    def buffered(self) -> int:
+        return len(self._read_buf) - self._read_pos
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._read_pos >= len(self._read_buf):
+            data = super()._sock_recv(self.READ_SIZE)  # raises as paho's does; b"" at EOF
+            if len(data) <= bufsize:
+                self._read_buf, self._read_pos = b"", 0
+                return data
+            self._read_buf, self._read_pos = data, 0
+        start = self._read_pos
+        self._read_pos = min(start + bufsize, len(self._read_buf))
+        return self._read_buf[start : self._read_pos]
+
+    def _sock_close(self) -> None:
+        # What was read from the old connection is never parsed as the new one's.
+        self._read_buf, self._read_pos = b"", 0
+        super()._sock_close()
+
+    def reconnect(self) -> MQTTErrorCode:
+        self._read_buf, self._read_pos = b"", 0
+        return super().reconnect()
 
 
 def _reason(rc: MQTTErrorCode) -> str:
