@@ -54,14 +54,21 @@ def resolve_target(url: str | None, token: str | None) -> Target:
             saved = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise ApiError(f"cannot read CLI credentials {file}: {e}") from e
+        if not isinstance(saved, dict):
+            raise ApiError(f"CLI credentials {file} must be a JSON object with url and token")
     final_url = url or os.environ.get("EDGEFLEET_URL") or saved.get("url")
     final_token = token or os.environ.get("EDGEFLEET_TOKEN") or saved.get("token")
     if not final_url:
-        raise ApiError("no controller URL: pass --url or set EDGEFLEET_URL")
+        state = "has none" if file.is_file() else "does not exist"
+        raise ApiError(
+            "no controller URL: pass --url or set EDGEFLEET_URL (or EDGEFLEET_CLI_CONFIG: a"
+            f" JSON file with url and token; {file} {state})"
+        )
     if not final_token:
         raise ApiError(
             "no API token: pass --token or set EDGEFLEET_TOKEN "
-            "(create one with 'edgefleet token create')"
+            "(create one on the controller host with 'edgefleet token create --username NAME"
+            " -c CONFIG')"
         )
     return Target(url=str(final_url).rstrip("/"), token=str(final_token))
 

@@ -3,6 +3,7 @@ lifespan starts the database, broker, ingest and scheduler, and stops them on ex
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,10 @@ def _add_health_and_docs(app: FastAPI) -> None:
 
     @app.get("/healthz", tags=["health"])
     def healthz(services: ServicesDep) -> JSONResponse:
-        """Liveness and readiness: the database answers, ingest holds the broker and no
-        worker is down (``workers_down`` names the crashed ones waiting for a restart)."""
+        """Liveness and readiness: the database answers, ingest holds the broker, no worker
+        is down (``workers_down`` names the crashed ones waiting for a restart) and the TUF
+        timestamp is valid; ``warning`` (still 200) while it is due for re-signing and this
+        controller cannot sign (``tuf_signing`` says why and when it expires)."""
         try:
             with services.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -145,13 +148,17 @@ def _add_health_and_docs(app: FastAPI) -> None:
             db_ok = False
         broker_ok = bool(services.ingest and services.ingest.connected)
         down = services.workers_down()
-        ok = db_ok and broker_ok and not down
+        tuf = services.tuf_signing(datetime.now(UTC))
+        # Signing that is about to fail is a warning (200): the controller serves, and taking
+        # it out of a load balancer would not help; metadata devices refuse is not.
+        ok = db_ok and broker_ok and not down and tuf.status not in ("expired", "unreadable")
         return JSONResponse(
             {
-                "status": "ok" if ok else "degraded",
+                "status": ("warning" if tuf.status == "degraded" else "ok") if ok else "degraded",
                 "database": db_ok,
                 "broker": broker_ok,
                 "workers_down": down,
+                "tuf_signing": tuf.as_json(),
             },
             status_code=200 if ok else 503,
         )

@@ -25,6 +25,7 @@ from controller.telemetry.fold import hour_of, utc
 from controller.telemetry.queries import device_counts, latest_drift, rollup_status
 from controller.telemetry.settings import TelemetrySettings
 from controller.telemetry.tables import DriftScore, RollupCursor, TelemetryAlert
+from controller.updates.signing_health import SigningHealth
 from shared.supervision import WorkerStatus
 
 PREFIX = "edgefleet"
@@ -55,16 +56,19 @@ class ControllerCollector(Collector):
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         cfg: TelemetrySettings | None = None,
         workers: Callable[[], list[WorkerStatus]] | None = None,
+        tuf: Callable[[], SigningHealth] | None = None,
     ) -> None:
         self._engine = engine
         self._stats = stats
         self._clock = clock
         self._cfg = cfg or TelemetrySettings()
         self._workers = workers
+        self._tuf = tuf
 
     def collect(self) -> Iterator[Metric]:
         yield from self._ingest()
         yield from self._supervised()
+        yield from self._tuf_signing()
         with Session(self._engine) as session:
             yield from self._devices(session)
             yield from self._rollouts(session)
@@ -107,6 +111,24 @@ class ControllerCollector(Collector):
             up.add_metric([status.name], 0.0 if status.state == "down" else 1.0)
         yield restarts
         yield up
+
+    def _tuf_signing(self) -> Iterator[Metric]:
+        health = self._tuf() if self._tuf is not None else None
+        if health is None or health.status == "off":
+            return
+        yield GaugeMetricFamily(
+            f"{PREFIX}_tuf_can_sign",
+            "1 while this controller can re-sign the TUF timestamp (passphrase set, last"
+            " re-signing worked), else 0.",
+            value=0.0 if health.problem is not None else 1.0,
+        )
+        if health.timestamp_expires is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_tuf_timestamp_expiry_timestamp_seconds",
+                "When the published TUF timestamp expires (Unix time): devices refuse every"
+                " update after it.",
+                value=health.timestamp_expires.timestamp(),
+            )
 
     def _devices(self, session: Session) -> Iterator[Metric]:
         counts = device_counts(session)

@@ -38,7 +38,9 @@ from controller.rollouts.service import tick as rollout_tick
 from controller.settings import Settings
 from controller.telemetry.rollup import RollupReport, run_rollup
 from controller.updates.errors import UpdatesError
+from controller.updates.keys import PASSPHRASE_SOURCES
 from controller.updates.repository import TufRepository
+from controller.updates.signing_health import SigningHealth, signing_health
 from shared.broker_url import parse_broker_url
 from shared.messages import Challenge, Desired, encode_message
 from shared.supervision import Supervisor
@@ -106,6 +108,8 @@ class Services:
     scheduler_beat_s: float = 1.0
     scheduler_stall_s: float = 15.0
     _scheduler_beat: float = field(init=False, default=0.0)
+    # Why the last TUF re-signing failed (None: it worked, or nothing was due yet).
+    tuf_refresh_error: str | None = field(init=False, default=None)
 
     attestation: AttestationService = field(init=False)
 
@@ -316,8 +320,11 @@ class Services:
                 resigned = repo.refresh(now=now)
                 root_expiring = repo.root_expiring(now)
             except UpdatesError as e:
+                # Not raised: the API serves on; /healthz reports tuf_signing instead.
+                self.tuf_refresh_error = str(e)
                 log.error("TUF metadata refresh failed: %s", e)
                 return []
+            self.tuf_refresh_error = None
             if resigned:
                 audit(
                     session,
@@ -333,6 +340,30 @@ class Services:
         if root_expiring:
             log.warning("TUF root metadata expires soon: sign a new root version")
         return resigned
+
+    def tuf_signing(self, now: datetime) -> SigningHealth:
+        """Whether the TUF timestamp stays valid (``/healthz``'s ``tuf_signing``): degraded
+        once it is due for re-signing and this controller has no key passphrase or its last
+        re-signing failed, expired once devices refuse it."""
+        repo = self.tuf
+        if repo is None:
+            return SigningHealth("off")
+        try:
+            expires = repo.timestamp_expires()
+        except UpdatesError as e:
+            return SigningHealth("unreadable", None, str(e))
+        if not repo.keys.has_passphrase:
+            problem: str | None = f"no key passphrase ({PASSPHRASE_SOURCES})"
+        else:
+            problem = self.tuf_refresh_error
+        updates = self.settings.updates
+        return signing_health(
+            timestamp_expires=expires,
+            lifetime=updates.expiry.timestamp,
+            refresh_fraction=updates.refresh_fraction,
+            problem=problem,
+            now=now,
+        )
 
     def refresh_crl(self, now: datetime | None = None) -> str | None:
         """Re-sign the device CA's CRL when a revocation (from any process: CLI, API,

@@ -2,12 +2,19 @@
 
 Nested keys use ``__`` in the environment (``EDGEFLEET_BROKER__URL``). Settings are built by
 ``load_settings`` when the app or a command starts, never at import time.
+
+With a file, every relative path setting (a SQLite ``database_url``, the key, repository and
+CA folders, TLS and passphrase files), whether written in the file or left at its default,
+is taken from the file's folder, as the agent's config does: the same file names the same
+database and keys from whichever folder a command runs. Values from the environment and
+overrides stay relative to the current folder, like any path typed in a shell.
 """
 
+import types
 from datetime import timedelta
 from ipaddress import ip_network
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from pathlib import Path, PurePath
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -416,11 +423,78 @@ def read_config_file(config_file: Path) -> dict[str, Any]:
     return raw
 
 
+def _is_path(annotation: Any) -> bool:
+    """``Path`` or ``Path | None``."""
+    if annotation is Path:
+        return True
+    args = set(get_args(annotation))
+    return get_origin(annotation) in (Union, types.UnionType) and args == {Path, type(None)}
+
+
+def _relative(value: object) -> bool:
+    return isinstance(value, str | PurePath) and str(value) != "" and not Path(value).is_absolute()
+
+
+def sqlite_file(database_url: str) -> Path | None:
+    """The file a SQLite ``database_url`` names (relative as written), None for another
+    database, an in-memory one, a ``file:`` URI or a URL that does not parse."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(database_url)
+    except (ArgumentError, ValueError):
+        return None  # the engine reports a malformed URL with its own words
+    name = url.database
+    if url.get_backend_name() != "sqlite" or not name or name == ":memory:":
+        return None
+    return None if name.startswith("file:") else Path(name)
+
+
+def _anchor_database_url(value: object, base: Path) -> object:
+    if not isinstance(value, str):
+        return value  # validation names the wrong type
+    file = sqlite_file(value)
+    if file is None or file.is_absolute():
+        return value
+    from sqlalchemy.engine import make_url
+
+    url = make_url(value).set(database=str(base / file))
+    return url.render_as_string(hide_password=False)
+
+
+def anchor_paths(
+    values: dict[str, Any], base: Path, model: type[BaseModel] = Settings
+) -> dict[str, Any]:
+    """``values`` (a config file's mapping for ``model``) with every relative path setting,
+    written there or left at its default, joined to ``base`` (the file's folder): ``Path``
+    fields at any depth, and the file of a SQLite ``database_url``. Values of the wrong type
+    are left for validation to name."""
+    out = dict(values)
+    for name, field in model.model_fields.items():
+        value = values.get(name, field.default)
+        if model is Settings and name == "database_url":
+            out[name] = _anchor_database_url(value, base)
+        elif _is_path(field.annotation):
+            if _relative(value):
+                out[name] = str(base / value)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            inner = values.get(name, {})
+            if isinstance(inner, dict):
+                anchored = anchor_paths(inner, base, field.annotation)
+                if anchored or name in values:
+                    out[name] = anchored
+    return out
+
+
 def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
-    """Build settings from ``config_file`` (YAML, optional), the environment and overrides."""
+    """Build settings from ``config_file`` (YAML, optional), the environment and overrides;
+    relative paths from the file (and the defaults, with a file) are taken from its folder."""
     if config_file is not None and not config_file.is_file():
         raise ValueError(f"controller config file {config_file} does not exist")
-    values = None if config_file is None else read_config_file(config_file)
+    values = None
+    if config_file is not None:
+        values = anchor_paths(read_config_file(config_file), config_file.resolve().parent)
 
     class _Bound(_FileSettings):
         file_values = values

@@ -10,7 +10,7 @@ import typer
 import uvicorn
 
 from edge_agent.attestation.measure import IMAGE_FILE
-from edge_agent.config import AgentConfig, ConfigError, config_schema, load_config
+from edge_agent.config import AgentConfig, ConfigError, config_schema, load_config, read_config
 from shared.provisioning import AGENT_CONFIG
 
 app = typer.Typer(
@@ -58,6 +58,29 @@ def flashed_config(root: Path) -> Path:
             " (write one with 'edgefleet flash IMAGE --target DIR', or pass --config)"
         )
     return root / FLASHED_CONFIG
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from edge_agent import __version__
+
+        typer.echo(f"edge-agent {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the agent's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """The edgefleet device agent."""
 
 
 def _configure_logging(level: str) -> None:
@@ -211,10 +234,46 @@ def config_schema_command() -> None:
 
 
 @app.command("check-config")
-def check_config(config: Annotated[Path, typer.Argument(help="Agent YAML config file.")]) -> None:
-    """Validate a config file and say what is wrong with it, without starting anything."""
-    cfg = _load_or_exit(config)
-    typer.echo(f"{config}: ok (device {cfg.device_id}, {len(cfg.models)} model(s))")
+def check_config(
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Agent YAML config file (default with --root: ROOT/etc/edgefleet/agent.yaml)."
+        ),
+    ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            help="A flashed device's filesystem root (a mounted card, a folder 'edgefleet flash"
+            " --target' wrote): every absolute path in the config is checked under ROOT, as"
+            " 'run --root' reads it."
+        ),
+    ] = None,
+) -> None:
+    """Validate a config and check every file it names (models, TUF trusted root, MQTT
+    password, TLS files, API keys file), without starting anything; exit 2 naming each
+    key whose file is missing or unusable."""
+    from edge_agent.config_files import file_problems, named_files
+
+    if root is not None:
+        root = root.resolve()
+    try:
+        if config is None:
+            if root is None:
+                raise ConfigError("give a config FILE, or --root DIR of a flashed device")
+            config = flashed_config(root)
+        cfg = read_config(config, root=root)
+    except ConfigError as e:
+        raise _exit(str(e)) from e
+    problems = file_problems(cfg)
+    if problems:
+        where = "" if root is None else f" (paths under --root {root})"
+        lines = "".join(f"\n  {problem}" for problem in problems)
+        raise _exit(f"{config}: {len(problems)} file(s) it names cannot be used{where}:{lines}")
+    typer.echo(
+        f"{config}: ok (device {cfg.device_id}, {len(cfg.models)} model(s),"
+        f" {named_files(cfg)} named file(s) present)"
+    )
 
 
 api_key_app = typer.Typer(

@@ -3,7 +3,6 @@
 Every key is documented in ``docs/configuration.md``; keep the two in step.
 """
 
-from collections.abc import Callable
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -518,8 +517,19 @@ def load_config(path: Path, *, root: Path | None = None) -> AgentConfig:
     With ``root`` (a flashed device's filesystem, ``edge-agent run --root``), every absolute
     path in the file (state_dir, model paths, password_file, trusted_root, the CA,
     certificate and keys files) is taken under ``root``, so the device's own config works
-    unchanged from wherever its root is mounted.
+    unchanged from wherever its root is mounted. The secrets and TLS files are read now,
+    so one that cannot be used fails at start with its name rather than at first use.
     """
+    config = read_config(path, root=root)
+    _read_tls_and_keys(config)
+    if config.mqtt is not None:
+        config.mqtt.password()  # unreadable secrets fail now, with the path, not at connect
+    return config
+
+
+def read_config(path: Path, *, root: Path | None = None) -> AgentConfig:
+    """``path`` validated, with every path in it placed as ``load_config`` places them, but
+    no file it names read yet (``edge-agent check-config`` checks them all, not the first)."""
     try:
         raw = read_yaml_file(path)
     except OSError as e:
@@ -546,32 +556,31 @@ def load_config(path: Path, *, root: Path | None = None) -> AgentConfig:
         model.path = place(model.path)
     for classifier in config.perception:
         classifier.path = place(classifier.path)
-    if config.updates.trusted_root is not None:
-        config.updates.trusted_root = place(config.updates.trusted_root)
-    _place_tls_and_keys(config, place)
+    updates = config.updates
+    if updates.trusted_root is not None:
+        updates.trusted_root = place(updates.trusted_root)
+    if updates.ca_file is not None:
+        updates.ca_file = place(updates.ca_file)
+    if config.api.keys_file is not None:
+        config.api.keys_file = place(config.api.keys_file)
     if config.mqtt is not None:
         for key in ("password_file", "ca_file", "cert_file", "key_file"):
             value = getattr(config.mqtt, key)
             if value is not None:
                 setattr(config.mqtt, key, place(value))
-        config.mqtt.password()  # unreadable secrets fail now, with the path, not at connect
     return config
 
 
-def _place_tls_and_keys(config: AgentConfig, place: Callable[[Path], Path]) -> None:
-    """Resolve ``updates.ca_file`` and ``api.keys_file`` and read them now, so a file that
-    cannot be used fails at start with its name rather than at the first update or call."""
-    updates = config.updates
-    if updates.ca_file is not None:
-        updates.ca_file = place(updates.ca_file)
-        tls = updates.tls()
-        try:
-            if tls is not None:
-                tls.context()
-        except TlsConfigError as e:
-            raise ConfigError(f"updates.ca_file: {e}") from e
+def _read_tls_and_keys(config: AgentConfig) -> None:
+    """Read ``updates.ca_file`` and ``api.keys_file`` now, so a file that cannot be used
+    fails at start with its name rather than at the first update or call."""
+    tls = config.updates.tls()
+    try:
+        if tls is not None:
+            tls.context()
+    except TlsConfigError as e:
+        raise ConfigError(f"updates.ca_file: {e}") from e
     if config.api.keys_file is not None:
-        config.api.keys_file = place(config.api.keys_file)
         try:
             read_keys_file(config.api.keys_file)
         except ApiKeysError as e:

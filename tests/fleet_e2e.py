@@ -104,6 +104,7 @@ class Fleet:
                 "nonce_ttl_s": 120.0,
             },
         )
+        self.cli("db", "init")
         self.cli("keys", "init")
         # The factory model is a published target too, so attestation knows its hash.
         self.publish("1.0", self.model)

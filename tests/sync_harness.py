@@ -64,7 +64,9 @@ class ControllerProcess:
         return f"http://127.0.0.1:{self.http_port}"
 
     def bootstrap(self) -> None:
-        """Create the first admin and an API token (once per database)."""
+        """Create the database, the first admin and an API token (once per database)."""
+        made = run_cli(["-m", "controller", "db", "init", "--config", str(self.config)])
+        assert made.returncode == 0, made.stderr
         created = run_cli(
             ["-m", "controller", "admin", "create", "--username", "ops", "--password-stdin",
              "--config", str(self.config)],

@@ -110,6 +110,7 @@ def test_admin_create_generates_or_refuses_weak(tmp_path: Path) -> None:
             {"environment": "development", "database_url": f"sqlite:///{tmp_path / 'c.db'}"}
         )
     )
+    assert run(["db", "init", "--config", str(config)])[0] == 0
     code, out = run(["admin", "create", "--username", "root-admin", "--config", str(config)])
     assert code == 0 and "created (admin)" in out
     generated = out.strip().splitlines()[-1]

@@ -55,6 +55,8 @@ def controller_config(directory: Path) -> Path:
             }
         )
     )
+    made = cli("db", "init", "-c", str(config))
+    assert made.returncode == 0, made.stderr
     return config
 
 
@@ -552,6 +554,7 @@ def test_cli_broker_config_needs_controller_credentials(tmp_path: Path) -> None:
             {"environment": "development", "database_url": f"sqlite:///{tmp_path / 'c.db'}"}
         )
     )
+    assert cli("db", "init", "-c", str(config)).returncode == 0
     done = cli("broker", "mosquitto-config", "--out", str(tmp_path / "out"), "-c", str(config))
     assert done.returncode == 2
     assert "broker.username and broker.password" in done.stderr

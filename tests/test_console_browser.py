@@ -55,6 +55,7 @@ def controller(mosquitto: Broker, tmp_path: Path) -> Iterator[tuple[str, Proc]]:
             }
         )
     )
+    assert run_cli(["-m", "controller", "db", "init", "-c", str(config)]).returncode == 0
     made = run_cli(
         [
             "-m",

@@ -75,12 +75,9 @@ def test_bad_messages_are_rejected_counted_and_good_ones_land(
     oversized = next(r for r in rejected if r["reason"] == "oversized")
     assert "limit is 65536" in oversized["detail"]
     assert live.device("dev-2") is None, "a spoofed topic must not create a device"
-    assert live.client.get("/healthz").json() == {
-        "status": "ok",
-        "database": True,
-        "broker": True,
-        "workers_down": [],
-    }
+    health = live.client.get("/healthz").json()
+    assert health.pop("tuf_signing")["status"] in ("off", "ok")  # no repository, or a signed one
+    assert health == {"status": "ok", "database": True, "broker": True, "workers_down": []}
 
 
 def test_silent_device_goes_offline_by_timeout(

@@ -1,11 +1,13 @@
 """Controller settings: file, environment and overrides, and clear refusals."""
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, get_args
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from controller.settings import load_settings
+from controller.settings import Settings, anchor_paths, load_settings, sqlite_file
 from tests.procs import run_cli
 
 
@@ -122,3 +124,94 @@ def test_cli_without_credentials_says_how_to_get_them(tmp_path: Path) -> None:
     result = run_cli(["-m", "controller", "devices", "list"], env=env)
     assert result.returncode == 1
     assert "EDGEFLEET_URL" in result.stderr
+
+
+# --- relative paths ---------------------------------------------------------------------------
+def path_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """The key path of every ``Path`` setting, at any depth."""
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if annotation is Path or set(get_args(annotation)) == {Path, type(None)}:
+            yield (*prefix, name)
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from path_fields(annotation, (*prefix, name))
+
+
+def test_every_path_setting_is_taken_from_the_config_files_folder(tmp_path: Path) -> None:
+    """anchor_paths joins every relative Path setting written in a file (the settings
+    models are walked, so a new one is covered) to the file's folder and leaves absolute
+    ones and values of the wrong type alone."""
+    keys = list(path_fields(Settings))
+    assert ("updates", "keys_dir") in keys and ("http_tls", "cert_file") in keys
+    assert ("broker", "server_key_file") in keys and ("pki", "dir") in keys
+    values: dict[str, Any] = {}
+    for key in keys:
+        node = values
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = f"rel/{'.'.join(key)}"
+    anchored = anchor_paths(values, tmp_path)
+    for key in keys:
+        node = anchored
+        for part in key:
+            node = node[part]
+        assert node == str(tmp_path / "rel" / ".".join(key)), key
+    assert anchor_paths({"pki": {"dir": "/srv/pki"}}, tmp_path)["pki"]["dir"] == "/srv/pki"
+    assert anchor_paths({"pki": {"dir": 7}}, tmp_path)["pki"]["dir"] == 7
+    assert anchor_paths({"pki": "not a mapping"}, tmp_path)["pki"] == "not a mapping"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///ctl.db", "sqlite:///{base}/ctl.db"),
+        ("sqlite:///./data/ctl.db", "sqlite:///{base}/data/ctl.db"),
+        ("sqlite:////var/lib/edgefleet/ctl.db", "sqlite:////var/lib/edgefleet/ctl.db"),
+        ("sqlite://", "sqlite://"),
+        ("sqlite:///:memory:", "sqlite:///:memory:"),
+        ("postgresql+psycopg://ef:s3cret-pw@db/ef", "postgresql+psycopg://ef:s3cret-pw@db/ef"),
+    ],
+)
+def test_a_relative_sqlite_file_is_the_config_files(
+    tmp_path: Path, url: str, expected: str
+) -> None:
+    """A relative SQLite file in database_url is taken from the config file's folder; an
+    absolute one, an in-memory one and another database are kept as written."""
+    assert anchor_paths({"database_url": url}, tmp_path)["database_url"] == expected.format(
+        base=tmp_path
+    )
+
+
+def test_file_paths_and_defaults_follow_the_file_but_the_environment_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From another folder, a file's relative paths and (with a file) the defaults resolve
+    against the file's folder; an EDGEFLEET_* override stays relative to the current folder;
+    without a file the defaults stay relative to the current folder."""
+    etc, work = tmp_path / "etc", tmp_path / "work"
+    etc.mkdir()
+    work.mkdir()
+    config = etc / "controller.yaml"
+    config.write_text(
+        "database_url: sqlite:///ctl.db\nupdates:\n  repo_dir: tuf\n"
+        "broker:\n  mode: external\n  url: mqtts://broker.example\n  ca_file: ca.crt\n"
+    )
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("EDGEFLEET_UPDATES__KEYS_DIR", "my-keys")
+    settings = load_settings(Path("../etc/controller.yaml"))
+    assert settings.database_url == f"sqlite:///{etc / 'ctl.db'}"
+    assert settings.updates.repo_dir == etc / "tuf"
+    assert settings.broker.ca_file == etc / "ca.crt"
+    assert settings.pki.dir == etc / ".edgefleet" / "pki"  # a default, with a file
+    assert settings.updates.keys_dir == Path("my-keys")  # the environment: the cwd's
+    monkeypatch.delenv("EDGEFLEET_UPDATES__KEYS_DIR")
+    assert load_settings(None).pki.dir == Path(".edgefleet/pki")
+
+
+def test_sqlite_file_names_only_a_file() -> None:
+    """sqlite_file gives the file of a SQLite URL and None for memory, URIs and servers."""
+    assert sqlite_file("sqlite:///./edgefleet.db") == Path("edgefleet.db")
+    assert sqlite_file("sqlite:////srv/ctl.db") == Path("/srv/ctl.db")
+    for url in ("sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=ro&uri=true",
+                "postgresql://db/ef", "not a url"):  # fmt: skip
+        assert sqlite_file(url) is None, url

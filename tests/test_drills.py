@@ -389,6 +389,7 @@ def _tls_world(
     }
     settings["pki"] = {"dir": str(store.dir)}
     controller.config.write_text(yaml.safe_dump(settings))
+    controller.cli("db", "init")
     controller.cli("keys", "init")
     controller.cli("models", "add", str(model), "--name", "drill", "--version", "1.0",
                    "--runtime", "llama.cpp",

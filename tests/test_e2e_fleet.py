@@ -51,6 +51,8 @@ def test_fleet_online_inference_and_last_will(
             }
         )
     )
+    made = run_cli(["-m", "controller", "db", "init", "--config", str(config)])
+    assert made.returncode == 0, made.stderr
     created = run_cli(
         [
             "-m",

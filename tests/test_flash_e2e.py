@@ -252,6 +252,7 @@ def test_flashed_device_boots_enrolls_attests_and_takes_a_rollout(
     candidate = build_tiny_classifier(models / "v2.onnx", seed=5)
 
     # Controller host: TUF and image keys, broker files, the controller, the first admin.
+    world.cli("db", "init")
     world.cli("keys", "init")
     world.cli("image", "keygen")
     world.broker.generate(world.controller.config)

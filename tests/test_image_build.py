@@ -386,6 +386,7 @@ def test_cli_keygen_build_register_verify(tmp_path: Path) -> None:
             }
         )
     )
+    assert run("db", "init", "--config", str(config)).exit_code == 0  # type: ignore[attr-defined]
     weak = run(
         "image", "keygen", "--config", str(config), env={"EDGEFLEET_KEY_PASSPHRASE": "short"}
     )

@@ -197,6 +197,7 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         f"pki:\n  dir: {tmp_path / 'pki'}\n"
     )
     monkeypatch.delenv("EDGEFLEET_KEY_PASSPHRASE", raising=False)
+    assert CliRunner().invoke(cli, ["db", "init", "-c", str(path)]).exit_code == 0
     return path
 
 

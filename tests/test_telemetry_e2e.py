@@ -59,6 +59,8 @@ def test_agent_windows_reach_the_fleet_device_and_drift_views(
     with latency quantiles, the fleet summary counts them as local, an operator's drift
     reference from them scores the model, and both /metrics endpoints expose counters."""
     config, agent_config, api_port = _setup(tmp_path, mosquitto, model_path)
+    made = run_cli(["-m", "controller", "db", "init", "--config", str(config)])
+    assert made.returncode == 0, made.stderr
     created = run_cli(
         [
             *("-m", "controller", "admin", "create", "--username", "ops"),

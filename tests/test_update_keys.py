@@ -50,6 +50,8 @@ def write_config(tmp_path: Path) -> Path:
             }
         )
     )
+    made = CliRunner().invoke(app, ["db", "init", "--config", str(config)])
+    assert made.exit_code == 0, made.output
     return config
 
 

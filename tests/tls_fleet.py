@@ -98,6 +98,8 @@ def write_config(tmp_path: Path, database_url: str) -> Path:
             }
         )
     )
+    made = run_cli(["-m", "controller", "db", "init", "-c", str(config)])
+    assert made.returncode == 0, made.stderr
     return config
 
 

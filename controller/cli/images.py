@@ -2,7 +2,7 @@
 
 ``build``, ``keygen``, ``key`` and ``verify`` run on the build host or the controller host
 and need no running controller; ``build --config`` registers the image's measurements as
-golden values straight in the controller's database, ``build --register URL`` through its
+golden values straight in the controller's database, ``build --url URL`` through its
 API, and ``list`` reads the registered images from the API. Every failure is one line on
 stderr and a non-zero exit.
 """
@@ -69,8 +69,11 @@ def _clear_errors() -> Iterator[None]:
         raise _fail(f"{where}{e.strerror or e}") from e
 
 
-def _settings(config: Path | None) -> Settings:
-    return settings_or_exit(config)
+def _settings(config: Path | None, *, local_audit: bool = False) -> Settings:
+    # With --config, build and keygen record in the controller's database, which must exist.
+    return settings_or_exit(
+        config, database="existing" if local_audit and config is not None else "unused"
+    )
 
 
 def _register_db(settings: Settings, manifest: Manifest, size: int) -> dict[str, Any]:
@@ -117,7 +120,12 @@ def build(
     ] = False,
     register: Annotated[
         str | None,
-        typer.Option(help="Register the golden values through this controller's API."),
+        typer.Option(
+            "--url",
+            "--register",
+            help="Register the golden values through this controller's API (--register:"
+            " the older name).",
+        ),
     ] = None,
     token: TokenOpt = None,
     keys_dir: KeysDirOpt = None,
@@ -127,12 +135,12 @@ def build(
 ) -> None:
     """Build the recipe's reproducible image, sign it with the image key and register its
     image_id and agent_code as golden values (--config: in the controller's database;
-    --register URL: through the API; neither: printed)."""
+    --url URL: through the API; neither: printed)."""
     if wheelhouse is not None and no_wheelhouse:
         raise _fail("--wheelhouse and --no-wheelhouse exclude each other", 2)
     if wheelhouse is not None and not wheelhouse.is_dir():
         raise _fail(f"--wheelhouse {wheelhouse} is not a folder", 2)
-    settings = _settings(config)
+    settings = _settings(config, local_audit=True)
     with _clear_errors():
         passphrase = read_passphrase(passphrase_file or settings.updates.passphrase_file)
         key = load_image_key(keys_dir or settings.updates.keys_dir, passphrase)
@@ -166,7 +174,7 @@ def build(
     typer.echo(f"  agent_code: {manifest.agent_code}")
     if registered is None:
         typer.echo(
-            "not registered: pass --config FILE or --register URL --token T, or run"
+            "not registered: pass --config FILE or --url URL --token T, or run"
             " 'edgefleet attest golden add image_id|agent_code VALUE'"
         )
     else:
@@ -180,7 +188,7 @@ def keygen(
     config: ConfigOpt = None,
 ) -> None:
     """Create the encrypted image signing key beside the TUF keys (same passphrase rules)."""
-    settings = _settings(config)
+    settings = _settings(config, local_audit=True)
     folder = keys_dir or settings.updates.keys_dir
     with _clear_errors():
         passphrase = read_passphrase(passphrase_file or settings.updates.passphrase_file)

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from controller.cli.common import ConfigOpt, audit_locally, settings_or_exit
+from controller.cli.common import ConfigOpt, DatabaseUse, audit_locally, settings_or_exit
 from controller.cli.common import fail as _fail
 from controller.settings import Settings
 from controller.updates.errors import UpdatesError
@@ -58,17 +58,17 @@ def updates_errors() -> Iterator[None]:
         raise _fail(f"{where}{e.strerror or e}") from e
 
 
-def _settings(config: Path | None) -> Settings:
-    return settings_or_exit(config)
-
-
 def open_repository(
     config: Path | None,
     repo_dir: Path | None,
     keys_dir: Path | None,
     passphrase_file: Path | None,
+    *,
+    database: DatabaseUse = "existing",
 ) -> tuple[Settings, TufRepository]:
-    settings = _settings(config)
+    """The settings and the TUF repository; ``database`` as in ``settings_or_exit`` (the
+    commands that record an audit entry or a model open the database)."""
+    settings = settings_or_exit(config, database=database)
     updates = settings.updates
     with updates_errors():
         passphrase = read_passphrase(passphrase_file or updates.passphrase_file)
@@ -119,7 +119,7 @@ def keys_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show each role's version, expiry, threshold and which keys are online."""
-    _, repo = open_repository(config, repo_dir, keys_dir, None)
+    _, repo = open_repository(config, repo_dir, keys_dir, None, database="unused")
     with updates_errors():
         state = repo.load()
     online = repo.keys.files()
@@ -201,7 +201,7 @@ def keys_root_draft(
     config: ConfigOpt = None,
 ) -> None:
     """Write the next root version (renewed expiry), signed by any online root keys."""
-    _s, repo = open_repository(config, repo_dir, keys_dir, passphrase_file)
+    _s, repo = open_repository(config, repo_dir, keys_dir, passphrase_file, database="unused")
     with updates_errors():
         thresholds = {"root": root_threshold} if root_threshold is not None else None
         draft = repo.draft_root(now=_now(), thresholds=thresholds)
@@ -225,7 +225,7 @@ def keys_sign_root(
 ) -> None:
     """Add signatures to a root draft with offline root key(s); works without a repository
     (then only keys of the draft's own root role are accepted)."""
-    _s, repo = open_repository(config, repo_dir, None, passphrase_file)
+    _s, repo = open_repository(config, repo_dir, None, passphrase_file, database="unused")
     with updates_errors():
         draft = read_root_draft(draft_file)
         previous = None

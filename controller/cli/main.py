@@ -1,11 +1,13 @@
 """``edgefleet``: the operator's and the controller's command line.
 
 This module builds the root command from one module per command group, named after it:
-``serve``, ``demo``, ``devices``, ``broker``, ``admin`` and ``token``
+``serve``, ``demo``, ``db``, ``devices``, ``broker``, ``admin`` and ``token``
 (``admin.py``), ``users`` and ``tokens`` (``users.py``), ``attest``, ``audit``, ``keys``,
 ``models``, ``pki``, ``rollouts``, ``fleet``/``drift``/``alerts`` (``telemetry.py``), ``image``
 (``images.py``), ``drill`` (``drills.py``) and ``flash``.
 """
+
+from typing import Annotated
 
 import typer
 
@@ -13,6 +15,7 @@ from controller.cli.admin import admin_app, token_app
 from controller.cli.attest import app as attest_app
 from controller.cli.audit import audit_app
 from controller.cli.broker import broker_app
+from controller.cli.db import db_app
 from controller.cli.demo import demo
 from controller.cli.devices import devices_app
 from controller.cli.drills import app as drill_app
@@ -32,6 +35,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Run and operate an edgefleet.",
 )
+app.add_typer(db_app, name="db")
 app.add_typer(devices_app, name="devices")
 app.add_typer(admin_app, name="admin")
 app.add_typer(token_app, name="token")
@@ -52,6 +56,29 @@ app.add_typer(drill_app, name="drill")
 app.command("flash")(flash_command)
 app.command("serve")(serve)
 app.command("demo")(demo)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from controller import __version__
+
+        typer.echo(f"edgefleet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the controller's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Run and operate an edgefleet."""
 
 
 def main() -> None:

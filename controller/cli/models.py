@@ -2,7 +2,9 @@
 
 ``models add`` works on the controller host directly, streaming the file into the
 repository (``controller/cli/keys.py`` holds the repository options it shares); ``models
-list`` and ``models upload`` talk to the controller's API like the other commands do.
+upload`` talks to the controller's API like the other commands do, and ``models list`` does
+either: with ``-c`` (or ``EDGEFLEET_CONFIG``) it reads the registry on the controller host,
+like ``models add`` writes it, else it asks the API.
 Every failure is one line on stderr and a non-zero exit, never a traceback.
 """
 
@@ -23,7 +25,14 @@ from rich.progress import (
 from rich.table import Table
 
 from controller.api_client import ApiError, get_json, resolve_target, upload_file
-from controller.cli.common import ConfigOpt, TokenOpt, UrlOpt, err, operator_actor
+from controller.cli.common import (
+    ConfigOpt,
+    TokenOpt,
+    UrlOpt,
+    err,
+    operator_actor,
+    settings_or_exit,
+)
 from controller.cli.common import fail as _fail
 from controller.cli.keys import (
     KeysDirOpt,
@@ -119,24 +128,56 @@ def models_add(
     )
 
 
+def _registry_page(
+    config: Path | None, name: str | None, runtime: str | None, device_class: str | None
+) -> dict[str, Any]:
+    """The registry rows the API's ``GET /api/models`` would list, read from the database."""
+    from controller.db import make_engine, session_scope
+    from controller.rollouts.cohort import compatible
+    from controller.updates.registry import model_versions
+
+    settings = settings_or_exit(config)
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(engine) as session:
+            rows = [
+                row.model_dump(mode="json", exclude={"content_sha256"})
+                for row in model_versions(session, name=name, runtime=runtime)
+                if device_class is None or compatible(device_class, row.device_classes)
+            ]
+    finally:
+        engine.dispose()
+    return {"data": rows[:1000], "count": len(rows)}
+
+
 @models_app.command("list")
 def models_list(
+    ctx: typer.Context,
     name: Annotated[str | None, typer.Option(help="Only this model.")] = None,
     runtime: Annotated[str | None, typer.Option(help="Only this runtime.")] = None,
     device_class: Annotated[str | None, typer.Option(help="Only models for this class.")] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
+    config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List published model versions, newest first."""
-    params: dict[str, Any] = {"limit": 1000}
-    for key, value in (("name", name), ("runtime", runtime), ("device_class", device_class)):
-        if value is not None:
-            params[key] = value
-    try:
-        page = get_json(resolve_target(url, token), "/api/models", params)
-    except ApiError as e:
-        raise _fail(str(e)) from e
+    """List published model versions, newest first: through the API, or with -c from the
+    database on the controller host."""
+    source = ctx.get_parameter_source("config")
+    from_command_line = source is not None and source.name == "COMMANDLINE"
+    if config is not None and url is not None and from_command_line:
+        raise _fail("pass -c/--config (read the registry here) or --url (ask the API), not both", 2)
+    if config is not None and url is None:
+        page = _registry_page(config, name, runtime, device_class)
+    else:
+        params: dict[str, Any] = {"limit": 1000}
+        for key, value in (("name", name), ("runtime", runtime), ("device_class", device_class)):
+            if value is not None:
+                params[key] = value
+        try:
+            page = get_json(resolve_target(url, token), "/api/models", params)
+        except ApiError as e:
+            raise _fail(str(e)) from e
     if as_json:
         typer.echo(json.dumps(page, indent=2))
         return

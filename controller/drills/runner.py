@@ -111,6 +111,7 @@ class DrillRunner:
                 self.workdir, o.broker_url, protocol=o.mqtt_protocol, repository=True
             )
             self.controller = embedded
+            embedded.cli("db", "init")  # a fresh controller: its database, on purpose
             embedded.cli("keys", "init")
             self._publish(embedded)
             embedded.bootstrap()

@@ -31,6 +31,8 @@ from controller.updates._files import fsync_dir, write_atomic
 from controller.updates.errors import KeyStoreError
 
 PASSPHRASE_ENV = "EDGEFLEET_KEY_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
+# Where the controller looks for the passphrase, as messages name it.
+PASSPHRASE_SOURCES = f"updates.passphrase_file or {PASSPHRASE_ENV}"
 # cryptography's PKCS#8 encryption is PBKDF2-HMAC-SHA256 with only 2048 rounds: the
 # passphrase itself has to carry the strength against a stolen key file.
 MIN_PASSPHRASE_LENGTH = 12
@@ -239,6 +241,7 @@ class KeyStore:
 __all__ = [
     "MIN_PASSPHRASE_LENGTH",
     "PASSPHRASE_ENV",
+    "PASSPHRASE_SOURCES",
     "ROLES",
     "KeyStore",
     "decrypt_private_keys",

@@ -43,6 +43,19 @@ def get_model_version(session: Session, name: str, version: str) -> ModelVersion
     ).first()
 
 
+def model_versions(
+    session: Session, *, name: str | None = None, runtime: str | None = None
+) -> list[ModelVersion]:
+    """Published model versions, newest first, of one name and runtime when given (the
+    API and ``edgefleet models list -c`` filter by device class on top)."""
+    query = select(ModelVersion).order_by(col(ModelVersion.id).desc())
+    if name is not None:
+        query = query.where(col(ModelVersion.name) == name)
+    if runtime is not None:
+        query = query.where(col(ModelVersion.runtime) == runtime)
+    return list(session.exec(query).all())
+
+
 def known_target_hashes(session: Session) -> set[str]:
     """SHA-256 of every published model (and of the folder each archive unpacks to): the
     golden values for a device's active model."""
@@ -50,4 +63,4 @@ def known_target_hashes(session: Session) -> set[str]:
     return {digest for row in rows for digest in row if digest}
 
 
-__all__ = ["ModelVersion", "get_model_version", "known_target_hashes"]
+__all__ = ["ModelVersion", "get_model_version", "known_target_hashes", "model_versions"]

@@ -538,6 +538,18 @@ class TufRepository:
                 return []
             return self._commit(state, due, now, None)[0]
 
+    def timestamp_expires(self) -> datetime | None:
+        """When the published timestamp expires (read, not verified: for health reports);
+        None without a repository."""
+        if not self.is_initialized():
+            return None
+        return self._read("timestamp.json", Timestamp).signed.expires
+
+    def check_signing(self, role: str = "timestamp") -> None:
+        """Raise KeyStoreError unless this controller's keys and passphrase can sign
+        ``role`` (what the refresh job will need), decrypting its keys without signing."""
+        self._signers(self.load_root_chain()[-1].signed, role)
+
     def root_expiring(self, now: datetime) -> bool:
         """Root is within its refresh margin: someone must sign a new root version soon."""
         root = self.load_root_chain()[-1].signed

@@ -1,5 +1,7 @@
 """``/metrics``: the controller's Prometheus metrics (a viewer's bearer token scrapes)."""
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -12,11 +14,13 @@ router = APIRouter(tags=["telemetry"])
 @router.get("/metrics", response_class=Response)
 def metrics(services: ServicesDep) -> Response:
     """Devices by state, quarantined, ingest counters, rejects by reason, rollouts by
-    status, open alerts, newest drift PSI / KS per model and feature, rollup lag."""
+    status, open alerts, newest drift PSI / KS per model and feature, rollup lag, and
+    whether the TUF timestamp can be re-signed before it expires."""
     collector = ControllerCollector(
         services.engine,
         services.stats.snapshot,
         cfg=services.settings.telemetry,
         workers=services.supervisor.statuses,
+        tuf=lambda: services.tuf_signing(datetime.now(UTC)),
     )
     return Response(render(collector), media_type=CONTENT_TYPE_LATEST)

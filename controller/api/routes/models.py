@@ -36,7 +36,7 @@ from controller.updates.publish import (
     check_new,
     publish_model,
 )
-from controller.updates.registry import ModelVersion, get_model_version
+from controller.updates.registry import ModelVersion, get_model_version, model_versions
 from controller.updates.repository import TufRepository
 
 router = APIRouter(prefix="/api/models", tags=["models"])
@@ -99,14 +99,11 @@ def list_models(
     offset: Offset = 0,
 ) -> ModelVersionList:
     """Published model versions, newest first, filtered by name, runtime, device class."""
-    query = select(ModelVersion).order_by(col(ModelVersion.id).desc())
-    if name is not None:
-        query = query.where(col(ModelVersion.name) == name)
-    if runtime is not None:
-        query = query.where(col(ModelVersion.runtime) == runtime)
     # The registry holds hundreds of rows, not millions; JSON containment differs between
     # SQLite and PostgreSQL, so the class filter runs here.
-    rows = [row for row in db.exec(query).all() if _fits(row, device_class)]
+    rows = [
+        row for row in model_versions(db, name=name, runtime=runtime) if _fits(row, device_class)
+    ]
     return ModelVersionList(
         data=[_public(row) for row in rows[offset : offset + limit]], count=len(rows)
     )
