@@ -176,6 +176,23 @@ def test_storm_redeliveries_never_quarantine_an_honest_device(
     assert "nonce_replayed" in (device_row(engine).quarantine_reason or ""), replayed.outcome
 
 
+def test_a_quote_recorded_after_the_next_birth_and_then_resent_is_a_duplicate(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Under a backlog the controller records a quote only after it challenged the device's
+    next birth (a 1,000-device storm had it 74 s behind); the device's re-send of that
+    quote after its reconnect is a duplicate, not a replay, and quarantines nothing."""
+    service = AttestationService(SETTINGS, enrollment="tofu")
+    dev = FakeDevice(tmp_path)
+    [first] = challenges(ingest(engine, service, dev.birth(0)))
+    quote = dev.answer(first)
+    ingest(engine, service, dev.birth(1), at=T0 + timedelta(seconds=5))
+    assert ingest(engine, service, quote, at=T0 + timedelta(seconds=6)).outcome["quotes"] == 1
+    again = ingest(engine, service, quote, at=T0 + timedelta(seconds=7))
+    assert again.outcome == {"duplicates": 1} and again.outbound == []
+    assert not device_row(engine).quarantined
+
+
 def test_provisioned_refuses_unknown_keys_until_registered(engine: Engine, tmp_path: Path) -> None:
     """Under provisioned enrollment an unknown key quarantines without a challenge (and the
     device is told in its desired shadow); once the key is registered, the next birth is

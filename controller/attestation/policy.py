@@ -42,8 +42,8 @@ class ChallengeRecord:
     answered_at: datetime | None = None
     answer_digest: str | None = None  # quote_digest of the quote that answered it
     superseded: bool = False  # a newer challenge was issued to the device since
-    # The device was born again (reconnected) after the answer: its MQTT client re-sends the
-    # quotes the broker had not acknowledged, after the new birth's challenge.
+    # A newer challenge was issued at a birth of the device (it reconnected since): its MQTT
+    # client re-sends the quotes the broker had not acknowledged, after that birth.
     reborn: bool = False
 
 
@@ -109,8 +109,8 @@ def check_freshness(
         # challenge (also past expiry: a controller re-reads unacknowledged messages when it
         # reconnects) and after the device's own reconnect (its client re-sends the quote
         # after the new birth's challenge superseded this one) it was judged when it first
-        # arrived. Captured traffic published again after a newer challenge, with no birth
-        # since, is a replay.
+        # arrived. Captured traffic published again after a newer operator's or periodic
+        # challenge, with no birth since this one, is a replay.
         if challenge.answer_digest == digest and (not challenge.superseded or challenge.reborn):
             return [], True
         # Another quote for a nonce already answered: an honest agent answers each nonce once

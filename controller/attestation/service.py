@@ -332,14 +332,17 @@ class AttestationService:
                 col(AttestationChallenge.issued_at) > row.issued_at,
             )
         ).one()
-        reborn = row.answered_at is not None and bool(
+        # A birth since this challenge: the device reconnected, and its client re-sends what
+        # the broker had not acknowledged. Compared with the challenge's issue time, not the
+        # answer's: under a backlog the controller records the answer after that birth.
+        reborn = bool(newer) and bool(
             session.exec(
                 select(func.count())
                 .select_from(AttestationChallenge)
                 .where(
                     col(AttestationChallenge.device_id) == row.device_id,
                     col(AttestationChallenge.why) == "birth",
-                    col(AttestationChallenge.issued_at) > row.answered_at,
+                    col(AttestationChallenge.issued_at) > row.issued_at,
                 )
             ).one()
         )
