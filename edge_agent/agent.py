@@ -23,7 +23,7 @@ import psutil
 from edge_agent import __version__
 from edge_agent.attestation.attester import Attester
 from edge_agent.attestation.identity import FileIdentityKey, IdentityKey
-from edge_agent.attestation.measure import measure
+from edge_agent.attestation.measure import agent_code, measure
 from edge_agent.chat_service import ChatService, build_router
 from edge_agent.config import AgentConfig
 from edge_agent.hardware import HardwareProfile, probe
@@ -91,6 +91,9 @@ class Agent:
             config.state_dir / IDENTITY_FOLDER
         )
         self.attester = Attester(self.identity, self.measurements)
+        # The code tree's first walk happens here, not in the first quote: in a process of
+        # many agents (a simulation), quotes then never wait for one another.
+        agent_code()
         self.started_monotonic = time.monotonic()
         self.profile: HardwareProfile = probe(
             root,

@@ -1,5 +1,6 @@
 """Persistent counters never hand out a number twice, across restarts."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,23 @@ def test_corrupt_state_file_is_an_error_not_a_reset(tmp_path: Path) -> None:
     path.write_text('{"seq": "x"}')
     with pytest.raises(RuntimeError, match="unexpected shape"):
         CounterStore(path)
+
+
+def test_a_reservation_writes_once_per_block_and_never_repeats_after_restart(
+    tmp_path: Path,
+) -> None:
+    """With reserve=10 the file is written on the 1st and 11th value only (it holds the block's
+    end), and a restart resumes above the block: numbers skip, never repeat."""
+    path = tmp_path / "counters.json"
+    store = CounterStore(path)
+    assert [store.next("hb", reserve=10) for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert json.loads(path.read_text()) == {"hb": 9}
+    assert store.current("hb") == 4
+    assert [store.next("hb", reserve=10) for _ in range(6)] == [5, 6, 7, 8, 9, 10]
+    assert json.loads(path.read_text()) == {"hb": 19}
+    reopened = CounterStore(path)
+    assert reopened.current("hb") == 19
+    assert reopened.next("hb", reserve=10) == 20
+    assert reopened.next("other") == 0 and json.loads(path.read_text())["other"] == 0
+    with pytest.raises(ValueError, match="at least 1"):
+        reopened.next("hb", reserve=0)

@@ -49,16 +49,18 @@ def _hash_agent_code() -> str:
     )
 
 
-# A quote's agent_code is the code tree as it was at most this long before the quote: the
-# agents of a simulation process answer their birth challenges within the same second, and
-# one walk serves them all without any of them waiting on another (shared/recent.py).
+# A quote's agent_code is the code tree as it was at most this long before the quote, or,
+# while another quote of the process is measuring it, the last measurement: the agents of a
+# simulation process answer their birth challenges within the same second, and one walk
+# serves them all without any of them waiting on another (shared/recent.py).
 AGENT_CODE_MAX_AGE_S = 1.0
 _AGENT_CODE = Recent(_hash_agent_code, max_age_s=AGENT_CODE_MAX_AGE_S)
 
 
 def agent_code() -> str:
     """The tree hash of the agent code this process runs, measured at most
-    ``AGENT_CODE_MAX_AGE_S`` ago."""
+    ``AGENT_CODE_MAX_AGE_S`` ago (or the last measurement, while one is underway). An
+    agent calls it once at start, so quotes never wait for a first walk."""
     return _AGENT_CODE.get(time.monotonic())
 
 

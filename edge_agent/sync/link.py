@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 
 BD_SEQ = "bd_seq"
 HEARTBEAT_SEQ = "heartbeat_seq"
+# Heartbeat seqs only have to grow (the controller compares them within a session): one
+# write of the counter file covers this many (edge_agent/sync/counters.py).
+HEARTBEAT_SEQ_RESERVE = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +451,7 @@ class MqttLink:
             message = Heartbeat(
                 device_id=self.device_id,
                 bd_seq=self._bd_seq,
-                seq=self._counters.next(HEARTBEAT_SEQ),
+                seq=self._counters.next(HEARTBEAT_SEQ, reserve=HEARTBEAT_SEQ_RESERVE),
                 uptime_s=load.uptime_s,
                 cpu_percent=load.cpu_percent,
                 memory_percent=load.memory_percent,
