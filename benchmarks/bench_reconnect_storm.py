@@ -353,6 +353,7 @@ def run_storm(
     timeout_s: float,
     sim_log_level: str,
     tls: bool = False,
+    attestation_timeout_s: float | None = None,
 ) -> StormResult:
     """One storm on a fresh broker and database; with ``tls`` over mutual TLS (a CA made
     for the storm, a certificate per device)."""
@@ -366,7 +367,12 @@ def run_storm(
     with mosquitto_broker(nofile=NOFILE, tls=broker_tls) as port:
         db = root / f"storm-{run}{'-tls' if tls else ''}.db"
         overrides = certs.broker_overrides(port) if certs else None
-        services = start_ingest(port, db, f"bench-storm-{run}", overrides)
+        attestation = (
+            None
+            if attestation_timeout_s is None
+            else {"timeout_s": attestation_timeout_s, "nonce_ttl_s": attestation_timeout_s}
+        )
+        services = start_ingest(port, db, f"bench-storm-{run}", overrides, attestation)
         sims: list[SimProcess] = []
         try:
             launched = time.time()
@@ -482,6 +488,13 @@ def _parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--sim-log-level", default="warning", help="simulate's --log-level")
     parser.add_argument(
+        "--attestation-timeout-s",
+        type=float,
+        default=None,
+        help="the controller's attestation.timeout_s (and nonce_ttl_s); default 60 s: a storm"
+        " slower than that quarantines devices whose answers arrive late, as 'silent'",
+    )
+    parser.add_argument(
         "--keep", type=Path, default=None, help="keep databases and logs in this folder"
     )
     args = parser.parse_args()
@@ -514,6 +527,7 @@ def _run_all(args: argparse.Namespace) -> tuple[list[StormResult], list[float]]:
                     run,
                     timeout_s=args.timeout_s,
                     sim_log_level=args.sim_log_level,
+                    attestation_timeout_s=args.attestation_timeout_s,
                 )
             )
             s = storms[-1]

@@ -163,11 +163,16 @@ def db_counts(db: Path) -> tuple[int, int]:
 
 
 def start_ingest(
-    port: int, db: Path, client_id: str, broker: dict[str, Any] | None = None
+    port: int,
+    db: Path,
+    client_id: str,
+    broker: dict[str, Any] | None = None,
+    attestation: dict[str, Any] | None = None,
 ) -> Services:
     """The controller's long-lived parts on SQLite ``db``, ingesting from Mosquitto at
     ``port`` over MQTT 5 (shared subscription, persistent session), started; ``broker``
-    overrides broker settings (a TLS URL and certificate files, another group)."""
+    overrides broker settings (a TLS URL and certificate files, another group),
+    ``attestation`` attestation settings."""
     settings = load_settings(
         None,
         environment="development",
@@ -180,6 +185,7 @@ def start_ingest(
             "shared_group": SHARED_GROUP,
             **(broker or {}),
         },
+        attestation=attestation or {},
     )
     # "job skipped: maximum number of running instances" while the sweep waits on the
     # database would bury the results; the storm counts false timeouts instead.

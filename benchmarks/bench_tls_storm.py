@@ -10,7 +10,7 @@ every record is in the database for both, and the ratio TLS / plaintext (goal â‰
 The order of the two storms alternates per run; medians over runs.
 
     .venv/bin/python -m benchmarks.bench_tls_storm [--devices 1000] [--prefill 100]
-        [--processes 8] [--lead-s 30] [--runs 1]
+        [--processes 8] [--lead-s 30] [--runs 1] [--attestation-timeout-s 600]
 """
 
 import argparse
@@ -32,6 +32,12 @@ def main() -> None:
     parser.add_argument("--lead-s", type=float, default=30.0)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--timeout-s", type=float, default=300.0)
+    parser.add_argument(
+        "--attestation-timeout-s",
+        type=float,
+        default=None,
+        help="the controller's attestation.timeout_s (and nonce_ttl_s); default 60 s",
+    )
     args = parser.parse_args()
     raise_nofile(NOFILE)
     results: dict[str, list[StormResult]] = {"plaintext": [], "mutual TLS": []}
@@ -50,12 +56,15 @@ def main() -> None:
                     timeout_s=args.timeout_s,
                     sim_log_level="warning",
                     tls=mode == "mutual TLS",
+                    attestation_timeout_s=args.attestation_timeout_s,
                 )
                 results[mode].append(result)
                 print(
                     f"run {run + 1}/{args.runs} {mode:10s}: all records in DB "
                     f"{result.to_db_s:.2f}s, births {result.births_s:.2f}s, slowest drained "
-                    f"{result.max_drained_s:.2f}s",
+                    f"{result.max_drained_s:.2f}s, redelivered {result.redelivered:,}, "
+                    f"heartbeat timeouts {result.heartbeat_timeouts}, CPU s "
+                    + ", ".join(f"{k} {v:.1f}" for k, v in result.cpu_s.items()),
                     flush=True,
                 )
     plain = median([r.to_db_s for r in results["plaintext"]])
