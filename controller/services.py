@@ -26,7 +26,7 @@ from controller.broker.embedded import EmbeddedBroker, ListenerTls
 from controller.broker.tables import BrokerCredential
 from controller.db import make_engine, session_scope
 from controller.devices.liveness import as_utc
-from controller.devices.shadows import DeviceShadow, desired_message, unapplied
+from controller.devices.shadows import DeviceShadow, desired_message, mark_published, unapplied
 from controller.ingest.apply import IngestStats, sweep_liveness
 from controller.ingest.subscriber import MqttIngest
 from controller.migrations import init_db
@@ -281,13 +281,14 @@ class Services:
         with session_scope(self.engine) as session:
             if not _job_lock(session, "desired-republish"):
                 return
+            sent: list[tuple[str, int]] = []
             for row in unapplied(session):
-                sent = row.desired_published_at
-                if sent is not None and as_utc(sent) > horizon:
+                last = row.desired_published_at
+                if last is not None and as_utc(last) > horizon:
                     continue
                 if self.publish_desired(row):
-                    row.desired_published_at = now
-                    session.add(row)
+                    sent.append((row.device_id, row.desired_version))
+            mark_published(session, sent, now)
 
     def tick_rollouts(self) -> None:
         """Step every active rollout (state lives in the database, so a restarted

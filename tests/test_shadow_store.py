@@ -8,7 +8,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from sqlmodel import Session
 
 from controller.db import make_engine
-from controller.devices.shadows import DeviceShadow, set_desired
+from controller.devices.shadows import DeviceShadow, mark_published, set_desired, unapplied
 from controller.migrations import init_db
 
 
@@ -77,3 +77,32 @@ def test_a_writer_that_lost_the_insert_race_uses_the_winners_row(
         assert set(stored.desired) == {"labels", "model"}
         assert stored.desired_version == 2
     engine.dispose()
+
+
+def test_recording_a_publication_survives_a_writer_that_changed_the_row(
+    database_url: str,
+) -> None:
+    """The republish job read versions 1; ingest's writer then stored version 2 of one of
+    them. Recording what went out commits (no StaleDataError), marks the untouched row, and
+    leaves the changed one unmarked, so its new version is still sent."""
+    engine = make_engine(database_url)
+    init_db(engine)
+    now = datetime.now(UTC)
+    with Session(engine) as session:
+        for device_id in ("dev-1", "dev-2"):
+            set_desired(session, device_id, {"labels": {"site": "a"}}, now=now)
+        session.commit()
+    job = Session(engine)
+    sent = [(row.device_id, row.desired_version) for row in unapplied(job)]
+    assert sorted(sent) == [("dev-1", 1), ("dev-2", 1)]
+    with Session(engine) as writer:
+        set_desired(writer, "dev-1", {"quarantine": {"reason": "silent"}}, now=now)
+        writer.commit()
+    mark_published(job, sent, now)
+    job.commit()
+    job.close()
+    with Session(engine) as session:
+        changed, untouched = session.get(DeviceShadow, "dev-1"), session.get(DeviceShadow, "dev-2")
+        assert changed is not None and untouched is not None
+        assert changed.desired_version == 2 and changed.desired_published_at is None
+        assert untouched.desired_published_at is not None

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from controller.audit import audit
-from controller.devices.shadows import DeviceShadow, set_desired
+from controller.devices.shadows import DeviceShadow, mark_published, set_desired
 from controller.devices.tables import Device
 from controller.rollouts import observe
 from controller.rollouts.cohort import (
@@ -581,19 +581,8 @@ def publish_changed(
     """Publish committed desired documents (detached copies from ``advance``) and mark
     the ones that went out, unless a newer version was stored meanwhile; returns how many
     went out. Ones not sent are left to the controller's republish job."""
-    sent = [
-        {"d": shadow.device_id, "v": shadow.desired_version}
-        for shadow in changed
-        if publish(shadow)
-    ]
-    if sent:
-        table = DeviceShadow.__table__  # type: ignore[attr-defined]
-        session.connection().execute(
-            update(table)
-            .where(table.c.device_id == bindparam("d"), table.c.desired_version == bindparam("v"))
-            .values(desired_published_at=now),
-            sent,
-        )
+    sent = [(shadow.device_id, shadow.desired_version) for shadow in changed if publish(shadow)]
+    mark_published(session, sent, now)
     return len(sent)
 
 
