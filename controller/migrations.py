@@ -92,6 +92,10 @@ def _device_decommissioned(conn: Connection) -> None:
     _add_column(conn, "device", "decommission_reason", "VARCHAR", "VARCHAR")
 
 
+def _device_last_heartbeat_at(conn: Connection) -> None:
+    _add_column(conn, "device", "last_heartbeat_at", "DATETIME", "TIMESTAMP WITHOUT TIME ZONE")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "0001_device_quarantine",
@@ -112,6 +116,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "0004_device_decommissioned",
         "device.decommissioned, decommissioned_at and decommission_reason (revocation)",
         _device_decommissioned,
+    ),
+    Migration(
+        "0005_device_last_heartbeat_at",
+        "device.last_heartbeat_at (plausible heartbeat sequences)",
+        _device_last_heartbeat_at,
     ),
 )
 

@@ -186,6 +186,7 @@ class Services:
             attestation=self.attestation,
             supervisor=self.supervisor,
             dead_letters=self.settings.dead_letters,
+            plausibility=self.settings.plausibility,
             renewal=self.renewal_service(),
         )
         self.ingest.start()

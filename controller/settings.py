@@ -303,6 +303,23 @@ class DeadLetterSettings(BaseModel):
     flush_s: float = Field(default=1.0, gt=0)
 
 
+class PlausibilitySettings(BaseModel):
+    """How far a device's counters may advance past what ingest last accepted
+    (docs/protocol.md, "Plausible sequences"): ``slack`` plus ``per_s`` for every second
+    since then. A message beyond it is refused as ``implausible_seq`` and never adopted."""
+
+    heartbeat_seq_slack: int = Field(default=1_000, ge=0)
+    heartbeat_seq_per_s: float = Field(default=10.0, ge=0)
+    bd_seq_slack: int = Field(default=1_000, ge=0)
+    bd_seq_per_s: float = Field(default=1.0, ge=0)
+    reported_version_slack: int = Field(default=1_000, ge=0)
+    reported_version_per_s: float = Field(default=1.0, ge=0)
+    telemetry_seq_slack: int = Field(default=100_000, ge=0)
+    telemetry_seq_per_s: float = Field(default=1_000.0, ge=0)
+    telemetry_epoch_slack: int = Field(default=1_000, ge=0)
+    telemetry_epoch_per_s: float = Field(default=1.0, ge=0)
+
+
 def _placeholder(value: str | None) -> bool:
     return value is not None and value.strip().lower() in PLACEHOLDER_SECRETS
 
@@ -347,6 +364,7 @@ class Settings(BaseSettings):
     ingest_queue_size: int = Field(default=10_000, ge=10)
     ingest_batch_size: int = Field(default=500, ge=1)
     dead_letters: DeadLetterSettings = Field(default_factory=DeadLetterSettings)
+    plausibility: PlausibilitySettings = Field(default_factory=PlausibilitySettings)
     # A device is offline after this many heartbeat intervals without a message.
     missed_heartbeats_offline: int = Field(default=3, ge=2)
     liveness_sweep_s: float = Field(default=2.0, gt=0)

@@ -58,6 +58,7 @@ PURE = (
     "shared.topics",
     "controller.attestation.policy",
     "controller.devices.liveness",
+    "controller.ingest.plausibility",
     "controller.rollouts.cohort",
     "controller.rollouts.engine",
     "controller.rollouts.gates",

@@ -27,6 +27,9 @@ class DeviceBase(SQLModel):
     bd_seq: int | None = None
     heartbeat_interval_s: float | None = None
     last_heartbeat_seq: int | None = None
+    # When last_heartbeat_seq was accepted: how far the next seq may plausibly be
+    # (controller/ingest/plausibility.py).
+    last_heartbeat_at: datetime | None = None
     cpu_percent: float | None = None
     memory_percent: float | None = None
     requests_total: int | None = None
@@ -78,7 +81,8 @@ class DeviceStatusEvent(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     device_id: str = Field(index=True, max_length=63)
     at: datetime = Field(default_factory=utcnow, index=True)
-    event: str  # birth | death | heartbeat_timeout | stale_death_ignored
+    # birth | death | heartbeat_timeout | stale_death_ignored | implausible_seq
+    event: str
     bd_seq: int | None = None
     detail: str | None = None
 

@@ -27,10 +27,22 @@ from controller.devices.liveness import (
     on_death,
     on_heartbeat,
 )
-from controller.devices.shadows import apply_reported
+from controller.devices.shadows import DeviceShadow, apply_reported
 from controller.devices.tables import Device, DeviceStatusEvent
+from controller.ingest.plausibility import (
+    REASON as IMPLAUSIBLE,
+)
+from controller.ingest.plausibility import (
+    Bound,
+    Bounds,
+    check_advance,
+    check_heartbeat,
+    check_telemetry,
+)
 from controller.ingest.tables import RejectedMessage
 from controller.ingest.telemetry_store import PendingRecords
+from controller.settings import PlausibilitySettings
+from controller.telemetry.tables import TelemetryRecord
 from shared.errors import ProtocolError
 from shared.messages import (
     Ack,
@@ -143,7 +155,45 @@ def _decide(device: Device | None, message: Birth | Death | Heartbeat) -> Decisi
     return on_heartbeat(current, message.bd_seq, message.seq)
 
 
-def _apply_fields(device: Device, message: Birth | Death | Heartbeat) -> None:
+def bounds_from(settings: PlausibilitySettings) -> Bounds:
+    """The pure rules' bounds from the ``plausibility`` settings."""
+    s = settings
+    return Bounds(
+        heartbeat_seq=Bound(s.heartbeat_seq_slack, s.heartbeat_seq_per_s),
+        bd_seq=Bound(s.bd_seq_slack, s.bd_seq_per_s),
+        reported_version=Bound(s.reported_version_slack, s.reported_version_per_s),
+        telemetry_seq=Bound(s.telemetry_seq_slack, s.telemetry_seq_per_s),
+        telemetry_epoch=Bound(s.telemetry_epoch_slack, s.telemetry_epoch_per_s),
+    )
+
+
+def _implausible_status(
+    device: Device | None, message: Birth | Death | Heartbeat, now: datetime, bounds: Bounds
+) -> str | None:
+    """Why a birth's or heartbeat's counters cannot come from the device (None: they can).
+    A lower ``bd_seq`` is not a jump (a reflashed device starts again; a stale message is
+    ignored by the liveness rules); a death never moves a mark."""
+    if device is None or isinstance(message, Death):
+        return None
+    refusal = check_advance(
+        "bd_seq", message.bd_seq, device.bd_seq, device.last_seen, now, bounds.bd_seq
+    )
+    if refusal is not None or not isinstance(message, Heartbeat):
+        return refusal
+    if device.bd_seq is not None and message.bd_seq < device.bd_seq:
+        return None
+    return check_heartbeat(
+        seq=message.seq,
+        bd_seq=message.bd_seq,
+        mark_seq=device.last_heartbeat_seq,
+        mark_bd_seq=device.bd_seq,
+        since=device.last_heartbeat_at or device.last_seen,
+        now=now,
+        bounds=bounds,
+    )
+
+
+def _apply_fields(device: Device, message: Birth | Death | Heartbeat, at: datetime) -> None:
     if isinstance(message, Birth):
         hw = message.hardware
         device.device_class = hw.device_class
@@ -154,11 +204,16 @@ def _apply_fields(device: Device, message: Birth | Death | Heartbeat) -> None:
         device.models = [m.model_dump() for m in message.models]
         device.api_url = message.api_url
         device.heartbeat_interval_s = message.heartbeat_interval_s
+        if device.bd_seq is None or message.bd_seq <= device.bd_seq:
+            # Numbering starts again (a reflashed device): seq compares from here on.
+            # Otherwise the device's heartbeat seq goes on across sessions (never reused).
+            device.last_heartbeat_seq = None
+            device.last_heartbeat_at = None
         device.bd_seq = message.bd_seq
-        device.last_heartbeat_seq = None  # a new session; seq compares within a session
     elif isinstance(message, Heartbeat):
         device.bd_seq = message.bd_seq
         device.last_heartbeat_seq = message.seq
+        device.last_heartbeat_at = at
         device.cpu_percent = message.cpu_percent
         device.memory_percent = message.memory_percent
         device.requests_total = message.requests_total
@@ -170,9 +225,16 @@ def apply_message(
     devices: dict[str, Device],
     message: Birth | Death | Heartbeat,
     received_at: datetime,
+    bounds: Bounds | None = None,
 ) -> str:
-    """Apply one valid message (in the caller's transaction); returns accepted/stale/duplicates."""
+    """Apply one valid message (in the caller's transaction); returns accepted/stale/
+    duplicates, or ``implausible_seq: <detail>`` for counters the device cannot have sent
+    (refused, flagged in the device's status history, no mark moved)."""
     device = devices.get(message.device_id)
+    implausible = _implausible_status(device, message, received_at, bounds or Bounds())
+    if implausible is not None:
+        flag_implausible(session, message.device_id, received_at, implausible)
+        return f"{IMPLAUSIBLE}: {implausible}"
     decision = _decide(device, message)
     if decision.event and not decision.apply:
         session.add(
@@ -189,7 +251,7 @@ def apply_message(
         device = Device(id=message.device_id, first_seen=received_at)
         session.add(device)
         devices[device.id] = device
-    _apply_fields(device, message)
+    _apply_fields(device, message, received_at)
     device.last_seen = received_at
     if decision.state is not None and (
         decision.state != device.state or decision.reason != device.state_reason
@@ -208,6 +270,87 @@ def apply_message(
             )
         )
     return "accepted"
+
+
+def flag_implausible(session: Session, device_id: str, at: datetime, detail: str) -> None:
+    """Flag a refused jump on the device: an ``implausible_seq`` entry in its status
+    history (``GET /api/devices/{id}/events``), beside the dead letter."""
+    session.add(
+        DeviceStatusEvent(device_id=device_id, at=at, event=IMPLAUSIBLE, detail=detail[:1024])
+    )
+
+
+_Newest = tuple[int, int, datetime] | None
+
+
+class _TelemetryMarks:
+    """What is stored of a device's telemetry, read once per (device, epoch) per batch
+    through the unique index (device_id, epoch, seq)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._newest: dict[str, _Newest] = {}
+        self._epochs: dict[tuple[str, int], tuple[int, datetime] | None] = {}
+
+    def newest(self, device_id: str) -> _Newest:
+        if device_id not in self._newest:
+            row = self._session.exec(
+                select(TelemetryRecord.epoch, TelemetryRecord.seq, TelemetryRecord.received_at)
+                .where(TelemetryRecord.device_id == device_id)
+                .order_by(col(TelemetryRecord.epoch).desc(), col(TelemetryRecord.seq).desc())
+                .limit(1)
+            ).first()
+            self._newest[device_id] = None if row is None else (row[0], row[1], row[2])
+        return self._newest[device_id]
+
+    def epoch(self, device_id: str, epoch: int) -> tuple[int, datetime] | None:
+        newest = self.newest(device_id)
+        if newest is not None and newest[0] == epoch:
+            return newest[1], newest[2]
+        key = (device_id, epoch)
+        if key not in self._epochs:
+            row = self._session.exec(
+                select(TelemetryRecord.seq, TelemetryRecord.received_at)
+                .where(TelemetryRecord.device_id == device_id, TelemetryRecord.epoch == epoch)
+                .order_by(col(TelemetryRecord.seq).desc())
+                .limit(1)
+            ).first()
+            self._epochs[key] = None if row is None else (row[0], row[1])
+        return self._epochs[key]
+
+    def check(self, message: TelemetryBatch, now: datetime, bounds: Bounds) -> None:
+        """Refuse (``implausible_seq``) a batch that jumps past what is stored."""
+        epoch, last_seq = message.records[0].epoch, message.records[-1].seq
+        newest = self.newest(message.device_id)
+        if newest is None:
+            return  # first contact: any valid numbering
+        refusal = check_telemetry(
+            epoch=epoch,
+            last_seq=last_seq,
+            newest=newest,
+            epoch_mark=self.epoch(message.device_id, epoch) if epoch <= newest[0] else None,
+            now=now,
+            bounds=bounds,
+        )
+        if refusal is not None:
+            raise ProtocolError(IMPLAUSIBLE, refusal)
+
+
+def _check_reported(session: Session, message: Reported, now: datetime, bounds: Bounds) -> None:
+    """Refuse (``implausible_seq``) a report whose version jumps past the stored one."""
+    row = session.get(DeviceShadow, message.device_id)
+    if row is None or not row.reported_version:
+        return  # first report: any version
+    refusal = check_advance(
+        "reported version",
+        message.version,
+        row.reported_version,
+        row.reported_updated_at,
+        now,
+        bounds.reported_version,
+    )
+    if refusal is not None:
+        raise ProtocolError(IMPLAUSIBLE, refusal)
 
 
 def _add_records(records: PendingRecords, message: TelemetryBatch) -> None:
@@ -367,27 +510,36 @@ def apply_decoded(
     attestation: "AttestationService | None" = None,
     stored_at: datetime | None = None,
     renewal: "RenewalService | None" = None,
+    bounds: Bounds | None = None,
 ) -> BatchResult:
     """Apply classified messages in the caller's transaction. A message refused here (from
-    a decommissioned device, or a record time the database cannot hold) is counted in
-    ``outcome`` and listed in ``refused`` for the caller to dead-letter; the others still
-    land."""
+    a decommissioned device, a record time the database cannot hold, a counter that jumps
+    implausibly far: ``bounds``, defaults without) is counted in ``outcome`` and listed in
+    ``refused`` for the caller to dead-letter; the others still land. A refused telemetry
+    batch gets no ack, so its device keeps (and re-sends) its records."""
     result = BatchResult()
     outcome = result.outcome
-    status: list[tuple[Birth | Death | Heartbeat, datetime]] = []
+    bounds = bounds or Bounds()
+    marks = _TelemetryMarks(session)
+    status: list[tuple[Birth | Death | Heartbeat, Received]] = []
     quotes: list[tuple[Quote, datetime]] = []
     renewals: list[Decoded] = []
     records = PendingRecords(session)
     batch = _refuse_revoked(session, batch, result)
     for decoded in batch:
         item, message = decoded.received, decoded.message
-        if isinstance(message, TelemetryBatch):
-            try:
+        try:
+            if isinstance(message, TelemetryBatch):
+                marks.check(message, item.received_at, bounds)
                 _add_records(records, message)
-            except ProtocolError as e:
-                outcome[f"rejected:{e.reason}"] += 1
-                result.refused.append((item, e))
-                continue
+            elif isinstance(message, Reported):
+                _check_reported(session, message, item.received_at, bounds)
+        except ProtocolError as e:
+            outcome[f"rejected:{e.reason}"] += 1
+            result.refused.append((item, e))
+            if e.reason == IMPLAUSIBLE:
+                flag_implausible(session, message.device_id, item.received_at, e.detail)
+            continue
         if isinstance(message, TelemetryBatch):
             first, last = message.records[0], message.records[-1]
             result.acks.append(
@@ -407,7 +559,7 @@ def apply_decoded(
         elif isinstance(message, CertRequest):
             renewals.append(decoded)
         elif isinstance(message, Birth | Death | Heartbeat):
-            status.append((message, item.received_at))
+            status.append((message, item))
         else:  # classify refuses controller-to-device kinds; never here
             raise ValueError(f"{message.type!r} is not a device-to-controller message")
     if records:
@@ -422,11 +574,16 @@ def apply_decoded(
     devices = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(ids)))}
     births: list[tuple[Birth, datetime]] = []
     with session.no_autoflush:
-        for message, received_at in status:
-            applied = apply_message(session, devices, message, received_at)
+        for message, item in status:
+            applied = apply_message(session, devices, message, item.received_at, bounds)
+            if applied.startswith(IMPLAUSIBLE):
+                error = ProtocolError(IMPLAUSIBLE, applied.removeprefix(f"{IMPLAUSIBLE}: "))
+                outcome[f"rejected:{IMPLAUSIBLE}"] += 1
+                result.refused.append((item, error))
+                continue
             outcome[applied] += 1
             if applied == "accepted" and isinstance(message, Birth):
-                births.append((message, received_at))
+                births.append((message, item.received_at))
     if attestation is not None:
         _attest(session, attestation, devices, births, quotes, result)
     if renewal is not None:

@@ -48,13 +48,14 @@ from controller.ingest.apply import (
     IngestStats,
     Received,
     apply_decoded,
+    bounds_from,
     check_known,
     classify,
     topic_device,
 )
 from controller.ingest.dead_letters import prune_dead_letters, write_dead_letters
 from controller.ingest.limits import DeadLetterBook, Rejection
-from controller.settings import BrokerSettings, DeadLetterSettings
+from controller.settings import BrokerSettings, DeadLetterSettings, PlausibilitySettings
 from shared.errors import ProtocolError
 from shared.messages import Desired, encode_message
 from shared.mqtt_transport import Endpoint, Inbound, Transport
@@ -119,6 +120,7 @@ class MqttIngest:
         attestation: "AttestationService | None" = None,
         supervisor: Supervisor | None = None,
         dead_letters: DeadLetterSettings | None = None,
+        plausibility: PlausibilitySettings | None = None,
         renewal: "RenewalService | None" = None,
     ) -> None:
         self._broker = broker
@@ -135,6 +137,7 @@ class MqttIngest:
         self._known_at = float("-inf")
         self._attestation = attestation
         self._renewal = renewal
+        self._bounds = bounds_from(plausibility or PlausibilitySettings())
         self.supervisor = supervisor or Supervisor()
         self._dl = dead_letters or DeadLetterSettings()
         self.dead_letters = DeadLetterBook(
@@ -430,6 +433,7 @@ class MqttIngest:
                         attestation=self._attestation,
                         stored_at=datetime.now(UTC),
                         renewal=self._renewal,
+                        bounds=self._bounds,
                     )
                 break
             except _UNREACHABLE as e:
