@@ -1,6 +1,9 @@
 """The FastAPI app factory. Nothing is created at import time: settings come in, the
 lifespan starts the database, broker, ingest and scheduler, and stops them on exit."""
 
+import base64
+import hashlib
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -41,7 +44,7 @@ from controller.console import auth_routes as console_auth
 from controller.console import routes as console
 from controller.services import Services
 from controller.settings import Settings
-from shared.http_guard import BodyGuard, BodyLimits
+from shared.http_guard import BodyGuard, BodyLimits, HostGuard, HostPolicy, SecurityHeaders
 
 _SWAGGER = "/static/vendor/swagger-ui"  # vendored swagger-ui-dist (scripts/vendor_js)
 
@@ -85,7 +88,7 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         docs_url=None,
         redoc_url=None,
     )
-    _limit_bodies(app, settings)
+    _guard_http(app, settings)
     document_problems(app)  # /openapi.json: errors are problem details, as sent
     _add_error_handlers(app)
     _add_health_and_docs(app)
@@ -93,9 +96,30 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     return app
 
 
-def _limit_bodies(app: FastAPI, settings: Settings) -> None:
-    """Bodies are bounded before any route parses them (shared/http_guard.py): size, and
-    JSON depth and element count; model uploads stream to disk under their own limit."""
+# What a page of this controller may load and who may frame it: its own scripts, styles,
+# images (and the data: icons of Swagger UI's CSS), and fetch() to itself only; no inline
+# script or style, no plugin, no <base>, forms posting here only, never framed.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none';"
+    " form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),  # frame-ancestors for browsers without CSP 2
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+)
+# Responses a cache may keep (they say how long themselves); every other answer is no-store:
+# tokens, passwords, pages with a CSRF token, anything a user's role let them read.
+CACHEABLE_PREFIXES = ("/static/", "/tuf/")
+
+
+def _guard_http(app: FastAPI, settings: Settings) -> None:
+    """Every request passes shared/http_guard.py before any route or dependency (so before
+    authentication): the Host header (``allowed_hosts``), then the body's size and JSON
+    depth and element count; model uploads stream to disk under their own limit. Every
+    response gets the security headers. Starlette runs the last added middleware first."""
     http_limits = settings.http_limits
     app.add_middleware(
         BodyGuard,
@@ -106,6 +130,10 @@ def _limit_bodies(app: FastAPI, settings: Settings) -> None:
             streamed={("POST", "/api/models"): settings.updates.max_upload_bytes},
             shape_status=422,
         ),
+    )
+    app.add_middleware(HostGuard, policy=HostPolicy(tuple(settings.allowed_hosts)))
+    app.add_middleware(
+        SecurityHeaders, headers=SECURITY_HEADERS, cacheable_prefixes=CACHEABLE_PREFIXES
     )
 
 
@@ -175,6 +203,19 @@ def _add_health_and_docs(app: FastAPI) -> None:
             # No spec validator badge: it would send the schema to validator.swagger.io.
             swagger_ui_parameters={"validatorUrl": None},
         )
+        # Swagger UI starts from an inline script: this page's policy allows that one
+        # script by its hash, nothing else inline.
+        page.headers["Content-Security-Policy"] = _with_script_hashes(bytes(page.body))
+        return page
+
+
+def _with_script_hashes(html: bytes) -> str:
+    """CONTENT_SECURITY_POLICY allowing the inline scripts of ``html`` by their SHA-256."""
+    hashes = [
+        "'sha256-" + base64.b64encode(hashlib.sha256(script).digest()).decode("ascii") + "'"
+        for script in re.findall(rb"<script>(.*?)</script>", html, flags=re.DOTALL)
+    ]
+    return f"{CONTENT_SECURITY_POLICY}; script-src 'self' {' '.join(hashes)}"
 
 
 def _include_routers(app: FastAPI) -> None:

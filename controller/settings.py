@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 from controller.telemetry.settings import TelemetrySettings
 from shared.broker_url import Tls, check_tls_files, parse_broker_url, protocol_as_text
+from shared.http_guard import check_host_pattern
 from shared.yaml_guard import YamlShapeError, read_yaml_file
 
 # Values people paste from tutorials; refused as secrets outside the demo.
@@ -238,8 +239,13 @@ class HttpLimitSettings(BaseModel):
     413 and JSON nested deeper or holding more values than this with 422, before any route
     parses them. Model uploads have their own limit (``updates.max_upload_bytes``)."""
 
-    # The largest body the API takes is a drill report (at most 2 MiB stored).
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Every API body but a drill report's (``max_drill_report_bytes``) and a model upload's
+    # (``updates.max_upload_bytes``): read and refused as soon as it passes this, before the
+    # request is authenticated.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # POST /api/drills: a report is stored up to 2 MiB as compact JSON; the body may be
+    # indented.
+    max_drill_report_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # At most 128: the JSON parser refuses nesting near 200 itself, and recursive code
     # downstream (serializers, json.dumps) fails a few hundred levels deep.
     max_json_depth: int = Field(default=32, ge=2, le=128)
@@ -360,6 +366,10 @@ class Settings(BaseSettings):
     # Reverse proxies (addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto
     # are believed; none by default, so a client cannot pick its own address (docs/tls.md).
     forwarded_allow_ips: list[str] = Field(default_factory=list, max_length=64)
+    # Host names the API and console answer to besides loopback names and the literal address
+    # a connection arrived at (docs/access.md, "Host header"): the name users and devices
+    # reach the controller by. "*.example.com" covers names under it; "*" turns the check off.
+    allowed_hosts: list[str] = Field(default_factory=list, max_length=64)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     ingest_queue_size: int = Field(default=10_000, ge=10)
     ingest_batch_size: int = Field(default=500, ge=1)
@@ -387,6 +397,14 @@ class Settings(BaseSettings):
     @classmethod
     def _proxy_addresses(cls, values: list[str]) -> list[str]:
         return [_proxy_address(v) for v in values]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, values: list[str]) -> list[str]:
+        try:
+            return [check_host_pattern(v) for v in values]
+        except ValueError as e:
+            raise ValueError(f"allowed_hosts: {e}") from None
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> "Settings":

@@ -145,6 +145,9 @@ def run(
             port=cfg.api.port,
             log_level="warning",
             access_log=False,  # access lines would carry nothing useful and cost a write each
+            # uvicorn believes X-Forwarded-For/-Proto from 127.0.0.1 by default: any local
+            # program could pick the address and scheme the API sees. No proxy is trusted.
+            proxy_headers=False,
         )
     )
     log.info(

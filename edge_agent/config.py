@@ -25,6 +25,7 @@ from shared.broker_url import (
     parse_broker_url,
     protocol_as_text,
 )
+from shared.http_guard import check_host_pattern
 from shared.provisioning import STATE_DIR
 from shared.topics import is_valid_device_id
 from shared.yaml_guard import YamlShapeError, read_yaml_file
@@ -129,6 +130,18 @@ class ApiConfig(_Strict):
     # file, every route but /healthz needs `Authorization: Bearer <key>`; without one the
     # API is open, so it may only listen on loopback.
     keys_file: Path | None = None
+    # Host names the API answers to besides loopback names and the literal address a
+    # connection arrived at (a web page that rebinds its own name to this address is
+    # refused): add the name local apps use for this device, if any. "*" turns it off.
+    allowed_hosts: list[str] = Field(default_factory=list, max_length=64)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, values: list[str]) -> list[str]:
+        try:
+            return [check_host_pattern(v) for v in values]
+        except ValueError as e:
+            raise ValueError(f"api.allowed_hosts: {e}") from None
 
     @model_validator(mode="after")
     def _keys_beyond_loopback(self) -> "ApiConfig":

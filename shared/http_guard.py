@@ -18,10 +18,23 @@ listed in ``streamed`` (an artifact upload) get their bytes as they arrive, coun
 their own, larger limit and never JSON-checked. Errors are rendered by the app's own
 ``render`` so each API keeps its error shape. No framework is imported: the ASGI types are
 declared here as Starlette declares them.
+
+Two more middlewares share this module, as both apps need them:
+
+- ``HostGuard`` refuses (``400``) a request whose ``Host`` header names a host the app does
+  not answer to (``HostPolicy``): DNS rebinding points an attacker's name at a loopback
+  server, and a browser then sends the attacker's name as ``Host``. Loopback names and the
+  literal address the connection arrived at are always accepted; other names only when
+  configured.
+- ``SecurityHeaders`` adds fixed headers (a Content-Security-Policy, ``nosniff``, a
+  Referrer-Policy...) to every response that does not set its own, and
+  ``Cache-Control: no-store`` to every response outside the cacheable path prefixes.
 """
 
+import ipaddress
 import json
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -29,9 +42,15 @@ from typing import Any
 from shared.json_guard import MAX_DEPTH, MAX_ELEMENTS, JsonShapeError, loads_bounded
 
 __all__ = [
+    "LOOPBACK_NAMES",
     "BodyGuard",
     "BodyLimits",
     "ErrorRenderer",
+    "HostGuard",
+    "HostPolicy",
+    "SecurityHeaders",
+    "check_host_pattern",
+    "host_of",
     "problem_details",
 ]
 
@@ -54,6 +73,9 @@ class BodyLimits:
     max_elements: int = MAX_ELEMENTS
     # (METHOD, exact path) -> byte limit, for routes that stream their body (uploads).
     streamed: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # (METHOD, exact path) -> byte limit, for routes whose (buffered, JSON-checked) body may
+    # be larger than ``max_bytes`` (a drill report).
+    larger: Mapping[tuple[str, str], int] = field(default_factory=dict)
     # The status of a JSON body that is malformed, too deep or too large in elements: each
     # app answers as its own validation errors do (the controller 422, the agent 400).
     shape_status: int = 422
@@ -103,8 +125,12 @@ class BodyGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        streamed = self.limits.streamed.get((scope["method"], scope["path"]))
-        limit = self.limits.max_bytes if streamed is None else streamed
+        route = (scope["method"], scope["path"])
+        streamed = self.limits.streamed.get(route)
+        if streamed is not None:
+            limit = streamed
+        else:
+            limit = self.limits.larger.get(route, self.limits.max_bytes)
         try:
             _check_url(scope)
             declared = _content_length(scope)
@@ -162,20 +188,8 @@ class BodyGuard:
             await self._refuse(send, _too_large(e.limit))
 
     async def _refuse(self, send: Send, refused: _Refused) -> None:
-        body, content_type = self.render(refused.status, refused.reason, refused.message)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": refused.status,
-                "headers": [
-                    (b"content-type", content_type.encode("latin-1")),
-                    (b"content-length", str(len(body)).encode("latin-1")),
-                    # The rest of the body is not read: this connection cannot carry another.
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        # The rest of the body is not read: this connection cannot carry another request.
+        await _send_error(send, self.render, refused)
 
 
 def _too_large(limit: int) -> _Refused:
@@ -247,3 +261,184 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
+
+
+# --- Host header -------------------------------------------------------------------------------
+# Names a browser resolves to this machine without asking DNS, so no rebinding can use them.
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_REG_NAME = re.compile(r"^[a-z0-9_](?:[a-z0-9_.-]{0,252})$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
+
+
+def host_of(header: str) -> str | None:
+    """The host of a ``Host`` header value (RFC 9110: ``host [":" port]``), lowercased,
+    without the port, IPv6 brackets or a trailing dot; None when it is not one."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        inside, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not (rest[0] == ":" and _PORT.match(rest[1:]))):
+            return None
+        try:
+            return str(ipaddress.IPv6Address(inside))
+        except ValueError:
+            return None
+    name, colon, port = value.partition(":")
+    if colon and not _PORT.match(port):
+        return None
+    if name.endswith(".") and len(name) > 1:
+        name = name[:-1]
+    if not _REG_NAME.match(name) or ".." in name:
+        return None
+    return name
+
+
+def check_host_pattern(value: str) -> str:
+    """An ``allowed_hosts`` entry, normalized: ``*`` (any host), ``*.example.com`` (any name
+    under example.com), or a host name or IP address (no port); ValueError saying why not."""
+    text = value.strip().lower()
+    if text == "*":
+        return text
+    wildcard = text.startswith("*.")
+    bare = text[2:] if wildcard else text
+    if bare.startswith("[") and bare.endswith("]"):
+        bare = bare[1:-1]
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        address = None
+    if address is not None:
+        if wildcard:
+            raise ValueError(f"{value!r}: '*.' goes before a name, not an address")
+        return str(address)
+    name = host_of(bare)
+    if name is None or name != bare.rstrip("."):
+        raise ValueError(
+            f"{value!r} is not a host name or address (no scheme, port or path; '*' for any)"
+        )
+    return f"*.{name}" if wildcard else name
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """Which ``Host`` headers an app answers: the loopback names, the literal address the
+    connection arrived at (an IP address cannot be rebound to another server, and a client
+    typing it means this server), and ``names`` (entries of ``check_host_pattern``)."""
+
+    names: tuple[str, ...] = ()
+    # The setting that lists more names, for the refusal's text.
+    setting: str = "allowed_hosts"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(check_host_pattern(n) for n in self.names))
+
+    def allows(self, host: str, server_host: str | None) -> bool:
+        """Whether the (``host_of``-normalized) ``host`` is answered on a connection that
+        arrived at ``server_host`` (the ASGI ``server`` address)."""
+        if "*" in self.names or host in LOOPBACK_NAMES:
+            return True
+        if server_host is not None and host == _normal_address(server_host):
+            return True
+        for name in self.names:
+            if host == name or (name.startswith("*.") and host.endswith(name[1:])):
+                return True
+        return False
+
+
+def _normal_address(server_host: str) -> str:
+    text = server_host.strip().lower().strip("[]")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return text
+
+
+class HostGuard:
+    """ASGI middleware refusing (400) requests whose ``Host`` the policy does not allow,
+    before anything else reads them. A request without ``Host`` (HTTP/1.0) passes: browsers
+    always send one, and rebinding needs a browser."""
+
+    def __init__(
+        self, app: ASGIApp, *, policy: HostPolicy, render: ErrorRenderer = problem_details
+    ) -> None:
+        self.app = app
+        self.policy = policy
+        self.render = render
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # neither app serves websockets
+            await self.app(scope, receive, send)
+            return
+        raw = _header(scope, b"host")
+        if raw is not None:
+            text = raw.decode("latin-1")
+            host = host_of(text)
+            server = scope.get("server")
+            server_host = str(server[0]) if server else None
+            if host is None or not self.policy.allows(host, server_host):
+                shown = text if len(text) <= 80 else text[:80] + "..."
+                message = (
+                    f"the Host header {shown!r} names no host this server answers to;"
+                    f" its operator lists the names it is reached by in {self.policy.setting}"
+                )
+                await _send_error(send, self.render, _Refused(400, "host_not_allowed", message))
+                return
+        await self.app(scope, receive, send)
+
+
+# --- response headers ----------------------------------------------------------------------------
+class SecurityHeaders:
+    """ASGI middleware adding ``headers`` (name, value) to every HTTP response that does not
+    set that header itself, ``Cache-Control: no-store`` to every response without a
+    ``Cache-Control`` whose path is outside ``cacheable_prefixes``, and HSTS on HTTPS."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        headers: Iterable[tuple[str, str]],
+        cacheable_prefixes: tuple[str, ...] = (),
+        hsts_max_age_s: int | None = 31_536_000,
+    ) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        self.cacheable_prefixes = cacheable_prefixes
+        self.hsts = (
+            None if hsts_max_age_s is None else f"max-age={hsts_max_age_s}".encode("latin-1")
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = list(self.headers)
+        if not (self.cacheable_prefixes and scope["path"].startswith(self.cacheable_prefixes)):
+            extra.append((b"cache-control", b"no-store"))
+        if self.hsts is not None and scope.get("scheme") == "https":
+            extra.append((b"strict-transport-security", self.hsts))
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                present = {bytes(k).lower() for k, _ in headers}
+                headers.extend((k, v) for k, v in extra if k not in present)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+async def _send_error(send: Send, render: ErrorRenderer, refused: _Refused) -> None:
+    """Answer ``refused`` and close the connection (its request may not have been read)."""
+    body, content_type = render(refused.status, refused.reason, refused.message)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": refused.status,
+            "headers": [
+                (b"content-type", content_type.encode("latin-1")),
+                (b"content-length", str(len(body)).encode("latin-1")),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -105,6 +105,26 @@ def close_user_sessions(session: Session, user_id: int, *, keep: str | None = No
     session.exec(query)
 
 
+def revoke_user_tokens(
+    session: Session, user_id: int, *, now: datetime, keep: str | None = None
+) -> list[int]:
+    """Revoke every token of a user still usable (a new password), except the token whose
+    value is ``keep`` (the one making the request); the ids revoked."""
+    query = select(ApiToken).where(
+        col(ApiToken.user_id) == user_id, col(ApiToken.revoked_at).is_(None)
+    )
+    if keep is not None:
+        query = query.where(col(ApiToken.token_hash) != _digest(keep))
+    revoked = []
+    for row in session.exec(query).all():
+        if token_usable(row, now=now):
+            row.revoked_at = now
+            session.add(row)
+            assert row.id is not None
+            revoked.append(row.id)
+    return revoked
+
+
 def _active(user: User | None) -> User | None:
     return None if user is None or user.disabled else user
 

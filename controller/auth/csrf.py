@@ -60,10 +60,30 @@ def tokens_match(expected: str | None, given: str | None) -> bool:
     return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8"))
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: str) -> tuple[str, str, int] | None:
+    """The origin (scheme, host, port) of an absolute http(s) URL, with the scheme's default
+    port filled in and the host lowercased; None for anything else (``null``, a relative or
+    malformed URL, another scheme)."""
+    try:
+        parts = urlparse(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port if port is not None else _DEFAULT_PORTS[scheme]
+
+
 def check_same_origin(request: Request) -> None:
-    """Refuse a request a browser marks as cross-site, or whose Origin (else Referer) is
-    another host. Non-browser clients send none of these headers and pass; they are held by
-    the token check instead."""
+    """Refuse a request a browser marks as cross-site, or whose Origin (else Referer) is not
+    this controller's origin: scheme, host and port all compared (an ``http://`` page of
+    the same host, e.g. a plaintext listener or an attacker on the path, is another
+    origin). Non-browser clients send none of these headers and pass; they are held by the
+    token check instead."""
     fetch_site = request.headers.get("sec-fetch-site")
     if fetch_site in ("cross-site", "same-site"):
         raise CsrfError("cross-site request refused")
@@ -72,8 +92,13 @@ def check_same_origin(request: Request) -> None:
         origin = request.headers.get("referer") or origin
     if origin is None:
         return
-    if origin == "null" or urlparse(origin).netloc != request.url.netloc:
-        raise CsrfError("cross-site request refused (Origin is not this controller)")
+    own = origin_of(str(request.base_url))
+    theirs = origin_of(origin)
+    if theirs is None or theirs != own:
+        raise CsrfError(
+            "cross-site request refused (Origin is not this controller's origin:"
+            " scheme, host and port must all match)"
+        )
 
 
 async def submitted_token(request: Request) -> str | None:
@@ -112,6 +137,7 @@ __all__ = [
     "check_same_origin",
     "csrf_token_for",
     "new_login_token",
+    "origin_of",
     "submitted_token",
     "token_for_session",
     "tokens_match",

@@ -24,6 +24,7 @@ from controller.auth.credentials import (
     generate_password,
     hash_password,
     issue_api_token,
+    revoke_user_tokens,
 )
 from controller.auth.tables import ApiToken, User
 
@@ -117,14 +118,36 @@ def set_password(session: Session, user: User, password: str) -> None:
 
 
 def change_password(
-    session: Session, user: User, password: str, *, actor: str, keep_session: str | None
-) -> None:
+    session: Session,
+    user: User,
+    password: str,
+    *,
+    actor: str,
+    keep_session: str | None,
+    revoke_tokens: bool = True,
+    keep_token: str | None = None,
+    now: datetime,
+) -> list[int]:
     """Set ``user``'s new password and end their other console sessions (all but the one
-    whose cookie is ``keep_session``); audited."""
+    whose cookie is ``keep_session``); with ``revoke_tokens`` (the default: whoever learnt
+    the old password may have minted tokens with it) also revoke their API tokens, all but
+    the one whose value is ``keep_token`` (the request's own). Audited, with the ids of
+    the revoked tokens, which it returns."""
     set_password(session, user, password)
     assert user.id is not None
     close_user_sessions(session, user.id, keep=keep_session)
-    audit(session, actor=actor, action="user.password_change", target=f"user:{user.username}")
+    revoked = (
+        revoke_user_tokens(session, user.id, now=now, keep=keep_token) if revoke_tokens else []
+    )
+    audit(
+        session,
+        actor=actor,
+        action="user.password_change",
+        target=f"user:{user.username}",
+        detail={"tokens_revoked": revoked},
+        at=now,
+    )
+    return revoked
 
 
 def _other_enabled_admins(session: Session, user: User) -> int:
@@ -223,14 +246,20 @@ def require_self_or_admin(actor: User, owner_id: int, what: str) -> None:
 
 
 def token_owner(session: Session, by: User, username: str | None) -> User:
-    """Whom a new token acts as: ``by`` itself, or (an admin's choice) the user named."""
+    """Whom a new token acts as: ``by`` itself, or (an admin's choice) the user named.
+
+    A non-admin naming anyone else is refused before the name is looked up, with the same
+    answer whether that user exists or not: the refusal must not tell a viewer which
+    usernames exist (only admins, who can list users anyway, learn of an unknown one)."""
     if username is None or username == by.username:
         return by
+    if by.role != "admin":
+        raise AccountForbidden(
+            f"role {by.role!r} may not create tokens for another user; needs admin"
+        )
     found = user_named(session, username)
     if found is None:
         raise AccountNotFound(f"no user {username!r}")
-    assert found.id is not None
-    require_self_or_admin(by, found.id, "tokens")
     return found
 
 
@@ -275,9 +304,10 @@ def revoke_token(
     """Revoke a token (yours, or anyone's for an admin); it stops working at once. The row
     stays, so listings and the audit log can still name it. Returns it and its owner."""
     row = session.get(ApiToken, token_id)
-    if row is None:
-        raise AccountNotFound(f"no token {token_id}")
-    require_self_or_admin(by, row.user_id, "tokens")
+    # Someone else's token is "no token" to a non-admin, as an unknown id: the answer must
+    # not tell which token ids exist.
+    if row is None or (row.user_id != by.id and by.role != "admin"):
+        raise AccountNotFound(f"no token {token_id}" + ("" if by.role == "admin" else " of yours"))
     owner = get_user(session, row.user_id)
     if row.revoked_at is None:
         row.revoked_at = now

@@ -26,7 +26,15 @@ from edge_agent.api.models import model_routes
 from edge_agent.api.perception import perception_routes
 from edge_agent.api_keys import read_keys_file
 from edge_agent.routing.jobs import JobQueue
-from shared.http_guard import BodyGuard, BodyLimits
+from shared.http_guard import BodyGuard, BodyLimits, HostGuard, HostPolicy, SecurityHeaders
+
+# The API serves JSON and event streams to programs, never pages: nothing may be loaded,
+# framed or sniffed from it, and no answer is cached (``SecurityHeaders`` adds no-store).
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+)
 
 
 def create_agent_app(agent: Agent) -> FastAPI:
@@ -71,4 +79,12 @@ def create_agent_app(agent: Agent) -> FastAPI:
         # guard reads its body. The file was checked by load_config; read it again here.
         app.add_middleware(ApiKeyGuard, keys=read_keys_file(api.keys_file), metrics=agent.metrics)
         document_keys(app)
+    # Outermost: the Host check (a web page rebinding its name to this loopback API is
+    # refused before a key or a body is looked at), then headers on every answer.
+    app.add_middleware(
+        HostGuard,
+        policy=HostPolicy(tuple(api.allowed_hosts), setting="api.allowed_hosts"),
+        render=guard_error,
+    )
+    app.add_middleware(SecurityHeaders, headers=SECURITY_HEADERS)
     return app

@@ -68,6 +68,15 @@ class PasswordChange(BaseModel):
 
     current_password: SecretStr = Field(max_length=256)
     new_password: SecretStr = Field(max_length=256)
+    # Revoke your API tokens too (all but the one this request is made with): whoever knew
+    # the old password may have minted some. False keeps them, for a routine change.
+    revoke_tokens: bool = True
+
+
+class PasswordChanged(UserPublic):
+    """Your account after a password change, and the ids of the tokens it revoked."""
+
+    tokens_revoked: list[int]
 
 
 class UserList(BaseModel):
@@ -148,9 +157,10 @@ def me(user: CurrentUser) -> UserPublic:
 @router.post("/api/me/password")
 def change_password(
     body: PasswordChange, request: Request, db: DbDep, services: ServicesDep, user: CurrentUser
-) -> UserPublic:
+) -> PasswordChanged:
     """Change your own password: the current one is checked (and counts towards the login
-    limits, so a stolen session cannot guess it), and your other sessions end."""
+    limits, so a stolen session cannot guess it), your other sessions end and, unless
+    ``revoke_tokens`` is false, so do your API tokens but the one this request uses."""
     now = datetime.now(UTC)
     limiter = LoginLimiter(services.settings.login_limit)
     ip = client_ip(request)
@@ -169,13 +179,21 @@ def change_password(
     limiter.forgive(db, attempt=attempt, username=user.username)
     db.commit()  # the right password is no failure, even if the new one is refused below
     credential = credential_of(request)
-    keep = credential.value if credential and credential.kind == "session" else None
+    session_kept = credential.value if credential and credential.kind == "session" else None
+    token_kept = credential.value if credential and credential.kind == "bearer" else None
     with _refusals():
-        accounts.change_password(
-            db, user, body.new_password.get_secret_value(), actor=_actor(user), keep_session=keep
+        revoked = accounts.change_password(
+            db,
+            user,
+            body.new_password.get_secret_value(),
+            actor=_actor(user),
+            keep_session=session_kept,
+            revoke_tokens=body.revoke_tokens,
+            keep_token=token_kept,
+            now=now,
         )
     db.commit()
-    return _user_public(user)
+    return PasswordChanged(**_user_public(user).model_dump(), tokens_revoked=revoked)
 
 
 @router.get("/api/users")
