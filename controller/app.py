@@ -194,7 +194,7 @@ def _add_health_and_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     def api_docs() -> HTMLResponse:
         """The Swagger UI explorer of /openapi.json, every asset from /static."""
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url="/openapi.json",
             title=f"{app.title} - API",
             swagger_js_url=f"{_SWAGGER}/swagger-ui-bundle.js",
