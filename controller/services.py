@@ -32,13 +32,14 @@ from controller.ingest.subscriber import MqttIngest
 from controller.migrations import init_db
 from controller.pki.crl import refresh_crl
 from controller.pki.errors import PkiError
+from controller.pki.message_keys import MessageKeyring, MessageKeyStore
 from controller.pki.renewal import RenewalService
 from controller.pki.store import PkiStore
 from controller.rollouts.service import tick as rollout_tick
 from controller.settings import Settings
 from controller.telemetry.rollup import RollupReport, run_rollup
 from controller.updates.errors import UpdatesError
-from controller.updates.keys import PASSPHRASE_SOURCES
+from controller.updates.keys import PASSPHRASE_SOURCES, read_passphrase
 from controller.updates.repository import TufRepository
 from controller.updates.signing_health import SigningHealth, signing_health
 from shared.broker_url import parse_broker_url
@@ -142,6 +143,13 @@ class Services:
             days=self.settings.pki.device_cert_days,
         )
 
+    def message_keyring(self) -> MessageKeyring:
+        """The keys that sign every message to devices (``<pki.dir>/message-keys``), the
+        first one created here when there is none; refuses to start without them (a
+        controller whose messages devices cannot verify would be cut off from its fleet)."""
+        passphrase = read_passphrase(self.settings.updates.passphrase_file)
+        return MessageKeyStore(self.settings.pki.dir, passphrase).load(create=True)
+
     @property
     def broker_port(self) -> int:
         return self.broker.port if self.broker else self.settings.broker.port
@@ -188,6 +196,7 @@ class Services:
             dead_letters=self.settings.dead_letters,
             plausibility=self.settings.plausibility,
             renewal=self.renewal_service(),
+            message_keys=self.message_keyring(),
         )
         self.ingest.start()
         self.scheduler = BackgroundScheduler(timezone=UTC)

@@ -37,6 +37,7 @@ from edge_agent.sync.counters import CounterStore
 from edge_agent.sync.link import LoadSnapshot, MqttLink
 from edge_agent.sync.outbox import Outbox, OutboxFull, Priority
 from edge_agent.sync.renewal import CertRenewer, recover
+from edge_agent.sync.trust import ControllerTrust
 from edge_agent.telemetry.host import max_temperature_c
 from edge_agent.telemetry.prometheus import AgentMetrics, AgentState, ModelState
 from edge_agent.telemetry.windows import (
@@ -49,6 +50,7 @@ from edge_agent.telemetry.windows import (
 from edge_agent.updates.decisions import DeviceFacts
 from edge_agent.updates.manager import UpdateManager, disabled_status
 from shared.attestation import encode_public_key
+from shared.message_signing import DEVICE_DOMAIN, Signer, short_key_id
 from shared.messages import (
     Birth,
     CertRequest,
@@ -59,7 +61,7 @@ from shared.messages import (
     Quote,
     Reported,
 )
-from shared.provisioning import IDENTITY_FOLDER
+from shared.provisioning import CONTROLLER_KEYS_FILE, IDENTITY_FOLDER
 from shared.supervision import Supervisor
 
 if TYPE_CHECKING:  # ONNX runtimes (and numpy) load only when an ONNX model is configured
@@ -471,6 +473,9 @@ class Agent:
             api_url=f"http://{api.host}:{api.port}",
             heartbeat_interval_s=self.config.heartbeat_interval_s,
             identity_key=encode_public_key(self.identity.public_key_raw()),
+            controller_key_id=self.link.trust.newest_kid
+            if self.link is not None and self.link.trust is not None
+            else None,
         )
 
     # --- attestation ------------------------------------------------------------------------
@@ -525,6 +530,13 @@ class Agent:
             on_challenge=self.on_challenge,
             on_cert_issued=self.renewer.on_issued if self.renewer else None,
             supervisor=self.supervisor,
+            signer=Signer(
+                DEVICE_DOMAIN, short_key_id(self.identity.public_key_raw()), self.identity.sign
+            ),
+            trust=ControllerTrust(
+                self.config.mqtt.controller_keys_file
+                or self.config.state_dir / IDENTITY_FOLDER / CONTROLLER_KEYS_FILE
+            ),
         )
         self.link.start()
         if self.renewer is not None:

@@ -59,6 +59,10 @@ class MqttConfig(_Strict):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    # The controller message keys this device trusts (docs/protocol.md, "Signatures").
+    # None: <state_dir>/identity/controller-keys.json, where flashing writes them; a device
+    # without the file pins the controller's key from its first controller_keys message.
+    controller_keys_file: Path | None = None
     # Renewal over MQTT (docs/tls.md): with cert_file and key_file set, a new certificate
     # is requested once less than this fraction of the current one's lifetime is left;
     # unanswered or refused requests are retried after a doubling delay between these.
@@ -577,7 +581,7 @@ def read_config(path: Path, *, root: Path | None = None) -> AgentConfig:
     if config.api.keys_file is not None:
         config.api.keys_file = place(config.api.keys_file)
     if config.mqtt is not None:
-        for key in ("password_file", "ca_file", "cert_file", "key_file"):
+        for key in ("password_file", "ca_file", "cert_file", "key_file", "controller_keys_file"):
             value = getattr(config.mqtt, key)
             if value is not None:
                 setattr(config.mqtt, key, place(value))

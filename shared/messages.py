@@ -25,6 +25,7 @@ from pydantic import (
 from shared.canonical import canonical_json
 from shared.errors import ProtocolError
 from shared.json_guard import JsonShapeError, check_shape, loads_bounded
+from shared.message_signing import SIGNATURE_OVERHEAD, SignedPayload, Signer, split
 from shared.topics import DeviceTopic, MessageKind
 
 PROTOCOL_VERSION = 1
@@ -114,6 +115,10 @@ class Birth(_Envelope):
     # The device's Ed25519 identity public key (raw, base64); None from agents that predate
     # attestation. The controller enrolls it or checks it against the enrolled one.
     identity_key: str | None = Field(default=None, pattern=_PUBLIC_KEY)
+    # The short id (shared.message_signing) of the newest controller message key the device
+    # trusts; None when it trusts none yet. The controller answers a birth whose id is not
+    # its current key's with a ``controller_keys`` message.
+    controller_key_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")
 
 
 class Death(_Envelope):
@@ -302,6 +307,18 @@ class CertIssued(_Envelope):
         return self
 
 
+class ControllerKeys(_Envelope):
+    """Controller -> device (retained): the controller message keys to trust from now on,
+    newest first (raw Ed25519 public keys, base64). Signed by a key the device trusts
+    already (a rotation), or, for a device that trusts none yet, by one of the keys it lists
+    (pinned on first use; flashing writes the keys instead, docs/protocol.md)."""
+
+    type: Literal["controller_keys"] = "controller_keys"
+    keys: list[Annotated[str, StringConstraints(pattern=_PUBLIC_KEY)]] = Field(
+        min_length=1, max_length=8
+    )
+
+
 AnyMessage = (
     Birth
     | Death
@@ -314,6 +331,7 @@ AnyMessage = (
     | Quote
     | CertRequest
     | CertIssued
+    | ControllerKeys
 )
 DeviceMessage = Annotated[AnyMessage, Field(discriminator="type")]
 _ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(DeviceMessage)
@@ -330,6 +348,7 @@ _KIND_BY_TYPE: dict[str, MessageKind] = {
     "quote": MessageKind.QUOTE,
     "cert_request": MessageKind.CERT_REQUEST,
     "cert_issued": MessageKind.CERT_ISSUED,
+    "controller_keys": MessageKind.CONTROLLER_KEYS,
 }
 
 
@@ -338,10 +357,11 @@ def kind_for(message: AnyMessage) -> MessageKind:
     return _KIND_BY_TYPE[message.type]
 
 
-def encode_message(message: AnyMessage) -> tuple[str, bytes]:
-    """The topic and canonical JSON payload for ``message``."""
-    topic = DeviceTopic(message.device_id, kind_for(message))
-    return str(topic), canonical_json(message.model_dump(mode="json"))
+def encode_message(message: AnyMessage, signer: Signer | None = None) -> tuple[str, bytes]:
+    """The topic and canonical JSON payload for ``message``, signed by ``signer`` if given."""
+    topic = str(DeviceTopic(message.device_id, kind_for(message)))
+    body = canonical_json(message.model_dump(mode="json"))
+    return topic, body if signer is None else signer.payload(topic, body)
 
 
 def _summarize(error: ValidationError) -> str:
@@ -438,11 +458,31 @@ def _validate(payload: bytes) -> AnyMessage:
     return _validate_strictly(payload)
 
 
+def decode_signed(
+    topic: str, payload: bytes
+) -> tuple[DeviceTopic, AnyMessage, SignedPayload | None]:
+    """Decode one received message and split off its signature (None: unsigned) for the
+    receiver to verify (shared.message_signing.verify). Raises only ``ProtocolError``."""
+    if len(payload) > MAX_PAYLOAD_BYTES + SIGNATURE_OVERHEAD:
+        raise ProtocolError(
+            "oversized", f"payload is {len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}"
+        )
+    signed = split(payload)
+    parsed, message = decode_message(topic, payload if signed is None else signed.body)
+    return parsed, message, signed
+
+
 def decode_message(topic: str, payload: bytes) -> tuple[DeviceTopic, AnyMessage]:
     """Validate and decode one received message; raises ``ProtocolError`` on any defect,
     and nothing else: whatever else a decode raises (a defect of ours that some input
-    reaches) is refused as ``malformed`` rather than allowed to kill the caller's thread."""
+    reaches) is refused as ``malformed`` rather than allowed to kill the caller's thread.
+    A signed payload's signature is split off and NOT verified: receivers use
+    ``decode_signed`` and verify."""
     try:
+        if len(payload) <= MAX_PAYLOAD_BYTES + SIGNATURE_OVERHEAD:
+            signed = split(payload)
+            if signed is not None:
+                payload = signed.body
         return _decode(topic, payload)
     except ProtocolError:
         raise

@@ -22,6 +22,10 @@ STATE_DIR = "var/lib/edgefleet-agent"
 # The identity key: ``<state_dir>/identity/ed25519.pem`` (PKCS#8 PEM, 0600, folder 0700).
 IDENTITY_FOLDER = "identity"
 IDENTITY_KEY_FILE = "ed25519.pem"
+# The controller message keys the device trusts: ``<state_dir>/identity/controller-keys.json``
+# (``{"keys": [<raw Ed25519 public key, base64>, ...]}``, newest first). Flashing writes it;
+# an agent without it pins the controller's key on first use (docs/protocol.md).
+CONTROLLER_KEYS_FILE = "controller-keys.json"
 # The broker's CA certificate (the device CA, from ``edgefleet pki init``) for mqtts://.
 MQTT_CA_FILE = "etc/edgefleet/mqtt-ca.crt"
 # The CA of the controller's HTTPS certificate (updates.ca_file), when flash was given one.
@@ -37,6 +41,7 @@ __all__ = [
     "AGENT_CONFIG",
     "AGENT_CONFIG_SCHEMA",
     "CONTROLLER_CA_FILE",
+    "CONTROLLER_KEYS_FILE",
     "IDENTITY_FOLDER",
     "IDENTITY_KEY_FILE",
     "IMAGE_FILE",

@@ -30,6 +30,8 @@ class MessageKind(StrEnum):
     # device -> controller; a CSR for a new TLS key, signed by the current certificate's key
     CERT_REQUEST = "cert_request"
     CERT_ISSUED = "cert_issued"  # controller -> device; the renewed certificate, or why not
+    # controller -> device, retained; the controller message keys to trust (pin or rotation)
+    CONTROLLER_KEYS = "controller_keys"
 
     @property
     def from_device(self) -> bool:
@@ -49,7 +51,13 @@ DEVICE_TO_CONTROLLER = frozenset(
     }
 )
 CONTROLLER_TO_DEVICE = frozenset(
-    {MessageKind.ACK, MessageKind.DESIRED, MessageKind.CHALLENGE, MessageKind.CERT_ISSUED}
+    {
+        MessageKind.ACK,
+        MessageKind.DESIRED,
+        MessageKind.CHALLENGE,
+        MessageKind.CERT_ISSUED,
+        MessageKind.CONTROLLER_KEYS,
+    }
 )
 
 

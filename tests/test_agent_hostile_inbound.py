@@ -15,6 +15,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
@@ -23,6 +24,8 @@ from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, MqttConfig
 from edge_agent.sync.counters import CounterStore
 from edge_agent.sync.link import LoadSnapshot, MqttLink
+from edge_agent.sync.trust import write_keys
+from shared.attestation import public_key_of
 from shared.errors import ProtocolError
 from shared.messages import (
     Ack,
@@ -37,10 +40,13 @@ from shared.messages import (
     decode_message,
     encode_message,
 )
+from shared.provisioning import CONTROLLER_KEYS_FILE, IDENTITY_FOLDER
 from shared.topics import CONTROLLER_TO_DEVICE, DeviceTopic, MessageKind
 from tests.conftest import Broker, wait_for
+from tests.signing import controller_signer
 
 DEVICE = "dev-hostile"
+CONTROLLER_KEY = Ed25519PrivateKey.generate()
 INBOUND = (MessageKind.DESIRED, MessageKind.CHALLENGE, MessageKind.ACK)
 NONCE = "ab" * 32
 
@@ -136,7 +142,8 @@ class Controller:
         # Desired documents are retained, as the controller sends them: one published
         # before the agent's subscription is granted still reaches it.
         retain = isinstance(message, Desired)
-        self.client.publish(*encode_message(message), qos=1, retain=retain).wait_for_publish(5)
+        payload = encode_message(message, controller_signer(CONTROLLER_KEY))
+        self.client.publish(*payload, qos=1, retain=retain).wait_for_publish(5)
 
     def ack_everything(self) -> None:
         with self._lock:
@@ -159,6 +166,10 @@ def agent(mosquitto: Broker, tmp_path: Path) -> Iterator[Agent]:
             "mqtt": {"url": mosquitto.url, "keepalive_s": 5, "reconnect_min_s": 0.2},
             "heartbeat_interval_s": 1.0,
         }
+    )
+    # Flashing writes the controller's message key; this agent trusts the fake controller's.
+    write_keys(
+        tmp_path / "state" / IDENTITY_FOLDER / CONTROLLER_KEYS_FILE, [public_key_of(CONTROLLER_KEY)]
     )
     agent = Agent(config)
     try:

@@ -49,6 +49,7 @@ PURE = (
     "shared.recent",
     "shared.errors",
     "shared.json_guard",
+    "shared.message_signing",
     "shared.messages",
     "shared.provisioning",
     "shared.shadow",

@@ -27,6 +27,7 @@ from shared.attestation import encode_public_key, installed_agent_code, public_k
 from shared.messages import Birth, HardwareInfo, Heartbeat, encode_message
 from tests.conftest import Broker, free_port, port_open, wait_for
 from tests.procs import run_cli
+from tests.signing import device_signer
 from tests.sync_harness import ControllerProcess, agent_yaml
 
 pytestmark = pytest.mark.e2e
@@ -332,7 +333,9 @@ def test_silent_device_is_quarantined_after_the_timeout(
     no challenge is quarantined as silent once the timeout passes, and is told so in its
     retained desired document."""
     device_id = "dev-silent"
-    key = encode_public_key(public_key_of(Ed25519PrivateKey.generate()))
+    private = Ed25519PrivateKey.generate()
+    key = encode_public_key(public_key_of(private))
+    signer = device_signer(private)
     inbox: list[tuple[str, bytes]] = []
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
@@ -358,7 +361,7 @@ def test_silent_device_is_quarantined_after_the_timeout(
                 requests_total=0,
                 local_tier_healthy=True,
             )
-            client.publish(*encode_message(beat), qos=1)
+            client.publish(*encode_message(beat, signer), qos=1)
             seq += 1
 
     beating = threading.Thread(target=heartbeats, daemon=True)
@@ -377,7 +380,7 @@ def test_silent_device_is_quarantined_after_the_timeout(
             heartbeat_interval_s=1.0,
             identity_key=key,
         )
-        client.publish(*encode_message(birth), qos=1, retain=True).wait_for_publish(10)
+        client.publish(*encode_message(birth, signer), qos=1, retain=True).wait_for_publish(10)
         beating.start()
         challenges = wait_for(
             lambda: [json.loads(p) for t, p in inbox if t.endswith("/challenge")],

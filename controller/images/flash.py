@@ -55,6 +55,7 @@ from controller.broker.mosquitto_auth import generate_password, hash_password
 from controller.images.flashing.controller_api import ControllerApi
 from controller.images.flashing.device_files import (
     DeviceFile,
+    controller_keys_file,
     identity_files,
     render_agent_config,
     state_dir_of,
@@ -228,6 +229,7 @@ def _flash_verified(
         TRUSTED_ROOT: DeviceFile(root_bytes, 0o644),
         PASSWORD_FILE: DeviceFile((password + "\n").encode(), 0o600),
         **identity_files(state_dir, key),
+        **controller_keys_file(state_dir, controller.message_keys()),
     }
     if controller_ca is not None:
         device[CONTROLLER_CA_FILE] = DeviceFile(controller_ca, 0o644)

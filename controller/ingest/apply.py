@@ -39,11 +39,13 @@ from controller.ingest.plausibility import (
     check_heartbeat,
     check_telemetry,
 )
+from controller.ingest.signatures import SignatureRules, default_rules, refuse_unverified
 from controller.ingest.tables import RejectedMessage
 from controller.ingest.telemetry_store import PendingRecords
 from controller.settings import PlausibilitySettings
 from controller.telemetry.tables import TelemetryRecord
 from shared.errors import ProtocolError
+from shared.message_signing import SignedPayload
 from shared.messages import (
     Ack,
     AnyMessage,
@@ -51,13 +53,14 @@ from shared.messages import (
     CertIssued,
     CertRequest,
     Challenge,
+    ControllerKeys,
     Death,
     Desired,
     Heartbeat,
     Quote,
     Reported,
     TelemetryBatch,
-    decode_message,
+    decode_signed,
 )
 from shared.topics import TOPIC_ROOT, is_valid_device_id
 
@@ -382,6 +385,8 @@ class Decoded:
 
     received: Received
     message: AnyMessage
+    # The device's signature, split off for the writer to verify (None: unsigned).
+    signed: SignedPayload | None = None
 
 
 def topic_device(topic: str) -> str | None:
@@ -407,9 +412,9 @@ def classify(
 ) -> Decoded:
     """Decode and check one message without touching the database; raises only
     ``ProtocolError``. ``known_devices``: see ``apply_batch``."""
-    _, message = decode_message(item.topic, item.payload)
+    _, message, signed = decode_signed(item.topic, item.payload)
     check_known(message, known_devices)
-    if isinstance(message, Ack | Desired | Challenge | CertIssued):
+    if isinstance(message, Ack | Desired | Challenge | CertIssued | ControllerKeys):
         raise ProtocolError("wrong_direction", f"{message.type!r} goes to devices, not from them")
     if isinstance(message, Quote) and not attestation_on:
         raise ProtocolError("unexpected_quote", "attestation is off on this controller")
@@ -417,7 +422,7 @@ def classify(
         raise ProtocolError(
             "unexpected_cert_request", "this controller has no device CA to renew certificates"
         )
-    return Decoded(item, message)
+    return Decoded(item, message, signed)
 
 
 def apply_batch(
@@ -511,6 +516,7 @@ def apply_decoded(
     stored_at: datetime | None = None,
     renewal: "RenewalService | None" = None,
     bounds: Bounds | None = None,
+    signatures: SignatureRules | None = None,
 ) -> BatchResult:
     """Apply classified messages in the caller's transaction. A message refused here (from
     a decommissioned device, a record time the database cannot hold, a counter that jumps
@@ -526,6 +532,7 @@ def apply_decoded(
     renewals: list[Decoded] = []
     records = PendingRecords(session)
     batch = _refuse_revoked(session, batch, result)
+    batch = refuse_unverified(session, batch, result, signatures or default_rules(attestation))
     for decoded in batch:
         item, message = decoded.received, decoded.message
         try:

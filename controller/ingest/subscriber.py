@@ -56,14 +56,17 @@ from controller.ingest.apply import (
 from controller.ingest.dead_letters import prune_dead_letters, write_dead_letters
 from controller.ingest.limits import DeadLetterBook, Rejection
 from controller.settings import BrokerSettings, DeadLetterSettings, PlausibilitySettings
+from shared.attestation import encode_public_key
 from shared.errors import ProtocolError
-from shared.messages import Desired, encode_message
+from shared.message_signing import Signer, is_signed
+from shared.messages import AnyMessage, Birth, ControllerKeys, Desired, encode_message
 from shared.mqtt_transport import Endpoint, Inbound, Transport
 from shared.supervision import StrikeBook, Supervisor
 from shared.topics import DEVICE_TO_CONTROLLER, DeviceTopic
 
 if TYPE_CHECKING:
     from controller.attestation.service import AttestationService
+    from controller.pki.message_keys import MessageKeyring
     from controller.pki.renewal import RenewalService
 
 log = logging.getLogger(__name__)
@@ -122,8 +125,13 @@ class MqttIngest:
         dead_letters: DeadLetterSettings | None = None,
         plausibility: PlausibilitySettings | None = None,
         renewal: "RenewalService | None" = None,
+        message_keys: "MessageKeyring | None" = None,
     ) -> None:
         self._broker = broker
+        # Signs everything sent to devices (shared/message_signing.py); None: unsigned (a
+        # controller without a key folder, tests of other things).
+        self.message_keys = message_keys
+        self._signer: Signer | None = message_keys.current if message_keys else None
         self._port = port
         self._engine = engine
         self.stats = stats
@@ -229,6 +237,8 @@ class MqttIngest:
         """Publish to devices (QoS 1); False if the broker is not connected right now."""
         if not self._connected.is_set():
             return False
+        if self._signer is not None and not is_signed(payload):
+            payload = self._signer.payload(topic, payload)
         return self.transport.publish(topic, payload, qos=1, retain=retain).ok
 
     # --- network thread ------------------------------------------------------------------
@@ -454,16 +464,57 @@ class MqttIngest:
         for received, error in result.refused:
             self._reject(received, error, count=False)  # counted in the outcome
         # One wake-up for the whole burst of acks, publishes and PUBACKs.
+        refused = {id(received) for received, _ in (*unknown, *result.refused)}
+        accepted = [i.decoded for i in good if id(i.decoded.received) not in refused]
+        for update, signer in self._key_updates(accepted):
+            self._send(update, signer=signer)
         for ack in result.acks:
-            self.transport.publish(*encode_message(ack), qos=1, wake=False)
+            self._send(ack)
         for message in result.outbound:
-            retain = isinstance(message, Desired)
-            self.transport.publish(*encode_message(message), qos=1, retain=retain, wake=False)
+            self._send(message)
         for item in items:
             self._ack(item.mid, item.qos)
         self.transport.wake()
         self._strikes.release(keys)
         return True
+
+    def _send(self, message: AnyMessage, *, signer: Signer | None = None) -> None:
+        """Publish one message to its device after a commit (signed; retained if desired
+        state or keys), leaving the wake-up to the caller."""
+        retain = isinstance(message, Desired | ControllerKeys)
+        topic, payload = encode_message(message, signer or self._signer)
+        self.transport.publish(topic, payload, qos=1, retain=retain, wake=False)
+
+    def _key_updates(self, decoded: list[Decoded]) -> list[tuple[ControllerKeys, Signer]]:
+        """A ``controller_keys`` message, and the key to sign it with, for each accepted
+        birth whose device does not trust the current message key yet: signed by the
+        current key for a device that trusts none (it pins them), by the key the device
+        trusts for a rotation; a device trusting a key this controller no longer holds
+        cannot be told (logged: re-flash it, docs/protocol.md)."""
+        ring = self.message_keys
+        if ring is None:
+            return []
+        out: list[tuple[ControllerKeys, Signer]] = []
+        for d in decoded:
+            birth = d.message
+            if not isinstance(birth, Birth) or birth.identity_key is None:
+                continue
+            if birth.controller_key_id == ring.current_kid:
+                continue
+            trusted = birth.controller_key_id
+            signer = ring.current if trusted is None else ring.signer(trusted)
+            if signer is None:
+                log.error(
+                    "device %s trusts controller message key %s, which this controller does "
+                    "not hold: it cannot learn the current key %s (re-flash it)",
+                    birth.device_id,
+                    trusted,
+                    ring.current_kid,
+                )
+                continue
+            keys = [encode_public_key(k) for k in ring.trusted_set()]
+            out.append((ControllerKeys(device_id=birth.device_id, keys=keys), signer))
+        return out
 
     # --- dead-letter worker --------------------------------------------------------------
     def _dead_letter_loop(self) -> None:

@@ -32,15 +32,19 @@ from edge_agent.config import MqttConfig, OutboxConfig
 from edge_agent.sync.backoff import full_jitter
 from edge_agent.sync.counters import CounterStore
 from edge_agent.sync.outbox import Outbox, StoredRecord
+from edge_agent.sync.trust import ControllerTrust
 from edge_agent.sync.window import SendWindow
 from shared.broker_url import parse_broker_url
 from shared.errors import ProtocolError
+from shared.message_signing import Signer
 from shared.messages import (
     Ack,
+    AnyMessage,
     Birth,
     CertIssued,
     CertRequest,
     Challenge,
+    ControllerKeys,
     Death,
     Desired,
     Heartbeat,
@@ -48,7 +52,7 @@ from shared.messages import (
     Record,
     Reported,
     TelemetryBatch,
-    decode_message,
+    decode_signed,
     encode_message,
 )
 from shared.mqtt_transport import Endpoint, Inbound, Transport
@@ -141,8 +145,15 @@ class MqttLink:
         on_challenge: Callable[[Challenge], Quote | None] | None = None,
         on_cert_issued: Callable[[CertIssued], None] | None = None,
         supervisor: Supervisor | None = None,
+        signer: Signer | None = None,
+        trust: ControllerTrust | None = None,
     ) -> None:
         self.device_id = device_id
+        # Outbound messages are signed with the device's identity key; inbound ones must
+        # carry the controller's signature (edge_agent/sync/trust.py). A link built without
+        # them (tests of other things) sends and takes unsigned messages.
+        self._signer = signer
+        self.trust = trust
         self.heartbeat_interval_s = heartbeat_interval_s
         self.stats = LinkStats()
         self._config = config
@@ -199,6 +210,7 @@ class MqttLink:
         self._topic_desired = str(DeviceTopic(device_id, MessageKind.DESIRED))
         self._topic_challenge = str(DeviceTopic(device_id, MessageKind.CHALLENGE))
         self._topic_cert_issued = str(DeviceTopic(device_id, MessageKind.CERT_ISSUED))
+        self._topic_controller_keys = str(DeviceTopic(device_id, MessageKind.CONTROLLER_KEYS))
         self._set_will()
 
     @property
@@ -221,7 +233,7 @@ class MqttLink:
         model install). False while offline: every connect publishes the current one."""
         if not self._connected.is_set():
             return False
-        self.transport.publish(*encode_message(reported), qos=1)
+        self.transport.publish(*self._encode(reported), qos=1)
         return True
 
     def publish_cert_request(self, request: CertRequest) -> bool:
@@ -229,10 +241,14 @@ class MqttLink:
         signed for this moment); False while offline (the renewer asks again later)."""
         if not self._connected.is_set():
             return False
-        return self.transport.publish(*encode_message(request), qos=1).queued
+        return self.transport.publish(*self._encode(request), qos=1).queued
+
+    def _encode(self, message: AnyMessage) -> tuple[str, bytes]:
+        """The topic and (signed) payload of an outbound message."""
+        return encode_message(message, self._signer)
 
     def _set_will(self) -> None:
-        topic, payload = encode_message(
+        topic, payload = self._encode(
             Death(device_id=self.device_id, bd_seq=self._bd_seq, reason="will")
         )
         self.transport.will_set(topic, payload, qos=1, retain=True)
@@ -256,7 +272,7 @@ class MqttLink:
         self._stopping.set()
         self._wake.set()
         if self._connected.is_set():
-            topic, payload = encode_message(
+            topic, payload = self._encode(
                 Death(device_id=self.device_id, bd_seq=self._bd_seq, reason="shutdown")
             )
             sent = self.transport.publish(topic, payload, qos=1, retain=True)
@@ -328,14 +344,16 @@ class MqttLink:
             topics.append((self._topic_challenge, 1))
         if self._on_cert_issued is not None:
             topics.append((self._topic_cert_issued, 1))
+        if self.trust is not None:
+            topics.append((self._topic_controller_keys, 1))
         self.transport.subscribe(topics)
         with self._lock:
             birth = self._make_birth(self._bd_seq)
         self.window.reset()
-        self.transport.publish(*encode_message(birth), qos=1, retain=True)
+        self.transport.publish(*self._encode(birth), qos=1, retain=True)
         self.births_sent += 1
         if self._current_reported is not None:
-            self.transport.publish(*encode_message(self._current_reported()), qos=1)
+            self.transport.publish(*self._encode(self._current_reported()), qos=1)
         if self._outbox is not None:
             self._outbox.append_drop_report()
         self._connected.set()
@@ -372,11 +390,13 @@ class MqttLink:
         try:
             if topic is None:
                 raise ProtocolError("bad_topic", "topic is not UTF-8")
-            parsed, decoded = decode_message(topic, payload)
+            parsed, decoded, signed = decode_signed(topic, payload)
             if parsed.device_id != self.device_id:
                 raise ProtocolError("wrong_device", f"message for {parsed.device_id!r}")
             if parsed.kind not in CONTROLLER_TO_DEVICE:
                 raise ProtocolError("wrong_direction", f"{parsed.kind.value!r} is sent by devices")
+            if self.trust is not None:
+                self.trust.check(topic, decoded, signed)
         except ProtocolError as e:
             self._reject(topic, e)
             return e.reason
@@ -404,12 +424,14 @@ class MqttLink:
             )
 
     def _dispatch(self, decoded: object) -> bool:
-        if isinstance(decoded, Ack):
+        if isinstance(decoded, ControllerKeys) and self.trust is not None:
+            pass  # pinned or rotated by the trust check already
+        elif isinstance(decoded, Ack):
             self._handle_ack(decoded)
         elif isinstance(decoded, Desired) and self._on_desired is not None:
             reported = self._on_desired(decoded)
             if reported is not None:
-                self.transport.publish(*encode_message(reported), qos=1)
+                self.transport.publish(*self._encode(reported), qos=1)
         elif isinstance(decoded, Challenge) and self._on_challenge is not None:
             self._answer(decoded)
         elif isinstance(decoded, CertIssued) and self._on_cert_issued is not None:
@@ -428,7 +450,7 @@ class MqttLink:
             log.exception("could not answer attestation challenge")
             return
         if quote is not None:
-            self.transport.publish(*encode_message(quote), qos=1)
+            self.transport.publish(*self._encode(quote), qos=1)
             self.stats.quotes_sent += 1
 
     def _handle_ack(self, ack: Ack) -> None:
@@ -458,7 +480,7 @@ class MqttLink:
                 requests_total=load.requests_total,
                 local_tier_healthy=load.local_tier_healthy,
             )
-        self.transport.publish(*encode_message(message), qos=1)
+        self.transport.publish(*self._encode(message), qos=1)
         self.heartbeats_sent += 1
 
     def _resend_overdue(self, ack_timeout_s: float) -> None:
@@ -470,7 +492,7 @@ class MqttLink:
             if not self.window.resent(key, still_held=bool(records), now=time.monotonic()):
                 continue
             self.stats.republishes += 1
-            self.transport.publish(*encode_message(self._batch_message(records)), qos=1)
+            self.transport.publish(*self._encode(self._batch_message(records)), qos=1)
 
     def _batch_message(self, batch: list[StoredRecord]) -> TelemetryBatch:
         return TelemetryBatch(
@@ -512,5 +534,5 @@ class MqttLink:
             key = (first.epoch, first.seq, last.seq)
             if not self.window.sent(key, after=cursor, now=time.monotonic()):
                 continue  # a reconnect reset the position meanwhile
-            self.transport.publish(*encode_message(self._batch_message(batch)), qos=1)
+            self.transport.publish(*self._encode(self._batch_message(batch)), qos=1)
             self.stats.batches_sent += 1

@@ -24,9 +24,12 @@ from controller.pki.errors import (
     DeviceRevokedError,
     PkiError,
 )
+from controller.pki.message_keys import MessageKeyStore
 from controller.pki.service import issue_device_certificate
 from controller.pki.store import PkiStore
+from shared.attestation import encode_public_key
 from shared.certificates import MAX_CSR_BYTES
+from shared.message_signing import short_key_id
 
 router = APIRouter(tags=["pki"])
 
@@ -74,6 +77,25 @@ def ca_certificate(services: ServicesDep) -> CaCertificate:
         subject=cert.subject.rfc4514_string(),
         not_after=cert.not_valid_after_utc,
     )
+
+
+class MessageKeys(BaseModel):
+    """The controller message keys devices are to trust (raw Ed25519, base64), newest first."""
+
+    keys: list[str]
+    current: str
+
+
+@router.get("/api/pki/message-keys")
+def message_keys(services: ServicesDep) -> MessageKeys:
+    """The public half of the key that signs the controller's messages to devices
+    (``edgefleet flash`` writes it onto the device); 503 before ``serve`` created it."""
+    store = MessageKeyStore(services.settings.pki.dir, None)
+    try:
+        raw = store.current_public_key()
+    except PkiError as e:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(e)) from e
+    return MessageKeys(keys=[encode_public_key(raw)], current=short_key_id(raw))
 
 
 @router.post("/api/devices/{device_id}/certificate", status_code=status.HTTP_201_CREATED)

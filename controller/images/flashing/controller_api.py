@@ -111,6 +111,17 @@ class ControllerApi:
             raise ControllerError("/api/pki/ca did not return a CA certificate")
         return text.encode("ascii")
 
+    def message_keys(self) -> list[bytes]:
+        """The controller message keys a device is to trust (``GET /api/pki/message-keys``)."""
+        body = self._json("GET", "/api/pki/message-keys", "the controller's message keys")
+        keys = body.get("keys") if isinstance(body, dict) else None
+        if not isinstance(keys, list) or not keys:
+            raise ControllerError("/api/pki/message-keys did not return any key")
+        try:
+            return [decode_public_key(k) for k in keys if isinstance(k, str)]
+        except AttestationError as e:
+            raise ControllerError(f"/api/pki/message-keys returned a bad key: {e}") from e
+
     def issue_certificate(self, device_id: str, csr_pem: bytes) -> tuple[bytes, bytes]:
         """Send the device's CSR (never its key); the signed certificate and the CA's."""
         body = self._json(

@@ -7,6 +7,7 @@ Schema of the agent config that the image build exported from the agent in the i
 controller never imports the agent: the two ship to different machines).
 """
 
+import json
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -17,9 +18,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jsonschema.exceptions import ValidationError
 from jsonschema.validators import validator_for
 
+from shared.attestation import encode_public_key
 from shared.broker_url import parse_broker_url
 from shared.provisioning import (
     CONTROLLER_CA_FILE,
+    CONTROLLER_KEYS_FILE,
     IDENTITY_FOLDER,
     IDENTITY_KEY_FILE,
     MQTT_CA_FILE,
@@ -153,6 +156,15 @@ def identity_files(state_dir: str, key: Ed25519PrivateKey) -> dict[str, DeviceFi
     return {str(folder / IDENTITY_KEY_FILE): DeviceFile(pem, 0o600, folder_mode=0o700)}
 
 
+def controller_keys_file(state_dir: str, keys: list[bytes]) -> dict[str, DeviceFile]:
+    """The controller message keys the device trusts from its first boot
+    (``<state_dir>/identity/controller-keys.json``, 0600; edge_agent/sync/trust.py)."""
+    document = {"keys": [encode_public_key(k) for k in keys]}
+    folder = PurePosixPath(state_dir.lstrip("/")) / IDENTITY_FOLDER
+    content = (json.dumps(document, indent=2) + "\n").encode()
+    return {str(folder / CONTROLLER_KEYS_FILE): DeviceFile(content, 0o600, folder_mode=0o700)}
+
+
 def tls_paths(state_dir: str) -> tuple[str, str]:
     """The device-relative paths of the TLS key and certificate under ``state_dir``."""
     folder = PurePosixPath(state_dir.lstrip("/")) / TLS_FOLDER
@@ -176,6 +188,7 @@ __all__ = [
     "MAX_TEMPLATE_BYTES",
     "DeviceFile",
     "check_agent_config",
+    "controller_keys_file",
     "identity_files",
     "render_agent_config",
     "state_dir_of",

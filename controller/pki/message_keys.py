@@ -1,0 +1,187 @@
+"""The controller's message keys: what signs every message the controller sends devices.
+
+Ed25519 keys in ``<pki.dir>/message-keys/`` (folder 0700): one ``<kid>.pem`` per key
+(PKCS#8, mode 0600; encrypted with the TUF keys' passphrase when the controller has one,
+as every production controller does) and ``current``, the short id of the key that signs
+now. ``serve`` creates the first key when there is none. Every replica of one fleet must
+hold the same folder (copy it, or put it on shared storage): devices trust keys, not
+replicas.
+
+Rotation (``edgefleet keys rotate-messages``) adds a key and makes it current; the older
+keys stay, because a device learns the new key from a ``controller_keys`` message signed
+by a key it already trusts. ``edgefleet keys retire-messages KID`` removes an old key
+once no device reports it any more (births carry the id of the newest key a device trusts).
+"""
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
+from pydantic import SecretStr
+
+from controller.pki.errors import PkiError
+from controller.updates.keys import require_passphrase
+from shared.attestation import (
+    AttestationError,
+    decode_public_key,
+    encode_public_key,
+    public_key_of,
+)
+from shared.files import write_atomic
+from shared.message_signing import CONTROLLER_DOMAIN, Signer, short_key_id
+
+log = logging.getLogger(__name__)
+
+FOLDER = "message-keys"
+CURRENT = "current"
+_KEY_FILE = re.compile(r"^([0-9a-f]{16})\.pem$")
+
+
+@dataclass(frozen=True)
+class MessageKeyring:
+    """The loaded keys: ``current`` signs; the others only sign rotations to the current."""
+
+    current: Signer
+    public_keys: dict[str, bytes]  # short id -> raw public key, current first
+    _signers: dict[str, Signer]
+
+    def __repr__(self) -> str:
+        return f"MessageKeyring(current={self.current.kid!r}, keys={list(self.public_keys)})"
+
+    @property
+    def current_kid(self) -> str:
+        return self.current.kid
+
+    def signer(self, kid: str) -> Signer | None:
+        """The signer of key ``kid``, if this controller holds it."""
+        return self._signers.get(kid)
+
+    def trusted_set(self) -> list[bytes]:
+        """What devices should trust from now on: the current key only."""
+        return [self.public_keys[self.current.kid]]
+
+
+class MessageKeyStore:
+    """The key folder, with the passphrase that opens (or encrypts) its keys."""
+
+    def __init__(self, pki_dir: Path, passphrase: SecretStr | None) -> None:
+        self.folder = pki_dir / FOLDER
+        self._passphrase = passphrase
+
+    def __repr__(self) -> str:
+        return f"MessageKeyStore({str(self.folder)!r})"
+
+    def kids(self) -> list[str]:
+        """The short ids of the stored keys (sorted)."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(m.group(1) for p in self.folder.iterdir() if (m := _KEY_FILE.match(p.name)))
+
+    def current_kid(self) -> str | None:
+        try:
+            kid = (self.folder / CURRENT).read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as e:
+            raise PkiError(f"cannot read {self.folder / CURRENT}: {e}") from e
+        if kid not in self.kids():
+            raise PkiError(f"{self.folder / CURRENT} names key {kid!r}, which is not in the folder")
+        return kid
+
+    def generate(self) -> str:
+        """Add a new key and make it current; returns its short id."""
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private = Ed25519PrivateKey.generate()
+        kid = short_key_id(public_key_of(private))
+        if self._passphrase is not None:
+            secret = require_passphrase(self._passphrase).get_secret_value().encode()
+            encryption: BestAvailableEncryption | NoEncryption = BestAvailableEncryption(secret)
+        else:
+            encryption = NoEncryption()
+        pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, encryption)
+        write_atomic(self.folder / f"{kid}.pem", pem, mode=0o600)
+        # The public half beside it, so flashing and the API hand it out without the
+        # passphrase.
+        write_atomic(
+            self.folder / f"{kid}.pub",
+            (encode_public_key(public_key_of(private)) + "\n").encode(),
+            mode=0o644,
+        )
+        write_atomic(self.folder / CURRENT, (kid + "\n").encode(), mode=0o600)
+        log.info("new controller message key %s is current", kid)
+        return kid
+
+    def current_public_key(self) -> bytes:
+        """The current key's public half (raw), read without the passphrase."""
+        kid = self.current_kid()
+        if kid is None:
+            raise PkiError(f"no controller message key in {self.folder} (serve creates one)")
+        path = self.folder / f"{kid}.pub"
+        try:
+            raw = decode_public_key(path.read_text(encoding="ascii"))
+        except (OSError, UnicodeDecodeError, AttestationError) as e:
+            raise PkiError(f"cannot read the public message key {path}: {e}") from e
+        if short_key_id(raw) != kid:
+            raise PkiError(f"{path} holds key {short_key_id(raw)}, not {kid}")
+        return raw
+
+    def retire(self, kid: str) -> None:
+        """Remove key ``kid`` (never the current one)."""
+        if kid == self.current_kid():
+            raise PkiError(f"key {kid} is the current message key; rotate first")
+        path = self.folder / f"{kid}.pem"
+        if not path.is_file():
+            raise PkiError(f"no message key {kid} in {self.folder}")
+        os.remove(path)
+        (self.folder / f"{kid}.pub").unlink(missing_ok=True)
+
+    def load(self, *, create: bool = False) -> MessageKeyring:
+        """Every key, decrypted; with ``create``, a first key is made when there is none."""
+        if self.current_kid() is None:
+            if not create:
+                raise PkiError(f"no controller message key in {self.folder}")
+            self.generate()
+        current = self.current_kid()
+        assert current is not None
+        signers: dict[str, Signer] = {}
+        public: dict[str, bytes] = {}
+        for kid in [current, *(k for k in self.kids() if k != current)]:
+            private = self._read(kid)
+            raw = public_key_of(private)
+            if short_key_id(raw) != kid:
+                raise PkiError(f"message key file {kid}.pem holds key {short_key_id(raw)}")
+            public[kid] = raw
+            signers[kid] = Signer(CONTROLLER_DOMAIN, kid, private.sign)
+        return MessageKeyring(signers[current], public, signers)
+
+    def _read(self, kid: str) -> Ed25519PrivateKey:
+        path = self.folder / f"{kid}.pem"
+        data = path.read_bytes()
+        encrypted = b"ENCRYPTED" in data
+        if encrypted and self._passphrase is None:
+            raise PkiError(f"message key {path} is encrypted and no key passphrase is set")
+        secret = (
+            require_passphrase(self._passphrase).get_secret_value().encode()
+            if encrypted and self._passphrase is not None
+            else None
+        )
+        try:
+            key = load_pem_private_key(data, password=secret)
+        except (ValueError, TypeError):
+            raise PkiError(f"cannot open message key {path} (wrong passphrase?)") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise PkiError(f"message key {path} is not an Ed25519 key")
+        return key
+
+
+__all__ = ["FOLDER", "MessageKeyStore", "MessageKeyring"]

@@ -1,0 +1,214 @@
+"""Signed messages end to end (issue 21): a real controller (`edgefleet serve`), a real
+Mosquitto and a real agent (`edge-agent run`), and an attacker who can publish anything on
+the broker (no ACLs: the broker itself is not trusted). Forged device messages are refused
+by the controller with their reason, forged controller messages by the agent, and the
+genuine traffic of both keeps flowing."""
+
+import json
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.enums import CallbackAPIVersion
+
+from shared.attestation import encode_public_key, public_key_of
+from shared.messages import (
+    Birth,
+    Desired,
+    HardwareInfo,
+    Heartbeat,
+    Reported,
+    encode_message,
+)
+from shared.provisioning import CONTROLLER_KEYS_FILE, IDENTITY_FOLDER
+from tests.conftest import Broker, free_port, port_open, wait_for
+from tests.signing import controller_signer, device_signer
+from tests.sync_harness import ControllerProcess, agent_yaml
+from tests.test_attestation_e2e import AgentProcess
+
+pytestmark = pytest.mark.e2e
+
+DEVICE = "dev-signed"
+
+
+@pytest.fixture
+def controller(tmp_path: Path, mosquitto: Broker) -> Iterator[ControllerProcess]:
+    """`edgefleet serve` in development (tofu enrollment); its log is printed on failure."""
+    process = ControllerProcess(
+        tmp_path,
+        "controller",
+        broker_url=mosquitto.url,
+        database_url=f"sqlite:///{tmp_path / 'controller.db'}",
+    )
+    process.bootstrap()
+    process.start()
+    try:
+        yield process
+    except BaseException:
+        assert process.proc is not None
+        print(f"----- controller log -----\n{process.proc.log()[-6000:]}")
+        raise
+    finally:
+        if process.proc is not None:
+            process.proc.stop()
+
+
+@pytest.fixture
+def agent(tmp_path: Path, mosquitto: Broker) -> Iterator[tuple[AgentProcess, int]]:
+    """One real agent with its local API on a free port; its log is printed on failure."""
+    port = free_port()
+    config = agent_yaml(tmp_path, DEVICE, mosquitto.url, api={"host": "127.0.0.1", "port": port})
+    process = AgentProcess(tmp_path, config)
+    process.start()
+    try:
+        wait_for(lambda: port_open(port), 30, what="the agent's API")
+        yield process, port
+    except BaseException:
+        print(f"----- agent log -----\n{process.log()[-6000:]}")
+        raise
+    finally:
+        process.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def attacker(mosquitto: Broker) -> Iterator[mqtt.Client]:
+    """A paho client that publishes whatever it likes."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id="attacker",
+        protocol=mqtt.MQTTv5,
+    )
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    yield client
+    client.loop_stop()
+    client.disconnect()
+
+
+def device(controller: ControllerProcess) -> dict[str, Any]:
+    with controller.api() as api:
+        response = api.get(f"/api/devices/{DEVICE}")
+    return dict(response.json()) if response.status_code == 200 else {}
+
+
+def attested(controller: ControllerProcess) -> dict[str, Any] | None:
+    with controller.api() as api:
+        response = api.get(f"/api/devices/{DEVICE}/attestation")
+    state = dict(response.json()) if response.status_code == 200 else {}
+    results = state.get("results", [])
+    return state if results and results[0]["ok"] else None
+
+
+def rejected(controller: ControllerProcess) -> dict[str, int]:
+    return dict(controller.ingest_stats().get("rejected", {}))
+
+
+def agent_rejections(port: int) -> dict[str, int]:
+    """The agent's inbound refusals by reason, from its /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    pattern = r'^edgefleet_agent_mqtt_rejected_total\{reason="([a-z_]+)"\} ([0-9.e+]+)$'
+    return {m[1]: int(float(m[2])) for m in re.finditer(pattern, text, re.MULTILINE)}
+
+
+def heartbeat(seq: int) -> Heartbeat:
+    return Heartbeat(
+        device_id=DEVICE,
+        bd_seq=1,
+        seq=seq,
+        uptime_s=1.0,
+        cpu_percent=1.0,
+        memory_percent=1.0,
+        requests_total=0,
+        local_tier_healthy=True,
+    )
+
+
+def publish(client: mqtt.Client, topic: str, payload: bytes, *, retain: bool = False) -> None:
+    client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+
+def test_forged_device_messages_are_refused_and_the_device_is_untouched(
+    tmp_path: Path,
+    controller: ControllerProcess,
+    agent: tuple[AgentProcess, int],
+    attacker: mqtt.Client,
+) -> None:
+    """Posing as an enrolled device - an unsigned heartbeat with seq 10^12, one signed by
+    another key, a birth presenting a new key (signed by it), a reported version 10^9 - is
+    refused as ``unsigned`` or ``unknown_key``: the device stays online, attested and not
+    quarantined, and its shadow keeps its genuine reported version."""
+    wait_for(lambda: attested(controller), 60, what="the agent's first good attestation")
+    wait_for(lambda: device(controller).get("state") == "online", 30, what="online")
+    version_before = controller.shadow(DEVICE)["reported_version"]
+    rogue = Ed25519PrivateKey.generate()
+    birth = Birth(
+        device_id=DEVICE,
+        bd_seq=10**6,
+        agent_version="9.9.9",
+        hardware=HardwareInfo(device_class="x86-cpu", arch="x86_64", accelerator="cpu",
+                              cpu_count=1, memory_mb=512),
+        heartbeat_interval_s=1.0,
+        identity_key=encode_public_key(public_key_of(rogue)),
+    )  # fmt: skip
+    forged_report = Reported(device_id=DEVICE, version=10**9, applied_desired_version=10**9,
+                             state={"models": {"fake": "1"}})  # fmt: skip
+    publish(attacker, *encode_message(heartbeat(10**12)))
+    publish(attacker, *encode_message(heartbeat(10**12 + 1), device_signer(rogue)))
+    publish(attacker, *encode_message(birth, device_signer(rogue)), retain=True)
+    publish(attacker, *encode_message(forged_report))
+    publish(attacker, *encode_message(forged_report, device_signer(rogue)))
+    wait_for(
+        lambda: (
+            (r := rejected(controller)).get("unsigned", 0) >= 2 and r.get("unknown_key", 0) >= 3
+        ),
+        30,
+        what="the forgeries to be refused",
+    )
+    time.sleep(3)  # a few genuine heartbeats later
+    state = device(controller)
+    assert state["state"] == "online", state
+    assert state["agent_version"] != "9.9.9"
+    shadow = controller.shadow(DEVICE)
+    assert shadow["reported_version"] < 10**9
+    assert shadow["reported_version"] >= version_before
+    with controller.api() as api:
+        status = api.get(f"/api/devices/{DEVICE}/attestation").json()
+    assert not status.get("quarantined"), status
+
+
+def test_forged_controller_messages_are_refused_by_the_agent(
+    tmp_path: Path,
+    controller: ControllerProcess,
+    agent: tuple[AgentProcess, int],
+    attacker: mqtt.Client,
+) -> None:
+    """The agent pins the controller's key on first use; a desired document with version
+    1,000,000 published straight to the device, unsigned or signed by another key, is
+    refused by the agent (``unsigned``, ``unknown_key``), and the controller's next real
+    desired change is still applied."""
+    _, port = agent
+    keys_file = tmp_path / DEVICE / IDENTITY_FOLDER / CONTROLLER_KEYS_FILE
+    wait_for(keys_file.exists, 60, what="the agent to pin the controller's key")
+    assert json.loads(keys_file.read_text())["keys"]
+    wait_for(lambda: attested(controller), 60, what="the agent's first good attestation")
+    fake = Desired(device_id=DEVICE, version=1_000_000, state={"heartbeat_interval_s": 3600})
+    publish(attacker, *encode_message(fake), retain=True)
+    publish(attacker, *encode_message(fake, controller_signer(Ed25519PrivateKey.generate())))
+    wait_for(
+        lambda: (
+            (r := agent_rejections(port)).get("unsigned", 0) >= 1 and r.get("unknown_key", 0) >= 1
+        ),
+        30,
+        what="the agent to refuse the forged desired documents",
+    )
+    patched = controller.patch_desired(DEVICE, {"telemetry_interval_s": 7})
+    shadow = controller.wait_in_sync(DEVICE, patched["desired_version"], timeout=60)
+    assert shadow["applied_desired_version"] == patched["desired_version"] < 1_000_000
+    assert shadow["reported"]["telemetry_interval_s"] == 7
