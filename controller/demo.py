@@ -25,9 +25,10 @@ import yaml
 from sqlmodel import Session, col, func, select
 
 from controller.app import create_app
+from controller.attestation.service import register_identity
 from controller.auth.credentials import create_api_token, generate_password
 from controller.auth.users import create_user
-from controller.broker.embedded import free_port
+from controller.broker.embedded import free_port, write_password_file
 from controller.db import session_scope
 from controller.demo_traffic import DemoTraffic, DriftBaseline
 from controller.devices.tables import Device
@@ -36,11 +37,17 @@ from controller.pki.store import CA_CERT, SERVER_CERT, SERVER_KEY, PkiStore
 from controller.services import Services
 from controller.settings import Settings, load_settings
 from controller.updates.publish import ModelSpec, add_model_file
+from shared.attestation import encode_public_key, public_key_of
 from shared.certificates import certificate_pem, csr_for, new_private_key, private_key_pem
+from shared.files import write_atomic
+from shared.provisioning import IDENTITY_FOLDER, IDENTITY_KEY_FILE
 
 DEMO_MODEL_NAME = "smollm2-135m"
 DEMO_MODEL_VERSION = "1.0"
 HOST = "127.0.0.1"
+# The controller's login on the demo's broker, and the broker's password file (hashes).
+CONTROLLER_USER = "edgefleet-controller"
+BROKER_PASSWORDS = "broker.passwd"
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -69,15 +76,18 @@ def agent_config(
     http_port: int,
     trusted_root: Path,
     tls: DeviceTls | None = None,
+    password_file: Path | None = None,
 ) -> dict[str, object]:
     """The YAML document one simulated device runs with (over TLS with its own certificate
-    when ``tls`` is given)."""
+    when ``tls`` is given; logging in as itself with the password in ``password_file``)."""
     # The embedded broker (amqtt) speaks MQTT 3.1.1 only.
     mqtt: dict[str, object] = {
         "url": f"{'mqtts' if tls else 'mqtt'}://{HOST}:{broker_port}",
         "keepalive_s": 5,
         "protocol": "3.1.1",
     }
+    if password_file is not None:
+        mqtt |= {"username": device_id, "password_file": str(password_file)}
     if tls is not None:
         mqtt |= {
             "ca_file": str(tls.ca_file),
@@ -208,16 +218,74 @@ def _publish_demo_model(services: Services, model: Path, data_dir: Path) -> Path
     return root
 
 
-def _demo_settings(data_dir: Path, http_port: int, broker_port: int, tls: bool) -> Settings:
+def broker_logins(data_dir: Path, devices: int) -> dict[str, str]:
+    """A password for the controller and for each demo device, made for this run: the
+    embedded broker's password file (``broker.passwd``, hashes only) and one 0600 file per
+    device beside its state (``agents/<id>/mqtt.password``), which its config names. The
+    controller's stays in memory. Returns user -> password; nothing is logged."""
+    passwords = {CONTROLLER_USER: secrets.token_urlsafe(24)}
+    for i in range(1, devices + 1):
+        device_id = f"demo-edge-{i}"
+        passwords[device_id] = secrets.token_urlsafe(24)
+        write_atomic(
+            device_password_file(data_dir, device_id), passwords[device_id].encode(), mode=0o600
+        )
+    write_password_file(data_dir / BROKER_PASSWORDS, passwords)
+    return passwords
+
+
+def device_password_file(data_dir: Path, device_id: str) -> Path:
+    return data_dir / "agents" / device_id / "mqtt.password"
+
+
+def provision_identities(services: Services, data_dir: Path, devices: int) -> None:
+    """Each demo device's Ed25519 identity key, made before it starts (as ``edgefleet
+    flash`` does): the private half where its agent looks (``<state_dir>/identity``, 0600),
+    the public half registered as expected, so attestation (``provisioned`` enrollment)
+    trusts these keys only and an unknown device is quarantined."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    for i in range(1, devices + 1):
+        device_id = f"demo-edge-{i}"
+        key = Ed25519PrivateKey.generate()
+        folder = data_dir / "agents" / device_id / IDENTITY_FOLDER
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        write_atomic(folder / IDENTITY_KEY_FILE, pem, mode=0o600)
+        with session_scope(services.engine) as session:
+            register_identity(
+                session,
+                device_id,
+                encode_public_key(public_key_of(key)),
+                how="provisioned",
+                actor="system:demo",
+            )
+
+
+def _demo_settings(
+    data_dir: Path, http_port: int, broker_port: int, tls: bool, controller_password: str
+) -> Settings:
     """The controller's settings for a demo in ``data_dir``, with a signing-key passphrase
-    generated for this demo only (kept beside its keys). With ``tls`` the embedded broker
-    listens on mqtts:// with a certificate from the demo's own CA (``data_dir/pki``) and
-    the controller connects with its client certificate."""
+    generated for this demo only (kept beside its keys). The embedded broker takes only the
+    logins of ``broker_logins``. With ``tls`` it listens on mqtts:// with a certificate from
+    the demo's own CA (``data_dir/pki``) and the controller connects with its client
+    certificate."""
     passphrase_file = data_dir / "keys.passphrase"
     passphrase_file.write_text(secrets.token_urlsafe(24))
     passphrase_file.chmod(0o600)
     pki = data_dir / "pki"
-    broker: dict[str, object] = {"mode": "embedded", "url": f"mqtt://{HOST}:{broker_port}"}
+    broker: dict[str, object] = {
+        "mode": "embedded",
+        "url": f"mqtt://{HOST}:{broker_port}",
+        "username": CONTROLLER_USER,
+        "password": controller_password,
+        "embedded_password_file": str(data_dir / BROKER_PASSWORDS),
+    }
     if tls:
         broker |= {
             "url": f"mqtts://{HOST}:{broker_port}",
@@ -234,6 +302,8 @@ def _demo_settings(data_dir: Path, http_port: int, broker_port: int, tls: bool) 
         http_host=HOST,
         http_port=http_port,
         broker=broker,
+        # Only the identity keys registered before the agents start are trusted.
+        attestation={"enrollment": "provisioned"},
         pki={"dir": str(pki)},
         secure_cookies=False,  # plain http on loopback
         liveness_sweep_s=1.0,
@@ -334,6 +404,7 @@ def _start_agents(
             http_port=http_port,
             trusted_root=trusted_root,
             tls=tls,
+            password_file=device_password_file(data_dir, device_id),
         )
         cfg_path = data_dir / "agents" / f"{device_id}.yaml"
         cfg_path.parent.mkdir(parents=True, exist_ok=True)
@@ -399,8 +470,10 @@ def run_demo(
     _reset_data_dir(data_dir)
     http_port = port or free_port(HOST)
     broker_port = free_port(HOST)
-    settings = _demo_settings(data_dir, http_port, broker_port, tls)
+    logins = broker_logins(data_dir, devices)
+    settings = _demo_settings(data_dir, http_port, broker_port, tls, logins[CONTROLLER_USER])
     services = Services.create(settings)
+    provision_identities(services, data_dir, devices)
     if tls:
         _demo_pki(services)
     trusted_root = _publish_demo_model(services, model.resolve(), data_dir)
@@ -430,7 +503,8 @@ def run_demo(
         _wait_started(server, server_thread, http_port)
         print(
             f"controller up at http://{HOST}:{http_port} (MQTT on {settings.broker.url}"
-            f"{', mutual TLS with the demo CA in ' + str(data_dir / 'pki') if tls else ''})",
+            f"{', mutual TLS with the demo CA in ' + str(data_dir / 'pki') if tls else ''}"
+            f"; logins per device in {data_dir / BROKER_PASSWORDS}, anonymous refused)",
             flush=True,
         )
         _start_agents(

@@ -164,7 +164,13 @@ class Services:
                 if cfg.server_cert_file is not None and cfg.server_key_file is not None
                 else None
             )
-            self.broker = EmbeddedBroker(cfg.host, cfg.port, tls=tls)
+            self.broker = EmbeddedBroker(
+                cfg.host,
+                cfg.port,
+                tls=tls,
+                password_file=cfg.embedded_password_file,
+                controller_user=cfg.username,
+            )
             self.broker.start()
         address = parse_broker_url(cfg.url)
         if self.settings.environment == "production" and not address.tls and not address.loopback:

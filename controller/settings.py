@@ -44,6 +44,10 @@ class BrokerSettings(BaseModel):
     url: str = "mqtt://127.0.0.1:0"
     username: str | None = None
     password: SecretStr | None = None
+    # The embedded broker's logins (``username:hash`` lines, Argon2; ``edgefleet demo``
+    # writes one per run): anonymous clients are refused and each device user is confined
+    # to its own topics. None: the embedded broker accepts anonymous clients.
+    embedded_password_file: Path | None = None
     # Each controller replica needs its own client id: the broker keeps one persistent
     # session per id, holding unacknowledged messages across a controller restart.
     client_id: str = "edgefleet-controller"

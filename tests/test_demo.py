@@ -7,13 +7,40 @@ import signal
 from pathlib import Path
 
 import httpx
+import paho.mqtt.client as mqtt
 import pytest
 import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import port_open, wait_for
 from tests.procs import Proc, processes, run_cli
 
 pytestmark = pytest.mark.e2e
+
+
+def _mqtt_login(
+    host: str, port: int, data_dir: Path, user: str | None, password: str | None
+) -> str:
+    """What the demo's broker answers a paho client's CONNECT with (over its TLS, no client
+    certificate), e.g. ``Success`` or ``Not authorized``."""
+    answers: list[str] = []
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"probe-{user}",
+        protocol=mqtt.MQTTv311,
+    )
+    client.tls_set(ca_certs=str(data_dir / "pki" / "ca.crt"))
+    if user is not None:
+        client.username_pw_set(user, password)
+    client.on_connect = lambda c, u, f, reason, p: answers.append(str(reason))
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        wait_for(lambda: answers, 10, what="the broker's CONNACK")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return answers[0]
 
 
 def test_demo_brings_up_a_working_fleet_and_stops_cleanly(model_path: Path, tmp_path: Path) -> None:
@@ -56,6 +83,22 @@ def test_demo_brings_up_a_working_fleet_and_stops_cleanly(model_path: Path, tmp_
         device_config = yaml.safe_load((data_dir / "agents" / "demo-edge-1.yaml").read_text())
         assert device_config["mqtt"]["url"].startswith("mqtts://")
         assert Path(device_config["mqtt"]["cert_file"]).is_file()
+        # The broker takes only the run's logins: each device its own (a 0600 file), and
+        # no anonymous or made-up client (issue 21: a rogue device logged in and enrolled).
+        assert device_config["mqtt"]["username"] == "demo-edge-1"
+        secret_file = Path(device_config["mqtt"]["password_file"])
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        assert (data_dir / "broker.passwd").stat().st_mode & 0o777 == 0o600
+        assert secret_file.read_text() not in out
+        broker = re.search(r"MQTT on mqtts://([\d.]+):(\d+)", out)
+        assert broker, out
+        for user, password in [(None, None), ("rogue-1", "guess"), ("demo-edge-1", "guess")]:
+            assert _mqtt_login(broker.group(1), int(broker.group(2)), data_dir, user, password) == (
+                "Not authorized"
+            ), user
+        assert _mqtt_login(
+            broker.group(1), int(broker.group(2)), data_dir, "demo-edge-1", secret_file.read_text()
+        ) == ("Success")
 
         with httpx.Client(base_url=console.group(1), timeout=30) as browser:
 

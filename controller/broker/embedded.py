@@ -1,7 +1,11 @@
 """An in-process MQTT 3.1.1 broker (amqtt) for the embedded, one-machine default.
 
 It runs on its own asyncio loop in a background thread, bound to loopback unless told
-otherwise, and accepts anonymous clients: it is for one machine and demos. With a server
+otherwise: it is for one machine and demos. Without a password file it accepts anonymous
+clients; with one (``password_file``: ``username:hash`` lines, Argon2 from ``hash_password``)
+it refuses anonymous and wrong logins, and confines each user to its own topics: the user
+``controller_user`` to every topic, any other user (a device id) to ``ef/v1/<user>/#``,
+like the Mosquitto ACL of ``broker mosquitto-config``. With a server
 certificate (``broker.server_cert_file``/``server_key_file``, ``mqtts://`` URL) it listens with
 TLS only, and verifies a client certificate against ``broker.ca_file`` when one is presented
 (amqtt cannot require one, nor take the CN as the user name). Production uses Mosquitto or
@@ -16,6 +20,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from shared.topics import TOPIC_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +47,19 @@ class EmbeddedBroker:
     """amqtt on a private event loop; ``start()`` returns once it accepts connections."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, tls: ListenerTls | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ListenerTls | None = None,
+        *,
+        password_file: Path | None = None,
+        controller_user: str | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.tls = tls
+        self.password_file = password_file
+        self.controller_user = controller_user
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="embedded-broker", daemon=True)
         self._broker: Any = None
@@ -60,21 +74,34 @@ class EmbeddedBroker:
             }
             if self.tls.ca_file is not None:
                 listener["cafile"] = str(self.tls.ca_file)
-        return {
-            "listeners": {"default": listener},
-            "plugins": {
+        if self.password_file is None:
+            plugins: dict[str, Any] = {
                 "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-            },
-        }
+            }
+        else:
+            users = read_users(self.password_file)
+            acl = {
+                user: ["#"] if user == self.controller_user else [f"{TOPIC_ROOT}/{user}/#"]
+                for user in users
+            }
+            plugins = {
+                "amqtt.plugins.authentication.FileAuthPlugin": {
+                    "password_file": str(self.password_file)
+                },
+                "amqtt.plugins.topic_checking.TopicAccessControlListPlugin": {
+                    "acl": acl,
+                    "publish_acl": acl,
+                },
+            }
+        return {"listeners": {"default": listener}, "plugins": plugins}
 
-    def _run(self) -> None:
+    def _run(self) -> None:  # the broker's event loop thread
         asyncio.set_event_loop(self._loop)
+        self._loop.set_exception_handler(_quiet_resets)
         self._loop.run_forever()
 
     async def _start(self) -> None:
-        from amqtt.broker import Broker
-
-        self._broker = Broker(self._config(), loop=self._loop)
+        self._broker = _broker_class()(self._config(), loop=self._loop)
         await self._broker.start()
 
     def start(self, timeout: float = 15.0) -> None:
@@ -103,3 +130,63 @@ class EmbeddedBroker:
     @property
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def _quiet_resets(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """amqtt lets a client's connection reset (a refused login hanging up, say) escape to
+    the loop as an unhandled exception with a traceback; say it in one line instead."""
+    error = context.get("exception")
+    if isinstance(error, ConnectionError):
+        log.info("embedded broker: a client connection ended abruptly (%s)", type(error).__name__)
+        return
+    loop.default_exception_handler(context)
+
+
+def hash_password(password: str) -> str:
+    """An Argon2 hash of ``password`` for the password file (what amqtt's FileAuthPlugin
+    verifies; its sha512-crypt support is deprecated and gone on Python 3.13)."""
+    from pwdlib import PasswordHash
+    from pwdlib.hashers.argon2 import Argon2Hasher
+
+    return PasswordHash((Argon2Hasher(),)).hash(password)
+
+
+def write_password_file(path: Path, passwords: dict[str, str]) -> None:
+    """Write ``username:hash`` lines for ``passwords`` (user -> password), mode 0600 from
+    the first byte; the passwords themselves are not written."""
+    lines = "".join(f"{user}:{hash_password(pw)}\n" for user, pw in sorted(passwords.items()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(lines, encoding="utf-8")
+
+
+def read_users(path: Path) -> list[str]:
+    """The user names of a password file (its hashes are left to amqtt)."""
+    users = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and ":" in line:
+            users.append(line.split(":", 1)[0])
+    return users
+
+
+def _broker_class() -> Any:
+    """amqtt's Broker with its retained-message leak worked around (docs/upstream.md).
+
+    amqtt 0.12 re-sends retained messages to a reconnecting persistent session for every
+    topic filter *any* client subscribed to, not only the session's own: a device got the
+    other devices' retained births and desired documents. Here a filter the session does
+    not hold is skipped; amqtt's own path for a new subscription is unchanged."""
+    from amqtt.broker import Broker
+
+    class _Broker(Broker):  # type: ignore[misc]
+        async def _publish_retained_messages_for_subscription(
+            self, subscription: tuple[str, int], session: Any
+        ) -> None:
+            holders = self._subscriptions.get(subscription[0], [])
+            if not any(holder is session for holder, _ in holders):
+                return
+            await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    return _Broker
