@@ -1,6 +1,8 @@
 """The issue-21 counter attacks against real processes: a real Mosquitto, the real
 controller ingest, a real agent (``edge-agent simulate`` as ``demo-edge-1``) and a paho
-attacker on the device's own topics. The forged heartbeat seq 10^12, reported version 10^9
+attacker on the device's own topics. The attacker here also holds the device's identity
+key (copied off the device), so its messages pass the signature check and plausibility is
+the defense left (defense in depth). The forged heartbeat seq 10^12, reported version 10^9
 and telemetry 10^9 past the stored seq are refused as ``implausible_seq`` (counted,
 dead-lettered, flagged on the device) and the genuine messages after them keep landing."""
 
@@ -11,12 +13,17 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import create_engine, text
 
 from controller.ingest.plausibility import REASON
 from shared import encode_message
+from shared.attestation import public_key_of
+from shared.message_signing import DEVICE_DOMAIN, Signer, short_key_id
 from shared.messages import Heartbeat, Record, Reported, TelemetryBatch
+from shared.provisioning import IDENTITY_FOLDER, IDENTITY_KEY_FILE
 from tests.conftest import Broker, wait_for
 from tests.controller_harness import LiveController, live_controller
 from tests.procs import processes
@@ -107,13 +114,16 @@ def test_forged_counters_are_refused_and_the_device_keeps_working(
             ),
             TelemetryBatch(
                 device_id=DEVICE,
-                records=[
-                    Record(epoch=epoch, seq=seq + 10**9, kind="metric", name="sim", at=now)
-                ],
+                records=[Record(epoch=epoch, seq=seq + 10**9, kind="metric", name="sim", at=now)],
             ),
         ]
+        pem = (tmp_path / DEVICE / IDENTITY_FOLDER / IDENTITY_KEY_FILE).read_bytes()
+        key = serialization.load_pem_private_key(pem, password=None)
+        assert isinstance(key, Ed25519PrivateKey)
+        signer = Signer(DEVICE_DOMAIN, short_key_id(public_key_of(key)), key.sign)
         for message in forged:
-            attacker.publish(*encode_message(message), qos=1).wait_for_publish(10)
+            topic, body = encode_message(message)
+            attacker.publish(topic, signer.payload(topic, body), qos=1).wait_for_publish(10)
 
         wait_for(
             lambda: _get(live, "/api/ingest/stats")["rejected"].get(REASON, 0) >= 3,
@@ -142,11 +152,11 @@ def test_forged_counters_are_refused_and_the_device_keeps_working(
         assert response.status_code == 200, response.text
         version = response.json()["desired_version"]
         shadow = wait_for(
-            lambda: (s := _get(live, f"/api/devices/{DEVICE}/shadow"))[
-                "applied_desired_version"
-            ]
-            >= version
-            and s,
+            lambda: (
+                (s := _get(live, f"/api/devices/{DEVICE}/shadow"))["applied_desired_version"]
+                >= version
+                and s
+            ),
             30,
             what="the genuine report after the forged one",
         )
