@@ -27,6 +27,7 @@ from controller.broker.tables import BrokerCredential
 from controller.db import make_engine, session_scope
 from controller.devices.liveness import as_utc
 from controller.devices.shadows import DeviceShadow, desired_message, mark_published, unapplied
+from controller.devices.tables import Device
 from controller.ingest.apply import IngestStats, sweep_liveness
 from controller.ingest.subscriber import MqttIngest
 from controller.migrations import init_db
@@ -150,6 +151,24 @@ class Services:
         passphrase = read_passphrase(self.settings.updates.passphrase_file)
         return MessageKeyStore(self.settings.pki.dir, passphrase).load(create=True)
 
+    def announce_message_keys(self) -> int:
+        """During a message key rotation, tell every device that is not decommissioned the
+        keys to trust (the next one too), once the broker is connected; returns how many."""
+        ingest = self.ingest
+        if ingest is None or not ingest.wait_connected(30):
+            log.error("message key rotation: not connected to the broker; devices learn the "
+                      "next key at their next birth")  # fmt: skip
+            return 0
+        try:
+            with session_scope(self.engine) as session:
+                ids = list(session.exec(select(Device.id).where(~col(Device.decommissioned))))
+            sent = ingest.announce_keys(ids)
+        except Exception:
+            log.exception("announcing the next message key failed; devices learn it at birth")
+            return 0
+        log.info("announced the next controller message key to %d devices", sent)
+        return sent
+
     @property
     def broker_port(self) -> int:
         return self.broker.port if self.broker else self.settings.broker.port
@@ -205,6 +224,11 @@ class Services:
             message_keys=self.message_keyring(),
         )
         self.ingest.start()
+        ring = self.ingest.message_keys
+        if ring is not None and ring.next_kid is not None:
+            threading.Thread(
+                target=self.announce_message_keys, name="message-key-announce", daemon=True
+            ).start()
         self.scheduler = BackgroundScheduler(timezone=UTC)
         # (id, job, interval in seconds, extra options); one instance at a time, missed runs
         # coalesced.

@@ -473,9 +473,9 @@ class Agent:
             api_url=f"http://{api.host}:{api.port}",
             heartbeat_interval_s=self.config.heartbeat_interval_s,
             identity_key=encode_public_key(self.identity.public_key_raw()),
-            controller_key_id=self.link.trust.newest_kid
+            controller_key_ids=self.link.trust.kids()
             if self.link is not None and self.link.trust is not None
-            else None,
+            else [],
         )
 
     # --- attestation ------------------------------------------------------------------------

@@ -115,10 +115,12 @@ class Birth(_Envelope):
     # The device's Ed25519 identity public key (raw, base64); None from agents that predate
     # attestation. The controller enrolls it or checks it against the enrolled one.
     identity_key: str | None = Field(default=None, pattern=_PUBLIC_KEY)
-    # The short id (shared.message_signing) of the newest controller message key the device
-    # trusts; None when it trusts none yet. The controller answers a birth whose id is not
-    # its current key's with a ``controller_keys`` message.
-    controller_key_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")
+    # The short ids (shared.message_signing) of the controller message keys the device
+    # trusts, newest first; empty before it trusts any. The controller answers a birth whose
+    # list is not the one it wants devices to hold with a ``controller_keys`` message.
+    controller_key_ids: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]] = Field(
+        default_factory=list, max_length=8
+    )
 
 
 class Death(_Envelope):

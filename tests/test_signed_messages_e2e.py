@@ -18,7 +18,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from shared.attestation import encode_public_key, public_key_of
+from shared.attestation import decode_public_key, encode_public_key, public_key_of
+from shared.message_signing import short_key_id
 from shared.messages import (
     Birth,
     Desired,
@@ -29,6 +30,7 @@ from shared.messages import (
 )
 from shared.provisioning import CONTROLLER_KEYS_FILE, IDENTITY_FOLDER
 from tests.conftest import Broker, free_port, port_open, wait_for
+from tests.procs import run_cli
 from tests.signing import controller_signer, device_signer
 from tests.sync_harness import ControllerProcess, agent_yaml
 from tests.test_attestation_e2e import AgentProcess
@@ -212,3 +214,50 @@ def test_forged_controller_messages_are_refused_by_the_agent(
     shadow = controller.wait_in_sync(DEVICE, patched["desired_version"], timeout=60)
     assert shadow["applied_desired_version"] == patched["desired_version"] < 1_000_000
     assert shadow["reported"]["telemetry_interval_s"] == 7
+
+
+def trusted_kids(tmp_path: Path) -> list[str]:
+    keys_file = tmp_path / DEVICE / IDENTITY_FOLDER / CONTROLLER_KEYS_FILE
+    if not keys_file.exists():
+        return []
+    return [short_key_id(decode_public_key(k)) for k in json.loads(keys_file.read_text())["keys"]]
+
+
+def pki(controller: ControllerProcess, *args: str) -> str:
+    done = run_cli(["-m", "controller", "pki", *args, "--config", str(controller.config)])
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def restart(controller: ControllerProcess) -> None:
+    assert controller.proc is not None
+    controller.proc.stop()
+    controller.start()
+
+
+def test_message_key_rotation_reaches_a_connected_device_without_a_refusal(
+    tmp_path: Path, controller: ControllerProcess, agent: tuple[AgentProcess, int]
+) -> None:
+    """rotate-message-key and a restart announce the next key to the connected agent (it
+    trusts both); promote-message-key and a restart make the new key sign, which the agent
+    verifies at once (a desired change applies, nothing is refused), and its next birth
+    leaves it trusting the new key only."""
+    _, port = agent
+    old = json.loads(pki(controller, "message-keys", "--json"))["current"]
+    wait_for(lambda: trusted_kids(tmp_path) == [old], 60, what="the agent to pin the key")
+    wait_for(lambda: attested(controller), 60, what="the agent's first good attestation")
+    new = pki(controller, "rotate-message-key").split()[2]
+    restart(controller)
+    wait_for(lambda: trusted_kids(tmp_path) == [new, old], 30, what="the announced next key")
+    pki(controller, "promote-message-key")
+    restart(controller)
+    patched = controller.patch_desired(DEVICE, {"telemetry_interval_s": 9})
+    controller.wait_in_sync(DEVICE, patched["desired_version"], timeout=60)
+    refused = agent_rejections(port)
+    assert not {"unknown_key", "bad_signature", "unsigned"} & set(refused), refused
+    agent[0].stop()
+    agent[0].start()  # a new birth lists both keys; the controller narrows it to the new one
+    wait_for(lambda: trusted_kids(tmp_path) == [new], 60, what="the old key to be dropped")
+    assert json.loads(pki(controller, "message-keys", "--json"))["keys"] == sorted([old, new])
+    pki(controller, "retire-message-key", old)
+    assert json.loads(pki(controller, "message-keys", "--json"))["keys"] == [new]

@@ -17,6 +17,7 @@ from controller.cli.common import ConfigOpt, JsonOpt, audit_locally, settings_or
 from controller.cli.common import fail as _fail
 
 if TYPE_CHECKING:
+    from controller.pki.message_keys import MessageKeyStore
     from controller.pki.store import PkiStore
     from controller.settings import Settings
 
@@ -168,6 +169,90 @@ def pki_show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         f"  certificates: {counts['issued']} issued, {counts['valid']} valid,"
         f" {counts['revoked']} revoked"
     )
+
+
+def _message_keys(config: Path | None, passphrase_file: Path | None) -> "MessageKeyStore":
+    from controller.pki.message_keys import MessageKeyStore
+    from controller.updates.errors import KeyStoreError
+    from controller.updates.keys import read_passphrase
+
+    settings = settings_or_exit(config)
+    try:
+        passphrase = read_passphrase(passphrase_file or settings.updates.passphrase_file)
+    except KeyStoreError as e:
+        raise _fail(str(e)) from e
+    return MessageKeyStore(settings.pki.dir, passphrase)
+
+
+@pki_app.command("message-keys")
+def pki_message_keys(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """The controller's message keys (docs/protocol.md, "Signatures"): current, next, old."""
+    from controller.pki.errors import PkiError
+
+    store = _message_keys(config, None)
+    try:
+        current, pending, kids = store.current_kid(), store.next_kid(), store.kids()
+    except PkiError as e:
+        raise _fail(str(e)) from e
+    info = {"dir": str(store.folder), "current": current, "next": pending, "keys": kids}
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    if current is None:
+        typer.echo(f"no controller message key in {store.folder} (serve creates the first)")
+        return
+    for kid in kids:
+        role = "current" if kid == current else "next" if kid == pending else "old"
+        typer.echo(f"{kid}  {role}")
+
+
+@pki_app.command("rotate-message-key")
+def pki_rotate_message_key(passphrase_file: PassphraseOpt = None, config: ConfigOpt = None) -> None:
+    """Add a message key as next: restarted controllers announce it to every device; promote
+    it once the devices have it."""
+    from controller.pki.errors import PkiError
+
+    store = _message_keys(config, passphrase_file)
+    try:
+        kid = store.rotate()
+    except PkiError as e:
+        raise _fail(str(e)) from e
+    audit_locally(settings_or_exit(config), "pki.message_key.rotate", f"pki:{store.folder}",
+                  "next message key added", kid=kid)  # fmt: skip
+    typer.echo(f"message key {kid} is next: restart every controller replica to announce it")
+
+
+@pki_app.command("promote-message-key")
+def pki_promote_message_key(config: ConfigOpt = None) -> None:
+    """Make the next message key current (it signs from the replicas' next start)."""
+    from controller.pki.errors import PkiError
+
+    store = _message_keys(config, None)
+    try:
+        kid = store.promote()
+    except PkiError as e:
+        raise _fail(str(e)) from e
+    audit_locally(settings_or_exit(config), "pki.message_key.promote", f"pki:{store.folder}",
+                  "message key promoted", kid=kid)  # fmt: skip
+    typer.echo(f"message key {kid} is current: restart every controller replica")
+
+
+@pki_app.command("retire-message-key")
+def pki_retire_message_key(
+    kid: Annotated[str, typer.Argument(help="The old key's 16-digit id.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Delete an old message key (devices still trusting only it must be re-flashed)."""
+    from controller.pki.errors import PkiError
+
+    store = _message_keys(config, None)
+    try:
+        store.retire(kid)
+    except PkiError as e:
+        raise _fail(str(e)) from e
+    audit_locally(settings_or_exit(config), "pki.message_key.retire", f"pki:{store.folder}",
+                  "message key retired", kid=kid)  # fmt: skip
+    typer.echo(f"message key {kid} retired")
 
 
 __all__ = ["pki_app"]

@@ -487,34 +487,60 @@ class MqttIngest:
 
     def _key_updates(self, decoded: list[Decoded]) -> list[tuple[ControllerKeys, Signer]]:
         """A ``controller_keys`` message, and the key to sign it with, for each accepted
-        birth whose device does not trust the current message key yet: signed by the
-        current key for a device that trusts none (it pins them), by the key the device
-        trusts for a rotation; a device trusting a key this controller no longer holds
-        cannot be told (logged: re-flash it, docs/protocol.md)."""
+        birth whose device does not hold the keys it should: signed by the current key for
+        a device that trusts none (it pins them), else by a key the device trusts (a
+        rotation). A device trusting only keys this controller no longer holds cannot be
+        told (logged: re-flash it, docs/protocol.md)."""
         ring = self.message_keys
         if ring is None:
             return []
+        wanted = ring.trusted_kids()
+        keys = [encode_public_key(k) for k in ring.trusted_set()]
         out: list[tuple[ControllerKeys, Signer]] = []
         for d in decoded:
             birth = d.message
             if not isinstance(birth, Birth) or birth.identity_key is None:
                 continue
-            if birth.controller_key_id == ring.current_kid:
+            held = birth.controller_key_ids
+            if held == wanted:
                 continue
-            trusted = birth.controller_key_id
-            signer = ring.current if trusted is None else ring.signer(trusted)
+            signer = self.signer_for(held)
             if signer is None:
                 log.error(
-                    "device %s trusts controller message key %s, which this controller does "
-                    "not hold: it cannot learn the current key %s (re-flash it)",
+                    "device %s trusts controller message keys %s, none of which this "
+                    "controller holds: it cannot learn %s (re-flash it)",
                     birth.device_id,
-                    trusted,
-                    ring.current_kid,
+                    ", ".join(held),
+                    ", ".join(wanted),
                 )
                 continue
-            keys = [encode_public_key(k) for k in ring.trusted_set()]
             out.append((ControllerKeys(device_id=birth.device_id, keys=keys), signer))
         return out
+
+    def signer_for(self, trusted: list[str]) -> Signer | None:
+        """The key to sign a ``controller_keys`` message with for a device trusting
+        ``trusted``: the current key if it is among them (or the device trusts none)."""
+        ring = self.message_keys
+        if ring is None:
+            return None
+        if not trusted or ring.current_kid in trusted:
+            return ring.current
+        return next((s for kid in trusted if (s := ring.signer(kid)) is not None), None)
+
+    def announce_keys(self, device_ids: list[str]) -> int:
+        """Publish the keys devices should trust to each of ``device_ids`` (retained,
+        signed by the current key): a rotation's next key reaches connected devices now.
+        Returns how many were handed to the broker."""
+        ring = self.message_keys
+        if ring is None or not self._connected.is_set():
+            return 0
+        keys = [encode_public_key(k) for k in ring.trusted_set()]
+        sent = 0
+        for device_id in device_ids:
+            self._send(ControllerKeys(device_id=device_id, keys=keys), signer=ring.current)
+            sent += 1
+        self.transport.wake()
+        return sent
 
     # --- dead-letter worker --------------------------------------------------------------
     def _dead_letter_loop(self) -> None:

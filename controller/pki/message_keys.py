@@ -7,10 +7,16 @@ now. ``serve`` creates the first key when there is none. Every replica of one fl
 hold the same folder (copy it, or put it on shared storage): devices trust keys, not
 replicas.
 
-Rotation (``edgefleet keys rotate-messages``) adds a key and makes it current; the older
-keys stay, because a device learns the new key from a ``controller_keys`` message signed
-by a key it already trusts. ``edgefleet keys retire-messages KID`` removes an old key
-once no device reports it any more (births carry the id of the newest key a device trusts).
+Rotation has two steps, so no device ever gets a message signed by a key it does not know:
+
+1. ``edgefleet pki rotate-message-key`` adds a key as ``next``. A controller restarted with
+   it announces both keys to every device (``controller_keys``, retained, signed by the
+   current key) and to every device that is born later; births list the keys a device
+   trusts, so ``edgefleet pki message-keys`` can say how many have the new one.
+2. ``edgefleet pki promote-message-key`` makes ``next`` current (restart the replicas): it
+   signs from then on, and devices are told to drop the old key at their next birth. The
+   old key stays until ``edgefleet pki retire-message-key KID``, so a device that missed
+   the announcement can still be told the new key with a message it can verify.
 """
 
 import logging
@@ -44,6 +50,7 @@ log = logging.getLogger(__name__)
 
 FOLDER = "message-keys"
 CURRENT = "current"
+NEXT = "next"
 _KEY_FILE = re.compile(r"^([0-9a-f]{16})\.pem$")
 
 
@@ -54,9 +61,13 @@ class MessageKeyring:
     current: Signer
     public_keys: dict[str, bytes]  # short id -> raw public key, current first
     _signers: dict[str, Signer]
+    next_kid: str | None = None  # announced to devices, not signing yet
 
     def __repr__(self) -> str:
-        return f"MessageKeyring(current={self.current.kid!r}, keys={list(self.public_keys)})"
+        return (
+            f"MessageKeyring(current={self.current.kid!r}, next={self.next_kid!r}, "
+            f"keys={list(self.public_keys)})"
+        )
 
     @property
     def current_kid(self) -> str:
@@ -66,9 +77,14 @@ class MessageKeyring:
         """The signer of key ``kid``, if this controller holds it."""
         return self._signers.get(kid)
 
+    def trusted_kids(self) -> list[str]:
+        """The short ids devices should trust, newest first: the next key (during a
+        rotation) and the current one."""
+        return [self.next_kid, self.current.kid] if self.next_kid else [self.current.kid]
+
     def trusted_set(self) -> list[bytes]:
-        """What devices should trust from now on: the current key only."""
-        return [self.public_keys[self.current.kid]]
+        """The raw keys of ``trusted_kids``."""
+        return [self.public_keys[kid] for kid in self.trusted_kids()]
 
 
 class MessageKeyStore:
@@ -88,18 +104,42 @@ class MessageKeyStore:
         return sorted(m.group(1) for p in self.folder.iterdir() if (m := _KEY_FILE.match(p.name)))
 
     def current_kid(self) -> str | None:
+        return self._marker(CURRENT)
+
+    def next_kid(self) -> str | None:
+        return self._marker(NEXT)
+
+    def _marker(self, name: str) -> str | None:
         try:
-            kid = (self.folder / CURRENT).read_text(encoding="ascii").strip()
+            kid = (self.folder / name).read_text(encoding="ascii").strip()
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError) as e:
-            raise PkiError(f"cannot read {self.folder / CURRENT}: {e}") from e
+            raise PkiError(f"cannot read {self.folder / name}: {e}") from e
         if kid not in self.kids():
-            raise PkiError(f"{self.folder / CURRENT} names key {kid!r}, which is not in the folder")
+            raise PkiError(f"{self.folder / name} names key {kid!r}, which is not in the folder")
         return kid
 
-    def generate(self) -> str:
-        """Add a new key and make it current; returns its short id."""
+    def rotate(self) -> str:
+        """Add a key as ``next`` (announced, not signing yet); returns its short id."""
+        if self.current_kid() is None:
+            raise PkiError(f"no controller message key in {self.folder} to rotate from")
+        if (pending := self.next_kid()) is not None:
+            raise PkiError(f"key {pending} is already next; promote it first")
+        return self.generate(marker=NEXT)
+
+    def promote(self) -> str:
+        """Make ``next`` current; returns its short id. The old key is kept (retire it)."""
+        kid = self.next_kid()
+        if kid is None:
+            raise PkiError("no next message key to promote (rotate-message-key first)")
+        write_atomic(self.folder / CURRENT, (kid + "\n").encode(), mode=0o600)
+        (self.folder / NEXT).unlink()
+        log.info("controller message key %s is current", kid)
+        return kid
+
+    def generate(self, marker: str = CURRENT) -> str:
+        """Add a new key and make it ``marker`` (current); returns its short id."""
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         private = Ed25519PrivateKey.generate()
         kid = short_key_id(public_key_of(private))
@@ -117,8 +157,8 @@ class MessageKeyStore:
             (encode_public_key(public_key_of(private)) + "\n").encode(),
             mode=0o644,
         )
-        write_atomic(self.folder / CURRENT, (kid + "\n").encode(), mode=0o600)
-        log.info("new controller message key %s is current", kid)
+        write_atomic(self.folder / marker, (kid + "\n").encode(), mode=0o600)
+        log.info("new controller message key %s is %s", kid, marker)
         return kid
 
     def current_public_key(self) -> bytes:
@@ -138,7 +178,9 @@ class MessageKeyStore:
     def retire(self, kid: str) -> None:
         """Remove key ``kid`` (never the current one)."""
         if kid == self.current_kid():
-            raise PkiError(f"key {kid} is the current message key; rotate first")
+            raise PkiError(f"key {kid} is the current message key; rotate and promote first")
+        if kid == self.next_kid():
+            raise PkiError(f"key {kid} is the next message key; promote it, or retire another")
         path = self.folder / f"{kid}.pem"
         if not path.is_file():
             raise PkiError(f"no message key {kid} in {self.folder}")
@@ -153,6 +195,7 @@ class MessageKeyStore:
             self.generate()
         current = self.current_kid()
         assert current is not None
+        pending = self.next_kid()
         signers: dict[str, Signer] = {}
         public: dict[str, bytes] = {}
         for kid in [current, *(k for k in self.kids() if k != current)]:
@@ -162,7 +205,7 @@ class MessageKeyStore:
                 raise PkiError(f"message key file {kid}.pem holds key {short_key_id(raw)}")
             public[kid] = raw
             signers[kid] = Signer(CONTROLLER_DOMAIN, kid, private.sign)
-        return MessageKeyring(signers[current], public, signers)
+        return MessageKeyring(signers[current], public, signers, pending)
 
     def _read(self, kid: str) -> Ed25519PrivateKey:
         path = self.folder / f"{kid}.pem"
