@@ -260,7 +260,8 @@ async def upload_model(
     quantization: str = "",
     device_class: Annotated[list[str] | None, Query()] = None,
     min_agent_version: str = "0",
-    expected_latency_ms: Annotated[float | None, Query(gt=0)] = None,
+    # At most an hour: a number, not infinity or NaN, which no JSON answer could carry back.
+    expected_latency_ms: Annotated[float | None, Query(gt=0, le=3_600_000)] = None,
 ) -> ModelVersionPublic:
     """Publish a new model version from the request body (operator role)."""
     actor = f"user:{user.username}"

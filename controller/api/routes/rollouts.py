@@ -7,7 +7,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, status
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
-from controller.api.deps import CurrentUser, DbDep, Offset, RowId, ServicesDep
+from controller.api.deps import MAX_ROW_ID, CurrentUser, DbDep, Offset, RowId, ServicesDep
 from controller.audit import AuditEntry
 from controller.rollouts.engine import CommandRefused, Outcome, RolloutError, Status
 from controller.rollouts.queries import list_members, list_rollouts, rollout_view
@@ -93,7 +93,7 @@ def devices(
     rollout_id: RowId,
     db: DbDep,
     _user: CurrentUser,
-    wave: Annotated[int | None, Query(ge=0)] = None,
+    wave: Annotated[int | None, Query(ge=0, le=MAX_ROW_ID)] = None,
     outcome: Outcome | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Offset = 0,
