@@ -4,6 +4,7 @@ Screenshots of each step land in ``$EDGEFLEET_TEST_ARTIFACTS`` (default ``test-a
 git-ignored); see docs/console.md."""
 
 import os
+import re
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
+from playwright.sync_api import expect
 
 from shared import Death, encode_message
 from shared.messages import Record, TelemetryBatch
@@ -101,6 +103,13 @@ def chromium_page(proc: Proc) -> Iterator[Any]:
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.script_errors = errors  # read by tests: a script error fails the step
+        # The pages run under their Content-Security-Policy (no bypass): anything it blocks
+        # is reported on the console and fails the test at the end.
+        blocked: list[str] = []
+        page.on(
+            "console",
+            lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
+        )
         page.on(
             "response",
             lambda r: (
@@ -111,6 +120,7 @@ def chromium_page(proc: Proc) -> Iterator[Any]:
         )
         try:
             yield page
+            assert not blocked, f"the console broke its own Content-Security-Policy: {blocked}"
         except BaseException:
             print(_diagnose(page, proc))
             raise
@@ -155,7 +165,8 @@ def test_fleet_page_updates_live_without_reload(
     controller: tuple[str, Proc], mosquitto: Broker
 ) -> None:
     """After login the fleet page shows a device coming online and then going offline by
-    its will, in place (the page is never reloaded); screenshots land in the artifacts."""
+    its will, in place (the page is never reloaded), and /docs renders; nothing breaks the
+    pages' Content-Security-Policy; screenshots land in the artifacts."""
     controller_url, controller_proc = controller
     device = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="dev-browser")
     device.connect(mosquitto.host, mosquitto.port)
@@ -177,14 +188,13 @@ def test_fleet_page_updates_live_without_reload(
 
             death = Death(device_id="dev-browser", bd_seq=0, reason="will")
             device.publish(*encode_message(death), qos=1).wait_for_publish(5)
-            page.wait_for_function(
-                "document.querySelector(\"tr[data-device='dev-browser'] .state\")"
-                ".textContent === 'offline'",
-                timeout=60_000,
-            )
+            expect(row).to_have_text("offline", timeout=60_000)
             assert page.evaluate("window.__notReloaded") is True
             assert page.locator("#count-offline").inner_text() == "1"
             page.screenshot(path=str(ARTIFACTS / "console-fleet-offline.png"), full_page=True)
+            # Swagger UI starts from an inline script its page's policy allows by hash.
+            page.goto(f"{controller_url}/docs")
+            page.locator(".swagger-ui .info .title").wait_for(timeout=60_000)
     finally:
         device.loop_stop()
         device.disconnect()
@@ -253,20 +263,15 @@ def test_operator_starts_and_pauses_a_rollout_from_the_console(
         page.screenshot(path=str(ARTIFACTS / "console-2-device.png"), full_page=True)
 
         page.goto(f"{controller_url}/console/rollouts")
-        page.wait_for_function(
-            "[...document.querySelectorAll('#model-version option')]"
-            ".some((o) => o.textContent.startsWith('smollm2 1.1'))",
-            timeout=30_000,
-        )
+        expect(
+            page.locator("#model-version option", has_text=re.compile(r"^smollm2 1\.1"))
+        ).not_to_have_count(0, timeout=30_000)
         page.fill("input[name=waves]", "canary:1, 100%")
         page.screenshot(path=str(ARTIFACTS / "console-3-start-form.png"), full_page=True)
         page.click("#start-rollout button[type=submit]")
         page.wait_for_url("**/console/rollouts/*", timeout=30_000)
         status = page.locator("#rollout-status")
-        page.wait_for_function(
-            "document.getElementById('rollout-status').textContent === 'running'",
-            timeout=30_000,
-        )
+        expect(page.locator("#rollout-status")).to_have_text("running", timeout=30_000)
         page.locator("#waves .wave").first.wait_for(timeout=30_000)
         assert page.locator("#waves .wave").count() == 2
         pause = page.locator("button[data-command=pause]")
@@ -275,10 +280,7 @@ def test_operator_starts_and_pauses_a_rollout_from_the_console(
 
         page.once("dialog", lambda dialog: dialog.accept())
         pause.click()
-        page.wait_for_function(
-            "document.getElementById('rollout-status').textContent === 'paused'",
-            timeout=30_000,
-        )
+        expect(page.locator("#rollout-status")).to_have_text("paused", timeout=30_000)
         assert status.inner_text() == "paused"
         assert page.locator("button[data-command=resume]").is_enabled()
         assert pause.is_disabled()

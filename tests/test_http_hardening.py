@@ -380,7 +380,8 @@ def test_allowed_hosts_admits_the_configured_names(tmp_path: Path) -> None:
 
 def test_csrf_compares_the_whole_origin(tmp_path: Path, mosquitto: Broker) -> None:
     """A cookie-authenticated change whose Origin has this host and port but another scheme
-    is refused naming the origin; the same request from this origin passes."""
+    (or port) is refused naming the origin; the same request from this origin passes, as
+    does Origin: null only when the browser says Sec-Fetch-Site: same-origin."""
     from tests.controller_harness import console_login
 
     with live_controller(tmp_path, {"mode": "external", "url": mosquitto.url}) as live:
@@ -388,11 +389,18 @@ def test_csrf_compares_the_whole_origin(tmp_path: Path, mosquitto: Broker) -> No
             create_user(session, username="op", password=PASSWORD, role="operator")
         csrf = console_login(live.client, "op", PASSWORD)
         body = {"name": "from-console"}
-        for origin, status in (("https://testserver", 403), ("http://testserver", 201)):
+        for headers, status in (
+            ({"Origin": "https://testserver"}, 403),
+            ({"Origin": "http://testserver"}, 201),
+            # What browsers send under Referrer-Policy: no-referrer on our own pages.
+            ({"Origin": "null"}, 403),
+            ({"Origin": "null", "Sec-Fetch-Site": "same-origin"}, 201),
+            ({"Origin": "null", "Sec-Fetch-Site": "cross-site"}, 403),
+        ):
             answer = live.client.post(
-                "/api/tokens", json=body, headers={"X-CSRF-Token": csrf, "Origin": origin}
+                "/api/tokens", json=body, headers={"X-CSRF-Token": csrf, **headers}
             )
-            assert answer.status_code == status, (origin, answer.text)
+            assert answer.status_code == status, (headers, answer.text)
         assert (
             "origin"
             in live.client.post(

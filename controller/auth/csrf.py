@@ -82,7 +82,8 @@ def check_same_origin(request: Request) -> None:
     """Refuse a request a browser marks as cross-site, or whose Origin (else Referer) is not
     this controller's origin: scheme, host and port all compared (an ``http://`` page of
     the same host, e.g. a plaintext listener or an attacker on the path, is another
-    origin). Non-browser clients send none of these headers and pass; they are held by the
+    origin); ``Origin: null`` passes only with ``Sec-Fetch-Site: same-origin``. Non-browser
+    clients send none of these headers and pass; they are held by the
     token check instead."""
     fetch_site = request.headers.get("sec-fetch-site")
     if fetch_site in ("cross-site", "same-site"):
@@ -91,6 +92,11 @@ def check_same_origin(request: Request) -> None:
     if origin is None or origin == "null":
         origin = request.headers.get("referer") or origin
     if origin is None:
+        return
+    if origin == "null" and fetch_site == "same-origin":
+        # Under Referrer-Policy: no-referrer (which every page of ours sends) browsers send
+        # "Origin: null" and no Referer on their own pages' forms and fetch() POSTs; the
+        # Sec-Fetch-Site they send then says same-origin, and no page can set that header.
         return
     own = origin_of(str(request.base_url))
     theirs = origin_of(origin)

@@ -39,6 +39,9 @@ window.EF = (function () {
       if (k === "class") node.className = v;
       else if (k === "dataset") Object.assign(node.dataset, v);
       else if (k === "text") node.textContent = v;
+      // Styles go through the CSSOM (an object of properties): the pages' CSP refuses a
+      // style attribute, inline styles included.
+      else if (k === "style") Object.assign(node.style, v);
       else node.setAttribute(k, v === true ? "" : String(v));
     }
     for (const c of children) {

@@ -32,7 +32,7 @@
   function waveBar(w) {
     const size = Math.max(w.cumulative_size - (w.previous || 0), w.members, 1);
     const o = w.outcomes || {};
-    const seg = (cls, n) => (n ? el("span", { class: `seg ${cls}`, style: `width:${(100 * n) / size}%`, title: `${cls}: ${n}` }) : null);
+    const seg = (cls, n) => (n ? el("span", { class: `seg ${cls}`, style: { width: `${(100 * n) / size}%` }, title: `${cls}: ${n}` }) : null);
     const done = o.installed || 0;
     const back = (o.reverting || 0) + (o.reverted || 0) + (o.revert_timed_out || 0);
     return el("div", { class: `wave ${w.phase}`, dataset: { wave: w.index } },
@@ -48,8 +48,8 @@
   function gateRow(g) {
     const ratio = g.value !== null && g.threshold ? Math.min(1.5, g.value / g.threshold) : null;
     const meter = el("div", { class: "meter" },
-      ratio === null ? null : el("span", { class: `fill ${g.status}`, style: `width:${(100 * ratio) / 1.5}%` }),
-      g.threshold === null ? null : el("span", { class: "limit", style: `left:${100 / 1.5}%` }));
+      ratio === null ? null : el("span", { class: `fill ${g.status}`, style: { width: `${(100 * ratio) / 1.5}%` } }),
+      g.threshold === null ? null : el("span", { class: "limit", style: { left: `${100 / 1.5}%` } }));
     return el("tr", { class: `gate ${g.status}`, dataset: { gate: g.gate } },
       el("td", {}, g.gate), el("td", {}, el("span", { class: `gstatus ${g.status}` }, g.status)),
       el("td", {}, meter, el("small", {}, `${fmt(g.gate, g.value)} vs ${fmt(g.gate, g.threshold)}`)),
