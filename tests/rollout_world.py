@@ -153,7 +153,7 @@ class World:
         if labels:  # the operator labels them (desired); devices echo them in reported
             with session_scope(self.engine) as session:
                 for d in ids:
-                    set_desired(session, d, {"labels": labels}, now=at)
+                    set_desired(session, d, {"labels": labels}, now=at, actor="user:ops")
         for d in ids:
             self.labels[d] = dict(labels or {})
             self.running[d] = {

@@ -11,6 +11,9 @@ from controller.db import make_engine
 from controller.devices.shadows import DeviceShadow, mark_published, set_desired, unapplied
 from controller.migrations import init_db
 
+QUARANTINE = {"quarantine": {"reason": "silent"}}
+ROLLOUTS = "system:rollouts"
+
 
 def test_two_writers_of_one_version_cannot_both_win(database_url: str) -> None:
     """Of two sessions that read desired version 1, the second to commit fails with
@@ -19,19 +22,20 @@ def test_two_writers_of_one_version_cannot_both_win(database_url: str) -> None:
     init_db(engine)
     now = datetime.now(UTC)
     with Session(engine) as session:
-        set_desired(session, "dev-1", {"labels": {"site": "a"}}, now=now)
+        set_desired(session, "dev-1", {"labels": {"site": "a"}}, now=now, actor="user:ops")
         session.commit()
     rollout, attestation = Session(engine), Session(engine)
     # Both have read version 1 (held, as a transaction in progress holds what it read).
     read_by = [rollout.get(DeviceShadow, "dev-1"), attestation.get(DeviceShadow, "dev-1")]
     assert all(row is not None and row.desired_version == 1 for row in read_by)
-    set_desired(rollout, "dev-1", {"model": {"name": "m", "target": "m/2/m.gguf"}}, now=now)
+    patch = {"model": {"name": "m", "target": "m/2/m.gguf"}}
+    set_desired(rollout, "dev-1", patch, now=now, actor="system:rollouts")
     rollout.commit()
-    set_desired(attestation, "dev-1", {"quarantine": {"reason": "silent"}}, now=now)
+    set_desired(attestation, "dev-1", QUARANTINE, now=now, actor="system:attestation")
     with pytest.raises(StaleDataError):
         attestation.commit()
     attestation.rollback()
-    set_desired(attestation, "dev-1", {"quarantine": {"reason": "silent"}}, now=now)  # retry
+    set_desired(attestation, "dev-1", QUARANTINE, now=now, actor="system:attestation")  # retry
     attestation.commit()
     rollout.close()
     attestation.close()
@@ -53,7 +57,7 @@ def test_a_writer_that_lost_the_insert_race_uses_the_winners_row(
     init_db(engine)
     now = datetime.now(UTC)
     with Session(engine) as ingest:
-        set_desired(ingest, "dev-new", {"labels": {"site": "a"}}, now=now)
+        set_desired(ingest, "dev-new", {"labels": {"site": "a"}}, now=now, actor="user:ops")
         ingest.commit()
     operator = Session(engine)
     real_get = Session.get
@@ -66,7 +70,9 @@ def test_a_writer_that_lost_the_insert_race_uses_the_winners_row(
         return real_get(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Session, "get", first_read_saw_nothing)
-    row = set_desired(operator, "dev-new", {"model": {"name": "m"}}, now=now)
+    row = set_desired(
+        operator, "dev-new", {"model": {"name": "m"}}, now=now, actor="system:rollouts"
+    )
     operator.commit()
     monkeypatch.undo()
     operator.close()
@@ -90,13 +96,13 @@ def test_recording_a_publication_survives_a_writer_that_changed_the_row(
     now = datetime.now(UTC)
     with Session(engine) as session:
         for device_id in ("dev-1", "dev-2"):
-            set_desired(session, device_id, {"labels": {"site": "a"}}, now=now)
+            set_desired(session, device_id, {"labels": {"site": "a"}}, now=now, actor="user:ops")
         session.commit()
     job = Session(engine)
     sent = [(row.device_id, row.desired_version) for row in unapplied(job)]
     assert sorted(sent) == [("dev-1", 1), ("dev-2", 1)]
     with Session(engine) as writer:
-        set_desired(writer, "dev-1", {"quarantine": {"reason": "silent"}}, now=now)
+        set_desired(writer, "dev-1", QUARANTINE, now=now, actor="system:attestation")
         writer.commit()
     mark_published(job, sent, now)
     job.commit()

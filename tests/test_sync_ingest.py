@@ -19,6 +19,8 @@ from shared import encode_message
 from shared.messages import Ack, Desired, Record, Reported, TelemetryBatch
 from tests.test_ingest_db import NOW, received
 
+BEAT = {"heartbeat_interval_s": 2}
+
 
 def batch(device_id: str, epoch: int, seqs: range) -> TelemetryBatch:
     return TelemetryBatch(
@@ -111,10 +113,10 @@ def test_shadow_versions_converge_and_stale_reports_are_ignored(
         tmp_path / "shadow.json", device_id="dev-1", defaults={"heartbeat_interval_s": 5.0}
     )
     with session_scope(engine) as session:
-        v1 = set_desired(session, "dev-1", {"heartbeat_interval_s": 2}, now=NOW).desired_version
-        same = set_desired(session, "dev-1", {"heartbeat_interval_s": 2}, now=NOW).desired_version
+        v1 = set_desired(session, "dev-1", BEAT, now=NOW, actor="user:ops").desired_version
+        same = set_desired(session, "dev-1", BEAT, now=NOW, actor="user:ops").desired_version
         assert (v1, same) == (1, 1), "a patch that changes nothing does not bump the version"
-        row = set_desired(session, "dev-1", {"bogus": True}, now=NOW)
+        row = set_desired(session, "dev-1", {"bogus": True}, now=NOW, actor="user:ops")
         desired_v2 = Desired(device_id="dev-1", version=row.desired_version, state=row.desired)
     desired_v1 = Desired(device_id="dev-1", version=1, state={"heartbeat_interval_s": 2})
 

@@ -374,7 +374,13 @@ class ControllerShadow:
         """Merge ``patch`` into desired, hand the stored document to the agent, return it."""
         with session_scope(self.engine) as session:
             message = desired_message(
-                set_desired(session, "dev-updates", patch, now=datetime.now(UTC))
+                set_desired(
+                    session,
+                    "dev-updates",
+                    patch,
+                    now=datetime.now(UTC),
+                    actor="system:rollouts",
+                )
             )
         agent.on_desired(message)
         return dict(message.state)

@@ -1,9 +1,17 @@
 """Device shadows on the controller: desired (ours, versioned) and reported (the device's).
 
 The merge and delta rules are the pure ones in ``shared.shadow``; this module stores them.
+
+Desired keys a controller service decides (``SYSTEM_KEYS``: ``quarantine`` by attestation,
+``model`` by rollouts, ...) are set only by that service: ``set_desired`` refuses any other
+actor (``OwnedKeyError``), so an operator's PATCH cannot lift a quarantine on the device
+while the controller still holds it. Every change of desired, by a user or a service, is
+audited in the caller's transaction with the actor, the keys and their values before and
+after (each value capped at ``AUDIT_VALUE_MAX`` bytes of JSON).
 """
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -11,9 +19,69 @@ from sqlalchemy import JSON, Column, Integer, bindparam, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
+from controller.audit import audit
 from controller.db import utcnow
+from shared.canonical import canonical_json
 from shared.messages import Desired, Reported
 from shared.shadow import delta, is_newer, merge_patch
+
+# Desired keys owned by a controller service, and the only actor that may set each.
+SYSTEM_KEYS: dict[str, str] = {
+    "quarantine": "system:attestation",
+    "model": "system:rollouts",
+    "policy": "system:policy",
+    "drill": "system:drills",
+}
+# Longest JSON of one value kept in an audit entry; a longer one is kept as its size,
+# SHA-256 and first characters.
+AUDIT_VALUE_MAX = 1024
+_AUDIT_HEAD = 256
+
+
+class OwnedKeyError(PermissionError):
+    """A desired change touching keys another actor owns; nothing was changed."""
+
+    def __init__(self, keys: Mapping[str, str], actor: str) -> None:
+        self.keys = dict(keys)
+        self.actor = actor
+        owned = ", ".join(f"{key!r} (set by {owner})" for key, owner in sorted(self.keys.items()))
+        super().__init__(
+            f"desired {'key' if len(self.keys) == 1 else 'keys'} {owned} "
+            f"cannot be set by {actor}; each is set only by the controller service that "
+            "owns it (docs/access.md)"
+        )
+
+
+def owned_keys(patch: Mapping[str, Any], actor: str) -> dict[str, str]:
+    """The keys of ``patch`` that ``actor`` may not set, each with its owner."""
+    return {
+        key: owner
+        for key in patch
+        if (owner := SYSTEM_KEYS.get(key)) is not None and owner != actor
+    }
+
+
+def capped(value: Any) -> Any:
+    """``value`` as an audit entry keeps it: itself while its JSON is short, else a summary."""
+    text = canonical_json(value)
+    if len(text) <= AUDIT_VALUE_MAX:
+        return value
+    return {
+        "truncated": True,
+        "bytes": len(text),
+        "sha256": hashlib.sha256(text).hexdigest(),
+        "head": text[:_AUDIT_HEAD].decode("utf-8", errors="ignore"),
+    }
+
+
+def _changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    keys = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    return {
+        "keys": keys,
+        "before": {k: capped(before.get(k)) for k in keys},
+        "after": {k: capped(after.get(k)) for k in keys},
+    }
+
 
 _DESIRED_VERSION = Column("desired_version", Integer, nullable=False, default=0)
 
@@ -59,16 +127,40 @@ def get_or_create(session: Session, device_id: str) -> DeviceShadow:
 
 
 def set_desired(
-    session: Session, device_id: str, patch: dict[str, Any], *, now: datetime
+    session: Session,
+    device_id: str,
+    patch: dict[str, Any],
+    *,
+    now: datetime,
+    actor: str,
+    reason: str = "",
 ) -> DeviceShadow:
-    """Merge ``patch`` into desired (RFC 7396) and bump its version; no-op patches do not bump."""
+    """Merge ``patch`` into desired (RFC 7396) and bump its version; no-op patches do not bump.
+
+    ``actor`` (``user:<name>``, ``system:<service>``) must own every ``SYSTEM_KEYS`` key the
+    patch touches, else ``OwnedKeyError`` and nothing changes. A change is audited
+    (``shadow.desired``) in the caller's transaction, so both commit or neither does."""
+    refused = owned_keys(patch, actor)
+    if refused:
+        raise OwnedKeyError(refused, actor)
     row = get_or_create(session, device_id)
     merged = merge_patch(row.desired, patch)
     if merged != row.desired or row.desired_version == 0:
+        changes = _changes(row.desired, merged)
         row.desired = merged
         row.desired_version += 1
         row.desired_updated_at = now
         row.desired_published_at = None
+        if changes["keys"]:
+            audit(
+                session,
+                actor=actor,
+                action="shadow.desired",
+                target=f"device:{device_id}",
+                reason=reason,
+                detail={**changes, "version": row.desired_version},
+                at=now,
+            )
     session.add(row)
     return row
 
@@ -137,9 +229,14 @@ def view(row: DeviceShadow) -> dict[str, Any]:
 
 
 __all__ = [
+    "AUDIT_VALUE_MAX",
+    "SYSTEM_KEYS",
     "DeviceShadow",
+    "OwnedKeyError",
     "apply_reported",
+    "capped",
     "desired_message",
+    "owned_keys",
     "set_desired",
     "unapplied",
     "utcnow",

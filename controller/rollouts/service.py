@@ -34,6 +34,7 @@ from controller.rollouts.cohort import (
 )
 from controller.rollouts.engine import (
     ACTIVE_STATUSES,
+    SYSTEM_ACTOR,
     TERMINAL_STATUSES,
     Action,
     Assign,
@@ -510,12 +511,26 @@ def _apply_actions(
             )
             changed.append(
                 set_desired(
-                    session, action.device_id, {"model": _desired_model(spec, rollout_id)}, now=now
+                    session,
+                    action.device_id,
+                    {"model": _desired_model(spec, rollout_id)},
+                    now=now,
+                    actor=SYSTEM_ACTOR,
+                    reason=f"rollout {rollout_id}: wave {action.wave + 1}",
                 )
             )
         elif isinstance(action, Revert):
             patch = {"model": revert_model(spec.model, action.previous)}
-            changed.append(set_desired(session, action.device_id, patch, now=now))
+            changed.append(
+                set_desired(
+                    session,
+                    action.device_id,
+                    patch,
+                    now=now,
+                    actor=SYSTEM_ACTOR,
+                    reason=f"rollout {rollout_id}: revert",
+                )
+            )
         elif isinstance(action, SetOutcome):
             when = action.at.astimezone(UTC)
             outcomes.append(

@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import APIRouter, Body, HTTPException
 
 from controller.api.deps import CurrentUser, DbDep, ServicesDep
-from controller.devices.shadows import DeviceShadow, set_desired, view
+from controller.devices.shadows import DeviceShadow, OwnedKeyError, set_desired, view
 from controller.devices.tables import Device
 from shared.shadow import ShadowError
 
@@ -27,14 +27,19 @@ def patch_desired(
     device_id: str,
     db: DbDep,
     services: ServicesDep,
+    user: CurrentUser,
     patch: dict[str, Any] = Body(..., description="RFC 7396 merge patch; null deletes a key"),  # noqa: B008
 ) -> dict[str, Any]:
-    """Merge into the desired document, bump its version and publish it (retained)."""
+    """Merge into the desired document, bump its version and publish it (retained); the
+    change is audited with its keys before and after. Keys a controller service owns
+    (``quarantine``, ``model``, ``policy``, ``drill``) are refused with 403 naming them."""
     if db.get(Device, device_id) is None:
         raise HTTPException(404, f"device {device_id!r} is not registered")
     now = datetime.now(UTC)
     try:
-        row = set_desired(db, device_id, patch, now=now)
+        row = set_desired(db, device_id, patch, now=now, actor=f"user:{user.username}")
+    except OwnedKeyError as e:
+        raise HTTPException(403, str(e)) from e
     except ShadowError as e:  # too deep, too large or not JSON: the device could not take it
         raise HTTPException(422, f"shadow patch refused: {e}") from e
     db.commit()
