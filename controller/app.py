@@ -4,6 +4,7 @@ lifespan starts the database, broker, ingest and scheduler, and stops them on ex
 import base64
 import hashlib
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -47,6 +48,8 @@ from controller.settings import Settings
 from shared.http_guard import BodyGuard, BodyLimits, HostGuard, HostPolicy, SecurityHeaders
 
 _SWAGGER = "/static/vendor/swagger-ui"  # vendored swagger-ui-dist (scripts/vendor_js)
+# /healthz says degraded (503) this long after ingest's broker session was taken over.
+TAKEOVER_DEGRADED_S = 600.0
 
 
 def _problem(
@@ -159,15 +162,43 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _problem(422, "Invalid request", errors)
 
 
+def _broker_session(services: Services, now: float) -> dict[str, Any]:
+    """Ingest's broker session for ``/healthz``: ``taken_over`` while another client took
+    it over (connected with our client id) less than ``TAKEOVER_DEGRADED_S`` ago."""
+    health = services.ingest.transport.session_health() if services.ingest else None
+    if health is None:
+        return {"taken_over": False, "takeovers": 0}
+    doc: dict[str, Any] = {
+        "client_id": health.client_id,
+        "taken_over": False,
+        "takeovers": health.takeovers,
+    }
+    if health.last_at is None:
+        return doc
+    doc["last_takeover_at"] = datetime.fromtimestamp(health.last_at, UTC).isoformat()
+    ago = now - health.last_at
+    if ago < TAKEOVER_DEGRADED_S:
+        doc["taken_over"] = True
+        doc["reason"] = (
+            f"another client connected with this controller's client id "
+            f"{health.client_id!r} {ago:.0f}s ago ({health.last_how}): it "
+            "received the controller's messages meanwhile; check the broker's logins "
+            "(docs/troubleshooting.md)"
+        )
+    return doc
+
+
 def _add_health_and_docs(app: FastAPI) -> None:
     """``/healthz`` for probes and ``/docs``, the API explorer."""
 
     @app.get("/healthz", tags=["health"])
     def healthz(services: ServicesDep) -> JSONResponse:
         """Liveness and readiness: the database answers, ingest holds the broker, no worker
-        is down (``workers_down`` names the crashed ones waiting for a restart) and the TUF
-        timestamp is valid; ``warning`` (still 200) while it is due for re-signing and this
-        controller cannot sign (``tuf_signing`` says why and when it expires)."""
+        is down (``workers_down`` names the crashed ones waiting for a restart), ingest's
+        broker session was not taken over in the last ``TAKEOVER_DEGRADED_S``
+        (``broker_session.reason`` says by what) and the TUF timestamp is valid;
+        ``warning`` (still 200) while it is due for re-signing and this controller cannot
+        sign (``tuf_signing`` says why and when it expires)."""
         try:
             with services.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -177,14 +208,22 @@ def _add_health_and_docs(app: FastAPI) -> None:
         broker_ok = bool(services.ingest and services.ingest.connected)
         down = services.workers_down()
         tuf = services.tuf_signing(datetime.now(UTC))
+        session = _broker_session(services, time.time())
         # Signing that is about to fail is a warning (200): the controller serves, and taking
         # it out of a load balancer would not help; metadata devices refuse is not.
-        ok = db_ok and broker_ok and not down and tuf.status not in ("expired", "unreadable")
+        ok = (
+            db_ok
+            and broker_ok
+            and not down
+            and tuf.status not in ("expired", "unreadable")
+            and not session["taken_over"]
+        )
         return JSONResponse(
             {
                 "status": ("warning" if tuf.status == "degraded" else "ok") if ok else "degraded",
                 "database": db_ok,
                 "broker": broker_ok,
+                "broker_session": session,
                 "workers_down": down,
                 "tuf_signing": tuf.as_json(),
             },

@@ -9,7 +9,7 @@ gauges are labelled by model and feature, bounded too: only models scored in the
 scored first).
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,12 +20,14 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from controller.attestation.policy import AUTHENTICITY_CODES
 from controller.rollouts.queries import rollouts_by_status
 from controller.telemetry.fold import hour_of, utc
 from controller.telemetry.queries import device_counts, latest_drift, rollup_status
 from controller.telemetry.settings import TelemetrySettings
 from controller.telemetry.tables import DriftScore, RollupCursor, TelemetryAlert
 from controller.updates.signing_health import SigningHealth
+from shared.mqtt_transport import SessionHealth
 from shared.supervision import WorkerStatus
 
 PREFIX = "edgefleet"
@@ -57,6 +59,8 @@ class ControllerCollector(Collector):
         cfg: TelemetrySettings | None = None,
         workers: Callable[[], list[WorkerStatus]] | None = None,
         tuf: Callable[[], SigningHealth] | None = None,
+        forged_quotes: Callable[[], Mapping[str, int]] | None = None,
+        broker_session: Callable[[], SessionHealth | None] | None = None,
     ) -> None:
         self._engine = engine
         self._stats = stats
@@ -64,9 +68,12 @@ class ControllerCollector(Collector):
         self._cfg = cfg or TelemetrySettings()
         self._workers = workers
         self._tuf = tuf
+        self._forged = forged_quotes
+        self._session = broker_session
 
     def collect(self) -> Iterator[Metric]:
         yield from self._ingest()
+        yield from self._security()
         yield from self._supervised()
         yield from self._tuf_signing()
         with Session(self._engine) as session:
@@ -93,6 +100,26 @@ class ControllerCollector(Collector):
         for reason, n in sorted(reasons.items()):
             rejected.add_metric([reason], float(n))
         yield rejected
+
+    def _security(self) -> Iterator[Metric]:
+        forged = CounterMetricFamily(
+            f"{PREFIX}_attestation_forged_quotes",
+            "Attestation quotes not signed by the device's enrolled key, by reason "
+            "(not_enrolled, wrong_key, bad_signature): ignored, never a verdict (this "
+            "replica, since it started).",
+            labels=["reason"],
+        )
+        counted = self._forged() if self._forged is not None else {}
+        for reason in sorted(AUTHENTICITY_CODES):
+            forged.add_metric([reason], float(counted.get(reason, 0)))
+        yield forged
+        health = self._session() if self._session is not None else None
+        yield CounterMetricFamily(
+            f"{PREFIX}_broker_session_takeovers",
+            "Times another client took over ingest's broker session by connecting with its "
+            "client id (this replica, since it started).",
+            value=float(health.takeovers if health is not None else 0),
+        )
 
     def _supervised(self) -> Iterator[Metric]:
         restarts = CounterMetricFamily(

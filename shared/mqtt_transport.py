@@ -21,7 +21,16 @@ The network loop is our own, on paho's external-loop API (``loop_read``, ``loop_
   delayed ACK;
 - no callback of the caller's can stop the loop: paho re-raises a callback's exception out of
   ``loop_read``, so each one runs under a guard that logs it and counts it in
-  ``callback_errors`` (the caller's own guards should have caught it first).
+  ``callback_errors`` (the caller's own guards should have caught it first);
+- a session taken over by another client with our client id is recognised, logged as an
+  error naming the client id and counted (``session_health``): by the broker's MQTT 5
+  DISCONNECT with reason 142 "Session taken over" where the broker sends one (read from
+  the packet ourselves: paho 2.1 drops a reason code sent without properties), and, since
+  MQTT 3.1.1 has no such packet and Mosquitto 2.0 just closes the connection on either
+  protocol, by ``SHORT_SESSIONS`` sessions in a row that the broker accepted and dropped
+  within ``SHORT_SESSION_S`` (two clients with one client id knock each other off at every
+  reconnect). A single takeover by a client that does not reconnect looks like any dropped
+  connection and is not reported. Reconnecting is unchanged.
 """
 
 import contextlib
@@ -50,6 +59,23 @@ Protocol = Literal["5", "3.1.1"]
 # How long ``serve`` keeps the connection after the caller asked to stop, to let a last
 # publish (a clean death) and the DISCONNECT go out.
 STOP_GRACE_S = 5.0
+# MQTT 5 DISCONNECT reason code: another client connected with our client id.
+SESSION_TAKEN_OVER = 142
+# This many accepted sessions in a row, each dropped by the broker within SHORT_SESSION_S
+# of its CONNACK, count as a takeover (two clients with one client id knock each other
+# off at every reconnect).
+SHORT_SESSION_S = 5.0
+SHORT_SESSIONS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SessionHealth:
+    """Takeovers of this connection's session since the transport was made."""
+
+    client_id: str
+    takeovers: int = 0
+    last_at: float | None = None  # Unix time of the newest
+    last_how: str | None = None  # how it was recognised
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +173,34 @@ class Transport:
         # broker accepted the current one.
         self._connected_once = False
         self._session_ok = False
+        self._session_started = 0.0  # monotonic time of the current session's CONNACK
+        self._short_sessions = 0
+        self._taken_over = False  # the current session ended in a takeover
+        self._health = SessionHealth(endpoint.client_id)
+        self._health_lock = threading.Lock()
 
     @property
     def v5(self) -> bool:
         return self._v5
+
+    def session_health(self) -> SessionHealth:
+        with self._health_lock:
+            return self._health
+
+    def _taken(self, how: str) -> None:
+        """Record a takeover of our session (network thread) and say so loudly."""
+        self._taken_over = True
+        with self._health_lock:
+            self._health = SessionHealth(
+                self.endpoint.client_id, self._health.takeovers + 1, time.time(), how
+            )
+        log.error(
+            "%s: session of client id %r taken over (%s): another client connected with "
+            "our client id; reconnecting",
+            self.name,
+            self.endpoint.client_id,
+            how,
+        )
 
     def _make_client(self, endpoint: Endpoint) -> "_BufferedClient":
         if self._v5:
@@ -356,15 +406,34 @@ class Transport:
                 continue
             self._connected_once = True
             self._session_ok = False
+            self._taken_over = False
             reason = self.serve(stopping)
             if stopping.is_set():
                 return
+            self._count_short_session()
             if on_lost is not None:
                 on_lost(reason)
             if self._session_ok:
                 attempt = 0
             stopping.wait(backoff(attempt))
             attempt += 1
+
+    def _count_short_session(self) -> None:
+        """Recognise a takeover by sessions the broker accepts and soon drops (a broker
+        that says so with DISCONNECT 142 was recognised already)."""
+        if not self._session_ok or self._taken_over:
+            self._short_sessions = 0
+            return
+        if time.monotonic() - self._session_started >= SHORT_SESSION_S:
+            self._short_sessions = 0
+            return
+        self._short_sessions += 1
+        if self._short_sessions >= SHORT_SESSIONS:
+            self._short_sessions = 0
+            self._taken(
+                f"{SHORT_SESSIONS} sessions in a row dropped by the broker within "
+                f"{SHORT_SESSION_S:g}s of being accepted"
+            )
 
     # --- paho callbacks (network thread): none may raise -----------------------------------
     def _guard(self, where: str, call: Callable[[], None]) -> None:
@@ -383,6 +452,7 @@ class Transport:
             refused = str(reason_code) if reason_code.is_failure else None
             if refused is None:
                 self._session_ok = True
+                self._session_started = time.monotonic()
                 sock = client.socket()
                 if isinstance(sock, socket.socket):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -404,8 +474,15 @@ class Transport:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         def handle() -> None:
+            reason = str(reason_code)
+            code = getattr(client, "server_disconnect_code", None)
+            if getattr(flags, "is_disconnect_packet_from_server", False) and code is not None:
+                client.server_disconnect_code = None  # type: ignore[attr-defined]
+                if code == SESSION_TAKEN_OVER:
+                    reason = "Session taken over"
+                    self._taken(f"broker sent DISCONNECT {code} {reason!r}")
             if self._on_disconnect_cb is not None:
-                self._on_disconnect_cb(str(reason_code))
+                self._on_disconnect_cb(reason)
 
         self._guard("disconnect", handle)
 
@@ -451,6 +528,15 @@ class _BufferedClient(mqtt.Client):
         super().__init__(*args, **kwargs)
         self._read_buf = b""
         self._read_pos = 0
+        # The reason code of the broker's DISCONNECT being handled (MQTT 5), for
+        # ``Transport._on_disconnect``: paho 2.1 reads it only when properties follow.
+        self.server_disconnect_code: int | None = None
+
+    def _handle_disconnect(self) -> None:
+        packet = self._in_packet["packet"]
+        v5 = self.protocol == mqtt.MQTTv5
+        self.server_disconnect_code = packet[0] if v5 and len(packet) >= 1 else None
+        super()._handle_disconnect()
 
     def buffered(self) -> int:
         return len(self._read_buf) - self._read_pos

@@ -28,6 +28,7 @@ from controller.settings import AttestationSettings
 from edge_agent.attestation.attester import Attester
 from edge_agent.attestation.identity import FileIdentityKey
 from shared.attestation import encode_public_key, public_key_of
+from shared.message_signing import DEVICE_DOMAIN, Signer, short_key_id
 from shared.messages import (
     Birth,
     Challenge,
@@ -53,17 +54,26 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
-class FakeDevice:
-    """A device with a real identity key and Attester, whose messages go through ingest."""
+# The genuine device of each id signs what ``ingest`` sends for it (shared/message_signing.py).
+SIGNERS: dict[str, Signer] = {}
 
-    def __init__(self, tmp_path: Path, device_id: str = "dev-1") -> None:
+
+class FakeDevice:
+    """A device with a real identity key and Attester, whose messages go through ingest
+    signed by it; ``genuine=False``: an impostor, whose key signs nothing ingest sends."""
+
+    def __init__(self, tmp_path: Path, device_id: str = "dev-1", *, genuine: bool = True) -> None:
         self.device_id = device_id
         self.key = FileIdentityKey.load_or_create(tmp_path / device_id)
+        if genuine:
+            raw = self.key.public_key_raw()
+            SIGNERS[device_id] = Signer(DEVICE_DOMAIN, short_key_id(raw), self.key.sign)
         self.epoch = 1
+        self.code = CODE
         self.attester = Attester(
             self.key,
             lambda: {
-                "agent_code": CODE,
+                "agent_code": self.code,
                 "config": "0f" * 32,
                 "image_id": "none",
                 "boot_epoch": str(self.epoch),
@@ -97,7 +107,9 @@ def ingest(
     *messages: Birth | Quote | Heartbeat,
     at: datetime = T0,
 ) -> BatchResult:
-    batch = [Received(*encode_message(m), received_at=at) for m in messages]
+    batch = [
+        Received(*encode_message(m, SIGNERS.get(m.device_id)), received_at=at) for m in messages
+    ]
     with session_scope(engine) as session:
         return apply_batch(session, batch, attestation=service)
 
@@ -238,20 +250,75 @@ def test_changed_or_missing_identity_key_quarantines(engine: Engine, tmp_path: P
     assert device_row(engine).quarantine_reason == "identity_key_missing"
 
 
-def test_failed_quote_quarantines_and_forgery_does_not_burn_the_nonce(
+def test_forged_quotes_change_no_verdict_and_do_not_burn_the_nonce(
     engine: Engine, tmp_path: Path
 ) -> None:
-    """A quote signed by another key is refused (wrong_key) and quarantines, but leaves the
-    nonce open, so the device's own answer is still accepted and clears the quarantine."""
+    """Quotes signed by another key (wrong_key), with a signature that does not verify
+    (bad_signature) or for a device with no enrolled key (not_enrolled) quarantine nothing,
+    record no verdict and leave the nonce open: they are counted by reason and alerted once
+    per device per interval (audited); the device's own answer is then accepted."""
     service = AttestationService(SETTINGS, enrollment="tofu")
     dev = FakeDevice(tmp_path)
     [challenge] = challenges(ingest(engine, service, dev.birth(0)))
-    impostor = FakeDevice(tmp_path / "impostor")
-    forged = ingest(engine, service, impostor.answer(challenge), at=T0 + timedelta(seconds=1))
-    assert device_row(engine).quarantine_reason == "wrong_key"
-    assert [d.state for d in desired(forged)] == [{"quarantine": {"reason": "wrong_key"}}]
-    ingest(engine, service, dev.answer(challenge), at=T0 + timedelta(seconds=2))
+    honest = dev.answer(challenge)
+    impostor = FakeDevice(tmp_path / "impostor", genuine=False)
+    bad_signature = honest.model_copy(update={"signature": impostor.answer(challenge).signature})
+    unenrolled = FakeDevice(tmp_path / "other", "dev-2")
+    ingest(engine, service, unenrolled.birth(0, identity_key=None))  # tofu: left unattested
+    never_issued = Challenge(
+        device_id="dev-2", nonce="ab" * 32, issued_at=T0, expires_at=T0 + timedelta(minutes=1)
+    )
+    for at, forged in enumerate(
+        (impostor.answer(challenge), bad_signature, unenrolled.answer(never_issued)), start=1
+    ):
+        # Judged by attestation itself: ingest's signature check refuses an envelope not
+        # signed by the enrolled key before attestation sees it (tests/test_message_signing*).
+        with session_scope(engine) as session:
+            verdict, outbound = service.on_quote(session, forged, T0 + timedelta(seconds=at))
+        assert verdict.forged is not None and outbound == [], "a forgery publishes nothing"
+    assert not device_row(engine).quarantined and not device_row(engine, "dev-2").quarantined
+    assert service.forgeries.counts() == {"wrong_key": 1, "bad_signature": 1, "not_enrolled": 1}
+    alerts = audits(engine, "attestation.forged_quote")
+    assert [(a.target, a.reason) for a in alerts] == [
+        ("device:dev-1", "wrong_key"),
+        ("device:dev-2", "not_enrolled"),
+    ], "the second forgery for dev-1 within the interval is counted, not alerted"
+    assert alerts[0].actor == "system:attestation"
+    with Session(engine) as session:
+        assert list(session.exec(select(AttestationResult))) == []
+        open_nonce = session.get(AttestationChallenge, challenge.nonce)
+        assert open_nonce is not None and open_nonce.answered_at is None
+
+    ingest(engine, service, honest, at=T0 + timedelta(seconds=4))
     assert not device_row(engine).quarantined
+    with Session(engine) as session:
+        assert [r.ok for r in session.exec(select(AttestationResult))] == [True]
+    late = impostor.answer(challenge)  # for the answered nonce, and past the interval
+    with session_scope(engine) as session:
+        service.on_quote(session, late, T0 + timedelta(seconds=SETTINGS.nonce_ttl_s + 400))
+    assert not device_row(engine).quarantined
+    dev_1 = [a for a in audits(engine, "attestation.forged_quote") if a.target == "device:dev-1"]
+    assert sorted(a.detail["suppressed_since_last_alert"] for a in dev_1) == [0, 1]
+
+
+def test_forged_quote_does_not_lift_a_quarantine(engine: Engine, tmp_path: Path) -> None:
+    """A device quarantined by a verified failing quote (tampered agent code) stays
+    quarantined, for the same reason, when a forged quote arrives for its next challenge."""
+    service = AttestationService(SETTINGS, enrollment="tofu")
+    dev = FakeDevice(tmp_path)
+    [first] = challenges(ingest(engine, service, dev.birth(0)))
+    dev.code = "bad0" * 16
+    ingest(engine, service, dev.answer(first), at=T0 + timedelta(seconds=1))
+    assert device_row(engine).quarantine_reason == "agent_code"
+    [second] = challenges(ingest(engine, service, dev.birth(1), at=T0 + timedelta(seconds=2)))
+    dev.code = CODE
+    good = dev.answer(second)
+    other = FakeDevice(tmp_path / "x", genuine=False)
+    forged = good.model_copy(update={"signature": other.answer(second).signature})
+    with session_scope(engine) as session:
+        verdict, _ = service.on_quote(session, forged, T0 + timedelta(seconds=3))
+    assert verdict.forged == "bad_signature"
+    assert device_row(engine).quarantine_reason == "agent_code"
 
 
 def test_boot_epoch_going_backwards_quarantines(engine: Engine, tmp_path: Path) -> None:

@@ -223,8 +223,9 @@ def test_ingest_refuses_a_decommissioned_device_and_counts_it(engine: Engine) ->
 
 
 def test_attestation_on_fail_revoke(engine: Engine, tmp_path: Path) -> None:
-    """With on_fail: revoke, a failed quote quarantines and revokes the device (its
-    certificate into the table's revoked set); quarantine (the default) only quarantines."""
+    """With on_fail: revoke, a failed quote (verified, measuring tampered agent code)
+    quarantines and revokes the device (its certificate into the table's revoked set);
+    quarantine (the default) only quarantines."""
     store = new_store(tmp_path / "pki")
     for on_fail, device_id in (("quarantine", "dev-q"), ("revoke", "dev-r")):
         serial = issue(engine, store, device_id)
@@ -232,11 +233,11 @@ def test_attestation_on_fail_revoke(engine: Engine, tmp_path: Path) -> None:
         service = AttestationService(settings, enrollment="tofu")
         dev = FakeDevice(tmp_path, device_id)
         [challenge] = challenges(ingest(engine, service, dev.birth(0)))
-        impostor = FakeDevice(tmp_path / "impostor", device_id)
-        ingest(engine, service, impostor.answer(challenge), at=T0 + timedelta(seconds=1))
+        dev.code = "bad0" * 16  # a tampered agent: its own key signs what it measures
+        ingest(engine, service, dev.answer(challenge), at=T0 + timedelta(seconds=1))
         with Session(engine) as session:
             device = session.get(Device, device_id)
-            assert device is not None and "wrong_key" in (device.quarantine_reason or "")
+            assert device is not None and device.quarantine_reason == "agent_code"
             assert device.decommissioned is (on_fail == "revoke")
             revoked = {e.serial for e in revoked_entries(session, T0)}
         assert (serial in revoked) is (on_fail == "revoke")

@@ -29,6 +29,9 @@ from shared.messages import Quote
 
 # The device echoes the challenge's issued_at; databases may round it below a millisecond.
 _ISSUED_AT_SLACK = timedelta(milliseconds=1)
+# A quote failing any of these was not signed by the device's enrolled key: whoever sent
+# it, it says nothing about the device, so it changes no verdict (a forgery, counted).
+AUTHENTICITY_CODES = frozenset({"not_enrolled", "wrong_key", "bad_signature"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,12 @@ class Verdict:
     def codes(self) -> tuple[str, ...]:
         """The distinct reason codes, in the order the checks ran."""
         return tuple(dict.fromkeys(r.code for r in self.reasons))
+
+    @property
+    def forged(self) -> str | None:
+        """The authenticity code when the quote is not signed by the enrolled key (then it
+        must not change the device's verdict), else None."""
+        return next((c for c in self.codes if c in AUTHENTICITY_CODES), None)
 
 
 def _short(value: str) -> str:
@@ -232,6 +241,7 @@ def evaluate_quote(
 
 
 __all__ = [
+    "AUTHENTICITY_CODES",
     "ChallengeRecord",
     "Golden",
     "Reason",

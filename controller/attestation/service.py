@@ -12,6 +12,10 @@ so a rolled-back batch never leaves a challenge on the wire that the database fo
   ``interval_s`` to online devices, and on an operator's request.
 - A failed quote quarantines, a good one clears the quarantine; an online device that does
   not answer its newest challenge within ``timeout_s`` is quarantined as ``silent``.
+- A quote not signed by the enrolled key (``not_enrolled``, ``wrong_key``,
+  ``bad_signature``) is a forgery: it changes no verdict and quarantines nothing;
+  ``ForgeryAlarm`` counts it and lets through one warning and audit entry
+  (``attestation.forged_quote``) per device per 5 minutes (``ForgeryAlarm``).
 - Every quarantine, clear and enrollment is audited (``controller.audit``).
 - With ``on_fail: revoke``, a failed attestation (not mere silence) also revokes the device
   (``controller.pki.revocation``): its messages are refused from then on.
@@ -20,6 +24,8 @@ so a rolled-back batch never leaves a challenge on the wire that the database fo
 import logging
 import re
 import secrets
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -28,7 +34,14 @@ from typing import Any, Literal
 from sqlalchemy import JSON, Column, UniqueConstraint, delete, func
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from controller.attestation.policy import ChallengeRecord, Golden, Reason, Verdict, evaluate_quote
+from controller.attestation.policy import (
+    AUTHENTICITY_CODES,
+    ChallengeRecord,
+    Golden,
+    Reason,
+    Verdict,
+    evaluate_quote,
+)
 from controller.audit import audit
 from controller.db import utcnow
 from controller.devices.liveness import as_utc
@@ -263,6 +276,44 @@ def register_identity(
     return row
 
 
+# --- forged quotes ------------------------------------------------------------------------------
+class ForgeryAlarm:
+    """Forged quotes: counted by reason (``edgefleet_attestation_forged_quotes_total``), and
+    when to alert: the first for a device, then at most one per ``interval_s``, each saying
+    how many it stands for. In memory, per replica; bounded (``max_devices``: the oldest
+    entries go first). Counted when judged: a batch the database made ingest retry counts
+    its forgeries again."""
+
+    def __init__(self, interval_s: float = 300.0, max_devices: int = 10_000) -> None:
+        self.interval = timedelta(seconds=interval_s)
+        self.max_devices = max_devices
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._last: dict[str, datetime] = {}  # device id -> last alert (insertion-ordered)
+        self._suppressed: dict[str, int] = {}
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def record(self, device_id: str, reason: str, now: datetime) -> int | None:
+        """Count one forged quote. None: stay quiet; else alert now, with the number of
+        forgeries for this device kept quiet since the last alert."""
+        with self._lock:
+            self._counts[reason] += 1
+            last = self._last.get(device_id)
+            if last is not None and timedelta(0) <= now - last < self.interval:
+                self._suppressed[device_id] = self._suppressed.get(device_id, 0) + 1
+                return None
+            self._last.pop(device_id, None)
+            while len(self._last) >= self.max_devices:
+                oldest = next(iter(self._last))
+                del self._last[oldest]
+                self._suppressed.pop(oldest, None)
+            self._last[device_id] = now
+            return self._suppressed.pop(device_id, 0)
+
+
 # --- the service -------------------------------------------------------------------------------
 @dataclass
 class AttestationService:
@@ -271,6 +322,7 @@ class AttestationService:
     settings: AttestationSettings
     enrollment: Enrollment
     new_nonce: Callable[[], str] = field(default=lambda: secrets.token_hex(32))
+    forgeries: ForgeryAlarm = field(default_factory=ForgeryAlarm)
 
     # --- challenges --------------------------------------------------------------------------
     def challenge(self, session: Session, device_id: str, now: datetime, *, why: str) -> Challenge:
@@ -383,13 +435,13 @@ class AttestationService:
         )
         if verdict.duplicate:
             return verdict, []
-        authentic = not {"not_enrolled", "wrong_key", "bad_signature"} & set(verdict.codes)
-        if (
-            row is not None
-            and authentic
-            and row.device_id == quote.device_id
-            and row.answered_at is None
-        ):
+        if verdict.forged is not None:
+            # Not signed by the device's enrolled key: it uses up no nonce, records no
+            # verdict and quarantines nothing (anyone who can publish on the topic could
+            # otherwise quarantine an honest device); counted and alerted as an attack.
+            self._forged(session, quote, verdict, now)
+            return verdict, []
+        if row is not None and row.device_id == quote.device_id and row.answered_at is None:
             # Only the enrolled key's answer uses up a nonce: a forgery must not burn it.
             row.answered_at = now
             row.answer_digest = verdict.digest
@@ -412,6 +464,35 @@ class AttestationService:
         reason = ", ".join(verdict.codes)
         detail = {"nonce": quote.nonce, "reasons": [r.as_dict() for r in verdict.reasons]}
         return verdict, self.quarantine(session, device, reason, now, detail)
+
+    def _forged(self, session: Session, quote: Quote, verdict: Verdict, now: datetime) -> None:
+        """Alert about a forged quote: a warning and an audit entry, at most one per device
+        per ``ForgeryAlarm.interval`` (each one says how many it stands for)."""
+        suppressed = self.forgeries.record(quote.device_id, str(verdict.forged), now)
+        if suppressed is None:
+            return
+        reasons = [r.as_dict() for r in verdict.reasons if r.code in AUTHENTICITY_CODES]
+        log.warning(
+            "forged attestation quote for device %s refused (%s); the device's verdict is "
+            "unchanged; %d more since the last alert",
+            quote.device_id,
+            verdict.forged,
+            suppressed,
+        )
+        audit(
+            session,
+            actor=ACTOR,
+            action="attestation.forged_quote",
+            target=f"device:{quote.device_id}",
+            reason=str(verdict.forged),
+            detail={
+                "nonce": quote.nonce[:64],
+                "key_id": quote.key_id[:64],
+                "reasons": reasons,
+                "suppressed_since_last_alert": suppressed,
+            },
+            at=now,
+        )
 
     # --- quarantine ----------------------------------------------------------------------------
     def quarantine(
@@ -480,7 +561,7 @@ class AttestationService:
     ) -> list[Outbound]:
         shadow = session.get(DeviceShadow, device_id)
         before = shadow.desired_version if shadow is not None else 0
-        row = set_desired(session, device_id, {"quarantine": value}, now=now)
+        row = set_desired(session, device_id, {"quarantine": value}, now=now, actor=ACTOR)
         return [desired_message(row)] if row.desired_version != before else []
 
     # --- the periodic sweep --------------------------------------------------------------------
@@ -566,6 +647,7 @@ __all__ = [
     "AttestationResult",
     "AttestationService",
     "DeviceIdentity",
+    "ForgeryAlarm",
     "GoldenMeasurement",
     "Outbound",
     "add_golden",
