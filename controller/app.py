@@ -131,6 +131,7 @@ def _guard_http(app: FastAPI, settings: Settings) -> None:
             max_depth=http_limits.max_json_depth,
             max_elements=http_limits.max_json_elements,
             streamed={("POST", "/api/models"): settings.updates.max_upload_bytes},
+            larger={("POST", "/api/drills"): http_limits.max_drill_report_bytes},
             shape_status=422,
         ),
     )

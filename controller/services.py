@@ -151,6 +151,14 @@ class Services:
         passphrase = read_passphrase(self.settings.updates.passphrase_file)
         return MessageKeyStore(self.settings.pki.dir, passphrase).load(create=True)
 
+    def _announce_rotation(self) -> None:
+        """During a message key rotation (a next key exists), announce it in the background."""
+        ring = self.ingest.message_keys if self.ingest is not None else None
+        if ring is not None and ring.next_kid is not None:
+            threading.Thread(
+                target=self.announce_message_keys, name="message-key-announce", daemon=True
+            ).start()
+
     def announce_message_keys(self) -> int:
         """During a message key rotation, tell every device that is not decommissioned the
         keys to trust (the next one too), once the broker is connected; returns how many."""
@@ -224,11 +232,7 @@ class Services:
             message_keys=self.message_keyring(),
         )
         self.ingest.start()
-        ring = self.ingest.message_keys
-        if ring is not None and ring.next_kid is not None:
-            threading.Thread(
-                target=self.announce_message_keys, name="message-key-announce", daemon=True
-            ).start()
+        self._announce_rotation()
         self.scheduler = BackgroundScheduler(timezone=UTC)
         # (id, job, interval in seconds, extra options); one instance at a time, missed runs
         # coalesced.

@@ -18,6 +18,7 @@ from controller.db import make_engine, session_scope
 from controller.ingest.apply import IngestStats
 from controller.ingest.subscriber import MqttIngest
 from controller.migrations import init_db
+from controller.pki.message_keys import MessageKeyStore
 from controller.pki.renewal import RenewalService
 from controller.pki.service import issue_device_certificate
 from controller.pki.store import PkiStore
@@ -122,6 +123,8 @@ def _controller_side(
         queue_size=1000,
         batch_size=100,
         renewal=RenewalService(store),
+        # Signs what it sends; a whole agent pins this key from its first controller_keys.
+        message_keys=MessageKeyStore(tmp_path / "controller-pki", None).load(create=True),
     )
     return engine, store, ca, broker, ingest
 

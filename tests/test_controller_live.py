@@ -77,7 +77,17 @@ def test_bad_messages_are_rejected_counted_and_good_ones_land(
     assert live.device("dev-2") is None, "a spoofed topic must not create a device"
     health = live.client.get("/healthz").json()
     assert health.pop("tuf_signing")["status"] in ("off", "ok")  # no repository, or a signed one
-    assert health == {"status": "ok", "database": True, "broker": True, "workers_down": []}
+    assert health == {
+        "status": "ok",
+        "database": True,
+        "broker": True,
+        "workers_down": [],
+        "broker_session": {
+            "client_id": "edgefleet-controller",
+            "taken_over": False,
+            "takeovers": 0,
+        },
+    }
 
 
 def test_silent_device_goes_offline_by_timeout(

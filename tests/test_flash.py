@@ -62,6 +62,7 @@ from tests.pki_world import TestCa
 PASSPHRASE = "correct horse battery staple, flashing"
 DEVICE_CLASS = "test-cpu"
 KEY_PATH = "var/lib/edgefleet-agent/identity/ed25519.pem"
+CONTROLLER_KEYS_PATH = "var/lib/edgefleet-agent/identity/controller-keys.json"
 AGENT_FILE = "rootfs/opt/edgefleet/agent/edge_agent/cli.py"
 ROOTFS_PREFIX = "rootfs/"
 
@@ -194,7 +195,12 @@ def test_flash_writes_root_identity_credentials_and_config(world: World, tmp_pat
     for name in image_files:
         if name != "rootfs/" + AGENT_CONFIG:
             assert (target / name.removeprefix("rootfs/")).is_file(), name
-    assert summary.files_written == len(image_files) + 3  # key, password, TUF root
+    # identity key, controller message keys, password, TUF root
+    assert summary.files_written == len(image_files) + 4
+    keys_file = target / CONTROLLER_KEYS_PATH
+    assert mode_of(keys_file) == 0o600
+    served = world.get("/api/pki/message-keys").json()  # type: ignore[attr-defined]
+    assert json.loads(keys_file.read_text())["keys"] == served["keys"]
 
     key_file = target / KEY_PATH
     assert mode_of(key_file) == 0o600 and mode_of(key_file.parent) == 0o700
@@ -293,7 +299,8 @@ def test_non_empty_target_needs_force_and_symlinks_are_never_followed(
 
 def test_flash_into_a_tar_file(world: World, tmp_path: Path) -> None:
     """A ``.tar`` target gets the device root (paths relative to its /) in a 0600 file,
-    with the identity key and password at 0600, and extracts to a bootable root."""
+    with the identity key, the controller's message keys and password at 0600, and
+    extracts to a bootable root."""
     target = tmp_path / "device.tar"
     summary = world.flash(target, "tarred-1")
     assert summary.target_kind == "tar" and mode_of(target) == 0o600
@@ -543,7 +550,7 @@ def test_force_removes_stale_image_files_without_following_links(
         PASSWORD_FILE,
         TRUSTED_ROOT,
     }
-    assert summary.files_written == len(listed) + 3
+    assert summary.files_written == len(listed) + 4
     assert not any(p.name.startswith(".edgefleet-flash") for p in target.iterdir())
 
 

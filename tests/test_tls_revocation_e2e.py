@@ -21,7 +21,7 @@ from shared.mqtt_transport import Endpoint, Transport
 from tests.conftest import wait_for
 from tests.controller_harness import LiveController, live_controller
 from tests.sync_harness import stored_records
-from tests.test_attestation_service import FakeDevice
+from tests.test_attestation_service import SIGNERS, FakeDevice
 from tests.test_protocol import birth
 from tests.tls_fleet import PASSPHRASE, World, tls_fleet
 
@@ -59,6 +59,7 @@ def make_link(
         outbox=outbox,
         outbox_config=OutboxConfig(ack_timeout_s=1.0),
         on_challenge=on_challenge,  # type: ignore[arg-type]
+        signer=SIGNERS.get(device_id),
     )
     return link, outbox
 
@@ -150,16 +151,16 @@ def test_mutual_tls_fleet_ingest_acl_and_revocation(world: World) -> None:
 def test_attestation_on_fail_revoke_locks_the_device_out(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With attestation.on_fail: revoke, a device answering its challenge with a quote
-    signed by another key is revoked: its certificate lands in the CRL the controller's
-    crl-refresh job signs, and after the broker's reload its reconnect is refused."""
+    """With attestation.on_fail: revoke, a device whose verified quote measures tampered
+    agent code is revoked: its certificate lands in the CRL the controller's crl-refresh
+    job signs, and after the broker's reload its reconnect is refused."""
     monkeypatch.setenv("EDGEFLEET_KEY_PASSPHRASE", PASSPHRASE)
     tls = world.device_tls("dev-c")
     device = FakeDevice(world.tmp / "keys", "dev-c")
-    impostor = FakeDevice(world.tmp / "impostor", "dev-c")
+    device.code = "bad0" * 16  # a tampered agent: its own key signs what it measures
 
-    def forged_answer(challenge: Challenge) -> Quote:
-        return impostor.answer(challenge)
+    def tampered_answer(challenge: Challenge) -> Quote:
+        return device.answer(challenge)
 
     def make_birth(bd_seq: int) -> Birth:
         return device.birth(bd_seq)
@@ -170,7 +171,9 @@ def test_attestation_on_fail_revoke_locks_the_device_out(
         pki={"dir": str(world.store.dir)},
         attestation={"on_fail": "revoke"},
     ) as ctl:
-        link, _ = make_link(world, "dev-c", tls, make_birth=make_birth, on_challenge=forged_answer)
+        link, _ = make_link(
+            world, "dev-c", tls, make_birth=make_birth, on_challenge=tampered_answer
+        )
         link.start()
         try:
             assert link.wait_connected(15), "dev-c's TLS session"
@@ -179,9 +182,9 @@ def test_attestation_on_fail_revoke_locks_the_device_out(
                 row = ctl.device("dev-c")
                 return row is not None and row["decommissioned"] is True
 
-            wait_for(decommissioned, 20, what="the revocation after the forged quote")
+            wait_for(decommissioned, 20, what="the revocation after the failed quote")
             row = ctl.device("dev-c")
-            assert row is not None and "wrong_key" in str(row["decommission_reason"])
+            assert row is not None and "agent_code" in str(row["decommission_reason"])
             ctl.services.refresh_crl()  # the crl-refresh job's run, without its 10 s wait
             world.reload_broker()
             refused_within_one_reconnect(link)

@@ -167,6 +167,9 @@ class MessageKeyStore:
         if kid is None:
             raise PkiError(f"no controller message key in {self.folder} (serve creates one)")
         path = self.folder / f"{kid}.pub"
+        if not path.exists():  # a key made before public halves were written beside it
+            public = encode_public_key(public_key_of(self._read(kid)))
+            write_atomic(path, (public + "\n").encode(), mode=0o644)
         try:
             raw = decode_public_key(path.read_text(encoding="ascii"))
         except (OSError, UnicodeDecodeError, AttestationError) as e:

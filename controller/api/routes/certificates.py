@@ -27,6 +27,8 @@ from controller.pki.errors import (
 from controller.pki.message_keys import MessageKeyStore
 from controller.pki.service import issue_device_certificate
 from controller.pki.store import PkiStore
+from controller.updates.errors import KeyStoreError
+from controller.updates.keys import read_passphrase
 from shared.attestation import encode_public_key
 from shared.certificates import MAX_CSR_BYTES
 from shared.message_signing import short_key_id
@@ -89,11 +91,15 @@ class MessageKeys(BaseModel):
 @router.get("/api/pki/message-keys")
 def message_keys(services: ServicesDep) -> MessageKeys:
     """The public half of the key that signs the controller's messages to devices
-    (``edgefleet flash`` writes it onto the device); 503 before ``serve`` created it."""
-    store = MessageKeyStore(services.settings.pki.dir, None)
+    (``edgefleet flash`` writes it onto the device), created now if there is none yet; 503
+    when it cannot be read or made."""
+    settings = services.settings
     try:
+        store = MessageKeyStore(settings.pki.dir, read_passphrase(settings.updates.passphrase_file))
+        if store.current_kid() is None:
+            store.generate()  # what serve would do at start; flashing may come first
         raw = store.current_public_key()
-    except PkiError as e:
+    except (PkiError, KeyStoreError) as e:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(e)) from e
     return MessageKeys(keys=[encode_public_key(raw)], current=short_key_id(raw))
 
