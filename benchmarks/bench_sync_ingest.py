@@ -168,11 +168,12 @@ def start_ingest(
     client_id: str,
     broker: dict[str, Any] | None = None,
     attestation: dict[str, Any] | None = None,
+    **more: Any,
 ) -> Services:
     """The controller's long-lived parts on SQLite ``db``, ingesting from Mosquitto at
     ``port`` over MQTT 5 (shared subscription, persistent session), started; ``broker``
     overrides broker settings (a TLS URL and certificate files, another group),
-    ``attestation`` attestation settings."""
+    ``attestation`` attestation settings, ``more`` any other settings."""
     settings = load_settings(
         None,
         environment="development",
@@ -186,6 +187,7 @@ def start_ingest(
             **(broker or {}),
         },
         attestation=attestation or {},
+        **more,
     )
     # "job skipped: maximum number of running instances" while the sweep waits on the
     # database would bury the results; the storm counts false timeouts instead.

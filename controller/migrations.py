@@ -96,6 +96,11 @@ def _device_last_heartbeat_at(conn: Connection) -> None:
     _add_column(conn, "device", "last_heartbeat_at", "DATETIME", "TIMESTAMP WITHOUT TIME ZONE")
 
 
+def _device_session_key(conn: Connection) -> None:
+    _add_column(conn, "device", "session_key", "VARCHAR(64)", "VARCHAR(64)")
+    _add_column(conn, "device", "session_exchange_kid", "VARCHAR(16)", "VARCHAR(16)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "0001_device_quarantine",
@@ -121,6 +126,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "0005_device_last_heartbeat_at",
         "device.last_heartbeat_at (plausible heartbeat sequences)",
         _device_last_heartbeat_at,
+    ),
+    Migration(
+        "0006_device_session_key",
+        "device.session_key and session_exchange_kid (session MACs of device messages)",
+        _device_session_key,
     ),
 )
 

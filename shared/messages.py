@@ -25,7 +25,7 @@ from pydantic import (
 from shared.canonical import canonical_json
 from shared.errors import ProtocolError
 from shared.json_guard import JsonShapeError, check_shape, loads_bounded
-from shared.message_signing import SIGNATURE_OVERHEAD, SignedPayload, Signer, split
+from shared.message_signing import SIGNATURE_OVERHEAD, SessionMac, SignedPayload, Signer, split
 from shared.topics import DeviceTopic, MessageKind
 
 PROTOCOL_VERSION = 1
@@ -40,6 +40,7 @@ Accelerator = Literal["cpu", "jetson", "nvidia", "npu"]
 _PUBLIC_KEY = r"^[A-Za-z0-9+/]{43}=$"
 _SIGNATURE = r"^[A-Za-z0-9+/]{86}==$"
 _HEX256 = r"^[0-9a-f]{64}$"
+_KID = r"^[0-9a-f]{16}$"
 MeasurementName = Annotated[
     str, StringConstraints(pattern=r"^(?:[a-z][a-z0-9_]{0,31}|model:[^\x00-\x1f]{1,128})$")
 ]
@@ -118,9 +119,13 @@ class Birth(_Envelope):
     # The short ids (shared.message_signing) of the controller message keys the device
     # trusts, newest first; empty before it trusts any. The controller answers a birth whose
     # list is not the one it wants devices to hold with a ``controller_keys`` message.
-    controller_key_ids: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]] = Field(
+    controller_key_ids: list[Annotated[str, StringConstraints(pattern=_KID)]] = Field(
         default_factory=list, max_length=8
     )
+    # A fresh X25519 public key (raw, base64) for this session's MACs
+    # (shared/message_signing.py), agreed with the exchange key paired with the controller
+    # key ``controller_key_ids[0]``; None: the session's messages are signed one by one.
+    session_key: str | None = Field(default=None, pattern=_PUBLIC_KEY)
 
 
 class Death(_Envelope):
@@ -319,6 +324,9 @@ class ControllerKeys(_Envelope):
     keys: list[Annotated[str, StringConstraints(pattern=_PUBLIC_KEY)]] = Field(
         min_length=1, max_length=8
     )
+    # The X25519 exchange key paired with ``keys[0]`` (raw, base64): devices agree session
+    # MAC keys with it. None from a controller that takes no MACs.
+    exchange_key: str | None = Field(default=None, pattern=_PUBLIC_KEY)
 
 
 AnyMessage = (
@@ -359,7 +367,9 @@ def kind_for(message: AnyMessage) -> MessageKind:
     return _KIND_BY_TYPE[message.type]
 
 
-def encode_message(message: AnyMessage, signer: Signer | None = None) -> tuple[str, bytes]:
+def encode_message(
+    message: AnyMessage, signer: Signer | SessionMac | None = None
+) -> tuple[str, bytes]:
     """The topic and canonical JSON payload for ``message``, signed by ``signer`` if given."""
     topic = str(DeviceTopic(message.device_id, kind_for(message)))
     body = canonical_json(message.model_dump(mode="json"))

@@ -60,6 +60,9 @@ def console_login(client: TestClient, username: str, password: str) -> str:
 def live_controller(
     tmp_path: Path, broker: dict[str, object], **settings: object
 ) -> Iterator[LiveController]:
+    # Its own key folders (message keys, CA) unless the test brings some: the default is
+    # relative to the working directory, which every test shares.
+    settings.setdefault("pki", {"dir": str(tmp_path / "pki")})
     config = load_settings(
         None,
         environment="development",

@@ -359,7 +359,8 @@ _topics = (
 )
 
 
-_text = st.text(st.characters(exclude_characters="\x00"), max_size=8)  # documents refuse NUL
+# Documents refuse NUL; JSON text is UTF-8, which has no lone surrogates.
+_text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=8)
 _finite_json = st.recursive(
     st.none()
     | st.booleans()

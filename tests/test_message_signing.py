@@ -103,7 +103,8 @@ def test_oversized_signed_payload_is_refused_before_splitting() -> None:
 
 @given(st.binary(max_size=400))
 def test_split_and_decode_never_raise_anything_but_protocol_errors(tail: bytes) -> None:
-    """Whatever follows a signature prefix, decoding ends in a message or a ProtocolError."""
-    for payload in (b'{"sig":"' + tail, tail):
+    """Whatever follows a signature or MAC prefix, decoding ends in a message or a
+    ProtocolError."""
+    for payload in (b'{"sig":"' + tail, b'{"mac":"' + tail, tail):
         with contextlib.suppress(ProtocolError):
             decode_signed("ef/v1/dev-1/heartbeat", payload)

@@ -8,12 +8,19 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from controller.ingest.signatures import SignatureRules, check_signature
+from controller.ingest.signatures import (
+    DeviceSession,
+    SessionKeys,
+    SignatureRules,
+    check_signature,
+)
+from controller.pki.message_keys import MessageKeyStore
 from edge_agent.sync.trust import ControllerTrust, TrustStoreError, write_keys
 from shared.attestation import encode_public_key, public_key_of
 from shared.errors import ProtocolError
-from shared.message_signing import short_key_id
+from shared.message_signing import DEVICE_DOMAIN, SessionMac, session_mac_key, short_key_id
 from shared.messages import (
     AnyMessage,
     Birth,
@@ -186,3 +193,56 @@ def test_a_damaged_trust_file_stops_the_agent_with_its_name(tmp_path: Path) -> N
     path.write_text(json.dumps({"keys": ["not base64!"]}))
     with pytest.raises(TrustStoreError, match=r"controller-keys\.json"):
         ControllerTrust(path)
+
+
+# --- session MACs ------------------------------------------------------------------------
+def session_world(tmp_path: Path) -> tuple[SignatureRules, DeviceSession, SessionMac]:
+    """A controller keyring with its exchange key, and a device session agreed with it."""
+    ring = MessageKeyStore(tmp_path / "pki", None).load(create=True)
+    exchange = ring.exchange_public(ring.current_kid)
+    assert exchange is not None
+    ephemeral = X25519PrivateKey.generate()
+    public = ephemeral.public_key().public_bytes_raw()
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(exchange))
+    mac = SessionMac(DEVICE_DOMAIN, short_key_id(public), session_mac_key(shared, "dev-1", public))
+    rules = SignatureRules("tofu", 86400, SessionKeys(ring))
+    return rules, (public, ring.current_kid), mac
+
+
+def mac_check(
+    message: AnyMessage,
+    mac: SessionMac,
+    rules: SignatureRules,
+    session: DeviceSession | None,
+    *,
+    tamper: bool = False,
+) -> bytes | None:
+    topic, payload = encode_message(message, mac)
+    if tamper:
+        payload = payload.replace(b'"cpu_percent":1.0', b'"cpu_percent":2.0')
+    _, decoded, signed = decode_signed(topic, payload)
+    return check_signature(
+        topic, decoded, signed, public_key_of(DEVICE_KEY), rules, NOW, session=session
+    )
+
+
+def mac_refusal(*args: object, **kwargs: object) -> str:
+    with pytest.raises(ProtocolError) as e:
+        mac_check(*args, **kwargs)  # type: ignore[arg-type]
+    return e.value.reason
+
+
+def test_session_macs_pass_only_under_the_devices_current_session(tmp_path: Path) -> None:
+    """A heartbeat MACed under the device's session passes; altered it is ``bad_signature``;
+    under another session, or with no session open, ``unknown_session``; a birth must carry
+    the identity key's signature, never a MAC; the replay window holds for MACs too."""
+    rules, session, mac = session_world(tmp_path)
+    assert mac_check(heartbeat(), mac, rules, session) == public_key_of(DEVICE_KEY)
+    assert mac_refusal(heartbeat(), mac, rules, session, tamper=True) == "bad_signature"
+    other_rules, other_session, _ = session_world(tmp_path / "other")
+    assert mac_refusal(heartbeat(), mac, rules, other_session) == "unknown_session"
+    assert mac_refusal(heartbeat(), mac, rules, None) == "unknown_session"
+    assert mac_refusal(heartbeat(), mac, other_rules, (session[0], "0" * 16)) == ("unknown_session")
+    assert mac_refusal(birth(DEVICE_KEY), mac, rules, session) == "unsigned"
+    old = heartbeat(ts=NOW - timedelta(days=2))
+    assert mac_refusal(old, mac, rules, session) == "expired"

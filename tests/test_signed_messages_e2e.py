@@ -261,3 +261,52 @@ def test_message_key_rotation_reaches_a_connected_device_without_a_refusal(
     assert json.loads(pki(controller, "message-keys", "--json"))["keys"] == sorted([old, new])
     pki(controller, "retire-message-key", old)
     assert json.loads(pki(controller, "message-keys", "--json"))["keys"] == [new]
+
+
+def test_the_agent_macs_its_session_and_forged_macs_are_refused(
+    tmp_path: Path,
+    mosquitto: Broker,
+    controller: ControllerProcess,
+    agent: tuple[AgentProcess, int],
+    attacker: mqtt.Client,
+) -> None:
+    """From the session after it learned the controller's exchange key, the agent MACs its
+    heartbeats (``{"mac":...``); a captured heartbeat with a changed seq is refused as
+    ``bad_signature`` and a MAC naming another session as ``unknown_session``, while the
+    genuine heartbeats keep the device online."""
+    keys_file = tmp_path / DEVICE / IDENTITY_FOLDER / CONTROLLER_KEYS_FILE
+    wait_for(lambda: "exchange_key" in json.loads(keys_file.read_text() or "{}")
+             if keys_file.exists() else False, 60, what="the exchange key")  # fmt: skip
+    agent[0].stop()
+    agent[0].start()  # its next session
+    seen: list[bytes] = []
+    observer = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                           client_id="observer", protocol=mqtt.MQTTv5)  # fmt: skip
+    observer.on_message = lambda _c, _u, msg: seen.append(bytes(msg.payload))
+    observer.connect(mosquitto.host, mosquitto.port)
+    observer.subscribe(f"ef/v1/{DEVICE}/heartbeat", 0)
+    observer.loop_start()
+    try:
+        macs = wait_for(
+            lambda: [p for p in seen if p.startswith(b'{"mac":"')], 60, what="a MACed heartbeat"
+        )
+    finally:
+        observer.loop_stop()
+        observer.disconnect()
+    captured = macs[-1]
+    document = json.loads(captured)
+    forged = captured.replace(f'"seq":{document["seq"]}'.encode(), b'"seq":99999999', 1)
+    assert forged != captured
+    other_session = captured.replace(document["kid"].encode(), b"0123456789abcdef", 1)
+    publish(attacker, f"ef/v1/{DEVICE}/heartbeat", forged)
+    publish(attacker, f"ef/v1/{DEVICE}/heartbeat", other_session)
+    wait_for(
+        lambda: (
+            (r := rejected(controller)).get("bad_signature", 0) >= 1
+            and r.get("unknown_session", 0) >= 1
+        ),
+        30,
+        what="the forged MACs to be refused",
+    )
+    time.sleep(3)
+    assert device(controller)["state"] == "online"

@@ -53,6 +53,11 @@ class Device(DeviceBase, table=True):
     first_seen: datetime = Field(default_factory=utcnow)
     last_seen: datetime | None = None
     state_changed_at: datetime | None = None
+    # The X25519 key of the device's current MQTT session (its newest accepted birth), and
+    # the controller message key whose exchange key it was agreed with: the session's MACs
+    # are checked with these (shared/message_signing.py).
+    session_key: str | None = Field(default=None, max_length=64)
+    session_exchange_kid: str | None = Field(default=None, max_length=16)
 
 
 class DevicePublic(DeviceBase):

@@ -28,26 +28,59 @@ from typing import TYPE_CHECKING
 from sqlmodel import Session, col, select
 
 from controller.attestation.service import DeviceIdentity
+from controller.devices.tables import Device
 from shared.attestation import AttestationError, decode_public_key
 from shared.errors import ProtocolError
-from shared.message_signing import DEVICE_DOMAIN, SignedPayload, short_key_id, verify
+from shared.message_signing import (
+    DEVICE_DOMAIN,
+    SignedPayload,
+    short_key_id,
+    verify,
+    verify_mac,
+)
 from shared.messages import AnyMessage, Birth, Death
 
 if TYPE_CHECKING:
     from controller.attestation.service import AttestationService
     from controller.ingest.apply import BatchResult, Decoded
+    from controller.pki.message_keys import MessageKeyring
 
 # A signed message older than this is a replay (devices sign when they send: a batch
 # re-sent after a week offline is signed anew).
 DEFAULT_MAX_AGE_S = 24 * 3600.0
 
 
+class SessionKeys:
+    """The MAC keys of device sessions (derived with the controller's exchange keys, an
+    X25519 agreement each, so cached: one per session, not one per message)."""
+
+    def __init__(self, ring: "MessageKeyring", max_cached: int = 100_000) -> None:
+        self._ring = ring
+        self._max = max_cached
+        self._cache: dict[tuple[str, str, bytes], bytes | None] = {}
+
+    def mac_key(self, device_id: str, exchange_kid: str, session_key: bytes) -> bytes | None:
+        """The session's MAC key; None when this controller lacks that exchange key."""
+        name = (device_id, exchange_kid, session_key)
+        if name not in self._cache:
+            if len(self._cache) >= self._max:
+                self._cache.clear()
+            self._cache[name] = self._ring.session_mac_key(exchange_kid, device_id, session_key)
+        return self._cache[name]
+
+
 @dataclass(frozen=True, slots=True)
 class SignatureRules:
-    """How strictly ingest checks device signatures."""
+    """How strictly ingest checks device signatures, and the session keys MACs need."""
 
     enrollment: str  # tofu | provisioned (attestation's)
     max_age_s: float
+    sessions: SessionKeys | None = None
+
+
+# A device's session as ingest knows it: the X25519 session key (raw) and the controller
+# message key whose exchange key the device agreed it with.
+DeviceSession = tuple[bytes, str]
 
 
 def default_rules(attestation: "AttestationService | None") -> SignatureRules:
@@ -62,6 +95,10 @@ def refuse_unverified(
     """The messages of ``batch`` that pass ``check_signature``; the others are counted in
     ``result.outcome`` and listed in ``result.refused`` with their reason."""
     keys = enrolled_keys(session, (d.message.device_id for d in batch))
+    macs = any(d.signed is not None and d.signed.mac for d in batch)
+    sessions, marks = (
+        device_sessions(session, {d.message.device_id for d in batch}) if macs else ({}, {})
+    )
     kept: list[Decoded] = []
     for decoded in batch:
         message, received = decoded.message, decoded.received
@@ -73,6 +110,7 @@ def refuse_unverified(
                 keys.get(message.device_id),
                 rules,
                 received.received_at,
+                session=sessions.get(message.device_id),
             )
         except ProtocolError as e:
             result.outcome[f"rejected:{e.reason}"] += 1
@@ -80,8 +118,85 @@ def refuse_unverified(
             continue
         if key is not None:
             keys.setdefault(message.device_id, key)  # a birth's key checks what follows it
+        if isinstance(message, Birth) and key is not None:
+            _adopt_session(sessions, marks, message)
         kept.append(decoded)
     return kept
+
+
+def _adopt_session(
+    sessions: dict[str, DeviceSession], marks: dict[str, int | None], birth: Birth
+) -> None:
+    """A verified birth's session checks the MACs after it in the batch (unless it is an
+    older session's birth delivered late: the stored session stays)."""
+    mark = marks.get(birth.device_id)
+    if mark is not None and birth.bd_seq < mark:
+        return
+    marks[birth.device_id] = birth.bd_seq
+    if birth.session_key is None or not birth.controller_key_ids:
+        sessions.pop(birth.device_id, None)
+        return
+    try:
+        sessions[birth.device_id] = (
+            decode_public_key(birth.session_key),
+            birth.controller_key_ids[0],
+        )
+    except AttestationError:
+        sessions.pop(birth.device_id, None)
+
+
+def device_sessions(
+    session: Session, device_ids: set[str]
+) -> tuple[dict[str, DeviceSession], dict[str, int | None]]:
+    """The current sessions of ``device_ids`` and their ``bd_seq`` marks, in one query."""
+    if not device_ids:
+        return {}, {}
+    rows = session.exec(
+        select(Device.id, Device.session_key, Device.session_exchange_kid, Device.bd_seq).where(
+            col(Device.id).in_(device_ids)
+        )
+    )
+    sessions: dict[str, DeviceSession] = {}
+    marks: dict[str, int | None] = {}
+    for device_id, session_key, exchange_kid, bd_seq in rows:
+        marks[device_id] = bd_seq
+        if session_key and exchange_kid:
+            try:
+                sessions[device_id] = (decode_public_key(session_key), exchange_kid)
+            except AttestationError:
+                continue
+    return sessions, marks
+
+
+def _check_mac(
+    topic: str,
+    message: AnyMessage,
+    signed: SignedPayload,
+    session: DeviceSession | None,
+    rules: SignatureRules,
+) -> None:
+    """A session MAC: only for a session a verified birth opened, and never on a birth or
+    death (those carry the identity key's own signature)."""
+    if isinstance(message, Birth | Death):
+        raise ProtocolError("unsigned", f"a {message.type} must carry the identity key's signature")
+    if session is None or rules.sessions is None:
+        raise ProtocolError(
+            "unknown_session", f"{message.type!r} carries a MAC, but no session is open for it"
+        )
+    session_key, exchange_kid = session
+    if signed.kid != short_key_id(session_key):
+        raise ProtocolError(
+            "unknown_session",
+            f"a MAC of session {signed.kid}; the device's current session is "
+            f"{short_key_id(session_key)}",
+        )
+    mac_key = rules.sessions.mac_key(message.device_id, exchange_kid, session_key)
+    if mac_key is None:
+        raise ProtocolError(
+            "unknown_session", f"no exchange key {exchange_kid} for the device's session"
+        )
+    if not verify_mac(mac_key, DEVICE_DOMAIN, topic, signed):
+        raise ProtocolError("bad_signature", f"{message.type!r}: the session MAC does not verify")
 
 
 def enrolled_keys(session: Session, device_ids: Iterable[str]) -> dict[str, bytes]:
@@ -110,9 +225,12 @@ def check_signature(
     key: bytes | None,
     rules: SignatureRules,
     now: datetime,
+    *,
+    session: DeviceSession | None = None,
 ) -> bytes | None:
     """Raise ``ProtocolError`` unless ``message`` is its device's; returns the key it was
-    checked against (a birth's own key for a device with none enrolled, else ``key``)."""
+    checked against (a birth's own key for a device with none enrolled, else ``key``).
+    A MACed message is checked under the device's current ``session`` instead."""
     if key is None and isinstance(message, Birth) and message.identity_key is not None:
         try:
             key = decode_public_key(message.identity_key)
@@ -130,12 +248,14 @@ def check_signature(
         )
     if signed is None:
         raise ProtocolError("unsigned", f"{message.type!r} carries no signature of the device")
-    if signed.kid != short_key_id(key):
+    if signed.mac:
+        _check_mac(topic, message, signed, session, rules)
+    elif signed.kid != short_key_id(key):
         raise ProtocolError(
             "unknown_key",
             f"{message.type!r} signed by key {signed.kid}, the device's is {short_key_id(key)}",
         )
-    if not verify(key, DEVICE_DOMAIN, topic, signed):
+    elif not verify(key, DEVICE_DOMAIN, topic, signed):
         raise ProtocolError("bad_signature", f"{message.type!r}: signature does not verify")
     if not isinstance(message, Birth | Death) and message.ts < now - timedelta(
         seconds=rules.max_age_s
@@ -150,9 +270,12 @@ def check_signature(
 
 __all__ = [
     "DEFAULT_MAX_AGE_S",
+    "DeviceSession",
+    "SessionKeys",
     "SignatureRules",
     "check_signature",
     "default_rules",
+    "device_sessions",
     "enrolled_keys",
     "refuse_unverified",
 ]

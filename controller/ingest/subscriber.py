@@ -55,6 +55,7 @@ from controller.ingest.apply import (
 )
 from controller.ingest.dead_letters import prune_dead_letters, write_dead_letters
 from controller.ingest.limits import DeadLetterBook, Rejection
+from controller.ingest.signatures import SessionKeys, SignatureRules, default_rules
 from controller.settings import BrokerSettings, DeadLetterSettings, PlausibilitySettings
 from shared.attestation import encode_public_key
 from shared.errors import ProtocolError
@@ -132,6 +133,12 @@ class MqttIngest:
         # controller without a key folder, tests of other things).
         self.message_keys = message_keys
         self._signer: Signer | None = message_keys.current if message_keys else None
+        rules = default_rules(attestation)
+        self._signature_rules = SignatureRules(
+            rules.enrollment,
+            rules.max_age_s,
+            SessionKeys(message_keys) if message_keys is not None else None,
+        )
         self._port = port
         self._engine = engine
         self.stats = stats
@@ -444,6 +451,7 @@ class MqttIngest:
                         stored_at=datetime.now(UTC),
                         renewal=self._renewal,
                         bounds=self._bounds,
+                        signatures=self._signature_rules,
                     )
                 break
             except _UNREACHABLE as e:
@@ -495,14 +503,14 @@ class MqttIngest:
         if ring is None:
             return []
         wanted = ring.trusted_kids()
-        keys = [encode_public_key(k) for k in ring.trusted_set()]
         out: list[tuple[ControllerKeys, Signer]] = []
         for d in decoded:
             birth = d.message
             if not isinstance(birth, Birth) or birth.identity_key is None:
                 continue
             held = birth.controller_key_ids
-            if held == wanted:
+            # Up to date: same keys, and a session key (so it holds the exchange key too).
+            if held == wanted and birth.session_key is not None:
                 continue
             signer = self.signer_for(held)
             if signer is None:
@@ -514,8 +522,19 @@ class MqttIngest:
                     ", ".join(wanted),
                 )
                 continue
-            out.append((ControllerKeys(device_id=birth.device_id, keys=keys), signer))
+            out.append((self._keys_message(birth.device_id), signer))
         return out
+
+    def _keys_message(self, device_id: str) -> ControllerKeys:
+        """The keys ``device_id`` should trust, with the exchange key paired with the newest."""
+        ring = self.message_keys
+        assert ring is not None
+        exchange = ring.exchange_public(ring.trusted_kids()[0])
+        return ControllerKeys(
+            device_id=device_id,
+            keys=[encode_public_key(k) for k in ring.trusted_set()],
+            exchange_key=encode_public_key(exchange) if exchange is not None else None,
+        )
 
     def signer_for(self, trusted: list[str]) -> Signer | None:
         """The key to sign a ``controller_keys`` message with for a device trusting
@@ -534,10 +553,9 @@ class MqttIngest:
         ring = self.message_keys
         if ring is None or not self._connected.is_set():
             return 0
-        keys = [encode_public_key(k) for k in ring.trusted_set()]
         sent = 0
         for device_id in device_ids:
-            self._send(ControllerKeys(device_id=device_id, keys=keys), signer=ring.current)
+            self._send(self._keys_message(device_id), signer=ring.current)
             sent += 1
         self.transport.wake()
         return sent

@@ -22,10 +22,11 @@ Rotation has two steps, so no device ever gets a message signed by a key it does
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import (
     BestAvailableEncryption,
     Encoding,
@@ -45,6 +46,7 @@ from shared.attestation import (
 )
 from shared.files import write_atomic
 from shared.message_signing import CONTROLLER_DOMAIN, Signer, short_key_id
+from shared.message_signing import session_mac_key as _session_mac_key
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ class MessageKeyring:
     public_keys: dict[str, bytes]  # short id -> raw public key, current first
     _signers: dict[str, Signer]
     next_kid: str | None = None  # announced to devices, not signing yet
+    # short id of a message key -> its paired X25519 exchange key (session MACs)
+    _exchange: dict[str, X25519PrivateKey] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return (
@@ -76,6 +80,24 @@ class MessageKeyring:
     def signer(self, kid: str) -> Signer | None:
         """The signer of key ``kid``, if this controller holds it."""
         return self._signers.get(kid)
+
+    def exchange_public(self, kid: str) -> bytes | None:
+        """The raw X25519 exchange key paired with message key ``kid``."""
+        private = self._exchange.get(kid)
+        return None if private is None else private.public_key().public_bytes_raw()
+
+    def session_mac_key(self, kid: str, device_id: str, session_key: bytes) -> bytes | None:
+        """The MAC key of a device session whose key ``session_key`` was agreed with the
+        exchange key of message key ``kid``; None when this controller does not hold it or
+        the session key is not a usable X25519 key."""
+        private = self._exchange.get(kid)
+        if private is None:
+            return None
+        try:
+            shared = private.exchange(X25519PublicKey.from_public_bytes(session_key))
+        except ValueError:
+            return None  # a low-order point: no secret to share
+        return _session_mac_key(shared, device_id, session_key)
 
     def trusted_kids(self) -> list[str]:
         """The short ids devices should trust, newest first: the next key (during a
@@ -143,12 +165,7 @@ class MessageKeyStore:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         private = Ed25519PrivateKey.generate()
         kid = short_key_id(public_key_of(private))
-        if self._passphrase is not None:
-            secret = require_passphrase(self._passphrase).get_secret_value().encode()
-            encryption: BestAvailableEncryption | NoEncryption = BestAvailableEncryption(secret)
-        else:
-            encryption = NoEncryption()
-        pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, encryption)
+        pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, self._encryption())
         write_atomic(self.folder / f"{kid}.pem", pem, mode=0o600)
         # The public half beside it, so flashing and the API hand it out without the
         # passphrase.
@@ -157,9 +174,49 @@ class MessageKeyStore:
             (encode_public_key(public_key_of(private)) + "\n").encode(),
             mode=0o644,
         )
+        self._write_exchange(kid)
         write_atomic(self.folder / marker, (kid + "\n").encode(), mode=0o600)
         log.info("new controller message key %s is %s", kid, marker)
         return kid
+
+    def _encryption(self) -> BestAvailableEncryption | NoEncryption:
+        if self._passphrase is None:
+            return NoEncryption()
+        return BestAvailableEncryption(
+            require_passphrase(self._passphrase).get_secret_value().encode()
+        )
+
+    def _write_exchange(self, kid: str) -> X25519PrivateKey:
+        """Make the X25519 exchange key paired with message key ``kid`` (and its .pub),
+        encrypted exactly when that key is (one passphrase rule per key, whoever runs)."""
+        private = X25519PrivateKey.generate()
+        paired = self.folder / f"{kid}.pem"
+        encrypted = not paired.exists() or b"ENCRYPTED" in paired.read_bytes()
+        encryption = self._encryption() if encrypted else NoEncryption()
+        pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, encryption)
+        write_atomic(self.folder / f"{kid}.x25519.pem", pem, mode=0o600)
+        public = encode_public_key(private.public_key().public_bytes_raw())
+        write_atomic(self.folder / f"{kid}.x25519.pub", (public + "\n").encode(), mode=0o644)
+        return private
+
+    def exchange_public_key(self, kid: str) -> bytes:
+        """The raw X25519 exchange key paired with ``kid``, read without the passphrase."""
+        path = self.folder / f"{kid}.x25519.pub"
+        if not path.exists():
+            self._read_exchange(kid)  # made now for a key that predates exchange keys
+        try:
+            return decode_public_key(path.read_text(encoding="ascii"))
+        except (OSError, UnicodeDecodeError, AttestationError) as e:
+            raise PkiError(f"cannot read the exchange key {path}: {e}") from e
+
+    def _read_exchange(self, kid: str) -> X25519PrivateKey:
+        path = self.folder / f"{kid}.x25519.pem"
+        if not path.exists():
+            return self._write_exchange(kid)
+        key = self._load_private(path)
+        if not isinstance(key, X25519PrivateKey):
+            raise PkiError(f"exchange key {path} is not an X25519 key")
+        return key
 
     def current_public_key(self) -> bytes:
         """The current key's public half (raw), read without the passphrase."""
@@ -188,7 +245,8 @@ class MessageKeyStore:
         if not path.is_file():
             raise PkiError(f"no message key {kid} in {self.folder}")
         os.remove(path)
-        (self.folder / f"{kid}.pub").unlink(missing_ok=True)
+        for suffix in (".pub", ".x25519.pem", ".x25519.pub"):
+            (self.folder / f"{kid}{suffix}").unlink(missing_ok=True)
 
     def load(self, *, create: bool = False) -> MessageKeyring:
         """Every key, decrypted; with ``create``, a first key is made when there is none."""
@@ -201,6 +259,7 @@ class MessageKeyStore:
         pending = self.next_kid()
         signers: dict[str, Signer] = {}
         public: dict[str, bytes] = {}
+        exchange: dict[str, X25519PrivateKey] = {}
         for kid in [current, *(k for k in self.kids() if k != current)]:
             private = self._read(kid)
             raw = public_key_of(private)
@@ -208,10 +267,17 @@ class MessageKeyStore:
                 raise PkiError(f"message key file {kid}.pem holds key {short_key_id(raw)}")
             public[kid] = raw
             signers[kid] = Signer(CONTROLLER_DOMAIN, kid, private.sign)
-        return MessageKeyring(signers[current], public, signers, pending)
+            exchange[kid] = self._read_exchange(kid)
+        return MessageKeyring(signers[current], public, signers, pending, exchange)
 
     def _read(self, kid: str) -> Ed25519PrivateKey:
         path = self.folder / f"{kid}.pem"
+        key = self._load_private(path)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise PkiError(f"message key {path} is not an Ed25519 key")
+        return key
+
+    def _load_private(self, path: Path) -> object:
         data = path.read_bytes()
         encrypted = b"ENCRYPTED" in data
         if encrypted and self._passphrase is None:
@@ -222,12 +288,9 @@ class MessageKeyStore:
             else None
         )
         try:
-            key = load_pem_private_key(data, password=secret)
+            return load_pem_private_key(data, password=secret)
         except (ValueError, TypeError):
             raise PkiError(f"cannot open message key {path} (wrong passphrase?)") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise PkiError(f"message key {path} is not an Ed25519 key")
-        return key
 
 
 __all__ = ["FOLDER", "MessageKeyStore", "MessageKeyring"]

@@ -28,15 +28,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
 from edge_agent.config import MqttConfig, OutboxConfig
 from edge_agent.sync.backoff import full_jitter
 from edge_agent.sync.counters import CounterStore
 from edge_agent.sync.outbox import Outbox, StoredRecord
 from edge_agent.sync.trust import ControllerTrust
 from edge_agent.sync.window import SendWindow
+from shared.attestation import encode_public_key
 from shared.broker_url import parse_broker_url
 from shared.errors import ProtocolError
-from shared.message_signing import Signer
+from shared.message_signing import (
+    DEVICE_DOMAIN,
+    SessionMac,
+    Signer,
+    session_mac_key,
+    short_key_id,
+)
 from shared.messages import (
     Ack,
     AnyMessage,
@@ -154,6 +163,9 @@ class MqttLink:
         # them (tests of other things) sends and takes unsigned messages.
         self._signer = signer
         self.trust = trust
+        # This session's MAC (a fresh X25519 key agreed with the controller's exchange key at
+        # each session start); None: every message is signed with the identity key.
+        self._session: SessionMac | None = None
         self.heartbeat_interval_s = heartbeat_interval_s
         self.stats = LinkStats()
         self._config = config
@@ -244,8 +256,29 @@ class MqttLink:
         return self.transport.publish(*self._encode(request), qos=1).queued
 
     def _encode(self, message: AnyMessage) -> tuple[str, bytes]:
-        """The topic and (signed) payload of an outbound message."""
+        """The topic and (signed) payload of an outbound message: births and deaths signed
+        by the identity key, the rest MACed under the session key when there is one."""
+        session = self._session
+        if session is not None and not isinstance(message, Birth | Death):
+            return encode_message(message, session)
         return encode_message(message, self._signer)
+
+    def _open_session(self, birth: Birth) -> tuple[Birth, SessionMac | None]:
+        """A fresh X25519 session key agreed with the controller's exchange key: the birth
+        presents it (under the identity key's signature) and the MAC key follows from it."""
+        exchange = self.trust.exchange if self.trust is not None else None
+        if self._signer is None or exchange is None:
+            return birth, None
+        kid, controller_key = exchange
+        if birth.controller_key_ids[:1] != [kid]:
+            return birth, None  # the birth names other keys first: stay with signatures
+        ephemeral = X25519PrivateKey.generate()
+        public = ephemeral.public_key().public_bytes_raw()
+        shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(controller_key))
+        mac = SessionMac(
+            DEVICE_DOMAIN, short_key_id(public), session_mac_key(shared, self.device_id, public)
+        )
+        return birth.model_copy(update={"session_key": encode_public_key(public)}), mac
 
     def _set_will(self) -> None:
         topic, payload = self._encode(
@@ -347,10 +380,12 @@ class MqttLink:
         if self.trust is not None:
             topics.append((self._topic_controller_keys, 1))
         self.transport.subscribe(topics)
+        self._session = None
         with self._lock:
-            birth = self._make_birth(self._bd_seq)
+            birth, session = self._open_session(self._make_birth(self._bd_seq))
         self.window.reset()
         self.transport.publish(*self._encode(birth), qos=1, retain=True)
+        self._session = session
         self.births_sent += 1
         if self._current_reported is not None:
             self.transport.publish(*self._encode(self._current_reported()), qos=1)

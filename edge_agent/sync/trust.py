@@ -11,6 +11,9 @@ Everything the controller sends a device (``ack``, ``desired``, ``challenge``,
 - a ``controller_keys`` message signed by a key the device already trusts replaces the set
   (the controller's key rotation); one signed by any other key is refused.
 
+The file also holds the X25519 exchange key paired with the newest key (``exchange_key``):
+the link agrees each session's MAC key with it (shared/message_signing.py).
+
 Anything else that is unsigned, signed by an unknown key, or whose signature does not verify
 is refused with its reason (``unsigned``, ``no_controller_key``, ``unknown_key``,
 ``bad_signature``) and never reaches a handler.
@@ -34,12 +37,13 @@ class TrustStoreError(ValueError):
     """The trust file exists but cannot be read as one; the text says what is wrong."""
 
 
-def read_keys(path: Path) -> list[bytes]:
-    """The keys in a trust file (newest first); [] when there is no file."""
+def read_keys(path: Path) -> tuple[list[bytes], bytes | None]:
+    """The keys in a trust file (newest first) and the exchange key paired with the first;
+    ([], None) when there is no file."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return []
+        return [], None
     except (OSError, UnicodeDecodeError) as e:
         raise TrustStoreError(f"cannot read controller keys {path}: {e}") from e
     try:
@@ -47,15 +51,21 @@ def read_keys(path: Path) -> list[bytes]:
         keys = document["keys"]
         if not isinstance(keys, list) or not keys:
             raise TypeError("'keys' is not a non-empty list")
-        return [decode_public_key(k) for k in keys]
-    except (ValueError, KeyError, TypeError, AttestationError) as e:
+        exchange = document.get("exchange_key")
+        return (
+            [decode_public_key(k) for k in keys],
+            decode_public_key(exchange) if exchange is not None else None,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, AttestationError) as e:
         raise TrustStoreError(f"controller keys {path} are malformed: {e}") from e
 
 
-def write_keys(path: Path, keys: list[bytes]) -> None:
+def write_keys(path: Path, keys: list[bytes], exchange: bytes | None = None) -> None:
     """Write a trust file (0600, its folder 0700)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    document = {"keys": [encode_public_key(k) for k in keys]}
+    document: dict[str, object] = {"keys": [encode_public_key(k) for k in keys]}
+    if exchange is not None:
+        document["exchange_key"] = encode_public_key(exchange)
     write_atomic(path, (json.dumps(document, indent=2) + "\n").encode(), mode=0o600)
 
 
@@ -65,7 +75,16 @@ class ControllerTrust:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._keys = read_keys(path)
+        self._keys, self._exchange = read_keys(path)
+
+    @property
+    def exchange(self) -> tuple[str, bytes] | None:
+        """The newest trusted key's short id and its paired X25519 exchange key, for session
+        MACs; None without one (the device then signs every message)."""
+        with self._lock:
+            if not self._keys or self._exchange is None:
+                return None
+            return short_key_id(self._keys[0]), self._exchange
 
     @property
     def newest_kid(self) -> str | None:
@@ -105,6 +124,7 @@ class ControllerTrust:
         if signed is None:
             raise ProtocolError("unsigned", "'controller_keys' carries no controller signature")
         offered = [decode_public_key(k) for k in message.keys]
+        exchange = decode_public_key(message.exchange_key) if message.exchange_key else None
         with self._lock:
             trusted = list(self._keys)
             pinning = not trusted
@@ -118,10 +138,10 @@ class ControllerTrust:
                 )
             if not verify(key, CONTROLLER_DOMAIN, topic, signed):
                 raise ProtocolError("bad_signature", "'controller_keys': signature does not verify")
-            if offered == trusted:
+            if offered == trusted and exchange == self._exchange:
                 return
-            write_keys(self.path, offered)
-            self._keys = offered
+            write_keys(self.path, offered, exchange)
+            self._keys, self._exchange = offered, exchange
         kids = ", ".join(short_key_id(k) for k in offered)
         if pinning:
             log.warning(

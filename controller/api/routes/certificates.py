@@ -86,6 +86,8 @@ class MessageKeys(BaseModel):
 
     keys: list[str]
     current: str
+    # The X25519 key paired with the current one, for session MACs (docs/protocol.md).
+    exchange_key: str
 
 
 @router.get("/api/pki/message-keys")
@@ -99,9 +101,14 @@ def message_keys(services: ServicesDep) -> MessageKeys:
         if store.current_kid() is None:
             store.generate()  # what serve would do at start; flashing may come first
         raw = store.current_public_key()
+        exchange = store.exchange_public_key(short_key_id(raw))
     except (PkiError, KeyStoreError) as e:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(e)) from e
-    return MessageKeys(keys=[encode_public_key(raw)], current=short_key_id(raw))
+    return MessageKeys(
+        keys=[encode_public_key(raw)],
+        current=short_key_id(raw),
+        exchange_key=encode_public_key(exchange),
+    )
 
 
 @router.post("/api/devices/{device_id}/certificate", status_code=status.HTTP_201_CREATED)

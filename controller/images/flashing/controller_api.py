@@ -111,14 +111,19 @@ class ControllerApi:
             raise ControllerError("/api/pki/ca did not return a CA certificate")
         return text.encode("ascii")
 
-    def message_keys(self) -> list[bytes]:
-        """The controller message keys a device is to trust (``GET /api/pki/message-keys``)."""
+    def message_keys(self) -> tuple[list[bytes], bytes | None]:
+        """The controller message keys a device is to trust and the exchange key paired with
+        the first (``GET /api/pki/message-keys``)."""
         body = self._json("GET", "/api/pki/message-keys", "the controller's message keys")
         keys = body.get("keys") if isinstance(body, dict) else None
         if not isinstance(keys, list) or not keys:
             raise ControllerError("/api/pki/message-keys did not return any key")
+        exchange = body.get("exchange_key") if isinstance(body, dict) else None
         try:
-            return [decode_public_key(k) for k in keys if isinstance(k, str)]
+            return (
+                [decode_public_key(k) for k in keys if isinstance(k, str)],
+                decode_public_key(exchange) if isinstance(exchange, str) else None,
+            )
         except AttestationError as e:
             raise ControllerError(f"/api/pki/message-keys returned a bad key: {e}") from e
 

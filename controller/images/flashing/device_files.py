@@ -156,10 +156,16 @@ def identity_files(state_dir: str, key: Ed25519PrivateKey) -> dict[str, DeviceFi
     return {str(folder / IDENTITY_KEY_FILE): DeviceFile(pem, 0o600, folder_mode=0o700)}
 
 
-def controller_keys_file(state_dir: str, keys: list[bytes]) -> dict[str, DeviceFile]:
-    """The controller message keys the device trusts from its first boot
-    (``<state_dir>/identity/controller-keys.json``, 0600; edge_agent/sync/trust.py)."""
-    document = {"keys": [encode_public_key(k) for k in keys]}
+def controller_keys_file(
+    state_dir: str, keys: tuple[list[bytes], bytes | None]
+) -> dict[str, DeviceFile]:
+    """The controller message keys the device trusts from its first boot, and the exchange
+    key paired with the first (``<state_dir>/identity/controller-keys.json``, 0600;
+    edge_agent/sync/trust.py)."""
+    trusted, exchange = keys
+    document: dict[str, object] = {"keys": [encode_public_key(k) for k in trusted]}
+    if exchange is not None:
+        document["exchange_key"] = encode_public_key(exchange)
     folder = PurePosixPath(state_dir.lstrip("/")) / IDENTITY_FOLDER
     content = (json.dumps(document, indent=2) + "\n").encode()
     return {str(folder / CONTROLLER_KEYS_FILE): DeviceFile(content, 0o600, folder_mode=0o700)}
