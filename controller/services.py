@@ -197,6 +197,7 @@ class Services:
                 tls=tls,
                 password_file=cfg.embedded_password_file,
                 controller_user=cfg.username,
+                controller_client_ids=(cfg.client_id,),
             )
             self.broker.start()
         address = parse_broker_url(cfg.url)

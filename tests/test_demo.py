@@ -96,9 +96,11 @@ def test_demo_brings_up_a_working_fleet_and_stops_cleanly(model_path: Path, tmp_
             assert _mqtt_login(broker.group(1), int(broker.group(2)), data_dir, user, password) == (
                 "Not authorized"
             ), user
+        # The right password under another client id is refused too (a login cannot take
+        # over another client's session); the device's own connection shows it works.
         assert _mqtt_login(
             broker.group(1), int(broker.group(2)), data_dir, "demo-edge-1", secret_file.read_text()
-        ) == ("Success")
+        ) == ("Not authorized")
 
         with httpx.Client(base_url=console.group(1), timeout=30) as browser:
 

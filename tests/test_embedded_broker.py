@@ -7,6 +7,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from controller.broker.embedded import EmbeddedBroker, write_password_file
 from edge_agent.config import MqttConfig
 from edge_agent.sync.counters import CounterStore
 from edge_agent.sync.link import LoadSnapshot, MqttLink
@@ -158,3 +159,46 @@ def test_the_embedded_broker_over_tls_takes_devices_with_certificates(tmp_path: 
         finally:
             good.stop()
             stranger.stop()
+
+
+def connects(port: int, username: str, password: str, client_id: str) -> bool:
+    """Whether the broker accepts this login under this client id (MQTT 3.1.1, paho)."""
+    result: list[bool] = []
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+    )
+    client.username_pw_set(username, password)
+    client.on_connect = lambda _c, _u, _f, reason, _p: result.append(not reason.is_failure)
+    client.on_disconnect = lambda *_: result.append(False)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        wait_for(lambda: result, 10, what=f"{username} as {client_id}: an answer")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return result[0]
+
+
+def test_a_login_cannot_take_another_clients_session(tmp_path: Path) -> None:
+    """With a password file, a device's valid login under the controller's client id or
+    another device's is refused (no session takeover); each connects under its own, and the
+    controller's user only under the controller's client id."""
+    passwords = {"ctl": "controller-secret", "dev-a": "secret-a", "dev-b": "secret-b"}
+    write_password_file(tmp_path / "passwd", passwords)
+    broker = EmbeddedBroker(
+        password_file=tmp_path / "passwd",
+        controller_user="ctl",
+        controller_client_ids=("edgefleet-controller",),
+    )
+    broker.start()
+    try:
+        assert connects(broker.port, "dev-a", "secret-a", "dev-a")
+        assert connects(broker.port, "ctl", "controller-secret", "edgefleet-controller")
+        assert not connects(broker.port, "dev-a", "secret-a", "edgefleet-controller")
+        assert not connects(broker.port, "dev-a", "secret-a", "dev-b")
+        assert not connects(broker.port, "ctl", "controller-secret", "dev-a")
+    finally:
+        broker.stop()

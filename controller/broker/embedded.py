@@ -3,7 +3,10 @@
 It runs on its own asyncio loop in a background thread, bound to loopback unless told
 otherwise: it is for one machine and demos. Without a password file it accepts anonymous
 clients; with one (``password_file``: ``username:hash`` lines, Argon2 from ``hash_password``)
-it refuses anonymous and wrong logins, and confines each user to its own topics: the user
+it refuses anonymous and wrong logins, binds each login to its client id (a device's is its
+user name, the controller's user gets ``controller_client_ids``: no login can take over
+another's session, controller/broker/amqtt_auth.py), and confines each user to its own
+topics: the user
 ``controller_user`` to every topic, any other user (a device id) to ``ef/v1/<user>/#``,
 like the Mosquitto ACL of ``broker mosquitto-config``. With a server
 certificate (``broker.server_cert_file``/``server_key_file``, ``mqtts://`` URL) it listens with
@@ -54,12 +57,15 @@ class EmbeddedBroker:
         *,
         password_file: Path | None = None,
         controller_user: str | None = None,
+        controller_client_ids: tuple[str, ...] = (),
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.tls = tls
         self.password_file = password_file
         self.controller_user = controller_user
+        # The client ids the controller's user may connect as (a device's is its user name).
+        self.controller_client_ids = controller_client_ids
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="embedded-broker", daemon=True)
         self._broker: Any = None
@@ -85,8 +91,11 @@ class EmbeddedBroker:
                 for user in users
             }
             plugins = {
-                "amqtt.plugins.authentication.FileAuthPlugin": {
-                    "password_file": str(self.password_file)
+                "controller.broker.amqtt_auth.ClientIdFileAuthPlugin": {
+                    "password_file": str(self.password_file),
+                    "client_ids": {self.controller_user: list(self.controller_client_ids)}
+                    if self.controller_user
+                    else {},
                 },
                 "amqtt.plugins.topic_checking.TopicAccessControlListPlugin": {
                     "acl": acl,
