@@ -162,6 +162,14 @@ def _add_error_handlers(app: FastAPI) -> None:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
         return _problem(422, "Invalid request", errors)
 
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette answers an unhandled exception from its outermost middleware, outside
+        # SecurityHeaders: this answer carries the headers itself (the exception is still
+        # logged with its traceback by the server). No detail: it may hold anything.
+        headers = {**dict(SECURITY_HEADERS), "Cache-Control": "no-store"}
+        return _problem(500, "Internal Server Error", "an internal error; see the log", headers)
+
 
 def _broker_session(services: Services, now: float) -> dict[str, Any]:
     """Ingest's broker session for ``/healthz``: ``taken_over`` while another client took

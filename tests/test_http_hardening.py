@@ -543,3 +543,31 @@ def test_host_header_examples() -> None:
     }
     for value, expected in cases.items():
         assert host_of(value) == expected, value
+
+
+def test_an_unhandled_error_answers_500_with_the_security_headers(tmp_path: Path) -> None:
+    """A defect that escapes a route is a 500 problem document that still carries the CSP,
+    nosniff and no-store (Starlette answers it outside the headers middleware) and says
+    nothing about the exception."""
+    settings = load_settings(
+        None, environment="development", database_url=f"sqlite:///{tmp_path / 'c.db'}"
+    )
+    services = Services.create(settings)
+    with session_scope(services.engine) as session:
+        admin = create_user(session, username="boss", password="a-long-password-1", role="admin")
+        token = create_api_token(session, admin, name="t")
+    app = create_app(settings, services=services)
+
+    def boom() -> None:
+        raise RuntimeError("secret detail of a defect")
+
+    app.add_api_route("/api/devices/boom/defect", boom)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get(
+            "/api/devices/boom/defect", headers={"Authorization": f"Bearer {token}"}
+        )
+    assert response.status_code == 500
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["cache-control"] == "no-store"
+    assert "secret detail" not in response.text
