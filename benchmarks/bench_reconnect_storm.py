@@ -50,7 +50,9 @@ from benchmarks._common import (
     raise_nofile,
 )
 from benchmarks.bench_sync_ingest import start_ingest
+from controller.services import Services
 from edge_agent import __version__
+from shared.attestation import encode_public_key
 from shared.messages import Record, TelemetryBatch, encode_message
 
 GOAL_S = 30.0
@@ -146,9 +148,17 @@ def storm_device_ids(run: int, counts: list[int]) -> list[str]:
     return ids
 
 
-def write_template(folder: Path, name: str, port: int, tls: StormTls | None = None) -> Path:
+def write_template(
+    folder: Path,
+    name: str,
+    port: int,
+    tls: StormTls | None = None,
+    controller_keys: Path | None = None,
+) -> Path:
     """An agent config (YAML) used as the template of one simulation process; with ``tls``
-    over mqtts:// with each device's own certificate."""
+    over mqtts:// with each device's own certificate; ``controller_keys``: the controller's
+    message and exchange keys, as flashing gives a device (it then MACs from its first
+    session instead of signing every message)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"
     mqtt = (
@@ -166,7 +176,23 @@ def write_template(folder: Path, name: str, port: int, tls: StormTls | None = No
         "  keepalive_s: 30\n"
         "  reconnect_min_s: 1\n"
         "  reconnect_max_s: 10\n"
+        + (f"  controller_keys_file: {controller_keys}\n" if controller_keys else "")
     )
+    return path
+
+
+def flash_controller_keys(services: Services, path: Path) -> Path:
+    """The trust file ``edgefleet flash`` writes onto a device, for this controller."""
+    ring = services.ingest.message_keys if services.ingest is not None else None
+    assert ring is not None, "the controller has no message keys"
+    exchange = ring.exchange_public(ring.trusted_kids()[0])
+    assert exchange is not None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "keys": [encode_public_key(k) for k in ring.trusted_set()],
+        "exchange_key": encode_public_key(exchange),
+    }
+    path.write_text(json.dumps(document))
     return path
 
 
@@ -239,9 +265,12 @@ def _launch_sim(
     start_at: float,
     sim_log_level: str,
     tls: StormTls | None = None,
+    controller_keys: Path | None = None,
 ) -> SimProcess:
     """One ``edge-agent simulate`` process of ``devices`` devices, released at ``start_at``."""
-    template = write_template(root / f"storm-{run}", f"storm{run}-p{index}", port, tls)
+    template = write_template(
+        root / f"storm-{run}", f"storm{run}-p{index}", port, tls, controller_keys
+    )
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -373,13 +402,16 @@ def run_storm(
             else {"timeout_s": attestation_timeout_s, "nonce_ttl_s": attestation_timeout_s}
         )
         services = start_ingest(port, db, f"bench-storm-{run}", overrides, attestation)
+        keys = flash_controller_keys(services, root / f"storm-{run}" / "controller-keys.json")
         sims: list[SimProcess] = []
         try:
             launched = time.time()
             start_at = launched + lead_s
             for i, n in enumerate(counts):
                 sims.append(
-                    _launch_sim(root, run, i, n, port, prefill, start_at, sim_log_level, certs)
+                    _launch_sim(
+                        root, run, i, n, port, prefill, start_at, sim_log_level, certs, keys
+                    )
                 )
             _wait_prefilled(root, run, sims, start_at, lead_s)
             prefill_s = time.time() - launched

@@ -96,9 +96,9 @@ def _device_last_heartbeat_at(conn: Connection) -> None:
     _add_column(conn, "device", "last_heartbeat_at", "DATETIME", "TIMESTAMP WITHOUT TIME ZONE")
 
 
-def _device_session_key(conn: Connection) -> None:
-    _add_column(conn, "device", "session_key", "VARCHAR(64)", "VARCHAR(64)")
-    _add_column(conn, "device", "session_exchange_kid", "VARCHAR(16)", "VARCHAR(16)")
+def _device_sessions(conn: Connection) -> None:
+    kind = "JSON NOT NULL DEFAULT '[]'"
+    _add_column(conn, "device", "sessions", kind, kind)
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -128,9 +128,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         _device_last_heartbeat_at,
     ),
     Migration(
-        "0006_device_session_key",
-        "device.session_key and session_exchange_kid (session MACs of device messages)",
-        _device_session_key,
+        "0006_device_sessions",
+        "device.sessions (the keys of recent sessions, for MACs of device messages)",
+        _device_sessions,
     ),
 )
 

@@ -10,11 +10,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from controller.devices.tables import MAX_SESSIONS
 from controller.ingest.signatures import (
     DeviceSession,
     SessionKeys,
     SignatureRules,
     check_signature,
+    remember_session,
 )
 from controller.pki.message_keys import MessageKeyStore
 from edge_agent.sync.trust import ControllerTrust, TrustStoreError, write_keys
@@ -221,8 +223,9 @@ def mac_check(
     if tamper:
         payload = payload.replace(b'"cpu_percent":1.0', b'"cpu_percent":2.0')
     _, decoded, signed = decode_signed(topic, payload)
+    sessions = {short_key_id(session[0]): session} if session is not None else {}
     return check_signature(
-        topic, decoded, signed, public_key_of(DEVICE_KEY), rules, NOW, session=session
+        topic, decoded, signed, public_key_of(DEVICE_KEY), rules, NOW, sessions=sessions
     )
 
 
@@ -233,9 +236,10 @@ def mac_refusal(*args: object, **kwargs: object) -> str:
 
 
 def test_session_macs_pass_only_under_the_devices_current_session(tmp_path: Path) -> None:
-    """A heartbeat MACed under the device's session passes; altered it is ``bad_signature``;
-    under another session, or with no session open, ``unknown_session``; a birth must carry
-    the identity key's signature, never a MAC; the replay window holds for MACs too."""
+    """A heartbeat MACed under one of the device's sessions passes; altered it is
+    ``bad_signature``; under a session the device does not have, or with none open,
+    ``unknown_session``; a birth must carry the identity key's signature, never a MAC; the
+    replay window holds for MACs too."""
     rules, session, mac = session_world(tmp_path)
     assert mac_check(heartbeat(), mac, rules, session) == public_key_of(DEVICE_KEY)
     assert mac_refusal(heartbeat(), mac, rules, session, tamper=True) == "bad_signature"
@@ -246,3 +250,16 @@ def test_session_macs_pass_only_under_the_devices_current_session(tmp_path: Path
     assert mac_refusal(birth(DEVICE_KEY), mac, rules, session) == "unsigned"
     old = heartbeat(ts=NOW - timedelta(days=2))
     assert mac_refusal(old, mac, rules, session) == "expired"
+
+
+def test_recent_sessions_are_kept_so_late_messages_of_earlier_ones_pass() -> None:
+    """A device keeps its last MAX_SESSIONS sessions, newest last: a birth delivered late
+    (an earlier session's, re-sent after the next one's) adds its session without pushing
+    out the current one, and a birth seen again does not duplicate it."""
+    sessions: list[list[str]] = []
+    for n in range(MAX_SESSIONS + 3):
+        sessions = remember_session(sessions, f"key-{n}", "k" * 16)
+    assert [e[0] for e in sessions] == [f"key-{n}" for n in range(3, MAX_SESSIONS + 3)]
+    late = remember_session(sessions, "key-2", "k" * 16)
+    assert late[-1][0] == "key-2" and f"key-{MAX_SESSIONS + 2}" in [e[0] for e in late]
+    assert remember_session(late, "key-2", "k" * 16) == late

@@ -53,11 +53,17 @@ class Device(DeviceBase, table=True):
     first_seen: datetime = Field(default_factory=utcnow)
     last_seen: datetime | None = None
     state_changed_at: datetime | None = None
-    # The X25519 key of the device's current MQTT session (its newest accepted birth), and
-    # the controller message key whose exchange key it was agreed with: the session's MACs
-    # are checked with these (shared/message_signing.py).
-    session_key: str | None = Field(default=None, max_length=64)
-    session_exchange_kid: str | None = Field(default=None, max_length=16)
+    # The device's recent MQTT sessions, oldest first: [X25519 session key (base64), the
+    # controller message key whose exchange key it was agreed with] from each verified birth
+    # (at most MAX_SESSIONS): MACs are checked under the session they name, so a late
+    # message (or a late birth) of an earlier session does not lock the current one out.
+    sessions: list[list[str]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
+
+
+# How many of a device's sessions ingest keeps for checking MACs.
+MAX_SESSIONS = 8
 
 
 class DevicePublic(DeviceBase):

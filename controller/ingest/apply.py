@@ -39,7 +39,12 @@ from controller.ingest.plausibility import (
     check_heartbeat,
     check_telemetry,
 )
-from controller.ingest.signatures import SignatureRules, default_rules, refuse_unverified
+from controller.ingest.signatures import (
+    SignatureRules,
+    default_rules,
+    refuse_unverified,
+    remember_session,
+)
 from controller.ingest.tables import RejectedMessage
 from controller.ingest.telemetry_store import PendingRecords
 from controller.settings import PlausibilitySettings
@@ -207,10 +212,10 @@ def _apply_fields(device: Device, message: Birth | Death | Heartbeat, at: dateti
         device.models = [m.model_dump() for m in message.models]
         device.api_url = message.api_url
         device.heartbeat_interval_s = message.heartbeat_interval_s
-        device.session_key = message.session_key
-        device.session_exchange_kid = (
-            message.controller_key_ids[0] if message.controller_key_ids else None
-        )
+        if message.session_key is not None and message.controller_key_ids:
+            device.sessions = remember_session(
+                device.sessions, message.session_key, message.controller_key_ids[0]
+            )
         if device.bd_seq is None or message.bd_seq <= device.bd_seq:
             # Numbering starts again (a reflashed device): seq compares from here on.
             # Otherwise the device's heartbeat seq goes on across sessions (never reused).

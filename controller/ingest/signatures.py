@@ -20,7 +20,7 @@ Everything refused is counted by reason and dead-lettered by the caller; what is
 never acknowledged to the device as stored, so a genuine device re-sends it.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from sqlmodel import Session, col, select
 
 from controller.attestation.service import DeviceIdentity
-from controller.devices.tables import Device
+from controller.devices.tables import MAX_SESSIONS, Device
 from shared.attestation import AttestationError, decode_public_key
 from shared.errors import ProtocolError
 from shared.message_signing import (
@@ -96,9 +96,7 @@ def refuse_unverified(
     ``result.outcome`` and listed in ``result.refused`` with their reason."""
     keys = enrolled_keys(session, (d.message.device_id for d in batch))
     macs = any(d.signed is not None and d.signed.mac for d in batch)
-    sessions, marks = (
-        device_sessions(session, {d.message.device_id for d in batch}) if macs else ({}, {})
-    )
+    sessions = device_sessions(session, {d.message.device_id for d in batch}) if macs else {}
     kept: list[Decoded] = []
     for decoded in batch:
         message, received = decoded.message, decoded.received
@@ -110,7 +108,7 @@ def refuse_unverified(
                 keys.get(message.device_id),
                 rules,
                 received.received_at,
-                session=sessions.get(message.device_id),
+                sessions=sessions.get(message.device_id, {}),
             )
         except ProtocolError as e:
             result.outcome[f"rejected:{e.reason}"] += 1
@@ -118,54 +116,49 @@ def refuse_unverified(
             continue
         if key is not None:
             keys.setdefault(message.device_id, key)  # a birth's key checks what follows it
-        if isinstance(message, Birth) and key is not None:
-            _adopt_session(sessions, marks, message)
+            if isinstance(message, Birth):
+                _adopt_session(sessions.setdefault(message.device_id, {}), message)
         kept.append(decoded)
     return kept
 
 
-def _adopt_session(
-    sessions: dict[str, DeviceSession], marks: dict[str, int | None], birth: Birth
-) -> None:
-    """A verified birth's session checks the MACs after it in the batch (unless it is an
-    older session's birth delivered late: the stored session stays)."""
-    mark = marks.get(birth.device_id)
-    if mark is not None and birth.bd_seq < mark:
-        return
-    marks[birth.device_id] = birth.bd_seq
+def _adopt_session(sessions: dict[str, DeviceSession], birth: Birth) -> None:
+    """A verified birth's session checks the MACs after it in the batch."""
     if birth.session_key is None or not birth.controller_key_ids:
-        sessions.pop(birth.device_id, None)
         return
     try:
-        sessions[birth.device_id] = (
-            decode_public_key(birth.session_key),
-            birth.controller_key_ids[0],
-        )
+        raw = decode_public_key(birth.session_key)
     except AttestationError:
-        sessions.pop(birth.device_id, None)
+        return
+    sessions[short_key_id(raw)] = (raw, birth.controller_key_ids[0])
 
 
-def device_sessions(
-    session: Session, device_ids: set[str]
-) -> tuple[dict[str, DeviceSession], dict[str, int | None]]:
-    """The current sessions of ``device_ids`` and their ``bd_seq`` marks, in one query."""
+def remember_session(
+    sessions: list[list[str]], session_key: str, exchange_kid: str
+) -> list[list[str]]:
+    """A device's recent sessions with a verified birth's added (the newest last, at most
+    ``MAX_SESSIONS``): a new list, so the ORM sees the change."""
+    kept = [entry for entry in sessions if entry[:1] != [session_key]]
+    return [*kept, [session_key, exchange_kid]][-MAX_SESSIONS:]
+
+
+def device_sessions(session: Session, device_ids: set[str]) -> dict[str, dict[str, DeviceSession]]:
+    """The recent sessions of ``device_ids`` by their short ids, in one query."""
     if not device_ids:
-        return {}, {}
-    rows = session.exec(
-        select(Device.id, Device.session_key, Device.session_exchange_kid, Device.bd_seq).where(
-            col(Device.id).in_(device_ids)
-        )
-    )
-    sessions: dict[str, DeviceSession] = {}
-    marks: dict[str, int | None] = {}
-    for device_id, session_key, exchange_kid, bd_seq in rows:
-        marks[device_id] = bd_seq
-        if session_key and exchange_kid:
+        return {}
+    rows = session.exec(select(Device.id, Device.sessions).where(col(Device.id).in_(device_ids)))
+    found: dict[str, dict[str, DeviceSession]] = {}
+    for device_id, entries in rows:
+        known: dict[str, DeviceSession] = {}
+        for entry in entries or []:
             try:
-                sessions[device_id] = (decode_public_key(session_key), exchange_kid)
-            except AttestationError:
+                raw = decode_public_key(entry[0])
+            except (AttestationError, IndexError, TypeError):
                 continue
-    return sessions, marks
+            if len(entry) > 1 and isinstance(entry[1], str):
+                known[short_key_id(raw)] = (raw, entry[1])
+        found[device_id] = known
+    return found
 
 
 def _check_mac(
@@ -181,15 +174,11 @@ def _check_mac(
         raise ProtocolError("unsigned", f"a {message.type} must carry the identity key's signature")
     if session is None or rules.sessions is None:
         raise ProtocolError(
-            "unknown_session", f"{message.type!r} carries a MAC, but no session is open for it"
+            "unknown_session",
+            f"{message.type!r} carries a MAC of session {signed.kid}, which is not one of "
+            "the device's recent sessions",
         )
     session_key, exchange_kid = session
-    if signed.kid != short_key_id(session_key):
-        raise ProtocolError(
-            "unknown_session",
-            f"a MAC of session {signed.kid}; the device's current session is "
-            f"{short_key_id(session_key)}",
-        )
     mac_key = rules.sessions.mac_key(message.device_id, exchange_kid, session_key)
     if mac_key is None:
         raise ProtocolError(
@@ -226,11 +215,12 @@ def check_signature(
     rules: SignatureRules,
     now: datetime,
     *,
-    session: DeviceSession | None = None,
+    sessions: Mapping[str, DeviceSession] | None = None,
 ) -> bytes | None:
     """Raise ``ProtocolError`` unless ``message`` is its device's; returns the key it was
     checked against (a birth's own key for a device with none enrolled, else ``key``).
-    A MACed message is checked under the device's current ``session`` instead."""
+    A MACed message is checked under the one of the device's recent ``sessions`` (by short
+    id) that it names instead."""
     if key is None and isinstance(message, Birth) and message.identity_key is not None:
         try:
             key = decode_public_key(message.identity_key)
@@ -249,7 +239,7 @@ def check_signature(
     if signed is None:
         raise ProtocolError("unsigned", f"{message.type!r} carries no signature of the device")
     if signed.mac:
-        _check_mac(topic, message, signed, session, rules)
+        _check_mac(topic, message, signed, (sessions or {}).get(signed.kid), rules)
     elif signed.kid != short_key_id(key):
         raise ProtocolError(
             "unknown_key",
@@ -278,4 +268,5 @@ __all__ = [
     "device_sessions",
     "enrolled_keys",
     "refuse_unverified",
+    "remember_session",
 ]
