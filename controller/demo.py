@@ -32,6 +32,7 @@ from controller.broker.embedded import free_port, write_password_file
 from controller.db import session_scope
 from controller.demo_traffic import DemoTraffic, DriftBaseline
 from controller.devices.tables import Device
+from controller.images.flashing.device_files import controller_keys_file
 from controller.pki.service import issue_device_certificate
 from controller.pki.store import CA_CERT, SERVER_CERT, SERVER_KEY, PkiStore
 from controller.services import Services
@@ -40,7 +41,7 @@ from controller.updates.publish import ModelSpec, add_model_file
 from shared.attestation import encode_public_key, public_key_of
 from shared.certificates import certificate_pem, csr_for, new_private_key, private_key_pem
 from shared.files import write_atomic
-from shared.provisioning import IDENTITY_FOLDER, IDENTITY_KEY_FILE
+from shared.provisioning import CONTROLLER_KEYS_FILE, IDENTITY_FOLDER, IDENTITY_KEY_FILE
 
 DEMO_MODEL_NAME = "smollm2-135m"
 DEMO_MODEL_VERSION = "1.0"
@@ -242,10 +243,14 @@ def provision_identities(services: Services, data_dir: Path, devices: int) -> No
     """Each demo device's Ed25519 identity key, made before it starts (as ``edgefleet
     flash`` does): the private half where its agent looks (``<state_dir>/identity``, 0600),
     the public half registered as expected, so attestation (``provisioned`` enrollment)
-    trusts these keys only and an unknown device is quarantined."""
+    trusts these keys only and an unknown device is quarantined; and beside it the
+    controller's message keys the device is to trust."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    ring = services.message_keyring()
+    exchange = ring.exchange_public(ring.trusted_kids()[0])
+    trust = next(iter(controller_keys_file("", (ring.trusted_set(), exchange)).values()))
     for i in range(1, devices + 1):
         device_id = f"demo-edge-{i}"
         key = Ed25519PrivateKey.generate()
@@ -257,6 +262,8 @@ def provision_identities(services: Services, data_dir: Path, devices: int) -> No
             serialization.NoEncryption(),
         )
         write_atomic(folder / IDENTITY_KEY_FILE, pem, mode=0o600)
+        # The controller's message keys too, so the device MACs from its first session.
+        write_atomic(folder / CONTROLLER_KEYS_FILE, trust.content, mode=0o600)
         with session_scope(services.engine) as session:
             register_identity(
                 session,

@@ -151,6 +151,24 @@ class Services:
         passphrase = read_passphrase(self.settings.updates.passphrase_file)
         return MessageKeyStore(self.settings.pki.dir, passphrase).load(create=True)
 
+    def _embedded_broker(self) -> EmbeddedBroker:
+        """The embedded broker of ``broker.*``: TLS with a server certificate, logins with a
+        password file (each bound to its client id)."""
+        cfg = self.settings.broker
+        tls = (
+            ListenerTls(cfg.server_cert_file, cfg.server_key_file, cfg.ca_file)
+            if cfg.server_cert_file is not None and cfg.server_key_file is not None
+            else None
+        )
+        return EmbeddedBroker(
+            cfg.host,
+            cfg.port,
+            tls=tls,
+            password_file=cfg.embedded_password_file,
+            controller_user=cfg.username,
+            controller_client_ids=(cfg.client_id,),
+        )
+
     def _announce_rotation(self) -> None:
         """During a message key rotation (a next key exists), announce it in the background."""
         ring = self.ingest.message_keys if self.ingest is not None else None
@@ -186,19 +204,7 @@ class Services:
             self.supervisor = Supervisor()
         cfg = self.settings.broker
         if cfg.mode == "embedded":
-            tls = (
-                ListenerTls(cfg.server_cert_file, cfg.server_key_file, cfg.ca_file)
-                if cfg.server_cert_file is not None and cfg.server_key_file is not None
-                else None
-            )
-            self.broker = EmbeddedBroker(
-                cfg.host,
-                cfg.port,
-                tls=tls,
-                password_file=cfg.embedded_password_file,
-                controller_user=cfg.username,
-                controller_client_ids=(cfg.client_id,),
-            )
+            self.broker = self._embedded_broker()
             self.broker.start()
         address = parse_broker_url(cfg.url)
         if self.settings.environment == "production" and not address.tls and not address.loopback:
