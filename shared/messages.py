@@ -7,6 +7,7 @@ agreement are each checked, and each failure is a ``ProtocolError`` with its own
 """
 
 import itertools
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -268,9 +269,15 @@ class Quote(_Envelope):
 # refused by the patterns before any X.509 parser sees it.
 MAX_CSR_PEM = 8 * 1024
 MAX_CERTIFICATE_PEM = 8 * 1024
+# Compiled with Python's ``re`` (pydantic then uses it instead of Rust's regex crate): the
+# Rust engine unrolls the counted repeats ({1,76} lines, {1,160} times) and held 4.8 MiB per
+# pattern from import on, in every process that imports this module (benchmarks/
+# bench_agent_memory.py). ``\Z`` is what Rust's ``$`` means: the very end, no newline after.
 _PEM_BODY = r"\n(?:[A-Za-z0-9+/=]{1,76}\n){1,160}"
-_CSR_PEM = rf"^-----BEGIN CERTIFICATE REQUEST-----{_PEM_BODY}-----END CERTIFICATE REQUEST-----\n$"
-_CERT_PEM = rf"^-----BEGIN CERTIFICATE-----{_PEM_BODY}-----END CERTIFICATE-----\n$"
+_CSR_PEM = re.compile(
+    rf"^-----BEGIN CERTIFICATE REQUEST-----{_PEM_BODY}-----END CERTIFICATE REQUEST-----\n\Z"
+)
+_CERT_PEM = re.compile(rf"^-----BEGIN CERTIFICATE-----{_PEM_BODY}-----END CERTIFICATE-----\n\Z")
 # An ECDSA P-256 signature (DER, at most 72 bytes) in standard base64.
 _ECDSA_SIGNATURE = r"^[A-Za-z0-9+/]{8,96}={0,2}$"
 _HEX128 = r"^[0-9a-f]{32}$"
