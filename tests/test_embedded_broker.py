@@ -12,6 +12,7 @@ from edge_agent.config import MqttConfig
 from edge_agent.sync.counters import CounterStore
 from edge_agent.sync.link import LoadSnapshot, MqttLink
 from shared import Death, encode_message
+from shared.topics import TOPIC_ROOT
 from tests.conftest import wait_for
 from tests.controller_harness import LiveController, live_controller
 from tests.pki_world import ClientFiles, TestCa
@@ -201,4 +202,59 @@ def test_a_login_cannot_take_another_clients_session(tmp_path: Path) -> None:
         assert not connects(broker.port, "dev-a", "secret-a", "dev-b")
         assert not connects(broker.port, "ctl", "controller-secret", "dev-a")
     finally:
+        broker.stop()
+
+
+def _client(port: int, client_id: str, got: list[bytes] | None = None) -> mqtt.Client:
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+    )
+    client.username_pw_set("ctl", "controller-secret")
+    if got is not None:
+        client.on_message = lambda _c, _u, message: got.append(bytes(message.payload))
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+def test_subscribing_during_a_broadcast_loses_no_message(tmp_path: Path) -> None:
+    """Clients subscribing while the ACL-checked broker delivers a stream of messages cost
+    no subscriber a message (amqtt's broadcast loop raised "dictionary changed size during
+    iteration" mid-delivery and skipped the remaining subscribers)."""
+    write_password_file(tmp_path / "passwd", {"ctl": "controller-secret", "dev-a": "secret-a"})
+    ids = ("c-first", "c-steady", *(f"c-churn-{i}" for i in range(4)))
+    broker = EmbeddedBroker(
+        password_file=tmp_path / "passwd", controller_user="ctl", controller_client_ids=ids
+    )
+    broker.start()
+    first: list[bytes] = []
+    steady: list[bytes] = []
+    clients = [_client(broker.port, "c-first", first)]
+    clients[0].subscribe(f"{TOPIC_ROOT}/#", qos=1)
+    wait_for(lambda: len(broker._broker.subscriptions) == 1, 10, what="the first subscription")
+    clients.append(_client(broker.port, "c-steady", steady))
+    clients[1].subscribe(f"{TOPIC_ROOT}/+/t", qos=1)
+    wait_for(lambda: len(broker._broker.subscriptions) == 2, 10, what="the steady subscription")
+    churners = [_client(broker.port, f"c-churn-{i}") for i in range(4)]
+    clients += churners
+    publisher = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id="dev-a", protocol=mqtt.MQTTv311
+    )
+    publisher.username_pw_set("dev-a", "secret-a")
+    publisher.connect("127.0.0.1", broker.port)
+    publisher.loop_start()
+    clients.append(publisher)
+    try:
+        total = 600
+        for n in range(total):
+            publisher.publish(f"{TOPIC_ROOT}/dev-a/t", str(n).encode(), qos=1)
+            churners[n % 4].subscribe(f"{TOPIC_ROOT}/churn-{n}/x", qos=0)
+        wait_for(lambda: len(set(first)) == total, 60, what="every message at the first client")
+        wait_for(lambda: len(set(steady)) == total, 30, what="every message at the steady client")
+    finally:
+        for client in clients:
+            client.loop_stop()
+            client.disconnect()
         broker.stop()

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import socket
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,8 +181,28 @@ def read_users(path: Path) -> list[str]:
     return users
 
 
+class SnapshotSubscriptions(dict[str, list[Any]]):
+    """amqtt's table of subscriptions (topic filter -> [(session, qos)]) whose iteration
+    walks a copy taken when it starts.
+
+    amqtt 0.12 awaits inside its loops over this table (the ACL plugin's topic check for
+    each matching subscriber in ``_run_broadcast``, retained messages for a reconnecting
+    session), so a client subscribing meanwhile raised ``RuntimeError: dictionary changed
+    size during iteration``: the message was delivered to the subscribers before that point
+    only, and a reconnecting client lost its connection handler (CI saw the traceback in
+    the demo). A copy per walk costs one list of the filters; the lists themselves are
+    copied too, so an unsubscribe mid-walk cannot make a subscriber be skipped."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(dict.keys(self)))
+
+    def items(self) -> list[tuple[str, list[Any]]]:  # type: ignore[override]
+        return [(topic, list(holders)) for topic, holders in dict.items(self)]
+
+
 def _broker_class() -> Any:
-    """amqtt's Broker with its retained-message leak worked around (docs/upstream.md).
+    """amqtt's Broker with its retained-message leak and its iteration race worked around
+    (docs/upstream.md).
 
     amqtt 0.12 re-sends retained messages to a reconnecting persistent session for every
     topic filter *any* client subscribed to, not only the session's own: a device got the
@@ -190,6 +211,10 @@ def _broker_class() -> Any:
     from amqtt.broker import Broker
 
     class _Broker(Broker):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._subscriptions = SnapshotSubscriptions()
+
         async def _publish_retained_messages_for_subscription(
             self, subscription: tuple[str, int], session: Any
         ) -> None:

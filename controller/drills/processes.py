@@ -8,6 +8,7 @@ remote one the drill cannot restart (controller-crash is skipped there).
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,9 +33,32 @@ class DrillError(RuntimeError):
 
 
 def free_port() -> int:
+    """A port nothing listens on, below the kernel's ephemeral range when one is free there.
+
+    A port the kernel handed out for ``bind(0)`` is an ephemeral one: before the drill's
+    process binds it (or binds it again after a restart), any outgoing connection on the
+    machine may take it as its source port ("address already in use", seen in CI). Ports
+    below the range are never handed out that way."""
+    low, _high = _ephemeral_range()
+    for _ in range(50):
+        port = random.randrange(max(1024, low - 12000), low)  # noqa: S311  # not a secret
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
