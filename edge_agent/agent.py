@@ -47,8 +47,7 @@ from edge_agent.telemetry.windows import (
     WindowAggregator,
     utc_now,
 )
-from edge_agent.updates.decisions import DeviceFacts
-from edge_agent.updates.manager import UpdateManager, disabled_status
+from edge_agent.updates.decisions import DeviceFacts, disabled_status
 from shared.attestation import encode_public_key
 from shared.message_signing import DEVICE_DOMAIN, Signer, short_key_id
 from shared.messages import (
@@ -66,6 +65,9 @@ from shared.supervision import Supervisor
 
 if TYPE_CHECKING:  # ONNX runtimes (and numpy) load only when an ONNX model is configured
     from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
+
+    # The update manager (httpx; TUF once an update arrives) loads with updates.enabled.
+    from edge_agent.updates.manager import UpdateManager
 
 log = logging.getLogger(__name__)
 
@@ -152,25 +154,32 @@ class Agent:
         )
         if config.updates.enabled:
             # Opening the slots counts a trial boot: it may roll a crash loop back now.
-            self.updates = UpdateManager(
-                config.updates,
-                state_dir=config.state_dir,
-                models=[*config.models, *config.perception],
-                device=DeviceFacts(
-                    device_class=config.device_class or self.profile.device_class,
-                    agent_version=__version__,
-                    runtimes=tuple(
-                        "onnx" if name == "onnxruntime" else name for name in available_runtimes()
-                    ),
+            self.updates = self._update_manager()
+
+    def _update_manager(self) -> "UpdateManager":
+        """The model update manager (imported here: httpx loads only with updates on)."""
+        from edge_agent.updates.manager import UpdateManager
+
+        config = self.config
+        return UpdateManager(
+            config.updates,
+            state_dir=config.state_dir,
+            models=[*config.models, *config.perception],
+            device=DeviceFacts(
+                device_class=config.device_class or self.profile.device_class,
+                agent_version=__version__,
+                runtimes=tuple(
+                    "onnx" if name == "onnxruntime" else name for name in available_runtimes()
                 ),
-                load=self.models.open_any,
-                swap=self.models.swap,
-                desired=lambda: self.shadow.current.settings,
-                record_event=self.record_event,
-                on_status=self._publish_reported,
-                hashes=lambda: dict(self.model_hashes),
-                supervisor=self.supervisor,
-            )
+            ),
+            load=self.models.open_any,
+            swap=self.models.swap,
+            desired=lambda: self.shadow.current.settings,
+            record_event=self.record_event,
+            on_status=self._publish_reported,
+            hashes=lambda: dict(self.model_hashes),
+            supervisor=self.supervisor,
+        )
 
     # --- models -------------------------------------------------------------------------
     @property

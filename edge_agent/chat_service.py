@@ -10,7 +10,7 @@ Prompt contents are never logged; only counts and timings leave this module.
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent.config import AUTO_MODEL, AgentConfig
 from edge_agent.model_registry import ModelRegistry
@@ -21,10 +21,12 @@ from edge_agent.routing.context import (
     policy_from_config,
 )
 from edge_agent.routing.policy import RouteHints
-from edge_agent.routing.remote import RemoteTier
 from edge_agent.routing.router import RoutedRequest, RoutedResult, RouteOutcome, Router
 from edge_agent.routing.sensitivity import SensitivityConfig, SensitivityDetector
 from edge_agent.runtimes.base import ChatMessage, ChatRequest, CompletionChunk
+
+if TYPE_CHECKING:
+    from edge_agent.routing.remote import RemoteTier
 
 
 def build_router(
@@ -41,7 +43,10 @@ def build_router(
     for name in ("private", "cloud"):
         tier = getattr(config.tiers, name)
         if tier is not None:
-            remotes[name] = RemoteTier(name, tier)
+            # httpx loads only with a remote tier configured (agent memory: issue 15).
+            from edge_agent.routing import remote
+
+            remotes[name] = remote.RemoteTier(name, tier)
             costs[name] = tier.cost_per_1k_input + tier.cost_per_1k_output
     detector = SensitivityDetector(
         SensitivityConfig(

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import jsonschema
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -89,6 +88,8 @@ class _ResponseFormat(BaseModel):
         if self.type == "json_schema" and self.json_schema is None:
             raise ValueError("json_schema is required when type is json_schema")
         if self.json_schema is not None:
+            import jsonschema  # loaded by the first request that asks for a JSON schema
+
             try:
                 jsonschema.Draft202012Validator.check_schema(self.json_schema.schema_)
             except jsonschema.SchemaError as e:

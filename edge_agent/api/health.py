@@ -2,7 +2,6 @@
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from edge_agent.agent import Agent
@@ -31,6 +30,6 @@ def health_routes(agent: Agent) -> APIRouter:
         """Prometheus text format; like every route but /healthz it takes an API key when
         api.keys_file is set (docs/tls.md), and is open on a loopback-only API otherwise."""
         body = await run_in_threadpool(agent.metrics.exposition)  # reads the outbox
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
+        return Response(body, media_type=agent.metrics.content_type)
 
     return routes

@@ -17,8 +17,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jsonschema
-
 from shared.json_guard import JsonShapeError, loads_bounded
 
 # A structured answer longer than this is not checked against its schema (judged invalid).
@@ -39,6 +37,10 @@ def schema_valid(text: str, schema: dict[str, Any]) -> bool:
         document = loads_bounded(text, max_bytes=MAX_ANSWER_BYTES)
     except JsonShapeError:
         return False
+    # jsonschema loads with the first structured request (2.3 MiB the agent otherwise
+    # holds from start, benchmarks/bench_agent_memory.py); later imports are a dict lookup.
+    import jsonschema
+
     try:
         jsonschema.validate(document, schema)
     except jsonschema.ValidationError:

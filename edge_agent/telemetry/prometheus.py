@@ -8,14 +8,16 @@ names of api.keys_file only, so their number stays bounded (task classes, chosen
 clients, are not labels here).
 Supervised workers and MQTT rejections are read from the agent at scrape time too: worker
 names and rejection reasons are fixed sets, never taken from a message.
+
+The counters and the histogram are kept here in plain numbers (``CounterTally``,
+``HistogramTally``); prometheus_client loads with the first scrape, which renders them
+(``edge_agent/telemetry/exposition.py``). An agent nobody scrapes never imports it.
 """
 
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from edge_agent.telemetry.windows import ChatObservation, PerceptionObservation
 from shared.sketches import EDGES
@@ -52,196 +54,198 @@ class AgentState:
     certificate_renewals: dict[str, int] = field(default_factory=dict)
 
 
-class _StateCollector(Collector):
-    def __init__(self, state: Callable[[], AgentState]) -> None:
-        self._state = state
+@dataclass(slots=True)
+class HistogramChild:
+    """One label set of a histogram: counts per bucket (not cumulative), sum, created."""
 
-    def collect(self) -> Iterable[Metric]:
-        state = self._state()
-        yield GaugeMetricFamily(
-            "edge_agent_outbox_pending_records",
-            "Telemetry records kept in the outbox and not yet acknowledged.",
-            value=state.outbox_records,
-        )
-        yield GaugeMetricFamily(
-            "edge_agent_outbox_pending_bytes",
-            "Bytes of telemetry records kept in the outbox and not yet acknowledged.",
-            value=state.outbox_bytes,
-        )
-        tiers = GaugeMetricFamily(
-            "edge_agent_tier_healthy",
-            "1 when the tier can take requests now (local: models loaded; remote: breaker "
-            "closed or ready to probe).",
-            labels=["tier"],
-        )
-        for tier, healthy in sorted(state.tiers_healthy.items()):
-            tiers.add_metric([tier], 1.0 if healthy else 0.0)
-        yield tiers
-        loaded = GaugeMetricFamily(
-            "edge_agent_model_loaded",
-            "1 when the configured model is loaded and served.",
-            labels=["model", "kind", "runtime", "version"],
-        )
-        for m in state.models:
-            loaded.add_metric([m.name, m.kind, m.runtime, m.version or ""], float(m.loaded))
-        yield loaded
-        yield GaugeMetricFamily(
-            "edge_agent_telemetry_invalid_observations",
-            "Latencies or confidences that could not be sketched (NaN, negative) since start.",
-            value=state.invalid_observations,
-        )
-        yield from _worker_families(state)
-        yield from _certificate_families(state)
+    counts: list[float]
+    sum: float
+    created: float
 
 
-def _certificate_families(state: AgentState) -> Iterable[Metric]:
-    if state.certificate_not_after is not None:
-        yield GaugeMetricFamily(
-            "edgefleet_agent_certificate_expiry_timestamp_seconds",
-            "When the MQTT client certificate expires (Unix time); it is renewed over MQTT"
-            " once mqtt.renew_before_fraction of its lifetime is left.",
-            value=state.certificate_not_after,
-        )
-    if state.certificate_renewals:
-        renewals = CounterMetricFamily(
-            "edgefleet_agent_certificate_renewals",
-            "Answers to certificate renewal requests since start, by outcome (renewed,"
-            " refused by the controller, invalid certificate).",
-            labels=["outcome"],
-        )
-        for outcome, count in sorted(state.certificate_renewals.items()):
-            renewals.add_metric([outcome], count)
-        yield renewals
+class CounterTally:
+    """A labelled counter, as ``prometheus_client.Counter`` keeps one: a float per label
+    set, and when that label set was first seen (its ``_created``). Thread-safe."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = tuple(labels)
+        self._lock = threading.Lock()
+        self._values: dict[tuple[str, ...], list[float]] = {}  # labels -> [value, created]
+
+    def inc(self, *values: str, amount: float = 1.0) -> None:
+        if len(values) != len(self.labels):
+            raise ValueError(f"{self.name} takes {len(self.labels)} label values")
+        if amount < 0:
+            raise ValueError("counters can only be incremented by non-negative amounts")
+        with self._lock:
+            entry = self._values.get(values)
+            if entry is None:
+                self._values[values] = [float(amount), time.time()]
+            else:
+                entry[0] += amount
+
+    def snapshot(self) -> list[tuple[tuple[str, ...], tuple[float, float]]]:
+        """(label values, (value, created)) per label set, in the order first seen."""
+        with self._lock:
+            return [(k, (v[0], v[1])) for k, v in self._values.items()]
 
 
-def _worker_families(state: AgentState) -> Iterable[Metric]:
-    restarts = CounterMetricFamily(
-        "edgefleet_worker_restarts",
-        "Crashes of a supervised worker since start (each is logged and restarted).",
-        labels=["worker"],
-    )
-    up = GaugeMetricFamily(
-        "edgefleet_worker_up",
-        "1 while the worker runs, 0 while it is down after a crash or stopped.",
-        labels=["worker"],
-    )
-    for worker in sorted(state.workers, key=lambda w: w.name):
-        restarts.add_metric([worker.name], worker.restarts)
-        up.add_metric([worker.name], 1.0 if worker.state == "running" else 0.0)
-    yield restarts
-    yield up
-    rejected = CounterMetricFamily(
-        "edgefleet_agent_mqtt_rejected",
-        "Inbound MQTT messages refused (undecodable, for another device, wrong kind).",
-        labels=["reason"],
-    )
-    for reason, count in sorted(state.mqtt_rejected.items()):
-        rejected.add_metric([reason], count)
-    yield rejected
-    errors = CounterMetricFamily(
-        "edgefleet_agent_mqtt_handler_errors",
-        "Exceptions caught in the MQTT callbacks and inbound handlers (logged with traceback).",
-        labels=["handler"],
-    )
-    for handler, count in sorted(state.mqtt_handler_errors.items()):
-        errors.add_metric([handler], count)
-    yield errors
+class HistogramTally:
+    """A labelled histogram, as ``prometheus_client.Histogram`` keeps one (``+Inf`` added
+    as the last bound). Thread-safe."""
+
+    def __init__(
+        self, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = tuple(labels)
+        bounds = [float(b) for b in buckets]
+        if bounds != sorted(bounds):
+            raise ValueError("buckets not in sorted order")
+        if not bounds or bounds[-1] != float("inf"):
+            bounds.append(float("inf"))
+        self.bounds = tuple(bounds)
+        self._lock = threading.Lock()
+        self._children: dict[tuple[str, ...], HistogramChild] = {}
+
+    def observe(self, *values: str, amount: float) -> None:
+        if len(values) != len(self.labels):
+            raise ValueError(f"{self.name} takes {len(self.labels)} label values")
+        with self._lock:
+            child = self._children.get(values)
+            if child is None:
+                child = HistogramChild([0.0] * len(self.bounds), 0.0, time.time())
+                self._children[values] = child
+            child.sum += amount
+            for i, bound in enumerate(self.bounds):
+                if amount <= bound:
+                    child.counts[i] += 1
+                    break
+
+    def snapshot(self) -> list[tuple[tuple[str, ...], HistogramChild]]:
+        """(label values, a copy of the child) per label set, in the order first seen."""
+        with self._lock:
+            return [
+                (k, HistogramChild(list(c.counts), c.sum, c.created))
+                for k, c in self._children.items()
+            ]
 
 
 class AgentMetrics:
-    """The agent's Prometheus registry and the counters its requests feed."""
+    """The counters the agent's requests feed, and its Prometheus text at scrape time."""
 
     def __init__(self, state: Callable[[], AgentState]) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
+        self._state = state
+        self.requests = CounterTally(
             "edge_agent_requests",
             "Requests by kind (chat, perception), serving tier and status.",
             ["kind", "tier", "status"],
-            registry=self.registry,
         )
-        self.rejected = Counter(
+        self.rejected = CounterTally(
             "edge_agent_rejected_requests",
             "Chat requests refused before routing (bad headers, unknown model, too long).",
             ["code"],
-            registry=self.registry,
         )
-        self.latency = Histogram(
+        self.latency = HistogramTally(
             "edge_agent_request_duration_seconds",
             "Request latency by kind and serving tier (buckets are the sketch edges).",
             ["kind", "tier"],
             buckets=LATENCY_BUCKETS_S,
-            registry=self.registry,
         )
-        self.tokens = Counter(
+        self.tokens = CounterTally(
             "edge_agent_tokens",
             "Tokens by serving tier and direction (prompt, completion).",
             ["tier", "direction"],
-            registry=self.registry,
         )
-        self.escalations = Counter(
+        self.escalations = CounterTally(
             "edge_agent_escalations",
             "Local answers judged not confident enough and answered by the tier shown.",
             ["tier"],
-            registry=self.registry,
         )
-        self.cascades = Counter(
+        self.cascades = CounterTally(
             "edge_agent_cascades",
             "Requests that went through the cascade (local first, confidence checked).",
             ["tier"],
-            registry=self.registry,
         )
-        self.fallbacks = Counter(
+        self.fallbacks = CounterTally(
             "edge_agent_fallbacks",
             "Requests served degraded by a fallback tier.",
             ["tier"],
-            registry=self.registry,
         )
         # Local apps by the name of their API key (api.keys_file): names come from the
         # operator's file, so they are bounded; the key itself is never a label.
-        self.app_requests = Counter(
+        self.app_requests = CounterTally(
             "edge_agent_app_requests",
             "Authenticated API requests by app (the name of its API key) and route.",
             ["app", "route"],
-            registry=self.registry,
         )
-        self.auth_refused = Counter(
+        self.auth_refused = CounterTally(
             "edge_agent_auth_refused_requests",
             "API requests refused 401: no API key (missing) or an unknown one (invalid).",
             ["reason"],
-            registry=self.registry,
         )
-        self.registry.register(_StateCollector(state))
+        self._tallies: tuple[CounterTally | HistogramTally, ...] = (
+            self.requests,
+            self.rejected,
+            self.latency,
+            self.tokens,
+            self.escalations,
+            self.cascades,
+            self.fallbacks,
+            self.app_requests,
+            self.auth_refused,
+        )
 
     def observe_chat(self, obs: ChatObservation) -> None:
-        self.requests.labels("chat", obs.tier, obs.status).inc()
-        self.latency.labels("chat", obs.tier).observe(max(0.0, obs.latency_ms) / 1000)
+        self.requests.inc("chat", obs.tier, obs.status)
+        self.latency.observe("chat", obs.tier, amount=max(0.0, obs.latency_ms) / 1000)
         if obs.prompt_tokens > 0:
-            self.tokens.labels(obs.tier, "prompt").inc(obs.prompt_tokens)
+            self.tokens.inc(obs.tier, "prompt", amount=obs.prompt_tokens)
         if obs.completion_tokens > 0:
-            self.tokens.labels(obs.tier, "completion").inc(obs.completion_tokens)
+            self.tokens.inc(obs.tier, "completion", amount=obs.completion_tokens)
         if obs.escalated:
-            self.escalations.labels(obs.tier).inc()
+            self.escalations.inc(obs.tier)
         if obs.cascaded:
-            self.cascades.labels(obs.tier).inc()
+            self.cascades.inc(obs.tier)
         if obs.fallback:
-            self.fallbacks.labels(obs.tier).inc()
+            self.fallbacks.inc(obs.tier)
 
     def observe_perception(self, obs: PerceptionObservation) -> None:
-        self.requests.labels("perception", obs.tier, obs.status).inc()
-        self.latency.labels("perception", obs.tier).observe(max(0.0, obs.latency_ms) / 1000)
+        self.requests.inc("perception", obs.tier, obs.status)
+        self.latency.observe("perception", obs.tier, amount=max(0.0, obs.latency_ms) / 1000)
 
     def observe_rejected(self, code: str) -> None:
-        self.rejected.labels(code).inc()
+        self.rejected.inc(code)
 
     def observe_app_request(self, app: str, route: str) -> None:
-        self.app_requests.labels(app, route).inc()
+        self.app_requests.inc(app, route)
 
     def observe_auth_refused(self, reason: str) -> None:
-        self.auth_refused.labels(reason).inc()
+        self.auth_refused.inc(reason)
 
     def exposition(self) -> bytes:
-        """The registry in Prometheus' text format."""
-        return generate_latest(self.registry)
+        """The counters, then the gauges read from the agent now, in Prometheus' text format
+        (prometheus_client is imported by the first call)."""
+        from edge_agent.telemetry import exposition
+
+        return exposition.render(self._tallies, self._state)
+
+    @property
+    def content_type(self) -> str:
+        """The media type of :meth:`exposition`'s text (prometheus_client's latest)."""
+        from edge_agent.telemetry import exposition
+
+        return exposition.CONTENT_TYPE
 
 
-__all__ = ["LATENCY_BUCKETS_S", "AgentMetrics", "AgentState", "ModelState"]
+__all__ = [
+    "LATENCY_BUCKETS_S",
+    "AgentMetrics",
+    "AgentState",
+    "CounterTally",
+    "HistogramTally",
+    "ModelState",
+]

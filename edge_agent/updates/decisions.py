@@ -44,6 +44,23 @@ def status_for(outcome: Outcome | None) -> Status:
     return outcome
 
 
+def disabled_status(wanted: Mapping[str, Any]) -> dict[str, Any]:
+    """The reported ``model`` of an agent with updates disabled that was asked for one."""
+    return {
+        "name": wanted.get("name"),
+        "target": None,
+        "version": None,
+        "sha256": None,
+        "slot": None,
+        "status": "refused",
+        "error": "model updates are disabled on this device (updates.enabled is false)",
+        "desired_target": wanted.get("target"),
+        "rollout": wanted.get("rollout"),
+        "installed_at": None,
+        "confirmed": True,
+    }
+
+
 # Roles whose expiry freezes the device when it cannot fetch fresh copies (root expiring
 # only matters once a newer root must be fetched, which needs the network anyway).
 EXPIRING_ROLES = ("timestamp", "snapshot", "targets")

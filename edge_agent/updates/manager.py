@@ -21,12 +21,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from edge_agent.config import UpdatesConfig
-from edge_agent.updates.client import TufClient, VerifiedTarget, partial_name
 from edge_agent.updates.decisions import (
     DesiredModel,
     DeviceFacts,
@@ -60,6 +59,9 @@ from edge_agent.updates.slots import (
     unpack_archive,
 )
 from shared.supervision import Supervisor
+
+if TYPE_CHECKING:  # python-tuf loads when the first update is installed (_install)
+    from edge_agent.updates.client import TufClient, VerifiedTarget
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +369,8 @@ class UpdateManager:
     def _install(self, desired: DesiredModel, slots: Slots, slot: SlotName) -> None:
         model = self._models[desired.name]
         self._set_status(desired, "downloading", None)
+        from edge_agent.updates.client import TufClient
+
         client = TufClient(**self._tuf_args, http=self._http, clock=self.clock)
         target = client.target(desired.target)
         meta = parse_target_meta(target.custom)
@@ -406,8 +410,8 @@ class UpdateManager:
 
     def _place(
         self,
-        client: TufClient,
-        target: VerifiedTarget,
+        client: "TufClient",
+        target: "VerifiedTarget",
         meta: TargetMeta,
         slots: Slots,
         slot: SlotName,
@@ -424,6 +428,8 @@ class UpdateManager:
                 return kept.entry
             if path.is_dir() and meta.runtime == "ort-genai":
                 return kept.entry  # unpacked archive: the runtime hashes the folder on load
+        from edge_agent.updates.client import partial_name
+
         name = artifact_name(target.path)
         folder = slots.prepare(slot, keep=partial_name(target.sha256))
         client.download(target, folder / name)
@@ -540,20 +546,3 @@ def repository_client(config: UpdatesConfig) -> httpx.Client:
         follow_redirects=True,
         verify=True if tls is None else tls.context(),
     )
-
-
-def disabled_status(wanted: Mapping[str, Any]) -> dict[str, Any]:
-    """The reported ``model`` of an agent with updates disabled that was asked for one."""
-    return {
-        "name": wanted.get("name"),
-        "target": None,
-        "version": None,
-        "sha256": None,
-        "slot": None,
-        "status": "refused",
-        "error": "model updates are disabled on this device (updates.enabled is false)",
-        "desired_target": wanted.get("target"),
-        "rollout": wanted.get("rollout"),
-        "installed_at": None,
-        "confirmed": True,
-    }
