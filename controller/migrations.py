@@ -28,6 +28,7 @@ import controller.drills.tables as _drills_tables  # noqa: F401
 import controller.images.registry as _images_registry  # noqa: F401
 import controller.ingest.tables as _ingest_tables  # noqa: F401
 import controller.pki.tables as _pki_tables  # noqa: F401
+import controller.replicas as _replicas  # noqa: F401
 import controller.rollouts.tables as _rollouts_tables  # noqa: F401
 import controller.telemetry.tables as _telemetry_tables  # noqa: F401
 import controller.updates.registry as _updates_registry  # noqa: F401

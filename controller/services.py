@@ -36,6 +36,7 @@ from controller.pki.errors import PkiError
 from controller.pki.message_keys import MessageKeyring, MessageKeyStore
 from controller.pki.renewal import RenewalService
 from controller.pki.store import PkiStore
+from controller.replicas import BEAT_S, Hearing, ReplicaRegistry
 from controller.rollouts.service import tick as rollout_tick
 from controller.settings import Settings
 from controller.telemetry.rollup import RollupReport, run_rollup
@@ -103,6 +104,8 @@ class Services:
     scheduler: BackgroundScheduler | None = None
     # The signed-update repository (serving works without keys; signing needs them).
     tuf: TufRepository | None = None
+    # This replica's row and lock among the replicas sharing the database (controller/replicas.py).
+    replicas: ReplicaRegistry | None = None
     # Restarts the ingest threads and counts the scheduler jobs' failures; /healthz and
     # /metrics read it. A stopped one is replaced at the next start.
     supervisor: Supervisor = field(default_factory=Supervisor)
@@ -239,11 +242,18 @@ class Services:
             message_keys=self.message_keyring(),
         )
         self.ingest.start()
+        self.replicas = ReplicaRegistry(
+            self.engine,
+            cfg.client_id,
+            session_expiry_s=cfg.session_expiry_s,
+            keepalive_s=cfg.keepalive_s,
+        )
         self._announce_rotation()
         self.scheduler = BackgroundScheduler(timezone=UTC)
         # (id, job, interval in seconds, extra options); one instance at a time, missed runs
         # coalesced.
         jobs: list[tuple[str, Callable[[], object], float, dict[str, Any]]] = [
+            ("replica-beat", self.beat_replica, BEAT_S, {"next_run_time": datetime.now(UTC)}),
             ("liveness-sweep", self.sweep_liveness, self.settings.liveness_sweep_s, {}),
             (
                 "desired-republish",
@@ -302,19 +312,43 @@ class Services:
                 down.append("scheduler")
         return down
 
+    def beat_replica(self) -> None:
+        """Tell the other replicas this one lives, whether its ingest holds the shared
+        subscription, and how much it has not written yet."""
+        if self.replicas is None or self.ingest is None:
+            return
+        self.replicas.beat(
+            datetime.now(UTC), connected=self.ingest.connected, backlog=self.ingest.backlog()
+        )
+
+    def hearing(self, session: Session, now: datetime) -> Hearing:
+        """Since when the replicas have heard every device message, and their backlog."""
+        if self.replicas is None:
+            return Hearing(None, 0)
+        return self.replicas.hearing(session, now)
+
     def sweep_liveness(self) -> None:
+        """Mark devices offline after missed heartbeats, counting silence only from when
+        every replica heard every message (a dead replica's session takes its share of the
+        heartbeats until it expires) and only while no replica has a backlog."""
         if self.ingest is not None and not self.ingest.connected:
-            return  # no quote can arrive now: judging silence would quarantine everyone
+            return  # no heartbeat can arrive now: judging silence would mark everyone
         if self.ingest is not None and self.ingest.backlog() > self.settings.ingest_batch_size:
             # Heartbeats may be waiting in our own queue: judging silence now would mark
             # devices offline that are talking (a reconnect storm does this). Next time.
             log.info("liveness sweep skipped: %d messages not yet written", self.ingest.backlog())
             return
+        now = datetime.now(UTC)
         with session_scope(self.engine) as session:
             if not _job_lock(session, "liveness-sweep"):
                 return
+            heard = self.hearing(session, now)
+            if heard.backlog > self.settings.ingest_batch_size:
+                log.info("liveness sweep skipped: replicas hold %d unwritten messages",
+                         heard.backlog)  # fmt: skip
+                return
             gone = sweep_liveness(
-                session, datetime.now(UTC), self.settings.missed_heartbeats_offline
+                session, now, self.settings.missed_heartbeats_offline, heard_since=heard.since
             )
         if gone:
             log.info("offline after missed heartbeats: %s", ", ".join(gone))
@@ -472,17 +506,54 @@ class Services:
             # Quotes may be waiting in our own queue: calling their devices silent now
             # would be wrong. Next time.
             return
+        now = datetime.now(UTC)
         with session_scope(self.engine) as session:
             if not _job_lock(session, "attestation-sweep"):
                 return
-            outbound = self.attestation.sweep(session, datetime.now(UTC))
+            heard = self.hearing(session, now)
+            if heard.since is not None and heard.since > now:
+                return  # a dead replica's session may be taking quotes: none is silent yet
+            outbound = self._rechallenge_unheard(session, heard, now)
+            outbound += self.attestation.sweep(session, now)
         self.publish_outbound(outbound)
+
+    def _rechallenge_unheard(
+        self, session: Session, heard: Hearing, now: datetime
+    ) -> list[Outbound]:
+        """Challenges issued before ``heard.since`` may have had their quotes lost with a
+        dead replica's session: they lapse without a verdict and their devices are
+        challenged afresh (the new challenge decides)."""
+        if heard.since is None:
+            return []
+        unheard = session.exec(
+            select(AttestationChallenge).where(
+                col(AttestationChallenge.answered_at).is_(None),
+                col(AttestationChallenge.lapsed_at).is_(None),
+                col(AttestationChallenge.issued_at) < heard.since,
+            )
+        ).all()
+        devices: set[str] = set()
+        for row in unheard:
+            row.lapsed_at = now
+            session.add(row)
+            devices.add(row.device_id)
+        out: list[Outbound] = []
+        for device_id in sorted(devices):
+            device = session.get(Device, device_id)
+            if device is not None and device.state == "online" and not device.decommissioned:
+                out.append(self.attestation.challenge(session, device_id, now, why="replica"))
+        if devices:
+            log.info("re-challenged %d devices whose quotes may have gone to a dead replica",
+                     len(out))  # fmt: skip
+        return out
 
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         if self.ingest is not None:
-            self.ingest.stop()
+            ended = self.ingest.stop()
+            if self.replicas is not None:
+                self.replicas.leave(session_ended=ended)
         self.supervisor.stop()
         if self.broker is not None:
             self.broker.stop()

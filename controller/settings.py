@@ -56,7 +56,12 @@ class BrokerSettings(BaseModel):
     protocol: Literal["5", "3.1.1"] | None = None
     # MQTT 5 shared subscription group: replicas in one group split the device stream.
     shared_group: str | None = Field(default="edgefleet", pattern=r"^[A-Za-z0-9_-]+$")
-    session_expiry_s: int = Field(default=3600, ge=0)
+    # How long the broker keeps the ingest session after the controller vanished (MQTT 5;
+    # a clean stop ends it at once). Short on purpose: a dead replica's session keeps its
+    # share of the shared subscription, and what it takes is lost when it expires. Records
+    # come again (devices keep them until acknowledged); heartbeats, quotes and births sent
+    # meanwhile do not (docs/production.md, "Several replicas").
+    session_expiry_s: int = Field(default=30, ge=0)
     # TLS (``mqtts://`` URLs, external brokers): the CA that signed the broker's certificate
     # (None: the system's trust store), and the controller's client certificate and key.
     ca_file: Path | None = None

@@ -65,9 +65,18 @@ def as_utc(moment: datetime) -> datetime:
 
 
 def is_overdue(
-    last_seen: datetime | None, interval_s: float | None, missed: int, now: datetime
+    last_seen: datetime | None,
+    interval_s: float | None,
+    missed: int,
+    now: datetime,
+    heard_since: datetime | None = None,
 ) -> bool:
-    """True once ``missed`` heartbeat intervals have passed since the device was last seen."""
+    """True once ``missed`` heartbeat intervals have passed since the device was last seen,
+    or since ``heard_since`` when that is later: before it, messages may have been lost on
+    the controller's side (a dead replica's broker session), so silence counts from there."""
     if last_seen is None or interval_s is None:
         return False
-    return as_utc(last_seen) + timedelta(seconds=interval_s * missed) < now
+    seen = as_utc(last_seen)
+    if heard_since is not None and heard_since > seen:
+        seen = heard_since
+    return seen + timedelta(seconds=interval_s * missed) < now

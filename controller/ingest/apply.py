@@ -666,11 +666,15 @@ def _attest(
         result.outcome["duplicates" if verdict.duplicate else "quotes"] += 1
 
 
-def sweep_liveness(session: Session, now: datetime, missed_heartbeats: int) -> list[str]:
-    """Mark online devices that stopped talking as offline; returns their ids."""
+def sweep_liveness(
+    session: Session, now: datetime, missed_heartbeats: int, heard_since: datetime | None = None
+) -> list[str]:
+    """Mark online devices that stopped talking as offline (silence counted from
+    ``heard_since`` at the earliest: controller/replicas.py); returns their ids."""
     overdue = []
     for device in session.exec(select(Device).where(col(Device.state) == "online")):
-        if is_overdue(device.last_seen, device.heartbeat_interval_s, missed_heartbeats, now):
+        last, interval = device.last_seen, device.heartbeat_interval_s
+        if is_overdue(last, interval, missed_heartbeats, now, heard_since):
             device.state = "offline"
             device.state_reason = "heartbeat_timeout"
             device.state_changed_at = now

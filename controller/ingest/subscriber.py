@@ -213,7 +213,9 @@ class MqttIngest:
         self.supervisor.spawn(DEAD_LETTER_WORKER, self._dead_letter_loop, stopping=self._stopping)
         self.supervisor.spawn(NETWORK_WORKER, self._network_loop, stopping=self._disconnecting)
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Write and acknowledge what was received, then end the broker session; False
+        when the writer did not finish, so the session was left to expire."""
         # Let the writer finish (and PUBACK) what it holds before the connection goes.
         self._stopping.set()
         written = self._wait_worker(self._writer_done, WRITER_WORKER, timeout)
@@ -228,6 +230,7 @@ class MqttIngest:
         self.transport.disconnect(end_session=written)
         self._wait_worker(self._network_done, NETWORK_WORKER, timeout)
         self.transport.close()
+        return written
 
     def _wait_worker(self, done: threading.Event, name: str, timeout: float) -> bool:
         """Wait for ``name`` to finish its stop; False if it was not running or timed out."""
