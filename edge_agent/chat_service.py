@@ -22,7 +22,7 @@ from edge_agent.routing.context import (
 )
 from edge_agent.routing.policy import RouteHints
 from edge_agent.routing.router import RoutedRequest, RoutedResult, RouteOutcome, Router
-from edge_agent.routing.sensitivity import SensitivityConfig, SensitivityDetector
+from edge_agent.routing.sensitivity import DeferredDetector, SensitivityConfig
 from edge_agent.runtimes.base import ChatMessage, ChatRequest, CompletionChunk
 
 if TYPE_CHECKING:
@@ -48,17 +48,22 @@ def build_router(
 
             remotes[name] = remote.RemoteTier(name, tier)
             costs[name] = tier.cost_per_1k_input + tier.cost_per_1k_output
-    detector = SensitivityDetector(
+    settings = routing.sensitivity
+    detector = DeferredDetector(
         SensitivityConfig(
-            internal_keywords=(
-                *SensitivityConfig().internal_keywords,
-                *routing.sensitivity.internal_keywords,
-            ),
-            internal_domains=tuple(routing.sensitivity.internal_domains),
-            extra_restricted_patterns=dict(routing.sensitivity.extra_restricted_patterns),
+            internal_keywords=(*SensitivityConfig().internal_keywords, *settings.internal_keywords),
+            internal_domains=tuple(settings.internal_domains),
+            extra_restricted_patterns=dict(settings.extra_restricted_patterns),
             # Routing needs the class, not every finding: stop at the first restricted one.
             stop_at_restricted=True,
-        )
+        ),
+        # Built by the first request (RE2 and the rule set: ~8 MiB an idle agent need not
+        # hold), unless the operator configured rules: a refused one then stops the start.
+        build_now=bool(
+            settings.internal_keywords
+            or settings.internal_domains
+            or settings.extra_restricted_patterns
+        ),
     )
     return Router(
         config=routing,

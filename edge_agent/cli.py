@@ -148,6 +148,9 @@ def run(
             # uvicorn believes X-Forwarded-For/-Proto from 127.0.0.1 by default: any local
             # program could pick the address and scheme the API sees. No proxy is trusted.
             proxy_headers=False,
+            # The API has no WebSocket route: without this uvicorn imports the websockets
+            # library at start (agent memory, docs/benchmarks.md).
+            ws="none",
         )
     )
     log.info(

@@ -24,12 +24,13 @@ from edge_agent.routing.policy import (
     decide,
     effective_level,
 )
-from edge_agent.routing.sensitivity import Level, SensitivityDetector
+from edge_agent.routing.sensitivity import DeferredDetector, Level
 from edge_agent.routing.tier_errors import TierError
 from edge_agent.runtimes.base import ChatRequest, ChatRuntime, Completion, CompletionChunk
 
 if TYPE_CHECKING:  # the router only calls the tiers it is given: no HTTP client here
     from edge_agent.routing.remote import RemoteTier
+    from edge_agent.routing.sensitivity.scanner import SensitivityDetector
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class Router:
         self,
         *,
         config: RoutingConfig,
-        detector: SensitivityDetector,
+        detector: "SensitivityDetector | DeferredDetector",
         local: Mapping[str, ChatRuntime],
         local_errors: Mapping[str, str],
         default_local: str | None,

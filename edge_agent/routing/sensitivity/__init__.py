@@ -101,18 +101,35 @@ package's ``data/`` folder.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from edge_agent.routing.sensitivity.config import (
     DEFAULT_INTERNAL_KEYWORDS,
     DEFAULT_INTERNAL_SUFFIXES,
     SensitivityConfig,
 )
-from edge_agent.routing.sensitivity.scanner import SensitivityDetector
+from edge_agent.routing.sensitivity.deferred import DeferredDetector
 from edge_agent.routing.sensitivity.verdict import CATEGORY_LEVELS, Finding, Level, Verdict
+
+if TYPE_CHECKING:
+    from edge_agent.routing.sensitivity.scanner import SensitivityDetector
+
+
+def __getattr__(name: str) -> Any:
+    # SensitivityDetector (and with it RE2, phonenumbers, python-stdnum) loads when it is
+    # first named: importing the package for its types (Level, Verdict) stays light.
+    if name == "SensitivityDetector":
+        from edge_agent.routing.sensitivity.scanner import SensitivityDetector
+
+        return SensitivityDetector
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CATEGORY_LEVELS",
     "DEFAULT_INTERNAL_KEYWORDS",
     "DEFAULT_INTERNAL_SUFFIXES",
+    "DeferredDetector",
     "Finding",
     "Level",
     "SensitivityConfig",
