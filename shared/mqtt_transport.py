@@ -124,6 +124,15 @@ class Sent:
         """Handed to a live connection."""
         return self._info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def published(self) -> bool:
+        """Whether the broker has it now (PUBACK for QoS 1, written for QoS 0); never waits.
+        True also when the publish failed or waits for a next connection: nothing will come
+        on this one, so a caller timing the broker's side should not wait for it."""
+        try:
+            return self._info.is_published()
+        except (RuntimeError, ValueError):
+            return True
+
     def wait(self, timeout: float) -> bool:
         """Wait until the broker has it (PUBACK for QoS 1); False on timeout or failure."""
         try:

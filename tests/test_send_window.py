@@ -114,3 +114,33 @@ def test_any_interleaving_keeps_the_window_bounded_and_consistent(
         assert all(a[2] < b[1] for a, b in itertools.pairwise(keys))
         if keys:
             assert w.cursor is not None and w.cursor[1] >= keys[-1][2]
+
+
+def test_the_ack_timeout_runs_from_when_the_broker_has_the_batch() -> None:
+    """A batch still in the device's own send queue is never overdue, however long it
+    waits; once the broker has it (its PUBACK), the timeout runs from the moment that was
+    seen, and a re-sent copy waits for its own PUBACK again."""
+    w = SendWindow(limit=4)
+    at_broker = {"first": False, "copy": False}
+    w.sent((1, 1, 10), after=None, now=0.0)
+    w.delivered_by((1, 1, 10), lambda: at_broker["first"])
+    assert w.overdue(100.0, 15.0) == []  # queued behind a busy socket for 100 s
+    at_broker["first"] = True
+    assert w.overdue(101.0, 15.0) == []  # the clock starts now
+    assert w.overdue(115.0, 15.0) == []
+    assert w.overdue(116.5, 15.0) == [(1, 1, 10)]
+    assert w.resent((1, 1, 10), still_held=True, now=116.5)
+    w.delivered_by((1, 1, 10), lambda: at_broker["copy"])
+    assert w.overdue(200.0, 15.0) == []
+    at_broker["copy"] = True
+    assert w.overdue(201.0, 15.0) == []
+    assert w.overdue(231.5, 15.0) == [(1, 1, 10)]  # doubled after one re-send
+
+
+def test_a_probe_for_a_batch_that_left_the_window_is_ignored() -> None:
+    """An ack that beat the publisher's ``delivered_by`` leaves nothing behind."""
+    w = SendWindow(limit=4)
+    w.sent((1, 1, 10), after=None, now=0.0)
+    assert w.acked(1, 1, 10) == 1
+    w.delivered_by((1, 1, 10), lambda: False)
+    assert len(w) == 0 and w.overdue(1000.0, 15.0) == []

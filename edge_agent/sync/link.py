@@ -527,7 +527,8 @@ class MqttLink:
             if not self.window.resent(key, still_held=bool(records), now=time.monotonic()):
                 continue
             self.stats.republishes += 1
-            self.transport.publish(*self._encode(self._batch_message(records)), qos=1)
+            sent = self.transport.publish(*self._encode(self._batch_message(records)), qos=1)
+            self.window.delivered_by(key, sent.published)
 
     def _batch_message(self, batch: list[StoredRecord]) -> TelemetryBatch:
         return TelemetryBatch(
@@ -569,5 +570,6 @@ class MqttLink:
             key = (first.epoch, first.seq, last.seq)
             if not self.window.sent(key, after=cursor, now=time.monotonic()):
                 continue  # a reconnect reset the position meanwhile
-            self.transport.publish(*self._encode(self._batch_message(batch)), qos=1)
+            sent = self.transport.publish(*self._encode(self._batch_message(batch)), qos=1)
+            self.window.delivered_by(key, sent.published)
             self.stats.batches_sent += 1

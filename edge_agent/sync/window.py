@@ -15,10 +15,16 @@ its network thread under one lock:
 - an overdue batch is re-sent alone with its own doubling timeout (capped at 8x): on a live
   persistent session the broker redelivers QoS 1 itself, so a missing ack means the
   controller lost or is far behind on that batch, and re-sending the whole window would only
-  add load when it is already overloaded.
+  add load when it is already overloaded;
+- a batch's timeout runs from when the broker has it (its PUBACK, through the ``delivered``
+  probe given with :meth:`SendWindow.delivered_by`), not from when it was queued: time spent
+  in this device's own send queue or socket (a busy device, a slow uplink, a broker pushing
+  back) is not the controller's delay, and re-sending then would only queue a copy behind
+  the original.
 """
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 BatchKey = tuple[int, int, int]  # (epoch, first_seq, last_seq)
@@ -29,8 +35,10 @@ MAX_BACKOFF_FACTOR = 8
 
 @dataclass(slots=True)
 class _InFlight:
-    sent_at: float
+    sent_at: float  # when the controller's clock for this batch started
     sends: int
+    # Whether the broker has the batch yet; until it says so the clock does not run.
+    delivered: Callable[[], bool] | None = None
 
 
 class SendWindow:
@@ -78,6 +86,14 @@ class SendWindow:
             self._cursor = (key[0], key[2])
             return True
 
+    def delivered_by(self, key: BatchKey, probe: Callable[[], bool]) -> None:
+        """Let batch ``key``'s ack timeout start only once ``probe()`` says the broker has
+        it (paho's PUBACK); nothing when the batch left the window meanwhile."""
+        with self._lock:
+            flight = self._inflight.get(key)
+            if flight is not None:
+                flight.delivered = probe
+
     def acked(self, epoch: int, first_seq: int, hwm: int) -> int:
         """Retire the batches an ack for ``epoch`` records ``first_seq..hwm`` covers; returns
         how many."""
@@ -90,13 +106,18 @@ class SendWindow:
             return len(covered)
 
     def overdue(self, now: float, ack_timeout_s: float) -> list[BatchKey]:
-        """Batches whose ack is late: each waits ``ack_timeout_s`` doubled per re-send."""
+        """Batches whose ack is late: each waits ``ack_timeout_s`` doubled per re-send,
+        counted from when the broker was first seen to have it."""
+        late = []
         with self._lock:
-            return sorted(
-                key
-                for key, f in self._inflight.items()
-                if now - f.sent_at > ack_timeout_s * min(2 ** (f.sends - 1), MAX_BACKOFF_FACTOR)
-            )
+            for key, f in self._inflight.items():
+                if f.delivered is not None:
+                    if not f.delivered():
+                        continue  # still on its way to the broker: not the controller's delay
+                    f.sent_at, f.delivered = now, None
+                if now - f.sent_at > ack_timeout_s * min(2 ** (f.sends - 1), MAX_BACKOFF_FACTOR):
+                    late.append(key)
+        return sorted(late)
 
     def resent(self, key: BatchKey, *, still_held: bool, now: float) -> bool:
         """Decide the re-send of overdue batch ``key``: True when it should go out again
