@@ -37,6 +37,7 @@ from controller.pki.message_keys import MessageKeyring, MessageKeyStore
 from controller.pki.renewal import RenewalService
 from controller.pki.store import PkiStore
 from controller.replicas import BEAT_S, Hearing, ReplicaRegistry
+from controller.retention import RetentionReport, run_retention
 from controller.rollouts.service import tick as rollout_tick
 from controller.settings import Settings
 from controller.telemetry.rollup import RollupReport, run_rollup
@@ -275,6 +276,7 @@ class Services:
                 self.settings.telemetry.rollup_interval_s,
                 {},
             ),
+            ("retention", self.apply_retention, self.settings.retention.interval_s, {}),
             (
                 "attestation-sweep",
                 self.attestation_sweep,
@@ -391,6 +393,12 @@ class Services:
         if report.malformed:
             log.warning("telemetry rollup skipped %d malformed records", report.malformed)
         return report
+
+    def apply_retention(self, now: datetime | None = None) -> RetentionReport:
+        """Delete rows past their retention, raw telemetry only once rolled up
+        (controller/retention.py); one replica at a time via the job lock, each batch of
+        ``retention.batch_rows`` its own transaction."""
+        return run_retention(self.engine, self.settings, now or datetime.now(UTC), lock=_job_lock)
 
     def refresh_tuf_metadata(self, now: datetime | None = None) -> list[str]:
         """Re-sign timestamp (and snapshot, targets) before they expire. What is due is

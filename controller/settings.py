@@ -335,6 +335,28 @@ class PlausibilitySettings(BaseModel):
     telemetry_epoch_per_s: float = Field(default=1.0, ge=0)
 
 
+class RetentionSettings(BaseModel):
+    """The retention job (docs/telemetry.md, "Retention"): how often it runs, how much it
+    deletes per transaction, and how long the tables outside telemetry keep their rows
+    (telemetry's own are ``telemetry.raw_retention_h`` and the rollups' settings). None
+    keeps a table's rows for ever: the audit log's default."""
+
+    interval_s: float = Field(default=60.0, gt=0)
+    # Rows deleted per transaction (short, so writers are never blocked long), and
+    # transactions per table and run (the rest waits for the next run).
+    batch_rows: int = Field(default=5_000, ge=100, le=100_000)
+    max_batches: int = Field(default=2_000, ge=1)
+    # Device status history (births, deaths, timeouts).
+    status_events_days: float | None = Field(default=90.0, gt=0)
+    # Attestation verdicts; each device's newest verdict and newest passing one are kept
+    # whatever their age (the boot-epoch check compares with the newest passing one).
+    attestation_results_days: float | None = Field(default=90.0, gt=0)
+    # Dead letters (also capped by count: dead_letters.max_rows).
+    dead_letters_days: float | None = Field(default=30.0, gt=0)
+    # The audit log: kept for ever unless set.
+    audit_days: float | None = Field(default=None, gt=0)
+
+
 def _placeholder(value: str | None) -> bool:
     return value is not None and value.strip().lower() in PLACEHOLDER_SECRETS
 
@@ -401,6 +423,7 @@ class Settings(BaseSettings):
     pki: PkiSettings = Field(default_factory=PkiSettings)
     rollouts: RolloutSettings = Field(default_factory=RolloutSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @field_validator("forwarded_allow_ips")
     @classmethod

@@ -35,6 +35,14 @@ class TelemetrySettings(BaseModel):
     metrics_drift_models: int = Field(default=100, ge=1)
     # The reference is this long a window of the model's sketches before a rollout starts.
     reference_window_h: int = Field(default=24, ge=1, le=24 * 30)
+    # Retention (docs/telemetry.md, "Retention"): raw records are deleted once received this
+    # long ago and rolled up (never before: the rollup cursor must have passed them). Keep
+    # it longer than the longest rollout soak, whose gates read raw records.
+    raw_retention_h: float = Field(default=72.0, gt=0)
+    # Per-device hourly rollups (requests and health), and fleet-wide hourly data (the
+    # fleet rollup, drift sketches and scores).
+    hourly_retention_days: float = Field(default=90.0, gt=0)
+    fleet_retention_days: float = Field(default=400.0, gt=0)
     # Cloud prices (USD per 1,000 tokens) behind the fleet page's cost estimates.
     cloud_price_prompt_per_1k: float = Field(default=0.0005, ge=0)
     cloud_price_completion_per_1k: float = Field(default=0.0015, ge=0)
