@@ -36,7 +36,6 @@ from edge_agent.shadow import DeviceShadow
 from edge_agent.sync.counters import CounterStore
 from edge_agent.sync.link import LoadSnapshot, MqttLink
 from edge_agent.sync.outbox import Outbox, OutboxFull, Priority
-from edge_agent.sync.renewal import CertRenewer, recover
 from edge_agent.sync.trust import ControllerTrust
 from edge_agent.telemetry.host import max_temperature_c
 from edge_agent.telemetry.prometheus import AgentMetrics, AgentState, ModelState
@@ -65,6 +64,9 @@ from shared.supervision import Supervisor
 
 if TYPE_CHECKING:  # ONNX runtimes (and numpy) load only when an ONNX model is configured
     from edge_agent.runtimes.ort_perception import OrtPerceptionRuntime
+
+    # Certificate renewal (cryptography.x509) loads with mqtt.renews_certificate only.
+    from edge_agent.sync.renewal import CertRenewer
 
     # The update manager (httpx; TUF once an update arrives) loads with updates.enabled.
     from edge_agent.updates.manager import UpdateManager
@@ -556,9 +558,11 @@ class Agent:
                 stopping=self._stopping,
             )
 
-    def _make_renewer(self) -> CertRenewer:
+    def _make_renewer(self) -> "CertRenewer":
         """The certificate renewer; a renewal a crash interrupted is finished first, so the
         link loads a matching certificate and key."""
+        from edge_agent.sync.renewal import CertRenewer, recover
+
         mqtt = self.config.mqtt
         assert mqtt is not None and mqtt.cert_file is not None and mqtt.key_file is not None
         recover(mqtt.cert_file, mqtt.key_file)
