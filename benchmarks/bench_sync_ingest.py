@@ -1,23 +1,26 @@
-"""Telemetry ingest end to end: publisher → Mosquitto (MQTT 5) → controller ingest → SQLite.
+"""Telemetry ingest end to end: publisher → Mosquitto (MQTT 5) → controller ingest → SQLite
+or PostgreSQL.
 
 Two workloads, each measured against its own ceiling in the same run:
 
 - ``batched``: outbox records in telemetry batches (200 records per message, like an agent
-  draining its outbox); reports records/s into SQLite (goal ≥ 50,000).
+  draining its outbox); reports records/s into the database (goal ≥ 100,000).
 - ``small``: one record per telemetry message, QoS 1; reports messages/s for one ingest
-  worker (goal ≥ 5,000).
+  worker (goal ≥ 5,000 and ≥ 0.85 of the ceiling).
 
 Ceiling: a bare paho subscriber (MQTT 5, QoS 1, the ingest's own topic filters, TCP_NODELAY)
 that only counts what arrives. Measured: the controller's ``Services`` with an external
 broker (decode and validate, one executemany INSERT per ingest batch, an ack per telemetry
 message, PUBACK after commit) until every record is committed; each run asserts that the
 database holds exactly the records sent (none missing, none twice) and nothing was
-rejected. Publisher: plain paho in a separate process (its own GIL) sending payloads it
-encoded before the clock started; the same bytes for the ceiling and the ingest. Every run
-uses a fresh broker and database; medians over runs.
+rejected. ``--db postgresql`` writes to a throwaway database created per run on the server
+at ``--postgres-url`` (dropped afterwards). Publisher: plain paho in a separate process (its
+own GIL) sending payloads it encoded before the clock started; the same bytes for the
+ceiling and the ingest. Every run uses a fresh broker and database; medians over runs.
 
     .venv/bin/python -m benchmarks.bench_sync_ingest [--runs 3] [--batched-messages 500]
         [--records-per-message 200] [--small-messages 20000] [--devices 100]
+        [--db sqlite|postgresql] [--postgres-url postgresql://postgres@127.0.0.1:5432/test]
 """
 
 import argparse
@@ -27,6 +30,9 @@ import sqlite3
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -49,7 +55,8 @@ from controller.services import Services
 from controller.settings import load_settings
 from shared.messages import MAX_PAYLOAD_BYTES, Record, TelemetryBatch, encode_message
 
-GOAL_BATCHED_RECORDS_S = 50_000
+GOAL_BATCHED_RECORDS_S = 100_000
+GOAL_SMALL_RATIO = 0.85  # of the bare paho ceiling in the same run
 GOAL_SMALL_MSG_S = 5_000
 SHARED_GROUP = "edgefleet"  # the ingest's default; the ceiling subscribes to the same filters
 _BASE = datetime(2026, 11, 25, tzinfo=UTC)
@@ -152,32 +159,62 @@ def run_bare(port: int, work: Workload) -> Measurement:
     return Measurement(seconds, publish_seconds)
 
 
-def db_counts(db: Path) -> tuple[int, int]:
+_COUNTS = (
+    "SELECT COUNT(*), (SELECT COUNT(*) FROM (SELECT DISTINCT device_id, epoch, seq "
+    "FROM telemetry_record) AS d) FROM telemetry_record"
+)
+
+
+def db_counts(database_url: str) -> tuple[int, int]:
     """(rows, distinct (device, epoch, seq)) in the telemetry table."""
-    with sqlite3.connect(db) as conn:
-        rows, distinct = conn.execute(
-            "SELECT COUNT(*), (SELECT COUNT(*) FROM (SELECT DISTINCT device_id, epoch, seq "
-            "FROM telemetry_record)) FROM telemetry_record"
-        ).fetchone()
+    if database_url.startswith("sqlite:///"):
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+            rows, distinct = conn.execute(_COUNTS).fetchone()
+    else:
+        import psycopg
+
+        with psycopg.connect(database_url.replace("+psycopg", "")) as pg:
+            found = pg.execute(_COUNTS).fetchone()
+            assert found is not None
+            rows, distinct = found
     return int(rows), int(distinct)
+
+
+@contextmanager
+def throwaway_database(kind: str, folder: Path, name: str, server: str) -> Iterator[str]:
+    """A fresh database's URL: a SQLite file in ``folder``, or a PostgreSQL database created
+    on ``server`` (dropped afterwards)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / f'{name}.db'}"
+        return
+    import psycopg
+
+    db = f"bench_ingest_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{db}"')
+        try:
+            yield f"{server.rsplit('/', 1)[0]}/{db}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
 def start_ingest(
     port: int,
-    db: Path,
+    db: Path | str,
     client_id: str,
     broker: dict[str, Any] | None = None,
     attestation: dict[str, Any] | None = None,
     **more: Any,
 ) -> Services:
-    """The controller's long-lived parts on SQLite ``db``, ingesting from Mosquitto at
+    """The controller's long-lived parts on ``db`` (a SQLite file, or a database URL),
+    ingesting from Mosquitto at
     ``port`` over MQTT 5 (shared subscription, persistent session), started; ``broker``
     overrides broker settings (a TLS URL and certificate files, another group),
     ``attestation`` attestation settings, ``more`` any other settings."""
     settings = load_settings(
         None,
         environment="development",
-        database_url=f"sqlite:///{db}",
+        database_url=db if isinstance(db, str) else f"sqlite:///{db}",
         broker={
             "mode": "external",
             "url": f"mqtt://127.0.0.1:{port}",
@@ -201,7 +238,7 @@ def start_ingest(
     return services
 
 
-def run_ingest(port: int, work: Workload, db: Path, client_id: str) -> Measurement:
+def run_ingest(port: int, work: Workload, db: str, client_id: str) -> Measurement:
     publisher = Publisher(port, partial(build_payloads, work))
     services = start_ingest(port, db, client_id)
     try:
@@ -226,7 +263,7 @@ def run_ingest(port: int, work: Workload, db: Path, client_id: str) -> Measureme
     return Measurement(seconds, publish_seconds)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batched-messages", type=int, default=500)
@@ -236,7 +273,17 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=["batched", "small"], default=None, help="run one workload only"
     )
-    args = parser.parse_args()
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument(
+        "--postgres-url",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="a server where throwaway databases may be created (with --db postgresql)",
+    )
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     workloads = [
         Workload("batched", args.batched_messages, args.records_per_message, args.devices),
         Workload("small", args.small_messages, 1, args.devices),
@@ -248,9 +295,13 @@ def main() -> None:
         for run in range(args.runs):
             for work in workloads:
                 # A fresh broker per pair: no session or queue left over from the last one.
-                with mosquitto_broker() as port:
+                with (
+                    mosquitto_broker() as port,
+                    throwaway_database(
+                        args.db, Path(tmp), f"{work.name}-{run}", args.postgres_url
+                    ) as db,
+                ):
                     bare[work.name].append(run_bare(port, work))
-                    db = Path(tmp) / f"{work.name}-{run}.db"
                     ingest[work.name].append(
                         run_ingest(port, work, db, client_id=f"bench-ingest-{run}")
                     )
@@ -263,7 +314,12 @@ def main() -> None:
                 )
 
     print(f"\nmachine: {machine()}")
-    results: dict[str, Any] = {"benchmark": "sync_ingest", "machine": machine(), "runs": args.runs}
+    results: dict[str, Any] = {
+        "benchmark": "sync_ingest",
+        "machine": machine(),
+        "runs": args.runs,
+        "db": args.db,
+    }
     rows: list[list[str]] = []
     for work in workloads:
         units, unit = (
@@ -272,6 +328,9 @@ def main() -> None:
         goal = GOAL_BATCHED_RECORDS_S if work.name == "batched" else GOAL_SMALL_MSG_S
         ceiling = median([m.rate(units) for m in bare[work.name]])
         measured = median([m.rate(units) for m in ingest[work.name]])
+        met = measured >= goal and (
+            work.name == "batched" or measured >= GOAL_SMALL_RATIO * ceiling
+        )
         publisher = median([units / m.publish_seconds for m in bare[work.name]])
         rows.append(
             [
@@ -280,8 +339,8 @@ def main() -> None:
                 f"{ceiling:,.0f}",
                 f"{measured:,.0f}",
                 f"{measured / ceiling:.3f}",
-                f">= {goal:,}",
-                "met" if measured >= goal else "missed",
+                f">= {goal:,}" + ("" if work.name == "batched" else f", >= {GOAL_SMALL_RATIO}"),
+                "met" if met else "missed",
             ]
         )
         results[work.name] = {
@@ -292,7 +351,7 @@ def main() -> None:
             "ingest": round(measured),
             "ratio": round(measured / ceiling, 3),
             "goal": goal,
-            "goal_met": measured >= goal,
+            "goal_met": met,
             "ceiling_runs": [round(m.rate(units)) for m in bare[work.name]],
             "ingest_runs": [round(m.rate(units)) for m in ingest[work.name]],
         }
@@ -305,7 +364,7 @@ def main() -> None:
             "workload",
             "publisher",
             "ceiling (bare paho)",
-            "controller -> SQLite",
+            f"controller -> {args.db}",
             "ratio",
             "goal",
             "",

@@ -63,6 +63,36 @@ def test_redelivered_and_overlapping_batches_store_each_record_once(database_url
     engine.dispose()
 
 
+def test_adjacent_batches_of_a_device_get_one_ack_and_others_their_own(
+    database_url: str,
+) -> None:
+    """Batches of one device stored in one transaction whose ranges touch (either order) are
+    acknowledged by one ack spanning them; a gap, another epoch or another device keeps its
+    own ack, so no record that was not stored is ever acknowledged."""
+    engine = make_engine(database_url)
+    init_db(engine)
+    with session_scope(engine) as session:
+        result = apply_batch(
+            session,
+            [
+                received(batch("dev-1", 0, range(10, 20))),
+                received(batch("dev-1", 0, range(20, 25))),
+                received(batch("dev-1", 0, range(5, 10))),
+                received(batch("dev-2", 0, range(0, 3))),
+                received(batch("dev-1", 0, range(26, 30))),  # 25 missing: not adjacent
+                received(batch("dev-2", 1, range(3, 4))),  # another epoch
+            ],
+        )
+    assert result.outcome == {"batches": 6, "records_inserted": 28}
+    assert [(a.device_id, a.epoch, a.first_seq, a.hwm) for a in result.acks] == [
+        ("dev-1", 0, 5, 24),
+        ("dev-2", 0, 0, 2),
+        ("dev-1", 0, 26, 29),
+        ("dev-2", 1, 3, 3),
+    ]
+    engine.dispose()
+
+
 def test_controller_kinds_from_devices_and_unprovisioned_devices_are_dead_letters(
     database_url: str,
 ) -> None:

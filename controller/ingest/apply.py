@@ -9,6 +9,8 @@ transaction). The MQTT shell classifies on arrival, so refusals never reach the 
 transaction; ``apply_batch`` does both for callers that hold raw messages.
 """
 
+import functools
+import json
 import logging
 import threading
 from collections import Counter
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from sqlalchemy import TextualSelect, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
@@ -46,6 +49,7 @@ from controller.ingest.signatures import (
     remember_session,
 )
 from controller.ingest.tables import RejectedMessage
+from controller.ingest.telemetry_decode import decode_telemetry
 from controller.ingest.telemetry_store import PendingRecords
 from controller.settings import PlausibilitySettings
 from controller.telemetry.tables import TelemetryRecord
@@ -294,25 +298,53 @@ def flag_implausible(session: Session, device_id: str, at: datetime, detail: str
 
 _Newest = tuple[int, int, datetime] | None
 
+# The newest stored record of each listed device, in one statement: per device, the unique
+# index (device_id, epoch, seq) read backwards for one id, then those rows by primary key.
+_NEWEST_SQL = {
+    "sqlite": "json_each(:ids) AS d",
+    "postgresql": "unnest(CAST(:ids AS varchar[])) AS d(value)",
+}
+_NEWEST = (
+    "SELECT t.device_id, t.epoch, t.seq, t.received_at FROM telemetry_record AS t "
+    "WHERE t.id IN (SELECT (SELECT u.id FROM telemetry_record AS u "
+    "WHERE u.device_id = d.value ORDER BY u.epoch DESC, u.seq DESC LIMIT 1) FROM {ids})"
+)
+
+
+@functools.cache
+def _newest_statement(dialect: str) -> TextualSelect:
+    """``_NEWEST`` for ``dialect``, its columns typed as the table's (SQLite's times parsed)."""
+    table = TelemetryRecord.__table__  # type: ignore[attr-defined]
+    return text(_NEWEST.format(ids=_NEWEST_SQL[dialect])).columns(
+        table.c.device_id, table.c.epoch, table.c.seq, table.c.received_at
+    )
+
 
 class _TelemetryMarks:
-    """What is stored of a device's telemetry, read once per (device, epoch) per batch
-    through the unique index (device_id, epoch, seq)."""
+    """What is stored of a device's telemetry: the newest record of every device of the
+    batch in one query (``load``), older epochs through the unique index (device_id,
+    epoch, seq) when a batch names one."""
 
     def __init__(self, session: Session) -> None:
         self._session = session
         self._newest: dict[str, _Newest] = {}
         self._epochs: dict[tuple[str, int], tuple[int, datetime] | None] = {}
 
+    def load(self, device_ids: set[str]) -> None:
+        """Read the newest stored record of each of ``device_ids`` not read yet."""
+        ids = sorted(device_ids - self._newest.keys())
+        if not ids:
+            return
+        dialect = self._session.get_bind().dialect.name
+        param: str | list[str] = json.dumps(ids) if dialect == "sqlite" else ids
+        rows = self._session.connection().execute(_newest_statement(dialect), {"ids": param})
+        self._newest.update(dict.fromkeys(ids))
+        for device_id, epoch, seq, received_at in rows:
+            self._newest[device_id] = (epoch, seq, received_at)
+
     def newest(self, device_id: str) -> _Newest:
         if device_id not in self._newest:
-            row = self._session.exec(
-                select(TelemetryRecord.epoch, TelemetryRecord.seq, TelemetryRecord.received_at)
-                .where(TelemetryRecord.device_id == device_id)
-                .order_by(col(TelemetryRecord.epoch).desc(), col(TelemetryRecord.seq).desc())
-                .limit(1)
-            ).first()
-            self._newest[device_id] = None if row is None else (row[0], row[1], row[2])
+            self.load({device_id})
         return self._newest[device_id]
 
     def epoch(self, device_id: str, epoch: int) -> tuple[int, datetime] | None:
@@ -386,6 +418,35 @@ class BatchResult:
     outbound: list["Outbound | CertIssued"] = field(default_factory=list)
     # Messages refused while applying (``apply_decoded``), for the caller to dead-letter.
     refused: list[tuple[Received, ProtocolError]] = field(default_factory=list)
+    # Where each device's latest ack is in ``acks``.
+    _ack_at: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def ack(self, message: TelemetryBatch) -> None:
+        """Acknowledge a stored telemetry batch: one ack, or the device's previous ack of this
+        transaction widened when the two ranges are adjacent (same epoch, no seq between).
+        Each ack is signed when it is sent (an Ed25519 signature, the largest cost of a
+        one-record message), and a device retires every in-flight batch an ack covers and
+        deletes exactly the records in its range, so one ack for both says the same."""
+        epoch, first, hwm = (
+            message.records[0].epoch,
+            message.records[0].seq,
+            message.records[-1].seq,
+        )
+        at = self._ack_at.get(message.device_id)
+        if at is not None:
+            previous = self.acks[at]
+            if previous.epoch == epoch and (
+                previous.hwm + 1 == first or hwm + 1 == previous.first_seq
+            ):
+                self.acks[at] = previous.model_copy(
+                    update={
+                        "first_seq": min(first, previous.first_seq),
+                        "hwm": max(hwm, previous.hwm),
+                    }
+                )
+                return
+        self._ack_at[message.device_id] = len(self.acks)
+        self.acks.append(Ack(device_id=message.device_id, epoch=epoch, first_seq=first, hwm=hwm))
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +482,12 @@ def classify(
 ) -> Decoded:
     """Decode and check one message without touching the database; raises only
     ``ProtocolError``. ``known_devices``: see ``apply_batch``."""
-    _, message, signed = decode_signed(item.topic, item.payload)
+    message: AnyMessage
+    fast = decode_telemetry(item.topic, item.payload)
+    if fast is not None:
+        message, signed = fast
+    else:
+        _, message, signed = decode_signed(item.topic, item.payload)
     check_known(message, known_devices)
     if isinstance(message, Ack | Desired | Challenge | CertIssued | ControllerKeys):
         raise ProtocolError("wrong_direction", f"{message.type!r} goes to devices, not from them")
@@ -542,6 +608,9 @@ def apply_decoded(
     records = PendingRecords(session)
     batch = _refuse_revoked(session, batch, result)
     batch = refuse_unverified(session, batch, result, signatures or default_rules(attestation))
+    telemetry = {d.message.device_id for d in batch if isinstance(d.message, TelemetryBatch)}
+    if telemetry:
+        marks.load(telemetry)
     for decoded in batch:
         item, message = decoded.received, decoded.message
         try:
@@ -557,15 +626,7 @@ def apply_decoded(
                 flag_implausible(session, message.device_id, item.received_at, e.detail)
             continue
         if isinstance(message, TelemetryBatch):
-            first, last = message.records[0], message.records[-1]
-            result.acks.append(
-                Ack(
-                    device_id=message.device_id,
-                    epoch=first.epoch,
-                    first_seq=first.seq,
-                    hwm=last.seq,
-                )
-            )
+            result.ack(message)
             outcome["batches"] += 1
         elif isinstance(message, Reported):
             fresh = apply_reported(session, message, now=item.received_at)
