@@ -139,8 +139,8 @@ class ReplicaRegistry:
         self._postgres = engine.dialect.name == "postgresql"
         self._lock = threading.Lock()
         self._holder: Connection | None = None  # the connection holding our advisory lock
-        self._connected = False
         self._warned_duplicate = False
+        self._left = False  # stopped: a beat still in flight must not bring the row back
 
     def _hold_lock(self) -> None:
         """Take (or keep) our advisory lock on a connection of its own; a second process
@@ -180,10 +180,12 @@ class ReplicaRegistry:
                 log.debug("closing the replica lock's connection failed", exc_info=True)
             self._holder = None
 
-    def beat(self, now: datetime, *, connected: bool, backlog: int) -> None:
-        """Record that this replica lives, whether its ingest holds the subscription, and
-        its backlog; forget replicas gone for long."""
+    def beat(self, now: datetime, *, connected_since: datetime | None, backlog: int) -> None:
+        """Record that this replica lives, since when its ingest holds the subscription
+        (None: not now), and its backlog; forget replicas gone for long."""
         with self._lock:
+            if self._left:
+                return
             self._hold_lock()
             with Session(self.engine) as session:
                 row = session.get(ControllerReplica, self.client_id)
@@ -194,12 +196,10 @@ class ReplicaRegistry:
                         session_expiry_s=self.session_expiry_s,
                         keepalive_s=self.keepalive_s,
                     )
-                if connected:
-                    if not self._connected or row.disconnected_at is not None:
-                        row.connected_at, row.disconnected_at = now, None
+                if connected_since is not None:
+                    row.connected_at, row.disconnected_at = connected_since, None
                 elif row.connected_at is not None and row.disconnected_at is None:
                     row.disconnected_at = now
-                self._connected = connected
                 row.beat_at = now
                 row.backlog = backlog
                 row.session_expiry_s = self.session_expiry_s
@@ -244,6 +244,7 @@ class ReplicaRegistry:
         so the row goes. Otherwise the session outlives us: the row says since when it has
         been cut off, and the other replicas wait for it to expire."""
         with self._lock:
+            self._left = True
             try:
                 with Session(self.engine) as session:
                     row = session.get(ControllerReplica, self.client_id)

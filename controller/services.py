@@ -319,9 +319,8 @@ class Services:
         subscription, and how much it has not written yet."""
         if self.replicas is None or self.ingest is None:
             return
-        self.replicas.beat(
-            datetime.now(UTC), connected=self.ingest.connected, backlog=self.ingest.backlog()
-        )
+        since = self.ingest.subscribed_at if self.ingest.connected else None
+        self.replicas.beat(datetime.now(UTC), connected_since=since, backlog=self.ingest.backlog())
 
     def hearing(self, session: Session, now: datetime) -> Hearing:
         """Since when the replicas have heard every device message, and their backlog."""

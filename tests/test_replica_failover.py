@@ -6,6 +6,7 @@ import json
 import re
 import signal
 import threading
+import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,6 +179,7 @@ def test_a_replica_killed_mid_storm_and_mid_rollout(tmp_path: Path, postgres_url
             )
             replicas[0].kill()  # SIGKILL, mid-storm and mid-rollout
             killed_at = datetime.now(UTC)
+            killed = time.monotonic()
             wave_at_kill = rollout.world.rollout(rollout_id).state.get("wave", -1)
 
             for sim in sims:
@@ -187,6 +189,7 @@ def test_a_replica_killed_mid_storm_and_mid_rollout(tmp_path: Path, postgres_url
                     interval=0.5,
                     what=f"{sim.name} to have every record acknowledged",
                 )
+            drained_s = time.monotonic() - killed
             wait_for(
                 lambda: rollout.world.rollout(rollout_id).status == "completed",
                 60,
@@ -194,6 +197,8 @@ def test_a_replica_killed_mid_storm_and_mid_rollout(tmp_path: Path, postgres_url
                 what="the survivor to finish the rollout",
             )
             rollout.stop()
+            print(f"SIGKILL to drained {drained_s:.1f} s, to rollout done "
+                  f"{time.monotonic() - killed:.1f} s")  # fmt: skip
 
             stored: dict[str, list[tuple[int, int]]] = defaultdict(list)
             with engine.connect() as conn:

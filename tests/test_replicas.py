@@ -3,8 +3,10 @@
 
 import contextlib
 import logging
+import multiprocessing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -15,6 +17,7 @@ from controller.db import make_engine, session_scope
 from controller.devices.liveness import is_overdue
 from controller.devices.tables import Device
 from controller.migrations import init_db
+from controller.pki.message_keys import MessageKeyStore
 from controller.replicas import (
     ControllerReplica,
     Hearing,
@@ -101,11 +104,11 @@ def test_a_killed_replica_is_seen_dead_at_once(
     observer = make_engine(postgres_url)
     try:
         a = ReplicaRegistry(engine, "replica-a", session_expiry_s=30, keepalive_s=10)
-        a.beat(NOW, connected=True, backlog=0)
+        a.beat(NOW, connected_since=NOW, backlog=0)
         assert a._holder is not None  # the connection that holds replica-a's lock
         a_pids = {a._holder.execute(text("SELECT pg_backend_pid()")).scalar_one()}
         b = ReplicaRegistry(observer, "replica-b", session_expiry_s=30, keepalive_s=10)
-        b.beat(NOW, connected=True, backlog=3)
+        b.beat(NOW, connected_since=NOW, backlog=3)
         with Session(observer) as session:
             assert b.locked(session) == {"replica-a", "replica-b"}
             assert b.hearing(session, NOW) == Hearing(NOW, 3)
@@ -227,3 +230,28 @@ def test_quotes_that_went_to_a_dead_replica_are_asked_again(tmp_path: Path) -> N
         assert device is not None and device.quarantined
         assert device.quarantine_reason == "silent"
     services.engine.dispose()
+
+
+def _first_key(pki_dir: Path, start: Any, kids: Any) -> None:
+    """One replica's start: load the message keys, making the first one if there is none."""
+    start.wait(30)
+    kids.put(MessageKeyStore(pki_dir, None).load(create=True).current_kid)
+
+
+def test_replicas_starting_together_make_one_message_key(tmp_path: Path) -> None:
+    """Replicas that start at once on an empty shared pki folder end up signing with one
+    and the same first message key (two keys would leave devices refusing one replica)."""
+    ctx = multiprocessing.get_context("spawn")
+    for attempt in range(3):
+        pki_dir = tmp_path / f"pki-{attempt}"
+        start, kids = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_first_key, args=(pki_dir, start, kids)) for _ in range(3)]
+        for proc in procs:
+            proc.start()
+        start.set()
+        for proc in procs:
+            proc.join(60)
+            assert proc.exitcode == 0
+        found = {kids.get(timeout=5) for _ in procs}
+        assert len(found) == 1, found
+        assert MessageKeyStore(pki_dir, None).kids() == sorted(found)

@@ -172,6 +172,9 @@ class MqttIngest:
         self._writer_done = threading.Event()
         self._network_done = threading.Event()
         self._connected = threading.Event()
+        # When the broker last granted the subscriptions (None: not now); replicas judge
+        # device silence only from there (controller/replicas.py).
+        self.subscribed_at: datetime | None = None
         self._started = False
         self._v5 = broker.effective_protocol == "5"
         self._filters = subscriptions(broker.shared_group if self._v5 else None)
@@ -264,6 +267,7 @@ class MqttIngest:
 
     def _lost(self, reason: str) -> None:
         self._connected.clear()
+        self.subscribed_at = None
         log.warning("ingest lost the broker (%s); reconnecting", reason)
 
     # --- transport callbacks (network thread): none may raise -----------------------------
@@ -289,12 +293,14 @@ class MqttIngest:
             if refused:
                 log.error("broker refused ingest's subscriptions: %s", ", ".join(refused))
                 return
+            self.subscribed_at = datetime.now(UTC)
             self._connected.set()
         except Exception:
             self._callback_failed("on_subscribe")
 
     def _on_disconnect(self, reason: str) -> None:
         self._connected.clear()
+        self.subscribed_at = None
         try:
             if not self._disconnecting.is_set():
                 log.warning("ingest lost the broker (%s); reconnecting", reason)

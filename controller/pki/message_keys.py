@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.serialization import (
 from pydantic import SecretStr
 
 from controller.pki.errors import PkiError
+from controller.updates._files import locked
 from controller.updates.keys import require_passphrase
 from shared.attestation import (
     AttestationError,
@@ -253,7 +254,13 @@ class MessageKeyStore:
         if self.current_kid() is None:
             if not create:
                 raise PkiError(f"no controller message key in {self.folder}")
-            self.generate()
+            # Replicas share this folder and may start together: one makes the first key,
+            # the others take it (two would each sign with their own, and a device would
+            # refuse whichever it did not learn first).
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with locked(self.folder / ".lock"):
+                if self.current_kid() is None:
+                    self.generate()
         current = self.current_kid()
         assert current is not None
         pending = self.next_kid()
