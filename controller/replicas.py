@@ -151,6 +151,7 @@ class ReplicaRegistry:
         if self._holder is not None:
             try:
                 self._holder.execute(text("SELECT 1"))
+                self._holder.commit()  # never idle in a transaction (a server timeout ends those)
                 return
             except Exception:
                 self._release()
