@@ -11,7 +11,9 @@ run, so a run over data that has nothing due reads one batch per table.
 Raw telemetry goes only once the rollup cursor has passed it (``telemetry_record.id <=
 telemetry_rollup_cursor.last_id``): an hour not rolled up yet keeps its records whatever
 their age, and if the rollup stops, so does the raw deletion. Its age is ``received_at``,
-the controller's clock, never the device's ``at``. Attestation verdicts keep each device's
+the controller's clock, never the device's ``at``. Each device's newest record (by epoch
+and sequence number) stays whatever its age: ingest's plausibility check measures a
+device's next batch against it. Attestation verdicts keep each device's
 newest verdict and newest passing one whatever their age (the boot-epoch check reads the
 newest passing one). The audit log is kept for ever unless ``retention.audit_days`` is set.
 
@@ -20,13 +22,14 @@ On PostgreSQL an advisory lock per transaction lets one replica delete at a time
 this run.
 """
 
+import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func
+from sqlalchemy import delete, func, literal, text
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col
@@ -146,6 +149,27 @@ def _chunks(ids: list[int]) -> Iterable[list[int]]:
         yield ids[i : i + _IN_CHUNK]
 
 
+# The newest record of each listed device by (epoch, seq): the unique index read backwards
+# once per device (the same probe ingest's plausibility check makes).
+_NEWEST_RECORDS = (
+    "SELECT (SELECT u.id FROM telemetry_record AS u WHERE u.device_id = d.value "
+    "ORDER BY u.epoch DESC, u.seq DESC LIMIT 1) FROM {ids}"
+)
+_DEVICE_LIST = {
+    "sqlite": "json_each(:ids) AS d",
+    "postgresql": "unnest(CAST(:ids AS varchar[])) AS d(value)",
+}
+
+
+def _newest_records(session: Session, device_ids: set[str]) -> set[int]:
+    """The id of each device's newest raw record (by epoch and sequence number)."""
+    dialect = session.get_bind().dialect.name
+    ids = sorted(device_ids)
+    param: str | list[str] = json.dumps(ids) if dialect == "sqlite" else ids
+    statement = text(_NEWEST_RECORDS.format(ids=_DEVICE_LIST[dialect]))
+    return {i for i in session.execute(statement, {"ids": param}).scalars() if i is not None}
+
+
 def delete_batch(
     session: Session, sweep: Sweep, now: datetime, after: int, limit: int
 ) -> tuple[int, int, bool]:
@@ -156,7 +180,8 @@ def delete_batch(
     ident = _column(table, "id")
     stamp = _column(table, sweep.time)
     cutoff = (now - sweep.keep).astimezone(UTC)
-    query = sa_select(ident, stamp).where(ident > after)
+    device = _column(table, "device_id") if sweep.rolled_up_only else literal(None)
+    query = sa_select(ident, stamp, device).where(ident > after)
     if sweep.rolled_up_only:
         cursor = session.get(RollupCursor, CURSOR)
         upto = cursor.last_id if cursor is not None else 0
@@ -164,19 +189,26 @@ def delete_batch(
     rows = session.execute(query.order_by(ident).limit(limit)).all()
     if not rows:
         return 0, after, False
-    old = [row_id for row_id, at in rows if at is not None and as_utc(at) < cutoff]
+    old = [(row_id, dev) for row_id, at, dev in rows if at is not None and as_utc(at) < cutoff]
     last = rows[-1][0]
     if not old:
         return 0, last, False
     if sweep.keep_newest_per_device:
-        keep = _protected(session, old)
+        keep = _protected(session, [row_id for row_id, _ in old])
         deleted = 0
-        for part in _chunks([i for i in old if i not in keep]):
+        for part in _chunks([i for i, _ in old if i not in keep]):
             deleted += _rowcount(session.execute(delete(table).where(ident.in_(part))))
-    else:
-        # By range, the time tested again in SQL: one statement, no list of ids.
-        statement = delete(table).where(ident > after, ident <= last, stamp < cutoff)
-        deleted = _rowcount(session.execute(statement))
+        return deleted, last, len(rows) == limit
+    # By range, the time tested again in SQL: one statement, no list of ids.
+    statement = delete(table).where(ident > after, ident <= last, stamp < cutoff)
+    if sweep.rolled_up_only:
+        # Each device's newest record stays: ingest's plausibility check measures the next
+        # batch's numbering against it (with none stored, any numbering would pass).
+        newest = _newest_records(session, {dev for _, dev in old})
+        kept = sorted(newest.intersection(i for i, _ in old))
+        if kept:
+            statement = statement.where(ident.not_in(kept))
+    deleted = _rowcount(session.execute(statement))
     return deleted, last, len(rows) == limit
 
 

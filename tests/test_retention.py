@@ -57,7 +57,8 @@ def rollup_totals(world: TelemetryWorld) -> tuple[Any, ...]:
 
 def test_old_raw_records_go_once_rolled_up_and_the_rollups_stay(database_url: str) -> None:
     """Raw records older than raw_retention_h are deleted only after the rollup passed
-    them; younger ones stay, and the hourly rows made from the deleted ones are unchanged."""
+    them, but for each device's newest; younger ones stay, and the hourly rows made from the
+    deleted ones are unchanged."""
     world = TelemetryWorld(database_url)
     send_windows(world, T0, devices=3, per_device=20)  # 120 rows, old at T0 + 72 h
     later = T0 + timedelta(hours=71)
@@ -71,9 +72,10 @@ def test_old_raw_records_go_once_rolled_up_and_the_rollups_stay(database_url: st
     world.rollup(now)
     before = rollup_totals(world)
     report = run_retention(world.engine, cfg, now)
-    assert report.deleted == {"telemetry_record": 120}
+    # dev-1's and dev-2's newest records are old but stay; dev-0's newest is young.
+    assert report.deleted == {"telemetry_record": 118}
     assert report.batches >= 2  # 100 rows per transaction
-    assert count(world, TelemetryRecord) == 10
+    assert count(world, TelemetryRecord) == 12
     assert rollup_totals(world) == before
     assert run_retention(world.engine, cfg, now).deleted == {}
 
@@ -89,24 +91,41 @@ def test_records_the_rollup_has_not_reached_stay_whatever_their_age(database_url
     assert run_retention(world.engine, settings(), now).deleted == {"telemetry_record": 10}
     assert count(world, TelemetryRecord) == 10
     world.rollup(now)
-    assert run_retention(world.engine, settings(), now).deleted == {"telemetry_record": 10}
-    assert count(world, TelemetryRecord) == 0
+    assert run_retention(world.engine, settings(), now).deleted == {"telemetry_record": 9}
+    assert count(world, TelemetryRecord) == 1  # the device's newest
 
 
 def test_a_run_stops_at_its_batch_limit_and_the_next_goes_on(database_url: str) -> None:
-    """With max_batches 2 of 100 rows, a run deletes 200 of 300 due rows and says the
-    table is unfinished; the next run deletes the rest."""
+    """With max_batches 2 of 100 rows, a run deletes the due rows of the first 200 and
+    says the table is unfinished; the next run deletes the rest (each of the three
+    devices' newest record stays)."""
     world = TelemetryWorld(database_url)
     send_windows(world, T0, devices=3, per_device=50)
     now = T0 + timedelta(hours=80)
     world.rollup(now)
     cfg = settings(max_batches=2)
     first = run_retention(world.engine, cfg, now)
-    assert first.deleted == {"telemetry_record": 200}
+    assert first.deleted == {"telemetry_record": 198}
     assert first.unfinished == ["telemetry_record"]
     second = run_retention(world.engine, cfg, now)
-    assert second.deleted == {"telemetry_record": 100} and second.unfinished == []
-    assert count(world, TelemetryRecord) == 0
+    assert second.deleted == {"telemetry_record": 99} and second.unfinished == []
+    assert count(world, TelemetryRecord) == 3
+
+
+def test_a_silent_devices_newest_record_still_bounds_its_numbering(database_url: str) -> None:
+    """After retention, a device silent for ten days still has its newest record stored, so
+    ingest's plausibility check refuses a batch whose sequence numbers leap far past it."""
+    world = TelemetryWorld(database_url)
+    send_windows(world, T0, devices=1, per_device=10)
+    now = T0 + timedelta(days=10)
+    world.rollup(now)
+    run_retention(world.engine, settings(), now)
+    assert count(world, TelemetryRecord) == 1
+    window = [("inference.window", inference_window(now, group()))]
+    world.send("dev-0", window, now, seq=10**12)  # refused: implausible_seq
+    assert count(world, TelemetryRecord) == 1
+    world.send("dev-0", window, now, seq=20)  # the next number: stored
+    assert count(world, TelemetryRecord) == 2
 
 
 def test_rollups_keep_their_own_retention(database_url: str) -> None:
@@ -201,7 +220,8 @@ def test_a_retention_of_none_keeps_a_table(database_url: str) -> None:
 @pytest.mark.postgres
 def test_two_replicas_delete_at_once_without_error(postgres_url: str) -> None:
     """Two controllers running the job at the same moment on PostgreSQL (each with the
-    advisory job lock) leave exactly the young rows, whichever of them did the work."""
+    advisory job lock) leave exactly the young rows and each device's newest, whichever of
+    them did the work."""
     world = TelemetryWorld(postgres_url)
     send_windows(world, T0, devices=10, per_device=30)
     send_windows(world, T0 + timedelta(hours=79), devices=1, per_device=3)
@@ -226,4 +246,4 @@ def test_two_replicas_delete_at_once_without_error(postgres_url: str) -> None:
         t.join(60)
     run_retention(world.engine, cfg, now, lock=_job_lock)
     assert errors == []
-    assert count(world, TelemetryRecord) == 6
+    assert count(world, TelemetryRecord) == 6 + 9  # the young rows, 9 devices' newest

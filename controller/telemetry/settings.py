@@ -39,9 +39,9 @@ class TelemetrySettings(BaseModel):
     # long ago and rolled up (never before: the rollup cursor must have passed them). Keep
     # it longer than the longest rollout soak, whose gates read raw records.
     raw_retention_h: float = Field(default=72.0, gt=0)
-    # Per-device hourly rollups (requests and health), and fleet-wide hourly data (the
-    # fleet rollup, drift sketches and scores).
-    hourly_retention_days: float = Field(default=90.0, gt=0)
+    # Per-device hourly rollups (requests and health: the API shows at most 720 hours of
+    # them), and fleet-wide hourly data (the fleet rollup, drift sketches and scores).
+    hourly_retention_days: float = Field(default=30.0, gt=0)
     fleet_retention_days: float = Field(default=400.0, gt=0)
     # Cloud prices (USD per 1,000 tokens) behind the fleet page's cost estimates.
     cloud_price_prompt_per_1k: float = Field(default=0.0005, ge=0)
