@@ -4,9 +4,9 @@ Building a :class:`~edge_agent.routing.sensitivity.scanner.SensitivityDetector` 
 RE2, phonenumbers and python-stdnum and compiles the rule set: about 8 MiB that an agent
 with nothing to route (no model loaded, no remote tier, nobody asking) would hold from
 start (docs/benchmarks.md, agent memory). ``DeferredDetector`` builds it on the first
-classification instead (tens of milliseconds, once), or at once with ``build_now`` - the
-agent builds it at start when the operator configured sensitivity settings, so that a
-configuration the detector refuses still stops the agent at start.
+classification instead (once; 80-120 ms on the benchmark machine), or at once with
+``build_now``: the agent builds it at start when the operator configured sensitivity
+settings, so that a configuration the detector refuses still stops the agent at start.
 """
 
 from __future__ import annotations
