@@ -33,6 +33,7 @@ from shared.supervision import WorkerStatus
 PREFIX = "edgefleet"
 INGEST_COUNTERS = (
     "accepted",
+    "rebirths_requested",
     "batches",
     "records_inserted",
     "records_duplicate",

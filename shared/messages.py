@@ -336,6 +336,17 @@ class ControllerKeys(_Envelope):
     exchange_key: str | None = Field(default=None, pattern=_PUBLIC_KEY)
 
 
+class Command(_Envelope):
+    """Controller -> device: act now. ``rebirth``: publish the current session's birth
+    again, unchanged (the controller refused a session MAC as ``unknown_session``: the
+    birth that opened the session never reached it, e.g. it went to a controller replica's
+    broker session that died with it). ``reason`` says why, for the device's log."""
+
+    type: Literal["command"] = "command"
+    name: Literal["rebirth"]
+    reason: str = Field(default="", max_length=200)
+
+
 AnyMessage = (
     Birth
     | Death
@@ -349,6 +360,7 @@ AnyMessage = (
     | CertRequest
     | CertIssued
     | ControllerKeys
+    | Command
 )
 DeviceMessage = Annotated[AnyMessage, Field(discriminator="type")]
 _ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(DeviceMessage)
@@ -366,6 +378,7 @@ _KIND_BY_TYPE: dict[str, MessageKind] = {
     "cert_request": MessageKind.CERT_REQUEST,
     "cert_issued": MessageKind.CERT_ISSUED,
     "controller_keys": MessageKind.CONTROLLER_KEYS,
+    "command": MessageKind.COMMAND,
 }
 
 

@@ -32,6 +32,8 @@ class MessageKind(StrEnum):
     CERT_ISSUED = "cert_issued"  # controller -> device; the renewed certificate, or why not
     # controller -> device, retained; the controller message keys to trust (pin or rotation)
     CONTROLLER_KEYS = "controller_keys"
+    # controller -> device; a request to act now (``rebirth``: publish the birth again)
+    COMMAND = "command"
 
     @property
     def from_device(self) -> bool:
@@ -57,6 +59,7 @@ CONTROLLER_TO_DEVICE = frozenset(
         MessageKind.CHALLENGE,
         MessageKind.CERT_ISSUED,
         MessageKind.CONTROLLER_KEYS,
+        MessageKind.COMMAND,
     }
 )
 

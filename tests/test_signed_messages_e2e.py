@@ -7,6 +7,7 @@ genuine traffic of both keeps flowing."""
 import json
 import re
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -310,3 +311,47 @@ def test_the_agent_macs_its_session_and_forged_macs_are_refused(
     )
     time.sleep(3)
     assert device(controller)["state"] == "online"
+
+
+def test_a_session_the_controller_never_heard_is_reopened_by_a_rebirth(
+    tmp_path: Path,
+    controller: ControllerProcess,
+    agent: tuple[AgentProcess, int],
+    attacker: mqtt.Client,
+) -> None:
+    """A device MACing under a session whose birth the controller never heard (it went to a
+    dead replica's broker session) is refused as ``unknown_session`` only until the
+    controller asks it for its birth again (one ``rebirth`` command): the device publishes
+    that birth again and its heartbeats are accepted again, without a reconnect."""
+    keys_file = tmp_path / DEVICE / IDENTITY_FOLDER / CONTROLLER_KEYS_FILE
+    wait_for(lambda: "exchange_key" in json.loads(keys_file.read_text() or "{}")
+             if keys_file.exists() else False, 60, what="the exchange key")  # fmt: skip
+    agent[0].stop()
+    agent[0].start()  # its next session MACs
+    wait_for(lambda: device(controller).get("state") == "online", 60, what="online")
+    database = tmp_path / "controller.db"
+    wait_for(lambda: _sessions(database), 30, what="the device's session")
+    assert controller.proc is not None
+    controller.proc.stop()
+    # As if that session's birth never arrived: not in the database, and not retained (a
+    # shared subscription never gets retained messages).
+    publish(attacker, f"ef/v1/{DEVICE}/status", b"", retain=True)
+    with sqlite3.connect(database) as db:
+        db.execute("UPDATE device SET sessions = '[]' WHERE id = ?", (DEVICE,))
+    controller.start()
+    wait_for(lambda: controller.ingest_stats().get("rebirths_requested", 0) >= 1, 60,
+             what="a rebirth request")  # fmt: skip
+    wait_for(lambda: _sessions(database), 30, what="the session heard again")
+    refused = rejected(controller).get("unknown_session", 0)
+    beat = device(controller)["last_heartbeat_at"]
+    wait_for(lambda: device(controller)["last_heartbeat_at"] != beat, 30,
+             what="a heartbeat accepted under the reopened session")  # fmt: skip
+    assert rejected(controller).get("unknown_session", 0) == refused
+    assert controller.ingest_stats()["rebirths_requested"] == 1
+    assert device(controller)["state"] == "online"
+
+
+def _sessions(database: Path) -> list[Any]:
+    with sqlite3.connect(database) as db:
+        row = db.execute("SELECT sessions FROM device WHERE id = ?", (DEVICE,)).fetchone()
+    return list(json.loads(row[0])) if row and row[0] else []

@@ -110,6 +110,8 @@ class IngestStats:
         # Rejections counted but not stored as dead letters (rate-limited, or pruned by
         # the caps), see controller/ingest/limits.py.
         self.rejections_dropped = 0
+        # Devices asked to publish their birth again (a MAC under a session never heard).
+        self.rebirths_requested = 0
         self.rejected: Counter[str] = Counter()
 
     def add(self, field: str, n: int = 1) -> None:
@@ -146,6 +148,7 @@ class IngestStats:
                 "dropped_queue_full": self.dropped_queue_full,
                 "callback_errors": self.callback_errors,
                 "rejections_dropped": self.rejections_dropped,
+                "rebirths_requested": self.rebirths_requested,
                 "rejected": dict(self.rejected),
                 "rejected_total": sum(self.rejected.values()),
             }

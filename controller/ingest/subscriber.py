@@ -60,7 +60,14 @@ from controller.settings import BrokerSettings, DeadLetterSettings, Plausibility
 from shared.attestation import encode_public_key
 from shared.errors import ProtocolError
 from shared.message_signing import Signer, is_signed
-from shared.messages import AnyMessage, Birth, ControllerKeys, Desired, encode_message
+from shared.messages import (
+    AnyMessage,
+    Birth,
+    Command,
+    ControllerKeys,
+    Desired,
+    encode_message,
+)
 from shared.mqtt_transport import Endpoint, Inbound, Transport
 from shared.supervision import StrikeBook, Supervisor
 from shared.topics import DEVICE_TO_CONTROLLER, DeviceTopic
@@ -80,6 +87,10 @@ _UNREACHABLE = (OperationalError, InterfaceError, PoolTimeoutError)
 # itself may be up to ``ProvisionedDevices``' TTL old).
 KNOWN_FRESH_S = 5.0
 
+# A device whose MACs name a session the controller never heard the birth of is asked to
+# publish that birth again, at most this often (a flood of such messages is not a flood of
+# requests).
+REBIRTH_INTERVAL_S = 30.0
 NETWORK_WORKER = "ingest-network"
 WRITER_WORKER = "ingest-writer"
 DEAD_LETTER_WORKER = "ingest-dead-letters"
@@ -165,6 +176,7 @@ class MqttIngest:
         )
         self._flush_lock = threading.Lock()
         self._strikes = StrikeBook()
+        self._rebirths: dict[str, float] = {}  # device -> when it was last asked (monotonic)
         self._pending: list[_Item] = []  # the writer's batch in hand; survives its restart
         self._last_error = "unknown"
         self._stopping = threading.Event()  # the writer and the dead-letter worker stop
@@ -489,11 +501,48 @@ class MqttIngest:
             self._send(ack)
         for message in result.outbound:
             self._send(message)
+        for command in self._rebirth_requests(good, result.refused):
+            self._send(command)
         for item in items:
             self._ack(item.mid, item.qos)
         self.transport.wake()
         self._strikes.release(keys)
         return True
+
+    def _rebirth_requests(
+        self, items: list[_Item], refused: list[tuple[Received, ProtocolError]]
+    ) -> list[Command]:
+        """A ``rebirth`` command for each device whose message was refused as
+        ``unknown_session`` (its birth went to a dead replica's session, or came while no
+        controller listened), each device at most once per ``REBIRTH_INTERVAL_S``. Its next
+        birth opens the session again; the refused records come again after their ack
+        timeout."""
+        unheard = {id(received) for received, e in refused if e.reason == "unknown_session"}
+        if not unheard:
+            return []
+        now = time.monotonic()
+        devices = {
+            item.decoded.message.device_id for item in items if id(item.decoded.received) in unheard
+        }
+        commands = []
+        for device_id in sorted(devices):
+            if now - self._rebirths.get(device_id, -REBIRTH_INTERVAL_S) < REBIRTH_INTERVAL_S:
+                continue
+            self._rebirths[device_id] = now
+            commands.append(Command(device_id=device_id, name="rebirth", reason="unknown_session"))
+        if len(self._rebirths) > 10_000:  # forget the oldest asks: the map stays small
+            for device_id, at in list(self._rebirths.items()):
+                if now - at >= REBIRTH_INTERVAL_S:
+                    del self._rebirths[device_id]
+        if commands:
+            self.stats.add("rebirths_requested", len(commands))
+            log.info(
+                "asked %d device(s) to publish their birth again (MACs under a session "
+                "never heard): %s",
+                len(commands),
+                ", ".join(c.device_id for c in commands[:10]),
+            )
+        return commands
 
     def _send(self, message: AnyMessage, *, signer: Signer | None = None) -> None:
         """Publish one message to its device after a commit (signed; retained if desired

@@ -53,6 +53,7 @@ from shared.messages import (
     CertIssued,
     CertRequest,
     Challenge,
+    Command,
     ControllerKeys,
     Death,
     Desired,
@@ -118,6 +119,8 @@ class LinkStats:
     reconnects: int = 0
     quotes_sent: int = 0
     challenges_failed: int = 0
+    # Births published again because the controller asked (a ``rebirth`` command).
+    rebirths: int = 0
     # Inbound messages refused, by reason (the decoder's reasons, plus wrong_device,
     # wrong_direction, unhandled and bad_topic for a topic that is not UTF-8).
     rejected: Tally = field(default_factory=Tally)
@@ -133,6 +136,8 @@ class LinkStats:
 # reason are logged, then one in every LOG_EVERY (the counters keep the exact numbers).
 LOG_FIRST = 10
 LOG_EVERY = 1000
+# The controller asks for a rebirth at most every 30 s per device; more often is ignored.
+REBIRTH_MIN_INTERVAL_S = 5.0
 
 
 class MqttLink:
@@ -194,6 +199,9 @@ class MqttLink:
         self.window = SendWindow(self._outbox_config.inflight_batches)
         self.births_sent = 0
         self.heartbeats_sent = 0
+        # This session's birth as sent (topic, signed payload), for a ``rebirth`` command.
+        self._birth_wire: tuple[str, bytes] | None = None
+        self._last_rebirth = -REBIRTH_MIN_INTERVAL_S
         self.transport = Transport(
             Endpoint(
                 host=config.host,
@@ -223,6 +231,7 @@ class MqttLink:
         self._topic_challenge = str(DeviceTopic(device_id, MessageKind.CHALLENGE))
         self._topic_cert_issued = str(DeviceTopic(device_id, MessageKind.CERT_ISSUED))
         self._topic_controller_keys = str(DeviceTopic(device_id, MessageKind.CONTROLLER_KEYS))
+        self._topic_command = str(DeviceTopic(device_id, MessageKind.COMMAND))
         self._set_will()
 
     @property
@@ -372,7 +381,7 @@ class MqttLink:
                 log.debug("disconnect after a failed session setup failed", exc_info=True)
 
     def _session_up(self) -> None:
-        topics = [(self._topic_ack, 1), (self._topic_desired, 1)]
+        topics = [(self._topic_ack, 1), (self._topic_desired, 1), (self._topic_command, 1)]
         if self._on_challenge is not None:
             topics.append((self._topic_challenge, 1))
         if self._on_cert_issued is not None:
@@ -384,7 +393,8 @@ class MqttLink:
         with self._lock:
             birth, session = self._open_session(self._make_birth(self._bd_seq))
         self.window.reset()
-        self.transport.publish(*self._encode(birth), qos=1, retain=True)
+        self._birth_wire = self._encode(birth)
+        self.transport.publish(*self._birth_wire, qos=1, retain=True)
         self._session = session
         self.births_sent += 1
         if self._current_reported is not None:
@@ -471,9 +481,30 @@ class MqttLink:
             self._answer(decoded)
         elif isinstance(decoded, CertIssued) and self._on_cert_issued is not None:
             self._on_cert_issued(decoded)
+        elif isinstance(decoded, Command):
+            self._rebirth(decoded)
         else:
             return False
         return True
+
+    def _rebirth(self, command: Command) -> None:
+        """Publish this session's birth again, byte for byte (same ``bd_seq``, same session
+        key), and send the unacknowledged records again from the oldest: the controller
+        refused them because it never heard that birth. Asked more often than
+        ``REBIRTH_MIN_INTERVAL_S``, or before the session's birth, nothing happens."""
+        wire = self._birth_wire
+        now = time.monotonic()
+        if wire is None or not self._connected.is_set():
+            return
+        if now - self._last_rebirth < REBIRTH_MIN_INTERVAL_S:
+            log.info("rebirth asked again within %.0f s; ignored", REBIRTH_MIN_INTERVAL_S)
+            return
+        self._last_rebirth = now
+        self.transport.publish(*wire, qos=1, retain=True)
+        self.stats.rebirths += 1
+        self.window.reset()
+        self._wake.set()
+        log.warning("controller asked for the birth again (%s); published", command.reason)
 
     def _answer(self, challenge: Challenge) -> None:
         """Publish the quote for ``challenge``; a failure to measure or sign is logged and
