@@ -50,7 +50,7 @@ from controller.ingest.signatures import (
 )
 from controller.ingest.tables import RejectedMessage
 from controller.ingest.telemetry_decode import decode_telemetry
-from controller.ingest.telemetry_store import PendingRecords
+from controller.ingest.telemetry_store import PendingRecords, PreparedRows, prepare_rows
 from controller.settings import PlausibilitySettings
 from controller.telemetry.tables import TelemetryRecord
 from shared.errors import ProtocolError
@@ -400,12 +400,15 @@ def _check_reported(session: Session, message: Reported, now: datetime, bounds: 
         raise ProtocolError(IMPLAUSIBLE, refusal)
 
 
-def _add_records(records: PendingRecords, message: TelemetryBatch) -> None:
-    """Queue a batch's records for the insert. A record time that is valid but cannot be
-    stored (its UTC value is outside years 1-9999) is refused here as ``schema``: left to
-    the insert, it would fail the transaction, and the writer would retry it forever."""
+def _add_records(
+    records: PendingRecords, message: TelemetryBatch, prepared: PreparedRows | None
+) -> None:
+    """Queue a batch's records for the insert (``prepared``: already in their stored form).
+    A record time that is valid but cannot be stored (its UTC value is outside years
+    1-9999) is refused here as ``schema``: left to the insert, it would fail the
+    transaction, and the writer would retry it forever."""
     try:
-        records.add(message.device_id, message.records)
+        records.add(message.device_id, message.records, prepared)
     except OverflowError as e:
         raise ProtocolError("schema", f"records: a time out of the storable range ({e})") from e
 
@@ -460,6 +463,9 @@ class Decoded:
     message: AnyMessage
     # The device's signature, split off for the writer to verify (None: unsigned).
     signed: SignedPayload | None = None
+    # A telemetry batch's rows in their stored form, when ``classify`` was told the
+    # database: built in the thread that decodes, so the writer's thread only inserts.
+    rows: PreparedRows | None = None
 
 
 def topic_device(topic: str) -> str | None:
@@ -482,9 +488,13 @@ def classify(
     known_devices: set[str] | None,
     attestation_on: bool,
     renewal_on: bool = False,
+    dialect: str | None = None,
 ) -> Decoded:
     """Decode and check one message without touching the database; raises only
-    ``ProtocolError``. ``known_devices``: see ``apply_batch``."""
+    ``ProtocolError``. ``known_devices``: see ``apply_batch``. With the database's
+    ``dialect``, a telemetry batch's rows are prepared too (``Decoded.rows``): the MQTT
+    shell decodes in its network thread while the writer's thread inserts, and SQLite and
+    PostgreSQL do their work without the GIL, so the two overlap."""
     message: AnyMessage
     fast = decode_telemetry(item.topic, item.payload)
     if fast is not None:
@@ -500,7 +510,13 @@ def classify(
         raise ProtocolError(
             "unexpected_cert_request", "this controller has no device CA to renew certificates"
         )
-    return Decoded(item, message, signed)
+    rows = None
+    if dialect is not None and isinstance(message, TelemetryBatch):
+        try:
+            rows = prepare_rows(dialect, message.device_id, message.records)
+        except OverflowError:
+            rows = None  # refused by the writer with its reason (``_add_records``)
+    return Decoded(item, message, signed, rows)
 
 
 def apply_batch(
@@ -619,7 +635,7 @@ def apply_decoded(
         try:
             if isinstance(message, TelemetryBatch):
                 marks.check(message, item.received_at, bounds)
-                _add_records(records, message)
+                _add_records(records, message, decoded.rows)
             elif isinstance(message, Reported):
                 _check_reported(session, message, item.received_at, bounds)
         except ProtocolError as e:

@@ -152,6 +152,8 @@ class MqttIngest:
         )
         self._port = port
         self._engine = engine
+        # Telemetry rows are prepared in the network thread, in this database's form.
+        self._dialect = engine.dialect.name
         self.stats = stats
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_size)
         self._batch_size = batch_size
@@ -348,6 +350,7 @@ class MqttIngest:
                 known_devices=self._known if fresh else None,
                 attestation_on=self._attestation is not None,
                 renewal_on=self._renewal is not None,
+                dialect=self._dialect,
             )
         except ProtocolError as e:
             self._reject(received, e)

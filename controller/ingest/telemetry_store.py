@@ -16,6 +16,7 @@ per-row work).
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -178,6 +179,22 @@ _PG_INSERT = (
 )
 
 
+def pg_rows(device_id: str, records: Sequence[RecordFields]) -> list[dict[str, Any]]:
+    """``_PG_INSERT``'s form of ``records``; ``OverflowError`` if a time cannot be stored."""
+    return [
+        {
+            "d": device_id,
+            "e": r.epoch,
+            "s": r.seq,
+            "k": r.kind,
+            "n": r.name,
+            "a": r.at.astimezone(UTC),
+            "b": json_text(r.body),
+        }
+        for r in records
+    ]
+
+
 class PgRows:
     """Rows for ``_PG_INSERT`` (``received_at`` is added at insert)."""
 
@@ -190,18 +207,7 @@ class PgRows:
     def add(self, device_id: str, records: Sequence[RecordFields]) -> None:
         """Queue one message's records, all or none; ``OverflowError`` if a time cannot be
         stored."""
-        self.rows += [
-            {
-                "d": device_id,
-                "e": r.epoch,
-                "s": r.seq,
-                "k": r.kind,
-                "n": r.name,
-                "a": r.at.astimezone(UTC),
-                "b": json_text(r.body),
-            }
-            for r in records
-        ]
+        self.rows += pg_rows(device_id, records)
 
     def insert(self, session: Session, stored_at: datetime) -> int:
         """Insert the queued rows stamped ``stored_at``, skipping ones already stored;
@@ -243,22 +249,50 @@ def insert_records(session: Session, rows: list[dict[str, Any]], stored_at: date
     return len(result.all())
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedRows:
+    """One message's rows in the stored form of one database (``prepare_rows``)."""
+
+    dialect: str
+    rows: list[Any]
+
+
+def prepare_rows(dialect: str, device_id: str, records: Sequence[RecordFields]) -> PreparedRows:
+    """``records`` in the form ``PendingRecords`` inserts them into a ``dialect`` database,
+    built ahead (where CPU is to spare); ``OverflowError`` if a time cannot be stored."""
+    if dialect == "sqlite":
+        return PreparedRows(dialect, sqlite_rows(device_id, records))
+    return PreparedRows(dialect, pg_rows(device_id, records))
+
+
 class PendingRecords:
     """The telemetry rows of one ingest transaction, in the form its database stores."""
 
     def __init__(self, session: Session) -> None:
         self._session = session
-        self._sqlite = session.get_bind().dialect.name == "sqlite"
+        self._dialect = session.get_bind().dialect.name
+        self._sqlite = self._dialect == "sqlite"
         self._sqlite_rows: list[SqliteRow] = []
         self._pg = PgRows()
 
     def __len__(self) -> int:
         return len(self._sqlite_rows) + len(self._pg)
 
-    def add(self, device_id: str, records: Sequence[RecordFields]) -> None:
-        """Queue one message's records, all or none; ``OverflowError`` if a time cannot be
-        stored (an aware time whose UTC value falls outside years 1-9999)."""
-        if self._sqlite:
+    def add(
+        self,
+        device_id: str,
+        records: Sequence[RecordFields],
+        prepared: PreparedRows | None = None,
+    ) -> None:
+        """Queue one message's records, all or none (``prepared``: the same records already
+        in this database's stored form); ``OverflowError`` if a time cannot be stored (an
+        aware time whose UTC value falls outside years 1-9999)."""
+        if prepared is not None and prepared.dialect == self._dialect:
+            if self._sqlite:
+                self._sqlite_rows += prepared.rows
+            else:
+                self._pg.rows += prepared.rows
+        elif self._sqlite:
             self._sqlite_rows.extend(sqlite_rows(device_id, records))
         else:
             self._pg.add(device_id, records)
