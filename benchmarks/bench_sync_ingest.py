@@ -165,15 +165,17 @@ _COUNTS = (
 )
 
 
-def db_counts(database_url: str) -> tuple[int, int]:
-    """(rows, distinct (device, epoch, seq)) in the telemetry table."""
-    if database_url.startswith("sqlite:///"):
-        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+def db_counts(database: Path | str) -> tuple[int, int]:
+    """(rows, distinct (device, epoch, seq)) in the telemetry table of ``database`` (a
+    SQLite file, or a database URL)."""
+    if isinstance(database, Path) or database.startswith("sqlite:///"):
+        file = database if isinstance(database, Path) else database.removeprefix("sqlite:///")
+        with sqlite3.connect(file) as conn:
             rows, distinct = conn.execute(_COUNTS).fetchone()
     else:
         import psycopg
 
-        with psycopg.connect(database_url.replace("+psycopg", "")) as pg:
+        with psycopg.connect(database.replace("+psycopg", "")) as pg:
             found = pg.execute(_COUNTS).fetchone()
             assert found is not None
             rows, distinct = found
