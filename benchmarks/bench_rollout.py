@@ -18,8 +18,16 @@ the tick's own cost. Goal: <= 1 s. Also reported: the virtual time from creation
 ``completed`` (dominated by the soaks), the controller's real work (sum of tick durations)
 and the per-tick cost at 1,000 devices.
 
+With ``--history-h``, the database first gets that many hours of raw telemetry from every
+device before the rollout (per device and hour two ``inference`` records of the old model
+and a ``drift.window``, written with COPY on PostgreSQL): a rollout on a controller that
+has been running, whose gate queries must find the wave's few new records among them.
+
     .venv/bin/python -m benchmarks.bench_rollout [--devices 1000] [--soak-s 30]
-        [--tick-s 0.5] [--runs 3] [--json]
+        [--tick-s 0.5] [--runs 3] [--db sqlite|postgresql] [--history-h 0] [--json]
+
+PostgreSQL: ``EDGEFLEET_BENCH_POSTGRES_URL`` names a server database the benchmark may
+create and drop others beside (default ``postgresql+psycopg://postgres@127.0.0.1:5432/test``).
 """
 
 import argparse
@@ -28,6 +36,8 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -36,9 +46,13 @@ from typing import Any
 from sqlmodel import Session
 
 from benchmarks._common import machine, print_table
+from benchmarks.bench_console_api import database
+from controller.db import session_scope
+from controller.ingest.telemetry_store import insert_sqlite_rows, json_text, sqlite_datetime
 from controller.rollouts.service import get_rollout
 from controller.settings import RolloutSettings
-from tests.rollout_world import T0, World
+from tests.rollout_world import MODEL, T0, World
+from tests.telemetry_world import drift_window
 
 GOAL_GATE_LATENCY_S = 1.0
 WAVES = ["1%", "10%", "50%", "100%"]
@@ -73,13 +87,76 @@ def _install(world: World, now: datetime, tick_s: float, rng: random.Random) -> 
         world.report(changed, now)
 
 
-def run_once(devices: int, soak_s: float, tick_s: float, seed: int) -> Run:
+def _history_rows(ids: list[str], hours: int) -> Iterator[tuple[Any, ...]]:
+    """Raw rows of ``hours`` hours before T0 from every device (epoch 0: the live
+    simulation's records are epoch 1), as (device, epoch, seq, kind, name, at, body)."""
+    drift = json_text(drift_window(T0, prompt_tokens=[12.0, 40.0, 80.0]))
+    for d in ids:
+        seq = 0
+        for h in range(hours, 0, -1):
+            at = T0 - timedelta(hours=h)
+            inference = json_text(
+                {"status": "ok", "latency_ms": 55.0, "route": "local", "model": MODEL,
+                 "cascaded": False, "escalated": False, "at": at.isoformat()}
+            )  # fmt: skip
+            for name, body in (("inference", inference), ("inference", inference),
+                               ("drift.window", drift)):  # fmt: skip
+                seq += 1
+                yield d, 0, seq, "metric", name, at, body
+
+
+def add_history(world: World, ids: list[str], hours: int) -> int:
+    """Write the history (see ``_history_rows``); returns how many rows."""
+    n = 0
+    if world.engine.dialect.name == "postgresql":
+        raw = world.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            copy = "COPY telemetry_record (device_id, epoch, seq, kind, name, at, body, received_at) FROM STDIN"  # noqa: E501
+            with cursor.copy(copy) as out:
+                for row in _history_rows(ids, hours):
+                    out.write_row((*row, row[5]))
+                    n += 1
+            raw.commit()
+            cursor.execute("ANALYZE telemetry_record")
+            raw.commit()
+        finally:
+            raw.close()
+        return n
+    batch: list[Any] = []
+    for device, epoch, seq, kind, name, at, body in _history_rows(ids, hours):
+        batch.append((device, epoch, seq, kind, name, sqlite_datetime(at), body))
+        if len(batch) >= 20_000:
+            n += _insert_sqlite(world, batch)
+            batch = []
+    return n + _insert_sqlite(world, batch)
+
+
+def _insert_sqlite(world: World, rows: list[Any]) -> int:
+    with session_scope(world.engine) as session:
+        return insert_sqlite_rows(session, rows, T0 - timedelta(minutes=10))
+
+
+@contextmanager
+def _database(kind: str, tmp: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp / 'bench.db'}"
+        return
+    with database("postgresql", "bench_rollout", tmp) as url:
+        yield url
+
+
+def run_once(
+    devices: int, soak_s: float, tick_s: float, seed: int, db: str = "sqlite", history_h: int = 0
+) -> Run:
     rng = random.Random(seed)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        world = World(f"sqlite:///{Path(tmp) / 'bench.db'}")
+    with tempfile.TemporaryDirectory() as tmp, _database(db, Path(tmp)) as url:
+        world = World(url)
         world.add_model(expected_latency_ms=100.0)
-        world.add_devices(devices)
+        ids = world.add_devices(devices)
+        if history_h:
+            add_history(world, ids, history_h)
         settings = RolloutSettings(
             tick_interval_s=tick_s,
             default_soak_s=soak_s,
@@ -138,16 +215,22 @@ def main() -> None:
     parser.add_argument("--soak-s", type=float, default=30.0)
     parser.add_argument("--tick-s", type=float, default=0.5)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--history-h", type=int, default=0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    runs = [run_once(args.devices, args.soak_s, args.tick_s, seed) for seed in range(args.runs)]
+    runs = [
+        run_once(args.devices, args.soak_s, args.tick_s, seed, args.db, args.history_h)
+        for seed in range(args.runs)
+    ]
     if args.json:
         print(json.dumps({"machine": machine(), "runs": [asdict(r) for r in runs]}, indent=2))
         return
     print(f"machine: {machine()}")
     print(
         f"{args.devices} devices, waves {'/'.join(WAVES)}, soak {args.soak_s:g} s, "
-        f"tick {args.tick_s:g} s (virtual clock), SQLite, {args.runs} runs\n"
+        f"tick {args.tick_s:g} s (virtual clock), {args.db}, {args.history_h} h of history, "
+        f"{args.runs} runs\n"
     )
     rows = []
     for i, r in enumerate(runs):
