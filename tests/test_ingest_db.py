@@ -1,8 +1,10 @@
 """Ingest applies device messages to the registry on SQLite and PostgreSQL."""
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import text
 from sqlmodel import Session, select
 
 from controller.db import make_engine, session_scope
@@ -11,6 +13,7 @@ from controller.ingest.apply import Received, apply_batch, sweep_liveness
 from controller.ingest.tables import RejectedMessage
 from controller.migrations import init_db
 from shared import Death, Heartbeat, encode_message
+from tests.conftest import wait_for
 from tests.test_protocol import birth, heartbeat_doc
 
 NOW = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)
@@ -116,4 +119,49 @@ def test_sweep_marks_silent_devices_offline(database_url: str) -> None:
         device = session.get(Device, "dev-1")
         assert device is not None
         assert (device.state, device.state_reason) == ("offline", "heartbeat_timeout")
+    engine.dispose()
+
+
+def test_two_replicas_registering_one_new_device_at_once_both_commit(postgres_url: str) -> None:
+    """Two controller replicas applying a new device's birth and its heartbeat at the same
+    time both commit (the second waits for the first's row and updates it) instead of one
+    failing its whole batch on the device's primary key."""
+    engine = make_engine(postgres_url)
+    init_db(engine)
+    hb = Heartbeat.model_validate(heartbeat_doc(bd_seq=3, seq=1))
+    first = Session(engine)
+    apply_batch(first, [received(birth(bd_seq=3))])  # its row is made, not committed
+    errors: list[BaseException] = []
+
+    def second_replica() -> None:
+        try:
+            with session_scope(engine) as session:
+                apply_batch(session, [received(hb, NOW + timedelta(seconds=1))])
+        except BaseException as e:
+            errors.append(e)
+
+    worker = threading.Thread(target=second_replica)
+    worker.start()
+    with engine.connect() as probe:  # until the second replica waits on the first, or is done
+        wait_for(
+            lambda: (
+                not worker.is_alive()
+                or probe.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND datname = current_database()"
+                    )
+                ).scalar()
+            ),
+            30,
+            what="the second replica to wait for the first's row",
+        )
+    first.commit()  # with a plain insert, the replica that commits second fails here
+    first.close()
+    worker.join(30)
+    assert not worker.is_alive() and errors == []
+    with Session(engine) as session:
+        device = session.get(Device, "dev-1")
+        assert device is not None
+        assert (device.state, device.bd_seq, device.last_heartbeat_seq) == ("online", 3, 1)
     engine.dispose()

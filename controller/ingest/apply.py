@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import TextualSelect, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
@@ -668,6 +669,8 @@ def apply_decoded(
     # flushed once at commit (a get() per message cost a query and an autoflush each).
     ids = {message.device_id for message, _ in status}
     devices = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(ids)))}
+    if len(devices) < len(ids):
+        devices |= _register_devices(session, status, ids - devices.keys())
     births: list[tuple[Birth, datetime]] = []
     with session.no_autoflush:
         for message, item in status:
@@ -685,6 +688,29 @@ def apply_decoded(
     if renewal is not None:
         _renew(session, renewal, renewals, result)
     return result
+
+
+def _register_devices(
+    session: Session, status: list[tuple[Birth | Death | Heartbeat, Received]], new: set[str]
+) -> dict[str, Device]:
+    """Rows for devices heard of for the first time, made with ``INSERT … ON CONFLICT DO
+    NOTHING`` and read back: two controller replicas hearing a new device's birth and its
+    heartbeat at once both create it, and a plain insert failed one replica's whole batch
+    on the primary key (its writer restarted and went on one message at a time)."""
+    first_seen: dict[str, datetime] = {}
+    for message, item in status:
+        if message.device_id in new:
+            at = item.received_at
+            first_seen[message.device_id] = min(first_seen.get(message.device_id, at), at)
+    table = Device.__table__  # type: ignore[attr-defined]
+    rows = []
+    for device_id, at in sorted(first_seen.items()):
+        device = Device(id=device_id, first_seen=at)
+        rows.append({c.name: getattr(device, c.name) for c in table.columns})
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(insert(table).on_conflict_do_nothing(index_elements=["id"]), rows)
+    return {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(new)))}
 
 
 def _renew(
