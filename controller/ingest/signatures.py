@@ -20,6 +20,7 @@ Everything refused is counted by reason and dead-lettered by the caller; what is
 never acknowledged to the device as stored, so a genuine device re-sends it.
 """
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -151,14 +152,30 @@ def device_sessions(session: Session, device_ids: set[str]) -> dict[str, dict[st
     for device_id, entries in rows:
         known: dict[str, DeviceSession] = {}
         for entry in entries or []:
-            try:
-                raw = decode_public_key(entry[0])
-            except (AttestationError, IndexError, TypeError):
+            if (
+                not isinstance(entry, list | tuple)
+                or len(entry) < 2
+                or not isinstance(entry[1], str)
+            ):
                 continue
-            if len(entry) > 1 and isinstance(entry[1], str):
-                known[short_key_id(raw)] = (raw, entry[1])
+            decoded = _public_key(entry[0]) if isinstance(entry[0], str) else None
+            if decoded is not None:
+                known[decoded[1]] = (decoded[0], entry[1])
         found[device_id] = known
     return found
+
+
+@functools.lru_cache(maxsize=65_536)
+def _public_key(text: str) -> tuple[bytes, str] | None:
+    """A stored public key's raw bytes and short id; None if it is not one. A pure function
+    of the text, cached: ingest reads the keys of every device of every batch, and checking
+    a key (base64, an Ed25519 point, a SHA-256) cost more than the rest of a one-record
+    message's signature step."""
+    try:
+        raw = decode_public_key(text)
+    except AttestationError:
+        return None
+    return raw, short_key_id(raw)
 
 
 def _check_mac(
@@ -200,10 +217,9 @@ def enrolled_keys(session: Session, device_ids: Iterable[str]) -> dict[str, byte
     )
     keys: dict[str, bytes] = {}
     for device_id, public_key in rows:
-        try:
-            keys[device_id] = decode_public_key(public_key)
-        except AttestationError:
-            continue  # unreadable row: treated as not enrolled (the API refuses such keys)
+        decoded = _public_key(public_key) if isinstance(public_key, str) else None
+        if decoded is not None:  # an unreadable row: not enrolled (the API refuses such keys)
+            keys[device_id] = decoded[0]
     return keys
 
 
