@@ -416,17 +416,23 @@ def wave_telemetry(
         _finite(r.latency),
         _boolean_or_absent(r.cascaded),
     ]
-    counts = session.exec(
-        select(
-            func.count(),
-            func.coalesce(func.sum(case((r.status != "ok", 1), else_=0)), 0),
-            func.coalesce(func.sum(case((r.cascaded == "true", 1), else_=0)), 0),
-        ).where(*requests)
-    ).one()
-    inferences, errors, n_cascaded = (int(v or 0) for v in counts)
+    aggregates: list[Any] = [
+        func.count(),
+        func.coalesce(func.sum(case((r.status != "ok", 1), else_=0)), 0),
+        func.coalesce(func.sum(case((r.cascaded == "true", 1), else_=0)), 0),
+    ]
+    if dialect == "postgresql":
+        # The same nearest-rank p95 in the same pass: PostgreSQL's percentile_disc takes
+        # the row at ceil(0.95 * n), as the OFFSET query below does (a second read of
+        # every record of the wave, half the tick at 10,000 devices).
+        aggregates.append(func.percentile_disc(0.95).within_group(r.latency))
+    counts = session.exec(select(*aggregates).where(*requests)).one()
+    inferences, errors, n_cascaded = (int(v or 0) for v in counts[:3])
 
     p95: float | None = None
-    if inferences:
+    if dialect == "postgresql":
+        p95 = float(counts[3]) if inferences and counts[3] is not None else None
+    elif inferences:
         rank = math.ceil(0.95 * inferences) - 1  # nearest-rank percentile
         value = session.exec(
             select(r.latency).where(*requests).order_by(r.latency).offset(rank).limit(1)
