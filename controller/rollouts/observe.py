@@ -345,6 +345,27 @@ def _wave_drift(
     return score, samples
 
 
+def _latency_p95(
+    session: Session,
+    dialect: str,
+    counts: Any,
+    inferences: int,
+    latency: ColumnElement[Any],
+    requests: list[Any],
+) -> float | None:
+    """The nearest-rank p95 latency of the counted requests: from the counts' own pass on
+    PostgreSQL (``percentile_disc``), by an ``ORDER BY … OFFSET`` query on SQLite."""
+    if not inferences:
+        return None
+    if dialect == "postgresql":
+        return float(counts[3]) if counts[3] is not None else None
+    rank = math.ceil(0.95 * inferences) - 1
+    value = session.exec(
+        select(latency).where(*requests).order_by(latency).offset(rank).limit(1)
+    ).first()
+    return float(value) if value is not None else None
+
+
 def wave_telemetry(
     session: Session,
     rollout_id: int,
@@ -429,16 +450,7 @@ def wave_telemetry(
     counts = session.exec(select(*aggregates).where(*requests)).one()
     inferences, errors, n_cascaded = (int(v or 0) for v in counts[:3])
 
-    p95: float | None = None
-    if dialect == "postgresql":
-        p95 = float(counts[3]) if inferences and counts[3] is not None else None
-    elif inferences:
-        rank = math.ceil(0.95 * inferences) - 1  # nearest-rank percentile
-        value = session.exec(
-            select(r.latency).where(*requests).order_by(r.latency).offset(rank).limit(1)
-        ).first()
-        p95 = float(value) if value is not None else None
-
+    p95 = _latency_p95(session, dialect, counts, inferences, r.latency, requests)
     drift_score, drift_samples = _wave_drift(session, conditions, dialect, model, min_samples)
     return TelemetryAggregate(
         inferences=inferences,
