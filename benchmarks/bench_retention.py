@@ -35,17 +35,22 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import make_url, text
 from sqlalchemy.engine import Engine
 
 from benchmarks._common import machine, print_table
-from benchmarks.bench_console_api import _fleet_rows, _health_rows, _request_rows, _sketch
+from benchmarks.bench_console_api import (
+    _fleet_rows,
+    _health_rows,
+    _request_rows,
+    _sketch,
+    database,
+)
 from controller.db import make_engine, session_scope
 from controller.ingest.telemetry_store import (
     insert_records,
@@ -165,7 +170,11 @@ def _sizes(engine: Engine, url: str) -> tuple[int, dict[str, dict[str, int]]]:
         conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
         for table in TABLES:
             size = conn.execute(
-                text("SELECT sum(pgsize) FROM dbstat WHERE name = :t OR tbl_name = :t"),
+                # dbstat names each b-tree; the table's indexes are its sqlite_master rows.
+                text(
+                    "SELECT sum(pgsize) FROM dbstat WHERE name IN "
+                    "(SELECT name FROM sqlite_master WHERE tbl_name = :t)"
+                ),
                 {"t": table},
             ).scalar()
             tables[table]["bytes"] = int(size or 0)
@@ -279,27 +288,6 @@ def run_once(
     engine.dispose()
     result.wall_s = time.perf_counter() - started
     return result
-
-
-@contextmanager
-def database(kind: str, name: str, workdir: Path) -> Iterator[str]:
-    """A fresh database URL of ``kind``; a PostgreSQL one is dropped afterwards."""
-    if kind == "sqlite":
-        yield f"sqlite:///{workdir / (name + '.db')}"
-        return
-    base = os.environ.get(
-        "EDGEFLEET_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-    )
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _mb(n: int) -> str:
