@@ -425,7 +425,9 @@ def test_findings_never_carry_the_matched_text(detector: SensitivityDetector) ->
         assert secret not in shown
         assert "4111" not in shown
         assert "jane" not in shown
-    assert {f.__slots__ for f in verdict.findings} == {("category", "start", "end", "message")}
+    assert {f.__slots__ for f in verdict.findings} == {
+        ("category", "start", "end", "message", "certain")
+    }
     spans = {f.category: text[f.start : f.end] for f in verdict.findings}
     assert spans == {
         "api_token": secret,

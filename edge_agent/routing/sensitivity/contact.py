@@ -13,7 +13,7 @@ from typing import Final
 import phonenumbers
 
 from edge_agent.routing.sensitivity.identifiers import DATE_LIKE, digits_of
-from edge_agent.routing.sensitivity.matching import Hit, Scan
+from edge_agent.routing.sensitivity.matching import Handler, Hit, Scan
 from edge_agent.routing.sensitivity.terms import alternation
 
 EMAIL_RULE = r"[\pL\pN._%+\-]+@[\pL\pN][\pL\pN\-]*(?:\.[\pL\pN][\pL\pN\-]*)*\.[A-Za-z]{2,}\b"
@@ -136,4 +136,19 @@ def on_address(sc: Scan, m: Hit) -> None:
     sc.add("street_address", s, e)
 
 
-__all__ = ["ADDRESS_RULE", "EMAIL_RULE", "PHONE_RULE", "on_address", "on_email", "on_phone"]
+RULES: Final[list[tuple[str, str, Handler]]] = [
+    ("email", EMAIL_RULE, on_email),
+    ("address", ADDRESS_RULE, on_address),
+    ("phone", PHONE_RULE, on_phone),
+]
+"""This family's rules as (name, RE2 pattern, handler), in the order the scanner runs them."""
+
+__all__ = [
+    "ADDRESS_RULE",
+    "EMAIL_RULE",
+    "PHONE_RULE",
+    "RULES",
+    "on_address",
+    "on_email",
+    "on_phone",
+]

@@ -16,7 +16,7 @@ import re
 from collections import Counter
 from typing import Final
 
-from edge_agent.routing.sensitivity.matching import Hit, Scan
+from edge_agent.routing.sensitivity.matching import Handler, Hit, Scan
 from edge_agent.routing.sensitivity.terms import alternation, entries
 
 # --------------------------------------------------------------------------------------
@@ -276,10 +276,19 @@ def on_urlcred(sc: Scan, m: Hit) -> None:
     sc.add("connection_string", s, e)
 
 
+RULES: Final[list[tuple[str, str, Handler]]] = [
+    ("prefixed", PREFIXED_RULE, on_prefixed),
+    ("pem", PEM_RULE, on_pem),
+    ("urlcred", URLCRED_RULE, on_urlcred),  # before contact's e-mail rule
+    ("assign", ASSIGN_RULE, on_assign),
+]
+"""This family's rules as (name, RE2 pattern, handler), in the order the scanner runs them."""
+
 __all__ = [
     "ASSIGN_RULE",
     "PEM_RULE",
     "PREFIXED_RULE",
+    "RULES",
     "URLCRED_RULE",
     "on_assign",
     "on_pem",

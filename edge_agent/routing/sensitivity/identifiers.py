@@ -21,7 +21,7 @@ from stdnum.gb import nhs as _gb_nhs
 from stdnum.it import codicefiscale as _it_cf
 from stdnum.us import ssn as _us_ssn
 
-from edge_agent.routing.sensitivity.matching import Hit, Scan
+from edge_agent.routing.sensitivity.matching import Handler, Hit, Scan
 from edge_agent.routing.sensitivity.terms import alternation, pairs
 
 
@@ -230,4 +230,18 @@ def on_idkw(sc: Scan, m: Hit) -> None:
         sc.add("national_id", s, e)
 
 
-__all__ = ["DATE_LIKE", "IDKW_RULE", "NUMBER_RULE", "digits_of", "on_idkw", "on_number"]
+RULES: Final[list[tuple[str, str, Handler]]] = [
+    ("idkw", IDKW_RULE, on_idkw),
+    ("number", NUMBER_RULE, on_number),
+]
+"""This family's rules as (name, RE2 pattern, handler), in the order the scanner runs them."""
+
+__all__ = [
+    "DATE_LIKE",
+    "IDKW_RULE",
+    "NUMBER_RULE",
+    "RULES",
+    "digits_of",
+    "on_idkw",
+    "on_number",
+]

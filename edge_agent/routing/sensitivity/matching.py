@@ -59,8 +59,8 @@ class Scan:
         self._cp_chars.insert(i + 1, chars)
         return chars
 
-    def add(self, category: str, start: int, end: int) -> None:
-        self.findings.append(Finding(category, start, end, self.message))
+    def add(self, category: str, start: int, end: int, certain: bool = True) -> None:
+        self.findings.append(Finding(category, start, end, self.message, certain))
 
 
 class Hit:

@@ -15,7 +15,14 @@ from typing import Any
 
 import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 
-from edge_agent.routing.sensitivity import contact, credentials, health, identifiers, internal
+from edge_agent.routing.sensitivity import (
+    contact,
+    credentials,
+    health,
+    identifiers,
+    internal,
+    people,
+)
 from edge_agent.routing.sensitivity.config import SensitivityConfig
 from edge_agent.routing.sensitivity.matching import (
     RULE_OPTIONS,
@@ -30,17 +37,13 @@ from edge_agent.routing.sensitivity.verdict import CATEGORY_LEVELS, Finding, Lev
 
 def _rules(config: SensitivityConfig, health_pattern: str) -> list[tuple[str, str, Handler]]:
     """The rules for ``config`` as (name, RE2 pattern, handler): restricted rules first,
-    cheapest first (``stop_at_restricted`` skips the rest)."""
+    family by family (each family module's ``RULES``), then the internal ones
+    (``stop_at_restricted`` skips the rest once a restricted finding is made)."""
     rules: list[tuple[str, str, Handler]] = [
-        ("prefixed", credentials.PREFIXED_RULE, credentials.on_prefixed),
-        ("pem", credentials.PEM_RULE, credentials.on_pem),
-        ("urlcred", credentials.URLCRED_RULE, credentials.on_urlcred),  # before email
-        ("email", contact.EMAIL_RULE, contact.on_email),
-        ("idkw", identifiers.IDKW_RULE, identifiers.on_idkw),
-        ("address", contact.ADDRESS_RULE, contact.on_address),
-        ("number", identifiers.NUMBER_RULE, identifiers.on_number),
-        ("assign", credentials.ASSIGN_RULE, credentials.on_assign),
-        ("phone", contact.PHONE_RULE, contact.on_phone),
+        *credentials.RULES,
+        *contact.RULES,
+        *identifiers.RULES,
+        *people.RULES,
         ("health", health_pattern, health.on_health),
     ]
     if config.internal_keywords:

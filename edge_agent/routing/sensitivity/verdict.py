@@ -35,13 +35,17 @@ class Finding:
     """One detected item: its category and span ``text[start:end]``, never the text itself.
 
     ``message`` is the index of the text in :meth:`SensitivityDetector.classify_messages`
-    (always 0 for :meth:`SensitivityDetector.classify`).
+    (always 0 for :meth:`SensitivityDetector.classify`). ``certain`` is False for a finding
+    the detector raised to fail closed without being sure of its extent or kind (a number
+    that could be a phone number, a token after a credential word): such a finding keeps
+    the request restricted, and redaction never replaces it (the request stays local).
     """
 
     category: str
     start: int
     end: int
     message: int = 0
+    certain: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,8 @@ CATEGORY_LEVELS: Final[Mapping[str, Level]] = {
     "phone": Level.RESTRICTED,
     "street_address": Level.RESTRICTED,
     "health": Level.RESTRICTED,
+    "date_of_birth": Level.RESTRICTED,
+    "person_name": Level.RESTRICTED,
     "internal_marker": Level.INTERNAL,
     "internal_host": Level.INTERNAL,
 }
