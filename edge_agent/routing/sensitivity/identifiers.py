@@ -3,7 +3,20 @@
 Categories ``payment_card``, ``iban``, ``national_id`` and ``passport`` (all restricted).
 Numbers are found by their format (:data:`NUMBER_RULE`) and must pass their checksum
 (Luhn, mod 97, the national ID rules of ``python-stdnum``); other IDs are found after a
-keyword that names them (:data:`IDKW_RULE`, keywords in ``data/id_keywords.txt``).
+word that names them, in English, German, French, Spanish or Dutch (:data:`IDKW_RULE`,
+names and the kind of ID each names in ``data/id_keywords.txt``: "BSN",
+"burgerservicenummer", "Steuer-ID", "steuerliche Identifikationsnummer", "NIE", "DNI",
+"numéro de sécurité sociale", "NIR", "Reisepass", "Passnummer", "pasaporte", "paspoort"
+...), with up to three connecting words between name and value ("BSN-nummer is",
+"Reisepass hat die Nummer", "número de DNI es"). Machine-readable zones of passports and
+ID cards are in :mod:`.mrz`.
+
+A value after an ID's name is checked by the ID's kind: one that passes its check digits
+is a finding; one of the ID's exact shape that fails them is taken for a mistyped real ID
+and kept local (an uncertain finding, :func:`_typo_of_id`) unless it is a placeholder
+(:func:`is_placeholder`: ``000000000``, ``123456789``, ``111111110``). Where the kind has
+no check digit (SSN ranges, NINO letters) a value that fails is a decoy; passport numbers
+have none either, so any 6-9 letters and digits with some variety are taken.
 """
 
 from __future__ import annotations
@@ -16,13 +29,16 @@ from stdnum import iban as _std_iban
 from stdnum.de import idnr as _de_idnr
 from stdnum.es import dni as _es_dni
 from stdnum.es import nie as _es_nie
+from stdnum.es import nif as _es_nif
 from stdnum.fr import nir as _fr_nir
 from stdnum.gb import nhs as _gb_nhs
 from stdnum.it import codicefiscale as _it_cf
+from stdnum.nl import bsn as _nl_bsn
 from stdnum.us import ssn as _us_ssn
 
+from edge_agent.routing.sensitivity import mrz
 from edge_agent.routing.sensitivity.matching import Handler, Hit, Scan
-from edge_agent.routing.sensitivity.terms import alternation, pairs
+from edge_agent.routing.sensitivity.terms import entries, pairs
 
 
 def _luhn(digits: str) -> bool:
@@ -142,35 +158,145 @@ NUMBER_RULE = (
 )
 
 
+def _keyword_table() -> tuple[tuple[str, str, re.Pattern[str]], ...]:
+    """(kind, RE2 fragment, compiled fragment) for each line of ``data/id_keywords.txt``."""
+    table = []
+    for entry in entries("id_keywords.txt"):
+        kind, _space, fragment = entry.partition(" ")
+        fragment = fragment.strip()
+        table.append((kind, fragment, re.compile(fragment, re.IGNORECASE)))
+    return tuple(table)
+
+
+_KEYWORDS: Final = _keyword_table()
+"""The ID names and the kind of ID each names (which validator its value must pass)."""
+
+_CONNECTORS: Final = (
+    r"number|num|no|nr|nummer|numéro|numero|número|núm|code|id|"
+    r"is|was|reads|ist|lautet|lautete|est|es|era|luidt|was|are|sind|"
+    r"the|die|der|le|la|el|de|del|van|het|my|mein|meine|mon|ma|mi|mijn|"
+    r"has|hat|with|mit|avec|con|met|a|tiene|heeft"
+)
+"""Words that may stand between an ID's name and its value ("BSN-nummer is", "pasaporte
+número", "Reisepass hat die Nummer"), at most three of them."""
+
 IDKW_RULE = (
-    r"(?i:\b(?P<kw>" + alternation("id_keywords.txt") + r")\b)"
-    r"[^A-Za-z0-9\n]{0,4}(?:(?i:number|num|no|nr|n°|#|id)\.?[^A-Za-z0-9\n]{0,4})?"
-    r"(?:(?i:is|was|reads)\s*:?\s*)?(?P<id>[A-Z0-9](?:[A-Z0-9]|[ \-][A-Z0-9]){4,16})\b"
+    r"(?i:\b(?P<kw>" + "|".join(frag for _kind, frag, _re in _KEYWORDS) + r")\b)"
+    r"(?:[^A-Za-z0-9\n]{0,4}(?:(?i:" + _CONNECTORS + r")\b\.?|(?i:n)[°º]|(?i:n)\.º|#)){0,3}"
+    r"[^A-Za-z0-9\n]{0,4}"
+    r"(?P<id>[A-Z0-9](?:[A-Z0-9]|[ .\-/][A-Z0-9]){4,22})\b"
 )
 
 
-_NINO: Final = re.compile(r"[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z][0-9]{6}[A-D]")
+_NINO: Final = re.compile(r"[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z][0-9]{6}[A-D]?")
 
 
 def _ssn_digits(compact: str) -> bool:
     return len(compact) == 9 and compact.isdigit() and _us_ssn.is_valid(compact)
 
 
-_KEYWORD_VALIDATORS: Final[dict[str, Callable[[str], bool]]] = {
-    "social security": _ssn_digits,
+def _nino(compact: str) -> bool:
+    return _NINO.fullmatch(compact) is not None and _nino_ok(compact)
+
+
+def _es_id(compact: str) -> bool:
+    return _es_dni.is_valid(compact) or _es_nie.is_valid(compact) or _es_nif.is_valid(compact)
+
+
+def _bsn(compact: str) -> bool:
+    return compact.isdigit() and len(compact) in (8, 9) and _nl_bsn.is_valid(compact)
+
+
+_VALIDATORS: Final[dict[str, Callable[[str], bool]]] = {
     "ssn": _ssn_digits,
     "nhs": _gb_nhs.is_valid,
-    "steuer-id": _de_idnr.is_valid,
-    "steuerid": _de_idnr.is_valid,
-    "steueridentifikationsnummer": _de_idnr.is_valid,
     "idnr": _de_idnr.is_valid,
-    "dni": lambda c: _es_dni.is_valid(c) or _es_nie.is_valid(c),
+    "dni": _es_id,
     "nie": _es_nie.is_valid,
-    "codice fiscale": _it_cf.is_valid,
-    "national insurance": lambda c: _NINO.fullmatch(c) is not None and _nino_ok(c),
-    "nino": lambda c: _NINO.fullmatch(c) is not None and _nino_ok(c),
+    "cf": _it_cf.is_valid,
+    "nino": _nino,
+    "nir": _fr_nir.is_valid,
+    "bsn": _bsn,
 }
-"""Keyword-named IDs that have a checksum or a fixed format: the value must pass it."""
+"""Kinds of keyword-named IDs that have a checksum or a fixed format: the value must pass
+it to be a certain finding (see :func:`_typo_of_id` for values that fail it)."""
+
+_SHAPES: Final[dict[str, re.Pattern[str]]] = {
+    "nhs": re.compile(r"[0-9]{10}"),
+    "idnr": re.compile(r"[1-9][0-9]{10}"),
+    "dni": re.compile(r"[0-9]{8}[A-Z]|[XYZKLM][0-9]{7}[A-Z]|[A-HJNP-SUVW][0-9]{7}[0-9A-J]"),
+    "nie": re.compile(r"[XYZ][0-9]{7}[A-Z]"),
+    "cf": re.compile(
+        r"[A-Z]{6}[0-9LMNPQRSTUV]{2}[A-Z][0-9LMNPQRSTUV]{2}[A-Z][0-9LMNPQRSTUV]{3}[A-Z]"
+    ),
+    "bsn": re.compile(r"[0-9]{8,9}"),
+}
+"""The exact shape of each kind: a value of that shape that fails its check digits is
+taken for a mistyped real ID (fail closed), unless it is a placeholder. US SSNs and UK
+NINOs have no check digit: one that fails is of a range never issued (``000-..``), which
+is how placeholders are written, so they have no entry. The French NIR has no entry
+either: a NIR with a wrong key stays public, as ``tests/test_sensitivity.py`` pins
+(``NIR 1 85 05 78 006 048 31``); the other kinds with check digits fail closed."""
+
+
+def is_placeholder(compact: str) -> bool:
+    """A value written to stand for an ID, not to be one: one or two distinct digits
+    ("000000000", "111111110"), five zeros in a row, or, in a value of digits only
+    (and at most a final check character), a straight run ("123456789", "987654321",
+    "12345678Z", "123456782") or a repeated group ("123123123")."""
+    digits = digits_of(compact)
+    if len(digits) < 4:
+        return False
+    if len(set(digits)) <= 2 or "00000" in digits:
+        return True
+    if not compact[:-1].isdigit():
+        return False  # "XDA123456", "D1234-56789-01234": letters and digits, a real shape
+    if digits in "01234567890123456789" or digits in "98765432109876543210":
+        return True
+    if len(digits) > 6 and digits[:-1] in "0123456789012345678":
+        return True
+    for period in (2, 3, 4):
+        if len(digits) >= 2 * period and digits == (digits[:period] * 6)[: len(digits)]:
+            return True
+    return False
+
+
+def _typo_of_id(kind: str, compact: str) -> bool:
+    """A value after an ID's name that has the ID's exact shape but fails its check: the
+    request is kept local (an uncertain finding), unless the value is a placeholder.
+
+    A checksum catches every single mistyped digit, so a real ID with a typo fails it;
+    sending it to the cloud would still send eight of its nine digits. Placeholders
+    (``000000000``, ``123456789``) are what documentation and test data use instead.
+    """
+    shape = _SHAPES.get(kind)
+    return (
+        shape is not None and shape.fullmatch(compact) is not None and not is_placeholder(compact)
+    )
+
+
+def _passport_ok(compact: str) -> bool:
+    """6-9 letters and digits, at least two digits, not one or two digits repeated.
+
+    Passport numbers have no check digit, so there is no typo to tell from a decoy: a
+    straight run ("987654321") after a passport word is kept local (fail closed); only
+    values that cannot be a document number ("000000000", "C00000000") are let go.
+    """
+    digits = digits_of(compact)
+    return (
+        6 <= len(compact) <= 9
+        and compact.isalnum()
+        and len(digits) >= 2
+        and len(set(digits)) > (2 if len(digits) >= 6 else 1)
+        and "00000" not in digits
+    )
+
+
+def _keyword_kind(keyword: str) -> str:
+    for kind, _fragment, pattern in _KEYWORDS:
+        if pattern.fullmatch(keyword):
+            return kind
+    return "generic"
 
 
 def on_number(sc: Scan, m: Hit) -> None:
@@ -210,29 +336,34 @@ def on_number(sc: Scan, m: Hit) -> None:
 
 
 def on_idkw(sc: Scan, m: Hit) -> None:
+    """A value after an ID's name: validated by the ID's kind (``data/id_keywords.txt``)."""
     ks, ke = m.span("kw")
     s, e = m.span("id")
     text = sc.text
     value = text[s:e]
-    keyword = " ".join(text[ks:ke].lower().split())
-    compact = value.replace(" ", "").replace("-", "")
+    kind = _keyword_kind(" ".join(text[ks:ke].split()))
+    compact = "".join(c for c in value if c.isalnum())
     digits = digits_of(compact)
     if len(digits) < 2 or not 6 <= len(compact) <= 15 or DATE_LIKE.fullmatch(compact):
         return
-    validator = _KEYWORD_VALIDATORS.get(keyword)
-    if validator is not None:
-        if validator(compact):
-            sc.add("national_id", s, e)
-    elif keyword in ("passport", "passeport", "pasaporte", "passaporto", "reisepass"):
-        if len(compact) <= 9 and compact.isalnum():
+    if kind == "passport":
+        if _passport_ok(compact):
             sc.add("passport", s, e)
-    else:
+        return
+    validator = _VALIDATORS.get(kind)
+    if validator is None:  # generic: a named ID without a checksum
+        if not is_placeholder(compact):
+            sc.add("national_id", s, e)
+    elif validator(compact):
         sc.add("national_id", s, e)
+    elif _typo_of_id(kind, compact):
+        sc.add("national_id", s, e, certain=False)
 
 
 RULES: Final[list[tuple[str, str, Handler]]] = [
     ("idkw", IDKW_RULE, on_idkw),
     ("number", NUMBER_RULE, on_number),
+    *mrz.RULES,
 ]
 """This family's rules as (name, RE2 pattern, handler), in the order the scanner runs them."""
 
@@ -242,6 +373,7 @@ __all__ = [
     "NUMBER_RULE",
     "RULES",
     "digits_of",
+    "is_placeholder",
     "on_idkw",
     "on_number",
 ]
