@@ -241,8 +241,15 @@ class ChatService:
             stop=params.stop,
             json_schema=params.json_schema,
         )
+        # Redaction keeps a session's placeholders with the session, so a value keeps its
+        # placeholder across the conversation (the history travels redacted the same way).
+        placeholders = (
+            self.sessions.placeholders(session_id)
+            if session_id is not None and self.router.wants_redaction(hints)
+            else None
+        )
         return ChatCall(
-            routed=RoutedRequest(request, hints, wanted),
+            routed=RoutedRequest(request, hints, wanted, placeholders),
             new=messages,
             local_model=local_name,
             session_id=session_id,

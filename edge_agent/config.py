@@ -303,6 +303,19 @@ class SensitivitySettings(_Strict):
     internal_keywords: list[str] = Field(default_factory=list)
     internal_domains: list[str] = Field(default_factory=list)
     extra_restricted_patterns: dict[str, str] = Field(default_factory=dict)
+    # Every request is at least this sensitive (``internal``: nothing goes to the cloud).
+    minimum: Literal["public", "internal", "restricted"] = "public"
+
+
+TaskClass = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+
+
+class RedactionSettings(_Strict):
+    """Reversible redaction (``edge_agent/routing/redaction.py``, docs/routing.md)."""
+
+    # Task classes (X-Task-Class) whose restricted requests are redacted and may leave,
+    # instead of staying local; X-Redact: true|false decides per request.
+    task_classes: list[TaskClass] = Field(default_factory=list, max_length=256)
 
 
 # A constraint marker: a word or phrase, matched case-insensitively as whole words.
@@ -357,6 +370,7 @@ class RoutingConfig(_Strict):
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     sensitivity: SensitivitySettings = Field(default_factory=SensitivitySettings)
+    redact: RedactionSettings = Field(default_factory=RedactionSettings)
     # Retry-After (seconds) on a 503 when no allowed tier is available.
     retry_after_s: int = Field(default=30, ge=1)
     # Context window (tokens) per session used when compacting history for a remote tier.

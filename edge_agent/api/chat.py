@@ -189,6 +189,8 @@ def route_headers(outcome: RouteOutcome, started: float, device_id: str) -> dict
     }
     if outcome.degraded:
         headers["X-Edge-Degraded"] = "true"
+    if outcome.redaction is not None:  # asked for: spans replaced in what the tier got
+        headers["X-Edge-Redacted"] = str(outcome.redacted_count)
     return headers
 
 

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from edge_agent.config import ContextSettings
+from edge_agent.routing.redaction import PlaceholderMap
 from edge_agent.runtimes.base import ChatMessage
 
 TokenCounter = Callable[[str], int]
@@ -373,6 +374,9 @@ def valid_session_id(value: str) -> bool:
 class _Session:
     messages: list[ChatMessage] = field(default_factory=list)
     last_used: float = 0.0
+    # Redaction's placeholders for this session (values on the device only): the same
+    # value keeps its placeholder across the session's requests; dropped with the session.
+    placeholders: PlaceholderMap | None = None
 
 
 class SessionStore:
@@ -449,6 +453,23 @@ class SessionStore:
             self._sessions.move_to_end(session_id)
             while len(self._sessions) > self._max_sessions:
                 self._sessions.popitem(last=False)
+
+    def placeholders(self, session_id: str) -> PlaceholderMap:
+        """The session's redaction map (the session is created if it does not exist)."""
+        self._check(session_id)
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            session = self._sessions.get(session_id)
+            if session is None:
+                session = self._sessions[session_id] = _Session()
+            if session.placeholders is None:
+                session.placeholders = PlaceholderMap()
+            session.last_used = now
+            self._sessions.move_to_end(session_id)
+            while len(self._sessions) > self._max_sessions:
+                self._sessions.popitem(last=False)
+            return session.placeholders
 
     def forget(self, session_id: str) -> None:
         """Drop a session's history (no error if it does not exist)."""

@@ -3,6 +3,8 @@
 Sensitivity comes first and is never traded away: ``restricted`` may only run locally,
 ``internal`` locally or on the private tier, ``public`` anywhere. A client may raise the
 class (``X-Data-Sensitivity``), never lower it, and may force local (``X-Route-Local``).
+A deployment may set a floor (``routing.sensitivity.minimum``): every request is at least
+that class, and reasons say ``floor:<class>`` where the floor, not the content, decided.
 
 Among the allowed tiers that are up: a configured rule for the task class goes first (for
 example planning -> cloud); otherwise the cheapest tier. A latency budget removes tiers
@@ -33,6 +35,8 @@ class RouteHints:
     latency_budget_ms: float | None = None
     declared: Level | None = None
     task_class: str | None = None
+    # X-Redact: True/False asks for/refuses reversible redaction; None: the config decides.
+    redact: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,14 +91,18 @@ def decide(
     *,
     cascade_enabled: bool = True,
     cascade_tasks: Collection[str] | None = None,
+    floor: Level = Level.PUBLIC,
 ) -> Decision:
+    by_floor = floor > level
+    level = max(level, floor)
+    why_level = f"{'floor' if by_floor else 'sensitivity'}:{level.label}"
     allowed = {"local"} if hints.force_local else set(ALLOWED[level])
     excluded: list[tuple[str, str]] = []
     usable: list[str] = []
     for name in TIERS:
         view = tiers.get(name)
         if name not in allowed:
-            why = "forced_local" if hints.force_local else f"sensitivity:{level.label}"
+            why = "forced_local" if hints.force_local else why_level
             excluded.append((name, why))
         elif view is None:
             excluded.append((name, "not_configured"))
@@ -126,11 +134,11 @@ def decide(
         plan.insert(0, rule.tier)
         reason = f"rule:{rule.task_class}"
     elif rule is not None and rule.tier not in allowed:
-        reason = f"rule_blocked:sensitivity:{level.label}"
+        reason = f"rule_blocked:{why_level}"
     elif rule is not None:
         reason = f"rule_tier_unavailable:{rule.tier}"
     elif level is Level.RESTRICTED:
-        reason = "sensitivity:restricted"
+        reason = why_level
     elif over and within and plan[0] != "local" and "local" in over:
         reason = "latency_budget"
     elif not within:

@@ -2,9 +2,17 @@
 
 Blocking code, run from a worker thread by the HTTP layer. Nothing here logs or returns
 request contents: outcomes carry tiers, reasons, categories and numbers only.
+
+Reversible redaction (``redaction.py``): when a restricted request asks for it (its task
+class is in ``routing.redact.task_classes``, or ``X-Redact: true``), every finding is
+redactable and certain, the findings are replaced by placeholders in a copy of the request
+that only the remote tiers get; the policy decides by the level of that copy (scanned
+again), and the answer's placeholders are restored here, before it leaves the router. The
+local tier always gets the original request.
 """
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -12,6 +20,7 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.config import RoutingConfig
+from edge_agent.routing import redaction
 from edge_agent.routing.breaker import CircuitBreaker
 from edge_agent.routing.cascade import CascadeGuard, structured_confidence
 from edge_agent.routing.latency import LatencyWindow
@@ -24,7 +33,7 @@ from edge_agent.routing.policy import (
     decide,
     effective_level,
 )
-from edge_agent.routing.sensitivity import DeferredDetector, Level
+from edge_agent.routing.sensitivity import DeferredDetector, Level, Verdict
 from edge_agent.routing.tier_errors import TierError
 from edge_agent.runtimes.base import ChatRequest, ChatRuntime, Completion, CompletionChunk
 
@@ -40,6 +49,8 @@ class RoutedRequest:
     request: ChatRequest
     hints: RouteHints = field(default_factory=RouteHints)
     model: str | None = None  # the local model the client named, if any
+    # Where redaction keeps its placeholders: the session's map (None: one per request).
+    placeholders: redaction.PlaceholderMap | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +69,24 @@ class RouteOutcome:
     escalated: bool = False
     confidence: float | None = None
     attempts: tuple[tuple[str, str], ...] = ()  # (tier, why it did not answer)
+    # Redaction asked for and the request restricted: "applied" or why it was not
+    # (uncertain:<category>, not_redactable:<category>, incomplete, refused); else None.
+    redaction: str | None = None
+    # (category, spans replaced) in the request the answering tier got; empty when the
+    # answer came from the local tier or nothing was redacted.
+    redacted: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def redacted_count(self) -> int:
+        """Spans replaced in what the answering tier received."""
+        return sum(n for _, n in self.redacted)
 
     def telemetry(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.redaction is not None:  # counts by category, never values
+            extra = {"redaction": self.redaction, "redacted": dict(self.redacted)}
         return {
+            **extra,
             "route": self.tier,
             "model": self.model,
             "runtime": self.runtime,
@@ -80,6 +106,44 @@ class RouteOutcome:
 class RoutedResult:
     completion: Completion
     outcome: RouteOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class Redaction:
+    """A restricted request made fit to leave: the copy the remote tiers get, the map that
+    restores their answers, what was replaced, and what the copy was classified as."""
+
+    request: ChatRequest
+    placeholders: redaction.PlaceholderMap
+    counts: tuple[tuple[str, int], ...]  # (category, spans replaced)
+    verdict: Verdict  # of the redacted copy
+    categories: tuple[str, ...]  # of the original request, every finding
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """The decision for a request, with its redaction when one was applied."""
+
+    decision: Decision
+    categories: tuple[str, ...]
+    redaction: Redaction | None = None
+    redaction_status: str | None = None  # RouteOutcome.redaction
+
+    def remote_request(self, original: ChatRequest) -> ChatRequest:
+        """What a remote tier gets: the redacted copy when there is one."""
+        return self.redaction.request if self.redaction is not None else original
+
+    def outcome_fields(self, tier: str) -> dict[str, Any]:
+        """The RouteOutcome fields this plan sets for an answer from ``tier``."""
+        counts = self.redaction.counts if self.redaction is not None and tier != "local" else ()
+        return {
+            "level": self.decision.level,
+            "categories": self.categories,
+            "plan": self.decision.plan,
+            "cascaded": self.decision.cascade,
+            "redaction": self.redaction_status,
+            "redacted": counts,
+        }
 
 
 class NoTierAvailable(RuntimeError):
@@ -116,8 +180,14 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         on_alert: Callable[[str, dict[str, Any]], None] | None = None,
         tier_veto: Callable[[str], str | None] | None = None,
+        full_detector: "SensitivityDetector | DeferredDetector | None" = None,
     ) -> None:
         self.config = config
+        self.floor = Level.parse(config.sensitivity.minimum)
+        self.redact_classes = frozenset(config.redact.task_classes)
+        # Redaction needs every finding; the routing detector may stop at the first one.
+        self._full = full_detector
+        self._full_lock = threading.Lock()
         # Asked per remote tier on every decision: a reason refuses the tier (attestation
         # quarantine refuses the cloud tier), None leaves it to the breaker.
         self._tier_veto = tier_veto or (lambda tier: None)
@@ -182,11 +252,68 @@ class Router:
             )
         return views
 
-    def decide(self, routed: RoutedRequest) -> tuple[Decision, tuple[str, ...]]:
-        """Classify every message that would leave (history included), then decide."""
-        verdict = self.detector.classify_messages(m.content for m in routed.request.messages)
-        level = effective_level(verdict.level, routed.hints.declared)
+    def wants_redaction(self, hints: RouteHints) -> bool:
+        """X-Redact decides when sent; otherwise whether the task class is configured."""
+        if hints.redact is not None:
+            return hints.redact
+        return hints.task_class is not None and hints.task_class in self.redact_classes
+
+    def _full_detector(self) -> "SensitivityDetector | DeferredDetector":
+        """A detector that reports every finding (redaction must replace them all), built
+        on the first redaction; the routing detector itself when it already does."""
+        if self._full is None:
+            with self._full_lock:
+                if self._full is None:
+                    config = self.detector.config
+                    self._full = (
+                        DeferredDetector(replace(config, stop_at_restricted=False))
+                        if config.stop_at_restricted
+                        else self.detector
+                    )
+        return self._full
+
+    def _redact(self, routed: RoutedRequest, texts: list[str]) -> tuple[str, Redaction | None]:
+        """The redacted copy of the request and the level of what is left, or why none."""
+        full = self._full_detector().classify_messages(texts)
+        blocker = redaction.redaction_blocker(full.findings)
+        if blocker is not None:
+            return blocker, None
+        placeholders = routed.placeholders or redaction.PlaceholderMap()
+        try:
+            redacted = placeholders.redact(texts, full.findings)
+        except redaction.RedactionRefused:
+            return "refused", None
+        # Fail closed: the copy is classified again, as if it were a request of its own.
+        after = self.detector.classify_messages(redacted.texts)
+        if after.level is Level.RESTRICTED:
+            return "incomplete", None
+        messages = tuple(
+            replace(m, content=text)
+            for m, text in zip(routed.request.messages, redacted.texts, strict=True)
+        )
+        copy = replace(routed.request, messages=messages)
+        counts = tuple(sorted(redacted.counts.items()))
+        return "applied", Redaction(copy, placeholders, counts, after, full.categories)
+
+    def decide(self, routed: RoutedRequest) -> Planned:
+        """Classify every message that would leave (history included), redact when asked
+        and possible, then decide."""
+        texts = [m.content for m in routed.request.messages]
+        verdict = self.detector.classify_messages(texts)
         hints = routed.hints
+        status: str | None = None
+        red: Redaction | None = None
+        if (
+            verdict.level is Level.RESTRICTED
+            and self.wants_redaction(hints)
+            and not hints.force_local
+            and hints.declared is not Level.RESTRICTED
+            and self.floor is not Level.RESTRICTED
+            and self.remotes
+        ):
+            status, red = self._redact(routed, texts)
+        detected = red.verdict.level if red is not None else verdict.level
+        level = effective_level(detected, hints.declared)
         if hints.latency_budget_ms is None and self.config.default_latency_budget_ms:
             hints = replace(hints, latency_budget_ms=self.config.default_latency_budget_ms)
         decision = decide(
@@ -196,8 +323,10 @@ class Router:
             self.rules,
             cascade_enabled=self.config.cascade.enabled and self.guard.active,
             cascade_tasks=self.config.cascade.task_classes,
+            floor=self.floor,
         )
-        return decision, verdict.categories
+        categories = red.categories if red is not None else verdict.categories
+        return Planned(decision, categories, red, status)
 
     def _unavailable(self, decision: Decision, attempts: list[tuple[str, str]]) -> NoTierAvailable:
         waits = [
@@ -214,8 +343,33 @@ class Router:
             self.breakers[tier].record_failure(error.kind, retry_after_s=error.retry_after_s)
         log.warning("tier %s failed: %s", tier, error.kind)
 
+    def _complete_remote(
+        self, tier: str, planned: Planned, request: ChatRequest, attempts: list[tuple[str, str]]
+    ) -> Completion | None:
+        """One remote tier's answer (placeholders restored), or None after a failure."""
+        remote = self.remotes[tier]
+        if not self.breakers[tier].allow():
+            attempts.append((tier, "breaker_open"))
+            return None
+        started = time.perf_counter()
+        try:
+            completion = remote.complete(
+                planned.remote_request(request), model=planned.decision.model_for(tier)
+            )
+        except TierError as e:
+            self._remote_failed(tier, e)
+            attempts.append((tier, e.kind))
+            return None
+        self.breakers[tier].record_success()
+        self.latency[tier].add((time.perf_counter() - started) * 1000)
+        if planned.redaction is not None:
+            text = planned.redaction.placeholders.restore(completion.text)
+            completion = replace(completion, text=text)
+        return completion
+
     def complete(self, routed: RoutedRequest) -> RoutedResult:
-        decision, categories = self.decide(routed)
+        planned = self.decide(routed)
+        decision = planned.decision
         if not decision.plan:
             raise self._unavailable(decision, [])
         local_name = self.local_model(routed.model)
@@ -233,11 +387,8 @@ class Router:
             base: dict[str, Any] = {
                 "reason": reason,
                 "degraded": decision.degraded or (not served_first and not extra.get("escalated")),
-                "level": decision.level,
-                "categories": categories,
-                "plan": decision.plan,
-                "cascaded": decision.cascade,
                 "attempts": tuple(attempts),
+                **planned.outcome_fields(tier),
             }
             base.update(extra)
             return RouteOutcome(tier=tier, model=model, runtime=runtime, **base)
@@ -279,28 +430,18 @@ class Router:
                         outcome("local", local_name, runtime.runtime_name, confidence=conf),
                     )
                 return RoutedResult(completion, outcome("local", local_name, runtime.runtime_name))
+            answer = self._complete_remote(tier, planned, routed.request, attempts)
+            if answer is None:
+                continue
             remote = self.remotes[tier]
-            if not self.breakers[tier].allow():
-                attempts.append((tier, "breaker_open"))
-                continue
-            started = time.perf_counter()
-            try:
-                completion = remote.complete(routed.request, model=decision.model_for(tier))
-            except TierError as e:
-                self._remote_failed(tier, e)
-                attempts.append((tier, e.kind))
-                continue
-            self.breakers[tier].record_success()
-            self.latency[tier].add((time.perf_counter() - started) * 1000)
             model = decision.model_for(tier) or remote.model_name
-            escalated = kept is not None
             return RoutedResult(
-                completion,
+                answer,
                 outcome(
                     tier,
                     model,
                     remote.runtime_name,
-                    escalated=escalated,
+                    escalated=kept is not None,
                     confidence=kept[1] if kept else None,
                 ),
             )
@@ -320,8 +461,10 @@ class Router:
 
         Failover is allowed until the first token: a tier that fails before it is skipped.
         Streams are not cascaded (confidence is known only at the end of the answer).
+        A remote tier's placeholders are restored as the chunks pass (:func:`restored`).
         """
-        decision, categories = self.decide(routed)
+        planned = self.decide(routed)
+        decision = planned.decision
         if not decision.plan:
             raise self._unavailable(decision, [])
         local_name = self.local_model(routed.model)
@@ -339,7 +482,11 @@ class Router:
                 remote = self.remotes[tier]
                 model = decision.model_for(tier) or remote.model_name
                 runtime_name = remote.runtime_name
-                chunks = remote.stream(routed.request, model=decision.model_for(tier))
+                chunks = remote.stream(
+                    planned.remote_request(routed.request), model=decision.model_for(tier)
+                )
+                if planned.redaction is not None:
+                    chunks = restored(chunks, planned.redaction.placeholders.restorer())
             try:
                 first = next(chunks, None)
             except TierError as e:
@@ -360,10 +507,27 @@ class Router:
                 if served_first
                 else f"fallback:{attempts[0][0]}:{attempts[0][1]}",
                 degraded=decision.degraded or not served_first,
-                level=decision.level,
-                categories=categories,
-                plan=decision.plan,
                 attempts=tuple(attempts),
+                **planned.outcome_fields(tier),
             )
             return result, chain([first] if first is not None else [], chunks)
         raise self._unavailable(decision, attempts)
+
+
+def restored(
+    chunks: Iterator[CompletionChunk], restorer: redaction.StreamRestorer
+) -> Iterator[CompletionChunk]:
+    """``chunks`` with their placeholders restored; a placeholder split across chunks is
+    held back until it is whole (or cannot be one), what is held goes out with the chunk
+    that ends the answer, or in a last chunk of its own."""
+    for chunk in chunks:
+        text = restorer.feed(chunk.text)
+        if chunk.finish_reason is not None:
+            text += restorer.flush()
+        if text != chunk.text:
+            chunk = replace(chunk, text=text)
+        if chunk.text or chunk.finish_reason or chunk.completion_tokens is not None:
+            yield chunk
+    rest = restorer.flush()
+    if rest:
+        yield CompletionChunk(text=rest)
