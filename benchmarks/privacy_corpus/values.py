@@ -175,7 +175,9 @@ class Gen:
         return dt.date.fromordinal(self.rng.randint(start, dt.date(2026, 12, 31).toordinal()))
 
     def date(self, d: dt.date, lang: str) -> str:
-        """``d`` in one of the usual numeric or written forms of ``lang``."""
+        """``d`` in one of the usual numeric or written forms of ``lang`` (or ``iso``)."""
+        if lang == "iso":
+            return d.isoformat()
         month = MONTHS[lang].split()[d.month - 1]
         forms = {
             "en": (

@@ -1,0 +1,394 @@
+"""Privacy routing on the issue-13 corpus: what would leave the device, class by class.
+
+The corpus (``tests/data/sensitivity_eval/{tuning,heldout}.jsonl``, written by
+``python -m benchmarks.privacy_corpus.build``) has a tuning part, for detector work, and a
+held-out part, for measuring it; they share no template, no text and no name or place.
+
+Detector mode (the default) runs ``SensitivityDetector`` (default ``SensitivityConfig``) on
+every row and reports:
+
+* restricted rows whose verdict is below restricted (they could be routed off the device:
+  a leak), by id and class; recall per evaluation class and per category;
+* public rows raised to internal or restricted (a ``planning -> cloud`` rule would no longer
+  escalate them): the false-positive rate, per decoy class;
+* internal rows: how many are internal, raised to restricted, or left public (a leak of
+  internal data to a public tier).
+
+``--through-agent`` sends every row, one at a time, through a real agent (its HTTP API,
+router and policy) with ``routing.rules: [{task_class: planning, tier: cloud}]``, a private
+and a cloud tier that are recording OpenAI-compatible servers on loopback
+(``controller/drills/openai_server.py``, as ``tests/test_routing_agent.py`` uses them) and
+the local model those tests use (``--stub-local``: a local runtime that answers a fixed
+text, for machines without the model; the routing path is the same). It counts restricted
+rows that reached a remote tier (and whether their text was in what it received), public
+rows the cloud received (escalated) and where internal rows went.
+
+Texts are never printed, only ids and classes.
+
+    .venv/bin/python -m benchmarks.eval_privacy [--part heldout|tuning|all] [--json]
+        [--through-agent [--stub-local]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data" / "sensitivity_eval"
+PARTS = ("tuning", "heldout")
+MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+LEVELS = ("public", "internal", "restricted")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One labelled corpus row (the fields the evaluation needs)."""
+
+    id: str
+    text: str
+    level: str
+    categories: tuple[str, ...]
+    cls: str
+    lang: str
+    fmt: str
+
+
+class VerdictLike(Protocol):
+    """What the evaluation reads from a verdict: its level (with a ``label``) and categories."""
+
+    @property
+    def level(self) -> Any: ...
+
+    @property
+    def categories(self) -> tuple[str, ...]: ...
+
+
+def load(part: str) -> list[Row]:
+    """The rows of ``part`` (``tuning``, ``heldout`` or ``all``)."""
+    rows: list[Row] = []
+    for name in PARTS if part == "all" else (part,):
+        for line in (DATA / f"{name}.jsonl").read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                o = json.loads(line)
+                rows.append(
+                    Row(
+                        o["id"],
+                        o["text"],
+                        o["level"],
+                        tuple(o["categories"]),
+                        o["class"],
+                        o["lang"],
+                        o["format"],
+                    )
+                )
+    return rows
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return round(num / den, 4) if den else None
+
+
+def _level_label(verdict: VerdictLike) -> str:
+    level = verdict.level
+    return str(getattr(level, "label", level))
+
+
+def evaluate(classify: Callable[[str], VerdictLike], rows: Sequence[Row]) -> dict[str, Any]:
+    """Leaks, recall per class and category, public false positives, internal handling."""
+    per_class: dict[str, Counter[str]] = defaultdict(Counter)
+    cat_hit: Counter[str] = Counter()
+    cat_n: Counter[str] = Counter()
+    leaks: list[dict[str, str]] = []
+    raised: list[dict[str, str]] = []
+    internal: Counter[str] = Counter()
+    for row in rows:
+        verdict = classify(row.text)
+        got = _level_label(verdict)
+        per_class[row.cls]["n"] += 1
+        per_class[row.cls][got] += 1
+        found = set(verdict.categories)
+        for cat in row.categories:
+            cat_n[cat] += 1
+            cat_hit[cat] += cat in found
+        if row.level == "restricted" and got != "restricted":
+            leaks.append({"id": row.id, "class": row.cls, "verdict": got})
+        elif row.level == "public" and got != "public":
+            raised.append({"id": row.id, "class": row.cls, "verdict": got})
+        elif row.level == "internal":
+            internal[got] += 1
+    return _summary(rows, per_class, cat_hit, cat_n, leaks, raised, internal)
+
+
+def _summary(
+    rows: Sequence[Row],
+    per_class: dict[str, Counter[str]],
+    cat_hit: Counter[str],
+    cat_n: Counter[str],
+    leaks: list[dict[str, str]],
+    raised: list[dict[str, str]],
+    internal: Counter[str],
+) -> dict[str, Any]:
+    levels = Counter(r.level for r in rows)
+    class_level = {r.cls: r.level for r in rows}
+    classes = {}
+    for cls in sorted(per_class, key=lambda c: (LEVELS.index(class_level[c]) * -1, c)):
+        c = per_class[cls]
+        want = class_level[cls]
+        classes[cls] = {
+            "level": want,
+            "n": c["n"],
+            # restricted classes: share kept restricted; public: share left public (escalable)
+            "recall" if want != "public" else "escalated": _ratio(c[want], c["n"]),
+            "verdicts": {lv: c[lv] for lv in LEVELS if c[lv]},
+        }
+    return {
+        "rows": len(rows),
+        "levels": dict(levels),
+        "restricted_leaks": len(leaks),
+        "restricted_recall": _ratio(levels["restricted"] - len(leaks), levels["restricted"]),
+        "leaks": leaks,
+        "public_false_positive_rate": _ratio(len(raised), levels["public"]),
+        "public_escalated": _ratio(levels["public"] - len(raised), levels["public"]),
+        "public_raised": raised,
+        "internal": {
+            "n": levels["internal"],
+            "kept_internal": internal["internal"],
+            "raised_restricted": internal["restricted"],
+            "left_public": internal["public"],
+        },
+        "classes": classes,
+        "categories": {
+            cat: {"n": cat_n[cat], "recall": _ratio(cat_hit[cat], cat_n[cat])}
+            for cat in sorted(cat_n)
+        },
+    }
+
+
+def detector_classify() -> Callable[[str], VerdictLike]:
+    """The product detector with its default configuration."""
+    from edge_agent.routing.sensitivity import SensitivityConfig, SensitivityDetector
+
+    detector = SensitivityDetector(SensitivityConfig())
+    return detector.classify
+
+
+# --- through a real agent ------------------------------------------------------------------
+
+
+class StubLocal:
+    """A local runtime that answers a fixed text (``--stub-local``): routing is unchanged."""
+
+    runtime_name = "stub"
+    model_name = "local"
+
+    def complete(self, request: Any) -> Any:
+        from edge_agent.runtimes.base import Completion
+
+        return Completion("local answer", "stop", 1, 2)
+
+    def stream(self, request: Any) -> Iterator[Any]:
+        from edge_agent.runtimes.base import CompletionChunk
+
+        yield CompletionChunk("local answer", "stop", 1, 2)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+@contextmanager
+def agent_client(stub_local: bool) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """A ``TestClient`` on a real agent (planning -> cloud) and its two recording tiers."""
+    from fastapi.testclient import TestClient
+
+    from controller.drills.openai_server import start_provider
+    from edge_agent.agent import Agent
+    from edge_agent.api.app import create_agent_app
+    from edge_agent.config import AgentConfig
+
+    if not stub_local and not MODEL.is_file():
+        raise SystemExit(f"{MODEL} missing: run scripts/fetch_demo_model.py or pass --stub-local")
+    providers = {"private": start_provider("private"), "cloud": start_provider("cloud")}
+    runtime: Any
+    if stub_local:
+        runtime = StubLocal()
+    else:
+        from edge_agent.runtimes.llama_cpp import LlamaCppRuntime
+
+        runtime = LlamaCppRuntime("smollm2", MODEL, n_ctx=2048, n_threads=2)
+    with tempfile.TemporaryDirectory() as state:
+        config = AgentConfig.model_validate(
+            {
+                "device_id": "eval-privacy",
+                "state_dir": state,
+                "mqtt": None,
+                "models": [{"name": "smollm2", "path": str(MODEL), "n_ctx": 2048}],
+                "tiers": {
+                    "private": {
+                        "base_url": providers["private"].base_url,
+                        "model": "org-llm",
+                        "cost_per_1k_input": 0.1,
+                    },
+                    "cloud": {
+                        "base_url": providers["cloud"].base_url,
+                        "model": "frontier",
+                        "cost_per_1k_input": 1.0,
+                    },
+                },
+                "routing": {"rules": [{"task_class": "planning", "tier": "cloud"}]},
+            }
+        )
+        agent = Agent(config)
+        agent.runtimes["smollm2"] = runtime
+        try:
+            yield TestClient(create_agent_app(agent)), providers
+        finally:
+            agent.runtimes.clear()
+            agent.stop()
+            runtime.close()
+            for p in providers.values():
+                if p.server is not None:
+                    p.server.shutdown()
+
+
+def _reached(provider: Any, start: int, text: str) -> tuple[bool, bool]:
+    """Whether ``provider`` got a request since ``start``, and whether ``text`` was in it."""
+    with provider.lock:
+        new = provider.received[start:]
+    needle = json.dumps(text)[1:-1]
+    return bool(new), any(needle in json.dumps(body) for body in new)
+
+
+def through_agent(rows: Sequence[Row], stub_local: bool = False) -> dict[str, Any]:
+    """Send each row as a planning request; count what reached the private and cloud tiers."""
+    leaks: list[dict[str, str]] = []
+    kept_public: list[dict[str, str]] = []
+    internal_routes: Counter[str] = Counter()
+    routes: dict[str, Counter[str]] = defaultdict(Counter)
+    errors: list[dict[str, str]] = []
+    with agent_client(stub_local) as (client, providers):
+        for row in rows:
+            marks = {name: p.count() for name, p in providers.items()}
+            payload = {"messages": [{"role": "user", "content": row.text}], "max_tokens": 1}
+            response = client.post(
+                "/v1/chat/completions", json=payload, headers={"X-Task-Class": "planning"}
+            )
+            route = response.headers.get("x-edge-route", f"error:{response.status_code}")
+            routes[row.level][route] += 1
+            if response.status_code != 200:
+                errors.append({"id": row.id, "class": row.cls, "status": str(response.status_code)})
+            hits = {n: _reached(p, marks[n], row.text) for n, p in providers.items()}
+            remote = [n for n, (sent, _) in hits.items() if sent]
+            if row.level == "restricted" and remote:
+                text_in = any(hits[n][1] for n in remote)
+                leaks.append(
+                    {"id": row.id, "class": row.cls, "tier": ",".join(remote), "text": str(text_in)}
+                )
+            elif row.level == "public" and not hits["cloud"][0]:
+                kept_public.append({"id": row.id, "class": row.cls, "route": route})
+            elif row.level == "internal":
+                internal_routes[",".join(remote) or "local"] += 1
+    levels = Counter(r.level for r in rows)
+    return {
+        "rows": len(rows),
+        "restricted_off_device": len(leaks),
+        "restricted_text_reached_cloud": sum(
+            1 for leak in leaks if "cloud" in leak["tier"] and leak["text"] == "True"
+        ),
+        "leaks": leaks,
+        "public_escalated": _ratio(levels["public"] - len(kept_public), levels["public"]),
+        "public_not_escalated": kept_public,
+        "internal_routes": dict(internal_routes),
+        "routes": {lv: dict(c) for lv, c in routes.items()},
+        "errors": errors,
+    }
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def _print_detector(part: str, report: dict[str, Any]) -> None:
+    lv = report["levels"]
+    print(f"== {part}: {report['rows']} rows ({', '.join(f'{k} {v}' for k, v in lv.items())})")
+    print(
+        f"restricted rows that would leave the device: {report['restricted_leaks']} of "
+        f"{lv.get('restricted', 0)} (recall {report['restricted_recall']})"
+    )
+    print(
+        f"public rows raised (not escalated): {len(report['public_raised'])} of "
+        f"{lv.get('public', 0)} (false-positive rate {report['public_false_positive_rate']}, "
+        f"escalated {report['public_escalated']})"
+    )
+    print(f"internal rows: {report['internal']}")
+    print(f"\n{'class':34} {'level':10} {'n':>4} {'kept':>7}  verdicts")
+    for cls, c in report["classes"].items():
+        share = c.get("recall", c.get("escalated"))
+        verdicts = " ".join(f"{k}={v}" for k, v in c["verdicts"].items())
+        print(f"{cls:34} {c['level']:10} {c['n']:>4} {share!s:>7}  {verdicts}")
+    print(f"\n{'category':20} {'n':>4} {'recall':>7}")
+    for cat, c in report["categories"].items():
+        print(f"{cat:20} {c['n']:>4} {c['recall']!s:>7}")
+    if report["leaks"]:
+        print("\nleaks (id class verdict):")
+        for leak in report["leaks"]:
+            print(f"  {leak['id']} {leak['class']} {leak['verdict']}")
+    if report["public_raised"]:
+        print("\npublic rows raised (id class verdict):")
+        for r in report["public_raised"]:
+            print(f"  {r['id']} {r['class']} {r['verdict']}")
+
+
+def _print_agent(part: str, report: dict[str, Any]) -> None:
+    print(f"== {part} through the agent (planning -> cloud): {report['rows']} rows")
+    print(
+        f"restricted rows that reached a remote tier: {report['restricted_off_device']} "
+        f"(text in the cloud's request: {report['restricted_text_reached_cloud']})"
+    )
+    print(f"public rows escalated to the cloud: {report['public_escalated']}")
+    print(f"internal rows by tier: {report['internal_routes']}")
+    print(f"routes by level: {report['routes']}")
+    for leak in report["leaks"]:
+        print(f"  leak {leak['id']} {leak['class']} -> {leak['tier']}")
+    for r in report["public_not_escalated"]:
+        print(f"  kept {r['id']} {r['class']} ({r['route']})")
+    for e in report["errors"]:
+        print(f"  error {e['id']} {e['class']} HTTP {e['status']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the chosen evaluation on the chosen part(s) and print or dump the report."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=(*PARTS, "all"), default="heldout")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--through-agent", action="store_true")
+    parser.add_argument("--stub-local", action="store_true", help="no local model needed")
+    args = parser.parse_args(argv)
+    rows = load(args.part)
+    started = time.perf_counter()
+    if args.through_agent:
+        report = through_agent(rows, args.stub_local)
+    else:
+        report = evaluate(detector_classify(), rows)
+    report["part"] = args.part
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    if args.json:
+        json.dump(report, sys.stdout, indent=1)
+        print()
+    elif args.through_agent:
+        _print_agent(args.part, report)
+    else:
+        _print_detector(args.part, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
