@@ -14,6 +14,7 @@ import phonenumbers
 
 from edge_agent.routing.sensitivity.identifiers import DATE_LIKE, digits_of
 from edge_agent.routing.sensitivity.matching import Handler, Hit, Scan
+from edge_agent.routing.sensitivity.obfuscated import reserved_domain
 from edge_agent.routing.sensitivity.terms import alternation
 
 EMAIL_RULE = r"[\pL\pN._%+\-]+@[\pL\pN][\pL\pN\-]*(?:\.[\pL\pN][\pL\pN\-]*)*\.[A-Za-z]{2,}\b"
@@ -33,6 +34,8 @@ def on_email(sc: Scan, m: Hit) -> None:
     local = text[s : text.index("@", s)]
     if local in ("git", "noreply") or local.startswith("."):
         return
+    if reserved_domain(text[text.index("@", s) + 1 : e]):
+        return  # example.com, *.test, *.invalid, localhost: no one's mailbox
     lead = text[max(0, s - 40) : s]
     if lead.endswith("://") or (_LOGIN_WORDS.search(lead) and _LOGIN_BEFORE.search(lead)):
         return  # user@host of a URL or an ssh/scp/rsync login, not a mailbox

@@ -26,11 +26,26 @@ _PLACEHOLDER_VALUES: Final[frozenset[str]] = frozenset(entries("placeholders.txt
 """Values of a key that are placeholders, not secrets (``data/placeholders.txt``)."""
 
 
-def _is_placeholder(value: str) -> bool:
+_PLACEHOLDER_PREFIXES: Final = (
+    "your", "my_", "my-", "xxx", "...", "***", "•••", "os.", "votre", "ton_", "ton-", "dein",
+    "ihr_", "ihr-", "tu_", "tu-", "su_", "su-", "uw_", "uw-", "jouw",
+)  # fmt: skip
+
+
+_TEMPLATE: Final = re.compile(
+    r"\$\{|\$\(|\$[a-z_][a-z0-9_]*\Z|<.*>\Z|\{.*\}\Z|%[a-z_][a-z0-9_]*%\Z|\[.*\]\Z|\(.*\)\Z|•"
+)
+"""Template references and bracketed stand-ins: ``${X}``, ``$X``, ``<x>``, ``{{x}}``,
+``%X%``, ``[redacted]``, ``(hidden)`` (lower case)."""
+
+
+def is_placeholder(value: str) -> bool:
+    """A placeholder, not a secret: ``<YOUR_PASSWORD>``, ``${DB_PASSWORD}``, ``****``,
+    ``xxx``, ``changeme``, ``your_token_here``, ``votre_mot_de_passe``, ``aaaa``."""
     v = value.strip("\"'`").lower()
     if not v or v in _PLACEHOLDER_VALUES:
         return True
-    if v[0] in "$<{%*[(" or v.startswith(("your", "my_", "my-", "xxx", "...", "***", "os.")):
+    if v.startswith(_PLACEHOLDER_PREFIXES) or _TEMPLATE.match(v):
         return True
     if "xxxx" in v or "****" in v or "your_" in v or "your-" in v or "_here" in v:
         return True
@@ -49,10 +64,10 @@ def _entropy(value: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
 
 
-def _high_entropy(value: str) -> bool:
+def high_entropy(value: str) -> bool:
     """A token-like value: long, letters and digits, several bits per character."""
     v = value.strip("\"'`")
-    if len(v) < 16 or _is_placeholder(v) or _IDENT_PATH.match(v):
+    if len(v) < 16 or is_placeholder(v) or _IDENT_PATH.match(v):
         return False
     has_digit = any(c.isdigit() for c in v)
     has_alpha = any(c.isalpha() for c in v)
@@ -123,6 +138,11 @@ ASSIGN_RULE = (
 _AWS_SECRET: Final = re.compile(r"[A-Za-z0-9/+]{40}")
 
 
+def _is_pass_key(key: str) -> bool:
+    """``DB_PASS``, ``smtp-pass``, ``mqtt.pass``, ``pass`` (not ``bypass``, ``compass``)."""
+    return key == "pass" or key.endswith(("_pass", "-pass", ".pass")) or "_pass_" in key
+
+
 _AWS_ID: Final = re.compile(r"(?:AKIA|ASIA)[A-Z0-9]{16}")
 
 
@@ -132,8 +152,8 @@ _CONNECTION_KEYS: Final = re.compile(
 
 
 URLCRED_RULE = (
-    r"(?i)\b[a-z][a-z0-9+.\-]+://(?P<user>[^\s:/@\"'<>]+):"
-    r"(?P<pw>[^\s@/\"'<>]+)@[^\s/\"'<>?#]+"
+    r"(?i)\b[a-z][a-z0-9+.\-]+://(?P<user>[^\s:/@\"'<>]*):"
+    r"(?P<pw>[^\s/\"'<>]+)@[^\s/@\"'<>?#]+"
     r"|(?i)\b(?:https?|git|ssh|ftp)://(?P<tok>[A-Za-z0-9_\-]{20,})@[^\s/\"'<>?#]+"
 )
 
@@ -190,7 +210,7 @@ def on_assign(sc: Scan, m: Hit) -> None:
         if m.has("scheme"):
             _on_auth_scheme(sc, text[m.span("scheme")[0] : vs].strip().lower(), ks, vs, ve)
             return
-        if text[ve : ve + 1] == "(" or _is_placeholder(value):
+        if text[ve : ve + 1] == "(" or is_placeholder(value):
             return
         if "accountkey" in key or "sharedaccesskey" in key:
             if len(value) >= 20:
@@ -199,20 +219,25 @@ def on_assign(sc: Scan, m: Hit) -> None:
         if any(w in key for w in ("password", "passwd", "pwd", "passphrase")):
             _on_password_value(sc, value, ks, ve)
             return
-        if key.startswith("x-") or key.endswith(("_url", "_uri", "_file", "_path", "_name")):
+        if _is_pass_key(key):
+            _on_password_value(sc, value, ks, ve)
+            return
+        if key.endswith(("_url", "_uri", "_file", "_path", "_name")):
+            return
+        if key.startswith("x-") and not any(w in key for w in ("key", "token", "secret", "auth")):
             return
         if "aws" in key and _AWS_ID.fullmatch(value):
             return  # access key ids are reported by the prefixed-credential rule
         if "aws" in key and _AWS_SECRET.fullmatch(value):
             sc.add("aws_access_key", ks, ve)
             return
-        if _high_entropy(value):
+        if high_entropy(value):
             sc.add("aws_access_key" if "aws" in key else "api_token", ks, ve)
     elif m.has("says"):
         s, _e = m.span("says")
         vs, ve = m.span("sval")
         value = text[vs:ve].rstrip(".!?")
-        if _is_placeholder(value) or (value.isalpha() and value.islower()):
+        if is_placeholder(value) or (value.isalpha() and value.islower()):
             return  # "the password is incorrect", "the token is expired"
         word = text[s:vs].lower()
         if word.startswith("pin"):
@@ -220,7 +245,7 @@ def on_assign(sc: Scan, m: Hit) -> None:
                 sc.add("password", s, vs + len(value))
         elif "pass" in word:
             sc.add("password", s, vs + len(value))
-        elif _high_entropy(value):
+        elif high_entropy(value):
             sc.add("api_token", s, vs + len(value))
     elif m.has("bearer"):
         s, _e = m.span("bearer")
@@ -228,13 +253,13 @@ def on_assign(sc: Scan, m: Hit) -> None:
         _on_auth_scheme(sc, "bearer", s, vs, ve)
     elif m.has("cli"):
         vs, ve = m.span("cval")
-        if not _is_placeholder(text[vs:ve]):
+        if not is_placeholder(text[vs:ve]):
             sc.add("password", vs, ve)
 
 
 def _on_auth_scheme(sc: Scan, scheme: str, start: int, vs: int, ve: int) -> None:
     value = sc.text[vs:ve]
-    if _is_placeholder(value):
+    if is_placeholder(value):
         return
     if scheme == "basic":
         try:
@@ -242,9 +267,9 @@ def _on_auth_scheme(sc: Scan, scheme: str, start: int, vs: int, ve: int) -> None
         except (binascii.Error, ValueError):
             return
         _user, sep, password = decoded.partition(":")
-        if sep and password and not _is_placeholder(password):
+        if sep and password and not is_placeholder(password):
             sc.add("api_token", start, ve)
-    elif _high_entropy(value) or _jwt_ok(value):
+    elif high_entropy(value) or _jwt_ok(value):
         sc.add("api_token", start, ve)
 
 
@@ -266,14 +291,33 @@ def _on_password_value(sc: Scan, value: str, ks: int, ve: int) -> None:
 def on_urlcred(sc: Scan, m: Hit) -> None:
     if m.has("tok"):
         ts, te = m.span("tok")
-        if not _high_entropy(sc.text[ts:te]):
+        if not high_entropy(sc.text[ts:te]):
             return
     else:
         ps, pe = m.span("pw")
-        if _is_placeholder(sc.text[ps:pe]):
+        if is_placeholder(sc.text[ps:pe]):
             return
     s, e = m.span()
     sc.add("connection_string", s, e)
+
+
+JWK_RULE = r"[\"']kty[\"']\s*:\s*[\"'](?:RSA|EC|OKP|oct)[\"']"
+"""A JSON Web Key; it is a private key when its object has a private parameter."""
+
+_JWK_PRIVATE: Final = re.compile(r"[\"'](?:d|p|q|dp|dq|qi|k)[\"']\s*:\s*[\"'][A-Za-z0-9_\-]{8,}")
+
+
+def on_jwk(sc: Scan, m: Hit) -> None:
+    """A JWK object (the braces around ``"kty"``) with ``d``/``p``/``q``/``dp``/``dq``/
+    ``qi`` (RSA, EC, OKP private parts) or ``k`` (a symmetric key) is a private key."""
+    s, e = m.span()
+    text = sc.text
+    open_ = text.rfind("{", max(0, s - 8192), s)
+    close = text.find("}", e, e + 16384)
+    if open_ == -1 or close == -1 or text.rfind("}", open_, s) != -1:
+        return
+    if _JWK_PRIVATE.search(text, open_, close):
+        sc.add("private_key", open_, close + 1)
 
 
 RULES: Final[list[tuple[str, str, Handler]]] = [
@@ -281,16 +325,21 @@ RULES: Final[list[tuple[str, str, Handler]]] = [
     ("pem", PEM_RULE, on_pem),
     ("urlcred", URLCRED_RULE, on_urlcred),  # before contact's e-mail rule
     ("assign", ASSIGN_RULE, on_assign),
+    ("jwk", JWK_RULE, on_jwk),
 ]
 """This family's rules as (name, RE2 pattern, handler), in the order the scanner runs them."""
 
 __all__ = [
     "ASSIGN_RULE",
+    "JWK_RULE",
     "PEM_RULE",
     "PREFIXED_RULE",
     "RULES",
     "URLCRED_RULE",
+    "high_entropy",
+    "is_placeholder",
     "on_assign",
+    "on_jwk",
     "on_pem",
     "on_prefixed",
     "on_urlcred",

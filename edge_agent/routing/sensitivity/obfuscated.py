@@ -1,0 +1,127 @@
+"""E-mail addresses written to dodge scrapers: ``jane [at] acme [dot] com``.
+
+Category ``email`` (restricted). Forms: ``name [at] host [dot] tld`` (brackets, braces,
+parentheses or angle brackets around "at"/"@"/"ät"/"arroba"/"chez" and around
+"dot"/"punkt"/"point"/"punto"/"punt"/"."), ``name(at)host.tld``, ``name[@]host``, ``name @
+host . com`` (spaces around the "@"), ``name@host[dot]com``, and ``name at host dot com``
+(the words "at" and "dot"; ``jane dot doe at mail dot org`` too). The plain-word form
+with a real dot, ``name at host.com``, counts only when the name has a separator or digits
+(``jane.doe at acme.de``, ``lvogel37 at web.de``) or "AT" is written in capitals:
+"look at github.com" and "available at pypi.org" are prose.
+
+A top-level domain after a plain "." must be a common one (``data/email_tlds.txt``), so
+that ``look at main.py`` or ``x @ w.T`` are not addresses; after a spelled-out "dot" any
+two to six letters do. Addresses at reserved example domains are placeholders, as in
+:mod:`.contact`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from edge_agent.routing.sensitivity.matching import Handler, Hit, Scan
+from edge_agent.routing.sensitivity.terms import entries
+
+# RE2 finds the distinctive middle of an address (cheap, ASCII); Python's ``re`` then
+# reads the whole address from a window around it.
+_AT_TOKEN: Final = r"(?:at|ät|@|arroba|chez|apenstaartje)"  # noqa: S105 (not a password)
+_DOT_TOKEN: Final = r"(?:dot|punkt|point|punto|punt|\.)"  # noqa: S105
+_RE2_DOT: Final = (
+    r"(?:[ \t]*[\[({][ \t]*"
+    + _DOT_TOKEN
+    + r"[ \t]*[\])}][ \t]*|[ \t]+(?:dot|punkt|point|punto|punt)"
+    r"[ \t]+|\.|[ \t]+\.[ \t]*|\.[ \t]+)"
+)
+OBFUSCATED_RULE = (
+    r"(?i)[a-z0-9._%+\-](?:[ \t]*[\[({<][ \t]*" + _AT_TOKEN + r"[ \t]*[\])}>][ \t]*|[ \t]+@[ \t]*"
+    r"|[ \t]*@[ \t]+)[a-z0-9\-]+" + _RE2_DOT + r"[a-z]"
+    r"|(?i)[a-z0-9]@[a-z0-9\-]+(?:[ \t]*[\[({][ \t]*" + _DOT_TOKEN + r"[ \t]*[\])}][ \t]*|[ \t]+"
+    r"(?:dot|punkt|point|punto|punt)[ \t]+|[ \t]+\.[ \t]*|\.[ \t]+)[a-z]"
+    r"|(?i)[a-z0-9][ \t]+(?:at|ät|arroba|chez)[ \t]+[a-z0-9\-]+[ \t]+(?:dot|punkt|point|punto|"
+    r"punt)[ \t]+[a-z]"
+    r"|[A-Za-z0-9]+[._\-][A-Za-z0-9]+[ \t]+(?i:at)[ \t]+[A-Za-z0-9\-]+\.[A-Za-z]"
+    r"|[A-Za-z0-9][ \t]+AT[ \t]+[A-Za-z0-9\-]+\.[A-Za-z]"
+)
+"""The middle of an obfuscated address (a rule of the set; the handler reads the rest)."""
+
+_L: Final = r"[\w%+\-]+(?:(?:\.|[ \t]+(?:dot|punkt|point|punto|punt)[ \t]+)[\w%+\-]+)*"
+_H: Final = r"[^\W_][\w\-]*"
+_AT: Final = (
+    r"(?:[ \t]*(?:\[[ \t]*" + _AT_TOKEN + r"[ \t]*\]|\([ \t]*" + _AT_TOKEN + r"[ \t]*\)|"
+    r"\{[ \t]*" + _AT_TOKEN + r"[ \t]*\}|<[ \t]*" + _AT_TOKEN + r"[ \t]*>)[ \t]*"
+    r"|[ \t]+(?:at|ät|arroba|chez)[ \t]+|[ \t]*@[ \t]*)"
+)
+_DOT: Final = (
+    r"(?:[ \t]*(?:\[[ \t]*" + _DOT_TOKEN + r"[ \t]*\]|\([ \t]*" + _DOT_TOKEN + r"[ \t]*\)|"
+    r"\{[ \t]*" + _DOT_TOKEN + r"[ \t]*\})[ \t]*|[ \t]+(?:dot|punkt|point|punto|punt)[ \t]+"
+    r"|\.|[ \t]+\.[ \t]+|[ \t]+\.(?=[a-z])|\.[ \t]+(?=[a-z]{2,6}\b))"
+)
+_ADDRESS: Final = re.compile(
+    r"(?i)(?<![\w.%+\-])(?P<local>"
+    + _L
+    + r")(?P<at>"
+    + _AT
+    + r")(?P<host>"
+    + _H
+    + r"(?:"
+    + _DOT
+    + _H
+    + r")*)(?P<dot>"
+    + _DOT
+    + r")(?P<tld>[a-z]{2,6})(?![\w\-])"
+)
+"""A whole obfuscated address, read from the window around the set's match."""
+
+_TLDS: Final[frozenset[str]] = frozenset(entries("email_tlds.txt"))
+_PLAIN_NAME: Final = re.compile(r"[\w]+(?:[._\-]\w+)+|\w*[A-Za-z]\w*[0-9]+\w*")
+_RESERVED_TLDS: Final = ("example", "test", "invalid", "localhost")
+
+
+def reserved_domain(domain: str) -> bool:
+    """``example.com``/``.net``/``.org`` and their subdomains, and the reserved top-level
+    domains ``.example``, ``.test``, ``.invalid``, ``.localhost`` (RFC 2606, RFC 6761):
+    no mailbox there belongs to anyone."""
+    d = domain.lower().rstrip(".")
+    if d == "localhost" or d.rsplit(".", 1)[-1] in _RESERVED_TLDS:
+        return True
+    return any(d == r or d.endswith("." + r) for r in ("example.com", "example.net", "example.org"))
+
+
+_DOT_SPLIT: Final = re.compile(r"(?i)\s*(?:\[\s*(?:dot|punkt|point|punto|punt|\.)\s*\]|"
+                               r"\(\s*(?:dot|punkt|point|punto|punt|\.)\s*\)|"
+                               r"\{\s*(?:dot|punkt|point|punto|punt|\.)\s*\}|"
+                               r"\s(?:dot|punkt|point|punto|punt)\s|\.)\s*")  # fmt: skip
+
+
+def on_obfuscated(sc: Scan, m: Hit) -> None:
+    """An address written to dodge scrapers: read it whole, check its domain and name."""
+    s, e = m.span()
+    text = sc.text
+    pos, hi = max(0, s - 120), min(len(text), e + 120)
+    while (a := _ADDRESS.search(text, pos, hi)) is not None and a.start() < e:
+        if a.end() > s and _is_obfuscated_address(a):
+            sc.add("email", a.start(), a.end())
+            return
+        pos = a.start() + 1  # "me at jonas dot weber at ...": try the next start
+
+
+def _is_obfuscated_address(a: re.Match[str]) -> bool:
+    at, dot, tld = a.group("at"), a.group("dot"), a.group("tld").lower()
+    spelled_at = at.strip() not in ("@", "at", "AT", "ät", "arroba", "chez")
+    spelled_dot = dot.strip() != "."
+    plain = not (spelled_at or spelled_dot or (at.strip() == "@" and at != "@"))
+    if plain and at.strip() != "AT" and not _PLAIN_NAME.fullmatch(a.group("local")):
+        return False  # "name at host.tld" needs a separator or digits in the name, or "AT"
+    if at == "@" and not spelled_dot and dot == ".":
+        return False  # a plain address: the e-mail rule's
+    if tld not in _TLDS and not (spelled_dot and dot.strip()[:1] in "[({"):
+        return False
+    host = ".".join(p for p in _DOT_SPLIT.split(a.group("host")) if p) + "." + tld
+    return not reserved_domain(host)
+
+
+RULES: Final[list[tuple[str, str, Handler]]] = [("obfuscated", OBFUSCATED_RULE, on_obfuscated)]
+"""This family's rules as (name, RE2 pattern, handler)."""
+
+__all__ = ["OBFUSCATED_RULE", "RULES", "on_obfuscated", "reserved_domain"]

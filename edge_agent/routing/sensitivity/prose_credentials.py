@@ -1,0 +1,263 @@
+"""Credentials written in prose: "my password is hunter2", "das Passwort lautet ...".
+
+Categories ``password`` and ``api_token`` (restricted). A credential word in English,
+German, French, Spanish or Dutch (``data/credential_words.txt``: "password", "Passwort",
+"Kennwort", "mot de passe", "mdp", "contraseña", "clave de acceso", "wachtwoord",
+"PIN-Code", "credentials" ...; ``data/token_words.txt`` for tokens: "api token",
+"Zugangstoken", "clé API", "client secret" ...), optionally qualified ("for the VPN", "für
+den Router", "du wifi", "de la wifi de la oficina", "van de server"), then a connector
+("is", ":", "=", "lautet", "c'est", "es", "set to", "auf", "en", "a", "naar" ..., with
+"now"/"still"/"immer noch"/"toujours"/"todavía"/"nog steeds" after it), then a value. The
+short words "pass", "pw", "pwd", "pin", "clave", "token", "secret" count only before a
+connector or a qualifier, or after a separator in a user/password pair ("user admin / pass
+...", "login: jdoe, pw: ..."). "log in as <user> with <secret>" (and its German, French,
+Spanish and Dutch forms) is a pair too.
+
+Fail closed: a password value that looks like a secret (letters and digits, or a symbol,
+or mixed case; four or more digits after a connector) is a finding; a plain word after a
+connector that is not a known non-value ("incorrect", "abgelaufen", "oublié", "caducada",
+``data/credential_stopwords.txt``, participles and adverbs by their endings) is an
+*uncertain* finding (``certain=False``: the request stays local, redaction leaves it). A
+token value must be long (16+ characters, letters and digits); a high-entropy one is
+certain, another one uncertain. Placeholders stay public: ``<YOUR_PASSWORD>``,
+``${DB_PASSWORD}``, ``****``, ``xxx``, ``changeme`` and the rest of
+``data/placeholders.txt``; "your password" and "the password you chose" have no value.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from edge_agent.routing.sensitivity.credentials import high_entropy, is_placeholder
+from edge_agent.routing.sensitivity.matching import Handler, Hit, Scan
+from edge_agent.routing.sensitivity.terms import alternation, entries
+
+_QUALIFIER_WORDS: Final = (
+    r"for|of|on|at|f[üu]r|von|vom|zum|zur|bei|des|du|de|del|van|voor|pour|para"
+)
+
+PROSE_RULE = (
+    r"(?i)(?P<word>\b(?:" + alternation("credential_words.txt") + r")\b)"
+    r"|(?P<tokw>\b(?:" + alternation("token_words.txt") + r")\b)"
+    r"|(?P<weak>\b(?:pass|pw|pwd|pword|clave|token|secret)\b)[ \t]*"
+    r"(?::|=|(?:is|es|ist|est|c['\x{2019}]est|lautet|was|war|era|wordt|"
+    + _QUALIFIER_WORDS
+    + r")\b)"
+    r"|[/,;|&][ \t]*(?P<pair>\b(?:pass|pw|pwd|passwd)\b)"
+    r"|(?P<pin>\b(?:pin(?:[ \-]?code)?|pincode|pin-nummer)\b)"
+    r"(?:[ \t:=\-]*[0-9]|[ \t]+(?:is|es|ist|est|lautet|was|" + _QUALIFIER_WORDS + r")\b)"
+    r"|(?P<login>\b(?:log(?:ged)?[ \t]?in|sign(?:ed)?[ \t]?in|anmelden|einloggen|angemeldet|"
+    r"eingeloggt|connecte[rz]?|inicia[r]?[ \t]+sesi[oó]n|inloggen|ingelogd)[ \t]+"
+    r"(?:as|als|como|comme|en[ \t]+tant[ \t]+que)\b)"
+)
+
+_STOP: Final[frozenset[str]] = frozenset(w.lower() for w in entries("credential_stopwords.txt"))
+
+_QUALIFIER: Final = (
+    r"(?:[ \t]*\([^()\n]{0,40}\))?"
+    r"[ \t]+(?:" + _QUALIFIER_WORDS + r"|da|della|dello|to\s+the|to\s+my)"
+    r"(?:[ \t]+[^\s:=\"'`]+){1,6}?"
+)
+_ADVERB: Final = (
+    r"(?:[ \t]+(?:now|still|currently|jetzt|immer[ \t]+noch|noch|nun|maintenant|toujours|"
+    r"encore|ahora|todav[ií]a|a[uú]n|nu|nog(?:[ \t]+steeds)?|steeds))?"
+)
+_CONN_WORDS: Final = (
+    r":=|=>|->|[:=]|(?:is|was|ist|lautet|war|est|c['\u2019]est|es|era|sera|wordt|werd|"
+    r"set[ \t]+to|changed[ \t]+to|to|auf|en|por|naar|a|à|soit|devient)\b"
+)
+_QUALIFIED_CONN: Final = (
+    r":=|=>|->|[:=]|(?:is|was|ist|lautet|war|est|c['\u2019]est|es|era|sera|wordt|werd|"
+    r"set[ \t]+to|changed[ \t]+to|soit|devient)\b"
+)
+"""The connectors that may follow a qualifier ("to", "en", "a" would end it too early)."""
+_PARTICIPLE: Final = (
+    r"(?:[ \t]+(?:changed|set|updated|reset|geändert|gesetzt|changé|modifié|cambiad[oa]|"
+    r"gewijzigd|veranderd|ingesteld))?"
+)
+_AFTER: Final = re.compile(
+    r"(?:" + _QUALIFIER + r"(?=[ \t]*(?:" + _QUALIFIED_CONN + r"))|" + _PARTICIPLE + r")"
+    r"[ \t]*(?:(?P<conn>" + _CONN_WORDS + r")" + _ADVERB + r")?"
+    r"(?:[ \t]*:)?[ \t]*(?P<quote>[\"'`«„“\u201a])?[ \t]*"
+    r"(?P<val>[^\s\"'`«»“”„\u201a]{1,200})",
+    re.IGNORECASE,
+)
+"""What follows a credential word: a qualifier, a connector, then the value."""
+
+_LOGIN_AFTER: Final = re.compile(
+    r"[ \t]+[^\s]{1,64}[ \t]+(?:with|mit|con|avec|met|and|und|et|y|en)[ \t]+"
+    r"(?:(?:the|das|dem|le|la|el|het|password|passwort|kennwort|mot[ \t]+de[ \t]+passe|"
+    r"contraseña|clave|wachtwoord)[ \t]+){0,2}(?P<val>[^\s\"'`,;]{4,200})",
+    re.IGNORECASE,
+)
+"""What follows "log in as": the user name, "with", then the secret."""
+
+_STRONG_CONNECTORS: Final = frozenset({":", "=", ":=", "=>", "->", "lautet", "c'est", "c\u2019est"})
+_WEAK_CONNECTORS: Final = frozenset({"to", "auf", "en", "por", "naar", "a", "à"})
+
+_NON_VALUE_ENDINGS: Final = (
+    "ed", "ly", "ing", "able", "ible", "ive", "ment", "ée", "é", "ado", "ada", "ido", "ida",
+    "mente", "lich", "iert", "ness", "tion", "sion",
+)  # fmt: skip
+_FILE_ENDINGS: Final = (
+    ".py", ".yaml", ".yml", ".json", ".env", ".txt", ".cfg", ".ini", ".toml", ".conf",
+    ".md", ".xml", ".js", ".ts", ".sh", ".kdbx", ".csv", ".html", ".properties",
+)  # fmt: skip
+_CODE_PREFIXES: Final = (
+    "os.", "env.", "process.", "self.", "config.", "settings.", "secrets.", "vault.",
+    "args.", "opts.", "options.", "request.", "req.", "this.", "ctx.", "params.",
+)  # fmt: skip
+_VERSION: Final = re.compile(r"[vV]?[0-9]+(?:\.[0-9]+)+[a-z0-9\-]*\Z")
+_USER_WORDS: Final = re.compile(
+    r"(?i)\b(?:user(?:name)?|login|benutzer(?:name)?|nutzer|utilisateur|identifiant|usuario|"
+    r"gebruiker(?:snaam)?|account|konto|compte|cuenta|admin|root)\b|@"
+)
+
+
+def _value_kind(value: str) -> str:
+    """``"secret"`` (letters and digits, a symbol, or mixed case), ``"digits"``,
+    ``"word"`` (letters only) or ``"other"``."""
+    has_digit = any(c.isdigit() for c in value)
+    has_alpha = any(c.isalpha() for c in value)
+    has_symbol = any(not c.isalnum() for c in value)
+    if has_alpha and (has_digit or has_symbol):
+        return "secret"
+    if has_digit and not has_alpha:
+        return "digits" if value.isdigit() else "other"
+    if has_alpha and not value.islower() and not value.isupper() and not value.istitle():
+        return "secret"  # "hUnTeR", "SommerWind": mixed case inside the word
+    return "word" if has_alpha else "other"
+
+
+def _not_a_value(value: str) -> bool:
+    """Words and shapes that follow a credential word without being a secret."""
+    low = value.lower()
+    if low in _STOP or is_placeholder(value):
+        return True
+    if low.startswith(("http://", "https://", "www.", "/", "./", "~/")):
+        return True
+    if low.endswith(_FILE_ENDINGS) or low.startswith(_CODE_PREFIXES) or "(" in low:
+        return True
+    if _VERSION.match(value):
+        return True
+    if value.isalpha() and value.islower():
+        if low.endswith(_NON_VALUE_ENDINGS):
+            return True
+        if low.startswith("ge") and low.endswith(("t", "d", "n")) and len(low) > 6:
+            return True  # German/Dutch participles: gespeichert, gewijzigd, geschützt
+    return False
+
+
+def judge(
+    value: str, conn: str | None, quoted: bool, pin: bool = False, weak: bool = False
+) -> bool | None:
+    """Is ``value`` (after a password word, with this connector) a secret? True: a
+    finding; False: an uncertain finding (fail closed); None: not a value. After a weak
+    word ("pass", "clave") a plain word counts only after ":" or "=" or in quotes."""
+    if len(value) < 4 or _not_a_value(value):
+        return None
+    kind = _value_kind(value)
+    c = (conn or "").lower()
+    if pin:
+        return True if kind == "digits" and len(value) <= 8 else None
+    if kind == "secret":
+        return bool(conn or quoted)
+    if kind == "digits":
+        return True if conn and c not in _WEAK_CONNECTORS else None
+    if kind == "word" and conn and c not in _WEAK_CONNECTORS:
+        strong = quoted or c in _STRONG_CONNECTORS
+        return False if (strong or (len(value) >= 6 and not weak)) else None
+    if kind == "word" and quoted:
+        return False
+    return None
+
+
+def judge_token(value: str) -> bool | None:
+    """Is ``value`` (after a token word) a token? True: high entropy; False: long,
+    letters and digits (uncertain); None: not a token."""
+    if len(value) < 16 or _not_a_value(value):
+        return None
+    if high_entropy(value):
+        return True
+    has_digit = any(c.isdigit() for c in value)
+    has_alpha = any(c.isalpha() for c in value)
+    return False if has_digit and has_alpha and " " not in value else None
+
+
+def _clean(value: str) -> str:
+    """The value without the sentence punctuation that follows it."""
+    return value.rstrip(".,;:)]}>?") or value
+
+
+def _find_after(sc: Scan, word_start: int, word_end: int, kind: str, pin: bool) -> None:
+    text = sc.text
+    m = _AFTER.match(text, word_end, min(len(text), word_end + 200))
+    if m is None:
+        return
+    vs = m.start("val")
+    value = _clean(m.group("val"))
+    conn = m.group("conn")
+    if vs == word_end or text[word_start - 1 : word_start] in (".", "_", "$"):
+        return  # "password.encode(", "password@host", "self.password": code, not prose
+    if kind == "token":
+        verdict = judge_token(value)
+        if verdict is not None:
+            sc.add("api_token", word_start, vs + len(value), certain=verdict)
+        return
+    if _value_kind(value) == "word" and _user_pass_value(sc, word_start, vs + len(value)):
+        return  # "credentials: admin / S3cret!": the secret after the user name
+    verdict = judge(value, conn, m.group("quote") is not None, pin, kind == "weak")
+    if verdict is False and kind == "pair" and _value_kind(value) == "secret":
+        verdict = True  # "user admin / pass s3cret!": a user/password pair
+    if verdict is not None:
+        sc.add("password", word_start, vs + len(value), certain=verdict)
+
+
+_PAIR_TAIL: Final = re.compile(r"[ \t]*[/:|][ \t]*([^\s\"'`,;]{4,100})")
+
+
+def _user_pass_value(sc: Scan, word_start: int, user_end: int) -> bool:
+    """ "credentials admin / S3cret!": a user name, a separator, then the secret (found)."""
+    m = _PAIR_TAIL.match(sc.text, user_end, min(len(sc.text), user_end + 120))
+    if m is None:
+        return False
+    secret = _clean(m.group(1))
+    if _not_a_value(secret) or _value_kind(secret) != "secret":
+        return False
+    sc.add("password", word_start, m.start(1) + len(secret))
+    return True
+
+
+def _on_login(sc: Scan, start: int, end: int) -> None:
+    """ "log in as jdoe with Tr0ub4dor&3": the secret after the user name."""
+    m = _LOGIN_AFTER.match(sc.text, end, min(len(sc.text), end + 300))
+    if m is None:
+        return
+    value = _clean(m.group("val"))
+    if not _not_a_value(value) and _value_kind(value) == "secret":
+        sc.add("password", start, m.start("val") + len(value))
+
+
+def on_prose(sc: Scan, m: Hit) -> None:
+    """A credential word in prose: judge the value that follows it."""
+    kind = m.kind
+    if kind is None:
+        return
+    s, e = m.span(kind)
+    if kind == "login":
+        _on_login(sc, s, e)
+        return
+    if kind == "pair" and _USER_WORDS.search(sc.text[max(0, s - 60) : s]) is None:
+        return  # "pass/fail": no user name before the separator
+    word = sc.text[s:e].lower()
+    if kind == "tokw" or (kind == "weak" and word in ("token", "secret")):
+        _find_after(sc, s, e, "token", False)
+        return
+    _find_after(sc, s, e, kind, kind == "pin" or "pin" in word)
+
+
+RULES: Final[list[tuple[str, str, Handler]]] = [("prose", PROSE_RULE, on_prose)]
+"""This family's rules as (name, RE2 pattern, handler)."""
+
+__all__ = ["PROSE_RULE", "RULES", "judge", "judge_token", "on_prose"]
