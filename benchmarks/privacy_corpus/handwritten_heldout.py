@@ -39,7 +39,7 @@ ROWS: tuple[Handwritten, ...] = (
       "Hola,\nla Sra. Begoña Urrutia está de baja por una depresión mayor hasta nuevo aviso.\nUn saludo"),
     h("health_named_person", f"health {P}", "fr", "chat",
       "rh : Thibault Garnier m'a dit qu'il suit une chimio pour un lymphome, on adapte son planning ?"),
-    h("health_named_person", f"health {P}", "de", "hl7_fhir",
+    h("health_named_person", f"date_of_birth health {P}", "de", "hl7_fhir",
       "PID|1||0042^^^KLINIK||Schubert^Karin||19650312|F\nDG1|1||F20.0^Paranoide Schizophrenie^I10-GM"),
     h("health_patient_id", "health", "en", "prose",
       "Pt #88213 - HbA1c 9.4, eGFR 41, started on empagliflozin; draft the discharge summary."),

@@ -142,7 +142,7 @@ TEMPLATES: tuple[Template, ...] = (
       "Die Geheimzahl meiner EC-Karte ist {{pin}} - wie kann ich sie ändern?", 4),
     t("ho-pin-3", "pin", "password", "en", "email",
       "Hi,\nthe SIM PIN is {{pin}} and the PUK is {{num:10000000-99999999}}.\nCheers", 4),
-    t("ho-userpw-1", "username_password_prose", f"password {P}", "en", "chat",
+    t("ho-userpw-1", "username_password_prose", "password", "en", "chat",
       "{{first:en}}: the shared account is {{user:en}}, and the password's {{pw}}", 4),
     t("ho-userpw-2", "username_password_prose", "password", "es", "prose",
       "Inicia sesión con el usuario {{user:es}} y la contraseña {{pw}} para ver las nóminas.", 4),
@@ -159,7 +159,7 @@ TEMPLATES: tuple[Template, ...] = (
     # --- structured secrets --------------------------------------------------------------------------
     t("ho-url-1", "connection_url", "connection_string", "en", "yaml_env",
       "spring:\n  datasource:\n    url: jdbc:mysql://db{{num:1-9}}.{{pick:northwind|contoso}}.net:3306/shop?user=app&password={{pw}}", 3),
-    t("ho-url-2", "connection_url", "connection_string", "en", "prose",
+    t("ho-url-2", "connection_url", "api_token connection_string", "en", "prose",
       "git push fails with https://{{user:en}}:{{key:github}}@github.com/{{pick:acme|globex}}/infra.git - why?", 3),
     t("ho-url-3", "connection_url", "connection_string", "en", "json_log",
       '{"msg":"retrying broker","uri":"amqps://{{user:en}}:{{pw}}@rabbit.{{pick:contoso|fabrikam}}.com:5671/vhost"}', 3),

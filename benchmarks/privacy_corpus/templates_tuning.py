@@ -113,7 +113,7 @@ TEMPLATES: tuple[Template, ...] = (
     t(
         "tu-health-3",
         "health_patient_id",
-        "health",
+        f"health {P}",
         "en",
         "hl7_fhir",
         "MSH|^~\\&|LAB|HOSP|||{{num:2024-2026}}0301||ORU^R01|{{num:10000-99999}}|P|2.5\n"
@@ -345,7 +345,7 @@ TEMPLATES: tuple[Template, ...] = (
     t(
         "tu-userpw-1",
         "username_password_prose",
-        f"password {P}",
+        "password",
         "en",
         "email",
         "Hi {{first:en}},\nyou can log in as {{user:en}} with {{pw}} until IT resets it.\nCheers",
