@@ -21,7 +21,8 @@ from typing import Any, Final
 
 import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 
-from edge_agent.routing.sensitivity.matching import Hit, Scan, escape, options, search
+from edge_agent.routing.sensitivity import names
+from edge_agent.routing.sensitivity.matching import Hit, Scan, bounded, escape, options, search
 from edge_agent.routing.sensitivity.terms import entries, word_lists
 
 _HEALTH_TERMS: Final[tuple[str, ...]] = entries("health_terms.txt")
@@ -37,6 +38,7 @@ _SUBJECTS: Final = frozenset(_CUES["subjects"])
 _SUBJECT_WITH_VERB: Final = frozenset(_CUES["subjects_with_verb"])
 _HEALTH_VERBS: Final = frozenset(_CUES["health_verbs"])
 _NAME_VERBS: Final = frozenset(_CUES["name_verbs"])
+_NAME_VERBS_LISTED: Final = frozenset(_CUES["name_verbs_listed"]) - _NAME_VERBS
 _OBJECTS: Final = frozenset(_CUES["objects"])
 _TOPIC_WORDS: Final = frozenset(_CUES["topic_words"])
 _TOPIC_AFTER: Final = frozenset(_CUES["topic_after"])
@@ -44,14 +46,52 @@ _NAME_STOP: Final = frozenset(_CUES["name_stop"])
 _ABBREVIATIONS: Final = _CUES["abbreviations"]  # a full stop after one ends no sentence
 
 _PATIENT_AFTER: Final = re.compile(
-    r"\s*(?:(?i:name|id|no\.?|number)\b|[#:])|\s+[A-Z][a-z]+\b(?!\s+(?:care|safety|data))"
+    r"(?:e|in|en|innen|es|s)?(?:[\s_-]*(?:(?i:name|id|no\.?|nr\.?|number|nummer|num|n\.?[º°]|"
+    r"numéro|número|dossier)\b|[\s_-]*[#:;|])"
+    r"|\s+[A-Z][a-z]+\b(?!\s+(?:care|safety|data)))"
+)
+"""After a patient word ("patient", "Patientin", "paciente", "patiënt"): an ID or name
+field ("patient_id", "Patientennr;", "n.º"), or a capitalised name."""
+
+_PATIENT_WORDS: Final = ("patient", "paciente", "pati\u00ebnt")
+_PATIENT_BEFORE: Final = (
+    "the ",
+    "this ",
+    "our ",
+    "my ",
+    "der ",
+    "die ",
+    "den ",
+    "dem ",
+    "unser ",
+    "unsere ",
+    "le ",
+    "la ",
+    "notre ",
+    "el ",
+    "nuestro ",
+    "nuestra ",
+    "de ",
+    "onze ",
+    "mijn ",
+    "mon ",
+    "ma ",
+    "mi ",
+    "mein ",
+    "meine ",
+)
+"""Words before a patient word that make it a specific patient ("the patient")."""
+
+_TITLE_NAME: Final = re.compile(
+    r"(?<![A-Za-z])(?:M(?:r|rs|s|iss)|Herr|Frau|Mme|Mlle|M\.|Sra?|Srta|Dhr|Mevr)\.?\s+[A-Z][a-z]+"
 )
 
 
-_TITLE_NAME: Final = re.compile(r"M(?:r|rs|s|iss)\.?\s+[A-Z][a-z]+")
-
-
-_RECORD_FIELD: Final = re.compile(r"\b(?:DOB|MRN|[Dd]ate of birth)\b")
+_RECORD_FIELD: Final = re.compile(
+    r"\b(?:DOB|MRN|[Dd]ate of birth|Geburtsdatum|[Dd]ate de naissance|[Ff]echa de nacimiento|"
+    r"[Gg]eboortedatum)\b|^PID\|",
+    re.MULTILINE,
+)
 
 
 _BOUNDARY_AT: Final = re.compile(r"[.!?](?=\s)|\n(?=[ \t]*\n)")
@@ -151,6 +191,8 @@ def health_about_person(text: str, start: int, end: int) -> bool:
             and before[i] not in _HEALTH_TERM_SET
         ):
             return True
+    if _named_before(text, s, start, before[first:]):
+        return True
     # the person right after the term: "prescribed me", "safe for me", "which he takes"
     if after and after[0] in _OBJECTS:
         return True
@@ -162,21 +204,80 @@ def health_about_person(text: str, start: int, end: int) -> bool:
     return False
 
 
+_RECORD_WORDS: Final = (
+    "dob",
+    "mrn",
+    "date of birth",
+    "geburtsdatum",
+    "date de naissance",
+    "fecha de nacimiento",
+    "geboortedatum",
+    "pid|",
+)
+
+
+_HONORIFIC_BEFORE: Final = re.compile(
+    r"(?:M(?:r|rs|s|iss)|Herr|Frau|Mme|Mlle|M\.|Sra?|Srta|Dhr|Mevr|Dr|Prof)\.?[ \t]+$"
+)
+
+
+_NAME_TOPIC: Final = _TOPIC_WORDS | frozenset(
+    ("by", "of", "on", "von", "über", "par", "sur", "por", "sobre", "door", "over")
+)
+"""Words that make the name right after them a topic, not a person the text is about."""
+
+
+def _named_before(text: str, s: int, start: int, words: list[str]) -> bool:
+    """A person named from the names list before the term in its sentence, with no topic
+    word after the name: "Tobias Lehmann leidet seit März an einer Depression", "Mme
+    Caroline Vidal est hospitalisée". The name must have two words or more, or follow an
+    honorific ("Frau Kessler"); with a verb from ``name_verbs_listed`` right after it a
+    listed name of one word does too ("Marie a un cancer").
+
+    ``words`` are the sentence's words before the term from the last topic word on (the
+    rule's other cues read the same words); the name must lie among them.
+    """
+    if not words:
+        return False
+    lowered_tail = " ".join(words)
+    for ns, ne in names.name_spans(text, s, start):
+        name = text[ns:ne]
+        parts = name.split()
+        last = parts[-1].lower()
+        if last not in lowered_tail:
+            continue  # the name is before a topic word ("an article about ...")
+        lead = [w.lower() for w in _split_words(text[s:ns])[-3:]]
+        if not _NAME_TOPIC.isdisjoint(lead):
+            continue  # a name that is the topic: "an article about Steve Jobs and cancer"
+        after = text[ne:start].split()
+        verb = after[0].lower().strip(",;:") if after else ""
+        if len(parts) >= 2 or _HONORIFIC_BEFORE.search(text, max(s, ns - 8), ns):
+            if _TOPIC_WORDS.isdisjoint(w.lower() for w in after):
+                return True
+        elif verb in _NAME_VERBS_LISTED or verb in _NAME_VERBS:
+            return True
+    return False
+
+
 def clinical_spots(text: str) -> list[int]:
     """Positions of patient-record cues: "Patient: Jane Roe", "patient ID", "the patient",
-    "Mrs. Alvarez", "DOB"/"MRN" fields. A medical term within 400 characters after or 200
-    before one is about that patient."""
+    "Mrs. Alvarez", "DOB"/"MRN" fields, an HL7 ``PID`` segment, and the same in German,
+    French, Spanish and Dutch ("Patientin Meier", "Patientennr;", "la patiente",
+    "Paciente n.º", "de patiënt", "Frau Meier", "Mme Vidal", "Geburtsdatum"). A medical
+    term within 400 characters after or 200 before one is about that patient."""
     spots: list[int] = []
     lowered = text.lower()
-    i = lowered.find("patient")
-    while i != -1:
-        if _PATIENT_AFTER.match(text, i + 7) or lowered[max(0, i - 6) : i].endswith(
-            ("the ", "this ", "our ", "my ")
-        ):
-            spots.append(i)
-        i = lowered.find("patient", i + 7)
+    for word in _PATIENT_WORDS:
+        size = len(word)
+        i = lowered.find(word)
+        while i != -1:
+            if _PATIENT_AFTER.match(text, i + size) or lowered[max(0, i - 8) : i].endswith(
+                _PATIENT_BEFORE
+            ):
+                spots.append(i)
+            i = lowered.find(word, i + size)
     spots.extend(m.start() for m in _TITLE_NAME.finditer(text))
-    if "dob" in lowered or "mrn" in lowered or "date of birth" in lowered:
+    if any(cue in lowered for cue in _RECORD_WORDS):
         spots.extend(m.start() for m in _RECORD_FIELD.finditer(text))
     spots.sort()
     return spots
@@ -226,7 +327,7 @@ def person_cue_pattern(terms: str | None = None) -> str:
     solid = f"[^{ws}{sep}]"
     punct = "[" + "".join("\\" + c if c.isascii() else c for c in _PUNCT) + "]"
     person = "(?i:" + "|".join(sorted(_PERSON_WORDS)) + ")"
-    verbs = "(?i:" + "|".join(sorted(_NAME_VERBS)) + ")"
+    verbs = "(?i:" + "|".join(sorted(_NAME_VERBS | _NAME_VERBS_LISTED)) + ")"
     abbreviation = "(?:" + "|".join(escape(a) for a in _ABBREVIATIONS) + r")\."
     # stretches with no boundary (and no window separator) in them
     inside = (
@@ -248,7 +349,10 @@ def person_cue_pattern(terms: str | None = None) -> str:
     cue = rf"(?:\A|[^A-Za-z0-9]){person}{edge}"
     cue_after_stop = f"[^A-Za-z0-9{ws}{sep}]{person}{edge}"  # the "(" of ".(me"
     name = f"{upper}{solid}{{2,}}{space}+(?:{punct}+{space}+)*{punct}*{verbs}{edge}"
-    before = f"(?:{cue}|{name}){inside}" + r"(?:\n[ \t]*|[.!?]+)?" + before_term
+    # a listed name (two capitalised words, particles between them; an honorific and a
+    # name; a capitalised word and a verb: the alternative above)
+    name2 = f"{upper}{solid}*[ \t]+(?:[a-z]{{1,5}}[ \t]+){{0,3}}{upper}"
+    before = f"(?:{cue}|{name}|{name2}){inside}" + r"(?:\n[ \t]*|[.!?]+)?" + before_term
     after = after_term + inside + rf"(?:\n[ \t]*)?(?:[.!?]*{cue_after_stop}|{cue})"
     return f"{before}|{after}"
 
@@ -313,9 +417,11 @@ def _abbreviation_in(text: str, at: int) -> bool:
 
 
 CLINICAL_CUES: Final = (
-    r"(?i:patient)",
-    r"M(?:r|rs|s|iss)\.?[\t-\r\x1c-\x1f\x85\pZ]+[A-Z][a-z]",
-    r"\b(?:DOB|MRN|[Dd]ate of birth)\b",
+    r"(?i:patient|paciente|pati\x{eb}nt)",
+    r"(?:M(?:r|rs|s|iss)|Herr|Frau|Mme|Mlle|M\.|Sra?|Srta|Dhr|Mevr)\.?"
+    r"[\t-\r\x1c-\x1f\x85\pZ]+[A-Z][a-z]",
+    r"(?i:dob|mrn|date of birth|geburtsdatum|date de naissance|fecha de nacimiento|"
+    r"geboortedatum|pid\|)",
 )
 r"""RE2 patterns in the set that fire whenever :func:`clinical_spots` can find a cue (its
 "patient" substring, its ``\s`` as Python's Unicode whitespace); when none fires, the
@@ -359,17 +465,30 @@ def make_term(rank: int, literal: str, cased: bool) -> Term:
     return Term(rank, cased, needle, pattern)
 
 
+def _ascii_edges(literal: str) -> bool:
+    return literal[:1].isascii() and literal[-1:].isascii()
+
+
 def term_pattern(literal: str, cased: bool) -> str:
-    """The RE2 pattern of one term (the health rule's alternative, alone)."""
-    return r"\b" + (escape(literal) if cased else "(?i:" + escape(literal) + ")") + r"\b"
+    """The RE2 pattern of one term (the health rule's alternative, alone). RE2's ``\\b``
+    is ASCII: a term that starts or ends with another letter ("épilepsie",
+    "diagnostiqué") has no boundary on that side."""
+    body = escape(literal) if cased else "(?i:" + escape(literal) + ")"
+    return bounded(body, literal)
 
 
 def health_pattern() -> str:
-    """The health rule's RE2 pattern: every term, in :func:`health_alternatives` order."""
+    """The health rule's RE2 pattern: every term, in :func:`health_alternatives` order
+    (terms with a non-ASCII first or last letter after the others, unbounded there)."""
     alternatives = health_alternatives()
-    ci = "|".join(escape(t) for t, cased in alternatives if not cased)
-    cs = "|".join(escape(t) for t, cased in alternatives if cased)
-    return r"\b(?:(?i:" + ci + r")|" + cs + r")\b"
+    plain = [(t, cased) for t, cased in alternatives if _ascii_edges(t)]
+    other = [(t, cased) for t, cased in alternatives if not _ascii_edges(t)]
+    ci = "|".join(escape(t) for t, cased in plain if not cased)
+    cs = "|".join(escape(t) for t, cased in plain if cased)
+    pattern = r"\b(?:(?i:" + ci + r")|" + cs + r")\b"
+    if other:
+        pattern += "|" + "|".join(term_pattern(t, cased) for t, cased in other)
+    return pattern
 
 
 def _near_clinical_record(sc: Scan, start: int, end: int) -> bool:
@@ -387,16 +506,19 @@ def _may_name_person(sc: Scan, start: int, end: int) -> bool:
     person: a necessary condition of it, at a fraction of its cost.
 
     The rule needs, in the term's sentence, a person word (my, his, her, our, I, he,
-    she, me, him, I'm, I've ...) or a capitalised word and a name verb ("John has"):
-    :func:`people_near` in ASCII text; elsewhere any such word in the widest window
-    the rule may look at (160 characters before the term, 100 after).
+    she, me, him, I'm, I've ...), a capitalised word and a name verb ("John has") or a
+    listed name before the term: :func:`people_near` in ASCII text; elsewhere any such
+    word, or a listed name before the term, in the widest window the rule may look at
+    (160 characters before the term, 100 after).
     """
     if sc.ascii:
         return people_near(sc.text, sc.data, [(start, end)])[0]
     lo = max(0, start - 160)
     hi = min(len(sc.text), end + 100)
     words = sc.text[lo:hi].lower().translate(_SEPARATE).split()
-    return not (_PERSON_WORDS.isdisjoint(words) and _NAME_VERBS.isdisjoint(words))
+    if not (_PERSON_WORDS.isdisjoint(words) and _NAME_VERBS.isdisjoint(words)):
+        return True
+    return bool(names.name_spans(sc.text, lo, start))
 
 
 def find_health(sc: Scan, terms: list[Term]) -> None:

@@ -275,8 +275,25 @@ def _typo_of_id(kind: str, compact: str) -> bool:
     )
 
 
+_DECOY_CONTEXT: Final = re.compile(
+    r"(?i)\b(?:test|tests|testing|fixture|fixtures|example|examples|e\.g|sample|dummy|fake|"
+    r"mock|placeholder|invalid|invalide|ungültig|ungueltig|inválido|invalido|ongeldig|"
+    r"beispiel|exemple|ejemplo|voorbeeld|validator|validate|validation|checksum|"
+    r"prüfziffer|11-proef|elfproef|11-proof)\b"
+)
+"""Words that say a value is made up (a test fixture, an invalid example, a validator's
+input): next to them a value that fails its check digits is a decoy, not a typo."""
+
+
+def _line_around(text: str, start: int, end: int) -> str:
+    """The sentence-ish context of a value: up to 100 characters either side, in its line."""
+    lo = text.rfind("\n", max(0, start - 100), start) + 1 or max(0, start - 100)
+    hi = text.find("\n", end, end + 100)
+    return text[lo : hi if hi != -1 else end + 100]
+
+
 def _passport_ok(compact: str) -> bool:
-    """6-9 letters and digits, at least two digits, not one or two digits repeated.
+    """6-9 letters and digits, at least one digit, not one or two digits repeated.
 
     Passport numbers have no check digit, so there is no typo to tell from a decoy: a
     straight run ("987654321") after a passport word is kept local (fail closed); only
@@ -286,8 +303,8 @@ def _passport_ok(compact: str) -> bool:
     return (
         6 <= len(compact) <= 9
         and compact.isalnum()
-        and len(digits) >= 2
-        and len(set(digits)) > (2 if len(digits) >= 6 else 1)
+        and len(digits) >= 1
+        and len(set(digits)) > (2 if len(digits) >= 6 else 0)
         and "00000" not in digits
     )
 
@@ -344,7 +361,9 @@ def on_idkw(sc: Scan, m: Hit) -> None:
     kind = _keyword_kind(" ".join(text[ks:ke].split()))
     compact = "".join(c for c in value if c.isalnum())
     digits = digits_of(compact)
-    if len(digits) < 2 or not 6 <= len(compact) <= 15 or DATE_LIKE.fullmatch(compact):
+    if not 6 <= len(compact) <= 15 or DATE_LIKE.fullmatch(compact):
+        return
+    if len(digits) < (1 if kind == "passport" else 2):
         return
     if kind == "passport":
         if _passport_ok(compact):
@@ -356,7 +375,7 @@ def on_idkw(sc: Scan, m: Hit) -> None:
             sc.add("national_id", s, e)
     elif validator(compact):
         sc.add("national_id", s, e)
-    elif _typo_of_id(kind, compact):
+    elif _typo_of_id(kind, compact) and not _DECOY_CONTEXT.search(_line_around(text, s, e)):
         sc.add("national_id", s, e, certain=False)
 
 

@@ -2,8 +2,8 @@
 
 Categories ``passport`` (document code ``P``, or a 44-character number line with no
 names line above it) and ``national_id`` (ID cards and other documents, codes ``I``,
-``A``, ``C``). One finding covers the whole zone (the names line and the number lines),
-so that redaction replaces it as one value.
+``A``, ``C``) for the number line(s), and ``person_name`` for the name field of the names
+line (``ERIKSSON<<ANNA<MARIA``), so that redaction replaces each as one value.
 
 Formats (Doc 9303 parts 4-6): TD3 (passports) is two lines of 44 characters, TD2 two of
 36, TD1 (ID cards) three of 30. The number line of TD3/TD2 holds the document number and
@@ -16,14 +16,14 @@ The rule (:data:`MRZ_RULE`) matches the number line's fixed core (or a TD1 first
 second line), and :func:`on_mrz` validates the check digits:
 
 * all three check digits right: a certain finding;
-* a check digit wrong but a names line (``P<UTOERIKSSON<<ANNA<MARIA<<<...``) right above
-  it: an uncertain finding (fail closed: the names and dates are there, a check digit may
+* a check digit wrong but a names line (``P<UTOERIKSSON<<ANNA<MARIA<<<...``) next to it:
+  an uncertain finding (fail closed: the names and dates are there, a check digit may
   have been mistyped or OCR-read wrong);
 * otherwise (a stray string of that shape with wrong check digits): nothing.
 
 A names line alone (``P<UTOERIKSSON<<ANNA<MARIA<<<...`` of 30 characters or more, with the
-``<<`` between surname and given names) is an uncertain finding too: it is a person's name
-from a travel document, whatever follows it.
+``<<`` between surname and given names) gives its ``person_name`` finding: it is a
+person's name from a travel document, whatever follows it.
 """
 
 from __future__ import annotations
@@ -108,6 +108,14 @@ def _category(code: str, length: int) -> str:
     return "national_id"
 
 
+def _add_name(sc: Scan, start: int, field: str) -> None:
+    """A ``person_name`` finding for the name field ``SURNAME<<GIVEN<NAMES<<<`` that
+    starts at ``start``: from its first letter to its last."""
+    letters = [i for i, c in enumerate(field) if c.isalpha()]
+    if letters:
+        sc.add("person_name", start + letters[0], start + letters[-1] + 1)
+
+
 def on_mrz(sc: Scan, m: Hit) -> None:
     """Validates a zone's check digits (the module docstring says what is found)."""
     text = sc.text
@@ -116,30 +124,30 @@ def on_mrz(sc: Scan, m: Hit) -> None:
         line = text[s:e]
         above = _line_above(text, s)
         names = above is not None and _NAMES_LINE.fullmatch(above[1]) is not None
-        start = above[0] if above is not None and names else s
         code = above[1][:1] if above is not None and names else ""
-        if number_line_ok(line):
-            sc.add(_category(code, len(line)), start, e)
-        elif names:
-            sc.add(_category(code, len(line)), start, e, certain=False)
+        ok = number_line_ok(line)
+        if ok or names:
+            sc.add(_category(code, len(line)), s, e, certain=ok)
+        if names and above is not None:
+            _add_name(sc, above[0] + 5, above[1][5:])
     elif m.has("td1"):
         s, e = m.span("td1")
         first, _nl, second = text[s:e].partition("\n")
-        end = e
-        after = text[e : e + 40]
-        if after.startswith("\n") or after.startswith("\r\n"):
-            third = after.strip().split("\n", 1)[0].strip()
-            if third and set(third) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZ<") and "<<" in third:
-                end = text.index(third, e) + len(third)
         certain = td1_ok(first.strip(), second.strip())
-        category = _category(first.strip()[:1], 30)
-        sc.add(category, s, end, certain=certain)
-        if not certain and "<<" not in text[e:end]:
-            sc.findings.pop()  # a stray string of that shape: neither checks nor names
+        after = text[e : e + 40]
+        third = after.strip().split("\n", 1)[0].strip() if after[:1] in "\r\n" else ""
+        has_names = bool(third) and set(third) <= set(_MRZ_LETTERS) and "<<" in third
+        if certain or has_names:
+            sc.add(_category(first.strip()[:1], 30), s, e, certain=certain)
+        if has_names:
+            _add_name(sc, text.index(third, e), third)
     else:
         s, e = m.span("names")
         if e - s >= 30 and _NUMBER_LINE.match(text, e) is None:
-            sc.add(_category(text[s], e - s), s, e, certain=False)
+            _add_name(sc, s + 5, text[s + 5 : e])
+
+
+_MRZ_LETTERS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZ<"
 
 
 RULES: Final[list[tuple[str, str, Handler]]] = [("mrz", MRZ_RULE, on_mrz)]

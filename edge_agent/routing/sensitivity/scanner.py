@@ -21,7 +21,9 @@ from edge_agent.routing.sensitivity import (
     health,
     identifiers,
     internal,
+    obfuscated,
     people,
+    prose_credentials,
 )
 from edge_agent.routing.sensitivity.config import SensitivityConfig
 from edge_agent.routing.sensitivity.matching import (
@@ -32,6 +34,7 @@ from edge_agent.routing.sensitivity.matching import (
     Scan,
     match_spans,
 )
+from edge_agent.routing.sensitivity.people import find_names
 from edge_agent.routing.sensitivity.verdict import CATEGORY_LEVELS, Finding, Level, Verdict
 
 
@@ -41,7 +44,9 @@ def _rules(config: SensitivityConfig, health_pattern: str) -> list[tuple[str, st
     (``stop_at_restricted`` skips the rest once a restricted finding is made)."""
     rules: list[tuple[str, str, Handler]] = [
         *credentials.RULES,
+        *prose_credentials.RULES,
         *contact.RULES,
+        *obfuscated.RULES,
         *identifiers.RULES,
         *people.RULES,
         ("health", health_pattern, health.on_health),
@@ -182,6 +187,8 @@ class SensitivityDetector:
             for m in pattern.finditer(text):
                 if m.end() > m.start():
                     sc.add(category, m.start(), m.end())
+        if sc.findings and "person_name" not in self._disabled:
+            find_names(sc)  # person names next to the other findings (a names list)
         return self._postprocess(sc.findings)
 
     def _run_rule(self, sc: Scan, rule: int) -> None:
