@@ -83,8 +83,10 @@ _PATIENT_BEFORE: Final = (
 """Words before a patient word that make it a specific patient ("the patient")."""
 
 _TITLE_NAME: Final = re.compile(
-    r"(?<![A-Za-z])(?:M(?:r|rs|s|iss)|Herr|Frau|Mme|Mlle|M\.|Sra?|Srta|Dhr|Mevr)\.?\s+[A-Z][a-z]+"
+    r"(?:M(?:r|rs|s|iss)|Herr|Frau|Mme|Mlle|M\.|Sra?|Srta|Dhr|Mevr)\.?\s+[A-Z][a-z]+"
 )
+"""An honorific and a name; one that ends a longer word ("PM. Then") is no cue (checked
+in Python: a lookbehind here would cost the regex its fast scan for a first letter)."""
 
 
 _RECORD_FIELD: Final = re.compile(
@@ -191,7 +193,7 @@ def health_about_person(text: str, start: int, end: int) -> bool:
             and before[i] not in _HEALTH_TERM_SET
         ):
             return True
-    if _named_before(text, s, start, before[first:]):
+    if _named_before(text, s, start, before_cased[first:]):
         return True
     # the person right after the term: "prescribed me", "safe for me", "which he takes"
     if after and after[0] in _OBJECTS:
@@ -234,12 +236,13 @@ def _named_before(text: str, s: int, start: int, words: list[str]) -> bool:
     honorific ("Frau Kessler"); with a verb from ``name_verbs_listed`` right after it a
     listed name of one word does too ("Marie a un cancer").
 
-    ``words`` are the sentence's words before the term from the last topic word on (the
-    rule's other cues read the same words); the name must lie among them.
+    ``words`` are the sentence's words before the term from the last topic word on, as
+    written (the rule's other cues read the same words); the name must lie among them,
+    and one of them must be a listed name or an honorific for the names list to be read.
     """
-    if not words:
-        return False
-    lowered_tail = " ".join(words)
+    if not any(w in names.NAME_WORDS for w in words):
+        return False  # no listed name, no honorific: nothing for the names list to find
+    lowered_tail = " ".join(words).lower()
     for ns, ne in names.name_spans(text, s, start):
         name = text[ns:ne]
         parts = name.split()
@@ -276,7 +279,11 @@ def clinical_spots(text: str) -> list[int]:
             ):
                 spots.append(i)
             i = lowered.find(word, i + size)
-    spots.extend(m.start() for m in _TITLE_NAME.finditer(text))
+    spots.extend(
+        m.start()
+        for m in _TITLE_NAME.finditer(text)
+        if m.start() == 0 or not text[m.start() - 1].isascii() or not text[m.start() - 1].isalpha()
+    )
     if any(cue in lowered for cue in _RECORD_WORDS):
         spots.extend(m.start() for m in _RECORD_FIELD.finditer(text))
     spots.sort()
@@ -351,7 +358,10 @@ def person_cue_pattern(terms: str | None = None) -> str:
     name = f"{upper}{solid}{{2,}}{space}+(?:{punct}+{space}+)*{punct}*{verbs}{edge}"
     # a listed name (two capitalised words, particles between them; an honorific and a
     # name; a capitalised word and a verb: the alternative above)
-    name2 = f"{upper}{solid}*[ \t]+(?:[a-z]{{1,5}}[ \t]+){{0,3}}{upper}"
+    # (a word with no terminal punctuation in it, or a short honorific and its full stop:
+    # "Friday. How" is no name, "Mr. Smith" may be)
+    dotted = r"(?:Mr|Mrs|Ms|Mx|Dr|Prof|Hr|Fr|M|Mme|Mlle|Sr|Sra|Srta|Dhr|Mevr|Mw|Sig|Dott)\."
+    name2 = f"(?:{upper}[^{ws}{sep}.!?]*|{dotted})[ \t]+(?:[a-z]{{1,5}}[ \t]+){{0,3}}{upper}"
     before = f"(?:{cue}|{name}|{name2}){inside}" + r"(?:\n[ \t]*|[.!?]+)?" + before_term
     after = after_term + inside + rf"(?:\n[ \t]*)?(?:[.!?]*{cue_after_stop}|{cue})"
     return f"{before}|{after}"
@@ -420,8 +430,8 @@ CLINICAL_CUES: Final = (
     r"(?i:patient|paciente|pati\x{eb}nt)",
     r"(?:M(?:r|rs|s|iss)|Herr|Frau|Mme|Mlle|M\.|Sra?|Srta|Dhr|Mevr)\.?"
     r"[\t-\r\x1c-\x1f\x85\pZ]+[A-Z][a-z]",
-    r"(?i:dob|mrn|date of birth|geburtsdatum|date de naissance|fecha de nacimiento|"
-    r"geboortedatum|pid\|)",
+    r"\b(?i:dob|mrn|date of birth|geburtsdatum|date de naissance|fecha de nacimiento|"
+    r"geboortedatum)\b|(?m:^)(?i:pid)\|",
 )
 r"""RE2 patterns in the set that fire whenever :func:`clinical_spots` can find a cue (its
 "patient" substring, its ``\s`` as Python's Unicode whitespace); when none fires, the

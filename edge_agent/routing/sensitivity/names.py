@@ -35,9 +35,10 @@ _LISTED: Final = (GIVEN_NAMES | SURNAMES) - STOP_WORDS
 _UPPER: Final = "A-ZÀ-ÖØ-ÞĀĂĄĆČĎĐĒĘĚĞİŁŃŇŐŒŘŚŞŠŢŤŮŰŸŹŻŽ"
 _LOWER: Final = "a-zß-öø-ÿāăąćčďđēęěğıłńňőœřśşšţťůűźżž"
 _WORD: Final = (
-    rf"(?:(?:Mc|Mac|O'|O\u2019|D'|D\u2019|d'|d\u2019)?[{_UPPER}][{_LOWER}'\u2019]+"
-    rf"(?:-[{_UPPER}][{_LOWER}'\u2019]+)?|[{_UPPER}]{{2,}})"
+    rf"[{_UPPER}](?:[{_UPPER}]+(?![{_LOWER}])|[{_LOWER}'\u2019]*(?:[{_UPPER}][{_LOWER}'\u2019]+)?)"
+    rf"(?:-[{_UPPER}][{_LOWER}'\u2019]+)*"
 )
+"""A capitalised word: "Anna", "Müller", "O'Brien", "McDonald", "Al-Masri", "SCHMIDT"."""
 _PARTICLE: Final = (
     r"(?:van\s+der|van\s+den|van\s+de|von\s+der|de\s+la|de\s+los|de\s+las|van|von|vom|zu|"
     r"de|del|della|di|da|dos|das|du|le|la|ter|ten|bin|ibn|bint|al|el|y)"
@@ -59,12 +60,48 @@ _LABEL: Final = (
     r"first_?name|last_?name|given_?name|family_?name|full_?name|patient_?name|surname)"
 )
 
-_CANDIDATE: Final = re.compile(
-    rf"(?P<label>(?<![\w]){_LABEL}[\"']?[ \t]*[:=][ \t]*[\"']?[ \t]*)?"
-    rf"(?P<hon>(?<![\w.]){_HONORIFIC}[ \t]+)?"
-    rf"(?<![\w'\u2019-])(?P<run>{_RUN})(?![\w'\u2019])"
-)
+_RUN_RE: Final = re.compile(_RUN)
 _WORD_RE: Final = re.compile(_WORD)
+_LABEL_BEFORE: Final = re.compile(rf"(?<![\w]){_LABEL}[\"']?[ \t]*[:=][ \t]*[\"']?[ \t]*\Z")
+_HONORIFIC_WORDS: Final = frozenset(
+    [
+        "Mr",
+        "Mrs",
+        "Ms",
+        "Mx",
+        "Miss",
+        "Dr",
+        "Prof",
+        "Herr",
+        "Frau",
+        "Hr",
+        "Fr",
+        "Mme",
+        "Mlle",
+        "Sr",
+        "Sra",
+        "Srta",
+        "Dhr",
+        "Mevr",
+        "Mw",
+        "Sig",
+        "Dott",
+        "Don",
+        "Doña",
+        "Señor",
+        "Señora",
+        "Monsieur",
+        "Madame",
+    ]
+)
+NAME_WORDS: Final[frozenset[str]] = (
+    GIVEN_NAMES | SURNAMES | _HONORIFIC_WORDS | frozenset(w.upper() for w in _LISTED)
+)
+"""Every word that can start or anchor a name as written (names, honorifics; a cheap
+first test before :func:`name_spans`)."""
+
+_HONORIFIC_DOTTED: Final = frozenset(("M.", "Sig.ra"))
+_JOINERS: Final = frozenset("_'\u2019-")
 
 
 def _fold(word: str) -> str:
@@ -109,21 +146,45 @@ def _span(words: list[tuple[int, int, str]], i: int, j: int) -> tuple[int, int]:
     return words[i][0], words[j - 1][1]
 
 
+def _anchored(text: str, lo: int, s: int) -> bool:
+    """An honorific or a name label right before ``text[s]`` (not before ``lo``)."""
+    tail = text[max(lo, s - 6) : s]
+    if (":" in tail or "=" in tail) and _LABEL_BEFORE.search(text[max(lo, s - 40) : s]):
+        return True
+    if tail[-1:] not in (" ", "\t"):
+        return False
+    before = text[max(lo, s - 12) : s].split()
+    return bool(before) and (
+        before[-1] in _HONORIFIC_DOTTED or before[-1].rstrip(".") in _HONORIFIC_WORDS
+    )
+
+
 def name_spans(text: str, lo: int, hi: int) -> list[tuple[int, int]]:
     """Spans of person names in ``text[lo:hi]`` (the rules of the module docstring)."""
     spans: list[tuple[int, int]] = []
-    for m in _CANDIDATE.finditer(text, lo, hi):
-        s, e = m.span("run")
+    for m in _RUN_RE.finditer(text, lo, hi):
+        s, e = m.span()
+        if (s > lo and (text[s - 1].isalnum() or text[s - 1] in _JOINERS)) or (
+            e < hi and (text[e].isalnum() or text[e] in _JOINERS)
+        ):
+            continue  # part of a longer token ("xAnna", "Anna_1")
         words = [(w.start(), w.end(), w.group()) for w in _WORD_RE.finditer(text, s, e)]
+        anchored = _anchored(text, lo, s)
+        if words and words[0][2] in _HONORIFIC_WORDS and len(words) > 1:
+            words = words[1:]  # "Frau Kessler", "Mr Smith"
+            anchored = True
         if not words:
             continue
-        if m.group("hon") is not None or m.group("label") is not None:
-            keep = words[:4]
-            # a label's run stops before a word that is no name ("Name: Jane Roe Diagnosis")
-            while len(keep) > 1 and not _listed(keep[-1][2]) and not _unlisted_ok(keep[-1][2]):
-                keep.pop()
-            if keep[0][2] not in STOP_WORDS or keep[0][2] in GIVEN_NAMES:
-                spans.append(_span(keep, 0, len(keep)))
+        if anchored:
+            # the first word, an unknown second one, then listed names only (a label's run
+            # stops before a word that is no name: "Name: Jane Roe Diagnosis")
+            j = 1
+            if j < len(words) and (_listed(words[j][2]) or _unlisted_ok(words[j][2])):
+                j += 1
+            while j < min(len(words), 4) and _listed(words[j][2]):
+                j += 1
+            if words[0][2] not in STOP_WORDS or words[0][2] in GIVEN_NAMES:
+                spans.append(_span(words, 0, j))
             continue
         # no anchor: the first word that may start a name starts it
         i = 0
@@ -142,4 +203,4 @@ def name_spans(text: str, lo: int, hi: int) -> list[tuple[int, int]]:
     return spans
 
 
-__all__ = ["GIVEN_NAMES", "STOP_WORDS", "SURNAMES", "name_spans"]
+__all__ = ["GIVEN_NAMES", "NAME_WORDS", "STOP_WORDS", "SURNAMES", "name_spans"]
