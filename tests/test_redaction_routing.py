@@ -20,12 +20,12 @@ from edge_agent.api.app import create_agent_app
 from edge_agent.config import AgentConfig
 from edge_agent.runtimes.llama_cpp import LlamaCppRuntime
 
-EMAIL = "jane.doe@example.org"
-PHONE = "+44 20 7946 0958"
-IBAN = "DE89 3704 0044 0532 0130 00"
+EMAIL = "jane.doe@posteo.de"
+PHONE = "+49 30 2318 4467"
+IBAN = "DE44 5001 0517 5407 3249 31"
 PASSWORD = "Tr0ub4dor&3x"
 PLAN = f"Plan a follow-up: e-mail {EMAIL}, call {PHONE}, then confirm to {EMAIL}."
-ORIGINALS = (EMAIL, PHONE, IBAN, PASSWORD, "jane.doe", "7946", "3704")
+ORIGINALS = (EMAIL, PHONE, IBAN, PASSWORD, "jane.doe", "posteo", "2318", "5001 0517")
 _PLACEHOLDER = re.compile(r"\[[A-Z]+_[0-9]+\]")
 # TestClient's responses (httpx's Response, whichever httpx distribution starlette uses).
 Response = Any

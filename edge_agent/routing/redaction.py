@@ -30,7 +30,7 @@ The map holds the original values: it never leaves the device and is never logge
 
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from edge_agent.routing.sensitivity import CATEGORY_LEVELS, Finding, Level
@@ -137,16 +137,14 @@ class PlaceholderMap:
     def __repr__(self) -> str:  # never the values
         return f"PlaceholderMap({len(self._by_placeholder)} placeholders)"
 
-    def _issue(self, kind: str, value: str, taken: Callable[[str], bool]) -> str:
-        """The placeholder of ``value`` (issued now if it has none); lock held."""
-        known = self._by_value.get((kind, value))
-        if known is not None:
-            return known
+    def _issue(self, kind: str, value: str, taken: Collection[str]) -> str:
+        """A new placeholder for ``value``; lock held. Placeholders in ``taken`` (those
+        that appear literally in the conversation) are skipped."""
         if len(self._by_placeholder) >= self._max_entries:
             raise RedactionRefused(f"more than {self._max_entries} values to redact")
         number = self._next.get(kind, 1)
         placeholder = f"[{kind}_{number}]"
-        while taken(placeholder):  # typed by the user: never issue it
+        while placeholder in taken:  # typed by the user: never issue it
             number += 1
             placeholder = f"[{kind}_{number}]"
         if number >= 10**MAX_DIGITS:
@@ -157,7 +155,8 @@ class PlaceholderMap:
         return placeholder
 
     def redact(self, texts: Sequence[str], findings: Iterable[Finding]) -> Redacted:
-        """``texts`` with every redactable finding replaced by its value's placeholder.
+        """``texts`` with every redactable finding replaced by its value's placeholder,
+        numbered in reading order.
 
         Findings of other categories are left in place (check :func:`redaction_blocker`
         first). Raises :class:`RedactionRefused` for a span outside its text or a full map.
@@ -165,33 +164,34 @@ class PlaceholderMap:
         spans = _spans(texts, findings)
         if not spans:
             return Redacted(tuple(texts), {})
-
-        def taken(placeholder: str) -> bool:
-            return any(placeholder in text for text in texts)
-
+        # Placeholder look-alikes already in the texts (one search for all of them).
+        taken = {m for text in texts if "[" in text for m in _PLACEHOLDER.findall(text)}
+        pieces: list[list[str]] = [[] for _ in texts]
+        done = [0] * len(texts)  # how far each text has been copied
         counts: dict[str, int] = {}
-        with self._lock:  # numbered in reading order
-            issued = [
-                self._issue(PLACEHOLDER_TYPES[category], texts[message][start:end], taken)
-                for message, start, end, category in spans
-            ]
-        out = list(texts)
-        # Right to left within each message, so earlier offsets stay valid.
-        pairs = list(zip(spans, issued, strict=True))
-        for (message, start, end, category), placeholder in reversed(pairs):
-            out[message] = out[message][:start] + placeholder + out[message][end:]
-            counts[category] = counts.get(category, 0) + 1
-        return Redacted(tuple(out), counts)
+        known = self._by_value
+        with self._lock:
+            for message, start, end, category in spans:  # sorted by position
+                kind = PLACEHOLDER_TYPES[category]
+                text = texts[message]
+                value = text[start:end]
+                placeholder = known.get((kind, value)) or self._issue(kind, value, taken)
+                pieces[message] += (text[done[message] : start], placeholder)
+                done[message] = end
+                counts[category] = counts.get(category, 0) + 1
+        out = tuple(
+            "".join(parts) + text[done[i] :] if parts else text
+            for i, (text, parts) in enumerate(zip(texts, pieces, strict=True))
+        )
+        return Redacted(out, counts)
 
     def restore(self, text: str) -> str:
         """``text`` with every placeholder this map issued replaced by its value; anything
         else, placeholder-like or not, unchanged."""
-        if "[" not in text:
+        if "[" not in text or not self._by_placeholder:
             return text
-        with self._lock:
-            values = dict(self._by_placeholder) if self._by_placeholder else None
-        if values is None:
-            return text
+        # Entries are only ever added, and dict.get is atomic: no lock, no copy.
+        values = self._by_placeholder
         return _PLACEHOLDER.sub(lambda m: values.get(m.group(0), m.group(0)), text)
 
     def restorer(self) -> "StreamRestorer":
@@ -214,6 +214,8 @@ class StreamRestorer:
 
     def feed(self, piece: str) -> str:
         """The restored text that can be sent after ``piece``."""
+        if not self._held and "[" not in piece:
+            return piece  # the common case: nothing held, nothing to restore
         text = self._held + piece
         cut = text.rfind("[")
         if cut >= 0 and _PREFIX.match(text, cut):

@@ -117,7 +117,6 @@ class Redaction:
     placeholders: redaction.PlaceholderMap
     counts: tuple[tuple[str, int], ...]  # (category, spans replaced)
     verdict: Verdict  # of the redacted copy
-    categories: tuple[str, ...]  # of the original request, every finding
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +257,7 @@ class Router:
             return hints.redact
         return hints.task_class is not None and hints.task_class in self.redact_classes
 
-    def _full_detector(self) -> "SensitivityDetector | DeferredDetector":
+    def full_detector(self) -> "SensitivityDetector | DeferredDetector":
         """A detector that reports every finding (redaction must replace them all), built
         on the first redaction; the routing detector itself when it already does."""
         if self._full is None:
@@ -272,9 +271,11 @@ class Router:
                     )
         return self._full
 
-    def _redact(self, routed: RoutedRequest, texts: list[str]) -> tuple[str, Redaction | None]:
-        """The redacted copy of the request and the level of what is left, or why none."""
-        full = self._full_detector().classify_messages(texts)
+    def _redact(
+        self, routed: RoutedRequest, texts: list[str], full: Verdict
+    ) -> tuple[str, Redaction | None]:
+        """The redacted copy of the request (``full``: every finding) and the level of what
+        is left, or why there is none."""
         blocker = redaction.redaction_blocker(full.findings)
         if blocker is not None:
             return blocker, None
@@ -293,25 +294,32 @@ class Router:
         )
         copy = replace(routed.request, messages=messages)
         counts = tuple(sorted(redacted.counts.items()))
-        return "applied", Redaction(copy, placeholders, counts, after, full.categories)
+        return "applied", Redaction(copy, placeholders, counts, after)
 
-    def decide(self, routed: RoutedRequest) -> Planned:
+    def decide(self, routed: RoutedRequest) -> tuple[Decision, tuple[str, ...]]:
+        """The decision for a request and its categories (:meth:`plan` without the copy)."""
+        planned = self.plan(routed)
+        return planned.decision, planned.categories
+
+    def plan(self, routed: RoutedRequest) -> Planned:
         """Classify every message that would leave (history included), redact when asked
         and possible, then decide."""
         texts = [m.content for m in routed.request.messages]
-        verdict = self.detector.classify_messages(texts)
         hints = routed.hints
-        status: str | None = None
-        red: Redaction | None = None
-        if (
-            verdict.level is Level.RESTRICTED
-            and self.wants_redaction(hints)
+        may_redact = bool(
+            self.wants_redaction(hints)
             and not hints.force_local
             and hints.declared is not Level.RESTRICTED
             and self.floor is not Level.RESTRICTED
             and self.remotes
-        ):
-            status, red = self._redact(routed, texts)
+        )
+        # Redaction needs every finding: one full scan instead of the routing scan.
+        detector = self.full_detector() if may_redact else self.detector
+        verdict = detector.classify_messages(texts)
+        status: str | None = None
+        red: Redaction | None = None
+        if may_redact and verdict.level is Level.RESTRICTED:
+            status, red = self._redact(routed, texts, verdict)
         detected = red.verdict.level if red is not None else verdict.level
         level = effective_level(detected, hints.declared)
         if hints.latency_budget_ms is None and self.config.default_latency_budget_ms:
@@ -325,8 +333,7 @@ class Router:
             cascade_tasks=self.config.cascade.task_classes,
             floor=self.floor,
         )
-        categories = red.categories if red is not None else verdict.categories
-        return Planned(decision, categories, red, status)
+        return Planned(decision, verdict.categories, red, status)
 
     def _unavailable(self, decision: Decision, attempts: list[tuple[str, str]]) -> NoTierAvailable:
         waits = [
@@ -368,7 +375,7 @@ class Router:
         return completion
 
     def complete(self, routed: RoutedRequest) -> RoutedResult:
-        planned = self.decide(routed)
+        planned = self.plan(routed)
         decision = planned.decision
         if not decision.plan:
             raise self._unavailable(decision, [])
@@ -463,7 +470,7 @@ class Router:
         Streams are not cascaded (confidence is known only at the end of the answer).
         A remote tier's placeholders are restored as the chunks pass (:func:`restored`).
         """
-        planned = self.decide(routed)
+        planned = self.plan(routed)
         decision = planned.decision
         if not decision.plan:
             raise self._unavailable(decision, [])
