@@ -174,17 +174,19 @@ _KEYWORDS: Final = _keyword_table()
 _CONNECTORS: Final = (
     r"number|num|no|nr|nummer|numéro|numero|número|núm|code|id|"
     r"is|was|reads|ist|lautet|lautete|est|es|era|luidt|was|are|sind|"
-    r"the|die|der|le|la|el|de|del|van|het|my|mein|meine|mon|ma|mi|mijn|"
+    r"the|die|der|des|le|la|el|de|del|du|van|von|vom|het|my|mein|meine|mon|ma|mi|mijn|"
     r"has|hat|with|mit|avec|con|met|a|tiene|heeft|of|for|für|pour|para|voor|"
     r"klant|client|customer|kunde|kundin|cliente|patient|patiënt|paciente|employee|"
     r"mitarbeiter|werknemer|empleado|salarié|holder|inhaber|titular|titulaire"
 )
 """Words that may stand between an ID's name and its value ("BSN-nummer is", "pasaporte
-número", "Reisepass hat die Nummer", "BSN-nummer van de klant"), at most four of them."""
+número", "Reisepass hat die Nummer", "BSN-nummer van de klant"), at most four of them;
+capitalised words count too ("Steuer-ID von Frau Petra Hoffmann:")."""
 
 IDKW_RULE = (
     r"(?i:\b(?P<kw>" + "|".join(frag for _kind, frag, _re in _KEYWORDS) + r")\b)"
-    r"(?:[^A-Za-z0-9\n]{0,4}(?:(?i:" + _CONNECTORS + r")\b\.?|(?i:n)[°º]|(?i:n)\.º|#)){0,4}"
+    r"(?:[^A-Za-z0-9\n]{0,4}(?:(?i:" + _CONNECTORS + r")\b\.?|\p{Lu}\pL+\b|(?i:n)[°º]|"
+    r"(?i:n)\.º|#)){0,4}"
     r"[^A-Za-z0-9\n]{0,4}"
     r"(?P<id>[A-Z0-9](?:[A-Z0-9]|[ .\-/][A-Z0-9]){4,22})\b"
 )

@@ -110,6 +110,9 @@ def _fold(word: str) -> str:
 
 def _listed(word: str) -> bool:
     """A listed name that is no stop word (all-caps words are looked up as capitalised)."""
+    cut = _possessive(word)
+    if cut:
+        word = word[:-cut]  # "Anna's", "Jones'"
     if word.isupper() and len(word) > 1:
         word = word.capitalize()
     return word in _LISTED or (not word.isascii() and _fold(word) in _LISTED)
@@ -164,11 +167,15 @@ def name_spans(text: str, lo: int, hi: int) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     for m in _RUN_RE.finditer(text, lo, hi):
         s, e = m.span()
-        if (s > lo and (text[s - 1].isalnum() or text[s - 1] in _JOINERS)) or (
-            e < hi and (text[e].isalnum() or text[e] in _JOINERS)
-        ):
-            continue  # part of a longer token ("xAnna", "Anna_1")
         words = [(w.start(), w.end(), w.group()) for w in _WORD_RE.finditer(text, s, e)]
+        # a word that is part of a longer token is no name word ("xAnna", "Anna_1",
+        # the "ID" of "Steuer-ID")
+        if words and s > lo and (text[s - 1].isalnum() or text[s - 1] in _JOINERS):
+            words = words[1:]
+        if words and e < hi and (text[e].isalnum() or text[e] in _JOINERS):
+            words = words[:-1]
+        if words:
+            s = words[0][0]
         anchored = _anchored(text, lo, s)
         if words and words[0][2] in _HONORIFIC_WORDS and len(words) > 1:
             words = words[1:]  # "Frau Kessler", "Mr Smith"
@@ -197,8 +204,8 @@ def name_spans(text: str, lo: int, hi: int) -> list[tuple[int, int]]:
             j += 1
         if j < len(words) and _unlisted_ok(words[j][2]):
             j += 1
-        if j - i == 1 and words[i][2] not in _LISTED:
-            continue
+        if j - i == 1 and (not _listed(words[i][2]) or words[i][2].isupper()):
+            continue  # one word alone: a listed name, not an acronym ("IBAN", "NIE")
         spans.append(_span(words, i, j))
     return spans
 

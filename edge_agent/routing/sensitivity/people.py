@@ -9,7 +9,8 @@ Dates of birth (rules in the scanner's RE2 set, :data:`RULES`):
   "geb.", "Geburtsdatum", "né le", "née le", "date de naissance", "fecha de nacimiento",
   "nacido el", "geboortedatum", JSON/CSV keys such as ``date_of_birth``, ``birthDate``,
   ``fecha_nacimiento``. The set sees the word only; :func:`on_dob` then looks for a date
-  at most five words after it, in the same sentence. A word that heads a CSV/TSV column
+  at most five words after it (three after a verb: "born in Madrid on"), in the same
+  sentence. A word that heads a CSV/TSV column
   (``name,dob,phone``) makes the dates in that column of the rows below it birth dates.
 * a numeric date right after a person's name ("Anna Schmidt, 12.03.1985", "Jan de Vries
   (1979-11-02)", "Anna Schmidt * 12.03.1985"), when the name is a listed name
@@ -127,12 +128,12 @@ def date_ok(m: re.Match[str], partial: bool) -> bool:
 # Rules and their handlers.
 
 DOB_RULE: Final = (
-    r"\b(?i:(?:date[ _-]?of[ _-]?birth|birth[ _-]?date|birthday|born|d\.o\.b|dob|"
+    r"(?:\b|_)(?i:(?:date[ _-]?of[ _-]?birth|birth[ _-]?date|birthday|born|d\.o\.b|dob|"
     r"geboren|geburtsdatum|geburtstag|geb\.?[ -]?datum|"
     r"n[ée]\(?e?\)?[ \t]+le|n[ée]\(?e?\)?[ \t]*:|date[ _-](?:de[ _-])?naissance|naissance|"
     r"fecha[ _-](?:de[ _-])?nacimiento|nacid[oa]|f(?:echa)?\.?[ ]?nac|"
     r"geboortedatum|geboortedag|data[ _-]di[ _-]nascita|nat[oa][ \t]+il|"
-    r"data[ _-]de[ _-]nascimento|nascid[oa])\b|geb\.)"
+    r"data[ _-]de[ _-]nascimento|nascid[oa])(?:\b|_)|geb\.)"
 )
 """RE2 pattern of the words that announce a date of birth."""
 
@@ -140,17 +141,18 @@ _VERB: Final = re.compile(r"(?i)born|geboren\b|n[ée]|nacid|nat[oa]|nascid")
 """Birth-date words that are verbs (after them a full date is needed)."""
 
 _GAP_WORDS: Final = 5
+_VERB_GAP_WORDS: Final = 3  # "born in Madrid on 3 May 1980", not "Born to Run was released on"
 _SENTENCE_END: Final = re.compile(r"[.!?](?:\s|$)|\n\s*\n")
 _CELL_SEPARATORS: Final = ",;\t|"
 
 
-def _gap_ok(gap: str) -> bool:
-    """The text between a keyword and a date: at most five words, no sentence end."""
+def _gap_ok(gap: str, words: int = _GAP_WORDS) -> bool:
+    """The text between a keyword and a date: at most ``words`` words, no sentence end."""
     if _SENTENCE_END.search(gap.rstrip(" \t")) and gap.strip(" \t:=\"'.") != "":
         return False
     if gap.count("\n") > 1:
         return False
-    return len(re.findall(r"[^\W\d_]{2,}", gap)) <= _GAP_WORDS
+    return len(re.findall(r"[^\W\d_]{2,}", gap)) <= words
 
 
 def _column_dates(sc: Scan, ks: int, ke: int, sep: str) -> bool:
@@ -196,7 +198,7 @@ def on_dob(sc: Scan, m: Hit) -> None:
     # birth month and year, which public text tells of people and things alike
     partial = _VERB.match(text, ks) is None
     for d in DATE.finditer(window):
-        if not _gap_ok(window[: d.start()]):
+        if not _gap_ok(window[: d.start()], _GAP_WORDS if partial else _VERB_GAP_WORDS):
             return
         if date_ok(d, partial):
             sc.add("date_of_birth", ke + d.start(), ke + d.end())

@@ -1,0 +1,211 @@
+"""Dates of birth, person names next to personal data, and health data about named people."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_agent.routing.sensitivity import SensitivityConfig, SensitivityDetector
+from edge_agent.routing.sensitivity.names import name_spans
+
+_DETECTOR = SensitivityDetector()
+
+
+def found(text: str, category: str) -> list[str]:
+    """The matched text of each finding of ``category`` in ``text``."""
+    return [
+        text[f.start : f.end] for f in _DETECTOR.classify(text).findings if f.category == category
+    ]
+
+
+def level(text: str) -> str:
+    return _DETECTOR.classify(text).level.label
+
+
+# ----------------------------------------------------------------------------- dates of birth
+
+
+@pytest.mark.parametrize(
+    ("text", "date"),
+    [
+        ("DOB: 03/12/1985", "03/12/1985"),
+        ("date of birth 12 March 1985, blood type A", "12 March 1985"),
+        ("She was born on March 12th, 1985 in Ohio", "March 12th, 1985"),
+        ("Anna Schmidt, geb. 12.03.1985, wohnt in Köln", "12.03.1985"),
+        ("Geburtsdatum: 12. März 1985", "12. März 1985"),
+        ("Er ist am 4. Juli 1979 geboren", None),  # the word after the date: not read
+        ("né le 3 mars 1985 à Lyon", "3 mars 1985"),
+        ("Née le 1er avril 1990", "1er avril 1990"),
+        ("date de naissance : 03/11/2002", "03/11/2002"),
+        ("Fecha de nacimiento: 12 de marzo de 1985", "12 de marzo de 1985"),
+        ("nacido el 7 de julio de 1972 en Sevilla", "7 de julio de 1972"),
+        ("Geboortedatum: 12 maart 1985", "12 maart 1985"),
+        ("geboren op 02-11-1979 te Utrecht", "02-11-1979"),
+        ('{"name": "Maria Garcia", "dateOfBirth": "1985-03-12"}', "1985-03-12"),
+        ('{"full_name":"Léa Fontaine","date_naissance":"15/10/2003"}', "15/10/2003"),
+        ("patient_dob=19850312", "19850312"),
+        ("DOB 03/1985", "03/1985"),
+        ("Jan de Vries (1979-11-02) belt morgen terug", "1979-11-02"),
+        ("Tobias Schäfer * 13.10.1985", "13.10.1985"),
+    ],
+)
+def test_dates_of_birth(text: str, date: str | None) -> None:
+    """A birth date announced by a word (five languages) or right after a name is found."""
+    assert found(text, "date_of_birth") == ([date] if date else [])
+
+
+def test_birth_dates_in_a_csv_column() -> None:
+    """A column headed by a birth-date word makes the dates in that column birth dates."""
+    text = (
+        "name;Geburtsdatum;Abteilung\nTobias Schäfer;13.10.1985;Vertrieb\nEva Roth;01.02.1990;IT\n"
+    )
+    assert found(text, "date_of_birth") == ["13.10.1985", "01.02.1990"]
+    assert found(text, "person_name") == ["Tobias Schäfer", "Eva Roth"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Meeting on 2024-12-02 at 09:30 in room 4.12",
+        "Python was born in February 1991.",  # a verb needs a full date
+        "Release 1.2 on 12.03.2024 by Anna Schmidt",
+        "Anna Schmidt, 12.03.2024: notes from the review",  # too recent for a birth year
+        "DOB: 31.02.1985",  # no such day
+        "DOB: unknown",
+        "The invoice is due on 12 March 2026.",
+        "Born to Run was released in 1975.",
+        "Geburtstag der Firma: 1. Mai",
+    ],
+)
+def test_dates_that_are_not_birthdays_stay_public(text: str) -> None:
+    """Dates without a birth word or a name next to them, and impossible dates, are public."""
+    assert level(text) == "public", text
+
+
+_FORMATS = (
+    lambda d: d.strftime("%d.%m.%Y"),
+    lambda d: d.strftime("%Y-%m-%d"),
+    lambda d: d.strftime("%d/%m/%Y"),
+    lambda d: f"{d.day} {d.strftime('%B')} {d.year}",
+    lambda d: f"{d.strftime('%B')} {d.day}, {d.year}",
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dates(min_value=datetime.date(1900, 1, 1), max_value=datetime.date(2020, 12, 31)),
+    st.sampled_from(_FORMATS),
+    st.sampled_from(["DOB:", "Date of birth", "Geburtsdatum:", "date de naissance", "born on"]),
+)
+def test_any_birth_date_after_a_birth_word_is_found(
+    day: datetime.date, fmt: object, word: str
+) -> None:
+    """Every real date from 1900 on, in common formats, after a birth word, is found exactly."""
+    written = fmt(day)  # type: ignore[operator]
+    text = f"Customer record. {word} {written}. Thanks"
+    assert found(text, "date_of_birth") == [written]
+
+
+# ----------------------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("Call Maria Garcia on +34 612 345 678", ["Maria Garcia"]),
+        ("Mr. Smith's email is jsmith@gmx.de", ["Smith"]),
+        ("Frau Kessler: 0171 4492830", ["Kessler"]),
+        ("Schick das Paket an Lukas Vogel, Lindenstraße 40, 77665 Freiburg.", ["Lukas Vogel"]),
+        ("Fill the W-4 for Jack Thornbury, SSN 512-38-4471, single filer.", ["Jack Thornbury"]),
+        ("Patient: Jane Roe. Diagnosis: stage II breast cancer.", ["Jane Roe"]),
+        ("Kontoinhaber: Jan van der Berg, IBAN DE89 3704 0044 0532 0130 00", ["Jan van der Berg"]),
+        ("Seán O'Brien, passport number C01X00T47", ["Seán O'Brien"]),
+        ("M. Dupont, né le 3 mars 1985", ["Dupont"]),
+        ("Wang Wei, phone +86 139 1234 5678", ["Wang Wei"]),
+    ],
+)
+def test_person_names_next_to_personal_data(text: str, names: list[str]) -> None:
+    """A listed name, or one after an honorific or label, next to personal data is found."""
+    assert found(text, "person_name") == names
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Maria Garcia wrote the release notes for version 2.4.",
+        "Ask Anna Schmidt about the forklift checklist.",
+        "Grace Hopper popularised the term debugging.",
+        "Dear Mr. Smith, thank you for the quick reply.",
+    ],
+)
+def test_names_without_personal_data_stay_public(text: str) -> None:
+    """A name on its own is no finding: the request stays public."""
+    assert _DETECTOR.classify(text).findings == ()
+
+
+def test_person_names_can_be_disabled() -> None:
+    """``disabled_categories`` turns the names pass off; the other findings remain."""
+    det = SensitivityDetector(SensitivityConfig(disabled_categories=frozenset({"person_name"})))
+    assert det.classify("Call Maria Garcia on +34 612 345 678").categories == ("phone",)
+
+
+@pytest.mark.parametrize(
+    ("text", "spans"),
+    [
+        ("Anna-Lena Müller-Lüdenscheidt", ["Anna-Lena Müller-Lüdenscheidt"]),
+        ("Grace Whitfield", ["Grace Whitfield"]),  # a given name that is also a word
+        ("Will you call me", []),
+        ("The Quick Brown Fox", []),
+        ("Name: Jane Roe Diagnosis", ["Jane Roe"]),
+        ('{"full_name":"Antoine Lefèvre"}', ["Antoine Lefèvre"]),
+        ("ANNA SCHMIDT", ["ANNA SCHMIDT"]),
+        ("Anna's phone", ["Anna"]),
+        ("xAnna Schmidt_1", []),
+    ],
+)
+def test_name_spans_are_exact(text: str, spans: list[str]) -> None:
+    """Name spans cover the name's words only: no honorific, label, possessive or neighbour."""
+    assert [text[s:e] for s, e in name_spans(text, 0, len(text))] == spans
+
+
+# ----------------------------------------------------------------------------- health
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Fasse zusammen: Tobias Lehmann leidet seit März an einer Depression.", "restricted"),
+        ("Mein Vater hat Krebs und nimmt Tamoxifen", "restricted"),
+        ("Rédige un mot d'excuse : Mme Caroline Vidal est hospitalisée.", "restricted"),
+        ("Mi madre tiene diabetes y toma metformina", "restricted"),
+        ("Pieter Jansen is afwezig, hij herstelt van een hernia-operatie.", "restricted"),
+        ("Paciente n.º 112893: diagnóstico de diabetes tipo 2.", "restricted"),
+        ("Patientennr;Diagnose;Medikation\n55812;Multiple Sklerose;Ocrelizumab", "restricted"),
+        ('{"patient_id":"MRN-448210","dx":"major depressive disorder"}', "restricted"),
+        (
+            "MSH|^~\\&|LAB|HOSP\nPID|1||999517^^^HOSP^MR||Roe^Jane\nOBX|1|NM|HbA1c||8.9",
+            "restricted",
+        ),
+        ("de patiënt heeft suikerziekte", "restricted"),
+        ("Was ist Diabetes?", "public"),
+        ("Wie wirkt Metformin?", "public"),
+        ("Qu'est-ce que le diabète ?", "public"),
+        ("¿Qué es la diabetes tipo 2?", "public"),
+        ("Wat is suikerziekte?", "public"),
+        ("Write an article about Steve Jobs and pancreatic cancer", "public"),
+        ("Schedule a blood test reminder for the clinic's app", "public"),
+        ("Translate into German and French: how does insulin work?", "public"),
+    ],
+)
+def test_health_of_named_people_in_five_languages(text: str, expected: str) -> None:
+    """Health data tied to a named person or patient id is restricted, generic questions not."""
+    assert level(text) == expected, text
+
+
+def test_ordinary_text_with_names_runs_no_rule() -> None:
+    """A text with names and nothing else costs one RE2 pass: no rule fires."""
+    text = "Anna Schmidt and Jan de Vries will review the conveyor maintenance plan on Friday."
+    assert _DETECTOR._rules_fired(text) == []
