@@ -80,6 +80,22 @@ def test_restore_puts_back_issued_placeholders_and_leaves_every_other_one() -> N
     )
 
 
+def test_a_value_found_once_is_replaced_wherever_it_appears_whole() -> None:
+    """An occurrence the detector did not report (its context differed) is replaced too, in
+    every message and in later calls of a session's map; a value inside a longer word or
+    number is not."""
+    placeholders = PlaceholderMap()
+    texts = ["call +49 30 2318 4467 today", "Noted: +49 30 2318 4467.", "x+49 30 2318 44671"]
+    redacted = placeholders.redact(texts, [find(texts[0], "+49 30 2318 4467", "phone")])
+    assert redacted.texts == ("call [PHONE_1] today", "Noted: [PHONE_1].", texts[2])
+    assert redacted.counts == {"phone": 2}
+    later = ["Jo Li asked; Jo Li again", "Jo Lisa is someone else"]
+    again = placeholders.redact(
+        [*later, "+49 30 2318 4467"], [find(later[0], "Jo Li", "person_name")]
+    )
+    assert again.texts == ("[PERSON_1] asked; [PERSON_1] again", later[1], "[PHONE_1]")
+
+
 def test_a_placeholder_the_user_typed_is_never_issued() -> None:
     """Numbers that already appear literally in the conversation are skipped, so restoring
     cannot turn the user's own text into someone's data."""

@@ -67,7 +67,7 @@ MAX_DIGITS = 6
 _PLACEHOLDER = re.compile(rf"\[[A-Z]{{2,8}}_[1-9][0-9]{{0,{MAX_DIGITS - 1}}}\]")
 _PREFIX = re.compile(rf"\[[A-Z]{{0,8}}(?:_(?:[1-9][0-9]{{0,{MAX_DIGITS - 1}}})?)?\Z")
 # A session's map stops issuing placeholders here (the request then stays local).
-MAX_ENTRIES = 10_000
+MAX_ENTRIES = 1_000
 
 
 class RedactionRefused(ValueError):
@@ -121,6 +121,38 @@ def _spans(texts: Sequence[str], findings: Iterable[Finding]) -> list[tuple[int,
     return merged
 
 
+_CATEGORY_OF_TYPE = {kind: category for category, kind in PLACEHOLDER_TYPES.items()}
+
+
+def _repeats(
+    texts: Sequence[str], spans: list[tuple[int, int, int, str]], values: Iterable[tuple[str, str]]
+) -> list[tuple[int, int, int, str]]:
+    """Occurrences of known (type, value) pairs that no span covers, as spans: a value the
+    detector found once is replaced wherever it appears, also where its context did not
+    make the detector find it again ("Noted: +49 30 ..." in the model's own earlier answer).
+    Only whole occurrences count (no letter or digit right before or after)."""
+    covered: dict[int, list[tuple[int, int]]] = {}
+    for message, start, end, _ in spans:
+        covered.setdefault(message, []).append((start, end))
+    extra: list[tuple[int, int, int, str]] = []
+    for kind, value in sorted(values, key=lambda pair: -len(pair[1])):  # longest first
+        size = len(value)
+        for message, text in enumerate(texts):
+            at = text.find(value) if size >= 2 else -1
+            while at >= 0:
+                end = at + size
+                taken = covered.setdefault(message, [])
+                if (
+                    (at == 0 or not text[at - 1].isalnum())
+                    and (end == len(text) or not text[end].isalnum())
+                    and all(end <= s or at >= e for s, e in taken)
+                ):
+                    extra.append((message, at, end, _CATEGORY_OF_TYPE[kind]))
+                    taken.append((at, end))
+                at = text.find(value, at + 1)
+    return extra
+
+
 class PlaceholderMap:
     """Values <-> placeholders for one request or one session; thread-safe."""
 
@@ -156,12 +188,17 @@ class PlaceholderMap:
 
     def redact(self, texts: Sequence[str], findings: Iterable[Finding]) -> Redacted:
         """``texts`` with every redactable finding replaced by its value's placeholder,
-        numbered in reading order.
+        numbered in reading order, and so is every other whole occurrence of a value this
+        map knows (found now or earlier in the session).
 
         Findings of other categories are left in place (check :func:`redaction_blocker`
         first). Raises :class:`RedactionRefused` for a span outside its text or a full map.
         """
         spans = _spans(texts, findings)
+        with self._lock:
+            values = {(PLACEHOLDER_TYPES[c], texts[m][s:e]) for m, s, e, c in spans}
+            values.update(self._by_value)  # a session's earlier values too
+        spans = sorted(spans + _repeats(texts, spans, values))
         if not spans:
             return Redacted(tuple(texts), {})
         # Placeholder look-alikes already in the texts (one search for all of them).
