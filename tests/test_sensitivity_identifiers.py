@@ -286,3 +286,17 @@ def test_scan_never_raises_and_spans_lie_in_the_text(parts: list[str]) -> None:
     for f in _DETECTOR.classify(text).findings:
         assert isinstance(f, Finding)
         assert 0 <= f.start < f.end <= len(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("Steuer-ID von Frau Petra Hoffmann: 86 095 742 719", "86 095 742 719"),
+        ("numéro de sécu : 1 85 05 78 006 048 30", "1 85 05 78 006 048 30"),
+        ("Steuernummer 21/815/08150", "21/815/08150"),
+        ("NIF: 12.345.678-Z", "12.345.678-Z"),
+    ],
+)
+def test_more_id_names_and_written_forms(text: str, value: str) -> None:
+    """Names in front of the number, tax numbers and dotted DNI forms are found."""
+    assert [v for v, _certain in found(text, "national_id")] == [value]

@@ -209,3 +209,46 @@ def test_ordinary_text_with_names_runs_no_rule() -> None:
     """A text with names and nothing else costs one RE2 pass: no rule fires."""
     text = "Anna Schmidt and Jan de Vries will review the conveyor maintenance plan on Friday."
     assert _DETECTOR._rules_fired(text) == []
+
+
+# ----------------------------------------------------------------------------- record formats
+
+
+@pytest.mark.parametrize(
+    ("text", "names", "dates"),
+    [
+        (
+            "MSH|^~\\&|LAB|HOSP|||20250301||ORU^R01|1|P|2.5\n"
+            "PID|1||999517^^^HOSP^MR||Harrington^Jack^Paul||19850312|M\nOBX|1|NM|HbA1c||8.9",
+            ["Harrington", "Jack", "Paul"],
+            ["19850312"],
+        ),
+        (
+            '{"resourceType":"Patient","name":[{"family":"Roe","given":["Jane"]}],'
+            '"birthDate":"1985-03-12"}',
+            ["Roe", "Jane"],
+            ["1985-03-12"],
+        ),
+        (
+            "BEGIN:VCARD\nFN:Jane Roe\nBDAY:1985-03-12\nTEL:+44 20 7946 0958\nEND:VCARD",
+            ["Jane Roe"],
+            ["1985-03-12"],
+        ),
+        (
+            "<Dbtr><Nm>Jan Jansen</Nm></Dbtr><DbtrAcct><Id><IBAN>NL91ABNA0417164300</IBAN>",
+            ["Jan Jansen"],
+            [],
+        ),
+        ("Geb.-Dat. 12.03.1985, Frau Eva Roth", ["Eva Roth"], ["12.03.1985"]),
+    ],
+)
+def test_record_formats(text: str, names: list[str], dates: list[str]) -> None:
+    """HL7 PID segments, FHIR, vCard and SEPA XML give the names and birth dates they hold."""
+    assert found(text, "person_name") == names
+    assert found(text, "date_of_birth") == dates
+
+
+def test_hl7_pid_with_an_impossible_birth_date() -> None:
+    """A PID birth-date field that is no real date is not a date of birth."""
+    text = "PID|1||42^^^HOSP^MR||Roe^Jane||19851345|F"
+    assert found(text, "date_of_birth") == []

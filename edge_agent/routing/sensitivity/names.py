@@ -57,12 +57,17 @@ _LABEL: Final = (
     r"employee|mitarbeiter(?:in)?|contact|kontakt|titular|inhaber(?:in)?|"
     r"account\s+holder|kontoinhaber(?:in)?|holder|recipient|empfänger(?:in)?|"
     r"destinataire|destinatario|ontvanger|sender|absender|from|to|von|an|de|para|van|aan|"
-    r"first_?name|last_?name|given_?name|family_?name|full_?name|patient_?name|surname)"
+    r"first_?name|last_?name|given_?name|family_?name|full_?name|patient_?name|surname|"
+    r"family|given|fn|nm)"
 )
 
 _RUN_RE: Final = re.compile(_RUN)
 _WORD_RE: Final = re.compile(_WORD)
-_LABEL_BEFORE: Final = re.compile(rf"(?<![\w]){_LABEL}[\"']?[ \t]*[:=][ \t]*[\"']?[ \t]*\Z")
+_LABEL_BEFORE: Final = re.compile(
+    rf"(?:(?<![\w]){_LABEL}[\"']?[ \t]*[:=][ \t]*\[?[ \t]*[\"']?|<{_LABEL}>)[ \t]*\Z"
+)
+"""A label right before a name: ``Name:``, ``"family": "``, ``"given": ["``, ``FN:``,
+``<Nm>`` (vCard, FHIR, SEPA XML)."""
 _HONORIFIC_WORDS: Final = frozenset(
     [
         "Mr",
@@ -152,7 +157,9 @@ def _span(words: list[tuple[int, int, str]], i: int, j: int) -> tuple[int, int]:
 def _anchored(text: str, lo: int, s: int) -> bool:
     """An honorific or a name label right before ``text[s]`` (not before ``lo``)."""
     tail = text[max(lo, s - 6) : s]
-    if (":" in tail or "=" in tail) and _LABEL_BEFORE.search(text[max(lo, s - 40) : s]):
+    if (":" in tail or "=" in tail or ">" in tail) and _LABEL_BEFORE.search(
+        text[max(lo, s - 40) : s]
+    ):
         return True
     if tail[-1:] not in (" ", "\t"):
         return False

@@ -12,6 +12,8 @@ Dates of birth (rules in the scanner's RE2 set, :data:`RULES`):
   at most five words after it (three after a verb: "born in Madrid on"), in the same
   sentence. A word that heads a CSV/TSV column
   (``name,dob,phone``) makes the dates in that column of the rows below it birth dates.
+* field 7 of an HL7 v2 ``PID`` segment (whose field 5, the patient's name, gives
+  ``person_name`` findings for its family, given and middle names);
 * a numeric date right after a person's name ("Anna Schmidt, 12.03.1985", "Jan de Vries
   (1979-11-02)", "Anna Schmidt * 12.03.1985"), when the name is a listed name
   (:mod:`.names`) and the year lies between 1900 and ten years ago.
@@ -128,10 +130,11 @@ def date_ok(m: re.Match[str], partial: bool) -> bool:
 # Rules and their handlers.
 
 DOB_RULE: Final = (
-    r"(?:\b|_)(?i:(?:date[ _-]?of[ _-]?birth|birth[ _-]?date|birthday|born|d\.o\.b|dob|"
+    r"(?:\b|_)(?i:(?:date[ _-]?of[ _-]?birth|birth[ _-]?date|birthday|born|d\.o\.b|dob|bday|"
     r"geboren|geburtsdatum|geburtstag|geb\.?[ -]?datum|"
     r"n[ée]\(?e?\)?[ \t]+le|n[ée]\(?e?\)?[ \t]*:|date[ _-](?:de[ _-])?naissance|naissance|"
-    r"fecha[ _-](?:de[ _-])?nacimiento|nacid[oa]|f(?:echa)?\.?[ ]?nac|"
+    r"fecha[ _-](?:de[ _-])?nacimiento|fecha[ _-]de[ _-]nac|date[ _-]de[ _-]naiss|"
+    r"nacid[oa]|f(?:echa)?\.?[ ]?nac|"
     r"geboortedatum|geboortedag|data[ _-]di[ _-]nascita|nat[oa][ \t]+il|"
     r"data[ _-]de[ _-]nascimento|nascid[oa])(?:\b|_)|geb\.)"
 )
@@ -142,13 +145,14 @@ _VERB: Final = re.compile(r"(?i)born|geboren\b|n[ée]|nacid|nat[oa]|nascid")
 
 _GAP_WORDS: Final = 5
 _VERB_GAP_WORDS: Final = 3  # "born in Madrid on 3 May 1980", not "Born to Run was released on"
-_SENTENCE_END: Final = re.compile(r"[.!?](?:\s|$)|\n\s*\n")
+_SENTENCE_END: Final = re.compile(r"[.!?]\s+[A-Z]|\n\s*\n")
+"""A sentence end inside a gap (an abbreviation's full stop, "Geb.-Dat. ", is none)."""
 _CELL_SEPARATORS: Final = ",;\t|"
 
 
 def _gap_ok(gap: str, words: int = _GAP_WORDS) -> bool:
     """The text between a keyword and a date: at most ``words`` words, no sentence end."""
-    if _SENTENCE_END.search(gap.rstrip(" \t")) and gap.strip(" \t:=\"'.") != "":
+    if _SENTENCE_END.search(gap):
         return False
     if gap.count("\n") > 1:
         return False
@@ -234,9 +238,44 @@ def on_name_date(sc: Scan, m: Hit) -> None:
         return
 
 
+HL7_PID_RULE: Final = r"(?m:^PID\|[^\r\n]*)"
+"""RE2 pattern of an HL7 v2 ``PID`` (patient identification) segment."""
+
+_HL7_NAME_PART: Final = re.compile(r"[^\W\d_][\w'\-. ]*[^\W\d_]|[^\W\d_]")
+
+
+def on_hl7_pid(sc: Scan, m: Hit) -> None:
+    """An HL7 ``PID`` segment: the patient's name (field 5, ``family^given^middle``) and
+    date of birth (field 7, ``YYYYMMDD[hhmm]``)."""
+    s, e = m.span()
+    text = sc.text
+    fields: list[tuple[int, int]] = []
+    start = s
+    for i in range(s, e + 1):
+        if i == e or text[i] == "|":
+            fields.append((start, i))
+            start = i + 1
+    if len(fields) > 5:
+        fs, fe = fields[5]
+        pos = fs
+        for component in text[fs:fe].split("^")[:3]:
+            part = _HL7_NAME_PART.search(component)
+            if part is not None and len(part.group()) > 1:
+                sc.add("person_name", pos + part.start(), pos + part.end())
+            pos += len(component) + 1
+    if len(fields) > 7:
+        ds, de = fields[7]
+        value = text[ds:de]
+        if len(value) >= 8 and value[:8].isdigit():
+            y, mo, d = int(value[:4]), int(value[4:6]), int(value[6:8])
+            if _valid(d, mo, y):
+                sc.add("date_of_birth", ds, ds + 8)
+
+
 RULES: Final[list[tuple[str, str, Handler]]] = [
     ("dob", DOB_RULE, on_dob),
     ("namedate", NAME_DATE_RULE, on_name_date),
+    ("hl7pid", HL7_PID_RULE, on_hl7_pid),
 ]
 """This family's rules as (name, RE2 pattern, handler), in the order the scanner runs them."""
 
@@ -298,11 +337,13 @@ def find_names(sc: Scan) -> None:
 __all__ = [
     "DATE",
     "DOB_RULE",
+    "HL7_PID_RULE",
     "NAME_DATE_RULE",
     "RULES",
     "TRIGGERS",
     "date_ok",
     "find_names",
     "on_dob",
+    "on_hl7_pid",
     "on_name_date",
 ]
