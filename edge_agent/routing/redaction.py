@@ -131,26 +131,34 @@ def _repeats(
     detector found once is replaced wherever it appears, also where its context did not
     make the detector find it again ("Noted: +49 30 ..." in the model's own earlier answer).
     Only whole occurrences count (no letter or digit right before or after)."""
+    starts = {(message, start) for message, start, _, _ in spans}  # the usual hit: skip
     covered: dict[int, list[tuple[int, int]]] = {}
     for message, start, end, _ in spans:
         covered.setdefault(message, []).append((start, end))
     extra: list[tuple[int, int, int, str]] = []
     for kind, value in sorted(values, key=lambda pair: -len(pair[1])):  # longest first
         size = len(value)
+        if size < 2:
+            continue
         for message, text in enumerate(texts):
-            at = text.find(value) if size >= 2 else -1
+            at = text.find(value)
             while at >= 0:
                 end = at + size
-                taken = covered.setdefault(message, [])
-                if (
-                    (at == 0 or not text[at - 1].isalnum())
-                    and (end == len(text) or not text[end].isalnum())
-                    and all(end <= s or at >= e for s, e in taken)
-                ):
-                    extra.append((message, at, end, _CATEGORY_OF_TYPE[kind]))
-                    taken.append((at, end))
-                at = text.find(value, at + 1)
+                if (message, at) not in starts and _whole(text, at, end):
+                    taken = covered.setdefault(message, [])
+                    if all(end <= s or at >= e for s, e in taken):
+                        extra.append((message, at, end, _CATEGORY_OF_TYPE[kind]))
+                        taken.append((at, end))
+                        starts.add((message, at))
+                at = text.find(value, end)
     return extra
+
+
+def _whole(text: str, start: int, end: int) -> bool:
+    """No letter or digit right before ``start`` or right at ``end``."""
+    return (start == 0 or not text[start - 1].isalnum()) and (
+        end == len(text) or not text[end].isalnum()
+    )
 
 
 class PlaceholderMap:
