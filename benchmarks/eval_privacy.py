@@ -21,25 +21,33 @@ and a cloud tier that are recording OpenAI-compatible servers on loopback
 the local model those tests use (``--stub-local``: a local runtime that answers a fixed
 text, for machines without the model; the routing path is the same). It counts restricted
 rows that reached a remote tier (and whether their text was in what it received), public
-rows the cloud received (escalated) and where internal rows went.
+rows the cloud received (escalated) and where internal rows went. With ``--redact`` the
+agent also has ``routing.redact.task_classes: [planning]``: restricted rows may then leave
+redacted, and a row leaks when any of its recorded personal or secret values is in the
+messages a remote tier received (generated rows record their values; hand-written rows
+cannot be checked that way and are listed apart).
+
+With the real local model a through-agent run takes minutes (about 7 for the tuning part
+on a 2-core box); ``--stub-local`` takes seconds.
 
 Texts are never printed, only ids and classes.
 
     .venv/bin/python -m benchmarks.eval_privacy [--part heldout|tuning|all] [--json]
-        [--through-agent [--stub-local]]
+        [--through-agent [--stub-local] [--redact]]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -61,6 +69,8 @@ class Row:
     cls: str
     lang: str
     fmt: str
+    values: tuple[str, ...] = ()
+    """The personal or secret values a generated row was filled with (empty otherwise)."""
 
 
 class VerdictLike(Protocol):
@@ -89,6 +99,7 @@ def load(part: str) -> list[Row]:
                         o["class"],
                         o["lang"],
                         o["format"],
+                        tuple(o.get("values", ())),
                     )
                 )
     return rows
@@ -205,8 +216,33 @@ class StubLocal:
         """Nothing to release."""
 
 
+def _agent_config(state: str, providers: dict[str, Any], redact: bool) -> dict[str, Any]:
+    routing: dict[str, Any] = {"rules": [{"task_class": "planning", "tier": "cloud"}]}
+    if redact:
+        routing["redact"] = {"task_classes": ["planning"]}
+    return {
+        "device_id": "eval-privacy",
+        "state_dir": state,
+        "mqtt": None,
+        "models": [{"name": "smollm2", "path": str(MODEL), "n_ctx": 2048}],
+        "tiers": {
+            "private": {
+                "base_url": providers["private"].base_url,
+                "model": "org-llm",
+                "cost_per_1k_input": 0.1,
+            },
+            "cloud": {
+                "base_url": providers["cloud"].base_url,
+                "model": "frontier",
+                "cost_per_1k_input": 1.0,
+            },
+        },
+        "routing": routing,
+    }
+
+
 @contextmanager
-def agent_client(stub_local: bool) -> Iterator[tuple[Any, dict[str, Any]]]:
+def agent_client(stub_local: bool, redact: bool = False) -> Iterator[tuple[Any, dict[str, Any]]]:
     """A ``TestClient`` on a real agent (planning -> cloud) and its two recording tiers."""
     from fastapi.testclient import TestClient
 
@@ -226,28 +262,7 @@ def agent_client(stub_local: bool) -> Iterator[tuple[Any, dict[str, Any]]]:
 
         runtime = LlamaCppRuntime("smollm2", MODEL, n_ctx=2048, n_threads=2)
     with tempfile.TemporaryDirectory() as state:
-        config = AgentConfig.model_validate(
-            {
-                "device_id": "eval-privacy",
-                "state_dir": state,
-                "mqtt": None,
-                "models": [{"name": "smollm2", "path": str(MODEL), "n_ctx": 2048}],
-                "tiers": {
-                    "private": {
-                        "base_url": providers["private"].base_url,
-                        "model": "org-llm",
-                        "cost_per_1k_input": 0.1,
-                    },
-                    "cloud": {
-                        "base_url": providers["cloud"].base_url,
-                        "model": "frontier",
-                        "cost_per_1k_input": 1.0,
-                    },
-                },
-                "routing": {"rules": [{"task_class": "planning", "tier": "cloud"}]},
-            }
-        )
-        agent = Agent(config)
+        agent = Agent(AgentConfig.model_validate(_agent_config(state, providers, redact)))
         agent.runtimes["smollm2"] = runtime
         try:
             yield TestClient(create_agent_app(agent)), providers
@@ -260,22 +275,66 @@ def agent_client(stub_local: bool) -> Iterator[tuple[Any, dict[str, Any]]]:
                     p.server.shutdown()
 
 
-def _reached(provider: Any, start: int, text: str) -> tuple[bool, bool]:
-    """Whether ``provider`` got a request since ``start``, and whether ``text`` was in it."""
+def _contents(provider: Any, start: int) -> list[str] | None:
+    """The message texts ``provider`` received since request ``start`` (None: no request)."""
     with provider.lock:
-        new = provider.received[start:]
-    needle = json.dumps(text)[1:-1]
-    return bool(new), any(needle in json.dumps(body) for body in new)
+        new = list(provider.received[start:])
+    if not new:
+        return None
+    out = []
+    for body in new:
+        for message in body.get("messages", []) if isinstance(body, dict) else []:
+            content = message.get("content") if isinstance(message, dict) else message
+            out.append(content if isinstance(content, str) else json.dumps(content))
+    return out
 
 
-def through_agent(rows: Sequence[Row], stub_local: bool = False) -> dict[str, Any]:
+def _leaked_values(row: Row, contents: Sequence[str]) -> bool:
+    """Whether any recorded value of ``row`` (a multi-line one: any long line of it) is in
+    ``contents``, as a whole word."""
+    pieces: list[str] = []
+    for value in row.values:
+        lines = [ln.strip() for ln in value.splitlines()]
+        if len(lines) > 1:
+            pieces.extend(ln for ln in lines if len(ln) >= 8)
+        else:
+            pieces.append(value)
+    joined = "\n".join(contents)
+    return any(re.search(rf"(?<!\w){re.escape(p)}(?!\w)", joined) for p in pieces if p)
+
+
+@dataclass
+class AgentTally:
+    """What the through-agent run saw, row by row."""
+
+    leaks: list[dict[str, str]] = field(default_factory=list)
+    redacted_ok: list[str] = field(default_factory=list)
+    unverifiable: list[dict[str, str]] = field(default_factory=list)
+    kept_public: list[dict[str, str]] = field(default_factory=list)
+    internal_routes: Counter[str] = field(default_factory=Counter)
+    routes: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def restricted(self, row: Row, got: dict[str, list[str]], redact: bool) -> None:
+        """Count one restricted row that reached the tiers in ``got``."""
+        text_in = any(row.text in c for contents in got.values() for c in contents)
+        entry = {"id": row.id, "class": row.cls, "tier": ",".join(got), "text": str(text_in)}
+        if not redact or text_in:
+            self.leaks.append(entry)
+        elif not row.values:
+            self.unverifiable.append(entry)
+        elif any(_leaked_values(row, contents) for contents in got.values()):
+            self.leaks.append(entry)
+        else:
+            self.redacted_ok.append(row.id)
+
+
+def through_agent(
+    rows: Sequence[Row], stub_local: bool = False, redact: bool = False
+) -> dict[str, Any]:
     """Send each row as a planning request; count what reached the private and cloud tiers."""
-    leaks: list[dict[str, str]] = []
-    kept_public: list[dict[str, str]] = []
-    internal_routes: Counter[str] = Counter()
-    routes: dict[str, Counter[str]] = defaultdict(Counter)
-    errors: list[dict[str, str]] = []
-    with agent_client(stub_local) as (client, providers):
+    tally = AgentTally()
+    with agent_client(stub_local, redact) as (client, providers):
         for row in rows:
             marks = {name: p.count() for name, p in providers.items()}
             payload = {"messages": [{"role": "user", "content": row.text}], "max_tokens": 1}
@@ -283,33 +342,34 @@ def through_agent(rows: Sequence[Row], stub_local: bool = False) -> dict[str, An
                 "/v1/chat/completions", json=payload, headers={"X-Task-Class": "planning"}
             )
             route = response.headers.get("x-edge-route", f"error:{response.status_code}")
-            routes[row.level][route] += 1
+            tally.routes[row.level][route] += 1
             if response.status_code != 200:
-                errors.append({"id": row.id, "class": row.cls, "status": str(response.status_code)})
-            hits = {n: _reached(p, marks[n], row.text) for n, p in providers.items()}
-            remote = [n for n, (sent, _) in hits.items() if sent]
-            if row.level == "restricted" and remote:
-                text_in = any(hits[n][1] for n in remote)
-                leaks.append(
-                    {"id": row.id, "class": row.cls, "tier": ",".join(remote), "text": str(text_in)}
+                tally.errors.append(
+                    {"id": row.id, "class": row.cls, "status": str(response.status_code)}
                 )
-            elif row.level == "public" and not hits["cloud"][0]:
-                kept_public.append({"id": row.id, "class": row.cls, "route": route})
+            got = {n: c for n, p in providers.items() if (c := _contents(p, marks[n])) is not None}
+            if row.level == "restricted" and got:
+                tally.restricted(row, got, redact)
+            elif row.level == "public" and "cloud" not in got:
+                tally.kept_public.append({"id": row.id, "class": row.cls, "route": route})
             elif row.level == "internal":
-                internal_routes[",".join(remote) or "local"] += 1
+                tally.internal_routes[",".join(got) or "local"] += 1
     levels = Counter(r.level for r in rows)
     return {
         "rows": len(rows),
-        "restricted_off_device": len(leaks),
+        "redact": redact,
+        "restricted_off_device": len(tally.leaks),
         "restricted_text_reached_cloud": sum(
-            1 for leak in leaks if "cloud" in leak["tier"] and leak["text"] == "True"
+            1 for leak in tally.leaks if "cloud" in leak["tier"] and leak["text"] == "True"
         ),
-        "leaks": leaks,
-        "public_escalated": _ratio(levels["public"] - len(kept_public), levels["public"]),
-        "public_not_escalated": kept_public,
-        "internal_routes": dict(internal_routes),
-        "routes": {lv: dict(c) for lv, c in routes.items()},
-        "errors": errors,
+        "leaks": tally.leaks,
+        "restricted_sent_redacted": len(tally.redacted_ok),
+        "restricted_sent_unverifiable": tally.unverifiable,
+        "public_escalated": _ratio(levels["public"] - len(tally.kept_public), levels["public"]),
+        "public_not_escalated": tally.kept_public,
+        "internal_routes": dict(tally.internal_routes),
+        "routes": {lv: dict(c) for lv, c in tally.routes.items()},
+        "errors": tally.errors,
     }
 
 
@@ -353,11 +413,19 @@ def _print_agent(part: str, report: dict[str, Any]) -> None:
         f"restricted rows that reached a remote tier: {report['restricted_off_device']} "
         f"(text in the cloud's request: {report['restricted_text_reached_cloud']})"
     )
+    if report["redact"]:
+        print(
+            f"restricted rows sent redacted with none of their values: "
+            f"{report['restricted_sent_redacted']}; sent, hand-written (values unknown): "
+            f"{len(report['restricted_sent_unverifiable'])}"
+        )
     print(f"public rows escalated to the cloud: {report['public_escalated']}")
     print(f"internal rows by tier: {report['internal_routes']}")
     print(f"routes by level: {report['routes']}")
     for leak in report["leaks"]:
         print(f"  leak {leak['id']} {leak['class']} -> {leak['tier']}")
+    for r in report["restricted_sent_unverifiable"]:
+        print(f"  sent (hand-written, unverified) {r['id']} {r['class']} -> {r['tier']}")
     for r in report["public_not_escalated"]:
         print(f"  kept {r['id']} {r['class']} ({r['route']})")
     for e in report["errors"]:
@@ -371,11 +439,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--through-agent", action="store_true")
     parser.add_argument("--stub-local", action="store_true", help="no local model needed")
+    parser.add_argument("--redact", action="store_true", help="routing.redact for planning")
     args = parser.parse_args(argv)
     rows = load(args.part)
     started = time.perf_counter()
     if args.through_agent:
-        report = through_agent(rows, args.stub_local)
+        report = through_agent(rows, args.stub_local, args.redact)
     else:
         report = evaluate(detector_classify(), rows)
     report["part"] = args.part

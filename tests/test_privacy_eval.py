@@ -237,3 +237,61 @@ def test_through_agent_counts_what_reaches_the_cloud(monkeypatch: pytest.MonkeyP
     assert report["restricted_text_reached_cloud"] == 4
     assert {leak["id"] for leak in report["leaks"]} == {r.id for r in sample[:4]}
     assert report["public_escalated"] == 1 and not report["public_not_escalated"]
+
+
+def test_redacted_rows_leak_only_when_a_recorded_value_left() -> None:
+    """In --redact mode a restricted row sent with placeholders is not a leak, one whose
+    recorded value (or a line of a multi-line one) reached a tier is, a value inside a
+    longer word is not, and a hand-written row without values is listed as unverifiable."""
+    row = eval_privacy.Row(
+        "x-1", "Call Anna Berg on +49 151 2345 6789", "restricted", ("phone",), "phone", "en",
+        "prose", ("Anna Berg", "+49 151 2345 6789"),
+    )  # fmt: skip
+    key = eval_privacy.Row(
+        "x-2", "k", "restricted", ("private_key",), "pem_ssh_key", "en", "prose",
+        ("-----BEGIN KEY-----\nAAAAB3NzaC1yc2EAAAADAQAB\n-----END KEY-----",),
+    )  # fmt: skip
+    hand = eval_privacy.Row("x-3", "t", "restricted", ("phone",), "phone", "en", "prose")
+    tally = eval_privacy.AgentTally()
+    tally.restricted(row, {"cloud": ["Call [PERSON_1] on [PHONE_1]"]}, redact=True)
+    tally.restricted(row, {"cloud": ["Call [PERSON_1] on +49 151 2345 6789"]}, redact=True)
+    tally.restricted(row, {"cloud": ["Call XAnna Bergx on [PHONE_1]"]}, redact=True)
+    tally.restricted(key, {"cloud": ["key: AAAAB3NzaC1yc2EAAAADAQAB"]}, redact=True)
+    tally.restricted(hand, {"cloud": ["[PHONE_1]"]}, redact=True)
+    tally.restricted(row, {"private": ["Call [PERSON_1] on [PHONE_1]"]}, redact=False)
+    assert tally.redacted_ok == ["x-1", "x-1"]
+    assert [(leak["id"], leak["tier"]) for leak in tally.leaks] == [
+        ("x-1", "cloud"),
+        ("x-2", "cloud"),
+        ("x-1", "private"),
+    ]
+    assert [u["id"] for u in tally.unverifiable] == ["x-3"]
+
+
+HAND_IDS = {
+    "bsn": (re.compile(r"\b\d{9}\b"), bsn.is_valid),
+    "steuer_id": (re.compile(r"\b\d{11}\b"), idnr.is_valid),
+    "nie_dni": (re.compile(r"\b[XYZ0-9]\d{7}[A-Z]\b"),
+                lambda v: dni.is_valid(v) or nie.is_valid(v)),
+    "nir": (re.compile(r"\b[12](?: ?\d){14}\b"), lambda v: nir.is_valid(compact(v))),
+    "ssn": (re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), ssn.is_valid),
+    "iban": (re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"),
+             lambda v: iban.is_valid(compact(v))),
+    "card": (re.compile(r"\b\d{4}(?: \d{4}){3}\b"), lambda v: luhn.is_valid(compact(v))),
+    "passport_mrz": (re.compile(r"^[A-Z0-9<]{44}$", re.M),
+                     lambda v: v.startswith("P<") or mrz_valid(v)),
+}  # fmt: skip
+
+
+def test_hand_written_identifiers_are_valid() -> None:
+    """Every hand-written restricted row of a check-digit class holds an identifier of that
+    class that python-stdnum (or the ICAO check) accepts."""
+    checked: Counter[str] = Counter()
+    for part in build.PARTS:
+        for hw in build.part_sources(part)[1]:
+            if hw.cls in HAND_IDS and hw.level == "restricted":
+                pattern, valid = HAND_IDS[hw.cls]
+                found = pattern.findall(hw.text)
+                assert found and all(valid(v) for v in found), (part, hw.text)
+                checked[hw.cls] += 1
+    assert sum(checked.values()) >= 15 and len(checked) == len(HAND_IDS), checked

@@ -67,6 +67,7 @@ def template_rows(part: str, template: Template, seen: set[str]) -> list[Row]:
                 source="generated",
                 template=template.tid,
                 checks=gen.checks,
+                values=gen.values if template.level != "public" else [],
             )
         )
     return rows

@@ -14,6 +14,13 @@ from collections.abc import Callable
 
 from benchmarks.privacy_corpus.values import MAIL_HOSTS, Gen
 
+# Slots whose value is personal data or a secret: recorded in the row's ``values`` so a
+# check of what left the device (``eval_privacy --through-agent --redact``) can look for them.
+SENSITIVE = frozenset(
+    "name first last user email oemail addr dob phone uphone bsn steuer dni nie nir nino ssn "
+    "iban card pass mrz pw pin key aws_secret token hex jwt pem jwk basic".split()
+)
+
 SLOT = re.compile(r"\{\{([a-z_0-9]+)(?::([^{}#\s]*))?(?:#(\d))?\}\}")
 
 
@@ -59,7 +66,8 @@ def _simple(g: Gen) -> dict[str, Callable[[str], str]]:
 
 
 def fill(g: Gen, pattern: str) -> str:
-    """``pattern`` with every slot replaced (consistently within this row)."""
+    """``pattern`` with every slot replaced (consistently within this row); the sensitive
+    values go to ``g.values``."""
     cache: dict[str, str] = {}
     simple = _simple(g)
 
@@ -104,6 +112,8 @@ def fill(g: Gen, pattern: str) -> str:
         else:
             raise KeyError(f"unknown slot {key}")
         cache[key] = value
+        if kind in SENSITIVE and value not in g.values:
+            g.values.append(value)
         return value
 
     return SLOT.sub(replace, pattern)

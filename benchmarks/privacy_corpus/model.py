@@ -51,6 +51,7 @@ class Row:
     source: str
     template: str
     checks: list[list[str]] = field(default_factory=list)
+    values: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The row as its JSON object (``class`` and ``format`` spelled out)."""
@@ -65,6 +66,7 @@ class Row:
             "source": self.source,
             "template": self.template,
             "checks": self.checks,
+            "values": self.values,
         }
 
 

@@ -68,12 +68,14 @@ OBFUSCATIONS = (
 
 
 class Gen:
-    """Seeded values for one row; ``checks`` collects the identifiers to validate."""
+    """Seeded values for one row; ``checks`` collects the identifiers to validate and
+    ``values`` every personal or secret value the row's slots were filled with."""
 
     def __init__(self, rng: random.Random, pool: Pool) -> None:
         self.rng = rng
         self.pool = pool
         self.checks: list[list[str]] = []
+        self.values: list[str] = []
 
     def note(self, kind: str, value: str, *extra: str) -> str:
         """Record an identifier for the corpus test and return it."""
