@@ -252,3 +252,38 @@ def test_hl7_pid_with_an_impossible_birth_date() -> None:
     """A PID birth-date field that is no real date is not a date of birth."""
     text = "PID|1||42^^^HOSP^MR||Roe^Jane||19851345|F"
     assert found(text, "date_of_birth") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Kwame Mensah leidet an Diabetes", "restricted"),
+        ("Ngozi Okafor tiene cáncer de mama", "restricted"),
+        ("Jeder Zehnte hat Diabetes", "public"),
+        ("Viele Menschen leiden an Diabetes", "public"),
+        ("Die Behandlung ist Chemotherapie", "public"),
+    ],
+)
+def test_health_with_names_not_in_the_list(text: str, expected: str) -> None:
+    """Two capitalised words and a health verb of another language name a person; generic
+    German sentences with capitalised nouns do not."""
+    assert level(text) == expected, text
+
+
+@pytest.mark.parametrize(
+    ("text", "date"),
+    [
+        ("Anna Schmidt, 12 March 1985", "12 March 1985"),
+        ("Pedro Álvarez (3 de mayo de 1979)", "3 de mayo de 1979"),
+        ("Jan de Vries - 02.11.1979", "02.11.1979"),
+    ],
+)
+def test_written_birth_dates_right_after_a_name(text: str, date: str) -> None:
+    """A listed name followed by a date of a plausible birth year, in words or digits."""
+    assert found(text, "date_of_birth") == [date]
+
+
+def test_unknown_given_name_before_a_listed_surname() -> None:
+    """Inside a sentence an unlisted capitalised word before a listed surname is its given name."""
+    text = "Bitte an Ngozi Schmidt senden"
+    assert [text[s:e] for s, e in name_spans(text, 0, len(text))] == ["Ngozi Schmidt"]

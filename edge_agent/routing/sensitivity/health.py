@@ -193,6 +193,14 @@ def health_about_person(text: str, start: int, end: int) -> bool:
             and before[i] not in _HEALTH_TERM_SET
         ):
             return True
+    # two capitalised words and a health verb of another language: "Kwame Mensah leidet an"
+    for i in range(max(first + 1, n - 5), n - 1):
+        if (
+            before[i + 1] in _NAME_VERBS_LISTED
+            and _capitalised_name_word(before_cased[i])
+            and _capitalised_name_word(before_cased[i - 1])
+        ):
+            return True
     if _named_before(text, s, start, before_cased[first:]):
         return True
     # the person right after the term: "prescribed me", "safe for me", "which he takes"
@@ -221,6 +229,16 @@ _RECORD_WORDS: Final = (
 _HONORIFIC_BEFORE: Final = re.compile(
     r"(?:M(?:r|rs|s|iss)|Herr|Frau|Mme|Mlle|M\.|Sra?|Srta|Dhr|Mevr|Dr|Prof)\.?[ \t]+$"
 )
+
+
+def _capitalised_name_word(word: str) -> bool:
+    """A capitalised word that may be part of a name: not a stop word or a medical term."""
+    return (
+        word[:1].isupper()
+        and len(word) > 1
+        and word not in _NAME_STOP
+        and word.lower() not in _HEALTH_TERM_SET
+    )
 
 
 _NAME_TOPIC: Final = _TOPIC_WORDS | frozenset(

@@ -169,6 +169,12 @@ def _anchored(text: str, lo: int, s: int) -> bool:
     )
 
 
+def _sentence_inner(text: str, start: int) -> bool:
+    """``text[start]`` does not begin a sentence or a line (where any word is capitalised)."""
+    before = text[max(0, start - 3) : start].rstrip(" \t")
+    return bool(before) and before[-1] not in ".!?\n:;\"'([{>|"
+
+
 def name_spans(text: str, lo: int, hi: int) -> list[tuple[int, int]]:
     """Spans of person names in ``text[lo:hi]`` (the rules of the module docstring)."""
     spans: list[tuple[int, int]] = []
@@ -206,6 +212,15 @@ def name_spans(text: str, lo: int, hi: int) -> list[tuple[int, int]]:
             i += 1
         if i == len(words):
             continue
+        if (
+            i > 0
+            and words[i][2] in SURNAMES
+            and _unlisted_ok(words[i - 1][2])
+            and words[i - 1][2] not in NAME_WORDS
+            and (i == 1 or not _listed(words[i - 2][2]))
+            and _sentence_inner(text, words[i - 1][0])
+        ):
+            i -= 1  # an unknown given name before a listed surname: "Kwame Mensah"
         j = i + 1
         while j < len(words) and _listed(words[j][2]):
             j += 1

@@ -210,15 +210,15 @@ def on_dob(sc: Scan, m: Hit) -> None:
 
 
 NAME_DATE_RULE: Final = (
-    r"\p{Lu}[\pL'-]+[ \t]+(?:\pL+[ \t]+){0,2}\p{Lu}[\pL'-]+[ \t]*(?:,|\(|;|\*|,[ \t]*\*)[ \t]*"
-    r"(?:[0-9]{1,2}[./-][0-9]{1,2}[./-](?:19|20)[0-9]{2}|(?:19|20)[0-9]{2}-[0-9]{2}-[0-9]{2})"
-    r"\b"
+    r"\p{Lu}[\pL'-]+[ \t]+(?:\pL+[ \t]+){0,2}\p{Lu}[\pL'-]+[ \t]*"
+    r"(?:,|\(|;|\*|:|-|\x{2013}|,[ \t]*\*)[ \t]*"
+    r"(?:[0-9]{1,2}[./-][0-9]{1,2}[./-](?:19|20)[0-9]{2}|(?:19|20)[0-9]{2}-[0-9]{2}-[0-9]{2}"
+    r"|[0-9]{1,2}\.?[ \t]+(?:de[ \t]+)?\pL{3,}\.?[ \t]+(?:de[ \t]+)?(?:19|20)[0-9]{2})\b"
 )
-"""RE2 pattern of a capitalised name and a numeric date right after it."""
+"""RE2 pattern of a capitalised name and a date right after it (numeric, or a day, a
+month's name and a year)."""
 
-_NAME_THEN_DATE: Final = re.compile(
-    r"[ \t]*(?:,|\(|;|\*|,[ \t]*\*)[ \t]*(?P<date>[0-9][0-9./-]+[0-9])"
-)
+_NAME_THEN_DATE: Final = re.compile(r"[ \t]*(?:,|\(|;|\*|:|-|\u2013|,[ \t]*\*)[ \t]*")
 
 
 def on_name_date(sc: Scan, m: Hit) -> None:
@@ -227,14 +227,14 @@ def on_name_date(sc: Scan, m: Hit) -> None:
     text = sc.text
     for _ns, ne in names.name_spans(text, s, e):
         after = _NAME_THEN_DATE.match(text, ne, e)
-        if after is None or after.end() != e:
+        if after is None:
             continue
-        d = DATE.fullmatch(after.group("date"))
+        d = DATE.fullmatch(text, after.end(), e)
         if d is None or not date_ok(d, False):
             continue
-        year = int(re.findall(r"(?:19|20)[0-9]{2}", after.group("date"))[0])
+        year = int(re.findall(r"(?:19|20)[0-9]{2}", d.group())[-1])
         if year <= THIS_YEAR - 10:
-            sc.add("date_of_birth", after.start("date"), after.end("date"))
+            sc.add("date_of_birth", d.start(), d.end())
         return
 
 
