@@ -1,10 +1,10 @@
 """What reversible redaction adds to a restricted request, against the scan alone.
 
 On prompts of realistic text (``bench_routing_overhead.SENTENCES``) with personal data
-woven in every ~600 bytes (e-mail addresses, phone numbers, IBANs, card numbers; some
-values repeated), for the router the agent builds (``chat_service.build_router``) with a
-local model and private and cloud tiers, interleaved in rotating order (µs, p50/p99 after
-a warm-up):
+woven in every ~600 bytes (``--every``; the first sentence is always personal): e-mail
+addresses, phone numbers, IBANs, card numbers, some values repeated; for the router the
+agent builds (``chat_service.build_router``) with a local model and private and cloud
+tiers, interleaved in rotating order (µs, p50/p99 after a warm-up):
 
 * ``scan``: the routing detector alone (``classify_messages``; it stops at the first
   restricted finding, as routing does);
@@ -56,13 +56,13 @@ PERSONAL = (
 NAMES = ("jane.doe", "r.ortega", "li.wei", "m.kowalski")
 
 
-def build_prompt(size: int, rng: random.Random) -> str:
-    """About ``size`` bytes: ordinary sentences with a personal one every ~600 bytes (the
+def build_prompt(size: int, rng: random.Random, every: int = 600) -> str:
+    """About ``size`` bytes: ordinary sentences with a personal one every ~``every`` bytes (the
     last ordinary sentence cut so that no value is)."""
     parts: list[str] = []
-    length, since = 0, 600  # a personal sentence first
+    length, since = 0, every  # a personal sentence first
     while length < size:
-        if since >= 600:
+        if since >= every:
             template = rng.choice(PERSONAL)
             sentence = template.format(name=rng.choice(NAMES), n=rng.randrange(1000))
             since = 0
@@ -87,10 +87,12 @@ def build_answer(size: int, placeholders: PlaceholderMap, rng: random.Random) ->
     return " ".join(parts)
 
 
-def measure(router: Router, size: int, iterations: int, seed: int) -> dict[str, list[float]]:
+def measure(
+    router: Router, size: int, iterations: int, seed: int, every: int = 600
+) -> dict[str, list[float]]:
     """The five timings, interleaved in rotating order (µs)."""
     rng = random.Random(seed)
-    prompts = [build_prompt(size, rng) for _ in range(20)]
+    prompts = [build_prompt(size, rng, every) for _ in range(20)]
 
     def routed(prompt: str, redact: bool) -> RoutedRequest:
         request = ChatRequest(messages=(ChatMessage("user", prompt),), max_tokens=16)
@@ -157,6 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--sizes", default="512,4096")
+    parser.add_argument("--every", type=int, default=600, help="bytes between personal data")
     parser.add_argument("--json-only", action="store_true")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -165,7 +168,7 @@ def main() -> None:
         agent, router = make_agent(Path(tmp) / "state", "http://127.0.0.1:9/v1", local=True)
         try:
             for size in sizes:
-                t = measure(router, size, args.iterations, seed=size)
+                t = measure(router, size, args.iterations, seed=size, every=args.every)
                 diffs = [r - p for r, p in zip(t["redact"], t["plain"], strict=True)]
                 row: dict[str, float | int] = {"size": size}
                 for name, values in t.items():
