@@ -83,7 +83,8 @@ def test_corpus_size_split_and_mix(parts: dict[str, list[dict[str, Any]]]) -> No
 
 def test_rows_are_well_formed(parts: dict[str, list[dict[str, Any]]]) -> None:
     """Every row has the schema's fields, a known language, unique id, and categories that
-    are the detector's names and agree with its level (none for public rows)."""
+    are the detector's names and agree with its level (none for public rows); a restricted
+    row lists the personal/secret values in its text."""
     ids: set[str] = set()
     for rows in parts.values():
         for r in rows:
@@ -106,6 +107,8 @@ def test_rows_are_well_formed(parts: dict[str, list[dict[str, Any]]]) -> None:
                 assert not r["categories"] and r["class"].startswith("decoy_"), r["id"]
             else:
                 assert r["level"] in levels, r["id"]
+            if r["level"] == "restricted":
+                assert r["values"] and all(v in r["text"] for v in r["values"]), r["id"]
 
 
 def test_parts_share_no_template_text_or_pool_entry(

@@ -96,6 +96,7 @@ def build_part(part: str) -> list[Row]:
                 fmt=hw.fmt,
                 source="handwritten",
                 template=f"{prefix}-hw-{i}",
+                values=list(hw.values),
             )
         )
     return rows

@@ -14,11 +14,15 @@ from collections.abc import Callable
 
 from benchmarks.privacy_corpus.values import MAIL_HOSTS, Gen
 
-# Slots whose value is personal data or a secret: recorded in the row's ``values`` so a
-# check of what left the device (``eval_privacy --through-agent --redact``) can look for them.
+# Slots whose value is personal data or a secret (``pid``: a patient or record number,
+# drawn like ``num``): recorded in the row's ``values`` so a check of what left the device
+# (``eval_privacy --through-agent --redact``) can look for them.
 SENSITIVE = frozenset(
-    "name first last user email oemail addr dob phone uphone bsn steuer dni nie nir nino ssn "
-    "iban card pass mrz pw pin key aws_secret token hex jwt pem jwk basic".split()
+    (
+        *("name", "first", "last", "user", "email", "oemail", "addr", "dob", "phone", "uphone"),
+        *("bsn", "steuer", "dni", "nie", "nir", "nino", "ssn", "iban", "card", "pass", "mrz"),
+        *("pw", "pin", "key", "aws_secret", "token", "hex", "jwt", "pem", "jwk", "basic", "pid"),
+    )
 )
 
 SLOT = re.compile(r"\{\{([a-z_0-9]+)(?::([^{}#\s]*))?(?:#(\d))?\}\}")
@@ -60,6 +64,7 @@ def _simple(g: Gen) -> dict[str, Callable[[str], str]]:
         "doc_ip": lambda a: g.doc_ip(),
         "priv_ip": lambda a: g.private_ip(),
         "num": lambda a: str(g.num(*(int(x) for x in a.split("-")))),
+        "pid": lambda a: str(g.num(*(int(x) for x in a.split("-")))),
         "pick": lambda a: g.pick(a.split("|")),
         "pickw": lambda a: g.pick(a.split("|")).replace("_", " "),
     }

@@ -14,6 +14,7 @@ ROWS: tuple[Handwritten, ...] = (
         "en",
         "chat",
         "me: what's Tom Ashby's number again?\nsam: 07700 918 233, he prefers WhatsApp",
+        values=("Tom Ashby", "07700 918 233"),
     ),
     h(
         "phone",
@@ -21,6 +22,7 @@ ROWS: tuple[Handwritten, ...] = (
         "de",
         "prose",
         "Erinnere mich daran, Frau Kessler morgen um 10 unter 0171 4492 830 anzurufen.",
+        values=("Kessler", "0171 4492 830"),
     ),
     h(
         "phone",
@@ -28,6 +30,7 @@ ROWS: tuple[Handwritten, ...] = (
         "fr",
         "email",
         "Bonjour,\nvous pouvez me joindre au 06 48 27 19 53 en fin de journée.\nBien à vous",
+        values=("06 48 27 19 53",),
     ),
     h(
         "phone",
@@ -35,6 +38,7 @@ ROWS: tuple[Handwritten, ...] = (
         "es",
         "chat",
         "cliente: soy Marisa Gil, mi móvil es 612 48 93 07, llamadme por la tarde",
+        values=("Marisa Gil", "612 48 93 07"),
     ),
     h(
         "dob_with_name",
@@ -42,6 +46,7 @@ ROWS: tuple[Handwritten, ...] = (
         "en",
         "prose",
         "Our new hire Priya Raman was born on 4 July 1991 - add her to the birthday calendar.",
+        values=("Priya Raman", "4 July 1991"),
     ),
     h(
         "dob_with_name",
@@ -49,6 +54,7 @@ ROWS: tuple[Handwritten, ...] = (
         "de",
         "email",
         "Hallo,\nfür die Versicherung: Martin Albrecht, geb. 23.11.1978.\nDanke",
+        values=("Martin Albrecht", "23.11.1978"),
     ),
     h(
         "dob_with_name",
@@ -56,6 +62,7 @@ ROWS: tuple[Handwritten, ...] = (
         "es",
         "prose",
         "Inscribe a Lucía Pardo, nacida el 2 de febrero de 2012, en el campamento de verano.",
+        values=("Lucía Pardo", "2 de febrero de 2012"),
     ),
     h(
         "health_named_person",
@@ -63,6 +70,7 @@ ROWS: tuple[Handwritten, ...] = (
         "en",
         "chat",
         "user: my colleague Dan Whitmore has stage 2 lymphoma, how do I tell the team he'll be out?",
+        values=("Dan Whitmore",),
     ),
     h(
         "health_named_person",
@@ -70,6 +78,7 @@ ROWS: tuple[Handwritten, ...] = (
         "fr",
         "prose",
         "Rédige un mot d'excuse : Mme Caroline Vidal est hospitalisée pour une crise d'épilepsie.",
+        values=("Caroline Vidal",),
     ),
     h(
         "health_named_person",
@@ -77,6 +86,7 @@ ROWS: tuple[Handwritten, ...] = (
         "nl",
         "email",
         "Hoi,\nPieter Jansen is deze week afwezig, hij herstelt van een hernia-operatie.\nGroet",
+        values=("Pieter Jansen",),
     ),
     h(
         "health_patient_id",
@@ -84,6 +94,7 @@ ROWS: tuple[Handwritten, ...] = (
         "en",
         "json_log",
         '{"patient_id":"MRN-448210","dx":"F32.1 major depressive disorder","rx":"escitalopram 10mg"}',
+        values=("448210", "major depressive disorder"),
     ),
     h(
         "health_patient_id",
@@ -91,6 +102,7 @@ ROWS: tuple[Handwritten, ...] = (
         "de",
         "csv",
         "Patientennr;Diagnose;Medikation\n55812;Multiple Sklerose;Ocrelizumab",
+        values=("55812", "Multiple Sklerose"),
     ),
     h(
         "credential_prose",
@@ -98,6 +110,7 @@ ROWS: tuple[Handwritten, ...] = (
         "en",
         "prose",
         "Hey, the password for the shared Netflix is Blu3Wh4le!rain, don't give it to anyone.",
+        values=("Blu3Wh4le!rain",),
     ),
     h(
         "credential_prose",
@@ -105,6 +118,7 @@ ROWS: tuple[Handwritten, ...] = (
         "en",
         "chat",
         "ops: pw for the staging box is now k9#Vt2mQ-pL, old one is revoked",
+        values=("k9#Vt2mQ-pL",),
     ),
     h(
         "credential_prose_de",
@@ -112,6 +126,7 @@ ROWS: tuple[Handwritten, ...] = (
         "de",
         "chat",
         "kollege: das pwd für den Router ist immer noch Fruehling2024!, änder das mal",
+        values=("Fruehling2024!",),
     ),
     h(
         "credential_prose_fr",
@@ -119,6 +134,7 @@ ROWS: tuple[Handwritten, ...] = (
         "fr",
         "email",
         "Salut,\nle mot de passe du compte partagé est désormais Girafe-Bleue-77.\nA+",
+        values=("Girafe-Bleue-77",),
     ),
     h(
         "credential_prose_es",
@@ -126,6 +142,7 @@ ROWS: tuple[Handwritten, ...] = (
         "es",
         "prose",
         "Apunta: la contraseña de la wifi de la oficina es Naranja_Azul_2025.",
+        values=("Naranja_Azul_2025",),
     ),
     h(
         "username_password_prose",
@@ -133,6 +150,7 @@ ROWS: tuple[Handwritten, ...] = (
         "en",
         "prose",
         "For the demo, sign in as hwalker and the password is Tangerine88$ - Helen set it up.",
+        values=("hwalker", "Tangerine88$"),
     ),
     h(
         "pin",
@@ -140,6 +158,7 @@ ROWS: tuple[Handwritten, ...] = (
         "es",
         "chat",
         "mamá: el PIN de la tarjeta nueva es 7306, no se lo digas a nadie",
+        values=("7306",),
     ),
     h(
         "token_after_credential_word",
@@ -147,6 +166,7 @@ ROWS: tuple[Handwritten, ...] = (
         "en",
         "prose",
         "The secret for the webhook is 7fK2pQ9xLm4RtV8wZ3bN6cY1dH5gJ0sA - does the signature check use SHA-256?",
+        values=("7fK2pQ9xLm4RtV8wZ3bN6cY1dH5gJ0sA",),
     ),
     h(
         "connection_url",
@@ -154,6 +174,7 @@ ROWS: tuple[Handwritten, ...] = (
         "en",
         "prose",
         "Connection fails: amqp://billing:R4bb1t!Queue@mq.northwind-traders.com:5672/prod",
+        values=("R4bb1t!Queue",),
     ),
     h(
         "env_line",
@@ -161,6 +182,7 @@ ROWS: tuple[Handwritten, ...] = (
         "en",
         "yaml_env",
         "SMTP_USER=mailer\nSMTP_PASS=Qz8!vLr2pX\nSMTP_HOST=smtp.sendinblue.com",
+        values=("Qz8!vLr2pX",),
     ),
     h(
         "auth_header",
@@ -168,6 +190,7 @@ ROWS: tuple[Handwritten, ...] = (
         "en",
         "http_dump",
         "POST /graphql HTTP/2\nx-api-key: 4d7a1c9e8b2f6035a9c1e7d4b8f20a63\ncontent-type: application/json",
+        values=("4d7a1c9e8b2f6035a9c1e7d4b8f20a63",),
     ),
     h(
         "cloud_key",
@@ -175,6 +198,7 @@ ROWS: tuple[Handwritten, ...] = (
         "en",
         "prose",
         "Google Maps isn't loading; key is AIzaSyB3x9Kq_LmP2vT7wR4nY8dF1hJ6gZ0cS5e",
+        values=("AIzaSyB3x9Kq_LmP2vT7wR4nY8dF1hJ6gZ0cS5e",),
     ),
     h(
         "obfuscated_email",
@@ -182,6 +206,7 @@ ROWS: tuple[Handwritten, ...] = (
         "en",
         "prose",
         "Reach me at jonas dot weber at mailbox dot org, not the old address.",
+        values=("jonas dot weber at mailbox dot org",),
     ),
     h(
         "street_address_intl",
@@ -189,6 +214,7 @@ ROWS: tuple[Handwritten, ...] = (
         "es",
         "prose",
         "Envía las llaves a Rosa Medina, Calle Sierpes 12, 2º izq., 41004 Sevilla.",
+        values=("Rosa Medina", "Calle Sierpes 12"),
     ),
     h(
         "street_address_intl",
@@ -196,6 +222,7 @@ ROWS: tuple[Handwritten, ...] = (
         "nl",
         "chat",
         "klant: Mijn adres is gewijzigd: Hendrik Vos, Tolstraat 88-2, 1074 VK Amsterdam",
+        values=("Hendrik Vos", "Tolstraat 88-2"),
     ),
     h(
         "iban",
@@ -203,6 +230,7 @@ ROWS: tuple[Handwritten, ...] = (
         "en",
         "prose",
         "Please refund to GB40 NXTS 3563 2729 5181 75, the account I paid from.",
+        values=("GB40 NXTS 3563 2729 5181 75",),
     ),
     h(
         "card",
@@ -210,6 +238,7 @@ ROWS: tuple[Handwritten, ...] = (
         "en",
         "prose",
         "I think my card 4539 1488 0343 6467 was charged twice, draft a dispute letter.",
+        values=("4539 1488 0343 6467",),
     ),
     # --- public decoys ------------------------------------------------------------------------
     h(

@@ -35,6 +35,8 @@ class Handwritten:
     lang: str
     fmt: str
     text: str
+    values: tuple[str, ...] = ()
+    """The personal or secret values in ``text`` (for the redaction leak check)."""
 
 
 @dataclass
@@ -90,7 +92,13 @@ def pub(tid: str, cls: str, lang: str, fmt: str, pattern: str, count: int = 6) -
 
 
 def h(
-    cls: str, cats: str, lang: str, fmt: str, text: str, level: str = "restricted"
+    cls: str,
+    cats: str,
+    lang: str,
+    fmt: str,
+    text: str,
+    level: str = "restricted",
+    values: tuple[str, ...] = (),
 ) -> Handwritten:
-    """Shorthand for a :class:`Handwritten` row."""
-    return Handwritten(cls, level, tuple(cats.split()), lang, fmt, text)
+    """Shorthand for a :class:`Handwritten` row (``values``: its personal/secret values)."""
+    return Handwritten(cls, level, tuple(cats.split()), lang, fmt, text, values)

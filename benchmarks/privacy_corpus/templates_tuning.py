@@ -127,7 +127,7 @@ TEMPLATES: tuple[Template, ...] = (
         "health",
         "es",
         "prose",
-        "Paciente n.º {{num:100000-999999}}: diagnóstico de diabetes tipo 2, tratamiento con metformina 850 mg.",
+        "Paciente n.º {{pid:100000-999999}}: diagnóstico de diabetes tipo 2, tratamiento con metformina 850 mg.",
     ),
     # --- national identifiers introduced by their name -------------------------------------
     t(
