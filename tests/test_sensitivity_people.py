@@ -287,3 +287,16 @@ def test_unknown_given_name_before_a_listed_surname() -> None:
     """Inside a sentence an unlisted capitalised word before a listed surname is its given name."""
     text = "Bitte an Ngozi Schmidt senden"
     assert [text[s:e] for s, e in name_spans(text, 0, len(text))] == ["Ngozi Schmidt"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Barack Obama, the 44th president, was born on August 4, 1961 in Honolulu.",
+        "Write a short biography of Angela Merkel, born 17 July 1954.",
+        "Rédige une biographie de Simone Veil, née le 13 juillet 1927.",
+    ],
+)
+def test_birth_dates_of_public_figures_stay_public(text: str) -> None:
+    """A birth date in a line about a public figure (biography, president ...) is history."""
+    assert found(text, "date_of_birth") == []

@@ -22,8 +22,11 @@ Dates: day, month and year in any order that people write them, numeric (``12.03
 ``03/12/1985``, ``1985-03-12``, ``12-03-85``, ``19850312`` after a keyword) or with the
 month's name in one of the seven languages (``12 March 1985``, ``March 12th, 1985``,
 ``12. März 1985``, ``3 mars 1985``, ``12 de marzo de 1985``, ``12 maart 1985``); the day,
-month and year must be valid, the year from 1900 to this year. After a keyword a month
-and a year alone (``DOB: 03/1985``, ``born March 1985``) count too. The span is the date.
+month and year must be valid, the year from 1900 to this year. After a keyword that is
+no verb a month and a year alone (``DOB: 03/1985``) count too; after a verb ("born",
+"geboren", "né le") the date must be whole and at most three words away. The span is the
+date. In a line about a public figure ("a short biography of ...", "the president was
+born on ...") a birth date is history, not personal data, and no finding.
 
 Person names (:func:`find_names`, run by the scanner after all rules, and only when a
 rule found health, contact, identity, financial data or a date of birth): the names of
@@ -150,6 +153,25 @@ _SENTENCE_END: Final = re.compile(r"[.!?]\s+[A-Z]|\n\s*\n")
 _CELL_SEPARATORS: Final = ",;\t|"
 
 
+_PUBLIC_CONTEXT: Final = re.compile(
+    r"(?i)\b(?:biograph\w*|biografi\w*|biografía|wikipedia|famous|berühmt\w*|célèbre|famos[oa]|"
+    r"beroemd\w*|president\w*|präsident\w*|présiden\w*|king|queen|könig\w*|roi|reine|rey|"
+    r"reina|koning\w*|scientist|physicist|composer|painter|novelist|poet|actor|actress|"
+    r"singer|footballer|chancellor|kanzler\w*|emperor|kaiser\w*|empereur|emperador)\b"
+)
+"""Words of a text about a public figure ("a short biography of ..."): a birth date next
+to them is history, not personal data (a person of the public record)."""
+
+
+def _public_figure(text: str, start: int, end: int) -> bool:
+    """Public-figure words in the line around ``text[start:end]`` (120 characters each side)."""
+    lo = text.rfind("\n", max(0, start - 120), start) + 1 or max(0, start - 120)
+    hi = text.find("\n", end, end + 120)
+    return (
+        _PUBLIC_CONTEXT.search(text, lo, hi if hi != -1 else min(len(text), end + 120)) is not None
+    )
+
+
 def _gap_ok(gap: str, words: int = _GAP_WORDS) -> bool:
     """The text between a keyword and a date: at most ``words`` words, no sentence end."""
     if _SENTENCE_END.search(gap):
@@ -205,7 +227,8 @@ def on_dob(sc: Scan, m: Hit) -> None:
         if not _gap_ok(window[: d.start()], _GAP_WORDS if partial else _VERB_GAP_WORDS):
             return
         if date_ok(d, partial):
-            sc.add("date_of_birth", ke + d.start(), ke + d.end())
+            if not _public_figure(text, ks, ke + d.end()):
+                sc.add("date_of_birth", ke + d.start(), ke + d.end())
             return
 
 
@@ -233,7 +256,7 @@ def on_name_date(sc: Scan, m: Hit) -> None:
         if d is None or not date_ok(d, False):
             continue
         year = int(re.findall(r"(?:19|20)[0-9]{2}", d.group())[-1])
-        if year <= THIS_YEAR - 10:
+        if year <= THIS_YEAR - 10 and not _public_figure(text, s, e):
             sc.add("date_of_birth", d.start(), d.end())
         return
 
