@@ -300,3 +300,10 @@ def test_scan_never_raises_and_spans_lie_in_the_text(parts: list[str]) -> None:
 def test_more_id_names_and_written_forms(text: str, value: str) -> None:
     """Names in front of the number, tax numbers and dotted DNI forms are found."""
     assert [v for v, _certain in found(text, "national_id")] == [value]
+
+
+def test_mrz_in_a_json_string_with_an_escaped_line_break() -> None:
+    """An MRZ written into a JSON or log string (lines joined by a written \\n) is found."""
+    text = '{"doc":"' + _TD3.replace("\n", "\\n") + '"}'
+    assert found(text, "passport") == [(_TD3.split("\n")[1], True)]
+    assert found(text, "person_name") == [("ERIKSSON<<ANNA<MARIA", True)]

@@ -36,7 +36,7 @@ from edge_agent.routing.sensitivity.matching import Handler, Hit, Scan
 MRZ_RULE: Final = (
     # TD3/TD2 number line: document number, check, nationality, birth date, check, sex,
     # expiry date, check
-    r"(?P<line>\b[A-Z0-9<]{9}[0-9][A-Z<]{3}[0-9]{6}[0-9][MFX<][0-9]{6}[0-9][A-Z0-9<]{7,16})"
+    r"(?:\b|\\n)(?P<line>[A-Z0-9<]{9}[0-9][A-Z<]{3}[0-9]{6}[0-9][MFX<][0-9]{6}[0-9][A-Z0-9<]{7,16})"
     # TD1 first line (code, state, document number, check) and second line's dates
     r"|(?P<td1>\b[ACI][A-Z0-9<][A-Z<]{3}[A-Z0-9<]{9}[0-9<][A-Z0-9<]{15}[ \t]*\r?\n[ \t]*"
     r"[0-9]{6}[0-9][MFX<][0-9]{6}[0-9][A-Z<]{3}[A-Z0-9<]{11}[0-9]\b)"
@@ -92,7 +92,17 @@ _NUMBER_LINE: Final = re.compile(
 
 
 def _line_above(text: str, start: int) -> tuple[int, str] | None:
-    """The line right above the one that starts at or before ``start``: (start, text)."""
+    """The line right above the one that starts at ``start``: (start, text). Lines end at
+    a line break or, in JSON and log strings, at a written ``\\n``."""
+    if text[max(0, start - 2) : start] == "\\n":
+        # an escaped line break: the names line is the MRZ-character run before it
+        end = start - 2
+        begin = end
+        while begin > 0 and (
+            text[begin - 1].isupper() or text[begin - 1].isdigit() or text[begin - 1] == "<"
+        ):
+            begin -= 1
+        return (begin, text[begin:end]) if begin < end else None
     line_start = text.rfind("\n", 0, start) + 1
     if line_start == 0:
         return None
