@@ -140,6 +140,19 @@ def evaluate(classify: Callable[[str], VerdictLike], rows: Sequence[Row]) -> dic
     return _summary(rows, per_class, cat_hit, cat_n, leaks, raised, internal)
 
 
+def _breakdown(
+    rows: Sequence[Row], level: str, bad: set[str], key: Callable[[Row], str]
+) -> dict[str, dict[str, Any]]:
+    """Per ``key`` value (language, format): rows of ``level`` and the share not in ``bad``."""
+    n: Counter[str] = Counter()
+    ok: Counter[str] = Counter()
+    for row in rows:
+        if row.level == level:
+            n[key(row)] += 1
+            ok[key(row)] += row.id not in bad
+    return {k: {"n": n[k], "kept": _ratio(ok[k], n[k])} for k in sorted(n)}
+
+
 def _summary(
     rows: Sequence[Row],
     per_class: dict[str, Counter[str]],
@@ -151,6 +164,8 @@ def _summary(
 ) -> dict[str, Any]:
     levels = Counter(r.level for r in rows)
     class_level = {r.cls: r.level for r in rows}
+    leaked = {leak["id"] for leak in leaks}
+    raised_ids = {r["id"] for r in raised}
     classes = {}
     for cls in sorted(per_class, key=lambda c: (LEVELS.index(class_level[c]) * -1, c)):
         c = per_class[cls]
@@ -178,6 +193,9 @@ def _summary(
             "left_public": internal["public"],
         },
         "classes": classes,
+        "restricted_by_language": _breakdown(rows, "restricted", leaked, lambda r: r.lang),
+        "restricted_by_format": _breakdown(rows, "restricted", leaked, lambda r: r.fmt),
+        "public_by_language": _breakdown(rows, "public", raised_ids, lambda r: r.lang),
         "categories": {
             cat: {"n": cat_n[cat], "recall": _ratio(cat_hit[cat], cat_n[cat])}
             for cat in sorted(cat_n)
@@ -394,6 +412,13 @@ def _print_detector(part: str, report: dict[str, Any]) -> None:
         share = c.get("recall", c.get("escalated"))
         verdicts = " ".join(f"{k}={v}" for k, v in c["verdicts"].items())
         print(f"{cls:34} {c['level']:10} {c['n']:>4} {share!s:>7}  {verdicts}")
+    for title, key in (
+        ("restricted kept, by language", "restricted_by_language"),
+        ("restricted kept, by format", "restricted_by_format"),
+        ("public escalated, by language", "public_by_language"),
+    ):
+        parts = ", ".join(f"{k} {v['kept']} ({v['n']})" for k, v in report[key].items())
+        print(f"{title}: {parts}")
     print(f"\n{'category':20} {'n':>4} {'recall':>7}")
     for cat, c in report["categories"].items():
         print(f"{cat:20} {c['n']:>4} {c['recall']!s:>7}")
