@@ -27,8 +27,8 @@ _PLACEHOLDER_VALUES: Final[frozenset[str]] = frozenset(entries("placeholders.txt
 
 
 _PLACEHOLDER_PREFIXES: Final = (
-    "your", "my_", "my-", "xxx", "...", "***", "•••", "os.", "votre", "ton_", "ton-", "dein",
-    "ihr_", "ihr-", "tu_", "tu-", "su_", "su-", "uw_", "uw-", "jouw",
+    "your", "my_", "my-", "xxx", "...", "***", "•••", "os.", "votre", "dein_", "deine_",
+    "jouw_", "tu_contrase", "su_contrase",
 )  # fmt: skip
 
 

@@ -1,0 +1,156 @@
+"""Street addresses: US/UK, German, Dutch, Nordic, French, Spanish, Italian, Portuguese.
+
+Category ``street_address`` (restricted). Forms: a house number and capitalised words
+ending in a street type (``221 Baker Street``, ``data/street_suffixes.txt``); a one-word
+street name with a street-type ending and a number (``Lindenstraße 40``, ``Hauptstr. 5``,
+``Molenweg 169``, ``Tolstraat 88-2``, ``Storgatan 12``, ``Vesterbrogade 3``,
+``data/street_types.txt``); two words (``Berliner Straße 5``); a number and a French
+street word (``12 rue de la Paix``, ``153 avenue Jean Jaurès``); a Romance street word,
+a name and a number (``Calle Sierpes 12``, ``Avenida de la Constitución, 6``, ``Av.
+Diagonal 211``, ``Via dei Mille 18``, ``Rua Augusta 45``, ``data/street_words.txt``).
+
+Organisations' addresses are public, by a fail-closed rule: an address is public only
+when (a) an organisation's name is attached to it (the last four words before it, up to a
+comma or dash, include an organisation word or a legal form: "the Rijksmuseum,
+Museumstraat 1", "Museo del Prado, Calle ...", "Acme GmbH, Hauptstr. 5",
+``data/organisation_words.txt``) or its sentence is visitor information ("opening
+hours", "Öffnungszeiten", "horaires", "horario", "how do I get to",
+``data/visitor_words.txt``), and (b) no person data is near it: no person's name (the
+names list of :mod:`.names`, outside the street name itself), honorific, possessive,
+"lives"/"wohnt"/"woont"/"habite"/"vive", delivery word ("ship to", "Lieferadresse",
+"livrer chez", "envía a", "shipping_address") or e-mail/phone sign within 150 characters.
+A company address on a delivery note for a person stays restricted.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from edge_agent.routing.sensitivity.matching import Handler, Hit, Scan
+from edge_agent.routing.sensitivity.names import name_spans
+from edge_agent.routing.sensitivity.terms import alternation
+
+_NAME_WORD: Final = r"\p{Lu}[\pL'\-]+"
+_PARTICLES: Final = (
+    r"(?:de las|de los|de la|de l'|del|dels|de|della|delle|dei|degli|di|do|da|dos|das|d')"
+)
+
+ADDRESS_RULE = (
+    r"(?P<en>\b[0-9]{1,5}[A-Za-z]?,? (?:(?:[A-Z][A-Za-z'\-]*\.?|[0-9]{1,3}(?:st|nd|rd|th)) ){1,4}"
+    r"(?:" + alternation("street_suffixes.txt") + r")\b\.?)"
+    r"|(?P<de>\b\p{Lu}[\p{Ll}\-]*(?:" + alternation("street_types.txt") + r") ?"
+    r"[0-9]{1,4}(?:[a-z]\b|-[0-9]{1,3})?)"
+    r"|(?P<de2>\b\p{Lu}[\p{Ll}\-]+ (?:Straße|Strasse|Str\.|Weg|Allee|Platz|Gasse|Ring|Damm) "
+    r"[0-9]{1,4}[a-z]?\b)"
+    r"|(?P<fr>\b[0-9]{1,4}(?: ?(?:bis|ter))?,? (?i:rue|avenue|av\.|boulevard|bd|place|all[ée]e|"
+    r"chemin|impasse|quai|cours|route) (?:(?:de la|de l'|du|des|de|d'|la|le|l')\s?)?"
+    + _NAME_WORD
+    + r")"
+    r"|(?P<es>\b(?:"
+    + alternation("street_words.txt")
+    + r") (?:"
+    + _PARTICLES
+    + r" ?)?"
+    + _NAME_WORD
+    + r"(?: (?:"
+    + _PARTICLES
+    + r" ?)?"
+    + _NAME_WORD
+    + r"){0,3},? "
+    r"(?:n\.? ?|nº ?|no\.? ?|n\.º ?)?[0-9]{1,4}\b)"
+)
+"""Street addresses by their shape (the module docstring lists the forms)."""
+
+_ORG_WORDS: Final = alternation("organisation_words.txt")
+_ORG: Final = re.compile(r"(?i)(?:" + _ORG_WORDS + r")\Z")
+_VISITOR: Final = re.compile(r"(?i)\b(?:" + alternation("visitor_words.txt") + r")\b")
+_PERSON_CUE: Final = re.compile(
+    r"(?i)\b(?:my|his|her|their|your|mein\w*|sein\w*|ihr\w*|dein\w*|mon|ma|son|sa|mi|su|"
+    r"tu|mijn|zijn|haar|je|herr|frau|mr|mrs|ms|dr|mme|mlle|sr|sra|dhr|mevr|c/o|attn|"
+    r"lives?|living|wohnt|wohne|woont|woon|habite|vive|vit|chez|ship|shipping\w*|deliver\w*|"
+    r"liefer\w*|schick\w*|livr\w*|envía|envia\w*|entrega\w*|bezorg\w*|stuur\w*|customer|"
+    r"client\w*|kunde\w*|klant\w*|patient\w*|home|zuhause|domicil\w*|thuis|adres|adresse|"
+    r"address|dirección|direccion)\b|@|\+[0-9]"
+)
+_ORDINARY: Final = re.compile(
+    r"(?:Spring|Offspring|String|Substring|Herring|Ring|Boring|Gate|Delegate|Aggregate|"
+    r"Template|Markt|Platz|Weg|Damm|Ufer|Allee|Gasse|Laan|Kade|Dijk|Partie|Sortie|Tie|"
+    r"Vej|Gata|Gade|Katu|Dom)[ ]?[0-9]"
+)
+"""Words that end like a street type but are no street name (or the bare type alone)."""
+_WORDS_BEFORE: Final = re.compile(r"([^\s,;:|()\-\u2013\u2014]+)")
+
+
+def _organisation_start(text: str, s: int) -> int:
+    """Where the organisation's name attached to the address starts (its last four words
+    before it, up to a comma or a dash, with an organisation word); -1: none."""
+    lo = max(0, s - 80)
+    lead = text[lo:s]
+    cut = max(lead.rfind("\n"), lead.rfind(". "), lead.rfind("? "), lead.rfind("! "))
+    lead = lead[: len(lead.rstrip(" \t,;:|-\u2013\u2014("))]
+    words = list(_WORDS_BEFORE.finditer(lead, cut + 1))[-4:]
+    for w in words:
+        if _ORG.search(w.group().strip(".'\"")) or _ORG.search(w.group()):
+            return lo + words[0].start()
+    return -1
+
+
+_POSTCODE_BEFORE: Final = re.compile(r"[0-9]{4,5}(?:[ \t]?[A-Z]{2})?[ \t]+\Z")
+
+
+def _visitor_sentence(text: str, s: int, e: int) -> bool:
+    lo = max(0, s - 120)
+    lead = text[lo:s]
+    cut = max(lead.rfind("\n"), lead.rfind(". "))
+    tail = text[e : e + 80]
+    end = min((i for i in (tail.find("\n"), tail.find(". ")) if i != -1), default=len(tail))
+    return _VISITOR.search(lead[cut + 1 :] + " " + tail[:end]) is not None
+
+
+def _person_near(text: str, s: int, e: int, org: int) -> bool:
+    """Person data within 150 characters: a cue word or sign, or a listed name outside
+    the street name, the organisation's name (from ``org``) and the city after a
+    postcode."""
+    lo, hi = max(0, s - 150), min(len(text), e + 150)
+    if _PERSON_CUE.search(text, lo, s) or _PERSON_CUE.search(text, e, hi):
+        return True
+    for ns, _ne in name_spans(text, lo, hi):
+        if s <= ns < e or (org != -1 and org <= ns < s):
+            continue  # "Calle de Ruiz de Alarcón", "Museo del Prado"
+        if _POSTCODE_BEFORE.search(text, max(0, ns - 12), ns):
+            continue  # "28014 Madrid": the city
+        return True
+    return False
+
+
+def public_place(text: str, s: int, e: int) -> bool:
+    """The address ``text[s:e]`` is an organisation's or a public place's (see above)."""
+    org = _organisation_start(text, s)
+    if org == -1 and not _visitor_sentence(text, s, e):
+        return False
+    return not _person_near(text, s, e, org)
+
+
+def on_address(sc: Scan, m: Hit) -> None:
+    kind: str | None = m.kind
+    s, e = m.span(kind)
+    text = sc.text
+    if kind == "en":
+        words = text[s:e].split()
+        if words[0].rstrip(",").isdigit() and int(words[0].rstrip(",")) == 0:
+            return
+        # "Dr"/"St" as the suffix needs a street-like word before it ("12 Oak Dr")
+        if words[-1].rstrip(".") in ("Dr", "St") and len(words) < 3:
+            return
+    elif kind == "de" and _ORDINARY.match(text, s):
+        return  # "Spring 2024", "String 12": a word that only ends like a street type
+    if public_place(text, s, e):
+        return
+    sc.add("street_address", s, e)
+
+
+RULES: Final[list[tuple[str, str, Handler]]] = [("address", ADDRESS_RULE, on_address)]
+"""This family's rules as (name, RE2 pattern, handler)."""
+
+__all__ = ["ADDRESS_RULE", "RULES", "on_address", "public_place"]

@@ -1,0 +1,262 @@
+"""Phone numbers: by their format, or any number that could be one next to contact words.
+
+Category ``phone`` (restricted). Fail closed: a number that libphonenumber would call
+*possible* (seven to fifteen digits in a phone notation) is contact data when it has
+context, even if no operator has that range (libphonenumber's *valid*):
+
+* a word that announces a number before it ("Tel.", "Tél. :", "Móvil:", "Handy",
+  "mobiel", "reachable on", "bel me terug op", "Son numéro :", "what's her number",
+  ``data/phone_words.txt``), newlines included (a CSV header ``nombre,telefono``), at
+  most 48 characters before it;
+* such a word right after it ("0171 4492 830 anzurufen", "06 12 34 56 78 (mobile)");
+* a person's name right before it, from the names list of :mod:`.names`
+  ("Marta Castillo,766 5107 60", "Jan de Vries: 06-12345678").
+
+Without context only formats that are phone numbers by themselves count: ``+``/``00``
+numbers that libphonenumber calls valid, NANP ``(415) 555-2671``, the French pairs
+format, a trunk code in brackets. A number found by its context is certain when
+libphonenumber calls it valid (with the country code it carries, or the region its
+context word suggests), otherwise it is an uncertain finding (the request stays local;
+redaction leaves it). Versions, dates, IPs, timestamps, long digit runs and numbers after
+an order/invoice/ticket/part word stay public; so does a service line of an organisation
+("the Deutsche Bahn service hotline is ...") with no person word before it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import phonenumbers
+
+from edge_agent.routing.sensitivity.identifiers import DATE_LIKE, digits_of
+from edge_agent.routing.sensitivity.matching import Handler, Hit, Scan
+from edge_agent.routing.sensitivity.names import name_spans
+from edge_agent.routing.sensitivity.terms import alternation
+
+_WORDS: Final = alternation("phone_words.txt")
+_NUMBER: Final = r"\+?\(?[0-9][0-9 ().\-/]{5,18}[0-9]"
+
+PHONE_RULE = (
+    r"(?P<intl>(?:\+|\b00)[1-9][0-9]{0,2}[ .\-]?(?:\(0?[0-9]{1,4}\)[ .\-]?)?[0-9]{1,5}"
+    r"(?:[ .\-]?[0-9]{2,5}){1,4}\b)"
+    r"|(?P<nanp>(?:\([2-9][0-9]{2}\) ?|\b[2-9][0-9]{2}[\-.])[2-9][0-9]{2}[\-.][0-9]{4}\b)"
+    r"|(?P<fr>\b0[1-9](?:[ .][0-9]{2}){4}\b)"
+    r"|(?P<trunk>\(0[1-9][0-9]{0,3}\) ?[0-9]{3,4}[ .\-]?[0-9]{3,4}\b)"
+)
+"""Numbers that are phone numbers by their format alone."""
+
+_FILLER: Final = r"[^0-9+\n]*?(?:\n[^0-9+\n]*?)?"
+"""What may stand between a phone word and its number: no digit, at most one line break
+(the distance, 48 characters, is checked in Python: a counted repetition would make the
+automaton large and slow)."""
+
+CONTEXT_RULE = (
+    r"(?P<word>(?i:\b(?:" + _WORDS + r")\b))" + _FILLER + r"(?P<ctx>" + _NUMBER + r")"
+    r"|(?P<gword>(?i:\b(?:"
+    + alternation("phone_words_generic.txt")
+    + r")\b))"
+    + _FILLER
+    + r"(?P<gctx>(?:\+|\b0|\()[0-9(][0-9 ().\-/]{5,18}[0-9])"
+)
+"""A number after a phone word (a generic one, "number", only before a number written
+like a phone number)."""
+
+AFTER_RULE = (
+    r"(?P<after>(?:\+|\b00|\b0)[0-9][0-9 ().\-/]{5,16}[0-9])[^0-9\n]*?"
+    r"(?i:\b(?:" + _WORDS + r")\b)"
+)
+"""A number written like a phone number, then a phone word on the same line."""
+
+NAMED_RULE = r"\b\p{Lu}\p{Ll}+[ \t]*[,;:|\t][ \t]*(?P<named>" + _NUMBER + r")"
+"""A number right after a capitalised word and a separator ("Marta Castillo,766 5107 60")."""
+
+_PHONE_WORD: Final = re.compile(
+    r"(?i)\b(?:" + _WORDS + "|" + alternation("phone_words_generic.txt") + r")\b"
+)
+
+_GENERIC_WORDS: Final = frozenset(
+    {"number", "nummer", "numéro", "numero", "número", "no", "nr", "contact", "kontakt"}
+)
+"""Words that announce numbers of all kinds: the number must then look like a phone's."""
+
+_LABEL: Final = re.compile(r"(?i)\b(?:" + alternation("number_labels.txt") + r")\b[^0-9\n]{0,24}\Z")
+"""A word for another kind of number right before the candidate ("order number ...")."""
+
+_PERSONAL: Final = re.compile(
+    r"(?i)\b(?:my|his|her|their|mein|meine|sein|seine|ihr|ihre|mon|ma|son|sa|mi|su|tu|"
+    r"mijn|zijn|haar|je|herr|frau|mr|mrs|ms|dr|mme|sr|sra|dhr|mevr)\b|'s\b"
+)
+_SERVICE: Final = re.compile(
+    r"(?i)\b(?:service|customer|kundenservice|kundendienst|support|hotline|helpline|switchboard|zentrale|"
+    r"servicenummer|standard|centralita|klantenservice|reception|rezeption|accueil|"
+    r"recepci[oó]n|receptie|info(?:line)?)\b"
+)
+_REGIONS: Final[dict[str, str]] = {
+    key: region for region, keys in (
+        ("DE", ("tel", "telefon", "handy", "mobil", "anrufen", "anzurufen", "telefonnummer",
+                "handynummer", "mobilnummer", "rückruf", "ruckruf", "erreichbar", "festnetz")),
+        ("FR", ("tél", "téléphone", "telephone", "portable", "joindre", "appeler", "rappeler",
+                "numéro", "joignable")),
+        ("ES", ("teléfono", "telefono", "móvil", "movil", "llamar", "llámame", "llamadme",
+                "número", "localizable")),
+        ("NL", ("mobiel", "telefoon", "telefoonnummer", "bel", "bellen", "terugbellen",
+                "bereikbaar", "gsm")),
+        ("IT", ("cellulare", "chiamare")),
+    ) for key in keys
+}  # fmt: skip
+"""The region a context word suggests, for numbers written without a country code."""
+
+
+def _parse_valid(number: str, region: str | None) -> tuple[bool, bool]:
+    """(possible, valid) for ``number`` in ``region`` (None: it carries ``+``)."""
+    if number.startswith("00"):
+        number, region = "+" + number[2:], None
+    try:
+        parsed = phonenumbers.parse(number, region)
+    except phonenumbers.NumberParseException:
+        return False, False
+    return phonenumbers.is_possible_number(parsed), phonenumbers.is_valid_number(parsed)
+
+
+def _phone_shaped(value: str) -> bool:
+    """Written like a phone number: a ``+``, a trunk ``0``, brackets, or digit groups."""
+    if value[0] in "+(0":
+        return True
+    groups = [g for g in re.split(r"[ .\-/]+", value) if g]
+    return len(groups) >= 3 and all(1 <= len(g) <= 5 for g in groups)
+
+
+def _not_a_phone(value: str) -> bool:
+    """Dates, versions, IP addresses and the like, or a digit count no phone has."""
+    digits = digits_of(value)
+    if not 7 <= len(digits) <= 15 or DATE_LIKE.search(value):
+        return True
+    return value.count(".") >= 3  # a dotted version or an IP address
+
+
+def _certain(value: str, region: str | None) -> bool:
+    """True: valid (with its country code, or in ``region``); False: possible, or not
+    known to be valid (the finding is raised to fail closed)."""
+    if value.startswith(("+", "00")):
+        return _parse_valid(value, None)[1]
+    if region is not None:
+        return _parse_valid(value, region)[1]
+    return False
+
+
+def _inside_number(text: str, s: int, e: int) -> bool:
+    """The candidate is a part of a longer number ("6011 2815 0145 8754")."""
+    before, after = text[max(0, s - 2) : s], text[e : e + 2]
+    return bool(re.fullmatch(r"[0-9][ .\-/]", before) or re.fullmatch(r"[ .\-/][0-9]", after))
+
+
+def _service_line(text: str, start: int) -> bool:
+    """An organisation's service number: a service word before it in its sentence, and
+    no person word (possessive, honorific) there."""
+    lead = text[max(0, start - 80) : start]
+    cut = max(lead.rfind("\n"), lead.rfind(". "), lead.rfind("? "), lead.rfind("! "))
+    lead = lead[cut + 1 :]
+    return _SERVICE.search(lead) is not None and _PERSONAL.search(lead) is None
+
+
+def _named(sc: Scan, s: int, e: int, value: str) -> None:
+    """A number right after a capitalised word: a finding when that word ends a name."""
+    text = sc.text
+    sep = max(text.rfind(c, max(0, s - 4), s) for c in ",;:|\t")
+    if sep == -1 or not _phone_shaped(value):
+        return
+    end = sep
+    while end > 0 and text[end - 1] in " \t":
+        end -= 1
+    if not any(ne == end for _ns, ne in name_spans(text, max(0, end - 60), end)):
+        return
+    sc.add("phone", s, e, certain=_certain(value, None))
+
+
+def _contextual(sc: Scan, s: int, e: int, value: str, word: str) -> None:
+    """A number next to a phone word: a finding unless it is clearly something else."""
+    text = sc.text
+    if _not_a_phone(value) or _LABEL.search(text, max(0, s - 60), s) is not None:
+        return
+    if _inside_number(text, s, e):
+        return
+    if word.lower() in _GENERIC_WORDS and not _phone_shaped(value):
+        return
+    if _service_line(text, s):
+        return
+    sc.add("phone", s, e, certain=_certain(value, _REGIONS.get(word.lower().rstrip("."))))
+
+
+def _context_near(text: str, s: int, e: int) -> bool:
+    """A phone word, a person's name or an e-mail address within 60 characters."""
+    lo, hi = max(0, s - 60), min(len(text), e + 60)
+    if _PHONE_WORD.search(text, lo, hi) or "@" in text[lo:hi]:
+        return True
+    return bool(name_spans(text, lo, s))
+
+
+def on_phone(sc: Scan, m: Hit) -> None:
+    kind: str | None = m.kind
+    if kind is None:
+        return
+    if kind in ("word", "gword"):
+        kind = "ctx" if kind == "word" else "gctx"
+    s, e = m.span(kind)
+    text = sc.text
+    value = text[s:e]
+    if kind == "intl":
+        _on_intl(sc, s, e, value)
+    elif kind == "nanp":
+        if text[s - 1 : s] in (".", "-") or (
+            text[e : e + 1] in (".", "-") and text[e + 1 : e + 2].isdigit()
+        ):
+            return
+        sc.add("phone", s, e)
+    elif kind == "fr":
+        if _parse_valid(value, "FR")[1]:
+            sc.add("phone", s, e)
+    elif kind == "trunk":  # "(02) 9374 4000", "(030) 901820": a trunk code in brackets
+        if 8 <= len(digits_of(value)) <= 12:
+            sc.add("phone", s, e)
+    elif kind in ("ctx", "gctx"):
+        ws, we = m.span("word" if kind == "ctx" else "gword")
+        if s - we > 48:  # the word is too far: is there a nearer one?
+            near = list(_PHONE_WORD.finditer(text, max(0, s - 60), s))
+            if not near or s - near[-1].end() > 48:
+                return
+            ws, we = near[-1].span()
+        _contextual(sc, s, e, value, text[ws:we])
+    elif kind == "after":
+        word = _PHONE_WORD.search(text, e)
+        if word is None or word.start() - e > 24 or word.group().lower() in _GENERIC_WORDS:
+            return
+        _contextual(sc, s, e, value, word.group())
+    elif kind == "named" and not _not_a_phone(value) and not _inside_number(text, s, e):
+        _named(sc, s, e, value)
+
+
+def _on_intl(sc: Scan, s: int, e: int, value: str) -> None:
+    text = sc.text
+    before = text[max(0, s - 2) : s]
+    if before[-1:].isalnum() or (before[-1:] == " " and before[:1].isdigit()):
+        return  # "x+1 ..." or a group inside a longer number ("3704 0044 0532")
+    if _LABEL.search(text, max(0, s - 60), s) is not None:
+        return  # "número de pedido 0012 3345 99": another kind of number
+    possible, valid = _parse_valid(value, None)
+    if valid:
+        if not _service_line(text, s):
+            sc.add("phone", s, e)
+    elif possible and _context_near(text, s, e) and not _service_line(text, s):
+        sc.add("phone", s, e, certain=False)
+
+
+RULES: Final[list[tuple[str, str, Handler]]] = [
+    ("phone", PHONE_RULE, on_phone),
+    ("phonectx", CONTEXT_RULE, on_phone),
+    ("phoneafter", AFTER_RULE, on_phone),
+    ("phonename", NAMED_RULE, on_phone),
+]
+"""This family's rules as (name, RE2 pattern, handler)."""
+
+__all__ = ["AFTER_RULE", "CONTEXT_RULE", "NAMED_RULE", "PHONE_RULE", "RULES", "on_phone"]
