@@ -4,7 +4,7 @@ in the policy, the X-Redact header, the new config keys and the session's placeh
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -184,16 +184,19 @@ def _texts_and_findings(draw: st.DrawFn) -> tuple[list[str], list[Finding]]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(_texts_and_findings())
+@given(_texts_and_findings(), _texts_and_findings())
 def test_restore_of_redact_is_the_original_for_any_text_and_findings(
-    case: tuple[list[str], list[Finding]],
+    first: tuple[list[str], list[Finding]], second: tuple[list[str], list[Finding]]
 ) -> None:
     """For any texts (look-alike placeholders included) and any findings, overlapping or
-    not, restoring a redacted text gives the original back, message by message."""
-    texts, findings = case
+    not, restoring a redacted text gives the original back, message by message, also on
+    the second request of a session's map (earlier values swept into it). Texts that
+    already hold a placeholder the map issued are left out: those refer to its value."""
     placeholders = PlaceholderMap()
-    redacted = placeholders.redact(texts, findings)
-    assert [placeholders.restore(t) for t in redacted.texts] == texts
+    for texts, findings in (first, second):
+        assume(all(placeholders.restore(t) == t for t in texts))
+        redacted = placeholders.redact(texts, findings)
+        assert [placeholders.restore(t) for t in redacted.texts] == texts
 
 
 # --- streams -------------------------------------------------------------------------
