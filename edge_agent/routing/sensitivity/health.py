@@ -4,6 +4,16 @@ Category ``health`` (restricted). The rule is described in the package docstring
 terms are in ``data/health_terms.txt`` (``data/health_acronyms.txt``: those matched in
 upper case only), the words the rule reads around a term in ``data/health_cues.json``.
 
+Terms, cue words and patient-record cues are in English, German, French, Spanish and
+Dutch ("Diagnose", "diagnostiqué", "diagnosticado", "Patientin", "paciente", "patiënt",
+"mein Vater hat", "ma mère a", "mi madre tiene", "mijn vader heeft"; HL7 ``PID``
+segments, ``patient_id``/MRN fields and foreign birth-date fields are record cues). Beyond
+the package docstring's rule, a person named before the term in its sentence ties it to
+that person: a name from the names list (:mod:`.names`) of two words or after an
+honorific ("Tobias Lehmann leidet an einer Depression", "Mme Vidal est hospitalisée"),
+not right after a topic word ("an article about Steve Jobs"), or two capitalised words
+and a health verb of another language ("Kwame Mensah leidet an").
+
 The detector adds every term to its RE2 set one by one (:func:`term_pattern`), next to
 the patient-record cues (:data:`CLINICAL_CUES`) and one pattern for "a term with a person
 in its sentence" (:func:`person_cue_pattern`); :func:`find_health` then checks, in ASCII
