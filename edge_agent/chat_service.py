@@ -243,11 +243,13 @@ class ChatService:
         )
         # Redaction keeps a session's placeholders with the session, so a value keeps its
         # placeholder across the conversation (the history travels redacted the same way).
-        placeholders = (
-            self.sessions.placeholders(session_id)
-            if session_id is not None and self.router.wants_redaction(hints)
-            else None
-        )
+        # A request that does not ask for redaction still gets an existing map: its values
+        # keep the request restricted wherever they appear.
+        placeholders = None
+        if session_id is not None and self.router.wants_redaction(hints):
+            placeholders = self.sessions.placeholders(session_id)
+        elif session_id is not None:
+            placeholders = self.sessions.existing_placeholders(session_id)
         return ChatCall(
             routed=RoutedRequest(request, hints, wanted, placeholders),
             new=messages,

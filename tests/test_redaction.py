@@ -96,6 +96,17 @@ def test_a_value_found_once_is_replaced_wherever_it_appears_whole() -> None:
     assert again.texts == ("[PERSON_1] asked; [PERSON_1] again", later[1], "[PHONE_1]")
 
 
+def test_known_values_are_findings_wherever_they_appear() -> None:
+    """A session's map reports whole occurrences of its values as findings (what keeps a
+    later request restricted when the detector does not see them there); none when empty."""
+    placeholders = PlaceholderMap()
+    assert placeholders.findings(["Maria Garcia"]) == ()
+    text = "Call Maria Garcia at +49 30 2318 4467."
+    placeholders.redact([text], [find(text, "Maria Garcia", "person_name")])
+    later = ["Agenda", "Bring cake for Maria Garcia; not for Maria Garcias."]
+    assert placeholders.findings(later) == (find(later[1], "Maria Garcia", "person_name", 1),)
+
+
 def test_a_placeholder_the_user_typed_is_never_issued() -> None:
     """Numbers that already appear literally in the conversation are skipped, so restoring
     cannot turn the user's own text into someone's data."""
@@ -308,12 +319,15 @@ def test_config_accepts_the_new_keys_and_explains_bad_values() -> None:
 
 # --- the session's map -------------------------------------------------------------------
 def test_a_session_keeps_its_map_and_drops_it_with_the_session() -> None:
-    """The same session gets the same map; forget and expiry drop it (a new one is empty)."""
+    """The same session gets the same map; forget and expiry drop it (a new one is empty);
+    asking for an existing map creates none."""
     now = [0.0]
     store = SessionStore(ttl_s=10, clock=lambda: now[0])
+    assert store.existing_placeholders("s1") is None and len(store) == 0
     first = store.placeholders("s1")
     first.redact(["a@b.io"], [Finding("email", 0, 6)])
     assert store.placeholders("s1") is first
+    assert store.existing_placeholders("s1") is first
     assert store.placeholders("s2") is not first
     store.forget("s1")
     assert len(store.placeholders("s1")) == 0

@@ -298,6 +298,33 @@ def test_a_session_keeps_its_placeholders_and_its_history_travels_redacted(
     assert second.json()["choices"][0]["message"]["content"] == f"Noted: {EMAIL} and {PHONE}."
 
 
+def test_a_known_value_stays_personal_where_the_detector_no_longer_sees_it(
+    make_device: Any, cloud: Recorder
+) -> None:
+    """After compaction drops the turn that named Maria Garcia next to her phone number, a
+    later message names her alone (the detector finds nothing there): the session's map
+    still replaces her name when redaction is asked for, and keeps the request local when
+    it is refused."""
+    device = make_device(
+        redact={"task_classes": ["planning"]},
+        remote_context_tokens=256,
+        context={"anchor_turns": 0, "tail_turns": 0, "reserve_answer_tokens": 200},
+    )
+    session = {**PLANNING, "X-Session-Id": "s-2"}
+    first = device.chat(f"Call Maria Garcia at {PHONE}.", session)
+    assert first.headers["x-edge-redacted"] == "2"
+    second = device.chat("What should I bring for Maria Garcia tomorrow?", session)
+    assert second.headers["x-edge-route"] == "cloud", second.headers
+    sent = cloud.received()[1]["messages"]
+    assert sent[-1]["content"] == "What should I bring for [PERSON_1] tomorrow?"
+    assert all("Call [PERSON_1]" not in m["content"] for m in sent), "the turn was compacted"
+    refused = device.chat("Any news from Maria Garcia?", {**session, "X-Redact": "false"})
+    assert refused.headers["x-edge-route"] == "local"
+    assert refused.headers["x-edge-sensitivity"] == "restricted"
+    assert len(cloud.received()) == 2
+    assert "Maria" not in cloud.everything() and "Garcia" not in cloud.everything()
+
+
 def test_the_floor_keeps_public_requests_off_the_cloud(make_device: Any, cloud: Recorder) -> None:
     """routing.sensitivity.minimum internal: a public planning request stays off the cloud,
     and the headers say the floor decided; without the floor it goes to the cloud."""

@@ -455,15 +455,27 @@ class SessionStore:
                 self._sessions.popitem(last=False)
 
     def placeholders(self, session_id: str) -> PlaceholderMap:
-        """The session's redaction map (the session is created if it does not exist)."""
+        """The session's redaction map, created (with the session) if need be."""
+        found = self._placeholders(session_id, create=True)
+        assert found is not None
+        return found
+
+    def existing_placeholders(self, session_id: str) -> PlaceholderMap | None:
+        """The session's redaction map if it has one (nothing is created)."""
+        return self._placeholders(session_id, create=False)
+
+    def _placeholders(self, session_id: str, *, create: bool) -> PlaceholderMap | None:
+        """The session's map, created with ``create``; using it counts as using the session."""
         self._check(session_id)
         with self._lock:
             now = self._clock()
             self._expire(now)
             session = self._sessions.get(session_id)
-            if session is None:
-                session = self._sessions[session_id] = _Session()
-            if session.placeholders is None:
+            if session is None or session.placeholders is None:
+                if not create:
+                    return None
+                if session is None:
+                    session = self._sessions[session_id] = _Session()
                 session.placeholders = PlaceholderMap()
             session.last_used = now
             self._sessions.move_to_end(session_id)

@@ -230,6 +230,19 @@ class PlaceholderMap:
         )
         return Redacted(out, counts)
 
+    def findings(self, texts: Sequence[str]) -> tuple[Finding, ...]:
+        """Whole occurrences in ``texts`` of the values this map holds, as findings: a
+        value once found personal in a session stays personal wherever it appears again,
+        whether the detector recognises it there or not."""
+        with self._lock:
+            values = list(self._by_value)
+        if not values:
+            return ()
+        return tuple(
+            Finding(category, start, end, message)
+            for message, start, end, category in _repeats(texts, [], values)
+        )
+
     def restore(self, text: str) -> str:
         """``text`` with every placeholder this map issued replaced by its value; anything
         else, placeholder-like or not, unchanged."""

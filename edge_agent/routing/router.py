@@ -279,7 +279,9 @@ class Router:
         blocker = redaction.redaction_blocker(full.findings)
         if blocker is not None:
             return blocker, None
-        placeholders = routed.placeholders or redaction.PlaceholderMap()
+        placeholders = routed.placeholders
+        if placeholders is None:  # (an empty map is falsy: no `or` here)
+            placeholders = redaction.PlaceholderMap()
         try:
             redacted = placeholders.redact(texts, full.findings)
         except redaction.RedactionRefused:
@@ -316,6 +318,11 @@ class Router:
         # Redaction needs every finding: one full scan instead of the routing scan.
         detector = self.full_detector() if may_redact else self.detector
         verdict = detector.classify_messages(texts)
+        if routed.placeholders is not None and verdict.level is not Level.RESTRICTED:
+            # A value the session's redaction already knew is personal wherever it appears.
+            known = routed.placeholders.findings(texts)
+            if known:
+                verdict = Verdict(Level.RESTRICTED, (*verdict.findings, *known))
         status: str | None = None
         red: Redaction | None = None
         if may_redact and verdict.level is Level.RESTRICTED:
