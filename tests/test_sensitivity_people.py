@@ -300,3 +300,25 @@ def test_unknown_given_name_before_a_listed_surname() -> None:
 def test_birth_dates_of_public_figures_stay_public(text: str) -> None:
     """A birth date in a line about a public figure (biography, president ...) is history."""
     assert found(text, "date_of_birth") == []
+
+
+_PIECES = [
+    *["Anna", "Schmidt", "Jan", "van", "der", "Berg", "Mr.", "Frau", "Name:", "Patient:"],
+    *["DOB:", "geb.", "né le", "born", "12.03.1985", "1985-03-12", "3 mars 1985", "March"],
+    *["+34 612 345 678", "anna@gmx.de", "BSN 111222333", "diabetes", "Diagnose", "PID|1||"],
+    *["^", "|", ",", ";", "\n", "\n\n", " ", "\t", "(", ")", "*", "'s", "’", "é", "\u00a0"],
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=60), st.text(max_size=40))
+def test_scan_never_raises_and_names_overlap_nothing(parts: list[str], noise: str) -> None:
+    """Any mix of names, dates and personal data scans without error; person names lie in
+    the text and overlap no other finding."""
+    text = " ".join(parts) + noise
+    findings = _DETECTOR.classify(text).findings
+    others = [f for f in findings if f.category != "person_name"]
+    for f in findings:
+        assert 0 <= f.start < f.end <= len(text)
+        if f.category == "person_name":
+            assert not any(f.start < o.end and o.start < f.end for o in others), (text, f)
