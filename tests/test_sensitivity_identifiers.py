@@ -307,3 +307,23 @@ def test_mrz_in_a_json_string_with_an_escaped_line_break() -> None:
     text = '{"doc":"' + _TD3.replace("\n", "\\n") + '"}'
     assert found(text, "passport") == [(_TD3.split("\n")[1], True)]
     assert found(text, "person_name") == [("ERIKSSON<<ANNA<MARIA", True)]
+
+
+@pytest.mark.parametrize(
+    ("text", "category", "values"),
+    [
+        (
+            "naam;bsn;plaats\nJan Jansen;111222333;Utrecht\nEva de Boer;123456782;Delft\n",
+            "national_id",
+            ["111222333", "123456782"],
+        ),
+        ("name,steuer_id,city\nAnna Schmidt,86095742719,Berlin", "national_id", ["86095742719"]),
+        ("traveller\tpassport_no\nJane Roe\tC01X00T47", "passport", ["C01X00T47"]),
+        ('id,nie\n1,"X1234567L"', "national_id", ["X1234567L"]),
+        ("passport,visa\nyes,no\n", "passport", []),
+        ("bsn\n000000000\n\n111222333", "national_id", []),  # a placeholder; a blank line ends it
+    ],
+)
+def test_id_names_heading_table_columns(text: str, category: str, values: list[str]) -> None:
+    """An ID's name heading a CSV/TSV column makes the values below it IDs of that kind."""
+    assert [v for v, _certain in found(text, category)] == values

@@ -163,7 +163,8 @@ def _keyword_table() -> tuple[tuple[str, str, re.Pattern[str]], ...]:
     table = []
     for entry in entries("id_keywords.txt"):
         kind, _space, fragment = entry.partition(" ")
-        fragment = fragment.strip()
+        # field names write the spaces and hyphens as underscores: steuer_id, social_security
+        fragment = fragment.strip().replace(r"\s+", r"[\s_]+").replace("-?", "[-_]?")
         table.append((kind, fragment, re.compile(fragment, re.IGNORECASE)))
     return tuple(table)
 
@@ -356,14 +357,11 @@ def on_number(sc: Scan, m: Hit) -> None:
         sc.add("national_id", s, e)
 
 
-def on_idkw(sc: Scan, m: Hit) -> None:
-    """A value after an ID's name: validated by the ID's kind (``data/id_keywords.txt``)."""
-    ks, ke = m.span("kw")
-    s, e = m.span("id")
+def _judge(sc: Scan, kind: str, s: int, e: int) -> None:
+    """The value ``text[s:e]`` named as an ID of ``kind``: a finding, an uncertain one (a
+    typo of a real ID), or nothing (a placeholder, a decoy, no ID's shape)."""
     text = sc.text
-    value = text[s:e]
-    kind = _keyword_kind(" ".join(text[ks:ke].split()))
-    compact = "".join(c for c in value if c.isalnum())
+    compact = "".join(c for c in text[s:e] if c.isalnum())
     digits = digits_of(compact)
     if not 6 <= len(compact) <= 15 or DATE_LIKE.fullmatch(compact):
         return
@@ -383,8 +381,58 @@ def on_idkw(sc: Scan, m: Hit) -> None:
         sc.add("national_id", s, e, certain=False)
 
 
+def on_idkw(sc: Scan, m: Hit) -> None:
+    """A value after an ID's name: validated by the ID's kind (``data/id_keywords.txt``)."""
+    ks, ke = m.span("kw")
+    s, e = m.span("id")
+    _judge(sc, _keyword_kind(" ".join(sc.text[ks:ke].split())), s, e)
+
+
+IDCOL_RULE: Final = (
+    r"(?i:(?:\b|_)(?P<kw>" + "|".join(frag for _kind, frag, _re in _KEYWORDS) + r")"
+    r"(?:[ _-]?(?:number|nummer|num|nr|no|id))?)[\"']?[ \t]*(?:[,;\t|]|\r?\n)"
+)
+"""RE2 pattern of an ID's name as a table's column header (``naam;bsn;plaats``)."""
+
+_CELL_SEPARATORS: Final = ",;\t|"
+
+
+def on_idcol(sc: Scan, m: Hit) -> None:
+    """An ID's name heading a column: each value below it in that column is judged as an
+    ID of that kind (:func:`_judge`), up to a blank line or 200 rows."""
+    ks, ke = m.span("kw")
+    text = sc.text
+    line_start = text.rfind("\n", 0, ks) + 1
+    line_end = text.find("\n", ke)
+    if line_end == -1:
+        return
+    header = text[line_start:line_end]
+    counts = [(header.count(c), c) for c in _CELL_SEPARATORS]
+    count, sep = max(counts)
+    if count == 0:
+        return
+    column = text[line_start:ks].count(sep)
+    kind = _keyword_kind(" ".join(text[ks:ke].split()))
+    pos, rows = line_end + 1, 0
+    while pos < len(text) and rows < 200:
+        end = text.find("\n", pos)
+        end = len(text) if end == -1 else end
+        if text[pos:end].strip() == "":
+            break  # a blank line ends the table
+        cells = text[pos:end].split(sep)
+        if column < len(cells):
+            start = pos + sum(len(c) + 1 for c in cells[:column])
+            cell = cells[column]
+            inner = cell.strip().strip("\"'").strip()
+            if inner:
+                offset = start + cell.index(inner)
+                _judge(sc, kind, offset, offset + len(inner))
+        pos, rows = end + 1, rows + 1
+
+
 RULES: Final[list[tuple[str, str, Handler]]] = [
     ("idkw", IDKW_RULE, on_idkw),
+    ("idcol", IDCOL_RULE, on_idcol),
     ("number", NUMBER_RULE, on_number),
     *mrz.RULES,
 ]
@@ -392,11 +440,13 @@ RULES: Final[list[tuple[str, str, Handler]]] = [
 
 __all__ = [
     "DATE_LIKE",
+    "IDCOL_RULE",
     "IDKW_RULE",
     "NUMBER_RULE",
     "RULES",
     "digits_of",
     "is_placeholder",
+    "on_idcol",
     "on_idkw",
     "on_number",
 ]
