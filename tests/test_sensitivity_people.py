@@ -322,3 +322,21 @@ def test_scan_never_raises_and_names_overlap_nothing(parts: list[str], noise: st
         assert 0 <= f.start < f.end <= len(text)
         if f.category == "person_name":
             assert not any(f.start < o.end and o.start < f.end for o in others), (text, f)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '{"resourceType":"Condition","subject":{"reference":"Patient/8812"},'
+            '"code":{"text":"Type 2 diabetes"}}',
+            "restricted",
+        ),
+        ('{"patient": {"id": 42}, "diagnosis": "asthma"}', "restricted"),
+        ("What does a patient with diabetes need to know?", "public"),
+    ],
+)
+def test_patient_references_in_records(text: str, expected: str) -> None:
+    """A FHIR patient reference or a JSON patient key makes the record's terms about that
+    patient; a generic question about "a patient" stays public."""
+    assert level(text) == expected
