@@ -325,6 +325,31 @@ def test_a_known_value_stays_personal_where_the_detector_no_longer_sees_it(
     assert "Maria" not in cloud.everything() and "Garcia" not in cloud.everything()
 
 
+def test_what_is_left_decides_internal_data_stays_off_the_cloud(
+    make_device: Any, cloud: Recorder
+) -> None:
+    """Internal markers are not replaced: a redacted request whose other message is marked
+    internal is internal, so the cloud rule is blocked and nothing reaches the cloud."""
+    device = make_device(redact={"task_classes": ["planning"]})
+    messages = [
+        {"role": "system", "content": "Internal only: the Q3 roadmap for line 3."},
+        {"role": "user", "content": PLAN},
+    ]
+    response = device.client.post(
+        "/v1/chat/completions",
+        json={"messages": messages, "max_tokens": 8},
+        headers=PLANNING,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-edge-route"] == "local"
+    assert response.headers["x-edge-sensitivity"] == "internal"
+    assert response.headers["x-edge-route-reason"] == "rule_blocked:sensitivity:internal"
+    assert response.headers["x-edge-redacted"] == "0"
+    assert cloud.received() == []
+    (record,) = device.records()
+    assert record["redaction"] == "applied" and record["redacted"] == {}
+
+
 def test_the_floor_keeps_public_requests_off_the_cloud(make_device: Any, cloud: Recorder) -> None:
     """routing.sensitivity.minimum internal: a public planning request stays off the cloud,
     and the headers say the floor decided; without the floor it goes to the cloud."""

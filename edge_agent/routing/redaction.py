@@ -92,6 +92,7 @@ class Redacted:
 
     texts: tuple[str, ...]
     counts: Mapping[str, int]
+    changed: tuple[int, ...] = ()  # indices of the texts with something replaced
 
     @property
     def total(self) -> int:
@@ -228,7 +229,7 @@ class PlaceholderMap:
             "".join(parts) + text[done[i] :] if parts else text
             for i, (text, parts) in enumerate(zip(texts, pieces, strict=True))
         )
-        return Redacted(out, counts)
+        return Redacted(out, counts, tuple(i for i, parts in enumerate(pieces) if parts))
 
     def findings(self, texts: Sequence[str]) -> tuple[Finding, ...]:
         """Whole occurrences in ``texts`` of the values this map holds, as findings: a

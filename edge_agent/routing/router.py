@@ -33,7 +33,7 @@ from edge_agent.routing.policy import (
     decide,
     effective_level,
 )
-from edge_agent.routing.sensitivity import DeferredDetector, Level, Verdict
+from edge_agent.routing.sensitivity import CATEGORY_LEVELS, DeferredDetector, Level, Verdict
 from edge_agent.routing.tier_errors import TierError
 from edge_agent.runtimes.base import ChatRequest, ChatRuntime, Completion, CompletionChunk
 
@@ -116,7 +116,7 @@ class Redaction:
     request: ChatRequest
     placeholders: redaction.PlaceholderMap
     counts: tuple[tuple[str, int], ...]  # (category, spans replaced)
-    verdict: Verdict  # of the redacted copy
+    verdict: Verdict  # of the redacted copy: its level, the findings of the changed texts
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,8 +286,19 @@ class Router:
             redacted = placeholders.redact(texts, full.findings)
         except redaction.RedactionRefused:
             return "refused", None
-        # Fail closed: the copy is classified again, as if it were a request of its own.
-        after = self.detector.classify_messages(redacted.texts)
+        # Fail closed: what was changed is classified again, as a request of its own. The
+        # other texts keep their findings, none restricted (those were all replaced).
+        changed = set(redacted.changed)
+        after = self.detector.classify_messages(redacted.texts[i] for i in sorted(changed))
+        left = max(
+            (
+                CATEGORY_LEVELS.get(f.category, Level.RESTRICTED)
+                for f in full.findings
+                if f.message not in changed
+            ),
+            default=Level.PUBLIC,
+        )
+        after = Verdict(max(after.level, left), after.findings)
         if after.level is Level.RESTRICTED:
             return "incomplete", None
         messages = tuple(
