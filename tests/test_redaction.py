@@ -201,8 +201,8 @@ def test_restore_of_redact_is_the_original_for_any_text_and_findings(
 ) -> None:
     """For any texts (look-alike placeholders included) and any findings, overlapping or
     not, restoring a redacted text gives the original back, message by message, also on
-    the second request of a session's map (earlier values swept into it). Texts that
-    already hold a placeholder the map issued are left out: those refer to its value."""
+    the second request of a session's map (earlier values swept into it; texts that hold a
+    placeholder the map already issued are left out, as those refer to its value)."""
     placeholders = PlaceholderMap()
     for texts, findings in (first, second):
         assume(all(placeholders.restore(t) == t for t in texts))
