@@ -24,6 +24,7 @@ text, only the terms that the set saw, and :func:`on_health` is the plain rule's
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,10 +102,11 @@ in Python: a lookbehind here would cost the regex its fast scan for a first lett
 
 
 _RECORD_FIELD: Final = re.compile(
-    r"\b(?:DOB|MRN|[Dd]ate of birth|Geburtsdatum|[Dd]ate de naissance|[Ff]echa de nacimiento|"
-    r"[Gg]eboortedatum)\b|^PID\|",
-    re.MULTILINE,
+    r"(?:DOB|MRN|[Dd]ate of birth|Geburtsdatum|[Dd]ate de naissance|[Ff]echa de nacimiento|"
+    r"[Gg]eboortedatum)\b|(?<![^\n])PID\|"
 )
+"""A record field ("DOB", "Geburtsdatum") or an HL7 ``PID`` segment at a line start; the
+``\\b`` before a field is checked by :func:`_starts`."""
 
 
 _BOUNDARY_AT: Final = re.compile(r"[.!?](?=\s)|\n(?=[ \t]*\n)")
@@ -258,12 +260,20 @@ _NAME_TOPIC: Final = _TOPIC_WORDS | frozenset(
 """Words that make the name right after them a topic, not a person the text is about."""
 
 
+def _two_capitalised(name: str) -> bool:
+    """Two capitalised words of ``name`` next to each other ("Anna Schmidt", "Jan van de
+    Berg" has none): what the set's cue for a name before a term sees."""
+    parts = re.split(r"[ \t]+", name)
+    return any(a[:1].isupper() and b[:1].isupper() for a, b in itertools.pairwise(parts))
+
+
 def _named_before(text: str, s: int, start: int, words: list[str]) -> bool:
     """A person named from the names list before the term in its sentence, with no topic
     word after the name: "Tobias Lehmann leidet seit März an einer Depression", "Mme
-    Caroline Vidal est hospitalisée". The name must have two words or more, or follow an
-    honorific ("Frau Kessler"); with a verb from ``name_verbs_listed`` right after it a
-    listed name of one word does too ("Marie a un cancer").
+    Caroline Vidal est hospitalisée". The name must have two capitalised words next to
+    each other, or follow an honorific ("Frau Kessler"); with a verb from
+    ``name_verbs_listed`` right after it a listed name of one word does too ("Marie est
+    malade").
 
     ``words`` are the sentence's words before the term from the last topic word on, as
     written (the rule's other cues read the same words); the name must lie among them,
@@ -283,7 +293,7 @@ def _named_before(text: str, s: int, start: int, words: list[str]) -> bool:
             continue  # a name that is the topic: "an article about Steve Jobs and cancer"
         after = text[ne:start].split()
         verb = after[0].lower().strip(",;:") if after else ""
-        if len(parts) >= 2 or _HONORIFIC_BEFORE.search(text, max(s, ns - 8), ns):
+        if _two_capitalised(name) or _HONORIFIC_BEFORE.search(text, max(s, ns - 8), ns):
             if _TOPIC_WORDS.isdisjoint(w.lower() for w in after):
                 return True
         elif verb in _NAME_VERBS_LISTED or verb in _NAME_VERBS:
@@ -308,15 +318,64 @@ def clinical_spots(text: str) -> list[int]:
             ):
                 spots.append(i)
             i = lowered.find(word, i + size)
-    spots.extend(
-        m.start()
-        for m in _TITLE_NAME.finditer(text)
-        if m.start() == 0 or not text[m.start() - 1].isascii() or not text[m.start() - 1].isalpha()
-    )
+    spots.extend(_title_spots(text))
     if any(cue in lowered for cue in _RECORD_WORDS):
-        spots.extend(m.start() for m in _RECORD_FIELD.finditer(text))
+        spots.extend(_starts(text, lowered, _RECORD_WORDS, _RECORD_FIELD))
     spots.sort()
     return spots
+
+
+_TITLES: Final = tuple(
+    re.compile(p + r"\.?\s+[A-Z][a-z]+")
+    for p in (r"M(?:r|rs|s|iss|me|lle|evr|\.)", "Herr", "Frau", r"Sr(?:a|ta)?", "Dhr")
+)
+""":data:`_TITLE_NAME` split by first letters: each starts with a literal, which ``re``
+searches for quickly (one alternation of them is searched position by position)."""
+
+
+def _title_spots(text: str) -> list[int]:
+    """The starts of :data:`_TITLE_NAME` matches as ``finditer`` finds them, except those
+    right after an ASCII letter ("PM. Then")."""
+    matches = sorted((m.start(), m.end()) for title in _TITLES for m in title.finditer(text))
+    found: list[int] = []
+    end = 0
+    for start, stop in matches:
+        if start < end:
+            continue
+        end = stop
+        if start and text[start - 1].isascii() and text[start - 1].isalpha():
+            continue
+        found.append(start)
+    return found
+
+
+def _starts(
+    text: str, lowered: str, firsts: tuple[str, ...], pattern: re.Pattern[str]
+) -> list[int]:
+    """Where ``pattern`` matches, left to right and without overlap, tried only where one
+    of ``firsts`` occurs in ``lowered`` (a substring search instead of a regex search that
+    starts with ``\\b`` and so has no fast scan), and not right after a word character
+    (the ``\\b``), unless the match is an HL7 ``PID|`` (a line start)."""
+    candidates: set[int] = set()
+    for first in firsts:
+        i = lowered.find(first)
+        while i != -1:
+            candidates.add(i)
+            i = lowered.find(first, i + 1)
+    found: list[int] = []
+    end = 0
+    for i in sorted(candidates):
+        if i < end:
+            continue
+        m = pattern.match(text, i)
+        if m is None:
+            continue
+        before = text[i - 1] if i else ""
+        if before and (before.isalnum() or before == "_") and not m.group().startswith("PID|"):
+            continue
+        found.append(i)
+        end = m.end()
+    return found
 
 
 _HEALTH_TERM_SET: Final = frozenset(_HEALTH_TERMS)
@@ -385,12 +444,12 @@ def person_cue_pattern(terms: str | None = None) -> str:
     cue = rf"(?:\A|[^A-Za-z0-9]){person}{edge}"
     cue_after_stop = f"[^A-Za-z0-9{ws}{sep}]{person}{edge}"  # the "(" of ".(me"
     name = f"{upper}{solid}{{2,}}{space}+(?:{punct}+{space}+)*{punct}*{verbs}{edge}"
-    # a listed name (two capitalised words, particles between them; an honorific and a
-    # name; a capitalised word and a verb: the alternative above)
+    # a listed name (two capitalised words next to each other; an honorific and a name;
+    # a capitalised word and a verb: the alternative above)
     # (a word with no terminal punctuation in it, or a short honorific and its full stop:
     # "Friday. How" is no name, "Mr. Smith" may be)
     dotted = r"(?:Mr|Mrs|Ms|Mx|Dr|Prof|Hr|Fr|M|Mme|Mlle|Sr|Sra|Srta|Dhr|Mevr|Mw|Sig|Dott)\."
-    name2 = f"(?:{upper}[^{ws}{sep}.!?]*|{dotted})[ \t]+(?:[a-z]{{1,5}}[ \t]+){{0,3}}{upper}"
+    name2 = f"(?:{upper}[^{ws}{sep}.!?]*|{dotted})[ \t]+{upper}"
     before = f"(?:{cue}|{name}|{name2}){inside}" + r"(?:\n[ \t]*|[.!?]+)?" + before_term
     after = after_term + inside + rf"(?:\n[ \t]*)?(?:[.!?]*{cue_after_stop}|{cue})"
     return f"{before}|{after}"
