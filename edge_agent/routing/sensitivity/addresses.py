@@ -7,7 +7,10 @@ street name with a street-type ending and a number (``Lindenstraße 40``, ``Haup
 ``data/street_types.txt``); two words (``Berliner Straße 5``); a number and a French
 street word (``12 rue de la Paix``, ``153 avenue Jean Jaurès``); a Romance street word,
 a name and a number (``Calle Sierpes 12``, ``Avenida de la Constitución, 6``, ``Av.
-Diagonal 211``, ``Via dei Mille 18``, ``Rua Augusta 45``, ``data/street_words.txt``).
+Diagonal 211``, ``Via dei Mille 18``, ``Rua Augusta 45``, ``data/street_words.txt``); two
+to four words and a number before a postcode and a city (``Unter den Linden 77, 10117
+Berlin``, ``Am Markt 3, 28195 Bremen``; postcodes of five digits, ``1071 XJ``, ``1100-048``,
+``111 22``).
 
 Organisations' addresses are public, by a fail-closed rule: an address is public only
 when (a) an organisation's name is attached to it (the last four words before it, up to a
@@ -59,6 +62,8 @@ ADDRESS_RULE = (
     + _NAME_WORD
     + r"){0,3},? "
     r"(?:n\.? ?|nº ?|no\.? ?|n\.º ?)?[0-9]{1,4}\b)"
+    r"|(?P<postal>\b\p{Lu}[\pL.'\-]*(?: [\pL.'\-]+){1,3} [0-9]{1,4}[a-z]?),? "
+    r"(?:[0-9]{5}|[0-9]{4} ?[A-Z]{2}|[0-9]{4}-[0-9]{3}|[0-9]{3} [0-9]{2}) \p{Lu}\p{Ll}+"
 )
 """Street addresses by their shape (the module docstring lists the forms)."""
 
@@ -124,6 +129,59 @@ def _person_near(text: str, s: int, e: int, org: int) -> bool:
     return False
 
 
+_PARTICLE_WORDS: Final = frozenset(
+    [
+        "am",
+        "an",
+        "auf",
+        "im",
+        "in",
+        "unter",
+        "vor",
+        "hinter",
+        "bei",
+        "zum",
+        "zur",
+        "der",
+        "den",
+        "dem",
+        "des",
+        "die",
+        "van",
+        "von",
+        "de",
+        "la",
+        "le",
+        "les",
+        "du",
+        "del",
+        "della",
+        "di",
+        "da",
+        "do",
+        "dos",
+        "das",
+        "het",
+        "op",
+        "aan",
+    ]
+)
+
+
+def _street_start(text: str, s: int, e: int) -> int:
+    """Where the street name before a house number starts: the capitalised words (and
+    particles between them) right before the number ("Min adress är Storgatan 12" ->
+    "Storgatan 12", "Unter den Linden 77" whole)."""
+    words = list(re.finditer(r"\S+", text[s:e]))[:-1]  # the last one is the number
+    start = words[-1].start() if words else 0
+    for w in reversed(words):
+        word = w.group()
+        if not (word[:1].isupper() or word.lower() in _PARTICLE_WORDS):
+            break
+        start = w.start()
+    return s + start
+
+
 def public_place(text: str, s: int, e: int) -> bool:
     """The address ``text[s:e]`` is an organisation's or a public place's (see above)."""
     org = _organisation_start(text, s)
@@ -145,6 +203,8 @@ def on_address(sc: Scan, m: Hit) -> None:
             return
     elif kind == "de" and _ORDINARY.match(text, s):
         return  # "Spring 2024", "String 12": a word that only ends like a street type
+    elif kind == "postal":
+        s = _street_start(text, s, e)
     if public_place(text, s, e):
         return
     sc.add("street_address", s, e)

@@ -125,7 +125,7 @@ _KEYNAME: Final = "(?:" + alternation("secret_key_names.txt") + ")"
 
 ASSIGN_RULE = (
     r"(?i)(?P<key>[a-z0-9_.\-]*" + _KEYNAME + r"[a-z0-9_.\-]*)[\"']?\s{0,3}"
-    r"(?::=|=>|=|:)\s{0,3}(?:[\"'`]|b[\"']|r[\"'])?(?P<scheme>(?:bearer|basic|token)\s+)?"
+    r"(?::=|=>|=|:)\s{0,3}(?:[\"'`]|b[\"']|r[\"'])?(?P<scheme>(?:bearer|basic|token|digest)\s+)?"
     r"(?P<val>[^\s\"'`,;<>(){}\[\]]{4,})"
     r"|(?P<says>\b(?:password|passcode|passphrase|pin|api\s+key|token|secret|secret\s+key)"
     r"(?:\s+(?:for|of|on)\s+\S+)?\s+(?:is|was)\s*:?\s+[\"'`]?(?P<sval>[^\s\"'`,;]{4,}))"
@@ -257,8 +257,17 @@ def on_assign(sc: Scan, m: Hit) -> None:
             sc.add("password", vs, ve)
 
 
+_DIGEST_RESPONSE: Final = re.compile(r"(?i)\bresponse\s*=\s*\"?[0-9a-f]{32,128}\"?")
+
+
 def _on_auth_scheme(sc: Scan, scheme: str, start: int, vs: int, ve: int) -> None:
     value = sc.text[vs:ve]
+    if scheme == "digest":  # the response is a hash over the password: replayable
+        eol = sc.text.find("\n", vs)
+        digest = _DIGEST_RESPONSE.search(sc.text, vs, len(sc.text) if eol == -1 else eol)
+        if digest is not None:
+            sc.add("api_token", start, digest.end())
+        return
     if is_placeholder(value):
         return
     if scheme == "basic":

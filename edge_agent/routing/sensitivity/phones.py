@@ -42,20 +42,21 @@ PHONE_RULE = (
     r"(?:[ .\-]?[0-9]{2,5}){1,4}\b)"
     r"|(?P<nanp>(?:\([2-9][0-9]{2}\) ?|\b[2-9][0-9]{2}[\-.])[2-9][0-9]{2}[\-.][0-9]{4}\b)"
     r"|(?P<fr>\b0[1-9](?:[ .][0-9]{2}){4}\b)"
-    r"|(?P<trunk>\(0[1-9][0-9]{0,3}\) ?[0-9]{3,4}[ .\-]?[0-9]{3,4}\b)"
+    r"|(?P<trunk>\(0[1-9][0-9]{0,3}\) ?[0-9]{2,4}(?:[ .\-]?[0-9]{2,4}){1,3}\b)"
 )
 """Numbers that are phone numbers by their format alone."""
 
-_FILLER: Final = r"[^0-9+\n]*?(?:\n[^0-9+\n]*?)?"
-"""What may stand between a phone word and its number: no digit, at most one line break
-(the distance, 48 characters, is checked in Python: a counted repetition would make the
-automaton large and slow)."""
+_FILLER: Final = r"[^0-9+]{0,48}?"
+"""What may stand between a phone word and its number: no digit, line breaks included (a
+CSV header), at most 48 characters."""
+
+_GENERIC: Final = alternation("phone_words_generic.txt")
 
 CONTEXT_RULE = (
-    r"(?P<word>(?i:\b(?:" + _WORDS + r")\b))" + _FILLER + r"(?P<ctx>" + _NUMBER + r")"
-    r"|(?P<gword>(?i:\b(?:"
-    + alternation("phone_words_generic.txt")
-    + r")\b))"
+    r"(?P<word>(?i:(?:\b|_)(?:" + _WORDS + r")(?:\b|_)))" + _FILLER + r"(?P<ctx>" + _NUMBER + r")"
+    r"|(?P<gword>(?i:(?:\b|_)(?:"
+    + _GENERIC
+    + r")(?:\b|_)))"
     + _FILLER
     + r"(?P<gctx>(?:\+|\b0|\()[0-9(][0-9 ().\-/]{5,18}[0-9])"
 )
@@ -63,17 +64,15 @@ CONTEXT_RULE = (
 like a phone number)."""
 
 AFTER_RULE = (
-    r"(?P<after>(?:\+|\b00|\b0)[0-9][0-9 ().\-/]{5,16}[0-9])[^0-9\n]*?"
-    r"(?i:\b(?:" + _WORDS + r")\b)"
+    r"(?P<after>(?:\+|\b00|\b0|\(0)[0-9][0-9 ().\-/]{5,16}[0-9])[^0-9\n]{0,24}?"
+    r"(?i:\b(?:" + _WORDS + "|" + _GENERIC + r")\b)"
 )
 """A number written like a phone number, then a phone word on the same line."""
 
 NAMED_RULE = r"\b\p{Lu}\p{Ll}+[ \t]*[,;:|\t][ \t]*(?P<named>" + _NUMBER + r")"
 """A number right after a capitalised word and a separator ("Marta Castillo,766 5107 60")."""
 
-_PHONE_WORD: Final = re.compile(
-    r"(?i)\b(?:" + _WORDS + "|" + alternation("phone_words_generic.txt") + r")\b"
-)
+_PHONE_WORD: Final = re.compile(r"(?i)(?:\b|_)(?:" + _WORDS + "|" + _GENERIC + r")(?:\b|_)")
 
 _GENERIC_WORDS: Final = frozenset(
     {"number", "nummer", "numéro", "numero", "número", "no", "nr", "contact", "kontakt"}
@@ -88,9 +87,11 @@ _PERSONAL: Final = re.compile(
     r"mijn|zijn|haar|je|herr|frau|mr|mrs|ms|dr|mme|sr|sra|dhr|mevr)\b|'s\b"
 )
 _SERVICE: Final = re.compile(
-    r"(?i)\b(?:service|customer|kundenservice|kundendienst|support|hotline|helpline|switchboard|zentrale|"
-    r"servicenummer|standard|centralita|klantenservice|reception|rezeption|accueil|"
-    r"recepci[oó]n|receptie|info(?:line)?)\b"
+    r"(?i)\b(?:customer\s+(?:service|support|care)|(?:service|support)[\s-]+(?:hotline|line|"
+    r"number|desk)|help\s*desk|hotline|helpline|switchboard|kundenservice|kundendienst|"
+    r"servicenummer|service-hotline|zentrale|service\s+client(?:s|[eè]le)?|standard|"
+    r"atenci[oó]n\s+al\s+cliente|centralita|klantenservice|reception|rezeption|accueil|"
+    r"recepci[oó]n|receptie)\b"
 )
 _REGIONS: Final[dict[str, str]] = {
     key: region for region, keys in (
@@ -164,7 +165,7 @@ def _named(sc: Scan, s: int, e: int, value: str) -> None:
     """A number right after a capitalised word: a finding when that word ends a name."""
     text = sc.text
     sep = max(text.rfind(c, max(0, s - 4), s) for c in ",;:|\t")
-    if sep == -1 or not _phone_shaped(value):
+    if sep == -1 or not _phone_shaped(value) or _found(sc, s, e):
         return
     end = sep
     while end > 0 and text[end - 1] in " \t":
@@ -174,9 +175,16 @@ def _named(sc: Scan, s: int, e: int, value: str) -> None:
     sc.add("phone", s, e, certain=_certain(value, None))
 
 
+def _found(sc: Scan, s: int, e: int) -> bool:
+    """A phone finding of an earlier phone rule already covers ``[s, e)``."""
+    return any(f.category == "phone" and f.start <= s and e <= f.end for f in sc.findings)
+
+
 def _contextual(sc: Scan, s: int, e: int, value: str, word: str) -> None:
     """A number next to a phone word: a finding unless it is clearly something else."""
     text = sc.text
+    if _found(sc, s, e):
+        return
     if _not_a_phone(value) or _LABEL.search(text, max(0, s - 60), s) is not None:
         return
     if _inside_number(text, s, e):
@@ -221,17 +229,12 @@ def on_phone(sc: Scan, m: Hit) -> None:
             sc.add("phone", s, e)
     elif kind in ("ctx", "gctx"):
         ws, we = m.span("word" if kind == "ctx" else "gword")
-        if s - we > 48:  # the word is too far: is there a nearer one?
-            near = list(_PHONE_WORD.finditer(text, max(0, s - 60), s))
-            if not near or s - near[-1].end() > 48:
-                return
-            ws, we = near[-1].span()
-        _contextual(sc, s, e, value, text[ws:we])
+        _contextual(sc, s, e, value, text[ws:we].strip("_"))
     elif kind == "after":
         word = _PHONE_WORD.search(text, e)
-        if word is None or word.start() - e > 24 or word.group().lower() in _GENERIC_WORDS:
+        if word is None:
             return
-        _contextual(sc, s, e, value, word.group())
+        _contextual(sc, s, e, value, word.group().strip("_"))
     elif kind == "named" and not _not_a_phone(value) and not _inside_number(text, s, e):
         _named(sc, s, e, value)
 
