@@ -48,6 +48,9 @@ def _findings(text: str) -> list[tuple[str, str]]:
         ("mobiel: 06-12345678", "06-12345678"),
         ("Marta Castillo,766 5107 60,Granada", "766 5107 60"),
         ("Anna Schmidt: +49 1512 3456789", "+49 1512 3456789"),
+        ('{"customer": "Jan Smit", "mobile_phone": "06-87654321"}', "06-87654321"),
+        ("telefono_movil: 612 345 678", "612 345 678"),
+        ("(0171) 234 56 78 ist meine Nummer", "(0171) 234 56 78"),
     ],
 )
 def test_possible_numbers_with_context_are_phones(text: str, number: str) -> None:
@@ -200,6 +203,8 @@ def test_reserved_domains() -> None:
         ("Jeg bor på Vesterbrogade 3, 1620 København", "Vesterbrogade 3"),
         ("Rua Augusta 45, 1100-048 Lisboa, é a minha morada", "Rua Augusta 45"),
         ("Send it to Berliner Straße 5 please", "Berliner Straße 5"),
+        ("Unter den Linden 77, 10117 Berlin", "Unter den Linden 77"),
+        ("Am Markt 3, 28195 Bremen", "Am Markt 3"),
     ],
 )
 def test_addresses_outside_the_us_and_uk_are_found(text: str, address: str | None) -> None:
@@ -220,6 +225,8 @@ def test_addresses_outside_the_us_and_uk_are_found(text: str, address: str | Non
         "Öffnungszeiten: Hauptbahnhof, Europaplatz 1, Berlin",
         "Spring 2024 release notes",
         "The String 12 constructor",
+        "Version 3, 10000 Users",
+        "Windows 11, 2024 Edition",
     ],
 )
 def test_organisation_addresses_are_public(text: str) -> None:

@@ -124,6 +124,11 @@ def test_plain_word_after_a_connector_is_an_uncertain_password() -> None:
             "private_key",
         ),
         ('{"kty": "oct", "k": "GawgguFyGrWKav7AX4VKUg"}', "private_key"),
+        (
+            'Authorization: Digest username="cam", realm="x", nonce="n", uri="/",'
+            ' response="6629fae49393a05397450978507c4ef1"',
+            "api_token",
+        ),
     ],
 )
 def test_tokens_urls_and_keys_are_found(text: str, category: str) -> None:
