@@ -305,6 +305,7 @@ class Agent:
             # The router reports the local model's confidence, whichever tier answered.
             local_model=local_model if confidence is not None else None,
             local_confidence=float(confidence) if confidence is not None else None,
+            redactions=tuple((outcome.get("redacted") or {}).items()),
         )
         self.observe(observation)
         self.record(

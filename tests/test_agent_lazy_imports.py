@@ -210,6 +210,7 @@ def _reference() -> tuple[CollectorRegistry, dict[str, Any]]:
         "fallbacks",
         "app_requests",
         "auth_refused",
+        "redactions",
     ):
         tally = getattr(own, attr)
         if attr == "latency":

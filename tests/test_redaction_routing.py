@@ -198,7 +198,7 @@ def test_a_redacted_request_goes_to_the_cloud_and_its_answer_comes_back_restored
 ) -> None:
     """A configured task class sends a restricted plan to the cloud with placeholders (the
     repeated e-mail once numbered), restores the echoed placeholders in the answer, says how
-    many values were replaced, and records counts by category, never values."""
+    many values were replaced, and records and exports counts by category, never values."""
     device = make_device(redact={"task_classes": ["planning"]})
     response = device.chat(PLAN, PLANNING)
     assert response.status_code == 200, response.text
@@ -214,6 +214,10 @@ def test_a_redacted_request_goes_to_the_cloud_and_its_answer_comes_back_restored
     assert record["route"] == "cloud" and record["redaction"] == "applied"
     assert record["redacted"] == {"email": 2, "phone": 1}
     assert EMAIL not in json.dumps(record) and PHONE not in json.dumps(record)
+    metrics = device.client.get("/metrics").text
+    assert 'edge_agent_redactions_total{category="email"} 2.0' in metrics
+    assert 'edge_agent_redactions_total{category="phone"} 1.0' in metrics
+    assert EMAIL not in metrics and PHONE not in metrics
 
 
 @pytest.mark.parametrize("chunk_chars", [1, 3, 7])

@@ -326,7 +326,7 @@ def test_respond_async_queues_until_an_allowed_tier_is_back(
 RESTRICTED_SAMPLES = {
     "payment_card": CARD,
     "aws_access_key": "AKIAIOSFODNN7EXAMPLE",
-    "email": "jane.doe@example.com",
+    "email": "jane.doe@posteo.de",
     "iban": "DE89 3704 0044 0532 0130 00",
     "health": "my father was diagnosed with HIV last week",
 }

@@ -182,6 +182,12 @@ class AgentMetrics:
             "Authenticated API requests by app (the name of its API key) and route.",
             ["app", "route"],
         )
+        # Categories are the detector's fixed names (redaction.PLACEHOLDER_TYPES): bounded.
+        self.redactions = CounterTally(
+            "edge_agent_redactions",
+            "Values replaced by placeholders before a request left the device, by category.",
+            ["category"],
+        )
         self.auth_refused = CounterTally(
             "edge_agent_auth_refused_requests",
             "API requests refused 401: no API key (missing) or an unknown one (invalid).",
@@ -197,6 +203,7 @@ class AgentMetrics:
             self.fallbacks,
             self.app_requests,
             self.auth_refused,
+            self.redactions,
         )
 
     def observe_chat(self, obs: ChatObservation) -> None:
@@ -212,6 +219,8 @@ class AgentMetrics:
             self.cascades.inc(obs.tier)
         if obs.fallback:
             self.fallbacks.inc(obs.tier)
+        for category, count in obs.redactions:
+            self.redactions.inc(category, amount=count)
 
     def observe_perception(self, obs: PerceptionObservation) -> None:
         self.requests.inc("perception", obs.tier, obs.status)

@@ -70,6 +70,8 @@ class ChatObservation:
     latency_ms: float = 0.0
     local_model: str | None = None  # the local model whose confidence was measured
     local_confidence: float | None = None
+    # Reversible redaction: (category, spans replaced) in what a remote tier received.
+    redactions: tuple[tuple[str, int], ...] = ()
 
     @property
     def error(self) -> bool:
