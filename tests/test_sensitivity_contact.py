@@ -225,6 +225,9 @@ def test_addresses_outside_the_us_and_uk_are_found(text: str, address: str | Non
         "Öffnungszeiten: Hauptbahnhof, Europaplatz 1, Berlin",
         "Spring 2024 release notes",
         "The String 12 constructor",
+        "Museumstraat 1 is the address of the Rijksmuseum.",
+        "The conference is at Hotel Adlon, Unter den Linden 77, 10117 Berlin.",
+        "Our HQ: Acme B.V., Keizersgracht 123, 1015 CJ Amsterdam",
         "Version 3, 10000 Users",
         "Windows 11, 2024 Edition",
     ],
@@ -242,6 +245,8 @@ def test_organisation_addresses_are_public(text: str) -> None:
         "Ship to Anna Kowalski at Acme GmbH, Hauptstr. 5, 10115 Berlin",
         "Jan Jansen woont naast het Rijksmuseum, Museumstraat 1, Amsterdam",
         "Acme GmbH, Hauptstr. 5, Berlin. Ansprechpartner: Tel. +49 30 1234567",
+        "Museumstraat 1, as you know, is where my sister lives",
+        "The developer lives at Hauptstr. 5, 10115 Berlin",
     ],
 )
 def test_organisation_addresses_with_person_data_stay_restricted(text: str) -> None:

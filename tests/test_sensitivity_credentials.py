@@ -95,6 +95,32 @@ def test_credential_words_without_a_secret_are_public(text: str) -> None:
     assert _DETECTOR.classify(text).findings == (), _found(text)
 
 
+def test_password_and_token_columns_of_a_table_are_found() -> None:
+    """The values under a password or API-key header cell are found; plain-word cells,
+    placeholders and a "password" cell in a data row are not."""
+    text = "user,password\nanna,Lente2024!\nbob,Zomer#77\ncarl,changeme\ndora,admin"
+    assert [text[f.start : f.end] for f in _DETECTOR.classify(text).findings] == [
+        "Lente2024!",
+        "Zomer#77",
+    ]
+    keys = "id;api_key\n1;9c2f1e7a4b8d3c6f0e5a2b7d9c1f4e8a"
+    assert "api_token" in _DETECTOR.classify(keys).categories
+    schema = "a,b\nfield,type\npassword,string\nuser,x9"
+    assert _DETECTOR.classify(schema).findings == ()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Cookie: sessionid=8f9a3c2d1e4b5a6f7c8d9e0f1a2b3c4d; theme=dark",
+        "Set-Cookie: JSESSIONID=A1B2C3D4E5F6A7B8C9D0E1F2A3B4C5D6; Path=/",
+    ],
+)
+def test_session_cookies_are_tokens(text: str) -> None:
+    """A high-entropy session cookie is a credential."""
+    assert "api_token" in _DETECTOR.classify(text).categories
+
+
 def test_plain_word_after_a_connector_is_an_uncertain_password() -> None:
     """A plain word after "password is" is kept local but marked uncertain (fail closed)."""
     findings = _DETECTOR.classify("my password is sunshine").findings

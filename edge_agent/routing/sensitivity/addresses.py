@@ -32,7 +32,7 @@ from typing import Final
 
 from edge_agent.routing.sensitivity.matching import Handler, Hit, Scan
 from edge_agent.routing.sensitivity.names import name_spans
-from edge_agent.routing.sensitivity.terms import alternation
+from edge_agent.routing.sensitivity.terms import alternation, entries
 
 _NAME_WORD: Final = r"\p{Lu}[\pL'\-]+"
 _PARTICLES: Final = (
@@ -67,16 +67,25 @@ ADDRESS_RULE = (
 )
 """Street addresses by their shape (the module docstring lists the forms)."""
 
-_ORG_WORDS: Final = alternation("organisation_words.txt")
-_ORG: Final = re.compile(r"(?i)(?:" + _ORG_WORDS + r")\Z")
+_ORG_ENTRIES: Final = entries("organisation_words.txt")
+_ORG: Final = re.compile(
+    r"(?i:\w*(?:"
+    + "|".join(w for w in _ORG_ENTRIES if w.islower() and len(w) >= 5)
+    + r")|(?:"
+    + "|".join(w for w in _ORG_ENTRIES if w.islower() and len(w) < 5)
+    + r"))\Z|(?:"
+    + "|".join(w for w in _ORG_ENTRIES if not w.islower())
+    + r")\Z"
+)
+"""An organisation word: the end of a word for long entries ("Rijksmuseum"), the whole
+word for short ones ("zoo"), a legal form as written ("GmbH", "AS")."""
 _VISITOR: Final = re.compile(r"(?i)\b(?:" + alternation("visitor_words.txt") + r")\b")
 _PERSON_CUE: Final = re.compile(
     r"(?i)\b(?:my|his|her|their|your|mein\w*|sein\w*|ihr\w*|dein\w*|mon|ma|son|sa|mi|su|"
     r"tu|mijn|zijn|haar|je|herr|frau|mr|mrs|ms|dr|mme|mlle|sr|sra|dhr|mevr|c/o|attn|"
     r"lives?|living|wohnt|wohne|woont|woon|habite|vive|vit|chez|ship|shipping\w*|deliver\w*|"
     r"liefer\w*|schick\w*|livr\w*|envía|envia\w*|entrega\w*|bezorg\w*|stuur\w*|customer|"
-    r"client\w*|kunde\w*|klant\w*|patient\w*|home|zuhause|domicil\w*|thuis|adres|adresse|"
-    r"address|dirección|direccion)\b|@|\+[0-9]"
+    r"client\w*|kunde\w*|klant\w*|patient\w*|home|zuhause|domicil\w*|thuis)\b|@|\+[0-9]"
 )
 _ORDINARY: Final = re.compile(
     r"(?:Spring|Offspring|String|Substring|Herring|Ring|Boring|Gate|Delegate|Aggregate|"
@@ -96,9 +105,19 @@ def _organisation_start(text: str, s: int) -> int:
     lead = lead[: len(lead.rstrip(" \t,;:|-\u2013\u2014("))]
     words = list(_WORDS_BEFORE.finditer(lead, cut + 1))[-4:]
     for w in words:
-        if _ORG.search(w.group().strip(".'\"")) or _ORG.search(w.group()):
+        if _ORG.fullmatch(w.group().strip(",'\"")) or _ORG.fullmatch(w.group().rstrip(".,")):
             return lo + words[0].start()
     return -1
+
+
+def _organisation_after(text: str, e: int) -> bool:
+    """An organisation word later in the address's sentence ("Museumstraat 1 is the
+    address of the Rijksmuseum")."""
+    tail = text[e : e + 80]
+    cut = min((i for i in (tail.find("\n"), tail.find(". ")) if i != -1), default=len(tail))
+    return any(
+        _ORG.fullmatch(w.group().strip(".,;:!?'\"")) for w in _WORDS_BEFORE.finditer(tail[:cut])
+    )
 
 
 _POSTCODE_BEFORE: Final = re.compile(r"[0-9]{4,5}(?:[ \t]?[A-Z]{2})?[ \t]+\Z")
@@ -185,7 +204,7 @@ def _street_start(text: str, s: int, e: int) -> int:
 def public_place(text: str, s: int, e: int) -> bool:
     """The address ``text[s:e]`` is an organisation's or a public place's (see above)."""
     org = _organisation_start(text, s)
-    if org == -1 and not _visitor_sentence(text, s, e):
+    if org == -1 and not (_visitor_sentence(text, s, e) or _organisation_after(text, e)):
         return False
     return not _person_near(text, s, e, org)
 

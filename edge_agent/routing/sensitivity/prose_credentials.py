@@ -249,6 +249,53 @@ def _on_login(sc: Scan, start: int, end: int) -> None:
         sc.add("password", start, m.start("val") + len(value))
 
 
+_DELIMITERS: Final = ",;\t|"
+
+
+def _csv_column(sc: Scan, s: int, e: int, token: bool) -> bool:
+    """A header cell of a delimited table ("user,password"): judge the values of its
+    column in the rows below (at most 50); True when ``text[s:e]`` is such a cell."""
+    text = sc.text
+    line_start = text.rfind("\n", 0, s) + 1
+    line_end = text.find("\n", e)
+    if line_end == -1:
+        return False
+    header = text[line_start:line_end]
+    delims = [d for d in _DELIMITERS if d in header]
+    if len(delims) != 1:
+        return False
+    d = delims[0]
+    cells = header.split(d)
+    before = text[line_start:s].rstrip(" \"'")
+    after = text[e:line_end].lstrip(" \"'")
+    if (before and not before.endswith(d)) or (after and not after.startswith(d)):
+        return False
+    column = before.count(d)
+    above_end = line_start - 1
+    above = text[text.rfind("\n", 0, max(0, above_end)) + 1 : max(0, above_end)]
+    if line_start and above.count(d) == header.count(d):
+        return False  # a row of the table, not its header
+    pos = line_end + 1
+    for _ in range(50):
+        end = text.find("\n", pos)
+        row = text[pos : len(text) if end == -1 else end]
+        values = row.split(d)
+        if len(values) == len(cells):
+            offset = pos + sum(len(v) + 1 for v in values[:column])
+            raw = values[column]
+            value = raw.strip(" \"'")
+            verdict = judge_token(value) if token else judge(value, ":", quoted=False)
+            if verdict is False and _value_kind(value) == "word":
+                verdict = None  # a plain word in a cell ("string", "admin"): no finding
+            if verdict is not None:
+                vs = offset + raw.index(value) if value else offset
+                sc.add("api_token" if token else "password", vs, vs + len(value), certain=verdict)
+        if end == -1:
+            break
+        pos = end + 1
+    return True
+
+
 def on_prose(sc: Scan, m: Hit) -> None:
     """A credential word in prose: judge the value that follows it."""
     k = _KINDS.match(sc.text, m.span()[0])
@@ -262,7 +309,10 @@ def on_prose(sc: Scan, m: Hit) -> None:
     if kind == "pair" and _USER_WORDS.search(sc.text[max(0, s - 60) : s]) is None:
         return  # "pass/fail": no user name before the separator
     word = sc.text[s:e].lower()
-    if kind == "tokw" or (kind == "weak" and word in ("token", "secret")):
+    token = kind == "tokw" or (kind == "weak" and word in ("token", "secret"))
+    if kind in ("word", "tokw") and _csv_column(sc, s, e, token):
+        return
+    if token:
         _find_after(sc, s, e, "token", False)
         return
     _find_after(sc, s, e, kind, kind == "pin" or "pin" in word)
