@@ -180,7 +180,7 @@ def test_numbers_are_validated(detector: SensitivityDetector, text: str, expecte
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("mail jane.roe@example.com", "restricted"),
+        ("mail jane.roe@posteo.de", "restricted"),
         ("Use the @app.get('/health') decorator", "public"),
         ("npm install lodash@4.17.21", "public"),
         ("git@github.com:acme/fw.git", "public"),
@@ -395,7 +395,7 @@ def test_disabled_categories_are_not_reported() -> None:
     """A category in disabled_categories is never reported."""
     det = SensitivityDetector(SensitivityConfig(disabled_categories=frozenset({"street_address"})))
     assert det.classify("Ship to 221B Baker Street, London").level is Level.PUBLIC
-    assert det.classify("mail jane.roe@example.com").level is Level.RESTRICTED
+    assert det.classify("mail jane.roe@posteo.de").level is Level.RESTRICTED
 
 
 def test_stop_at_restricted_keeps_the_level_on_the_labelled_set() -> None:
@@ -417,7 +417,7 @@ def test_stop_at_restricted_keeps_the_level_on_the_labelled_set() -> None:
 def test_findings_never_carry_the_matched_text(detector: SensitivityDetector) -> None:
     """Verdicts and findings hold categories and spans only: their repr shows no secret."""
     secret = "ghp_7Hq2Wm4Kx9Lp3Rv6Tz8Bn1Cd5Fg0Jh2Ks4Lm"
-    text = f"token {secret} and card 4111 1111 1111 1111 for jane.roe@example.com"
+    text = f"token {secret} and card 4111 1111 1111 1111 for jane.roe@posteo.de"
     verdict = detector.classify(text)
     assert verdict.level is Level.RESTRICTED
     assert set(verdict.categories) == {"api_token", "payment_card", "email"}
@@ -432,7 +432,7 @@ def test_findings_never_carry_the_matched_text(detector: SensitivityDetector) ->
     assert spans == {
         "api_token": secret,
         "payment_card": "4111 1111 1111 1111",
-        "email": "jane.roe@example.com",
+        "email": "jane.roe@posteo.de",
     }
 
 
@@ -447,7 +447,7 @@ def test_spans_are_in_characters_for_non_ascii_text(detector: SensitivityDetecto
 def test_classify_messages_takes_the_maximum(detector: SensitivityDetector) -> None:
     """classify_messages returns the highest level and the findings of every message."""
     verdict = detector.classify_messages(
-        ["You are a helpful assistant.", "CONFIDENTIAL: plan", "mail jane.roe@example.com"]
+        ["You are a helpful assistant.", "CONFIDENTIAL: plan", "mail jane.roe@posteo.de"]
     )
     assert verdict.level is Level.RESTRICTED
     assert verdict.categories == ("email", "internal_marker")
@@ -490,7 +490,7 @@ def test_dfa_failure_falls_back_to_running_every_rule(
 
     det = SensitivityDetector()
     monkeypatch.setattr(det, "_set", FailedSet())
-    verdict = det.classify("mail jane.roe@example.com, card 4111 1111 1111 1111, CONFIDENTIAL")
+    verdict = det.classify("mail jane.roe@posteo.de, card 4111 1111 1111 1111, CONFIDENTIAL")
     assert verdict.categories == ("email", "internal_marker", "payment_card")
 
 
@@ -519,7 +519,7 @@ _alphabet = st.characters(blacklist_categories=())
 _interesting = st.sampled_from(
     [
         "4111 1111 1111 1111",
-        "jane@example.com",
+        "jane@posteo.de",
         "+44 20 7946 0958",
         "my mother has diabetes",
         "CONFIDENTIAL",
