@@ -205,6 +205,8 @@ def test_reserved_domains() -> None:
         ("Send it to Berliner Straße 5 please", "Berliner Straße 5"),
         ("Unter den Linden 77, 10117 Berlin", "Unter den Linden 77"),
         ("Am Markt 3, 28195 Bremen", "Am Markt 3"),
+        ("<PstlAdr><StrtNm>Kerkstraat</StrtNm><BldgNb>12</BldgNb></PstlAdr>", None),
+        ('{"street": "Rue des Lilas", "houseNumber": "4", "city": "Lyon"}', None),
     ],
 )
 def test_addresses_outside_the_us_and_uk_are_found(text: str, address: str | None) -> None:

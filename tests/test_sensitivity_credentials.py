@@ -121,6 +121,33 @@ def test_session_cookies_are_tokens(text: str) -> None:
     assert "api_token" in _DETECTOR.classify(text).categories
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name":"Authorization","value":"Bearer 8f3Kq2Lw5Pm9Rt3Vb7Nc1Df4Gh6Jk8Mn0Qs2"}',
+        '{"name":"Cookie","value":"theme=dark; session=Zk9xQ2mP7vL3nR8tY1wB4cD6fH0j"}',
+        '{"headers":[{"name":"X-Api-Key","value":"4d7a1c9e8b2f6035a9c1e7d4b8f20a63"}]}',
+        '{"params":[{"name":"password","value":"Winter!2024"}]}',
+    ],
+)
+def test_har_name_value_pairs_are_found(text: str) -> None:
+    """Credentials in HAR/Postman name/value pairs are found by the pair's name."""
+    assert _DETECTOR.classify(text).level is Level.RESTRICTED, _found(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name":"Accept","value":"application/json"}',
+        '{"name":"Cookie","value":"theme=dark; lang=en"}',
+        '{"name":"Authorization","value":"Bearer <token>"}',
+    ],
+)
+def test_har_pairs_without_a_secret_are_public(text: str) -> None:
+    """Ordinary headers, plain cookies and placeholder tokens in HAR pairs stay public."""
+    assert _DETECTOR.classify(text).findings == (), _found(text)
+
+
 def test_plain_word_after_a_connector_is_an_uncertain_password() -> None:
     """A plain word after "password is" is kept local but marked uncertain (fail closed)."""
     findings = _DETECTOR.classify("my password is sunshine").findings

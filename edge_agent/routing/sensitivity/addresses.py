@@ -10,7 +10,8 @@ a name and a number (``Calle Sierpes 12``, ``Avenida de la Constitución, 6``, `
 Diagonal 211``, ``Via dei Mille 18``, ``Rua Augusta 45``, ``data/street_words.txt``); two
 to four words and a number before a postcode and a city (``Unter den Linden 77, 10117
 Berlin``, ``Am Markt 3, 28195 Bremen``; postcodes of five digits, ``1071 XJ``, ``1100-048``,
-``111 22``).
+``111 22``); structured records with the street and the house number in separate fields
+(ISO 20022/SEPA ``<StrtNm>``/``<BldgNb>``, JSON ``"street"``/``"houseNumber"``).
 
 Organisations' addresses are public, by a fail-closed rule: an address is public only
 when (a) an organisation's name is attached to it (the last four words before it, up to a
@@ -64,6 +65,10 @@ ADDRESS_RULE = (
     r"(?:n\.? ?|nº ?|no\.? ?|n\.º ?)?[0-9]{1,4}\b)"
     r"|(?P<postal>\b\p{Lu}[\pL.'\-]*(?: [\pL.'\-]+){1,3} [0-9]{1,4}[a-z]?),? "
     r"(?:[0-9]{5}|[0-9]{4} ?[A-Z]{2}|[0-9]{4}-[0-9]{3}|[0-9]{3} [0-9]{2}) \p{Lu}\p{Ll}+"
+    r"|(?P<structured>(?i:<StrtNm>[^<\n]+</StrtNm>\s*<BldgNb>[^<\n]+</BldgNb>"
+    r"|[\"'](?:street|street_?name|stra(?:ss|ß)e|straat|rue|calle|via)[\"']\s*:\s*[\"'][^\"'\n]+"
+    r"[\"']\s*,\s*[\"'](?:house_?number|hausnummer|huisnummer|num[eé]ro|n[uú]mero|bldg_?nb|"
+    r"nr|no)[\"']\s*:\s*[\"']?[0-9]))"
 )
 """Street addresses by their shape (the module docstring lists the forms)."""
 

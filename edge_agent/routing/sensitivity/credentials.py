@@ -329,18 +329,53 @@ def on_jwk(sc: Scan, m: Hit) -> None:
         sc.add("private_key", open_, close + 1)
 
 
+NAMED_VALUE_RULE = (
+    r"(?i)[\"']name[\"']\s*:\s*[\"'](?P<hname>[a-z0-9_\-]*(?:auth|token|key|secret|cookie|"
+    r"session|passw|pwd)[a-z0-9_\-]*)[\"']\s*,\s*[\"']value[\"']\s*:\s*[\"']"
+    r"(?P<hval>[^\"'\n]{4,})"
+)
+"""A header or parameter as a name/value pair (HAR files, Postman collections):
+``{"name": "Authorization", "value": "Bearer ..."}``."""
+
+_COOKIE_PAIR: Final = re.compile(r"([^=;\s]+)=([^;\s]+)")
+
+
+def on_named_value(sc: Scan, m: Hit) -> None:
+    """The value of a credential-named header or parameter, judged by its name."""
+    name = sc.text[slice(*m.span("hname"))].lower()
+    vs, ve = m.span("hval")
+    value = sc.text[vs:ve]
+    if "authorization" in name:
+        scheme, _sp, rest = value.partition(" ")
+        if rest:
+            _on_auth_scheme(sc, scheme.lower(), vs, ve - len(rest), ve)
+        elif high_entropy(value):
+            sc.add("api_token", vs, ve)
+    elif "cookie" in name:
+        for c in _COOKIE_PAIR.finditer(value):
+            if high_entropy(c.group(2)):
+                sc.add("api_token", vs + c.start(), vs + c.end())
+    elif any(w in name for w in ("passw", "pwd")):
+        if not is_placeholder(value):
+            sc.add("password", vs, ve)
+    elif high_entropy(value):
+        sc.add("api_token", vs, ve)
+
+
 RULES: Final[list[tuple[str, str, Handler]]] = [
     ("prefixed", PREFIXED_RULE, on_prefixed),
     ("pem", PEM_RULE, on_pem),
     ("urlcred", URLCRED_RULE, on_urlcred),  # before contact's e-mail rule
     ("assign", ASSIGN_RULE, on_assign),
     ("jwk", JWK_RULE, on_jwk),
+    ("namedvalue", NAMED_VALUE_RULE, on_named_value),
 ]
 """This family's rules as (name, RE2 pattern, handler), in the order the scanner runs them."""
 
 __all__ = [
     "ASSIGN_RULE",
     "JWK_RULE",
+    "NAMED_VALUE_RULE",
     "PEM_RULE",
     "PREFIXED_RULE",
     "RULES",
@@ -349,6 +384,7 @@ __all__ = [
     "is_placeholder",
     "on_assign",
     "on_jwk",
+    "on_named_value",
     "on_pem",
     "on_prefixed",
     "on_urlcred",
