@@ -51,6 +51,13 @@ def _findings(text: str) -> list[tuple[str, str]]:
         ('{"customer": "Jan Smit", "mobile_phone": "06-87654321"}', "06-87654321"),
         ("telefono_movil: 612 345 678", "612 345 678"),
         ("(0171) 234 56 78 ist meine Nummer", "(0171) 234 56 78"),
+        ("tel. +49 (0) 30 / 123 456 78", "+49 (0) 30 / 123 456 78"),
+        ("Tel: (+49) 171 2345678", "+49) 171 2345678"),
+        ("phone 0171\u20132345678", "0171\u20132345678"),
+        ("Tel.:\u00a0+49\u00a0171\u00a02345678", "+49\u00a0171\u00a02345678"),
+        ("Ruf mich an: 0171 2345678", "0171 2345678"),
+        ("portable : 06.12.34.56.78", "06.12.34.56.78"),
+        ("mobiel: +31 (0)6 12345678", "+31 (0)6 12345678"),
     ],
 )
 def test_possible_numbers_with_context_are_phones(text: str, number: str) -> None:

@@ -35,11 +35,18 @@ from edge_agent.routing.sensitivity.names import name_spans
 from edge_agent.routing.sensitivity.terms import alternation
 
 _WORDS: Final = alternation("phone_words.txt")
-_NUMBER: Final = r"\+?\(?[0-9][0-9 ().\-/]{5,18}[0-9]"
+_SEP: Final = r" .\-/\x{a0}\x{2013}"
+"""Separators inside a phone number: space, dot, hyphen, slash, no-break space, en dash."""
+_NUMBER: Final = r"(?:\+|\(\+?)?[0-9][0-9()" + _SEP + r"]{5,24}[0-9]"
 
 PHONE_RULE = (
-    r"(?P<intl>(?:\+|\b00)[1-9][0-9]{0,2}[ .\-]?(?:\(0?[0-9]{1,4}\)[ .\-]?)?[0-9]{1,5}"
-    r"(?:[ .\-]?[0-9]{2,5}){1,4}\b)"
+    r"(?P<intl>(?:\+|\b00)[1-9][0-9]{0,2}\)?["
+    + _SEP
+    + r"]{0,3}(?:\(0?[0-9]{1,4}\)["
+    + _SEP
+    + r"]{0,3})?[0-9]{1,5}(?:["
+    + _SEP
+    + r"]{0,3}[0-9]{2,5}){1,4}\b)"
     r"|(?P<nanp>(?:\([2-9][0-9]{2}\) ?|\b[2-9][0-9]{2}[\-.])[2-9][0-9]{2}[\-.][0-9]{4}\b)"
     r"|(?P<fr>\b0[1-9](?:[ .][0-9]{2}){4}\b)"
     r"|(?P<trunk>\(0[1-9][0-9]{0,3}\) ?[0-9]{2,4}(?:[ .\-]?[0-9]{2,4}){1,3}\b)"
@@ -58,13 +65,15 @@ CONTEXT_RULE = (
     + _GENERIC
     + r")(?:\b|_)))"
     + _FILLER
-    + r"(?P<gctx>(?:\+|\b0|\()[0-9(][0-9 ().\-/]{5,18}[0-9])"
+    + r"(?P<gctx>(?:\+|\b0|\()[0-9(+][0-9()"
+    + _SEP
+    + r"]{5,24}[0-9])"
 )
 """A number after a phone word (a generic one, "number", only before a number written
 like a phone number)."""
 
 AFTER_RULE = (
-    r"(?P<after>(?:\+|\b00|\b0|\(0)[0-9][0-9 ().\-/]{5,16}[0-9])[^0-9\n]{0,24}?"
+    r"(?P<after>(?:\+|\b00|\b0|\(0)[0-9][0-9()" + _SEP + r"]{5,22}[0-9])[^0-9\n]{0,24}?"
     r"(?i:\b(?:" + _WORDS + "|" + _GENERIC + r")\b)"
 )
 """A number written like a phone number, then a phone word on the same line."""
@@ -124,7 +133,7 @@ def _phone_shaped(value: str) -> bool:
     """Written like a phone number: a ``+``, a trunk ``0``, brackets, or digit groups."""
     if value[0] in "+(0":
         return True
-    groups = [g for g in re.split(r"[ .\-/]+", value) if g]
+    groups = [g for g in re.split(r"[ .\-/\u00a0\u2013]+", value) if g]
     return len(groups) >= 3 and all(1 <= len(g) <= 5 for g in groups)
 
 
@@ -149,7 +158,8 @@ def _certain(value: str, region: str | None) -> bool:
 def _inside_number(text: str, s: int, e: int) -> bool:
     """The candidate is a part of a longer number ("6011 2815 0145 8754")."""
     before, after = text[max(0, s - 2) : s], text[e : e + 2]
-    return bool(re.fullmatch(r"[0-9][ .\-/]", before) or re.fullmatch(r"[ .\-/][0-9]", after))
+    sep = r"[ .\-/\u00a0\u2013]"
+    return bool(re.fullmatch(r"[0-9]" + sep, before) or re.fullmatch(sep + r"[0-9]", after))
 
 
 def _service_line(text: str, start: int) -> bool:
