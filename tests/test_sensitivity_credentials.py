@@ -44,6 +44,13 @@ def _found(text: str) -> dict[str, str]:
         "Zugangsdaten: admin / Geheim123",
         "Der Zugang: Benutzer marie_leh und Passwort Kaffee.falcon.meteor87, bitte weitergeben.",
         "Hi Emily,\nyou can log in as oliver_cal with Molen1310# until IT resets it.",
+        "Das Kennwort heißt Sommer2024",
+        "het wachtwoord luidt Fiets!99",
+        "use Sommer2024! as the password for the VPN",
+        "nimm Kaffee#77 als Passwort",
+        "utilise azerty123 comme mot de passe",
+        "usa Perro2023 como contraseña",
+        "gebruik Tulp2024 als wachtwoord",
         "PIN-Code 4711",
         "code PIN 8362",
         "my PIN is 2580",
@@ -88,6 +95,8 @@ def test_passwords_in_prose_are_found(text: str) -> None:
         "Wie setze ich mein Passwort zurück?",
         "¿Cómo cambio mi contraseña?",
         "the token count is 512 and max tokens is 4096",
+        "use 1Password as password manager",
+        "Treat this as the password field",
     ],
 )
 def test_credential_words_without_a_secret_are_public(text: str) -> None:

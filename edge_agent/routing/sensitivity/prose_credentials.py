@@ -70,11 +70,11 @@ _ADVERB: Final = (
     r"encore|ahora|todav[ií]a|a[uú]n|nu|nog(?:[ \t]+steeds)?|steeds))?"
 )
 _CONN_WORDS: Final = (
-    r":=|=>|->|[:=]|(?:is|was|ist|lautet|war|est|c['\u2019]est|es|era|sera|wordt|werd|"
+    r":=|=>|->|[:=]|(?:is|was|ist|lautet|hei(?:ß|ss)t|luidt|reads|war|est|c['\u2019]est|es|era|sera|wordt|werd|"
     r"set[ \t]+to|changed[ \t]+to|to|auf|en|por|naar|a|à|soit|devient)\b"
 )
 _QUALIFIED_CONN: Final = (
-    r":=|=>|->|[:=]|(?:is|was|ist|lautet|war|est|c['\u2019]est|es|era|sera|wordt|werd|"
+    r":=|=>|->|[:=]|(?:is|was|ist|lautet|hei(?:ß|ss)t|luidt|reads|war|est|c['\u2019]est|es|era|sera|wordt|werd|"
     r"set[ \t]+to|changed[ \t]+to|soit|devient)\b"
 )
 """The connectors that may follow a qualifier ("to", "en", "a" would end it too early)."""
@@ -239,6 +239,38 @@ def _user_pass_value(sc: Scan, word_start: int, user_end: int) -> bool:
     return True
 
 
+_VALUE_BEFORE: Final = re.compile(
+    r"(?i)(?:^|(?<=\s))[\"'`]?(?P<val>[^\s\"'`]{4,100})[\"'`]?[ \t]+(?:as|als|comme|como)[ \t]+"
+    r"(?:(?:the|my|your|new|das|dem|den|mein\w*|neue\w*|le|la|mon|nouveau|el|mi|nueva|het|mijn|"
+    r"nieuwe)[ \t]+)*\Z"
+)
+"""A value before "as (the) password" ("use Sommer2024! as the password", "nimm X als
+Passwort", "utilise X comme mot de passe", "usa X como contraseña", "gebruik X als
+wachtwoord")."""
+
+
+_TOPIC_AFTER: Final = re.compile(
+    r"(?i)[ \t]*-?(?:managers?|fields?|polic(?:y|ies)|reset|hash(?:es|ing)?|generators?|strength|"
+    r"length|rules?|requirements?|prompts?|dialog|input|box|forms?|pages?|screens?|files?|vault|"
+    r"store|hints?|protection|recovery|expiry|rotation|safe|tresor|verwaltung|gestionnaire|"
+    r"gestor|beheerder|kluis)\b"
+)
+"""A topic noun right after the credential word: "1Password as password manager"."""
+
+
+def _value_before(sc: Scan, word_start: int, word_end: int, token: bool) -> None:
+    if _TOPIC_AFTER.match(sc.text, word_end):
+        return
+    m = _VALUE_BEFORE.search(sc.text, max(0, word_start - 160), word_start)
+    if m is None:
+        return
+    value = _clean(m.group("val"))
+    verdict = judge_token(value) if token else judge(value, "as", quoted=False)
+    if verdict is not None:
+        vs = m.start("val")
+        sc.add("api_token" if token else "password", vs, word_end, certain=verdict)
+
+
 def _on_login(sc: Scan, start: int, end: int) -> None:
     """ "log in as jdoe with Tr0ub4dor&3": the secret after the user name."""
     m = _LOGIN_AFTER.match(sc.text, end, min(len(sc.text), end + 300))
@@ -312,6 +344,8 @@ def on_prose(sc: Scan, m: Hit) -> None:
     token = kind == "tokw" or (kind == "weak" and word in ("token", "secret"))
     if kind in ("word", "tokw") and _csv_column(sc, s, e, token):
         return
+    if kind in ("word", "tokw"):
+        _value_before(sc, s, e, token)
     if token:
         _find_after(sc, s, e, "token", False)
         return
