@@ -35,42 +35,54 @@ from edge_agent.routing.sensitivity.matching import Handler, Hit, Scan
 from edge_agent.routing.sensitivity.names import name_spans
 from edge_agent.routing.sensitivity.terms import alternation, entries
 
-_NAME_WORD: Final = r"\p{Lu}[\pL'\-]+"
 _PARTICLES: Final = (
     r"(?:de las|de los|de la|de l'|del|dels|de|della|delle|dei|degli|di|do|da|dos|das|d')"
 )
 
+_WORD: Final = r"\p{Lu}[^\s,0-9]*"
+"""A capitalised word (checked loosely here: RE2 is much faster on ``[^\\s,0-9]`` than on
+``\\pL`` inside repetitions; the handler checks the words of Romance street names)."""
+
 ADDRESS_RULE = (
     r"(?P<en>\b[0-9]{1,5}[A-Za-z]?,? (?:(?:[A-Z][A-Za-z'\-]*\.?|[0-9]{1,3}(?:st|nd|rd|th)) ){1,4}"
     r"(?:" + alternation("street_suffixes.txt") + r")\b\.?)"
-    r"|(?P<de>\b\p{Lu}[\p{Ll}\-]*(?:" + alternation("street_types.txt") + r") ?"
+)
+"""English street addresses: a house number, capitalised words, a street type."""
+
+GERMANIC_RULE = (
+    r"(?P<de>\b[A-ZÄÖÜÅØÆ][a-zäöüßåøæéèáíóú\-]*(?:" + alternation("street_types.txt") + r") ?"
     r"[0-9]{1,4}(?:[a-z]\b|-[0-9]{1,3})?)"
-    r"|(?P<de2>\b\p{Lu}[\p{Ll}\-]+ (?:Straße|Strasse|Str\.|Weg|Allee|Platz|Gasse|Ring|Damm) "
+    r"|(?P<de2>\b[A-ZÄÖÜ][a-zäöüß\-]+ (?:Straße|Strasse|Str\.|Weg|Allee|Platz|Gasse|Ring|Damm) "
     r"[0-9]{1,4}[a-z]?\b)"
-    r"|(?P<fr>\b[0-9]{1,4}(?: ?(?:bis|ter))?,? (?i:rue|avenue|av\.|boulevard|bd|place|all[ée]e|"
-    r"chemin|impasse|quai|cours|route) (?:(?:de la|de l'|du|des|de|d'|la|le|l')\s?)?"
-    + _NAME_WORD
-    + r")"
-    r"|(?P<es>\b(?:"
-    + alternation("street_words.txt")
-    + r") (?:"
-    + _PARTICLES
-    + r" ?)?"
-    + _NAME_WORD
-    + r"(?: (?:"
-    + _PARTICLES
-    + r" ?)?"
-    + _NAME_WORD
-    + r"){0,3},? "
+)
+"""German, Dutch and Nordic street names with a street-type ending and a house number."""
+
+FRENCH_RULE = (
+    r"(?P<fr>\b[0-9]{1,4}(?: ?(?:bis|ter))?,? (?i:rue|avenue|av\.|boulevard|bd|place|all[ée]e|"
+    r"chemin|impasse|quai|cours|route) (?:(?:de la|de l'|du|des|de|d'|la|le|l')\s?)?" + _WORD + ")"
+)
+"""French street addresses: a house number, a street word, a capitalised name."""
+
+ROMANCE_RULE = (
+    r"(?P<es>\b(?:" + alternation("street_words.txt") + r")(?: [^\s,0-9]+){1,6},? "
     r"(?:n\.? ?|nº ?|no\.? ?|n\.º ?)?[0-9]{1,4}\b)"
-    r"|(?P<postal>\b\p{Lu}[\pL.'\-]*(?: [\pL.'\-]+){1,3} [0-9]{1,4}[a-z]?),? "
+)
+"""Spanish, Catalan, Italian and Portuguese street names: a street word, up to six words
+(the handler wants capitalised words and particles only), a house number."""
+
+POSTAL_RULE = (
+    r"(?P<postal>\b[A-ZÄÖÜÅØÆÉÈ][^\s,0-9]*(?: [^\s,0-9]+){1,3} [0-9]{1,4}[a-z]?),? "
     r"(?:[0-9]{5}|[0-9]{4} ?[A-Z]{2}|[0-9]{4}-[0-9]{3}|[0-9]{3} [0-9]{2}) \p{Lu}\p{Ll}+"
-    r"|(?P<structured>(?i:<StrtNm>[^<\n]+</StrtNm>\s*<BldgNb>[^<\n]+</BldgNb>"
+)
+"""Two to four words and a house number before a postcode and a city."""
+
+STRUCTURED_RULE = (
+    r"(?P<structured>(?i:<StrtNm>[^<\n]+</StrtNm>\s*<BldgNb>[^<\n]+</BldgNb>"
     r"|[\"'](?:street|street_?name|stra(?:ss|ß)e|straat|rue|calle|via)[\"']\s*:\s*[\"'][^\"'\n]+"
     r"[\"']\s*,\s*[\"'](?:house_?number|hausnummer|huisnummer|num[eé]ro|n[uú]mero|bldg_?nb|"
     r"nr|no)[\"']\s*:\s*[\"']?[0-9]))"
 )
-"""Street addresses by their shape (the module docstring lists the forms)."""
+"""A street and a house number in separate fields of a record (SEPA XML, JSON)."""
 
 _ORG_ENTRIES: Final = entries("organisation_words.txt")
 _ORG: Final = re.compile(
@@ -194,16 +206,35 @@ _PARTICLE_WORDS: Final = frozenset(
 
 def _street_start(text: str, s: int, e: int) -> int:
     """Where the street name before a house number starts: the capitalised words (and
-    particles between them) right before the number ("Min adress är Storgatan 12" ->
-    "Storgatan 12", "Unter den Linden 77" whole)."""
-    words = list(re.finditer(r"\S+", text[s:e]))[:-1]  # the last one is the number
-    start = words[-1].start() if words else 0
-    for w in reversed(words):
+    particles between them) right before the number, up to six, back to a punctuation
+    mark ("Min adress är Storgatan 12" -> "Storgatan 12", "Unter den Linden 77" whole,
+    "Museo del Prado, Calle de Ruiz de Alarcón 23" -> "Calle de Ruiz de Alarcón 23")."""
+    lo = max(0, s - 60)
+    words = list(re.finditer(r"\S+", text[lo:e]))[:-1]  # the last one is the number
+    start = words[-1].start() if words else s - lo
+    for w in list(reversed(words))[:6]:
         word = w.group()
+        if word[-1:] in ",;:.?!)" and w is not words[-1]:
+            break
         if not (word[:1].isupper() or word.lower() in _PARTICLE_WORDS):
             break
         start = w.start()
-    return s + start
+    return lo + start
+
+
+_ROMANCE_PARTICLES: Final = frozenset(
+    ("de", "del", "dels", "la", "las", "los", "l'", "d'", "della", "delle", "dei", "degli",
+     "di", "do", "da", "dos", "das", "e", "y", "i")
+)  # fmt: skip
+
+
+def _romance_name(candidate: str) -> bool:
+    """ "Calle de Ruiz de Alarcón 23": the words between the street word and the number
+    are capitalised names and particles, at least one name ("Via email 5" is none)."""
+    words = candidate.replace(",", " ").split()[1:-1]
+    words = [w for w in words if w.lower() not in ("n", "n.", "nº", "no", "no.", "n.º")]
+    names = [w for w in words if w[:1].isupper()]
+    return bool(names) and all(w[:1].isupper() or w.lower() in _ROMANCE_PARTICLES for w in words)
 
 
 def public_place(text: str, s: int, e: int) -> bool:
@@ -229,12 +260,31 @@ def on_address(sc: Scan, m: Hit) -> None:
         return  # "Spring 2024", "String 12": a word that only ends like a street type
     elif kind == "postal":
         s = _street_start(text, s, e)
+    elif kind == "es" and not _romance_name(text[s:e]):
+        return
     if public_place(text, s, e):
         return
     sc.add("street_address", s, e)
 
 
-RULES: Final[list[tuple[str, str, Handler]]] = [("address", ADDRESS_RULE, on_address)]
+RULES: Final[list[tuple[str, str, Handler]]] = [
+    ("address", ADDRESS_RULE, on_address),
+    ("address_de", GERMANIC_RULE, on_address),
+    ("address_fr", FRENCH_RULE, on_address),
+    ("address_es", ROMANCE_RULE, on_address),
+    ("address_postal", POSTAL_RULE, on_address),
+    ("address_record", STRUCTURED_RULE, on_address),
+]
 """This family's rules as (name, RE2 pattern, handler)."""
 
-__all__ = ["ADDRESS_RULE", "RULES", "on_address", "public_place"]
+__all__ = [
+    "ADDRESS_RULE",
+    "FRENCH_RULE",
+    "GERMANIC_RULE",
+    "POSTAL_RULE",
+    "ROMANCE_RULE",
+    "RULES",
+    "STRUCTURED_RULE",
+    "on_address",
+    "public_place",
+]
