@@ -65,7 +65,7 @@ TUNING = Pool(
         "DE": (("Leipzig", "04999"), ("Freiburg im Breisgau", "79999"), ("Bremen", "28999")),
         "FR": (("Lyon", "69009"), ("Rennes", "35999"), ("Montpellier", "34999")),
         "ES": (("Valencia", "46999"), ("Zaragoza", "50999"), ("Granada", "18999")),
-        "NL": (("Utrecht", "35AA"), ("Groningen", "97AA"), ("Haarlem", "20AA")),
+        "NL": (("Utrecht", "3599AA"), ("Groningen", "9799AA"), ("Haarlem", "2099AA")),
         "IT": (("Bologna", "40199"), ("Torino", "10199")),
         "AT": (("Graz", "8099"),),
         "PL": (("Kraków", "31-999"),),

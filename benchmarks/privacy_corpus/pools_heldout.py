@@ -36,7 +36,7 @@ HELDOUT = Pool(
         "DE": (("Würzburg", "97999"), ("Kiel", "24999"), ("Regensburg", "93999")),
         "FR": (("Nantes", "44999"), ("Strasbourg", "67999"), ("Bordeaux", "33999")),
         "ES": (("Bilbao", "48999"), ("Sevilla", "41999"), ("Salamanca", "37999")),
-        "NL": (("Leiden", "23AA"), ("Eindhoven", "56AA"), ("Zwolle", "80AA")),
+        "NL": (("Leiden", "2399AA"), ("Eindhoven", "5699AA"), ("Zwolle", "8099AA")),
         "IT": (("Napoli", "80199"), ("Verona", "37199")),
         "AT": (("Innsbruck", "6099"),),
         "PL": (("Gdańsk", "80-999"),),
