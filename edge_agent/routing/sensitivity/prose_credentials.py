@@ -139,6 +139,8 @@ def _value_kind(value: str) -> str:
 def _not_a_value(value: str) -> bool:
     """Words and shapes that follow a credential word without being a secret."""
     low = value.lower()
+    if value.isdigit():  # a PIN or code: only "0000"-like runs are stand-ins ("9911" is none)
+        return len(set(value)) == 1
     if low in _STOP or is_placeholder(value):
         return True
     if low.startswith(("http://", "https://", "www.", "/", "./", "~/")):
@@ -165,8 +167,12 @@ def judge(
         return None
     kind = _value_kind(value)
     c = (conn or "").lower()
+    if kind == "other" and sum(c.isdigit() for c in value) >= 4:
+        kind = "digits"  # "1234-5678": a recovery code, a door code with a separator
     if pin:
-        return True if kind == "digits" and len(value) <= 8 else None
+        if kind == "digits" and len(value) <= 12:
+            return True
+        return True if kind == "secret" and conn else None
     if kind == "secret":
         return bool(conn or quoted)
     if kind == "digits":
@@ -349,7 +355,7 @@ def on_prose(sc: Scan, m: Hit) -> None:
     if token:
         _find_after(sc, s, e, "token", False)
         return
-    _find_after(sc, s, e, kind, kind == "pin" or "pin" in word)
+    _find_after(sc, s, e, kind, kind == "pin" or "pin" in word or "code" in word)
 
 
 RULES: Final[list[tuple[str, str, Handler]]] = [("prose", PROSE_RULE, on_prose)]
