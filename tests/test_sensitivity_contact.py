@@ -48,6 +48,7 @@ def _findings(text: str) -> list[tuple[str, str]]:
         ("mobiel: 06-12345678", "06-12345678"),
         ("Marta Castillo,766 5107 60,Granada", "766 5107 60"),
         ("Anna Schmidt: +49 1512 3456789", "+49 1512 3456789"),
+        ("Anna Schmidt 0171 2345678", "0171 2345678"),
         ('{"customer": "Jan Smit", "mobile_phone": "06-87654321"}', "06-87654321"),
         ("telefono_movil: 612 345 678", "612 345 678"),
         ("(0171) 234 56 78 ist meine Nummer", "(0171) 234 56 78"),
@@ -93,6 +94,8 @@ def test_a_valid_number_is_certain_and_a_merely_possible_one_is_not() -> None:
         "Release Notes, 2024.12.02",
         "call the function 3 times with 1000000 items each",
         "the number 1234567 is odd",
+        "Room 0123 456 789",
+        "Order 0171 2345678",
     ],
 )
 def test_numbers_that_are_not_phones_stay_public(text: str) -> None:

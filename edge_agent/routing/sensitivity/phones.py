@@ -78,8 +78,12 @@ AFTER_RULE = (
 )
 """A number written like a phone number, then a phone word on the same line."""
 
-NAMED_RULE = r"\b\p{Lu}\p{Ll}+[ \t]*[,;:|\t][ \t]*(?P<named>" + _NUMBER + r")"
-"""A number right after a capitalised word and a separator ("Marta Castillo,766 5107 60")."""
+NAMED_RULE = (
+    r"\b\p{Lu}\p{Ll}+(?:[ \t]*[,;:|\t][ \t]*(?P<named>" + _NUMBER + r")"
+    r"|[ \t]+(?P<named2>(?:\+|\b0|\(\+?|\(0)[0-9(][0-9()" + _SEP + r"]{5,24}[0-9]))"
+)
+"""A number right after a capitalised word and a separator ("Marta Castillo,766 5107
+60"), or after a space when written like a phone number ("Anna Schmidt 0171 2345678")."""
 
 _PHONE_WORD: Final = re.compile(r"(?i)(?:\b|_)(?:" + _WORDS + "|" + _GENERIC + r")(?:\b|_)")
 
@@ -174,7 +178,7 @@ def _service_line(text: str, start: int) -> bool:
 def _named(sc: Scan, s: int, e: int, value: str) -> None:
     """A number right after a capitalised word: a finding when that word ends a name."""
     text = sc.text
-    sep = max(text.rfind(c, max(0, s - 4), s) for c in ",;:|\t")
+    sep = max(text.rfind(c, max(0, s - 4), s) for c in ",;:|\t ")
     if sep == -1 or not _phone_shaped(value) or _found(sc, s, e):
         return
     end = sep
@@ -245,7 +249,9 @@ def on_phone(sc: Scan, m: Hit) -> None:
         if word is None:
             return
         _contextual(sc, s, e, value, word.group().strip("_"))
-    elif kind == "named" and not _not_a_phone(value) and not _inside_number(text, s, e):
+    elif kind in ("named", "named2") and not _not_a_phone(value):
+        if _inside_number(text, s, e) or _LABEL.search(text, max(0, s - 60), s) is not None:
+            return
         _named(sc, s, e, value)
 
 
