@@ -49,6 +49,7 @@ def _findings(text: str) -> list[tuple[str, str]]:
         ("Marta Castillo,766 5107 60,Granada", "766 5107 60"),
         ("Anna Schmidt: +49 1512 3456789", "+49 1512 3456789"),
         ("Anna Schmidt 0171 2345678", "0171 2345678"),
+        ("Frau Kessler: 0171 4492830", "0171 4492830"),
         ('{"customer": "Jan Smit", "mobile_phone": "06-87654321"}', "06-87654321"),
         ("telefono_movil: 612 345 678", "612 345 678"),
         ("(0171) 234 56 78 ist meine Nummer", "(0171) 234 56 78"),

@@ -178,12 +178,11 @@ def _service_line(text: str, start: int) -> bool:
 def _named(sc: Scan, s: int, e: int, value: str) -> None:
     """A number right after a capitalised word: a finding when that word ends a name."""
     text = sc.text
-    sep = max(text.rfind(c, max(0, s - 4), s) for c in ",;:|\t ")
-    if sep == -1 or not _phone_shaped(value) or _found(sc, s, e):
+    if not _phone_shaped(value) or _found(sc, s, e):
         return
-    end = sep
-    while end > 0 and text[end - 1] in " \t":
-        end -= 1
+    end = s
+    while end > max(0, s - 6) and text[end - 1] in " \t,;:|":
+        end -= 1  # back over the separator to the end of the name
     if not any(ne == end for _ns, ne in name_spans(text, max(0, end - 60), end)):
         return
     sc.add("phone", s, e, certain=_certain(value, None))
