@@ -43,6 +43,9 @@ _KINDS_SOURCE: Final = (
     r"|(?P<weak>\b(?:pass|pw|pwd|pword|clave|token|secret)\b)[ \t]*"
     r"(?::|=|(?:is|es|ist|est|c['\u2019]est|lautet|was|war|era|wordt|" + _QUALIFIER_WORDS + r")\b)"
     r"|[/,;|&][ \t]*(?P<pair>\b(?:pass|pw|pwd|passwd)\b)"
+    r"|(?P<up>\bu[ \t]*[:=][ \t]*[^\s,;/|]+[ \t,;/|]+p[ \t]*[:=]"
+    r"|\b(?:user(?:name)?|login|benutzer(?:name)?|usuario|utilisateur|gebruiker(?:snaam)?)"
+    r"[ \t]*[:=]?[ \t]*[^\s,;/|]+[ \t,;/|]+(?:pw|pwd|pass|passwd)\b[ \t]*[:=]?)"
     r"|(?P<pin>\b(?:pin(?:[ \-]?code)?|pincode|pin-nummer)\b)"
     r"(?:[ \t:=\-]*[0-9]|[ \t]+(?:is|es|ist|est|lautet|was|" + _QUALIFIER_WORDS + r")\b)"
     r"|(?P<login>\b(?:log(?:ged)?[ \t]?in|sign(?:ed)?[ \t]?in|anmelden|einloggen|angemeldet|"
@@ -214,7 +217,8 @@ def _find_after(sc: Scan, word_start: int, word_end: int, kind: str, pin: bool) 
     vs = m.start("val")
     value = _clean(m.group("val"))
     conn = m.group("conn")
-    if vs == word_end or text[word_start - 1 : word_start] in (".", "_", "$"):
+    glued = vs == word_end and text[word_end - 1 : word_end] not in (":", "=", " ", "\t")
+    if glued or text[word_start - 1 : word_start] in (".", "_", "$"):
         return  # "password.encode(", "password@host", "self.password": code, not prose
     if kind == "token":
         verdict = judge_token(value)
@@ -223,11 +227,44 @@ def _find_after(sc: Scan, word_start: int, word_end: int, kind: str, pin: bool) 
         return
     if _value_kind(value) == "word" and _user_pass_value(sc, word_start, vs + len(value)):
         return  # "credentials: admin / S3cret!": the secret after the user name
+    if verdict_is_creds(text[word_start:word_end]) and _secret_on_line(sc, word_start, word_end):
+        return  # "here are the creds - login jdoe / Winter2024!"
     verdict = judge(value, conn, m.group("quote") is not None, pin, kind == "weak")
     if verdict is False and kind == "pair" and _value_kind(value) == "secret":
         verdict = True  # "user admin / pass s3cret!": a user/password pair
     if verdict is not None:
         sc.add("password", word_start, vs + len(value), certain=verdict)
+
+
+_CREDS_WORDS: Final = re.compile(
+    r"(?i)cred(?:ential)?s|login\s+details|zugangsdaten|credenciales|inloggegevens"
+)
+
+
+def verdict_is_creds(word: str) -> bool:
+    """A word for a set of credentials ("creds", "Zugangsdaten"), not for one secret."""
+    return _CREDS_WORDS.fullmatch(word.strip()) is not None
+
+
+def _secret_on_line(sc: Scan, word_start: int, word_end: int) -> bool:
+    """After a credentials word, a secret-shaped token later on its line (at most 100
+    characters on), after a user/password separator ("/", ":") or with a symbol in it."""
+    text = sc.text
+    eol = text.find("\n", word_end, word_end + 100)
+    hi = word_end + 100 if eol == -1 else eol
+    for t in re.finditer(r"[^\s,;\"'`]{6,100}", text[word_end:hi]):
+        value = _clean(t.group())
+        if "@" in value or "://" in value or _not_a_value(value):
+            continue
+        if _value_kind(value) != "secret" or not any(c.isdigit() for c in value):
+            continue
+        start = word_end + t.start()
+        before = text[max(word_end, start - 3) : start]
+        pair = "/" in before or ":" in before
+        if pair or not value.replace(".", "").isalnum():  # "OAuth2" alone is no secret
+            sc.add("password", word_start, start + len(value), certain=pair)
+            return True
+    return False
 
 
 _PAIR_TAIL: Final = re.compile(r"[ \t]*[/:|][ \t]*([^\s\"'`,;]{4,100})")
@@ -346,6 +383,8 @@ def on_prose(sc: Scan, m: Hit) -> None:
         return
     if kind == "pair" and _USER_WORDS.search(sc.text[max(0, s - 60) : s]) is None:
         return  # "pass/fail": no user name before the separator
+    if kind == "up":  # "u: jdoe p: ...", "login jdoe pass ...": the pair is in the match
+        kind = "pair"
     word = sc.text[s:e].lower()
     token = kind == "tokw" or (kind == "weak" and word in ("token", "secret"))
     if kind in ("word", "tokw") and _csv_column(sc, s, e, token):
