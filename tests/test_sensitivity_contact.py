@@ -67,6 +67,15 @@ def test_possible_numbers_with_context_are_phones(text: str, number: str) -> Non
     assert number in _spans(text, "phone"), _findings(text)
 
 
+def test_a_phone_column_of_a_table_is_found_row_by_row() -> None:
+    """Every number under a phone header cell is found, however far below the header."""
+    rows = "".join(f"{i};Person {i};0171 23456{i:02d};2024-01-02\n" for i in range(30))
+    text = "id;Name;Telefon;Datum\n" + rows
+    found = _spans(text, "phone")
+    assert len(found) == 30 and found[-1] == "0171 2345629"
+    assert _spans("sku,price,phone\n1,2.50,n/a\n2,3.10,none", "phone") == []
+
+
 def test_a_valid_number_is_certain_and_a_merely_possible_one_is_not() -> None:
     """Valid numbers are certain findings; possible-but-not-valid ones are uncertain."""
     valid = _DETECTOR.classify("Call me on +44 20 7946 0958").findings
