@@ -56,17 +56,20 @@ PHONE_RULE = (
 _GENERIC: Final = alternation("phone_words_generic.txt")
 
 CONTEXT_RULE = (
-    r"(?P<word>(?i:(?:\b|_)(?:" + _WORDS + r")(?:\b|_)))[^0-9+\n]{0,48}?(?P<ctx>[+(]?[0-9])"
-    r"|(?P<gword>(?i:(?:\b|_)(?:" + _GENERIC + r")(?:\b|_)))[^0-9+\n]{0,48}?(?P<gctx>[+(]|\b0)"
+    r"(?P<word>(?i:(?:\b|_)(?:" + _WORDS + r")(?:\b|_)))[^0-9+\n]{0,48}?"
+    r"(?P<ctx>[+(]?[0-9][0-9()" + _SEP + r"]{4,}[0-9])"
+    r"|(?P<gword>(?i:(?:\b|_)(?:" + _GENERIC + r")(?:\b|_)))[^0-9+\n]{0,48}?"
+    r"(?P<gctx>(?:[+(]|\b0)[0-9()" + _SEP + r"]{4,}[0-9])"
 )
-"""A phone word, then (on its line, at most 48 characters on) the start of a number (a
-generic word, "number", only before a ``+``, a bracket or a trunk ``0``); the number is
-read in Python. Neither a counted repetition of the number nor a line break in the filler:
-both made the RE2 set's automaton outgrow its memory on dense text (its cache was reset
-mid-scan: 10-17 ms spikes per 4 KB)."""
+"""A phone word, then (on its line, at most 48 characters on) a run of at least six digits
+and separators (a generic word, "number", only before a ``+``, a bracket or a trunk
+``0``); the number itself is read in Python. No line break in the filler: with one the RE2
+set's automaton outgrew its memory on dense text (its cache was reset mid-scan: 10-17 ms
+spikes per 4 KB)."""
 
 COLUMN_RULE = (
-    r"(?m)(?:^|[,;\t|])[ \t]*[\"']?(?i:(?:" + _WORDS + "|" + _GENERIC + r"))(?:\b|_)[^\n]*\n"
+    r"(?m)(?:^|[,;\t|])[ \t]*[\"']?(?i:(?:" + _WORDS + "|" + _GENERIC + r")(?:_[a-z]+)?)"
+    r"[\"']?[ \t]*(?:[,;\t|]|\r?\n)"
 )
 """A phone word as a cell of a delimited header line: the column below holds numbers."""
 
@@ -225,9 +228,13 @@ def on_column(sc: Scan, m: Hit) -> None:
     """A header line with a phone column ("nombre,telefono,ciudad"): the numbers in that
     column of the rows below (at most 50) are phone numbers."""
     text = sc.text
-    s, e = m.span()
+    s, _e = m.span()
     line_start = text.rfind("\n", 0, s + 1) + 1 if text[s : s + 1] != "\n" else s + 1
-    header = text[line_start : e - 1]
+    line_end = text.find("\n", s + 1)
+    if line_end == -1:
+        return  # no rows below
+    e = line_end + 1
+    header = text[line_start:line_end].rstrip("\r")
     delims = [d for d in _DELIMITERS if d in header]
     if len(delims) != 1:
         return
