@@ -5,25 +5,42 @@ any routing decision. ``restricted`` requests may only run locally, ``internal``
 or on a private tier, ``public`` ones anywhere (the policy lives in the router; this module
 only labels).
 
-What is restricted (category names in parentheses, all at :attr:`Level.RESTRICTED`):
+What is restricted (category names in parentheses, all at :attr:`Level.RESTRICTED`), in
+English, German, French, Spanish and Dutch text alike:
 
 * credentials: AWS access key ids and secret keys (``aws_access_key``), GitHub, GitLab,
   Slack, Stripe, OpenAI/Anthropic, Hugging Face, npm, Google API/OAuth, SendGrid tokens,
-  Azure SAS signatures, bearer/basic authorization headers and ``api_key=`` / ``token:`` /
-  ``secret=`` assignments with a high-entropy value (``api_token``); JWTs whose first
-  segment decodes to a JSON object with an ``alg`` member (``jwt``); PEM/OpenSSH/PGP/PuTTY
-  private keys (``private_key``); URLs with ``user:password@``, ADO/JDBC strings with a
-  password, Azure ``AccountKey=`` / ``SharedAccessKey=`` (``connection_string``);
-  ``password=``/``password is ...`` values that are not placeholders (``password``);
+  Azure SAS signatures, authorization headers (Bearer, Basic, Digest, ``X-Api-Key``),
+  ``api_key=`` / ``token:`` / ``secret=`` assignments and .env/YAML keys named like a
+  secret, HAR/Postman name/value pairs, and tokens after a token word in prose
+  (``api_token``); JWTs whose first segment decodes to a JSON object with an ``alg``
+  member (``jwt``); PEM/OpenSSH/PGP/PuTTY private keys and private JWKs (``private_key``);
+  URLs of any scheme with ``user:password@``, ADO/JDBC strings with a password, Azure
+  ``AccountKey=`` (``connection_string``); passwords, PINs, Wi-Fi keys and access codes in
+  ``key=value`` form or in prose ("my password is ...", "das Passwort lautet ...", "le mot
+  de passe c'est ...", "la contraseña es ...", "user admin / pass ...": :mod:`.prose_credentials`)
+  unless the value is a placeholder (``password``);
 * payment cards: 13-19 digits, consistently grouped, plausible issuer prefix, Luhn-valid
   (``payment_card``); IBANs with a valid mod-97 check and country format (``iban``);
-* national IDs: US SSN (area/group/serial rules), UK NINO, French NIR, Spanish DNI/NIE,
-  Italian codice fiscale by format and checksum; German Steuer-ID, NHS number and other
-  IDs when a keyword names them (``national_id``); passport numbers after a passport
-  keyword (``passport``);
-* personal contact data: e-mail addresses (``email``), phone numbers (``phone``), street
-  addresses (``street_address``);
+* national IDs: US SSN, UK NINO, French NIR, Spanish DNI/NIE, Italian codice fiscale by
+  format and checksum; Dutch BSN, German Steuer-ID and other IDs after a word that names
+  them (``national_id``); passport numbers after a passport word, and ICAO 9303
+  machine-readable zones with valid check digits (``passport``, :mod:`.mrz`);
+* personal contact data: e-mail addresses, also written to dodge scrapers (``jane [at]
+  acme [dot] com``; addresses at reserved example domains are placeholders) (``email``),
+  phone numbers (``phone``, :mod:`.phones`), street addresses of many countries
+  (``street_address``, :mod:`.addresses`; an organisation's public address is not one);
+* dates of birth announced as such or next to a person's name (``date_of_birth``), and
+  person names next to health, contact, identity or financial data (``person_name``,
+  :mod:`.people`, :mod:`.names`);
 * health information about a person (``health``), see the rule below.
+
+Fail closed. Where the detector cannot be sure what a value is but it could be restricted
+data -- a number libphonenumber calls *possible* but not *valid* after a contact word, a
+plain word after "my password is", a value of an ID's shape after its name that fails
+its check digits -- it still reports a finding, with ``certain=False``: the request stays
+on the device, and reversible redaction (``edge_agent/routing/redaction.py``) never
+replaces such a finding.
 
 What is internal (:attr:`Level.INTERNAL`): configured markers such as "confidential" or "do
 not distribute" (``internal_marker``); host names under internal suffixes (``*.internal``,
@@ -72,10 +89,13 @@ shared 2-core x86 box; ``docs/benchmarks.md`` has the full table):
   RE2 pass.
 * Validators: ``python-stdnum`` (IBAN registry and country formats after a local mod-97
   pre-check, US SSN, French NIR, Spanish DNI/NIE, Italian codice fiscale, German IdNr, NHS
-  number); ``phonenumbers`` (the ``phonenumberslite`` distribution, 5 MB instead of 48 MB
-  without geocoder/carrier data) only for candidates written with a ``+``/``00`` country
-  code or in the French pairs format: a parse costs about 30 us, so it never sees the text
-  itself. Luhn, JWT header decoding, entropy and the health rule are local.
+  number, Dutch BSN); ``phonenumbers`` (the ``phonenumberslite`` distribution, 5 MB
+  instead of 48 MB without geocoder/carrier data) only for phone candidates that a format
+  or a context rule found: a parse costs about 30 us, so it never sees the text itself.
+  Luhn, ICAO check digits, JWT header decoding, entropy and the health rule are local.
+* Person names come from lists (:mod:`.names`, a few thousand given names and surnames)
+  held in Python sets and read only around other findings, never put into the RE2 set:
+  ordinary text still costs one pass.
 * Yelp's ``detect-secrets`` was measured on the labelled set: with its default plugins it
   takes about 40 ms per 4 KB prompt (regexes run line by line, plugin after plugin) and
   flags 215 of the 219 public texts (its keyword and entropy plugins are made for source
@@ -92,11 +112,15 @@ with ``re.finditer`` over the text after the RE2 pass; each costs a scan of its 
 anchor them on a literal prefix (``"EMP-[0-9]{6}"``), which ``re`` searches for quickly.
 
 Layout: :mod:`.scanner` (the detector: the set, the rules, the verdict), one module per
-detector family with its RE2 patterns and handlers (:mod:`.credentials`,
-:mod:`.identifiers`, :mod:`.contact`, :mod:`.health`, :mod:`.internal`), :mod:`.matching`
-(RE2 plumbing and the scan state), :mod:`.verdict` and :mod:`.config` (the public types),
-and :mod:`.terms`, which reads the term lists, keyword tables and cue words from the
-package's ``data/`` folder.
+detector family with its RE2 patterns and handlers, each exposing ``RULES``
+(:mod:`.credentials`, :mod:`.prose_credentials`, :mod:`.contact`, :mod:`.phones`,
+:mod:`.addresses`, :mod:`.obfuscated`, :mod:`.identifiers`, :mod:`.mrz`, :mod:`.people`
+with :mod:`.names`, :mod:`.health`, :mod:`.internal`), :mod:`.matching` (RE2 plumbing and
+the scan state), :mod:`.verdict` and :mod:`.config` (the public types), and :mod:`.terms`,
+which reads the term lists, keyword tables and cue words from the package's ``data/``
+folder. Quality is measured on ``tests/data/sensitivity_eval/`` (a tuning part and a
+held-out part, ``python -m benchmarks.eval_privacy``) and the older labelled set
+(``python -m benchmarks.eval_sensitivity``); docs/benchmarks.md has the figures.
 """
 
 from __future__ import annotations
