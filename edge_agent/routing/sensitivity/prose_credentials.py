@@ -40,21 +40,33 @@ _QUALIFIER_WORDS: Final = (
 _KINDS_SOURCE: Final = (
     r"(?i)(?P<word>\b(?:" + alternation("credential_words.txt") + r")\b)"
     r"|(?P<tokw>\b(?:" + alternation("token_words.txt") + r")\b)"
-    r"|(?P<weak>\b(?:pass|pw|pwd|pword|clave|token|secret)\b)[ \t]*"
-    r"(?::|=|(?:is|es|ist|est|c['\u2019]est|lautet|was|war|era|wordt|" + _QUALIFIER_WORDS + r")\b)"
+    r"|(?P<weak>\b(?:pass|pw|pwd|pword|clave|contra|ww|token|secret|key|schl[üu]ssel|"
+    r"sleutel|jeton|code)\b|\bcl[eé])(?:[ \t]*"
+    r"(?::|=|->|\u2192|(?:is|es|ist|est|c['\u2019]est|lautet|was|war|era|wordt|"
+    + _QUALIFIER_WORDS
+    + r")\b)|[ \t]+-?[ \t]*[^\s0-9]*[0-9][^\s]*[A-Za-z]|[ \t]+-?[ \t]*[^\s0-9]*[A-Za-z][^\s]*[0-9])"
     r"|[/,;|&][ \t]*(?P<pair>\b(?:pass|pw|pwd|passwd)\b)"
     r"|(?P<up>\bu[ \t]*[:=][ \t]*[^\s,;/|]+[ \t,;/|]+p[ \t]*[:=]"
     r"|\b(?:user(?:name)?|login|benutzer(?:name)?|usuario|utilisateur|gebruiker(?:snaam)?)"
     r"[ \t]*[:=]?[ \t]*[^\s,;/|]+[ \t,;/|]+(?:pw|pwd|pass|passwd)\b[ \t]*[:=]?)"
     r"|(?P<pin>\b(?:pin(?:[ \-]?code)?|pincode|pin-nummer)\b)"
-    r"(?:[ \t:=\-]*[0-9]|[ \t]+(?:is|es|ist|est|lautet|was|" + _QUALIFIER_WORDS + r")\b)"
+    r"(?:[ \t:=\-]*[0-9]|[ \t]+(?:is|es|ist|est|lautet|was|" + _QUALIFIER_WORDS + r")\b"
+    r"|['\u2019]?s?[^\n0-9]*[0-9])"
+    r"|(?:\n|\A|[,;\t|])[ \t]*[\"']?(?P<col>(?:pin|pincode|pwd|pw|pass|passcode|clave|mdp|"
+    r"contra|ww|token|secret|api[_\-]?key|apikey|access[_\-]?token|auth[_\-]?token|"
+    r"secret[_\-]?key|client[_\-]?secret|private[_\-]?key|kennwort|passwort|contrase(?:ñ|n)a|"
+    r"wachtwoord|mot[_ ]de[_ ]passe))[\"']?[ \t]*[,;\t|\r\n]"
     r"|(?P<login>\b(?:log(?:ged)?[ \t]?in|sign(?:ed)?[ \t]?in|anmelden|einloggen|angemeldet|"
     r"eingeloggt|connecte[rz]?|inicia[r]?[ \t]+sesi[oó]n|inloggen|ingelogd)[ \t]+"
     r"(?:as|als|como|comme|en[ \t]+tant[ \t]+que)\b)"
 )
 """The rule with its alternatives named (Python ``re`` syntax)."""
 
-PROSE_RULE = re.sub(r"\(\?P<[a-z]+>", "(?:", _KINDS_SOURCE).replace("\\u2019", "\\x{2019}")
+PROSE_RULE = (
+    re.sub(r"\(\?P<[a-z]+>", "(?:", _KINDS_SOURCE)
+    .replace("\\u2019", "\\x{2019}")
+    .replace("\\u2192", "\\x{2192}")
+)
 """The RE2 rule: the same pattern without capture groups, so that RE2 finds each match
 with its DFA alone (groups make it run its slower NFA over every match); the handler
 tells the alternatives apart with :data:`_KINDS` on the matched text."""
@@ -210,6 +222,20 @@ def _clean(value: str) -> str:
 
 
 def _find_after(sc: Scan, word_start: int, word_end: int, kind: str, pin: bool) -> None:
+    """The value after a credential word: by the connector grammar first, then (fail
+    closed) any secret-shaped token near the word (:func:`_secret_nearby`)."""
+    before = len(sc.findings)
+    _find_after_grammar(sc, word_start, word_end, kind, pin)
+    if len(sc.findings) == before:
+        text = sc.text
+        if text[word_start - 1 : word_start] in (".", "_", "$") or (
+            text[word_end : word_end + 1] in (".", "(", "[", "@", "_")
+        ):
+            return  # "self.password", "password.encode(": code, not prose
+        _secret_nearby(sc, word_start, word_end, kind == "token", pin)
+
+
+def _find_after_grammar(sc: Scan, word_start: int, word_end: int, kind: str, pin: bool) -> None:
     text = sc.text
     m = _AFTER.match(text, word_end, min(len(text), word_end + 200))
     if m is None:
@@ -237,7 +263,8 @@ def _find_after(sc: Scan, word_start: int, word_end: int, kind: str, pin: bool) 
 
 
 _CREDS_WORDS: Final = re.compile(
-    r"(?i)cred(?:ential)?s|login\s+details|zugangsdaten|credenciales|inloggegevens"
+    r"(?i)cred(?:ential)?s|login\s+details|zugangsdaten|credenciales|inloggegevens|identifiants?|"
+    r"inlog|anmeldedaten|logindaten|benutzerdaten|datos\s+de\s+acceso"
 )
 
 
@@ -326,6 +353,27 @@ def _on_login(sc: Scan, start: int, end: int) -> None:
 
 _DELIMITERS: Final = ",;\t|"
 
+_PASSWORD_COLUMNS: Final = frozenset(
+    {"pin", "pincode", "pwd", "pw", "pass", "passcode", "clave", "mdp", "contra", "ww",
+     "kennwort", "passwort", "contraseña", "contrasena", "wachtwoord", "mot de passe",
+     "mot_de_passe"}
+)  # fmt: skip
+"""Header cells of a password column (the other credential columns hold tokens)."""
+
+_TOKEN_WEAK: Final = frozenset(
+    {"token", "secret", "key", "schlüssel", "schlussel", "clé", "cle", "sleutel", "jeton"}
+)
+"""Short words after which only a long token is a secret (not a short value)."""
+
+_OTHER_CODE: Final = re.compile(
+    r"(?i)\b(?:zip|postal|post|area|country|error|status|exit|return|source|qr|bar|promo|"
+    r"discount|coupon|voucher|gift|referral|invite|invitation|product|hs|iso|icd|swift|bic|"
+    r"sort|colou?r|tracking|fehler|rabatt|gutschein|postleit|erreur|promotion|r[ée]duction|"
+    r"postal|c[oó]digo\s+postal|descuento|cup[oó]n|kortings|postcode|status|http|ean|"
+    r"article|art\.?|lab|code)[ \t\-_]*\Z"
+)
+"""Words before "code" that make it another kind of code."""
+
 
 def _csv_column(sc: Scan, s: int, e: int, token: bool) -> bool:
     """A header cell of a delimited table ("user,password"): judge the values of its
@@ -386,15 +434,103 @@ def on_prose(sc: Scan, m: Hit) -> None:
     if kind == "up":  # "u: jdoe p: ...", "login jdoe pass ...": the pair is in the match
         kind = "pair"
     word = sc.text[s:e].lower()
-    token = kind == "tokw" or (kind == "weak" and word in ("token", "secret"))
+    if kind == "weak" and word == "code" and _OTHER_CODE.search(sc.text, max(0, s - 24), s):
+        return  # "zip code 94105", "error code 4031", "promo code SUMMER24": no secret
+    token = kind == "tokw" or (kind == "weak" and word in _TOKEN_WEAK)
+    if kind == "col":
+        _csv_column(sc, s, e, word not in _PASSWORD_COLUMNS)
+        return
     if kind in ("word", "tokw") and _csv_column(sc, s, e, token):
         return
     if kind in ("word", "tokw"):
         _value_before(sc, s, e, token)
+    if token and kind == "weak":  # "token ...", "key: ...": a long token near the word
+        if sc.text[s - 1 : s] not in (".", "_", "$", "-"):
+            _secret_nearby(sc, s, e, True, False)
+        return
     if token:
         _find_after(sc, s, e, "token", False)
         return
     _find_after(sc, s, e, kind, kind == "pin" or "pin" in word or "code" in word)
+
+
+_TECH: Final = re.compile(
+    r"(?i)(?:sha|md|aes|rsa|ecdsa|ed|argon|pbkdf|scrypt|bcrypt|utf|base|oauth|wpa|wep|ipv|tls|"
+    r"ssl|http|https|smtp|imap|pop|ftp|x|iso|rfc|cve|win|windows|python|java|node|ubuntu|"
+    r"debian|centos|rhel|macos|ios|android|gpt|llama|mp|h|v|ver|version|step|level|fido|u2f|"
+    r"hotp|totp|ntlm|krb|kerberos|kdf|crc|blake|des|rc|iphone|galaxy|pixel|office|excel|"
+    r"keepass|keepassxc|bitwarden|lastpass|chrome|firefox|edge|safari|w|cp|iso|en|de|es|fr|"
+    r"nl|latin|cp|covid|sars|e|i|k|a|b|c|l)[\-_ .]?[0-9][0-9a-z.\-]*\Z"
+    r"|[0-9]+(?:fa|st|nd|rd|th|x|px|pt|ms|s|kb|mb|gb|tb|k|m|h|min|bit|bits|[\-_ ]?bit|"
+    r"[\-_ ]?chars?|[\-_ ]?digits?|[\-_ ]?stellig\w*|[\-_ ]?caract\w*|[\-_ ]?car[aá]ct\w*|"
+    r"[\-_ ]?tekens?|[\-_ ]?zeichen|am|pm|h[0-9]+)\Z"
+    r"|(?:1password|e2e|i18n|l10n|k8s|a11y|p2p|b2b|b2c|2fa|mfa|3ds|4g|5g|wi-?fi6?)\Z"
+)
+"""Technical words with digits that follow a credential word without being a secret:
+``sha256``, ``argon2id``, ``utf-8``, ``OAuth2``, ``Windows11``, ``8-stellig``, ``2FA``."""
+
+_NEAR_TOKEN: Final = re.compile(r"[^\s,;\"'`«»“”„()]+")
+_SENTENCE_WORDS: Final = 12
+"""At most this many words after the credential word are read for a secret."""
+
+
+def _secret_shape(value: str, pin: bool, token: bool) -> bool | None:
+    """Is ``value`` (near a credential word, no connector needed) a secret? True: a
+    finding; False: an uncertain finding; None: not one."""
+    if len(value) < 4 or "@" in value or "://" in value or _not_a_value(value):
+        return None
+    if _TECH.match(value) or _VERSION.match(value) or value.count(".") >= 2:
+        return None
+    if token:
+        return judge_token(value)
+    digits = sum(c.isdigit() for c in value)
+    if value.isdigit():
+        if pin and 4 <= len(value) <= 8 and not (len(value) == 4 and value[:2] in ("19", "20")):
+            return True
+        return None
+    kind = _value_kind(value)
+    if kind != "secret" or len(value) < 6:
+        return None
+    if digits == 0 and value.replace("-", "").replace("'", "").isalpha():
+        return None  # "e-mail", "Wi-Fi", "aujourd'hui": a word with a hyphen
+    has_sym = any(not c.isalnum() for c in value)
+    mixed = any(c.isupper() for c in value) and any(c.islower() for c in value)
+    if len(value) >= 16 and high_entropy(value):
+        return True
+    if not digits:  # "Kiwi!Fruit" (uncertain); "DB_PASSWORD", "e-mail": identifiers
+        return False if mixed and any(c not in "_-.'" for c in value if not c.isalnum()) else None
+    return has_sym or mixed
+
+
+def _secret_nearby(sc: Scan, word_start: int, word_end: int, token: bool, pin: bool) -> None:
+    """Fail closed: a secret-shaped token among the next words after a credential word
+    (on its line; on the next line when the word ends its line: "Password:\\n..."), in
+    any grammar ("la contraseña que puse es X", "das neue Passwort wird X sein", "the
+    password I picked is X", "usa la clave X para entrar"). Certain when the token mixes
+    letters, digits and symbols or cases; uncertain when it only mixes letters and digits."""
+    text = sc.text
+    limit = 40 if token else 80  # where the secret may start; it is read whole (200)
+    eol = text.find("\n", word_end, word_end + limit + 200)
+    if eol != -1 and not text[word_end:eol].strip(" \t:=-\u2013\u2192>\r"):
+        start = eol + 1
+        nxt = text.find("\n", start, start + limit + 200)
+        hi = start + limit + 200 if nxt == -1 else nxt
+    else:
+        start = word_end
+        hi = word_end + limit + 200 if eol == -1 else eol
+    hi = min(hi, len(text))
+    for n, t in enumerate(_NEAR_TOKEN.finditer(text, start, hi)):
+        if n >= _SENTENCE_WORDS or t.start() - start > limit:
+            return
+        if t.end() == hi and hi < len(text) and not text[hi].isspace():
+            return  # cut by the window
+        lead = len(t.group()) - len(t.group().lstrip(":=-\u2013\u2192>"))
+        value = _clean(t.group()[lead:])
+        verdict = _secret_shape(value, pin, token)
+        if verdict is not None:
+            category = "api_token" if token else "password"
+            sc.add(category, word_start, t.start() + lead + len(value), certain=verdict)
+            return
 
 
 RULES: Final[list[tuple[str, str, Handler]]] = [("prose", PROSE_RULE, on_prose)]
