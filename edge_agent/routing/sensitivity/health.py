@@ -32,7 +32,7 @@ from typing import Any, Final
 
 import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 
-from edge_agent.routing.sensitivity import names
+from edge_agent.routing.sensitivity import health_records, names
 from edge_agent.routing.sensitivity.matching import Hit, Scan, bounded, escape, options, search
 from edge_agent.routing.sensitivity.terms import entries, word_lists
 
@@ -380,6 +380,9 @@ def _starts(
 
 _HEALTH_TERM_SET: Final = frozenset(_HEALTH_TERMS)
 
+RECORD_CHARS: Final = health_records.RECORD_CHARS
+"""A text up to this long is read as one record (the scanner runs the rule for it)."""
+
 
 _PERSON_WORDS: Final = (
     _POSSESSIVES
@@ -520,6 +523,13 @@ CLINICAL_CUES: Final = (
     r"[\t-\r\x1c-\x1f\x85\pZ]+[A-Z][a-z]",
     r"\b(?i:dob|mrn|date of birth|geburtsdatum|date de naissance|fecha de nacimiento|"
     r"geboortedatum)\b|(?m:^)(?i:pid)\|",
+    # a record that the record rule reads whole (health_records): a JSON or HL7 line, an
+    # identifier word and a number, a header cell naming an identifier or a person
+    r"(?m:^)[ \t]*\{|(?m:^)[A-Z][A-Z0-9]{2}\||#[ \t]?[0-9]{3}"
+    r"|\b(?i:case|mrn|fall(?:nummer)?|akte|dossier|historia|expediente|nhc|ipp|"
+    r"pati[e\x{eb}]nt(?:en)?(?:nummer|nr)|room|bed|zimmer|bett|chambre|habitaci\x{f3}n|cama|"
+    r"kamer)\b[^\n0-9]?[^\n0-9]?[^\n0-9]?[^\n0-9]?[0-9]"
+    r"|(?:\b|_)(?i:id|nr|name|naam|nom|nombre|nachname|dob)[ \t\"]*[,;\t|]",
 )
 r"""RE2 patterns in the set that fire whenever :func:`clinical_spots` can find a cue (its
 "patient" substring, its ``\s`` as Python's Unicode whitespace); when none fires, the
@@ -544,17 +554,35 @@ class Term:
     words: re.Pattern[bytes] | None  # multi-word terms: the words with [\t\n\f\r ]+ between
 
 
+SHAPE_PREFIX: Final = "re:"
+"""A health "term" that is a pattern, not a literal (:data:`MEDICAL_SHAPES`)."""
+
+MEDICAL_SHAPES: Final = health_records.MEDICAL_SHAPES
+_SHAPE_STOP: Final = health_records.SHAPE_STOP
+
+
+def _shape_pattern(shape: str) -> str:
+    """The RE2 pattern of a medical shape: whole words, any case."""
+    return r"\b(?i:" + shape + r")\b"
+
+
 def health_alternatives() -> list[tuple[str, bool]]:
     """The medical terms in the order of the health rule's alternation, with whether each
-    is matched in upper case only: case-insensitive terms first, longest first."""
+    is matched in upper case only: case-insensitive terms first, longest first, then the
+    medical shapes (each as :data:`SHAPE_PREFIX` and its pattern)."""
     insensitive = [t for t in _HEALTH_TERMS if t not in _CASE_SENSITIVE_TERMS]
     sensitive = [t.upper() for t in _HEALTH_TERMS if t in _CASE_SENSITIVE_TERMS]
-    return [(t, False) for t in sorted(insensitive, key=len, reverse=True)] + [
-        (t, True) for t in sorted(sensitive, key=len, reverse=True)
-    ]
+    return (
+        [(t, False) for t in sorted(insensitive, key=len, reverse=True)]
+        + [(t, True) for t in sorted(sensitive, key=len, reverse=True)]
+        + [(SHAPE_PREFIX + shape, False) for shape in MEDICAL_SHAPES]
+    )
 
 
 def make_term(rank: int, literal: str, cased: bool) -> Term:
+    if literal.startswith(SHAPE_PREFIX):
+        shape = literal[len(SHAPE_PREFIX) :]
+        return Term(rank, False, b"", re.compile(shape.encode()))
     words = literal.split()
     needle = literal.encode() if cased else literal.lower().encode()
     pattern = None
@@ -571,6 +599,8 @@ def term_pattern(literal: str, cased: bool) -> str:
     """The RE2 pattern of one term (the health rule's alternative, alone). RE2's ``\\b``
     is ASCII: a term that starts or ends with another letter ("épilepsie",
     "diagnostiqué") has no boundary on that side."""
+    if literal.startswith(SHAPE_PREFIX):
+        return _shape_pattern(literal[len(SHAPE_PREFIX) :])
     body = escape(literal) if cased else "(?i:" + escape(literal) + ")"
     return bounded(body, literal)
 
@@ -578,7 +608,7 @@ def term_pattern(literal: str, cased: bool) -> str:
 def health_pattern() -> str:
     """The health rule's RE2 pattern: every term, in :func:`health_alternatives` order
     (terms with a non-ASCII first or last letter after the others, unbounded there)."""
-    alternatives = health_alternatives()
+    alternatives = [a for a in health_alternatives() if not a[0].startswith(SHAPE_PREFIX)]
     plain = [(t, cased) for t, cased in alternatives if _ascii_edges(t)]
     other = [(t, cased) for t, cased in alternatives if not _ascii_edges(t)]
     ci = "|".join(escape(t) for t, cased in plain if not cased)
@@ -586,7 +616,7 @@ def health_pattern() -> str:
     pattern = r"\b(?:(?i:" + ci + r")|" + cs + r")\b"
     if other:
         pattern += "|" + "|".join(term_pattern(t, cased) for t, cased in other)
-    return pattern
+    return pattern + "|" + "|".join(_shape_pattern(shape) for shape in MEDICAL_SHAPES)
 
 
 def _near_clinical_record(sc: Scan, start: int, end: int) -> bool:
@@ -648,6 +678,7 @@ def find_health(sc: Scan, terms: list[Term]) -> None:
                     found.append((i, term.rank, j))
                 m = term.words.search(hay, i + 1)
     found.sort()
+    found = [f for f in found if bytes(lowered[f[0] : f[2]]).decode() not in _SHAPE_STOP]
     spans: list[tuple[int, int]] = []
     pos = 0
     for s, _rank, e in found:
@@ -656,11 +687,28 @@ def find_health(sc: Scan, terms: list[Term]) -> None:
             pos = e
     text = sc.text
     people = people_near(text, data, spans) if sc.people else [False] * len(spans)
+    records: dict[str, bool] = {}
     for (s, e), near in zip(spans, people, strict=True):
         if (near and health_about_person(text, s, e)) or (
             sc.cues and _near_clinical_record(sc, s, e)
         ):
             sc.add("health", s, e)
+        elif _in_person_record(text, s, e, records):
+            sc.add("health", s, e, certain=False)
+
+
+def _in_person_record(text: str, s: int, e: int, seen: dict[str, bool]) -> bool:
+    """The term lies in a record that identifies a person (:mod:`.health_records`);
+    ``seen`` caches the answer per record text."""
+    bounds = health_records.record_bounds(text, s, e)
+    if bounds is None:
+        return False
+    record, structured = bounds
+    if record not in seen:
+        seen[record] = health_records.identifies_person(
+            record, structured, _NAME_STOP, _HEALTH_TERM_SET
+        )
+    return seen[record]
 
 
 def _check_health(sc: Scan, s: int, e: int) -> None:
@@ -669,10 +717,14 @@ def _check_health(sc: Scan, s: int, e: int) -> None:
         _near_clinical_record(sc, s, e)
     ):
         sc.add("health", s, e)
+    elif _in_person_record(sc.text, s, e, {}):
+        sc.add("health", s, e, certain=False)
 
 
 def on_health(sc: Scan, m: Hit) -> None:
     s, e = m.span()
+    if sc.text[s:e].lower() in _SHAPE_STOP:
+        return
     _check_health(sc, s, e)
 
 

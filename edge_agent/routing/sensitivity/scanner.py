@@ -169,7 +169,7 @@ class SensitivityDetector:
                     people = True
             sc.cues = cues
             sc.people = people
-            if terms and (people or cues):
+            if terms and (people or cues or len(sc.data) <= health.RECORD_CHARS):
                 rules.append(self._health)
             rules.sort()
         else:  # the DFA gave up (out of memory): run every rule, slower but complete

@@ -1,0 +1,183 @@
+"""Health data in a record: a medical term and an identifiable person anywhere in it.
+
+The sentence rule of :mod:`.health` ties a term to a person in its own sentence. A record
+is read as a whole instead, as a data-protection officer would read it: a short message
+(at most :data:`RECORD_CHARS` characters), or a row of a delimited table (CSV/TSV/
+Markdown) together with its header line, or one JSON/HL7 line. When a record holds a
+medical term and anything that identifies a person, the term is health data about that
+person. The finding is uncertain (``certain=False``): it keeps the request on the device
+(fail closed) without claiming more than the rule knows.
+
+What identifies a person here (:func:`identifies_person`):
+
+* a case, record, patient or room number: an identifier word of the five languages
+  ("case", "MRN", "Fallnummer", "Akte", "dossier", "historia clínica", "expediente",
+  "patiëntnummer", "room"/"bed", "Zimmer"/"Bett", "chambre"/"lit", "habitación"/"cama",
+  "kamer"/"bed" ...) followed by a number, or ``#`` and three digits or more;
+* a column header that names an identifier or a person (``id``, ``patient_id``, ``name``,
+  ``Nachname``, ``nom``, ``nombre``, ``naam``, ``dob`` ...);
+* a person name: a listed name or honorific (:func:`.names.name_spans`), or two
+  capitalised words next to each other that are neither stop words nor medical terms
+  ("Kwabena Osei");
+* a birth date word or a birth-date-shaped date next to a name.
+
+A text framed as a topic ("write an article about ...", "explain ...") with no
+identifier in it stays public, and so do texts about public figures.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from edge_agent.routing.sensitivity import names
+from edge_agent.routing.sensitivity.terms import entries
+
+RECORD_CHARS: Final = 320
+"""A text up to this long is one record (a chat message, a note, one log line)."""
+
+_ID_WORDS: Final = (
+    r"case|case[ _-]?(?:id|no|nr|number)|record|chart|file|mrn|encounter|admission|visit|"
+    r"patient(?:[ _-]?(?:id|no|nr|number))?|pat[ _-]?(?:id|nr)|"
+    r"fall|fallnummer|fall[ _-]?nr|akte|aktenzeichen|patienten(?:nummer|nr|akte)|"
+    r"dossier|n[°º]\s*dossier|num[ée]ro\s+de\s+dossier|ipp|nip|"
+    r"historia(?:\s+cl[ií]nica)?|hc|nhc|expediente|n[°º]\s*historia|"
+    r"pati[eë]nt(?:en)?nummer|pati[eë]ntnr|dossiernummer|"
+    r"room|bed|ward|zimmer|bett|station|chambre|lit|habitaci[oó]n|cama|sala|kamer"
+)
+ID_CUE: Final = re.compile(
+    rf"(?i)(?<![\w])(?:{_ID_WORDS})(?![\w])[ \t._:#=\"'/-]{{0,6}}"
+    r"(?:(?:no|nr|n[°º]|number|nummer|num|id)\b\.?[ \t:#=\"'-]{0,4})?"
+    r"[A-Z]{0,4}[-/]?[0-9][0-9-]*"
+    r"|(?<![\w&])#[ \t]?[0-9]{3,}"
+)
+"""An identifier word and a number after it ("Case #48213", "Fallnummer 2024-55812",
+"Zimmer 12", "historia clínica 339021"), or ``#`` and a number."""
+
+_HEADER_CELL: Final = re.compile(
+    r"(?i)^[ \t\"'`*]*(?:[a-z]+[ _-])?(?:id|nr|no|nummer|number|num|n[°º]|mrn|ipp|nhc|"
+    r"name|naam|nom|nombre|apellidos?|nachname|vorname|prénom|prenom|voornaam|achternaam|"
+    r"surname|patient|patientin|patiente|paciente|pati[eë]nt|dob|geburtsdatum|birth[ _-]?date|"
+    r"date[ _-]de[ _-]naissance|fecha[ _-]de[ _-]nacimiento|geboortedatum|case|fall|dossier|"
+    r"expediente|historia|room|bed|zimmer|bett|chambre|lit|cama|habitaci[oó]n|kamer)"
+    r"[ \t\"'`*]*$"
+)
+"""A header cell that names an identifier or a person column."""
+
+MEDICAL_SHAPES: Final = (
+    # a dose: "850 mg", "40mg", "0,5 mcg", "10 IE", "5 ml/h"
+    r"[0-9]+(?:[.,][0-9]+)?[ \t]?(?:mg|mcg|µg|ug|iu|ie|ui|mmol/l|mg/dl|mmhg|ml/h)",
+    # a drug by its stem: "ramipril", "bisoprolol", "atorvastatin", "adalimumab", "heparin"
+    r"[a-z]{2,}(?:pril|olol|sartan|statin|vastatin|mab|cillin|mycin|cycline|floxacin|azole|"
+    r"prazole|parin|triptan|oxetine|oxetin|azepam|azolam|tinib|ciclovir|vudine|gliptin|"
+    r"glutide|gliflozin|lukast|dronat|dronate|semide|sémide|thiazide|tiazid|pine|pina|"
+    r"profen|fenac|coxib|terol|sone|solon|solone|dipine|dipin|xaban|gatran|setron|tidine)",
+    # a condition or procedure by its suffix: "pancreatitis", "appendectomy", "Anämie"
+    r"[a-z]{3,}(?:itis|itiden|ite|ectomy|ektomie|ectomie|ectomía|otomy|otomie|plasty|plastik|"
+    r"oma|omas|ome|emia|ämie|émie|emie|algia|algie|pathy|pathie|patía|opathie|osis|osen|"
+    r"embolie|embolism|embolia|infarkt|infarct|infarto|insuffizienz|insuffisance|"
+    r"sklerose|sclérose|esclerosis|sclerosis|karzinom|carcinoma|carcinome)",
+)
+"""Shapes of medical words that no list can hold: doses, drug stems, condition and
+procedure suffixes (lower case; matched in the lowered text, whole words only)."""
+
+SHAPE_STOP: Final = frozenset(entries("health_shape_stopwords.txt"))
+"""Ordinary words that end like a medical word ("website", "pipeline", "someone")."""
+
+_DELIMITERS: Final = ",;\t|"
+_TOPIC: Final = re.compile(
+    r"(?i)\b(?:article|essay|blog|post|leaflet|brochure|lecture|course|slides?|explain|"
+    r"explique|erkläre|explica|leg uit|what (?:is|are)|how (?:does|do|to)|was ist|"
+    r"qu'est-ce|qué es|wat is|symptoms of|research|study|studie|étude|estudio|"
+    r"wikipedia|biograph\w*|famous|celebrity|president|history of)\b"
+)
+"""Words that frame a text as a topic, not as a record about a person."""
+
+_CAPITALISED: Final = re.compile(
+    r"(?<![\w'\u2019-])([A-ZÀ-Þ][a-zß-ÿ'\u2019-]{1,})[ \t]+([A-ZÀ-Þ][a-zß-ÿ'\u2019-]{1,})"
+)
+
+
+def _plain_name_pair(text: str, stop: frozenset[str], terms: frozenset[str]) -> bool:
+    """Two capitalised words next to each other that may be a name ("Kwabena Osei"):
+    neither a stop word of either list nor a medical term."""
+    for m in _CAPITALISED.finditer(text):
+        a, b = m.group(1), m.group(2)
+        if a in stop or b in stop or a in names.STOP_WORDS or b in names.STOP_WORDS:
+            continue
+        if a.lower() in terms or b.lower() in terms:
+            continue
+        return True
+    return False
+
+
+def _header_identifies(header: str, sep: str) -> bool:
+    """A delimited header line with a column that names an identifier or a person."""
+    return any(_HEADER_CELL.match(cell) for cell in header.split(sep))
+
+
+def record_bounds(text: str, start: int, end: int) -> tuple[str, bool] | None:
+    """The record around ``text[start:end]`` and whether it is structured (a table row
+    with its header, a JSON or HL7 line); None when the term lies in running text that
+    is longer than one record."""
+    if len(text) <= RECORD_CHARS:
+        return text, False
+    ls = text.rfind("\n", 0, start) + 1
+    le = text.find("\n", end)
+    line = text[ls : le if le != -1 else len(text)]
+    if len(line) > 2000:
+        return None
+    if line.lstrip().startswith("{") or re.match(r"[A-Z][A-Z0-9]{2}\|", line):
+        return line, True
+    header_end = text.find("\n")
+    if header_end > 0 and ls > header_end:
+        header = text[:header_end]
+        for sep in _DELIMITERS:
+            if header.count(sep) >= 1 and line.count(sep) >= 1:
+                return header + "\n" + line, True
+    return None
+
+
+_NOT_A_PERSON_NUMBER: Final = re.compile(
+    r"(?i)\b(?:bug|issue|ticket|pr|pull request|merge request|task|story|jira|commit|"
+    r"build|release|version|step|line|page|item|order|invoice|row|column)\b[ \t:]*$"
+)
+"""Words before a ``#`` number that make it a work item, not a person's case."""
+
+
+def _id_cue(record: str) -> bool:
+    """An identifier word and a number (:data:`ID_CUE`) that is not a work item's."""
+    for m in ID_CUE.finditer(record):
+        if record[m.start()] != "#":
+            return True
+        if not _NOT_A_PERSON_NUMBER.search(record, max(0, m.start() - 20), m.start()):
+            return True
+    return False
+
+
+def identifies_person(
+    record: str, structured: bool, stop: frozenset[str], terms: frozenset[str]
+) -> bool:
+    """Whether ``record`` holds something that identifies a person (module docstring)."""
+    if _id_cue(record):
+        return True
+    first = record.split("\n", 1)[0]
+    if "\n" in record:
+        for sep in _DELIMITERS:
+            if first.count(sep) >= 1 and _header_identifies(first, sep):
+                return True
+    if _TOPIC.search(record):
+        return False
+    if names.name_spans(record, 0, len(record)):
+        return True
+    return _plain_name_pair(record, stop, terms) or (structured and '"name"' in record.lower())
+
+
+__all__ = [
+    "ID_CUE",
+    "MEDICAL_SHAPES",
+    "RECORD_CHARS",
+    "SHAPE_STOP",
+    "identifies_person",
+    "record_bounds",
+]
