@@ -40,11 +40,14 @@ _QUALIFIER_WORDS: Final = (
 _KINDS_SOURCE: Final = (
     r"(?i)(?P<word>\b(?:" + alternation("credential_words.txt") + r")\b)"
     r"|(?P<tokw>\b(?:" + alternation("token_words.txt") + r")\b)"
-    r"|(?P<weak>\b(?:pass|pw|pwd|pword|clave|contra|ww|token|secret|key|schl[üu]ssel|"
-    r"sleutel|jeton|code)\b|\bcl[eé])(?:[ \t]*"
+    r"|(?P<weak>\b(?:pass|pw|pwd|pword|clave|contra|ww|token|secret)\b)(?:[ \t]*"
     r"(?::|=|->|\u2192|(?:is|es|ist|est|c['\u2019]est|lautet|was|war|era|wordt|"
     + _QUALIFIER_WORDS
     + r")\b)|[ \t]+-?[ \t]*[^\s0-9]*[0-9][^\s]*[A-Za-z]|[ \t]+-?[ \t]*[^\s0-9]*[A-Za-z][^\s]*[0-9])"
+    r"|(?P<weak2>\b(?:key|schl[üu]ssel|sleutel|jeton)\b|\bcl[eé])"
+    r"(?:[ \t]*(?:[:=]|->|\u2192|(?:is|es|ist|est|lautet)\b))?[ \t]*[\"'`]?"
+    r"(?:[A-Za-z+/_\-]*[0-9][A-Za-z0-9+/_\-]*[A-Za-z]|[0-9+/_\-]*[A-Za-z][A-Za-z0-9+/_\-]*[0-9])"
+    r"|(?P<code>\bcode\b)[ \t]*(?::|=|c['\u2019]est|lautet|es|ist|is|est)[ \t]*[0-9][0-9]"
     r"|[/,;|&][ \t]*(?P<pair>\b(?:pass|pw|pwd|passwd)\b)"
     r"|(?P<up>\bu[ \t]*[:=][ \t]*[^\s,;/|]+[ \t,;/|]+p[ \t]*[:=]"
     r"|\b(?:user(?:name)?|login|benutzer(?:name)?|usuario|utilisateur|gebruiker(?:snaam)?)"
@@ -434,6 +437,8 @@ def on_prose(sc: Scan, m: Hit) -> None:
     if kind == "up":  # "u: jdoe p: ...", "login jdoe pass ...": the pair is in the match
         kind = "pair"
     word = sc.text[s:e].lower()
+    if kind in ("weak2", "code"):
+        kind = "weak"
     if kind == "weak" and word == "code" and _OTHER_CODE.search(sc.text, max(0, s - 24), s):
         return  # "zip code 94105", "error code 4031", "promo code SUMMER24": no secret
     token = kind == "tokw" or (kind == "weak" and word in _TOKEN_WEAK)
