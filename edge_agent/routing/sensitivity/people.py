@@ -139,7 +139,10 @@ DOB_RULE: Final = (
     r"fecha[ _-](?:de[ _-])?nacimiento|fecha[ _-]de[ _-]nac|date[ _-]de[ _-]naiss|"
     r"nacid[oa]|f(?:echa)?\.?[ ]?nac|"
     r"geboortedatum|geboortedag|data[ _-]di[ _-]nascita|nat[oa][ \t]+il|"
-    r"data[ _-]de[ _-]nascimento|nascid[oa])(?:\b|_)|geb\.)"
+    r"data[ _-]de[ _-]nascimento|nascid[oa]|geburtsdat|geb\.?[ -]?dat|"
+    r"f[ _.-]?nac|fec\.?[ _-]?nac|dt[ _.-]?naiss)(?:\b|_)|geb\.|"
+    # the short marks: "b. 03/04/1988", "\u00b0 12.3.1962" (a full date must follow at once)
+    r"\b[bB]\.[ \t]?[0-9]|[ \t(,;]*\x{b0}[ \t]?[0-9])"
 )
 """RE2 pattern of the words that announce a date of birth."""
 
@@ -216,6 +219,12 @@ def on_dob(sc: Scan, m: Hit) -> None:
     """A birth-date word: the date after it (or the dates of its column)."""
     ks, ke = m.span()
     text = sc.text
+    if text[ke - 1 : ke].isdigit():  # a short mark ("b. 1", "\u00b0 1"): the date at once
+        ke -= 1
+        d = DATE.match(text, ke)
+        if d is not None and date_ok(d, False) and not _public_figure(text, ks, d.end()):
+            sc.add("date_of_birth", d.start(), d.end())
+        return
     after = text[ke : ke + 3].lstrip("\"' ")
     if after[:1] in _CELL_SEPARATORS and after[:1] and _column_dates(sc, ks, ke, after[0]):
         return
