@@ -216,8 +216,13 @@ def on_assign(sc: Scan, m: Hit) -> None:
             if len(value) >= 20:
                 sc.add("connection_string", ks, ve)
             return
-        if any(w in key for w in ("password", "passwd", "pwd", "passphrase")):
-            _on_password_value(sc, value, ks, ve)
+        if any(w in key for w in _PASSWORD_KEY_WORDS):
+            if not (key.isalpha() and value.lower() in _PROSE_STOP):
+                _on_password_value(sc, value, ks, ve)  # not "contraseña: mínimo 8 ..."
+            return
+        if _PIN_KEY.search(key):  # "SIM_PIN=4821": four to twelve digits
+            if value.isdigit() and 4 <= len(value) <= 12 and len(set(value)) > 1:
+                _on_password_value(sc, value, ks, ve)
             return
         if _is_pass_key(key):
             _on_password_value(sc, value, ks, ve)
@@ -233,6 +238,8 @@ def on_assign(sc: Scan, m: Hit) -> None:
             return
         if high_entropy(value):
             sc.add("aws_access_key" if "aws" in key else "api_token", ks, ve)
+        elif _maybe_secret(key, value):
+            sc.add("api_token", ks, ve, certain=False)  # fail closed: a secret's key
     elif m.has("says"):
         s, _e = m.span("says")
         vs, ve = m.span("sval")
@@ -280,6 +287,41 @@ def _on_auth_scheme(sc: Scan, scheme: str, start: int, vs: int, ve: int) -> None
             sc.add("api_token", start, ve)
     elif high_entropy(value) or _jwt_ok(value):
         sc.add("api_token", start, ve)
+
+
+_PASSWORD_KEY_WORDS: Final = (
+    "password", "passwd", "pwd", "passphrase", "passwort", "kennwort", "contrase", "clave",
+    "wachtwoord", "motdepasse", "mot_de_passe", "mot-de-passe", "mdp", "credential",
+)  # fmt: skip
+"""Key-name words whose value is a password whatever its shape (not a placeholder)."""
+
+_PROSE_STOP: Final[frozenset[str]] = frozenset(
+    w.lower() for w in entries("credential_stopwords.txt")
+)
+"""Words after a prose credential word that are not its value (credential_stopwords.txt)."""
+
+_PIN_KEY: Final = re.compile(r"(?:\A|[_.\-])pin(?:code)?(?:\Z|[_.\-])")
+
+_NOT_SECRET_KEYS: Final = re.compile(
+    r"(?:primary|foreign|sort|partition|cache|lookup|dict|map|hash|index|group|routing|"
+    r"idempotency|object|s3|row|composite|unique|natural|public|hot|short|api_key_header|"
+    r"key_?(?:id|name|type|size|length|bits|path|file|alg|algorithm|format|usage|ttl|"
+    r"rotation|version|vault_url))(?:\Z|[_.\-])|(?:\A|[_.\-])(?:token_)?(?:type|ttl|"
+    r"expiry|expires?_in|length|url|uri|endpoint|header|name|path|file|lifetime|"
+    r"timeout|limit|count|size|enabled?)\Z"
+)
+
+
+def _maybe_secret(key: str, value: str) -> bool:
+    """A value of a secret's key that is not high-entropy but could be a secret (letters
+    and digits, eight or more characters): an uncertain finding (fail closed)."""
+    if len(value) < 8 or _NOT_SECRET_KEYS.search(key) or _IDENT_PATH.match(value):
+        return False
+    if value.startswith(("/", "./", "http", "$")) or "://" in value or value.count(".") >= 2:
+        return False
+    has_digit = any(c.isdigit() for c in value)
+    has_alpha = any(c.isalpha() for c in value)
+    return has_digit and has_alpha
 
 
 def _on_password_value(sc: Scan, value: str, ks: int, ve: int) -> None:

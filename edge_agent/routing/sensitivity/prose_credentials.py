@@ -235,6 +235,8 @@ def _find_after(sc: Scan, word_start: int, word_end: int, kind: str, pin: bool) 
             text[word_end : word_end + 1] in (".", "(", "[", "@", "_")
         ):
             return  # "self.password", "password.encode(": code, not prose
+        if _TOPIC_AFTER.match(text, word_end):
+            return  # "my password manager is 1Password8": a topic, not a value
         _secret_nearby(sc, word_start, word_end, kind == "token", pin)
 
 
@@ -484,7 +486,7 @@ def _secret_shape(value: str, pin: bool, token: bool) -> bool | None:
     finding; False: an uncertain finding; None: not one."""
     if len(value) < 4 or "@" in value or "://" in value or _not_a_value(value):
         return None
-    if _TECH.match(value) or _VERSION.match(value) or value.count(".") >= 2:
+    if (len(value) <= 12 and _TECH.match(value)) or _VERSION.match(value) or value.count(".") >= 2:
         return None
     if token:
         return judge_token(value)
