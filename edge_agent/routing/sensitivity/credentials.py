@@ -49,7 +49,19 @@ def is_placeholder(value: str) -> bool:
         return True
     if "xxxx" in v or "****" in v or "your_" in v or "your-" in v or "_here" in v:
         return True
+    if _SELF_NAMED.fullmatch(v):
+        return True  # "IhrPasswort", "VotreMotDePasse", "Password123": the word itself
     return len(set(v)) <= 2
+
+
+_SELF_NAMED: Final = re.compile(
+    r"(?:your|my|ihr|dein|mein|votre|ton|mon|tu|su|mi|uw|jouw|new|neues|nouveau|nueva|"
+    r"example|sample|test|dummy|fake|some|the)?[_\-]?(?:password|passwort|passwd|pass|pwd|"
+    r"contrase(?:ñ|n)a|clave|mot[_\-]?de[_\-]?passe|motdepasse|wachtwoord|kennwort|secret|"
+    r"token|api[_\-]?key)(?:1|12|123|1234|12345|123456|0|!)?"
+)
+"""A value made of a credential word, maybe with "your"/"Ihr"/"votre" before it and
+"123" after it: a stand-in, not a secret."""
 
 
 _IDENT_PATH: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+\Z")

@@ -55,10 +55,16 @@ _KINDS_SOURCE: Final = (
     r"|(?P<pin>\b(?:pin(?:[ \-]?code)?|pincode|pin-nummer)\b)"
     r"(?:[ \t:=\-]*[0-9]|[ \t]+(?:is|es|ist|est|lautet|was|" + _QUALIFIER_WORDS + r")\b"
     r"|['\u2019]?s?[^\n0-9]*[0-9])"
-    r"|(?:\n|\A|[,;\t|])[ \t]*[\"']?(?P<col>(?:pin|pincode|pwd|pw|pass|passcode|clave|mdp|"
+    r"|(?:\n|\A|[,;\t|])[ \t]*[\"']?(?P<col>(?:pin|pin[ _\-]?code|pincode|pwd|pw|pass|passcode|"
+    r"clave|mdp|"
     r"contra|ww|token|secret|api[_\-]?key|apikey|access[_\-]?token|auth[_\-]?token|"
     r"secret[_\-]?key|client[_\-]?secret|private[_\-]?key|kennwort|passwort|contrase(?:ñ|n)a|"
     r"wachtwoord|mot[_ ]de[_ ]passe))[\"']?[ \t]*[,;\t|\r\n]"
+    r"|(?P<up2>\b(?:login|user(?:name)?|benutzer(?:name)?|usuario|utilisateur|identifiant|"
+    r"gebruiker(?:snaam)?|account|cuenta|compte|konto)\b(?:[ \t]+(?:is|es|ist|est))?[ \t]*:?"
+    r"[ \t]+[^\s/,;:]+[ \t]*/[ \t]*[^\s/]*[0-9!#$%&*?@+][^\s/]*)"
+    r"|(?P<loginw>\b(?:log(?:ged)?[ \t]?in|sign(?:ed)?[ \t]?in|connecte[rz]?|anmelden|"
+    r"einloggen|inloggen|entra[r]?|accede[r]?)[ \t]+(?:with|avec|mit|con|met)\b)"
     r"|(?P<login>\b(?:log(?:ged)?[ \t]?in|sign(?:ed)?[ \t]?in|anmelden|einloggen|angemeldet|"
     r"eingeloggt|connecte[rz]?|inicia[r]?[ \t]+sesi[oó]n|inloggen|ingelogd)[ \t]+"
     r"(?:as|als|como|comme|en[ \t]+tant[ \t]+que)\b)"
@@ -356,10 +362,35 @@ def _on_login(sc: Scan, start: int, end: int) -> None:
         sc.add("password", start, m.start("val") + len(value))
 
 
+_SLASH_PAIR: Final = re.compile(
+    r"(?:[ \t]+(?:is|es|ist|est))?[ \t]*:?[ \t]*(?P<user>[^\s/,;:]+)[ \t]*"
+    r"(?:/|,|\band\b|\bet\b|\bund\b|\by\b|\ben\b)[ \t]*"
+    r"(?:(?:the|le|la|el|das|dem|het|mot[ \t]+de[ \t]+passe|password|passwort|kennwort|"
+    r"contraseña|clave|wachtwoord|pass|pw|mdp)[ \t]+){0,2}(?P<val>[^\s\"'`,;]{4,100})",
+    re.IGNORECASE,
+)
+"""A user name, a separator ("/", "and", "et", "und", "y", "en"), then the secret."""
+
+
+def _on_slash_pair(sc: Scan, start: int, after: int) -> None:
+    """A user name and a secret without a password word: the secret must look like one."""
+    text = sc.text
+    word = re.match(r"\S+", text[after:]) if after == start else None
+    pos = after + (word.end() if word else 0)
+    m = _SLASH_PAIR.match(text, pos, min(len(text), pos + 200))
+    if m is None or ("@" in m.group("val") and "." in m.group("val")):
+        return
+    value = _clean(m.group("val"))
+    verdict = _secret_shape(value, False, False)
+    if verdict is not None:
+        sc.add("password", start, m.start("val") + len(value), certain=verdict)
+
+
 _DELIMITERS: Final = ",;\t|"
 
 _PASSWORD_COLUMNS: Final = frozenset(
-    {"pin", "pincode", "pwd", "pw", "pass", "passcode", "clave", "mdp", "contra", "ww",
+    {"pin", "pincode", "pin code", "pin-code", "pin_code", "pwd", "pw", "pass", "passcode",
+     "clave", "mdp", "contra", "ww",
      "kennwort", "passwort", "contraseña", "contrasena", "wachtwoord", "mot de passe",
      "mot_de_passe"}
 )  # fmt: skip
@@ -433,6 +464,9 @@ def on_prose(sc: Scan, m: Hit) -> None:
     s, e = k.span(kind)
     if kind == "login":
         _on_login(sc, s, e)
+        return
+    if kind in ("up2", "loginw"):  # "login is deploy / Xy7!pQ2m", "connecte avec jdupont / X"
+        _on_slash_pair(sc, s, e if kind == "loginw" else s)
         return
     if kind == "pair" and _USER_WORDS.search(sc.text[max(0, s - 60) : s]) is None:
         return  # "pass/fail": no user name before the separator
