@@ -59,7 +59,9 @@ _ABBREVIATIONS: Final = _CUES["abbreviations"]  # a full stop after one ends no 
 _PATIENT_AFTER: Final = re.compile(
     r"(?:e|in|en|innen|es|s)?(?:[\s_-]*(?:(?i:name|id|no\.?|nr\.?|number|nummer|num|n\.?[º°]|"
     r"numéro|número|dossier)\b|[\s_\"'-]*[#:;|/])"
-    r"|\s+[A-Z][a-z]+\b(?!\s+(?:care|safety|data)))"
+    r"|\s+(?!(?:Portal|Education|Experience|Journey|Satisfaction|Engagement|Information|"
+    r"Leaflet|Safety|Care|Data|Services|Advocacy|Management|App)\b)"
+    r"[A-Z][a-z]+\b(?!\s+(?:care|safety|data)))"
 )
 """After a patient word ("patient", "Patientin", "paciente", "patiënt"): an ID or name
 field ("patient_id", "Patientennr;", "n.º", a JSON key ``"patient":``, a FHIR reference

@@ -37,22 +37,31 @@ RECORD_CHARS: Final = 320
 """A text up to this long is one record (a chat message, a note, one log line)."""
 
 _ID_WORDS: Final = (
-    r"case|case[ _-]?(?:id|no|nr|number)|record|chart|file|mrn|encounter|admission|visit|"
+    r"case|case[ _-]?(?:id|no|nr|number)|record|chart|mrn|encounter|admission|"
     r"patient(?:[ _-]?(?:id|no|nr|number))?|pat[ _-]?(?:id|nr)|"
     r"fall|fallnummer|fall[ _-]?nr|akte|aktenzeichen|patienten(?:nummer|nr|akte)|"
     r"dossier|n[°º]\s*dossier|num[ée]ro\s+de\s+dossier|ipp|nip|"
     r"historia(?:\s+cl[ií]nica)?|hc|nhc|expediente|n[°º]\s*historia|"
-    r"pati[eë]nt(?:en)?nummer|pati[eë]ntnr|dossiernummer|"
-    r"room|bed|ward|zimmer|bett|station|chambre|lit|habitaci[oó]n|cama|sala|kamer"
+    r"pati[eë]nt(?:en)?nummer|pati[eë]ntnr|dossiernummer"
 )
-ID_CUE: Final = re.compile(
-    rf"(?i)(?<![\w])(?:{_ID_WORDS})(?![\w])[ \t._:#=\"'/-]{{0,6}}"
-    r"(?:(?:no|nr|n[°º]|number|nummer|num|id)\b\.?[ \t:#=\"'-]{0,4})?"
-    r"[A-Z]{0,4}[-/]?[0-9][0-9-]*"
-    r"|(?<![\w&])#[ \t]?[0-9]{3,}"
-)
+_ROOM_WORDS: Final = r"room|bed|ward|zimmer|zi|bett|chambre|lit|habitaci[oó]n|cama|sala|kamer"
+
+
+def _number_after(words: str) -> re.Pattern[str]:
+    """One of ``words``, then (after a few separators, "no."/"Nr."/"n°") a number."""
+    return re.compile(
+        rf"(?i)(?<![\w])(?:{words})(?![\w])[ \t._:#=\"'/-]{{0,6}}"
+        r"(?:(?:no|nr|n[°º]|number|nummer|num|id)\b\.?[ \t:#=\"'-]{0,4})?"
+        r"[A-Z]{0,4}[-/]?[0-9][0-9-]*"
+    )
+
+
+ID_CUE: Final = _number_after(_ID_WORDS)
 """An identifier word and a number after it ("Case #48213", "Fallnummer 2024-55812",
-"Zimmer 12", "historia clínica 339021"), or ``#`` and a number."""
+"historia clínica 339021")."""
+ROOM_CUE: Final = _number_after(_ROOM_WORDS)
+"""A room or bed number ("Zimmer 12", "bed 7", "cama 3"): a patient's, unless the text is
+framed as a topic (an office's "Room 101")."""
 
 _HEADER_CELL: Final = re.compile(
     r"(?i)^[ \t\"'`*]*(?:[a-z]+[ _-])?(?:id|nr|no|nummer|number|num|n[°º]|mrn|ipp|nhc|"
@@ -84,9 +93,19 @@ procedure suffixes (lower case; matched in the lowered text, whole words only)."
 SHAPE_STOP: Final = frozenset(entries("health_shape_stopwords.txt"))
 """Ordinary words that end like a medical word ("website", "pipeline", "someone")."""
 
+_PATIENT_NAMED: Final = re.compile(
+    r"(?i:\b(?:patient(?:in|e)?|paciente|pati[eë]nt|pt|pat)\b\.?[ \t]*:?[ \t]+)"
+    r"(?!(?:Portal|Education|Experience|Journey|Satisfaction|Engagement|Information|Leaflet|"
+    r"Safety|Care|Data|Services|Advocacy|Management|App|Zero|Records?)\b)"
+    r"(?:[A-ZÀ-Þ]\.?[ \t]+)?(?:(?:de|van|von|da|del|di|le|la)[ \t]+)*[A-ZÀ-Þ][a-zß-ÿ]"
+)
+"""A patient word and a name after it ("Pt: Obi Nwosu", "patiënt J. de Graaf")."""
+
 _DELIMITERS: Final = ",;\t|"
 _TOPIC: Final = re.compile(
-    r"(?i)\b(?:article|essay|blog|post|leaflet|brochure|lecture|course|slides?|explain|"
+    r"(?i)\b(?:article|essay|blog|leaflet|brochure|lecture|course|slides?|explain|"
+    r"webinar|seminar|conference|talk|podcast|workshop|announced|discovered|invented|"
+    r"roadmap|release|api|portal|feature|product|office|booked|meeting room|"
     r"explique|erkläre|explica|leg uit|what (?:is|are)|how (?:does|do|to)|was ist|"
     r"qu'est-ce|qué es|wat is|symptoms of|research|study|studie|étude|estudio|"
     r"wikipedia|biograph\w*|famous|celebrity|president|history of)\b"
@@ -138,35 +157,21 @@ def record_bounds(text: str, start: int, end: int) -> tuple[str, bool] | None:
     return None
 
 
-_NOT_A_PERSON_NUMBER: Final = re.compile(
-    r"(?i)\b(?:bug|issue|ticket|pr|pull request|merge request|task|story|jira|commit|"
-    r"build|release|version|step|line|page|item|order|invoice|row|column)\b[ \t:]*$"
-)
-"""Words before a ``#`` number that make it a work item, not a person's case."""
-
-
-def _id_cue(record: str) -> bool:
-    """An identifier word and a number (:data:`ID_CUE`) that is not a work item's."""
-    for m in ID_CUE.finditer(record):
-        if record[m.start()] != "#":
-            return True
-        if not _NOT_A_PERSON_NUMBER.search(record, max(0, m.start() - 20), m.start()):
-            return True
-    return False
-
-
 def identifies_person(
     record: str, structured: bool, stop: frozenset[str], terms: frozenset[str]
 ) -> bool:
     """Whether ``record`` holds something that identifies a person (module docstring)."""
-    if _id_cue(record):
+    if ID_CUE.search(record) or _PATIENT_NAMED.search(record):
+        return True
+    topic = _TOPIC.search(record) is not None
+    if not topic and ROOM_CUE.search(record):
         return True
     first = record.split("\n", 1)[0]
     if "\n" in record:
         for sep in _DELIMITERS:
             if first.count(sep) >= 1 and _header_identifies(first, sep):
                 return True
-    if _TOPIC.search(record):
+    if topic:
         return False
     if names.name_spans(record, 0, len(record)):
         return True
