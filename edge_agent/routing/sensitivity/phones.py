@@ -59,7 +59,7 @@ CONTEXT_RULE = (
     r"(?P<word>(?i:(?:\b|_)(?:" + _WORDS + r")(?:\b|_)))[^0-9+\n]{0,48}?"
     r"(?P<ctx>[+(]?[0-9][0-9()" + _SEP + r"]{4,}[0-9])"
     r"|(?P<gword>(?i:(?:\b|_)(?:" + _GENERIC + r")(?:\b|_)))[^0-9+\n]{0,48}?"
-    r"(?P<gctx>(?:[+(]|\b0)[0-9()" + _SEP + r"]{4,}[0-9])"
+    r"(?P<gctx>[+(]?[0-9][0-9()" + _SEP + r"]{4,}[0-9])"
 )
 """A phone word, then (on its line, at most 48 characters on) a run of at least six digits
 and separators (a generic word, "number", only before a ``+``, a bracket or a trunk
@@ -170,19 +170,64 @@ def _inside_number(text: str, s: int, e: int) -> bool:
     return bool(re.fullmatch(r"[0-9]" + sep, before) or re.fullmatch(sep + r"[0-9]", after))
 
 
-def _service_line(text: str, start: int) -> bool:
-    """An organisation's service number: a service word before it in its sentence, and
-    no person word (possessive, honorific) there."""
+def _service_line(text: str, start: int, end: int | None = None) -> bool:
+    """An organisation's service number: a service word before it in its sentence, or a
+    toll-free/premium-rate number (:data:`_BUSINESS_NUMBER`), and no person word
+    (possessive, honorific) before it or up to 60 characters after it."""
     lead = text[max(0, start - 80) : start]
     cut = max(lead.rfind("\n"), lead.rfind(". "), lead.rfind("? "), lead.rfind("! "))
     lead = lead[cut + 1 :]
-    return _SERVICE.search(lead) is not None and _PERSONAL.search(lead) is None
+    tail = ""
+    if end is not None:
+        tail = text[end : end + 60]
+        stop = min((i for i in (tail.find("\n"), tail.find(". ")) if i != -1), default=len(tail))
+        tail = tail[:stop]
+    if _PERSONAL.search(lead) is not None or _PERSONAL.search(tail) is not None:
+        return False
+    if _SERVICE.search(lead) is not None:
+        return True
+    return end is not None and _BUSINESS_NUMBER.match(text, start, end) is not None
+
+
+_BUSINESS_NUMBER: Final = re.compile(
+    r"(?:\+49[ \-/]?|0)(?:800|180[0-9]?|900|137)[ \-/0-9]"
+    r"|(?:\+33[ .]?|0[ .]?)8[ .]?0[0-9]|(?:\+34[ .]?)?90[0-2][ .\-]?[0-9]"
+    r"|(?:\+31[ \-]?|0)(?:800|900|90[69])[ \-]?[0-9]|(?:\+44[ ]?|0)(?:800|808|300|345|870)[ 0-9]"
+    r"|(?:\+?1[ \-.]?)?\(?(?:800|888|877|866|855|844|833)\)?[ \-.][0-9]"
+)
+"""Toll-free, shared-cost and premium-rate numbers (0800, 0180, 0900 in DE/NL, 08 0x in
+FR, 900-902 in ES, 0800/0300/0345 in the UK, 800/888/877/866/855/844/833 in NANP): an
+organisation's line, public unless a person word is near it."""
+
+
+_COMMON_REGIONS: Final = ("DE", "FR", "ES", "NL", "GB", "US", "IT", "AT", "CH", "BE", "PT")
+"""Regions tried, in order, for a number written without a country code."""
+
+
+def _possible_somewhere(value: str) -> bool:
+    """libphonenumber calls ``value`` a possible number in one of the common regions."""
+    return any(_parse_valid(value, region)[0] for region in _COMMON_REGIONS)
+
+
+def _personal_number(text: str, word_start: int, s: int, e: int) -> bool:
+    """A number after a generic word ("número", "number") that a possessive or a person
+    word owns ("Mi número es 612 345 678", "his number: ..."), with nine or more digits,
+    possible in a common region."""
+    lead = text[max(0, word_start - 16) : word_start]
+    if _PERSONAL.search(lead) is None and not _PHONE_WORD.search(text, e, min(len(text), e + 24)):
+        return False
+    value = text[s:e]
+    return 9 <= len(digits_of(value)) <= 13 and _possible_somewhere(value)
 
 
 def _named(sc: Scan, s: int, e: int, value: str) -> None:
     """A number right after a capitalised word: a finding when that word ends a name."""
     text = sc.text
-    if not _phone_shaped(value) or _found(sc, s, e):
+    if _found(sc, s, e):
+        return
+    if not _phone_shaped(value) and not (
+        9 <= len(digits_of(value)) <= 13 and _possible_somewhere(value)
+    ):
         return
     end = s
     while end > max(0, s - 6) and text[end - 1] in " \t,;:|":
@@ -208,7 +253,7 @@ def _contextual(sc: Scan, s: int, e: int, value: str, word: str) -> None:
         return
     if word.lower() in _GENERIC_WORDS and not _phone_shaped(value):
         return
-    if _service_line(text, s):
+    if _service_line(text, s, e):
         return
     sc.add("phone", s, e, certain=_certain(value, _REGIONS.get(word.lower().rstrip("."))))
 
@@ -283,12 +328,13 @@ def on_phone(sc: Scan, m: Hit) -> None:
             text[e : e + 1] in (".", "-") and text[e + 1 : e + 2].isdigit()
         ):
             return
-        sc.add("phone", s, e)
+        if not (_BUSINESS_NUMBER.match(text, s, e) and _service_line(text, s, e)):
+            sc.add("phone", s, e)  # "1-888-555-0100": a toll-free line
     elif kind == "fr":
-        if _parse_valid(value, "FR")[1]:
+        if _parse_valid(value, "FR")[1] and not _service_line(text, s, e):
             sc.add("phone", s, e)
     elif kind == "trunk":  # "(02) 9374 4000", "(030) 901820": a trunk code in brackets
-        if 8 <= len(digits_of(value)) <= 12:
+        if 8 <= len(digits_of(value)) <= 12 and not _service_line(text, s, e):
             sc.add("phone", s, e)
     elif kind in ("ctx", "gctx"):
         ws, we = m.span("word" if kind == "ctx" else "gword")
@@ -302,7 +348,7 @@ def on_phone(sc: Scan, m: Hit) -> None:
             ws, we = near[-1].span()
             kind = "gctx" if near[-1].group().strip("_").lower() in _GENERIC_WORDS else "ctx"
         s, e = number.span()
-        if kind == "gctx" and text[s] not in "+(0":
+        if kind == "gctx" and text[s] not in "+(0" and not _personal_number(text, ws, s, e):
             return
         _contextual(sc, s, e, text[s:e], text[ws:we].strip("_"))
     elif kind == "after":
@@ -325,9 +371,9 @@ def _on_intl(sc: Scan, s: int, e: int, value: str) -> None:
         return  # "número de pedido 0012 3345 99": another kind of number
     possible, valid = _parse_valid(value, None)
     if valid:
-        if not _service_line(text, s):
+        if not _service_line(text, s, e):
             sc.add("phone", s, e)
-    elif possible and _context_near(text, s, e) and not _service_line(text, s):
+    elif possible and _context_near(text, s, e) and not _service_line(text, s, e):
         sc.add("phone", s, e, certain=False)
 
 
