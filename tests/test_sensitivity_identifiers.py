@@ -327,3 +327,47 @@ def test_mrz_in_a_json_string_with_an_escaped_line_break() -> None:
 def test_id_names_heading_table_columns(text: str, category: str, values: list[str]) -> None:
     """An ID's name heading a CSV/TSV column makes the values below it IDs of that kind."""
     assert [v for v, _certain in found(text, category)] == values
+
+
+# ------------------------------------------------- names of IDs as people write them (issue 13)
+
+
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        ("Steuer-IdNr.: 86 095 742 719", "national_id"),
+        ("Steuer-Id-Nr. 86095742719", "national_id"),
+        ("St-IdNr 86095742719", "national_id"),
+        ("St.-IdNr.: 86 095 742 719", "national_id"),
+        ("TIN: 86095742719 (Germany)", "national_id"),
+        ("Taxpayer identification number: 86095742719", "national_id"),
+        ("steuerliche ID 86095742719", "national_id"),
+        ("Steuerliche Identifikations-Nr. 86095742719", "national_id"),
+        ("IdNr 86.095.742.719", "national_id"),
+        ("Meine Steuer-ID lautet 86 095\n742 719", "national_id"),
+        ("numéro fiscal de référence 30 23 217 600 053", "national_id"),
+        ("numéro d'identification fiscale: 3023217600053", "national_id"),
+        ("NIF: 12.345.678-Z", "national_id"),
+        ("N.I.E.: X1234567L", "national_id"),
+        ("BSN: 1112.23.333", "national_id"),
+        ("sofi nummer 111222333", "national_id"),
+        ("burgerservicenummer: 111-222-333", "national_id"),
+        ("Passport No: L898902C3", "passport"),
+        ("passport #: 53821947", "passport"),
+        ("Reisepassnr.: C01X00T47", "passport"),
+        ("Passnummer C4J7R2K91", "passport"),
+        ("n.º pasaporte PAA123456", "passport"),
+        ("N° passeport : 18AV12345", "passport"),
+        ("paspoort nr. NX4K8P2L1", "passport"),
+        ("passport: 5382 1947", "passport"),
+    ],
+)
+def test_id_names_in_every_spelling(text: str, category: str) -> None:
+    """IDs after their names in abbreviations, inflections and other languages, with
+    spaces, dots, hyphens or a line break inside the number, are found."""
+    assert found(text, category), text
+
+
+def test_named_tax_id_placeholder_stays_public() -> None:
+    """A straight run after a tax-ID name ("12 345 678 903") is a placeholder, not an ID."""
+    assert found("Steuer-IdNr.: 12 345 678 903", "national_id") == []

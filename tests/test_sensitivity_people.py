@@ -340,3 +340,125 @@ def test_patient_references_in_records(text: str, expected: str) -> None:
     """A FHIR patient reference or a JSON patient key makes the record's terms about that
     patient; a generic question about "a patient" stays public."""
     assert level(text) == expected
+
+
+# ------------------------------------------------------- health in records (issue 13, record rule)
+
+_HEALTH_RECORDS = [
+    # case, file and room numbers in the five languages, no name at all
+    "Case #48213 - admitted with acute pancreatitis, started on IV fluids.",
+    "Fallnummer 2024-55812: Verdacht auf Lungenembolie, Heparin begonnen.",
+    "Dossier 77120 : insuffisance cardiaque, furosémide 40 mg.",
+    "Historia clínica 339021 - asma bronquial, salbutamol a demanda.",
+    "Patiëntnummer 448201: longontsteking, amoxicilline gestart.",
+    "MRN 00482231 HbA1c 9.1% on insulin glargine",
+    "Room 412 bed B: post-op appendectomy, morphine PCA",
+    "Zimmer 12, Bett 2: Pneumonie, Antibiose läuft",
+    "Tomás (bed 7) refused his antibiotics again.",
+    "Mia Hofmann (Zi. 214): Z.n. Hüft-TEP, Thromboseprophylaxe mit Enoxaparin",
+    # tables, JSON and HL7 whose header or keys identify the person
+    "record_id,diagnosis,medication\n88123,type 2 diabetes,metformin",
+    "id;diagnose;medicatie\n4481;astma;salbutamol",
+    "name\tward\tdiagnosis\nGiulia Conti\tB2\tsepsis",
+    "| Patient | Befund |\n|---|---|\n| Emre Kaya | Leberzirrhose |",
+    '{"case":"C-99812","condition":"epilepsy","drug":"levetiracetam"}',
+    '{"name":"Lars Petersen","allergies":["penicillin"],"conditions":["asthma"]}',
+    '{"subject":"Joana Ferreira","icd10":"F41.1","note":"generalized anxiety disorder"}',
+    "PID|1||882211^^^CLINIC^MR||Nakamura^Yuki||19800312|F\nDG1|1||E11.9^Type 2 diabetes",
+    # names, listed or not, with a label, an honorific or none, in short messages
+    "Can you write a sick note? Kwabena Osei has the flu and needs three days off.",
+    "Hi Sam, Lukas Baumann called in sick today - migraine again. Can you cover his shift?",
+    "Sorry for the delay: Priya is in hospital after a stroke, back next week.",
+    "Bitte Termin verschieben: Herr Öztürk hat morgen eine Darmspiegelung.",
+    "Rappel : Mme Lefebvre, séance de dialyse mardi 8h.",
+    "Recordatorio: D. Manuel Ortega, control de tensión y ajustar enalapril.",
+    "Herinnering: mevrouw De Smet, bloedafname voor cholesterol op maandag.",
+    "Visit note 2025-03-02. Pt: Obi Nwosu, 54M. CC: chest pain. Plan: troponin, ECG.",
+    "Brigitte Nussbaumer: Blutdruck 180/110, Ramipril erhöht",
+    "Ayesha Siddiqui\nDiagnosis: migraine with aura\nPlan: sumatriptan",
+    "Anaphylaxis risk: Hannah Becker, carries an EpiPen.",
+    "paciente: Rocío Navarro, 67 años, EPOC, oxígeno domiciliario",
+    "patiënt J. de Graaf, 72 jaar, hartfalen, furosemide 40mg",
+    "Ahmed Karimi - HbA1c 8.4, started on empagliflozin",
+    "Chiara Esposito, 41, asthma exacerbation, prednisolone 40 mg",
+]
+
+
+@pytest.mark.parametrize("text", _HEALTH_RECORDS)
+def test_health_in_records_that_identify_a_person(text: str) -> None:
+    """A medical term (listed, or a dose/drug-stem/condition shape) in a record that holds a
+    case, room or bed number, an identifying column or key, or a name is restricted."""
+    assert level(text) == "restricted", text
+    assert found(text, "health"), text
+
+
+def test_record_rule_findings_are_uncertain() -> None:
+    """Health found only by reading the whole record is an uncertain finding (fail closed:
+    kept local, never redacted as if it were sure)."""
+    text = "Case #48213 - admitted with acute pancreatitis, started on IV fluids."
+    health = [f for f in _DETECTOR.classify(text).findings if f.category == "health"]
+    assert health and not any(f.certain for f in health)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "What are the early symptoms of pancreatitis?",
+        "Write a blog post about living with type 2 diabetes.",
+        "How does metformin work and what are its side effects?",
+        "Case study: asthma management in schools",
+        "Patient education leaflet on hypertension",
+        "Room 101 is booked for the migraine research seminar.",
+        "Bug #4821: the diabetes dashboard shows wrong units",
+        "Pfizer announced new data on its RSV vaccine today.",
+        "Alexander Fleming discovered penicillin in 1928.",
+        "Our Q3 roadmap: Patient Portal v2, Lab Results API, Appointment Reminders.",
+        "Compare ibuprofen 400 mg and paracetamol 500 mg for headaches.",
+        "What dose of vitamin D (1000 IU or 2000 IU) is recommended for adults?",
+        "Release 4.2 of the Hospital Bed Manager adds ward filters.",
+        "Was ist der Unterschied zwischen Typ 1 und Typ 2 Diabetes?",
+        "Quels sont les symptômes de la grippe ?",
+        "¿Cuáles son los efectos secundarios del ibuprofeno?",
+        "Wat zijn de symptomen van astma?",
+        "Update the website favicon and the pipeline deadline.",
+    ],
+)
+def test_medical_topics_without_a_person_stay_public(text: str) -> None:
+    """Medical questions, articles, product names and discoveries with no identified person
+    (and words that merely end like a drug or a condition) stay public."""
+    assert level(text) == "public", text
+
+
+# ------------------------------------------------------- birth dates written in other ways
+
+
+@pytest.mark.parametrize(
+    ("text", "date"),
+    [
+        ("Jonas Weber, b. 03/04/1988, joins Monday", "03/04/1988"),
+        ("Ingrid Solberg ° 12.3.1962", "12.3.1962"),
+        ("Ingrid Solberg (° 12/03/1962)", "12/03/1962"),
+        ("Geburtsdat.: 3.4.1971, Name: Petra Kowalski", "3.4.1971"),
+        ("d.o.b 14/02/79 - Mr Hamid Karimi", "14/02/79"),
+        ("fec. nac. 02-03-1984 Sra. Beatriz Olmo", "02-03-1984"),
+        ("Geb.-Dat.: 12.03.85", "12.03.85"),
+        ('{"user":"Olusegun Bello","dateOfBirth":"1979-04-30"}', "1979-04-30"),
+        ("Geboortedatum 03-03-1985, Daan Visser", "03-03-1985"),
+        ("born 3/14/92, Wei Zhang applied today", "3/14/92"),
+        ("| Name | DOB |\n|---|---|\n| Mateo Rossi | 07/11/1986 |", "07/11/1986"),
+    ],
+)
+def test_birth_dates_after_short_marks_and_abbreviations(text: str, date: str) -> None:
+    """Birth dates after abbreviations and marks ("b.", "°", "Geburtsdat.", "fec. nac.")
+    and under a DOB column are found, with the date as the span."""
+    assert date in found(text, "date_of_birth"), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Step b. 2024-01-01 release", "It was 20° on 12.03.2024 in Lyon", "Option b. 3 users"],
+)
+def test_short_birth_marks_need_a_birth_date(text: str) -> None:
+    """A "b." list item or a temperature's degree sign before a date of this year (or no
+    date) is no birth date."""
+    assert found(text, "date_of_birth") == [], text

@@ -33,7 +33,15 @@ from typing import Any, Final
 import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 
 from edge_agent.routing.sensitivity import health_records, names
-from edge_agent.routing.sensitivity.matching import Hit, Scan, bounded, escape, options, search
+from edge_agent.routing.sensitivity.matching import (
+    Hit,
+    Scan,
+    bounded,
+    escape,
+    match_spans,
+    options,
+    search,
+)
 from edge_agent.routing.sensitivity.terms import entries, word_lists
 
 _HEALTH_TERMS: Final[tuple[str, ...]] = entries("health_terms.txt")
@@ -556,35 +564,43 @@ class Term:
     words: re.Pattern[bytes] | None  # multi-word terms: the words with [\t\n\f\r ]+ between
 
 
-SHAPE_PREFIX: Final = "re:"
-"""A health "term" that is a pattern, not a literal (:data:`MEDICAL_SHAPES`)."""
-
 MEDICAL_SHAPES: Final = health_records.MEDICAL_SHAPES
 _SHAPE_STOP: Final = health_records.SHAPE_STOP
+_SHAPES: Final[Any] = re2.compile(
+    "|".join(r"\b(?i:" + shape + r")\b" for shape in MEDICAL_SHAPES), options(1 << 20)
+)
 
 
-def _shape_pattern(shape: str) -> str:
-    """The RE2 pattern of a medical shape: whole words, any case."""
-    return r"\b(?i:" + shape + r")\b"
+def find_shapes(sc: Scan) -> None:
+    """Medical shapes (doses, drug stems, condition suffixes) in a short text (at most
+    :data:`RECORD_CHARS` characters) that identifies a person: uncertain ``health``
+    findings. The shapes stay out of the scanner's RE2 set (they would cost every text a
+    few microseconds); a short text is searched for them directly, in one RE2 pass."""
+    if len(sc.data) > RECORD_CHARS:
+        return
+    seen: dict[str, bool] = {}
+    for spans in match_spans(_SHAPES, sc.data):
+        s, e = sc.char(spans[0][0]), sc.char(spans[0][1])
+        if sc.text[s:e].lower() in _SHAPE_STOP:
+            continue
+        if any(f.category == "health" and f.start <= s < f.end for f in sc.findings):
+            continue
+        if _in_person_record(sc.text, s, e, seen):
+            sc.add("health", s, e, certain=False)
 
 
 def health_alternatives() -> list[tuple[str, bool]]:
     """The medical terms in the order of the health rule's alternation, with whether each
     is matched in upper case only: case-insensitive terms first, longest first, then the
-    medical shapes (each as :data:`SHAPE_PREFIX` and its pattern)."""
+    medical shapes (:data:`MEDICAL_SHAPES`) are not among them: :func:`find_shapes`."""
     insensitive = [t for t in _HEALTH_TERMS if t not in _CASE_SENSITIVE_TERMS]
     sensitive = [t.upper() for t in _HEALTH_TERMS if t in _CASE_SENSITIVE_TERMS]
-    return (
-        [(t, False) for t in sorted(insensitive, key=len, reverse=True)]
-        + [(t, True) for t in sorted(sensitive, key=len, reverse=True)]
-        + [(SHAPE_PREFIX + shape, False) for shape in MEDICAL_SHAPES]
-    )
+    return [(t, False) for t in sorted(insensitive, key=len, reverse=True)] + [
+        (t, True) for t in sorted(sensitive, key=len, reverse=True)
+    ]
 
 
 def make_term(rank: int, literal: str, cased: bool) -> Term:
-    if literal.startswith(SHAPE_PREFIX):
-        shape = literal[len(SHAPE_PREFIX) :]
-        return Term(rank, False, b"", re.compile(shape.encode()))
     words = literal.split()
     needle = literal.encode() if cased else literal.lower().encode()
     pattern = None
@@ -601,8 +617,6 @@ def term_pattern(literal: str, cased: bool) -> str:
     """The RE2 pattern of one term (the health rule's alternative, alone). RE2's ``\\b``
     is ASCII: a term that starts or ends with another letter ("épilepsie",
     "diagnostiqué") has no boundary on that side."""
-    if literal.startswith(SHAPE_PREFIX):
-        return _shape_pattern(literal[len(SHAPE_PREFIX) :])
     body = escape(literal) if cased else "(?i:" + escape(literal) + ")"
     return bounded(body, literal)
 
@@ -610,7 +624,7 @@ def term_pattern(literal: str, cased: bool) -> str:
 def health_pattern() -> str:
     """The health rule's RE2 pattern: every term, in :func:`health_alternatives` order
     (terms with a non-ASCII first or last letter after the others, unbounded there)."""
-    alternatives = [a for a in health_alternatives() if not a[0].startswith(SHAPE_PREFIX)]
+    alternatives = health_alternatives()
     plain = [(t, cased) for t, cased in alternatives if _ascii_edges(t)]
     other = [(t, cased) for t, cased in alternatives if not _ascii_edges(t)]
     ci = "|".join(escape(t) for t, cased in plain if not cased)
@@ -618,7 +632,7 @@ def health_pattern() -> str:
     pattern = r"\b(?:(?i:" + ci + r")|" + cs + r")\b"
     if other:
         pattern += "|" + "|".join(term_pattern(t, cased) for t, cased in other)
-    return pattern + "|" + "|".join(_shape_pattern(shape) for shape in MEDICAL_SHAPES)
+    return pattern
 
 
 def _near_clinical_record(sc: Scan, start: int, end: int) -> bool:
@@ -680,7 +694,6 @@ def find_health(sc: Scan, terms: list[Term]) -> None:
                     found.append((i, term.rank, j))
                 m = term.words.search(hay, i + 1)
     found.sort()
-    found = [f for f in found if bytes(lowered[f[0] : f[2]]).decode() not in _SHAPE_STOP]
     spans: list[tuple[int, int]] = []
     pos = 0
     for s, _rank, e in found:
@@ -725,8 +738,6 @@ def _check_health(sc: Scan, s: int, e: int) -> None:
 
 def on_health(sc: Scan, m: Hit) -> None:
     s, e = m.span()
-    if sc.text[s:e].lower() in _SHAPE_STOP:
-        return
     _check_health(sc, s, e)
 
 
@@ -735,6 +746,7 @@ __all__ = [
     "Term",
     "clinical_spots",
     "find_health",
+    "find_shapes",
     "health_about_person",
     "health_alternatives",
     "health_pattern",

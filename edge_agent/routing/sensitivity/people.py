@@ -215,6 +215,10 @@ def _column_dates(sc: Scan, ks: int, ke: int, sep: str) -> bool:
     return True
 
 
+_TWO_CAPITALISED: Final = re.compile(r"[A-ZÀ-Þ][a-zß-ÿ'-]+[ \t]+[A-ZÀ-Þ][a-zß-ÿ'-]+")
+"""A name before a short birth mark ("Jonas Weber, b. 03/04/1988")."""
+
+
 def on_dob(sc: Scan, m: Hit) -> None:
     """A birth-date word: the date after it (or the dates of its column)."""
     ks, ke = m.span()
@@ -222,7 +226,9 @@ def on_dob(sc: Scan, m: Hit) -> None:
     if text[ke - 1 : ke].isdigit():  # a short mark ("b. 1", "\u00b0 1"): the date at once
         ke -= 1
         d = DATE.match(text, ke)
-        if d is not None and date_ok(d, False) and not _public_figure(text, ks, d.end()):
+        line = max(text.rfind("\n", 0, ks) + 1, ks - 60)
+        named = _TWO_CAPITALISED.search(text, line, ks) or names.name_spans(text, line, ks)
+        if d and named and date_ok(d, False) and not _public_figure(text, ks, d.end()):
             sc.add("date_of_birth", d.start(), d.end())
         return
     after = text[ke : ke + 3].lstrip("\"' ")

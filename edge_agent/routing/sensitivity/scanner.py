@@ -174,7 +174,9 @@ class SensitivityDetector:
             rules.sort()
         else:  # the DFA gave up (out of memory): run every rule, slower but complete
             rules = list(range(len(self._rules)))
-        if not rules and not self._extra:
+        if self._health >= 0 and len(sc.data) <= health.RECORD_CHARS:
+            health.find_shapes(sc)  # a short text: doses, drug stems ... (not in the set)
+        if not rules and not self._extra and not sc.findings:
             return []  # the common case: ordinary text, done after one pass
         for i in rules:
             if i == self._health and terms and sc.ascii:
