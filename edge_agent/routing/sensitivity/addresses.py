@@ -52,6 +52,8 @@ ADDRESS_RULE = (
 GERMANIC_RULE = (
     r"(?P<de>\b[A-ZÄÖÜÅØÆ][a-zäöüßåøæéèáíóú\-]*(?:" + alternation("street_types.txt") + r") ?"
     r"[0-9]{1,4}(?:[a-z]\b|-[0-9]{1,3})?)"
+    r"|(?P<deup>\b[A-ZÄÖÜ][A-ZÄÖÜß\-]*(?:STRASSE|STRAßE|STR\.|WEG|ALLEE|PLATZ|GASSE|RING|DAMM|"
+    r"STRAAT|LAAN|GRACHT|PLEIN|GATAN|VEJ) ?[0-9]{1,4}[A-Za-z]?\b)"
     r"|(?P<de2>\b[A-ZÄÖÜ][a-zäöüß\-]+ (?:Straße|Strasse|Str\.|Weg|Allee|Platz|Gasse|Ring|Damm) "
     r"[0-9]{1,4}[a-z]?\b)"
 )
@@ -77,6 +79,22 @@ POSTAL_RULE = (
 """A house number before a postcode and a city; the handler reads the street (two to
 four capitalised words and particles) before the number. The rule starts at the number:
 starting at a capitalised word would keep the set's automaton busy on every one."""
+
+ADDRESS_WORD_RULE = (
+    r"(?P<addrword>(?i:\b(?:(?:my|mi|mon|ma|meine|mein|mijn|his|her|their|our|su|sa|seine|"
+    r"ihre|zijn|haar|home|postal|billing|shipping|delivery|mailing|private|privat\w*|"
+    r"neue|new|nueva|nouvelle|nieuwe)[ \t]+(?:address|adresse|anschrift|direcci[oó]n|"
+    r"domicilio|adres|indirizzo|endere[cç]o|morada|wohnadresse|postadresse)"
+    r"|(?:address|adresse|anschrift|wohnadresse|direcci[oó]n|domicilio|adres|indirizzo|"
+    r"endere[cç]o|morada)[ \t]*(?::|=|\bis\b|\bes\b|\bist\b|\best\b|\blautet\b)"
+    r"|(?:wohne|wohnt|wohnen|wohnhaft|woon|woont|wonen|habite|habitons|vivo|vive|vivimos|"
+    r"lives?|living|resides?|abito|moro|mora)[ \t]+(?:in|at|en|op|au|à|a|aan|im|am|an|on|"
+    r"no|na|em|der|die|dem))\b)[^\n0-9]*[0-9])"
+)
+"""An address word that announces a person's address ("my address is", "Adresse:",
+"mi dirección es", "ich wohne in", "woont op", "habite au") and a number later on its
+line: whatever the street's spelling or case, the handler reads a house number or
+postcode near the word (fail closed: an uncertain finding)."""
 
 STRUCTURED_RULE = (
     r"(?P<structured>(?i:<StrtNm>[^<\n]+</StrtNm>\s*<BldgNb>[^<\n]+</BldgNb>"
@@ -260,7 +278,7 @@ def on_address(sc: Scan, m: Hit) -> None:
         # "Dr"/"St" as the suffix needs a street-like word before it ("12 Oak Dr")
         if words[-1].rstrip(".") in ("Dr", "St") and len(words) < 3:
             return
-    elif kind == "de" and _ORDINARY.match(text, s):
+    elif kind in ("de", "deup") and _ORDINARY.match(text, s):
         return  # "Spring 2024", "String 12": a word that only ends like a street type
     elif kind == "postal":
         s = _street_start(text, s, e)
@@ -273,6 +291,53 @@ def on_address(sc: Scan, m: Hit) -> None:
     sc.add("street_address", s, e)
 
 
+_NUMBER_NEAR: Final = re.compile(
+    r"(?<![0-9A-Za-z.:,])(?:[0-9]{1,5}[A-Za-z]?(?:[/\-][0-9]{1,4})?|[0-9]{4}[ ]?[A-Z]{2})"
+    r"(?![0-9.:xX])"
+)
+_NOT_AN_ADDRESS: Final = re.compile(
+    r"(?i)\b(?:ip|ipv4|ipv6|mac|e-?mail|mail|memory|web|url|return|base|physical|virtual|hex|"
+    r"bitcoin|btc|eth|wallet|server|host|network|netzwerk|broadcast|gateway|ethernet|"
+    r"speicher|contract|vertrag)[ \t\-]*\Z"
+)
+
+
+def on_address_word(sc: Scan, m: Hit) -> None:
+    """A person's address announced by a word: a house number or postcode (not an IP,
+    a time or a decimal) among the next 80 characters of its line, with letters between
+    (a street name) is an address (uncertain: its street is not checked)."""
+    text = sc.text
+    s, e = m.span("addrword")
+    word_end = e - 1
+    while word_end > s and not text[word_end - 1].isalpha():
+        word_end -= 1
+    if _NOT_AN_ADDRESS.search(text, max(0, s - 16), s) or "@" in text[s : s + 80]:
+        return
+    eol = text.find("\n", word_end, word_end + 80)
+    hi = min(len(text), word_end + 80 if eol == -1 else eol)
+    if eol != -1 and not text[word_end:eol].strip(" \t:=-"):
+        nxt = text.find("\n", eol + 1, eol + 81)  # "Adresse:\nLindenallee 5a"
+        hi = min(len(text), eol + 81 if nxt == -1 else nxt)
+    for n in _NUMBER_NEAR.finditer(text, word_end, hi):
+        between = text[word_end : n.start()]
+        after = text[n.end() : min(hi, n.end() + 40)]
+        if not (
+            any(c.isalpha() for c in between.replace("is", "")) or any(c.isalpha() for c in after)
+        ):
+            continue
+        num = n.group()
+        if len(num) == 4 and num[:2] in ("19", "20") and not re.match(r" \w*[A-Z]", after):
+            continue  # a year ("wie im Vertrag 2023"), not a postcode before its city
+        if _found(sc, s, n.end()):
+            return
+        sc.add("street_address", s, n.end(), certain=False)
+        return
+
+
+def _found(sc: Scan, s: int, e: int) -> bool:
+    return any(f.category == "street_address" and f.start < e and s < f.end for f in sc.findings)
+
+
 RULES: Final[list[tuple[str, str, Handler]]] = [
     ("address", ADDRESS_RULE, on_address),
     ("address_de", GERMANIC_RULE, on_address),
@@ -280,6 +345,7 @@ RULES: Final[list[tuple[str, str, Handler]]] = [
     ("address_es", ROMANCE_RULE, on_address),
     ("address_postal", POSTAL_RULE, on_address),
     ("address_record", STRUCTURED_RULE, on_address),
+    ("address_word", ADDRESS_WORD_RULE, on_address_word),
 ]
 """This family's rules as (name, RE2 pattern, handler)."""
 
