@@ -25,21 +25,22 @@ from edge_agent.routing.sensitivity.terms import entries
 
 # RE2 finds the distinctive middle of an address (cheap, ASCII); Python's ``re`` then
 # reads the whole address from a window around it.
-_AT_TOKEN: Final = r"(?:at|ät|@|arroba|chez|apenstaartje)"  # noqa: S105 (not a password)
+_AT_TOKEN: Final = r"(?:at|ät|@|arroba|chez|apenstaartje|a)"  # noqa: S105 (not a password)
 _DOT_TOKEN: Final = r"(?:dot|punkt|point|punto|punt|\.)"  # noqa: S105
 _RE2_DOT: Final = (
-    r"(?:[ \t]*[\[({][ \t]*"
+    r"(?:[ \t]*[\[({<\-][ \t]*"
     + _DOT_TOKEN
-    + r"[ \t]*[\])}][ \t]*|[ \t]+(?:dot|punkt|point|punto|punt)"
+    + r"[ \t]*[\])}>\-][ \t]*|[ \t]+(?:dot|punkt|point|punto|punt)"
     r"[ \t]+|\.|[ \t]+\.[ \t]*|\.[ \t]+)"
 )
 OBFUSCATED_RULE = (
     r"(?i)[a-z0-9._%+\-](?:[ \t]*[\[({<][ \t]*" + _AT_TOKEN + r"[ \t]*[\])}>][ \t]*"
+    r"|[ \t]*-(?:at|ät)-[ \t]*"
     r"|[ \t]*@[ \t]+)[a-z0-9\-]+" + _RE2_DOT + r"[a-z]"
     r"|(?i)[a-z0-9]@[a-z0-9\-]+(?:[ \t]*[\[({][ \t]*" + _DOT_TOKEN + r"[ \t]*[\])}][ \t]*|[ \t]+"
     r"(?:dot|punkt|point|punto|punt)[ \t]+|[ \t]+\.[ \t]*|\.[ \t]+)[a-z]"
-    r"|(?i)[a-z0-9][ \t]+(?:at|ät|arroba|chez)[ \t]+[a-z0-9\-]+[ \t]+(?:dot|punkt|point|punto|"
-    r"punt)[ \t]+[a-z]"
+    r"|(?i)[a-z0-9][ \t]+(?:at|ät|arroba|chez|apenstaartje)[ \t]+[a-z0-9\-]+[ \t]+"
+    r"(?:dot|punkt|point|punto|punt)[ \t]+[a-z]"
     r"|[A-Za-z0-9]+[._\-][A-Za-z0-9]+[ \t]+(?i:at)[ \t]+[A-Za-z0-9\-]+\.[A-Za-z]"
     r"|[A-Za-z0-9][ \t]+AT[ \t]+[A-Za-z0-9\-]+\.[A-Za-z]"
 )
@@ -49,12 +50,17 @@ _L: Final = r"[\w%+\-]+(?:(?:\.|[ \t]+(?:dot|punkt|point|punto|punt)[ \t]+)[\w%+
 _H: Final = r"[^\W_][\w\-]*"
 _AT: Final = (
     r"(?:[ \t]*(?:\[[ \t]*" + _AT_TOKEN + r"[ \t]*\]|\([ \t]*" + _AT_TOKEN + r"[ \t]*\)|"
-    r"\{[ \t]*" + _AT_TOKEN + r"[ \t]*\}|<[ \t]*" + _AT_TOKEN + r"[ \t]*>)[ \t]*"
-    r"|[ \t]+(?:at|ät|arroba|chez)[ \t]+|[ \t]*@[ \t]*)"
+    r"\{[ \t]*" + _AT_TOKEN + r"[ \t]*\}|<[ \t]*" + _AT_TOKEN + r"[ \t]*>|-(?:at|ät)-)[ \t]*"
+    r"|[ \t]+(?:at|ät|arroba|chez|apenstaartje)[ \t]+|[ \t]*@[ \t]*)"
 )
 _DOT: Final = (
     r"(?:[ \t]*(?:\[[ \t]*" + _DOT_TOKEN + r"[ \t]*\]|\([ \t]*" + _DOT_TOKEN + r"[ \t]*\)|"
-    r"\{[ \t]*" + _DOT_TOKEN + r"[ \t]*\})[ \t]*|[ \t]+(?:dot|punkt|point|punto|punt)[ \t]+"
+    r"\{[ \t]*"
+    + _DOT_TOKEN
+    + r"[ \t]*\}|<[ \t]*"
+    + _DOT_TOKEN
+    + r"[ \t]*>|-(?:dot|punkt|point|punto|punt)-)"
+    r"[ \t]*|[ \t]+(?:dot|punkt|point|punto|punt)[ \t]+"
     r"|\.|[ \t]+\.[ \t]+|[ \t]+\.(?=[a-z])|\.[ \t]+(?=[a-z]{2,6}\b))"
 )
 _ADDRESS: Final = re.compile(
