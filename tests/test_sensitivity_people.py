@@ -462,3 +462,44 @@ def test_short_birth_marks_need_a_birth_date(text: str) -> None:
     """A "b." list item or a temperature's degree sign before a date of this year (or no
     date) is no birth date."""
     assert found(text, "date_of_birth") == [], text
+
+
+_FILLER = "Some routine text about the weekly report and the parking permit. " * 6
+
+
+@pytest.mark.parametrize(
+    ("text", "term"),
+    [
+        (
+            "Export below:\npatient_id;Diagnose;Station\n"
+            + "".join(f"{1000 + i};Morbus Bechterew;B{i}\n" for i in range(30))
+            + "71122;Multiple Sklerose;C2\n",
+            "Multiple Sklerose",
+        ),
+        (
+            _FILLER + "\nMSH|^~\\&|LAB|HOSP|||20250301||ORU^R01|1|P|2.5\n"
+            "PID|1||4471^^^H^MR||Doe^Jane\nNTE|1||" + "x" * 500 + "\nOBX|1|TX|DX||pneumonia\n",
+            "pneumonia",
+        ),
+        (
+            '{\n  "resourceType": "Condition",\n  "subject": {"reference": "Patient/pat-77"},\n'
+            '  "code": {"text": "asthma"},\n  "note": "' + "y" * 400 + '"\n}',
+            "asthma",
+        ),
+        (
+            _FILLER + '\n{"ts":"2025-01-01","user":"Maren Holt","msg":"refill for sertraline"}',
+            "sertraline",
+        ),
+    ],
+)
+def test_health_in_long_records_is_read_per_record(text: str, term: str) -> None:
+    """In texts longer than a short message, a table row with its header (found above
+    the row), a whole HL7 message with a PID segment, a FHIR resource or a JSON line is
+    read as one record: a medical term far from the patient's id is still found."""
+    assert term in found(text, "health"), text
+
+
+def test_long_running_text_is_not_one_record() -> None:
+    """In long prose a medical term far from a name is not tied to it by the record rule."""
+    text = "Maren Holt joined the team. " + _FILLER + "Metformin is a common drug."
+    assert found(text, "health") == []

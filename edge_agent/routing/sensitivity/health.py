@@ -539,7 +539,7 @@ CLINICAL_CUES: Final = (
     r"|\b(?i:case|mrn|fall(?:nummer)?|akte|dossier|historia|expediente|nhc|ipp|"
     r"pati[e\x{eb}]nt(?:en)?(?:nummer|nr)|room|bed|zimmer|bett|chambre|habitaci\x{f3}n|cama|"
     r"kamer)\b[^\n0-9]?[^\n0-9]?[^\n0-9]?[^\n0-9]?[0-9]"
-    r"|(?:\b|_)(?i:id|nr|name|naam|nom|nombre|nachname|dob)[ \t\"]*[,;\t|]",
+    r"|(?:\b|_)(?i:id|nr|name|naam|nom|nombre|nachname|dob)[ \t\"]*(?:[,;\t|]|\r?\n)",
 )
 r"""RE2 patterns in the set that fire whenever :func:`clinical_spots` can find a cue (its
 "patient" substring, its ``\s`` as Python's Unicode whitespace); when none fires, the

@@ -134,10 +134,42 @@ def _header_identifies(header: str, sep: str) -> bool:
     return any(_HEADER_CELL.match(cell) for cell in header.split(sep))
 
 
+_HL7_SEGMENT: Final = re.compile(r"[A-Z][A-Z0-9]{2}\|")
+_FHIR: Final = re.compile(r'"resourceType"\s*:')
+_TABLE_LINES: Final = 500
+"""How far up a table row looks for its header line."""
+
+
+def _table_header(text: str, ls: int, line: str) -> str | None:
+    """The header line of the delimited table whose row is ``line`` (starting at ``ls``):
+    the first line of the block of non-blank lines with the row's delimiter above it."""
+    for sep in _DELIMITERS:
+        if line.count(sep) < 1:
+            continue
+        top = ls
+        for _ in range(_TABLE_LINES):
+            if top == 0:
+                break
+            prev = text.rfind("\n", 0, top - 1) + 1
+            above = text[prev : top - 1]
+            if not above.strip() or sep not in above:
+                break
+            top = prev
+        end = text.find("\n", top)
+        header = text[top : end if end != -1 else len(text)]
+        if header.count(sep) >= 1:
+            return header
+    return None
+
+
 def record_bounds(text: str, start: int, end: int) -> tuple[str, bool] | None:
-    """The record around ``text[start:end]`` and whether it is structured (a table row
-    with its header, a JSON or HL7 line); None when the term lies in running text that
-    is longer than one record."""
+    """The record around ``text[start:end]`` and whether it is structured; None when the
+    term lies in running text that is longer than one record.
+
+    A short text is one record. Otherwise: a whole HL7 v2 message (a ``PID`` segment in
+    the text) or FHIR resource (``"resourceType"``), one JSON line, or a table row with
+    its header line (the header alone, with the row below it, when the term is in it).
+    """
     if len(text) <= RECORD_CHARS:
         return text, False
     ls = text.rfind("\n", 0, start) + 1
@@ -145,15 +177,26 @@ def record_bounds(text: str, start: int, end: int) -> tuple[str, bool] | None:
     line = text[ls : le if le != -1 else len(text)]
     if len(line) > 2000:
         return None
-    if line.lstrip().startswith("{") or re.match(r"[A-Z][A-Z0-9]{2}\|", line):
+    if _HL7_SEGMENT.match(line):
+        return (text, True) if "PID|" in text else (line, True)
+    if _FHIR.search(text) and len(text) <= 20000:
+        return text, True
+    if line.lstrip().startswith("{"):
         return line, True
-    header_end = text.find("\n")
-    if header_end > 0 and ls > header_end:
-        header = text[:header_end]
-        for sep in _DELIMITERS:
-            if header.count(sep) >= 1 and line.count(sep) >= 1:
-                return header + "\n" + line, True
+    header = _table_header(text, ls, line)
+    if header is not None:
+        if text.startswith(header, ls) and le != -1:  # the term is in the header line
+            below = text.find("\n", le + 1)
+            return header + "\n" + text[le + 1 : below if below != -1 else len(text)], True
+        return header + "\n" + line, True
     return None
+
+
+_STRUCTURED_PERSON: Final = re.compile(
+    r'(?i)"(?:patient|subject|patient_?id|mrn|name|family|given|birth_?date|dob|'
+    r'full_?name|first_?name|last_?name)"\s*:|"reference"\s*:\s*"Patient/'
+)
+"""Keys of a JSON/FHIR record that name or point to a person."""
 
 
 def identifies_person(
@@ -174,7 +217,9 @@ def identifies_person(
         return False
     if names.name_spans(record, 0, len(record)):
         return True
-    return _plain_name_pair(record, stop, terms) or (structured and '"name"' in record.lower())
+    if structured and _STRUCTURED_PERSON.search(record):
+        return True
+    return _plain_name_pair(record, stop, terms)
 
 
 __all__ = [
