@@ -312,3 +312,159 @@ def test_contact_rules_never_raise(parts: list[str]) -> None:
     text = "".join(parts)
     for f in _DETECTOR.classify(text).findings:
         assert 0 <= f.start < f.end <= len(text)
+
+
+# --------------------------------------------------------------------------------------
+# Generalisation (issue 13, validation feedback): contact data in shapes and languages
+# that no rule was written for, each one written for these tests.
+
+_GENERALISED_CONTACT = [
+    "Lukas erreichst du unter 0176 23456789",
+    "ruf Jana an: 0151-9876543",
+    "Mi número es 612 345 678, llámame",
+    "Puedes escribirme al 699 123 456",
+    "mon 06 12 34 56 78",
+    "appelle-moi au 07.81.23.45.67",
+    "bel me op 06-12345678",
+    "my cell is 415 555 0134",
+    "text me at 202-555-0178",
+    "Contact: Maria Lopez, 612345678",
+    "Tel 030 12345678",
+    "Tel.: +49 (0)30 1234 5678",
+    "Handy: 0049 176 2345 6789",
+    "Tlf: 22 33 44 55",
+    "móvil 633-112-233",
+    "cel. 55 1234 5678",
+    "whatsapp +34 612 34 56 78",
+    "Phone: (020) 7946 0018",
+    "Emma Wilson\nMobile 07700 900123",
+    "Best regards,\nKarl Huber\n+43 664 1234567",
+    "-- \nSophie Martin\n06 98 76 54 32\nsophie.martin@posteo.fr",
+    "BEGIN:VCARD\nFN:Jan de Vries\nTEL;TYPE=cell:0612345678\nEND:VCARD",
+    "name,phone\nAnna,0176 1234 5678\nBen,0151 2233445",
+    "nombre;móvil\nLucía;612 345 678",
+    "[10:02] Tom: call me on 07911 123456",
+    "Tom (10:03): my number is 07911 123456",
+    "his number: 0161 496 0000",
+    "You can reach Pieter at 020-5551234",
+    "Teléfono de contacto: 91 123 45 67",
+    "Numéro de portable : 06 11 22 33 44",
+    "telefono: 333 1234567",
+    "Her phone is +1 555 0100 2233",
+    "number: 0612 345 678",
+    "Ich wohne in der Hauptstraße 12, 3. Etage, 80331 München",
+    "meine Adresse: Lindenallee 5a\n50667 Köln",
+    "Anna Schmidt, Bahnhofstr. 7, 01067 Dresden",
+    "Schickt es an Weg am Hang 3, 79100 Freiburg",
+    "Lieferadresse: Am Sonnenhang 14, 70565 Stuttgart",
+    "KARL-MARX-STRASSE 101, 12043 BERLIN",
+    "mi dirección es calle mayor 15, 3º 2ª, 28013 madrid",
+    "Vivo en C/ Alcalá 123, piso 4, puerta B, 28009 Madrid",
+    "envíalo a Avda. de la Paz nº 7, bajo, 41001 Sevilla",
+    "Calle Real, 22 - 2ºB, 15003 A Coruña",
+    "j'habite au 5 bis rue des Lilas, 75019 Paris",
+    "Mon adresse : 14, avenue Victor Hugo, app. 3, 69006 Lyon",
+    "livrer au 3 impasse du Moulin 33000 Bordeaux",
+    "12 rue de la République\n13001 Marseille",
+    "Jan woont op Keizersgracht 123-II, 1015 CJ Amsterdam",
+    "mijn adres is Dorpsstraat 8, 3512 AB Utrecht",
+    "Via Roma 10, 20121 Milano, scala B",
+    "Rua das Flores, 45, 2.º esq., 4050-262 Porto",
+    "Send it to 42 Elm Street, Apt 3B, Springfield, IL 62704",
+    "my address is 17 rose lane, bristol bs1 4dj",
+    "Flat 2, 14 Kings Road, London SW3 4NX",
+    "Marie Dupont\n8 place Bellecour\n69002 Lyon",
+    "Storgatan 12, 111 22 Stockholm",
+    "Mannerheimintie 5 A 7, 00100 Helsinki",
+    "ul. Marszałkowska 84/92 m. 5, 00-514 Warszawa",
+    "Wiener Straße 3/2/14, 1040 Wien",
+    "Rue de la Loi 16, 1000 Bruxelles (chez Martine)",
+    "jane [at] acme [dot] com",
+    "jane(at)acme(dot)de",
+    "jane at acme dot com",
+    "jane.doe (at) posteo.de",
+    "j.doe {at} gmx {dot} net",
+    "jdoe AT gmx DOT de",
+    "lucia punto garcia arroba gmail punto com",
+    "marie chez orange point fr",
+    "jan apenstaartje ziggo punt nl",
+    "k.fischer [ät] web [punkt] de",
+    "hans_mueller at gmx dot de",
+    "jane@acme[.]com",
+    "jane [@] acme.com",
+    "jane @ acme . com",
+    "j-doe<at>mail<dot>com",
+    "mail me: jdoe at protonmail dot com",
+    "jane dot doe at gmail dot com",
+    "JANE [AT] ACME [DOT] COM",
+    "jane_doe(a)gmx.de",
+    "jane(at)acme.com",
+    "jane -at- acme -dot- com",
+    "jane [at] acme . com",
+]
+
+_GENERALISED_PUBLIC = [
+    "Call our free hotline 0800 123 4567 for support",
+    "Kundenservice: 0800 330 1000 (kostenlos)",
+    "Service client : 0 800 123 456",
+    "Atención al cliente: 900 123 456",
+    "Toll-free: 1-800-555-0199",
+    "Call 1-888-555-0100 for customer support",
+    "Zentrale: 030 12345-0",
+    "Standard : 01 44 55 66 77 (du lundi au vendredi)",
+    "Centralita: 91 555 12 34",
+    "Servicenummer 0900 1234567",
+    "The support line is open 9-17 at 0800 222 333",
+    "order number 0176 23456789",
+    "Invoice 2024-000123456",
+    "ISBN 978-3-16-148410-0",
+    "version 10.2.3.4455",
+    "ticket #4455667788",
+    "The meeting is at 10:30 in room 1234567",
+    "Flight LH 1234 leaves at 06:45",
+    "The Rijksmuseum is at Museumplein 1, 1071 DJ Amsterdam; opening hours 9-17",
+    "Siemens AG, Werner-von-Siemens-Straße 1, 80333 München",
+    "Musée du Louvre, Rue de Rivoli, 75001 Paris",
+    "Deutsche Bahn AG, Potsdamer Platz 2, 10785 Berlin",
+    "Hotel Adlon, Unter den Linden 77, 10117 Berlin",
+    "Ayuntamiento de Madrid, Calle de Alcalá 45, 28014 Madrid",
+    "Version 3, 10000 Users",
+    "Python 3.12 released on 2 October 2023",
+    "The Eiffel Tower, Champ de Mars, 5 Avenue Anatole France, 75007 Paris",
+    "Please address the issue 3 times before release 2.1",
+    "IP address: 10.0.0.1",
+    "the address is 0x7fff0000",
+    "Adresse: siehe Impressum",
+    "The MAC address is 00:1A:2B:3C:4D:5E",
+    "address: 192.168.1.20 port 8080",
+    "My email address is on the website",
+    "We need to address 12 open tickets",
+    "Die Adresse lautet wie im Vertrag 2023 angegeben",
+    "memory address 0x1F4 overflow",
+    "Her address is unknown",
+    "look at github.com for the code",
+    "available at pypi.org",
+    "info [at] example [dot] com",
+    "jane [at] example [dot] org",
+]
+
+
+@pytest.mark.parametrize("text", _GENERALISED_CONTACT)
+def test_contact_data_in_any_shape_stays_on_the_device(text: str) -> None:
+    """Phones with any context (possible in some region), addresses announced by a word
+    or in many countries' forms and cases, obfuscated e-mails: restricted."""
+    assert _DETECTOR.classify(text).level is Level.RESTRICTED, text
+
+
+@pytest.mark.parametrize("text", _GENERALISED_PUBLIC)
+def test_business_lines_and_public_addresses_stay_public(text: str) -> None:
+    """Toll-free and service lines, organisations' and landmarks' addresses, IP/MAC/
+    memory addresses and the verb "address" are not personal contact data."""
+    assert _DETECTOR.classify(text).level is not Level.RESTRICTED, text
+
+
+def test_an_address_announced_by_a_word_is_an_uncertain_finding() -> None:
+    """A street nobody's rule knows, after "my address is", is kept local but marked uncertain."""
+    text = "my address is 17 rose lane, bristol bs1 4dj"
+    found = [f for f in _DETECTOR.classify(text).findings if f.category == "street_address"]
+    assert found and not found[0].certain
