@@ -381,6 +381,16 @@ _HEALTH_RECORDS = [
     "patiënt J. de Graaf, 72 jaar, hartfalen, furosemide 40mg",
     "Ahmed Karimi - HbA1c 8.4, started on empagliflozin",
     "Chiara Esposito, 41, asthma exacerbation, prednisolone 40 mg",
+    # clinical acronyms, other word orders, lower-case names, family members
+    "Smith, John (MRN 448812): HTN, CKD stage 3",
+    "SMITH, John - DM2, on metformin 500 bd",
+    "J. Kowalski - T2DM, HbA1c 64 mmol/mol",
+    "ana garcía tiene diabetes tipo 1 y usa bomba de insulina",
+    "Mi hijo Mateo tiene autismo, ¿qué colegio me recomiendas en Valencia?",
+    "Can you tell me if Ibrahim's cholesterol of 7.2 is high?",
+    "Oma Gertrud hat Demenz und erkennt uns nicht mehr. Wie gehe ich damit um?",
+    "Onze dochter Fenna (6) heeft epilepsie, welke school past bij haar?",
+    "patient: doe, jane | dx: major depressive disorder | rx: sertraline 50mg",
 ]
 
 

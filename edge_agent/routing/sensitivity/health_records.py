@@ -219,7 +219,25 @@ def identifies_person(
         return True
     if structured and _STRUCTURED_PERSON.search(record):
         return True
-    return _plain_name_pair(record, stop, terms)
+    return _plain_name_pair(record, stop, terms) or _lower_case_name(record)
+
+
+_LOWER_PAIR: Final = re.compile(r"(?<![\w-])([a-zß-ÿ]{2,})[ \t]+([a-zß-ÿ'-]{2,})(?![\w])")
+
+
+def _lower_case_name(record: str) -> bool:
+    """A name written in lower case, as in quick chat messages ("ana garcía tiene ..."):
+    a listed given name and a listed surname, neither a stop word."""
+    for m in _LOWER_PAIR.finditer(record):
+        given, family = m.group(1).capitalize(), m.group(2).capitalize()
+        if (
+            given in names.GIVEN_NAMES
+            and family in names.SURNAMES
+            and given not in names.STOP_WORDS
+            and family not in names.STOP_WORDS
+        ):
+            return True
+    return False
 
 
 __all__ = [
