@@ -334,6 +334,73 @@ def on_address_word(sc: Scan, m: Hit) -> None:
         return
 
 
+_ADDRESS_CELL_WORDS: Final = (
+    r"address|adresse|anschrift|direcci[oó]n|domicilio|adres|indirizzo|endere[cç]o|morada|"
+    r"street|stra(?:ss|ß)e|calle|rue|straat|addr|wohnort|woonadres|domicile"
+)
+ADDRESS_COLUMN_RULE = (
+    r"(?m)(?:^|[,;\t|])[ \t]*[\"']?(?i:(?:[a-z]+[_ \-])?(?:" + _ADDRESS_CELL_WORDS + r")"
+    r"(?:[_ \-]?(?:line|name)?[_ \-]?[0-9]?)?)[\"']?[ \t]*(?:[,;\t|]|\r?\n)"
+)
+"""An address or street word as a cell of a delimited header line."""
+
+_ADDRESS_CELL: Final = re.compile(r"(?i)(?:\b|_)(?:" + _ADDRESS_CELL_WORDS + r")(?:\b|_|[0-9])")
+_NOT_ADDRESS_CELL: Final = re.compile(
+    r"(?i)(?:ip|mac|e-?mail|mail|web|url|memory|wallet|server|host|billing_?email)[_ \-]?"
+    r"(?:address|adresse|adres|direcci[oó]n)"
+)
+_HOUSE_NUMBER_CELL: Final = re.compile(
+    r"(?i)\A[\"' ]*(?:house[_ ]?(?:number|no|nr)|hausnummer|hausnr\.?|huisnummer|huisnr|nr\.?|"
+    r"no\.?|n[uú]mero|num[eé]ro|bldg_?nb|building_?number)[\"' ]*\Z"
+)
+_CELL_DELIMITERS: Final = ",;\t|"
+
+
+def on_address_column(sc: Scan, m: Hit) -> None:
+    """A header line with an address/street column ("name,address", "Straße;Hausnummer"):
+    each row's cell there with letters and a house number (in the cell, or in a house
+    number column) is a street address (at most 50 rows)."""
+    text = sc.text
+    s, _e = m.span()
+    line_start = text.rfind("\n", 0, s + 1) + 1 if text[s : s + 1] != "\n" else s + 1
+    line_end = text.find("\n", s + 1)
+    if line_end == -1:
+        return
+    header = text[line_start:line_end].rstrip("\r")
+    delims = [d for d in _CELL_DELIMITERS if d in header]
+    if len(delims) != 1:
+        return
+    d = delims[0]
+    cells = header.split(d)
+    columns = [
+        i
+        for i, c in enumerate(cells)
+        if _ADDRESS_CELL.search(c) and not _NOT_ADDRESS_CELL.search(c)
+    ]
+    numbers = [i for i, c in enumerate(cells) if _HOUSE_NUMBER_CELL.match(c)]
+    if not columns:
+        return
+    pos = line_end + 1
+    for _ in range(50):
+        end = text.find("\n", pos)
+        row = text[pos : len(text) if end == -1 else end]
+        values = row.split(d)
+        if len(values) != len(cells):
+            break
+        has_number = any(any(ch.isdigit() for ch in values[i]) for i in numbers)
+        for i in columns:
+            value = values[i].strip(" \"'\r")
+            if not any(ch.isalpha() for ch in value) or "@" in value:
+                continue
+            digit = any(ch.isdigit() for ch in value)
+            if digit or has_number:
+                vs = pos + sum(len(v) + 1 for v in values[:i]) + values[i].index(value)
+                sc.add("street_address", vs, vs + len(value), certain=digit)
+        if end == -1:
+            break
+        pos = end + 1
+
+
 def _found(sc: Scan, s: int, e: int) -> bool:
     return any(f.category == "street_address" and f.start < e and s < f.end for f in sc.findings)
 
@@ -346,6 +413,7 @@ RULES: Final[list[tuple[str, str, Handler]]] = [
     ("address_postal", POSTAL_RULE, on_address),
     ("address_record", STRUCTURED_RULE, on_address),
     ("address_word", ADDRESS_WORD_RULE, on_address_word),
+    ("address_column", ADDRESS_COLUMN_RULE, on_address_column),
 ]
 """This family's rules as (name, RE2 pattern, handler)."""
 

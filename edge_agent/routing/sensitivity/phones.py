@@ -68,8 +68,8 @@ set's automaton outgrew its memory on dense text (its cache was reset mid-scan: 
 spikes per 4 KB)."""
 
 COLUMN_RULE = (
-    r"(?m)(?:^|[,;\t|])[ \t]*[\"']?(?i:(?:" + _WORDS + "|" + _GENERIC + r")(?:_[a-z]+)?)"
-    r"[\"']?[ \t]*(?:[,;\t|]|\r?\n)"
+    r"(?m)(?:^|[,;\t|])[ \t]*[\"']?(?i:(?:[a-z]+[_ \-])?(?:" + _WORDS + "|" + _GENERIC + r")"
+    r"(?:_[a-z]+)?[0-9]?(?:[ \t]*\([^()\n,;|]{1,20}\))?)[\"']?[ \t]*(?:[,;\t|]|\r?\n)"
 )
 """A phone word as a cell of a delimited header line: the column below holds numbers."""
 
@@ -90,6 +90,12 @@ NAMED_RULE = (
 60"), or after a space when written like a phone number ("Anna Schmidt 0171 2345678")."""
 
 _PHONE_WORD: Final = re.compile(r"(?i)(?:\b|_)(?:" + _WORDS + "|" + _GENERIC + r")(?:\b|_)")
+_PHONE_CELL: Final = re.compile(r"(?i)(?:\b|_)(?:" + _WORDS + "|" + _GENERIC + r")(?:\b|_|[0-9])")
+"""A phone word in a header cell ("phone1", "Telefon (privat)", "mobile_phone")."""
+_SPECIFIC_CELL: Final = re.compile(r"(?i)(?:\b|_)(?:" + _WORDS + r")(?:\b|_|[0-9])")
+"""A header cell with a phone word proper, not only "number"/"contact"."""
+_LABEL_CELL: Final = re.compile(r"(?i)\b(?:" + alternation("number_labels.txt") + r")\b")
+"""A header cell for another kind of number ("order_number", "Kundennummer")."""
 
 _GENERIC_WORDS: Final = frozenset(
     {"number", "nummer", "numéro", "numero", "número", "no", "nr", "contact", "kontakt"}
@@ -285,9 +291,14 @@ def on_column(sc: Scan, m: Hit) -> None:
         return
     d = delims[0]
     cells = header.split(d)
-    columns = [i for i, c in enumerate(cells) if _PHONE_WORD.search(c)]
+    columns = [
+        i
+        for i, c in enumerate(cells)
+        if _PHONE_CELL.search(c) and not _LABEL_CELL.search(c.replace("_", " "))
+    ]
     if not columns:
         return
+    generic = {i for i in columns if not _SPECIFIC_CELL.search(cells[i])}
     word = _PHONE_WORD.search(cells[columns[0]])
     region = _REGIONS.get(word.group().strip("_").lower().rstrip(".")) if word else None
     pos = e
@@ -303,6 +314,7 @@ def on_column(sc: Scan, m: Hit) -> None:
             if (
                 value
                 and not _not_a_phone(value)
+                and (i not in generic or _phone_shaped(value))
                 and not _found(sc, offset, offset + len(values[i]))
             ):
                 vs = offset + values[i].index(value)
