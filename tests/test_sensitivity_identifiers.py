@@ -360,6 +360,16 @@ def test_id_names_heading_table_columns(text: str, category: str, values: list[s
         ("N° passeport : 18AV12345", "passport"),
         ("paspoort nr. NX4K8P2L1", "passport"),
         ("passport: 5382 1947", "passport"),
+        # words between the name and the value, in any grammar
+        ("Steuer-ID (neu): 86 095 742 719", "national_id"),
+        ("die Steuer-ID meines Mannes ist 86095742719", "national_id"),
+        ('{"taxId": "86095742719"}', "national_id"),
+        ("Reisepass (gültig bis 2031): C01X00T47", "passport"),
+        ("my passport, which expires in 2031, is 533380006", "passport"),
+        ("passport details: no. 533380006, issued London", "passport"),
+        ("Mijn BSN staat op mijn pas: 111222333", "national_id"),
+        ("BSN van mijn dochter: 111 222 333", "national_id"),
+        ("NIE de mi mujer: X1234567L", "national_id"),
     ],
 )
 def test_id_names_in_every_spelling(text: str, category: str) -> None:
@@ -371,3 +381,17 @@ def test_id_names_in_every_spelling(text: str, category: str) -> None:
 def test_named_tax_id_placeholder_stays_public() -> None:
     """A straight run after a tax-ID name ("12 345 678 903") is a placeholder, not an ID."""
     assert found("Steuer-IdNr.: 12 345 678 903", "national_id") == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The passport office is closed. Call 030 1234567 after 2 pm.",
+        "Apply for a passport online; the fee is 75 EUR (2024 rates).",
+        "Die Steuer-ID hat 11 Ziffern. Beispiel: 12 345 678 903.",
+    ],
+)
+def test_values_after_a_sentence_end_or_placeholders_stay_public(text: str) -> None:
+    """A value in the next sentence, a short number or a placeholder is not taken for the
+    ID named before it."""
+    assert found(text, "passport") == [] and found(text, "national_id") == [], text

@@ -186,12 +186,21 @@ capitalised words count too ("Steuer-ID von Frau Petra Hoffmann:")."""
 
 IDKW_RULE = (
     r"(?i:\b(?P<kw>" + "|".join(frag for _kind, frag, _re in _KEYWORDS) + r")\b)"
-    r"(?:[^A-Za-z0-9\n]{0,4}(?:(?i:" + _CONNECTORS + r")\b\.?|\p{Lu}\pL+\b|(?i:n)[°º]|"
-    r"(?i:n)\.º|#)){0,4}"
-    r"[^A-Za-z0-9\n]{0,4}"
-    r"(?P<id>[A-Z0-9](?:[A-Z0-9]|[ .\-/][A-Z0-9]|[ \t]?\n[ \t]?[0-9]){4,22})\b"
+    r"(?:[^A-Za-z0-9\n]{0,4}(?:\pL+|(?i:n)[°º]|#)\.?){0,6}[^A-Za-z0-9\n]{0,4}"
+    r"(?:[A-Z]{1,4}[ .\-/]?)?[0-9]"
 )
+"""RE2 pattern of an ID's name and, at most six words later, something that starts like
+a value (a digit, or up to four capitals and a digit); the value itself is looked for in
+Python (:func:`on_idkw`), so any words may stand between them ("Steuer-ID (neu):",
+"BSN van mijn dochter:", "passport, which expires in 2031, is")."""
 
+_VALUE: Final = re.compile(
+    r"(?<![A-Za-z0-9])[A-Z0-9](?:[A-Z0-9]|[ .\-/][A-Z0-9]|[ \t]?\n[ \t]?[0-9]){4,22}"
+    r"(?![A-Za-z0-9])"
+)
+"""A value after an ID's name: letters and digits, groups split by spaces, dots, hyphens,
+slashes or a line break."""
+_GAP_WORD: Final = re.compile(r"[^\W\d_]+")
 
 _NINO: Final = re.compile(r"[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z][0-9]{6}[A-D]?")
 
@@ -381,11 +390,34 @@ def _judge(sc: Scan, kind: str, s: int, e: int) -> None:
         sc.add("national_id", s, e, certain=False)
 
 
+_SENTENCE_END: Final = re.compile(r"[.!?][ \t]+[A-Z][a-z]")
+
+
+def _gap_ok(gap: str) -> bool:
+    """The text between an ID's name and a value: at most six words ("Steuer-ID (neu):",
+    "my passport, which expires in 2031, is"), no sentence end."""
+    return len(_GAP_WORD.findall(gap)) <= 6 and _SENTENCE_END.search(gap) is None
+
+
 def on_idkw(sc: Scan, m: Hit) -> None:
-    """A value after an ID's name: validated by the ID's kind (``data/id_keywords.txt``)."""
+    """An ID's name: the first value after it (80 characters on, its line and the next)
+    that its kind accepts (``data/id_keywords.txt``, :func:`_judge`)."""
     ks, ke = m.span("kw")
-    s, e = m.span("id")
-    _judge(sc, _keyword_kind(" ".join(sc.text[ks:ke].split())), s, e)
+    text = sc.text
+    kind = _keyword_kind(" ".join(text[ks:ke].split()))
+    end = min(len(text), ke + 80)
+    first = text.find("\n", ke, end)
+    if first != -1:
+        second = text.find("\n", first + 1, end)
+        end = second if second != -1 else end
+    for v in _VALUE.finditer(text, ke, end):
+        s, e = v.span()
+        if not _gap_ok(text[ke:s]):
+            return
+        found = len(sc.findings)
+        _judge(sc, kind, s, e)
+        if len(sc.findings) > found:
+            return
 
 
 IDCOL_RULE: Final = (
