@@ -44,9 +44,12 @@ _KINDS_SOURCE: Final = (
     r"(?::|=|->|\u2192|(?:is|es|ist|est|c['\u2019]est|lautet|was|war|era|wordt|"
     + _QUALIFIER_WORDS
     + r")\b)|[ \t]+-?[ \t]*[^\s0-9]*[0-9][^\s]*[A-Za-z]|[ \t]+-?[ \t]*[^\s0-9]*[A-Za-z][^\s]*[0-9])"
-    r"|(?P<weak2>\b(?:key|schl[üu]ssel|sleutel|jeton)\b|\bcl[eé])"
-    r"(?:[ \t]*(?:[:=]|->|\u2192|(?:is|es|ist|est|lautet)\b))?[ \t]*[\"'`]?"
+    r"|(?P<weak2>\b(?:key|schl[üu]ssel|sleutel|jeton|llave)\b|\bcl[eé])"
+    r"(?:(?:[ \t]*(?:[:=]|->|\u2192|(?:is|es|ist|est|lautet)\b))?[ \t]*[\"'`]?"
     r"(?:[A-Za-z+/_\-]*[0-9][A-Za-z0-9+/_\-]*[A-Za-z]|[0-9+/_\-]*[A-Za-z][A-Za-z0-9+/_\-]*[0-9])"
+    r"|[ \t]+(?:f[üu]r|for|de|du|del|van|voor|pour|para|of)[ \t])"
+    r"|(?P<alone>\b(?:token|secret|key|schl[üu]ssel|sleutel|jeton|api[ _\-]?key)[ \t]*:?\r?\n)"
+    r"|(?P<weak3>\b(?:token|secret|pass|password|passwort|pw)[ \t]+[A-Za-z]+[ \t]*[:=])"
     r"|(?P<code>\bcode\b)[ \t]*(?::|=|c['\u2019]est|lautet|es|ist|is|est)[ \t]*[0-9][0-9]"
     r"|[/,;|&][ \t]*(?P<pair>\b(?:pass|pw|pwd|passwd)\b)"
     r"|(?P<up>\bu[ \t]*[:=][ \t]*[^\s,;/|]+[ \t,;/|]+p[ \t]*[:=]"
@@ -397,8 +400,9 @@ _PASSWORD_COLUMNS: Final = frozenset(
 """Header cells of a password column (the other credential columns hold tokens)."""
 
 _TOKEN_WEAK: Final = frozenset(
-    {"token", "secret", "key", "schlüssel", "schlussel", "clé", "cle", "sleutel", "jeton"}
-)
+    {"token", "secret", "key", "schlüssel", "schlussel", "clé", "cle", "sleutel", "jeton",
+     "llave", "api key", "api-key", "api_key", "apikey"}
+)  # fmt: skip
 """Short words after which only a long token is a secret (not a short value)."""
 
 _OTHER_CODE: Final = re.compile(
@@ -472,8 +476,12 @@ def on_prose(sc: Scan, m: Hit) -> None:
         return  # "pass/fail": no user name before the separator
     if kind == "up":  # "u: jdoe p: ...", "login jdoe pass ...": the pair is in the match
         kind = "pair"
+    if kind == "alone":  # the word alone on its line: "secret\n<token>"
+        e = s + len(sc.text[s:e].rstrip(": \t\r\n"))
     word = sc.text[s:e].lower()
-    if kind in ("weak2", "code"):
+    if kind == "weak3":  # "secret value: ...", "Passwort neu: ...": a word between
+        word = word.split()[0]
+    if kind in ("weak2", "code", "alone", "weak3"):
         kind = "weak"
     if kind == "weak" and word == "code" and _OTHER_CODE.search(sc.text, max(0, s - 24), s):
         return  # "zip code 94105", "error code 4031", "promo code SUMMER24": no secret
@@ -510,6 +518,9 @@ _TECH: Final = re.compile(
 """Technical words with digits that follow a credential word without being a secret:
 ``sha256``, ``argon2id``, ``utf-8``, ``OAuth2``, ``Windows11``, ``8-stellig``, ``2FA``."""
 
+_IDENTIFIER: Final = re.compile(r"[a-z]+(?:[_.\-][a-z0-9]+)+|[A-Z]+(?:_[A-Z0-9]+)+")
+"""snake_case, kebab-case, dotted.names and CONSTANT_NAMES: identifiers, not tokens."""
+
 _NEAR_TOKEN: Final = re.compile(r"[^\s,;\"'`«»“”„()]+")
 _SENTENCE_WORDS: Final = 12
 """At most this many words after the credential word are read for a secret."""
@@ -523,6 +534,8 @@ def _secret_shape(value: str, pin: bool, token: bool) -> bool | None:
     if (len(value) <= 12 and _TECH.match(value)) or _VERSION.match(value) or value.count(".") >= 2:
         return None
     if token:
+        if _IDENTIFIER.fullmatch(value):
+            return None  # "user_profile_cache_v2": a name, not a token
         return judge_token(value)
     digits = sum(c.isdigit() for c in value)
     if value.isdigit():
