@@ -456,6 +456,14 @@ def test_medical_topics_without_a_person_stay_public(text: str) -> None:
         ("Geboortedatum 03-03-1985, Daan Visser", "03-03-1985"),
         ("born 3/14/92, Wei Zhang applied today", "3/14/92"),
         ("| Name | DOB |\n|---|---|\n| Mateo Rossi | 07/11/1986 |", "07/11/1986"),
+        ("Kwabena Osei 12.03.1985", "12.03.1985"),
+        ("Name: Oyelaran Adebayo / 04.11.1979", "04.11.1979"),
+        ('{"first":"Aroha","last":"Ngata","birth":"1993-05-17"}', "1993-05-17"),
+        ("DOB 12 Mar 85 - Tomasz Nowak", "12 Mar 85"),
+        ("Employee,Date of Birth,Team\nNgozi Eze,14/02/1990,Ops", "14/02/1990"),
+        ("First Name;Last Name;Birthdate\nSiobhan;Keane;1988-09-09", "1988-09-09"),
+        ("Fecha nac: 1982/03/14 Nombre: Ximena Ruiz", "1982/03/14"),
+        ("nacida el 3-3-1990 (Lucía Ferrer)", "3-3-1990"),
     ],
 )
 def test_birth_dates_after_short_marks_and_abbreviations(text: str, date: str) -> None:
@@ -513,3 +521,13 @@ def test_long_running_text_is_not_one_record() -> None:
     """In long prose a medical term far from a name is not tied to it by the record rule."""
     text = "Maren Holt joined the team. " + _FILLER + "Metformin is a common drug."
     assert found(text, "health") == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Release Notes 12.03.2024", "Windows Server 2016 end of support", "Sprint Review 3.4.2025"],
+)
+def test_capitalised_words_before_a_recent_date_are_no_birth_date(text: str) -> None:
+    """Two capitalised words before a date of the last ten years (or no full date) are no
+    birth date."""
+    assert found(text, "date_of_birth") == [], text

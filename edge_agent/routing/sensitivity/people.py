@@ -77,7 +77,7 @@ DATE: Final = re.compile(
     rf"(?P<ymd>{_YEAR4})(?P<s1>[-/.])(?P<ymd_m>[01]?[0-9])(?P=s1)(?P<ymd_d>{_DAY})"
     rf"|(?P<a>{_DAY})(?P<s2>[./-])(?P<b>{_DAY})(?P=s2)(?P<y>{_YEAR4}|[0-9]{{2}})"
     rf"|(?P<dmy_d>{_DAY}){_ORDINAL}[ \t]*(?:of[ \t]+|de[ \t]+)?(?P<dmy_m>{_MONTH})"
-    rf"[ \t,]*(?:de[ \t]+|del[ \t]+)?(?P<dmy_y>{_YEAR4})"
+    rf"[ \t,]*(?:de[ \t]+|del[ \t]+)?(?P<dmy_y>{_YEAR4}|[0-9]{{2}})"
     rf"|(?P<mdy_m>{_MONTH})[ \t]+(?P<mdy_d>{_DAY}){_ORDINAL},?[ \t]+(?P<mdy_y>{_YEAR4})"
     rf"|(?P<compact>{_YEAR4}[01][0-9][0-3][0-9])"
     rf"|(?P<my_m>{_MONTH}|[01]?[0-9])[ \t/.-]+(?:de[ \t]+)?(?P<my_y>{_YEAR4})"
@@ -115,7 +115,7 @@ def date_ok(m: re.Match[str], partial: bool) -> bool:
         return _valid(a, b, y) or _valid(b, a, y)  # day first, or the US month first
     if g("dmy_d"):
         month = _MONTHS[g("dmy_m").rstrip(".").lower()]
-        return _valid(int(g("dmy_d")), month, int(g("dmy_y")))
+        return _valid(int(g("dmy_d")), month, _year(g("dmy_y")))
     if g("mdy_m"):
         month = _MONTHS[g("mdy_m").rstrip(".").lower()]
         return _valid(int(g("mdy_d")), month, int(g("mdy_y")))
@@ -140,7 +140,7 @@ DOB_RULE: Final = (
     r"nacid[oa]|f(?:echa)?\.?[ ]?nac|"
     r"geboortedatum|geboortedag|data[ _-]di[ _-]nascita|nat[oa][ \t]+il|"
     r"data[ _-]de[ _-]nascimento|nascid[oa]|geburtsdat|geb\.?[ -]?dat|"
-    r"f[ _.-]?nac|fec\.?[ _-]?nac|dt[ _.-]?naiss)(?:\b|_)|geb\.|"
+    r"f[ _.-]?nac|fec\.?[ _-]?nac|dt[ _.-]?naiss|birth|nacimiento|geburt|geboorte)(?:\b|_)|geb\.|"
     # the short marks: "b. 03/04/1988", "\u00b0 12.3.1962" (a full date must follow at once)
     r"\b[bB]\.[ \t]?[0-9]|[ \t(,;]*\x{b0}[ \t]?[0-9])"
 )
@@ -249,14 +249,19 @@ def on_dob(sc: Scan, m: Hit) -> None:
 
 NAME_DATE_RULE: Final = (
     r"\p{Lu}[\pL'-]+[ \t]+(?:\pL+[ \t]+){0,2}\p{Lu}[\pL'-]+[ \t]*"
-    r"(?:,|\(|;|\*|:|-|\x{2013}|,[ \t]*\*)[ \t]*"
+    r"(?:,|\(|;|\*|:|-|\x{2013}|/|\||,[ \t]*\*)?[ \t]*"
     r"(?:[0-9]{1,2}[./-][0-9]{1,2}[./-](?:19|20)[0-9]{2}|(?:19|20)[0-9]{2}-[0-9]{2}-[0-9]{2}"
     r"|[0-9]{1,2}\.?[ \t]+(?:de[ \t]+)?\pL{3,}\.?[ \t]+(?:de[ \t]+)?(?:19|20)[0-9]{2})\b"
 )
 """RE2 pattern of a capitalised name and a date right after it (numeric, or a day, a
 month's name and a year)."""
 
-_NAME_THEN_DATE: Final = re.compile(r"[ \t]*(?:,|\(|;|\*|:|-|\u2013|,[ \t]*\*)[ \t]*")
+_NAME_THEN_DATE: Final = re.compile(r"[ \t]*(?:,|\(|;|\*|:|-|\u2013|/|\||,[ \t]*\*)?[ \t]*")
+_UNLISTED_NAME: Final = re.compile(
+    r"(?<![\w'-])([A-ZÀ-Þ][a-zß-ÿ'-]+)[ \t]+((?:(?:de|van|von|da|del|di|le|la)[ \t]+)*"
+    r"[A-ZÀ-Þ][a-zß-ÿ'-]+)(?=[ \t]*(?:,|\(|;|\*|:|-|\u2013|/|\||,[ \t]*\*)?[ \t]*[0-9])"
+)
+"""Two capitalised words right before a date: a name that the list does not know."""
 
 
 def on_name_date(sc: Scan, m: Hit) -> None:
@@ -273,6 +278,24 @@ def on_name_date(sc: Scan, m: Hit) -> None:
         year = int(re.findall(r"(?:19|20)[0-9]{2}", d.group())[-1])
         if year <= THIS_YEAR - 10 and not _public_figure(text, s, e):
             sc.add("date_of_birth", d.start(), d.end())
+        return
+    _unlisted_name_date(sc, s, e)
+
+
+def _unlisted_name_date(sc: Scan, s: int, e: int) -> None:
+    """Two capitalised words that are no stop words right before a date of a plausible
+    birth year ("Kwabena Osei 12.03.1985"): an uncertain birth date (fail closed)."""
+    text = sc.text
+    for n in _UNLISTED_NAME.finditer(text, s, e):
+        if n.group(1) in names.STOP_WORDS or n.group(2) in names.STOP_WORDS:
+            continue
+        after = _NAME_THEN_DATE.match(text, n.end(), e)
+        d = DATE.fullmatch(text, after.end(), e) if after else None
+        if d is None or not date_ok(d, False):
+            continue
+        year = int(re.findall(r"(?:19|20)[0-9]{2}", d.group())[-1])
+        if year <= THIS_YEAR - 10 and not _public_figure(text, s, e):
+            sc.add("date_of_birth", d.start(), d.end(), certain=False)
         return
 
 
