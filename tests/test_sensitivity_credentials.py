@@ -575,3 +575,122 @@ def test_every_cell_of_a_credential_column_is_a_finding() -> None:
     """A CSV column headed pin/pwd/contraseña/token holds one finding per non-placeholder row."""
     text = "name;pin;note\nbob;4821;x\nann;7730;y\neve;0000;z"
     assert len([f for f in _DETECTOR.classify(text).findings if f.category == "password"]) == 2
+
+
+_TOKENS_AND_CONFIG = [
+    "my GitHub token: q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    "the Slack bot token is q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    "use this key: q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    "API-Key für das Staging: q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    "clé d'API : q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    "la API key es q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    "la llave de la API: q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    "webhook secret (q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs) for prod",
+    "the deploy key is 9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+    "my OpenAI key is q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs, why 429?",
+    "Here is the access key and secret: AKIA2E0A8F3B244C9986 / "
+    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY",
+    "I pasted the token q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs into the config",
+    "Token de acceso personal: q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    "mein persönlicher Token lautet q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    "Le jeton est q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    "het token is q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    "De API-sleutel: q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    "license key: Q8XZ3-LM9PK-2VB7N-C4RT6-WY1HA",
+    "the shared secret is 6b1f0e9d8c7a6b5f4e3d2c1b0a9f8e7d6c5b4a39",
+    "the secret value: 'dGhpcyBpcyBhIHNlY3JldCBrZXkgZm9yIHRlc3Q='",
+    "encryption key = 00112233445566778899aabbccddeeff",
+    "Schlüssel für die Verschlüsselung: 3q2+7w==Zm9vYmFyYmF6cXV4MTIz",
+    "the HMAC key is hunter2hunter2hunter2AB",
+    "session cookie: sid=Q8xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    "X-API-Key: q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    'curl -H "apikey: q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs" https://api.x.io',
+    "https://api.x.io/v1?key=q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs&q=1",
+    "Token -> q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    "secret\nq8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    'export DB_PASS="Sup3r!Secret"',
+    "set PGPASSWORD=Winter2024",
+    '$env:AZURE_CLIENT_SECRET = "q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs"',
+    "environment:\n  - POSTGRES_PASSWORD=Tulp2024x\n  - POSTGRES_USER=app",
+    "environment:\n  MYSQL_ROOT_PASSWORD: rootpw2024",
+    "[database]\nhost = db1\npassword = Hamburg77",
+    "spring.datasource.password=Geheim2024",
+    "db:\n  user: app\n  pass: Zebra-42-Lion",
+    "SMTP_PASSWD='mailpw2024'",
+    "REDIS_AUTH=Rd1s!Auth9",
+    "MQTT_CREDENTIALS=user1:Mqtt2024",
+    "mail.smtp.auth.password = Brief2024",
+    "ADMIN_PWD: Adm1n!2024",
+    '"password": "Winter2024!"',
+    "<password>Winter2024!</password>",
+    "password => 'Winter2024!',",
+    "'PASSWORD': 'Winter2024!',",
+    "DB_KENNWORT=Sommer2024",
+    "CONTRASENA_BD=Oviedo2022",
+    "MOT_DE_PASSE=Soleil2022",
+    "WACHTWOORD=Tulp2024",
+    "SECRET_KEY_BASE=9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+    "DJANGO_SECRET_KEY=django-insecure-k9#vt2mq-pl8x!w3@z",
+    "JWT_SIGNING_KEY=Hq83kLm20PxZ7nB4vC1q",
+    "APP_KEY=base64:Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MGFiY2RlZg==",
+    "PRIVATE_TOKEN=glx-9aK2pQ7mZ3vL8cN1bT",
+    "vault_token: hvs.CAESIJ9aK2pQ7mZ3vL8cN1bT6wY4rE5uI0o",
+    "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY",
+    "SIM_PIN=4821",
+    "ENCRYPTION_KEY=00112233445566778899aabbccddeeff",
+    "passphrase: correct-horse-battery-staple",
+    "username,password\njsmith,Summer2024",
+    "login;mdp\njdupont;Paris2021",
+    "user\tpasswort\nmmueller\tHamburg77",
+    "service,api_key\nstripe,k29dL0qP3mZ8xV7bN6cY1",
+    "name,pin\nbob,4821",
+    "email,pass\nbob@posteo.de,hunter42",
+    '"user","pwd"\n"bob","Sunny2024"',
+]
+
+_CONFIG_PUBLIC = [
+    "the commit hash is 9f8e7d6c5b4a39281706f5e4d3c2b1a0e1f2a3b4",
+    "UUID 123e4567-e89b-12d3-a456-426614174000 in the logs",
+    "sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "the token limit is 128000 tokens for gpt-4o-2024-08-06",
+    'key = "user_profile_cache_v2"',
+    "the key insight: transformers-4.41.2 fixed it",
+    "Token: <your-token>",
+    "secret: ${{ secrets.GITHUB_TOKEN }}",
+    "api key: sk-...",
+    "the key is AAAAAAAAAAAAAAAAAAAAAAAA",
+    "token=null",
+    "DB_PASSWORD=",
+    "DB_PASSWORD=${DB_PASSWORD:?required}",
+    "POSTGRES_PASSWORD_FILE=/run/secrets/db_password",
+    "password: !vault |",
+    'SECRET_KEY: "{{ vault_secret_key }}"',
+    "AUTH_ENABLED=true",
+    "TOKEN_EXPIRY=3600",
+    "KEY_ID=kid-2024",
+    "MAX_KEYS=500",
+    "password_min_length: 12",
+    "PASSWORD_HASHER=argon2",
+    "auth_method: scram-sha-256",
+    "PRIVATE_SUBNET=10.0.1.0/24",
+    "public_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+    "DB_PASSWORD=changeme",
+    "API_KEY=<your-api-key>",
+    "API_KEY=xxxxxxxxxxxxxxxxxxxx",
+    "SECRET=your-secret-here",
+    'password: "********"',
+]
+
+
+@pytest.mark.parametrize("text", _TOKENS_AND_CONFIG)
+def test_tokens_config_keys_and_credential_columns_stay_on_the_device(text: str) -> None:
+    """Tokens after any key/secret/token word (any language, qualifier, next line), .env/
+    YAML/INI/compose keys of the credential family in five languages, credential columns."""
+    assert _DETECTOR.classify(text).level is Level.RESTRICTED, text
+
+
+@pytest.mark.parametrize("text", _CONFIG_PUBLIC)
+def test_hashes_identifiers_settings_and_references_stay_public(text: str) -> None:
+    """Hashes, UUIDs, identifiers, a credential's settings (hasher, method, length, file),
+    references (${X}, {{ x }}, !vault) and placeholders are not secrets."""
+    assert _DETECTOR.classify(text).level is not Level.RESTRICTED, text

@@ -224,6 +224,10 @@ def on_assign(sc: Scan, m: Hit) -> None:
             return
         if text[ve : ve + 1] == "(" or is_placeholder(value):
             return
+        if text[max(0, ks - 2) : ks].endswith(("${", "$", "{{", "%")) or value.startswith("!"):
+            return  # "${DB_PASSWORD:?required}", "password: !vault |": references and tags
+        if _CONFIG_KEY.search(key) and not high_entropy(value):
+            return  # "PASSWORD_HASHER=argon2", "auth_method: scram-sha-256": settings
         if "accountkey" in key or "sharedaccesskey" in key:
             if len(value) >= 20:
                 sc.add("connection_string", ks, ve)
@@ -250,6 +254,8 @@ def on_assign(sc: Scan, m: Hit) -> None:
             return
         if high_entropy(value):
             sc.add("aws_access_key" if "aws" in key else "api_token", ks, ve)
+        elif "." in value and any(high_entropy(part) for part in value.split(".")):
+            sc.add("api_token", ks, ve)  # "hvs.CAESIJ9aK...": a prefixed token
         elif _maybe_secret(key, value):
             sc.add("api_token", ks, ve, certain=False)  # fail closed: a secret's key
     elif m.has("says"):
@@ -311,6 +317,15 @@ _PROSE_STOP: Final[frozenset[str]] = frozenset(
     w.lower() for w in entries("credential_stopwords.txt")
 )
 """Words after a prose credential word that are not its value (credential_stopwords.txt)."""
+
+_CONFIG_KEY: Final = re.compile(
+    r"[_.\-](?:hasher|hash(?:ing)?(?:_?algorithm)?|algorithm|alg|policy|(?:min|max)(?:_?length)?|"
+    r"length|complexity|expiry|expiration|expires|age|reset|rotation|strength|file|path|url|uri|"
+    r"command|cmd|env|var|prompt|field|hint|required|enabled|type|mode|encoder|validators?|"
+    r"regex|pattern|method|mechanism|scheme|provider|plugin|backend|strategy|header|"
+    r"endpoint|ttl|timeout|retries|store|storage|manager|source|format|encoding)\Z"
+)
+"""Key names of a credential's settings, not of the credential itself."""
 
 _PIN_KEY: Final = re.compile(r"(?:\A|[_.\-])pin(?:code)?(?:\Z|[_.\-])")
 

@@ -170,6 +170,8 @@ def _not_a_value(value: str) -> bool:
         return len(set(value)) == 1
     if low in _STOP or is_placeholder(value):
         return True
+    if value[:1] == "!" and value[1:].replace(":", "").isalpha():
+        return True  # a YAML tag: "password: !vault |", "!Ref DbPassword"
     if low.startswith(("http://", "https://", "www.", "/", "./", "~/")):
         return True
     if low.endswith(_FILE_ENDINGS) or low.startswith(_CODE_PREFIXES) or "(" in low:
