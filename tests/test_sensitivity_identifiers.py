@@ -395,3 +395,29 @@ def test_values_after_a_sentence_end_or_placeholders_stay_public(text: str) -> N
     """A value in the next sentence, a short number or a placeholder is not taken for the
     ID named before it."""
     assert found(text, "passport") == [] and found(text, "national_id") == [], text
+
+
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        ("Name,Passport No.,Nationality\nLiam Byrne,PB1234567,IE", "passport"),
+        ("Name;Reisepass-Nr.;Land\nJonas Keller;C01X00T47;DE", "passport"),
+        ("nombre,NIE/DNI,ciudad\nLucía Pardo,X1234567L,Madrid", "national_id"),
+        ("Naam,BSN-nummer,Woonplaats\nSanne Visser,111222333,Utrecht", "national_id"),
+        ("Mitarbeiter;Steuer-ID (IdNr);Abteilung\nKarl Pohl;86 095 742 719;IT", "national_id"),
+        ("employee_id,tax_id_de,dept\n4411,86095742719,IT", "national_id"),
+        ("| Name | Steuer-ID |\n|---|---|\n| Karl Pohl | 86095742719 |", "national_id"),
+        ("name\tpassport number\nAmir Haddad\tK88723190", "passport"),
+    ],
+)
+def test_id_columns_with_longer_header_cells(text: str, category: str) -> None:
+    """A column whose header cell holds an ID's name with more words or marks around it
+    ("Passport No.", "Steuer-ID (IdNr)", "tax_id_de") makes its cells IDs."""
+    assert found(text, category), text
+
+
+def test_prose_with_commas_after_an_id_name_is_no_table() -> None:
+    """An ID's name before a comma in prose, with lines of other shapes below, reads no
+    column of values."""
+    text = "Bring your passport, and the form.\nDoors open at 9, desk B12345 on the left"
+    assert found(text, "passport") == []

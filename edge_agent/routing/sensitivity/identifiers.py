@@ -422,11 +422,28 @@ def on_idkw(sc: Scan, m: Hit) -> None:
 
 IDCOL_RULE: Final = (
     r"(?i:(?:\b|_)(?P<kw>" + "|".join(frag for _kind, frag, _re in _KEYWORDS) + r")"
-    r"(?:[ _-]?(?:number|nummer|num|nr|no|id))?)[\"']?[ \t]*(?:[,;\t|]|\r?\n)"
+    r"[A-Za-z0-9 _.()/-]{0,16})[\"']?[ \t]*(?:[,;\t|]|\r?\n)"
 )
-"""RE2 pattern of an ID's name as a table's column header (``naam;bsn;plaats``)."""
+"""RE2 pattern of an ID's name as a table's column header (``naam;bsn;plaats``), with
+up to 16 more characters in its cell ("Passport No.", "Steuer-ID (IdNr)", "tax_id_de");
+:func:`on_idcol` checks that a table follows."""
 
 _CELL_SEPARATORS: Final = ",;\t|"
+
+
+def _rows_follow(text: str, line_end: int, sep: str, count: int) -> bool:
+    """One of the three lines after a header line has as many separators as it (a
+    Markdown table's ``|---|`` line counts)."""
+    pos = line_end + 1
+    for _ in range(3):
+        end = text.find("\n", pos)
+        row = text[pos : end if end != -1 else len(text)]
+        if row.count(sep) == count:
+            return True
+        if end == -1:
+            break
+        pos = end + 1
+    return False
 
 
 def on_idcol(sc: Scan, m: Hit) -> None:
@@ -444,6 +461,8 @@ def on_idcol(sc: Scan, m: Hit) -> None:
     if count == 0:
         return
     column = text[line_start:ks].count(sep)
+    if not _rows_follow(text, line_end, sep, count):
+        return  # a line of prose with commas in it, not a table's header
     kind = _keyword_kind(" ".join(text[ks:ke].split()))
     pos, rows = line_end + 1, 0
     while pos < len(text) and rows < 200:
