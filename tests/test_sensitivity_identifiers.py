@@ -370,6 +370,7 @@ def test_id_names_heading_table_columns(text: str, category: str, values: list[s
         ("Mijn BSN staat op mijn pas: 111222333", "national_id"),
         ("BSN van mijn dochter: 111 222 333", "national_id"),
         ("NIE de mi mujer: X1234567L", "national_id"),
+        ("número de pasaporte: xda123456", "passport"),
     ],
 )
 def test_id_names_in_every_spelling(text: str, category: str) -> None:

@@ -581,8 +581,9 @@ def find_shapes(sc: Scan) -> None:
     seen: dict[str, bool] = {}
     for spans in match_spans(_SHAPES, sc.data):
         s, e = sc.char(spans[0][0]), sc.char(spans[0][1])
-        if sc.text[s:e].lower() in _SHAPE_STOP:
-            continue
+        word = sc.text[s:e].lower()
+        if word in _SHAPE_STOP or word in _HEALTH_TERM_SET:
+            continue  # an ordinary word, or a listed term (the term rule judges it)
         if any(f.category == "health" and f.start <= s < f.end for f in sc.findings):
             continue
         if _in_person_record(sc.text, s, e, seen):

@@ -200,6 +200,8 @@ _VALUE: Final = re.compile(
 )
 """A value after an ID's name: letters and digits, groups split by spaces, dots, hyphens,
 slashes or a line break."""
+_LOWER_PASSPORT: Final = re.compile(r"(?<![A-Za-z0-9])[a-z]{0,3}[0-9]{5,9}(?![A-Za-z0-9])")
+"""A passport number written in lower case ("xda123456"): up to three letters, digits."""
 _GAP_WORD: Final = re.compile(r"[^\W\d_]+")
 
 _NINO: Final = re.compile(r"[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z][0-9]{6}[A-D]?")
@@ -399,6 +401,10 @@ def _gap_ok(gap: str) -> bool:
     return len(_GAP_WORD.findall(gap)) <= 6 and _SENTENCE_END.search(gap) is None
 
 
+def _start(m: re.Match[str]) -> int:
+    return m.start()
+
+
 def on_idkw(sc: Scan, m: Hit) -> None:
     """An ID's name: the first value after it (80 characters on, its line and the next)
     that its kind accepts (``data/id_keywords.txt``, :func:`_judge`)."""
@@ -410,7 +416,10 @@ def on_idkw(sc: Scan, m: Hit) -> None:
     if first != -1:
         second = text.find("\n", first + 1, end)
         end = second if second != -1 else end
-    for v in _VALUE.finditer(text, ke, end):
+    values = list(_VALUE.finditer(text, ke, end))
+    if kind == "passport":
+        values = sorted(values + list(_LOWER_PASSPORT.finditer(text, ke, end)), key=_start)
+    for v in values:
         s, e = v.span()
         if not _gap_ok(text[ke:s]):
             return
