@@ -468,3 +468,81 @@ def test_an_address_announced_by_a_word_is_an_uncertain_finding() -> None:
     text = "my address is 17 rose lane, bristol bs1 4dj"
     found = [f for f in _DETECTOR.classify(text).findings if f.category == "street_address"]
     assert found and not found[0].certain
+
+
+_MORE_CONTACT = [
+    "Anna Berg\nM: 0176 99 88 77 66",
+    "Jonas Weber\nT 030 555 01 23",
+    "ph: 0161 555 0199",
+    "Mob. 0699 1234 5678",
+    "Tfno. 955 12 34 56",
+    "Durchwahl: -4711 (Frau Keller: 089 555 1234)",
+    "Rufnummer von Herrn Kaiser: 0221 555 0102",
+    "SMS an 0157 55501234 schicken",
+    "dial 020 7946 0999 and ask for Tom",
+    "ping me at 07700 900 999",
+    "whatsapp me on 0044 7700 900999",
+    "tel:+4915755501234",
+    '<a href="tel:0301234567">Anruf</a>',
+    "phone# 555-0142-88",
+    "Mobile #: 0412 555 019",
+    "Her digits are 06 55 50 12 34",
+    "kannst du Lisa anrufen? 0151 55501234",
+    "call Pedro: 611 222 333",
+    "llama a Marta al 622 55 50 12",
+    "appelle Julie au 06 55 50 12 34 ce soir",
+    "mi cel es 55 5123 4567",
+    "numer telefonu: 512 345 678",
+    "Telefonnummer lautet 0221-5550102",
+    "seine Handynummer: 01525 5550123",
+    "[09:14] Ana: mi móvil 677 55 50 12",
+    "[09:14] Ana: 677 55 50 12 es mi móvil",
+    "Ana - 677 555 012",
+    "Contacto: Ana Ruiz (677 555 012)",
+    "Name;Rufnummer;Ort\nMüller;0176 2345678;Berlin",
+    "id,full_name,mobile_phone\n1,Anna Berg,07911 123456",
+    '"Name","Telefon (privat)"\n"Jan Kowalski","030 1234567"',
+    "nom\tportable\nDupont\t06 12 34 56 78",
+    "naam,gsm\nJansen,0612345678",
+    "customer_id,phone1,phone2\n4411,612345678,",
+    "Vorname,Nachname,Straße,Hausnummer,PLZ,Ort\nAnna,Berg,Lindenweg,12,10115,Berlin",
+    "name,address,city\nJohn Smith,42 Elm Street,Springfield",
+    "nombre,dirección\nLucía Gómez,Calle Mayor 15 3º 2ª",
+    "nom;adresse\nMartin;8 place Bellecour",
+    "name,street,zip\nBob,rose lane 17,BS1 4DJ",
+    "name,email\nBob,bob [at] posteo [dot] de",
+    "Name,Phone\nAnna Berg,+44 7911 123456",
+    "Name | Telefon\nAnna Berg | 0176 2345678",
+]
+
+_MORE_PUBLIC = [
+    "Build 2024.05.17 1234567 failed",
+    "The population was 8 336 817 in 2019",
+    "Call the API 3 times with 1000000 rows",
+    "ISBN 0-306-40615-2",
+    "Bestellnummer 0176 2345678",
+    "Flight LH 400 1234567",
+    "The value 0.1234567 is small",
+    "Kundennummer: 0151 55501234",
+    "order_number,amount\n12345678,20.00",
+    "invoice number;total\n20240012;99,00",
+    "sku,contact_count\nAB-1,12345678",
+    "ticket,number\nT-1,4455667",
+    "name,contact\nACME,info@example.com",
+    "host,ip_address\nweb1,10.0.0.1",
+    "name,address\nACME,see website",
+]
+
+
+@pytest.mark.parametrize("text", _MORE_CONTACT)
+def test_signatures_chats_and_contact_columns_stay_on_the_device(text: str) -> None:
+    """Signature lines ("M: ...", "T ..."), chat lines, names with a dash before the
+    number, and phone/address columns of CSV tables in several languages are restricted."""
+    assert _DETECTOR.classify(text).level is Level.RESTRICTED, text
+
+
+@pytest.mark.parametrize("text", _MORE_PUBLIC)
+def test_other_numbers_and_columns_stay_public(text: str) -> None:
+    """Builds, populations, ISBNs, order/customer numbers and their columns, and IP
+    address columns are not contact data."""
+    assert _DETECTOR.classify(text).level is not Level.RESTRICTED, text

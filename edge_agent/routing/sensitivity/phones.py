@@ -58,6 +58,8 @@ _GENERIC: Final = alternation("phone_words_generic.txt")
 CONTEXT_RULE = (
     r"(?P<word>(?i:(?:\b|_)(?:" + _WORDS + r")(?:\b|_)))[^0-9+\n]{0,48}?"
     r"(?P<ctx>[+(]?[0-9][0-9()" + _SEP + r"]{4,}[0-9])"
+    r"|(?m:^)[ \t]*(?P<sig>(?:M|T|P|F|Mob|Ph|Tfno|Tlf))\.?[ \t]*:?[ \t]*"
+    r"(?P<sctx>(?:\+|\(|0)[0-9][0-9()" + _SEP + r"]{4,}[0-9])"
     r"|(?P<gword>(?i:(?:\b|_)(?:" + _GENERIC + r")(?:\b|_)))[^0-9+\n]{0,48}?"
     r"(?P<gctx>[+(]?[0-9][0-9()" + _SEP + r"]{4,}[0-9])"
 )
@@ -83,7 +85,7 @@ AFTER_RULE = (
 """A number written like a phone number, then a phone word on the same line."""
 
 NAMED_RULE = (
-    r"\b\p{Lu}\p{Ll}+(?:[ \t]*[,;:|\t][ \t]*(?P<named>" + _NUMBER + r")"
+    r"\b\p{Lu}\p{Ll}+(?:(?:[ \t]*[,;:|\t]|[ \t]+[\-\x{2013}])[ \t]*(?P<named>" + _NUMBER + r")"
     r"|[ \t]+(?P<named2>(?:\+|\b0|\(\+?|\(0)[0-9(][0-9()" + _SEP + r"]{5,24}[0-9]))"
 )
 """A number right after a capitalised word and a separator ("Marta Castillo,766 5107
@@ -236,7 +238,7 @@ def _named(sc: Scan, s: int, e: int, value: str) -> None:
     ):
         return
     end = s
-    while end > max(0, s - 6) and text[end - 1] in " \t,;:|":
+    while end > max(0, s - 6) and text[end - 1] in " \t,;:|-\u2013":
         end -= 1  # back over the separator to the end of the name
     if not any(ne == end for _ns, ne in name_spans(text, max(0, end - 60), end)):
         return
@@ -327,6 +329,12 @@ def on_column(sc: Scan, m: Hit) -> None:
 def on_phone(sc: Scan, m: Hit) -> None:
     kind: str | None = m.kind
     if kind is None:
+        return
+    if kind in ("sig", "sctx"):  # a signature line: "M: 0176 ...", "T 030 ..."
+        s, e = m.span("sctx")
+        number = _NUMBER_AT.match(sc.text, s)
+        if number is not None:
+            _contextual(sc, number.start(), number.end(), number.group(), "tel")
         return
     if kind in ("word", "gword"):
         kind = "ctx" if kind == "word" else "gctx"
