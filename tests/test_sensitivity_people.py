@@ -431,6 +431,11 @@ def test_record_rule_findings_are_uncertain() -> None:
         "¿Cuáles son los efectos secundarios del ibuprofeno?",
         "Wat zijn de symptomen van astma?",
         "Update the website favicon and the pipeline deadline.",
+        "Hospital Santa Maria opened a new oncology wing in Lisbon.",
+        "Johns Hopkins Medicine published new asthma guidelines.",
+        "Marie Curie Hospice fundraising walk on Sunday.",
+        "Recipe: 200 mg of saffron, 500 ml of broth, 2 onions.",
+        "Ticket #55123: login page broken on Safari.",
     ],
 )
 def test_medical_topics_without_a_person_stay_public(text: str) -> None:

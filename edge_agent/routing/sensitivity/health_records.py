@@ -116,6 +116,25 @@ _CAPITALISED: Final = re.compile(
 )
 
 
+_ORGANISATION: Final = frozenset(
+    """hospital hospitals hospice clinic clinics klinik klinikum medicine medical health
+    university universität université universidad universiteit institute institut
+    instituto center centre centro centrum foundation stiftung fundación fondation
+    stichting society association trust day week month uk inc ltd gmbh ag sa bv pharma
+    pharmaceuticals labs laboratories ziekenhuis hôpital krankenhaus praxis apotheke
+    pharmacy farmacia pharmacie apotheek research group care services network alliance
+    council ministry college school museum""".split()
+)
+"""Words next to a capitalised name that make it an organisation's ("Johns Hopkins
+Medicine", "Hospital Santa Maria", "Diabetes UK"), not a person's."""
+
+
+def _organisation_at(text: str, s: int, e: int) -> bool:
+    """A word of :data:`_ORGANISATION` among the two words before or after ``text[s:e]``."""
+    near = text[max(0, s - 30) : s].split()[-2:] + text[e : e + 30].split()[:2]
+    return any(w.strip(".,;:'\"()").lower() in _ORGANISATION for w in near)
+
+
 def _plain_name_pair(text: str, stop: frozenset[str], terms: frozenset[str]) -> bool:
     """Two capitalised words next to each other that may be a name ("Kwabena Osei"):
     neither a stop word of either list nor a medical term."""
@@ -124,6 +143,10 @@ def _plain_name_pair(text: str, stop: frozenset[str], terms: frozenset[str]) -> 
         if a in stop or b in stop or a in names.STOP_WORDS or b in names.STOP_WORDS:
             continue
         if a.lower() in terms or b.lower() in terms:
+            continue
+        if a.lower() in _ORGANISATION or b.lower() in _ORGANISATION:
+            continue
+        if _organisation_at(text, m.start(), m.end()):
             continue
         return True
     return False
@@ -215,8 +238,10 @@ def identifies_person(
                 return True
     if topic:
         return False
-    if names.name_spans(record, 0, len(record)):
-        return True
+    for ns, ne in names.name_spans(record, 0, len(record)):
+        words = record[ns:ne].lower().split()
+        if _ORGANISATION.isdisjoint(words) and not _organisation_at(record, ns, ne):
+            return True
     if structured and _STRUCTURED_PERSON.search(record):
         return True
     return _plain_name_pair(record, stop, terms) or _lower_case_name(record)
