@@ -116,15 +116,7 @@ _CAPITALISED: Final = re.compile(
 )
 
 
-_ORGANISATION: Final = frozenset(
-    """hospital hospitals hospice clinic clinics klinik klinikum medicine medical health
-    university universität université universidad universiteit institute institut
-    instituto center centre centro centrum foundation stiftung fundación fondation
-    stichting society association trust day week month uk inc ltd gmbh ag sa bv pharma
-    pharmaceuticals labs laboratories ziekenhuis hôpital krankenhaus praxis apotheke
-    pharmacy farmacia pharmacie apotheek research group care services network alliance
-    council ministry college school museum""".split()
-)
+_ORGANISATION: Final = frozenset(entries("health_organisation_words.txt"))
 """Words next to a capitalised name that make it an organisation's ("Johns Hopkins
 Medicine", "Hospital Santa Maria", "Diabetes UK"), not a person's."""
 
