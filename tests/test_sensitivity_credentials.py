@@ -694,3 +694,44 @@ def test_hashes_identifiers_settings_and_references_stay_public(text: str) -> No
     """Hashes, UUIDs, identifiers, a credential's settings (hasher, method, length, file),
     references (${X}, {{ x }}, !vault) and placeholders are not secrets."""
     assert _DETECTOR.classify(text).level is not Level.RESTRICTED, text
+
+
+_MORE_PROSE = [
+    "Zugang fürs Büro-WLAN: Kaffeetasse2024",
+    "Hier das neue PW fürs Kundenportal: Rhein$Main77",
+    "Mein Kennwort habe ich auf Hamster!2024 geändert",
+    "Als Passwort habe ich Regenbogen99 genommen",
+    "Passwort vergessen? Nein, es ist Sonnenblume#3",
+    "Benutzername: k.fischer / Kennwort: Rheinblick#4",
+    "Die Zugangsdaten lauten k.fischer und Rheinblick44",
+    "Das Passwort für den Drucker ist übrigens Drucker2024!",
+    "Passwort (neu): Kiefer-Zapfen-88",
+    "PIN für die EC-Karte: 7391",
+    "Geheimzahl 2841, bitte nicht weitersagen",
+    "Login für Jira: mmueller, PW Apfelbaum7",
+    "Anmeldung mit mmueller / Apfelbaum7",
+    "das pw lautet apfelbaum77",
+    "Passwort = Mond&Sterne12",
+    "Die Zugangsdaten für den FTP: ftpuser / Ftp!2024x",
+    "Kennwort lautet jetzt: Bergsee2023",
+    "I reset the password; it's now Granite#2024",
+    "The password I gave you earlier (Cedar!2023) no longer works",
+    "Use Maple2020! to log in, that's the admin password",
+    "pwd for the wifi in the lobby: GuestNet-2024",
+    "password hint: it's Rover1998",
+    "new pass: Zephyr_2024",
+    "the login is mark.t, password is the usual Falcon!99",
+    "Password for the demo account -> Demo!2024x",
+    "jouw wachtwoord is veranderd naar Fiets!2024",
+    "Wachtwoord van de router: Molen7788",
+    "de code van de kluis is 4471",
+    "ww voor de wifi: Zonnebloem22",
+    "inloggegevens: jdevries / Gracht!22",
+]
+
+
+@pytest.mark.parametrize("text", _MORE_PROSE)
+def test_secrets_before_after_and_around_the_word_stay_on_the_device(text: str) -> None:
+    """German, Dutch and English secrets with the word after the value, a qualifier
+    ("fürs", "van de kluis"), a login with a pair, a hint, a PIN word without a connector."""
+    assert _DETECTOR.classify(text).level is Level.RESTRICTED, text

@@ -34,13 +34,14 @@ from edge_agent.routing.sensitivity.matching import Handler, Hit, Scan
 from edge_agent.routing.sensitivity.terms import alternation, entries
 
 _QUALIFIER_WORDS: Final = (
-    r"for|of|on|at|f[üu]r|von|vom|zum|zur|bei|des|du|de|del|van|voor|pour|para"
+    r"for|of|on|at|f[üu]r|f[üu]rs|von|vom|zum|zur|beim|bei|ins|im|des|du|de|del|van|voor|pour|"
+    r"para"
 )
 
 _KINDS_SOURCE: Final = (
     r"(?i)(?P<word>\b(?:" + alternation("credential_words.txt") + r")\b)"
     r"|(?P<tokw>\b(?:" + alternation("token_words.txt") + r")\b)"
-    r"|(?P<weak>\b(?:pass|pw|pwd|pword|clave|contra|ww|token|secret)\b)(?:[ \t]*"
+    r"|(?P<weak>\b(?:pass|pw|pwd|pword|clave|contra|ww|token|secret|zugang)\b)(?:[ \t]*"
     r"(?::|=|->|\u2192|(?:is|es|ist|est|c['\u2019]est|lautet|was|war|era|wordt|"
     + _QUALIFIER_WORDS
     + r")\b)|[ \t]+-?[ \t]*[^\s0-9]*[0-9][^\s]*[A-Za-z]|[ \t]+-?[ \t]*[^\s0-9]*[A-Za-z][^\s]*[0-9])"
@@ -67,7 +68,8 @@ _KINDS_SOURCE: Final = (
     r"gebruiker(?:snaam)?|account|cuenta|compte|konto)\b(?:[ \t]+(?:is|es|ist|est))?[ \t]*:?"
     r"[ \t]+[^\s/,;:]+[ \t]*/[ \t]*[^\s/]*[0-9!#$%&*?@+][^\s/]*)"
     r"|(?P<loginw>\b(?:log(?:ged)?[ \t]?in|sign(?:ed)?[ \t]?in|connecte[rz]?|anmelden|"
-    r"einloggen|inloggen|entra[r]?|accede[r]?)[ \t]+(?:with|avec|mit|con|met)\b)"
+    r"einloggen|inloggen|entra[r]?|accede[r]?|anmeldung|login|inlog|acceso|connexion|"
+    r"conexi[oó]n)[ \t]+(?:with|avec|mit|con|met)\b)"
     r"|(?P<login>\b(?:log(?:ged)?[ \t]?in|sign(?:ed)?[ \t]?in|anmelden|einloggen|angemeldet|"
     r"eingeloggt|connecte[rz]?|inicia[r]?[ \t]+sesi[oó]n|inloggen|ingelogd)[ \t]+"
     r"(?:as|als|como|comme|en[ \t]+tant[ \t]+que)\b)"
@@ -338,7 +340,7 @@ wachtwoord")."""
 _TOPIC_AFTER: Final = re.compile(
     r"(?i)[ \t]*-?(?:managers?|fields?|polic(?:y|ies)|reset|hash(?:es|ing)?|generators?|strength|"
     r"length|rules?|requirements?|prompts?|dialog|input|box|forms?|pages?|screens?|files?|vault|"
-    r"store|hints?|protection|recovery|expiry|rotation|safe|tresor|verwaltung|gestionnaire|"
+    r"store|protection|recovery|expiry|rotation|safe|tresor|verwaltung|gestionnaire|"
     r"gestor|beheerder|kluis)\b"
 )
 """A topic noun right after the credential word: "1Password as password manager"."""
@@ -389,6 +391,21 @@ def _on_slash_pair(sc: Scan, start: int, after: int) -> None:
     verdict = _secret_shape(value, False, False)
     if verdict is not None:
         sc.add("password", start, m.start("val") + len(value), certain=verdict)
+
+
+def _secret_before(sc: Scan, word_start: int, word_end: int) -> None:
+    """Fail closed: a strongly secret-shaped token (letters, digits and a symbol or mixed
+    case) earlier on the line, at most 60 characters before the credential word ("Use
+    Maple2020! to log in, that's the admin password"): an uncertain finding."""
+    text = sc.text
+    lo = max(text.rfind("\n", 0, word_start) + 1, word_start - 60)
+    for t in _NEAR_TOKEN.finditer(text, lo, word_start):
+        if t.start() == lo and lo and not text[lo - 1].isspace():
+            continue  # a token cut by the window
+        value = _clean(t.group().strip(":=-"))
+        if _secret_shape(value, False, False) is True and any(c.isdigit() for c in value):
+            sc.add("password", t.start(), word_end, certain=False)
+            return
 
 
 _DELIMITERS: Final = ",;\t|"
@@ -502,7 +519,11 @@ def on_prose(sc: Scan, m: Hit) -> None:
     if token:
         _find_after(sc, s, e, "token", False)
         return
-    _find_after(sc, s, e, kind, kind == "pin" or "pin" in word or "code" in word)
+    pin = kind == "pin" or any(w in word for w in ("pin", "code", "geheimzahl", "cijfercode"))
+    before = len(sc.findings)
+    _find_after(sc, s, e, kind, pin)
+    if kind == "word" and len(sc.findings) == before:
+        _secret_before(sc, s, e)
 
 
 _TECH: Final = re.compile(
