@@ -436,6 +436,17 @@ def test_record_rule_findings_are_uncertain() -> None:
         "Marie Curie Hospice fundraising walk on Sunday.",
         "Recipe: 200 mg of saffron, 500 ml of broth, 2 onions.",
         "Ticket #55123: login page broken on Safari.",
+        # title case, German nouns and question words are no names
+        "Welche Symptome hat eine Lungenentzündung?",
+        "Welche Nebenwirkungen hat Metformin bei Diabetes?",
+        "Der Hausarzt Notdienst ist am Wochenende für Fieber zuständig.",
+        "Top 10 Foods That Lower Blood Pressure",
+        "Best Practices For Insulin Storage In Summer",
+        "Qué Alimentos Ayudan Con La Diabetes?",
+        "Welke Medicijnen Helpen Tegen Migraine?",
+        "Hoeveel Paracetamol Mag Ik Per Dag?",
+        "Neue Leitlinie Diabetes Typ 2 veröffentlicht",
+        "Quelle Durée pour une grippe ?",
     ],
 )
 def test_medical_topics_without_a_person_stay_public(text: str) -> None:

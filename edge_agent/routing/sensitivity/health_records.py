@@ -112,8 +112,32 @@ _TOPIC: Final = re.compile(
 """Words that frame a text as a topic, not as a record about a person."""
 
 _CAPITALISED: Final = re.compile(
-    r"(?<![\w'\u2019-])([A-ZÀ-Þ][a-zß-ÿ'\u2019-]{1,})[ \t]+([A-ZÀ-Þ][a-zß-ÿ'\u2019-]{1,})"
+    r"(?<![\w'\u2019-])(?=([A-ZÀ-Þ][a-zß-ÿ'\u2019-]{1,})[ \t]+([A-ZÀ-Þ][a-zß-ÿ'\u2019-]{1,})"
+    r"([^\n]{0,12}))"
 )
+"""Two capitalised words next to each other (overlapping pairs), and what follows."""
+
+_AFTER_NAME: Final = re.compile(
+    r"(?:[ \t]*(?:[,:;(\-\u2013/|]|$)|[ \t]+(?:has|had|is|was|needs|takes|got|hat|ist|war|"
+    r"braucht|nimmt|leidet|a|est|prend|souffre|tiene|está|toma|necesita|sufre|heeft|is|"
+    r"neemt|moet|lijdt)\b)"
+)
+"""What follows a name in a record: punctuation, the line's end, or a verb."""
+
+_WORD: Final = re.compile(r"[^\W\d_]+")
+_GERMAN: Final = re.compile(
+    r"\b(?:der|die|das|und|ist|nicht|mit|für|eine|ein|bei|zu|am|im|auf|den|dem|hat|sich)\b"
+)
+"""Function words of German, whose nouns are capitalised like names."""
+
+
+def title_case(record: str) -> bool:
+    """A record written in title case (a headline, a question in capitals): most of its
+    words after the first are capitalised, so capitals say nothing about names."""
+    words = [w for w in _WORD.findall(record)[1:] if len(w) > 2 and not w.isupper()]
+    if len(words) < 3:
+        return False
+    return sum(w[:1].isupper() for w in words) * 2 > len(words)
 
 
 _ORGANISATION: Final = frozenset(entries("health_organisation_words.txt"))
@@ -129,16 +153,21 @@ def _organisation_at(text: str, s: int, e: int) -> bool:
 
 def _plain_name_pair(text: str, stop: frozenset[str], terms: frozenset[str]) -> bool:
     """Two capitalised words next to each other that may be a name ("Kwabena Osei"):
-    neither a stop word of either list nor a medical term."""
+    neither a stop word of either list nor a medical term, followed by punctuation, the
+    line's end or a verb ("Kwabena Osei has", "Sven Ekström -"), not an organisation's."""
+    german = len(_GERMAN.findall(text)) >= 2  # nouns are capitalised: punctuation only
     for m in _CAPITALISED.finditer(text):
         a, b = m.group(1), m.group(2)
+        after = _AFTER_NAME.match(m.group(3))
+        if after is None or (german and after.group().strip()[:1].isalpha()):
+            continue
         if a in stop or b in stop or a in names.STOP_WORDS or b in names.STOP_WORDS:
             continue
         if a.lower() in terms or b.lower() in terms:
             continue
         if a.lower() in _ORGANISATION or b.lower() in _ORGANISATION:
             continue
-        if _organisation_at(text, m.start(), m.end()):
+        if _organisation_at(text, m.start(), m.start() + len(a) + 1 + len(b)):
             continue
         return True
     return False
@@ -228,7 +257,7 @@ def identifies_person(
         for sep in _DELIMITERS:
             if first.count(sep) >= 1 and _header_identifies(first, sep):
                 return True
-    if topic:
+    if topic or title_case(record):
         return False
     for ns, ne in names.name_spans(record, 0, len(record)):
         words = record[ns:ne].lower().split()
