@@ -134,10 +134,11 @@ _GERMAN: Final = re.compile(
 def title_case(record: str) -> bool:
     """A record written in title case (a headline, a question in capitals): most of its
     words after the first are capitalised, so capitals say nothing about names."""
-    words = [w for w in _WORD.findall(record)[1:] if len(w) > 2 and not w.isupper()]
+    words: list[str] = [w for w in _WORD.findall(record)[1:] if len(w) > 2 and not w.isupper()]
     if len(words) < 3:
         return False
-    return sum(w[:1].isupper() for w in words) * 2 > len(words)
+    capitalised = sum(1 for w in words if w[:1].isupper())
+    return capitalised * 2 > len(words)
 
 
 _ORGANISATION: Final = frozenset(entries("health_organisation_words.txt"))
