@@ -735,3 +735,61 @@ def test_secrets_before_after_and_around_the_word_stay_on_the_device(text: str) 
     """German, Dutch and English secrets with the word after the value, a qualifier
     ("fürs", "van de kluis"), a login with a pair, a hint, a PIN word without a connector."""
     assert _DETECTOR.classify(text).level is Level.RESTRICTED, text
+
+
+_ORDINARY_REQUESTS = [
+    "How do I store user passwords securely in Django 4.2?",
+    "Write a Python function that checks if a password has at least 8 characters and 1 digit.",
+    "Explain the difference between OAuth2 access tokens and refresh tokens.",
+    "What's the best way to rotate API keys in AWS Secrets Manager?",
+    "In Kubernetes, how do I mount a secret as an environment variable (v1.29)?",
+    "def login(username, password):\n    user = db.get(username)\n"
+    "    return bcrypt.checkpw(password.encode(), user.pw_hash)",
+    'const token = req.headers.authorization?.split(" ")[1];',
+    'if (!password || password.length < 12) throw new Error("weak password");',
+    "Mi contraseña no funciona desde la actualización a iOS 17, ¿qué hago?",
+    "J'ai oublié mon mot de passe Windows 11, comment le réinitialiser ?",
+    "Ich habe mein Passwort vergessen und die 2FA-App verloren. Was nun?",
+    "Mijn wachtwoord werkt niet meer na de update naar versie 3.2",
+    "What is the default PIN for a new SIM card?",
+    "My PIN was blocked after 3 attempts, how do I unblock it with the PUK?",
+    "Generate a secure random password in bash using openssl rand -base64 32",
+    "The API key goes in the X-Api-Key header; see docs section 4.2",
+    "Rotate the JWT signing key every 90 days per policy SEC-12.",
+    "Our office is at the Rijksmuseum side of Museumplein, opening hours 9-17.",
+    "Please call the front desk at extension 204 for room service.",
+    "The conference address is Messe Berlin, Messedamm 22, 14055 Berlin — registration opens at 8.",
+    "Customer service: 0800 123 4567 (free), Mon-Fri 9-18",
+    "The address space of a 32-bit process is 4 GB",
+    "Send a POST to /api/v2/users with the token in the Authorization header.",
+    "password_hash = hashlib.sha256(salt + password).hexdigest()",
+    "I want to build a password manager like 1Password or Bitwarden in Rust 1.75",
+    "The secret to a good sourdough is 72 hours of fermentation",
+    "Key takeaways from Q3 2024: revenue up 12%",
+    "The token bucket algorithm allows 100 requests per 60 seconds.",
+    "Set the PIN length to 6 digits in the MDM profile v2.",
+    "Ich wohne seit 2019 in Berlin und suche eine Wohnung.",
+    "Mi dirección de correo no recibe emails desde el 3 de mayo",
+    "My address changed last year; how do I update it on the DMV website?",
+    "Use the code SAVE20 at checkout for 20% off",
+    "Error code 0x80070005 when installing updates",
+    "Der Code für das Modul ist in src/main.py Zeile 42",
+    "The safe code must be 4 to 6 digits long",
+    "WLAN-Schlüssel ändern: Einstellungen > WLAN > Sicherheit (WPA3)",
+    "¿Cómo cambio la clave del wifi de mi router TP-Link AX1500?",
+    "Comment changer le code PIN de ma carte SIM Orange ?",
+    "Call me Ishmael. Some years ago, never mind how long precisely.",
+    "Phone models compared: iPhone 15 vs Pixel 8 vs Galaxy S24",
+    "The number of users grew from 1200 to 4500 in 2023.",
+    "Login page returns 500 after upgrading to Spring Boot 3.2.1",
+    "user_id, password_hash, created_at are the columns of the users table",
+    "username,password_hash\n"
+    "alice,$2b$12$KIXQJGv7Y8m1c3xJf0sOeuX9j1V2bQm3n4o5p6q7r8s9t0u1v2w3x",
+]
+
+
+@pytest.mark.parametrize("text", _ORDINARY_REQUESTS)
+def test_questions_about_credentials_and_contact_data_stay_public(text: str) -> None:
+    """Ordinary requests that talk about passwords, PINs, tokens, keys, codes, addresses
+    and phone numbers in five languages, and code that handles them, hold no one's data."""
+    assert _DETECTOR.classify(text).level is not Level.RESTRICTED, text

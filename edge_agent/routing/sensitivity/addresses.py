@@ -295,6 +295,17 @@ _NUMBER_NEAR: Final = re.compile(
     r"(?<![0-9A-Za-z.:,])(?:[0-9]{1,5}[A-Za-z]?(?:[/\-][0-9]{1,4})?|[0-9]{4}[ ]?[A-Z]{2})"
     r"(?![0-9.:xX])"
 )
+_NOT_AN_ADDRESS_AFTER: Final = re.compile(
+    r"(?i)[ \t]+(?:de[ \t]+|d['\u2019][ \t]*)?(?:correo|e-?mail|ip|mac|web|messagerie|courriel|"
+    r"[ée]lectronique|mail|url|http|server|servidor|serveur|bitcoin|wallet)"
+)
+_MONTH_AFTER: Final = re.compile(
+    r"(?i)\.?[ \t]+(?:de[ \t]+)?(?:jan|feb|f[ée]v|m[äa]r|mars|apr|avr|abr|ma[iy]|mei|mayo|"
+    r"jun|juin|juil|jul|aug|ao[uû]|ago|sep|okt|oct|nov|de[cz]|dic|enero|febrero|marzo|abril|"
+    r"junio|julio|agosto|septiembre|octubre|noviembre|diciembre|janvier|f[ée]vrier|avril|"
+    r"mai|ao[uû]t|septembre|octobre|novembre|d[ée]cembre|januar|februar|m[äa]rz|juni|juli|"
+    r"oktober|dezember|januari|februari|maart|augustus)"
+)
 _NOT_AN_ADDRESS: Final = re.compile(
     r"(?i)\b(?:ip|ipv4|ipv6|mac|e-?mail|mail|memory|web|url|return|base|physical|virtual|hex|"
     r"bitcoin|btc|eth|wallet|server|host|network|netzwerk|broadcast|gateway|ethernet|"
@@ -313,6 +324,8 @@ def on_address_word(sc: Scan, m: Hit) -> None:
         word_end -= 1
     if _NOT_AN_ADDRESS.search(text, max(0, s - 16), s) or "@" in text[s : s + 80]:
         return
+    if _NOT_AN_ADDRESS_AFTER.match(text, word_end):
+        return  # "dirección de correo", "adresse e-mail", "address IP"
     eol = text.find("\n", word_end, word_end + 80)
     hi = min(len(text), word_end + 80 if eol == -1 else eol)
     if eol != -1 and not text[word_end:eol].strip(" \t:=-"):
@@ -328,8 +341,14 @@ def on_address_word(sc: Scan, m: Hit) -> None:
         num = n.group()
         if len(num) == 4 and num[:2] in ("19", "20") and not re.match(r" \w*[A-Z]", after):
             continue  # a year ("wie im Vertrag 2023"), not a postcode before its city
+        if _MONTH_AFTER.match(text, n.end()):
+            continue  # "el 3 de mayo", "am 3. Mai": a date
         if _found(sc, s, n.end()):
             return
+        if public_place(text, n.start(), n.end()) or any(
+            _ORG.fullmatch(w.group().strip(".,;:!?'\"")) for w in _WORDS_BEFORE.finditer(between)
+        ):
+            return  # "The conference address is Messe Berlin, Messedamm 22"
         sc.add("street_address", s, n.end(), certain=False)
         return
 

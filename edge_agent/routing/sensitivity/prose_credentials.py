@@ -399,6 +399,9 @@ def _secret_before(sc: Scan, word_start: int, word_end: int) -> None:
     Maple2020! to log in, that's the admin password"): an uncertain finding."""
     text = sc.text
     lo = max(text.rfind("\n", 0, word_start) + 1, word_start - 60)
+    eol = text.find("\n", word_end)
+    if any(c in text[lo : len(text) if eol == -1 else eol] for c in "(){};=[]"):
+        return  # code, not prose
     for t in _NEAR_TOKEN.finditer(text, lo, word_start):
         if t.start() == lo and lo and not text[lo - 1].isspace():
             continue  # a token cut by the window
@@ -544,6 +547,13 @@ _TECH: Final = re.compile(
 _IDENTIFIER: Final = re.compile(r"[a-z]+(?:[_.\-][a-z0-9]+)+|[A-Z]+(?:_[A-Z0-9]+)+")
 """snake_case, kebab-case, dotted.names and CONSTANT_NAMES: identifiers, not tokens."""
 
+_PRODUCT: Final = re.compile(
+    r"[A-Z]{1,5}-?[0-9]{2,6}[A-Z]{0,2}|[0-9]+[A-Za-z]+-[A-Za-z]+|[A-Za-z]+(?:-[A-Z][A-Za-z]*)+"
+    r"|[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+"
+)
+"""Model numbers, product and code names near a credential word: "AX1500", "2FA-App",
+"TP-Link", "hashlib.sha256"."""
+
 _NEAR_TOKEN: Final = re.compile(r"[^\s,;\"'`«»“”„()]+")
 _SENTENCE_WORDS: Final = 12
 """At most this many words after the credential word are read for a secret."""
@@ -566,7 +576,7 @@ def _secret_shape(value: str, pin: bool, token: bool) -> bool | None:
             return True
         return None
     kind = _value_kind(value)
-    if kind != "secret" or len(value) < 6:
+    if kind != "secret" or len(value) < 6 or _PRODUCT.fullmatch(value):
         return None
     if digits == 0 and value.replace("-", "").replace("'", "").isalpha():
         return None  # "e-mail", "Wi-Fi", "aujourd'hui": a word with a hyphen
