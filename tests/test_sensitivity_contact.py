@@ -546,3 +546,53 @@ def test_other_numbers_and_columns_stay_public(text: str) -> None:
     """Builds, populations, ISBNs, order/customer numbers and their columns, and IP
     address columns are not contact data."""
     assert _DETECTOR.classify(text).level is not Level.RESTRICTED, text
+
+
+_ADDRESSES_ABROAD = [
+    "Paquete para Luis: c/ Mayor 5, 2º izq, 28013 Madrid",
+    "Pº de Gracia 21, 08007 Barcelona (Marta)",
+    "envíalo a Avda Diagonal 640 6ª planta, Barcelona",
+    "Giulia Rossi, Via Garibaldi, 12 - 20121 Milano",
+    "Rua Augusta nº 45 2º Dto, Lisboa - para a Sofia",
+    "Rambla Catalunya 10, 08007 Barcelona, a nombre de Pau",
+    "Carrer Gran de Gràcia 15 3r 1a, Barcelona - casa de Jordi",
+    "Frau Berger, Kirchgasse 4/3/12, 1070 Wien",
+    "Schulstr. 12a, 2. OG links, 45127 Essen - bei Familie Wolf",
+    "Mme Dubois, Rue Neuve 14 boîte 3, 1000 Bruxelles",
+    "Herr Graf, Bahnhofstrasse 1, 8001 Zürich",
+    "Mette Hansen, Vesterbrogade 12, 2. th., 1620 København V",
+    "Ola Nordmann, Karl Johans gate 22, 0159 Oslo",
+    "Pekka Virtanen, Hämeentie 15 B 23, 00530 Helsinki",
+    "Jacques Martin, 12, rue des Écoles, 75005 Paris",
+    "the parcel goes to Tom at Apt 4, 221B Baker St, London",
+    "Lieferung an S. Wagner, Am Rosenhang 3, 34131 Kassel",
+    "envoyer à Claire Petit, 7 allée des Tilleuls, 44000 Nantes",
+    "Pieter Jansen\nLange Voorhout 9\n2514 EA Den Haag",
+    "Piet, Oudegracht 231 bis, Utrecht",
+    "calle alcalá 123, 28009 madrid (mi casa)",
+    "LINDENSTRASSE 5, 10969 BERLIN, z. Hd. Herrn Yilmaz",
+]
+
+_NOT_ADDRESSES = [
+    "In Section 4, 2023 Report shows growth",
+    "See Chapter 12, 2024 Edition for details",
+    "The Big Bang Theory Season 3\n2010 Episodes list",
+    "Windows Server 2019 Standard, 2022 Datacenter",
+    "Top 10, 2000 Songs of the decade",
+    "Release 5, 1000 Downloads in a week",
+    "we had 3, 2000 runs total",
+]
+
+
+@pytest.mark.parametrize("text", _ADDRESSES_ABROAD)
+def test_addresses_of_many_countries_and_cases_stay_on_the_device(text: str) -> None:
+    """Addresses in ES/IT/PT/AT/DE/BE/CH/DK/NO/FI/FR/UK/NL forms: abbreviations, floors
+    and doors, four-digit postcodes, the postcode on the next line, lower and upper case."""
+    assert _DETECTOR.classify(text).level is Level.RESTRICTED, text
+
+
+@pytest.mark.parametrize("text", _NOT_ADDRESSES)
+def test_numbers_before_years_and_counts_are_no_addresses(text: str) -> None:
+    """A number, a comma and a four-digit year or count after capitalised words is no
+    house number and postcode unless a street type is there."""
+    assert _DETECTOR.classify(text).level is not Level.RESTRICTED, text

@@ -73,8 +73,8 @@ ROMANCE_RULE = (
 (the handler wants capitalised words and particles only), a house number."""
 
 POSTAL_RULE = (
-    r"(?P<postal>\b[0-9]{1,4}[a-z]?),? "
-    r"(?:[0-9]{5}|[0-9]{4} ?[A-Z]{2}|[0-9]{4}-[0-9]{3}|[0-9]{3} [0-9]{2}) \p{Lu}\p{Ll}+"
+    r"(?P<postal>\b[0-9]{1,4}[a-z]?)(?:,? |,?\r?\n)"
+    r"(?:[0-9]{5}|[0-9]{4} ?[A-Z]{2}|[0-9]{4}-[0-9]{3}|[0-9]{3} [0-9]{2}|[0-9]{4}) \pL\pL+"
 )
 """A house number before a postcode and a city; the handler reads the street (two to
 four capitalised words and particles) before the number. The rule starts at the number:
@@ -259,6 +259,37 @@ def _romance_name(candidate: str) -> bool:
     return bool(names) and all(w[:1].isupper() or w.lower() in _ROMANCE_PARTICLES for w in words)
 
 
+_STREETISH: Final = re.compile(
+    r"(?i)(?:stra(?:ß|ss)e|str\.|gasse|weg|allee|platz|ring|damm|laan|straat|gracht|plein|kade|"
+    r"singel|dijk|voorhout|gate|gata|gatan|vej|vei|veien|vegen|katu|tie|markt|steig|ufer|"
+    r"chaussee)\b|(?i:\b(?:rue|avenue|av\.|boulevard|bd|chemin|place|quai|all[ée]e|impasse|via|"
+    r"viale|piazza|corso|calle|c/|avenida|avda\.?|plaza|paseo|carrer|rambla|rua|travessa|"
+    r"pra[çc]a|street|st\.?|road|rd\.?|lane|drive|ul\.)(?:\s|$))"
+)
+"""A street type anywhere in a word or as a word of its own, any case."""
+
+_POSTCODE_CITY: Final = re.compile(r"(?:,? |,?\r?\n)[0-9]{4} (?![A-Z]{2}\b)")
+"""Four bare digits as the postcode (not "1071 XJ"): a weaker sign than five."""
+
+
+def _postal_street(text: str, s: int, e: int, match_end: int) -> int:
+    """Where the street before "<house number>, <postcode> <city>" starts, or -1: two or
+    more capitalised words (with particles), or any words with a street type among them
+    when the street or the city is written in lower case or the postcode is four bare
+    digits ("calle alcalá 123, 28009 madrid", "Karl Johans gate 22, 0159 Oslo")."""
+    start = _street_start(text, s, e)
+    number_end = text.find(" ", s) if text.find(" ", s) != -1 else e
+    tail = text[e:match_end]
+    loose = _POSTCODE_CITY.search(tail) is not None or tail.rstrip().split()[-1][:1].islower()
+    if len(text[start:e].split()) >= 3 and (not loose or _STREETISH.search(text, start, s)):
+        return start
+    line = max(text.rfind("\n", 0, s) + 1, s - 60)
+    street = _STREETISH.search(text, line, s)
+    if street is None or number_end <= s:
+        return -1
+    return text.rfind(" ", line, street.start()) + 1 if street.start() > line else line
+
+
 def public_place(text: str, s: int, e: int) -> bool:
     """The address ``text[s:e]`` is an organisation's or a public place's (see above)."""
     org = _organisation_start(text, s)
@@ -281,9 +312,10 @@ def on_address(sc: Scan, m: Hit) -> None:
     elif kind in ("de", "deup") and _ORDINARY.match(text, s):
         return  # "Spring 2024", "String 12": a word that only ends like a street type
     elif kind == "postal":
-        s = _street_start(text, s, e)
-        if len(text[s:e].split()) < 3:
+        start = _postal_street(text, s, e, m.span()[1])
+        if start == -1:
             return  # "Version 3, 10000 Users": one word is no street
+        s = start
     elif kind == "es" and not _romance_name(text[s:e]):
         return
     if public_place(text, s, e):
