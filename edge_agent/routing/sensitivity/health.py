@@ -14,6 +14,14 @@ honorific ("Tobias Lehmann leidet an einer Depression", "Mme Vidal est hospitali
 not right after a topic word ("an article about Steve Jobs"), or two capitalised words
 and a health verb of another language ("Kwame Mensah leidet an").
 
+Records are read whole (:mod:`.health_records`): a short message (at most
+:data:`RECORD_CHARS` characters), a table row with its header, a JSON line, an HL7
+message with a ``PID`` segment or a FHIR resource that identifies a person anywhere in
+it (a case/record/room/bed number, an identifying column or key, a name) makes every
+medical term in it an uncertain finding (fail closed). In short texts the medical
+shapes (doses, drug stems, condition suffixes: :data:`MEDICAL_SHAPES`) count as terms
+too (:func:`find_shapes`); they stay out of the RE2 set.
+
 The detector adds every term to its RE2 set one by one (:func:`term_pattern`), next to
 the patient-record cues (:data:`CLINICAL_CUES`) and one pattern for "a term with a person
 in its sentence" (:func:`person_cue_pattern`); :func:`find_health` then checks, in ASCII

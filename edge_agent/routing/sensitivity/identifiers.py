@@ -431,11 +431,13 @@ def on_idkw(sc: Scan, m: Hit) -> None:
 
 IDCOL_RULE: Final = (
     r"(?i:(?:\b|_)(?P<kw>" + "|".join(frag for _kind, frag, _re in _KEYWORDS) + r")"
-    r"[A-Za-z0-9 _.()/-]{0,16})[\"']?[ \t]*(?:[,;\t|]|\r?\n)"
+    r"(?:[ _-]?(?:number|nummer|num|nr|no|id|n[°º])\.?)?(?:[ _-]?\([A-Za-z.-]{1,8}\))?"
+    r"(?:[_-][a-z]{2})?(?:/[A-Za-z]{2,4})?)[\"']?[ \t]*(?:[,;\t|]|\r?\n)"
 )
-"""RE2 pattern of an ID's name as a table's column header (``naam;bsn;plaats``), with
-up to 16 more characters in its cell ("Passport No.", "Steuer-ID (IdNr)", "tax_id_de");
-:func:`on_idcol` checks that a table follows."""
+"""RE2 pattern of an ID's name as a table's column header (``naam;bsn;plaats``), with a
+number word, a bracketed note, a country code or a second ID's name in its cell
+("Passport No.", "Steuer-ID (IdNr)", "tax_id_de", "NIE/DNI"); :func:`on_idcol` checks
+that a table follows. (Any 16 characters made "passport office, and" in prose a header.)"""
 
 _CELL_SEPARATORS: Final = ",;\t|"
 
