@@ -783,8 +783,7 @@ _ORDINARY_REQUESTS = [
     "The number of users grew from 1200 to 4500 in 2023.",
     "Login page returns 500 after upgrading to Spring Boot 3.2.1",
     "user_id, password_hash, created_at are the columns of the users table",
-    "username,password_hash\n"
-    "alice,$2b$12$KIXQJGv7Y8m1c3xJf0sOeuX9j1V2bQm3n4o5p6q7r8s9t0u1v2w3x",
+    "username,password_hash\nalice,$2b$12$KIXQJGv7Y8m1c3xJf0sOeuX9j1V2bQm3n4o5p6q7r8s9t0u1v2w3x",
 ]
 
 
@@ -792,4 +791,31 @@ _ORDINARY_REQUESTS = [
 def test_questions_about_credentials_and_contact_data_stay_public(text: str) -> None:
     """Ordinary requests that talk about passwords, PINs, tokens, keys, codes, addresses
     and phone numbers in five languages, and code that handles them, hold no one's data."""
+    assert _DETECTOR.classify(text).level is not Level.RESTRICTED, text
+
+
+_CHAT_REPLIES = [
+    "[10:02] dev: token pls\n[10:03] ops: q8Xz3Lm9Pk2Vb7Nc4Rt6Wy1Ha5Jd0Fs",
+    "Marco: what's the wifi password?\nLaura: Girasol#2024",
+    "Jens: wie war nochmal das Passwort?\nKai: Kaffee!Tasse9",
+    "Luc: c'est quoi le mdp du wifi ?\nEmma: Chouette#2023",
+]
+
+_CHAT_PUBLIC = [
+    "Marco: what's the wifi password?\nLaura: it's on the fridge, v2 of the note",
+    "dev: token pls\nops: use the one from Vault, path secret/ci",
+    "Anna: password reset link?\nBen: https://accounts.example.com/reset?step=2",
+]
+
+
+@pytest.mark.parametrize("text", _CHAT_REPLIES)
+def test_a_secret_given_in_the_next_chat_line_stays_on_the_device(text: str) -> None:
+    """A short line asking for a password or token and a secret-shaped reply on the
+    next line (a chat) is an uncertain credential finding."""
+    assert _DETECTOR.classify(text).level is Level.RESTRICTED, text
+
+
+@pytest.mark.parametrize("text", _CHAT_PUBLIC)
+def test_a_reply_without_a_secret_stays_public(text: str) -> None:
+    """A reply that names where the secret is, or a link, gives none away."""
     assert _DETECTOR.classify(text).level is not Level.RESTRICTED, text

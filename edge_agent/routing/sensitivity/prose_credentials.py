@@ -49,7 +49,8 @@ _KINDS_SOURCE: Final = (
     r"(?:(?:[ \t]*(?:[:=]|->|\u2192|(?:is|es|ist|est|lautet)\b))?[ \t]*[\"'`]?"
     r"(?:[A-Za-z+/_\-]*[0-9][A-Za-z0-9+/_\-]*[A-Za-z]|[0-9+/_\-]*[A-Za-z][A-Za-z0-9+/_\-]*[0-9])"
     r"|[ \t]+(?:f[üu]r|for|de|du|del|van|voor|pour|para|of)[ \t])"
-    r"|(?P<alone>\b(?:token|secret|key|schl[üu]ssel|sleutel|jeton|api[ _\-]?key)[ \t]*:?\r?\n)"
+    r"|(?P<alone>\b(?:token|secret|key|schl[üu]ssel|sleutel|jeton|api[ _\-]?key)[ \t]*"
+    r"(?:pls|plz|please|bitte|svp|por[ \t]+favor|\?)?[ \t]*:?\r?\n)"
     r"|(?P<weak3>\b(?:token|secret|pass|password|passwort|pw)[ \t]+[A-Za-z]+[ \t]*[:=])"
     r"|(?P<code>\bcode\b)[ \t]*(?::|=|c['\u2019]est|lautet|es|ist|is|est)[ \t]*[0-9][0-9]"
     r"|[/,;|&][ \t]*(?P<pair>\b(?:pass|pw|pwd|passwd)\b)"
@@ -499,7 +500,8 @@ def on_prose(sc: Scan, m: Hit) -> None:
     if kind == "up":  # "u: jdoe p: ...", "login jdoe pass ...": the pair is in the match
         kind = "pair"
     if kind == "alone":  # the word alone on its line: "secret\n<token>"
-        e = s + len(sc.text[s:e].rstrip(": \t\r\n"))
+        alone = _ALONE_WORD.match(sc.text, s, e)
+        e = alone.end() if alone is not None else e
     word = sc.text[s:e].lower()
     if kind == "weak3":  # "secret value: ...", "Passwort neu: ...": a word between
         word = word.split()[0]
@@ -617,6 +619,34 @@ def _secret_nearby(sc: Scan, word_start: int, word_end: int, token: bool, pin: b
         if verdict is not None:
             category = "api_token" if token else "password"
             sc.add(category, word_start, t.start() + lead + len(value), certain=verdict)
+            return
+    if start == word_end and eol != -1 and eol - word_end <= 40:
+        _secret_next_line(sc, word_start, eol + 1, token)
+
+
+_ALONE_WORD: Final = re.compile(r"[^\s:?]+(?:[ _\-]key)?")
+"""The credential word of a line that holds little else ("token pls", "api key?")."""
+
+_REPLY_TOKEN: Final = re.compile(r"[A-Za-z0-9+/_\-=.!#$%&*?@]{6,200}")
+
+
+def _secret_next_line(sc: Scan, word_start: int, line_start: int, token: bool) -> None:
+    """A short line that asks for or announces a credential ("[10:02] dev: token pls",
+    "what's the wifi password?") and, on the next line (a chat reply), a token: a
+    high-entropy one after a token word, a certainly secret-shaped one after a password
+    word (the chat's speaker and time stamp are skipped, being no secret)."""
+    text = sc.text
+    nxt = text.find("\n", line_start, line_start + 240)
+    hi = min(len(text), line_start + 240 if nxt == -1 else nxt)
+    for t in _REPLY_TOKEN.finditer(text, line_start, hi):
+        value = _clean(t.group())
+        if token:
+            verdict = high_entropy(value) or None
+        else:
+            verdict = _secret_shape(value, False, False) or None
+        if verdict:
+            category = "api_token" if token else "password"
+            sc.add(category, word_start, t.start() + len(value), certain=False)
             return
 
 
