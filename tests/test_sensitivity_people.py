@@ -547,3 +547,15 @@ def test_capitalised_words_before_a_recent_date_are_no_birth_date(text: str) -> 
     """Two capitalised words before a date of the last ten years (or no full date) are no
     birth date."""
     assert found(text, "date_of_birth") == [], text
+
+
+def test_a_chat_turn_or_short_paragraph_is_one_record() -> None:
+    """In a long chat or e-mail, one short turn or paragraph is read as a record: a name
+    and a condition in it are health data; a paragraph with no person stays public."""
+    chat = (
+        "user: " + _FILLER + "\nassistant: ok\n"
+        "user: Dilnoza Karimova - pneumonia, on fluids\nassistant: noted"
+    )
+    assert "pneumonia" in found(chat, "health")
+    mail = "Hi all,\n\n" + _FILLER + "\n\nThe pharmacy downstairs sells ibuprofen again.\n\nBye"
+    assert level(mail) == "public"

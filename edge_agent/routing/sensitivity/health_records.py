@@ -180,6 +180,8 @@ def _header_identifies(header: str, sep: str) -> bool:
 
 
 _HL7_SEGMENT: Final = re.compile(r"[A-Z][A-Z0-9]{2}\|")
+_CHAT_TURN: Final = re.compile(r"[ \t]*(?:\[[^\]\n]{1,30}\][ \t]*)?[\w .'-]{1,30}:[ \t]")
+"""A line of a chat transcript: a speaker (and a time stamp) and a colon."""
 _FHIR: Final = re.compile(r'"resourceType"\s*:')
 _TABLE_LINES: Final = 500
 """How far up a table row looks for its header line."""
@@ -212,7 +214,8 @@ def record_bounds(text: str, start: int, end: int) -> tuple[str, bool] | None:
     term lies in running text that is longer than one record.
 
     A short text is one record. Otherwise: a whole HL7 v2 message (a ``PID`` segment in
-    the text) or FHIR resource (``"resourceType"``), one JSON line, or a table row with
+    the text) or FHIR resource (``"resourceType"``), one JSON line, a short paragraph (an
+    e-mail's), a short chat turn ("user: ...", "[10:02] Anna: ..."), or a table row with
     its header line (the header alone, with the row below it, when the term is in it).
     """
     if len(text) <= RECORD_CHARS:
@@ -228,6 +231,14 @@ def record_bounds(text: str, start: int, end: int) -> tuple[str, bool] | None:
         return text, True
     if line.lstrip().startswith("{"):
         return line, True
+    ps = text.rfind("\n\n", 0, start)
+    ps = 0 if ps == -1 else ps + 2
+    pe = text.find("\n\n", end)
+    pe = len(text) if pe == -1 else pe
+    if pe - ps <= RECORD_CHARS:  # a short paragraph of an e-mail or a note
+        return text[ps:pe], False
+    if len(line) <= RECORD_CHARS and _CHAT_TURN.match(line):
+        return line, False
     header = _table_header(text, ls, line)
     if header is not None:
         if text.startswith(header, ls) and le != -1:  # the term is in the header line
