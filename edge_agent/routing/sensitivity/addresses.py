@@ -24,6 +24,14 @@ names list of :mod:`.names`, outside the street name itself), honorific, possess
 "lives"/"wohnt"/"woont"/"habite"/"vive", delivery word ("ship to", "Lieferadresse",
 "livrer chez", "envía a", "shipping_address") or e-mail/phone sign within 150 characters.
 A company address on a delivery note for a person stays restricted.
+
+Generalised (issue 13): an address word that announces someone's address ("my address
+is", "Adresse:", "mi dirección es", "ich wohne in", "woont op", "habite au") and a house
+number or postcode later on its line (or the next) is an uncertain finding whatever the
+street's spelling or case (not an IP/MAC/e-mail address, a date or a venue's address);
+address/street columns of CSV tables are read row by row; the postcode may be on the
+next line, four bare digits or followed by a lower-case city when a street type is in
+the street; ALL-CAPS German streets and Polish "ul." count.
 """
 
 from __future__ import annotations

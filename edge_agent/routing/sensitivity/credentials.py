@@ -4,6 +4,16 @@ Categories ``aws_access_key``, ``api_token``, ``jwt``, ``private_key``,
 ``connection_string`` and ``password`` (all restricted); see the package docstring for
 what each covers. Each ``*_RULE`` is an RE2 pattern and its ``on_*`` function the handler
 that validates a match.
+
+Key names (issue 13): any key whose name holds a password word of five languages
+(password, passwd, pwd, passphrase, Passwort, Kennwort, contraseña, clave, wachtwoord,
+mot_de_passe, mdp, credential) has a password as its value unless it is a placeholder;
+``*_PIN`` 4-12 digits; a secret key (token, secret, key, auth, private) with a value that
+is not high-entropy but mixes letters and digits is an uncertain ``api_token``. A
+credential's settings (``PASSWORD_HASHER``, ``auth_method``, ``*_min_length``, ``*_file``)
+and references (``${X:?required}``, ``{{ x }}``, ``!vault``) are not values. Placeholders
+include a credential word as the value ("IhrPasswort", "Password123") and the default
+passwords of manuals (``data/placeholders.txt``).
 """
 
 from __future__ import annotations

@@ -20,6 +20,16 @@ context word suggests), otherwise it is an uncertain finding (the request stays 
 redaction leaves it). Versions, dates, IPs, timestamps, long digit runs and numbers after
 an order/invoice/ticket/part word stay public; so does a service line of an organisation
 ("the Deutsche Bahn service hotline is ...") with no person word before it.
+
+Generalised (issue 13): a generic word ("número", "number") owned by a possessive or
+followed by a phone word takes any number libphonenumber calls possible in a common region
+(DE FR ES NL GB US IT AT CH BE PT), not only ``+``/``0`` ones; so does a 9-13 digit number
+after a name and a separator; signature lines ("M: ...", "T ...", "Ph", "Tfno") count;
+header cells of phone columns may carry a prefix, a digit or a note ("mobile_phone",
+"phone1", "Telefon (privat)") but not another number's label ("order_number").
+Toll-free, shared-cost and premium-rate numbers (0800, 0180, 0900, 08 0x, 900-902,
+0300/0345, 1-800/888/877/866/855/844/833) are an organisation's line when no person word
+is before or after them.
 """
 
 from __future__ import annotations

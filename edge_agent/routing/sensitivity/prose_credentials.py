@@ -22,6 +22,25 @@ token value must be long (16+ characters, letters and digits); a high-entropy on
 certain, another one uncertain. Placeholders stay public: ``<YOUR_PASSWORD>``,
 ``${DB_PASSWORD}``, ``****``, ``xxx``, ``changeme`` and the rest of
 ``data/placeholders.txt``; "your password" and "the password you chose" have no value.
+
+Generalised (issue 13, after the validation part showed the connector grammar alone
+overfitted its tuning phrasings): when the grammar finds no value, any secret-shaped
+token among the next twelve words (80 characters; 40 for tokens) counts, in any word
+order ("la contraseña que puse es X", "das neue Passwort wird X sein", "the password I
+picked is X"), on the next line when the word ends its line ("Password:\\n X") or in a
+chat reply to a short line that asks for it ("what's the wifi password?\\nLaura: X"),
+and - uncertain - a strongly secret-shaped token up to 60 characters before a password
+word. Certain when the token mixes letters and digits with a symbol or both cases,
+uncertain when it only mixes letters and digits. Short words need more: "key",
+"Schlüssel", "clé", "sleutel", "jeton", "llave" only before a letters-and-digits token
+or a qualifier, "code" only before a connector and digits (never after "zip", "error",
+"promo" ...). PINs: 4-8 digits anywhere on the PIN word's line, not a year. User/secret
+pairs without a password word ("the sftp login is deploy / X", "connecte-toi avec
+jdupont / X"); CSV columns headed pin/pwd/clave/mdp/Passwort/token/api_key. Not secrets:
+technical words with digits (sha256, OAuth2, Windows11, 8-stellig), model and product
+names (AX1500, TP-Link), dotted code names, versions, identifiers after a key word
+("user_profile_cache_v2"), YAML tags ("!vault"), topic nouns after the word ("password
+manager").
 """
 
 from __future__ import annotations
