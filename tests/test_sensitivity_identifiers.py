@@ -422,3 +422,21 @@ def test_prose_with_commas_after_an_id_name_is_no_table() -> None:
     column of values."""
     text = "Bring your passport, and the form.\nDoors open at 9, desk B12345 on the left"
     assert found(text, "passport") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("86095742719 ist meine Steuer-ID", "86095742719"),
+        ("111222333 is mijn BSN", "111222333"),
+        ("86 095 742 719 (Steuer-ID, bitte eintragen)", "86 095 742 719"),
+    ],
+)
+def test_a_valid_number_before_its_id_name(text: str, value: str) -> None:
+    """A number right before an ID's name that passes that ID's check digits is found."""
+    assert (value, True) in found(text, "national_id"), text
+
+
+def test_an_invalid_number_before_an_id_name_stays_public() -> None:
+    """A number before an ID's name that fails the check digits is not taken for it."""
+    assert found("86095742718 ist keine Steuer-ID", "national_id") == []

@@ -492,8 +492,30 @@ def on_idcol(sc: Scan, m: Hit) -> None:
         pos, rows = end + 1, rows + 1
 
 
+IDKW_BEFORE_RULE: Final = (
+    r"(?P<id>\b[0-9](?:[ .\-/]?[0-9]){7,11}\b)[^A-Za-z0-9\n]{0,4}"
+    r"(?:\pL+[^A-Za-z0-9\n]{1,4}){0,4}"
+    r"(?i:\b(?P<kw>" + "|".join(frag for _kind, frag, _re in _KEYWORDS) + r")\b)"
+)
+"""RE2 pattern of a number and, at most four words later, an ID's name ("86095742719 ist
+meine Steuer-ID", "111222333 is mijn BSN")."""
+
+
+def on_idkw_before(sc: Scan, m: Hit) -> None:
+    """A number before an ID's name: a finding only when it passes the check digits of
+    an ID that has them (no typo is assumed for a number named after it)."""
+    ks, ke = m.span("kw")
+    s, e = m.span("id")
+    kind = _keyword_kind(" ".join(sc.text[ks:ke].split()))
+    validator = _VALIDATORS.get(kind)
+    compact = "".join(c for c in sc.text[s:e] if c.isalnum())
+    if validator is not None and validator(compact) and not is_placeholder(compact):
+        sc.add("national_id", s, e)
+
+
 RULES: Final[list[tuple[str, str, Handler]]] = [
     ("idkw", IDKW_RULE, on_idkw),
+    ("idkw_before", IDKW_BEFORE_RULE, on_idkw_before),
     ("idcol", IDCOL_RULE, on_idcol),
     ("number", NUMBER_RULE, on_number),
     *mrz.RULES,
@@ -503,6 +525,7 @@ RULES: Final[list[tuple[str, str, Handler]]] = [
 __all__ = [
     "DATE_LIKE",
     "IDCOL_RULE",
+    "IDKW_BEFORE_RULE",
     "IDKW_RULE",
     "NUMBER_RULE",
     "RULES",
