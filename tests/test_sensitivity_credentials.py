@@ -819,3 +819,57 @@ def test_a_secret_given_in_the_next_chat_line_stays_on_the_device(text: str) -> 
 def test_a_reply_without_a_secret_stays_public(text: str) -> None:
     """A reply that names where the secret is, or a link, gives none away."""
     assert _DETECTOR.classify(text).level is not Level.RESTRICTED, text
+
+
+_EMAILS_AND_LOGS = [
+    "Hola Pedro,\nte reenvío el acceso al panel: usuario pedro.m, contraseña Tortuga!58\nUn saludo",
+    "Buenas, la contraseña del Netflix familiar ahora es: Palomitas2025",
+    "Oye, apunta la clave del router: RouterCasa_77",
+    "la clave wifi del piso: Gaviota-Azul-33",
+    "Contraseña del banco → Leon#1987 (no la compartas)",
+    "Para entrar al servidor usa root y la clave Servidor#2024",
+    "Mi PIN del móvil es el 4729",
+    "Acceso a la intranet: mgarcia / Intranet2024!",
+    "Te cambié la contraseña, la nueva es Girasol_88",
+    '{"level":"info","msg":"login ok","user":"mgarcia","contraseña":"Intranet2024!"}',
+    "Clave de acceso temporal: Temp-4471-Xz",
+    "Código de desbloqueo: 558201",
+    "Estimada Ana: su contraseña provisional es Bienvenida2025",
+    "Bonjour Paul,\nvoici le mot de passe du Wi-Fi : Maison_Bleue_12\nBonne journée",
+    "Mot de passe pour la compta -> Compta#2024",
+    "mes accès au NAS : admin / Nas!2024x",
+    "Le code de la carte bleue, c'est 4481",
+    "ton mdp provisoire sera Bienvenue2025",
+    "Code d'accès à l'immeuble : 4B27A",
+    "Identifiant : pmartin — Mot de passe : Lyon#1998",
+    "Le nouveau code wifi est Chaton-Gris-7",
+    "Chère Julie, votre mot de passe temporaire : Accueil#2025",
+    '{"event":"reset","mot_de_passe":"Accueil#2025"}',
+    "Hallo Tim,\nhier die Zugangsdaten für das Portal:\nBenutzer: tim.k\nPasswort: Portal#2024\nGruß",
+]
+
+_CODE_TALK = [
+    "The code in main.py is 42 lines long",
+    "the code is 2024-ready and tested on Python 3.12",
+    "Our code of conduct: section 4 applies",
+    "The status code for this request is 4031",
+    "This code was written in 2019",
+    "the code for the function: def f(x): return x*2",
+    "Der Code ist in Zeile 42 kaputt",
+    "le code est dans le fichier v2.py",
+    "el código es de 2021",
+    "code: Python 3.11, numpy 1.26",
+]
+
+
+@pytest.mark.parametrize("text", _EMAILS_AND_LOGS)
+def test_credentials_in_emails_logs_and_access_codes_stay_on_the_device(text: str) -> None:
+    """Spanish, French and German e-mails and JSON logs with credentials, access pairs
+    after "acceso"/"accès"/"Zugang", unlock and building codes with any words between."""
+    assert _DETECTOR.classify(text).level is Level.RESTRICTED, text
+
+
+@pytest.mark.parametrize("text", _CODE_TALK)
+def test_talk_about_source_code_is_no_access_code(text: str) -> None:
+    """ "code" as source code, a status code or a code of conduct holds no secret."""
+    assert _DETECTOR.classify(text).level is not Level.RESTRICTED, text

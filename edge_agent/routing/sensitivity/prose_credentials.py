@@ -71,7 +71,10 @@ _KINDS_SOURCE: Final = (
     r"|(?P<alone>\b(?:token|secret|key|schl[üu]ssel|sleutel|jeton|api[ _\-]?key)[ \t]*"
     r"(?:pls|plz|please|bitte|svp|por[ \t]+favor|\?)?[ \t]*:?\r?\n)"
     r"|(?P<weak3>\b(?:token|secret|pass|password|passwort|pw)[ \t]+[A-Za-z]+[ \t]*[:=])"
-    r"|(?P<code>\bcode\b)[ \t]*(?::|=|c['\u2019]est|lautet|es|ist|is|est)[ \t]*[0-9][0-9]"
+    r"|(?P<code>\bc[oó]d(?:e|igo)\b)[^\n.?!0-9]*(?::|=|->|\u2192|\b(?:c['\u2019]est|lautet|es|"
+    r"ist|is|est|era|was|war))[ \t]*[A-Za-z]*[0-9]"
+    r"|(?P<pairc>\b(?:acceso|acc[eè]s|access|zugang|toegang|login|inlog)\b)[^\n/:]*:[ \t]*"
+    r"[^\s/,;:]+[ \t]*/[ \t]*[^\s/]*[0-9!#$%&*?@+]"
     r"|[/,;|&][ \t]*(?P<pair>\b(?:pass|pw|pwd|passwd)\b)"
     r"|(?P<up>\bu[ \t]*[:=][ \t]*[^\s,;/|]+[ \t,;/|]+p[ \t]*[:=]"
     r"|\b(?:user(?:name)?|login|benutzer(?:name)?|usuario|utilisateur|gebruiker(?:snaam)?)"
@@ -223,7 +226,9 @@ def judge(
     if pin:
         if kind == "digits" and len(value) <= 12:
             return True
-        return True if kind == "secret" and conn else None
+        if kind == "secret" and conn and not re.search(r"[a-z]{4}", value):
+            return True  # not "2024-ready", "v2-final": words with digits
+        return None
     if kind == "secret":
         return bool(conn or quoted)
     if kind == "digits":
@@ -511,6 +516,11 @@ def on_prose(sc: Scan, m: Hit) -> None:
     if kind == "login":
         _on_login(sc, s, e)
         return
+    if kind == "pairc":  # "Acceso a la intranet: mgarcia / Intranet2024!"
+        colon = sc.text.find(":", e)
+        if colon != -1:
+            _on_slash_pair(sc, s, colon + 1)
+        return
     if kind in ("up2", "loginw"):  # "login is deploy / Xy7!pQ2m", "connecte avec jdupont / X"
         _on_slash_pair(sc, s, e if kind == "loginw" else s)
         return
@@ -526,7 +536,11 @@ def on_prose(sc: Scan, m: Hit) -> None:
         word = word.split()[0]
     if kind in ("weak2", "code", "alone", "weak3"):
         kind = "weak"
-    if kind == "weak" and word == "code" and _OTHER_CODE.search(sc.text, max(0, s - 24), s):
+    if (
+        kind == "weak"
+        and word.startswith(("code", "cód", "cod"))
+        and _OTHER_CODE.search(sc.text, max(0, s - 24), s)
+    ):
         return  # "zip code 94105", "error code 4031", "promo code SUMMER24": no secret
     token = kind == "tokw" or (kind == "weak" and word in _TOKEN_WEAK)
     if kind == "col":
@@ -543,7 +557,9 @@ def on_prose(sc: Scan, m: Hit) -> None:
     if token:
         _find_after(sc, s, e, "token", False)
         return
-    pin = kind == "pin" or any(w in word for w in ("pin", "code", "geheimzahl", "cijfercode"))
+    pin = kind == "pin" or any(
+        w in word for w in ("pin", "code", "código", "codigo", "geheimzahl", "cijfercode")
+    )
     before = len(sc.findings)
     _find_after(sc, s, e, kind, pin)
     if kind == "word" and len(sc.findings) == before:
@@ -569,10 +585,11 @@ _IDENTIFIER: Final = re.compile(r"[a-z]+(?:[_.\-][a-z0-9]+)+|[A-Z]+(?:_[A-Z0-9]+
 """snake_case, kebab-case, dotted.names and CONSTANT_NAMES: identifiers, not tokens."""
 
 _PRODUCT: Final = re.compile(
-    r"[A-Z]{1,5}-?[0-9]{2,6}[A-Z]{0,2}|[0-9]+[A-Za-z]+-[A-Za-z]+|[A-Za-z]+(?:-[A-Z][A-Za-z]*)+"
+    r"[A-Z]{1,5}-?[0-9]{2,6}[A-Z]{0,2}|[0-9]+[A-Za-z]*-[a-z]+(?:-[a-z]+)*|[0-9]+[A-Za-z]+-[A-Za-z]+|[A-Za-z]+(?:-[A-Z][A-Za-z]*)+"
     r"|[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+"
 )
 """Model numbers, product and code names near a credential word: "AX1500", "2FA-App",
+"2024-ready", "64-bit",
 "TP-Link", "hashlib.sha256"."""
 
 _NEAR_TOKEN: Final = re.compile(r"[^\s,;\"'`«»“”„()]+")
@@ -592,6 +609,8 @@ def _secret_shape(value: str, pin: bool, token: bool) -> bool | None:
             return None  # "user_profile_cache_v2": a name, not a token
         return judge_token(value)
     digits = sum(c.isdigit() for c in value)
+    if pin and 4 <= len(value) <= 8 and value.isalnum() and not value.isdigit() and digits >= 2:
+        return True  # an access code with letters: "4B27A"
     if value.isdigit():
         if pin and 4 <= len(value) <= 8 and not (len(value) == 4 and value[:2] in ("19", "20")):
             return True
