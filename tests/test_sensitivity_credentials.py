@@ -845,7 +845,8 @@ _EMAILS_AND_LOGS = [
     "Le nouveau code wifi est Chaton-Gris-7",
     "Chère Julie, votre mot de passe temporaire : Accueil#2025",
     '{"event":"reset","mot_de_passe":"Accueil#2025"}',
-    "Hallo Tim,\nhier die Zugangsdaten für das Portal:\nBenutzer: tim.k\nPasswort: Portal#2024\nGruß",
+    "Hallo Tim,\nhier die Zugangsdaten für das Portal:\n"
+    "Benutzer: tim.k\nPasswort: Portal#2024\nGruß",
 ]
 
 _CODE_TALK = [
