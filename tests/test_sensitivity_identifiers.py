@@ -440,3 +440,17 @@ def test_a_valid_number_before_its_id_name(text: str, value: str) -> None:
 def test_an_invalid_number_before_an_id_name_stays_public() -> None:
     """A number before an ID's name that fails the check digits is not taken for it."""
     assert found("86095742718 ist keine Steuer-ID", "national_id") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("Datos del cliente: Lucía Pardo, 12.345.678-Z, Madrid", "12.345.678-Z"),
+        ("Residente con X-1234567-L desde 2019", "X-1234567-L"),
+        ("Inquilino: Y 1234567 X", "Y 1234567 X"),
+    ],
+)
+def test_spanish_ids_with_dots_spaces_and_hyphens(text: str, value: str) -> None:
+    """DNI/NIE numbers written with dots, spaces or hyphens inside pass their check letter
+    and are found without an ID's name."""
+    assert (value, True) in found(text, "national_id"), text

@@ -152,7 +152,7 @@ NUMBER_RULE = (
     r"|(?P<ssn>\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b)"
     r"|(?P<iban>\b[A-Z]{2}[0-9]{2}(?:[ \-]?[A-Z0-9]{4}){2,7}(?:[ \-]?[A-Z0-9]{1,3})?\b)"
     r"|(?P<nino>\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]\b)"
-    r"|(?P<dni>\b[XYZ]?[0-9]{7,8}-?[A-Z]\b)"
+    r"|(?P<dni>\b(?:[XYZ][ -]?)?[0-9]{1,2}\.?[0-9]{3}\.?[0-9]{3}[ -]?[A-Z]\b)"
     r"|(?P<cf>\b[A-Z]{6}[0-9LMNPQRSTUV]{2}[ABCDEHLMPRST][0-9LMNPQRSTUV]{2}[A-Z]"
     r"[0-9LMNPQRSTUV]{3}[A-Z]\b)"
 )
@@ -362,6 +362,7 @@ def on_number(sc: Scan, m: Hit) -> None:
         if _nino_ok(value):
             sc.add("national_id", s, e)
     elif kind == "dni":
+        value = "".join(c for c in value if c.isalnum())  # "12.345.678-Z", "X 1234567 L"
         if _es_dni.is_valid(value) or _es_nie.is_valid(value):
             sc.add("national_id", s, e)
     elif kind == "cf" and _it_cf.is_valid(value):
