@@ -391,6 +391,16 @@ _HEALTH_RECORDS = [
     "Oma Gertrud hat Demenz und erkennt uns nicht mehr. Wie gehe ich damit um?",
     "Onze dochter Fenna (6) heeft epilepsie, welke school past bij haar?",
     "patient: doe, jane | dx: major depressive disorder | rx: sertraline 50mg",
+    # honorifics, rooms and beds, residents in FR/ES/NL/DE
+    "M. Dubois, chambre 12 : pneumopathie, antibiothérapie IV",
+    "Sr. Gómez, habitación 304, cama 2: neumonía, ceftriaxona 1 g",
+    "Dhr. Peeters, kamer 5: hartfalen, furosemide 40 mg",
+    "Frau Schulz (Zi. 7) – Diabetes Typ 2, Metformin 1000 mg",
+    "Le patient M. Haddad présente une cholécystite aiguë.",
+    "El paciente J. Pérez presenta apendicitis aguda.",
+    "De patiënt, mevrouw El Amrani, heeft een longembolie.",
+    "Bewohnerin Gertrud Maier, Pflegegrad 3, Demenz",
+    "Résident M. Lopes - chute, fracture du col du fémur",
 ]
 
 

@@ -85,6 +85,10 @@ MEDICAL_SHAPES: Final = (
     r"[a-z]{3,}(?:itis|itiden|ectomy|ektomie|ectomie|ectomia|ostomy|plasty|plastik|"
     r"opathy|opathie|opatia|embolie|embolism|embolia|infarkt|insuffizienz|"
     r"sklerose|karzinom|carcinoma|carcinome|glioma|sarcoma|anaemia|anemia)",
+    # French conditions in -ite ("cholécystite", "bronchite"): their stems, any prefix
+    r"\pL*(?:cystite|bronchite|gastrite|colite|sinusite|otite|méningite|appendicite|"
+    r"hépatite|arthrite|pancréatite|dermatite|conjonctivite|laryngite|pharyngite|"
+    r"tendinite|diverticulite|néphrite|phlébite|cardite|vascularite|spondylarthrite)",
 )
 """Shapes of medical words that no list can hold: doses, drug stems, condition and
 procedure suffixes (lower case; matched in the lowered text, whole words only)."""
