@@ -395,7 +395,7 @@ _HEALTH_RECORDS = [
     "M. Dubois, chambre 12 : pneumopathie, antibiothérapie IV",
     "Sr. Gómez, habitación 304, cama 2: neumonía, ceftriaxona 1 g",
     "Dhr. Peeters, kamer 5: hartfalen, furosemide 40 mg",
-    "Frau Schulz (Zi. 7) – Diabetes Typ 2, Metformin 1000 mg",
+    "Frau Schulz (Zi. 7) \u2013 Diabetes Typ 2, Metformin 1000 mg",
     "Le patient M. Haddad présente une cholécystite aiguë.",
     "El paciente J. Pérez presenta apendicitis aguda.",
     "De patiënt, mevrouw El Amrani, heeft een longembolie.",
