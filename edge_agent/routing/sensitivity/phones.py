@@ -80,7 +80,7 @@ set's automaton outgrew its memory on dense text (its cache was reset mid-scan: 
 spikes per 4 KB)."""
 
 COLUMN_RULE = (
-    r"(?m)(?:^|[,;\t|])[ \t]*[\"']?(?i:(?:[a-z]+[_ \-])?(?:" + _WORDS + "|" + _GENERIC + r")"
+    r"(?m)(?:^|[,;\t|])[ \t]*[\"']?(?i:(?:[a-z]+_)?(?:" + _WORDS + "|" + _GENERIC + r")"
     r"(?:_[a-z]+)?[0-9]?(?:[ \t]*\([^()\n,;|]{1,20}\))?)[\"']?[ \t]*(?:[,;\t|]|\r?\n)"
 )
 """A phone word as a cell of a delimited header line: the column below holds numbers."""
