@@ -401,6 +401,16 @@ _HEALTH_RECORDS = [
     "De patiënt, mevrouw El Amrani, heeft een longembolie.",
     "Bewohnerin Gertrud Maier, Pflegegrad 3, Demenz",
     "Résident M. Lopes - chute, fracture du col du fémur",
+    # patient, trial-subject, claim and encounter numbers
+    "PAT-00421: Hb 7.9, transfusion planned",
+    "Pat.-Nr. 4471 \u2013 Anämie, Eisensubstitution",
+    "Patienten-ID: 4471; Befund: Leberzirrhose",
+    "N° patient 4471 : asthme sévère, corticoïdes",
+    "ID paciente 4471 - hipertensión, losartán",
+    "NHC 44712, EPOC reagudizado",
+    "Subject 0042 (trial ONC-7) - grade 3 neutropenia after cycle 2",
+    "Claim 99812: knee arthroscopy for policyholder 552201",
+    "Enc#A8812 | ED | chest pain | troponin neg",
 ]
 
 
@@ -457,6 +467,7 @@ def test_record_rule_findings_are_uncertain() -> None:
         "Hoeveel Paracetamol Mag Ik Per Dag?",
         "Neue Leitlinie Diabetes Typ 2 veröffentlicht",
         "Quelle Durée pour une grippe ?",
+        "Marie Curie died of aplastic anemia in 1934.",
     ],
 )
 def test_medical_topics_without_a_person_stay_public(text: str) -> None:

@@ -38,7 +38,9 @@ RECORD_CHARS: Final = 320
 
 _ID_WORDS: Final = (
     r"case|case[ _-]?(?:id|no|nr|number)|record|chart|mrn|encounter|admission|"
-    r"patient(?:[ _-]?(?:id|no|nr|number))?|pat[ _-]?(?:id|nr)|"
+    r"patient(?:[ _-]?(?:id|no|nr|number))?|pat[ _-]?(?:id|nr)|pat|pt|enc|"
+    r"paciente|patiente|patientin|pati[eë]nt|subject|proband|probandin|sujet|sujeto|"
+    r"participant|claim|policyholder|versicherte[rn]?|"
     r"fall|fallnummer|fall[ _-]?nr|akte|aktenzeichen|patienten(?:nummer|nr|akte)|"
     r"dossier|n[°º]\s*dossier|num[ée]ro\s+de\s+dossier|ipp|nip|"
     r"historia(?:\s+cl[ií]nica)?|hc|nhc|expediente|n[°º]\s*historia|"
@@ -84,7 +86,8 @@ MEDICAL_SHAPES: Final = (
     # a condition or procedure by its suffix: "pancreatitis", "appendectomy", "Anämie"
     r"[a-z]{3,}(?:itis|itiden|ectomy|ektomie|ectomie|ectomia|ostomy|plasty|plastik|"
     r"opathy|opathie|opatia|embolie|embolism|embolia|infarkt|insuffizienz|"
-    r"sklerose|karzinom|carcinoma|carcinome|glioma|sarcoma|anaemia|anemia)",
+    r"sklerose|karzinom|carcinoma|carcinome|glioma|sarcoma|anaemia|anemia|penia|penie|"
+    r"oscopy|oskopie|oscopie|oscopia|ämie|émie)",
     # French conditions in -ite ("cholécystite", "bronchite"): their stems, any prefix
     r"\pL*(?:cystite|bronchite|gastrite|colite|sinusite|otite|méningite|appendicite|"
     r"hépatite|arthrite|pancréatite|dermatite|conjonctivite|laryngite|pharyngite|"
@@ -109,6 +112,7 @@ _TOPIC: Final = re.compile(
     r"(?i)\b(?:article|essay|blog|leaflet|brochure|lecture|course|slides?|explain|"
     r"webinar|seminar|conference|talk|podcast|workshop|announced|discovered|invented|"
     r"roadmap|release|api|portal|feature|product|office|booked|meeting room|"
+    r"died|starb|mourut|murió|overleed|"
     r"explique|erkläre|explica|leg uit|what (?:is|are)|how (?:does|do|to)|was ist|"
     r"qu'est-ce|qué es|wat is|symptoms of|research|study|studie|étude|estudio|"
     r"wikipedia|biograph\w*|famous|celebrity|president|history of)\b"
