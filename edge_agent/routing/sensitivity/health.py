@@ -546,8 +546,11 @@ CLINICAL_CUES: Final = (
     r"(?m:^)[ \t]*\{|(?m:^)[A-Z][A-Z0-9]{2}\||#[ \t]?[0-9]{3}"
     r"|\b(?i:case|mrn|fall(?:nummer)?|akte|dossier|historia|expediente|nhc|ipp|"
     r"pati[e\x{eb}]nt(?:en)?(?:nummer|nr)|room|bed|zimmer|bett|chambre|habitaci\x{f3}n|cama|"
-    r"kamer)\b[^\n0-9]?[^\n0-9]?[^\n0-9]?[^\n0-9]?[0-9]"
+    r"kamer|zi|pat|pt|enc|subject|proband|sujet|sujeto|participant|claim|policyholder|"
+    r"record|chart|encounter|admission|ward|lit|sala)\b[^\n0-9]?[^\n0-9]?[^\n0-9]?[^\n0-9]?"
+    r"(?:[A-Za-z][A-Za-z]?[A-Za-z]?[A-Za-z]?[-/]?)?[0-9]"
     r"|(?:\b|_)(?i:id|nr|name|naam|nom|nombre|nachname|dob)[ \t\"]*(?:[,;\t|]|\r?\n)",
+    health_records.SHAPE_GATE,  # a medical shape may be in the text (find_shapes)
 )
 r"""RE2 patterns in the set that fire whenever :func:`clinical_spots` can find a cue (its
 "patient" substring, its ``\s`` as Python's Unicode whitespace); when none fires, the
@@ -579,13 +582,13 @@ _SHAPES: Final[Any] = re2.compile(
 )
 
 
-def find_shapes(sc: Scan) -> None:
+def find_shapes(sc: Scan, found_term: bool) -> None:
     """Medical shapes (doses, drug stems, condition suffixes) in a short text (at most
     :data:`RECORD_CHARS` characters) that identifies a person: uncertain ``health``
     findings. The shapes stay out of the scanner's RE2 set (they would cost every text a
     few microseconds); a short text is searched for them directly, in one RE2 pass."""
-    if len(sc.data) > RECORD_CHARS:
-        return
+    if len(sc.data) > RECORD_CHARS or not (sc.cues or sc.people or found_term):
+        return  # long, or the set saw no dose, record cue, person or medical term
     seen: dict[str, bool] = {}
     for spans in match_spans(_SHAPES, sc.data):
         s, e = sc.char(spans[0][0]), sc.char(spans[0][1])

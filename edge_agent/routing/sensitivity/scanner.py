@@ -175,7 +175,7 @@ class SensitivityDetector:
         else:  # the DFA gave up (out of memory): run every rule, slower but complete
             rules = list(range(len(self._rules)))
         if self._health >= 0 and len(sc.data) <= health.RECORD_CHARS:
-            health.find_shapes(sc)  # a short text: doses, drug stems ... (not in the set)
+            health.find_shapes(sc, bool(terms))  # a short text: doses, drug stems ...
         if not rules and not self._extra and not sc.findings:
             return []  # the common case: ordinary text, done after one pass
         for i in rules:
