@@ -431,6 +431,8 @@ def _secret_before(sc: Scan, word_start: int, word_end: int) -> None:
     for t in _NEAR_TOKEN.finditer(text, lo, word_start):
         if t.start() == lo and lo and not text[lo - 1].isspace():
             continue  # a token cut by the window
+        if t.group().isalpha() or not any(c.isdigit() for c in t.group()):
+            continue  # a word: only tokens with digits count before the word
         value = _clean(t.group().strip(":=-"))
         if _secret_shape(value, False, False) is True and any(c.isdigit() for c in value):
             sc.add("password", t.start(), word_end, certain=False)
@@ -652,6 +654,9 @@ def _secret_nearby(sc: Scan, word_start: int, word_end: int, token: bool, pin: b
             return
         if t.end() == hi and hi < len(text) and not text[hi].isspace():
             return  # cut by the window
+        g = t.group()
+        if g.isalpha() and (g.islower() or g.istitle() or len(g) < 6):
+            continue  # an ordinary word (the common case): no secret, no need to judge it
         lead = len(t.group()) - len(t.group().lstrip(":=-\u2013\u2192>"))
         value = _clean(t.group()[lead:])
         verdict = _secret_shape(value, pin, token)
