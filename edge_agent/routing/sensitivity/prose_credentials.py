@@ -664,12 +664,20 @@ def _secret_nearby(sc: Scan, word_start: int, word_end: int, token: bool, pin: b
             category = "api_token" if token else "password"
             sc.add(category, word_start, t.start() + lead + len(value), certain=verdict)
             return
-    if start == word_end and eol != -1 and eol - word_end <= 40:
+    if (
+        start == word_end
+        and eol != -1
+        and eol - word_end <= 40
+        and _ASKS.search(text, word_end, eol)
+    ):
         _secret_next_line(sc, word_start, eol + 1, token)
 
 
 _ALONE_WORD: Final = re.compile(r"[^\s:?]+(?:[ _\-]key)?")
 """The credential word of a line that holds little else ("token pls", "api key?")."""
+
+_ASKS: Final = re.compile(r"(?i)\?|\b(?:pls|plz|please|bitte|svp|por[ \t]+favor)\b|:[ \t\r]*\Z")
+"""A line that asks for the credential ("what's the wifi password?", "token pls")."""
 
 _REPLY_TOKEN: Final = re.compile(r"[A-Za-z0-9+/_\-=.!#$%&*?@]{6,200}")
 
@@ -683,7 +691,10 @@ def _secret_next_line(sc: Scan, word_start: int, line_start: int, token: bool) -
     nxt = text.find("\n", line_start, line_start + 240)
     hi = min(len(text), line_start + 240 if nxt == -1 else nxt)
     for t in _REPLY_TOKEN.finditer(text, line_start, hi):
-        value = _clean(t.group())
+        g = t.group()
+        if g.isalpha() and (g.islower() or g.istitle()):
+            continue
+        value = _clean(g)
         if token:
             verdict = high_entropy(value) or None
         else:
