@@ -243,12 +243,12 @@ def record_bounds(text: str, start: int, end: int) -> tuple[str, bool] | None:
         return text, False
     ls = text.rfind("\n", 0, start) + 1
     le = text.find("\n", end)
+    if (le if le != -1 else len(text)) - ls > 2000:
+        return None  # a long line of running text (no copy of it is made)
     line = text[ls : le if le != -1 else len(text)]
-    if len(line) > 2000:
-        return None
     if _HL7_SEGMENT.match(line):
         return (text, True) if "PID|" in text else (line, True)
-    if _FHIR.search(text) and len(text) <= 20000:
+    if len(text) <= 20000 and '"resourceType"' in text and _FHIR.search(text):
         return text, True
     if line.lstrip().startswith("{"):
         return line, True
