@@ -596,3 +596,30 @@ def test_numbers_before_years_and_counts_are_no_addresses(text: str) -> None:
     """A number, a comma and a four-digit year or count after capitalised words is no
     house number and postcode unless a street type is there."""
     assert _DETECTOR.classify(text).level is not Level.RESTRICTED, text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "jane at acme.com (my email)",
+        "escríbeme: lucia at posteo.de",
+        "mail me: tom at mailbox.org",
+    ],
+)
+def test_a_plain_at_address_next_to_a_mail_word_stays_on_the_device(text: str) -> None:
+    """ "name at host.tld" is an address when a mail word is on its line."""
+    assert _DETECTOR.classify(text).level is Level.RESTRICTED, text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "look at github.com for the code",
+        "the docs are at readthedocs.org",
+        "download it at python.org, then email me if it fails",
+        "we met at booking.com headquarters",
+    ],
+)
+def test_a_place_at_a_domain_is_no_address(text: str) -> None:
+    """ "at host.tld" after a verb, a pronoun or a noun is a place, not a mailbox."""
+    assert _DETECTOR.classify(text).level is not Level.RESTRICTED, text

@@ -43,6 +43,8 @@ OBFUSCATED_RULE = (
     r"(?:dot|punkt|point|punto|punt)[ \t]+[a-z]"
     r"|[A-Za-z0-9]+[._\-][A-Za-z0-9]+[ \t]+(?i:at)[ \t]+[A-Za-z0-9\-]+\.[A-Za-z]"
     r"|[A-Za-z0-9][ \t]+AT[ \t]+[A-Za-z0-9\-]+\.[A-Za-z]"
+    r"|[a-z0-9][ \t]+at[ \t]+[a-z0-9\-]+\.(?:com|de|fr|es|nl|org|net|eu|ch|at|be|it|pt|io|"
+    r"me|co\.uk|uk|pl|se|dk|no|fi)\b"
 )
 """The middle of an obfuscated address (a rule of the set; the handler reads the rest)."""
 
@@ -106,18 +108,49 @@ def on_obfuscated(sc: Scan, m: Hit) -> None:
     text = sc.text
     pos, hi = max(0, s - 120), min(len(text), e + 120)
     while (a := _ADDRESS.search(text, pos, hi)) is not None and a.start() < e:
-        if a.end() > s and _is_obfuscated_address(a):
+        if a.end() > s and _is_obfuscated_address(a, _mail_word_near(text, a.start(), a.end())):
             sc.add("email", a.start(), a.end())
             return
         pos = a.start() + 1  # "me at jonas dot weber at ...": try the next start
 
 
-def _is_obfuscated_address(a: re.Match[str]) -> bool:
+_MAIL_WORD: Final = re.compile(
+    r"(?i)\b(?:e-?mail|mail|mailbox|inbox|correo|courriel|adresse\s+mail|mailadresse|"
+    r"schreib|write\s+(?:to\s+)?me|[ée]cri[st]|escr[ií]be|contact|kontakt|contacto|reach)"
+)
+"""Words that say an address nearby is a mailbox ("my email", "schreib mir", "escríbeme")."""
+
+
+_NOT_A_NAME: Final[frozenset[str]] = frozenset(
+    entries("credential_stopwords.txt")
+) | frozenset(
+    ("me", "us", "him", "them", "online", "available", "hosted", "live", "found", "located",
+     "based", "work", "works", "working", "download", "look", "see", "read", "docs", "up",
+     "out", "here", "there", "sign", "signup", "login", "buy", "order", "book", "apply",
+     "register", "visit", "find", "info", "details", "more", "page", "site", "website")
+)  # fmt: skip
+"""Words before "at host.tld" that are no mailbox's name."""
+
+
+def _mail_word_near(text: str, s: int, e: int) -> bool:
+    """A mail word within 40 characters of ``text[s:e]``, on its line."""
+    lo = max(text.rfind("\n", 0, s) + 1, s - 40)
+    eol = text.find("\n", e)
+    hi = min(e + 40, len(text) if eol == -1 else eol)
+    return _MAIL_WORD.search(text, lo, s) is not None or _MAIL_WORD.search(text, e, hi) is not None
+
+
+def _is_obfuscated_address(a: re.Match[str], mail_word: bool = False) -> bool:
     at, dot, tld = a.group("at"), a.group("dot"), a.group("tld").lower()
     spelled_at = at.strip() not in ("@", "at", "AT", "ät", "arroba", "chez")
     spelled_dot = dot.strip() != "."
     plain = not (spelled_at or spelled_dot or (at.strip() == "@" and at != "@"))
-    if plain and at.strip() != "AT" and not _PLAIN_NAME.fullmatch(a.group("local")):
+    if (
+        plain
+        and at.strip() != "AT"
+        and not _PLAIN_NAME.fullmatch(a.group("local"))
+        and not (mail_word and a.group("local").lower() not in _NOT_A_NAME)
+    ):  # "jane at acme.com (my email)", not "download it at python.org, then email me"
         return False  # "name at host.tld" needs a separator or digits in the name, or "AT"
     if at == "@" and not spelled_dot and dot == ".":
         return False  # a plain address: the e-mail rule's
