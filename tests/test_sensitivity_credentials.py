@@ -874,3 +874,35 @@ def test_credentials_in_emails_logs_and_access_codes_stay_on_the_device(text: st
 def test_talk_about_source_code_is_no_access_code(text: str) -> None:
     """ "code" as source code, a status code or a code of conduct holds no secret."""
     assert _DETECTOR.classify(text).level is not Level.RESTRICTED, text
+
+
+_STAND_INS = [
+    "password: %PASSWORD%",
+    "password = $PASSWORD",
+    "PASSWORD=PASSWORD_HERE",
+    "password: your-password",
+    "token: {{ token }}",
+    'api_key: "<api-key>"',
+    "password: [your password]",
+    "mot de passe : ********",
+    "contraseña: xxxxxxxx",
+    "Passwort: ******",
+    "password: •••••••",
+    'secret: "..."',
+    "password: Passw0rd!",
+    "the example uses password 'example123'",
+    'set password to "changeme123"',
+    "login with admin / admin",
+    "default credentials: admin/password",
+    "password: <redacted>",
+    "pwd: REDACTED",
+    "password=${{ secrets.DB_PASSWORD }}",
+]
+
+
+@pytest.mark.parametrize("text", _STAND_INS)
+def test_stand_in_passwords_stay_public(text: str) -> None:
+    """Templates, masks, bracketed stand-ins, leetspeak spellings of "password"
+    ("P@ssw0rd!"), placeholder words with digits ("example123") and default pairs
+    ("admin/password") are not anyone's secret."""
+    assert _DETECTOR.classify(text).level is not Level.RESTRICTED, text

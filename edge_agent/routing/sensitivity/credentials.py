@@ -59,9 +59,22 @@ def is_placeholder(value: str) -> bool:
         return True
     if "xxxx" in v or "****" in v or "your_" in v or "your-" in v or "_here" in v:
         return True
-    if _SELF_NAMED.fullmatch(v):
-        return True  # "IhrPasswort", "VotreMotDePasse", "Password123": the word itself
+    plain = v.translate(_LEET)
+    if _SELF_NAMED.fullmatch(plain):
+        return True  # "IhrPasswort", "VotreMotDePasse", "Password123", "P@ssw0rd!"
+    if _WORD_DIGITS.fullmatch(v) and v.rstrip("0123456789") in _PLACEHOLDER_VALUES:
+        return True  # "example123", "changeme123", "admin1"
+    if "/" in v and all(
+        p and (p in _PLACEHOLDER_VALUES or _SELF_NAMED.fullmatch(p)) for p in v.split("/")
+    ):
+        return True  # "admin/password", "user/pass": a default pair
     return len(set(v)) <= 2
+
+
+_WORD_DIGITS: Final = re.compile(r"[a-z_]+[0-9]{1,4}")
+
+_LEET: Final = str.maketrans({"0": "o", "@": "a", "$": "s", "3": "e", "4": "a", "5": "s"})
+"""Digits and signs written for letters in stand-in passwords ("P@ssw0rd", "S3cr3t")."""
 
 
 _SELF_NAMED: Final = re.compile(

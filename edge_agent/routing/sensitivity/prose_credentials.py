@@ -196,6 +196,8 @@ def _not_a_value(value: str) -> bool:
         return len(set(value)) == 1
     if low in _STOP or is_placeholder(value):
         return True
+    if value[:1] in "[<{":
+        return True  # a bracketed stand-in cut at its space: "[your password]", "<insert token>"
     if value[:1] == "!" and value[1:].replace(":", "").isalpha():
         return True  # a YAML tag: "password: !vault |", "!Ref DbPassword"
     if low.startswith(("http://", "https://", "www.", "/", "./", "~/")):
