@@ -33,7 +33,7 @@ on a 2-core box); ``--stub-local`` takes seconds.
 Texts are never printed, only ids and classes.
 
     .venv/bin/python -m benchmarks.eval_privacy [--part heldout|tuning|all] [--json]
-        [--through-agent [--stub-local] [--redact]]
+        [--through-agent [--stub-local] [--redact]] [--only ID_PREFIX]
 """
 
 from __future__ import annotations
@@ -465,8 +465,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--through-agent", action="store_true")
     parser.add_argument("--stub-local", action="store_true", help="no local model needed")
     parser.add_argument("--redact", action="store_true", help="routing.redact for planning")
+    parser.add_argument("--only", metavar="PREFIX", help="only rows whose id starts with PREFIX")
     args = parser.parse_args(argv)
     rows = load(args.part)
+    if args.only:
+        rows = [r for r in rows if r.id.startswith(args.only)]
     started = time.perf_counter()
     if args.through_agent:
         report = through_agent(rows, args.stub_local, args.redact)

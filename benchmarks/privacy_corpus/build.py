@@ -26,17 +26,23 @@ from benchmarks.privacy_corpus.values import Gen
 OUT_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "sensitivity_eval"
 PARTS = ("tuning", "heldout")
 MODULES = {
-    "tuning": ("templates_tuning", "decoys_tuning", "handwritten_tuning"),
-    "heldout": ("templates_heldout", "decoys_heldout", "handwritten_heldout"),
+    "tuning": (("templates_tuning", "decoys_tuning"), "handwritten_tuning"),
+    "heldout": (
+        ("templates_heldout", "decoys_heldout", "templates_heldout_b"),
+        "handwritten_heldout",
+    ),
 }
 
 
 def part_sources(part: str) -> tuple[list[Template], list[Handwritten]]:
     """The templates and hand-written rows of ``part``."""
-    restricted, decoys, hand = (
-        importlib.import_module(f"benchmarks.privacy_corpus.{name}") for name in MODULES[part]
-    )
-    return [*restricted.TEMPLATES, *decoys.DECOYS], list(hand.ROWS)
+    template_modules, hand_module = MODULES[part]
+    templates: list[Template] = []
+    for name in template_modules:
+        module = importlib.import_module(f"benchmarks.privacy_corpus.{name}")
+        templates += [*getattr(module, "TEMPLATES", ()), *getattr(module, "DECOYS", ())]
+    hand = importlib.import_module(f"benchmarks.privacy_corpus.{hand_module}")
+    return templates, list(hand.ROWS)
 
 
 def _seed(part: str, tid: str) -> int:
