@@ -37,7 +37,7 @@ _PLACEHOLDER_VALUES: Final[frozenset[str]] = frozenset(entries("placeholders.txt
 
 
 _PLACEHOLDER_PREFIXES: Final = (
-    "your", "my_", "my-", "xxx", "...", "***", "•••", "os.", "votre", "dein_", "deine_",
+    "your", "my_", "my-", "...", "***", "•••", "os.", "votre", "dein_", "deine_",
     "jouw_", "tu_contrase", "su_contrase",
 )  # fmt: skip
 
@@ -55,7 +55,7 @@ def is_placeholder(value: str) -> bool:
     v = value.strip("\"'`").lower()
     if not v or v in _PLACEHOLDER_VALUES:
         return True
-    if v.startswith(_PLACEHOLDER_PREFIXES) or _TEMPLATE.match(v):
+    if v.startswith(_PLACEHOLDER_PREFIXES) or _TEMPLATE.match(v) or _MASK.fullmatch(v):
         return True
     if "xxxx" in v or "****" in v or "your_" in v or "your-" in v or "_here" in v:
         return True
@@ -72,6 +72,9 @@ def is_placeholder(value: str) -> bool:
 
 
 _WORD_DIGITS: Final = re.compile(r"[a-z_]+[0-9]{1,4}")
+
+_MASK: Final = re.compile(r"x{3,}[x\W_]*[0-9]{0,4}[x\W_]*")
+"""A mask of x's, at most four digits shown ("xxx", "XXXX-XXXX-1234"); "xxx22223" is not."""
 
 _LEET: Final = str.maketrans({"0": "o", "@": "a", "$": "s", "3": "e", "4": "a", "5": "s"})
 """Digits and signs written for letters in stand-in passwords ("P@ssw0rd", "S3cr3t")."""

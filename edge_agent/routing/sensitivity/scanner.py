@@ -217,6 +217,19 @@ class SensitivityDetector:
                 if f.category not in ("email", "password", "internal_host")
                 or not any(c.start <= f.start and f.end <= c.end for c in conn)
             ]
+        if any(f.category == "person_name" for f in findings):
+            # a name inside another finding ("mars" of a birth date read as an HL7 name
+            # field) is that finding's part: the other one keeps the text restricted and
+            # is the one redaction replaces
+            others = [f for f in findings if f.category != "person_name"]
+            findings = [
+                f
+                for f in findings
+                if f.category != "person_name"
+                or not any(
+                    o.message == f.message and f.start < o.end and o.start < f.end for o in others
+                )
+            ]
         # one finding per (category, span)
         return list(dict.fromkeys(findings))
 
