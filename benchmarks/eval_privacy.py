@@ -18,8 +18,8 @@ every row and reports:
 router and policy) with ``routing.rules: [{task_class: planning, tier: cloud}]``, a private
 and a cloud tier that are recording OpenAI-compatible servers on loopback
 (``controller/drills/openai_server.py``, as ``tests/test_routing_agent.py`` uses them) and
-the local model those tests use (``--stub-local``: a local runtime that answers a fixed
-text, for machines without the model; the routing path is the same). It counts restricted
+the real local model those tests use (the demo GGUF that ``scripts/dev setup`` fetches;
+rows the router keeps local are answered by it, one token each). It counts restricted
 rows that reached a remote tier (and whether their text was in what it received), public
 rows the cloud received (escalated) and where internal rows went. With ``--redact`` the
 agent also has ``routing.redact.task_classes: [planning]``: restricted rows may then leave
@@ -27,13 +27,13 @@ redacted, and a row leaks when any of its recorded personal or secret values is 
 messages a remote tier received (generated rows record their values; hand-written rows
 cannot be checked that way and are listed apart).
 
-With the real local model a through-agent run takes minutes (about 7 for the tuning part
-on a 2-core box); ``--stub-local`` takes seconds.
+A through-agent run takes minutes (about 7 for the tuning part on a 2-core box, mostly
+the local model reading the prompts it keeps).
 
 Texts are never printed, only ids and classes.
 
     .venv/bin/python -m benchmarks.eval_privacy [--part heldout|tuning|all] [--json]
-        [--through-agent [--stub-local] [--redact]] [--only ID_PREFIX]
+        [--through-agent [--redact]] [--only ID_PREFIX]
 """
 
 from __future__ import annotations
@@ -214,26 +214,6 @@ def detector_classify() -> Callable[[str], VerdictLike]:
 # --- through a real agent ------------------------------------------------------------------
 
 
-class StubLocal:
-    """A local runtime that answers a fixed text (``--stub-local``): routing is unchanged."""
-
-    runtime_name = "stub"
-    model_name = "local"
-
-    def complete(self, request: Any) -> Any:
-        from edge_agent.runtimes.base import Completion
-
-        return Completion("local answer", "stop", 1, 2)
-
-    def stream(self, request: Any) -> Iterator[Any]:
-        from edge_agent.runtimes.base import CompletionChunk
-
-        yield CompletionChunk("local answer", "stop", 1, 2)
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-
 def _agent_config(state: str, providers: dict[str, Any], redact: bool) -> dict[str, Any]:
     routing: dict[str, Any] = {"rules": [{"task_class": "planning", "tier": "cloud"}]}
     if redact:
@@ -260,7 +240,7 @@ def _agent_config(state: str, providers: dict[str, Any], redact: bool) -> dict[s
 
 
 @contextmanager
-def agent_client(stub_local: bool, redact: bool = False) -> Iterator[tuple[Any, dict[str, Any]]]:
+def agent_client(redact: bool = False) -> Iterator[tuple[Any, dict[str, Any]]]:
     """A ``TestClient`` on a real agent (planning -> cloud) and its two recording tiers."""
     from fastapi.testclient import TestClient
 
@@ -269,16 +249,12 @@ def agent_client(stub_local: bool, redact: bool = False) -> Iterator[tuple[Any, 
     from edge_agent.api.app import create_agent_app
     from edge_agent.config import AgentConfig
 
-    if not stub_local and not MODEL.is_file():
-        raise SystemExit(f"{MODEL} missing: run scripts/fetch_demo_model.py or pass --stub-local")
+    if not MODEL.is_file():
+        raise SystemExit(f"{MODEL} missing: run scripts/fetch_demo_model.py")
     providers = {"private": start_provider("private"), "cloud": start_provider("cloud")}
-    runtime: Any
-    if stub_local:
-        runtime = StubLocal()
-    else:
-        from edge_agent.runtimes.llama_cpp import LlamaCppRuntime
+    from edge_agent.runtimes.llama_cpp import LlamaCppRuntime
 
-        runtime = LlamaCppRuntime("smollm2", MODEL, n_ctx=2048, n_threads=2)
+    runtime = LlamaCppRuntime("smollm2", MODEL, n_ctx=2048, n_threads=2)
     with tempfile.TemporaryDirectory() as state:
         agent = Agent(AgentConfig.model_validate(_agent_config(state, providers, redact)))
         agent.runtimes["smollm2"] = runtime
@@ -347,12 +323,10 @@ class AgentTally:
             self.redacted_ok.append(row.id)
 
 
-def through_agent(
-    rows: Sequence[Row], stub_local: bool = False, redact: bool = False
-) -> dict[str, Any]:
+def through_agent(rows: Sequence[Row], redact: bool = False) -> dict[str, Any]:
     """Send each row as a planning request; count what reached the private and cloud tiers."""
     tally = AgentTally()
-    with agent_client(stub_local, redact) as (client, providers):
+    with agent_client(redact) as (client, providers):
         for row in rows:
             marks = {name: p.count() for name, p in providers.items()}
             payload = {"messages": [{"role": "user", "content": row.text}], "max_tokens": 1}
@@ -463,7 +437,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--part", choices=(*PARTS, "all"), default="heldout")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--through-agent", action="store_true")
-    parser.add_argument("--stub-local", action="store_true", help="no local model needed")
     parser.add_argument("--redact", action="store_true", help="routing.redact for planning")
     parser.add_argument("--only", metavar="PREFIX", help="only rows whose id starts with PREFIX")
     args = parser.parse_args(argv)
@@ -472,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = [r for r in rows if r.id.startswith(args.only)]
     started = time.perf_counter()
     if args.through_agent:
-        report = through_agent(rows, args.stub_local, args.redact)
+        report = through_agent(rows, args.redact)
     else:
         report = evaluate(detector_classify(), rows)
     report["part"] = args.part

@@ -220,7 +220,9 @@ def test_harness_counts_every_leak_of_a_detector_that_finds_nothing() -> None:
     assert one["classes"][missed.cls]["verdicts"]["public"] == 1
 
 
-def test_through_agent_counts_what_reaches_the_cloud(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_through_agent_counts_what_reaches_the_cloud(
+    monkeypatch: pytest.MonkeyPatch, model_path: Path
+) -> None:
     """Through a real agent with planning -> cloud and recording loopback tiers: with the
     detector forced to say public, every restricted row is counted as reaching the cloud
     with its text, and every public row as escalated."""
@@ -234,7 +236,7 @@ def test_through_agent_counts_what_reaches_the_cloud(monkeypatch: pytest.MonkeyP
     sample = [r for r in rows if r.level == "restricted"][:4] + [
         r for r in rows if r.level == "public"
     ][:3]
-    report = eval_privacy.through_agent(sample, stub_local=True)
+    report = eval_privacy.through_agent(sample)
     assert not report["errors"]
     assert report["restricted_off_device"] == 4
     assert report["restricted_text_reached_cloud"] == 4
