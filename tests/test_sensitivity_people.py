@@ -580,3 +580,31 @@ def test_a_chat_turn_or_short_paragraph_is_one_record() -> None:
     assert "pneumonia" in found(chat, "health")
     mail = "Hi all,\n\n" + _FILLER + "\n\nThe pharmacy downstairs sells ibuprofen again.\n\nBye"
     assert level(mail) == "public"
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("Please ring Tshepo Mokoena on +49 151 23456789 after lunch.", "Tshepo Mokoena"),
+        ("Le dossier de Ngozi Adeyemi, IBAN FR1420041010050500013M02606", "Ngozi Adeyemi"),
+        ("Send it to Oyelaran Babatunde at oyelaran.b@posteo.de today", "Oyelaran Babatunde"),
+    ],
+)
+def test_unlisted_capitalised_words_next_to_personal_data_are_an_uncertain_name(
+    text: str, name: str
+) -> None:
+    """Two capitalised words nobody listed, next to personal data, are an uncertain
+    person name (so redaction keeps the request local instead of sending the name)."""
+    findings = _DETECTOR.classify(text).findings
+    names = [(text[f.start : f.end], f.certain) for f in findings if f.category == "person_name"]
+    assert (name, False) in names or (name, True) in names
+    assert all(f.certain for f in findings if f.category != "person_name")
+
+
+def test_a_sentence_start_or_no_personal_data_makes_no_unlisted_name() -> None:
+    """A sentence's first capitalised word is not taken for a name, and capitalised words
+    with no personal data nearby are never looked at."""
+    text = "Quarterly numbers are fine. Rotating Widgets sell well."
+    assert _DETECTOR.classify(text).findings == ()
+    text = "Call +49 151 23456789. Tomorrow works."
+    assert [f for f in _DETECTOR.classify(text).findings if f.category == "person_name"] == []

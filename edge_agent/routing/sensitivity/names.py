@@ -232,4 +232,39 @@ def name_spans(text: str, lo: int, hi: int) -> list[tuple[int, int]]:
     return spans
 
 
-__all__ = ["GIVEN_NAMES", "NAME_WORDS", "STOP_WORDS", "SURNAMES", "name_spans"]
+def unlisted_name_spans(text: str, lo: int, hi: int) -> list[tuple[int, int]]:
+    """Two or more capitalised words in a row that could be a name nobody listed
+    ("Kwabena Osei", "Ngozi Adeyemi") in ``text[lo:hi]``: no stop word among them, none in
+    capitals only, and a sentence's or line's first word left out (any word is
+    capitalised there). Reported by :func:`.people.find_names` as uncertain names next to
+    personal data: they keep such a request local instead of leaving, redacted, with a
+    name in it."""
+    spans: list[tuple[int, int]] = []
+    for m in _RUN_RE.finditer(text, lo, hi):
+        s, e = m.span()
+        words = [(w.start(), w.end(), w.group()) for w in _WORD_RE.finditer(text, s, e)]
+        if words and s > lo and (text[s - 1].isalnum() or text[s - 1] in _JOINERS):
+            words = words[1:]
+        if words and e < hi and (text[e].isalnum() or text[e] in _JOINERS):
+            words = words[:-1]
+        if words and not _sentence_inner(text, words[0][0]):
+            words = words[1:]
+        i = 0
+        while i < len(words):
+            j = i
+            while j < len(words) and _unlisted_ok(words[j][2]):
+                j += 1
+            if j - i >= 2:
+                spans.append(_span(words, i, j))
+            i = j + 1
+    return spans
+
+
+__all__ = [
+    "GIVEN_NAMES",
+    "NAME_WORDS",
+    "STOP_WORDS",
+    "SURNAMES",
+    "name_spans",
+    "unlisted_name_spans",
+]

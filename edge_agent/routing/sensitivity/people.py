@@ -393,6 +393,12 @@ def find_names(sc: Scan) -> None:
         for s, e in names.name_spans(text, lo, hi):
             if not any(s < te and ts < e for ts, te in taken):
                 sc.add("person_name", s, e)
+                taken.append((s, e))
+        # capitalised words nobody listed, next to personal data: perhaps a name, so an
+        # uncertain one (the text is restricted already; redaction will not send it)
+        for s, e in names.unlisted_name_spans(text, lo, hi):
+            if not any(s < te and ts < e for ts, te in taken):
+                sc.add("person_name", s, e, certain=False)
 
 
 __all__ = [
