@@ -164,7 +164,7 @@ def _stats(values: list[float]) -> dict[str, float]:
 def cold(prompts: Sequence[str]) -> dict[str, float]:
     """First scans by a fresh detector: includes building RE2 DFA states for unseen text."""
     detector = SensitivityDetector()
-    detector.classify("warm up the validators' imports: jane@example.com +44 20 7946 0958")
+    detector.classify("warm up the validators' imports: jane@posteo.de +44 20 7946 0958")
     times = []
     for p in prompts:
         t0 = time.perf_counter_ns()

@@ -27,7 +27,7 @@ PROMPTS: tuple[tuple[str, str], ...] = (
     ("classify", "Is this a complaint or a question: 'why is the line slow today?'"),
     ("chat", "My card number is 4111 1111 1111 1111, is it stored anywhere?"),
     ("summarize", "Summarize: temperature in bay 2 rose from 21 C to 24 C in an hour."),
-    ("chat", "Email jane.doe@example.com the shift report, please."),
+    ("chat", "Email jane.doe@posteo.de the shift report, please."),
 )
 
 

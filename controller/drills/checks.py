@@ -16,9 +16,9 @@ RequestKind = Literal["local", "cloud", "restricted"]
 # Markers that restricted prompts carry; none may reach the cloud server.
 RESTRICTED_PROMPTS: tuple[tuple[str, str], ...] = (
     ("4111 1111 1111 1111", "Charge card 4111 1111 1111 1111 for the spare parts, please."),
-    ("jane.doe@example.com", "Draft a reply to jane.doe@example.com about the late delivery."),
+    ("jane.doe@posteo.de", "Draft a reply to jane.doe@posteo.de about the late delivery."),
     ("5500 0000 0000 0004", "Is card 5500 0000 0000 0004 still valid for this order?"),
-    ("ops-lead@example.org", "Summarise the last message from ops-lead@example.org."),
+    ("ops-lead@mailbox.org", "Summarise the last message from ops-lead@mailbox.org."),
 )
 RESTRICTED_MARKERS: tuple[str, ...] = tuple(marker for marker, _ in RESTRICTED_PROMPTS)
 
