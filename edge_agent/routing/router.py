@@ -12,7 +12,6 @@ local tier always gets the original request.
 """
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -179,14 +178,10 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         on_alert: Callable[[str, dict[str, Any]], None] | None = None,
         tier_veto: Callable[[str], str | None] | None = None,
-        full_detector: "SensitivityDetector | DeferredDetector | None" = None,
     ) -> None:
         self.config = config
         self.floor = Level.parse(config.sensitivity.minimum)
         self.redact_classes = frozenset(config.redact.task_classes)
-        # Redaction needs every finding; the routing detector may stop at the first one.
-        self._full = full_detector
-        self._full_lock = threading.Lock()
         # Asked per remote tier on every decision: a reason refuses the tier (attestation
         # quarantine refuses the cloud tier), None leaves it to the breaker.
         self._tier_veto = tier_veto or (lambda tier: None)
@@ -257,20 +252,6 @@ class Router:
             return hints.redact
         return hints.task_class is not None and hints.task_class in self.redact_classes
 
-    def full_detector(self) -> "SensitivityDetector | DeferredDetector":
-        """A detector that reports every finding (redaction must replace them all), built
-        on the first redaction; the routing detector itself when it already does."""
-        if self._full is None:
-            with self._full_lock:
-                if self._full is None:
-                    config = self.detector.config
-                    self._full = (
-                        DeferredDetector(replace(config, stop_at_restricted=False))
-                        if config.stop_at_restricted
-                        else self.detector
-                    )
-        return self._full
-
     def _redact(
         self, routed: RoutedRequest, texts: list[str], full: Verdict
     ) -> tuple[str, Redaction | None]:
@@ -326,9 +307,9 @@ class Router:
             and self.floor is not Level.RESTRICTED
             and self.remotes
         )
-        # Redaction needs every finding: one full scan instead of the routing scan.
-        detector = self.full_detector() if may_redact else self.detector
-        verdict = detector.classify_messages(texts)
+        # Redaction needs every finding: one full scan instead of the routing scan (which
+        # may stop at the first restricted finding).
+        verdict = self.detector.classify_messages(texts, every_finding=may_redact)
         if routed.placeholders is not None and verdict.level is not Level.RESTRICTED:
             # A value the session's redaction already knew is personal wherever it appears.
             known = routed.placeholders.findings(texts)

@@ -59,13 +59,13 @@ class DeferredDetector:
                 self._built = SensitivityDetector(self.config)
             return self._built
 
-    def classify(self, text: str) -> Verdict:
+    def classify(self, text: str, *, every_finding: bool = False) -> Verdict:
         """:meth:`SensitivityDetector.classify`."""
-        return self.detector().classify(text)
+        return self.detector().classify(text, every_finding=every_finding)
 
-    def classify_messages(self, texts: Iterable[str]) -> Verdict:
+    def classify_messages(self, texts: Iterable[str], *, every_finding: bool = False) -> Verdict:
         """:meth:`SensitivityDetector.classify_messages`."""
-        return self.detector().classify_messages(texts)
+        return self.detector().classify_messages(texts, every_finding=every_finding)
 
 
 __all__ = ["DeferredDetector"]

@@ -115,18 +115,24 @@ class SensitivityDetector:
 
     # -- public API ------------------------------------------------------------------
 
-    def classify(self, text: str) -> Verdict:
-        """Classify one text; the level is the highest level of any finding."""
-        return self._verdict(self._scan(text, 0))
+    def classify(self, text: str, *, every_finding: bool = False) -> Verdict:
+        """Classify one text; the level is the highest level of any finding.
 
-    def classify_messages(self, texts: Iterable[str]) -> Verdict:
+        ``every_finding`` reports every finding even where the configuration says
+        ``stop_at_restricted`` (redaction must replace them all).
+        """
+        return self._verdict(self._scan(text, 0, self._stop and not every_finding))
+
+    def classify_messages(self, texts: Iterable[str], *, every_finding: bool = False) -> Verdict:
         """Classify several texts (a chat): the maximum level, all findings merged.
 
-        Each finding's ``message`` is the index of the text it was found in.
+        Each finding's ``message`` is the index of the text it was found in;
+        ``every_finding`` as in :meth:`classify`.
         """
+        stop = self._stop and not every_finding
         findings: list[Finding] = []
         for i, text in enumerate(texts):
-            findings.extend(self._scan(text, i))
+            findings.extend(self._scan(text, i, stop))
         return self._verdict(findings)
 
     # -- machinery -------------------------------------------------------------------
@@ -150,7 +156,7 @@ class SensitivityDetector:
             names.add("health")
         return sorted(names)
 
-    def _scan(self, text: str, message: int) -> list[Finding]:
+    def _scan(self, text: str, message: int, stop: bool) -> list[Finding]:
         sc = Scan(text, message)
         fired = self._set.Match(sc.data) or []
         terms: list[health.Term] = []
@@ -183,7 +189,7 @@ class SensitivityDetector:
                 health.find_health(sc, terms)
             else:
                 self._run_rule(sc, i)
-            if self._stop and self._restricted_found(sc.findings):
+            if stop and self._restricted_found(sc.findings):
                 return self._postprocess(sc.findings)
         for category, pattern in self._extra:
             for m in pattern.finditer(text):
