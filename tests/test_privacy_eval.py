@@ -228,9 +228,11 @@ def test_through_agent_counts_what_reaches_the_cloud(
     with its text, and every public row as escalated."""
     from edge_agent.routing.sensitivity.scanner import SensitivityDetector
 
-    monkeypatch.setattr(SensitivityDetector, "classify", lambda self, text: Verdict(Level.PUBLIC))
     monkeypatch.setattr(
-        SensitivityDetector, "classify_messages", lambda self, texts: Verdict(Level.PUBLIC)
+        SensitivityDetector, "classify", lambda self, text, **kw: Verdict(Level.PUBLIC)
+    )
+    monkeypatch.setattr(
+        SensitivityDetector, "classify_messages", lambda self, texts, **kw: Verdict(Level.PUBLIC)
     )
     rows = eval_privacy.load("tuning")
     sample = [r for r in rows if r.level == "restricted"][:4] + [
